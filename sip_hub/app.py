@@ -1,0 +1,86 @@
+"""The FastAPI application: ``create_app(settings)`` wires store, routes and error handling."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from . import __version__
+from .errors import (BadRequest, MethodNotAllowed, NotFound, SipHubError, TransientError)
+from .fhir.outcome import from_error
+from .routes import ROUTERS
+from .routes.wire import JSON, respond
+from .service import FhirService
+from .settings import Settings
+from .store import Store
+from .store.engine import make_engine
+from .store.migrate import upgrade
+
+log = logging.getLogger("sip_hub")
+
+
+def build_store(settings: Settings) -> Store:
+    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    if settings.auto_migrate:
+        upgrade(engine)
+    return Store(engine)
+
+
+def _error_response(request: Request, err: SipHubError) -> Response:
+    try:
+        return respond(request, from_error(err), err.status, err.headers)
+    except SipHubError:  # the client's Accept cannot be served either: answer in JSON
+        return respond(request, from_error(err), err.status, err.headers, fmt=JSON)
+
+
+def create_app(settings: Settings | None = None, *, store: Store | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if getattr(app.state, "store", None) is None:
+            app.state.store = build_store(settings)
+        FhirService(app.state.store).seed_definitions()
+        yield
+        app.state.store.engine.dispose()
+
+    app = FastAPI(title="sip_hub", version=__version__, lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None)
+    app.state.settings = settings
+    app.state.store = store
+
+    @app.exception_handler(SipHubError)
+    async def _sip(request: Request, exc: SipHubError) -> Response:
+        return _error_response(request, exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            err: SipHubError = MethodNotAllowed(f"{request.method} is not allowed on "
+                                                f"{request.url.path}")
+        elif exc.status_code == 404:
+            err = NotFound(f"No such endpoint: {request.url.path}")
+        else:
+            err = BadRequest(str(exc.detail))
+            err.status = exc.status_code
+        return _error_response(request, err)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        return _error_response(request, BadRequest(f"Invalid request: {exc.errors()[:3]}"))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("Unhandled error on %s %s", request.method, request.url.path)
+        return _error_response(request, TransientError(
+            "Internal error; the request was not applied. It has been logged."))
+
+    for router in ROUTERS:
+        app.include_router(router)
+    return app

@@ -1,0 +1,228 @@
+"""``transaction`` and ``batch`` Bundles posted to the FHIR base.
+
+A transaction is all or nothing: one database transaction, ``urn:uuid:`` (and other fullUrl)
+references resolved to the ids the hub assigns, entries processed in the order the spec
+gives (DELETE, POST, PUT, GET) and answered in the order they came.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email.utils import format_datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+
+from . import interactions as ix
+from .errors import BadRequest, SipHubError
+from .fhir.dates import from_us
+from .fhir.outcome import from_error
+from .service import Resolve, check_type, tx_resolver
+from .store import Store, Tx
+from .store.resources import new_id
+
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
+_STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
+
+
+@dataclass(slots=True)
+class _Entry:
+    index: int
+    method: str
+    rtype: str
+    rid: str | None
+    vid: str | None
+    query: list[tuple[str, str]]
+    has_query: bool
+    resource: Any
+    full_url: str | None
+    if_none_exist: str | None
+    if_match: str | None
+
+
+def _parse_url(url: str, ctx: ix.Context, where: str) -> tuple[str, str | None, str | None,
+                                                                list[tuple[str, str]], bool]:
+    if url.startswith(ctx.base_url + "/"):
+        url = url[len(ctx.base_url) + 1:]
+    parts = urlsplit(url)
+    if parts.scheme or parts.netloc:
+        raise BadRequest(f"{where}.request.url must be relative to this server: '{url}'")
+    segs = [s for s in parts.path.split("/") if s]
+    if not segs:
+        raise BadRequest(f"{where}.request.url '{url}' names no resource type")
+    rtype, rid, vid = segs[0], None, None
+    if len(segs) >= 2:
+        rid = segs[1]
+    if len(segs) == 4 and segs[2] == "_history":
+        vid = segs[3]
+    elif len(segs) > 2:
+        raise BadRequest(f"{where}.request.url '{url}' is not supported in a Bundle")
+    return rtype, rid, vid, parse_qsl(parts.query, keep_blank_values=True), bool(parts.query)
+
+
+def _entries(bundle: dict[str, Any], ctx: ix.Context) -> list[_Entry]:
+    out = []
+    for i, e in enumerate(bundle.get("entry") or []):
+        where = f"Bundle.entry[{i}]"
+        req = e.get("request") if isinstance(e, dict) else None
+        if not isinstance(req, dict) or not isinstance(req.get("url"), str):
+            raise BadRequest(f"{where}.request with method and url is required",
+                             expression=f"{where}.request")
+        method = str(req.get("method", "")).upper()
+        if method not in _ORDER:
+            raise BadRequest(f"{where}.request.method '{req.get('method')}' is not supported",
+                             expression=f"{where}.request.method")
+        rtype, rid, vid, query, has_query = _parse_url(req["url"], ctx, where)
+        resource = e.get("resource")
+        if method in ("POST", "PUT") and not isinstance(resource, dict):
+            raise BadRequest(f"{where}: {method} needs a resource", expression=where)
+        out.append(_Entry(i, method, rtype, rid, vid, query, has_query, resource,
+                          e.get("fullUrl"), req.get("ifNoneExist"), req.get("ifMatch")))
+    return out
+
+
+def _rewrite_refs(node: Any, mapping: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {k: (mapping.get(v, v) if k == "reference" and isinstance(v, str)
+                    else _rewrite_refs(v, mapping)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rewrite_refs(v, mapping) for v in node]
+    return node
+
+
+def _response_entry(ctx: ix.Context, result: ix.Result, prefer: str) -> dict[str, Any]:
+    resp: dict[str, Any] = {"status": _STATUS_TEXT.get(result.status, str(result.status))}
+    entry: dict[str, Any] = {}
+    s = result.stored
+    if s is not None:
+        entry["fullUrl"] = f"{ctx.base_url}/{s.type}/{s.id}"
+        resp["etag"] = ix.etag(s)
+        resp["lastModified"] = format_datetime(from_us(s.last_updated), usegmt=True)
+        if result.status == 201:
+            resp["location"] = ix.location(ctx, s)
+        if prefer != "minimal" and s.content is not None:
+            entry["resource"] = orjson.Fragment(s.content)
+    elif result.body is not None:
+        if result.body.get("resourceType") == "OperationOutcome":
+            resp["outcome"] = result.body
+        else:
+            entry["resource"] = result.body
+    entry["response"] = resp
+    return entry
+
+
+def _run(tx: Tx, ctx: ix.Context, e: _Entry, resolve: Resolve | None = None) -> ix.Result:
+    if e.method == "GET":
+        if e.rid is None:
+            return ix.search(tx, ctx, e.rtype, e.query)
+        if e.vid:
+            return ix.vread(tx, e.rtype, e.rid, e.vid)
+        return ix.read(tx, e.rtype, e.rid)
+    if e.method == "DELETE":
+        if e.rid is None:
+            raise BadRequest(f"Bundle.entry[{e.index}]: conditional delete is not supported")
+        return ix.delete(tx, e.rtype, e.rid)
+    if e.method == "POST":
+        if e.rid is not None:
+            raise BadRequest(f"Bundle.entry[{e.index}]: POST goes to the type, not an instance")
+        return ix.create(tx, ctx, e.rtype, e.resource, if_none_exist=e.if_none_exist,
+                         resolve=resolve)
+    if e.rid is None:
+        if not e.has_query:
+            raise BadRequest(f"Bundle.entry[{e.index}]: PUT needs an id or search criteria")
+        return ix.conditional_update(tx, ctx, e.rtype, e.query, e.resource,
+                                     if_match=e.if_match, resolve=resolve)
+    return ix.update(tx, ctx, e.rtype, e.rid, e.resource, if_match=e.if_match,
+                     resolve=resolve)
+
+
+def _with_entry(err: SipHubError, index: int) -> SipHubError:
+    """Name the failing entry in the error so the client knows which one to fix."""
+    prefix = f"Bundle.entry[{index}]"
+    err.diagnostics = f"{prefix}: {err.diagnostics}"
+    for i, issue in enumerate(err.issues):
+        err.issues[i] = type(issue)(issue.code, f"{prefix}: {issue.diagnostics}",
+                                    issue.expression, issue.severity)
+    return err
+
+
+def transaction(store: Store, ctx: ix.Context, bundle: dict[str, Any], prefer: str) -> dict:
+    entries = _entries(bundle, ctx)
+    responses: dict[int, dict[str, Any]] = {}
+    with store.begin() as tx:
+        # Assign ids (or find the existing resource for a conditional create) before any
+        # write, so every reference between entries can be rewritten first.
+        mapping: dict[str, str] = {}
+        assigned: dict[int, str] = {}
+        for e in entries:
+            if e.method == "POST" and isinstance(e.resource, dict):
+                try:
+                    check_type(e.rtype, write=True)
+                    rid = None
+                    if e.if_none_exist:
+                        found = ix._match_one(tx, ctx, e.rtype, e.if_none_exist)
+                        if len(found) > 1:
+                            raise ix.PreconditionFailed(
+                                f"ifNoneExist matched {len(found)} {e.rtype} resources")
+                        rid = found[0].id if found else None
+                        if rid:
+                            responses[e.index] = _response_entry(ctx, ix.Result(200, found[0]),
+                                                                 prefer)
+                    rid = rid or new_id()
+                except SipHubError as err:
+                    raise _with_entry(err, e.index) from None
+                assigned[e.index] = rid
+                if e.full_url:
+                    mapping[e.full_url] = f"{e.rtype}/{rid}"
+            elif e.method == "PUT" and e.rid and e.full_url:
+                mapping[e.full_url] = f"{e.rtype}/{e.rid}"
+        pending: dict[tuple[str, str], dict[str, Any]] = {}
+        for e in entries:
+            if isinstance(e.resource, dict):
+                e.resource = _rewrite_refs(e.resource, mapping)
+                rid = assigned.get(e.index, e.rid)
+                if rid and e.index not in responses:
+                    pending[(e.rtype, rid)] = {**e.resource, "id": rid}
+        resolve = tx_resolver(tx, pending)
+        for e in sorted(entries, key=lambda x: (_ORDER[x.method], x.index)):
+            if e.index in responses:
+                continue
+            try:
+                if e.method == "POST":
+                    check_type(e.rtype, write=True)
+                    result = ix.create(tx, ctx, e.rtype, e.resource, rid=assigned[e.index],
+                                       resolve=resolve)
+                else:
+                    result = _run(tx, ctx, e, resolve)
+            except SipHubError as err:
+                raise _with_entry(err, e.index) from None
+            responses[e.index] = _response_entry(ctx, result, prefer)
+    return ix.bundle("transaction-response", [responses[e.index] for e in entries])
+
+
+def batch(store: Store, ctx: ix.Context, bundle: dict[str, Any], prefer: str) -> dict:
+    out = []
+    for i, e in enumerate(bundle.get("entry") or []):
+        try:
+            entry = _entries({"entry": [e]}, ctx)[0]
+            entry.index = i
+            with store.begin(write=entry.method != "GET") as tx:
+                out.append(_response_entry(ctx, _run(tx, ctx, entry), prefer))
+        except SipHubError as err:
+            out.append({"response": {"status": f"{err.status}", "outcome": from_error(err)}})
+    return ix.bundle("batch-response", out)
+
+
+def process(store: Store, ctx: ix.Context, body: Any, prefer: str) -> dict[str, Any]:
+    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+        raise BadRequest("POST to the base takes a Bundle of type transaction or batch")
+    btype = body.get("type")
+    if btype not in ("transaction", "batch"):
+        raise BadRequest(f"Bundle.type must be transaction or batch, not '{btype}'",
+                         expression="Bundle.type")
+    if not isinstance(body.get("entry", []), list):
+        raise BadRequest("Bundle.entry must be a list", expression="Bundle.entry")
+    if btype == "transaction":
+        return transaction(store, ctx, body, prefer)
+    return batch(store, ctx, body, prefer)

@@ -1,0 +1,84 @@
+"""The ``sip-hub`` command line: serve, migrate, client create."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .settings import Settings
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from .store.engine import make_engine
+    from .store.migrate import upgrade
+
+    if settings.auto_migrate:
+        # Migrate once here, not in every worker process.
+        engine = make_engine(settings.database_url)
+        upgrade(engine)
+        engine.dispose()
+        os.environ["SIP_HUB_AUTO_MIGRATE"] = "false"
+    uvicorn.run("sip_hub.app:create_app", factory=True, host=args.host or settings.host,
+                port=args.port or settings.port, workers=args.workers or settings.workers,
+                log_level="info", proxy_headers=True, server_header=False)
+    return 0
+
+
+def _migrate(_args: argparse.Namespace, settings: Settings) -> int:
+    from .store.engine import make_engine
+    from .store.migrate import upgrade
+
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    print(f"database at head: {engine.url.render_as_string(hide_password=True)}")
+    return 0
+
+
+def _client_create(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
+    from . import clients
+    from .app import build_store
+
+    store = build_store(settings)
+    created = clients.create_client(store, org=args.org, scope=args.scope, name=args.name)
+    sys.stdout.write(orjson.dumps(created).decode() + "\n")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sip-hub", description="sip_hub: SIP integration hub")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the HTTP API")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--workers", type=int)
+    s.set_defaults(func=_serve)
+    m = sub.add_parser("migrate", help="bring the database schema to the newest version")
+    m.set_defaults(func=_migrate)
+    c = sub.add_parser("client", help="manage API clients")
+    csub = c.add_subparsers(dest="client_command", required=True)
+    cc = csub.add_parser("create", help="register a new API client of an organisation")
+    cc.add_argument("--org", required=True, help="the organisation's HSA-id")
+    cc.add_argument("--scope", required=True, help='SMART v2 scopes, e.g. "system/CarePlan.rs"')
+    cc.add_argument("--name", default=None)
+    cc.set_defaults(func=_client_create)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from .errors import SipHubError
+
+    try:
+        return int(args.func(args, Settings()))
+    except SipHubError as exc:
+        sys.stderr.write(f"sip-hub: {exc.diagnostics}\n")
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""FHIR R4 for sip_hub: models, validation, profiles, search parameters, capability."""

@@ -1,0 +1,77 @@
+"""The CapabilityStatement: generated from what is implemented, so it claims nothing more."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+from .models import FHIR_VERSION
+from .search_params import READ_ONLY_TYPES, RESOURCE_TYPES, params_for
+from .sip import PROFILE_BY_TYPE
+
+_WRITE = ["create", "update", "delete"]
+_READ = ["read", "vread", "history-instance", "history-type", "search-type"]
+_INCLUDES: dict[str, list[str]] = {}
+_REVINCLUDES: dict[str, list[str]] = {}
+for _t in RESOURCE_TYPES:
+    for _p in params_for(_t).values():
+        if _p.type == "reference":
+            _INCLUDES.setdefault(_t, []).append(f"{_t}:{_p.name}")
+            for _target in _p.targets:
+                _REVINCLUDES.setdefault(_target, []).append(f"{_t}:{_p.name}")
+
+
+def _resource(rtype: str) -> dict[str, Any]:
+    interactions = _READ if rtype in READ_ONLY_TYPES else _READ[:2] + _WRITE + _READ[2:]
+    out: dict[str, Any] = {
+        "type": rtype,
+        "interaction": [{"code": c} for c in interactions],
+        "versioning": "versioned-update",
+        "readHistory": True,
+        "updateCreate": rtype not in READ_ONLY_TYPES,
+        "conditionalCreate": rtype not in READ_ONLY_TYPES,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": rtype not in READ_ONLY_TYPES,
+        "conditionalDelete": "not-supported",
+        "searchInclude": sorted(_INCLUDES.get(rtype, [])),
+        "searchRevInclude": sorted(_REVINCLUDES.get(rtype, [])),
+        "searchParam": [
+            {"name": "_id", "type": "token"},
+            {"name": "_lastUpdated", "type": "date"},
+        ] + [{"name": p.name, "type": "uri" if p.type == "uri" else p.type,
+              "documentation": p.documentation or f"FHIRPath: {p.expression}"}
+             for p in params_for(rtype).values()],
+    }
+    if rtype in PROFILE_BY_TYPE:
+        out["supportedProfile"] = [PROFILE_BY_TYPE[rtype]]
+    for key in ("searchInclude", "searchRevInclude"):
+        if not out[key]:
+            del out[key]
+    return out
+
+
+def capability_statement(base_url: str, software_date: str) -> dict[str, Any]:
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": software_date,
+        "publisher": "sip_hub",
+        "kind": "instance",
+        "software": {"name": "sip_hub", "version": __version__},
+        "implementation": {"description": "sip_hub: SIP integration hub", "url": base_url},
+        "fhirVersion": FHIR_VERSION,
+        "format": ["application/fhir+json", "application/fhir+xml", "json", "xml"],
+        "patchFormat": [],
+        "rest": [{
+            "mode": "server",
+            "documentation": (
+                "Searches are strict by default: an unknown parameter is a 400. Send "
+                "'Prefer: handling=lenient' to have unknown parameters ignored and reported. "
+                "Paging with _count and _offset; _sort on _id, _lastUpdated and date, string "
+                "and token parameters; one level of chaining on reference parameters; "
+                "_include and _revinclude without :iterate."),
+            "resource": [_resource(t) for t in RESOURCE_TYPES],
+            "interaction": [{"code": "transaction"}, {"code": "batch"},
+                            {"code": "history-system"}],
+        }],
+    }

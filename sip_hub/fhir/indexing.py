@@ -1,0 +1,107 @@
+"""Turn a resource into search index rows, per the search parameter registry."""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+from .dates import parse_range
+from .search_params import SearchParam, params_for
+
+
+@dataclass(slots=True)
+class IndexRows:
+    token: list[tuple[str, str | None, str]] = field(default_factory=list)
+    reference: list[tuple[str, str, str]] = field(default_factory=list)
+    date: list[tuple[str, int, int]] = field(default_factory=list)
+    string: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+MAX_STRING = 255
+
+
+def normalise_string(value: str) -> str:
+    """Case- and accent-insensitive form used for string search (FHIR's default matching)."""
+    decomposed = unicodedata.normalize("NFKD", value)
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(stripped.casefold().split())[:MAX_STRING]
+
+
+def split_reference(ref: str) -> tuple[str, str] | None:
+    """``Type/id`` (also ``Type/id/_history/v`` and absolute URLs ending so) to (type, id)."""
+    parts = ref.split("/")
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    if len(parts) >= 2 and parts[-2][:1].isupper() and parts[-1]:
+        return parts[-2], parts[-1]
+    return None
+
+
+def _tokens(value: Any) -> list[tuple[str | None, str]]:
+    if isinstance(value, str):
+        return [(None, value)]
+    if isinstance(value, bool):
+        return [(None, "true" if value else "false")]
+    if not isinstance(value, dict):
+        return []
+    if "coding" in value or "text" in value and "system" not in value:
+        return [t for c in value.get("coding", ()) for t in _tokens(c)]
+    code = value.get("code") if "code" in value else value.get("value")
+    if isinstance(code, str):
+        return [(value.get("system"), code)]
+    return []
+
+
+def extract(resource: dict[str, Any]) -> IndexRows:
+    rows = IndexRows()
+    for param in params_for(resource["resourceType"]).values():
+        _extract_param(param, resource, rows)
+    return rows
+
+
+def _extract_param(param: SearchParam, resource: dict[str, Any], rows: IndexRows) -> None:
+    name = param.name
+    for value in param.values(resource):
+        if param.type == "token":
+            rows.token.extend((name, s, c[:MAX_STRING]) for s, c in _tokens(value))
+        elif param.type == "uri":
+            if isinstance(value, str):
+                rows.token.append((name, None, value[:MAX_STRING]))
+        elif param.type == "reference":
+            if not isinstance(value, dict):
+                continue
+            ref = value.get("reference")
+            target = split_reference(ref) if isinstance(ref, str) else None
+            if target and (not param.targets or target[0] in param.targets):
+                rows.reference.append((name, target[0], target[1]))
+            ident = value.get("identifier")
+            if isinstance(ident, dict) and isinstance(ident.get("value"), str):
+                rows.token.append((f"{name}:identifier", ident.get("system"),
+                                   ident["value"][:MAX_STRING]))
+        elif param.type == "date":
+            rng = _date_range(value)
+            if rng:
+                rows.date.append((name, rng[0], rng[1]))
+        elif param.type == "string":
+            if isinstance(value, str) and value.strip():
+                rows.string.append((name, normalise_string(value), value[:MAX_STRING]))
+
+
+_OPEN_LOW, _OPEN_HIGH = -(2**62), 2**62
+
+
+def _date_range(value: Any) -> tuple[int, int] | None:
+    try:
+        if isinstance(value, str):
+            return parse_range(value)
+        if isinstance(value, dict):  # Period
+            start, end = value.get("start"), value.get("end")
+            if start is None and end is None:
+                return None
+            low = parse_range(start)[0] if start else _OPEN_LOW
+            high = parse_range(end)[1] if end else _OPEN_HIGH
+            return low, high
+    except ValueError:
+        return None
+    return None

@@ -1,0 +1,267 @@
+"""Parse FHIR search parameters into a typed query that the store turns into SQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..errors import BadRequest
+from .dates import parse_range
+from .indexing import normalise_string, split_reference
+from .search_params import SearchParam, params_for
+
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+RESULT_PARAMS = frozenset({"_count", "_offset", "_sort", "_include", "_revinclude", "_total",
+                           "_summary", "_format", "_pretty", "_elements"})
+
+
+@dataclass(frozen=True, slots=True)
+class TokenValue:
+    system: str | None  # None: any system; "": explicitly no system
+    code: str | None    # None: any code in the system
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceValue:
+    type: str | None
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DateValue:
+    prefix: str
+    low: int
+    high: int
+
+
+Value = TokenValue | ReferenceValue | DateValue | str
+
+
+@dataclass(slots=True)
+class Criterion:
+    """One search parameter occurrence: its values are ORed; criteria are ANDed."""
+
+    name: str
+    kind: Literal["token", "reference", "date", "string", "uri", "id", "lastUpdated"]
+    param: SearchParam | None
+    modifier: str | None
+    values: list[Value]
+    # missing=True/False for the :missing modifier
+    missing: bool | None = None
+    # one level of chaining: reference parameter -> criterion on the target type
+    chain: "Criterion | None" = None
+    chain_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Include:
+    source_type: str
+    param: SearchParam
+    target_type: str | None
+
+
+@dataclass(slots=True)
+class SearchQuery:
+    resource_type: str
+    criteria: list[Criterion] = field(default_factory=list)
+    sort: list[tuple[str, bool]] = field(default_factory=list)  # (name, descending)
+    count: int = 50
+    offset: int = 0
+    includes: list[Include] = field(default_factory=list)
+    revincludes: list[Include] = field(default_factory=list)
+    total: bool = True
+    summary_count: bool = False
+    ignored: list[str] = field(default_factory=list)
+
+
+def _split_commas(value: str) -> list[str]:
+    """Split on commas not escaped with a backslash, then unescape (FHIR search escaping)."""
+    out, cur, i = [], [], 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\" and i + 1 < len(value):
+            cur.append(value[i + 1])
+            i += 2
+            continue
+        if c == ",":
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    out.append("".join(cur))
+    return out
+
+
+def _token(raw: str) -> TokenValue:
+    if "|" in raw:
+        system, code = raw.split("|", 1)
+        return TokenValue(system, code or None)
+    return TokenValue(None, raw)
+
+
+def _date(raw: str, name: str) -> DateValue:
+    prefix = "eq"
+    if raw[:2] in PREFIXES:
+        prefix, raw = raw[:2], raw[2:]
+    try:
+        low, high = parse_range(raw)
+    except ValueError:
+        raise BadRequest(f"Search parameter '{name}': '{raw}' is not a valid date",
+                         expression=name) from None
+    return DateValue(prefix, low, high)
+
+
+def _reference(raw: str, param: SearchParam, type_modifier: str | None,
+               base_url: str) -> ReferenceValue:
+    if base_url and raw.startswith(base_url.rstrip("/") + "/"):
+        raw = raw[len(base_url.rstrip("/")) + 1:]
+    target = split_reference(raw)
+    if target:
+        if param.targets and target[0] not in param.targets:
+            raise BadRequest(f"Search parameter '{param.name}' cannot refer to {target[0]}",
+                             expression=param.name)
+        return ReferenceValue(target[0], target[1])
+    if "/" in raw:
+        raise BadRequest(f"Search parameter '{param.name}': '{raw}' is not a reference")
+    if type_modifier:
+        return ReferenceValue(type_modifier, raw)
+    return ReferenceValue(param.targets[0] if len(param.targets) == 1 else None, raw)
+
+
+def _criterion(rtype: str, key: str, raw: str, base_url: str) -> Criterion:
+    name, _, modifier_part = key.partition(":")
+    chain_rest = None
+    if "." in name:
+        name, chain_rest = name.split(".", 1)
+    if "." in modifier_part:
+        modifier_part, chain_rest = modifier_part.split(".", 1)
+    modifier = modifier_part or None
+    if name == "_id":
+        return Criterion(name, "id", None, modifier, _split_commas(raw))
+    if name == "_lastUpdated":
+        return Criterion(name, "lastUpdated", None, None,
+                         [_date(v, name) for v in _split_commas(raw)])
+    param = params_for(rtype).get(name)
+    if param is None:
+        raise BadRequest(f"Unknown search parameter '{name}' for {rtype}", expression=name)
+    if modifier == "missing":
+        if raw not in ("true", "false"):
+            raise BadRequest(f"':missing' takes true or false, not '{raw}'", expression=key)
+        return Criterion(name, param.type, param, modifier, [], missing=raw == "true")
+    if chain_rest is not None:
+        if param.type != "reference":
+            raise BadRequest(f"Chained search needs a reference parameter, '{name}' is not",
+                             expression=key)
+        target = modifier if modifier and modifier[:1].isupper() else (
+            param.targets[0] if len(param.targets) == 1 else None)
+        if target is None:
+            raise BadRequest(f"Chained search on '{name}' needs a type modifier, e.g. "
+                             f"{name}:Patient.{chain_rest}", expression=key)
+        if "." in chain_rest:
+            raise NotImplementedChain(key)
+        inner = _criterion(target, chain_rest, raw, base_url)
+        return Criterion(name, "reference", param, None, [], chain=inner, chain_type=target)
+    raws = _split_commas(raw)
+    allowed = {"token": {None, "not"}, "uri": {None}, "date": {None},
+               "string": {None, "exact", "contains"}, "reference": {None, "identifier"}}
+    type_modifier = None
+    if param.type == "reference" and modifier and modifier[:1].isupper():
+        if modifier not in param.targets:
+            raise BadRequest(f"Search parameter '{name}' cannot refer to {modifier}",
+                             expression=key)
+        type_modifier, modifier = modifier, None
+    if modifier not in allowed[param.type]:
+        raise BadRequest(f"Modifier ':{modifier}' is not supported on {param.type} parameter "
+                         f"'{name}'", expression=key)
+    if any(v == "" for v in raws):
+        raise BadRequest(f"Search parameter '{key}' has an empty value", expression=key)
+    values: list[Value]
+    if param.type == "token" or (param.type == "reference" and modifier == "identifier"):
+        values = [_token(v) for v in raws]
+    elif param.type == "date":
+        values = [_date(v, name) for v in raws]
+    elif param.type == "reference":
+        values = [_reference(v, param, type_modifier, base_url) for v in raws]
+    elif param.type == "string":
+        values = [v if modifier == "exact" else normalise_string(v) for v in raws]
+    else:
+        values = raws
+    return Criterion(name, param.type, param, modifier, values)
+
+
+class NotImplementedChain(BadRequest):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"Only one level of chaining is supported ('{key}')", expression=key)
+
+
+def _include(raw: str, key: str, *, rev: bool, rtype: str) -> Include:
+    parts = raw.split(":")
+    if len(parts) not in (2, 3):
+        raise BadRequest(f"{key} must be Type:parameter[:targetType], not '{raw}'",
+                         expression=key)
+    source, pname = parts[0], parts[1]
+    param = params_for(source).get(pname)
+    if param is None or param.type != "reference":
+        raise BadRequest(f"{key}: '{source}:{pname}' is not a reference search parameter",
+                         expression=key)
+    target = parts[2] if len(parts) == 3 else None
+    if not rev and source != rtype:
+        raise BadRequest(f"_include must start with the searched type {rtype}", expression=key)
+    if rev and param.targets and rtype not in param.targets:
+        raise BadRequest(f"_revinclude '{raw}' cannot point at {rtype}", expression=key)
+    return Include(source, param, target)
+
+
+def parse(rtype: str, items: list[tuple[str, str]], *, default_count: int, max_count: int,
+          base_url: str = "", lenient: bool = False) -> SearchQuery:
+    q = SearchQuery(rtype, count=default_count)
+    for key, raw in items:
+        base = key.split(":", 1)[0]
+        try:
+            if base == "_count":
+                q.count = min(_nonneg_int(raw, key), max_count)
+            elif base == "_offset":
+                q.offset = _nonneg_int(raw, key)
+            elif base == "_sort":
+                q.sort = [(s.lstrip("-"), s.startswith("-")) for s in raw.split(",") if s]
+                for name, _ in q.sort:
+                    p = params_for(rtype).get(name)
+                    if name not in ("_id", "_lastUpdated") and (
+                            p is None or p.type not in ("date", "string", "token", "uri")):
+                        raise BadRequest(f"Cannot sort {rtype} by '{name}'", expression="_sort")
+            elif base == "_include":
+                if key.endswith(":iterate") or key.endswith(":recurse"):
+                    raise BadRequest("_include:iterate is not supported", expression=key)
+                q.includes.append(_include(raw, key, rev=False, rtype=rtype))
+            elif base == "_revinclude":
+                if key.endswith(":iterate") or key.endswith(":recurse"):
+                    raise BadRequest("_revinclude:iterate is not supported", expression=key)
+                q.revincludes.append(_include(raw, key, rev=True, rtype=rtype))
+            elif base == "_total":
+                if raw not in ("none", "estimate", "accurate"):
+                    raise BadRequest("_total must be none, estimate or accurate", expression=key)
+                q.total = raw != "none"
+            elif base == "_summary":
+                if raw == "count":
+                    q.summary_count = True
+                elif raw != "false":
+                    raise BadRequest("Only _summary=count and _summary=false are supported",
+                                     expression=key)
+            elif base in ("_format", "_pretty"):
+                continue
+            elif base == "_elements":
+                raise BadRequest("_elements is not supported", expression=key)
+            else:
+                q.criteria.append(_criterion(rtype, key, raw, base_url))
+        except BadRequest as exc:
+            if not lenient or base in RESULT_PARAMS:
+                raise
+            q.ignored.append(f"{key}: {exc.diagnostics}")
+    return q
+
+
+def _nonneg_int(raw: str, key: str) -> int:
+    if not raw.isdigit():
+        raise BadRequest(f"{key} must be a non-negative integer, not '{raw}'", expression=key)
+    return int(raw)

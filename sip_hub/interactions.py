@@ -1,0 +1,244 @@
+"""FHIR RESTful interactions, independent of HTTP: REST routes and Bundle entries share them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+
+from .errors import BadRequest, Gone, NotFound, PreconditionFailed
+from .fhir import search as fhir_search
+from .fhir.dates import format_instant, from_us, now_utc
+from .fhir.outcome import information
+from .service import Resolve, check_id, check_type, prepare, tx_resolver
+from .store import Stored, Tx
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    base_url: str  # the FHIR base, e.g. http://127.0.0.1:8080/fhir
+    default_count: int = 50
+    max_count: int = 1000
+    lenient: bool = False
+
+
+@dataclass(slots=True)
+class Result:
+    status: int
+    stored: Stored | None = None
+    # An OperationOutcome or Bundle to answer with instead of the stored resource.
+    body: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def etag(stored: Stored) -> str:
+    return f'W/"{stored.version_id}"'
+
+
+def parse_etag(value: str) -> int:
+    v = value.strip()
+    if v.startswith("W/"):
+        v = v[2:]
+    v = v.strip('"')
+    if not v.isdigit():
+        raise BadRequest(f"If-Match must be a version ETag like W/\"3\", not '{value}'")
+    return int(v)
+
+
+def location(ctx: Context, stored: Stored) -> str:
+    return f"{ctx.base_url}/{stored.type}/{stored.id}/_history/{stored.version_id}"
+
+
+def _match_one(tx: Tx, ctx: Context, rtype: str, criteria: str | list[tuple[str, str]]
+               ) -> list[Stored]:
+    items = parse_qsl(criteria, keep_blank_values=True) if isinstance(criteria, str) else criteria
+    items = [(k, v) for k, v in items if not k.startswith("_format")]
+    if not items:
+        raise BadRequest("A conditional interaction needs search criteria")
+    query = fhir_search.parse(rtype, items, default_count=2, max_count=2, base_url=ctx.base_url)
+    query.count, query.total = 2, False
+    matches, _ = tx.search(query)
+    return matches
+
+
+# -- instance and type interactions --------------------------------------------------------
+
+def read(tx: Tx, rtype: str, rid: str) -> Result:
+    check_type(rtype)
+    check_id(rid)
+    cur = tx.current(rtype, rid)
+    if cur is None:
+        raise NotFound(f"{rtype}/{rid} is not known")
+    if cur.deleted:
+        raise Gone(f"{rtype}/{rid} was deleted (version {cur.version_id})",
+                   headers={"ETag": etag(cur)})
+    return Result(200, cur)
+
+
+def vread(tx: Tx, rtype: str, rid: str, vid: str) -> Result:
+    check_type(rtype)
+    check_id(rid)
+    if not vid.isdigit():
+        raise NotFound(f"{rtype}/{rid} has no version '{vid}'")
+    ver = tx.version(rtype, rid, int(vid))
+    if ver is None:
+        raise NotFound(f"{rtype}/{rid} has no version {vid}")
+    if ver.deleted:
+        raise Gone(f"{rtype}/{rid} version {vid} is a deletion", headers={"ETag": etag(ver)})
+    return Result(200, ver)
+
+
+def create(tx: Tx, ctx: Context, rtype: str, res: Any, *, if_none_exist: str | None = None,
+           rid: str | None = None, resolve: Resolve | None = None) -> Result:
+    check_type(rtype, write=True)
+    if if_none_exist:
+        found = _match_one(tx, ctx, rtype, if_none_exist)
+        if len(found) > 1:
+            raise PreconditionFailed(f"If-None-Exist matched {len(found)} {rtype} resources")
+        if found:
+            return Result(200, found[0])
+    prepared = prepare(res, resolve or tx_resolver(tx), expected_type=rtype)
+    stored = tx.create(prepared, rid)
+    return Result(201, stored)
+
+
+def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: str | None = None,
+           resolve: Resolve | None = None) -> Result:
+    check_type(rtype, write=True)
+    check_id(rid)
+    if isinstance(res, dict) and res.get("id") != rid:
+        raise BadRequest(f"The resource id '{res.get('id')}' does not match the URL id '{rid}'",
+                         expression=f"{rtype}.id")
+    prepared = prepare(res, resolve or tx_resolver(tx), expected_type=rtype)
+    version = parse_etag(if_match) if if_match else None
+    stored, created = tx.update(prepared, rid, if_match=version)
+    return Result(201 if created else 200, stored)
+
+
+def conditional_update(tx: Tx, ctx: Context, rtype: str, criteria: str | list[tuple[str, str]],
+                       res: Any, *, if_match: str | None = None,
+                       resolve: Resolve | None = None) -> Result:
+    check_type(rtype, write=True)
+    found = _match_one(tx, ctx, rtype, criteria)
+    if len(found) > 1:
+        raise PreconditionFailed(f"Conditional update matched {len(found)} {rtype} resources")
+    body_id = res.get("id") if isinstance(res, dict) else None
+    if found:
+        if body_id and body_id != found[0].id:
+            raise BadRequest(f"The resource id '{body_id}' is not the id of the matching "
+                             f"resource '{found[0].id}'", expression=f"{rtype}.id")
+        res = {**res, "id": found[0].id}
+        return update(tx, ctx, rtype, found[0].id, res, if_match=if_match, resolve=resolve)
+    if body_id:
+        check_id(body_id)
+        if tx.current(rtype, body_id) is not None:
+            raise PreconditionFailed(f"{rtype}/{body_id} exists but does not match the criteria")
+        return update(tx, ctx, rtype, body_id, res, resolve=resolve)
+    return create(tx, ctx, rtype, res, resolve=resolve)
+
+
+def delete(tx: Tx, rtype: str, rid: str) -> Result:
+    check_type(rtype, write=True)
+    check_id(rid)
+    cur = tx.current(rtype, rid)
+    if cur is None:
+        raise NotFound(f"{rtype}/{rid} is not known")
+    done = tx.delete(rtype, rid)
+    if done is None:
+        return Result(200, None, information(f"{rtype}/{rid} was already deleted"))
+    return Result(200, None, information(f"Deleted {rtype}/{rid} (version {done.version_id})"),
+                  headers={"ETag": etag(done)})
+
+
+# -- search and history --------------------------------------------------------------------
+
+def _entry(ctx: Context, s: Stored, mode: str | None = None) -> dict[str, Any]:
+    e: dict[str, Any] = {"fullUrl": f"{ctx.base_url}/{s.type}/{s.id}"}
+    if s.content is not None:
+        e["resource"] = orjson.Fragment(s.content)
+    if mode:
+        e["search"] = {"mode": mode}
+    return e
+
+
+def _links(ctx: Context, path: str, items: list[tuple[str, str]], offset: int, count: int,
+           returned: int, total: int | None) -> list[dict[str, str]]:
+    base_items = [(k, v) for k, v in items if k not in ("_offset", "_count")]
+
+    def url(off: int) -> str:
+        q = base_items + [("_count", str(count))] + ([("_offset", str(off))] if off else [])
+        return f"{ctx.base_url}/{path}?{urlencode(q)}"
+
+    links = [{"relation": "self", "url": url(offset)}]
+    more = (offset + returned < total) if total is not None else returned == count
+    if more and count:
+        links.append({"relation": "next", "url": url(offset + count)})
+    if offset > 0:
+        links.append({"relation": "previous", "url": url(max(0, offset - count))})
+    return links
+
+
+def bundle(btype: str, entries: list[dict[str, Any]], total: int | None = None,
+           links: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"resourceType": "Bundle", "type": btype,
+                           "meta": {"lastUpdated": format_instant(now_utc())}}
+    if total is not None:
+        out["total"] = total
+    if links:
+        out["link"] = links
+    if entries:
+        out["entry"] = entries
+    return out
+
+
+def search(tx: Tx, ctx: Context, rtype: str, items: list[tuple[str, str]]) -> Result:
+    check_type(rtype)
+    query = fhir_search.parse(rtype, items, default_count=ctx.default_count,
+                              max_count=ctx.max_count, base_url=ctx.base_url,
+                              lenient=ctx.lenient)
+    matches, total = tx.search(query)
+    included = tx.includes(query, matches) if (query.includes or query.revincludes) else []
+    entries = [_entry(ctx, s, "match") for s in matches]
+    entries += [_entry(ctx, s, "include") for s in included]
+    if query.ignored:
+        oo = information("Ignored search parameters: " + "; ".join(query.ignored))
+        entries.append({"resource": oo, "search": {"mode": "outcome"}})
+    links = _links(ctx, rtype, items, query.offset, query.count, len(matches), total)
+    return Result(200, None, bundle("searchset", entries, total, links))
+
+
+def history(tx: Tx, ctx: Context, items: list[tuple[str, str]], rtype: str | None = None,
+            rid: str | None = None) -> Result:
+    if rtype:
+        check_type(rtype)
+    if rid:
+        check_id(rid)
+        if tx.current(rtype or "", rid) is None:
+            raise NotFound(f"{rtype}/{rid} is not known")
+    count, offset, since, at = ctx.default_count, 0, None, None
+    for k, v in items:
+        if k == "_count":
+            count = min(fhir_search._nonneg_int(v, k), ctx.max_count)
+        elif k == "_offset":
+            offset = fhir_search._nonneg_int(v, k)
+        elif k == "_since":
+            since = fhir_search._date(v, k).low
+        elif k == "_at":
+            at = fhir_search._date(v, k).high
+        elif k not in ("_format", "_pretty"):
+            raise BadRequest(f"Unknown history parameter '{k}'", expression=k)
+    rows, total = tx.history(rtype, rid, since=since, at=at, count=count, offset=offset)
+    entries = []
+    for s in rows:
+        e = _entry(ctx, s)
+        url = f"{s.type}/{s.id}" if s.method != "POST" else s.type
+        e["request"] = {"method": s.method, "url": url}
+        e["response"] = {"status": "410 Gone" if s.deleted else
+                         ("201 Created" if s.version_id == 1 else "200 OK"),
+                         "etag": etag(s), "lastModified": format_instant(from_us(s.last_updated))}
+        entries.append(e)
+    path = "/".join(p for p in (rtype, rid, "_history") if p)
+    return Result(200, None, bundle("history", entries, total,
+                                    _links(ctx, path, items, offset, count, len(rows), total)))

@@ -1,0 +1,159 @@
+"""FHIR on the wire: request bodies in, responses out, in JSON or XML.
+
+Bodies are read raw and validated by us (never as FastAPI body models: a wrong-typed value
+must be a 4xx OperationOutcome, not a 500).
+"""
+
+from __future__ import annotations
+
+from email.utils import format_datetime
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..errors import BadRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
+from ..fhir import models
+from ..fhir.dates import from_us
+from ..fhir.outcome import information
+from ..interactions import Context, Result, etag, location
+
+JSON = "application/fhir+json"
+XML = "application/fhir+xml"
+_JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir",
+               "text/json"}
+_XML_TYPES = {"application/fhir+xml", "application/xml", "application/xml+fhir", "text/xml"}
+_FORMAT_ALIASES = {"json": JSON, "xml": XML, **{t: JSON for t in _JSON_TYPES},
+                   **{t: XML for t in _XML_TYPES}}
+
+
+def _media(value: str) -> str:
+    return value.split(";", 1)[0].strip().lower()
+
+
+def response_format(request: Request) -> str:
+    """JSON or XML, from ``_format`` first, then ``Accept``; 406 when neither can be served."""
+    fmt = request.query_params.get("_format")
+    if fmt:
+        chosen = _FORMAT_ALIASES.get(fmt.strip().lower().replace(" ", "+"))
+        if chosen is None:
+            raise NotAcceptable(f"_format '{fmt}' is not supported; use json or xml")
+        return chosen
+    accept = request.headers.get("accept", "")
+    if not accept.strip():
+        return JSON
+    ranked = []
+    for i, part in enumerate(accept.split(",")):
+        media, *params = [p.strip() for p in part.split(";")]
+        q = 1.0
+        for p in params:
+            if p.startswith("q="):
+                try:
+                    q = float(p[2:])
+                except ValueError:
+                    q = 0.0
+        ranked.append((-q, i, media.lower()))
+    for negq, _, media in sorted(ranked):
+        if negq == 0:
+            continue
+        if media in _JSON_TYPES or media in ("*/*", "application/*", "text/*"):
+            return JSON
+        if media in _XML_TYPES:
+            return XML
+    raise NotAcceptable(f"Cannot answer in any of '{accept}'; this server speaks "
+                        f"{JSON} and {XML}")
+
+
+async def read_body(request: Request, max_bytes: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"The body is larger than the limit of {max_bytes} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"The body is larger than the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise BadRequest("The request has no body")
+    ctype = _media(request.headers.get("content-type", ""))
+    if ctype in _JSON_TYPES:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"Malformed JSON: {exc}") from None
+    if ctype in _XML_TYPES:
+        return models.from_xml(raw)
+    if not ctype:
+        raise UnsupportedMediaType(f"Content-Type is missing; send {JSON} or {XML}")
+    raise UnsupportedMediaType(f"Content-Type '{ctype}' is not supported; send {JSON} or {XML}")
+
+
+def _render(payload: dict[str, Any] | bytes, fmt: str, pretty: bool) -> bytes:
+    if fmt == XML:
+        data = orjson.loads(payload) if isinstance(payload, bytes) else orjson.loads(
+            orjson.dumps(payload))
+        return models.to_xml(data)
+    if isinstance(payload, bytes) and not pretty:
+        return payload
+    opts = orjson.OPT_INDENT_2 if pretty else 0
+    obj = orjson.loads(payload) if isinstance(payload, bytes) else payload
+    return orjson.dumps(obj, option=opts)
+
+
+def respond(request: Request, payload: dict[str, Any] | bytes | None, status: int = 200,
+            headers: dict[str, str] | None = None, fmt: str | None = None) -> Response:
+    fmt = fmt or response_format(request)
+    pretty = request.query_params.get("_pretty") == "true"
+    body = b"" if payload is None else _render(payload, fmt, pretty)
+    return Response(body, status_code=status, headers=headers,
+                    media_type=f"{fmt}; charset=utf-8" if payload is not None else None)
+
+
+def prefer_return(request: Request) -> str:
+    for part in request.headers.get("prefer", "").split(","):
+        k, _, v = part.strip().partition("=")
+        if k.strip() == "return":
+            v = v.strip().strip('"')
+            if v in ("minimal", "representation", "OperationOutcome"):
+                return v
+    return "representation"
+
+
+def prefer_lenient(request: Request) -> bool:
+    return "handling=lenient" in request.headers.get("prefer", "").replace(" ", "")
+
+
+def result_response(request: Request, ctx: Context, result: Result, *,
+                    write: bool = False) -> Response:
+    fmt = response_format(request)
+    headers = dict(result.headers)
+    s = result.stored
+    if s is not None:
+        headers["ETag"] = etag(s)
+        headers["Last-Modified"] = format_datetime(from_us(s.last_updated), usegmt=True)
+        if write:
+            headers["Location"] = location(ctx, s)
+        else:
+            headers["Content-Location"] = location(ctx, s)
+    if write and s is not None:
+        pref = prefer_return(request)
+        if pref == "minimal":
+            return respond(request, None, result.status, headers, fmt)
+        if pref == "OperationOutcome":
+            verb = "Created" if result.status == 201 else "Updated"
+            return respond(request, information(f"{verb} {s.type}/{s.id} version {s.version_id}"),
+                           result.status, headers, fmt)
+    payload: dict[str, Any] | bytes | None = result.body if result.body is not None else (
+        s.content if s is not None else None)
+    return respond(request, payload, result.status, headers, fmt)
+
+
+def context(request: Request) -> Context:
+    settings = request.app.state.settings
+    base = settings.base_url.rstrip("/") + "/fhir" if settings.base_url else (
+        str(request.base_url).rstrip("/") + "/fhir")
+    return Context(base, settings.default_page_size, settings.max_page_size,
+                   prefer_lenient(request))

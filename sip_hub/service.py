@@ -1,0 +1,95 @@
+"""The FHIR resource service: the one write pipeline and read path every entry point uses.
+
+REST handlers, transaction Bundles and (later) messages all go through ``prepare`` and the
+store, so a rule enforced here holds everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import identifiers
+from .errors import BadRequest, IssueCollector, MethodNotAllowed, NotFound
+from .fhir import models, profiles, validation
+from .fhir.search_params import READ_ONLY_TYPES, supported
+from .store import Store, Stored, Tx
+
+ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+# Resolves (type, id) to the current JSON of a resource, or None.
+Resolve = Callable[[str, str], dict[str, Any] | None]
+
+
+def check_type(rtype: str, *, write: bool = False) -> None:
+    if not supported(rtype):
+        if models.is_resource_type(rtype):
+            raise NotFound(f"Resource type {rtype} is not supported by this server")
+        raise NotFound(f"Unknown resource type '{rtype}'")
+    if write and rtype in READ_ONLY_TYPES:
+        raise MethodNotAllowed(f"{rtype} resources are published by the hub and are read-only")
+
+
+def check_id(rid: str) -> None:
+    if not ID_RE.match(rid):
+        raise BadRequest(f"'{rid}' is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)")
+
+
+def tx_resolver(tx: Tx, pending: dict[tuple[str, str], dict[str, Any]] | None = None) -> Resolve:
+    def resolve(rtype: str, rid: str) -> dict[str, Any] | None:
+        if pending and (rtype, rid) in pending:
+            return pending[(rtype, rid)]
+        cur = tx.current(rtype, rid)
+        return cur.json() if cur and not cur.deleted else None
+    return resolve
+
+
+def prepare(res: Any, resolve: Resolve, *, expected_type: str | None = None) -> dict[str, Any]:
+    """Validate and normalise a resource for storing; raises with every problem found."""
+    if not isinstance(res, dict):
+        raise BadRequest("The body must be a JSON object holding one FHIR resource")
+    rtype = res.get("resourceType")
+    if expected_type is not None and rtype != expected_type:
+        raise BadRequest(f"resourceType '{rtype}' does not match the endpoint's type "
+                         f"'{expected_type}'", expression="resourceType")
+    models.validate(res)
+    check_type(res["resourceType"], write=True)
+    collector = IssueCollector()
+    identifiers.normalise_in_resource(res, collector)
+    validation.check(res, collector)
+    if profiles.applies(res):
+        profiles.check(res, collector, resolve)
+    collector.raise_if_any(f"{rtype} failed validation")
+    profiles.stamp(res)
+    return res
+
+
+@dataclass(slots=True)
+class FhirService:
+    store: Store
+
+    def read(self, rtype: str, rid: str) -> Stored | None:
+        check_type(rtype)
+        return self.store.read(rtype, rid)
+
+    def seed_definitions(self) -> int:
+        """Publish the hub's own conformance resources, writing only those that changed.
+
+        They are validated by the test suite, not here, to keep start-up fast.
+        """
+        written = 0
+        with self.store.begin() as tx:
+            for res in profiles.definitions():
+                cur = tx.current(res["resourceType"], res["id"])
+                if cur and not cur.deleted and _same_content(cur.json(), res):
+                    continue
+                tx.update(dict(res), res["id"], method="PUT")
+                written += 1
+        return written
+
+
+def _same_content(stored: dict[str, Any], res: dict[str, Any]) -> bool:
+    a = {k: v for k, v in stored.items() if k != "meta"}
+    b = {k: v for k, v in res.items() if k != "meta"}
+    return a == b

@@ -1,0 +1,230 @@
+"""Versioned resources: every write a new version, history kept, delete a tombstone.
+
+Search index rows are written in the same transaction as the version they describe.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import orjson
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from ..errors import Conflict, PreconditionFailed, TransientError
+from ..fhir.dates import format_instant, now_utc, to_us
+from ..fhir.indexing import extract
+from ..fhir.search import SearchQuery
+from . import search as sql_search
+from .records import COLUMNS as _COLUMNS, Stored, row_to_stored as _row
+from .schema import INDEX_TABLES, resource, resource_history
+
+_H = resource_history.c
+_R = resource.c
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def stamp_meta(res: dict[str, Any], rid: str, version_id: int, instant: str) -> dict[str, Any]:
+    """The resource as stored: id and meta first, the rest in the client's order."""
+    meta = dict(res.get("meta") or {})
+    meta["versionId"] = str(version_id)
+    meta["lastUpdated"] = instant
+    out = {"resourceType": res["resourceType"], "id": rid, "meta": meta}
+    for k, v in res.items():
+        if k not in out:
+            out[k] = v
+    return out
+
+
+class Tx:
+    """One database transaction; every store operation runs inside one."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    # reads -------------------------------------------------------------------------------
+    def current(self, rtype: str, rid: str) -> Stored | None:
+        q = (select(*_COLUMNS, _R.deleted)
+             .join_from(resource, resource_history, and_(
+                 _H.res_type == _R.res_type, _H.res_id == _R.res_id,
+                 _H.version_id == _R.version_id))
+             .where(_R.res_type == rtype, _R.res_id == rid))
+        row = self.conn.execute(q).first()
+        return _row(row, row.deleted) if row else None
+
+    def version(self, rtype: str, rid: str, version_id: int) -> Stored | None:
+        row = self.conn.execute(select(*_COLUMNS).where(
+            _H.res_type == rtype, _H.res_id == rid, _H.version_id == version_id)).first()
+        return _row(row) if row else None
+
+    def current_many(self, keys: list[tuple[str, str]]) -> list[Stored]:
+        if not keys:
+            return []
+        by_type: dict[str, list[str]] = {}
+        for t, i in keys:
+            by_type.setdefault(t, []).append(i)
+        out: dict[tuple[str, str], Stored] = {}
+        for t, ids in by_type.items():
+            q = (select(*_COLUMNS)
+                 .join_from(resource, resource_history, and_(
+                     _H.res_type == _R.res_type, _H.res_id == _R.res_id,
+                     _H.version_id == _R.version_id))
+                 .where(_R.res_type == t, _R.res_id.in_(ids), _R.deleted.is_(False)))
+            for row in self.conn.execute(q):
+                out[(row.res_type, row.res_id)] = _row(row, False)
+        return [out[k] for k in dict.fromkeys(keys) if k in out]
+
+    # writes ------------------------------------------------------------------------------
+    def create(self, res: dict[str, Any], rid: str | None = None) -> Stored:
+        rid = rid or new_id()
+        return self._write(res, rid, 1, None, "POST")
+
+    def update(self, res: dict[str, Any], rid: str, *, if_match: int | None = None,
+               method: str = "PUT") -> tuple[Stored, bool]:
+        """Write a new version; returns (stored, created). A stale ``if_match`` is a 412."""
+        cur = self._current_version(res["resourceType"], rid)
+        if cur is None:
+            if if_match is not None:
+                raise PreconditionFailed(
+                    f"{res['resourceType']}/{rid} does not exist (If-Match: W/\"{if_match}\")")
+            return self._write(res, rid, 1, None, method), True
+        version, _deleted = cur
+        if if_match is not None and if_match != version:
+            raise PreconditionFailed(
+                f"Version conflict: {res['resourceType']}/{rid} is at version {version}, "
+                f"If-Match asked for {if_match}")
+        return self._write(res, rid, version + 1, version, method), False
+
+    def delete(self, rtype: str, rid: str) -> Stored | None:
+        """Write a tombstone; None when there is nothing current to delete."""
+        cur = self._current_version(rtype, rid)
+        if cur is None or cur[1]:
+            return None
+        version = cur[0] + 1
+        ts = to_us(now_utc())
+        self._advance(rtype, rid, version, cur[0], ts, deleted=True)
+        self.conn.execute(insert(resource_history).values(
+            res_type=rtype, res_id=rid, version_id=version, last_updated=ts, method="DELETE",
+            content=None))
+        self._clear_index(rtype, rid)
+        return Stored(rtype, rid, version, ts, True, None, "DELETE")
+
+    def _current_version(self, rtype: str, rid: str) -> tuple[int, bool] | None:
+        q = select(_R.version_id, _R.deleted).where(_R.res_type == rtype, _R.res_id == rid)
+        if self.conn.dialect.name == "postgresql":
+            q = q.with_for_update()
+        row = self.conn.execute(q).first()
+        return (row.version_id, row.deleted) if row else None
+
+    def _advance(self, rtype: str, rid: str, version: int, previous: int | None, ts: int,
+                 *, deleted: bool) -> None:
+        if previous is None:
+            try:
+                with self.conn.begin_nested():
+                    self.conn.execute(insert(resource).values(
+                        res_type=rtype, res_id=rid, version_id=version, last_updated=ts,
+                        deleted=deleted))
+            except IntegrityError:
+                raise Conflict(f"{rtype}/{rid} was created concurrently; retry") from None
+            return
+        done = self.conn.execute(
+            update(resource)
+            .where(_R.res_type == rtype, _R.res_id == rid, _R.version_id == previous)
+            .values(version_id=version, last_updated=ts, deleted=deleted))
+        if done.rowcount != 1:
+            raise Conflict(f"{rtype}/{rid} was changed concurrently; retry")
+
+    def _write(self, res: dict[str, Any], rid: str, version: int, previous: int | None,
+               method: str) -> Stored:
+        rtype = res["resourceType"]
+        now = now_utc()
+        ts = to_us(now)
+        final = stamp_meta(res, rid, version, format_instant(now))
+        content = orjson.dumps(final)
+        self._advance(rtype, rid, version, previous, ts, deleted=False)
+        self.conn.execute(insert(resource_history).values(
+            res_type=rtype, res_id=rid, version_id=version, last_updated=ts, method=method,
+            content=content))
+        if previous is not None:
+            self._clear_index(rtype, rid)
+        self._write_index(rtype, rid, final)
+        return Stored(rtype, rid, version, ts, False, content, method)
+
+    def _clear_index(self, rtype: str, rid: str) -> None:
+        for table in INDEX_TABLES.values():
+            self.conn.execute(delete(table).where(table.c.res_type == rtype,
+                                                  table.c.res_id == rid))
+
+    def _write_index(self, rtype: str, rid: str, res: dict[str, Any]) -> None:
+        rows = extract(res)
+        key = {"res_type": rtype, "res_id": rid}
+        if rows.token:
+            self.conn.execute(insert(INDEX_TABLES["token"]), [
+                {**key, "param": p, "system": s, "code": c} for p, s, c in rows.token])
+        if rows.reference:
+            self.conn.execute(insert(INDEX_TABLES["reference"]), [
+                {**key, "param": p, "target_type": t, "target_id": i}
+                for p, t, i in rows.reference])
+        if rows.date:
+            self.conn.execute(insert(INDEX_TABLES["date"]), [
+                {**key, "param": p, "low": lo, "high": hi} for p, lo, hi in rows.date])
+        if rows.string:
+            self.conn.execute(insert(INDEX_TABLES["string"]), [
+                {**key, "param": p, "value_norm": n, "value": v} for p, n, v in rows.string])
+
+    # history and search ------------------------------------------------------------------
+    def history(self, rtype: str | None = None, rid: str | None = None, *,
+                since: int | None = None, at: int | None = None, count: int = 50,
+                offset: int = 0) -> tuple[list[Stored], int]:
+        conds = []
+        if rtype:
+            conds.append(_H.res_type == rtype)
+        if rid:
+            conds.append(_H.res_id == rid)
+        if since is not None:
+            conds.append(_H.last_updated >= since)
+        if at is not None:
+            conds.append(_H.last_updated <= at)
+        total = self.conn.execute(select(func.count()).select_from(resource_history)
+                                  .where(*conds)).scalar_one()
+        rows = self.conn.execute(
+            select(*_COLUMNS).where(*conds)
+            .order_by(_H.last_updated.desc(), _H.version_id.desc(), _H.res_id)
+            .limit(count).offset(offset))
+        return [_row(r) for r in rows], total
+
+    def search(self, query: SearchQuery) -> tuple[list[Stored], int | None]:
+        return sql_search.run(self.conn, query)
+
+    def includes(self, query: SearchQuery, matches: list[Stored]) -> list[Stored]:
+        keys = sql_search.include_keys(self.conn, query, matches)
+        seen = {(m.type, m.id) for m in matches}
+        return self.current_many([k for k in keys if k not in seen])
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def begin(self, *, write: bool = True) -> Iterator[Tx]:
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(sip_write=write)
+                with conn.begin():
+                    yield Tx(conn)
+        except OperationalError as exc:
+            raise TransientError(f"Database unavailable: {exc.orig}") from exc
+
+    def ping(self) -> None:
+        with self.begin(write=False) as tx:
+            tx.conn.execute(select(1))
+
+    def read(self, rtype: str, rid: str) -> Stored | None:
+        with self.begin(write=False) as tx:
+            return tx.current(rtype, rid)

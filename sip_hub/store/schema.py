@@ -1,0 +1,79 @@
+"""Tables of the versioned resource store. Alembic migrations mirror this module."""
+
+from __future__ import annotations
+
+from sqlalchemy import (BigInteger, Boolean, Column, Index, Integer, LargeBinary, MetaData,
+                        String, Table)
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+# Byte-wise ordering so that prefix search by range uses the index on PostgreSQL too.
+_Key = String(255).with_variant(String(255, collation="C"), "postgresql")
+
+# The current version of every resource (one row per logical id); reads join to its history row.
+resource = Table(
+    "resource", metadata,
+    Column("res_type", String(64), primary_key=True),
+    Column("res_id", String(64), primary_key=True),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", BigInteger, nullable=False),  # UTC microseconds since the epoch
+    Column("deleted", Boolean, nullable=False),
+    Index(None, "res_type", "last_updated"),
+)
+
+# Every version ever written; delete writes a tombstone version (content NULL).
+resource_history = Table(
+    "resource_history", metadata,
+    Column("res_type", String(64), primary_key=True),
+    Column("res_id", String(64), primary_key=True),
+    Column("version_id", Integer, primary_key=True),
+    Column("last_updated", BigInteger, nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("content", LargeBinary, nullable=True),
+    Index(None, "res_type", "last_updated"),
+    Index(None, "last_updated"),
+)
+
+
+def _index_table(name: str, *columns: Column, value_index: tuple[str, ...]) -> Table:
+    return Table(
+        name, metadata,
+        Column("res_type", String(64), nullable=False),
+        Column("res_id", String(64), nullable=False),
+        Column("param", String(64), nullable=False),
+        *columns,
+        Index(None, "res_type", "param", *value_index),
+        Index(None, "res_type", "res_id"),
+    )
+
+
+idx_token = _index_table(
+    "idx_token", Column("system", String(255), nullable=True), Column("code", _Key, nullable=False),
+    value_index=("code",))
+idx_reference = _index_table(
+    "idx_reference", Column("target_type", String(64), nullable=False),
+    Column("target_id", String(64), nullable=False), value_index=("target_id", "target_type"))
+idx_date = _index_table(
+    "idx_date", Column("low", BigInteger, nullable=False), Column("high", BigInteger, nullable=False),
+    value_index=("low", "high"))
+idx_string = _index_table(
+    "idx_string", Column("value_norm", _Key, nullable=False),
+    Column("value", String(255), nullable=False), value_index=("value_norm",))
+
+INDEX_TABLES = {"token": idx_token, "reference": idx_reference, "date": idx_date,
+                "string": idx_string}
+
+# API clients (OAuth2 client credentials); secrets are stored only as Argon2 hashes.
+api_client = Table(
+    "api_client", metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("secret_hash", String(255), nullable=False),
+    Column("org_hsa_id", String(64), nullable=False),
+    Column("scope", String(2000), nullable=False),
+    Column("name", String(255), nullable=True),
+    Column("created", BigInteger, nullable=False),
+    Column("active", Boolean, nullable=False),
+)

@@ -1,0 +1,98 @@
+"""Shared fixtures: every store test runs on SQLite and, when configured, PostgreSQL.
+
+PostgreSQL comes from SIP_HUB_TEST_DATABASE_URL; without it those tests skip, unless
+SIP_HUB_REQUIRE_SERVICES=1 (CI), where a missing service fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from sip_hub.app import create_app
+from sip_hub.service import FhirService
+from sip_hub.settings import Settings
+from sip_hub.store import Store
+from sip_hub.store.engine import make_engine
+from sip_hub.store.migrate import upgrade
+from sip_hub.store.schema import metadata
+
+REQUIRE = os.environ.get("SIP_HUB_REQUIRE_SERVICES") == "1"
+PG_URL = os.environ.get("SIP_HUB_TEST_DATABASE_URL", "")
+
+
+def need_service(name: str, url: str) -> None:
+    if not url:
+        if REQUIRE:
+            pytest.fail(f"{name} is required (SIP_HUB_REQUIRE_SERVICES=1) but not configured")
+        pytest.skip(f"{name} not configured")
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied for each test (migrating per test is slow)."""
+    path = tmp_path_factory.mktemp("template") / "template.sqlite3"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_engine() -> Iterator[object]:
+    need_service("PostgreSQL", PG_URL)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in PG_URL else "?"
+    engine = make_engine(f"{PG_URL}{sep}options=-csearch_path%3D{schema}")
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        db = tmp_path / "hub.sqlite3"
+        shutil.copy(request.getfixturevalue("sqlite_template"), db)
+        engine = make_engine(f"sqlite:///{db}")
+        yield Store(engine)
+        engine.dispose()
+    else:
+        engine = request.getfixturevalue("pg_engine")
+        with engine.begin() as conn:
+            names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+            conn.execute(text(f"TRUNCATE {names}"))
+        yield Store(engine)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(env="test", data_dir=tmp_path, base_url="http://hub.test",
+                    auto_migrate=False)
+
+
+@pytest.fixture
+def client(store: Store, settings: Settings) -> Iterator[TestClient]:
+    app = create_app(settings, store=store)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture
+def service(store: Store) -> FhirService:
+    svc = FhirService(store)
+    svc.seed_definitions()
+    return svc
