@@ -14,7 +14,6 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 def _config(engine: Engine) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
     return cfg
 
 

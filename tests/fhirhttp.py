@@ -1,0 +1,42 @@
+"""Small helpers for talking FHIR to the test client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+JSON_HEADERS = {"content-type": "application/fhir+json", "accept": "application/fhir+json"}
+PNR = "http://electronichealth.se/identifier/personnummer"
+HSA = "urn:oid:1.2.752.29.4.19"
+
+
+def body(resource: Any) -> dict[str, Any]:
+    return {"content": orjson.dumps(resource), "headers": JSON_HEADERS}
+
+
+def patient(pnr: str = "191212121212", family: str = "Tolvansson",
+            given: str = "Tolvan") -> dict[str, Any]:
+    return {"resourceType": "Patient",
+            "identifier": [{"system": PNR, "value": pnr}],
+            "name": [{"family": family, "given": [given]}],
+            "birthDate": f"{pnr[:4]}-{pnr[4:6]}-{pnr[6:8]}"}
+
+
+def plain_careplan(patient_id: str, **extra: Any) -> dict[str, Any]:
+    """A CarePlan without SIP markers: only base FHIR rules apply."""
+    return {"resourceType": "CarePlan", "status": "active", "intent": "plan",
+            "subject": {"reference": f"Patient/{patient_id}"}, **extra}
+
+
+def outcome_text(resp: Any) -> str:
+    data = resp.json()
+    assert data["resourceType"] == "OperationOutcome", data
+    return " | ".join(f"{i.get('diagnostics', '')} @ {','.join(i.get('expression', []))}"
+                      for i in data["issue"])
+
+
+def create(client: Any, resource: dict[str, Any]) -> dict[str, Any]:
+    r = client.post(f"/fhir/{resource['resourceType']}", **body(resource))
+    assert r.status_code == 201, r.text
+    return r.json()

@@ -1,0 +1,128 @@
+"""transaction and batch Bundles at the FHIR base."""
+
+from __future__ import annotations
+
+from fhirhttp import body, create, outcome_text, patient, plain_careplan
+
+
+def tx(*entries, btype="transaction"):
+    return {"resourceType": "Bundle", "type": btype, "entry": list(entries)}
+
+
+def post(resource, full_url=None, **req):
+    e = {"resource": resource, "request": {"method": "POST", "url": resource["resourceType"],
+                                           **req}}
+    if full_url:
+        e["fullUrl"] = full_url
+    return e
+
+
+def test_transaction_resolves_urn_uuid_references(client):
+    pat_url = "urn:uuid:0b3b7b0e-2f4b-4a8e-9c4f-1e1b1a1d1c10"
+    bundle = tx(
+        post({"resourceType": "CarePlan", "status": "active", "intent": "plan",
+              "subject": {"reference": pat_url}}),
+        post(patient(), pat_url),
+    )
+    r = client.post("/fhir", **body(bundle))
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["type"] == "transaction-response"
+    assert [e["response"]["status"] for e in out["entry"]] == ["201 Created", "201 Created"]
+    plan_loc, pat_loc = (e["response"]["location"] for e in out["entry"])
+    pat_id = pat_loc.split("/")[-3]
+    plan = client.get(plan_loc.replace("http://hub.test", "")).json()
+    assert plan["subject"]["reference"] == f"Patient/{pat_id}"
+
+
+def test_transaction_is_all_or_nothing(client):
+    bad = patient()
+    bad["identifier"][0]["value"] = "191212121213"
+    bundle = tx(post(patient("200001012384")), post(bad))
+    r = client.post("/fhir", **body(bundle))
+    assert r.status_code == 422
+    assert "Bundle.entry[1]" in outcome_text(r)
+    assert client.get("/fhir/Patient").json()["total"] == 0
+
+
+def test_transaction_update_delete_and_read_entries(client):
+    keep = create(client, patient())
+    drop = create(client, patient("200001012384"))
+    bundle = tx(
+        {"resource": keep | {"gender": "male"},
+         "request": {"method": "PUT", "url": f"Patient/{keep['id']}", "ifMatch": 'W/"1"'}},
+        {"request": {"method": "DELETE", "url": f"Patient/{drop['id']}"}},
+        {"request": {"method": "GET", "url": f"Patient/{keep['id']}"}},
+    )
+    out = client.post("/fhir", **body(bundle)).json()
+    statuses = [e["response"]["status"] for e in out["entry"]]
+    assert statuses == ["200 OK", "200 OK", "200 OK"]
+    # GET runs after the PUT in a transaction, so it sees the new version.
+    assert out["entry"][2]["resource"]["gender"] == "male"
+    assert client.get(f"/fhir/Patient/{drop['id']}").status_code == 410
+
+
+def test_transaction_stale_if_match_rolls_back(client):
+    keep = create(client, patient())
+    bundle = tx(post(patient("200001012384")),
+                {"resource": keep, "request": {"method": "PUT", "url": f"Patient/{keep['id']}",
+                                               "ifMatch": 'W/"7"'}})
+    r = client.post("/fhir", **body(bundle))
+    assert r.status_code == 412
+    assert client.get("/fhir/Patient").json()["total"] == 1
+
+
+def test_transaction_conditional_create_reuses_existing(client):
+    existing = create(client, patient())
+    url = "urn:uuid:7f1a4c1e-0000-4000-8000-000000000001"
+    bundle = tx(
+        post(patient(), url, ifNoneExist="identifier=191212121212"),
+        post(plain_careplan("placeholder") | {"subject": {"reference": url}}),
+    )
+    out = client.post("/fhir", **body(bundle)).json()
+    assert out["entry"][0]["response"]["status"] == "200 OK"
+    plan_id = out["entry"][1]["response"]["location"].split("/")[-3]
+    plan = client.get(f"/fhir/CarePlan/{plan_id}").json()
+    assert plan["subject"]["reference"] == f"Patient/{existing['id']}"
+    assert client.get("/fhir/Patient").json()["total"] == 1
+
+
+def test_batch_entries_succeed_or_fail_alone(client):
+    bad = patient()
+    bad["gender"] = "bogus"
+    bundle = tx(post(patient()), post(bad), {"request": {"method": "GET", "url": "Patient/nobody"}},
+                btype="batch")
+    r = client.post("/fhir", **body(bundle))
+    assert r.status_code == 200
+    out = r.json()
+    assert out["type"] == "batch-response"
+    statuses = [e["response"]["status"] for e in out["entry"]]
+    assert statuses[0] == "201 Created" and statuses[1] == "422" and statuses[2] == "404"
+    assert out["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
+    assert client.get("/fhir/Patient").json()["total"] == 1
+
+
+def test_batch_search_entry(client):
+    create(client, patient())
+    out = client.post("/fhir", **body(tx(
+        {"request": {"method": "GET", "url": "Patient?identifier=191212121212"}},
+        btype="batch"))).json()
+    assert out["entry"][0]["resource"]["total"] == 1
+
+
+def test_bundle_of_other_type_is_400(client):
+    r = client.post("/fhir", **body({"resourceType": "Bundle", "type": "collection"}))
+    assert r.status_code == 400
+    assert "transaction or batch" in outcome_text(r)
+
+
+def test_entry_without_request_is_400(client):
+    r = client.post("/fhir", **body(tx({"resource": patient()})))
+    assert r.status_code == 400
+    assert "request" in outcome_text(r)
+
+
+def test_absolute_url_to_other_server_is_refused(client):
+    r = client.post("/fhir", **body(tx({"resource": patient(), "request": {
+        "method": "POST", "url": "http://elsewhere.example/fhir/Patient"}})))
+    assert r.status_code == 400

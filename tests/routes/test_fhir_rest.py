@@ -1,0 +1,303 @@
+"""The REST interactions a connected system relies on, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from fhirhttp import JSON_HEADERS, body, create, outcome_text, patient, plain_careplan
+
+
+def test_create_assigns_id_version_and_answers_location_etag(client):
+    r = client.post("/fhir/Patient", **body(patient()))
+    assert r.status_code == 201
+    res = r.json()
+    assert res["meta"]["versionId"] == "1"
+    assert r.headers["etag"] == 'W/"1"'
+    assert r.headers["location"] == f"http://hub.test/fhir/Patient/{res['id']}/_history/1"
+    assert "last-modified" in r.headers
+    assert r.headers["content-type"].startswith("application/fhir+json")
+
+
+def test_create_ignores_client_id_and_meta_version(client):
+    p = patient() | {"id": "chosen", "meta": {"versionId": "99"}}
+    res = create(client, p)
+    assert res["id"] != "chosen"
+    assert res["meta"]["versionId"] == "1"
+
+
+def test_read_serves_exactly_the_stored_bytes(client):
+    res = create(client, patient())
+    r = client.get(f"/fhir/Patient/{res['id']}")
+    assert r.status_code == 200
+    assert r.json() == res
+    assert r.headers["etag"] == 'W/"1"'
+
+
+def test_identifier_is_normalised_on_write(client):
+    p = patient()
+    p["identifier"][0]["value"] = "19121212-1212"
+    res = create(client, p)
+    assert res["identifier"][0]["value"] == "191212121212"
+
+
+def test_invalid_personnummer_is_rejected_with_its_location(client):
+    p = patient()
+    p["identifier"][0]["value"] = "19121212-1213"
+    r = client.post("/fhir/Patient", **body(p))
+    assert r.status_code == 422
+    issue = r.json()["issue"][0]
+    assert issue["expression"] == ["Patient.identifier[0].value"]
+    assert "check digit" in issue["diagnostics"]
+    assert client.get("/fhir/Patient").json()["total"] == 0
+
+
+def test_update_makes_a_new_version_and_keeps_history(client):
+    res = create(client, patient())
+    res["name"][0]["family"] = "Tolvansdotter"
+    r = client.put(f"/fhir/Patient/{res['id']}", **body(res))
+    assert r.status_code == 200
+    assert r.json()["meta"]["versionId"] == "2"
+    v1 = client.get(f"/fhir/Patient/{res['id']}/_history/1")
+    assert v1.status_code == 200 and v1.json()["name"][0]["family"] == "Tolvansson"
+    hist = client.get(f"/fhir/Patient/{res['id']}/_history").json()
+    assert hist["type"] == "history" and hist["total"] == 2
+    assert [e["resource"]["meta"]["versionId"] for e in hist["entry"]] == ["2", "1"]
+
+
+def test_update_with_stale_if_match_is_412_and_changes_nothing(client):
+    res = create(client, patient())
+    r = client.put(f"/fhir/Patient/{res['id']}",
+                   content=orjson.dumps(res | {"gender": "male"}),
+                   headers=JSON_HEADERS | {"if-match": 'W/"1"'})
+    assert r.status_code == 200
+    stale = client.put(f"/fhir/Patient/{res['id']}",
+                       content=orjson.dumps(res | {"gender": "female"}),
+                       headers=JSON_HEADERS | {"if-match": 'W/"1"'})
+    assert stale.status_code == 412
+    assert "version 2" in outcome_text(stale)
+    assert client.get(f"/fhir/Patient/{res['id']}").json()["gender"] == "male"
+
+
+def test_update_with_mismatched_id_is_400(client):
+    res = create(client, patient())
+    r = client.put(f"/fhir/Patient/{res['id']}", **body(res | {"id": "other"}))
+    assert r.status_code == 400
+
+
+def test_update_as_create_with_client_id(client):
+    p = patient() | {"id": "tolvan"}
+    r = client.put("/fhir/Patient/tolvan", **body(p))
+    assert r.status_code == 201
+    assert client.get("/fhir/Patient/tolvan").json()["id"] == "tolvan"
+
+
+def test_delete_is_a_versioned_tombstone(client):
+    res = create(client, patient())
+    r = client.delete(f"/fhir/Patient/{res['id']}")
+    assert r.status_code == 200
+    gone = client.get(f"/fhir/Patient/{res['id']}")
+    assert gone.status_code == 410
+    assert gone.json()["resourceType"] == "OperationOutcome"
+    assert client.get(f"/fhir/Patient/{res['id']}/_history/1").status_code == 200
+    hist = client.get(f"/fhir/Patient/{res['id']}/_history").json()
+    assert hist["total"] == 2
+    assert hist["entry"][0]["request"]["method"] == "DELETE"
+    assert "resource" not in hist["entry"][0]
+    assert client.get("/fhir/Patient?identifier=191212121212").json()["total"] == 0
+    # Writing again resurrects it as a new version.
+    again = client.put(f"/fhir/Patient/{res['id']}", **body(res))
+    assert again.status_code == 200 and again.json()["meta"]["versionId"] == "3"
+
+
+def test_delete_unknown_is_404(client):
+    assert client.delete("/fhir/Patient/nobody").status_code == 404
+
+
+def test_conditional_create_returns_existing_match(client):
+    first = client.post("/fhir/Patient", content=orjson.dumps(patient()),
+                        headers=JSON_HEADERS | {
+                            "if-none-exist": "identifier=http://electronichealth.se/identifier/"
+                                             "personnummer|191212121212"})
+    assert first.status_code == 201
+    second = client.post("/fhir/Patient", content=orjson.dumps(patient()),
+                         headers=JSON_HEADERS | {
+                             "if-none-exist": "identifier=http://electronichealth.se/identifier/"
+                                              "personnummer|191212121212"})
+    assert second.status_code == 200
+    assert second.json()["id"] == first.json()["id"]
+    assert client.get("/fhir/Patient").json()["total"] == 1
+
+
+def test_conditional_create_with_several_matches_is_412(client):
+    create(client, patient())
+    create(client, patient())
+    r = client.post("/fhir/Patient", content=orjson.dumps(patient()),
+                    headers=JSON_HEADERS | {"if-none-exist": "identifier=191212121212"})
+    assert r.status_code == 412
+
+
+def test_conditional_update_creates_then_updates(client):
+    url = "/fhir/Patient?identifier=http://electronichealth.se/identifier/personnummer|191212121212"
+    r1 = client.put(url, **body(patient()))
+    assert r1.status_code == 201
+    r2 = client.put(url, **body(patient(family="Nyttnamn")))
+    assert r2.status_code == 200
+    assert r2.json()["id"] == r1.json()["id"]
+    assert r2.json()["meta"]["versionId"] == "2"
+
+
+def test_type_and_system_history(client):
+    a = create(client, patient())
+    create(client, {"resourceType": "Organization", "name": "Region Värmland"})
+    client.put(f"/fhir/Patient/{a['id']}", **body(a | {"gender": "male"}))
+    assert client.get("/fhir/Patient/_history").json()["total"] == 2
+    system = client.get("/fhir/_history?_count=2").json()
+    assert system["total"] >= 3
+    assert len(system["entry"]) == 2
+    assert any(link["relation"] == "next" for link in system["link"])
+
+
+def test_history_since_filters_by_time(client):
+    a = create(client, patient())
+    later = client.get("/fhir/Patient/_history?_since=2999-01-01").json()
+    assert later["total"] == 0
+    assert client.get(f"/fhir/Patient/{a['id']}/_history?_since=2000-01-01").json()["total"] == 1
+
+
+@pytest.mark.parametrize("prefer,expect_body", [("return=minimal", False),
+                                                ("return=representation", True)])
+def test_prefer_return(client, prefer, expect_body):
+    r = client.post("/fhir/Patient", content=orjson.dumps(patient()),
+                    headers=JSON_HEADERS | {"prefer": prefer})
+    assert r.status_code == 201
+    assert bool(r.content) is expect_body
+    assert r.headers["location"]
+
+
+def test_prefer_operation_outcome(client):
+    r = client.post("/fhir/Patient", content=orjson.dumps(patient()),
+                    headers=JSON_HEADERS | {"prefer": "return=OperationOutcome"})
+    assert r.status_code == 201
+    assert r.json()["resourceType"] == "OperationOutcome"
+    assert "Created Patient/" in outcome_text_info(r)
+
+
+def outcome_text_info(r):
+    return r.json()["issue"][0]["diagnostics"]
+
+
+def test_xml_in_and_out(client):
+    xml = (b'<Patient xmlns="http://hl7.org/fhir"><identifier><system value="'
+           b'http://electronichealth.se/identifier/personnummer"/><value value="19121212-1212"/>'
+           b'</identifier><name><family value="Tolvansson"/></name></Patient>')
+    r = client.post("/fhir/Patient", content=xml,
+                    headers={"content-type": "application/fhir+xml",
+                             "accept": "application/fhir+xml"})
+    assert r.status_code == 201, r.text
+    assert r.headers["content-type"].startswith("application/fhir+xml")
+    assert b"<value value=\"191212121212\"/>" in r.content
+    rid = r.headers["location"].split("/")[-3]
+    as_json = client.get(f"/fhir/Patient/{rid}?_format=json").json()
+    assert as_json["name"][0]["family"] == "Tolvansson"
+    as_xml = client.get(f"/fhir/Patient/{rid}?_format=xml")
+    assert as_xml.content.startswith(b"<?xml")
+
+
+def test_xml_with_doctype_is_refused_and_nothing_stored(client):
+    evil = (b'<?xml version="1.0"?><!DOCTYPE p [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+            b'<Patient xmlns="http://hl7.org/fhir"><name><family value="&x;"/></name></Patient>')
+    r = client.post("/fhir/Patient", content=evil,
+                    headers={"content-type": "application/fhir+xml"})
+    assert r.status_code == 400
+    assert "DOCTYPE" in outcome_text(r)
+    assert client.get("/fhir/Patient").json()["total"] == 0
+
+
+def test_billion_laughs_is_refused(client):
+    bomb = b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">' + b"".join(
+        b'<!ENTITY lol%d "%s">' % (i, b"&lol%d;" % (i - 1) * 10 if i else b"&lol;" * 10)
+        for i in range(1, 8)) + b']><Patient xmlns="http://hl7.org/fhir"/>'
+    r = client.post("/fhir/Patient", content=bomb,
+                    headers={"content-type": "application/fhir+xml"})
+    assert r.status_code == 400
+
+
+@pytest.mark.parametrize("payload,ctype,status,fragment", [
+    (b"{not json", "application/fhir+json", 400, "Malformed JSON"),
+    (b"[1, 2]", "application/fhir+json", 400, "JSON object"),
+    (b'{"resourceType": "Observation", "status": "final", "code": {"text": "x"}}',
+     "application/fhir+json", 400, "does not match"),
+    (b'{"resourceType": "Patient", "birthDate": 12}', "application/fhir+json", 422,
+     "Patient.birthDate"),
+    (b'{"resourceType": "Patient", "gender": "bogus"}', "application/fhir+json", 422,
+     "administrative-gender"),
+    (b'{"resourceType": "Patient", "name": []}', "application/fhir+json", 422, "ele-1"),
+    (b'{"resourceType": "Patient"}', "text/plain", 415, "Content-Type"),
+    (b"<Patient", "application/fhir+xml", 400, "Malformed XML"),
+    (b"", "application/fhir+json", 400, "no body"),
+])
+def test_bad_input_is_a_clear_4xx_and_nothing_is_stored(client, payload, ctype, status, fragment):
+    r = client.post("/fhir/Patient", content=payload, headers={"content-type": ctype})
+    assert r.status_code == status, r.text
+    assert fragment in outcome_text(r)
+    assert client.get("/fhir/Patient").json()["total"] == 0
+
+
+def test_oversized_body_is_413(client, settings):
+    big = {"resourceType": "Patient", "name": [{"text": "x" * (settings.max_body_bytes + 10)}]}
+    r = client.post("/fhir/Patient", **body(big))
+    assert r.status_code == 413
+    assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_unknown_and_unsupported_types_are_404(client):
+    assert client.get("/fhir/Foo/1").status_code == 404
+    r = client.get("/fhir/Observation")
+    assert r.status_code == 404 and "not supported" in outcome_text(r)
+
+
+def test_unknown_id_is_404_and_bad_id_is_400(client):
+    assert client.get("/fhir/Patient/nobody").status_code == 404
+    assert client.get("/fhir/Patient/" + "x" * 65).status_code == 400
+
+
+def test_method_not_allowed_is_405_operation_outcome(client):
+    r = client.patch("/fhir/Patient/1", content=b"[]")
+    assert r.status_code == 405
+    assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_published_definitions_are_read_only(client):
+    sd = client.get("/fhir/StructureDefinition/sip-careplan")
+    assert sd.status_code == 200
+    r = client.put("/fhir/StructureDefinition/sip-careplan", **body(sd.json()))
+    assert r.status_code == 405
+
+
+def test_unacceptable_accept_is_406(client):
+    r = client.get("/fhir/metadata", headers={"accept": "text/csv"})
+    assert r.status_code == 406
+    assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_accept_quality_picks_xml(client):
+    r = client.get("/fhir/metadata",
+                   headers={"accept": "application/fhir+json;q=0.5, application/fhir+xml"})
+    assert r.headers["content-type"].startswith("application/fhir+xml")
+
+
+def test_plain_careplan_accepted_without_sip_rules(client):
+    pat = create(client, patient())
+    res = create(client, plain_careplan(pat["id"]))
+    assert res["status"] == "active"
+    assert "meta" in res and "profile" not in res["meta"]
+
+
+def test_cpl3_reference_and_detail_together_is_422(client):
+    pat = create(client, patient())
+    cp = plain_careplan(pat["id"], activity=[{"reference": {"reference": "Task/1"},
+                                              "detail": {"status": "scheduled"}}])
+    r = client.post("/fhir/CarePlan", **body(cp))
+    assert r.status_code == 422
+    assert "cpl-3" in outcome_text(r)

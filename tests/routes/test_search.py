@@ -1,0 +1,252 @@
+"""Search as a connected system uses it: by patient, status, dates, paging, sort, includes."""
+
+from __future__ import annotations
+
+import pytest
+
+from fhirhttp import HSA, body, create, outcome_text, patient, plain_careplan
+
+
+@pytest.fixture
+def world(client):
+    """Two patients, organisations, care teams and plans to search over."""
+    p1 = create(client, patient())
+    p2 = create(client, patient("200001012384", "Andersson", "Alva"))
+    org = create(client, {"resourceType": "Organization", "name": "Karlstads kommun",
+                          "identifier": [{"system": HSA, "value": "SE2120001637-1"}]})
+    team = create(client, {"resourceType": "CareTeam", "status": "active",
+                           "subject": {"reference": f"Patient/{p1['id']}"},
+                           "participant": [{"member": {"reference": f"Organization/{org['id']}"}}]})
+    goal = create(client, {"resourceType": "Goal", "lifecycleStatus": "active",
+                           "description": {"text": "Gå i skolan"},
+                           "subject": {"reference": f"Patient/{p1['id']}"}})
+    plans = [
+        create(client, plain_careplan(
+            p1["id"], period={"start": "2024-01-10", "end": "2024-06-30"},
+            careTeam=[{"reference": f"CareTeam/{team['id']}"}],
+            goal=[{"reference": f"Goal/{goal['id']}"}],
+            category=[{"coding": [{"system": "https://fhir.inera.se/CodeSystem/typeofcareplan-cs",
+                                   "code": "VP"}]}],
+            activity=[{"detail": {"status": "in-progress",
+                                  "code": {"coding": [{"system": "http://snomed.info/sct",
+                                                       "code": "386053000"}]},
+                                  "performer": [{"reference": f"Organization/{org['id']}"}]}}])),
+        create(client, plain_careplan(p1["id"], status="draft",
+                                      period={"start": "2025-03-01"})),
+        create(client, plain_careplan(p2["id"], period={"start": "2023-05-05",
+                                                        "end": "2023-05-20"})),
+    ]
+    consent = create(client, {
+        "resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                              "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{p1['id']}"},
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                   "code": "OPTIN"}]},
+        "provision": {"type": "permit",
+                      "actor": [{"role": {"coding": [{
+                          "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                          "code": "IRCP"}]},
+                          "reference": {"reference": f"Organization/{org['id']}"}}]}})
+    return {"p1": p1, "p2": p2, "org": org, "team": team, "goal": goal, "plans": plans,
+            "consent": consent}
+
+
+def ids(bundle):
+    return sorted(e["resource"]["id"] for e in bundle.get("entry", [])
+                  if e["search"]["mode"] == "match")
+
+
+def search(client, query):
+    r = client.get(f"/fhir/{query}")
+    assert r.status_code == 200, r.text
+    b = r.json()
+    assert b["resourceType"] == "Bundle" and b["type"] == "searchset"
+    return b
+
+
+def test_careplan_by_patient_in_all_spellings(client, world):
+    p1 = world["p1"]["id"]
+    want = sorted(p["id"] for p in world["plans"][:2])
+    assert ids(search(client, f"CarePlan?patient={p1}")) == want
+    assert ids(search(client, f"CarePlan?patient=Patient/{p1}")) == want
+    assert ids(search(client, f"CarePlan?subject=Patient/{p1}")) == want
+    assert ids(search(client, f"CarePlan?patient=http://hub.test/fhir/Patient/{p1}")) == want
+    assert search(client, f"CarePlan?patient={p1}")["total"] == 2
+
+
+def test_chained_patient_identifier(client, world):
+    b = search(client, "CarePlan?patient.identifier=http://electronichealth.se/identifier/"
+                       "personnummer|200001012384")
+    assert ids(b) == [world["plans"][2]["id"]]
+
+
+def test_token_search_status_category_intent_and_not(client, world):
+    assert search(client, "CarePlan?status=draft")["total"] == 1
+    assert search(client, "CarePlan?status=active,draft")["total"] == 3
+    assert search(client, "CarePlan?status:not=draft")["total"] == 2
+    assert ids(search(client, "CarePlan?category=https://fhir.inera.se/CodeSystem/"
+                              "typeofcareplan-cs|VP")) == [world["plans"][0]["id"]]
+    assert search(client, "CarePlan?category=http://other|VP")["total"] == 0
+    assert search(client, "CarePlan?intent=plan")["total"] == 3
+    assert search(client, "CarePlan?activity-code=386053000")["total"] == 1
+
+
+def test_reference_params_care_team_goal_performer(client, world):
+    one = [world["plans"][0]["id"]]
+    assert ids(search(client, f"CarePlan?care-team={world['team']['id']}")) == one
+    assert ids(search(client, f"CarePlan?goal=Goal/{world['goal']['id']}")) == one
+    assert ids(search(client, f"CarePlan?performer=Organization/{world['org']['id']}")) == one
+
+
+def test_date_prefixes(client, world):
+    first, second, third = (p["id"] for p in world["plans"])
+    assert ids(search(client, "CarePlan?date=2024")) == [first]
+    assert ids(search(client, "CarePlan?date=ge2025-01-01")) == [second]
+    assert sorted(ids(search(client, "CarePlan?date=lt2024-01-01"))) == [third]
+    assert ids(search(client, "CarePlan?date=sa2024-07-01")) == [second]
+    assert ids(search(client, "CarePlan?date=eb2024-01-01")) == [third]
+    assert sorted(ids(search(client, "CarePlan?date=ap2024-03-01"))) == [first]
+    r = client.get("/fhir/CarePlan?date=2024-13-01")
+    assert r.status_code == 400 and "not a valid date" in outcome_text(r)
+
+
+def test_and_of_parameters(client, world):
+    p1 = world["p1"]["id"]
+    assert ids(search(client, f"CarePlan?patient={p1}&status=draft")) == [world["plans"][1]["id"]]
+
+
+def test_string_search_is_prefix_case_and_accent_insensitive(client, world):
+    assert search(client, "Patient?name=ANDERS")["total"] == 1
+    assert search(client, "Patient?family=tolv")["total"] == 1
+    assert search(client, "Patient?name:exact=Andersson")["total"] == 1
+    assert search(client, "Patient?name:exact=andersson")["total"] == 0
+    assert search(client, "Patient?name:contains=ders")["total"] == 1
+    assert search(client, "Organization?name=karlstad")["total"] == 1
+    create(client, {"resourceType": "Organization", "name": "Region Örebro län"})
+    assert search(client, "Organization?name=orebro")["total"] == 0  # prefix: starts with "region"
+    assert search(client, "Organization?name=region orebro")["total"] == 1
+
+
+def test_identifier_and_birthdate(client, world):
+    assert search(client, f"Patient?identifier=http://electronichealth.se/identifier/"
+                          f"personnummer|191212121212")["total"] == 1
+    assert search(client, "Patient?identifier=191212121212")["total"] == 1
+    assert search(client, "Patient?birthdate=1912")["total"] == 1
+    assert search(client, f"Organization?identifier={HSA}|SE2120001637-1")["total"] == 1
+
+
+def test_careteam_and_consent_params(client, world):
+    p1, org = world["p1"]["id"], world["org"]["id"]
+    assert search(client, f"CareTeam?patient={p1}&status=active")["total"] == 1
+    assert search(client, f"CareTeam?participant=Organization/{org}")["total"] == 1
+    assert search(client, f"Consent?patient={p1}&status=active")["total"] == 1
+    assert search(client, f"Consent?actor=Organization/{org}")["total"] == 1
+    assert search(client, "Consent?category=http://loinc.org|59284-0")["total"] == 1
+
+
+def test_id_and_last_updated(client, world):
+    a, b = world["plans"][0]["id"], world["plans"][1]["id"]
+    assert ids(search(client, f"CarePlan?_id={a},{b}")) == sorted([a, b])
+    assert search(client, "CarePlan?_lastUpdated=gt2000-01-01")["total"] == 3
+    assert search(client, "CarePlan?_lastUpdated=gt2999-01-01")["total"] == 0
+
+
+def test_missing_modifier(client, world):
+    assert search(client, "CarePlan?care-team:missing=true")["total"] == 2
+    assert search(client, "CarePlan?care-team:missing=false")["total"] == 1
+
+
+def test_paging_with_count_and_next_links(client, world):
+    first = search(client, "CarePlan?_count=2&_sort=_id")
+    assert first["total"] == 3 and len(first["entry"]) == 2
+    nxt = next(link["url"] for link in first["link"] if link["relation"] == "next")
+    assert nxt.startswith("http://hub.test/fhir/CarePlan?")
+    second = client.get(nxt.replace("http://hub.test", "")).json()
+    assert len(second["entry"]) == 1
+    assert not any(link["relation"] == "next" for link in second["link"])
+    seen = ids(first) + ids(second)
+    assert sorted(seen) == sorted(p["id"] for p in world["plans"])
+
+
+def test_sort_by_date_both_ways(client, world):
+    first, second, third = (p["id"] for p in world["plans"])
+    up = [e["resource"]["id"] for e in search(client, "CarePlan?_sort=date")["entry"]]
+    assert up == [third, first, second]
+    down = [e["resource"]["id"] for e in search(client, "CarePlan?_sort=-date")["entry"]]
+    assert down == [second, first, third]
+
+
+def test_summary_count_and_total_none(client, world):
+    b = search(client, "CarePlan?_summary=count")
+    assert b["total"] == 3 and "entry" not in b
+    assert "total" not in search(client, "CarePlan?_total=none")
+
+
+def test_include_references_of_a_sip(client, world):
+    p1 = world["p1"]["id"]
+    b = search(client, f"CarePlan?patient={p1}&_include=CarePlan:care-team"
+                       f"&_include=CarePlan:goal&_include=CarePlan:patient")
+    included = sorted((e["resource"]["resourceType"], e["resource"]["id"])
+                      for e in b["entry"] if e["search"]["mode"] == "include")
+    assert included == sorted([("CareTeam", world["team"]["id"]), ("Goal", world["goal"]["id"]),
+                               ("Patient", p1)])
+    assert b["total"] == 2  # includes do not count
+
+
+def test_revinclude_consent_by_patient(client, world):
+    b = search(client, f"Patient?_id={world['p1']['id']}&_revinclude=Consent:patient")
+    modes = [(e["resource"]["resourceType"], e["search"]["mode"]) for e in b["entry"]]
+    assert modes == [("Patient", "match"), ("Consent", "include")]
+
+
+def test_post_search_equals_get(client, world):
+    p1 = world["p1"]["id"]
+    r = client.post("/fhir/CarePlan/_search", data={"patient": p1, "status": "draft"})
+    assert r.status_code == 200
+    assert ids(r.json()) == [world["plans"][1]["id"]]
+
+
+@pytest.mark.parametrize("query,fragment", [
+    ("CarePlan?bogus=1", "Unknown search parameter"),
+    ("CarePlan?status:contains=x", "not supported"),
+    ("CarePlan?_count=-1", "non-negative"),
+    ("CarePlan?_sort=bogus", "Cannot sort"),
+    ("CarePlan?_include=CarePlan:status", "not a reference"),
+    ("CarePlan?patient=Organization/1", "cannot refer"),
+    ("CarePlan?care-team:missing=maybe", "true or false"),
+])
+def test_bad_search_is_400_with_reason(client, world, query, fragment):
+    r = client.get(f"/fhir/{query}")
+    assert r.status_code == 400
+    assert fragment in outcome_text(r)
+
+
+def test_lenient_handling_ignores_and_reports_unknown_params(client, world):
+    r = client.get("/fhir/CarePlan?bogus=1&status=draft", headers={"prefer": "handling=lenient"})
+    assert r.status_code == 200
+    b = r.json()
+    assert b["total"] == 1
+    outcome = [e for e in b["entry"] if e["search"]["mode"] == "outcome"]
+    assert "bogus" in outcome[0]["resource"]["issue"][0]["diagnostics"]
+
+
+def test_update_reindexes_and_delete_unindexes(client, world):
+    plan = world["plans"][1]
+    client.put(f"/fhir/CarePlan/{plan['id']}", **body(plan | {"status": "active"}))
+    assert search(client, "CarePlan?status=draft")["total"] == 0
+    client.delete(f"/fhir/CarePlan/{plan['id']}")
+    assert search(client, f"CarePlan?_id={plan['id']}")["total"] == 0
+
+
+def test_search_in_xml(client, world):
+    r = client.get("/fhir/CarePlan?status=draft", headers={"accept": "application/fhir+xml"})
+    assert r.status_code == 200
+    assert r.content.startswith(b"<?xml") and b"<Bundle" in r.content
+
+
+def test_search_params_with_escaped_comma(client):
+    create(client, {"resourceType": "Organization", "name": "Vård, omsorg"})
+    assert search(client, "Organization?name:exact=Vård\\, omsorg")["total"] == 1
+    assert search(client, "Organization?name:exact=Vård")["total"] == 0
