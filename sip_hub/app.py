@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from . import __version__
+from . import __version__, demo
 from .errors import (BadRequest, MethodNotAllowed, NotFound, SipHubError, TransientError)
 from .fhir.outcome import from_error
 from .routes import ROUTERS
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         if getattr(app.state, "store", None) is None:
             app.state.store = build_store(settings)
         FhirService(app.state.store).seed_definitions()
+        demo.load(app.state.store, settings)
         yield
         app.state.store.engine.dispose()
 
