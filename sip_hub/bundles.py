@@ -8,7 +8,6 @@ gives (DELETE, POST, PUT, GET) and answered in the order they came.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -16,7 +15,6 @@ import orjson
 
 from . import interactions as ix
 from .errors import BadRequest, SipHubError
-from .fhir.dates import from_us
 from .fhir.outcome import from_error
 from .service import Resolve, check_type, tx_resolver
 from .store import Store, Tx
@@ -98,7 +96,7 @@ def _response_entry(ctx: ix.Context, result: ix.Result, prefer: str) -> dict[str
     if s is not None:
         entry["fullUrl"] = f"{ctx.base_url}/{s.type}/{s.id}"
         resp["etag"] = ix.etag(s)
-        resp["lastModified"] = format_datetime(from_us(s.last_updated), usegmt=True)
+        resp["lastModified"] = s.last_updated_instant
         if result.status == 201:
             resp["location"] = ix.location(ctx, s)
         if prefer != "minimal" and s.content is not None:

@@ -10,7 +10,7 @@ import orjson
 
 from .errors import BadRequest, Gone, NotFound, PreconditionFailed
 from .fhir import search as fhir_search
-from .fhir.dates import format_instant, from_us, now_utc
+from .fhir.dates import format_instant, now_utc
 from .fhir.outcome import information
 from .service import Resolve, check_id, check_type, prepare, tx_resolver
 from .store import Stored, Tx
@@ -237,7 +237,7 @@ def history(tx: Tx, ctx: Context, items: list[tuple[str, str]], rtype: str | Non
         e["request"] = {"method": s.method, "url": url}
         e["response"] = {"status": "410 Gone" if s.deleted else
                          ("201 Created" if s.version_id == 1 else "200 OK"),
-                         "etag": etag(s), "lastModified": format_instant(from_us(s.last_updated))}
+                         "etag": etag(s), "lastModified": s.last_updated_instant}
         entries.append(e)
     path = "/".join(p for p in (rtype, rid, "_history") if p)
     return Result(200, None, bundle("history", entries, total,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -96,3 +98,34 @@ def service(store: Store) -> FhirService:
     svc = FhirService(store)
     svc.seed_definitions()
     return svc
+
+
+# -- the independent FHIR validators (Node) in the shared folder beside the repository --------
+
+SHARED_VALIDATOR = Path(__file__).resolve().parents[2] / "shared" / "tools" / "fhir-validate"
+
+
+@dataclass(frozen=True)
+class NodeTool:
+    node: str
+    folder: Path
+
+    def validate(self, *files: Path | str) -> subprocess.CompletedProcess[str]:
+        return self.run(self.folder / "validate.js", *files)
+
+    def run(self, script: Path | str, *args: Path | str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "NODE_PATH": str(self.folder / "node_modules")}
+        return subprocess.run([self.node, str(script), *map(str, args)], capture_output=True,
+                              text=True, timeout=300, check=False, env=env)
+
+
+@pytest.fixture(scope="session")
+def fhir_validator() -> NodeTool:
+    node = shutil.which("node")
+    if node is None or not (SHARED_VALIDATOR / "node_modules").is_dir():
+        reason = (f"the independent validators need node and {SHARED_VALIDATOR}/node_modules "
+                  f"(make test installs them)")
+        if REQUIRE:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return NodeTool(node, SHARED_VALIDATOR)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,8 +18,6 @@ from sip_hub.identifiers import PERSONNUMMER
 
 Json = dict[str, Any]
 
-SHARED_VALIDATOR = Path("/work/shared/tools/fhir-validate")
-NODE_MODULES = SHARED_VALIDATOR / "node_modules"
 
 
 def run_check(resource: Json, resources: list[Json] | None = None) -> list[Issue]:
@@ -593,20 +589,13 @@ def test_value_sets_expand_from_the_definitions() -> None:
 
 # --------------------------------------------------------------------------- independent checks
 
-needs_node = pytest.mark.skipif(
-    shutil.which("node") is None or not NODE_MODULES.is_dir(),
-    reason="needs node and the shared fhir-validate tool's node_modules")
-
-
 @pytest.mark.node
-@needs_node
-def test_shared_validator_accepts_definitions_and_demo_case(tmp_path: Path) -> None:
+def test_shared_validator_accepts_definitions_and_demo_case(tmp_path: Path, fhir_validator) -> None:
     case = tmp_path / "demo.json"
     case.write_text(json.dumps(f.demo_case()), "utf-8")
     files = [str(p) for p in sorted(profiles.DEFINITIONS_DIR.glob("*.json"))
              if "resourceType" in json.loads(p.read_text("utf-8"))]
-    done = subprocess.run(["node", str(SHARED_VALIDATOR / "validate.js"), *files, str(case)],
-                          capture_output=True, text=True, timeout=300)
+    done = fhir_validator.validate(*files, case)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -645,8 +634,7 @@ console.log(JSON.stringify(out));
 
 
 @pytest.mark.node
-@needs_node
-def test_published_invariants_agree_with_the_enforcement(tmp_path: Path) -> None:
+def test_published_invariants_agree_with_the_enforcement(tmp_path: Path, fhir_validator) -> None:
     cases: list[tuple[Json, list[str]]] = []
     for resource in f.demo_case():
         cases.append((resource, []))
@@ -678,9 +666,7 @@ def test_published_invariants_agree_with_the_enforcement(tmp_path: Path) -> None
     script.write_text(_FHIRPATH_JS, "utf-8")
     data = tmp_path / "cases.json"
     data.write_text(json.dumps([c for c, _ in cases]), "utf-8")
-    done = subprocess.run(["node", str(script), str(profiles.DEFINITIONS_DIR), str(data)],
-                          capture_output=True, text=True, timeout=300,
-                          env={"NODE_PATH": str(NODE_MODULES), "PATH": "/usr/bin:/bin"})
+    done = fhir_validator.run(script, profiles.DEFINITIONS_DIR, data)
     assert done.returncode == 0, done.stderr
     failed = json.loads(done.stdout)
     assert [sorted(keys) for keys in failed] == [

@@ -1,0 +1,53 @@
+"""Everything the hub emits over HTTP passes validators written by others (Medplum, FHIR.js)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import sip_factory as f
+from fhirhttp import body, patient
+
+
+@pytest.mark.node
+def test_every_kind_of_response_validates_independently(client, fhir_validator, tmp_path):
+    emitted = []
+
+    def keep(resp):
+        emitted.append(resp.json())
+        return resp
+
+    entries = [{"resource": r, "request": {"method": "PUT",
+                                           "url": f"{r['resourceType']}/{r['id']}"}}
+               for r in f.demo_case()]
+    keep(client.post("/fhir", **body({"resourceType": "Bundle", "type": "transaction",
+                                      "entry": entries})))
+    keep(client.post("/fhir", **body({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient/nobody"}},
+        {"resource": patient(), "request": {"method": "POST", "url": "Patient"}}]})))
+    keep(client.get("/fhir/metadata"))
+    keep(client.get("/fhir/CarePlan?patient=alva&_include=CarePlan:care-team"
+                    "&_include=CarePlan:goal&_include=CarePlan:patient&_count=1"))
+    keep(client.get("/fhir/Patient?_revinclude=Consent:patient"))
+    keep(client.get("/fhir/CarePlan/_history"))
+    keep(client.get("/fhir/_history?_count=5"))
+    keep(client.get("/fhir/StructureDefinition?_count=50"))
+    keep(client.get("/fhir/CarePlan?bogus=1"))                       # 400
+    keep(client.get("/fhir/CarePlan/nobody"))                        # 404
+    keep(client.post("/fhir/Patient", **body({"resourceType": "Patient", "gender": "x"})))  # 422
+    keep(client.delete("/fhir/Goal/alva-mal-somn"))
+    keep(client.get("/fhir/Goal/alva-mal-somn"))                     # 410
+    keep(client.get("/fhir/Goal?_summary=count"))
+
+    kinds = {(r["resourceType"], r.get("type")) for r in emitted}
+    assert ("CapabilityStatement", None) in kinds and ("OperationOutcome", None) in kinds
+    assert {t for k, t in kinds if k == "Bundle"} >= {
+        "transaction-response", "batch-response", "searchset", "history"}
+    files = []
+    for i, res in enumerate(emitted):
+        path = tmp_path / f"emitted-{i}.json"
+        path.write_text(json.dumps(res), "utf-8")
+        files.append(path)
+    done = fhir_validator.validate(*files)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
