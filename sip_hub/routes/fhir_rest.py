@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any, Callable
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
@@ -12,8 +13,8 @@ from .. import bundles
 from .. import interactions as ix
 from ..errors import BadRequest, MethodNotAllowed
 from ..fhir.capability import capability_statement
-from ..store import Store
-from .wire import prefer_return, read_body, respond, result_response, context
+from ..store import Store, Tx
+from .wire import context, prefer_return, read_body, respond, result_response
 
 router = APIRouter(prefix="/fhir", tags=["FHIR"])
 _STARTED = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -23,21 +24,40 @@ def _store(request: Request) -> Store:
     return request.app.state.store
 
 
-def _max_body(request: Request) -> int:
-    return request.app.state.settings.max_body_bytes
+def _read(request: Request, fn: Callable[[Tx, ix.Context], ix.Result]) -> Response:
+    """A read-only interaction in its own (read) transaction."""
+    ctx = context(request)
+    with _store(request).begin(write=False) as tx:
+        result = fn(tx, ctx)
+    return result_response(request, ctx, result)
+
+
+async def _write(request: Request, fn: Callable[[Tx, ix.Context, Any], ix.Result]) -> Response:
+    """A write interaction with the request body, in one write transaction."""
+    ctx = context(request)
+    body = await read_body(request, request.app.state.settings.max_body_bytes)
+
+    def work() -> ix.Result:
+        with _store(request).begin() as tx:
+            return fn(tx, ctx, body)
+    result = await run_in_threadpool(work)
+    return result_response(request, ctx, result, write=True)
+
+
+def _params(request: Request) -> list[tuple[str, str]]:
+    return list(request.query_params.multi_items())
 
 
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
-    ctx = context(request)
-    return respond(request, capability_statement(ctx.base_url, _STARTED))
+    return respond(request, capability_statement(context(request).base_url, _STARTED))
 
 
 @router.post("")
 @router.post("/")
 async def system_bundle(request: Request) -> Response:
     ctx = context(request)
-    body = await read_body(request, _max_body(request))
+    body = await read_body(request, request.app.state.settings.max_body_bytes)
     out = await run_in_threadpool(bundles.process, _store(request), ctx, body,
                                   prefer_return(request))
     return respond(request, out)
@@ -45,22 +65,12 @@ async def system_bundle(request: Request) -> Response:
 
 @router.get("/_history")
 def system_history(request: Request) -> Response:
-    ctx = context(request)
-    with _store(request).begin(write=False) as tx:
-        result = ix.history(tx, ctx, list(request.query_params.multi_items()))
-    return result_response(request, ctx, result)
-
-
-def _search(request: Request, rtype: str, items: list[tuple[str, str]]) -> Response:
-    ctx = context(request)
-    with _store(request).begin(write=False) as tx:
-        result = ix.search(tx, ctx, rtype, items)
-    return result_response(request, ctx, result)
+    return _read(request, lambda tx, ctx: ix.history(tx, ctx, _params(request)))
 
 
 @router.get("/{rtype}")
 def search_type(request: Request, rtype: str) -> Response:
-    return _search(request, rtype, list(request.query_params.multi_items()))
+    return _read(request, lambda tx, ctx: ix.search(tx, ctx, rtype, _params(request)))
 
 
 @router.post("/{rtype}/_search")
@@ -69,67 +79,43 @@ async def search_post(request: Request, rtype: str) -> Response:
     if ctype != "application/x-www-form-urlencoded":
         raise BadRequest("POST _search takes application/x-www-form-urlencoded parameters")
     form = await request.form()
-    items = list(request.query_params.multi_items()) + [
-        (k, v) for k, v in form.multi_items() if isinstance(v, str)]
-    return await run_in_threadpool(_search, request, rtype, items)
+    items = _params(request) + [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+    return await run_in_threadpool(
+        _read, request, lambda tx, ctx: ix.search(tx, ctx, rtype, items))
 
 
 @router.post("/{rtype}")
 async def create(request: Request, rtype: str) -> Response:
-    ctx = context(request)
-    body = await read_body(request, _max_body(request))
     if_none_exist = request.headers.get("if-none-exist")
-
-    def work() -> ix.Result:
-        with _store(request).begin() as tx:
-            return ix.create(tx, ctx, rtype, body, if_none_exist=if_none_exist)
-    result = await run_in_threadpool(work)
-    return result_response(request, ctx, result, write=True)
+    return await _write(request, lambda tx, ctx, body: ix.create(
+        tx, ctx, rtype, body, if_none_exist=if_none_exist))
 
 
 @router.put("/{rtype}")
 async def conditional_update(request: Request, rtype: str) -> Response:
-    ctx = context(request)
-    body = await read_body(request, _max_body(request))
-    items = [(k, v) for k, v in request.query_params.multi_items() if k != "_format"]
+    items = [(k, v) for k, v in _params(request) if k != "_format"]
     if not items:
         raise MethodNotAllowed("PUT on a type needs search criteria (conditional update)")
     if_match = request.headers.get("if-match")
-
-    def work() -> ix.Result:
-        with _store(request).begin() as tx:
-            return ix.conditional_update(tx, ctx, rtype, items, body, if_match=if_match)
-    result = await run_in_threadpool(work)
-    return result_response(request, ctx, result, write=True)
+    return await _write(request, lambda tx, ctx, body: ix.conditional_update(
+        tx, ctx, rtype, items, body, if_match=if_match))
 
 
 @router.get("/{rtype}/_history")
 def type_history(request: Request, rtype: str) -> Response:
-    ctx = context(request)
-    with _store(request).begin(write=False) as tx:
-        result = ix.history(tx, ctx, list(request.query_params.multi_items()), rtype)
-    return result_response(request, ctx, result)
+    return _read(request, lambda tx, ctx: ix.history(tx, ctx, _params(request), rtype))
 
 
 @router.get("/{rtype}/{rid}")
 def read(request: Request, rtype: str, rid: str) -> Response:
-    ctx = context(request)
-    with _store(request).begin(write=False) as tx:
-        result = ix.read(tx, rtype, rid)
-    return result_response(request, ctx, result)
+    return _read(request, lambda tx, ctx: ix.read(tx, rtype, rid))
 
 
 @router.put("/{rtype}/{rid}")
 async def update(request: Request, rtype: str, rid: str) -> Response:
-    ctx = context(request)
-    body = await read_body(request, _max_body(request))
     if_match = request.headers.get("if-match")
-
-    def work() -> ix.Result:
-        with _store(request).begin() as tx:
-            return ix.update(tx, ctx, rtype, rid, body, if_match=if_match)
-    result = await run_in_threadpool(work)
-    return result_response(request, ctx, result, write=True)
+    return await _write(request, lambda tx, ctx, body: ix.update(
+        tx, ctx, rtype, rid, body, if_match=if_match))
 
 
 @router.delete("/{rtype}/{rid}")
@@ -142,15 +128,9 @@ def delete(request: Request, rtype: str, rid: str) -> Response:
 
 @router.get("/{rtype}/{rid}/_history")
 def instance_history(request: Request, rtype: str, rid: str) -> Response:
-    ctx = context(request)
-    with _store(request).begin(write=False) as tx:
-        result = ix.history(tx, ctx, list(request.query_params.multi_items()), rtype, rid)
-    return result_response(request, ctx, result)
+    return _read(request, lambda tx, ctx: ix.history(tx, ctx, _params(request), rtype, rid))
 
 
 @router.get("/{rtype}/{rid}/_history/{vid}")
 def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
-    ctx = context(request)
-    with _store(request).begin(write=False) as tx:
-        result = ix.vread(tx, rtype, rid, vid)
-    return result_response(request, ctx, result)
+    return _read(request, lambda tx, ctx: ix.vread(tx, rtype, rid, vid))

@@ -1,0 +1,94 @@
+"""The `sip-hub` command line as IT staff and `make run` use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from sip_hub import cli, clients
+from sip_hub.settings import Settings
+from sip_hub.store import Store
+from sip_hub.store.clients import get_client
+from sip_hub.store.engine import make_engine
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIP_HUB_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("SIP_HUB_DATABASE_URL", raising=False)
+    return tmp_path
+
+
+def test_migrate_creates_the_database(env, capsys):
+    assert cli.main(["migrate"]) == 0
+    assert "database at head" in capsys.readouterr().out
+    assert (env / "sip_hub.sqlite3").exists()
+
+
+def test_client_create_prints_credentials_and_stores_only_a_hash(env, capsys):
+    code = cli.main(["client", "create", "--org", "se2321000016-15cq",
+                     "--scope", "system/CarePlan.rs system/Consent.r", "--name", "COSMIC"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["client_id"] and len(out["client_secret"]) >= 40
+    assert out["organization"] == "SE2321000016-15CQ"
+    store = Store(make_engine(Settings().database_url))
+    rec = get_client(store, out["client_id"])
+    assert rec is not None and rec.scope == "system/CarePlan.rs system/Consent.r"
+    assert out["client_secret"] not in rec.secret_hash
+    assert clients.authenticate(store, out["client_id"], out["client_secret"]) == rec
+    assert clients.authenticate(store, out["client_id"], "wrong") is None
+    assert clients.authenticate(store, "nobody", out["client_secret"]) is None
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--org", "not-an-hsa-id", "--scope", "system/CarePlan.rs"], "HSA-id"),
+    (["--org", "SE2321000016-15CQ", "--scope", "patient/CarePlan.rs"], "SMART system scope"),
+    (["--org", "SE2321000016-15CQ", "--scope", "system/CarePlan.xyz"], "SMART system scope"),
+])
+def test_client_create_refuses_bad_input(env, capsys, args, fragment):
+    assert cli.main(["client", "create", *args]) == 2
+    assert fragment in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_runs_the_hub_on_the_embedded_default(tmp_path):
+    port = _free_port()
+    env = {**os.environ, "SIP_HUB_DATA_DIR": str(tmp_path), "SIP_HUB_PORT": str(port),
+           "SIP_HUB_MAPPINGS_DIR": str(Path(__file__).resolve().parent.parent / "mappings")}
+    env.pop("SIP_HUB_DATABASE_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "sip_hub.cli", "serve"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("the hub did not start")
+                time.sleep(0.2)
+        url = f"http://127.0.0.1:{port}/fhir/Organization?name=region"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            assert json.load(r)["total"] == 2  # the demo organisations from mappings/
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        if proc.stdout:
+            proc.stdout.close()
+    assert (tmp_path / "sip_hub.sqlite3").exists()
