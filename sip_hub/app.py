@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from . import __version__, demo
+from .auth import TokenService, load_keys
 from .errors import (BadRequest, MethodNotAllowed, NotFound, SipHubError, TransientError)
 from .fhir.outcome import from_error
 from .routes import ROUTERS
@@ -23,6 +24,17 @@ from .store.engine import make_engine
 from .store.migrate import upgrade
 
 log = logging.getLogger("sip_hub")
+
+
+class ConfigurationError(RuntimeError):
+    """The settings are unfit for the environment; the hub refuses to start."""
+
+
+def check_settings(settings: Settings) -> None:
+    if settings.env == "production":
+        problems = settings.production_problems()
+        if problems:
+            raise ConfigurationError("Refusing to start in production: " + "; ".join(problems))
 
 
 def build_store(settings: Settings) -> Store:
@@ -41,6 +53,7 @@ def _error_response(request: Request, err: SipHubError) -> Response:
 
 def create_app(settings: Settings | None = None, *, store: Store | None = None) -> FastAPI:
     settings = settings or Settings()
+    check_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,6 +68,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
                   docs_url="/docs", redoc_url=None)
     app.state.settings = settings
     app.state.store = store
+    app.state.tokens = TokenService(load_keys(settings), settings.issuer,
+                                    settings.token_lifetime_seconds)
 
     @app.exception_handler(SipHubError)
     async def _sip(request: Request, exc: SipHubError) -> Response:

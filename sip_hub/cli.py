@@ -12,9 +12,11 @@ from .settings import Settings
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from .app import check_settings
     from .store.engine import make_engine
     from .store.migrate import upgrade
 
+    check_settings(settings)
     if settings.auto_migrate:
         # Migrate once here, not in every worker process.
         engine = make_engine(settings.database_url)
@@ -44,7 +46,8 @@ def _client_create(args: argparse.Namespace, settings: Settings) -> int:
     from .app import build_store
 
     store = build_store(settings)
-    created = clients.create_client(store, org=args.org, scope=args.scope, name=args.name)
+    created = clients.create_client(store, org=args.org, scope=args.scope, name=args.name,
+                                    role=args.role, personal_data=args.personal_data)
     sys.stdout.write(orjson.dumps(created).decode() + "\n")
     return 0
 
@@ -65,18 +68,26 @@ def parser() -> argparse.ArgumentParser:
     cc.add_argument("--org", required=True, help="the organisation's HSA-id")
     cc.add_argument("--scope", required=True, help='SMART v2 scopes, e.g. "system/CarePlan.rs"')
     cc.add_argument("--name", default=None)
+    cc.add_argument("--role", default="organization", choices=["organization", "portal", "admin"],
+                    help="organisation system (default), the national portal, or admin")
+    cc.add_argument("--personal-data", action="store_true",
+                    help="admin only: allow access to personal data (audited)")
     cc.set_defaults(func=_client_create)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from .app import ConfigurationError
     from .errors import SipHubError
 
     try:
         return int(args.func(args, Settings()))
     except SipHubError as exc:
         sys.stderr.write(f"sip-hub: {exc.diagnostics}\n")
+        return 2
+    except ConfigurationError as exc:
+        sys.stderr.write(f"sip-hub: {exc}\n")
         return 2
 
 

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 import uuid
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerifyMismatchError
 
 from . import identifiers
+from .auth import ROLES, Scope
 from .errors import BadRequest
 from .fhir.dates import now_utc, to_us
 from .store import Store
 from .store.clients import ClientRecord, get_client, insert_client
 
-# SMART v2 (system/Type.cruds) and the v1 forms (.read, .write, .*) still sent by older clients.
-_SCOPE = re.compile(r"^system/(\*|[A-Z][A-Za-z]+)\.(c?r?u?d?s?|read|write|\*)$")
 _hasher = PasswordHasher()
 
 
@@ -25,26 +24,30 @@ def parse_scopes(scope: str) -> list[str]:
     if not scopes:
         raise BadRequest("At least one scope is required")
     for s in scopes:
-        m = _SCOPE.match(s)
-        if not m or m.group(2) == "":
+        if Scope.parse(s) is None:
             raise BadRequest(f"'{s}' is not a SMART system scope (e.g. system/CarePlan.rs, "
                              f"system/*.cruds)")
     return scopes
 
 
-def create_client(store: Store, *, org: str, scope: str, name: str | None = None
-                  ) -> dict[str, str]:
+def create_client(store: Store, *, org: str, scope: str, name: str | None = None,
+                  role: str = "organization", personal_data: bool = False) -> dict[str, Any]:
     try:
         hsa = identifiers.normalise_hsa_id(org)
     except identifiers.InvalidIdentifier as exc:
         raise BadRequest(f"--org must be the organisation's HSA-id: {exc.reason}") from None
     scopes = parse_scopes(scope)
+    if role not in ROLES:
+        raise BadRequest(f"--role must be one of {', '.join(ROLES)}")
+    if personal_data and role != "admin":
+        raise BadRequest("--personal-data is only for admin clients; organisation and portal "
+                         "clients see personal data by the SIP rules")
     client_id = f"sip-{uuid.uuid4().hex[:20]}"
     secret = secrets.token_urlsafe(32)
     insert_client(store, ClientRecord(client_id, _hasher.hash(secret), hsa, " ".join(scopes),
-                                      name, to_us(now_utc()), True))
+                                      name, to_us(now_utc()), True, role, personal_data))
     return {"client_id": client_id, "client_secret": secret, "organization": hsa,
-            "scope": " ".join(scopes)}
+            "scope": " ".join(scopes), "role": role, "personal_data": personal_data}
 
 
 def authenticate(store: Store, client_id: str, secret: str) -> ClientRecord | None:

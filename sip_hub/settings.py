@@ -30,6 +30,14 @@ class Settings(BaseSettings):
     default_page_size: int = Field(default=50, ge=1, le=1000)
     max_page_size: int = Field(default=1000, ge=1)
     db_pool_size: int = Field(default=10, ge=1)
+    # Token signing keys: a JSON list of {"kid": ..., "pem": <PKCS8 EC P-256 private key>};
+    # the first signs, all verify (rotation: add the new key first, drop the old one once
+    # its tokens have expired). Or a file with the same JSON. Empty in dev: a key is made
+    # under data_dir on first start.
+    jwt_keys: str = ""
+    jwt_keys_file: Path | None = None
+    token_lifetime_seconds: int = Field(default=300, ge=30, le=3600)
+    issuer: str = "sip_hub"
 
     @model_validator(mode="after")
     def _fill_database_url(self) -> "Settings":
@@ -40,3 +48,22 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    def production_problems(self) -> list[str]:
+        """What makes these settings unfit for production (demo secrets, embedded stores)."""
+        problems = []
+        demo_words = ("change-me", "guest:guest", "demo", "secret@", "password@")
+        if not (self.jwt_keys or self.jwt_keys_file):
+            problems.append("SIP_HUB_JWT_KEYS or SIP_HUB_JWT_KEYS_FILE must hold the token "
+                            "signing keys")
+        if "demo" in self.jwt_keys.lower():
+            problems.append("SIP_HUB_JWT_KEYS holds a demo key")
+        for name, url in (("SIP_HUB_DATABASE_URL", self.database_url),
+                          ("SIP_HUB_BROKER_URL", self.broker_url)):
+            if any(w in url.lower() for w in demo_words):
+                problems.append(f"{name} uses a demo password")
+        if self.is_sqlite:
+            problems.append("SIP_HUB_DATABASE_URL must point at PostgreSQL, not SQLite")
+        if self.broker_url.startswith("memory://"):
+            problems.append("SIP_HUB_BROKER_URL must point at RabbitMQ, not the in-process bus")
+        return problems

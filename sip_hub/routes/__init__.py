@@ -1,5 +1,5 @@
 """HTTP routes, one router per concern, included explicitly by ``sip_hub.app``."""
 
-from . import fhir_rest, health
+from . import auth, fhir_rest, health
 
-ROUTERS = (health.router, fhir_rest.router)
+ROUTERS = (health.router, auth.router, fhir_rest.router)

@@ -19,13 +19,16 @@ class ClientRecord:
     name: str | None
     created: int
     active: bool
+    role: str = "organization"
+    personal_data: bool = False
 
 
 def insert_client(store: Store, rec: ClientRecord) -> None:
     with store.begin() as tx:
         tx.conn.execute(insert(api_client).values(
             client_id=rec.client_id, secret_hash=rec.secret_hash, org_hsa_id=rec.org_hsa_id,
-            scope=rec.scope, name=rec.name, created=rec.created, active=rec.active))
+            scope=rec.scope, name=rec.name, created=rec.created, active=rec.active,
+            role=rec.role, personal_data=rec.personal_data))
 
 
 def get_client(store: Store, client_id: str) -> ClientRecord | None:

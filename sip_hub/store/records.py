@@ -20,6 +20,7 @@ class Stored:
     deleted: bool
     content: bytes | None
     method: str = ""
+    owner: str | None = None  # HSA-id of the organisation that created it
 
     @property
     def last_updated_instant(self) -> str:
@@ -36,4 +37,5 @@ COLUMNS = (_H.res_type, _H.res_id, _H.version_id, _H.last_updated, _H.method, _H
 
 def row_to_stored(row: Any, deleted: bool | None = None) -> Stored:
     return Stored(row.res_type, row.res_id, row.version_id, row.last_updated,
-                  row.content is None if deleted is None else deleted, row.content, row.method)
+                  row.content is None if deleted is None else deleted, row.content, row.method,
+                  getattr(row, "owner_org", None))

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ..errors import Conflict, PreconditionFailed, TransientError
@@ -19,7 +19,8 @@ from ..fhir.indexing import extract
 from ..fhir.search import SearchQuery
 from . import search as sql_search
 from .records import COLUMNS as _COLUMNS, Stored, row_to_stored as _row
-from .schema import INDEX_TABLES, resource, resource_history
+from .schema import INDEX_TABLES, access_grant, resource, resource_history
+from .search import Grant, Visibility, VisibilityFor
 
 _H = resource_history.c
 _R = resource.c
@@ -49,7 +50,7 @@ class Tx:
 
     # reads -------------------------------------------------------------------------------
     def current(self, rtype: str, rid: str) -> Stored | None:
-        q = (select(*_COLUMNS, _R.deleted)
+        q = (select(*_COLUMNS, _R.deleted, _R.owner_org)
              .join_from(resource, resource_history, and_(
                  _H.res_type == _R.res_type, _H.res_id == _R.res_id,
                  _H.version_id == _R.version_id))
@@ -62,7 +63,10 @@ class Tx:
             _H.res_type == rtype, _H.res_id == rid, _H.version_id == version_id)).first()
         return _row(row) if row else None
 
-    def current_many(self, keys: list[tuple[str, str]]) -> list[Stored]:
+    def current_many(self, keys: list[tuple[str, str]],
+                     visibility: VisibilityFor | None = None) -> list[Stored]:
+        """The current versions of ``keys`` (skipping deleted ones and, with ``visibility``,
+        those the caller may not see)."""
         if not keys:
             return []
         by_type: dict[str, list[str]] = {}
@@ -70,35 +74,43 @@ class Tx:
             by_type.setdefault(t, []).append(i)
         out: dict[tuple[str, str], Stored] = {}
         for t, ids in by_type.items():
-            q = (select(*_COLUMNS)
+            conds = [_R.res_type == t, _R.res_id.in_(ids), _R.deleted.is_(False)]
+            if visibility is not None:
+                vis = visibility(t)
+                if vis is False:
+                    continue
+                if vis is not None:
+                    conds.append(sql_search.visibility_cond(t, vis))
+            q = (select(*_COLUMNS, _R.owner_org)
                  .join_from(resource, resource_history, and_(
                      _H.res_type == _R.res_type, _H.res_id == _R.res_id,
                      _H.version_id == _R.version_id))
-                 .where(_R.res_type == t, _R.res_id.in_(ids), _R.deleted.is_(False)))
+                 .where(*conds))
             for row in self.conn.execute(q):
                 out[(row.res_type, row.res_id)] = _row(row, False)
         return [out[k] for k in dict.fromkeys(keys) if k in out]
 
     # writes ------------------------------------------------------------------------------
-    def create(self, res: dict[str, Any], rid: str | None = None) -> Stored:
+    def create(self, res: dict[str, Any], rid: str | None = None, *,
+               owner: str | None = None) -> Stored:
         rid = rid or new_id()
-        return self._write(res, rid, 1, None, "POST")
+        return self._write(res, rid, 1, None, "POST", owner)
 
     def update(self, res: dict[str, Any], rid: str, *, if_match: int | None = None,
-               method: str = "PUT") -> tuple[Stored, bool]:
+               method: str = "PUT", owner: str | None = None) -> tuple[Stored, bool]:
         """Write a new version; returns (stored, created). A stale ``if_match`` is a 412."""
         cur = self._current_version(res["resourceType"], rid)
         if cur is None:
             if if_match is not None:
                 raise PreconditionFailed(
                     f"{res['resourceType']}/{rid} does not exist (If-Match: W/\"{if_match}\")")
-            return self._write(res, rid, 1, None, method), True
+            return self._write(res, rid, 1, None, method, owner), True
         version, _deleted = cur
         if if_match is not None and if_match != version:
             raise PreconditionFailed(
                 f"Version conflict: {res['resourceType']}/{rid} is at version {version}, "
                 f"If-Match asked for {if_match}")
-        return self._write(res, rid, version + 1, version, method), False
+        return self._write(res, rid, version + 1, version, method, owner), False
 
     def delete(self, rtype: str, rid: str) -> Stored | None:
         """Write a tombstone; None when there is nothing current to delete."""
@@ -122,13 +134,13 @@ class Tx:
         return (row.version_id, row.deleted) if row else None
 
     def _advance(self, rtype: str, rid: str, version: int, previous: int | None, ts: int,
-                 *, deleted: bool) -> None:
+                 *, deleted: bool, owner: str | None = None) -> None:
         if previous is None:
             try:
                 with self.conn.begin_nested():
                     self.conn.execute(insert(resource).values(
                         res_type=rtype, res_id=rid, version_id=version, last_updated=ts,
-                        deleted=deleted))
+                        deleted=deleted, owner_org=owner))
             except IntegrityError:
                 raise Conflict(f"{rtype}/{rid} was created concurrently; retry") from None
             return
@@ -140,20 +152,20 @@ class Tx:
             raise Conflict(f"{rtype}/{rid} was changed concurrently; retry")
 
     def _write(self, res: dict[str, Any], rid: str, version: int, previous: int | None,
-               method: str) -> Stored:
+               method: str, owner: str | None) -> Stored:
         rtype = res["resourceType"]
         now = now_utc()
         ts = to_us(now)
         final = stamp_meta(res, rid, version, format_instant(now))
         content = orjson.dumps(final)
-        self._advance(rtype, rid, version, previous, ts, deleted=False)
+        self._advance(rtype, rid, version, previous, ts, deleted=False, owner=owner)
         self.conn.execute(insert(resource_history).values(
             res_type=rtype, res_id=rid, version_id=version, last_updated=ts, method=method,
             content=content))
         if previous is not None:
             self._clear_index(rtype, rid)
         self._write_index(rtype, rid, final)
-        return Stored(rtype, rid, version, ts, False, content, method)
+        return Stored(rtype, rid, version, ts, False, content, method, owner)
 
     def _clear_index(self, rtype: str, rid: str) -> None:
         for table in INDEX_TABLES.values():
@@ -198,13 +210,35 @@ class Tx:
             .limit(count).offset(offset))
         return [_row(r) for r in rows], total
 
-    def search(self, query: SearchQuery) -> tuple[list[Stored], int | None]:
-        return sql_search.run(self.conn, query)
+    def search(self, query: SearchQuery, visibility: Visibility | None = None
+               ) -> tuple[list[Stored], int | None]:
+        return sql_search.run(self.conn, query, visibility)
 
-    def includes(self, query: SearchQuery, matches: list[Stored]) -> list[Stored]:
+    def includes(self, query: SearchQuery, matches: list[Stored],
+                 visibility: VisibilityFor | None = None) -> list[Stored]:
         keys = sql_search.include_keys(self.conn, query, matches)
         seen = {(m.type, m.id) for m in matches}
-        return self.current_many([k for k in keys if k not in seen])
+        return self.current_many([k for k in keys if k not in seen], visibility)
+
+    # access grants -----------------------------------------------------------------------
+    def replace_grants(self, patient_id: str, grants: list[Grant]) -> None:
+        self.conn.execute(delete(access_grant).where(access_grant.c.patient_id == patient_id))
+        if grants:
+            self.conn.execute(insert(access_grant), [
+                {"patient_id": patient_id, "org_hsa_id": g.org, "role": g.role,
+                 "reads": g.reads, "valid_until": g.valid_until} for g in grants])
+
+    def grants(self, patient_id: str) -> list[Grant]:
+        rows = self.conn.execute(select(access_grant).where(
+            access_grant.c.patient_id == patient_id))
+        return [Grant(r.org_hsa_id, r.role, r.reads, r.valid_until) for r in rows]
+
+    def readable_patients(self, org: str, patient_ids: list[str], now: int) -> set[str]:
+        g = access_grant.c
+        rows = self.conn.execute(select(g.patient_id).where(
+            g.org_hsa_id == org, g.patient_id.in_(patient_ids), g.reads.is_(True),
+            or_(g.valid_until.is_(None), g.valid_until > now)))
+        return {r.patient_id for r in rows}
 
 
 class Store:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (BigInteger, Boolean, Column, Index, Integer, LargeBinary, MetaData,
-                        String, Table)
+                        String, Table, false)
 
 metadata = MetaData(naming_convention={
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -21,6 +21,8 @@ resource = Table(
     Column("version_id", Integer, nullable=False),
     Column("last_updated", BigInteger, nullable=False),  # UTC microseconds since the epoch
     Column("deleted", Boolean, nullable=False),
+    # HSA-id of the organisation whose client created the resource (NULL: the hub itself).
+    Column("owner_org", String(64), nullable=True),
     Index(None, "res_type", "last_updated"),
 )
 
@@ -66,6 +68,20 @@ idx_string = _index_table(
 INDEX_TABLES = {"token": idx_token, "reference": idx_reference, "date": idx_date,
                 "string": idx_string}
 
+# Who may see a person's SIP data, derived from the SIP resources on every write that can
+# change it: the coordinating organisation, and the participating organisations the person's
+# active consent covers (until the consent's end, if it has one).
+access_grant = Table(
+    "access_grant", metadata,
+    Column("patient_id", String(64), primary_key=True),
+    Column("org_hsa_id", String(64), primary_key=True),
+    Column("role", String(16), nullable=False),  # coordinator | participant
+    # Whether the grant lets the organisation read: only while the consent covers it.
+    Column("reads", Boolean, nullable=False),
+    Column("valid_until", BigInteger, nullable=True),
+    Index(None, "org_hsa_id", "patient_id"),
+)
+
 # API clients (OAuth2 client credentials); secrets are stored only as Argon2 hashes.
 api_client = Table(
     "api_client", metadata,
@@ -76,4 +92,8 @@ api_client = Table(
     Column("name", String(255), nullable=True),
     Column("created", BigInteger, nullable=False),
     Column("active", Boolean, nullable=False),
+    # organization | portal | admin
+    Column("role", String(16), nullable=False, server_default="organization"),
+    # Admin clients see no personal data unless this is granted explicitly.
+    Column("personal_data", Boolean, nullable=False, server_default=false()),
 )

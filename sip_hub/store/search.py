@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
 
 from sqlalchemy import (ColumnElement, Connection, Select, and_, func, not_, or_, select,
                         true)
@@ -10,7 +11,8 @@ from sqlalchemy import (ColumnElement, Connection, Select, and_, func, not_, or_
 from ..fhir.search import Criterion, DateValue, ReferenceValue, SearchQuery, TokenValue
 from ..fhir.search_params import params_for
 from .records import row_to_stored as _row
-from .schema import idx_date, idx_reference, idx_string, idx_token, resource, resource_history
+from .schema import (access_grant, idx_date, idx_reference, idx_string, idx_token, resource,
+                     resource_history)
 
 _R = resource.c
 _H = resource_history.c
@@ -111,11 +113,52 @@ def criterion_cond(rtype: str, cr: Criterion) -> ColumnElement[bool]:
     return _R.res_id.in_(_ids(idx_string, rtype, name, or_(*conds)))
 
 
-def base_select(query: SearchQuery, extra: list[ColumnElement[bool]] | None = None) -> Select[Any]:
+@dataclass(frozen=True, slots=True)
+class Grant:
+    org: str
+    role: str  # coordinator | participant
+    reads: bool
+    valid_until: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Visibility:
+    """What an organisation may see of one resource type: what it owns, plus the resources
+    in the compartments of the patients it holds a live grant for."""
+
+    org: str
+    now: int
+    # The reference search parameter that puts a resource in a patient's compartment;
+    # "_self" for Patient itself; None when only owned resources are visible.
+    compartment: str | None
+
+
+# Per type: a Visibility, None (no restriction) or False (nothing visible).
+VisibilityFor = Callable[[str], "Visibility | None | Literal[False]"]
+
+
+def visibility_cond(rtype: str, vis: Visibility) -> ColumnElement[bool]:
+    g = access_grant.c
+    patients = select(g.patient_id).where(
+        g.org_hsa_id == vis.org, g.reads.is_(True),
+        or_(g.valid_until.is_(None), g.valid_until > vis.now))
+    owned = _R.owner_org == vis.org
+    if vis.compartment is None:
+        return owned
+    if vis.compartment == "_self":
+        return or_(owned, _R.res_id.in_(patients))
+    c = idx_reference.c
+    in_compartment = _R.res_id.in_(_ids(idx_reference, rtype, vis.compartment, and_(
+        c.target_type == "Patient", c.target_id.in_(patients))))
+    return or_(owned, in_compartment)
+
+
+def base_select(query: SearchQuery, visibility: Visibility | None = None) -> Select[Any]:
     rtype = query.resource_type
     conds = [_R.res_type == rtype, _R.deleted.is_(False)]
     conds += [criterion_cond(rtype, cr) for cr in query.criteria]
-    conds += extra or []
+    if visibility is not None:
+        conds.append(visibility_cond(rtype, visibility))
     return select(_R.res_id).where(*conds)
 
 
@@ -133,8 +176,8 @@ def _sort_key(query: SearchQuery, name: str) -> ColumnElement[Any]:
 
 
 def run(conn: Connection, query: SearchQuery,
-        extra: list[ColumnElement[bool]] | None = None) -> tuple[list[Any], int | None]:
-    base = base_select(query, extra)
+        visibility: Visibility | None = None) -> tuple[list[Any], int | None]:
+    base = base_select(query, visibility)
     total = None
     if query.total or query.summary_count:
         total = conn.execute(select(func.count()).select_from(base.subquery())).scalar_one()
@@ -146,7 +189,8 @@ def run(conn: Connection, query: SearchQuery,
         order.append(key.desc() if desc else key.asc())
     order += [_R.last_updated.desc(), _R.res_id]
     rtype = query.resource_type
-    q = (select(_H.res_type, _H.res_id, _H.version_id, _H.last_updated, _H.method, _H.content)
+    q = (select(_H.res_type, _H.res_id, _H.version_id, _H.last_updated, _H.method, _H.content,
+                _R.owner_org)
          .join_from(resource, resource_history, and_(
              _H.res_type == _R.res_type, _H.res_id == _R.res_id, _H.version_id == _R.version_id))
          .where(_R.res_type == rtype, _R.res_id.in_(base))
@@ -174,4 +218,5 @@ def include_keys(conn: Connection, query: SearchQuery, matches: list[Any]) -> li
     return list(dict.fromkeys(keys))
 
 
-__all__ = ["run", "include_keys", "base_select", "criterion_cond"]
+__all__ = ["run", "include_keys", "base_select", "criterion_cond", "visibility_cond",
+           "Visibility", "VisibilityFor", "Grant"]

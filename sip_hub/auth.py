@@ -1,0 +1,210 @@
+"""Authentication: OAuth2 client credentials, short-lived signed JWTs, SMART v2 system scopes.
+
+Tokens are ES256 JWTs. The key ring comes from settings (the first key signs, every key
+verifies, so keys rotate without cutting off live tokens); in dev a key is made under the
+data directory on first start.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import jwt
+import orjson
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+
+from .errors import Forbidden, SipHubError, Unauthorized
+from .settings import Settings
+
+Role = Literal["organization", "portal", "admin"]
+ROLES: tuple[Role, ...] = ("organization", "portal", "admin")
+_ALG = "ES256"
+_BEARER_CHALLENGE = 'Bearer realm="sip_hub"'
+
+
+class KeyConfigError(SipHubError):
+    status, code = 500, "exception"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRing:
+    signing_kid: str
+    private: dict[str, ec.EllipticCurvePrivateKey]
+
+    def public_jwks(self) -> dict[str, Any]:
+        keys = []
+        for kid, key in self.private.items():
+            jwk = ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+            keys.append({**jwk, "kid": kid, "use": "sig", "alg": _ALG})
+        return {"keys": keys}
+
+
+def _load_entries(raw: str, where: str) -> list[dict[str, str]]:
+    try:
+        entries = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise KeyConfigError(f"{where} is not JSON: {exc}") from None
+    if not isinstance(entries, list) or not entries or not all(
+            isinstance(e, dict) and "kid" in e and "pem" in e for e in entries):
+        raise KeyConfigError(f"{where} must be a JSON list of {{\"kid\", \"pem\"}} objects")
+    return entries
+
+
+def _dev_key_file(settings: Settings) -> Path:
+    path = settings.data_dir / "jwt-keys.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(orjson.dumps([{"kid": f"dev-{uuid.uuid4().hex[:8]}", "pem": pem}]))
+        tmp.chmod(0o600)
+        # Several workers may start at once: the first rename wins, the others' keys are unused.
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        tmp.unlink()
+    return path
+
+
+def load_keys(settings: Settings) -> KeyRing:
+    if settings.jwt_keys:
+        entries = _load_entries(settings.jwt_keys, "SIP_HUB_JWT_KEYS")
+    else:
+        path = settings.jwt_keys_file or _dev_key_file(settings)
+        entries = _load_entries(Path(path).read_text(), str(path))
+    private: dict[str, ec.EllipticCurvePrivateKey] = {}
+    for e in entries:
+        key = serialization.load_pem_private_key(e["pem"].encode(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise KeyConfigError(f"key {e['kid']} is not an EC private key (ES256 needs P-256)")
+        private[e["kid"]] = key
+    return KeyRing(entries[0]["kid"], private)
+
+
+# -- SMART v2 system scopes -------------------------------------------------------------------
+
+_V1 = {"read": "rs", "write": "cud", "*": "cruds"}
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    resource: str  # a type or "*"
+    perms: frozenset[str]  # of c r u d s
+
+    @classmethod
+    def parse(cls, text: str) -> "Scope | None":
+        if not text.startswith("system/") or "." not in text:
+            return None
+        rtype, _, perms = text[len("system/"):].partition(".")
+        perms = _V1.get(perms, perms)
+        if not perms or any(p not in "cruds" for p in perms):
+            return None
+        return cls(rtype, frozenset(perms))
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: an API client of an organisation, with its role and scopes."""
+
+    client_id: str
+    org: str  # HSA-id of the client's organisation
+    role: Role
+    scopes: tuple[Scope, ...]
+    personal_data: bool
+    scope_text: str
+    expires: int = 0
+
+    def may(self, rtype: str, perm: str) -> bool:
+        return any((s.resource == "*" or s.resource == rtype) and perm in s.perms
+                   for s in self.scopes)
+
+    def require(self, rtype: str, perm: str) -> None:
+        if not self.may(rtype, perm):
+            raise Forbidden(f"The token's scopes ({self.scope_text}) do not allow "
+                            f"'{perm}' on {rtype}")
+
+
+def parse_scopes(text: str) -> tuple[Scope, ...]:
+    return tuple(s for s in (Scope.parse(t) for t in text.split()) if s is not None)
+
+
+# -- tokens ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TokenService:
+    keys: KeyRing
+    issuer: str
+    lifetime: int
+
+    def issue(self, *, client_id: str, org: str, role: str, scope: str,
+              personal_data: bool) -> dict[str, Any]:
+        now = int(time.time())
+        claims = {"iss": self.issuer, "sub": client_id, "aud": self.issuer, "iat": now,
+                  "nbf": now, "exp": now + self.lifetime, "jti": uuid.uuid4().hex,
+                  "org": org, "role": role, "scope": scope, "pd": personal_data}
+        token = jwt.encode(claims, self.keys.private[self.keys.signing_kid], algorithm=_ALG,
+                           headers={"kid": self.keys.signing_kid})
+        return {"access_token": token, "token_type": "Bearer", "expires_in": self.lifetime,
+                "scope": scope}
+
+    def verify(self, token: str) -> Principal:
+        principal = _verify_cached(self, token)
+        if principal.expires <= time.time():
+            raise _invalid("The token has expired")
+        return principal
+
+    def _verify(self, token: str) -> Principal:
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+            key = self.keys.private.get(kid) if isinstance(kid, str) else None
+            if key is None:
+                raise Unauthorized("The token was not signed by a key of this hub",
+                                   headers={"WWW-Authenticate": _BEARER_CHALLENGE +
+                                            ', error="invalid_token"'})
+            claims = jwt.decode(token, key.public_key(), algorithms=[_ALG],
+                                audience=self.issuer, issuer=self.issuer,
+                                options={"require": ["exp", "iat", "sub", "org", "role"]})
+        except jwt.ExpiredSignatureError:
+            raise _invalid("The token has expired") from None
+        except jwt.InvalidTokenError as exc:
+            raise _invalid(f"The token is not valid: {exc}") from None
+        role = claims["role"]
+        if role not in ROLES:
+            raise _invalid("The token has an unknown role")
+        return Principal(claims["sub"], claims["org"], role, parse_scopes(claims.get("scope", "")),
+                         bool(claims.get("pd")), claims.get("scope", ""), int(claims["exp"]))
+
+
+def _invalid(text: str) -> Unauthorized:
+    return Unauthorized(text, headers={"WWW-Authenticate": _BEARER_CHALLENGE +
+                                       ', error="invalid_token"'})
+
+
+# Verifying a signature costs ~0.1 ms and a client reuses its token for minutes; expiry is
+# still checked on every request (in verify). Failures are not cached.
+@lru_cache(maxsize=4096)
+def _verify_cached(service: TokenService, token: str) -> Principal:
+    return service._verify(token)
+
+
+def bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthorized("Authentication required: send 'Authorization: Bearer <token>' "
+                           "(get one at /auth/token)",
+                           headers={"WWW-Authenticate": _BEARER_CHALLENGE})
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Only Bearer tokens are accepted",
+                           headers={"WWW-Authenticate": _BEARER_CHALLENGE})
+    return token.strip()
