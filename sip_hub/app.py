@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from . import __version__, demo
+from .audit import AuditLog
 from .auth import TokenService, load_keys
 from .errors import (BadRequest, MethodNotAllowed, NotFound, SipHubError, TransientError)
 from .fhir.outcome import from_error
@@ -61,7 +62,10 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
             app.state.store = build_store(settings)
         FhirService(app.state.store).seed_definitions()
         demo.load(app.state.store, settings)
+        app.state.audit = AuditLog(app.state.store)
+        app.state.audit.start()
         yield
+        app.state.audit.stop()
         app.state.store.engine.dispose()
 
     app = FastAPI(title="sip_hub", version=__version__, lifespan=lifespan,

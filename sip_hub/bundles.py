@@ -115,12 +115,12 @@ def _run(tx: Tx, ctx: ix.Context, e: _Entry, resolve: Resolve | None = None) -> 
         if e.rid is None:
             return ix.search(tx, ctx, e.rtype, e.query)
         if e.vid:
-            return ix.vread(tx, e.rtype, e.rid, e.vid)
-        return ix.read(tx, e.rtype, e.rid)
+            return ix.vread(tx, ctx, e.rtype, e.rid, e.vid)
+        return ix.read(tx, ctx, e.rtype, e.rid)
     if e.method == "DELETE":
         if e.rid is None:
             raise BadRequest(f"Bundle.entry[{e.index}]: conditional delete is not supported")
-        return ix.delete(tx, e.rtype, e.rid)
+        return ix.delete(tx, ctx, e.rtype, e.rid)
     if e.method == "POST":
         if e.rid is not None:
             raise BadRequest(f"Bundle.entry[{e.index}]: POST goes to the type, not an instance")
@@ -159,7 +159,7 @@ def transaction(store: Store, ctx: ix.Context, bundle: dict[str, Any], prefer: s
                     check_type(e.rtype, write=True)
                     rid = None
                     if e.if_none_exist:
-                        found = ix._match_one(tx, ctx, e.rtype, e.if_none_exist)
+                        found = ix.match(tx, ctx, e.rtype, e.if_none_exist)
                         if len(found) > 1:
                             raise ix.PreconditionFailed(
                                 f"ifNoneExist matched {len(found)} {e.rtype} resources")

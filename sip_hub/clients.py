@@ -16,7 +16,14 @@ from .fhir.dates import now_utc, to_us
 from .store import Store
 from .store.clients import ClientRecord, get_client, insert_client
 
-_hasher = PasswordHasher()
+_hasher = PasswordHasher()  # argon2-cffi's defaults (RFC 9106 low-memory profile)
+
+
+def use_hash_cost(time_cost: int, memory_cost_kib: int) -> None:
+    """Change the Argon2 cost of new hashes (tests use a cheap one; existing hashes keep
+    verifying, since the parameters travel in the hash)."""
+    global _hasher
+    _hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_cost_kib, parallelism=1)
 
 
 def parse_scopes(scope: str) -> list[str]:

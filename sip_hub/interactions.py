@@ -1,4 +1,10 @@
-"""FHIR RESTful interactions, independent of HTTP: REST routes and Bundle entries share them."""
+"""FHIR RESTful interactions, independent of HTTP: REST routes and Bundle entries share them.
+
+Every interaction passes the same gates in the same order: the caller's scopes and role
+(``Access.check``), the SIP access rules on what it reads or changes, the write pipeline
+(``service.prepare``), the grant refresh that keeps access in step with consent, and the audit
+record of the access.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,10 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
-from .errors import BadRequest, Gone, NotFound, PreconditionFailed
+from . import access as acl
+from .access import Access
+from .audit import AuditLog, AuditRecord
+from .errors import BadRequest, Forbidden, Gone, NotFound, PreconditionFailed
 from .fhir import search as fhir_search
 from .fhir.dates import format_instant, now_utc
 from .fhir.outcome import information
@@ -22,6 +31,32 @@ class Context:
     default_count: int = 50
     max_count: int = 1000
     lenient: bool = False
+    access: Access = field(default_factory=lambda: Access.for_principal(None))
+    audit: AuditLog | None = None
+
+    def record(self, interaction: str, stored: list[Stored], *, tx: Tx | None = None,
+               outcome: str = "0", query: str | None = None, detail: str | None = None,
+               rtype: str | None = None) -> None:
+        """Audit an access to personal data (only those: directory reads are not logged)."""
+        if self.audit is None:
+            return
+        personal = [s for s in stored if acl.is_personal(s.type)]
+        if not personal and not (rtype and acl.is_personal(rtype)):
+            return
+        patients: set[str] = set()
+        for s in personal:
+            patients |= acl.patients_of(s.type, s.json() if s.content else None, s.id)
+        rec = AuditRecord(interaction, self.access.principal,
+                          tuple((s.type, s.id) for s in personal), frozenset(patients),
+                          outcome, query, detail)
+        if tx is not None:
+            self.audit.in_tx(tx, rec)
+        else:
+            self.audit.later(rec)
+
+    def refused(self, interaction: str, stored: Stored | None, rtype: str, err: Forbidden) -> None:
+        self.record(interaction, [stored] if stored else [], outcome="4", rtype=rtype,
+                    detail=err.diagnostics)
 
 
 @dataclass(slots=True)
@@ -51,69 +86,113 @@ def location(ctx: Context, stored: Stored) -> str:
     return f"{ctx.base_url}/{stored.type}/{stored.id}/_history/{stored.version_id}"
 
 
-def _match_one(tx: Tx, ctx: Context, rtype: str, criteria: str | list[tuple[str, str]]
-               ) -> list[Stored]:
+def match(tx: Tx, ctx: Context, rtype: str, criteria: str | list[tuple[str, str]]
+          ) -> list[Stored]:
+    """Up to two matches for a conditional interaction, among what the caller may see."""
     items = parse_qsl(criteria, keep_blank_values=True) if isinstance(criteria, str) else criteria
     items = [(k, v) for k, v in items if not k.startswith("_format")]
     if not items:
         raise BadRequest("A conditional interaction needs search criteria")
     query = fhir_search.parse(rtype, items, default_count=2, max_count=2, base_url=ctx.base_url)
     query.count, query.total = 2, False
-    matches, _ = tx.search(query)
-    return matches
+    vis = ctx.access.visibility(rtype)
+    if vis is False:
+        return []
+    return tx.search(query, vis)[0]
+
+
+def _guard_read(tx: Tx, ctx: Context, stored: Stored, interaction: str) -> None:
+    try:
+        ctx.access.require_read(tx, stored)
+    except Forbidden as err:
+        ctx.refused(interaction, stored, stored.type, err)
+        raise
+
+
+def _guard_write(tx: Tx, ctx: Context, rtype: str, old: Stored | None,
+                 new: dict[str, Any] | None, interaction: str) -> None:
+    try:
+        ctx.access.require_write(tx, rtype, old, new)
+    except Forbidden as err:
+        ctx.refused(interaction, old, rtype, err)
+        raise
+
+
+def _written(tx: Tx, ctx: Context, interaction: str, old: Stored | None, new: Stored) -> None:
+    old_json = old.json() if old is not None and old.content is not None else None
+    acl.after_write(tx, new.type, old_json, new.json() if new.content else None)
+    ctx.record(interaction, [new], tx=tx)
 
 
 # -- instance and type interactions --------------------------------------------------------
 
-def read(tx: Tx, rtype: str, rid: str) -> Result:
+def read(tx: Tx, ctx: Context, rtype: str, rid: str) -> Result:
     check_type(rtype)
+    ctx.access.check(rtype, "r")
     check_id(rid)
     cur = tx.current(rtype, rid)
     if cur is None:
         raise NotFound(f"{rtype}/{rid} is not known")
     if cur.deleted:
+        if not ctx.access.unrestricted and cur.owner != ctx.access.org:
+            raise Forbidden(acl.NOT_COVERED)
         raise Gone(f"{rtype}/{rid} was deleted (version {cur.version_id})",
                    headers={"ETag": etag(cur)})
+    _guard_read(tx, ctx, cur, "read")
+    ctx.record("read", [cur])
     return Result(200, cur)
 
 
-def vread(tx: Tx, rtype: str, rid: str, vid: str) -> Result:
+def vread(tx: Tx, ctx: Context, rtype: str, rid: str, vid: str) -> Result:
     check_type(rtype)
+    ctx.access.check(rtype, "r")
     check_id(rid)
-    if not vid.isdigit():
-        raise NotFound(f"{rtype}/{rid} has no version '{vid}'")
-    ver = tx.version(rtype, rid, int(vid))
+    ver = tx.version(rtype, rid, int(vid)) if vid.isdigit() else None
     if ver is None:
-        raise NotFound(f"{rtype}/{rid} has no version {vid}")
+        raise NotFound(f"{rtype}/{rid} has no version '{vid}'")
+    # Access follows the resource as it is now: a withdrawn consent closes old versions too.
+    cur = tx.current(rtype, rid)
+    _guard_read(tx, ctx, cur if cur and not cur.deleted else ver, "vread")
     if ver.deleted:
         raise Gone(f"{rtype}/{rid} version {vid} is a deletion", headers={"ETag": etag(ver)})
+    ctx.record("vread", [ver])
     return Result(200, ver)
 
 
 def create(tx: Tx, ctx: Context, rtype: str, res: Any, *, if_none_exist: str | None = None,
            rid: str | None = None, resolve: Resolve | None = None) -> Result:
     check_type(rtype, write=True)
+    ctx.access.check(rtype, "c")
     if if_none_exist:
-        found = _match_one(tx, ctx, rtype, if_none_exist)
+        found = match(tx, ctx, rtype, if_none_exist)
         if len(found) > 1:
             raise PreconditionFailed(f"If-None-Exist matched {len(found)} {rtype} resources")
         if found:
+            ctx.record("read", found)
             return Result(200, found[0])
     prepared = prepare(res, resolve or tx_resolver(tx), expected_type=rtype)
-    stored = tx.create(prepared, rid)
+    _guard_write(tx, ctx, rtype, None, prepared, "create")
+    stored = tx.create(prepared, rid, owner=ctx.access.org)
+    _written(tx, ctx, "create", None, stored)
     return Result(201, stored)
 
 
 def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: str | None = None,
            resolve: Resolve | None = None) -> Result:
     check_type(rtype, write=True)
+    ctx.access.check(rtype, "u")
     check_id(rid)
     if isinstance(res, dict) and res.get("id") != rid:
         raise BadRequest(f"The resource id '{res.get('id')}' does not match the URL id '{rid}'",
                          expression=f"{rtype}.id")
+    old = tx.current(rtype, rid)
+    if old is None:
+        ctx.access.check(rtype, "c")
     prepared = prepare(res, resolve or tx_resolver(tx), expected_type=rtype)
+    _guard_write(tx, ctx, rtype, old if old and not old.deleted else None, prepared, "update")
     version = parse_etag(if_match) if if_match else None
-    stored, created = tx.update(prepared, rid, if_match=version)
+    stored, created = tx.update(prepared, rid, if_match=version, owner=ctx.access.org)
+    _written(tx, ctx, "create" if created else "update", old, stored)
     return Result(201 if created else 200, stored)
 
 
@@ -121,7 +200,8 @@ def conditional_update(tx: Tx, ctx: Context, rtype: str, criteria: str | list[tu
                        res: Any, *, if_match: str | None = None,
                        resolve: Resolve | None = None) -> Result:
     check_type(rtype, write=True)
-    found = _match_one(tx, ctx, rtype, criteria)
+    ctx.access.check(rtype, "u")
+    found = match(tx, ctx, rtype, criteria)
     if len(found) > 1:
         raise PreconditionFailed(f"Conditional update matched {len(found)} {rtype} resources")
     body_id = res.get("id") if isinstance(res, dict) else None
@@ -139,15 +219,20 @@ def conditional_update(tx: Tx, ctx: Context, rtype: str, criteria: str | list[tu
     return create(tx, ctx, rtype, res, resolve=resolve)
 
 
-def delete(tx: Tx, rtype: str, rid: str) -> Result:
+def delete(tx: Tx, ctx: Context, rtype: str, rid: str) -> Result:
     check_type(rtype, write=True)
+    ctx.access.check(rtype, "d")
     check_id(rid)
     cur = tx.current(rtype, rid)
     if cur is None:
         raise NotFound(f"{rtype}/{rid} is not known")
-    done = tx.delete(rtype, rid)
-    if done is None:
+    if cur.deleted:
         return Result(200, None, information(f"{rtype}/{rid} was already deleted"))
+    _guard_write(tx, ctx, rtype, cur, None, "delete")
+    done = tx.delete(rtype, rid)
+    assert done is not None
+    acl.after_write(tx, rtype, cur.json(), None)
+    ctx.record("delete", [cur], tx=tx)
     return Result(200, None, information(f"Deleted {rtype}/{rid} (version {done.version_id})"),
                   headers={"ETag": etag(done)})
 
@@ -195,16 +280,24 @@ def bundle(btype: str, entries: list[dict[str, Any]], total: int | None = None,
 
 def search(tx: Tx, ctx: Context, rtype: str, items: list[tuple[str, str]]) -> Result:
     check_type(rtype)
+    ctx.access.check(rtype, "s")
     query = fhir_search.parse(rtype, items, default_count=ctx.default_count,
                               max_count=ctx.max_count, base_url=ctx.base_url,
                               lenient=ctx.lenient)
-    matches, total = tx.search(query)
-    included = tx.includes(query, matches) if (query.includes or query.revincludes) else []
+    for cr in query.criteria:
+        if cr.chain_type is not None:
+            ctx.access.check(cr.chain_type, "s")
+    vis = ctx.access.visibility(rtype)
+    matches, total = tx.search(query, vis or None) if vis is not False else ([], 0)
+    included: list[Stored] = []
+    if query.includes or query.revincludes:
+        included = tx.includes(query, matches, ctx.access.visibility)
     entries = [_entry(ctx, s, "match") for s in matches]
     entries += [_entry(ctx, s, "include") for s in included]
     if query.ignored:
         oo = information("Ignored search parameters: " + "; ".join(query.ignored))
         entries.append({"resource": oo, "search": {"mode": "outcome"}})
+    ctx.record("search-type", matches + included, rtype=rtype, query=urlencode(items))
     links = _links(ctx, rtype, items, query.offset, query.count, len(matches), total)
     return Result(200, None, bundle("searchset", entries, total, links))
 
@@ -213,20 +306,28 @@ def history(tx: Tx, ctx: Context, items: list[tuple[str, str]], rtype: str | Non
             rid: str | None = None) -> Result:
     if rtype:
         check_type(rtype)
+        ctx.access.check(rtype, "r")
     if rid:
         check_id(rid)
-        if tx.current(rtype or "", rid) is None:
+        cur = tx.current(rtype or "", rid)
+        if cur is None:
             raise NotFound(f"{rtype}/{rid} is not known")
+        if cur.deleted:
+            last = tx.version(cur.type, rid, cur.version_id - 1)
+            cur = last or cur
+        _guard_read(tx, ctx, cur, "history-instance")
+    else:
+        ctx.access.check_history(rtype)
     count, offset, since, at = ctx.default_count, 0, None, None
     for k, v in items:
         if k == "_count":
-            count = min(fhir_search._nonneg_int(v, k), ctx.max_count)
+            count = min(fhir_search.nonneg_int(v, k), ctx.max_count)
         elif k == "_offset":
-            offset = fhir_search._nonneg_int(v, k)
+            offset = fhir_search.nonneg_int(v, k)
         elif k == "_since":
-            since = fhir_search._date(v, k).low
+            since = fhir_search.date_value(v, k).low
         elif k == "_at":
-            at = fhir_search._date(v, k).high
+            at = fhir_search.date_value(v, k).high
         elif k not in ("_format", "_pretty"):
             raise BadRequest(f"Unknown history parameter '{k}'", expression=k)
     rows, total = tx.history(rtype, rid, since=since, at=at, count=count, offset=offset)
@@ -239,6 +340,8 @@ def history(tx: Tx, ctx: Context, items: list[tuple[str, str]], rtype: str | Non
                          ("201 Created" if s.version_id == 1 else "200 OK"),
                          "etag": etag(s), "lastModified": s.last_updated_instant}
         entries.append(e)
+    interaction = "history-instance" if rid else ("history-type" if rtype else "history-system")
+    ctx.record(interaction, [s for s in rows if s.content is not None], rtype=rtype)
     path = "/".join(p for p in (rtype, rid, "_history") if p)
     return Result(200, None, bundle("history", entries, total,
                                     _links(ctx, path, items, offset, count, len(rows), total)))

@@ -18,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from sip_hub import clients
 from sip_hub.app import create_app
 from sip_hub.service import FhirService
 from sip_hub.settings import Settings
@@ -27,6 +28,8 @@ from sip_hub.store.migrate import upgrade
 from sip_hub.store.schema import metadata
 
 REQUIRE = os.environ.get("SIP_HUB_REQUIRE_SERVICES") == "1"
+# Hundreds of tests register clients; the production Argon2 cost would dominate the run.
+clients.use_hash_cost(time_cost=1, memory_cost_kib=1024)
 PG_URL = os.environ.get("SIP_HUB_TEST_DATABASE_URL", "")
 
 
@@ -86,11 +89,44 @@ def settings(tmp_path: Path) -> Settings:
                     auto_migrate=False)
 
 
+ADMIN_ORG = "SE2321000016-ADM1"
+
+
+def issue_token(c: TestClient, store: Store, org: str, scope: str = "system/*.cruds",
+                role: str = "organization", personal_data: bool = False) -> str:
+    """Register a client of ``org`` and get a token for it through /auth/token."""
+    creds = clients.create_client(store, org=org, scope=scope, role=role,
+                                  personal_data=personal_data)
+    r = c.post("/auth/token", data={"grant_type": "client_credentials"},
+               auth=(creds["client_id"], creds["client_secret"]))
+    assert r.status_code == 200, r.text
+    return r.json()["access_token"]
+
+
 @pytest.fixture
-def client(store: Store, settings: Settings) -> Iterator[TestClient]:
+def anonymous(store: Store, settings: Settings) -> Iterator[TestClient]:
+    """A client with no token; its app is the same hub the other fixtures talk to."""
     app = create_app(settings, store=store)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
+
+
+@pytest.fixture
+def client(anonymous: TestClient, store: Store) -> TestClient:
+    """An admin client with personal-data access: sees everything, as the hub's operators."""
+    token = issue_token(anonymous, store, ADMIN_ORG, role="admin", personal_data=True)
+    anonymous.headers["Authorization"] = f"Bearer {token}"
+    return anonymous
+
+
+@pytest.fixture
+def as_org(anonymous: TestClient, store: Store):
+    """``as_org(hsa, scope=..., role=...)`` -> headers with a token for that client."""
+    def make(org: str, scope: str = "system/*.cruds", role: str = "organization",
+             personal_data: bool = False) -> dict[str, str]:
+        token = issue_token(anonymous, store, org, scope, role, personal_data)
+        return {"Authorization": f"Bearer {token}"}
+    return make
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -83,8 +84,19 @@ def test_serve_runs_the_hub_on_the_embedded_default(tmp_path):
                 if time.monotonic() > deadline or proc.poll() is not None:
                     pytest.fail("the hub did not start")
                 time.sleep(0.2)
-        url = f"http://127.0.0.1:{port}/fhir/Organization?name=region"
-        with urllib.request.urlopen(url, timeout=5) as r:
+        created = subprocess.run(
+            [sys.executable, "-m", "sip_hub.cli", "client", "create", "--org",
+             "SE2321000016-15CQ", "--scope", "system/Organization.rs"],
+            env=env, capture_output=True, text=True, check=True)
+        creds = json.loads(created.stdout)
+        form = urllib.parse.urlencode({"grant_type": "client_credentials",
+                                       "client_id": creds["client_id"],
+                                       "client_secret": creds["client_secret"]}).encode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/auth/token", form, timeout=5) as r:
+            token = json.load(r)["access_token"]
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/fhir/Organization?name=region",
+                                     headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
             assert json.load(r)["total"] == 2  # the demo organisations from mappings/
     finally:
         proc.terminate()

@@ -100,7 +100,7 @@ def _token(raw: str) -> TokenValue:
     return TokenValue(None, raw)
 
 
-def _date(raw: str, name: str) -> DateValue:
+def date_value(raw: str, name: str) -> DateValue:
     prefix = "eq"
     if raw[:2] in PREFIXES:
         prefix, raw = raw[:2], raw[2:]
@@ -141,7 +141,7 @@ def _criterion(rtype: str, key: str, raw: str, base_url: str) -> Criterion:
         return Criterion(name, "id", None, modifier, _split_commas(raw))
     if name == "_lastUpdated":
         return Criterion(name, "lastUpdated", None, None,
-                         [_date(v, name) for v in _split_commas(raw)])
+                         [date_value(v, name) for v in _split_commas(raw)])
     param = params_for(rtype).get(name)
     if param is None:
         raise BadRequest(f"Unknown search parameter '{name}' for {rtype}", expression=name)
@@ -180,7 +180,7 @@ def _criterion(rtype: str, key: str, raw: str, base_url: str) -> Criterion:
     if param.type == "token" or (param.type == "reference" and modifier == "identifier"):
         values = [_token(v) for v in raws]
     elif param.type == "date":
-        values = [_date(v, name) for v in raws]
+        values = [date_value(v, name) for v in raws]
     elif param.type == "reference":
         values = [_reference(v, param, type_modifier, base_url) for v in raws]
     elif param.type == "string":
@@ -220,9 +220,9 @@ def parse(rtype: str, items: list[tuple[str, str]], *, default_count: int, max_c
         base = key.split(":", 1)[0]
         try:
             if base == "_count":
-                q.count = min(_nonneg_int(raw, key), max_count)
+                q.count = min(nonneg_int(raw, key), max_count)
             elif base == "_offset":
-                q.offset = _nonneg_int(raw, key)
+                q.offset = nonneg_int(raw, key)
             elif base == "_sort":
                 q.sort = [(s.lstrip("-"), s.startswith("-")) for s in raw.split(",") if s]
                 for name, _ in q.sort:
@@ -261,7 +261,7 @@ def parse(rtype: str, items: list[tuple[str, str]], *, default_count: int, max_c
     return q
 
 
-def _nonneg_int(raw: str, key: str) -> int:
+def nonneg_int(raw: str, key: str) -> int:
     if not raw.isdigit():
         raise BadRequest(f"{key} must be a non-negative integer, not '{raw}'", expression=key)
     return int(raw)

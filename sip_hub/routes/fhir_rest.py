@@ -50,7 +50,8 @@ def _params(request: Request) -> list[tuple[str, str]]:
 
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
-    return respond(request, capability_statement(context(request).base_url, _STARTED))
+    return respond(request, capability_statement(context(request, public=True).base_url,
+                                                 _STARTED))
 
 
 @router.post("")
@@ -108,7 +109,7 @@ def type_history(request: Request, rtype: str) -> Response:
 
 @router.get("/{rtype}/{rid}")
 def read(request: Request, rtype: str, rid: str) -> Response:
-    return _read(request, lambda tx, ctx: ix.read(tx, rtype, rid))
+    return _read(request, lambda tx, ctx: ix.read(tx, ctx, rtype, rid))
 
 
 @router.put("/{rtype}/{rid}")
@@ -122,7 +123,7 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
 def delete(request: Request, rtype: str, rid: str) -> Response:
     ctx = context(request)
     with _store(request).begin() as tx:
-        result = ix.delete(tx, rtype, rid)
+        result = ix.delete(tx, ctx, rtype, rid)
     return result_response(request, ctx, result)
 
 
@@ -133,4 +134,4 @@ def instance_history(request: Request, rtype: str, rid: str) -> Response:
 
 @router.get("/{rtype}/{rid}/_history/{vid}")
 def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
-    return _read(request, lambda tx, ctx: ix.vread(tx, rtype, rid, vid))
+    return _read(request, lambda tx, ctx: ix.vread(tx, ctx, rtype, rid, vid))

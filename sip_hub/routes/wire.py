@@ -13,6 +13,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..access import Access
+from ..auth import bearer
 from ..errors import BadRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
 from ..fhir import models
 from ..fhir.dates import from_us
@@ -151,9 +153,14 @@ def result_response(request: Request, ctx: Context, result: Result, *,
     return respond(request, payload, result.status, headers, fmt)
 
 
-def context(request: Request) -> Context:
-    settings = request.app.state.settings
+def context(request: Request, *, public: bool = False) -> Context:
+    """The interaction context of a request; authenticates the caller unless ``public``."""
+    state = request.app.state
+    settings = state.settings
     base = settings.base_url.rstrip("/") + "/fhir" if settings.base_url else (
         str(request.base_url).rstrip("/") + "/fhir")
+    if public:
+        return Context(base, settings.default_page_size, settings.max_page_size)
+    principal = state.tokens.verify(bearer(request.headers.get("authorization")))
     return Context(base, settings.default_page_size, settings.max_page_size,
-                   prefer_lenient(request))
+                   prefer_lenient(request), Access.for_principal(principal), state.audit)

@@ -1,0 +1,282 @@
+"""Who may see and change what: the SIP rules of consent and participation, per request.
+
+The rules (docs/domain.md rules 1, 3 and 8):
+
+- Personal data are the resources in a patient's compartment (``COMPARTMENT``). An
+  organisation sees such a resource if its own client created it, or if it holds a reading
+  grant for the patient. Grants are derived from the SIP resources on every write that can
+  change them: an organisation reads when it takes part in the person's SIP (a participant of
+  the SIP CareTeam, or the coordinating organisation: the author of the SIP CarePlan) AND the
+  person's active SIP Consent names it. Withdrawing or narrowing the consent recomputes the
+  grants in the same transaction, so access ends at once.
+- One organisation coordinates a person's SIP. Once it is known, only it writes the plan, the
+  consent, the care team, the goals and the kartläggning; a participating organisation may
+  change only the status of its own insatser in the plan, and its own Tasks (its answers).
+- The national portal reads citizen views only; admin clients see no personal data unless
+  their registration grants it; audit records are never changed through the API.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .auth import Principal
+from .errors import Forbidden
+from .fhir import profiles, sip
+from .fhir.dates import now_utc, parse_range, to_us
+from .fhir.indexing import split_reference
+from .fhir.search import parse as parse_search
+from .fhir.search_params import params_for
+from .identifiers import HSA_ID
+from .store import Stored, Tx
+from .store.search import Grant, Visibility
+
+# The search parameter that puts each personal-data type in a patient's compartment.
+COMPARTMENT: dict[str, str] = {
+    "Patient": "_self", "CarePlan": "patient", "CareTeam": "patient", "Consent": "patient",
+    "Goal": "patient", "Appointment": "patient", "Task": "patient",
+    "QuestionnaireResponse": "patient", "Provenance": "patient", "RelatedPerson": "patient",
+    "AuditEvent": "patient",
+}
+# Types whose writes can change who may see a person's data.
+GRANT_SOURCES = frozenset({"Consent", "CareTeam", "CarePlan"})
+# SIP resources only the coordinating organisation writes.
+_COORDINATED = frozenset({sip.PROFILE_CAREPLAN, sip.PROFILE_CONSENT, sip.PROFILE_CARETEAM,
+                          sip.PROFILE_GOAL, sip.PROFILE_KARTLAGGNING})
+_CLOSED_PLAN = frozenset({"completed", "revoked", "entered-in-error"})
+NOT_COVERED = "The person's consent does not cover your organisation for this resource"
+
+
+def is_personal(rtype: str) -> bool:
+    return rtype in COMPARTMENT
+
+
+def patients_of(rtype: str, resource: dict[str, Any] | None, rid: str | None = None) -> set[str]:
+    """Ids of the patients whose compartment holds this resource."""
+    if rtype == "Patient":
+        return {rid or (resource or {}).get("id", "")} - {""}
+    param = COMPARTMENT.get(rtype)
+    if param is None or resource is None:
+        return set()
+    out = set()
+    for value in params_for(rtype)[param].values(resource):
+        ref = value.get("reference") if isinstance(value, dict) else None
+        target = split_reference(ref) if isinstance(ref, str) else None
+        if target and target[0] == "Patient":
+            out.add(target[1])
+    return out
+
+
+def org_hsa(tx: Tx, ref: Any) -> str | None:
+    """The HSA-id of the Organization a Reference points at (by identifier or by id)."""
+    if not isinstance(ref, dict):
+        return None
+    ident = ref.get("identifier")
+    if isinstance(ident, dict) and ident.get("system") == HSA_ID:
+        return ident.get("value")
+    target = split_reference(ref.get("reference", "")) if isinstance(ref.get("reference"),
+                                                                     str) else None
+    if not target or target[0] != "Organization":
+        return None
+    cur = tx.current("Organization", target[1])
+    if cur is None or cur.deleted:
+        return None
+    for ident in cur.json().get("identifier", []):
+        if ident.get("system") == HSA_ID:
+            return ident.get("value")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """The access decisions for one request (``principal`` None: the hub itself)."""
+
+    principal: Principal | None
+    now: int
+
+    @classmethod
+    def for_principal(cls, principal: Principal | None) -> "Access":
+        return cls(principal, to_us(now_utc()))
+
+    @property
+    def unrestricted(self) -> bool:
+        p = self.principal
+        return p is None or (p.role == "admin" and p.personal_data)
+
+    @property
+    def org(self) -> str | None:
+        return self.principal.org if self.principal else None
+
+    # -- type-level gates -------------------------------------------------------------------
+    def check(self, rtype: str, perm: str) -> None:
+        """Scopes and roles, before anything is read; ``perm`` is one of c r u d s."""
+        p = self.principal
+        if rtype == "AuditEvent" and perm in "cud":
+            raise Forbidden("Audit records cannot be created, changed or deleted through the API")
+        if p is None:
+            return
+        p.require(rtype, perm)
+        if p.role == "portal":
+            raise Forbidden("The national portal client reads citizen views only "
+                            "(CarePlan/$citizen-view)")
+        if is_personal(rtype) and p.role == "admin" and not p.personal_data:
+            raise Forbidden("Admin clients see no personal data unless registered with "
+                            "--personal-data")
+        if rtype == "AuditEvent" and p.role == "organization":
+            raise Forbidden("Access logs are read by the person (through the portal) and by "
+                            "admins handling a log extract")
+
+    def check_history(self, rtype: str | None) -> None:
+        if not self.unrestricted and (rtype is None or is_personal(rtype)):
+            raise Forbidden("History across resources holding personal data is for admin "
+                            "clients with personal-data access; read a resource's own history")
+
+    def visibility(self, rtype: str) -> Visibility | None | Literal[False]:
+        if self.unrestricted or not is_personal(rtype):
+            return None
+        if self.principal is not None and not self.principal.may(rtype, "r") and \
+                not self.principal.may(rtype, "s"):
+            return False
+        return Visibility(self.org or "", self.now, COMPARTMENT[rtype])
+
+    # -- instance-level decisions ----------------------------------------------------------
+    def can_read(self, tx: Tx, stored: Stored, content: dict[str, Any] | None = None) -> bool:
+        if self.unrestricted or not is_personal(stored.type):
+            return True
+        if stored.owner is not None and stored.owner == self.org:
+            return True
+        if content is None and stored.content is not None:
+            content = stored.json()
+        patients = patients_of(stored.type, content, stored.id)
+        return bool(patients) and bool(tx.readable_patients(self.org or "", sorted(patients),
+                                                            self.now))
+
+    def require_read(self, tx: Tx, stored: Stored) -> None:
+        if not self.can_read(tx, stored):
+            raise Forbidden(NOT_COVERED)
+
+    def require_write(self, tx: Tx, rtype: str, old: Stored | None,
+                      new: dict[str, Any] | None) -> None:
+        if self.unrestricted:
+            return
+        org = self.org
+        old_json = old.json() if old is not None and old.content is not None else None
+        if old is not None and not self.can_read(tx, old, old_json):
+            raise Forbidden(NOT_COVERED)
+        if not is_personal(rtype):
+            if old is not None and old.owner not in (None, org) and \
+                    self.principal is not None and self.principal.role != "admin":
+                raise Forbidden(f"{rtype}/{old.id} belongs to another organisation's registration")
+            return
+        sip_profile = profiles.applies(new) if new is not None else (
+            profiles.applies(old_json) if old_json is not None else None)
+        if sip_profile in _COORDINATED:
+            patients = patients_of(rtype, new or old_json or {})
+            coordinators = {g.org for p in patients for g in tx.grants(p)
+                            if g.role == "coordinator"}
+            if rtype == "CarePlan" and new is not None and (old_json is None or not \
+                    _only_own_activity_status(tx, old_json, new, org or "")) and \
+                    org_hsa(tx, new.get("author")) != org:
+                raise Forbidden("A SIP plan is written by its coordinating organisation: "
+                                "CarePlan.author must be your organisation")
+            if not coordinators or org in coordinators:
+                return
+            if rtype == "CarePlan" and old_json is not None and new is not None and \
+                    _only_own_activity_status(tx, old_json, new, org or ""):
+                return
+            raise Forbidden("Only the coordinating organisation writes this SIP's plan, consent, "
+                            "care team, goals and kartläggning; a participant may change the "
+                            "status of its own insatser")
+        if old is None or old.owner == org:
+            return
+        if rtype == "Task" and old_json is not None and \
+                org_hsa(tx, old_json.get("owner")) == org:
+            return
+        raise Forbidden(f"Your organisation did not create {rtype}/{old.id}")
+
+
+def _only_own_activity_status(tx: Tx, old: dict[str, Any], new: dict[str, Any], org: str) -> bool:
+    """Whether ``new`` differs from ``old`` only in the status of activities ``org`` performs."""
+    a, b = copy.deepcopy(old), copy.deepcopy(new)
+    for plan in (a, b):
+        plan.pop("meta", None)
+        plan.pop("text", None)
+    old_acts, new_acts = a.get("activity", []), b.get("activity", [])
+    if len(old_acts) != len(new_acts):
+        return False
+    for oa, na in zip(old_acts, new_acts):
+        performers = (oa.get("detail") or {}).get("performer", [])
+        if any(org_hsa(tx, p) == org for p in performers):
+            for act in (oa, na):
+                detail = act.get("detail") or {}
+                for key in ("status", "statusReason"):
+                    detail.pop(key, None)
+                act.pop("progress", None)
+    return a == b
+
+
+# -- grants ------------------------------------------------------------------------------------
+
+def _search(tx: Tx, rtype: str, items: list[tuple[str, str]], profile: str
+            ) -> list[tuple[Stored, dict[str, Any]]]:
+    query = parse_search(rtype, items, default_count=1000, max_count=1000)
+    query.total = False
+    found = [(s, s.json()) for s in tx.search(query)[0]]
+    return [(s, r) for s, r in found if profiles.applies(r) == profile]
+
+
+def _period_end(period: Any) -> int | None:
+    if isinstance(period, dict) and isinstance(period.get("end"), str):
+        try:
+            return parse_range(period["end"])[1]
+        except ValueError:
+            return None
+    return None
+
+
+def refresh_grants(tx: Tx, patient_id: str) -> list[Grant]:
+    """Recompute who may see ``patient_id``'s SIP from the stored SIP resources."""
+    pref = f"Patient/{patient_id}"
+    plans = [(s, p) for s, p in _search(tx, "CarePlan", [("patient", pref)], sip.PROFILE_CAREPLAN)
+             if p.get("status") not in _CLOSED_PLAN]
+    consents = _search(tx, "Consent", [("patient", pref), ("status", "active")],
+                       sip.PROFILE_CONSENT)
+    teams = _search(tx, "CareTeam", [("patient", pref), ("status", "active")],
+                    sip.PROFILE_CARETEAM)
+
+    # The plan's author coordinates; before there is a plan, whoever recorded the SIP's
+    # consent or care team does.
+    coordinators = {h for _, p in plans if (h := org_hsa(tx, p.get("author")))}
+    if not coordinators:
+        coordinators = {s.owner for s, _ in consents + teams if s.owner}
+    participants = set(coordinators)
+    for _, team in teams:
+        for part in team.get("participant", []):
+            for ref in (part.get("onBehalfOf"), part.get("member")):
+                if (h := org_hsa(tx, ref)):
+                    participants.add(h)
+    covered: dict[str, int | None] = {}
+    for _, consent in consents:
+        provision = consent.get("provision") or {}
+        if provision.get("type", "permit") != "permit":
+            continue
+        until = _period_end(provision.get("period"))
+        for actor in provision.get("actor", []):
+            if (h := org_hsa(tx, actor.get("reference"))):
+                prev = covered.get(h, 0)
+                covered[h] = None if until is None or prev is None else max(until, prev or 0)
+    grants = [Grant(org, "coordinator" if org in coordinators else "participant",
+                    org in covered, covered.get(org))
+              for org in sorted(participants)]
+    tx.replace_grants(patient_id, grants)
+    return grants
+
+
+def after_write(tx: Tx, rtype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+    """Keep grants in step with the SIP resources, in the write's own transaction."""
+    if rtype not in GRANT_SOURCES:
+        return
+    for patient in sorted(patients_of(rtype, old) | patients_of(rtype, new)):
+        refresh_grants(tx, patient)

@@ -1,0 +1,201 @@
+"""Audit of every access to personal data (Patientdatalagen 4 kap. 3 § and 8 kap. 5 §).
+
+Each read, search, write and refusal touching personal data becomes an AuditEvent in the
+store, searchable by patient (the person's access log). A write's AuditEvent is stored in the
+write's own transaction. Reads must not wait for the audit store, so their events go through a
+queue to a background writer that stores them in batches; when the queue is full the event is
+written synchronously instead of being dropped (an unlogged read is not acceptable).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from .auth import Principal
+from .fhir.dates import format_instant, now_utc
+from .identifiers import HSA_ID
+from .store import Store, Tx
+
+log = logging.getLogger("sip_hub.audit")
+
+_REST = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
+         "display": "RESTful Operation"}
+_INTERACTION = "http://hl7.org/fhir/restful-interaction"
+_ACTION = {"read": "R", "vread": "R", "search-type": "E", "history-instance": "R",
+           "history-type": "R", "history-system": "R", "create": "C", "update": "U",
+           "delete": "D"}
+_PURPOSE = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+CLIENT_SYSTEM = "https://sip-hub.se/fhir/NamingSystem/client-id"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    interaction: str
+    principal: Principal | None
+    resources: tuple[tuple[str, str], ...]
+    patients: frozenset[str]
+    outcome: str = "0"  # 0 success, 4 refused, 8 failed
+    query: str | None = None
+    detail: str | None = None
+    purpose: str = "COC"  # coordination of care
+
+    def to_fhir(self) -> dict[str, Any]:
+        p = self.principal
+        agents: list[dict[str, Any]] = []
+        if p is not None:
+            agents.append({"type": {"coding": [{
+                "system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150",
+                "display": "Application"}]},
+                "who": {"identifier": {"system": CLIENT_SYSTEM, "value": p.client_id}},
+                "requestor": True})
+            agents.append({"who": {"identifier": {"system": HSA_ID, "value": p.org},
+                                   "type": "Organization"},
+                           "requestor": False})
+        else:
+            agents.append({"who": {"display": "sip_hub"}, "requestor": True})
+        entities: list[dict[str, Any]] = [
+            {"what": {"reference": f"{t}/{i}"},
+             "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                      "code": "2", "display": "System Object"}}
+            for t, i in self.resources if t != "Patient"]
+        entities += [
+            {"what": {"reference": f"Patient/{pid}"},
+             "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                      "code": "1", "display": "Person"},
+             "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1",
+                      "display": "Patient"}}
+            for pid in sorted(self.patients)]
+        if self.query:
+            entities.append({"type": {
+                "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                "code": "2", "display": "System Object"},
+                "description": "search", "query": _b64(self.query)})
+        event: dict[str, Any] = {
+            "resourceType": "AuditEvent",
+            "type": _REST,
+            "subtype": [{"system": _INTERACTION, "code": self.interaction}],
+            "action": _ACTION.get(self.interaction, "E"),
+            "recorded": format_instant(now_utc()),
+            "outcome": self.outcome,
+            "purposeOfEvent": [{"coding": [{"system": _PURPOSE, "code": self.purpose}]}],
+            "agent": agents,
+            "source": {"observer": {"display": "sip_hub"}, "type": [{
+                "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                "code": "4", "display": "Application Server"}]},
+        }
+        if self.detail:
+            event["outcomeDesc"] = self.detail
+        if entities:
+            event["entity"] = entities
+        return event
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@dataclass
+class AuditLog:
+    store: Store
+    capacity: int = 100_000
+    batch: int = 500
+    _queue: "queue.Queue[AuditRecord | None]" = field(init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
+    written: int = field(default=0, init=False)
+    synchronous_fallbacks: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self._queue = queue.Queue(maxsize=self.capacity)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Flush everything queued and stop the writer."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+        self._drain_now()
+
+    def in_tx(self, tx: Tx, record: AuditRecord) -> None:
+        """Store the record in the caller's transaction (writes)."""
+        tx.create(record.to_fhir())
+
+    def later(self, record: AuditRecord) -> None:
+        """Queue the record for the background writer (reads, searches, refusals)."""
+        if self._thread is None:
+            self._write([record])
+            return
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self.synchronous_fallbacks += 1
+            self._write([record])
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until everything queued so far is stored (tests, shutdown)."""
+        done = threading.Event()
+        marker = _Flush(done)
+        if self._thread is None:
+            self._drain_now()
+            return
+        self._queue.put(marker)  # type: ignore[arg-type]
+        done.wait(timeout)
+
+    def _drain_now(self) -> None:
+        pending = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, AuditRecord):
+                pending.append(item)
+            elif isinstance(item, _Flush):
+                item.done.set()
+        if pending:
+            self._write(pending)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            items = [item]
+            while len(items) < self.batch:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            records = [i for i in items if isinstance(i, AuditRecord)]
+            if records:
+                try:
+                    self._write(records)
+                except Exception:  # keep the writer alive; the records are retried once
+                    log.exception("audit write failed; retrying once")
+                    try:
+                        self._write(records)
+                    except Exception:
+                        log.critical("audit records lost: %d", len(records))
+            for i in items:
+                if isinstance(i, _Flush):
+                    i.done.set()
+            if any(i is None for i in items):
+                return
+
+    def _write(self, records: list[AuditRecord]) -> None:
+        with self.store.begin() as tx:
+            for r in records:
+                tx.create(r.to_fhir())
+        self.written += len(records)
+
+
+@dataclass(frozen=True)
+class _Flush:
+    done: threading.Event
