@@ -1,0 +1,250 @@
+"""The SIP access rules over HTTP: who sees and changes what, before and after consent changes.
+
+The demo SIP (Alva, 15) is coordinated by the social services (SOC); BUP and the school take
+part; an outsider organisation does not. Every side path is checked for leaks: reads, vread,
+history, search totals, _include/_revinclude, chained search and conditional create.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import sip_factory as f
+from fhirhttp import JSON_HEADERS, body, outcome_text
+
+
+SOC, BUP, SCHOOL = "SE2120000142-SOC1", "SE2321000016-15CQ", "SE2120000142-SKO7"
+OUTSIDER = "SE2321000016-OUT1"
+ORG_REFS = {SOC: f.SOCIAL_SERVICES, BUP: f.BUP, SCHOOL: f.SCHOOL}
+
+
+@pytest.fixture
+def world(client, as_org):
+    """The demo SIP written by its coordinator; headers for every kind of caller."""
+    h = {org: as_org(org) for org in (SOC, BUP, SCHOOL, OUTSIDER)}
+    entries = [{"resource": r, "request": {"method": "PUT",
+                                           "url": f"{r['resourceType']}/{r['id']}"}}
+               for r in f.demo_case()]
+    r = client.post("/fhir", content=body({"resourceType": "Bundle", "type": "transaction",
+                                           "entry": entries})["content"],
+                    headers=JSON_HEADERS | h[SOC])
+    assert r.status_code == 200, r.text
+    return h
+
+
+def get(client, url, headers):
+    return client.get(url, headers=headers)
+
+
+def visible_plans(client, headers):
+    b = client.get("/fhir/CarePlan?patient=Patient/alva", headers=headers).json()
+    return b["total"], [e["resource"]["id"] for e in b.get("entry", [])]
+
+
+def set_consent(client, world, actors, status="active"):
+    consent = f.sip_consent(actor_refs=actors, status=status)
+    r = client.put("/fhir/Consent/alva-sip-samtycke", **body(consent) | {
+        "headers": JSON_HEADERS | world[SOC]})
+    assert r.status_code == 200, r.text
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("org", [SOC, BUP, SCHOOL])
+def test_covered_participants_read_the_sip(client, world, org):
+    for url in ("/fhir/CarePlan/alva-sip", "/fhir/CareTeam/alva-sip", "/fhir/Patient/alva",
+                "/fhir/Consent/alva-sip-samtycke", "/fhir/Goal/alva-mal-skola",
+                "/fhir/QuestionnaireResponse/alva-kartlaggning",
+                "/fhir/CarePlan/alva-sip/_history", "/fhir/CarePlan/alva-sip/_history/1"):
+        assert get(client, url, world[org]).status_code == 200, url
+    assert visible_plans(client, world[org]) == (1, ["alva-sip"])
+
+
+def test_outsider_sees_nothing_through_any_path(client, world):
+    h = world[OUTSIDER]
+    for url in ("/fhir/CarePlan/alva-sip", "/fhir/Patient/alva", "/fhir/CarePlan/alva-sip/_history",
+                "/fhir/CarePlan/alva-sip/_history/1", "/fhir/Consent/alva-sip-samtycke"):
+        r = get(client, url, h)
+        assert r.status_code == 403, url
+        assert "Alva" not in r.text and "alva" not in outcome_text(r).lower()
+    assert visible_plans(client, h) == (0, [])
+    for url in ("/fhir/CarePlan?_include=CarePlan:patient&_include=CarePlan:care-team",
+                "/fhir/Patient?_revinclude=CarePlan:patient&_revinclude=Consent:patient",
+                "/fhir/Patient?identifier=201103142384",
+                "/fhir/CarePlan?patient.identifier=201103142384",
+                "/fhir/Goal?patient=alva", "/fhir/CareTeam?participant=Organization/bup",
+                "/fhir/CarePlan?_summary=count"):
+        b = get(client, url, h).json()
+        assert b.get("total", 0) == 0 and "entry" not in b, url
+    assert get(client, "/fhir/CarePlan/_history", h).status_code == 403
+    assert get(client, "/fhir/_history", h).status_code == 403
+
+
+def test_directory_resources_are_shared_with_every_organisation(client, world):
+    assert get(client, "/fhir/Organization/bup", world[OUTSIDER]).status_code == 200
+    assert get(client, "/fhir/Practitioner?name=lind", world[OUTSIDER]).json()["total"] == 1
+
+
+def test_include_never_reaches_beyond_what_is_covered(client, world, as_org):
+    # The outsider's own plan for the same patient id may include only what it may see.
+    own = {"resourceType": "CarePlan", "status": "active", "intent": "plan",
+           "subject": {"reference": "Patient/alva"}, "careTeam": [{"reference": "CareTeam/alva-sip"}]}
+    r = client.post("/fhir/CarePlan", content=body(own)["content"],
+                    headers=JSON_HEADERS | world[OUTSIDER])
+    assert r.status_code == 201
+    b = get(client, "/fhir/CarePlan?_include=CarePlan:care-team&_include=CarePlan:patient",
+            world[OUTSIDER]).json()
+    kinds = [e["resource"]["resourceType"] for e in b["entry"]]
+    assert kinds == ["CarePlan"] and b["total"] == 1
+
+
+# -- consent changes take effect at once ---------------------------------------------------
+
+def test_withdrawn_consent_ends_access_at_once(client, world):
+    set_consent(client, world, [f.SOCIAL_SERVICES, f.BUP, f.SCHOOL], status="inactive")
+    for org in (BUP, SCHOOL):
+        assert get(client, "/fhir/CarePlan/alva-sip", world[org]).status_code == 403
+        assert visible_plans(client, world[org]) == (0, [])
+        assert get(client, "/fhir/CarePlan/alva-sip/_history/1", world[org]).status_code == 403
+
+
+def test_narrowed_consent_removes_only_the_organisation_left_out(client, world):
+    set_consent(client, world, [f.SOCIAL_SERVICES, f.BUP])
+    assert get(client, "/fhir/CarePlan/alva-sip", world[BUP]).status_code == 200
+    assert get(client, "/fhir/CarePlan/alva-sip", world[SCHOOL]).status_code == 403
+    b = get(client, "/fhir/Goal?patient=alva", world[SCHOOL]).json()
+    assert b["total"] == 0
+
+
+def test_expired_consent_period_ends_access(client, world):
+    consent = f.sip_consent(start="2020-01-01", end="2021-01-01")
+    r = client.put("/fhir/Consent/alva-sip-samtycke",
+                   content=body(consent)["content"], headers=JSON_HEADERS | world[SOC])
+    assert r.status_code == 200
+    assert get(client, "/fhir/CarePlan/alva-sip", world[BUP]).status_code == 403
+
+
+def test_participant_not_in_care_team_is_not_covered_by_consent_alone(client, world):
+    team = f.sip_careteam(representatives=[(f.BUP_REPRESENTATIVE, f.BUP)])
+    r = client.put("/fhir/CareTeam/alva-sip", content=body(team)["content"],
+                   headers=JSON_HEADERS | world[SOC])
+    assert r.status_code == 200, r.text
+    assert get(client, "/fhir/CarePlan/alva-sip", world[SCHOOL]).status_code == 403
+    assert get(client, "/fhir/CarePlan/alva-sip", world[BUP]).status_code == 200
+
+
+# -- writing --------------------------------------------------------------------------------
+
+def _plan(client, headers):
+    return get(client, "/fhir/CarePlan/alva-sip", headers).json()
+
+
+def test_participant_changes_the_status_of_its_own_insats_only(client, world):
+    plan = _plan(client, world[BUP])
+    mine = copy.deepcopy(plan)
+    mine["activity"][0]["detail"]["status"] = "completed"  # BUP's insats
+    r = client.put("/fhir/CarePlan/alva-sip", content=body(mine)["content"],
+                   headers=JSON_HEADERS | world[BUP])
+    assert r.status_code == 200, r.text
+    theirs = copy.deepcopy(r.json())
+    theirs["activity"][1]["detail"]["status"] = "completed"  # the school's insats
+    r = client.put("/fhir/CarePlan/alva-sip", content=body(theirs)["content"],
+                   headers=JSON_HEADERS | world[BUP])
+    assert r.status_code == 403
+    changed = copy.deepcopy(_plan(client, world[BUP]))
+    changed["description"] = "Ändrad av BUP"
+    r = client.put("/fhir/CarePlan/alva-sip", content=body(changed)["content"],
+                   headers=JSON_HEADERS | world[BUP])
+    assert r.status_code == 403 and "coordinating organisation" in outcome_text(r)
+
+
+def test_only_the_coordinator_writes_the_kartlaggning(client, world):
+    qr = get(client, "/fhir/QuestionnaireResponse/alva-kartlaggning", world[BUP]).json()
+    r = client.put("/fhir/QuestionnaireResponse/alva-kartlaggning",
+                   content=body(qr)["content"], headers=JSON_HEADERS | world[BUP])
+    assert r.status_code == 403
+    r = client.put("/fhir/QuestionnaireResponse/alva-kartlaggning",
+                   content=body(qr)["content"], headers=JSON_HEADERS | world[SOC])
+    assert r.status_code == 200
+
+
+def test_another_organisation_cannot_start_a_second_sip_for_the_person(client, world):
+    consent = f.sip_consent(id="forged", actor_refs=[f.BUP])
+    r = client.post("/fhir/Consent", content=body(consent)["content"],
+                    headers=JSON_HEADERS | world[BUP])
+    assert r.status_code == 403
+
+
+def test_plan_author_must_be_the_writing_organisation(client, as_org):
+    h = as_org(BUP)
+    for r in f.demo_case()[:8]:
+        client.put(f"/fhir/{r['resourceType']}/{r['id']}", **body(r))
+    plan = f.sip_careplan(status="draft")  # author: social services
+    r = client.put("/fhir/CarePlan/alva-sip", content=body(plan)["content"],
+                   headers=JSON_HEADERS | h)
+    assert r.status_code == 403 and "CarePlan.author" in outcome_text(r)
+
+
+def test_outsider_cannot_change_or_delete(client, world):
+    plan = _plan(client, world[SOC])
+    r = client.put("/fhir/CarePlan/alva-sip", content=body(plan)["content"],
+                   headers=JSON_HEADERS | world[OUTSIDER])
+    assert r.status_code == 403
+    assert client.delete("/fhir/CarePlan/alva-sip", headers=world[OUTSIDER]).status_code == 403
+    assert _plan(client, world[SOC])["meta"]["versionId"] == "1"
+
+
+# -- audit ------------------------------------------------------------------------------------
+
+def test_every_access_is_in_the_persons_access_log(client, world, anonymous):
+    assert get(client, "/fhir/CarePlan/alva-sip", world[BUP]).status_code == 200
+    get(client, "/fhir/CarePlan?patient=alva", world[SCHOOL])
+    assert get(client, "/fhir/CarePlan/alva-sip", world[OUTSIDER]).status_code == 403
+    anonymous.app.state.audit.flush()
+    log = client.get("/fhir/AuditEvent?patient=alva&_count=200").json()
+    events = [e["resource"] for e in log["entry"]]
+    def by(org, action=None, outcome="0"):
+        return [e for e in events if any(a["who"].get("identifier", {}).get("value") == org
+                                         for a in e["agent"])
+                and e["outcome"] == outcome and (action is None or e["subtype"][0]["code"] == action)]
+    assert by(BUP, "read"), "BUP's read is logged"
+    assert by(SCHOOL, "search-type"), "the school's search is logged"
+    assert by(SOC, "create") or by(SOC, "update"), "the coordinator's writes are logged"
+    refused = by(OUTSIDER, outcome="4")
+    assert refused and "consent" in refused[0]["outcomeDesc"]
+    # Audit records are part of the person's data: never changed through the API.
+    first = events[0]
+    r = client.put(f"/fhir/AuditEvent/{first['id']}", **body(first))
+    assert r.status_code == 403
+    assert client.delete(f"/fhir/AuditEvent/{first['id']}").status_code == 403
+
+
+def test_participants_cannot_read_the_access_log(client, world):
+    assert get(client, "/fhir/AuditEvent?patient=alva", world[BUP]).status_code == 403
+
+
+# -- property: consent at the time of the read decides ------------------------------------
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.tuples(st.sets(st.sampled_from([BUP, SCHOOL])),
+                                st.sampled_from(["active", "inactive"]),
+                                st.sampled_from([BUP, SCHOOL, OUTSIDER])),
+                      min_size=1, max_size=5))
+def test_random_consent_changes_never_expose_the_sip(client, world, steps):
+    for covered, status, reader in steps:
+        set_consent(client, world, [f.SOCIAL_SERVICES] + [ORG_REFS[o] for o in sorted(covered)],
+                    status)
+        allowed = status == "active" and reader in covered
+        read = get(client, "/fhir/CarePlan/alva-sip", world[reader])
+        assert read.status_code == (200 if allowed else 403)
+        total, ids = visible_plans(client, world[reader])
+        assert (total, ids) == ((1, ["alva-sip"]) if allowed else (0, []))
+        inc = get(client, "/fhir/Patient?_id=alva&_revinclude=CarePlan:patient",
+                  world[reader]).json()
+        assert bool(inc.get("entry")) is allowed
+
+

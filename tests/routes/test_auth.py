@@ -1,0 +1,158 @@
+"""Authentication: tokens, scopes, roles, and the hub's refusal of demo secrets in production."""
+
+from __future__ import annotations
+
+import json
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi.testclient import TestClient
+
+from conftest import issue_token
+from fhirhttp import body, outcome_text, patient
+from sip_hub import clients
+from sip_hub.app import ConfigurationError, create_app
+from sip_hub.settings import Settings
+
+ORG = "SE2321000016-15CQ"
+
+
+def test_unauthenticated_fhir_request_is_401_with_challenge(anonymous):
+    r = anonymous.get("/fhir/CarePlan")
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert r.json()["resourceType"] == "OperationOutcome"
+    assert anonymous.post("/fhir/Patient", **body(patient())).status_code == 401
+
+
+def test_metadata_and_smart_configuration_stay_public(anonymous):
+    assert anonymous.get("/fhir/metadata").status_code == 200
+    conf = anonymous.get("/.well-known/smart-configuration").json()
+    assert conf["token_endpoint"].endswith("/auth/token")
+    assert "client_credentials" in conf["grant_types_supported"]
+    assert anonymous.get("/fhir/.well-known/smart-configuration").status_code == 200
+    jwks = anonymous.get("/auth/jwks").json()
+    assert jwks["keys"][0]["kty"] == "EC" and "d" not in jwks["keys"][0]
+
+
+def test_token_with_basic_and_with_form_post(anonymous, store):
+    creds = clients.create_client(store, org=ORG, scope="system/CarePlan.rs")
+    basic = anonymous.post("/auth/token", data={"grant_type": "client_credentials"},
+                           auth=(creds["client_id"], creds["client_secret"]))
+    assert basic.status_code == 200
+    assert basic.json()["token_type"] == "Bearer" and basic.json()["expires_in"] == 300
+    assert basic.headers["cache-control"] == "no-store"
+    form = anonymous.post("/auth/token", data={
+        "grant_type": "client_credentials", "client_id": creds["client_id"],
+        "client_secret": creds["client_secret"]})
+    assert form.status_code == 200
+
+
+@pytest.mark.parametrize("data,auth,status,error", [
+    ({"grant_type": "client_credentials"}, ("nobody", "x"), 401, "invalid_client"),
+    ({"grant_type": "password"}, None, 400, "unsupported_grant_type"),
+    ({"grant_type": "client_credentials"}, None, 401, "invalid_client"),
+])
+def test_token_errors_follow_oauth2(anonymous, data, auth, status, error):
+    r = anonymous.post("/auth/token", data=data, auth=auth)
+    assert r.status_code == status
+    assert r.json()["error"] == error
+
+
+def test_wrong_secret_is_refused(anonymous, store):
+    creds = clients.create_client(store, org=ORG, scope="system/CarePlan.rs")
+    r = anonymous.post("/auth/token", data={"grant_type": "client_credentials"},
+                       auth=(creds["client_id"], "not-the-secret"))
+    assert r.status_code == 401
+
+
+def test_scope_can_be_narrowed_not_widened(anonymous, store):
+    creds = clients.create_client(store, org=ORG, scope="system/CarePlan.rs")
+    narrow = anonymous.post("/auth/token", data={"grant_type": "client_credentials",
+                                                 "scope": "system/CarePlan.r"},
+                            auth=(creds["client_id"], creds["client_secret"]))
+    assert narrow.status_code == 200 and narrow.json()["scope"] == "system/CarePlan.r"
+    wide = anonymous.post("/auth/token", data={"grant_type": "client_credentials",
+                                               "scope": "system/*.cruds"},
+                          auth=(creds["client_id"], creds["client_secret"]))
+    assert wide.status_code == 400 and wide.json()["error"] == "invalid_scope"
+
+
+def test_scope_limits_types_and_actions(anonymous, store):
+    token = issue_token(anonymous, store, ORG, scope="system/Organization.rs")
+    h = {"Authorization": f"Bearer {token}"}
+    assert anonymous.get("/fhir/Organization", headers=h).status_code == 200
+    r = anonymous.post("/fhir/Organization", content=json.dumps(
+        {"resourceType": "Organization", "name": "X"}),
+        headers=h | {"content-type": "application/fhir+json"})
+    assert r.status_code == 403 and "system/Organization.rs" in outcome_text(r)
+    assert anonymous.get("/fhir/CarePlan", headers=h).status_code == 403
+
+
+@pytest.mark.parametrize("header", ["Bearer not-a-jwt", "Basic abc", "Bearer "])
+def test_bad_tokens_are_401(anonymous, header):
+    r = anonymous.get("/fhir/CarePlan", headers={"Authorization": header})
+    assert r.status_code == 401
+
+
+def test_token_from_another_hubs_key_is_refused(anonymous, store, tmp_path):
+    other = create_app(Settings(env="test", data_dir=tmp_path / "other", auto_migrate=False),
+                       store=store)
+    with TestClient(other) as c:
+        token = issue_token(c, store, ORG)
+    r = anonymous.get("/fhir/Organization", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 401
+
+
+def test_key_rotation_keeps_old_tokens_valid(store, tmp_path):
+    first = Settings(env="test", data_dir=tmp_path, auto_migrate=False)
+    with TestClient(create_app(first, store=store)) as c:
+        old_token = issue_token(c, store, ORG)
+    old_keys = json.loads((tmp_path / "jwt-keys.json").read_text())
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()).decode()
+    rotated = Settings(env="test", data_dir=tmp_path, auto_migrate=False,
+                       jwt_keys=json.dumps([{"kid": "new", "pem": pem}] + old_keys))
+    with TestClient(create_app(rotated, store=store)) as c:
+        assert c.get("/fhir/Organization",
+                      headers={"Authorization": f"Bearer {old_token}"}).status_code == 200
+        new_token = issue_token(c, store, ORG)
+        assert jwt.get_unverified_header(new_token)["kid"] == "new"
+
+
+def test_production_refuses_demo_secrets_and_embedded_stores(tmp_path):
+    bad = Settings(env="production", data_dir=tmp_path,
+                   broker_url="amqp://guest:guest@localhost//")
+    with pytest.raises(ConfigurationError) as err:
+        create_app(bad)
+    text = str(err.value)
+    assert "SIP_HUB_JWT_KEYS" in text and "SQLite" in text and "demo password" in text
+
+
+def test_production_accepts_real_settings():
+    good = Settings(env="production", database_url="postgresql://hub:Xk29dq@db/sip",
+                    broker_url="amqp://hub:Pq81x@mq//", jwt_keys='[{"kid": "k", "pem": "x"}]')
+    assert good.production_problems() == []
+
+
+def test_admin_without_personal_data_sees_directory_only(anonymous, store, client):
+    client.post("/fhir/Patient", **body(patient()))
+    token = issue_token(anonymous, store, ORG, role="admin")
+    h = {"Authorization": f"Bearer {token}"}
+    assert anonymous.get("/fhir/Organization", headers=h).status_code == 200
+    r = anonymous.get("/fhir/Patient", headers=h)
+    assert r.status_code == 403 and "personal data" in outcome_text(r)
+
+
+def test_portal_client_cannot_use_the_generic_api(anonymous, store):
+    token = issue_token(anonymous, store, ORG, scope="system/CarePlan.rs", role="portal")
+    r = anonymous.get("/fhir/CarePlan", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 403 and "citizen" in outcome_text(r)
+
+
+def test_audit_events_cannot_be_written_through_the_api(client):
+    r = client.post("/fhir/AuditEvent", **body({"resourceType": "AuditEvent"}))
+    assert r.status_code == 403
