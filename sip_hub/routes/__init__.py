@@ -1,5 +1,6 @@
 """HTTP routes, one router per concern, included explicitly by ``sip_hub.app``."""
 
-from . import auth, fhir_rest, health
+from . import auth, citizen, fhir_rest, health
 
-ROUTERS = (health.router, auth.router, fhir_rest.router)
+# Operation routes come before fhir_rest, whose /fhir/{type}/{id} would otherwise take them.
+ROUTERS = (health.router, auth.router, citizen.router, fhir_rest.router)

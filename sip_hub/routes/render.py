@@ -1,0 +1,78 @@
+"""HTML rendering of SIP plans for people (Jinja2 templates in sip_hub/templates)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from ..fhir import profiles, sip
+
+
+@lru_cache(maxsize=1)
+def _env() -> Environment:
+    return Environment(loader=PackageLoader("sip_hub", "templates"),
+                       autoescape=select_autoescape(["html"]), trim_blocks=True,
+                       lstrip_blocks=True)
+
+
+def _ext(holder: dict[str, Any], url: str) -> Any:
+    for e in holder.get("extension", []):
+        if e.get("url") == url:
+            return next((v for k, v in e.items() if k.startswith("value")), None)
+    return None
+
+
+@lru_cache(maxsize=1)
+def _life_areas() -> dict[str, str]:
+    for d in profiles.definitions():
+        if d.get("url") == sip.CS_LIFE_AREA:
+            return {c["code"]: c.get("display", c["code"]) for c in d.get("concept", [])}
+    return {}
+
+
+def plan_view(plan: dict[str, Any], linked: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The plan as the template reads it: plain values, names resolved."""
+    def name(ref: Any) -> str:
+        if not isinstance(ref, dict):
+            return ""
+        target = linked.get(ref.get("reference", ""))
+        return (target or {}).get("name") or ref.get("display") or ref.get("reference", "")
+
+    life_areas = _life_areas()
+    goals = []
+    for ref in plan.get("goal", []):
+        goal = linked.get(ref.get("reference", ""))
+        if goal:
+            area = next((c.get("code") for cc in goal.get("category", [])
+                         for c in cc.get("coding", []) if c.get("system") == sip.CS_LIFE_AREA), None)
+            goals.append({"text": (goal.get("description") or {}).get("text", ""),
+                          "area": life_areas.get(area or "", area or "")})
+    party = {"kommun": "Kommunen", "region": "Regionen", "other": "Annan aktör"}
+    activities = [{
+        "description": (a.get("detail") or {}).get("description", ""),
+        "who": ", ".join(name(p) for p in (a.get("detail") or {}).get("performer", [])),
+        "party": party.get(_ext(a.get("detail") or {}, sip.EXT_RESPONSIBLE_PARTY) or "", ""),
+        "status": (a.get("detail") or {}).get("status", ""),
+    } for a in plan.get("activity", [])]
+    return {
+        "title": plan.get("title") or "Samordnad individuell plan",
+        "needs": _ext(plan, sip.EXT_NEEDS) or "",
+        "principal": party.get(_ext(plan, sip.EXT_PRINCIPAL) or "", ""),
+        "coordination": _ext(plan, sip.EXT_COORDINATION) or "",
+        "follow_up": (_ext(plan, sip.EXT_FOLLOW_UP) or "")[:10],
+        "author": name(plan.get("author")),
+        "status": plan.get("status", ""),
+        "goals": goals,
+        "activities": activities,
+    }
+
+
+def render_citizen_html(bundle: dict[str, Any]) -> bytes:
+    entries = bundle.get("entry", [])
+    linked = {f"{e['resource']['resourceType']}/{e['resource']['id']}": e["resource"]
+              for e in entries}
+    plans = [plan_view(e["resource"], linked) for e in entries
+             if e["search"]["mode"] == "match"]
+    return _env().get_template("citizen_view.html").render(plans=plans).encode("utf-8")
