@@ -69,7 +69,7 @@ def patients_of(rtype: str, resource: dict[str, Any] | None, rid: str | None = N
     return out
 
 
-def org_hsa(tx: Tx, ref: Any) -> str | None:
+def org_hsa(tx: Tx, ref: Any, memo: dict[str, str | None] | None = None) -> str | None:
     """The HSA-id of the Organization a Reference points at (by identifier or by id)."""
     if not isinstance(ref, dict):
         return None
@@ -80,13 +80,16 @@ def org_hsa(tx: Tx, ref: Any) -> str | None:
                                                                      str) else None
     if not target or target[0] != "Organization":
         return None
+    if memo is not None and target[1] in memo:
+        return memo[target[1]]
+    found = None
     cur = tx.current("Organization", target[1])
-    if cur is None or cur.deleted:
-        return None
-    for ident in cur.json().get("identifier", []):
-        if ident.get("system") == HSA_ID:
-            return ident.get("value")
-    return None
+    if cur is not None and not cur.deleted:
+        found = next((i.get("value") for i in cur.json().get("identifier", [])
+                      if i.get("system") == HSA_ID), None)
+    if memo is not None:
+        memo[target[1]] = found
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,16 +249,17 @@ def refresh_grants(tx: Tx, patient_id: str) -> list[Grant]:
     teams = _search(tx, "CareTeam", [("patient", pref), ("status", "active")],
                     sip.PROFILE_CARETEAM)
 
+    memo: dict[str, str | None] = {}
     # The plan's author coordinates; before there is a plan, whoever recorded the SIP's
     # consent or care team does.
-    coordinators = {h for _, p in plans if (h := org_hsa(tx, p.get("author")))}
+    coordinators = {h for _, p in plans if (h := org_hsa(tx, p.get("author"), memo))}
     if not coordinators:
         coordinators = {s.owner for s, _ in consents + teams if s.owner}
     participants = set(coordinators)
     for _, team in teams:
         for part in team.get("participant", []):
             for ref in (part.get("onBehalfOf"), part.get("member")):
-                if (h := org_hsa(tx, ref)):
+                if (h := org_hsa(tx, ref, memo)):
                     participants.add(h)
     covered: dict[str, int | None] = {}
     for _, consent in consents:
@@ -264,7 +268,7 @@ def refresh_grants(tx: Tx, patient_id: str) -> list[Grant]:
             continue
         until = _period_end(provision.get("period"))
         for actor in provision.get("actor", []):
-            if (h := org_hsa(tx, actor.get("reference"))):
+            if (h := org_hsa(tx, actor.get("reference"), memo)):
                 prev = covered.get(h, 0)
                 covered[h] = None if until is None or prev is None else max(until, prev or 0)
     grants = [Grant(org, "coordinator" if org in coordinators else "participant",
@@ -274,9 +278,34 @@ def refresh_grants(tx: Tx, patient_id: str) -> list[Grant]:
     return grants
 
 
+def _grant_inputs(rtype: str, res: dict[str, Any] | None) -> Any:
+    """The part of a resource that grants depend on; writes that keep it need no refresh."""
+    if res is None:
+        return None
+    profile = profiles.applies(res)
+    if rtype == "CarePlan":
+        if profile != sip.PROFILE_CAREPLAN or res.get("status") in _CLOSED_PLAN:
+            return None
+        return (profile, res.get("subject"), res.get("author"))
+    if rtype == "CareTeam":
+        return (profile, res.get("subject"), res.get("status"),
+                [(p.get("member"), p.get("onBehalfOf")) for p in res.get("participant", [])])
+    return (profile, res.get("patient"), res.get("status"), res.get("provision"))
+
+
 def after_write(tx: Tx, rtype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
     """Keep grants in step with the SIP resources, in the write's own transaction."""
     if rtype not in GRANT_SOURCES:
         return
+    before, after = _grant_inputs(rtype, old), _grant_inputs(rtype, new)
+    if before == after:
+        return
+    if rtype == "CarePlan" and old is None and new is not None and after is not None:
+        # Another plan by an organisation that already coordinates changes nothing.
+        author = org_hsa(tx, new.get("author"))
+        patients = patients_of(rtype, new)
+        if author and all(any(g.org == author and g.role == "coordinator" for g in tx.grants(p))
+                          for p in patients):
+            return
     for patient in sorted(patients_of(rtype, old) | patients_of(rtype, new)):
         refresh_grants(tx, patient)

@@ -13,16 +13,20 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from .app import check_settings
+    from .service import FhirService
+    from .store import Store
     from .store.engine import make_engine
     from .store.migrate import upgrade
 
     check_settings(settings)
+    engine = make_engine(settings.database_url)
     if settings.auto_migrate:
         # Migrate once here, not in every worker process.
-        engine = make_engine(settings.database_url)
         upgrade(engine)
-        engine.dispose()
         os.environ["SIP_HUB_AUTO_MIGRATE"] = "false"
+    # Publish the conformance resources once, before the workers race to do it.
+    FhirService(Store(engine)).seed_definitions()
+    engine.dispose()
     uvicorn.run("sip_hub.app:create_app", factory=True, host=args.host or settings.host,
                 port=args.port or settings.port, workers=args.workers or settings.workers,
                 log_level="info", proxy_headers=True, server_header=False)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import identifiers
-from .errors import BadRequest, IssueCollector, MethodNotAllowed, NotFound
+from .errors import BadRequest, Conflict, IssueCollector, MethodNotAllowed, NotFound
 from .fhir import models, profiles, validation
 from .fhir.search_params import READ_ONLY_TYPES, supported
 from .store import Store, Stored, Tx
@@ -79,13 +79,17 @@ class FhirService:
         They are validated by the test suite, not here, to keep start-up fast.
         """
         written = 0
-        with self.store.begin() as tx:
-            for res in profiles.definitions():
-                cur = tx.current(res["resourceType"], res["id"])
-                if cur and not cur.deleted and _same_content(cur.json(), res):
-                    continue
-                tx.update(dict(res), res["id"], method="PUT")
-                written += 1
+        try:
+            with self.store.begin() as tx:
+                for res in profiles.definitions():
+                    cur = tx.current(res["resourceType"], res["id"])
+                    if cur and not cur.deleted and _same_content(cur.json(), res):
+                        continue
+                    tx.update(dict(res), res["id"], method="PUT")
+                    written += 1
+        except Conflict:
+            # Another process (a second worker starting at the same moment) published them.
+            return 0
         return written
 
 

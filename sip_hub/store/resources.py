@@ -10,7 +10,8 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (Connection, Engine, and_, bindparam, delete, func, insert, or_, select,
+                        update)
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ..errors import Conflict, PreconditionFailed, TransientError
@@ -24,6 +25,18 @@ from .search import Grant, Visibility, VisibilityFor
 
 _H = resource_history.c
 _R = resource.c
+
+# Hot-path statements built once: SQLAlchemy then reuses their compiled form directly.
+_CURRENT = (select(*_COLUMNS, _R.deleted, _R.owner_org)
+            .join_from(resource, resource_history, and_(
+                _H.res_type == _R.res_type, _H.res_id == _R.res_id,
+                _H.version_id == _R.version_id))
+            .where(_R.res_type == bindparam("t"), _R.res_id == bindparam("i")))
+_VERSION = select(*_COLUMNS).where(_H.res_type == bindparam("t"), _H.res_id == bindparam("i"),
+                                   _H.version_id == bindparam("v"))
+_CURRENT_VERSION = select(_R.version_id, _R.deleted).where(
+    _R.res_type == bindparam("t"), _R.res_id == bindparam("i"))
+_CURRENT_VERSION_LOCKED = _CURRENT_VERSION.with_for_update()
 
 
 def new_id() -> str:
@@ -50,17 +63,11 @@ class Tx:
 
     # reads -------------------------------------------------------------------------------
     def current(self, rtype: str, rid: str) -> Stored | None:
-        q = (select(*_COLUMNS, _R.deleted, _R.owner_org)
-             .join_from(resource, resource_history, and_(
-                 _H.res_type == _R.res_type, _H.res_id == _R.res_id,
-                 _H.version_id == _R.version_id))
-             .where(_R.res_type == rtype, _R.res_id == rid))
-        row = self.conn.execute(q).first()
+        row = self.conn.execute(_CURRENT, {"t": rtype, "i": rid}).first()
         return _row(row, row.deleted) if row else None
 
     def version(self, rtype: str, rid: str, version_id: int) -> Stored | None:
-        row = self.conn.execute(select(*_COLUMNS).where(
-            _H.res_type == rtype, _H.res_id == rid, _H.version_id == version_id)).first()
+        row = self.conn.execute(_VERSION, {"t": rtype, "i": rid, "v": version_id}).first()
         return _row(row) if row else None
 
     def current_many(self, keys: list[tuple[str, str]],
@@ -127,10 +134,9 @@ class Tx:
         return Stored(rtype, rid, version, ts, True, None, "DELETE")
 
     def _current_version(self, rtype: str, rid: str) -> tuple[int, bool] | None:
-        q = select(_R.version_id, _R.deleted).where(_R.res_type == rtype, _R.res_id == rid)
-        if self.conn.dialect.name == "postgresql":
-            q = q.with_for_update()
-        row = self.conn.execute(q).first()
+        q = _CURRENT_VERSION_LOCKED if self.conn.dialect.name == "postgresql" else \
+            _CURRENT_VERSION
+        row = self.conn.execute(q, {"t": rtype, "i": rid}).first()
         return (row.version_id, row.deleted) if row else None
 
     def _advance(self, rtype: str, rid: str, version: int, previous: int | None, ts: int,
