@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from . import __version__, demo
+from . import __version__, deadlines, demo
 from .audit import AuditLog
 from .auth import TokenService, load_keys
 from .errors import (BadRequest, MethodNotAllowed, NotFound, SipHubError, TransientError)
@@ -64,7 +64,10 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         demo.load(app.state.store, settings)
         app.state.audit = AuditLog(app.state.store)
         app.state.audit.start()
+        scheduler = deadlines.Scheduler(app.state.store, settings, app.state.audit)
+        scheduler.start()
         yield
+        scheduler.stop()
         app.state.audit.stop()
         app.state.store.engine.dispose()
 

@@ -1,4 +1,4 @@
-"""The ``sip-hub`` command line: serve, migrate, client create."""
+"""The ``sip-hub`` command line: serve, migrate, client create, deadlines."""
 
 from __future__ import annotations
 
@@ -56,6 +56,27 @@ def _client_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _deadlines(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
+    from . import deadlines
+    from .app import build_store
+    from .audit import AuditLog
+    from .fhir.dates import from_us, now_utc, parse_range
+
+    store = build_store(settings)
+    try:
+        at = from_us(parse_range(args.at)[0]) if args.at else now_utc()
+    except ValueError:
+        sys.stderr.write(f"sip-hub: --at '{args.at}' is not a FHIR dateTime\n")
+        return 2
+    with store.begin() as tx:
+        report = deadlines.scan(tx, at, inactive_days=settings.sip_inactive_days,
+                                audit=AuditLog(store))
+    sys.stdout.write(orjson.dumps(report.as_json()).decode() + "\n")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sip-hub", description="sip_hub: SIP integration hub")
     sub = p.add_subparsers(dest="command", required=True)
@@ -77,6 +98,10 @@ def parser() -> argparse.ArgumentParser:
     cc.add_argument("--personal-data", action="store_true",
                     help="admin only: allow access to personal data (audited)")
     cc.set_defaults(func=_client_create)
+    d = sub.add_parser("deadlines", help="open and close the SIP deadline Tasks now "
+                                         "(the API process also does this every few minutes)")
+    d.add_argument("--at", help="scan as of this dateTime instead of now")
+    d.set_defaults(func=_deadlines)
     return p
 
 

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
-from . import access as acl
+from . import access as acl, process
 from .access import Access
 from .audit import AuditLog, AuditRecord
 from .errors import BadRequest, Forbidden, Gone, NotFound, PreconditionFailed
@@ -178,7 +178,9 @@ def create(tx: Tx, ctx: Context, rtype: str, res: Any, *, if_none_exist: str | N
 
 
 def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: str | None = None,
-           resolve: Resolve | None = None) -> Result:
+           resolve: Resolve | None = None, process_rules: bool = True) -> Result:
+    """Update (or create with a client id). ``process_rules=False`` is for the SIP process
+    operations, which keep the process rules themselves (see ``process.check_plain_update``)."""
     check_type(rtype, write=True)
     ctx.access.check(rtype, "u")
     check_id(rid)
@@ -189,7 +191,10 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
     if old is None:
         ctx.access.check(rtype, "c")
     prepared = prepare(res, resolve or tx_resolver(tx), expected_type=rtype)
-    _guard_write(tx, ctx, rtype, old if old and not old.deleted else None, prepared, "update")
+    current = old if old and not old.deleted else None
+    _guard_write(tx, ctx, rtype, current, prepared, "update")
+    if process_rules:
+        process.check_plain_update(tx, ctx, current.json() if current else None, prepared)
     version = parse_etag(if_match) if if_match else None
     stored, created = tx.update(prepared, rid, if_match=version, owner=ctx.access.org)
     _written(tx, ctx, "create" if created else "update", old, stored)

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     jwt_keys_file: Path | None = None
     token_lifetime_seconds: int = Field(default=300, ge=30, le=3600)
     issuer: str = "sip_hub"
+    # A SIP without any write for this many days is inactive (a deadline Task asks the
+    # coordinator to follow it up or close it); deadlines are scanned in the API process every
+    # this many minutes (0: never; never in the test environment).
+    sip_inactive_days: int = Field(default=90, ge=1)
+    sip_deadline_scan_minutes: int = Field(default=5, ge=0)
 
     @model_validator(mode="after")
     def _fill_database_url(self) -> "Settings":

@@ -384,3 +384,114 @@ def resolver(resources: Iterable[Json]) -> Callable[[str, str], Json | None]:
 
 def demo_resolver() -> Callable[[str, str], Json | None]:
     return resolver(demo_case())
+
+
+# --------------------------------------------------------------------------- discharge case
+# Case (b): Gösta Nilsson, 84, is discharged from hospital after a hip fracture. He lives alone
+# and needs home care (hemtjänst, Karlstads kommun) and primary care (Vårdcentralen Gripen,
+# Region Värmland). His fast vårdkontakt at the vårdcentral initiates the SIP at discharge
+# and coordinates it; his daughter takes part as a relative. No custodian: he is an adult.
+
+DISCHARGE_PNR = "194205061239"     # Gösta, born 1942-05-06
+DISCHARGE_PATIENT = "Patient/gosta"
+DISCHARGE_DAUGHTER = "RelatedPerson/gosta-dotter"
+VARDCENTRAL = "Organization/vardcentralen-gripen"
+HEMTJANST = "Organization/hemtjansten-karlstad"
+VARDCENTRAL_HSA = "SE2321000198-VC01"
+HEMTJANST_HSA = "SE2120001637-HEM1"
+DISCHARGE_COORDINATOR = "Practitioner/lena"
+HEMTJANST_REPRESENTATIVE = "Practitioner/ahmed"
+DISCHARGE_CARETEAM = "CareTeam/gosta-sip"
+DISCHARGE_GOAL_HOME = "Goal/gosta-mal-hemma"
+DISCHARGE_GOAL_HYGIENE = "Goal/gosta-mal-hygien"
+
+
+def discharge_patient() -> Json:
+    return patient(DISCHARGE_PNR, id=_id(DISCHARGE_PATIENT), given="Gösta", family="Nilsson")
+
+
+def discharge_organisations() -> list[Json]:
+    return [organization(VARDCENTRAL_HSA, "Region Värmland, Vårdcentralen Gripen",
+                         id=_id(VARDCENTRAL)),
+            organization(HEMTJANST_HSA, "Karlstads kommun, hemtjänsten", id=_id(HEMTJANST))]
+
+
+def discharge_goals(patient_ref: str = DISCHARGE_PATIENT) -> list[Json]:
+    return [
+        sip_goal(patient_ref, id=_id(DISCHARGE_GOAL_HOME), life_area="hemliv",
+                 text="Gösta bor kvar hemma och klarar sig tryggt mellan hemtjänstens besök.",
+                 due="2027-06-01"),
+        sip_goal(patient_ref, id=_id(DISCHARGE_GOAL_HYGIENE), life_area="personlig-hygien",
+                 text="Gösta duschar två gånger i veckan med stöd och utan att falla.",
+                 due="2027-03-01"),
+    ]
+
+
+def discharge_careteam(*, status: str = "proposed",
+                       representatives: Sequence[tuple[str, str]] = ()) -> Json:
+    team = sip_careteam(DISCHARGE_PATIENT, id=_id(DISCHARGE_CARETEAM), status=status,
+                        coordinator=(DISCHARGE_COORDINATOR, VARDCENTRAL),
+                        representatives=representatives,
+                        relatives=((DISCHARGE_DAUGHTER, "relative"),))
+    team["name"] = "SIP Gösta Nilsson"
+    return team
+
+
+def discharge_activities() -> list[Json]:
+    return [
+        activity(VARDCENTRAL, "Fast vårdkontakt på vårdcentralen; hembesök av "
+                              "distriktssköterska varannan vecka och läkemedelsgenomgång "
+                              "inom en månad efter utskrivningen.", "region",
+                 goal_refs=[DISCHARGE_GOAL_HOME]),
+        activity(HEMTJANST, "Hemtjänst morgon och kväll: hjälp med dusch, påklädning, måltider "
+                            "och läkemedel; trygghetslarm installeras före hemgång.", "kommun",
+                 goal_refs=[DISCHARGE_GOAL_HOME, DISCHARGE_GOAL_HYGIENE]),
+    ]
+
+
+def discharge_careplan(status: str = "draft", *,
+                       follow_up: str = "2027-02-01T10:00:00+01:00") -> Json:
+    plan = sip_careplan(DISCHARGE_PATIENT, status, id="gosta-sip", author_ref=VARDCENTRAL,
+                        careteam_ref=DISCHARGE_CARETEAM,
+                        goal_refs=(DISCHARGE_GOAL_HOME, DISCHARGE_GOAL_HYGIENE),
+                        activities=discharge_activities(), principal="region",
+                        follow_up=follow_up)
+    for ext in plan["extension"]:
+        if ext["url"] == sip.EXT_NEEDS:
+            ext["valueMarkdown"] = (
+                "Gösta, 84, skrivs ut från Centralsjukhuset Karlstad efter en höftfraktur. Han "
+                "bor ensam, behöver hjälp med personlig hygien, måltider och läkemedel och vill "
+                "bo kvar hemma.")
+        elif ext["url"] == sip.EXT_COORDINATION:
+            ext["valueMarkdown"] = (
+                "Fast vårdkontakt på vårdcentralen samordnar. Hemtjänsten och vårdcentralen "
+                "stämmer av varje vecka den första månaden; dottern Eva är kontaktperson.")
+    plan.update(title="SIP för Gösta Nilsson",
+                description="Samordnad individuell plan vid utskrivning från sjukhus.")
+    return plan
+
+
+def discharge_consent(*, start: str = "2026-11-10", end: str | None = "2027-11-10") -> Json:
+    consent = sip_consent(DISCHARGE_PATIENT, (VARDCENTRAL, HEMTJANST, DISCHARGE_DAUGHTER),
+                          id="gosta-sip-samtycke", given_by=(DISCHARGE_PATIENT,), start=start,
+                          end=end)
+    consent["organization"] = [{"reference": VARDCENTRAL}]
+    return consent
+
+
+def discharge_case() -> list[Json]:
+    """Case (b) before the meeting: plan and care team drafted, consent given; references
+    point backwards (usable as a transaction's entries)."""
+    return [
+        discharge_patient(),
+        related_person(DISCHARGE_PATIENT, id=_id(DISCHARGE_DAUGHTER), given="Eva",
+                       family="Nilsson", relationship="DAU"),
+        *discharge_organisations(),
+        practitioner("SE2321000198-P0042", "Lena", "Ek", id=_id(DISCHARGE_COORDINATOR)),
+        practitioner("SE2120001637-P0077", "Ahmed", "Hassan",
+                     id=_id(HEMTJANST_REPRESENTATIVE)),
+        discharge_consent(),
+        *discharge_goals(),
+        discharge_careteam(),
+        discharge_careplan(),
+    ]

@@ -370,6 +370,8 @@ _RESPONSIBLE = _Ext(sip.EXT_RESPONSIBLE_PARTY, "valueCode",
                     sip.VS_PARTY_TYPE, sip.CS_PARTY_TYPE)
 _PARENT_GOAL = _Ext(sip.EXT_PARENT_GOAL, "valueReference",
                     "the goal this sub-goal belongs to (delmål till mål)")
+_PHASE = _Ext(sip.EXT_PHASE, "valueCode", "the phase of the SIP work (fas)", sip.VS_PHASE,
+              sip.CS_PHASE)
 
 
 def _check_ext(holder: Json, path: str, spec: _Ext, c: IssueCollector) -> Json | None:
@@ -410,7 +412,7 @@ def _check_unknown_exts(holder: Json, path: str, allowed: frozenset[str],
 # --------------------------------------------------------------------------- CarePlan
 
 _CAREPLAN_EXTS = frozenset({sip.EXT_NEEDS, sip.EXT_PRINCIPAL, sip.EXT_COORDINATION,
-                            sip.EXT_FOLLOW_UP})
+                            sip.EXT_FOLLOW_UP, sip.EXT_PHASE})
 _DETAIL_EXTS = frozenset({sip.EXT_RESPONSIBLE_PARTY})
 _GOAL_EXTS = frozenset({sip.EXT_PARENT_GOAL})
 
@@ -426,12 +428,20 @@ def _check_careplan(cp: Json, c: IssueCollector, resolve: Resolve) -> None:
     if not _careplan_marker(cp):
         c.add("CarePlan.category", f"A SIP CarePlan carries the plan type {sip.SIP_CAREPLAN_TYPE}"
                                    " (samordnad individuell plan) in category", "required")
-    if cp.get("intent") != "plan":
-        c.add("CarePlan.intent", f"A SIP is a plan: intent must be 'plan', not "
-                                 f"'{cp.get('intent')}'")
+    if cp.get("intent") == "proposal":
+        _check_replaces(cp, c, resolve)
+    elif cp.get("intent") != "plan":
+        c.add("CarePlan.intent", f"A SIP is a plan: intent must be 'plan' (or 'proposal' for a "
+                                 f"proposed revision), not '{cp.get('intent')}' (sip-cp-12)")
     _check_subject(cp.get("subject"), "CarePlan.subject", c, resolve)
 
     _check_unknown_exts(cp, "CarePlan", _CAREPLAN_EXTS, c)
+    phase = _check_ext(cp, "CarePlan", _PHASE, c)
+    allowed = sip.PHASE_STATUSES.get(str((phase or {}).get("valueCode")))
+    if allowed is not None and status != "entered-in-error" and status not in allowed:
+        c.add("CarePlan.status", f"In phase '{phase and phase['valueCode']}' a SIP has status "
+                                 f"{' or '.join(sorted(allowed))}, not '{status}': the status "
+                                 "follows the phase (sip-cp-13)")
     for spec, key in ((_NEEDS, "sip-cp-1"), (_PRINCIPAL, "sip-cp-4"),
                       (_COORDINATION, "sip-cp-5"), (_FOLLOW_UP, "sip-cp-6")):
         if _check_ext(cp, "CarePlan", spec, c) is None and established:
@@ -483,6 +493,31 @@ def _check_careplan(cp: Json, c: IssueCollector, resolve: Resolve) -> None:
         require("CarePlan.activity", "at least one intervention (insats)", "sip-cp-3")
     for i, activity in enumerate(activities):
         _check_activity(activity, f"CarePlan.activity[{i}]", established, require, c)
+
+
+def _check_replaces(cp: Json, c: IssueCollector, resolve: Resolve) -> None:
+    """A proposed revision (intent proposal) names the one SIP plan of the same individual it
+    would replace."""
+    replaced = _dicts(cp.get("replaces"))
+    if not replaced:
+        # Reported on intent: without `replaces` the resource is no revision, so the intent
+        # is what is wrong.
+        c.add("CarePlan.intent", "A SIP is a plan: intent 'proposal' is only for a proposed "
+                                 "revision, which names the established plan it replaces in "
+                                 "CarePlan.replaces (sip-cp-12)")
+        return
+    if len(replaced) > 1:
+        c.add("CarePlan.replaces[1]", "A proposed revision replaces one established SIP plan")
+    _check_ref_type(replaced[0], ("CarePlan",), "CarePlan.replaces[0]",
+                    "The plan a proposed revision replaces", c)
+    found = _resolve_literal(replaced[0], "CarePlan", resolve)
+    if found is not None:
+        text, plan = found
+        if applies(plan) != sip.PROFILE_CAREPLAN or plan.get("intent") != "plan":
+            c.add("CarePlan.replaces[0]", f"{text} is not a SIP plan")
+        elif not _same_subject(plan.get("subject"), cp.get("subject")):
+            c.add("CarePlan.replaces[0]", f"{text} is the plan of another individual "
+                                          "(den enskilde)")
 
 
 def _check_activity(activity: Json, path: str, established: bool,
@@ -599,6 +634,15 @@ def _org_key(ref: object) -> tuple[str, str] | None:
     return None
 
 
+def _is_organization(ref: object) -> bool:
+    if not isinstance(ref, dict):
+        return False
+    literal = ref.get("reference")
+    if isinstance(literal, str):
+        return (split_reference(literal) or ("",))[0] == "Organization"
+    return ref.get("type") == "Organization"
+
+
 def _check_careteam(team: Json, c: IssueCollector, resolve: Resolve) -> None:
     if not _careteam_marker(team):
         c.add("CareTeam.category", "The participants of a SIP (deltagare) carry category "
@@ -632,11 +676,15 @@ def _check_careteam(team: Json, c: IssueCollector, resolve: Resolve) -> None:
                                         "person the plan is about: member must be the "
                                         "CareTeam subject")
         elif role == sip.ROLE_ORGANISATION_REPRESENTATIVE:
-            key = _org_key(on_behalf)
+            # Until an invited organisation names its representative, the participant is the
+            # organisation itself (ctm-1 allows onBehalfOf only beside a Practitioner).
+            key = _org_key(member if on_behalf is None and _is_organization(member)
+                           else on_behalf)
             if key is None:
                 c.add(f"{path}.onBehalfOf", "An organisation representative (verksamhetens "
                                             "representant) names the organisation it "
-                                            "represents (sip-ct-4)", "required")
+                                            "represents, or is that organisation until it has "
+                                            "named its representative (sip-ct-4)", "required")
             elif key in represented:
                 c.add(f"{path}.onBehalfOf",
                       f"{'/'.join(key)} already has a representative (verksamhetens "

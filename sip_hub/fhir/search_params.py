@@ -91,6 +91,8 @@ _r.add("CarePlan", "performer", "reference", "CarePlan.activity.detail.performer
        "activity.detail.performer", targets=_ACTORS)
 _r.add("CarePlan", "identifier", "token", "CarePlan.identifier", "identifier")
 _r.add("CarePlan", "author", "reference", "CarePlan.author", "author", targets=_ACTORS)
+_r.add("CarePlan", "replaces", "reference", "CarePlan.replaces", "replaces",
+       targets=("CarePlan",), doc="The plan a proposed revision (intent proposal) replaces")
 
 _r.add("CareTeam", "patient", "reference", "CareTeam.subject.where(resolve() is Patient)",
        "subject", targets=_PATIENT)
@@ -146,6 +148,9 @@ _r.add("Appointment", "date", "date", "Appointment.start", "start")
 _r.add("Appointment", "identifier", "token", "Appointment.identifier", "identifier")
 _r.add("Appointment", "based-on", "reference", "Appointment.basedOn", "basedOn",
        targets=("CarePlan", "ServiceRequest"))
+_r.add("Appointment", "supporting-info", "reference", "Appointment.supportingInformation",
+       "supportingInformation", targets=("CarePlan",),
+       doc="The SIP plan a SIP meeting (SIP-möte) is held for")
 
 _r.add("Task", "patient", "reference", "Task.for.where(resolve() is Patient)", "for",
        targets=_PATIENT)

@@ -42,6 +42,11 @@ EXT_COORDINATION: Final = f"{_SD}/sip-coordination"         # CarePlan, valueMar
 EXT_FOLLOW_UP: Final = f"{_SD}/sip-follow-up"               # CarePlan, valueDateTime
 EXT_RESPONSIBLE_PARTY: Final = f"{_SD}/sip-responsible-party"  # activity.detail, valueCode
 EXT_PARENT_GOAL: Final = f"{_SD}/sip-parent-goal"           # Goal, valueReference(Goal)
+EXT_PHASE: Final = f"{_SD}/sip-phase"                       # CarePlan, valueCode
+EXT_MEETING_WISHES: Final = f"{_SD}/sip-meeting-wishes"     # Appointment, complex
+EXT_INVITED_ORGANIZATION: Final = f"{_SD}/sip-invited-organization"
+"""Appointment.participant, valueReference(Organization): the invited organisation a
+participant represents (its representative, once appointed, is the actor)."""
 
 # Code systems and value sets of ours
 CS_LIFE_AREA: Final = f"{_CS}/sip-life-area"
@@ -49,11 +54,17 @@ CS_PARTY_TYPE: Final = f"{_CS}/sip-party-type"
 CS_PARTICIPANT_ROLE: Final = f"{_CS}/sip-participant-role"
 CS_CONSENT_CATEGORY: Final = f"{_CS}/sip-consent-category"
 CS_CARETEAM_CATEGORY: Final = f"{_CS}/sip-careteam-category"
+CS_PHASE: Final = f"{_CS}/sip-phase"
+CS_TASK: Final = f"{_CS}/sip-task"
+CS_TASK_PARAMETER: Final = f"{_CS}/sip-task-parameter"
+CS_MEETING_SUPPORT: Final = f"{_CS}/sip-meeting-support"
 
 VS_LIFE_AREA: Final = f"{_VS}/sip-life-area"
 VS_PRINCIPAL: Final = f"{_VS}/sip-principal"
 VS_PARTY_TYPE: Final = f"{_VS}/sip-party-type"
 VS_PARTICIPANT_ROLE: Final = f"{_VS}/sip-participant-role"
+VS_PHASE: Final = f"{_VS}/sip-phase"
+VS_MEETING_SUPPORT: Final = f"{_VS}/sip-meeting-support"
 
 QUESTIONNAIRE_KARTLAGGNING: Final = f"{CANONICAL}/Questionnaire/sip-kartlaggning"
 CONCEPTMAP_LIFE_AREA_TO_ICF: Final = f"{CANONICAL}/ConceptMap/sip-life-area-to-icf"
@@ -76,6 +87,18 @@ ROLE_ORGANISATION_REPRESENTATIVE: Final = "organisation-representative"
 
 ESTABLISHED_STATUSES: Final = frozenset({"active", "on-hold", "completed"})
 """CarePlan statuses in which the plan counts as upprättad and must carry all required content."""
+
+# The CarePlan statuses each phase (codes of CS_PHASE) allows (sip-cp-13). The process
+# (sip_hub.process) moves between phases; this table is the static rule every write keeps.
+PHASE_STATUSES: Final[dict[str, frozenset[str]]] = {
+    "behov-uppmarksammat": frozenset({"draft"}),
+    "kartlaggning": frozenset({"draft"}),
+    "kallelse": frozenset({"draft"}),
+    "mote": frozenset({"draft"}),
+    "upprattad": frozenset({"active", "on-hold"}),
+    "uppfoljning": frozenset({"active", "on-hold"}),
+    "avslutad": frozenset({"completed", "revoked"}),
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -484,7 +484,8 @@ def test_stamp_hides_the_kartlaggning_from_the_citizen() -> None:
 
 def test_definitions_are_valid_fhir_with_unique_urls() -> None:
     defs = profiles.definitions()
-    assert len(defs) == len({d["url"] for d in defs}) == 22
+    # No fixed count: several features publish definitions; every file must load (below).
+    assert len(defs) == len({d["url"] for d in defs}) >= 31
     files = sorted(p.name for p in profiles.DEFINITIONS_DIR.glob("*.json")
                    if "resourceType" in json.loads(p.read_text("utf-8")))
     assert files == sorted(f"{d['resourceType']}-{d['id']}.json" for d in defs)

@@ -1,0 +1,141 @@
+"""One run of a SIP process operation: one transaction, the caller, and the hub.
+
+Every write goes through ``interactions`` so it passes the same pipeline, access rules, grant
+refresh and audit as a REST write. The caller's own writes are made as the caller. Follow-on
+writes the caller could not make itself (an invited organisation's representative joining the
+coordinator's CareTeam, the hub's deadline Tasks) are made by the hub (``as_hub``) and audited
+for the caller, so the person's access log names who caused them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from . import interactions as ix
+from .audit import CLIENT_SYSTEM
+from .errors import Conflict, Forbidden, Gone, NotFound, PreconditionFailed
+from .fhir.dates import format_instant
+from .identifiers import HSA_ID
+from .store import Stored, Tx
+
+Json = dict[str, Any]
+_PROVENANCE_AGENT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+
+
+@dataclass(slots=True)
+class Operation:
+    tx: Tx
+    ctx: ix.Context
+    now: datetime
+    inactive_days: int = 90
+    hub: ix.Context = field(init=False)
+
+    def __post_init__(self) -> None:
+        # The hub's own context: unrestricted and unaudited (its writes are audited for ctx).
+        self.hub = ix.Context(self.ctx.base_url)
+
+    @property
+    def instant(self) -> str:
+        return format_instant(self.now)
+
+    def current(self, rtype: str, rid: str, if_match: str | None = None) -> Stored:
+        """The current version, which the caller must be allowed to read; with ``if_match``
+        (an ETag), only when it is still the version the client has seen."""
+        ix.check_id(rid)
+        cur = self.tx.current(rtype, rid)
+        if cur is None:
+            raise NotFound(f"{rtype}/{rid} is not known")
+        if cur.deleted:
+            raise Gone(f"{rtype}/{rid} was deleted")
+        try:
+            self.ctx.access.require_read(self.tx, cur)
+        except Forbidden as err:
+            self.ctx.refused("read", cur, rtype, err)
+            raise
+        if if_match is not None and ix.parse_etag(if_match) != cur.version_id:
+            raise PreconditionFailed(f"Version conflict: {rtype}/{rid} is at version "
+                                     f"{cur.version_id}, If-Match asked for {if_match}")
+        return cur
+
+    def create(self, res: Json, *, as_hub: bool = False) -> Stored:
+        ctx = self.hub if as_hub else self.ctx
+        stored = ix.create(self.tx, ctx, res["resourceType"], res).stored
+        assert stored is not None
+        if as_hub:
+            self.ctx.record("create", [stored], tx=self.tx)
+        return stored
+
+    def update(self, res: Json, *, as_hub: bool = False) -> Stored:
+        """Write ``res`` (with its id) as a new version; the process operations keep the
+        process rules themselves, so the plain-update hook is not run.
+
+        ``res`` read from the store still carries the ``meta.versionId`` it was read at: the
+        write is conditional on it, so a concurrent change is never overwritten unseen.
+        """
+        ctx = self.hub if as_hub else self.ctx
+        version = (res.get("meta") or {}).get("versionId")
+        try:
+            result = ix.update(self.tx, ctx, res["resourceType"], res["id"], res,
+                               if_match=f'W/"{version}"' if version else None,
+                               process_rules=False)
+        except PreconditionFailed:
+            raise Conflict(f"{res['resourceType']}/{res['id']} was changed concurrently; "
+                           "retry") from None
+        assert result.stored is not None
+        if as_hub:
+            self.ctx.record("create" if result.status == 201 else "update", [result.stored],
+                            tx=self.tx)
+        return result.stored
+
+    # -- provenance ----------------------------------------------------------------------------
+    def agents(self, org_ref: Json | None) -> list[Json]:
+        """The organisation (literal reference when known) and its API client."""
+        p = self.ctx.access.principal
+        if p is None:
+            return [{"type": _agent_type("assembler"), "who": {"display": "sip_hub"}}]
+        org = org_ref or {"identifier": {"system": HSA_ID, "value": p.org},
+                          "type": "Organization"}
+        return [
+            {"type": _agent_type("author"), "who": org},
+            {"type": _agent_type("enterer"),
+             "who": {"identifier": {"system": CLIENT_SYSTEM, "value": p.client_id},
+                     "type": "Device", "display": "API-klient / API client"},
+             "onBehalfOf": org},
+        ]
+
+    def provenance(self, target: Stored, activity: Json, *, org_ref: Json | None,
+                   reason: str | None = None, occurred: str | None = None,
+                   attesters: Sequence[Json] = (), informants: Sequence[Json] = (),
+                   entities: Sequence[tuple[str, Stored]] = ()) -> Json:
+        """A Provenance of ``target``'s new version: who did what, why, on whose approval."""
+        agents = self.agents(org_ref)
+        agents += [{"type": _agent_type("attester"), "who": a} for a in attesters]
+        agents += [{"type": _agent_type("informant"), "who": i} for i in informants]
+        out: Json = {"resourceType": "Provenance",
+                     "target": [{"reference": version_ref(target)}]}
+        if occurred:
+            out["occurredDateTime"] = occurred
+        out["recorded"] = self.instant
+        if reason:
+            out["reason"] = [{"text": reason}]
+        out["activity"] = activity
+        out["agent"] = agents
+        if entities:
+            out["entity"] = [{"role": role, "what": {"reference": version_ref(s)}}
+                             for role, s in entities]
+        return out
+
+
+def _agent_type(code: str) -> Json:
+    return {"coding": [{"system": _PROVENANCE_AGENT, "code": code}]}
+
+
+def version_ref(stored: Stored) -> str:
+    return f"{stored.type}/{stored.id}/_history/{stored.version_id}"
+
+
+def ref(stored: Stored) -> Json:
+    return {"reference": f"{stored.type}/{stored.id}"}

@@ -1,0 +1,525 @@
+"""The SIP process as a state machine: its phases, the transitions between them, and the
+rules that keep plain writes from going around it (docs/domain.md rules 1, 2, 3 and 6).
+
+The phase is the ``sip-phase`` extension on the SIP CarePlan; the plan's status follows it
+(``sip.PHASE_STATUSES``, enforced by the profile on every write). A plan without the extension
+(written before the process existed, or imported already established) is in the phase its
+status implies. Only the operations (``transitions``, ``invitations``, ``revisions``) change a
+phase; ``check_plain_update`` is the hook in ``interactions.update`` that refuses a plain update
+doing their work: changing the phase or status, changing an established plan's content without
+the person's approval, or answering an invitation without ``$respond``.
+
+This module holds rules only; it writes nothing, so ``interactions`` can import it.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import date, datetime, timedelta, timezone, tzinfo
+from functools import cache
+from typing import TYPE_CHECKING, Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .access import org_hsa
+from .errors import Conflict, Forbidden, Issue
+from .fhir import profiles, sip
+from .fhir.dates import parse_range, to_us
+from .fhir.indexing import split_reference
+from .fhir.search import parse as parse_search
+from .identifiers import PERSONNUMMER, SAMORDNINGSNUMMER
+from .store import Stored, Tx
+
+if TYPE_CHECKING:
+    from .interactions import Context
+
+Json = dict[str, Any]
+
+NEED: Final = "behov-uppmarksammat"
+MAPPING: Final = "kartlaggning"
+INVITATION: Final = "kallelse"
+MEETING: Final = "mote"
+ESTABLISHED: Final = "upprattad"
+FOLLOW_UP: Final = "uppfoljning"
+CLOSED: Final = "avslutad"
+PHASES: Final = (NEED, MAPPING, INVITATION, MEETING, ESTABLISHED, FOLLOW_UP, CLOSED)
+
+# Forward one step; a follow-up ends in the (possibly revised) established plan or in another
+# follow-up; any open phase may close (rule 2: the person may end the SIP at any time).
+NEXT: Final[dict[str, frozenset[str]]] = {
+    NEED: frozenset({MAPPING, CLOSED}),
+    MAPPING: frozenset({INVITATION, CLOSED}),
+    INVITATION: frozenset({MEETING, CLOSED}),
+    MEETING: frozenset({ESTABLISHED, CLOSED}),
+    ESTABLISHED: frozenset({FOLLOW_UP, CLOSED}),
+    FOLLOW_UP: frozenset({ESTABLISHED, FOLLOW_UP, CLOSED}),
+    CLOSED: frozenset(),
+}
+# Before these the person's information is not shared beyond the coordinator: leaving the
+# mapping needs the consent (rule 1).
+CONSENT_PHASES: Final = frozenset({INVITATION, MEETING, ESTABLISHED, FOLLOW_UP})
+# The plan's content is fixed: it changes only by an approved revision (rule 3), or not at all.
+FIXED_PHASES: Final = frozenset({ESTABLISHED, FOLLOW_UP, CLOSED})
+# Where the operations refer to SIP Tasks by code (codes of sip.CS_TASK).
+TASK_INVITATION: Final = "invitation"
+TASK_DECLINED: Final = "invitation-declined"
+TASK_UNANSWERED: Final = "invitation-unanswered"
+TASK_DOCUMENT: Final = "document-plan"
+TASK_FOLLOW_UP: Final = "follow-up-overdue"
+TASK_INACTIVE: Final = "inactive-sip"
+DEADLINE_TASKS: Final = (TASK_DOCUMENT, TASK_FOLLOW_UP, TASK_INACTIVE, TASK_UNANSWERED,
+                         TASK_DECLINED)
+OPEN_TASK: Final = frozenset({"requested", "received", "accepted", "ready", "in-progress",
+                              "on-hold"})
+ADULT_AGE: Final = 18
+# Who may approve the plan for the person besides the person themselves (rule 3).
+REPRESENTATIVE_ROLES: Final = frozenset({"custodian", "guardian", "personal-representative"})
+_TASK_IDENTIFIER: Final = f"{sip.CANONICAL}/NamingSystem/sip-task"
+
+try:
+    LOCAL: tzinfo = ZoneInfo("Europe/Stockholm")
+except ZoneInfoNotFoundError:  # a system without a time zone database: standard time
+    LOCAL = timezone(timedelta(hours=1))
+
+
+def business_rule(text: str, expression: str | None = None) -> Conflict:
+    """A 409 for a request the SIP's current state does not allow."""
+    return Conflict(text, issues=[Issue("business-rule", text,
+                                        (expression,) if expression else ())])
+
+
+@cache
+def _displays() -> dict[tuple[str, str], str]:
+    out: dict[tuple[str, str], str] = {}
+    for d in profiles.definitions():
+        if d["resourceType"] == "CodeSystem":
+            for c in d.get("concept", []):
+                out[(d["url"], c["code"])] = c.get("display", c["code"])
+    return out
+
+
+def coding(system: str, code: str) -> Json:
+    """A Coding of one of our code systems, with its published display."""
+    return {"system": system, "code": code, "display": _displays()[(system, code)]}
+
+
+def task_code(kind: str) -> Json:
+    return {"coding": [coding(sip.CS_TASK, kind)]}
+
+
+def task_kind(task: Json) -> str | None:
+    """The sip-task code of a Task, or None for other Tasks."""
+    for c in (task.get("code") or {}).get("coding", []):
+        if isinstance(c, dict) and c.get("system") == sip.CS_TASK:
+            return c.get("code")
+    return None
+
+
+def task_identifier(value: str) -> Json:
+    return {"system": _TASK_IDENTIFIER, "value": value}
+
+
+# -- phases ------------------------------------------------------------------------------------
+
+def is_sip_plan(plan: Json) -> bool:
+    return profiles.applies(plan) == sip.PROFILE_CAREPLAN and plan.get("intent") == "plan"
+
+
+def is_proposal(plan: Json) -> bool:
+    return profiles.applies(plan) == sip.PROFILE_CAREPLAN and plan.get("intent") == "proposal"
+
+
+def phase_ext(plan: Json) -> str | None:
+    for e in plan.get("extension", []):
+        if isinstance(e, dict) and e.get("url") == sip.EXT_PHASE:
+            value = e.get("valueCode")
+            return value if isinstance(value, str) else None
+    return None
+
+
+def phase_of(plan: Json) -> str:
+    """The plan's phase: its sip-phase extension, else the phase its status implies."""
+    stated = phase_ext(plan)
+    if stated in PHASES:
+        return stated
+    status = plan.get("status")
+    if status in ("active", "on-hold"):
+        return ESTABLISHED
+    if status in ("completed", "revoked", "entered-in-error"):
+        return CLOSED
+    return NEED
+
+
+def with_phase(plan: Json, phase: str | None) -> Json:
+    """A copy of ``plan`` in ``phase`` (None: without the extension), in place of the old one."""
+    out = copy.deepcopy(plan)
+    exts = [e for e in out.get("extension", []) if not (
+        isinstance(e, dict) and e.get("url") == sip.EXT_PHASE)]
+    if phase is not None:
+        exts.append({"url": sip.EXT_PHASE, "valueCode": phase})
+    if exts:
+        out["extension"] = exts
+    else:
+        out.pop("extension", None)
+    return out
+
+
+def allowed(frm: str, to: str) -> bool:
+    return to in NEXT.get(frm, frozenset())
+
+
+def status_for(to: str, frm: str) -> str:
+    """The CarePlan status in phase ``to`` when coming from ``frm``."""
+    if to == CLOSED:
+        return "completed" if frm in (ESTABLISHED, FOLLOW_UP) else "revoked"
+    return "active" if to in (ESTABLISHED, FOLLOW_UP) else "draft"
+
+
+# -- the person, the consent and the participants ---------------------------------------------
+
+def ref_target(ref: Any) -> tuple[str, str] | None:
+    if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+        return split_reference(ref["reference"])
+    return None
+
+
+def current_json(tx: Tx, rtype: str, rid: str) -> Json | None:
+    cur = tx.current(rtype, rid)
+    return cur.json() if cur is not None and not cur.deleted else None
+
+
+def search(tx: Tx, rtype: str, items: list[tuple[str, str]], limit: int = 1000) -> list[Stored]:
+    """Everything matching, unrestricted: the process reads as the hub."""
+    query = parse_search(rtype, items, default_count=limit, max_count=limit)
+    query.total = False
+    return tx.search(query)[0]
+
+
+def name_of(tx: Tx, ref: Any) -> str:
+    """A readable name for a reference: its display, or the name of what it points at."""
+    if isinstance(ref, dict) and isinstance(ref.get("display"), str):
+        return ref["display"]
+    target = ref_target(ref)
+    found = current_json(tx, *target) if target else None
+    name = found.get("name") if found else None
+    if isinstance(name, str):
+        return name
+    if isinstance(name, list) and name and isinstance(name[0], dict):
+        n = name[0]
+        return " ".join([*n.get("given", []), n.get("family", "")]).strip() or "?"
+    return f"{target[0]}/{target[1]}" if target else "?"
+
+
+def patient_of(tx: Tx, plan: Json) -> tuple[str, Json] | None:
+    """(id, Patient) of the plan's subject, by literal reference or by personnummer."""
+    subject = plan.get("subject") or {}
+    target = ref_target(subject)
+    if target is not None and target[0] == "Patient":
+        found = current_json(tx, "Patient", target[1])
+        return (target[1], found) if found is not None else None
+    ident = subject.get("identifier") if isinstance(subject, dict) else None
+    if isinstance(ident, dict) and ident.get("value"):
+        hits = search(tx, "Patient", [("identifier", f"{ident.get('system')}|{ident['value']}")],
+                      2)
+        if len(hits) == 1:
+            return hits[0].id, hits[0].json()
+    return None
+
+
+def patient_ref(tx: Tx, plan: Json) -> str:
+    found = patient_of(tx, plan)
+    if found is None:
+        raise business_rule("The plan's individual (den enskilde) is not a Patient known to the "
+                            "hub", "CarePlan.subject")
+    return f"Patient/{found[0]}"
+
+
+def birth_date(patient: Json) -> date | None:
+    """From the personnummer or samordningsnummer (day + 60), else Patient.birthDate."""
+    for ident in patient.get("identifier", []):
+        value = ident.get("value") if isinstance(ident, dict) else None
+        if ident.get("system") in (PERSONNUMMER, SAMORDNINGSNUMMER) and isinstance(value, str) \
+                and len(value) == 12 and value.isdigit():
+            day = int(value[6:8])
+            try:
+                return date(int(value[:4]), int(value[4:6]), day - 60 if day > 60 else day)
+            except ValueError:
+                continue
+    text = patient.get("birthDate")
+    if isinstance(text, str) and len(text) == 10:
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            return None
+    return None
+
+
+def age_on(born: date, day: date) -> int:
+    return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+
+
+def local_date(when: datetime) -> date:
+    return when.astimezone(LOCAL).date()
+
+
+def active_consent(tx: Tx, patient_id: str, now: datetime) -> Json | None:
+    """The person's SIP consent in force at ``now`` (active, permitting, within its period)."""
+    at = to_us(now)
+    for s in search(tx, "Consent", [("patient", f"Patient/{patient_id}"), ("status", "active")]):
+        consent = s.json()
+        if profiles.applies(consent) != sip.PROFILE_CONSENT:
+            continue
+        provision = consent.get("provision") or {}
+        if provision.get("type", "permit") != "permit":
+            continue
+        period = provision.get("period") or {}
+        try:
+            if period.get("start") and parse_range(period["start"])[0] > at:
+                continue
+            if period.get("end") and parse_range(period["end"])[1] < at:
+                continue
+        except ValueError:
+            continue
+        return consent
+    return None
+
+
+def require_consent(tx: Tx, plan: Json, now: datetime, what: str) -> Json:
+    patient = patient_ref(tx, plan).split("/", 1)[1]
+    consent = active_consent(tx, patient, now)
+    if consent is None:
+        raise business_rule(f"{what} needs the person's active SIP consent (samtycke): no SIP "
+                            f"work starts and nothing is shared without it. Record the consent "
+                            f"for Patient/{patient} first")
+    return consent
+
+
+def consent_covers(tx: Tx, consent: Json, org: str) -> bool:
+    return any(org_hsa(tx, a.get("reference")) == org
+               for a in (consent.get("provision") or {}).get("actor", []))
+
+
+def team_of(tx: Tx, plan: Json) -> tuple[Stored, Json] | None:
+    """The plan's SIP CareTeam (stored, content)."""
+    for ref in plan.get("careTeam", []):
+        target = ref_target(ref)
+        if target and target[0] == "CareTeam":
+            cur = tx.current("CareTeam", target[1])
+            if cur is not None and not cur.deleted:
+                team = cur.json()
+                if profiles.applies(team) == sip.PROFILE_CARETEAM:
+                    return cur, team
+    return None
+
+
+def role_of(participant: Json) -> str | None:
+    for concept in participant.get("role", []):
+        for c in concept.get("coding", []) if isinstance(concept, dict) else []:
+            if c.get("system") == sip.CS_PARTICIPANT_ROLE:
+                return c.get("code")
+    return None
+
+
+def represents(tx: Tx, participant: Json) -> str | None:
+    """The HSA-id of the organisation an organisation-representative participant stands for:
+    its onBehalfOf, or its member while the organisation has not named its representative."""
+    if role_of(participant) != sip.ROLE_ORGANISATION_REPRESENTATIVE:
+        return None
+    return org_hsa(tx, participant.get("onBehalfOf") or participant.get("member"))
+
+
+def members_with_roles(tx: Tx, team: Json, patient_id: str, roles: frozenset[str]
+                       ) -> list[str]:
+    """``RelatedPerson/<id>`` of the person's relatives in the team with one of ``roles``."""
+    out = []
+    for part in team.get("participant", []):
+        target = ref_target(part.get("member"))
+        if role_of(part) in roles and target and target[0] == "RelatedPerson":
+            rp = current_json(tx, "RelatedPerson", target[1])
+            if rp is not None and ref_target(rp.get("patient")) == ("Patient", patient_id):
+                out.append(f"RelatedPerson/{target[1]}")
+    return out
+
+
+def is_minor(tx: Tx, plan: Json, now: datetime) -> bool:
+    found = patient_of(tx, plan)
+    born = birth_date(found[1]) if found else None
+    if born is None:
+        raise business_rule("The individual's age cannot be told from the personnummer or the "
+                            "birth date; it decides whether custodians must take part",
+                            "CarePlan.subject")
+    return age_on(born, local_date(now)) < ADULT_AGE
+
+
+def custodians(tx: Tx, plan: Json) -> list[str]:
+    found = team_of(tx, plan)
+    if found is None:
+        return []
+    return members_with_roles(tx, found[1], patient_ref(tx, plan).split("/", 1)[1],
+                              frozenset({"custodian"}))
+
+
+def require_custodian_if_minor(tx: Tx, plan: Json, now: datetime) -> None:
+    """Under 18 the custodians take part: one must be in the SIP CareTeam before invitations
+    go out (domain: 'Under 18: the custodians must be involved')."""
+    if is_minor(tx, plan, now) and not custodians(tx, plan):
+        raise business_rule("The individual is under 18: a custodian (vårdnadshavare) must take "
+                            "part before invitations go out. Add the custodian to the SIP "
+                            "CareTeam (a RelatedPerson with role 'custodian')", "CarePlan.careTeam")
+
+
+def check_person(tx: Tx, plan: Json, refs: list[Json], expression: str, what: str) -> None:
+    """Each of ``refs`` is the individual, or a custodian, guardian or personal representative
+    who takes part in the SIP (CareTeam) on their behalf."""
+    patient = patient_ref(tx, plan)
+    team = team_of(tx, plan)
+    representatives = members_with_roles(tx, team[1], patient.split("/", 1)[1],
+                                         REPRESENTATIVE_ROLES) if team else []
+    for ref in refs:
+        target = ref_target(ref)
+        text = f"{target[0]}/{target[1]}" if target else None
+        if text != patient and text not in representatives:
+            raise business_rule(f"{text or 'A display-only reference'} cannot {what}: the "
+                                f"individual ({patient}) does, or a custodian, guardian or "
+                                "personal representative who takes part in the SIP (CareTeam)",
+                                expression)
+
+
+def check_approvers(tx: Tx, plan: Json, approvers: list[Json], now: datetime,
+                    expression: str) -> None:
+    """The person approves the plan (rule 3), or their representative; under 18 a custodian
+    approves too."""
+    check_person(tx, plan, approvers, expression, "approve this plan")
+    if is_minor(tx, plan, now):
+        guardians = set(custodians(tx, plan))
+        given = {f"{t[0]}/{t[1]}" for r in approvers if (t := ref_target(r))}
+        if guardians and not given & guardians:
+            raise business_rule("The individual is under 18: a custodian (vårdnadshavare) "
+                                "approves the plan too", expression)
+
+
+def coordinator_ref(plan: Json) -> Json:
+    author = plan.get("author")
+    return copy.deepcopy(author) if isinstance(author, dict) else {}
+
+
+def require_coordinator(tx: Tx, ctx: Context, plan: Json, what: str) -> str:
+    """Only the coordinating organisation (the plan's author) drives the process."""
+    principal = ctx.access.principal
+    coordinator = org_hsa(tx, plan.get("author"))
+    if principal is None or principal.role != "organization" or principal.org != coordinator:
+        raise Forbidden(f"{what}: only the coordinating organisation "
+                        f"({coordinator or 'the plan author'}) drives the SIP process")
+    return principal.org
+
+
+# -- the hook on plain updates ---------------------------------------------------------------
+
+_STATUS_KEYS = frozenset({"status", "statusReason"})
+_GOAL_STATUS_KEYS = frozenset({"lifecycleStatus", "achievementStatus", "statusDate",
+                               "statusReason", "outcomeCode", "outcomeReference", "note"})
+_REVISE = ("Propose a revision with CarePlan/$propose-revision and apply it, once the person "
+           "has approved it, with CarePlan/$approve-revision")
+
+
+def decided(plan: Json) -> Json:
+    """What a plan decides: without bookkeeping, notes, and the insatser's progress."""
+    out = copy.deepcopy(plan)
+    for key in ("meta", "text", "note"):
+        out.pop(key, None)
+    for act in out.get("activity", []):
+        if isinstance(act, dict):
+            act.pop("progress", None)
+            detail = act.get("detail")
+            if isinstance(detail, dict):
+                for key in _STATUS_KEYS:
+                    detail.pop(key, None)
+    return out
+
+
+def _plan_update(old: Json, new: Json) -> None:
+    if phase_ext(old) != phase_ext(new):
+        raise business_rule("The SIP phase changes only through CarePlan/$transition; keep the "
+                            f"extension {sip.EXT_PHASE} as it is",
+                            f"CarePlan.extension('{sip.EXT_PHASE}')")
+    if old.get("status") != new.get("status") and new.get("status") != "entered-in-error":
+        raise business_rule("A SIP plan's status follows its phase: change it with "
+                            "CarePlan/$transition (to=upprattad to establish the plan, "
+                            "to=avslutad to close it)", "CarePlan.status")
+    phase = phase_of(old)
+    if phase in FIXED_PHASES and decided(old) != decided(new):
+        if phase == CLOSED:
+            raise business_rule("The SIP is closed (avslutad): its plan is no longer changed")
+        raise business_rule("The plan is established (upprättad): what it decides changes only "
+                            f"with the person's approval. {_REVISE}")
+
+
+def _proposal_update(old: Json, new: Json) -> None:
+    for key in ("intent", "replaces", "subject"):
+        if old.get(key) != new.get(key):
+            raise business_rule(f"A proposed revision keeps its {key}", f"CarePlan.{key}")
+    if old.get("status") != "draft":
+        raise business_rule("This proposed revision is closed; propose a new one")
+    if new.get("status") not in ("draft", "revoked", "entered-in-error"):
+        raise business_rule("A proposed revision takes effect only through "
+                            "CarePlan/$approve-revision; it may be withdrawn (revoked)",
+                            "CarePlan.status")
+
+
+def _goal_update(tx: Tx, old: Json, new: Json) -> None:
+    gid = old.get("id")
+    fixed = [s for s in search(tx, "CarePlan", [("goal", f"Goal/{gid}")])
+             if is_sip_plan(p := s.json()) and phase_of(p) in FIXED_PHASES]
+    if not fixed:
+        return
+    a, b = ({k: v for k, v in g.items() if k not in _GOAL_STATUS_KEYS | {"meta", "text"}}
+            for g in (old, new))
+    if a != b:
+        raise business_rule(f"Goal/{gid} belongs to the established plan CarePlan/{fixed[0].id}: "
+                            "only its status and outcome change without the person's approval. "
+                            f"{_REVISE}, referencing a new Goal")
+
+
+def _task_update(tx: Tx, ctx: Context, old: Json, new: Json) -> None:
+    kind = task_kind(old)
+    if kind is None:
+        return
+    a, b = ({k: v for k, v in t.items() if k not in ("meta", "text", "note", "lastModified")}
+            for t in (old, new))
+    if a == b:
+        return
+    org = ctx.access.org
+    if kind == TASK_INVITATION:
+        rest_a = {k: v for k, v in a.items() if k != "status"}
+        rest_b = {k: v for k, v in b.items() if k != "status"}
+        if rest_a == rest_b and new.get("status") == "cancelled" and \
+                org_hsa(tx, old.get("requester")) == org:
+            return  # the inviter withdraws an invitation
+        raise business_rule("An invitation (kallelse) is answered with Task/$respond; the "
+                            "inviter may only withdraw it (status cancelled)", "Task.status")
+    if kind == TASK_DECLINED and new.get("status") in ("completed", "cancelled") and \
+            {k: v for k, v in a.items() if k != "status"} == \
+            {k: v for k, v in b.items() if k != "status"} and \
+            org_hsa(tx, old.get("owner")) == org:
+        return  # the coordinator has resolved the decline outside the hub
+    raise business_rule("The hub opens and closes this SIP Task when what it watches is "
+                        "resolved; add a note if needed", "Task.status")
+
+
+def check_plain_update(tx: Tx, ctx: Context, old: Json | None, new: Json) -> None:
+    """Refuse a plain update (PUT, a Bundle entry) that would do an operation's work.
+
+    Applies to organisations' clients; the hub's operators (admin clients with personal-data
+    access) may repair data, and their writes are audited like any other.
+    """
+    if old is None or ctx.access.unrestricted:
+        return
+    rtype = new.get("resourceType")
+    if rtype == "CarePlan":
+        if is_sip_plan(old):
+            _plan_update(old, new)
+        elif is_proposal(old):
+            _proposal_update(old, new)
+    elif rtype == "Goal" and profiles.applies(old) == sip.PROFILE_GOAL:
+        _goal_update(tx, old, new)
+    elif rtype == "Task":
+        _task_update(tx, ctx, old, new)
