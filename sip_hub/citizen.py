@@ -59,8 +59,9 @@ def plans_for(tx: Tx, patient_token: str) -> tuple[list[Stored], list[Stored], s
     for pid in sorted(patients):
         for s in _search(tx, "CarePlan", [("patient", f"Patient/{pid}")]):
             plan = s.json()
-            if profiles.applies(plan) == sip.PROFILE_CAREPLAN and \
-                    plan.get("status") in SHOWN_STATUSES and not _not_for_patient(plan):
+            # intent=plan: a proposed revision is not the plan until the person approves it.
+            if profiles.applies(plan) == sip.PROFILE_CAREPLAN and plan.get("intent") == "plan" \
+                    and plan.get("status") in SHOWN_STATUSES and not _not_for_patient(plan):
                 plans.append(s)
     linked: list[tuple[str, str]] = []
     for s in plans:

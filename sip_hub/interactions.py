@@ -234,6 +234,7 @@ def delete(tx: Tx, ctx: Context, rtype: str, rid: str) -> Result:
     if cur.deleted:
         return Result(200, None, information(f"{rtype}/{rid} was already deleted"))
     _guard_write(tx, ctx, rtype, cur, None, "delete")
+    process.check_plain_delete(ctx, cur.json())
     done = tx.delete(rtype, rid)
     assert done is not None
     acl.after_write(tx, rtype, cur.json(), None)

@@ -505,6 +505,16 @@ def _task_update(tx: Tx, ctx: Context, old: Json, new: Json) -> None:
                         "resolved; add a note if needed", "Task.status")
 
 
+def check_plain_delete(ctx: Context, old: Json) -> None:
+    """An established plan is the person's: it is closed with $transition, never deleted."""
+    if ctx.access.unrestricted:
+        return
+    if old.get("resourceType") == "CarePlan" and is_sip_plan(old) and \
+            phase_of(old) in FIXED_PHASES:
+        raise business_rule("An established SIP is ended with CarePlan/$transition "
+                            "(to=avslutad, with the reason), not deleted")
+
+
 def check_plain_update(tx: Tx, ctx: Context, old: Json | None, new: Json) -> None:
     """Refuse a plain update (PUT, a Bundle entry) that would do an operation's work.
 

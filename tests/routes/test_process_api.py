@@ -697,6 +697,28 @@ def test_a_closed_plan_is_not_changed(client, h):
     assert r.status_code == 409 and "closed" in outcome_text(r)
 
 
+def test_an_established_plan_is_ended_not_deleted(client, h):
+    established(client, h)
+    r = client.delete(f"/fhir/CarePlan/{PLAN}", headers=h[SOC])
+    assert r.status_code == 409 and "$transition" in outcome_text(r)
+    assert read(client, f"CarePlan/{PLAN}", h[SOC])["status"] == "active"
+
+
+def test_a_draft_plan_may_be_deleted_by_its_coordinator(client, h):
+    assert client.delete(f"/fhir/CarePlan/{PLAN}", headers=h[SOC]).status_code == 200
+
+
+def test_a_proposed_revision_is_not_in_the_citizen_view(client, h, as_org):
+    established(client, h)
+    ok(post(client, f"CarePlan/{PLAN}/$propose-revision", h[SOC],
+            parameters(resource("revision", revised(client, h)))))
+    portal = as_org("SE2321000016-1177", scope="system/CarePlan.rs", role="portal")
+    view = client.get("/fhir/CarePlan/$citizen-view?patient=http://electronichealth.se/"
+                      f"identifier/personnummer|{f.DEMO_PNR}", headers=portal).json()
+    plans = [e["resource"] for e in view["entry"] if e["search"]["mode"] == "match"]
+    assert [p["id"] for p in plans] == [PLAN]
+
+
 def test_hub_operators_may_repair_a_plan(client, h):
     established(client, h)
     plan = read(client, f"CarePlan/{PLAN}") | {"status": "entered-in-error"}
