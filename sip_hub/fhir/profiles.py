@@ -35,7 +35,8 @@ whole ``urn:uuid:...`` as id."""
 
 DEFINITIONS_DIR = Path(__file__).parent / "definitions"
 CONFORMANCE_TYPES = frozenset(
-    {"StructureDefinition", "CodeSystem", "ValueSet", "ConceptMap", "Questionnaire"})
+    {"StructureDefinition", "CodeSystem", "ValueSet", "ConceptMap", "Questionnaire",
+     "OperationDefinition", "MessageDefinition"})
 
 _PERSON_SYSTEMS = frozenset({PERSONNUMMER, SAMORDNINGSNUMMER})
 _ORG_SYSTEMS = frozenset({HSA_ID, ORGANISATIONSNUMMER})
@@ -62,7 +63,8 @@ def _loaded() -> tuple[Json, ...]:
 
 def definitions() -> list[Json]:
     """Our conformance resources (StructureDefinition, CodeSystem, ValueSet, ConceptMap,
-    Questionnaire), read once; each call returns copies the caller may change."""
+    Questionnaire, OperationDefinition, MessageDefinition), read once; each call returns copies
+    the caller may change."""
     return copy.deepcopy(list(_loaded()))
 
 

@@ -219,12 +219,14 @@ _r.add("RelatedPerson", "name", "string", "RelatedPerson.name", "name.text", "na
        "name.given")
 _r.add("RelatedPerson", "relationship", "token", "RelatedPerson.relationship", "relationship")
 
-for _conf in ("StructureDefinition", "CodeSystem", "ValueSet", "ConceptMap", "Questionnaire"):
+for _conf in ("StructureDefinition", "CodeSystem", "ValueSet", "ConceptMap", "Questionnaire",
+              "OperationDefinition", "MessageDefinition"):
     _r.add(_conf, "url", "uri", f"{_conf}.url", "url")
     _r.add(_conf, "name", "string", f"{_conf}.name", "name")
     _r.add(_conf, "status", "token", f"{_conf}.status", "status")
     _r.add(_conf, "version", "token", f"{_conf}.version", "version")
 _r.add("StructureDefinition", "type", "token", "StructureDefinition.type", "type")
+_r.add("MessageDefinition", "event", "token", "MessageDefinition.event", "eventCoding")
 
 for _res in list(_r.by_resource):
     _common(_res)
@@ -233,7 +235,7 @@ for _res in list(_r.by_resource):
 # publishes them itself (its own conformance resources).
 RESOURCE_TYPES: tuple[str, ...] = tuple(sorted(_r.by_resource))
 READ_ONLY_TYPES = frozenset({"StructureDefinition", "CodeSystem", "ValueSet", "ConceptMap",
-                             "Questionnaire"})
+                             "Questionnaire", "OperationDefinition", "MessageDefinition"})
 
 
 def params_for(resource_type: str) -> dict[str, SearchParam]:
