@@ -6,6 +6,7 @@ from typing import Any
 
 from .. import __version__
 from .models import FHIR_VERSION
+from .profiles import definitions
 from .search_params import READ_ONLY_TYPES, RESOURCE_TYPES, params_for
 from .sip import PROFILE_BY_TYPE
 
@@ -19,6 +20,26 @@ for _t in RESOURCE_TYPES:
             _INCLUDES.setdefault(_t, []).append(f"{_t}:{_p.name}")
             for _target in _p.targets:
                 _REVINCLUDES.setdefault(_target, []).append(f"{_t}:{_p.name}")
+
+
+def _operations() -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """The operations the hub publishes an OperationDefinition for: (by resource type, at the
+    system level). Derived from the definitions, so publishing one is what declares it;
+    tests/fhir/test_operation_definitions.py holds the definitions and the routes together."""
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    system: list[dict[str, Any]] = []
+    ops = sorted((d for d in definitions() if d["resourceType"] == "OperationDefinition"),
+                 key=lambda d: (d["code"], d["url"]))
+    for d in ops:
+        entry = {"name": d["code"], "definition": d["url"]}
+        if d.get("title"):
+            entry["documentation"] = d["title"]
+        if d.get("system"):
+            system.append(dict(entry))
+        if d.get("type") or d.get("instance"):
+            for rtype in d.get("resource", []):
+                by_type.setdefault(rtype, []).append(dict(entry))
+    return by_type, system
 
 
 def _resource(rtype: str) -> dict[str, Any]:
@@ -51,6 +72,28 @@ def _resource(rtype: str) -> dict[str, Any]:
 
 
 def capability_statement(base_url: str, software_date: str) -> dict[str, Any]:
+    by_type, system_operations = _operations()
+    resources = [_resource(t) for t in RESOURCE_TYPES]
+    # A resource type that has operations but no REST interactions is listed for its
+    # operations alone.
+    resources += [{"type": t} for t in sorted(by_type) if t not in RESOURCE_TYPES]
+    for entry in resources:
+        if entry["type"] in by_type:
+            entry["operation"] = by_type[entry["type"]]
+    rest: dict[str, Any] = {
+        "mode": "server",
+        "documentation": (
+            "Searches are strict by default: an unknown parameter is a 400. Send "
+            "'Prefer: handling=lenient' to have unknown parameters ignored and reported. "
+            "Paging with _count and _offset; _sort on _id, _lastUpdated and date, string "
+            "and token parameters; one level of chaining on reference parameters; "
+            "_include and _revinclude without :iterate."),
+        "resource": resources,
+        "interaction": [{"code": "transaction"}, {"code": "batch"},
+                        {"code": "history-system"}],
+    }
+    if system_operations:
+        rest["operation"] = system_operations
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -62,16 +105,5 @@ def capability_statement(base_url: str, software_date: str) -> dict[str, Any]:
         "fhirVersion": FHIR_VERSION,
         "format": ["application/fhir+json", "application/fhir+xml", "json", "xml"],
         "patchFormat": [],
-        "rest": [{
-            "mode": "server",
-            "documentation": (
-                "Searches are strict by default: an unknown parameter is a 400. Send "
-                "'Prefer: handling=lenient' to have unknown parameters ignored and reported. "
-                "Paging with _count and _offset; _sort on _id, _lastUpdated and date, string "
-                "and token parameters; one level of chaining on reference parameters; "
-                "_include and _revinclude without :iterate."),
-            "resource": [_resource(t) for t in RESOURCE_TYPES],
-            "interaction": [{"code": "transaction"}, {"code": "batch"},
-                            {"code": "history-system"}],
-        }],
+        "rest": [rest],
     }
