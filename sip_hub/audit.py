@@ -191,8 +191,7 @@ class AuditLog:
 
     def _write(self, records: list[AuditRecord]) -> None:
         with self.store.begin() as tx:
-            for r in records:
-                tx.create(r.to_fhir())
+            tx.create_many([r.to_fhir() for r in records])
         self.written += len(records)
 
 
