@@ -241,6 +241,7 @@ def _period_end(period: Any) -> int | None:
 
 def refresh_grants(tx: Tx, patient_id: str) -> list[Grant]:
     """Recompute who may see ``patient_id``'s SIP from the stored SIP resources."""
+    tx.lock_patient(patient_id)
     pref = f"Patient/{patient_id}"
     plans = [(s, p) for s, p in _search(tx, "CarePlan", [("patient", pref)], sip.PROFILE_CAREPLAN)
              if p.get("status") not in _CLOSED_PLAN]

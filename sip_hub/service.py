@@ -45,6 +45,21 @@ def tx_resolver(tx: Tx, pending: dict[tuple[str, str], dict[str, Any]] | None = 
     return resolve
 
 
+class Prevalidated(dict):  # type: ignore[type-arg]
+    """A resource whose structure ``models.validate`` has already accepted.
+
+    The HTTP edge validates structure (the costly part) before it opens the write
+    transaction, so the database's write lock is not held for it.
+    """
+
+
+def prevalidate(res: Any) -> Any:
+    if isinstance(res, dict) and not isinstance(res, Prevalidated):
+        models.validate(res)
+        return Prevalidated(res)
+    return res
+
+
 def prepare(res: Any, resolve: Resolve, *, expected_type: str | None = None) -> dict[str, Any]:
     """Validate and normalise a resource for storing; raises with every problem found."""
     if not isinstance(res, dict):
@@ -53,7 +68,8 @@ def prepare(res: Any, resolve: Resolve, *, expected_type: str | None = None) -> 
     if expected_type is not None and rtype != expected_type:
         raise BadRequest(f"resourceType '{rtype}' does not match the endpoint's type "
                          f"'{expected_type}'", expression="resourceType")
-    models.validate(res)
+    if not isinstance(res, Prevalidated):
+        models.validate(res)
     check_type(res["resourceType"], write=True)
     collector = IssueCollector()
     identifiers.normalise_in_resource(res, collector)

@@ -13,6 +13,7 @@ from .. import bundles
 from .. import interactions as ix
 from ..errors import BadRequest, MethodNotAllowed
 from ..fhir.capability import capability_statement
+from ..service import check_type, prevalidate
 from ..store import Store, Tx
 from .wire import context, prefer_return, read_body, respond, result_response
 
@@ -32,14 +33,18 @@ def _read(request: Request, fn: Callable[[Tx, ix.Context], ix.Result]) -> Respon
     return result_response(request, ctx, result)
 
 
-async def _write(request: Request, fn: Callable[[Tx, ix.Context, Any], ix.Result]) -> Response:
+async def _write(request: Request, rtype: str, perm: str,
+                 fn: Callable[[Tx, ix.Context, Any], ix.Result]) -> Response:
     """A write interaction with the request body, in one write transaction."""
     ctx = context(request)
+    check_type(rtype, write=True)
+    ctx.access.check(rtype, perm)  # refuse before any work is done on the body
     body = await read_body(request, request.app.state.settings.max_body_bytes)
 
     def work() -> ix.Result:
+        checked = prevalidate(body)  # outside the transaction: no lock held while it runs
         with _store(request).begin() as tx:
-            return fn(tx, ctx, body)
+            return fn(tx, ctx, checked)
     result = await run_in_threadpool(work)
     return result_response(request, ctx, result, write=True)
 
@@ -88,7 +93,7 @@ async def search_post(request: Request, rtype: str) -> Response:
 @router.post("/{rtype}")
 async def create(request: Request, rtype: str) -> Response:
     if_none_exist = request.headers.get("if-none-exist")
-    return await _write(request, lambda tx, ctx, body: ix.create(
+    return await _write(request, rtype, "c", lambda tx, ctx, body: ix.create(
         tx, ctx, rtype, body, if_none_exist=if_none_exist))
 
 
@@ -98,7 +103,7 @@ async def conditional_update(request: Request, rtype: str) -> Response:
     if not items:
         raise MethodNotAllowed("PUT on a type needs search criteria (conditional update)")
     if_match = request.headers.get("if-match")
-    return await _write(request, lambda tx, ctx, body: ix.conditional_update(
+    return await _write(request, rtype, "u", lambda tx, ctx, body: ix.conditional_update(
         tx, ctx, rtype, items, body, if_match=if_match))
 
 
@@ -115,7 +120,7 @@ def read(request: Request, rtype: str, rid: str) -> Response:
 @router.put("/{rtype}/{rid}")
 async def update(request: Request, rtype: str, rid: str) -> Response:
     if_match = request.headers.get("if-match")
-    return await _write(request, lambda tx, ctx, body: ix.update(
+    return await _write(request, rtype, "u", lambda tx, ctx, body: ix.update(
         tx, ctx, rtype, rid, body, if_match=if_match))
 
 

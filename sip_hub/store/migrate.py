@@ -22,6 +22,14 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
+    analyze(engine)
+
+
+def analyze(engine: Engine) -> None:
+    """Refresh the planner's statistics (a fresh PostgreSQL database has none until autovacuum
+    runs, and without them searches fall back to plans that scan every resource)."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE")
 
 
 def revision(engine: Engine, message: str) -> None:

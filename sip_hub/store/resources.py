@@ -259,6 +259,12 @@ class Tx:
         return self.current_many([k for k in keys if k not in seen], visibility)
 
     # access grants -----------------------------------------------------------------------
+    def lock_patient(self, patient_id: str) -> None:
+        """Serialise grant refreshes of one patient (SQLite serialises all writes already)."""
+        if self.conn.dialect.name == "postgresql":
+            self.conn.execute(select(func.pg_advisory_xact_lock(
+                func.hashtextextended(f"grants:{patient_id}", 0))))
+
     def replace_grants(self, patient_id: str, grants: list[Grant]) -> None:
         self.conn.execute(delete(access_grant).where(access_grant.c.patient_id == patient_id))
         if grants:
