@@ -13,6 +13,8 @@ from starlette.responses import Response
 
 from . import __version__, deadlines, demo
 from .audit import AuditLog
+from .messaging.runtime import Messaging
+from .messaging.worker import Worker
 from .auth import TokenService, load_keys
 from .errors import (BadRequest, MethodNotAllowed, NotFound, SipHubError, TransientError)
 from .fhir.outcome import from_error
@@ -64,10 +66,21 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         demo.load(app.state.store, settings)
         app.state.audit = AuditLog(app.state.store)
         app.state.audit.start()
+        if getattr(app.state, "messaging", None) is None:
+            app.state.messaging = Messaging.for_hub(settings)
+        # The embedded default runs the messaging worker in-process (the in-memory bus lives
+        # in this process); with RabbitMQ, `sip-hub worker` processes do it.
+        worker = None
+        if settings.broker_url.startswith("memory://") and settings.env != "test":
+            worker = Worker(app.state.store, app.state.messaging, audit=app.state.audit)
+            worker.start()
         scheduler = deadlines.Scheduler(app.state.store, settings, app.state.audit)
         scheduler.start()
         yield
         scheduler.stop()
+        if worker is not None:
+            worker.stop()
+            worker.close()
         app.state.audit.stop()
         app.state.store.engine.dispose()
 

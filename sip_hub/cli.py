@@ -77,6 +77,25 @@ def _deadlines(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _worker(_args: argparse.Namespace, settings: Settings) -> int:
+    from .messaging.worker import run_worker
+
+    run_worker(settings)
+    return 0
+
+
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
+    from .messaging.worker import replay
+
+    if not args.all and not args.ids:
+        raise SystemExit("sip-hub messages replay: name delivery ids or --all")
+    done = replay(settings, None if args.all else args.ids)
+    sys.stdout.write(orjson.dumps({"replayed": done}).decode() + "\n")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sip-hub", description="sip_hub: SIP integration hub")
     sub = p.add_subparsers(dest="command", required=True)
@@ -85,6 +104,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int)
     s.add_argument("--workers", type=int)
     s.set_defaults(func=_serve)
+    w = sub.add_parser("worker", help="run the messaging relay and deliveries")
+    w.set_defaults(func=_worker)
+    msgs = sub.add_parser("messages", help="operate on messages")
+    msub = msgs.add_subparsers(dest="messages_command", required=True)
+    rp = msub.add_parser("replay", help="send dead-lettered deliveries again")
+    rp.add_argument("ids", nargs="*", help="delivery ids (see /admin/messages)")
+    rp.add_argument("--all", action="store_true", help="every dead-lettered delivery")
+    rp.set_defaults(func=_replay)
     m = sub.add_parser("migrate", help="bring the database schema to the newest version")
     m.set_defaults(func=_migrate)
     c = sub.add_parser("client", help="manage API clients")

@@ -9,7 +9,7 @@ record of the access.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
@@ -24,6 +24,9 @@ from .fhir.outcome import information
 from .service import Resolve, check_id, check_type, prepare, tx_resolver
 from .store import Stored, Tx
 
+if TYPE_CHECKING:
+    from .messaging.events import Emitter
+
 
 @dataclass(frozen=True, slots=True)
 class Context:
@@ -33,6 +36,8 @@ class Context:
     lenient: bool = False
     access: Access = field(default_factory=lambda: Access.for_principal(None))
     audit: AuditLog | None = None
+    # Writes the notifications a change causes to the outbox, in the change's transaction.
+    messaging: Emitter | None = None
 
     def record(self, interaction: str, stored: list[Stored], *, tx: Tx | None = None,
                outcome: str = "0", query: str | None = None, detail: str | None = None,
@@ -120,7 +125,10 @@ def _guard_write(tx: Tx, ctx: Context, rtype: str, old: Stored | None,
 
 def _written(tx: Tx, ctx: Context, interaction: str, old: Stored | None, new: Stored) -> None:
     old_json = old.json() if old is not None and old.content is not None else None
-    acl.after_write(tx, new.type, old_json, new.json() if new.content else None)
+    new_json = new.json() if new.content else None
+    acl.after_write(tx, new.type, old_json, new_json)
+    if ctx.messaging is not None:
+        ctx.messaging.after_write(tx, ctx, new.type, old_json, new_json)
     ctx.record(interaction, [new], tx=tx)
 
 
@@ -238,6 +246,8 @@ def delete(tx: Tx, ctx: Context, rtype: str, rid: str) -> Result:
     done = tx.delete(rtype, rid)
     assert done is not None
     acl.after_write(tx, rtype, cur.json(), None)
+    if ctx.messaging is not None:
+        ctx.messaging.after_write(tx, ctx, rtype, cur.json(), None)
     ctx.record("delete", [cur], tx=tx)
     return Result(200, None, information(f"Deleted {rtype}/{rid} (version {done.version_id})"),
                   headers={"ETag": etag(done)})

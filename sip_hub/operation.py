@@ -35,7 +35,7 @@ class Operation:
 
     def __post_init__(self) -> None:
         # The hub's own context: unrestricted and unaudited (its writes are audited for ctx).
-        self.hub = ix.Context(self.ctx.base_url)
+        self.hub = ix.Context(self.ctx.base_url, messaging=self.ctx.messaging)
 
     @property
     def instant(self) -> str:

@@ -165,3 +165,16 @@ def fhir_validator() -> NodeTool:
             pytest.fail(reason)
         pytest.skip(reason)
     return NodeTool(node, SHARED_VALIDATOR)
+
+
+# -- RabbitMQ (messaging) -----------------------------------------------------------------------
+
+BROKER_URL = os.environ.get("SIP_HUB_TEST_BROKER_URL", "")
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> str:
+    """RabbitMQ from SIP_HUB_TEST_BROKER_URL; skips without it (fails when services are
+    required)."""
+    need_service("RabbitMQ", BROKER_URL)
+    return BROKER_URL

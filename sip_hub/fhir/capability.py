@@ -71,7 +71,8 @@ def _resource(rtype: str) -> dict[str, Any]:
     return out
 
 
-def capability_statement(base_url: str, software_date: str) -> dict[str, Any]:
+def capability_statement(base_url: str, software_date: str,
+                         messaging: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     by_type, system_operations = _operations()
     resources = [_resource(t) for t in RESOURCE_TYPES]
     # A resource type that has operations but no REST interactions is listed for its
@@ -94,7 +95,7 @@ def capability_statement(base_url: str, software_date: str) -> dict[str, Any]:
     }
     if system_operations:
         rest["operation"] = system_operations
-    return {
+    out: dict[str, Any] = {
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": software_date,
@@ -107,3 +108,6 @@ def capability_statement(base_url: str, software_date: str) -> dict[str, Any]:
         "patchFormat": [],
         "rest": [rest],
     }
+    if messaging:
+        out["messaging"] = messaging
+    return out

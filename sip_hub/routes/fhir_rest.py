@@ -13,6 +13,7 @@ from .. import bundles
 from .. import interactions as ix
 from ..errors import BadRequest, MethodNotAllowed
 from ..fhir.capability import capability_statement
+from ..messaging.capability import messaging_section
 from ..service import check_type, prevalidate
 from ..store import Store, Tx
 from .wire import context, prefer_return, read_body, respond, result_response
@@ -55,8 +56,10 @@ def _params(request: Request) -> list[tuple[str, str]]:
 
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
-    return respond(request, capability_statement(context(request, public=True).base_url,
-                                                 _STARTED))
+    base = context(request, public=True).base_url
+    messaging = getattr(request.app.state, "messaging", None)
+    section = messaging_section(messaging, base) if messaging is not None else None
+    return respond(request, capability_statement(base, _STARTED, section))
 
 
 @router.post("")

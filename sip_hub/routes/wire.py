@@ -162,5 +162,7 @@ def context(request: Request, *, public: bool = False) -> Context:
     if public:
         return Context(base, settings.default_page_size, settings.max_page_size)
     principal = state.tokens.verify(bearer(request.headers.get("authorization")))
+    messaging = getattr(state, "messaging", None)
     return Context(base, settings.default_page_size, settings.max_page_size,
-                   prefer_lenient(request), Access.for_principal(principal), state.audit)
+                   prefer_lenient(request), Access.for_principal(principal), state.audit,
+                   messaging.emitter if messaging is not None else None)

@@ -97,3 +97,77 @@ api_client = Table(
     # Admin clients see no personal data unless this is granted explicitly.
     Column("personal_data", Boolean, nullable=False, server_default=false()),
 )
+
+# -- messaging (sip_hub.messaging) -------------------------------------------------------------
+
+# Outgoing messages: the transactional outbox. A message is written in the transaction of the
+# change it tells about, so a change and its messages commit together or not at all.
+outbox_message = Table(
+    "outbox_message", metadata,
+    Column("message_id", String(64), primary_key=True),  # MessageHeader.id
+    Column("event", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),  # notification | response
+    Column("patient_id", String(64), nullable=False),
+    Column("careplan_id", String(64), nullable=False),  # '' while the SIP has no plan yet
+    Column("created", BigInteger, nullable=False),
+    Column("content", LargeBinary, nullable=False),  # the message Bundle, JSON
+)
+
+# One delivery per (message, destination organisation): the unit that is published, retried,
+# dead-lettered, withdrawn and replayed. (patient_id, careplan_id, dest_org) is the stream
+# whose order is kept; seq numbers it.
+outbox_delivery = Table(
+    "outbox_delivery", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("message_id", String(64), nullable=False),
+    Column("dest_org", String(64), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("careplan_id", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    # pending | published | delivered | dead | withdrawn
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", BigInteger, nullable=False),  # UTC microseconds
+    Column("published_at", BigInteger, nullable=True),
+    Column("updated", BigInteger, nullable=False),
+    Column("last_error", String(2000), nullable=True),
+    # Where to POST instead of the organisation's configured endpoint (an async
+    # $process-message's response-url).
+    Column("endpoint_url", String(2000), nullable=True),
+    Index(None, "state", "next_attempt_at"),
+    Index(None, "patient_id", "careplan_id", "dest_org", "seq", unique=True),
+    Index(None, "message_id"),
+)
+
+# The last sequence number of each stream. Taking the next number locks the row, so concurrent
+# writers to one stream commit in sequence order.
+outbox_stream = Table(
+    "outbox_stream", metadata,
+    Column("patient_id", String(64), primary_key=True),
+    Column("careplan_id", String(64), primary_key=True),
+    Column("dest_org", String(64), primary_key=True),
+    Column("last_seq", BigInteger, nullable=False),
+)
+
+# Messages received by $process-message: the reliable-messaging cache of Bundle.id and
+# MessageHeader.id with the response sent, per sender, until ``expires``.
+message_inbox = Table(
+    "message_inbox", metadata,
+    Column("sender_org", String(64), primary_key=True),
+    Column("header_id", String(64), primary_key=True),
+    Column("bundle_id", String(64), nullable=False),
+    Column("event", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # accepted (async, not yet processed) | done
+    Column("received", BigInteger, nullable=False),
+    Column("expires", BigInteger, nullable=False),
+    Column("response_code", String(16), nullable=True),  # ok | transient-error | fatal-error
+    Column("response", LargeBinary, nullable=True),
+    # An async request until it is processed: the Bundle, the caller (JSON) and where the
+    # response goes.
+    Column("request", LargeBinary, nullable=True),
+    Column("caller", LargeBinary, nullable=True),
+    Column("response_url", String(2000), nullable=True),
+    Index(None, "sender_org", "bundle_id", unique=True),
+    Index(None, "state", "received"),
+    Index(None, "expires"),
+)

@@ -1,0 +1,374 @@
+"""The message bus between the outbox relay and the delivery workers: the only module that
+imports kombu.
+
+Connection string
+=================
+``SIP_HUB_BROKER_URL``: ``memory://`` (the default: in-process, messages pass between threads
+of one process and are gone when it stops) or ``amqp://user:password@host:5672/vhost``
+(RabbitMQ). Both run the same code below; only the queue type and publisher confirms differ.
+
+Topology
+========
+* a durable topic exchange ``sip_hub``;
+* per organisation a durable queue ``sip.org.<HSA-id>`` bound with ``org.<HSA-id>``; on RabbitMQ
+  a quorum queue (``x-queue-type: quorum``: replicated, survives a broker node), on the
+  memory transport a plain queue;
+* the dead-letter queue ``sip.dead`` bound with ``dead``; its messages carry the headers
+  ``sip-reason`` and ``sip-attempts`` besides the original ones.
+
+Reliability
+===========
+* Publishing waits for the broker's confirm on RabbitMQ (``confirm_publish``); the memory
+  transport stores synchronously. Messages are persistent.
+* Consumers acknowledge explicitly: the handler returns ``Ack``, ``Requeue`` (put it back:
+  the handler could not decide now, e.g. the database is down) or ``DeadLetter`` (to
+  ``sip.dead`` with the reason, then acknowledged). An exception from the handler becomes
+  ``Requeue`` when it is retryable (``SipHubError.retryable``) and ``DeadLetter`` otherwise.
+* Which broker errors are worth retrying is declared by each kombu transport
+  (``recoverable_connection_errors``, ``recoverable_channel_errors``); they surface as
+  ``BusUnavailable``, a retryable ``TransientError``.
+
+Retries with backoff are not the broker's job here: the memory transport has neither message
+TTL nor dead-lettering, so per-attempt delay queues would need a second code path. A delivery
+that failed transiently goes back to the outbox with its next attempt time, and the relay
+publishes it again when it is due (see ``sip_hub.messaging.delivery``). One code path, the
+exact backoff, and the database stays the record of every delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from amqp.exceptions import MessageNacked
+from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu.exceptions import OperationalError
+from kombu.message import Message
+
+from .errors import SipHubError, TransientError
+
+log = logging.getLogger("sip_hub.bus")
+
+HeaderValue = str | int
+REASON: Final = "sip-reason"
+ATTEMPTS: Final = "sip-attempts"
+_CONTENT_TYPE: Final = "application/fhir+json"
+_PUBLISH_RETRY: Final = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5,
+                         "interval_max": 1}
+
+
+class BusUnavailable(TransientError):
+    """The broker cannot be reached or refused the operation; trying again may work."""
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Names on the broker; tests use their own prefix so that runs never meet."""
+
+    exchange: str = "sip_hub"
+    prefix: str = "sip"
+
+    def org_queue(self, org: str) -> str:
+        return f"{self.prefix}.org.{org}"
+
+    @staticmethod
+    def org_key(org: str) -> str:
+        return f"org.{org}"
+
+    @property
+    def dead_queue(self) -> str:
+        return f"{self.prefix}.dead"
+
+    @property
+    def dead_key(self) -> str:
+        return "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What is published: the body (a FHIR message Bundle) and its headers."""
+
+    body: bytes
+    message_id: str
+    headers: Mapping[str, HeaderValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A message taken from a queue; ``org`` is the organisation whose queue held it."""
+
+    body: bytes
+    message_id: str
+    headers: Mapping[str, HeaderValue]
+    org: str | None
+    redelivered: bool
+
+    def envelope(self) -> Envelope:
+        return Envelope(self.body, self.message_id, dict(self.headers))
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Done with the message (delivered, or nothing more to do)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    """Put the message back after ``delay`` seconds: it could not be handled just now."""
+
+    delay: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Move the message to the dead-letter queue with the reason and the attempts made."""
+
+    reason: str
+    attempts: int = 0
+
+
+Outcome = Ack | Requeue | DeadLetter
+Handler = Callable[[Received], Outcome]
+
+
+class Bus:
+    """A client of the broker (a publishing and a consuming connection); use it from one
+    thread."""
+
+    def __init__(self, url: str, topology: Topology = Topology(), *,
+                 connect_timeout: float = 5.0, requeue_delay: float = 1.0) -> None:
+        self.url = url
+        self.requeue_delay = requeue_delay
+        self.topology = topology
+        self.is_memory = url.startswith("memory://")
+        # Bounded reconnection: a broker that is down is reported (BusUnavailable), and the
+        # caller's loop decides when to try again.
+        options: dict[str, Any] = ({"polling_interval": 0.01} if self.is_memory else {
+            "confirm_publish": True, "max_retries": 2, "interval_start": 0,
+            "interval_step": 0.5, "interval_max": 1})
+        # Two connections: waiting for a publish confirm on a connection with consumers would
+        # run their handlers in the middle of the publisher's work (e.g. inside the relay's
+        # database transaction). Consumers get a connection of their own.
+        self._conn = Connection(url, transport_options=options, connect_timeout=connect_timeout)
+        self._consumer_conn = Connection(url, transport_options=options,
+                                         connect_timeout=connect_timeout)
+        self._exchange = Exchange(topology.exchange, type="topic", durable=True)
+        self._declared: set[str] = set()
+        self._consumer: Consumer | None = None
+        self._consuming: set[str] = set()
+        self._producer: Producer | None = None
+        self._handled = 0
+        self._handler: Handler | None = None
+
+    # -- what the transport declares ---------------------------------------------------------
+    @property
+    def durable(self) -> bool:
+        """Whether queued messages outlive this process (not so on the memory transport)."""
+        return not self.is_memory
+
+    @property
+    def retryable_errors(self) -> tuple[type[BaseException], ...]:
+        """The errors the transport declares safe to retry (kombu's recoverable errors)."""
+        # kombu re-raises the transport's recoverable errors as its OperationalError.
+        return (tuple(self._conn.recoverable_connection_errors)
+                + tuple(self._conn.recoverable_channel_errors)
+                + (OperationalError, socket.timeout, OSError))
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except BusUnavailable:
+            raise
+        except MessageNacked as exc:  # the broker refused a confirmed publish
+            raise BusUnavailable(f"The broker did not accept the message ({what})") from exc
+        except self.retryable_errors as exc:
+            raise BusUnavailable(f"Message broker unavailable ({what}): {exc}") from exc
+
+    # -- topology -------------------------------------------------------------------------
+    def _queue(self, name: str, key: str) -> Queue:
+        args = None if self.is_memory else {"x-queue-type": "quorum"}
+        return Queue(name, self._exchange, routing_key=key, durable=True, auto_delete=False,
+                     queue_arguments=args)
+
+    def org_queue(self, org: str) -> Queue:
+        return self._queue(self.topology.org_queue(org), self.topology.org_key(org))
+
+    def dead_queue(self) -> Queue:
+        return self._queue(self.topology.dead_queue, self.topology.dead_key)
+
+    def _declare(self, queue: Queue) -> None:
+        if queue.name in self._declared:
+            return
+        with self._guard(f"declare {queue.name}"):
+            queue(self._conn.default_channel).declare()
+        self._declared.add(queue.name)
+
+    def declare(self, org: str) -> None:
+        """Make sure the organisation's queue exists (messages to an unbound key are lost)."""
+        self._declare(self.org_queue(org))
+
+    # -- publishing -------------------------------------------------------------------------
+    def _publish(self, env: Envelope, key: str) -> None:
+        if self._producer is None:
+            self._producer = Producer(self._conn.default_channel, self._exchange)
+        self._producer.publish(
+            env.body, routing_key=key, content_type=_CONTENT_TYPE, content_encoding="binary",
+            headers=dict(env.headers), message_id=env.message_id, delivery_mode="persistent",
+            retry=True, retry_policy=_PUBLISH_RETRY)
+
+    def publish(self, org: str, env: Envelope) -> None:
+        """Publish to the organisation's queue; returns once the broker has it."""
+        self.declare(org)
+        with self._guard(f"publish to {org}"):
+            self._publish(env, self.topology.org_key(org))
+
+    def dead_letter(self, env: Envelope, reason: str, attempts: int) -> None:
+        self._declare(self.dead_queue())
+        headers = {**env.headers, REASON: reason[:1000], ATTEMPTS: attempts}
+        with self._guard("dead-letter"):
+            self._publish(Envelope(env.body, env.message_id, headers), self.topology.dead_key)
+
+    # -- consuming --------------------------------------------------------------------------
+    def consume(self, orgs: Iterable[str], handler: Handler, *, prefetch: int = 10) -> None:
+        """Consume the organisations' queues with ``handler`` (call again to add queues; the
+        latest handler handles every queue)."""
+        self._handler = handler
+        new = [o for o in dict.fromkeys(orgs) if o not in self._consuming]
+        if not new:
+            return
+        queues = [self.org_queue(o) for o in new]
+        for q in queues:
+            self._declare(q)
+        with self._guard("consume"):
+            if self._consumer is None:
+                self._consumer = Consumer(self._consumer_conn.default_channel, queues=queues,
+                                          on_message=self._on_message,
+                                          prefetch_count=prefetch, auto_declare=False)
+                self._consumer.consume()
+            else:
+                for q in queues:
+                    self._consumer.add_queue(q)
+                self._consumer.consume()
+        self._consuming.update(new)
+
+    def drain(self, timeout: float = 0.1, max_messages: int = 1000) -> int:
+        """Handle the messages that arrive until none has come for ``timeout`` seconds."""
+        if self._consumer is None:
+            return 0
+        self._handled = 0
+        with self._guard("drain"):
+            while self._handled < max_messages:
+                before = self._handled
+                try:
+                    self._consumer_conn.drain_events(timeout=timeout)
+                except socket.timeout:
+                    break
+                if self._handled == before:  # an event that was not a message
+                    continue
+        return self._handled
+
+    def _org_of(self, message: Message) -> str | None:
+        key = (message.delivery_info or {}).get("routing_key", "")
+        return key[4:] if isinstance(key, str) and key.startswith("org.") else None
+
+    def _received(self, message: Message) -> Received:
+        props = message.properties or {}
+        return Received(bytes(message.body), str(props.get("message_id") or ""),
+                        dict(message.headers or {}), self._org_of(message),
+                        bool((message.delivery_info or {}).get("redelivered")))
+
+    def _on_message(self, message: Message) -> None:
+        self._handled += 1
+        received = self._received(message)
+        attempts = int(received.headers.get(ATTEMPTS, 0) or 0)
+        assert self._handler is not None
+        try:
+            outcome = self._handler(received)
+        except SipHubError as err:
+            outcome = (Requeue(self.requeue_delay) if err.retryable
+                       else DeadLetter(err.diagnostics, attempts))
+        except Exception as exc:  # a bug must not stop the consumer or lose the message
+            log.exception("handler failed on message %s", received.message_id)
+            outcome = DeadLetter(f"{type(exc).__name__}: {exc}", attempts)
+        self._settle(message, received, outcome)
+
+    def _settle(self, message: Message, received: Received, outcome: Outcome) -> None:
+        if isinstance(outcome, Requeue):
+            time.sleep(outcome.delay)  # do not spin while the cause lasts
+            message.requeue()
+        elif isinstance(outcome, DeadLetter):
+            self.dead_letter(received.envelope(), outcome.reason, outcome.attempts)
+            message.ack()
+        else:
+            message.ack()
+
+    # -- the dead-letter queue ------------------------------------------------------------------
+    def take_dead(self, select: Callable[[Received], bool] | None = None,
+                  limit: int = 10_000) -> list[Received]:
+        """Remove the dead letters ``select`` picks (all without it) and return them; the
+        others stay in the queue."""
+        queue = self.dead_queue()
+        self._declare(queue)
+        taken: list[Received] = []
+        kept: list[Message] = []
+        with self._guard("read dead letters"):
+            bound = queue(self._conn.default_channel)
+            # Hold every message unacknowledged while scanning, so none is seen twice;
+            # then acknowledge the taken ones and give the others back.
+            for _ in range(limit):
+                message = bound.get(no_ack=False)
+                if message is None:
+                    break
+                received = self._received(message)
+                if select is None or select(received):
+                    taken.append(received)
+                    message.ack()
+                else:
+                    kept.append(message)
+            for message in kept:
+                message.requeue()
+        return taken
+
+    def queue_size(self, org: str | None = None) -> int:
+        """Messages ready in the organisation's queue (the dead-letter queue without org)."""
+        queue = self.org_queue(org) if org else self.dead_queue()
+        self._declare(queue)
+        with self._guard("queue size"):
+            _, count, _ = queue(self._conn.default_channel).queue_declare(passive=True)
+        return int(count)
+
+    def delete(self, orgs: Iterable[str] = ()) -> None:
+        """Remove the organisations' queues, the dead-letter queue and the exchange (tests,
+        decommissioning)."""
+        with self._guard("delete"):
+            channel = self._conn.default_channel
+            for queue in [self.org_queue(o) for o in orgs] + [self.dead_queue()]:
+                queue(channel).delete()
+                self._declared.discard(queue.name)
+            try:
+                self._exchange(channel).delete()
+            except KeyError:  # the memory transport: never declared
+                pass
+
+    def close(self) -> None:
+        try:
+            if self._consumer is not None:
+                self._consumer.cancel()
+        except Exception:  # closing anyway; the broker cleans up the channel  # noqa: BLE001
+            pass
+        self._consumer = None
+        self._consuming.clear()
+        self._consumer_conn.release()
+        self._conn.release()
+
+    def __enter__(self) -> "Bus":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

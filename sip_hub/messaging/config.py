@@ -1,0 +1,67 @@
+"""Messaging settings: ``SIP_HUB_MESSAGE_*`` environment variables, typed, read once.
+
+The broker URL, the public base URL and the mappings folder come from the hub's ``Settings``
+(``SIP_HUB_BROKER_URL``, ``SIP_HUB_BASE_URL``, ``SIP_HUB_MAPPINGS_DIR``); ``for_hub`` joins them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ..settings import Settings
+
+
+class MessagingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SIP_HUB_MESSAGE_", extra="ignore")
+
+    # Reliable messaging: how long $process-message remembers Bundle.id and MessageHeader.id
+    # with the response it gave. The spec asks for at least the senders' timeout plus a
+    # minute; a day also covers a sender that retries after a night's outage.
+    cache_minutes: int = Field(default=24 * 60, ge=16)
+    # Delivery to an organisation: attempts before the dead-letter queue, exponential backoff
+    # between them (base * 2^(attempt-1), at most retry_max_seconds), HTTP timeout.
+    max_attempts: int = Field(default=8, ge=1)
+    retry_base_seconds: float = Field(default=10.0, gt=0)
+    retry_max_seconds: float = Field(default=3600.0, gt=0)
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    # A delivery published this long ago and still not settled is published again (the
+    # broker lost it); receivers drop the duplicate by MessageHeader.id.
+    republish_after_seconds: int = Field(default=3600, ge=10)
+    # Delivered and withdrawn deliveries are forgotten after this many days.
+    retention_days: int = Field(default=30, ge=1)
+    # The organisations' $process-message endpoints (see sip_hub.messaging.endpoints);
+    # empty: <mappings_dir>/endpoints.json.
+    endpoints_file: Path | None = None
+    # The hub's own HSA-id, the sender of its responses; empty: responses name no sender
+    # (their source names the hub).
+    hub_hsa_id: str = ""
+    relay_batch: int = Field(default=100, ge=1, le=10_000)
+    poll_seconds: float = Field(default=1.0, gt=0)
+    # Names on the broker (tests give each run its own).
+    exchange: str = "sip_hub"
+    queue_prefix: str = "sip"
+    # Filled from Settings by for_hub.
+    broker_url: str = "memory://"
+    base_url: str = ""
+
+    @classmethod
+    def for_hub(cls, settings: Settings, **overrides: object) -> "MessagingSettings":
+        base = settings.base_url.rstrip("/") or f"http://{settings.host}:{settings.port}"
+        values: dict[str, object] = {"broker_url": settings.broker_url, "base_url": base}
+        values.update(overrides)
+        out = cls(**values)  # type: ignore[arg-type]
+        if out.endpoints_file is None:
+            out.endpoints_file = settings.mappings_dir / "endpoints.json"
+        return out
+
+    @property
+    def fhir_base(self) -> str:
+        return f"{self.base_url.rstrip('/')}/fhir"
+
+    def retry_delay(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failed attempt."""
+        return float(min(self.retry_base_seconds * 2 ** max(attempts - 1, 0),
+                         self.retry_max_seconds))

@@ -1,0 +1,175 @@
+"""Delivery: a message from an organisation's bus queue to its ``$process-message`` endpoint.
+
+For each bus message (one outbox delivery) the handler:
+
+1. skips it when the delivery is already settled (a duplicate publish);
+2. withdraws it when the person's consent no longer covers the organisation (rule 1);
+3. holds it back when an earlier delivery of its stream (patient, plan, organisation) is still
+   on its way: order is kept per SIP for each destination. The relay already publishes only
+   a stream's head, so this only happens after a replay;
+4. POSTs the Bundle (outside any database transaction) and records the result:
+
+   =========================================  =========================================
+   answer                                     outcome
+   =========================================  =========================================
+   2xx (a response message: not fatal-error)  delivered
+   4xx, or a response with fatal-error        dead letter with the reason (resending
+                                              unchanged cannot help)
+   5xx, 408, 425, 429, timeout, no connection retry: back to the outbox, next attempt after
+   or a response with transient-error         base * 2^(attempts-1) seconds (at most the
+                                              maximum); dead letter after max_attempts
+   no endpoint configured                     dead letter (replay once it is configured)
+   =========================================  =========================================
+
+Why order is kept by publishing stream heads only (rather than prefetch 1 per SIP key):
+a broker cannot prefetch per key, and holding later messages in the consumer would need a
+buffer that a crash loses. With at most one delivery per stream on the bus, any number of
+workers can consume any queue with any prefetch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+from ..bus import Ack, DeadLetter, Outcome, Received
+from ..fhir.dates import now_utc, to_us
+from ..metrics import DEAD_LETTERS, DELIVERIES
+from ..store import Store
+from ..store import outbox as sql
+from . import vocabulary as vocab
+from .config import MessagingSettings
+from .endpoints import Endpoints
+from .outbox import WITHDRAWN_REASON, is_covered
+from .relay import DELIVERY
+
+log = logging.getLogger("sip_hub.delivery")
+_HOLD_US = 1_000_000  # a held-back delivery is looked at again after a second
+_RETRY_STATUS = frozenset({408, 425, 429})
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    kind: str  # delivered | transient | fatal
+    detail: str = ""
+
+
+def _diagnostics(resp: httpx.Response) -> str:
+    """The first diagnostics of an OperationOutcome (or of a response message's one)."""
+    try:
+        body: Any = orjson.loads(resp.content)
+    except orjson.JSONDecodeError:
+        return resp.text[:300]
+    resources = [body] + [e.get("resource", {}) for e in body.get("entry", [])] \
+        if isinstance(body, dict) else []
+    for res in resources:
+        if isinstance(res, dict) and res.get("resourceType") == "OperationOutcome":
+            issues = res.get("issue") or [{}]
+            return str(issues[0].get("diagnostics", ""))[:500]
+    return ""
+
+
+def _response_code(resp: httpx.Response) -> str | None:
+    """``response.code`` when the body is a FHIR response message."""
+    try:
+        body: Any = orjson.loads(resp.content)
+        header = body["entry"][0]["resource"]
+        if header.get("resourceType") == "MessageHeader":
+            return header.get("response", {}).get("code")
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+    return None
+
+
+def classify(resp: httpx.Response) -> Result:
+    status = resp.status_code
+    where = f"HTTP {status} from {resp.request.url}"
+    if 200 <= status < 300:
+        code = _response_code(resp)
+        if code == vocab.FATAL_ERROR:
+            return Result("fatal", f"{where}: fatal-error: {_diagnostics(resp)}")
+        if code == vocab.TRANSIENT_ERROR:
+            return Result("transient", f"{where}: transient-error: {_diagnostics(resp)}")
+        return Result("delivered")
+    if status >= 500 or status in _RETRY_STATUS:
+        return Result("transient", f"{where}: {_diagnostics(resp)}")
+    return Result("fatal", f"{where}: {_diagnostics(resp)}")
+
+
+@dataclass(slots=True)
+class Deliverer:
+    store: Store
+    endpoints: Endpoints
+    config: MessagingSettings
+    http: httpx.Client
+
+    def handle(self, m: Received) -> Outcome:
+        """The bus handler of every organisation's queue."""
+        delivery_id = m.headers.get(DELIVERY)
+        if not isinstance(delivery_id, str):
+            return DeadLetter("Not an outbox delivery: no sip-delivery header")
+        now = to_us(now_utc())
+        with self.store.begin() as tx:
+            d = sql.get(tx, delivery_id)
+            if d is None or d.state not in sql.OPEN:
+                DELIVERIES.labels("duplicate").inc()
+                return Ack()
+            if d.kind == sql.NOTIFICATION and not is_covered(tx, d.patient_id, d.dest_org, now):
+                sql.set_state(tx, d.id, sql.WITHDRAWN, now, error=WITHDRAWN_REASON,
+                              only_from=sql.OPEN)
+                DELIVERIES.labels("withdrawn").inc()
+                return Ack()
+            if sql.earlier_open(tx, d):
+                sql.set_state(tx, d.id, sql.PENDING, now, next_attempt_at=now + _HOLD_US,
+                              only_from=sql.OPEN)
+                DELIVERIES.labels("held").inc()
+                return Ack()
+        result = self._post(d)
+        return self._record(d, result)
+
+    def _post(self, d: sql.Delivery) -> Result:
+        endpoint = self.endpoints.get(d.dest_org)
+        url = d.endpoint_url or (endpoint.url if endpoint else None)
+        if url is None:
+            return Result("fatal", f"No message endpoint is configured for {d.dest_org} "
+                                   "(mappings/endpoints.json)")
+        timeout = (endpoint.timeout if endpoint and endpoint.timeout else
+                   self.config.timeout_seconds)
+        headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json",
+                   **(endpoint.headers() if endpoint else {})}
+        try:
+            resp = self.http.post(url, content=d.content, headers=headers, timeout=timeout)
+        except httpx.TimeoutException:
+            return Result("transient", f"No answer from {url} within {timeout:g} s")
+        except httpx.HTTPError as exc:
+            return Result("transient", f"Could not reach {url}: {type(exc).__name__}: {exc}")
+        return classify(resp)
+
+    def _record(self, d: sql.Delivery, result: Result) -> Outcome:
+        now = to_us(now_utc())
+        attempts = d.attempts + 1
+        with self.store.begin() as tx:
+            if result.kind == "delivered":
+                sql.set_state(tx, d.id, sql.DELIVERED, now, attempts=attempts,
+                              only_from=sql.OPEN)
+                DELIVERIES.labels("delivered").inc()
+                return Ack()
+            if result.kind == "fatal" or attempts >= self.config.max_attempts:
+                reason = result.detail if result.kind == "fatal" else (
+                    f"Gave up after {attempts} attempts: {result.detail}")
+                sql.set_state(tx, d.id, sql.DEAD, now, error=reason, attempts=attempts,
+                              only_from=sql.OPEN)
+                DELIVERIES.labels("dead").inc()
+                DEAD_LETTERS.labels(d.kind).inc()
+                log.warning("delivery %s of message %s to %s is dead: %s", d.id, d.message_id,
+                            d.dest_org, reason)
+                return DeadLetter(reason, attempts)
+            delay = self.config.retry_delay(attempts)
+            sql.set_state(tx, d.id, sql.PENDING, now, error=result.detail, attempts=attempts,
+                          next_attempt_at=now + int(delay * 1_000_000), only_from=sql.OPEN)
+            DELIVERIES.labels("retry").inc()
+            return Ack()

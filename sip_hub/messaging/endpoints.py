@@ -1,0 +1,120 @@
+"""Where each organisation receives its messages: ``mappings/endpoints.json``.
+
+The file (data, not code)::
+
+    {"endpoints": [
+      {"organization": "SE2120001637-SOC1",
+       "url": "https://soc.example.se/fhir/$process-message",
+       "timeoutSeconds": 10,
+       "authorizationEnv": "SIP_HUB_ENDPOINT_AUTH_SOC1"}
+    ]}
+
+``organization`` is the HSA-id; ``url`` the organisation's FHIR ``$process-message``;
+``timeoutSeconds`` overrides ``SIP_HUB_MESSAGE_TIMEOUT_SECONDS``; ``authorizationEnv`` names an
+environment variable holding the ``Authorization`` header value to send (secrets never sit in
+the file).
+
+Why a file and not ``Organization.endpoint``: where the hub sends personal data is operational
+configuration the hub's operators own. An Organization is directory data that clients write,
+so trusting its endpoint would let any client redirect another organisation's messages. For
+the same reason an async request's ``response-url`` must lie on its sender's configured
+endpoint (same scheme, host and port).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import BadRequest
+from ..identifiers import InvalidIdentifier, normalise_hsa_id
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    organization: str
+    url: str
+    timeout_seconds: float | None = Field(default=None, gt=0, alias="timeoutSeconds")
+    authorization_env: str | None = Field(default=None, alias="authorizationEnv")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an absolute http(s) URL")
+        return v
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoints: list[_Entry] = []
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    org: str
+    url: str
+    timeout: float | None = None
+    authorization_env: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        value = os.environ.get(self.authorization_env, "") if self.authorization_env else ""
+        return {"Authorization": value} if value else {}
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+class Endpoints:
+    def __init__(self, by_org: Mapping[str, Endpoint] | None = None) -> None:
+        self._by_org = dict(by_org or {})
+
+    @classmethod
+    def load(cls, path: Path | None) -> "Endpoints":
+        """The endpoints in ``path``; none when there is no such file."""
+        if path is None or not path.is_file():
+            return cls()
+        try:
+            data = _File.model_validate(orjson.loads(path.read_bytes()))
+        except (orjson.JSONDecodeError, ValidationError) as exc:
+            raise ValueError(f"{path}: not a valid endpoints file: {exc}") from None
+        out: dict[str, Endpoint] = {}
+        for e in data.endpoints:
+            try:
+                org = normalise_hsa_id(e.organization)
+            except InvalidIdentifier as exc:
+                raise ValueError(f"{path}: {exc}") from None
+            out[org] = Endpoint(org, e.url, e.timeout_seconds, e.authorization_env)
+        return cls(out)
+
+    @property
+    def orgs(self) -> frozenset[str]:
+        return frozenset(self._by_org)
+
+    def get(self, org: str) -> Endpoint | None:
+        return self._by_org.get(org)
+
+    def address(self, org: str) -> str:
+        """The address named in MessageHeader.destination.endpoint: the configured URL, or a
+        logical address by HSA-id while the organisation has none."""
+        found = self._by_org.get(org)
+        return found.url if found else f"urn:sip-hub:organization:{org}"
+
+    def check_response_url(self, org: str, url: str) -> None:
+        """Refuse a response-url that is not on the sender's configured endpoint."""
+        mine = self._by_org.get(org)
+        if mine is None or _origin(mine.url) != _origin(url) or \
+                urlsplit(url).scheme not in ("http", "https"):
+            raise BadRequest("response-url must be on your organisation's configured message "
+                             "endpoint (same scheme, host and port)", expression="response-url")

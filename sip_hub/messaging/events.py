@@ -1,0 +1,324 @@
+"""SIP events from the write path: what a write means, and the notification it sends.
+
+``Emitter.after_write`` is the one hook the write path calls (after the grant refresh, in the
+write's transaction). It withdraws undelivered notifications the consent no longer covers and
+turns the write into events (``classify``), each written to the outbox as one message to the
+covered organisations. Writes made while a received message is applied
+(``applying_message``) emit nothing: that message itself is forwarded, with its own event.
+
+``classify`` reads only the old and new resource:
+
+==========================  ==============================================================
+write                       event
+==========================  ==============================================================
+SIP CarePlan created        sip-initiated (plan-established / sip-closed if created so)
+phase -> upprattad          plan-established (follow-up-done when coming from uppfoljning)
+phase -> avslutad           sip-closed
+established plan changed    insats-status-changed when only insatser's status changed,
+                            else revision-approved
+sip-follow-up date changed  follow-up-scheduled
+revision proposal created   plan-revision-proposed
+SIP Consent changed         consent-changed: granted | narrowed | withdrawn
+invitation Task             invitation (created or asked again); invitation-response:
+                            accept | new-time-proposed | decline (status accepted,
+                            in-progress, rejected)
+SIP meeting Appointment     meeting-cancelled (status cancelled); meeting-rescheduled
+                            (start, end or place changed)
+==========================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .. import access as acl, process as sp
+from ..fhir import profiles, sip
+from ..fhir.dates import parse_range
+from ..fhir.indexing import split_reference
+from ..metrics import MESSAGES_ENQUEUED
+from ..store import Tx
+from . import builder, vocabulary as vocab
+from .endpoints import Endpoints
+from .outbox import SipKey, destinations_for, enqueue, withdraw_uncovered
+
+if TYPE_CHECKING:
+    from ..interactions import Context
+
+Json = dict[str, Any]
+log = logging.getLogger("sip_hub.messaging")
+
+_APPLYING: ContextVar[bool] = ContextVar("sip_hub_applying_message", default=False)
+_CLOSED_STATUS = frozenset({"completed", "revoked", "entered-in-error"})
+
+
+@contextmanager
+def applying_message() -> Iterator[None]:
+    """While a received message's resources are written: the hook emits nothing for them."""
+    token = _APPLYING.set(True)
+    try:
+        yield
+    finally:
+        _APPLYING.reset(token)
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """One event a write stands for."""
+
+    event: str
+    patient_id: str
+    careplan_id: str | None  # None: the patient's SIP plan, looked up when emitting
+    focus: tuple[str, ...]  # Type/id
+    reason: str | None = None
+
+
+# -- classify -----------------------------------------------------------------------------------
+
+def _patient(ref: Any) -> str | None:
+    target = sp.ref_target(ref)
+    return target[1] if target and target[0] == "Patient" else None
+
+
+def _ext(res: Json, url: str) -> Any:
+    return next((e.get("valueDateTime") for e in res.get("extension", [])
+                 if isinstance(e, dict) and e.get("url") == url), None)
+
+
+def _content(plan: Json, *, statuses: bool) -> Json:
+    """What an established plan says, without phase and follow-up (events of their own)."""
+    out = copy.deepcopy(plan) if statuses else sp.decided(plan)
+    for key in ("meta", "text"):
+        out.pop(key, None)
+    out["extension"] = [e for e in out.get("extension", []) if isinstance(e, dict) and
+                        e.get("url") not in (sip.EXT_PHASE, sip.EXT_FOLLOW_UP)]
+    return out
+
+
+def _plan(old: Json | None, new: Json) -> list[Fact]:
+    if profiles.applies(new) != sip.PROFILE_CAREPLAN or not new.get("id"):
+        return []
+    patient = _patient(new.get("subject"))
+    if patient is None:
+        return []
+    me = f"CarePlan/{new['id']}"
+    if sp.is_proposal(new):
+        replaced = [split_reference(r.get("reference", "")) for r in new.get("replaces", [])]
+        plan = next((t[1] for t in replaced if t and t[0] == "CarePlan"), None)
+        if old is not None or plan is None:
+            return []
+        return [Fact(vocab.PLAN_REVISION_PROPOSED, patient, plan, (me, f"CarePlan/{plan}"))]
+    if not sp.is_sip_plan(new):
+        return []
+    to = sp.phase_of(new)
+    facts: list[Fact] = []
+    if old is None:
+        event = {sp.ESTABLISHED: vocab.PLAN_ESTABLISHED, sp.FOLLOW_UP: vocab.PLAN_ESTABLISHED,
+                 sp.CLOSED: vocab.SIP_CLOSED}.get(to, vocab.SIP_INITIATED)
+        facts.append(Fact(event, patient, new["id"], (me,)))
+    else:
+        frm = sp.phase_of(old)
+        if frm != to and to == sp.CLOSED:
+            facts.append(Fact(vocab.SIP_CLOSED, patient, new["id"], (me,)))
+        elif frm != to and to == sp.ESTABLISHED:
+            event = vocab.FOLLOW_UP_DONE if frm == sp.FOLLOW_UP else vocab.PLAN_ESTABLISHED
+            facts.append(Fact(event, patient, new["id"], (me,)))
+        elif frm == to and to in (sp.ESTABLISHED, sp.FOLLOW_UP) and \
+                _content(old, statuses=True) != _content(new, statuses=True):
+            event = (vocab.INSATS_STATUS_CHANGED
+                     if _content(old, statuses=False) == _content(new, statuses=False)
+                     else vocab.REVISION_APPROVED)
+            facts.append(Fact(event, patient, new["id"], (me,)))
+    # A new plan's follow-up date travels in its own message; later changes are events.
+    follow_up = _ext(new, sip.EXT_FOLLOW_UP)
+    if old is not None and to != sp.CLOSED and follow_up and \
+            _ext(old, sip.EXT_FOLLOW_UP) != follow_up:
+        facts.append(Fact(vocab.FOLLOW_UP_SCHEDULED, patient, new["id"], (me,)))
+    return facts
+
+
+def _permits(consent: Json | None) -> bool:
+    return consent is not None and consent.get("status") == "active" and \
+        (consent.get("provision") or {}).get("type", "permit") == "permit"
+
+
+def _actors(consent: Json) -> frozenset[bytes]:
+    return frozenset(orjson.dumps(a.get("reference"), option=orjson.OPT_SORT_KEYS)
+                     for a in (consent.get("provision") or {}).get("actor", [])
+                     if isinstance(a, dict))
+
+
+def _until(consent: Json) -> int:
+    end = ((consent.get("provision") or {}).get("period") or {}).get("end")
+    try:
+        return parse_range(end)[1] if isinstance(end, str) else 2 ** 62
+    except ValueError:
+        return 2 ** 62
+
+
+def _consent(old: Json | None, new: Json) -> list[Fact]:
+    if profiles.applies(new) != sip.PROFILE_CONSENT or not new.get("id"):
+        return []
+    patient = _patient(new.get("patient"))
+    was, now = _permits(old), _permits(new)
+    if patient is None or not (was or now):
+        return []
+    if not now:
+        reason = vocab.WITHDRAWN
+    elif not was:
+        reason = vocab.GRANTED
+    else:
+        assert old is not None
+        before, after = _actors(old), _actors(new)
+        if not before <= after or _until(new) < _until(old):
+            reason = vocab.NARROWED
+        elif after != before or _until(new) > _until(old):
+            reason = vocab.GRANTED
+        else:
+            return []
+    return [Fact(vocab.CONSENT_CHANGED, patient, None, (f"Consent/{new['id']}",), reason)]
+
+
+_ANSWER = {"accepted": vocab.ACCEPT, "in-progress": vocab.NEW_TIME_PROPOSED,
+           "rejected": vocab.DECLINE}
+
+
+def _task(old: Json | None, new: Json) -> list[Fact]:
+    if sp.task_kind(new) != sp.TASK_INVITATION or not new.get("id"):
+        return []
+    patient = _patient(new.get("for"))
+    plan = next((t[1] for t in (sp.ref_target(r) for r in new.get("basedOn", []))
+                 if t and t[0] == "CarePlan"), None)
+    meeting = sp.ref_target(new.get("focus"))
+    if patient is None or plan is None:
+        return []
+    refs = [f"Task/{new['id']}"]
+    if meeting and meeting[0] == "Appointment":
+        refs.append(f"Appointment/{meeting[1]}")
+    refs.append(f"CarePlan/{plan}")
+    status, before = new.get("status"), (old or {}).get("status")
+    if status == "requested" and before != "requested":
+        return [Fact(vocab.INVITATION, patient, plan, tuple(refs))]
+    if old is not None and status != before and status in _ANSWER:
+        return [Fact(vocab.INVITATION_RESPONSE, patient, plan, tuple(refs), _ANSWER[status])]
+    return []
+
+
+def _meeting_place(appt: Json) -> Any:
+    return [c for c in appt.get("contained", []) if c.get("resourceType") == "Location"]
+
+
+def _appointment(old: Json | None, new: Json) -> list[Fact]:
+    if old is None or not new.get("id"):
+        return []  # a new meeting is told about by its invitations
+    plan = next((t[1] for t in (sp.ref_target(r) for r in new.get("supportingInformation", []))
+                 if t and t[0] == "CarePlan"), None)
+    patient = next((p for p in (_patient(part.get("actor"))
+                                for part in new.get("participant", [])) if p), None)
+    if plan is None or patient is None:
+        return []
+    refs = (f"Appointment/{new['id']}", f"CarePlan/{plan}")
+    if new.get("status") == "cancelled" and old.get("status") != "cancelled":
+        return [Fact(vocab.MEETING_CANCELLED, patient, plan, refs)]
+    if new.get("status") != "cancelled" and (
+            (old.get("start"), old.get("end"), _meeting_place(old)) !=
+            (new.get("start"), new.get("end"), _meeting_place(new))):
+        return [Fact(vocab.MEETING_RESCHEDULED, patient, plan, refs)]
+    return []
+
+
+_CLASSIFIERS = {"CarePlan": _plan, "Consent": _consent, "Task": _task,
+                "Appointment": _appointment}
+
+
+def classify(rtype: str, old: Json | None, new: Json | None) -> list[Fact]:
+    """The events a write of ``rtype`` from ``old`` to ``new`` stands for (deletes: none)."""
+    fn = _CLASSIFIERS.get(rtype)
+    return fn(old, new) if fn is not None and new is not None else []
+
+
+# -- emit -------------------------------------------------------------------------------------
+
+def sip_plan_of(tx: Tx, patient_id: str) -> str | None:
+    """The patient's open SIP plan, if there is one."""
+    for stored in sp.search(tx, "CarePlan", [("patient", f"Patient/{patient_id}"),
+                                             ("_sort", "-_lastUpdated")]):
+        plan = stored.json()
+        if sp.is_sip_plan(plan) and plan.get("status") not in _CLOSED_STATUS:
+            return stored.id
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Emitter:
+    """Writes notifications to the outbox. ``fhir_base`` is the hub's public FHIR base (the
+    source of its messages); ``hub_org`` the hub's HSA-id, if it has one."""
+
+    fhir_base: str
+    endpoints: Endpoints
+    hub_org: str | None = None
+
+    def emit(self, tx: Tx, event: str, *, sender_org: str | None, patient_id: str,
+             careplan_id: str | None = None, focus: Sequence[str] = (),
+             resources: Sequence[Json] = (), reason: str | None = None,
+             base: str | None = None) -> str | None:
+        """Tell the organisations the consent covers (except the sender, who knows) about
+        ``event``. ``focus`` names stored resources (``Type/id``), or resources in
+        ``resources``, which are carried as given. Returns the MessageHeader.id, or None when
+        there is no one to tell or the focus the event needs is missing. ``base``: the FHIR
+        base of the request that caused it (its fullUrls), else ``fhir_base``."""
+        plan = careplan_id if careplan_id is not None else sip_plan_of(tx, patient_id)
+        dests = [o for o in destinations_for(tx, patient_id, sender_org) if o != sender_org]
+        if not dests:
+            return None
+        carried = {f"{r['resourceType']}/{r.get('id')}": r for r in resources}
+        refs = list(dict.fromkeys(list(focus) + ([f"CarePlan/{plan}"] if plan else [])
+                                  + [f"Patient/{patient_id}"]))
+        spec = vocab.spec(event)
+        found: list[str] = []
+        out: list[Json] = list(resources)
+        for ref in refs:
+            target = split_reference(ref)
+            if target is None or spec.focus_for(target[0]) is None:
+                continue
+            if ref in carried:
+                found.append(ref)
+                continue
+            cur = tx.current(*target)
+            if cur is not None and not cur.deleted:
+                found.append(ref)
+                out.append(cur.json())
+        for rule in spec.focus:
+            n = sum(1 for r in found if r.startswith(rule.type + "/"))
+            if n < rule.min:
+                log.warning("not sending %s about Patient/%s: no %s to carry", event,
+                            patient_id, rule.type)
+                return None
+        bundle = builder.message(
+            event, fhir_base=base or self.fhir_base, sender=sender_org or self.hub_org,
+            destinations=[builder.Party(o, self.endpoints.address(o)) for o in dests],
+            focus=found, resources=out, reason=reason)
+        enqueue(tx, bundle, dests, sip=SipKey(patient_id, plan or ""))
+        MESSAGES_ENQUEUED.labels(event).inc(len(dests))
+        return str(bundle["entry"][0]["resource"]["id"])
+
+    def after_write(self, tx: Tx, ctx: "Context", rtype: str, old: Json | None,
+                    new: Json | None) -> None:
+        """The write path's hook: call after ``access.after_write``, in the same transaction,
+        for every create, update and delete."""
+        if rtype in acl.GRANT_SOURCES:
+            for patient in sorted(acl.patients_of(rtype, old) | acl.patients_of(rtype, new)):
+                withdraw_uncovered(tx, patient)
+        if _APPLYING.get():
+            return
+        for fact in classify(rtype, old, new):
+            self.emit(tx, fact.event, sender_org=ctx.access.org, patient_id=fact.patient_id,
+                      careplan_id=fact.careplan_id, focus=fact.focus, reason=fact.reason,
+                      base=ctx.base_url)

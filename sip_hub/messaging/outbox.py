@@ -1,0 +1,115 @@
+"""The transactional outbox: messages are written in the transaction of the change they tell
+about, one delivery per destination organisation, and only then published by the relay.
+
+Routing is by consent: a message about a person's SIP goes to exactly the organisations that
+hold a live reading grant for the person when the message is written (``destinations_for``),
+and a delivery whose organisation is no longer covered when its turn comes is withdrawn, not
+delivered (rule 1: nothing more is shared with those the consent no longer covers).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..errors import BadRequest
+from ..fhir.dates import now_utc, to_us
+from ..fhir.indexing import split_reference
+from ..store import Tx
+from ..store import outbox as sql
+from ..store.outbox import NOTIFICATION, RESPONSE
+
+Json = dict[str, Any]
+WITHDRAWN_REASON = "The person's consent no longer covers this organisation"
+
+__all__ = ["NOTIFICATION", "RESPONSE", "SipKey", "covered", "destinations_for", "enqueue",
+           "is_covered", "sip_key", "withdraw_uncovered"]
+
+
+@dataclass(frozen=True, slots=True)
+class SipKey:
+    """The SIP a message concerns; with the destination, the stream whose order is kept."""
+
+    patient_id: str
+    careplan_id: str = ""  # '' until the SIP has a plan
+
+
+def covered(tx: Tx, patient_id: str, now: int | None = None) -> set[str]:
+    """The organisations that hold a live reading grant for the patient: the participants the
+    active consent covers, until its end."""
+    at = to_us(now_utc()) if now is None else now
+    return {g.org for g in tx.grants(patient_id)
+            if g.reads and (g.valid_until is None or g.valid_until > at)}
+
+
+def is_covered(tx: Tx, patient_id: str, org: str, now: int | None = None) -> bool:
+    return org in covered(tx, patient_id, now)
+
+
+def destinations_for(tx: Tx, patient_id: str, sender_org: str | None) -> list[str]:
+    """Exactly the organisations covered for the patient now, plus the sender (for its
+    response), in a stable order."""
+    orgs = covered(tx, patient_id)
+    if sender_org:
+        orgs.add(sender_org)
+    return sorted(orgs)
+
+
+def sip_key(tx: Tx, bundle: Json) -> SipKey:
+    """The SIP of a message Bundle, from its MessageHeader.focus (a CarePlan or the Patient),
+    looking up the plan's patient when the Bundle does not carry the plan."""
+    entries = bundle.get("entry") or []
+    header = entries[0]["resource"] if entries else {}
+    refs = [split_reference(f.get("reference", "")) for f in header.get("focus") or []]
+    plan = next((t[1] for t in refs if t and t[0] == "CarePlan"), None)
+    patient = next((t[1] for t in refs if t and t[0] == "Patient"), None)
+    if patient is None and plan is not None:
+        carried = next((e["resource"] for e in entries[1:]
+                        if e.get("resource", {}).get("resourceType") == "CarePlan"
+                        and e["resource"].get("id") == plan), None)
+        if carried is None:
+            cur = tx.current("CarePlan", plan)
+            carried = cur.json() if cur is not None and not cur.deleted else {}
+        subject = split_reference((carried.get("subject") or {}).get("reference", ""))
+        patient = subject[1] if subject and subject[0] == "Patient" else None
+    if patient is None:
+        raise BadRequest("The message names no SIP: MessageHeader.focus needs its CarePlan or "
+                         "Patient")
+    return SipKey(patient, plan or "")
+
+
+def enqueue(tx: Tx, message_bundle: Json, destinations: Iterable[str], *,
+            kind: str = NOTIFICATION, sip: SipKey | None = None,
+            endpoint_url: str | None = None) -> list[str]:
+    """Write the message and one pending delivery per destination in the caller's
+    transaction; returns the delivery ids. They commit (and are then published) together with
+    the change the message tells about, or not at all."""
+    dests = sorted(set(destinations))
+    if not dests:
+        return []
+    header = message_bundle["entry"][0]["resource"]
+    key = sip or sip_key(tx, message_bundle)
+    now = to_us(now_utc())
+    sql.insert_message(tx, message_id=header["id"], event=header["eventCoding"]["code"],
+                       kind=kind, patient_id=key.patient_id, careplan_id=key.careplan_id,
+                       content=orjson.dumps(message_bundle), now=now)
+    ids = []
+    for org in dests:
+        delivery_id = str(uuid.uuid4())
+        seq = sql.next_seq(tx, key.patient_id, key.careplan_id, org)
+        sql.insert_delivery(tx, id=delivery_id, message_id=header["id"], dest_org=org,
+                            patient_id=key.patient_id, careplan_id=key.careplan_id, seq=seq,
+                            now=now, endpoint_url=endpoint_url)
+        ids.append(delivery_id)
+    return ids
+
+
+def withdraw_uncovered(tx: Tx, patient_id: str) -> list[str]:
+    """Withdraw the patient's notifications not yet delivered to organisations the consent no
+    longer covers; call after a consent (grant) change, in its transaction."""
+    now = to_us(now_utc())
+    return sql.withdraw(tx, patient_id, covered(tx, patient_id, now), now, WITHDRAWN_REASON)

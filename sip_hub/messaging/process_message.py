@@ -1,0 +1,382 @@
+"""``$process-message``: receive a message, apply it atomically, route it by consent, answer.
+
+Synchronous (``async`` absent or false): the answer is 200 with the response message, an
+``acknowledgement`` whose ``response.code`` is ``ok``, ``transient-error`` (try again; nothing
+was stored and nothing is remembered) or ``fatal-error`` (refused: nothing was stored or
+routed; the OperationOutcome entry says why; do not resend unchanged).
+
+Asynchronous (``async=true``): the identity checks and the reliable-messaging checks run at once
+and the answer is 202; the worker processes the message later (``process_accepted``) and the
+response goes to the sender through the outbox: to its configured endpoint, or to
+``response-url`` when given (which must lie on that endpoint).
+
+Reliable messaging, per sender organisation, for ``cache_minutes``:
+
+* Bundle.id and MessageHeader.id both seen: the original response is sent again; nothing is
+  processed again.
+* MessageHeader.id seen with a new Bundle.id: a resubmission; answered with the original
+  response, without a second effect.
+* Bundle.id seen with a new MessageHeader.id: the sender reuses ids; refused with 409.
+
+The message's resources are applied as one transaction of PUTs by id (POSTs for resources
+without one) through ``sip_hub.bundles``, with the caller's Context: the access rules,
+profiles, the process rules and audit all apply. Its effects, its cache entry and the
+notifications it causes commit together; a refused message leaves nothing behind (a savepoint
+is rolled back and only the fatal-error response is remembered).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .. import bundles
+from ..audit import AuditLog
+from ..auth import Principal, parse_scopes
+from ..errors import BadRequest, Conflict, Forbidden, NotFound, SipHubError, TransientError
+from ..fhir.dates import now_utc, to_us
+from ..fhir.indexing import split_reference
+from ..fhir.outcome import from_error, information
+from ..interactions import Context
+from ..access import Access
+from ..metrics import MESSAGES_RECEIVED
+from ..store import Store, Stored, Tx
+from ..store import inbox
+from . import builder, parser, vocabulary as vocab
+from .events import applying_message
+from .outbox import RESPONSE, SipKey, destinations_for, enqueue
+from .runtime import Messaging
+
+Json = dict[str, Any]
+_US_PER_MINUTE = 60_000_000
+
+
+class ReusedBundleId(Conflict):
+    code = "duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    body: Json | bytes  # bytes: a remembered response, sent again exactly as it was
+
+
+@dataclass(frozen=True, slots=True)
+class _Handled:
+    code: str
+    response: Json
+    sip: SipKey | None
+
+
+class _Uncached(Exception):
+    """Leave the transaction without committing: this answer must not be remembered."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__()
+        self.reply = reply
+
+
+def reliable_cache_minutes(messaging: Messaging) -> int:
+    """How long received messages are remembered (CapabilityStatement.messaging.reliableCache)."""
+    return messaging.config.cache_minutes
+
+
+class _Joined(Store):
+    """A Store whose ``begin`` joins an open transaction: ``bundles.transaction`` opens its own,
+    and the message's effects must commit with its cache entry and its notifications."""
+
+    def __init__(self, tx: Tx) -> None:
+        super().__init__(tx.conn.engine)
+        self._tx = tx
+
+    @contextmanager
+    def begin(self, *, write: bool = True) -> Iterator[Tx]:
+        yield self._tx
+
+
+def _now() -> int:
+    return to_us(now_utc())
+
+
+def _authenticate(ctx: Context, env: parser.Envelope) -> None:
+    principal = ctx.access.principal
+    if principal is not None and principal.org != env.sender_org:
+        raise Forbidden(f"MessageHeader.sender is {env.sender_org}, but the caller is "
+                        f"authenticated for {principal.org}; an organisation sends its own "
+                        "messages only", expression="Bundle.entry[0].resource.sender")
+
+
+def process(store: Store, ctx: Context, body: Any, messaging: Messaging, *,
+            asynchronous: bool = False, response_url: str | None = None) -> Reply:
+    """Handle one ``$process-message`` request (see the module docstring)."""
+    env = parser.envelope(body)
+    _authenticate(ctx, env)
+    parsed = None if asynchronous else _parse(body)
+    if response_url is not None:
+        if not asynchronous:
+            raise BadRequest("response-url goes with async=true", expression="response-url")
+        messaging.endpoints.check_response_url(env.sender_org, response_url)
+    now = _now()
+    try:
+        with store.begin() as tx:
+            earlier = _earlier(tx, ctx, env, messaging, now, asynchronous)
+            if earlier is not None:
+                return earlier
+            expires = now + messaging.config.cache_minutes * _US_PER_MINUTE
+            try:
+                inbox.claim(tx, sender_org=env.sender_org, header_id=env.header_id,
+                            bundle_id=env.bundle_id, event=env.event or "", now=now,
+                            expires=expires,
+                            state=inbox.ACCEPTED if asynchronous else inbox.DONE,
+                            request=orjson.dumps(body) if asynchronous else None,
+                            caller=_caller(ctx) if asynchronous else None,
+                            response_url=response_url)
+            except Conflict:
+                # A concurrent request with these ids committed first: answer as it did.
+                earlier = _earlier(tx, ctx, env, messaging, now, asynchronous)
+                if earlier is not None:
+                    return earlier
+                raise TransientError("The message is being received concurrently; resend "
+                                     "it") from None
+            if asynchronous:
+                return Reply(202, information(
+                    f"Message {env.header_id} accepted; the response will be sent to "
+                    f"{response_url or 'your organisation’s message endpoint'}"))
+            assert parsed is not None
+            handled = _handle(tx, ctx, parsed, env, messaging)
+            MESSAGES_RECEIVED.labels(handled.code).inc()
+            if handled.code == vocab.TRANSIENT_ERROR:
+                raise _Uncached(Reply(200, handled.response))
+            inbox.complete(tx, env.sender_org, env.header_id, handled.code,
+                           orjson.dumps(handled.response))
+    except _Uncached as uncached:
+        return uncached.reply
+    return Reply(200, handled.response)
+
+
+def _earlier(tx: Tx, ctx: Context, env: parser.Envelope, messaging: Messaging, now: int,
+             asynchronous: bool) -> Reply | None:
+    """The answer when these ids were seen before; None for a new message."""
+    by_header, by_bundle = inbox.lookup(tx, env.sender_org, env.header_id, env.bundle_id, now)
+    if by_bundle is not None and by_bundle.header_id != env.header_id:
+        raise ReusedBundleId(
+            f"Bundle.id {env.bundle_id} was already received with MessageHeader.id "
+            f"{by_bundle.header_id}: a new message needs a new Bundle.id", expression="Bundle.id")
+    if by_header is None:
+        return None
+    if by_header.state == inbox.ACCEPTED:
+        if asynchronous:
+            return Reply(202, information(f"Message {env.header_id} is already accepted and "
+                                          "being processed"))
+        busy = TransientError(f"Message {env.header_id} was accepted asynchronously and is "
+                              "still being processed; its response will be sent")
+        return Reply(200, _response(ctx, env, messaging, vocab.TRANSIENT_ERROR, busy, None))
+    assert by_header.response is not None
+    return Reply(200, by_header.response)
+
+
+def _parse(body: Any) -> parser.Message | SipHubError:
+    """The checked message, or why it is refused (checked before any transaction opens)."""
+    try:
+        return parser.parse(body)
+    except SipHubError as err:
+        return err
+
+
+def _handle(tx: Tx, ctx: Context, parsed: parser.Message | SipHubError, env: parser.Envelope,
+            messaging: Messaging) -> _Handled:
+    """Apply and route one new message; the response to send and remember."""
+    sip: SipKey | None = None
+    try:
+        if isinstance(parsed, SipHubError):
+            raise parsed
+        msg = parsed
+        with tx.conn.begin_nested():  # a refused message leaves nothing behind
+            with applying_message():
+                written = _apply(tx, ctx, msg)
+            sip = _sip(tx, ctx, msg, written)
+            forwarded = _route(tx, ctx, msg, written, sip, messaging)
+        note = f"Message {msg.header_id} ({msg.event}) processed" + (
+            f"; sent on as {forwarded}" if forwarded else "")
+        return _Handled(vocab.OK, _response(ctx, env, messaging, vocab.OK, note, sip), sip)
+    except SipHubError as err:
+        code = vocab.TRANSIENT_ERROR if err.retryable else vocab.FATAL_ERROR
+        return _Handled(code, _response(ctx, env, messaging, code, err, sip), sip)
+
+
+def _same(stored: Stored, res: Json) -> bool:
+    a = {k: v for k, v in stored.json().items() if k != "meta"}
+    return a == {k: v for k, v in res.items() if k != "meta"}
+
+
+def _rewrite(node: Any, mapping: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {k: (mapping.get(v, v) if k == "reference" and isinstance(v, str)
+                    else _rewrite(v, mapping)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rewrite(v, mapping) for v in node]
+    return node
+
+
+def _apply(tx: Tx, ctx: Context, msg: parser.Message) -> dict[int, Stored]:
+    """Write the message's resources as one transaction; the stored version of each entry."""
+    out: dict[int, Stored] = {}
+    unchanged: dict[str, str] = {}
+    todo: list[tuple[int, Json]] = []
+    for i, e in enumerate(msg.entries):
+        res = e["resource"]
+        if res["resourceType"] == "OperationOutcome":
+            continue
+        rid = res.get("id")
+        cur = tx.current(res["resourceType"], rid) if isinstance(rid, str) else None
+        # What the hub already holds, and the caller may read, is not written again (a message
+        # carries its context, e.g. the Patient, which the sender may not write).
+        if cur is not None and not cur.deleted and _same(cur, res) and \
+                ctx.access.can_read(tx, cur):
+            out[i] = cur
+            unchanged[e["fullUrl"]] = f"{cur.type}/{cur.id}"
+            continue
+        todo.append((i, e))
+    if not todo:
+        return out
+    entries = []
+    for _, e in todo:
+        res = _rewrite(copy.deepcopy(e["resource"]), unchanged)
+        rid = res.get("id")
+        request = ({"method": "PUT", "url": f"{res['resourceType']}/{rid}"} if rid
+                   else {"method": "POST", "url": res["resourceType"]})
+        entries.append({"fullUrl": e["fullUrl"], "resource": res, "request": request})
+    result = bundles.transaction(_Joined(tx), ctx, {"resourceType": "Bundle",
+                                                    "type": "transaction", "entry": entries},
+                                 "minimal")
+    for (i, _), answered in zip(todo, result["entry"]):
+        target = split_reference(answered.get("fullUrl", ""))
+        stored = tx.current(*target) if target else None
+        if stored is not None:
+            out[i] = stored
+    return out
+
+
+def _focus_id(msg: parser.Message, written: dict[int, Stored], rtype: str) -> str | None:
+    for f in msg.focus:
+        if f.type == rtype:
+            stored = written.get(f.entry) if f.entry is not None else None
+            return stored.id if stored is not None else f.id
+    return None
+
+
+def _sip(tx: Tx, ctx: Context, msg: parser.Message, written: dict[int, Stored]) -> SipKey:
+    """The SIP the message concerns (as stored, after applying it), which the sender must be
+    allowed to see."""
+    plan = msg.careplan_id or _focus_id(msg, written, "CarePlan")
+    patient = _focus_id(msg, written, "Patient")
+    rtype, rid = ("CarePlan", plan) if plan else ("Patient", patient)
+    cur = tx.current(rtype, rid or "") if rid else None
+    if cur is None or cur.deleted:
+        raise NotFound(f"The SIP the message concerns, {rtype}/{rid}, is not known here",
+                       expression="Bundle.entry[0].resource.focus")
+    ctx.access.require_read(tx, cur)
+    if patient is None:
+        subject = split_reference((cur.json().get("subject") or {}).get("reference", ""))
+        patient = subject[1] if subject and subject[0] == "Patient" else None
+    if patient is None:
+        raise NotFound(f"CarePlan/{rid} names no Patient",
+                       expression="Bundle.entry[0].resource.focus")
+    return SipKey(patient, plan or "")
+
+
+def _route(tx: Tx, ctx: Context, msg: parser.Message, written: dict[int, Stored], sip: SipKey,
+           messaging: Messaging) -> str | None:
+    """Send the message on to the organisations the consent covers; None for a response,
+    which concerns only the hub."""
+    if msg.response is not None:
+        return None
+    covered = set(destinations_for(tx, sip.patient_id, msg.sender_org))
+    uncovered = set(msg.destinations) - covered - {messaging.config.hub_hsa_id}
+    if uncovered:
+        raise Forbidden(f"The person's consent does not cover {', '.join(sorted(uncovered))}: "
+                        "the message cannot be sent there (rule 1); nothing was stored",
+                        expression="Bundle.entry[0].resource.destination")
+    focus = []
+    for f in msg.focus:
+        stored = written.get(f.entry) if f.entry is not None else None
+        focus.append(f"{stored.type}/{stored.id}" if stored else f"{f.type}/{f.id}")
+    return messaging.emitter.emit(
+        tx, msg.event, sender_org=msg.sender_org, patient_id=sip.patient_id,
+        careplan_id=sip.careplan_id or None, focus=focus,
+        resources=[s.json() for s in written.values()], reason=msg.reason, base=ctx.base_url)
+
+
+def _response(ctx: Context, env: parser.Envelope, messaging: Messaging, code: str,
+              detail: str | SipHubError, sip: SipKey | None) -> Json:
+    if sip is not None:
+        focus = [f"Patient/{sip.patient_id}"] + (
+            [f"CarePlan/{sip.careplan_id}"] if sip.careplan_id else [])
+    else:  # the SIP as the request named it, by relative reference
+        focus = []
+        for rtype in ("CarePlan", "Patient"):
+            named = next((r for r in env.focus if (t := split_reference(r)) and t[0] == rtype
+                          and r == f"{t[0]}/{t[1]}"), None)
+            if named:
+                focus.append(named)
+    outcome = from_error(detail) if isinstance(detail, SipHubError) else information(detail)
+    dest = builder.Party(env.sender_org,
+                         env.source_endpoint or messaging.endpoints.address(env.sender_org))
+    return builder.response(env.header_id, code, fhir_base=ctx.base_url, destination=dest,
+                            focus=focus, outcome=outcome,
+                            hub_org=messaging.config.hub_hsa_id or None)
+
+
+# -- asynchronous requests ----------------------------------------------------------------------
+
+def _caller(ctx: Context) -> bytes | None:
+    p = ctx.access.principal
+    if p is None:
+        return orjson.dumps({"base_url": ctx.base_url})
+    return orjson.dumps({"base_url": ctx.base_url, "client_id": p.client_id, "org": p.org,
+                         "role": p.role, "scope": p.scope_text,
+                         "personal_data": p.personal_data})
+
+
+def _context(caller: bytes | None, audit: AuditLog | None) -> Context:
+    data = orjson.loads(caller or b"{}")
+    principal = None
+    if "org" in data:
+        principal = Principal(data["client_id"], data["org"], data["role"],
+                              parse_scopes(data["scope"]), data["personal_data"], data["scope"])
+    return Context(data.get("base_url", ""), access=Access.for_principal(principal),
+                   audit=audit)
+
+
+def process_accepted(store: Store, messaging: Messaging, *, audit: AuditLog | None = None,
+                     limit: int = 20) -> int:
+    """Process accepted async requests (each in its own transaction) and queue each response
+    to its sender; returns how many were processed."""
+    done = 0
+    for _ in range(limit):
+        with store.begin() as tx:
+            rows = inbox.claim_accepted(tx, 1)
+            if not rows:
+                break
+            row = rows[0]
+            assert row.request is not None
+            ctx = _context(row.caller, audit)
+            body = orjson.loads(row.request)
+            handled = _handle(tx, ctx, _parse(body), parser.envelope(body), messaging)
+            MESSAGES_RECEIVED.labels(handled.code).inc()
+            # A transient error keeps the request accepted: a later round tries again.
+            retry_later = handled.code == vocab.TRANSIENT_ERROR
+            if not retry_later:
+                inbox.complete(tx, row.sender_org, row.header_id, handled.code,
+                               orjson.dumps(handled.response))
+                enqueue(tx, handled.response, [row.sender_org], kind=RESPONSE,
+                        sip=handled.sip or SipKey("", ""), endpoint_url=row.response_url)
+        if retry_later:
+            break
+        done += 1
+    return done

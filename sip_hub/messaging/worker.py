@@ -1,0 +1,164 @@
+"""The messaging worker: async ``$process-message`` requests, the relay, delivery, upkeep.
+
+One loop in one thread: each round processes accepted async requests, publishes what is due,
+delivers what the organisations' queues hold and, now and then, forgets expired cache entries
+and old settled deliveries. ``sip-hub worker`` runs it in the foreground (``run_worker``);
+the API process runs it in a background thread for the embedded default (``Worker.start``).
+Several workers may run against one PostgreSQL and RabbitMQ: claims are ``SKIP LOCKED`` and
+queues are shared. A delivery blocks its worker for at most its HTTP timeout; run more
+workers for more throughput.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+import httpx
+
+from ..audit import AuditLog
+from ..bus import Bus, BusUnavailable
+from ..errors import TransientError
+from ..fhir.dates import now_utc, to_us
+from ..settings import Settings
+from ..store import Store
+from ..store import inbox, outbox as sql
+from .delivery import Deliverer
+from .process_message import process_accepted
+from .relay import Relay
+from .runtime import Messaging
+
+log = logging.getLogger("sip_hub.worker")
+_UPKEEP_SECONDS = 300.0
+_DAY_US = 86_400_000_000
+
+
+class Worker:
+    def __init__(self, store: Store, messaging: Messaging, *, audit: AuditLog | None = None,
+                 http: httpx.Client | None = None) -> None:
+        self.store = store
+        self.messaging = messaging
+        self.audit = audit
+        self._http = http or httpx.Client(follow_redirects=False)
+        self._own_http = http is None
+        self._bus: Bus | None = None
+        self._relay: Relay | None = None
+        self._deliverer = Deliverer(store, messaging.endpoints, messaging.config, self._http)
+        self._last_upkeep = 0.0
+        self._recovered = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- one round ----------------------------------------------------------------------------
+    def _connect(self) -> Bus:
+        if self._bus is None:
+            bus = self.messaging.bus()
+            relay = Relay(self.store, bus, self.messaging.config.relay_batch,
+                          self.messaging.config.republish_after_seconds)
+            # The in-process bus starts empty with the process (not with a reconnect).
+            if not bus.durable and not self._recovered:
+                relay.recover()
+            self._recovered = True
+            self._bus, self._relay = bus, relay
+        return self._bus
+
+    def _disconnect(self) -> None:
+        if self._bus is not None:
+            self._bus.close()
+        self._bus = self._relay = None
+
+    def run_once(self, drain_seconds: float = 0.05) -> int:
+        """One round; returns how much work it did (0: idle)."""
+        bus = self._connect()
+        assert self._relay is not None
+        work = process_accepted(self.store, self.messaging, audit=self.audit)
+        work += self._relay.run_once()
+        with self.store.begin(write=False) as tx:
+            orgs = sql.open_orgs(tx) | self.messaging.endpoints.orgs
+        bus.consume(sorted(orgs), self._deliverer.handle)
+        work += bus.drain(timeout=drain_seconds)
+        if time.monotonic() - self._last_upkeep > _UPKEEP_SECONDS:
+            self.upkeep()
+        return work
+
+    def upkeep(self) -> None:
+        now = to_us(now_utc())
+        with self.store.begin() as tx:
+            inbox.purge_expired(tx, now)
+            sql.delete_finished(tx, now - self.messaging.config.retention_days * _DAY_US)
+        self._last_upkeep = time.monotonic()
+
+    def run(self, stop: threading.Event) -> None:
+        """Rounds until ``stop`` is set; waits between idle rounds; survives outages."""
+        poll = self.messaging.config.poll_seconds
+        while not stop.is_set():
+            try:
+                busy = self.run_once()
+            except BusUnavailable as exc:
+                log.warning("message broker unavailable, reconnecting: %s", exc.diagnostics)
+                self._disconnect()
+                busy = 0
+            except TransientError as exc:
+                log.warning("messaging round failed, retrying: %s", exc.diagnostics)
+                busy = 0
+            except Exception:  # keep the worker alive; the outbox keeps every delivery
+                log.exception("messaging round failed")
+                self._disconnect()
+                busy = 0
+            if not busy:
+                stop.wait(poll)
+
+    # -- in the API process -------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self.run, args=(self._stop,),
+                                            name="sip-hub-messaging", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=30)
+            self._thread = None
+        self.close()
+
+    def close(self) -> None:
+        self._disconnect()
+        if self._own_http:
+            self._http.close()
+
+
+def run_worker(settings: Settings) -> None:
+    """``sip-hub worker``: run the messaging worker until SIGINT or SIGTERM."""
+    from ..app import build_store  # the app module wires the store the same way
+
+    store = build_store(settings)
+    audit = AuditLog(store)
+    audit.start()
+    worker = Worker(store, Messaging.for_hub(settings), audit=audit)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("messaging worker started (broker %s)", settings.broker_url.split("@")[-1])
+    try:
+        worker.run(stop)
+    finally:
+        worker.close()
+        audit.stop()
+        store.engine.dispose()
+
+
+def replay(settings: Settings, ids: list[str] | None) -> list[str]:
+    """``sip-hub messages replay [ID ...] | --all``: dead deliveries back to pending."""
+    from ..app import build_store
+    from .replay import replay_dead
+
+    store = build_store(settings)
+    try:
+        with Messaging.for_hub(settings).bus() as bus:
+            return replay_dead(store, bus, ids)
+    finally:
+        store.engine.dispose()

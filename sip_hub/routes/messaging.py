@@ -1,0 +1,70 @@
+"""``POST /fhir/$process-message`` and the operators' ``POST /admin/messages/{id}/$replay``.
+
+Include this router before ``fhir_rest``, whose ``POST /fhir/{type}`` would otherwise take
+``$process-message``.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from ..errors import BadRequest, Forbidden, NotFound
+from ..fhir.outcome import information
+from ..messaging import process_message as pm
+from ..messaging.replay import replay_dead
+from ..messaging.runtime import Messaging
+from .wire import context, read_body, respond
+
+router = APIRouter(tags=["messaging"])
+
+
+def messaging(request: Request) -> Messaging:
+    """The process's messaging runtime (``app.state.messaging``; made from the settings on
+    first use when the app did not set one)."""
+    state = request.app.state
+    found = getattr(state, "messaging", None)
+    if found is None:
+        found = state.messaging = Messaging.for_hub(state.settings)
+    return found
+
+
+def _flag(request: Request, name: str) -> bool:
+    value = request.query_params.get(name)
+    if value is None or value == "false":
+        return False
+    if value == "true":
+        return True
+    raise BadRequest(f"{name} must be true or false, not '{value}'", expression=name)
+
+
+@router.post("/fhir/$process-message")
+async def process_message(request: Request) -> Response:
+    ctx = context(request)
+    state = request.app.state
+    body = await read_body(request, state.settings.max_body_bytes)
+    reply = await run_in_threadpool(
+        pm.process, state.store, ctx, body, messaging(request),
+        asynchronous=_flag(request, "async"),
+        response_url=request.query_params.get("response-url"))
+    return respond(request, reply.body, reply.status)
+
+
+@router.post("/admin/messages/{message_id}/$replay")
+async def replay(request: Request, message_id: str) -> Response:
+    """Send a dead message again: ``message_id`` is a delivery id or a MessageHeader.id."""
+    ctx = context(request)
+    principal = ctx.access.principal
+    if principal is None or principal.role != "admin":
+        raise Forbidden("Replaying messages is for admin clients")
+
+    def work() -> list[str]:
+        with messaging(request).bus() as bus:
+            return replay_dead(request.app.state.store, bus, [message_id])
+    replayed = await run_in_threadpool(work)
+    if not replayed:
+        raise NotFound(f"No dead delivery with id or MessageHeader.id '{message_id}'")
+    return respond(request, information(
+        f"Replayed {len(replayed)} dead deliver{'y' if len(replayed) == 1 else 'ies'}: "
+        f"{', '.join(replayed)}"))

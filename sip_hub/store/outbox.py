@@ -1,0 +1,250 @@
+"""SQL of the transactional outbox: outgoing messages and their deliveries.
+
+A delivery is one message to one organisation. Its states::
+
+    pending --relay publishes--> published --delivered (2xx)--> delivered
+       ^                            |  \\--fatal or out of attempts--> dead --replay--> pending
+       \\----- transient failure ----/   \\--consent no longer covers it--> withdrawn
+
+Deliveries of one stream (patient, plan, destination) are published one at a time, in ``seq``
+order: only the stream's head (no earlier pending or published delivery) is due.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final, Sequence
+
+from sqlalchemy import and_, delete, exists, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import aliased
+
+from .resources import Tx
+from .schema import outbox_delivery, outbox_message, outbox_stream
+
+PENDING: Final = "pending"
+PUBLISHED: Final = "published"
+DELIVERED: Final = "delivered"
+DEAD: Final = "dead"
+WITHDRAWN: Final = "withdrawn"
+OPEN: Final = (PENDING, PUBLISHED)
+STATES: Final = (PENDING, PUBLISHED, DELIVERED, DEAD, WITHDRAWN)
+
+NOTIFICATION: Final = "notification"
+RESPONSE: Final = "response"
+
+_D = outbox_delivery.c
+_M = outbox_message.c
+_S = outbox_stream.c
+_ERROR_MAX = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    id: str
+    message_id: str
+    dest_org: str
+    patient_id: str
+    careplan_id: str
+    seq: int
+    state: str
+    attempts: int
+    next_attempt_at: int
+    published_at: int | None
+    updated: int
+    last_error: str | None
+    endpoint_url: str | None
+    event: str
+    kind: str
+    content: bytes
+
+
+_COLUMNS = (_D.id, _D.message_id, _D.dest_org, _D.patient_id, _D.careplan_id, _D.seq, _D.state,
+            _D.attempts, _D.next_attempt_at, _D.published_at, _D.updated, _D.last_error,
+            _D.endpoint_url,
+            _M.event, _M.kind, _M.content)
+
+
+def _joined() -> Any:
+    return select(*_COLUMNS).join_from(outbox_delivery, outbox_message,
+                                       _D.message_id == _M.message_id)
+
+
+def _row(r: Any) -> Delivery:
+    return Delivery(r.id, r.message_id, r.dest_org, r.patient_id, r.careplan_id, r.seq, r.state,
+                    r.attempts, r.next_attempt_at, r.published_at, r.updated, r.last_error,
+                    r.endpoint_url,
+                    r.event, r.kind, bytes(r.content))
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+def insert_message(tx: Tx, *, message_id: str, event: str, kind: str, patient_id: str,
+                   careplan_id: str, content: bytes, now: int) -> None:
+    tx.conn.execute(insert(outbox_message).values(
+        message_id=message_id, event=event, kind=kind, patient_id=patient_id,
+        careplan_id=careplan_id, created=now, content=content))
+
+
+def next_seq(tx: Tx, patient_id: str, careplan_id: str, dest_org: str) -> int:
+    """The stream's next sequence number. The upsert locks the stream's row until commit, so
+    a second writer to the same stream waits and numbers after the first."""
+    ins = pg_insert if tx.conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = ins(outbox_stream).values(patient_id=patient_id, careplan_id=careplan_id,
+                                     dest_org=dest_org, last_seq=1)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[_S.patient_id, _S.careplan_id, _S.dest_org],
+        set_={"last_seq": outbox_stream.c.last_seq + 1}).returning(_S.last_seq)
+    return int(tx.conn.execute(stmt).scalar_one())
+
+
+def insert_delivery(tx: Tx, *, id: str, message_id: str, dest_org: str, patient_id: str,
+                    careplan_id: str, seq: int, now: int, endpoint_url: str | None) -> None:
+    tx.conn.execute(insert(outbox_delivery).values(
+        id=id, message_id=message_id, dest_org=dest_org, patient_id=patient_id,
+        careplan_id=careplan_id, seq=seq, state=PENDING, attempts=0, next_attempt_at=now,
+        published_at=None, updated=now, last_error=None, endpoint_url=endpoint_url))
+
+
+def set_state(tx: Tx, delivery_id: str, state: str, now: int, *, error: str | None = None,
+              attempts: int | None = None, next_attempt_at: int | None = None,
+              only_from: Sequence[str] = STATES) -> bool:
+    """Move a delivery to ``state`` if it is in one of ``only_from``; False when it was not."""
+    values: dict[str, Any] = {"state": state, "updated": now}
+    if error is not None:
+        values["last_error"] = error[:_ERROR_MAX]
+    if attempts is not None:
+        values["attempts"] = attempts
+    if next_attempt_at is not None:
+        values["next_attempt_at"] = next_attempt_at
+    done = tx.conn.execute(update(outbox_delivery).where(
+        _D.id == delivery_id, _D.state.in_(only_from)).values(**values))
+    return done.rowcount == 1
+
+
+def mark_published(tx: Tx, ids: Sequence[str], now: int) -> None:
+    if ids:
+        tx.conn.execute(update(outbox_delivery).where(_D.id.in_(ids), _D.state == PENDING)
+                        .values(state=PUBLISHED, published_at=now, updated=now))
+
+
+# -- the relay's claim ------------------------------------------------------------------------
+
+def claim_due(tx: Tx, now: int, limit: int) -> list[Delivery]:
+    """Due stream heads, locked until the caller's transaction ends.
+
+    On PostgreSQL ``FOR UPDATE SKIP LOCKED``: concurrent relays take disjoint rows, and a row
+    another relay published meanwhile no longer matches ``state = 'pending'`` when rechecked.
+    SQLite takes the database write lock at BEGIN, which serialises relays instead.
+    """
+    earlier = aliased(outbox_delivery)
+    e = earlier.c
+    blocked = exists().where(e.patient_id == _D.patient_id, e.careplan_id == _D.careplan_id,
+                             e.dest_org == _D.dest_org, e.seq < _D.seq, e.state.in_(OPEN))
+    heads = (select(_D.id).where(_D.state == PENDING, _D.next_attempt_at <= now, ~blocked)
+             .order_by(_D.next_attempt_at, _D.seq).limit(limit)
+             .with_for_update(skip_locked=True))
+    ids = [r.id for r in tx.conn.execute(heads)]
+    if not ids:
+        return []
+    rows = tx.conn.execute(_joined().where(_D.id.in_(ids)))
+    by_id = {r.id: _row(r) for r in rows}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+def requeue_published(tx: Tx, now: int, published_before: int | None = None) -> int:
+    """Published deliveries back to pending: all (the broker lost them, e.g. an in-process
+    bus after a restart) or those published before ``published_before`` (never confirmed
+    delivered: re-publish; receivers drop duplicates by MessageHeader.id)."""
+    cond = [_D.state == PUBLISHED]
+    if published_before is not None:
+        cond.append(_D.published_at < published_before)
+    done = tx.conn.execute(update(outbox_delivery).where(*cond).values(
+        state=PENDING, next_attempt_at=now, updated=now))
+    return int(done.rowcount or 0)
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+def get(tx: Tx, delivery_id: str, *, lock: bool = False) -> Delivery | None:
+    q = _joined().where(_D.id == delivery_id)
+    if lock:
+        q = q.with_for_update(of=outbox_delivery)
+    r = tx.conn.execute(q).first()
+    return _row(r) if r else None
+
+
+def earlier_open(tx: Tx, d: Delivery) -> bool:
+    """Whether an earlier delivery of ``d``'s stream is still pending or published."""
+    q = select(func.count()).select_from(outbox_delivery).where(
+        _D.patient_id == d.patient_id, _D.careplan_id == d.careplan_id,
+        _D.dest_org == d.dest_org, _D.seq < d.seq, _D.state.in_(OPEN))
+    return bool(tx.conn.execute(q).scalar_one())
+
+
+def find(tx: Tx, *, ids: Sequence[str] | None = None, states: Sequence[str] | None = None,
+         patient_id: str | None = None, limit: int = 1000) -> list[Delivery]:
+    """Deliveries by delivery id or MessageHeader.id, state and patient, oldest first."""
+    q = _joined()
+    if ids is not None:
+        q = q.where((_D.id.in_(ids)) | (_D.message_id.in_(ids)))
+    if states is not None:
+        q = q.where(_D.state.in_(states))
+    if patient_id is not None:
+        q = q.where(_D.patient_id == patient_id)
+    q = q.order_by(_D.patient_id, _D.careplan_id, _D.dest_org, _D.seq).limit(limit)
+    return [_row(r) for r in tx.conn.execute(q)]
+
+
+def open_orgs(tx: Tx) -> set[str]:
+    """Organisations with deliveries on their way (whose bus queues must be consumed)."""
+    q = select(_D.dest_org).where(_D.state.in_(OPEN)).distinct()
+    return {r.dest_org for r in tx.conn.execute(q)}
+
+
+# -- consent and operators -------------------------------------------------------------------
+
+def withdraw(tx: Tx, patient_id: str, covered: set[str], now: int, reason: str) -> list[str]:
+    """Withdraw the patient's undelivered notifications to organisations not in ``covered``.
+    Responses to a sender's own request are not personal data of others and stay."""
+    notifications = select(_M.message_id).where(_M.kind == NOTIFICATION)
+    cond = and_(_D.patient_id == patient_id, _D.state.in_(OPEN),
+                _D.message_id.in_(notifications))
+    if covered:
+        cond = and_(cond, _D.dest_org.not_in(sorted(covered)))
+    ids = [r.id for r in tx.conn.execute(select(_D.id).where(cond))]
+    if ids:
+        tx.conn.execute(update(outbox_delivery).where(_D.id.in_(ids), _D.state.in_(OPEN))
+                        .values(state=WITHDRAWN, updated=now, last_error=reason[:_ERROR_MAX]))
+    return ids
+
+
+def reset_dead(tx: Tx, ids: Sequence[str] | None, now: int) -> list[str]:
+    """Dead deliveries (those named by delivery or message id, or all) back to pending with
+    fresh attempts; their last error is kept until the next attempt replaces it."""
+    q = select(_D.id).where(_D.state == DEAD)
+    if ids is not None:
+        q = q.where((_D.id.in_(ids)) | (_D.message_id.in_(ids)))
+    found = [r.id for r in tx.conn.execute(q)]
+    if found:
+        tx.conn.execute(update(outbox_delivery).where(_D.id.in_(found), _D.state == DEAD)
+                        .values(state=PENDING, attempts=0, next_attempt_at=now, updated=now,
+                                published_at=None))
+    return found
+
+
+def counts(tx: Tx) -> dict[str, int]:
+    """Deliveries per state (for metrics and operators)."""
+    q = select(_D.state, func.count()).group_by(_D.state)
+    return {state: int(n) for state, n in tx.conn.execute(q)}
+
+
+def delete_finished(tx: Tx, before: int) -> int:
+    """Forget delivered and withdrawn deliveries last changed before ``before``, and messages
+    left without deliveries (dead ones stay until an operator replays them)."""
+    gone = tx.conn.execute(delete(outbox_delivery).where(
+        _D.state.in_((DELIVERED, WITHDRAWN)), _D.updated < before))
+    orphan = ~exists().where(_D.message_id == _M.message_id)
+    tx.conn.execute(delete(outbox_message).where(orphan, _M.created < before))
+    return int(gone.rowcount or 0)

@@ -1,0 +1,269 @@
+"""The messaging harness: a hub with the messaging router and the write hook wired the way the
+app will wire them, an in-memory or RabbitMQ bus of its own, and receivers on loopback.
+
+Fixtures live here rather than in a conftest.py (a second conftest module would shadow the
+root one for ``from conftest import ...``); test modules import them by name.
+
+The demo SIP (Alva, 15) is written by its coordinator, the social services (SOC); BUP and the
+school take part; the consent covers all three. OUTSIDER takes no part.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+import sip_factory as f
+from conftest import issue_token
+from fhirhttp import JSON_HEADERS, body
+from sip_hub.app import create_app
+from sip_hub.bus import Bus
+from sip_hub.messaging import builder
+from sip_hub.messaging.config import MessagingSettings
+from sip_hub.messaging.delivery import Deliverer
+from sip_hub.messaging.relay import Relay
+from sip_hub.messaging.runtime import Messaging
+from sip_hub.settings import Settings
+from sip_hub.store import Store
+from sip_hub.store import outbox as sql
+
+SOC, BUP, SCHOOL = "SE2120000142-SOC1", "SE2321000016-15CQ", "SE2120000142-SKO7"
+OUTSIDER = "SE2321000016-OUT1"
+ADMIN = "SE2321000016-ADM1"
+Json = dict[str, Any]
+
+
+# -- receivers: tiny FHIR $process-message endpoints on loopback --------------------------------
+
+@dataclass
+class Receiver:
+    """Records what it is sent. ``script`` answers the next requests (status, or status and
+    response code / delay); afterwards it answers 200 with an ok response message. Like any
+    reliable receiver it applies a MessageHeader.id once (``applied``)."""
+
+    url: str = ""
+    received: list[Json] = field(default_factory=list)
+    applied: list[str] = field(default_factory=list)
+    script: list[Any] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    # Per message: a status to answer with instead of the script (None: use the script).
+    fail_when: Callable[[Json], int | None] = lambda m: None
+
+    @property
+    def header_ids(self) -> list[str]:
+        return [m["entry"][0]["resource"]["id"] for m in self.received]
+
+    def answer(self, message: Json) -> tuple[int, bytes, float]:
+        with self.lock:
+            self.received.append(message)
+            forced = self.fail_when(message)
+            step = forced if forced is not None else (
+                self.script.pop(0) if self.script else 200)
+        status, code, delay = 200, "ok", 0.0
+        if isinstance(step, int):
+            status = step
+        elif isinstance(step, tuple):
+            status, code = step[0], step[1]
+            delay = step[2] if len(step) > 2 else 0.0
+        header = message["entry"][0]["resource"]
+        if status >= 400:
+            oo = {"resourceType": "OperationOutcome", "issue": [
+                {"severity": "error", "code": "processing", "diagnostics": f"said {status}"}]}
+            return status, orjson.dumps(oo), delay
+        with self.lock:
+            if code == "ok" and header["id"] not in self.applied:
+                self.applied.append(header["id"])
+        reply = builder.response(header["id"], code, fhir_base=self.url.rsplit("/", 1)[0],
+                                 destination=builder.Party(SOC, "urn:test"))
+        return status, orjson.dumps(reply), delay
+
+
+def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            length = int(self.headers.get("content-length", "0"))
+            data = json.loads(self.rfile.read(length))
+            receiver.headers.append(dict(self.headers))
+            status, payload, delay = receiver.answer(data)
+            if delay:
+                time.sleep(delay)
+            self.send_response(status)
+            self.send_header("content-type", "application/fhir+json")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+    return Handler
+
+
+@pytest.fixture
+def receivers() -> Iterator[Callable[[], Receiver]]:
+    servers: list[ThreadingHTTPServer] = []
+
+    def start() -> Receiver:
+        r = Receiver()
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(r))
+        server.daemon_threads = True
+        r.url = f"http://127.0.0.1:{server.server_address[1]}/fhir/$process-message"
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        servers.append(server)
+        return r
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+# -- the hub ----------------------------------------------------------------------------------
+
+@dataclass
+class Hub:
+    client: TestClient
+    store: Store
+    messaging: Messaging
+    bus: Bus
+    headers: dict[str, dict[str, str]]
+    tmp: Path
+
+    def configure(self, endpoints: dict[str, str], **overrides: Any) -> None:
+        """(Re)load the endpoints and settings, as a restart with new configuration would."""
+        path = self.tmp / "endpoints.json"
+        path.write_text(json.dumps({"endpoints": [{"organization": org, "url": url}
+                                                  for org, url in endpoints.items()]}))
+        config = self.messaging.config.model_copy(update={"endpoints_file": path, **overrides})
+        self.messaging = Messaging.from_config(config)
+        self.client.app.state.messaging = self.messaging
+
+    def deliverer(self, http: Any = None) -> Deliverer:
+        import httpx
+        return Deliverer(self.store, self.messaging.endpoints, self.messaging.config,
+                         http or httpx.Client())
+
+    def relay(self) -> int:
+        return Relay(self.store, self.bus, republish_after_seconds=3600).run_once()
+
+    def deliver(self, orgs: list[str] | None = None, timeout: float = 0.2) -> int:
+        with self.store.begin(write=False) as tx:
+            wanted = orgs or sorted(sql.open_orgs(tx) | {SOC, BUP, SCHOOL, OUTSIDER})
+        d = self.deliverer()
+        try:
+            self.bus.consume(wanted, d.handle)
+            return self.bus.drain(timeout=timeout)
+        finally:
+            d.http.close()
+
+    def rounds(self, until: Callable[[], bool], seconds: float = 10.0) -> None:
+        """Relay and deliver until ``until()`` holds."""
+        deadline = time.monotonic() + seconds
+        while not until():
+            assert time.monotonic() < deadline, "messaging did not settle in time"
+            self.relay()
+            self.deliver(timeout=0.05)
+
+    def deliveries(self, **filters: Any) -> list[sql.Delivery]:
+        with self.store.begin(write=False) as tx:
+            return sql.find(tx, **filters)
+
+    def post(self, org: str, url: str, resource: Any, **kw: Any) -> Any:
+        return self.client.post(url, content=orjson.dumps(resource),
+                                headers=JSON_HEADERS | self.headers[org], **kw)
+
+    def put(self, org: str, resource: Json) -> Any:
+        return self.client.put(f"/fhir/{resource['resourceType']}/{resource['id']}",
+                               content=orjson.dumps(resource),
+                               headers=JSON_HEADERS | self.headers[org])
+
+
+# -- messages organisations send -------------------------------------------------------------
+
+URL = "/fhir/$process-message"
+
+
+def current_plan(hub: Hub) -> Json:
+    with hub.store.begin(write=False) as tx:
+        cur = tx.current("CarePlan", "alva-sip")
+        assert cur is not None
+        return cur.json()
+
+
+def status_change(hub: Hub, sender: str = BUP, status: str = "completed",
+                  destinations: tuple[str, ...] = (SOC,), event: str = "insats-status-changed"
+                  ) -> Json:
+    """A participant's message: its own insats in the plan changed status."""
+    plan = current_plan(hub)
+    plan.pop("meta")
+    plan["activity"][0]["detail"]["status"] = status   # BUP's insats
+    return builder.message(event, fhir_base="https://bup.test/fhir", sender=sender,
+                           destinations=[builder.Party(d, f"https://{d}.test/pm")
+                                         for d in destinations],
+                           focus=["CarePlan/alva-sip"], resources=[plan])
+
+
+def acks(r: Receiver) -> list[Json]:
+    return [m for m in r.received
+            if m["entry"][0]["resource"]["eventCoding"]["code"] == "acknowledgement"]
+
+
+def bus_url(request: pytest.FixtureRequest) -> str:
+    kind = getattr(request, "param", "memory")
+    return "memory://" if kind == "memory" else request.getfixturevalue("broker_url")
+
+
+@pytest.fixture
+def broker(request: pytest.FixtureRequest) -> str:
+    """The in-memory bus; tests that also run on RabbitMQ parametrize this fixture."""
+    return bus_url(request)
+
+
+@pytest.fixture
+def hub(store: Store, settings: Settings, tmp_path: Path, broker: str) -> Iterator[Hub]:
+    run = uuid.uuid4().hex[:10]
+    config = MessagingSettings(base_url="http://hub.test", broker_url=broker,
+                               exchange=f"t{run}.sip_hub", queue_prefix=f"t{run}.sip",
+                               endpoints_file=tmp_path / "endpoints.json", max_attempts=3,
+                               retry_base_seconds=0.01, retry_max_seconds=0.05,
+                               timeout_seconds=2)
+    messaging = Messaging.from_config(config)
+    app = create_app(settings, store=store)
+    app.state.messaging = messaging
+
+    bus = Bus(broker, messaging.topology, requeue_delay=0)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        headers = {org: {"Authorization": f"Bearer {issue_token(client, store, org)}"}
+                   for org in (SOC, BUP, SCHOOL, OUTSIDER)}
+        headers["admin"] = {"Authorization": "Bearer " + issue_token(
+            client, store, ADMIN, role="admin", personal_data=True)}
+        yield Hub(client, store, messaging, bus, headers, tmp_path)
+    bus.close()
+    with Bus(broker, messaging.topology) as cleaner:
+        cleaner.delete([SOC, BUP, SCHOOL, OUTSIDER])
+
+
+@pytest.fixture
+def world(hub: Hub) -> Hub:
+    """The demo SIP written by its coordinator, in one transaction."""
+    entries = [{"resource": r, "request": {"method": "PUT",
+                                           "url": f"{r['resourceType']}/{r['id']}"}}
+               for r in f.demo_case()]
+    r = hub.client.post("/fhir", content=body({"resourceType": "Bundle", "type": "transaction",
+                                                "entry": entries})["content"],
+                        headers=JSON_HEADERS | hub.headers[SOC])
+    assert r.status_code == 200, r.text
+    return hub
+

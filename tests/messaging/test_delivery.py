@@ -1,0 +1,254 @@
+"""Delivery to the organisations' endpoints (real HTTP servers on loopback): retries with
+backoff, dead letters with their reason, replay, withdrawal, order per SIP, crash recovery."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+import sip_factory as f
+from harness import (BUP, SCHOOL, SOC, Hub, Receiver, broker, hub, receivers,  # noqa: F401
+                     world)
+from sip_hub.bus import ATTEMPTS, REASON, Ack
+from sip_hub.fhir.dates import now_utc, to_us
+from sip_hub.messaging import builder, outbox
+from sip_hub.messaging.delivery import Deliverer
+from sip_hub.messaging.relay import DELIVERY, Relay
+from sip_hub.messaging.replay import replay_dead
+from sip_hub.metrics import DEAD_LETTERS
+from sip_hub.store import outbox as sql
+from sip_hub.store.search import Grant
+
+BOTH = pytest.mark.parametrize(
+    "broker", ["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)], indirect=True)
+
+
+def endpoints(hub: Hub, receivers: Any, **overrides: Any) -> tuple[Receiver, Receiver]:
+    bup, school = receivers(), receivers()
+    hub.configure({BUP: bup.url, SCHOOL: school.url}, **overrides)
+    return bup, school
+
+
+def state(hub: Hub, org: str, event: str = "plan-established") -> sql.Delivery:
+    (d,) = [d for d in hub.deliveries() if d.dest_org == org and d.event == event]
+    return d
+
+
+def settled(hub: Hub) -> bool:
+    return all(d.state not in sql.OPEN for d in hub.deliveries())
+
+
+def event_of(message: dict) -> str:
+    return message["entry"][0]["resource"]["eventCoding"]["code"]
+
+
+@BOTH
+def test_messages_reach_the_organisations_endpoints(world: Hub, receivers: Any) -> None:
+    bup, school = endpoints(world, receivers)
+    world.rounds(lambda: settled(world))
+    for org, r in ((BUP, bup), (SCHOOL, school)):
+        d = state(world, org)
+        assert (d.state, d.attempts) == ("delivered", 1)
+        (got,) = r.received
+        assert got["entry"][0]["resource"]["id"] == d.message_id == r.applied[0]
+        assert got == orjson.loads(d.content)
+        assert r.headers[0]["Content-Type"] == "application/fhir+json"
+
+
+@BOTH
+def test_server_errors_are_retried_with_backoff_then_dead_lettered_with_the_reason(
+        world: Hub, receivers: Any) -> None:
+    bup, _ = endpoints(world, receivers)
+    bup.script = [503, 503, 503]
+    dead_before = DEAD_LETTERS.labels("notification")._value.get()
+    world.relay()
+    world.deliver()
+    d = state(world, BUP)
+    assert (d.state, d.attempts) == ("pending", 1) and "HTTP 503" in (d.last_error or "")
+    assert d.next_attempt_at - d.updated == 10_000   # base 0.01 s after the first failure
+    world.rounds(lambda: state(world, BUP).state == "dead")
+    d = state(world, BUP)
+    assert d.attempts == 3 and d.last_error.startswith("Gave up after 3 attempts: HTTP 503")
+    assert len(bup.received) == 3 and bup.applied == []
+    (dead,) = world.bus.take_dead()
+    assert dead.headers[REASON] == d.last_error and dead.headers[ATTEMPTS] == 3
+    assert dead.headers[DELIVERY] == d.id and dead.message_id == d.message_id
+    assert DEAD_LETTERS.labels("notification")._value.get() == dead_before + 1
+    metrics = world.client.get("/metrics").text
+    assert "sip_hub_message_dead_letters_total" in metrics
+    assert state(world, SCHOOL).state == "delivered"   # other destinations are not held up
+
+
+def test_backoff_doubles_up_to_its_maximum(hub: Hub) -> None:
+    config = hub.messaging.config.model_copy(update={"retry_base_seconds": 10,
+                                                     "retry_max_seconds": 3600})
+    assert [config.retry_delay(n) for n in range(1, 10)] == [
+        10, 20, 40, 80, 160, 320, 640, 1280, 2560]
+    assert config.retry_delay(12) == 3600
+
+
+def test_a_4xx_is_dead_at_once_with_the_receivers_reason(world: Hub, receivers: Any) -> None:
+    bup, _ = endpoints(world, receivers)
+    bup.script = [422]
+    world.rounds(lambda: settled(world))
+    d = state(world, BUP)
+    assert (d.state, d.attempts) == ("dead", 1)
+    assert "HTTP 422" in d.last_error and "said 422" in d.last_error
+
+
+def test_a_fatal_error_response_is_dead_and_a_transient_one_is_retried(
+        world: Hub, receivers: Any) -> None:
+    bup, school = endpoints(world, receivers)
+    bup.script = [(200, "fatal-error")]
+    school.script = [(200, "transient-error")]
+    world.rounds(lambda: settled(world))
+    assert (state(world, BUP).state, state(world, BUP).attempts) == ("dead", 1)
+    assert "fatal-error" in state(world, BUP).last_error
+    assert (state(world, SCHOOL).state, state(world, SCHOOL).attempts) == ("delivered", 2)
+
+
+def test_a_timeout_is_retried_and_the_receiver_applies_the_message_once(
+        world: Hub, receivers: Any) -> None:
+    bup, _ = endpoints(world, receivers, timeout_seconds=0.3)
+    bup.script = [(200, "ok", 1.0)]   # answers too late, but did apply it
+    world.rounds(lambda: settled(world))
+    d = state(world, BUP)
+    assert (d.state, d.attempts) == ("delivered", 2)
+    assert bup.header_ids == [d.message_id, d.message_id] and bup.applied == [d.message_id]
+
+
+def test_an_organisation_without_an_endpoint_is_dead_lettered_with_the_reason(
+        world: Hub) -> None:
+    world.configure({})
+    world.rounds(lambda: settled(world))
+    d = state(world, BUP)
+    assert d.state == "dead" and "No message endpoint is configured" in d.last_error
+
+
+# -- replay ---------------------------------------------------------------------------------
+
+@BOTH
+def test_replay_sends_dead_messages_again(world: Hub, receivers: Any) -> None:
+    bup, _ = endpoints(world, receivers)
+    bup.script = [422]
+    world.rounds(lambda: settled(world))
+    d = state(world, BUP)
+    assert d.state == "dead" and world.bus.queue_size() == 1
+    assert replay_dead(world.store, world.bus, [d.message_id]) == [d.id]
+    assert state(world, BUP).state == "pending" and state(world, BUP).attempts == 0
+    assert world.bus.queue_size() == 0
+    world.rounds(lambda: settled(world))
+    assert state(world, BUP).state == "delivered" and bup.applied == [d.message_id]
+    assert replay_dead(world.store, world.bus, None) == []
+
+
+def test_operators_replay_over_http(world: Hub, receivers: Any) -> None:
+    bup, _ = endpoints(world, receivers)
+    bup.script = [400]
+    world.rounds(lambda: settled(world))
+    d = state(world, BUP)
+    url = f"/admin/messages/{d.id}/$replay"
+    assert world.client.post(url, headers=world.headers[SOC]).status_code == 403
+    r = world.client.post(url, headers=world.headers["admin"])
+    assert r.status_code == 200 and d.id in r.json()["issue"][0]["diagnostics"]
+    assert world.client.post(url, headers=world.headers["admin"]).status_code == 404
+    world.rounds(lambda: settled(world))
+    assert state(world, BUP).state == "delivered"
+
+
+# -- crashes ------------------------------------------------------------------------------
+
+def test_a_crash_between_publish_and_mark_publishes_again_and_nothing_is_doubled(
+        world: Hub, receivers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    bup, _ = endpoints(world, receivers)
+    real = sql.mark_published
+
+    def crash(*args: Any) -> None:
+        raise RuntimeError("the relay died after publishing")
+    monkeypatch.setattr(sql, "mark_published", crash)
+    with pytest.raises(RuntimeError):
+        world.relay()
+    monkeypatch.setattr(sql, "mark_published", real)
+    assert {d.state for d in world.deliveries()} == {"pending"}
+    assert world.relay() == 2                     # published again
+    assert world.bus.queue_size(BUP) == 2         # two copies wait for BUP
+    world.rounds(lambda: settled(world))
+    d = state(world, BUP)
+    assert d.state == "delivered" and bup.header_ids == [d.message_id]  # the copy is dropped
+
+
+def test_a_delivery_whose_outcome_was_lost_is_published_again_and_deduplicated(
+        world: Hub, receivers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    bup, _ = endpoints(world, receivers)
+    world.relay()
+    monkeypatch.setattr(Deliverer, "_record", lambda self, d, result: Ack())  # crash
+    world.deliver()
+    monkeypatch.undo()
+    assert state(world, BUP).state == "published" and len(bup.received) == 1
+    Relay(world.store, world.bus, republish_after_seconds=0).run_once()
+    world.rounds(lambda: settled(world))
+    d = state(world, BUP)
+    assert d.state == "delivered"
+    assert bup.header_ids == [d.message_id, d.message_id] and bup.applied == [d.message_id]
+
+
+# -- consent --------------------------------------------------------------------------------
+
+def test_a_narrowed_consent_withdraws_what_was_published_but_not_delivered(
+        world: Hub, receivers: Any) -> None:
+    bup, school = endpoints(world, receivers)
+    world.relay()
+    r = world.put(SOC, f.sip_consent(actor_refs=[f.SOCIAL_SERVICES, f.BUP]))
+    assert r.status_code == 200
+    world.rounds(lambda: settled(world))
+    assert state(world, SCHOOL).state == "withdrawn" and school.received == []
+    assert state(world, BUP).state == "delivered"
+    assert sorted(event_of(m) for m in bup.received) == ["consent-changed",
+                                                          "plan-established"]
+
+
+def test_coverage_is_checked_again_just_before_delivery(world: Hub, receivers: Any) -> None:
+    _, school = endpoints(world, receivers)
+    world.relay()
+    # The consent ran out while the message waited (no write happened to notice it).
+    with world.store.begin() as tx:
+        grants = [g if g.org != SCHOOL else Grant(g.org, g.role, g.reads, to_us(now_utc()) - 1)
+                  for g in tx.grants("alva")]
+        tx.replace_grants("alva", grants)
+    world.rounds(lambda: settled(world))
+    d = state(world, SCHOOL)
+    assert d.state == "withdrawn" and d.last_error == outbox.WITHDRAWN_REASON
+    assert school.received == []
+
+
+# -- order ------------------------------------------------------------------------------------
+
+def test_order_is_kept_per_sip_for_each_destination(world: Hub, receivers: Any) -> None:
+    bup, school = endpoints(world, receivers)
+    bup.script = [503, 503]
+    with world.store.begin() as tx:
+        for _ in range(2):
+            world.messaging.emitter.emit(tx, "follow-up-scheduled", sender_org=SOC,
+                                         patient_id="alva", careplan_id="alva-sip",
+                                         focus=["CarePlan/alva-sip"])
+    order = [d.message_id for d in sorted(
+        (d for d in world.deliveries() if d.dest_org == BUP), key=lambda d: d.seq)]
+    world.rounds(lambda: settled(world))
+    assert bup.header_ids == [order[0], order[0], order[0], order[1], order[2]]
+    assert school.header_ids == order   # the same messages, in the same order
+
+
+def test_one_sips_failing_stream_does_not_hold_up_another(world: Hub, receivers: Any) -> None:
+    bup, _ = endpoints(world, receivers)
+    bup.fail_when = lambda m: 503 if event_of(m) == "plan-established" else None
+    with world.store.begin() as tx:
+        response = builder.response("req-1", "ok", fhir_base="http://hub.test/fhir",
+                                    destination=builder.Party(BUP, "x"),
+                                    focus=["Patient/tolvan"])
+        outbox.enqueue(tx, response, [BUP], kind=outbox.RESPONSE,
+                       sip=outbox.SipKey("tolvan", ""))
+    world.rounds(lambda: any(event_of(m) == "acknowledgement" for m in bup.received))
+    assert state(world, BUP).state == "pending"          # alva's stream still failing
+    assert state(world, BUP, "acknowledgement").state == "delivered"

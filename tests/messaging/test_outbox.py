@@ -1,0 +1,194 @@
+"""The transactional outbox: routed by consent, atomic with the change, ordered per stream,
+withdrawn when consent narrows, and never published twice by concurrent relays."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+import sip_factory as f
+from fhirhttp import JSON_HEADERS, body
+from harness import BUP, OUTSIDER, SCHOOL, SOC, Hub, broker, hub, world  # noqa: F401
+from sip_hub.bus import Bus, Envelope, Topology
+from sip_hub.messaging import builder, outbox
+from sip_hub.messaging.relay import DELIVERY, Relay
+from sip_hub.store import Store
+from sip_hub.store import outbox as sql
+
+
+def narrow_consent(hub: Hub, actors: list[str], status: str = "active") -> None:
+    r = hub.put(SOC, f.sip_consent(actor_refs=actors, status=status))
+    assert r.status_code == 200, r.text
+
+
+def by_event(hub: Hub) -> dict[str, list[tuple[str, str]]]:
+    out: dict[str, list[tuple[str, str]]] = {}
+    for d in hub.deliveries():
+        out.setdefault(d.event, []).append((d.dest_org, d.state))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def note(patient: str = "alva", plan: str = "alva-sip") -> dict:
+    return builder.message("sip-initiated", fhir_base="http://hub.test/fhir", sender=SOC,
+                           destinations=[builder.Party(BUP, "urn:x")],
+                           focus=[f"CarePlan/{plan}", f"Patient/{patient}"], resources=[])
+
+
+# -- who receives ---------------------------------------------------------------------------------
+
+def test_destinations_are_exactly_the_covered_organisations_plus_the_sender(world: Hub
+                                                                             ) -> None:
+    with world.store.begin(write=False) as tx:
+        assert outbox.destinations_for(tx, "alva", BUP) == sorted([SOC, BUP, SCHOOL])
+        assert outbox.destinations_for(tx, "alva", OUTSIDER) == sorted(
+            [SOC, BUP, SCHOOL, OUTSIDER])
+        assert outbox.destinations_for(tx, "nobody", SOC) == [SOC]
+    narrow_consent(world, [f.SOCIAL_SERVICES, f.BUP])
+    with world.store.begin(write=False) as tx:
+        assert outbox.destinations_for(tx, "alva", SOC) == sorted([SOC, BUP])
+    narrow_consent(world, [f.SOCIAL_SERVICES, f.BUP], status="inactive")
+    with world.store.begin(write=False) as tx:
+        assert outbox.destinations_for(tx, "alva", SOC) == [SOC]
+
+
+def test_the_established_plan_goes_to_the_covered_participants_not_to_its_writer(
+        world: Hub) -> None:
+    assert by_event(world) == {"plan-established": sorted([(BUP, "pending"), (SCHOOL, "pending")])}
+
+
+# -- atomic with the change ------------------------------------------------------------------
+
+def test_a_change_that_rolls_back_leaves_no_message(world: Hub) -> None:
+    before = len(world.deliveries())
+    bad = f.patient(f.DEMO_PNR) | {"gender": "bogus"}
+    r = world.client.post("/fhir", content=body({"resourceType": "Bundle", "type": "transaction",
+                                                 "entry": [
+        {"resource": f.sip_consent(actor_refs=[f.SOCIAL_SERVICES, f.BUP]),
+         "request": {"method": "PUT", "url": "Consent/alva-sip-samtycke"}},
+        {"resource": bad, "request": {"method": "PUT", "url": "Patient/alva"}}]})["content"],
+        headers=JSON_HEADERS | world.headers[SOC])
+    assert r.status_code == 422, r.text
+    assert len(world.deliveries()) == before
+    assert by_event(world) == {"plan-established": sorted([(BUP, "pending"), (SCHOOL, "pending")])}
+
+
+def test_a_committed_change_always_has_its_messages(world: Hub) -> None:
+    narrow_consent(world, [f.SOCIAL_SERVICES, f.BUP])
+    events = by_event(world)
+    assert events["consent-changed"] == [(BUP, "pending")]
+    (d,) = world.deliveries(states=["pending"], patient_id="alva")[-1:]
+    header = __import__("orjson").loads(d.content)["entry"][0]["resource"]
+    assert header["reason"]["coding"][0]["code"] == "narrowed"
+
+
+def test_enqueue_in_a_transaction_that_fails_writes_nothing(store: Store) -> None:
+    with pytest.raises(RuntimeError):
+        with store.begin() as tx:
+            outbox.enqueue(tx, note(), [BUP, SCHOOL])
+            raise RuntimeError("the change failed after its message was written")
+    with store.begin(write=False) as tx:
+        assert sql.find(tx) == []
+    with store.begin() as tx:
+        ids = outbox.enqueue(tx, note(), [BUP, SCHOOL])
+    with store.begin(write=False) as tx:
+        assert sorted(d.id for d in sql.find(tx)) == sorted(ids)
+
+
+# -- order ------------------------------------------------------------------------------------
+
+def test_each_stream_is_numbered_and_only_its_head_is_due(store: Store) -> None:
+    with store.begin() as tx:
+        for _ in range(3):
+            outbox.enqueue(tx, note(), [BUP, SCHOOL])
+        outbox.enqueue(tx, note("tolvan", "tolvan-sip"), [BUP])
+    with store.begin(write=False) as tx:
+        seqs = sorted((d.patient_id, d.dest_org, d.seq) for d in sql.find(tx))
+    assert seqs == sorted([("alva", BUP, 1), ("alva", BUP, 2), ("alva", BUP, 3),
+                           ("alva", SCHOOL, 1), ("alva", SCHOOL, 2), ("alva", SCHOOL, 3),
+                           ("tolvan", BUP, 1)])
+    with store.begin() as tx:
+        heads = sql.claim_due(tx, 2 ** 62, 100)
+    assert sorted((d.patient_id, d.dest_org, d.seq) for d in heads) == sorted(
+        [("alva", BUP, 1), ("alva", SCHOOL, 1), ("tolvan", BUP, 1)])
+
+
+# -- consent narrowed or withdrawn ------------------------------------------------------------
+
+def test_narrowing_consent_withdraws_what_the_left_out_organisation_has_not_received(
+        world: Hub) -> None:
+    with world.store.begin() as tx:
+        response = builder.response("req-1", "ok", fhir_base="http://hub.test/fhir",
+                                    destination=builder.Party(SCHOOL, "urn:x"),
+                                    focus=["CarePlan/alva-sip"])
+        outbox.enqueue(tx, response, [SCHOOL], kind=outbox.RESPONSE,
+                       sip=outbox.SipKey("alva", "alva-sip"))
+    narrow_consent(world, [f.SOCIAL_SERVICES, f.BUP])
+    states = {(d.event, d.dest_org): (d.state, d.last_error) for d in world.deliveries()}
+    assert states[("plan-established", SCHOOL)] == ("withdrawn", outbox.WITHDRAWN_REASON)
+    assert states[("plan-established", BUP)][0] == "pending"
+    # A response to the school's own request is not others' data: it stays.
+    assert states[("acknowledgement", SCHOOL)][0] == "pending"
+
+
+def test_withdrawing_consent_withdraws_every_undelivered_notification(world: Hub) -> None:
+    narrow_consent(world, [f.SOCIAL_SERVICES, f.BUP, f.SCHOOL], status="inactive")
+    assert {d.state for d in world.deliveries()} == {"withdrawn"}
+    assert "consent-changed" not in by_event(world)  # no one left to tell
+
+
+# -- concurrent relays -----------------------------------------------------------------------
+
+class SlowRecordingBus:
+    """A Bus stand-in that takes its time, so that relays' transactions overlap."""
+
+    def __init__(self, seen: list[str], lock: threading.Lock) -> None:
+        self.seen, self.lock = seen, lock
+
+    def publish(self, org: str, env: Envelope) -> None:
+        time.sleep(0.002)
+        with self.lock:
+            self.seen.append(str(env.headers[DELIVERY]))
+
+
+def test_concurrent_relays_never_publish_a_delivery_twice(store: Store) -> None:
+    with store.begin() as tx:
+        for i in range(40):
+            outbox.enqueue(tx, note(f"p{i}", f"plan{i}"), [BUP, SCHOOL])
+    seen: list[str] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def relay_until_empty() -> None:
+        relay = Relay(store, SlowRecordingBus(seen, lock), batch=5)  # type: ignore[arg-type]
+        try:
+            for _ in range(200):
+                if relay.run_once() == 0 and len(seen) >= 80:
+                    return
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=relay_until_empty) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    assert len(seen) == 80 and Counter(seen).most_common(1)[0][1] == 1
+    with store.begin(write=False) as tx:
+        assert sql.counts(tx) == {"published": 80}
+
+
+def test_relays_on_a_real_bus_publish_each_delivery_once(store: Store) -> None:
+    topology = Topology("trelay.sip_hub", "trelay.sip")
+    with store.begin() as tx:
+        for i in range(10):
+            outbox.enqueue(tx, note(f"p{i}", f"plan{i}"), [BUP])
+    with Bus("memory://", topology) as a, Bus("memory://", topology) as b:
+        assert Relay(store, a, batch=4).run_once() == 4
+        assert Relay(store, b, batch=100).run_once() == 6
+        assert Relay(store, a).run_once() == 0
+        assert a.queue_size(BUP) == 10
+        a.delete([BUP])

@@ -1,0 +1,96 @@
+"""The messaging worker: one loop for async requests, the relay, delivery and upkeep."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import orjson
+
+from harness import (BUP, SCHOOL, SOC, URL, Hub, acks, broker, hub, receivers,  # noqa: F401
+                     status_change, world)
+from sip_hub.messaging.capability import messaging_section
+from sip_hub.messaging.runtime import Messaging
+from sip_hub.messaging.worker import Worker
+from sip_hub.store import inbox
+from sip_hub.store import outbox as sql
+
+
+def settled(hub: Hub) -> bool:
+    return all(d.state not in sql.OPEN for d in hub.deliveries())
+
+
+def test_the_worker_processes_async_requests_and_delivers_everything(world: Hub,
+                                                                    receivers: Any) -> None:
+    bup, school = receivers(), receivers()
+    world.configure({BUP: bup.url, SCHOOL: school.url, SOC: receivers().url})
+    r = world.post(BUP, URL + "?async=true", status_change(world))
+    assert r.status_code == 202
+    worker = Worker(world.store, world.messaging)
+    try:
+        deadline = time.monotonic() + 20
+        while not (acks(bup) and settled(world) and len(school.received) == 2):
+            assert time.monotonic() < deadline
+            worker.run_once()
+    finally:
+        worker.close()
+    assert acks(bup)[0]["entry"][0]["resource"]["response"]["code"] == "ok"
+    assert sorted(m["entry"][0]["resource"]["eventCoding"]["code"] for m in school.received) \
+        == ["insats-status-changed", "plan-established"]
+
+
+def test_the_worker_runs_in_a_background_thread_and_stops(world: Hub, receivers: Any) -> None:
+    bup, school = receivers(), receivers()
+    world.configure({BUP: bup.url, SCHOOL: school.url}, poll_seconds=0.05)
+    worker = Worker(world.store, world.messaging)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not settled(world):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+    assert len(bup.received) == len(school.received) == 1
+
+
+def test_the_worker_survives_a_broker_that_is_down(world: Hub) -> None:
+    config = world.messaging.config.model_copy(update={
+        "broker_url": "amqp://guest:guest@127.0.0.1:1//", "poll_seconds": 0.05})
+    worker = Worker(world.store, Messaging.from_config(config))
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    time.sleep(1.0)
+    stop.set()
+    thread.join(timeout=30)
+    worker.close()
+    assert not thread.is_alive()
+    assert {d.state for d in world.deliveries()} == {"pending"}   # kept for later
+
+
+def test_upkeep_forgets_expired_cache_entries_and_old_settled_deliveries(
+        world: Hub, receivers: Any) -> None:
+    world.configure({BUP: receivers().url, SCHOOL: receivers().url})
+    world.post(BUP, URL, status_change(world))
+    world.rounds(lambda: settled(world))
+    states = sorted(d.state for d in world.deliveries())
+    assert states == ["dead", "delivered", "delivered", "delivered"]  # SOC has no endpoint
+    with world.store.begin() as tx:
+        assert inbox.purge_expired(tx, 2 ** 62) == 1
+        assert sql.delete_finished(tx, 2 ** 62) == 3
+    # Dead deliveries wait for an operator's replay.
+    assert [(d.state, d.dest_org) for d in world.deliveries()] == [("dead", SOC)]
+
+
+def test_the_capability_statement_section_declares_the_reliable_cache(hub: Hub) -> None:
+    (section,) = messaging_section(hub.messaging, "http://hub.test/fhir")
+    assert section["reliableCache"] == 24 * 60
+    assert section["endpoint"][0]["address"] == "http://hub.test/fhir/$process-message"
+    assert len(section["supportedMessage"]) == 28
+    cs = {"resourceType": "CapabilityStatement", "status": "active", "date": "2026-11-22",
+          "kind": "instance", "fhirVersion": "4.0.1", "format": ["json"],
+          "messaging": [section]}
+    from sip_hub.fhir import models
+    models.validate(orjson.loads(orjson.dumps(cs)))

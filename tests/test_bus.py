@@ -1,0 +1,203 @@
+"""The bus contract: one suite, run against the in-memory transport and real RabbitMQ.
+
+Every test uses its own exchange and queue names and removes them afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from sip_hub.bus import (ATTEMPTS, REASON, Ack, Bus, BusUnavailable, DeadLetter, Envelope,
+                         Received, Requeue, Topology)
+from sip_hub.errors import BadRequest, TransientError
+
+A, B = "SE2321000016-A001", "SE2120000142-B002"
+MakeBus = Callable[[], Bus]
+
+
+@pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+def make_bus(request: pytest.FixtureRequest) -> Iterator[MakeBus]:
+    url = "memory://" if request.param == "memory" else request.getfixturevalue("broker_url")
+    run = uuid.uuid4().hex[:10]
+    topology = Topology(exchange=f"t{run}.sip_hub", prefix=f"t{run}.sip")
+    made: list[Bus] = []
+
+    def make() -> Bus:
+        bus = Bus(url, topology, requeue_delay=0)
+        made.append(bus)
+        return bus
+
+    yield make
+    for bus in made:
+        bus.close()
+    with Bus(url, topology) as cleaner:
+        cleaner.delete([A, B])
+
+
+def eventually(check: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def env(n: int = 1, **headers: str | int) -> Envelope:
+    return Envelope(f'{{"n": {n}}}'.encode(), f"msg-{n}", {"sip-seq": n, **headers})
+
+
+def collect(bus: Bus, orgs: list[str], outcome: Callable[[Received], object] = lambda m: Ack(),
+            timeout: float = 0.5) -> list[Received]:
+    got: list[Received] = []
+
+    def handler(m: Received):  # noqa: ANN202 - any Outcome
+        got.append(m)
+        return outcome(m)
+    bus.consume(orgs, handler)
+    bus.drain(timeout=timeout)
+    return got
+
+
+def test_a_message_reaches_exactly_its_organisations_queue(make_bus: MakeBus) -> None:
+    pub, sub_a, sub_b = make_bus(), make_bus(), make_bus()
+    sub_b.declare(B)
+    pub.publish(A, env(1))
+    assert collect(sub_b, [B]) == []
+    (got,) = collect(sub_a, [A])
+    assert got.org == A
+
+
+def test_body_message_id_and_headers_arrive_unchanged(make_bus: MakeBus) -> None:
+    pub, sub = make_bus(), make_bus()
+    pub.publish(A, Envelope(b'{"resourceType":"Bundle","type":"message"}', "hdr-1",
+                            {"sip-delivery": "d-1", "sip-seq": 7}))
+    (got,) = collect(sub, [A])
+    assert got.body == b'{"resourceType":"Bundle","type":"message"}'
+    assert got.message_id == "hdr-1"
+    assert got.headers["sip-delivery"] == "d-1" and got.headers["sip-seq"] == 7
+
+
+def test_messages_wait_in_the_queue_until_a_consumer_comes(make_bus: MakeBus) -> None:
+    pub = make_bus()
+    for n in (1, 2, 3):
+        pub.publish(A, env(n))
+    assert pub.queue_size(A) == 3
+    got = collect(make_bus(), [A])
+    assert [m.message_id for m in got] == ["msg-1", "msg-2", "msg-3"]  # FIFO
+
+
+def test_acknowledged_messages_are_gone(make_bus: MakeBus) -> None:
+    pub = make_bus()
+    pub.publish(A, env(1))
+    assert len(collect(make_bus(), [A])) == 1
+    assert collect(make_bus(), [A]) == []
+    assert pub.queue_size(A) == 0
+
+
+def test_a_requeued_message_is_delivered_again(make_bus: MakeBus) -> None:
+    pub, sub = make_bus(), make_bus()
+    pub.publish(A, env(1))
+    seen: list[str] = []
+
+    def once_then_ack(m: Received):  # noqa: ANN202
+        seen.append(m.message_id)
+        return Requeue(delay=0) if len(seen) == 1 else Ack()
+    sub.consume([A], once_then_ack)
+    sub.drain(timeout=0.5)
+    assert seen == ["msg-1", "msg-1"]
+    assert pub.queue_size(A) == 0
+
+
+def test_a_dead_letter_carries_its_reason_and_attempts(make_bus: MakeBus) -> None:
+    pub, sub = make_bus(), make_bus()
+    pub.publish(A, env(1, **{"sip-delivery": "d-1"}))
+    collect(sub, [A], lambda m: DeadLetter("HTTP 422 from https://x: bad plan", 3))
+    assert pub.queue_size(A) == 0
+    (dead,) = make_bus().take_dead()
+    assert dead.message_id == "msg-1" and dead.body == b'{"n": 1}'
+    assert dead.headers[REASON] == "HTTP 422 from https://x: bad plan"
+    assert dead.headers[ATTEMPTS] == 3 and dead.headers["sip-delivery"] == "d-1"
+
+
+def test_handler_errors_become_requeue_or_dead_letter_by_retryability(
+        make_bus: MakeBus) -> None:
+    pub, sub = make_bus(), make_bus()
+    pub.publish(A, env(1))
+    pub.publish(A, env(2))
+    calls: list[str] = []
+
+    def failing(m: Received):  # noqa: ANN202
+        calls.append(m.message_id)
+        if m.message_id == "msg-1" and calls.count("msg-1") == 1:
+            raise TransientError("database unavailable")
+        if m.message_id == "msg-2":
+            raise BadRequest("not a message Bundle")
+        return Ack()
+    sub.consume([A], failing)
+    sub.drain(timeout=0.5)
+    assert calls.count("msg-1") == 2 and calls.count("msg-2") == 1
+    (dead,) = make_bus().take_dead()
+    assert dead.message_id == "msg-2" and dead.headers[REASON] == "not a message Bundle"
+
+
+def test_take_dead_takes_the_selected_and_leaves_the_rest(make_bus: MakeBus) -> None:
+    bus = make_bus()
+    for n in (1, 2, 3):
+        bus.dead_letter(env(n), f"reason {n}", n)
+    taken = bus.take_dead(lambda m: m.message_id == "msg-2")
+    assert [m.message_id for m in taken] == ["msg-2"]
+    eventually(lambda: bus.queue_size() == 2)  # RabbitMQ requeues asynchronously
+    assert sorted(m.message_id for m in make_bus().take_dead()) == ["msg-1", "msg-3"]
+    assert bus.queue_size() == 0
+
+
+def test_consume_can_add_queues_later(make_bus: MakeBus) -> None:
+    pub, sub = make_bus(), make_bus()
+    pub.publish(A, env(1))
+    pub.publish(B, env(2))
+    got = collect(sub, [A])
+    got += collect(sub, [A, B])
+    assert sorted((m.org, m.message_id) for m in got) == sorted([(A, "msg-1"), (B, "msg-2")])
+
+
+def test_the_transport_declares_its_retryable_errors(make_bus: MakeBus) -> None:
+    bus = make_bus()
+    assert ConnectionError in bus.retryable_errors or any(
+        issubclass(ConnectionRefusedError, e) for e in bus.retryable_errors)
+    assert issubclass(BusUnavailable, TransientError) and BusUnavailable.retryable
+
+
+# -- transport-specific -------------------------------------------------------------------------
+
+def test_an_unreachable_broker_is_a_retryable_error() -> None:
+    bus = Bus("amqp://guest:guest@127.0.0.1:1//", connect_timeout=1)
+    with pytest.raises(BusUnavailable) as caught:
+        bus.publish(A, env(1))
+    assert caught.value.retryable and caught.value.status == 503
+    bus.close()
+
+
+def test_the_memory_transport_does_not_outlive_the_process() -> None:
+    with Bus("memory://") as bus:
+        assert not bus.durable
+
+
+@pytest.mark.rabbitmq
+def test_rabbitmq_queues_are_durable_quorum_queues(broker_url: str) -> None:
+    run = uuid.uuid4().hex[:10]
+    topology = Topology(exchange=f"t{run}.sip_hub", prefix=f"t{run}.sip")
+    with Bus(broker_url, topology) as bus:
+        assert bus.durable
+        bus.declare(A)
+        try:
+            from kombu import Connection, Queue
+            with Connection(broker_url) as conn:
+                classic = Queue(topology.org_queue(A), durable=True,
+                                queue_arguments={"x-queue-type": "classic"})
+                with pytest.raises(Exception, match="x-queue-type"):
+                    classic(conn.default_channel).declare()
+        finally:
+            bus.delete([A])
