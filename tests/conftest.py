@@ -6,6 +6,7 @@ SIP_HUB_REQUIRE_SERVICES=1 (CI), where a missing service fails the run.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -139,6 +140,36 @@ def service(store: Store) -> FhirService:
 # -- the independent FHIR validators (Node) in the shared folder beside the repository --------
 
 SHARED_VALIDATOR = Path(__file__).resolve().parents[2] / "shared" / "tools" / "fhir-validate"
+_FHIRPATH_CONSTRAINTS_JS = """
+const fs = require('fs');
+const { evalFhirPathTyped, toTypedValue } = require('@medplum/core');
+const [defsDir, casesFile] = process.argv.slice(2);
+const constraints = [];
+for (const f of fs.readdirSync(defsDir)) {
+  const sd = JSON.parse(fs.readFileSync(defsDir + '/' + f));
+  if (sd.resourceType !== 'StructureDefinition') continue;
+  for (const el of sd.differential.element)
+    for (const c of el.constraint || [])
+      constraints.push({ type: sd.type, path: el.path, key: c.key, expr: c.expression });
+}
+const out = [];
+for (const resource of JSON.parse(fs.readFileSync(casesFile))) {
+  const root = toTypedValue(resource);
+  const failed = [];
+  for (const c of constraints) {
+    if (c.type !== resource.resourceType) continue;
+    const rel = c.path.split('.').slice(1).join('.');
+    const nodes = rel ? evalFhirPathTyped(rel, [root]) : [root];
+    const ok = nodes.every(n => {
+      const r = evalFhirPathTyped(c.expr, [n], { '%resource': root, '%context': n });
+      return r.length === 1 && r[0].value === true;
+    });
+    if (!ok) failed.push(c.key);
+  }
+  out.push(failed);
+}
+console.log(JSON.stringify(out));
+"""
 
 
 @dataclass(frozen=True)
@@ -148,6 +179,19 @@ class NodeTool:
 
     def validate(self, *files: Path | str) -> subprocess.CompletedProcess[str]:
         return self.run(self.folder / "validate.js", *files)
+
+    def failing_constraints(self, workdir: Path, definitions: Path,
+                            resources: list[dict]) -> list[list[str]]:
+        """For each resource, the keys of our published StructureDefinition constraints that
+        Medplum's FHIRPath engine finds broken (so the published invariants and the Python
+        enforcement can be shown to agree)."""
+        script = workdir / "fhirpath.js"
+        script.write_text(_FHIRPATH_CONSTRAINTS_JS, "utf-8")
+        data = workdir / "cases.json"
+        data.write_text(json.dumps(resources), "utf-8")
+        done = self.run(script, definitions, data)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
 
     def run(self, script: Path | str, *args: Path | str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "NODE_PATH": str(self.folder / "node_modules")}
