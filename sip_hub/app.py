@@ -13,6 +13,8 @@ from starlette.responses import Response
 
 from . import __version__, deadlines, demo
 from .audit import AuditLog
+from .messaging.config import MessagingSettings
+from .messaging.endpoints import Endpoints
 from .messaging.runtime import Messaging
 from .messaging.worker import Worker
 from .auth import TokenService, load_keys
@@ -35,9 +37,26 @@ class ConfigurationError(RuntimeError):
 
 def check_settings(settings: Settings) -> None:
     if settings.env == "production":
-        problems = settings.production_problems()
+        problems = settings.production_problems() + _messaging_problems(settings)
         if problems:
             raise ConfigurationError("Refusing to start in production: " + "; ".join(problems))
+
+
+def _messaging_problems(settings: Settings) -> list[str]:
+    config = MessagingSettings.for_hub(settings)
+    problems = []
+    if not config.hub_hsa_id:
+        problems.append("SIP_HUB_MESSAGE_HUB_HSA_ID must name the hub's own HSA-id (the "
+                        "sender of its messages)")
+    try:
+        endpoints = Endpoints.load(config.endpoints_file)
+    except ValueError as exc:
+        problems.append(str(exc))
+    else:
+        if not endpoints.orgs:
+            problems.append(f"{config.endpoints_file} configures no organisation endpoints: "
+                            "every message would be dead-lettered")
+    return problems
 
 
 def build_store(settings: Settings) -> Store:

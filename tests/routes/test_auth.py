@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from conftest import issue_token
 from fhirhttp import body, outcome_text, patient
 from sip_hub import clients
-from sip_hub.app import ConfigurationError, create_app
+from sip_hub.app import ConfigurationError, check_settings, create_app
 from sip_hub.settings import Settings
 
 ORG = "SE2321000016-15CQ"
@@ -136,6 +136,22 @@ def test_production_accepts_real_settings():
     good = Settings(env="production", database_url="postgresql://hub:Xk29dq@db/sip",
                     broker_url="amqp://hub:Pq81x@mq//", jwt_keys='[{"kid": "k", "pem": "x"}]')
     assert good.production_problems() == []
+
+
+def test_production_needs_the_hubs_hsa_id_and_organisation_endpoints(tmp_path, monkeypatch):
+    good = Settings(env="production", database_url="postgresql://hub:Xk29dq@db/sip",
+                    broker_url="amqp://hub:Pq81x@mq//", jwt_keys='[{"kid": "k", "pem": "x"}]',
+                    mappings_dir=tmp_path)
+    (tmp_path / "endpoints.json").write_text('{"endpoints": []}')
+    with pytest.raises(ConfigurationError) as err:
+        check_settings(good)
+    assert "SIP_HUB_MESSAGE_HUB_HSA_ID" in str(err.value)
+    assert "no organisation endpoints" in str(err.value)
+    monkeypatch.setenv("SIP_HUB_MESSAGE_HUB_HSA_ID", "SE2321000016-HUB1")
+    (tmp_path / "endpoints.json").write_text(
+        '{"endpoints": [{"organization": "SE2321000016-15CQ", '
+        '"url": "https://bup.example.se/fhir/$process-message"}]}')
+    check_settings(good)
 
 
 def test_admin_without_personal_data_sees_directory_only(anonymous, store, client):
