@@ -130,8 +130,8 @@ def test_string_search_is_prefix_case_and_accent_insensitive(client, world):
 
 
 def test_identifier_and_birthdate(client, world):
-    assert search(client, f"Patient?identifier=http://electronichealth.se/identifier/"
-                          f"personnummer|191212121212")["total"] == 1
+    assert search(client, "Patient?identifier=http://electronichealth.se/identifier/"
+                          "personnummer|191212121212")["total"] == 1
     assert search(client, "Patient?identifier=191212121212")["total"] == 1
     assert search(client, "Patient?birthdate=1912")["total"] == 1
     assert search(client, f"Organization?identifier={HSA}|SE2120001637-1")["total"] == 1
