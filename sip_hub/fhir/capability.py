@@ -71,6 +71,26 @@ def _resource(rtype: str) -> dict[str, Any]:
     return out
 
 
+def _security(base_url: str) -> dict[str, Any]:
+    """SMART backend services: OAuth2 client credentials at the hub's token endpoint."""
+    root = base_url.removesuffix("/fhir")
+    return {
+        "extension": [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [{"url": "token", "valueUri": f"{root}/auth/token"}]}],
+        "cors": False,
+        "service": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+            "code": "SMART-on-FHIR"}], "text": "OAuth2 client credentials (SMART backend "
+                                               "services), SMART v2 system scopes"}],
+        "description": (
+            f"Every interaction except this CapabilityStatement needs a bearer token from "
+            f"{root}/auth/token (client_secret_basic or client_secret_post); discovery at "
+            f"{root}/.well-known/smart-configuration. Access to personal data follows the "
+            "person's SIP consent and the organisation's participation, and is audited."),
+    }
+
+
 def capability_statement(base_url: str, software_date: str,
                          messaging: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     by_type, system_operations = _operations()
@@ -89,6 +109,7 @@ def capability_statement(base_url: str, software_date: str,
             "Paging with _count and _offset; _sort on _id, _lastUpdated and date, string "
             "and token parameters; one level of chaining on reference parameters; "
             "_include and _revinclude without :iterate."),
+        "security": _security(base_url),
         "resource": resources,
         "interaction": [{"code": "transaction"}, {"code": "batch"},
                         {"code": "history-system"}],

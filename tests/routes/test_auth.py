@@ -28,7 +28,12 @@ def test_unauthenticated_fhir_request_is_401_with_challenge(anonymous):
 
 
 def test_metadata_and_smart_configuration_stay_public(anonymous):
-    assert anonymous.get("/fhir/metadata").status_code == 200
+    meta = anonymous.get("/fhir/metadata")
+    assert meta.status_code == 200
+    security = meta.json()["rest"][0]["security"]
+    assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+    oauth = security["extension"][0]["extension"][0]
+    assert oauth["url"] == "token" and oauth["valueUri"] == "http://hub.test/auth/token"
     conf = anonymous.get("/.well-known/smart-configuration").json()
     assert conf["token_endpoint"].endswith("/auth/token")
     assert "client_credentials" in conf["grant_types_supported"]
