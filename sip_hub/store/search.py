@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from sqlalchemy import (ColumnElement, Connection, Select, and_, func, not_, or_, select,
-                        true)
+from sqlalchemy import (ColumnElement, Connection, Select, and_, exists, func, not_, or_,
+                        select, true)
 
 from ..fhir.search import Criterion, DateValue, ReferenceValue, SearchQuery, TokenValue
 from ..fhir.search_params import params_for
@@ -138,19 +138,22 @@ VisibilityFor = Callable[[str], "Visibility | None | Literal[False]"]
 
 
 def visibility_cond(rtype: str, vis: Visibility) -> ColumnElement[bool]:
+    """Owned, or in the compartment of a patient the organisation holds a live reading grant
+    for. Checked per candidate row (correlated EXISTS), so the cost follows the rows the
+    criteria match, not the number of patients the organisation can see."""
     g = access_grant.c
-    patients = select(g.patient_id).where(
-        g.org_hsa_id == vis.org, g.reads.is_(True),
-        or_(g.valid_until.is_(None), g.valid_until > vis.now))
+    live = and_(g.org_hsa_id == vis.org, g.reads.is_(True),
+                or_(g.valid_until.is_(None), g.valid_until > vis.now))
     owned = _R.owner_org == vis.org
     if vis.compartment is None:
         return owned
     if vis.compartment == "_self":
-        return or_(owned, _R.res_id.in_(patients))
+        return or_(owned, exists().where(g.patient_id == _R.res_id, live))
     c = idx_reference.c
-    in_compartment = _R.res_id.in_(_ids(idx_reference, rtype, vis.compartment, and_(
-        c.target_type == "Patient", c.target_id.in_(patients))))
-    return or_(owned, in_compartment)
+    granted = exists().where(
+        c.res_type == _R.res_type, c.res_id == _R.res_id, c.param == vis.compartment,
+        c.target_type == "Patient", g.patient_id == c.target_id, live)
+    return or_(owned, granted)
 
 
 def _conditions(query: SearchQuery, visibility: Visibility | None) -> list[ColumnElement[bool]]:
