@@ -115,9 +115,18 @@ def type_history(request: Request, rtype: str) -> Response:
     return _read(request, lambda tx, ctx: ix.history(tx, ctx, _params(request), rtype))
 
 
+async def _point_read(request: Request, fn: Callable[[Tx, ix.Context], ix.Result]) -> Response:
+    """A single indexed lookup. On the embedded store it costs less than the hop to the
+    threadpool, so it runs on the event loop (measured: SQLite reads ~1.5k/s against ~0.9k/s);
+    on PostgreSQL the network round trip would stall the loop, so it goes to a thread."""
+    if _store(request).embedded:
+        return _read(request, fn)
+    return await run_in_threadpool(_read, request, fn)
+
+
 @router.get("/{rtype}/{rid}")
-def read(request: Request, rtype: str, rid: str) -> Response:
-    return _read(request, lambda tx, ctx: ix.read(tx, ctx, rtype, rid))
+async def read(request: Request, rtype: str, rid: str) -> Response:
+    return await _point_read(request, lambda tx, ctx: ix.read(tx, ctx, rtype, rid))
 
 
 @router.put("/{rtype}/{rid}")
@@ -141,5 +150,5 @@ def instance_history(request: Request, rtype: str, rid: str) -> Response:
 
 
 @router.get("/{rtype}/{rid}/_history/{vid}")
-def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
-    return _read(request, lambda tx, ctx: ix.vread(tx, ctx, rtype, rid, vid))
+async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
+    return await _point_read(request, lambda tx, ctx: ix.vread(tx, ctx, rtype, rid, vid))

@@ -299,6 +299,11 @@ class Store:
         except OperationalError as exc:
             raise TransientError(f"Database unavailable: {exc.orig}") from exc
 
+    @property
+    def embedded(self) -> bool:
+        """SQLite in this process: no network between the hub and its data."""
+        return self.engine.dialect.name == "sqlite"
+
     def ping(self) -> None:
         with self.begin(write=False) as tx:
             tx.conn.execute(select(1))
