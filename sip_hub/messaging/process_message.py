@@ -28,14 +28,14 @@ is rolled back and only the fatal-error response is remembered).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from .. import bundles
+from .. import bundles, invitations
 from ..audit import AuditLog
 from ..auth import Principal, parse_scopes
 from ..errors import BadRequest, Conflict, Forbidden, NotFound, SipHubError, TransientError
@@ -45,6 +45,7 @@ from ..fhir.outcome import from_error, information
 from ..interactions import Context
 from ..access import Access
 from ..metrics import MESSAGES_RECEIVED
+from ..operation import Operation
 from ..store import Store, Stored, Tx
 from ..store import inbox
 from . import builder, parser, vocabulary as vocab
@@ -223,8 +224,40 @@ def _rewrite(node: Any, mapping: dict[str, str]) -> Any:
     return node
 
 
+# Events whose effect is a process operation: a message carrying the operation's Parameters
+# is applied through the operation (its rules and effects), not as plain writes.
+_OPERATIONS: dict[str, tuple[str, Callable[[Operation, str, Any, str | None], Json]]] = {
+    "invitation-response": ("Task", invitations.respond),
+}
+
+
+def _apply_operation(tx: Tx, ctx: Context, msg: parser.Message) -> dict[int, Stored] | None:
+    spec = _OPERATIONS.get(msg.event)
+    params = next((e["resource"] for e in msg.entries
+                   if e["resource"]["resourceType"] == "Parameters"), None)
+    if spec is None or params is None:
+        return None
+    rtype, run = spec
+    target = next((f.id for f in msg.focus if f.type == rtype and f.id), None)
+    if target is None:
+        raise BadRequest(f"An {msg.event} message names its {rtype} in MessageHeader.focus")
+    run(Operation(tx, ctx, now_utc()), target, params, None)
+    out: dict[int, Stored] = {}
+    for i, e in enumerate(msg.entries):
+        res = e["resource"]
+        rid = res.get("id")
+        cur = tx.current(res["resourceType"], rid) if isinstance(rid, str) and \
+            res["resourceType"] != "Parameters" else None
+        if cur is not None and not cur.deleted:
+            out[i] = cur
+    return out
+
+
 def _apply(tx: Tx, ctx: Context, msg: parser.Message) -> dict[int, Stored]:
     """Write the message's resources as one transaction; the stored version of each entry."""
+    done = _apply_operation(tx, ctx, msg)
+    if done is not None:
+        return done
     out: dict[int, Stored] = {}
     unchanged: dict[str, str] = {}
     todo: list[tuple[int, Json]] = []
