@@ -27,7 +27,7 @@ from .errors import Forbidden
 from .fhir import profiles, sip
 from .fhir.dates import now_utc, parse_range, to_us
 from .fhir.indexing import split_reference
-from .fhir.search import parse as parse_search
+from .service import find
 from .fhir.search_params import params_for
 from .identifiers import HSA_ID
 from .store import Stored, Tx
@@ -224,9 +224,7 @@ def _only_own_activity_status(tx: Tx, old: dict[str, Any], new: dict[str, Any], 
 
 def _search(tx: Tx, rtype: str, items: list[tuple[str, str]], profile: str
             ) -> list[tuple[Stored, dict[str, Any]]]:
-    query = parse_search(rtype, items, default_count=1000, max_count=1000)
-    query.total = False
-    found = [(s, s.json()) for s in tx.search(query)[0]]
+    found = [(s, s.json()) for s in find(tx, rtype, items)]
     return [(s, r) for s, r in found if profiles.applies(r) == profile]
 
 

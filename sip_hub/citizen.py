@@ -14,7 +14,7 @@ from . import identifiers
 from .errors import BadRequest, Forbidden
 from .fhir import profiles, sip
 from .fhir.indexing import split_reference
-from .fhir.search import parse as parse_search
+from .service import find
 from .interactions import Context, bundle
 from .store import Stored, Tx
 
@@ -37,12 +37,6 @@ def _not_for_patient(resource: dict[str, Any]) -> bool:
     return any(sip.NOPATIENT.matches(label) for label in labels)
 
 
-def _search(tx: Tx, rtype: str, items: list[tuple[str, str]]) -> list[Stored]:
-    query = parse_search(rtype, items, default_count=100, max_count=100)
-    query.total = False
-    return tx.search(query)[0]
-
-
 def plans_for(tx: Tx, patient_token: str) -> tuple[list[Stored], list[Stored], set[str]]:
     """(plans, linked resources, patient ids) of the citizen's view."""
     system, sep, value = patient_token.partition("|")
@@ -54,10 +48,10 @@ def plans_for(tx: Tx, patient_token: str) -> tuple[list[Stored], list[Stored], s
     except identifiers.InvalidIdentifier as exc:
         raise BadRequest(f"Invalid patient identifier: {exc.reason}", expression="patient") \
             from None
-    patients = {s.id for s in _search(tx, "Patient", [("identifier", f"{system}|{value}")])}
+    patients = {s.id for s in find(tx, "Patient", [("identifier", f"{system}|{value}")], 100)}
     plans: list[Stored] = []
     for pid in sorted(patients):
-        for s in _search(tx, "CarePlan", [("patient", f"Patient/{pid}")]):
+        for s in find(tx, "CarePlan", [("patient", f"Patient/{pid}")], 100):
             plan = s.json()
             # intent=plan: a proposed revision is not the plan until the person approves it.
             if profiles.applies(plan) == sip.PROFILE_CAREPLAN and plan.get("intent") == "plan" \

@@ -25,7 +25,7 @@ from .errors import Conflict, Forbidden, Issue
 from .fhir import profiles, sip
 from .fhir.dates import parse_range, to_us
 from .fhir.indexing import split_reference
-from .fhir.search import parse as parse_search
+from .service import find as search  # the process modules read as the hub
 from .identifiers import PERSONNUMMER, SAMORDNINGSNUMMER
 from .store import Stored, Tx
 
@@ -185,13 +185,6 @@ def ref_target(ref: Any) -> tuple[str, str] | None:
 def current_json(tx: Tx, rtype: str, rid: str) -> Json | None:
     cur = tx.current(rtype, rid)
     return cur.json() if cur is not None and not cur.deleted else None
-
-
-def search(tx: Tx, rtype: str, items: list[tuple[str, str]], limit: int = 1000) -> list[Stored]:
-    """Everything matching, unrestricted: the process reads as the hub."""
-    query = parse_search(rtype, items, default_count=limit, max_count=limit)
-    query.total = False
-    return tx.search(query)[0]
 
 
 def name_of(tx: Tx, ref: Any) -> str:

@@ -13,6 +13,7 @@ from typing import Any, Callable
 from . import identifiers
 from .errors import BadRequest, Conflict, IssueCollector, MethodNotAllowed, NotFound
 from .fhir import models, profiles, validation
+from .fhir.search import parse as parse_search
 from .fhir.search_params import READ_ONLY_TYPES, supported
 from .store import Store, Stored, Tx
 
@@ -34,6 +35,14 @@ def check_type(rtype: str, *, write: bool = False) -> None:
 def check_id(rid: str) -> None:
     if not ID_RE.match(rid):
         raise BadRequest(f"'{rid}' is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)")
+
+
+def find(tx: Tx, rtype: str, items: list[tuple[str, str]], limit: int = 1000) -> list[Stored]:
+    """Everything matching a search, unrestricted and without a total: the hub's own reads
+    (grant refresh, the process rules, the citizen view), never a client's."""
+    query = parse_search(rtype, items, default_count=limit, max_count=limit)
+    query.total = False
+    return tx.search(query)[0]
 
 
 def tx_resolver(tx: Tx, pending: dict[tuple[str, str], dict[str, Any]] | None = None) -> Resolve:
@@ -84,10 +93,6 @@ def prepare(res: Any, resolve: Resolve, *, expected_type: str | None = None) -> 
 @dataclass(slots=True)
 class FhirService:
     store: Store
-
-    def read(self, rtype: str, rid: str) -> Stored | None:
-        check_type(rtype)
-        return self.store.read(rtype, rid)
 
     def seed_definitions(self) -> int:
         """Publish the hub's own conformance resources, writing only those that changed.
