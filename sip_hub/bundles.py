@@ -80,12 +80,12 @@ def _entries(bundle: dict[str, Any], ctx: ix.Context) -> list[_Entry]:
     return out
 
 
-def _rewrite_refs(node: Any, mapping: dict[str, str]) -> Any:
+def rewrite_refs(node: Any, mapping: dict[str, str]) -> Any:
     if isinstance(node, dict):
         return {k: (mapping.get(v, v) if k == "reference" and isinstance(v, str)
-                    else _rewrite_refs(v, mapping)) for k, v in node.items()}
+                    else rewrite_refs(v, mapping)) for k, v in node.items()}
     if isinstance(node, list):
-        return [_rewrite_refs(v, mapping) for v in node]
+        return [rewrite_refs(v, mapping) for v in node]
     return node
 
 
@@ -145,58 +145,64 @@ def _with_entry(err: SipHubError, index: int) -> SipHubError:
     return err
 
 
-def transaction(store: Store, ctx: ix.Context, bundle: dict[str, Any], prefer: str) -> dict:
+def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str) -> dict:
+    """A transaction Bundle inside the caller's database transaction (messages use this, so
+    their effects commit with the message's cache entry and notifications)."""
     entries = _entries(bundle, ctx)
     responses: dict[int, dict[str, Any]] = {}
-    with store.begin() as tx:
-        # Assign ids (or find the existing resource for a conditional create) before any
-        # write, so every reference between entries can be rewritten first.
-        mapping: dict[str, str] = {}
-        assigned: dict[int, str] = {}
-        for e in entries:
-            if e.method == "POST" and isinstance(e.resource, dict):
-                try:
-                    check_type(e.rtype, write=True)
-                    rid = None
-                    if e.if_none_exist:
-                        found = ix.match(tx, ctx, e.rtype, e.if_none_exist)
-                        if len(found) > 1:
-                            raise ix.PreconditionFailed(
-                                f"ifNoneExist matched {len(found)} {e.rtype} resources")
-                        rid = found[0].id if found else None
-                        if rid:
-                            responses[e.index] = _response_entry(ctx, ix.Result(200, found[0]),
-                                                                 prefer)
-                    rid = rid or new_id()
-                except SipHubError as err:
-                    raise _with_entry(err, e.index) from None
-                assigned[e.index] = rid
-                if e.full_url:
-                    mapping[e.full_url] = f"{e.rtype}/{rid}"
-            elif e.method == "PUT" and e.rid and e.full_url:
-                mapping[e.full_url] = f"{e.rtype}/{e.rid}"
-        pending: dict[tuple[str, str], dict[str, Any]] = {}
-        for e in entries:
-            if isinstance(e.resource, dict):
-                e.resource = _rewrite_refs(e.resource, mapping)
-                rid = assigned.get(e.index, e.rid)
-                if rid and e.index not in responses:
-                    pending[(e.rtype, rid)] = {**e.resource, "id": rid}
-        resolve = tx_resolver(tx, pending)
-        for e in sorted(entries, key=lambda x: (_ORDER[x.method], x.index)):
-            if e.index in responses:
-                continue
+    # Assign ids (or find the existing resource for a conditional create) before any
+    # write, so every reference between entries can be rewritten first.
+    mapping: dict[str, str] = {}
+    assigned: dict[int, str] = {}
+    for e in entries:
+        if e.method == "POST" and isinstance(e.resource, dict):
             try:
-                if e.method == "POST":
-                    check_type(e.rtype, write=True)
-                    result = ix.create(tx, ctx, e.rtype, e.resource, rid=assigned[e.index],
-                                       resolve=resolve)
-                else:
-                    result = _run(tx, ctx, e, resolve)
+                check_type(e.rtype, write=True)
+                rid = None
+                if e.if_none_exist:
+                    found = ix.match(tx, ctx, e.rtype, e.if_none_exist)
+                    if len(found) > 1:
+                        raise ix.PreconditionFailed(
+                            f"ifNoneExist matched {len(found)} {e.rtype} resources")
+                    rid = found[0].id if found else None
+                    if rid:
+                        responses[e.index] = _response_entry(ctx, ix.Result(200, found[0]),
+                                                             prefer)
+                rid = rid or new_id()
             except SipHubError as err:
                 raise _with_entry(err, e.index) from None
-            responses[e.index] = _response_entry(ctx, result, prefer)
+            assigned[e.index] = rid
+            if e.full_url:
+                mapping[e.full_url] = f"{e.rtype}/{rid}"
+        elif e.method == "PUT" and e.rid and e.full_url:
+            mapping[e.full_url] = f"{e.rtype}/{e.rid}"
+    pending: dict[tuple[str, str], dict[str, Any]] = {}
+    for e in entries:
+        if isinstance(e.resource, dict):
+            e.resource = rewrite_refs(e.resource, mapping)
+            rid = assigned.get(e.index, e.rid)
+            if rid and e.index not in responses:
+                pending[(e.rtype, rid)] = {**e.resource, "id": rid}
+    resolve = tx_resolver(tx, pending)
+    for e in sorted(entries, key=lambda x: (_ORDER[x.method], x.index)):
+        if e.index in responses:
+            continue
+        try:
+            if e.method == "POST":
+                check_type(e.rtype, write=True)
+                result = ix.create(tx, ctx, e.rtype, e.resource, rid=assigned[e.index],
+                                   resolve=resolve)
+            else:
+                result = _run(tx, ctx, e, resolve)
+        except SipHubError as err:
+            raise _with_entry(err, e.index) from None
+        responses[e.index] = _response_entry(ctx, result, prefer)
     return ix.bundle("transaction-response", [responses[e.index] for e in entries])
+
+
+def transaction(store: Store, ctx: ix.Context, bundle: dict[str, Any], prefer: str) -> dict:
+    with store.begin() as tx:
+        return transaction_in(tx, ctx, bundle, prefer)
 
 
 def batch(store: Store, ctx: ix.Context, bundle: dict[str, Any], prefer: str) -> dict:

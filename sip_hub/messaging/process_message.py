@@ -28,8 +28,7 @@ is rolled back and only the fatal-error response is remembered).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,19 +84,6 @@ class _Uncached(Exception):
 def reliable_cache_minutes(messaging: Messaging) -> int:
     """How long received messages are remembered (CapabilityStatement.messaging.reliableCache)."""
     return messaging.config.cache_minutes
-
-
-class _Joined(Store):
-    """A Store whose ``begin`` joins an open transaction: ``bundles.transaction`` opens its own,
-    and the message's effects must commit with its cache entry and its notifications."""
-
-    def __init__(self, tx: Tx) -> None:
-        super().__init__(tx.conn.engine)
-        self._tx = tx
-
-    @contextmanager
-    def begin(self, *, write: bool = True) -> Iterator[Tx]:
-        yield self._tx
 
 
 def _now() -> int:
@@ -215,15 +201,6 @@ def _same(stored: Stored, res: Json) -> bool:
     return a == {k: v for k, v in res.items() if k != "meta"}
 
 
-def _rewrite(node: Any, mapping: dict[str, str]) -> Any:
-    if isinstance(node, dict):
-        return {k: (mapping.get(v, v) if k == "reference" and isinstance(v, str)
-                    else _rewrite(v, mapping)) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_rewrite(v, mapping) for v in node]
-    return node
-
-
 # Events whose effect is a process operation: a message carrying the operation's Parameters
 # is applied through the operation (its rules and effects), not as plain writes.
 _OPERATIONS: dict[str, tuple[str, Callable[[Operation, str, Any, str | None], Json]]] = {
@@ -279,14 +256,13 @@ def _apply(tx: Tx, ctx: Context, msg: parser.Message) -> dict[int, Stored]:
         return out
     entries = []
     for _, e in todo:
-        res = _rewrite(copy.deepcopy(e["resource"]), unchanged)
+        res = bundles.rewrite_refs(copy.deepcopy(e["resource"]), unchanged)
         rid = res.get("id")
         request = ({"method": "PUT", "url": f"{res['resourceType']}/{rid}"} if rid
                    else {"method": "POST", "url": res["resourceType"]})
         entries.append({"fullUrl": e["fullUrl"], "resource": res, "request": request})
-    result = bundles.transaction(_Joined(tx), ctx, {"resourceType": "Bundle",
-                                                    "type": "transaction", "entry": entries},
-                                 "minimal")
+    result = bundles.transaction_in(tx, ctx, {"resourceType": "Bundle", "type": "transaction",
+                                              "entry": entries}, "minimal")
     for (i, _), answered in zip(todo, result["entry"]):
         target = split_reference(answered.get("fullUrl", ""))
         stored = tx.current(*target) if target else None
