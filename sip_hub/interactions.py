@@ -123,12 +123,17 @@ def _guard_write(tx: Tx, ctx: Context, rtype: str, old: Stored | None,
         raise
 
 
+def _changed(tx: Tx, ctx: Context, rtype: str, old: dict[str, Any] | None,
+             new: dict[str, Any] | None) -> None:
+    """What every change sets off, in its own transaction: grants, then notifications."""
+    acl.after_write(tx, rtype, old, new)
+    if ctx.messaging is not None:
+        ctx.messaging.after_write(tx, ctx, rtype, old, new)
+
+
 def _written(tx: Tx, ctx: Context, interaction: str, old: Stored | None, new: Stored) -> None:
     old_json = old.json() if old is not None and old.content is not None else None
-    new_json = new.json() if new.content else None
-    acl.after_write(tx, new.type, old_json, new_json)
-    if ctx.messaging is not None:
-        ctx.messaging.after_write(tx, ctx, new.type, old_json, new_json)
+    _changed(tx, ctx, new.type, old_json, new.json() if new.content else None)
     ctx.record(interaction, [new], tx=tx)
 
 
@@ -245,9 +250,7 @@ def delete(tx: Tx, ctx: Context, rtype: str, rid: str) -> Result:
     process.check_plain_delete(ctx, cur.json())
     done = tx.delete(rtype, rid)
     assert done is not None
-    acl.after_write(tx, rtype, cur.json(), None)
-    if ctx.messaging is not None:
-        ctx.messaging.after_write(tx, ctx, rtype, cur.json(), None)
+    _changed(tx, ctx, rtype, cur.json(), None)
     ctx.record("delete", [cur], tx=tx)
     return Result(200, None, information(f"Deleted {rtype}/{rid} (version {done.version_id})"),
                   headers={"ETag": etag(done)})
