@@ -13,6 +13,7 @@ import base64
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,19 +176,30 @@ class AuditLog:
                     break
             records = [i for i in items if isinstance(i, AuditRecord)]
             if records:
-                try:
-                    self._write(records)
-                except Exception:  # keep the writer alive; the records are retried once
-                    log.exception("audit write failed; retrying once")
-                    try:
-                        self._write(records)
-                    except Exception:
-                        log.critical("audit records lost: %d", len(records))
+                self._write_until_stored(records, stopping=any(i is None for i in items))
             for i in items:
                 if isinstance(i, _Flush):
                     i.done.set()
             if any(i is None for i in items):
                 return
+
+    def _write_until_stored(self, records: list[AuditRecord], *, stopping: bool) -> None:
+        """Retry with backoff while the audit store is down; never drop a batch. Meanwhile the
+        queue fills, and reads then write their records themselves (and fail if they cannot:
+        no read is served unaudited)."""
+        delay = 0.5
+        while True:
+            try:
+                self._write(records)
+                return
+            except Exception:  # any store failure: keep the records and the writer alive
+                if stopping:
+                    log.critical("audit store unavailable at shutdown: %d records not stored",
+                                 len(records))
+                    raise
+                log.exception("audit write failed; retrying in %.1f s", delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def _write(self, records: list[AuditRecord]) -> None:
         with self.store.begin() as tx:
