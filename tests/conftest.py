@@ -180,6 +180,16 @@ class NodeTool:
     def validate(self, *files: Path | str) -> subprocess.CompletedProcess[str]:
         return self.run(self.folder / "validate.js", *files)
 
+    def validate_resources(self, workdir: Path, resources: list[dict]) -> None:
+        """Assert that both validators accept every resource (written to ``workdir``)."""
+        files = []
+        for i, res in enumerate(resources):
+            path = workdir / f"emitted-{i}.json"
+            path.write_text(json.dumps(res), "utf-8")
+            files.append(path)
+        done = self.validate(*files)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
     def failing_constraints(self, workdir: Path, definitions: Path,
                             resources: list[dict]) -> list[list[str]]:
         """For each resource, the keys of our published StructureDefinition constraints that
