@@ -21,6 +21,8 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+install-test: $(VENV)/.installed-test
+
 run: $(VENV)/.installed
 	$(BIN)/sip-hub serve
 
