@@ -273,7 +273,8 @@ def refresh_grants(tx: Tx, patient_id: str) -> list[Grant]:
     grants = [Grant(org, "coordinator" if org in coordinators else "participant",
                     org in covered, covered.get(org))
               for org in sorted(participants)]
-    tx.replace_grants(patient_id, grants)
+    if set(grants) != set(tx.grants(patient_id)):
+        tx.replace_grants(patient_id, grants)
     return grants
 
 
@@ -292,19 +293,25 @@ def _grant_inputs(rtype: str, res: dict[str, Any] | None) -> Any:
     return (profile, res.get("patient"), res.get("status"), res.get("provision"))
 
 
-def after_write(tx: Tx, rtype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-    """Keep grants in step with the SIP resources, in the write's own transaction."""
+def after_write(tx: Tx, rtype: str, old: dict[str, Any] | None, new: dict[str, Any] | None
+                ) -> set[str]:
+    """Keep grants in step with the SIP resources, in the write's own transaction; the
+    patients whose grants changed."""
     if rtype not in GRANT_SOURCES:
-        return
+        return set()
     before, after = _grant_inputs(rtype, old), _grant_inputs(rtype, new)
     if before == after:
-        return
+        return set()
     if rtype == "CarePlan" and old is None and new is not None and after is not None:
         # Another plan by an organisation that already coordinates changes nothing.
         author = org_hsa(tx, new.get("author"))
         patients = patients_of(rtype, new)
         if author and all(any(g.org == author and g.role == "coordinator" for g in tx.grants(p))
                           for p in patients):
-            return
+            return set()
+    changed = set()
     for patient in sorted(patients_of(rtype, old) | patients_of(rtype, new)):
-        refresh_grants(tx, patient)
+        before_grants = set(tx.grants(patient))
+        if set(refresh_grants(tx, patient)) != before_grants:
+            changed.add(patient)
+    return changed

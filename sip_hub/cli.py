@@ -29,7 +29,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     engine.dispose()
     uvicorn.run("sip_hub.app:create_app", factory=True, host=args.host or settings.host,
                 port=args.port or settings.port, workers=args.workers or settings.workers,
-                log_level="info", proxy_headers=True, server_header=False)
+                log_level="info", access_log=settings.access_log, proxy_headers=True,
+                server_header=False)
     return 0
 
 

@@ -126,9 +126,9 @@ def _guard_write(tx: Tx, ctx: Context, rtype: str, old: Stored | None,
 def _changed(tx: Tx, ctx: Context, rtype: str, old: dict[str, Any] | None,
              new: dict[str, Any] | None) -> None:
     """What every change sets off, in its own transaction: grants, then notifications."""
-    acl.after_write(tx, rtype, old, new)
+    regranted = acl.after_write(tx, rtype, old, new)
     if ctx.messaging is not None:
-        ctx.messaging.after_write(tx, ctx, rtype, old, new)
+        ctx.messaging.after_write(tx, ctx, rtype, old, new, regranted)
 
 
 def _written(tx: Tx, ctx: Context, interaction: str, old: Stored | None, new: Stored) -> None:

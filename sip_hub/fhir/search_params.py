@@ -8,7 +8,7 @@ the path implements, for the CapabilityStatement.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 ParamType = Literal["token", "reference", "date", "string", "uri"]
 
@@ -24,24 +24,27 @@ class SearchParam:
     targets: tuple[str, ...] = ()
     documentation: str = ""
 
-    def values(self, resource: dict[str, Any]) -> Iterator[Any]:
+    def values(self, resource: dict[str, Any]) -> list[Any]:
+        """The values at the parameter's paths, lists flattened (FHIR JSON never nests
+        arrays directly), breadth first: a loop, not a recursive generator, as it runs for
+        every parameter of every write."""
+        out: list[Any] = []
         for path in self.paths:
-            yield from _walk(resource, path, 0)
-
-
-def _walk(node: Any, path: tuple[str, ...], i: int) -> Iterator[Any]:
-    if isinstance(node, list):
-        for item in node:
-            yield from _walk(item, path, i)
-        return
-    if i == len(path):
-        if node is not None:
-            yield node
-        return
-    if isinstance(node, dict):
-        child = node.get(path[i])
-        if child is not None:
-            yield from _walk(child, path, i + 1)
+            nodes: list[Any] = [resource]
+            for key in path:
+                found: list[Any] = []
+                for node in nodes:
+                    if isinstance(node, dict):
+                        child = node.get(key)
+                        if isinstance(child, list):
+                            found.extend(c for c in child if c is not None)
+                        elif child is not None:
+                            found.append(child)
+                nodes = found
+                if not nodes:
+                    break
+            out.extend(nodes)
+        return out
 
 
 def _p(*dotted: str) -> tuple[tuple[str, ...], ...]:

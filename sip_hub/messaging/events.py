@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Set as AbstractSet
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .. import access as acl, process as sp
+from .. import process as sp
 from ..fhir import profiles, sip
 from ..fhir.dates import parse_range
 from ..fhir.indexing import split_reference
@@ -310,12 +310,12 @@ class Emitter:
         return str(bundle["entry"][0]["resource"]["id"])
 
     def after_write(self, tx: Tx, ctx: "Context", rtype: str, old: Json | None,
-                    new: Json | None) -> None:
+                    new: Json | None, regranted: AbstractSet[str] = frozenset()) -> None:
         """The write path's hook: call after ``access.after_write``, in the same transaction,
-        for every create, update and delete."""
-        if rtype in acl.GRANT_SOURCES:
-            for patient in sorted(acl.patients_of(rtype, old) | acl.patients_of(rtype, new)):
-                withdraw_uncovered(tx, patient)
+        for every create, update and delete; ``regranted`` are the patients whose grants that
+        changed (only their undelivered notifications can have lost their coverage)."""
+        for patient in sorted(regranted):
+            withdraw_uncovered(tx, patient)
         if _APPLYING.get():
             return
         for fact in classify(rtype, old, new):

@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import uuid
 from contextlib import contextmanager
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: SQLite's own busy handler queues the writers
+    fcntl = None  # type: ignore[assignment]
 from typing import Any, Iterator
 
 import orjson
 from sqlalchemy import (Connection, Engine, and_, bindparam, delete, func, insert, or_, select,
                         update)
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import OperationalError
 
 from ..errors import Conflict, PreconditionFailed, TransientError
 from ..fhir.dates import format_instant, now_utc, to_us
@@ -37,6 +44,32 @@ _VERSION = select(*_COLUMNS).where(_H.res_type == bindparam("t"), _H.res_id == b
 _CURRENT_VERSION = select(_R.version_id, _R.deleted).where(
     _R.res_type == bindparam("t"), _R.res_id == bindparam("i"))
 _CURRENT_VERSION_LOCKED = _CURRENT_VERSION.with_for_update()
+# Writes take their values as parameters, so each is compiled once and reused; a new
+# resource's row is claimed with ON CONFLICT DO NOTHING (no savepoint round trips).
+_CLAIM = {name: ins(resource).on_conflict_do_nothing(index_elements=[_R.res_type, _R.res_id])
+          .returning(_R.version_id) for name, ins in (("sqlite", sqlite_insert), ("postgresql", pg_insert))}
+_ADVANCE = (update(resource)
+            .where(_R.res_type == bindparam("t"), _R.res_id == bindparam("i"),
+                   _R.version_id == bindparam("prev"))
+            .values(version_id=bindparam("v"), last_updated=bindparam("ts"),
+                    deleted=bindparam("del")))
+_INSERT_HISTORY = insert(resource_history)
+_INSERT_INDEX = {kind: insert(table) for kind, table in INDEX_TABLES.items()}
+_CLEAR_INDEX = {kind: delete(table).where(table.c.res_type == bindparam("t"),
+                                          table.c.res_id == bindparam("i"))
+                for kind, table in INDEX_TABLES.items()}
+_GRANTS = select(access_grant).where(access_grant.c.patient_id == bindparam("p"))
+_DELETE_GRANTS = delete(access_grant).where(access_grant.c.patient_id == bindparam("p"))
+_INSERT_GRANTS = insert(access_grant)
+
+
+def writer_lock_path(engine: Engine) -> str | None:
+    """The lock file that queues writers of an SQLite database file (None: no queue needed)."""
+    db = engine.url.database
+    if engine.dialect.name != "sqlite" or fcntl is None or not db or db == ":memory:" \
+            or db.startswith("file:"):
+        return None
+    return f"{db}-writer.lock"
 
 
 def new_id() -> str:
@@ -56,15 +89,26 @@ def stamp_meta(res: dict[str, Any], rid: str, version_id: int, instant: str) -> 
 
 
 class Tx:
-    """One database transaction; every store operation runs inside one."""
+    """One database transaction; every store operation runs inside one.
+
+    It remembers the current versions and grants it has read: one write's rules look up the
+    same Patient, CareTeam and grants several times, and within the transaction only its own
+    writes (which forget what they change) can change them."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self._seen: dict[tuple[str, str], Stored | None] = {}
+        self._grants: dict[str, list[Grant]] = {}
 
     # reads -------------------------------------------------------------------------------
     def current(self, rtype: str, rid: str) -> Stored | None:
+        key = (rtype, rid)
+        if key in self._seen:
+            return self._seen[key]
         row = self.conn.execute(_CURRENT, {"t": rtype, "i": rid}).first()
-        return _row(row, row.deleted) if row else None
+        found = _row(row, row.deleted) if row else None
+        self._seen[key] = found
+        return found
 
     def version(self, rtype: str, rid: str, version_id: int) -> Stored | None:
         row = self.conn.execute(_VERSION, {"t": rtype, "i": rid, "v": version_id}).first()
@@ -127,9 +171,9 @@ class Tx:
         version = cur[0] + 1
         ts = to_us(now_utc())
         self._advance(rtype, rid, version, cur[0], ts, deleted=True)
-        self.conn.execute(insert(resource_history).values(
-            res_type=rtype, res_id=rid, version_id=version, last_updated=ts, method="DELETE",
-            content=None))
+        self.conn.execute(_INSERT_HISTORY, {
+            "res_type": rtype, "res_id": rid, "version_id": version, "last_updated": ts,
+            "method": "DELETE", "content": None})
         self._clear_index(rtype, rid)
         return Stored(rtype, rid, version, ts, True, None, "DELETE")
 
@@ -141,19 +185,16 @@ class Tx:
 
     def _advance(self, rtype: str, rid: str, version: int, previous: int | None, ts: int,
                  *, deleted: bool, owner: str | None = None) -> None:
+        self._seen.pop((rtype, rid), None)
         if previous is None:
-            try:
-                with self.conn.begin_nested():
-                    self.conn.execute(insert(resource).values(
-                        res_type=rtype, res_id=rid, version_id=version, last_updated=ts,
-                        deleted=deleted, owner_org=owner))
-            except IntegrityError:
-                raise Conflict(f"{rtype}/{rid} was created concurrently; retry") from None
+            claimed = self.conn.execute(_CLAIM[self.conn.dialect.name], {
+                "res_type": rtype, "res_id": rid, "version_id": version, "last_updated": ts,
+                "deleted": deleted, "owner_org": owner})
+            if claimed.first() is None:
+                raise Conflict(f"{rtype}/{rid} was created concurrently; retry")
             return
-        done = self.conn.execute(
-            update(resource)
-            .where(_R.res_type == rtype, _R.res_id == rid, _R.version_id == previous)
-            .values(version_id=version, last_updated=ts, deleted=deleted))
+        done = self.conn.execute(_ADVANCE, {"t": rtype, "i": rid, "prev": previous,
+                                            "v": version, "ts": ts, "del": deleted})
         if done.rowcount != 1:
             raise Conflict(f"{rtype}/{rid} was changed concurrently; retry")
 
@@ -165,9 +206,9 @@ class Tx:
         final = stamp_meta(res, rid, version, format_instant(now))
         content = orjson.dumps(final)
         self._advance(rtype, rid, version, previous, ts, deleted=False, owner=owner)
-        self.conn.execute(insert(resource_history).values(
-            res_type=rtype, res_id=rid, version_id=version, last_updated=ts, method=method,
-            content=content))
+        self.conn.execute(_INSERT_HISTORY, {
+            "res_type": rtype, "res_id": rid, "version_id": version, "last_updated": ts,
+            "method": method, "content": content})
         if previous is not None:
             self._clear_index(rtype, rid)
         self._write_index(rtype, rid, final)
@@ -199,32 +240,31 @@ class Tx:
             index["string"] += [{**key, "param": p, "value_norm": n, "value": v}
                                 for p, n, v in rows.string]
         self.conn.execute(insert(resource), current)
-        self.conn.execute(insert(resource_history), history)
+        self.conn.execute(_INSERT_HISTORY, history)
         for kind, rows_ in index.items():
             if rows_:
-                self.conn.execute(insert(INDEX_TABLES[kind]), rows_)
+                self.conn.execute(_INSERT_INDEX[kind], rows_)
         return len(resources)
 
     def _clear_index(self, rtype: str, rid: str) -> None:
-        for table in INDEX_TABLES.values():
-            self.conn.execute(delete(table).where(table.c.res_type == rtype,
-                                                  table.c.res_id == rid))
+        for stmt in _CLEAR_INDEX.values():
+            self.conn.execute(stmt, {"t": rtype, "i": rid})
 
     def _write_index(self, rtype: str, rid: str, res: dict[str, Any]) -> None:
         rows = extract(res)
         key = {"res_type": rtype, "res_id": rid}
         if rows.token:
-            self.conn.execute(insert(INDEX_TABLES["token"]), [
+            self.conn.execute(_INSERT_INDEX["token"], [
                 {**key, "param": p, "system": s, "code": c} for p, s, c in rows.token])
         if rows.reference:
-            self.conn.execute(insert(INDEX_TABLES["reference"]), [
+            self.conn.execute(_INSERT_INDEX["reference"], [
                 {**key, "param": p, "target_type": t, "target_id": i}
                 for p, t, i in rows.reference])
         if rows.date:
-            self.conn.execute(insert(INDEX_TABLES["date"]), [
+            self.conn.execute(_INSERT_INDEX["date"], [
                 {**key, "param": p, "low": lo, "high": hi} for p, lo, hi in rows.date])
         if rows.string:
-            self.conn.execute(insert(INDEX_TABLES["string"]), [
+            self.conn.execute(_INSERT_INDEX["string"], [
                 {**key, "param": p, "value_norm": n, "value": v} for p, n, v in rows.string])
 
     # history and search ------------------------------------------------------------------
@@ -266,16 +306,19 @@ class Tx:
                 func.hashtextextended(f"grants:{patient_id}", 0))))
 
     def replace_grants(self, patient_id: str, grants: list[Grant]) -> None:
-        self.conn.execute(delete(access_grant).where(access_grant.c.patient_id == patient_id))
+        self.conn.execute(_DELETE_GRANTS, {"p": patient_id})
         if grants:
-            self.conn.execute(insert(access_grant), [
+            self.conn.execute(_INSERT_GRANTS, [
                 {"patient_id": patient_id, "org_hsa_id": g.org, "role": g.role,
                  "reads": g.reads, "valid_until": g.valid_until} for g in grants])
+        self._grants[patient_id] = list(grants)
 
     def grants(self, patient_id: str) -> list[Grant]:
-        rows = self.conn.execute(select(access_grant).where(
-            access_grant.c.patient_id == patient_id))
-        return [Grant(r.org_hsa_id, r.role, r.reads, r.valid_until) for r in rows]
+        if patient_id not in self._grants:
+            rows = self.conn.execute(_GRANTS, {"p": patient_id})
+            self._grants[patient_id] = [Grant(r.org_hsa_id, r.role, r.reads, r.valid_until)
+                                        for r in rows]
+        return list(self._grants[patient_id])
 
     def readable_patients(self, org: str, patient_ids: list[str], now: int) -> set[str]:
         g = access_grant.c
@@ -288,16 +331,32 @@ class Tx:
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._writer_lock = writer_lock_path(engine)
 
     @contextmanager
     def begin(self, *, write: bool = True) -> Iterator[Tx]:
         try:
-            with self.engine.connect() as conn:
+            with self._writer(write), self.engine.connect() as conn:
                 conn = conn.execution_options(sip_write=write)
                 with conn.begin():
                     yield Tx(conn)
         except OperationalError as exc:
             raise TransientError(f"Database unavailable: {exc.orig}") from exc
+
+    @contextmanager
+    def _writer(self, write: bool) -> Iterator[None]:
+        """SQLite has one writer at a time. Left to SQLite, waiting writers poll with growing
+        sleeps (seconds of p99 under load); an OS file lock wakes the next one at once, across
+        threads and worker processes alike."""
+        if not write or self._writer_lock is None:
+            yield
+            return
+        with open(self._writer_lock, "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     @property
     def embedded(self) -> bool:
