@@ -23,18 +23,21 @@ without one) through ``sip_hub.bundles``, with the caller's Context: the access 
 profiles, the process rules and audit all apply. Its effects, its cache entry and the
 notifications it causes commit together; a refused message leaves nothing behind (a savepoint
 is rolled back and only the fatal-error response is remembered).
+
+An event that is a SIP process operation (invitation, invitation-response, plan-established,
+follow-up-done, sip-closed, plan-revision-proposed, revision-approved) is applied through the
+operation instead, whose own writes tell the participants: see ``operations``.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from .. import bundles, invitations
+from .. import bundles, process as sp
 from ..audit import AuditLog
 from ..auth import Principal, parse_scopes
 from ..errors import BadRequest, Conflict, Forbidden, NotFound, SipHubError, TransientError
@@ -42,12 +45,11 @@ from ..fhir.dates import now_utc, to_us
 from ..fhir.indexing import split_reference
 from ..fhir.outcome import from_error, information
 from ..interactions import Context
-from ..access import Access
+from ..access import Access, patients_of
 from ..metrics import MESSAGES_RECEIVED
-from ..operation import Operation
 from ..store import Store, Stored, Tx
 from ..store import inbox
-from . import builder, parser, vocabulary as vocab
+from . import builder, operations, parser, vocabulary as vocab
 from .events import applying_message
 from .outbox import RESPONSE, SipKey, destinations_for, enqueue
 from .runtime import Messaging
@@ -135,7 +137,7 @@ def process(store: Store, ctx: Context, body: Any, messaging: Messaging, *,
                     f"Message {env.header_id} accepted; the response will be sent to "
                     f"{response_url or 'your organisation’s message endpoint'}"))
             assert parsed is not None
-            handled = _handle(tx, ctx, parsed, env, messaging)
+            handled = _handle(tx, ctx, parsed, env, messaging, _header(body))
             MESSAGES_RECEIVED.labels(handled.code).inc()
             if handled.code == vocab.TRANSIENT_ERROR:
                 raise _Uncached(Reply(200, handled.response))
@@ -175,8 +177,14 @@ def _parse(body: Any) -> parser.Message | SipHubError:
         return err
 
 
+def _header(body: Any) -> Json:
+    """The MessageHeader of a body ``parser.envelope`` has accepted."""
+    header: Json = body["entry"][0]["resource"]
+    return header
+
+
 def _handle(tx: Tx, ctx: Context, parsed: parser.Message | SipHubError, env: parser.Envelope,
-            messaging: Messaging) -> _Handled:
+            messaging: Messaging, header: Json) -> _Handled:
     """Apply and route one new message; the response to send and remember."""
     sip: SipKey | None = None
     try:
@@ -184,12 +192,19 @@ def _handle(tx: Tx, ctx: Context, parsed: parser.Message | SipHubError, env: par
             raise parsed
         msg = parsed
         with tx.conn.begin_nested():  # a refused message leaves nothing behind
-            with applying_message():
-                written = _apply(tx, ctx, msg)
+            done = operations.apply(tx, ctx, msg, header)
+            if done is None:
+                with applying_message():
+                    written = _apply(tx, ctx, msg)
+            else:
+                written = done.written
             sip = _sip(tx, ctx, msg, written)
-            forwarded = _route(tx, ctx, msg, written, sip, messaging)
+            _require_one_person(msg, written, sip)
+            _require_phase(tx, msg, sip)
+            forwarded = _route(tx, ctx, msg, written, sip, messaging, forward=done is None)
         note = f"Message {msg.header_id} ({msg.event}) processed" + (
-            f"; sent on as {forwarded}" if forwarded else "")
+            f" through {done.operation}; the participants are told by its notifications"
+            if done is not None else "") + (f"; sent on as {forwarded}" if forwarded else "")
         return _Handled(vocab.OK, _response(ctx, env, messaging, vocab.OK, note, sip), sip)
     except SipHubError as err:
         code = vocab.TRANSIENT_ERROR if err.retryable else vocab.FATAL_ERROR
@@ -201,40 +216,8 @@ def _same(stored: Stored, res: Json) -> bool:
     return a == {k: v for k, v in res.items() if k != "meta"}
 
 
-# Events whose effect is a process operation: a message carrying the operation's Parameters
-# is applied through the operation (its rules and effects), not as plain writes.
-_OPERATIONS: dict[str, tuple[str, Callable[[Operation, str, Any, str | None], Json]]] = {
-    "invitation-response": ("Task", invitations.respond),
-}
-
-
-def _apply_operation(tx: Tx, ctx: Context, msg: parser.Message) -> dict[int, Stored] | None:
-    spec = _OPERATIONS.get(msg.event)
-    params = next((e["resource"] for e in msg.entries
-                   if e["resource"]["resourceType"] == "Parameters"), None)
-    if spec is None or params is None:
-        return None
-    rtype, run = spec
-    target = next((f.id for f in msg.focus if f.type == rtype and f.id), None)
-    if target is None:
-        raise BadRequest(f"An {msg.event} message names its {rtype} in MessageHeader.focus")
-    run(Operation(tx, ctx, now_utc()), target, params, None)
-    out: dict[int, Stored] = {}
-    for i, e in enumerate(msg.entries):
-        res = e["resource"]
-        rid = res.get("id")
-        cur = tx.current(res["resourceType"], rid) if isinstance(rid, str) and \
-            res["resourceType"] != "Parameters" else None
-        if cur is not None and not cur.deleted:
-            out[i] = cur
-    return out
-
-
 def _apply(tx: Tx, ctx: Context, msg: parser.Message) -> dict[int, Stored]:
     """Write the message's resources as one transaction; the stored version of each entry."""
-    done = _apply_operation(tx, ctx, msg)
-    if done is not None:
-        return done
     out: dict[int, Stored] = {}
     unchanged: dict[str, str] = {}
     todo: list[tuple[int, Json]] = []
@@ -290,19 +273,65 @@ def _sip(tx: Tx, ctx: Context, msg: parser.Message, written: dict[int, Stored]) 
         raise NotFound(f"The SIP the message concerns, {rtype}/{rid}, is not known here",
                        expression="Bundle.entry[0].resource.focus")
     ctx.access.require_read(tx, cur)
-    if patient is None:
+    if rtype == "CarePlan":
         subject = split_reference((cur.json().get("subject") or {}).get("reference", ""))
-        patient = subject[1] if subject and subject[0] == "Patient" else None
+        of = subject[1] if subject and subject[0] == "Patient" else None
+        # Routed by the patient's consent: a Patient in focus that is not the plan's would
+        # send the plan to those another person's consent covers (rule 1).
+        if patient is not None and of is not None and patient != of:
+            raise BadRequest(f"MessageHeader.focus names CarePlan/{rid} of Patient/{of} and "
+                             f"Patient/{patient}: a message concerns one person's SIP",
+                             expression="Bundle.entry[0].resource.focus")
+        patient = patient or of
     if patient is None:
         raise NotFound(f"CarePlan/{rid} names no Patient",
                        expression="Bundle.entry[0].resource.focus")
     return SipKey(patient, plan or "")
 
 
+def _require_one_person(msg: parser.Message, written: dict[int, Stored], sip: SipKey) -> None:
+    """A message is routed by the consent of the person whose SIP it concerns, so it may carry
+    that person's data only (rule 1)."""
+    for i, stored in sorted(written.items()):
+        others = patients_of(stored.type, stored.json(), stored.id) - {sip.patient_id}
+        if others:
+            raise Forbidden(
+                f"The message concerns the SIP of Patient/{sip.patient_id} but carries "
+                f"{stored.type}/{stored.id} of Patient/{sorted(others)[0]}: a message carries "
+                "the data of the person whose SIP it concerns only (rule 1); nothing was "
+                "stored", expression=f"Bundle.entry[{i + 1}].resource")
+
+
+# Events that say where the SIP's plan stands (as ``events.classify`` emits them): after the
+# message is applied the plan must stand there, else the message is out of order (e.g.
+# plan-established for a plan still in draft) and is refused rather than sent on.
+_PHASES_OF_EVENT: dict[str, frozenset[str]] = {
+    vocab.PLAN_ESTABLISHED: frozenset({sp.ESTABLISHED, sp.FOLLOW_UP}),
+    vocab.FOLLOW_UP_DONE: frozenset({sp.ESTABLISHED}),
+    vocab.INSATS_STATUS_CHANGED: frozenset({sp.ESTABLISHED, sp.FOLLOW_UP}),
+    vocab.REVISION_APPROVED: frozenset({sp.ESTABLISHED, sp.FOLLOW_UP}),
+    vocab.SIP_CLOSED: frozenset({sp.CLOSED}),
+}
+
+
+def _require_phase(tx: Tx, msg: parser.Message, sip: SipKey) -> None:
+    phases = _PHASES_OF_EVENT.get(msg.event)
+    plan = tx.current("CarePlan", sip.careplan_id) if phases and sip.careplan_id else None
+    if phases is None or plan is None or plan.deleted:
+        return
+    phase = sp.phase_of(plan.json())
+    if phase not in phases:
+        raise sp.business_rule(
+            f"The event {msg.event} is out of order: CarePlan/{sip.careplan_id} is in the "
+            f"phase '{phase}', not {' or '.join(sorted(phases))}; nothing was stored",
+            "Bundle.entry[0].resource.eventCoding")
+
+
 def _route(tx: Tx, ctx: Context, msg: parser.Message, written: dict[int, Stored], sip: SipKey,
-           messaging: Messaging) -> str | None:
+           messaging: Messaging, *, forward: bool = True) -> str | None:
     """Send the message on to the organisations the consent covers; None for a response,
-    which concerns only the hub."""
+    which concerns only the hub, and when not ``forward`` (an operation's own writes told
+    them; the destinations must still be covered)."""
     if msg.response is not None:
         return None
     covered = set(destinations_for(tx, sip.patient_id, msg.sender_org))
@@ -311,6 +340,8 @@ def _route(tx: Tx, ctx: Context, msg: parser.Message, written: dict[int, Stored]
         raise Forbidden(f"The person's consent does not cover {', '.join(sorted(uncovered))}: "
                         "the message cannot be sent there (rule 1); nothing was stored",
                         expression="Bundle.entry[0].resource.destination")
+    if not forward:
+        return None
     focus = []
     for f in msg.focus:
         stored = written.get(f.entry) if f.entry is not None else None
@@ -352,14 +383,15 @@ def _caller(ctx: Context) -> bytes | None:
                          "personal_data": p.personal_data})
 
 
-def _context(caller: bytes | None, audit: AuditLog | None) -> Context:
+def _context(caller: bytes | None, audit: AuditLog | None, messaging: Messaging) -> Context:
     data = orjson.loads(caller or b"{}")
     principal = None
     if "org" in data:
         principal = Principal(data["client_id"], data["org"], data["role"],
                               parse_scopes(data["scope"]), data["personal_data"], data["scope"])
+    # With the emitter: an operation applied later notifies as it would have at once.
     return Context(data.get("base_url", ""), access=Access.for_principal(principal),
-                   audit=audit)
+                   audit=audit, messaging=messaging.emitter)
 
 
 def process_accepted(store: Store, messaging: Messaging, *, audit: AuditLog | None = None,
@@ -374,9 +406,10 @@ def process_accepted(store: Store, messaging: Messaging, *, audit: AuditLog | No
                 break
             row = rows[0]
             assert row.request is not None
-            ctx = _context(row.caller, audit)
+            ctx = _context(row.caller, audit, messaging)
             body = orjson.loads(row.request)
-            handled = _handle(tx, ctx, _parse(body), parser.envelope(body), messaging)
+            handled = _handle(tx, ctx, _parse(body), parser.envelope(body), messaging,
+                              _header(body))
             MESSAGES_RECEIVED.labels(handled.code).inc()
             # A transient error keeps the request accepted: a later round tries again.
             retry_later = handled.code == vocab.TRANSIENT_ERROR
