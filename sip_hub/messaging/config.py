@@ -40,6 +40,9 @@ class MessagingSettings(BaseSettings):
     hub_hsa_id: str = ""
     relay_batch: int = Field(default=100, ge=1, le=10_000)
     poll_seconds: float = Field(default=1.0, gt=0)
+    # `sip-hub worker` serves its metrics (/metrics) on this port of SIP_HUB_HOST; 0: not at
+    # all. Deliveries and dead letters are counted in the worker, not in the API process.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     # Names on the broker (tests give each run its own).
     exchange: str = "sip_hub"
     queue_prefix: str = "sip"

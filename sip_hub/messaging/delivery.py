@@ -2,7 +2,9 @@
 
 For each bus message (one outbox delivery) the handler:
 
-1. skips it when the delivery is already settled (a duplicate publish);
+1. skips it when the delivery is already settled (a duplicate publish), except a dead one
+   the broker delivers again: its dead-letter copy may never have reached ``sip.dead`` (the
+   broker went away between the outbox commit and that publish), so it is dead-lettered again;
 2. withdraws it when the person's consent no longer covers the organisation (rule 1);
 3. holds it back when an earlier delivery of its stream (patient, plan, organisation) is still
    on its way: order is kept per SIP for each destination. The relay already publishes only
@@ -113,21 +115,33 @@ class Deliverer:
         if not isinstance(delivery_id, str):
             return DeadLetter("Not an outbox delivery: no sip-delivery header")
         now = to_us(now_utc())
-        with self.store.begin() as tx:
+        # The checks only read (on SQLite a write transaction would queue behind every API
+        # write); the rare withdrawal or hold writes in a transaction of its own, guarded by
+        # the state it read.
+        with self.store.begin(write=False) as tx:
             d = sql.get(tx, delivery_id)
+            if d is not None and d.state == sql.DEAD and m.redelivered:
+                # At least once in the dead-letter queue; a second copy is harmless (replay
+                # goes by the outbox).
+                return DeadLetter(d.last_error or "dead", d.attempts)
             if d is None or d.state not in sql.OPEN:
                 DELIVERIES.labels("duplicate").inc()
                 return Ack()
-            if d.kind == sql.NOTIFICATION and not is_covered(tx, d.patient_id, d.dest_org, now):
+            withdraw = d.kind == sql.NOTIFICATION and \
+                not is_covered(tx, d.patient_id, d.dest_org, now)
+            hold = not withdraw and sql.earlier_open(tx, d)
+        if withdraw:
+            with self.store.begin() as tx:
                 sql.set_state(tx, d.id, sql.WITHDRAWN, now, error=WITHDRAWN_REASON,
                               only_from=sql.OPEN)
-                DELIVERIES.labels("withdrawn").inc()
-                return Ack()
-            if sql.earlier_open(tx, d):
+            DELIVERIES.labels("withdrawn").inc()
+            return Ack()
+        if hold:
+            with self.store.begin() as tx:
                 sql.set_state(tx, d.id, sql.PENDING, now, next_attempt_at=now + _HOLD_US,
                               only_from=sql.OPEN)
-                DELIVERIES.labels("held").inc()
-                return Ack()
+            DELIVERIES.labels("held").inc()
+            return Ack()
         result = self._post(d)
         return self._record(d, result)
 
@@ -150,26 +164,30 @@ class Deliverer:
         return classify(resp)
 
     def _record(self, d: sql.Delivery, result: Result) -> Outcome:
+        """Record the attempt, unless another copy of the delivery settled it meanwhile (it
+        is then neither counted nor dead-lettered twice)."""
         now = to_us(now_utc())
         attempts = d.attempts + 1
         with self.store.begin() as tx:
             if result.kind == "delivered":
-                sql.set_state(tx, d.id, sql.DELIVERED, now, attempts=attempts,
-                              only_from=sql.OPEN)
-                DELIVERIES.labels("delivered").inc()
+                if sql.set_state(tx, d.id, sql.DELIVERED, now, attempts=attempts,
+                                 only_from=sql.OPEN):
+                    DELIVERIES.labels("delivered").inc()
                 return Ack()
             if result.kind == "fatal" or attempts >= self.config.max_attempts:
                 reason = result.detail if result.kind == "fatal" else (
                     f"Gave up after {attempts} attempts: {result.detail}")
-                sql.set_state(tx, d.id, sql.DEAD, now, error=reason, attempts=attempts,
-                              only_from=sql.OPEN)
+                if not sql.set_state(tx, d.id, sql.DEAD, now, error=reason, attempts=attempts,
+                                     only_from=sql.OPEN):
+                    return Ack()
                 DELIVERIES.labels("dead").inc()
                 DEAD_LETTERS.labels(d.kind).inc()
                 log.warning("delivery %s of message %s to %s is dead: %s", d.id, d.message_id,
                             d.dest_org, reason)
                 return DeadLetter(reason, attempts)
             delay = self.config.retry_delay(attempts)
-            sql.set_state(tx, d.id, sql.PENDING, now, error=result.detail, attempts=attempts,
-                          next_attempt_at=now + int(delay * 1_000_000), only_from=sql.OPEN)
-            DELIVERIES.labels("retry").inc()
+            if sql.set_state(tx, d.id, sql.PENDING, now, error=result.detail,
+                             attempts=attempts, next_attempt_at=now + int(delay * 1_000_000),
+                             only_from=sql.OPEN):
+                DELIVERIES.labels("retry").inc()
             return Ack()

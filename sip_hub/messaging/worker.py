@@ -17,11 +17,13 @@ import threading
 import time
 
 import httpx
+from prometheus_client import start_http_server
 
 from ..audit import AuditLog
 from ..bus import Bus, BusUnavailable
 from ..errors import TransientError
 from ..fhir.dates import now_utc, to_us
+from ..metrics import REGISTRY
 from ..settings import Settings
 from ..store import Store
 from ..store import inbox, outbox as sql
@@ -33,6 +35,10 @@ from .runtime import Messaging
 log = logging.getLogger("sip_hub.worker")
 _UPKEEP_SECONDS = 300.0
 _DAY_US = 86_400_000_000
+# After a round with work the worker looks again this soon, then twice as late each idle
+# round, up to poll_seconds: under load a new message goes out within milliseconds, while
+# an idle worker still polls the database rarely.
+_FIRST_IDLE_WAIT = 0.005
 
 
 class Worker:
@@ -69,8 +75,10 @@ class Worker:
             self._bus.close()
         self._bus = self._relay = None
 
-    def run_once(self, drain_seconds: float = 0.05) -> int:
-        """One round; returns how much work it did (0: idle)."""
+    def run_once(self, drain_seconds: float = 0.01) -> int:
+        """One round; returns how much work it did (0: idle). ``drain_seconds``: how long to
+        wait for one more message from the bus before the next round (a message arriving
+        later is taken then; a long wait only delays the relay)."""
         bus = self._connect()
         assert self._relay is not None
         work = process_accepted(self.store, self.messaging, audit=self.audit)
@@ -91,24 +99,29 @@ class Worker:
         self._last_upkeep = time.monotonic()
 
     def run(self, stop: threading.Event) -> None:
-        """Rounds until ``stop`` is set; waits between idle rounds; survives outages."""
+        """Rounds until ``stop`` is set; waits between idle rounds (see _FIRST_IDLE_WAIT) and
+        poll_seconds after a failed one; survives outages."""
         poll = self.messaging.config.poll_seconds
+        wait = 0.0
         while not stop.is_set():
             try:
                 busy = self.run_once()
             except BusUnavailable as exc:
                 log.warning("message broker unavailable, reconnecting: %s", exc.diagnostics)
                 self._disconnect()
-                busy = 0
+                busy, wait = 0, poll
             except TransientError as exc:
                 log.warning("messaging round failed, retrying: %s", exc.diagnostics)
-                busy = 0
+                busy, wait = 0, poll
             except Exception:  # keep the worker alive; the outbox keeps every delivery
                 log.exception("messaging round failed")
                 self._disconnect()
-                busy = 0
-            if not busy:
-                stop.wait(poll)
+                busy, wait = 0, poll
+            if busy:
+                wait = 0.0
+            else:
+                wait = min(poll, max(_FIRST_IDLE_WAIT, 2 * wait))
+                stop.wait(wait)
 
     # -- in the API process -------------------------------------------------------------------
     def start(self) -> None:
@@ -138,14 +151,22 @@ def run_worker(settings: Settings) -> None:
     store = build_store(settings)
     audit = AuditLog(store)
     audit.start()
-    worker = Worker(store, Messaging.for_hub(settings), audit=audit)
+    messaging = Messaging.for_hub(settings)
+    worker = Worker(store, messaging, audit=audit)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    metrics = None
+    if messaging.config.metrics_port:
+        # The dead-letter alert must see this process's counters: scrape every worker.
+        metrics, _ = start_http_server(messaging.config.metrics_port, addr=settings.host,
+                                       registry=REGISTRY)
     log.info("messaging worker started (broker %s)", settings.broker_url.split("@")[-1])
     try:
         worker.run(stop)
     finally:
+        if metrics is not None:
+            metrics.shutdown()
         worker.close()
         audit.stop()
         store.engine.dispose()

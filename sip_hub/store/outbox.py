@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final, Sequence
 
-from sqlalchemy import and_, delete, exists, func, insert, select, update
+from sqlalchemy import (BigInteger, Integer, String, and_, bindparam, delete, exists, func, insert,
+                        select, update)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import aliased
@@ -78,48 +79,68 @@ def _row(r: Any) -> Delivery:
                     r.event, r.kind, bytes(r.content))
 
 
+# What every delivery runs (the delivery's checks and its outcome), built once with parameters:
+# building a statement costs more than running it on SQLite.
+_GET = _joined().where(_D.id == bindparam("id"))
+_GET_LOCKED = _GET.with_for_update(of=outbox_delivery)
+_EARLIER_OPEN = select(exists().where(
+    _D.patient_id == bindparam("p"), _D.careplan_id == bindparam("c"),
+    _D.dest_org == bindparam("d"), _D.seq < bindparam("s"), _D.state.in_(OPEN)))
+# A value left None keeps the column's value.
+_SET_STATE = (update(outbox_delivery)
+              .where(_D.id == bindparam("delivery"),
+                     _D.state.in_(bindparam("from_states", expanding=True)))
+              .values(state=bindparam("to"), updated=bindparam("now"),
+                      last_error=func.coalesce(bindparam("error", type_=String), _D.last_error),
+                      attempts=func.coalesce(bindparam("tries", type_=Integer), _D.attempts),
+                      next_attempt_at=func.coalesce(bindparam("next", type_=BigInteger),
+                                                    _D.next_attempt_at)))
+
+
 # -- writing --------------------------------------------------------------------------------------
+
+_INSERT_MESSAGE = insert(outbox_message)
+_INSERT_DELIVERY = insert(outbox_delivery)
+# The stream's row is claimed or advanced in one statement (per dialect: ON CONFLICT).
+_NEXT_SEQ = {name: ins(outbox_stream).values(
+    patient_id=bindparam("p"), careplan_id=bindparam("c"), dest_org=bindparam("d"), last_seq=1)
+    .on_conflict_do_update(index_elements=[_S.patient_id, _S.careplan_id, _S.dest_org],
+                           set_={"last_seq": outbox_stream.c.last_seq + 1})
+    .returning(_S.last_seq)
+    for name, ins in (("sqlite", sqlite_insert), ("postgresql", pg_insert))}
+
 
 def insert_message(tx: Tx, *, message_id: str, event: str, kind: str, patient_id: str,
                    careplan_id: str, content: bytes, now: int) -> None:
-    tx.conn.execute(insert(outbox_message).values(
-        message_id=message_id, event=event, kind=kind, patient_id=patient_id,
-        careplan_id=careplan_id, created=now, content=content))
+    tx.conn.execute(_INSERT_MESSAGE, {
+        "message_id": message_id, "event": event, "kind": kind, "patient_id": patient_id,
+        "careplan_id": careplan_id, "created": now, "content": content})
 
 
 def next_seq(tx: Tx, patient_id: str, careplan_id: str, dest_org: str) -> int:
     """The stream's next sequence number. The upsert locks the stream's row until commit, so
     a second writer to the same stream waits and numbers after the first."""
-    ins = pg_insert if tx.conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = ins(outbox_stream).values(patient_id=patient_id, careplan_id=careplan_id,
-                                     dest_org=dest_org, last_seq=1)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[_S.patient_id, _S.careplan_id, _S.dest_org],
-        set_={"last_seq": outbox_stream.c.last_seq + 1}).returning(_S.last_seq)
-    return int(tx.conn.execute(stmt).scalar_one())
+    return int(tx.conn.execute(_NEXT_SEQ[tx.conn.dialect.name],
+                               {"p": patient_id, "c": careplan_id, "d": dest_org}).scalar_one())
 
 
 def insert_delivery(tx: Tx, *, id: str, message_id: str, dest_org: str, patient_id: str,
                     careplan_id: str, seq: int, now: int, endpoint_url: str | None) -> None:
-    tx.conn.execute(insert(outbox_delivery).values(
-        id=id, message_id=message_id, dest_org=dest_org, patient_id=patient_id,
-        careplan_id=careplan_id, seq=seq, state=PENDING, attempts=0, next_attempt_at=now,
-        published_at=None, updated=now, last_error=None, endpoint_url=endpoint_url))
+    tx.conn.execute(_INSERT_DELIVERY, {
+        "id": id, "message_id": message_id, "dest_org": dest_org, "patient_id": patient_id,
+        "careplan_id": careplan_id, "seq": seq, "state": PENDING, "attempts": 0,
+        "next_attempt_at": now, "published_at": None, "updated": now, "last_error": None,
+        "endpoint_url": endpoint_url})
 
 
 def set_state(tx: Tx, delivery_id: str, state: str, now: int, *, error: str | None = None,
               attempts: int | None = None, next_attempt_at: int | None = None,
               only_from: Sequence[str] = STATES) -> bool:
     """Move a delivery to ``state`` if it is in one of ``only_from``; False when it was not."""
-    values: dict[str, Any] = {"state": state, "updated": now}
-    if error is not None:
-        values["last_error"] = error[:_ERROR_MAX]
-    if attempts is not None:
-        values["attempts"] = attempts
-    if next_attempt_at is not None:
-        values["next_attempt_at"] = next_attempt_at
-    done = tx.conn.execute(update(outbox_delivery).where(
-        _D.id == delivery_id, _D.state.in_(only_from)).values(**values))
+    done = tx.conn.execute(_SET_STATE, {
+        "delivery": delivery_id, "from_states": list(only_from), "to": state, "now": now,
+        "error": error[:_ERROR_MAX] if error is not None else None, "tries": attempts,
+        "next": next_attempt_at})
     return done.rowcount == 1
 
 
@@ -168,19 +189,14 @@ def requeue_published(tx: Tx, now: int, published_before: int | None = None) -> 
 # -- reading ------------------------------------------------------------------------------------
 
 def get(tx: Tx, delivery_id: str, *, lock: bool = False) -> Delivery | None:
-    q = _joined().where(_D.id == delivery_id)
-    if lock:
-        q = q.with_for_update(of=outbox_delivery)
-    r = tx.conn.execute(q).first()
+    r = tx.conn.execute(_GET_LOCKED if lock else _GET, {"id": delivery_id}).first()
     return _row(r) if r else None
 
 
 def earlier_open(tx: Tx, d: Delivery) -> bool:
     """Whether an earlier delivery of ``d``'s stream is still pending or published."""
-    q = select(func.count()).select_from(outbox_delivery).where(
-        _D.patient_id == d.patient_id, _D.careplan_id == d.careplan_id,
-        _D.dest_org == d.dest_org, _D.seq < d.seq, _D.state.in_(OPEN))
-    return bool(tx.conn.execute(q).scalar_one())
+    return bool(tx.conn.execute(_EARLIER_OPEN, {"p": d.patient_id, "c": d.careplan_id,
+                                                "d": d.dest_org, "s": d.seq}).scalar_one())
 
 
 def find(tx: Tx, *, ids: Sequence[str] | None = None, states: Sequence[str] | None = None,

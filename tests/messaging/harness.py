@@ -5,7 +5,8 @@ Fixtures live here rather than in a conftest.py (a second conftest module would 
 root one for ``from conftest import ...``); test modules import them by name.
 
 The demo SIP (Alva, 15) is written by its coordinator, the social services (SOC); BUP and the
-school take part; the consent covers all three. OUTSIDER takes no part.
+school take part; the consent covers all three. OUTSIDER takes no part. HAB (habilitation) is
+a fourth organisation with a token, for cases that invite more parties than the demo SIP has.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from sip_hub.store import outbox as sql
 
 SOC, BUP, SCHOOL = "SE2120000142-SOC1", "SE2321000016-15CQ", "SE2120000142-SKO7"
 OUTSIDER = "SE2321000016-OUT1"
+HAB = f.HABILITATION_HSA
+ORGS = (SOC, BUP, SCHOOL, OUTSIDER, HAB)
 ADMIN = "SE2321000016-ADM1"
 Json = dict[str, Any]
 
@@ -58,8 +61,8 @@ class Receiver:
     script: list[Any] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    # Per message: a status to answer with instead of the script (None: use the script).
-    fail_when: Callable[[Json], int | None] = lambda m: None
+    # Per message: a step (as in script) to answer with instead of it (None: use the script).
+    fail_when: Callable[[Json], Any] = lambda m: None
 
     @property
     def header_ids(self) -> list[str]:
@@ -160,7 +163,7 @@ class Hub:
 
     def deliver(self, orgs: list[str] | None = None, timeout: float = 0.2) -> int:
         with self.store.begin(write=False) as tx:
-            wanted = orgs or sorted(sql.open_orgs(tx) | {SOC, BUP, SCHOOL, OUTSIDER})
+            wanted = orgs or sorted(sql.open_orgs(tx) | set(ORGS))
         d = self.deliverer()
         try:
             self.bus.consume(wanted, d.handle)
@@ -203,12 +206,13 @@ def current_plan(hub: Hub) -> Json:
 
 
 def status_change(hub: Hub, sender: str = BUP, status: str = "completed",
-                  destinations: tuple[str, ...] = (SOC,), event: str = "insats-status-changed"
-                  ) -> Json:
-    """A participant's message: its own insats in the plan changed status."""
+                  destinations: tuple[str, ...] = (SOC,), event: str = "insats-status-changed",
+                  insats: int = 0) -> Json:
+    """A participant's message: its own insats in the plan changed status (``insats``: 0 is
+    BUP's, 1 the school's)."""
     plan = current_plan(hub)
     plan.pop("meta")
-    plan["activity"][0]["detail"]["status"] = status   # BUP's insats
+    plan["activity"][insats]["detail"]["status"] = status
     return builder.message(event, fhir_base="https://bup.test/fhir", sender=sender,
                            destinations=[builder.Party(d, f"https://{d}.test/pm")
                                          for d in destinations],
@@ -246,13 +250,13 @@ def hub(store: Store, settings: Settings, tmp_path: Path, broker: str) -> Iterat
     bus = Bus(broker, messaging.topology, requeue_delay=0)
     with TestClient(app, raise_server_exceptions=False) as client:
         headers = {org: {"Authorization": f"Bearer {issue_token(client, store, org)}"}
-                   for org in (SOC, BUP, SCHOOL, OUTSIDER)}
+                   for org in ORGS}
         headers["admin"] = {"Authorization": "Bearer " + issue_token(
             client, store, ADMIN, role="admin", personal_data=True)}
         yield Hub(client, store, messaging, bus, headers, tmp_path)
     bus.close()
     with Bus(broker, messaging.topology) as cleaner:
-        cleaner.delete([SOC, BUP, SCHOOL, OUTSIDER])
+        cleaner.delete(ORGS)
 
 
 @pytest.fixture
