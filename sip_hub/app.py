@@ -20,7 +20,7 @@ from .messaging.worker import Worker
 from .auth import TokenService, load_keys
 from .errors import (BadRequest, MethodNotAllowed, NotFound, SipHubError, TransientError)
 from .fhir.outcome import from_error
-from .routes import ROUTERS
+from .routes import ROUTERS, fhir_rest
 from .routes.wire import JSON, respond
 from .service import FhirService
 from .settings import Settings
@@ -138,4 +138,5 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
 
     for router in ROUTERS:
         app.include_router(router)
+    app.router.routes[0:0] = fhir_rest.fast_routes()
     return app

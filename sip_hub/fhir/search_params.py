@@ -197,8 +197,7 @@ _r.add("Provenance", "recorded", "date", "Provenance.recorded", "recorded")
 _r.add("AuditEvent", "date", "date", "AuditEvent.recorded", "recorded")
 _r.add("AuditEvent", "patient", "reference",
        "AuditEvent.entity.what.where(resolve() is Patient)", "entity.what", targets=_PATIENT)
-_r.add("AuditEvent", "entity", "reference", "AuditEvent.entity.what", "entity.what",
-       targets=("CarePlan", "Consent", "CareTeam", "Patient"))
+_r.add("AuditEvent", "entity", "reference", "AuditEvent.entity.what", "entity.what")
 _r.add("AuditEvent", "agent", "reference", "AuditEvent.agent.who", "agent.who",
        targets=_ACTORS)
 _r.add("AuditEvent", "action", "token", "AuditEvent.action", "action")

@@ -7,7 +7,9 @@ from typing import Any, Callable
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from .. import bundles
 from .. import interactions as ix
@@ -152,3 +154,52 @@ def instance_history(request: Request, rtype: str, rid: str) -> Response:
 @router.get("/{rtype}/{rid}/_history/{vid}")
 async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
     return await _point_read(request, lambda tx, ctx: ix.vread(tx, ctx, rtype, rid, vid))
+
+
+# -- the hot interactions, routed without FastAPI's per-request machinery ---------------------
+# FastAPI's route matching and parameter solving cost more than a point read on the embedded
+# store (measured ~0.2 ms of ~0.8 ms). Read, search, create and update by plain Starlette routes
+# in front of the router above, for paths whose type and id are well-formed FHIR; anything else
+# (operations, _history, _search, malformed ids) goes on to the routes above, as before.
+
+class _TypeConvertor(Convertor[str]):
+    regex = "[A-Z][A-Za-z]{1,63}"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+class _IdConvertor(_TypeConvertor):
+    regex = "[A-Za-z0-9.-]{1,64}"  # the FHIR id type
+
+
+register_url_convertor("fhir_type", _TypeConvertor())
+register_url_convertor("fhir_id", _IdConvertor())
+
+
+async def _fast_read(request: Request) -> Response:
+    return await read(request, **request.path_params)
+
+
+def _fast_search(request: Request) -> Response:
+    return search_type(request, **request.path_params)
+
+
+async def _fast_create(request: Request) -> Response:
+    return await create(request, **request.path_params)
+
+
+async def _fast_update(request: Request) -> Response:
+    return await update(request, **request.path_params)
+
+
+def fast_routes() -> list[BaseRoute]:
+    """To be placed before every other route of the app."""
+    instance, type_ = "/fhir/{rtype:fhir_type}/{rid:fhir_id}", "/fhir/{rtype:fhir_type}"
+    return [Route(instance, _fast_read, methods=["GET"], include_in_schema=False),
+            Route(instance, _fast_update, methods=["PUT"], include_in_schema=False),
+            Route(type_, _fast_search, methods=["GET"], include_in_schema=False),
+            Route(type_, _fast_create, methods=["POST"], include_in_schema=False)]

@@ -5,6 +5,8 @@ Search index rows are written in the same transaction as the version they descri
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from contextlib import contextmanager
 
@@ -25,6 +27,7 @@ from ..errors import Conflict, PreconditionFailed, TransientError
 from ..fhir.dates import format_instant, now_utc, to_us
 from ..fhir.indexing import extract
 from ..fhir.search import SearchQuery
+from . import audit as sql_audit
 from . import search as sql_search
 from .records import COLUMNS as _COLUMNS, Stored, row_to_stored as _row
 from .schema import INDEX_TABLES, access_grant, resource, resource_history
@@ -32,6 +35,7 @@ from .search import Grant, Visibility, VisibilityFor
 
 _H = resource_history.c
 _R = resource.c
+AUDIT_TYPE = sql_audit.AUDIT_TYPE
 
 # Hot-path statements built once: SQLAlchemy then reuses their compiled form directly.
 _CURRENT = (select(*_COLUMNS, _R.deleted, _R.owner_org)
@@ -73,7 +77,14 @@ def writer_lock_path(engine: Engine) -> str | None:
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A server-assigned id: a time-ordered UUID (RFC 9562 version 7), so that new rows land
+    at the end of the id indexes instead of on random pages (a bulk audit write dirtied a
+    page per row with random ids)."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 \
+        | 0b10 << 62 | rand & (2**62 - 1)
+    return str(uuid.UUID(int=value))
 
 
 def stamp_meta(res: dict[str, Any], rid: str, version_id: int, instant: str) -> dict[str, Any]:
@@ -105,12 +116,16 @@ class Tx:
         key = (rtype, rid)
         if key in self._seen:
             return self._seen[key]
+        if rtype == AUDIT_TYPE:
+            return sql_audit.get(self.conn, rid)
         row = self.conn.execute(_CURRENT, {"t": rtype, "i": rid}).first()
         found = _row(row, row.deleted) if row else None
         self._seen[key] = found
         return found
 
     def version(self, rtype: str, rid: str, version_id: int) -> Stored | None:
+        if rtype == AUDIT_TYPE:
+            return sql_audit.get(self.conn, rid) if version_id == 1 else None
         row = self.conn.execute(_VERSION, {"t": rtype, "i": rid, "v": version_id}).first()
         return _row(row) if row else None
 
@@ -125,6 +140,11 @@ class Tx:
             by_type.setdefault(t, []).append(i)
         out: dict[tuple[str, str], Stored] = {}
         for t, ids in by_type.items():
+            if t == AUDIT_TYPE:
+                if visibility is None or visibility(t) is None:
+                    found = (sql_audit.get(self.conn, i) for i in ids)
+                    out.update({(t, s.id): s for s in found if s is not None})
+                continue
             conds = [_R.res_type == t, _R.res_id.in_(ids), _R.deleted.is_(False)]
             if visibility is not None:
                 vis = visibility(t)
@@ -214,37 +234,9 @@ class Tx:
         self._write_index(rtype, rid, final)
         return Stored(rtype, rid, version, ts, False, content, method, owner)
 
-    def create_many(self, resources: list[dict[str, Any]]) -> int:
-        """Create many new resources with server ids in a few bulk statements (audit batches)."""
-        if not resources:
-            return 0
-        now = now_utc()
-        ts, instant = to_us(now), format_instant(now)
-        current, history = [], []
-        index: dict[str, list[dict[str, Any]]] = {k: [] for k in INDEX_TABLES}
-        for res in resources:
-            rtype, rid = res["resourceType"], new_id()
-            final = stamp_meta(res, rid, 1, instant)
-            current.append({"res_type": rtype, "res_id": rid, "version_id": 1,
-                            "last_updated": ts, "deleted": False, "owner_org": None})
-            history.append({"res_type": rtype, "res_id": rid, "version_id": 1,
-                            "last_updated": ts, "method": "POST", "content": orjson.dumps(final)})
-            rows = extract(final)
-            key = {"res_type": rtype, "res_id": rid}
-            index["token"] += [{**key, "param": p, "system": sy, "code": c}
-                               for p, sy, c in rows.token]
-            index["reference"] += [{**key, "param": p, "target_type": t, "target_id": i}
-                                   for p, t, i in rows.reference]
-            index["date"] += [{**key, "param": p, "low": lo, "high": hi}
-                              for p, lo, hi in rows.date]
-            index["string"] += [{**key, "param": p, "value_norm": n, "value": v}
-                                for p, n, v in rows.string]
-        self.conn.execute(insert(resource), current)
-        self.conn.execute(_INSERT_HISTORY, history)
-        for kind, rows_ in index.items():
-            if rows_:
-                self.conn.execute(_INSERT_INDEX[kind], rows_)
-        return len(resources)
+    def append_audit(self, events: list[dict[str, Any]]) -> list[Stored]:
+        """Append AuditEvents to the access log (new server ids), in bulk."""
+        return sql_audit.append(self.conn, [(new_id(), e) for e in events])
 
     def _clear_index(self, rtype: str, rid: str) -> None:
         for stmt in _CLEAR_INDEX.values():
@@ -271,6 +263,11 @@ class Tx:
     def history(self, rtype: str | None = None, rid: str | None = None, *,
                 since: int | None = None, at: int | None = None, count: int = 50,
                 offset: int = 0) -> tuple[list[Stored], int]:
+        """Versions newest first. The access log has its own (each event one version) and is
+        not part of the system-wide history."""
+        if rtype == AUDIT_TYPE:
+            return sql_audit.history(self.conn, rid, since=since, at=at, count=count,
+                                     offset=offset)
         conds = []
         if rtype:
             conds.append(_H.res_type == rtype)
@@ -290,11 +287,21 @@ class Tx:
 
     def search(self, query: SearchQuery, visibility: Visibility | None = None
                ) -> tuple[list[Stored], int | None]:
+        if query.resource_type == AUDIT_TYPE:
+            # Only callers who see everything read the access log (sip_hub.access).
+            return sql_audit.search(self.conn, query) if visibility is None else ([], 0)
         return sql_search.run(self.conn, query, visibility)
 
     def includes(self, query: SearchQuery, matches: list[Stored],
                  visibility: VisibilityFor | None = None) -> list[Stored]:
         keys = sql_search.include_keys(self.conn, query, matches)
+        for inc in query.includes:
+            if inc.source_type == AUDIT_TYPE:
+                keys += sql_audit.include_keys(inc.param.name, inc.target_type, matches)
+        for inc in query.revincludes:
+            if inc.source_type == AUDIT_TYPE:
+                keys += sql_audit.revinclude_keys(self.conn, inc.param.name,
+                                                  query.resource_type, [m.id for m in matches])
         seen = {(m.type, m.id) for m in matches}
         return self.current_many([k for k in keys if k not in seen], visibility)
 

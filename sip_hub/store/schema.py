@@ -171,3 +171,30 @@ message_inbox = Table(
     Index(None, "state", "received"),
     Index(None, "expires"),
 )
+
+
+# -- the access log (sip_hub.audit) -------------------------------------------------------------
+
+# One row per AuditEvent, append-only, with the columns it is searched by (sip_hub.store.audit).
+audit_event = Table(
+    "audit_event", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("recorded", BigInteger, nullable=False),  # UTC microseconds
+    Column("action", String(1), nullable=False),
+    Column("outcome", String(2), nullable=False),
+    Column("subtype", String(64), nullable=False),  # the RESTful interaction
+    Column("content", LargeBinary, nullable=False),  # the AuditEvent, JSON
+    Index(None, "recorded"),
+)
+
+# What an AuditEvent refers to: its patients and entities (system: the target type) and its
+# agents' identifiers (system: the identifier system).
+audit_ref = Table(
+    "audit_ref", metadata,
+    Column("audit_id", String(64), nullable=False),
+    Column("param", String(32), nullable=False),  # patient | entity | agent:identifier
+    Column("system", String(255), nullable=False),
+    Column("value", _Key, nullable=False),
+    Column("recorded", BigInteger, nullable=False),
+    Index(None, "param", "value", "system", "recorded"),
+)

@@ -18,7 +18,7 @@ _R = resource.c
 _H = resource_history.c
 
 
-def _date_cond(low: Any, high: Any, v: DateValue) -> ColumnElement[bool]:
+def date_cond(low: Any, high: Any, v: DateValue) -> ColumnElement[bool]:
     inside = and_(low >= v.low, high <= v.high)
     match v.prefix:
         case "eq":
@@ -74,7 +74,7 @@ def criterion_cond(rtype: str, cr: Criterion) -> ColumnElement[bool]:
     if cr.kind == "id":
         return _R.res_id.in_([str(v) for v in cr.values])
     if cr.kind == "lastUpdated":
-        return or_(*[_date_cond(_R.last_updated, _R.last_updated, v)
+        return or_(*[date_cond(_R.last_updated, _R.last_updated, v)
                      for v in cr.values if isinstance(v, DateValue)])
     name = cr.name
     table = {"token": idx_token, "uri": idx_token, "reference": idx_reference,
@@ -107,7 +107,7 @@ def criterion_cond(rtype: str, cr: Criterion) -> ColumnElement[bool]:
         return _R.res_id.in_(_ids(idx_reference, rtype, name, or_(*conds)))
     if cr.kind == "date":
         c = idx_date.c
-        conds = [_date_cond(c.low, c.high, v) for v in cr.values if isinstance(v, DateValue)]
+        conds = [date_cond(c.low, c.high, v) for v in cr.values if isinstance(v, DateValue)]
         return _R.res_id.in_(_ids(idx_date, rtype, name, or_(*conds)))
     conds = [_string_cond(str(v), cr.modifier) for v in cr.values]
     return _R.res_id.in_(_ids(idx_string, rtype, name, or_(*conds)))
@@ -226,5 +226,5 @@ def include_keys(conn: Connection, query: SearchQuery, matches: list[Any]) -> li
     return list(dict.fromkeys(keys))
 
 
-__all__ = ["run", "include_keys", "base_select", "criterion_cond", "visibility_cond",
+__all__ = ["run", "date_cond", "include_keys", "base_select", "criterion_cond", "visibility_cond",
            "Visibility", "VisibilityFor", "Grant"]

@@ -110,15 +110,3 @@ def test_supported_searches_use_indexes_not_scans(store, query):
             plan = [r[0] for r in conn.execute(text(f"EXPLAIN {sql}"))]
             scans = [p for p in plan if "Seq Scan" in p]
     assert scans == [], plan
-
-
-def test_bulk_create_is_indexed_like_single_creates(store):
-    events = [{"resourceType": "Patient", "name": [{"family": f"Bulk{i}"}]} for i in range(5)]
-    with store.begin() as tx:
-        assert tx.create_many(events) == 5
-    with store.begin(write=False) as tx:
-        q = fhir_search.parse("Patient", [("name", "bulk")], default_count=10, max_count=10)
-        found, total = tx.search(q)
-        assert total == 5
-        assert {s.json()["meta"]["versionId"] for s in found} == {"1"}
-        assert tx.history("Patient")[1] == 5

@@ -1,0 +1,169 @@
+"""The access log's own tables: AuditEvents appended in the caller's transaction, read and
+searched like any resource, and moved over from the resource tables by migration 0006."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select, text
+
+from conftest import PG_URL, need_service
+from sip_hub.audit import AuditRecord
+from sip_hub.auth import Principal
+from sip_hub.errors import BadRequest
+from sip_hub.fhir import search as fhir_search
+from sip_hub.store import Store
+from sip_hub.store.engine import make_engine
+from sip_hub.store.migrate import upgrade
+from sip_hub.store.schema import audit_event, resource, resource_history
+
+SOC, BUP = "SE2120000142-SOC1", "SE2321000016-15CQ"
+
+
+def _event(interaction: str, org: str, resources: list[tuple[str, str]], patients: set[str],
+           outcome: str = "0") -> dict[str, Any]:
+    p = Principal(f"client-{org}", org, "organization", (), False, "system/*.rs")
+    return AuditRecord(interaction, p, tuple(resources), frozenset(patients),
+                       outcome=outcome).to_fhir()
+
+
+def _search(store: Store, *items: tuple[str, str], count: int = 50) -> tuple[list[str], int]:
+    q = fhir_search.parse("AuditEvent", list(items), default_count=count, max_count=1000)
+    with store.begin(write=False) as tx:
+        found, total = tx.search(q)
+    return [s.json()["subtype"][0]["code"] + ":" + s.json()["agent"][1]["who"]["identifier"]
+            ["value"] for s in found], total
+
+
+@pytest.fixture
+def log(store: Store) -> Store:
+    with store.begin() as tx:
+        tx.append_audit([
+            _event("read", SOC, [("CarePlan", "alva-sip")], {"alva"}),
+            _event("search-type", BUP, [("CarePlan", "alva-sip"), ("Goal", "g1")], {"alva"}),
+            _event("update", SOC, [("CarePlan", "gosta-sip")], {"gosta"}),
+            _event("read", BUP, [("CarePlan", "gosta-sip")], {"gosta"}, outcome="4"),
+        ])
+    return store
+
+
+def test_an_event_is_stored_with_its_id_and_one_version(store: Store) -> None:
+    with store.begin() as tx:
+        [stored] = tx.append_audit([_event("read", SOC, [("CarePlan", "alva-sip")], {"alva"})])
+    with store.begin(write=False) as tx:
+        again = tx.current("AuditEvent", stored.id)
+        assert again is not None and again.content == stored.content
+        body = again.json()
+        assert body["id"] == stored.id and body["meta"]["versionId"] == "1"
+        assert body["meta"]["lastUpdated"] == body["recorded"]
+        assert tx.version("AuditEvent", stored.id, 1) is not None
+        assert tx.version("AuditEvent", stored.id, 2) is None
+        assert tx.history("AuditEvent", stored.id)[1] == 1
+
+
+def test_an_event_commits_or_rolls_back_with_its_transaction(store: Store) -> None:
+    with pytest.raises(RuntimeError):
+        with store.begin() as tx:
+            tx.append_audit([_event("update", SOC, [("CarePlan", "x")], {"alva"})])
+            raise RuntimeError("the write failed")
+    assert _search(store, ("patient", "Patient/alva")) == ([], 0)
+
+
+def test_search_by_patient_entity_and_agent(log: Store) -> None:
+    assert _search(log, ("patient", "Patient/alva")) == (
+        [f"search-type:{BUP}", f"read:{SOC}"], 2)  # newest first
+    assert _search(log, ("patient", "gosta"))[1] == 2
+    assert _search(log, ("entity", "Goal/g1")) == ([f"search-type:{BUP}"], 1)
+    assert _search(log, ("entity", "CarePlan/gosta-sip"), ("agent:identifier",
+                   f"urn:oid:1.2.752.29.4.19|{BUP}")) == ([f"read:{BUP}"], 1)
+
+
+def test_search_by_codes_date_and_id(log: Store) -> None:
+    assert _search(log, ("subtype", "read"))[1] == 2
+    assert _search(log, ("action", "U")) == ([f"update:{SOC}"], 1)
+    assert _search(log, ("outcome", "4")) == ([f"read:{BUP}"], 1)
+    assert _search(log, ("type", "http://terminology.hl7.org/CodeSystem/audit-event-type|rest")
+                   )[1] == 4
+    assert _search(log, ("type", "other-system|rest"))[1] == 0
+    assert _search(log, ("date", "gt2000-01-01"), ("date", "lt2999-01-01"))[1] == 4
+    assert _search(log, ("date", "lt2000-01-01"))[1] == 0
+    with log.begin(write=False) as tx:
+        q = fhir_search.parse("AuditEvent", [], default_count=1, max_count=10)
+        [first], total = tx.search(q)
+    assert total == 4
+    assert _search(log, ("_id", first.id))[1] == 1
+
+
+def test_sort_and_pages(log: Store) -> None:
+    newest, _ = _search(log, ("_sort", "-date"))
+    oldest, _ = _search(log, ("_sort", "date"))
+    assert oldest == list(reversed(newest))
+    q = fhir_search.parse("AuditEvent", [("_offset", "2")], default_count=2, max_count=10)
+    with log.begin(write=False) as tx:
+        page, total = tx.search(q)
+    assert total == 4 and len(page) == 2
+
+
+def test_what_the_log_cannot_be_searched_by_is_a_clear_error(log: Store) -> None:
+    for items in ([("patient:missing", "true")], [("_sort", "subtype")]):
+        with pytest.raises(BadRequest):
+            _search(log, *items)
+
+
+def test_includes_read_the_events_own_references(log: Store) -> None:
+    q = fhir_search.parse("AuditEvent", [("entity", "Goal/g1"), ("_include", "AuditEvent:entity")],
+                          default_count=10, max_count=10)
+    with log.begin(write=False) as tx:
+        found, _ = tx.search(q)
+        from sip_hub.store.audit import include_keys
+        keys = include_keys("entity", None, found)
+    assert set(keys) == {("CarePlan", "alva-sip"), ("Goal", "g1"), ("Patient", "alva")}
+
+
+# -- migration 0006 ------------------------------------------------------------------------
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An empty database (not the migrated template)."""
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'old.sqlite3'}")
+        yield engine
+        engine.dispose()
+        return
+    need_service("PostgreSQL", PG_URL)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in PG_URL else "?"
+    engine = make_engine(f"{PG_URL}{sep}options=-csearch_path%3D{schema}")
+    yield engine
+    engine.dispose()
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+def test_migration_moves_stored_events_into_the_log(fresh: Engine) -> None:
+    upgrade(fresh, "0005")
+    store = Store(fresh)
+    with store.begin() as tx:  # how 0005 stored them: as versioned, indexed resources
+        old = [tx.create(_event("read", SOC, [("CarePlan", f"p{i}")], {f"pat{i % 3}"}))
+               for i in range(7)]
+        tx.create({"resourceType": "Patient", "id": "keep"}, "keep")
+    upgrade(fresh)
+    with fresh.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(resource).where(
+            resource.c.res_type == "AuditEvent")).scalar_one() == 0
+        assert conn.execute(select(func.count()).select_from(resource_history).where(
+            resource_history.c.res_type == "AuditEvent")).scalar_one() == 0
+        assert conn.execute(select(func.count()).select_from(audit_event)).scalar_one() == 7
+    assert _search(store, ("patient", "pat1"))[1] == 2  # p1, p4
+    with store.begin(write=False) as tx:
+        moved = tx.current("AuditEvent", old[0].id)
+        assert moved is not None and moved.json() == old[0].json()
+        assert tx.current("Patient", "keep") is not None
