@@ -146,18 +146,20 @@ class Tx:
                     out.update({(t, s.id): s for s in found if s is not None})
                 continue
             conds = [_R.res_type == t, _R.res_id.in_(ids), _R.deleted.is_(False)]
+            params: dict[str, Any] = {}
             if visibility is not None:
                 vis = visibility(t)
                 if vis is False:
                     continue
                 if vis is not None:
                     conds.append(sql_search.visibility_cond(t, vis))
+                    params = sql_search.visibility_params(vis)
             q = (select(*_COLUMNS, _R.owner_org)
                  .join_from(resource, resource_history, and_(
                      _H.res_type == _R.res_type, _H.res_id == _R.res_id,
                      _H.version_id == _R.version_id))
                  .where(*conds))
-            for row in self.conn.execute(q):
+            for row in self.conn.execute(q, params):
                 out[(row.res_type, row.res_id)] = _row(row, False)
         return [out[k] for k in dict.fromkeys(keys) if k in out]
 

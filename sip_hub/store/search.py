@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable, Literal
 
-from sqlalchemy import (ColumnElement, Connection, Select, and_, exists, func, not_, or_,
-                        select, true)
+from sqlalchemy import (BigInteger, ColumnElement, Connection, Select, String, and_, bindparam,
+                        exists, func, not_, or_, select, true)
 
 from ..fhir.search import Criterion, DateValue, ReferenceValue, SearchQuery, TokenValue
 from ..fhir.search_params import params_for
@@ -140,18 +141,30 @@ VisibilityFor = Callable[[str], "Visibility | None | Literal[False]"]
 def visibility_cond(rtype: str, vis: Visibility) -> ColumnElement[bool]:
     """Owned, or in the compartment of a patient the organisation holds a live reading grant
     for. Checked per candidate row (correlated EXISTS), so the cost follows the rows the
-    criteria match, not the number of patients the organisation can see."""
+    criteria match, not the number of patients the organisation can see. The organisation
+    and the time are bound parameters (``vis_org``, ``vis_now``: see ``visibility_params``),
+    so the condition is built once per type."""
+    return _visibility_shape(vis.compartment)
+
+
+def visibility_params(vis: Visibility | None) -> dict[str, Any]:
+    return {} if vis is None else {"vis_org": vis.org, "vis_now": vis.now}
+
+
+@lru_cache(maxsize=None)
+def _visibility_shape(compartment: str | None) -> ColumnElement[bool]:
     g = access_grant.c
-    live = and_(g.org_hsa_id == vis.org, g.reads.is_(True),
-                or_(g.valid_until.is_(None), g.valid_until > vis.now))
-    owned = _R.owner_org == vis.org
-    if vis.compartment is None:
+    org, now = bindparam("vis_org", type_=String), bindparam("vis_now", type_=BigInteger)
+    live = and_(g.org_hsa_id == org, g.reads.is_(True),
+                or_(g.valid_until.is_(None), g.valid_until > now))
+    owned = _R.owner_org == org
+    if compartment is None:
         return owned
-    if vis.compartment == "_self":
+    if compartment == "_self":
         return or_(owned, exists().where(g.patient_id == _R.res_id, live))
     c = idx_reference.c
     granted = exists().where(
-        c.res_type == _R.res_type, c.res_id == _R.res_id, c.param == vis.compartment,
+        c.res_type == _R.res_type, c.res_id == _R.res_id, c.param == compartment,
         c.target_type == "Patient", g.patient_id == c.target_id, live)
     return or_(owned, granted)
 
@@ -184,10 +197,12 @@ def _sort_key(query: SearchQuery, name: str) -> ColumnElement[Any]:
 
 def run(conn: Connection, query: SearchQuery,
         visibility: Visibility | None = None) -> tuple[list[Any], int | None]:
-    base = base_select(query, visibility)
+    conds = _conditions(query, visibility)
+    params = visibility_params(visibility)
     total = None
     if query.total or query.summary_count:
-        total = conn.execute(select(func.count()).select_from(base.subquery())).scalar_one()
+        total = conn.execute(select(func.count()).select_from(resource).where(*conds),
+                             params).scalar_one()
     if query.summary_count or query.count == 0:
         return [], total
     order = []
@@ -201,9 +216,9 @@ def run(conn: Connection, query: SearchQuery,
                 _R.owner_org)
          .join_from(resource, resource_history, and_(
              _H.res_type == _R.res_type, _H.res_id == _R.res_id, _H.version_id == _R.version_id))
-         .where(*_conditions(query, visibility))
+         .where(*conds)
          .order_by(*order).limit(query.count).offset(query.offset))
-    return [_row(r, False) for r in conn.execute(q)], total
+    return [_row(r, False) for r in conn.execute(q, params)], total
 
 
 def include_keys(conn: Connection, query: SearchQuery, matches: list[Any]) -> list[tuple[str, str]]:
@@ -226,5 +241,5 @@ def include_keys(conn: Connection, query: SearchQuery, matches: list[Any]) -> li
     return list(dict.fromkeys(keys))
 
 
-__all__ = ["run", "date_cond", "include_keys", "base_select", "criterion_cond", "visibility_cond",
+__all__ = ["run", "date_cond", "visibility_params", "include_keys", "base_select", "criterion_cond", "visibility_cond",
            "Visibility", "VisibilityFor", "Grant"]
