@@ -29,6 +29,8 @@ MOTHER = "RelatedPerson/alva-mamma"
 SOCIAL_SERVICES = "Organization/socialtjansten"
 BUP = "Organization/bup"
 SCHOOL = "Organization/skolan"
+HABILITATION = "Organization/habiliteringen"
+HABILITATION_HSA = "SE2321000016-HAB1"
 COORDINATOR = "Practitioner/kim"
 BUP_REPRESENTATIVE = "Practitioner/sara"
 SCHOOL_REPRESENTATIVE = "Practitioner/johan"
@@ -101,6 +103,12 @@ def social_services() -> Json:
 def school() -> Json:
     return organization("SE2120000142-SKO7", "Södra grundskolan, Stockholms stad",
                         id=_id(SCHOOL))
+
+
+def habilitation() -> Json:
+    """A fourth organisation (region), not in the demo SIP: for cases with more parties."""
+    return organization(HABILITATION_HSA, "Habiliteringen Söder, Region Stockholm",
+                        id=_id(HABILITATION))
 
 
 def practitioner(hsa: str = "SE2120000142-P0001", given: str = "Kim",
