@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FHIR_VALIDATE := ../shared/tools/fhir-validate
 
-.PHONY: run test install install-test bench migrate clean
+.PHONY: run test install install-test bench bench-rest bench-messaging migrate clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "sip_hub needs Python 3.11 or newer"'
@@ -35,9 +35,16 @@ test: $(VENV)/.installed-test
 		npm install --prefix $(FHIR_VALIDATE) --no-audit --no-fund --silent; fi
 	$(BIN)/pytest
 
-bench: $(VENV)/.installed-test
+# The store/REST benchmark, then the end-to-end messaging benchmark (bench/results/).
+bench: bench-rest bench-messaging
+
+bench-rest: $(VENV)/.installed-test
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/run.py
+
+bench-messaging: $(VENV)/.installed-test
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/messaging.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -305,7 +305,7 @@ async def main(config: dict[str, Any]) -> list[dict[str, Any]]:
     return results
 
 
-def _runner_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def runner_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     try:
         import uvloop
     except ImportError:
@@ -315,6 +315,6 @@ def _runner_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 if __name__ == "__main__":
     cfg = orjson.loads(Path(sys.argv[1]).read_bytes())
-    with asyncio.Runner(loop_factory=_runner_factory()) as runner:
+    with asyncio.Runner(loop_factory=runner_factory()) as runner:
         out = runner.run(main(cfg))
     Path(sys.argv[2]).write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))

@@ -17,27 +17,34 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import orjson
+
 from sip_hub.identifiers import luhn_check_digit
 
 Json = dict[str, Any]
 
 REPO = Path(__file__).resolve().parent.parent
-FACTORY_PATH = REPO / "tests" / "sip_factory.py"
+TESTS = REPO / "tests"
+FACTORY_PATH = TESTS / "sip_factory.py"
 
 
-def _load_factory() -> ModuleType:
-    if not FACTORY_PATH.is_file():
-        raise SystemExit(f"bench: {FACTORY_PATH} is missing; the benchmark builds its SIP "
-                         "resources with the test suite's factory")
-    spec = importlib.util.spec_from_file_location("sip_factory", FACTORY_PATH)
+def _load_test_module(name: str) -> ModuleType:
+    """One of the test suite's helper modules (without putting ``tests/`` on the path)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    path = TESTS / f"{name}.py"
+    if not path.is_file():
+        raise SystemExit(f"bench: {path} is missing; the benchmark builds its SIP "
+                         "resources with the test suite's helpers")
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("sip_factory", module)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-f = _load_factory()
+f = _load_test_module("sip_factory")
 
 COORDINATOR_HSA = "SE2120000142-SOC1"   # HSA-id of f.social_services(), author of every plan
 
@@ -131,3 +138,83 @@ def careplan(pid: str) -> Json:
                                 goal_refs=_goal_refs(pid), activities=_activities(pid))
     plan.pop("id", None)
     return plan
+
+
+# --------------------------------------------------------------------------- messaging
+# The messaging benchmark's SIPs: adults (no custodian needed), coordinated by the social
+# services, whose consent covers the coordinator and four organisations that receive every
+# message about the SIP. Process helpers (Parameters, times relative to now) are the tests'.
+
+_fhirhttp = _load_test_module("fhirhttp")  # sip_process imports it by name
+proc = _load_test_module("sip_process")
+
+# The receiving organisations: (Organization reference, HSA-id).
+RECEIVERS: tuple[tuple[str, str], ...] = (
+    (f.BUP, "SE2321000016-15CQ"), (f.SCHOOL, "SE2120000142-SKO7"),
+    (f.VARDCENTRAL, f.VARDCENTRAL_HSA), (f.HEMTJANST, f.HEMTJANST_HSA))
+MESSAGING_PNR_OFFSET = 200_000     # never clash with the other benchmarks' patients
+
+
+def messaging_shared_resources() -> list[Json]:
+    return shared_resources() + f.discharge_organisations()
+
+
+def adult(k: int) -> int:
+    """The personnummer index of the ``k``-th messaging patient: born 1940-1999."""
+    return MESSAGING_PNR_OFFSET + (k // 60) * _BIRTH_YEARS + k % 60
+
+
+def messaging_sip(pid: str, k: int) -> list[Json]:
+    """A SIP before its meeting (draft plan, proposed care team, the consent in force now),
+    ready for ``$transition`` to kartlaggning and ``$invite`` of the RECEIVERS."""
+    ref = f"Patient/{pid}"
+    school, step, sleep = _goal_refs(pid)
+    consent = f.sip_consent(ref, (f.SOCIAL_SERVICES, *(r for r, _ in RECEIVERS)),
+                            id=f"{pid}-samtycke", given_by=(ref,), start=proc.day(-10),
+                            end=proc.day(365))
+    team = f.sip_careteam(ref, id=f"{pid}-sip", status="proposed", representatives=(),
+                          relatives=())
+    plan = f.sip_careplan(ref, "draft", id=f"{pid}-sip", careteam_ref=f"CareTeam/{pid}-sip",
+                          goal_refs=(school, step, sleep), activities=_activities(pid),
+                          follow_up=proc.at(days=120))
+    goals = [r for r in patient_resources(pid, adult(k)) if r["resourceType"] == "Goal"]
+    return [patient(pid, adult(k)), consent, team, *goals, plan]
+
+
+def invite_parameters() -> Json:
+    """``$invite`` of every receiving organisation to a meeting in ten days."""
+    invitation: Json = proc.invitation(*(r for r, _ in RECEIVERS))
+    return invitation
+
+
+TOKEN, START, END, HEADER_ID, BUNDLE_ID = (
+    "@TOKEN@", "@START@", "@END@", "@HEADER-ID@", "@BUNDLE-ID@")
+"""Placeholders the load client replaces in a message template, per message. TOKEN names the
+message in what the hub stores and sends on (``bm`` and 32 hex digits), so the receiver can
+tell which message each delivery is."""
+
+
+def meeting_slots(n: int = 4) -> list[tuple[str, str]]:
+    """(start, end) of ``n`` meeting times in two weeks, 13:00 onwards, 90 minutes each."""
+    return [(proc.at(days=14 + i), proc.at(days=14 + i, hours=1.5)) for i in range(n)]
+
+
+def reschedule_message(appointment: Json, endpoints: dict[str, str]) -> bytes:
+    """The coordinator's message that a SIP meeting moved: the meeting (one ``$invite``
+    made) with a new time, its comment naming the message (TOKEN), addressed to every
+    receiving organisation; its focus names the meeting and the plan, which the hub holds.
+    Serialised with the placeholders above."""
+    from sip_hub.messaging import builder
+
+    moved = {k: v for k, v in appointment.items() if k not in ("meta", "text")}
+    moved.update(start=START, end=END,
+                 comment=f"Mötet är flyttat på önskan av den enskilde ({TOKEN}).")
+    plan = next(r["reference"] for r in moved["supportingInformation"]
+                if r["reference"].startswith("CarePlan/"))
+    message = builder.message(
+        "meeting-rescheduled", fhir_base="https://soc.bench.example/fhir",
+        sender=COORDINATOR_HSA,
+        destinations=[builder.Party(hsa, endpoints[hsa]) for _, hsa in RECEIVERS],
+        focus=[f"Appointment/{moved['id']}", plan], resources=[moved], header_id=HEADER_ID,
+        bundle_id=BUNDLE_ID)
+    return orjson.dumps(message)

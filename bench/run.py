@@ -443,13 +443,13 @@ def _healthy(base_url: str) -> bool:
         return False
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=60)  # shutdown flushes the queued audit events
         except subprocess.TimeoutExpired:
-            log(f"hub {proc.pid} did not stop on SIGTERM; killing its process group")
+            log(f"process {proc.pid} did not stop on SIGTERM; killing its process group")
     # The workers share the master's process group (start_new_session): make sure none is left.
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -458,18 +458,29 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=10)
 
 
-@contextmanager
-def hub_server(backend: Backend, workers: int, log_path: Path,
-               timeout: float = 120.0) -> Iterator[Server]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
+def hub_env(backend: Backend, base_url: str, workers: int,
+            extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the hub's processes: this run's database and nothing of the
+    caller's ``SIP_HUB_*`` settings, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIP_HUB_")}
     # Tokens live for the longest time the hub allows, so that one outlasts a load run.
     env.update(SIP_HUB_DATABASE_URL=backend.url, SIP_HUB_DATA_DIR=str(backend.data_dir),
-               SIP_HUB_BASE_URL=base, SIP_HUB_WORKERS=str(workers),
-               SIP_HUB_TOKEN_LIFETIME_SECONDS="3600")
-    exe = Path(sys.executable).with_name("sip-hub")
-    cmd = [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port),
+               SIP_HUB_BASE_URL=base_url, SIP_HUB_WORKERS=str(workers),
+               SIP_HUB_TOKEN_LIFETIME_SECONDS="3600", **(extra or {}))
+    return env
+
+
+SIP_HUB_EXE = Path(sys.executable).with_name("sip-hub")
+
+
+@contextmanager
+def hub_server(backend: Backend, workers: int, log_path: Path,
+               timeout: float = 120.0, extra_env: dict[str, str] | None = None
+               ) -> Iterator[Server]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = hub_env(backend, base, workers, extra_env)
+    cmd = [str(SIP_HUB_EXE), "serve", "--host", "127.0.0.1", "--port", str(port),
            "--workers", str(workers)]
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -490,7 +501,7 @@ def hub_server(backend: Backend, workers: int, log_path: Path,
                 f"{sysinfo.git_commit(REPO)})")
             yield Server(base, proc.pid, log_path)
         finally:
-            _stop(proc)
+            stop_process(proc)
             log("hub stopped")
 
 

@@ -36,9 +36,12 @@ log = logging.getLogger("sip_hub.worker")
 _UPKEEP_SECONDS = 300.0
 _DAY_US = 86_400_000_000
 # After a round with work the worker looks again this soon, then twice as late each idle
-# round, up to poll_seconds: under load a new message goes out within milliseconds, while
-# an idle worker still polls the database rarely.
+# round: up to _HOT_WAIT while it did work in the last _HOT_SECONDS (traffic flows: a new
+# message goes out within tens of milliseconds), else up to poll_seconds (an idle worker
+# polls the database rarely).
 _FIRST_IDLE_WAIT = 0.005
+_HOT_WAIT = 0.05
+_HOT_SECONDS = 10.0
 
 
 class Worker:
@@ -102,26 +105,29 @@ class Worker:
         """Rounds until ``stop`` is set; waits between idle rounds (see _FIRST_IDLE_WAIT) and
         poll_seconds after a failed one; survives outages."""
         poll = self.messaging.config.poll_seconds
-        wait = 0.0
+        wait, last_work = 0.0, 0.0
         while not stop.is_set():
+            failed, busy = True, 0
             try:
                 busy = self.run_once()
+                failed = False
             except BusUnavailable as exc:
                 log.warning("message broker unavailable, reconnecting: %s", exc.diagnostics)
                 self._disconnect()
-                busy, wait = 0, poll
             except TransientError as exc:
                 log.warning("messaging round failed, retrying: %s", exc.diagnostics)
-                busy, wait = 0, poll
             except Exception:  # keep the worker alive; the outbox keeps every delivery
                 log.exception("messaging round failed")
                 self._disconnect()
-                busy, wait = 0, poll
-            if busy:
-                wait = 0.0
+            if failed:
+                wait = poll
+            elif busy:
+                wait, last_work = 0.0, time.monotonic()
+                continue
             else:
-                wait = min(poll, max(_FIRST_IDLE_WAIT, 2 * wait))
-                stop.wait(wait)
+                hot = time.monotonic() - last_work < _HOT_SECONDS
+                wait = min(_HOT_WAIT if hot else poll, poll, max(_FIRST_IDLE_WAIT, 2 * wait))
+            stop.wait(wait)
 
     # -- in the API process -------------------------------------------------------------------
     def start(self) -> None:
