@@ -16,7 +16,7 @@ import orjson
 from . import interactions as ix
 from .errors import BadRequest, SipHubError
 from .fhir.outcome import from_error
-from .service import Resolve, check_type, tx_resolver
+from .service import Prevalidated, Resolve, check_type, prevalidate, tx_resolver
 from .store import Store, Tx
 from .store.resources import new_id
 
@@ -179,7 +179,10 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str)
     pending: dict[tuple[str, str], dict[str, Any]] = {}
     for e in entries:
         if isinstance(e.resource, dict):
+            checked = isinstance(e.resource, Prevalidated)
             e.resource = rewrite_refs(e.resource, mapping)
+            if checked:  # a reference string for another keeps the structure valid
+                e.resource = Prevalidated(e.resource)
             rid = assigned.get(e.index, e.rid)
             if rid and e.index not in responses:
                 pending[(e.rtype, rid)] = {**e.resource, "id": rid}
@@ -228,5 +231,17 @@ def process(store: Store, ctx: ix.Context, body: Any, prefer: str) -> dict[str, 
     if not isinstance(body.get("entry", []), list):
         raise BadRequest("Bundle.entry must be a list", expression="Bundle.entry")
     if btype == "transaction":
-        return transaction(store, ctx, body, prefer)
+        return transaction(store, ctx, prevalidate_entries(body), prefer)
     return batch(store, ctx, body, prefer)
+
+
+def prevalidate_entries(bundle: dict[str, Any]) -> dict[str, Any]:
+    """Check the structure of every entry's resource before the write transaction opens, so
+    the database's write lock is not held for it (as for single writes)."""
+    for i, e in enumerate(bundle.get("entry") or []):
+        if isinstance(e, dict) and isinstance(e.get("resource"), dict):
+            try:
+                e["resource"] = prevalidate(e["resource"])
+            except SipHubError as err:
+                raise _with_entry(err, i) from None
+    return bundle

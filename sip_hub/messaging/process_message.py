@@ -47,6 +47,7 @@ from ..fhir.outcome import from_error, information
 from ..interactions import Context
 from ..access import Access, patients_of
 from ..metrics import MESSAGES_RECEIVED
+from ..service import Prevalidated
 from ..store import Store, Stored, Tx
 from ..store import inbox
 from . import builder, operations, parser, vocabulary as vocab
@@ -239,7 +240,9 @@ def _apply(tx: Tx, ctx: Context, msg: parser.Message) -> dict[int, Stored]:
         return out
     entries = []
     for _, e in todo:
-        res = bundles.rewrite_refs(copy.deepcopy(e["resource"]), unchanged)
+        # The parser validated the whole Bundle's structure, entries included; the rewrite
+        # builds new containers (the message keeps its own).
+        res = Prevalidated(bundles.rewrite_refs(e["resource"], unchanged))
         rid = res.get("id")
         request = ({"method": "PUT", "url": f"{res['resourceType']}/{rid}"} if rid
                    else {"method": "POST", "url": res["resourceType"]})

@@ -21,8 +21,10 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         return engine
     if u.drivername == "postgresql":
         u = u.set(drivername="postgresql+psycopg")
-    # A runaway query must not hold a connection (and its locks) for ever.
-    return create_engine(u, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+    # A runaway query must not hold a connection (and its locks) for ever. No ping before each
+    # use (a round trip per transaction): a connection the server dropped fails its request
+    # with a retryable 503 and SQLAlchemy then replaces the whole pool.
+    return create_engine(u, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600,
                          connect_args={"options": "-c statement_timeout=30000"}
                          if "options" not in u.query else {})
 
