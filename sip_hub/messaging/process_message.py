@@ -402,6 +402,9 @@ def process_accepted(store: Store, messaging: Messaging, *, audit: AuditLog | No
     """Process accepted async requests (each in its own transaction) and queue each response
     to its sender; returns how many were processed."""
     done = 0
+    with store.begin(write=False) as tx:
+        if not inbox.any_accepted(tx):
+            return 0
     for _ in range(limit):
         with store.begin() as tx:
             rows = inbox.claim_accepted(tx, 1)

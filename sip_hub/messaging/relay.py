@@ -40,10 +40,14 @@ class Relay:
         """Publish what is due; returns how many were published. Raises BusUnavailable after
         marking those published before the broker went away."""
         now = to_us(now_utc())
+        stale = now - int(self.republish_after_seconds * 1e6)
         published: list[str] = []
         failure: BusUnavailable | None = None
+        with self.store.begin(write=False) as tx:
+            if not sql.relay_due(tx, now, stale):
+                return 0
         with self.store.begin() as tx:
-            sql.requeue_published(tx, now, now - int(self.republish_after_seconds * 1e6))
+            sql.requeue_published(tx, now, stale)
             for d in sql.claim_due(tx, now, self.batch):
                 try:
                     self.bus.publish(d.dest_org, envelope(d))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import delete, exists, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import Conflict
@@ -81,6 +81,11 @@ def complete(tx: Tx, sender_org: str, header_id: str, code: str, response: bytes
     tx.conn.execute(update(message_inbox).where(
         _I.sender_org == sender_org, _I.header_id == header_id).values(
         state=DONE, response_code=code, response=response, request=None, caller=None))
+
+
+def any_accepted(tx: Tx) -> bool:
+    """Whether async requests wait (a read: idle rounds take no write lock)."""
+    return tx.conn.execute(select(exists().where(_I.state == ACCEPTED))).scalar() is True
 
 
 def claim_accepted(tx: Tx, limit: int) -> list[Received]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Sequence
 
 from sqlalchemy import (BigInteger, Integer, String, and_, bindparam, delete, exists, func, insert,
-                        select, update)
+                        or_, select, update)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import aliased
@@ -172,6 +172,13 @@ def claim_due(tx: Tx, now: int, limit: int) -> list[Delivery]:
     rows = tx.conn.execute(_joined().where(_D.id.in_(ids)))
     by_id = {r.id: _row(r) for r in rows}
     return [by_id[i] for i in ids if i in by_id]
+
+
+def relay_due(tx: Tx, now: int, published_before: int) -> bool:
+    """Whether the relay has anything to do (a read: idle rounds take no write lock)."""
+    pending = exists().where(_D.state == PENDING, _D.next_attempt_at <= now)
+    stale = exists().where(_D.state == PUBLISHED, _D.published_at < published_before)
+    return bool(tx.conn.execute(select(or_(pending, stale))).scalar())
 
 
 def requeue_published(tx: Tx, now: int, published_before: int | None = None) -> int:
