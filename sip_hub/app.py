@@ -6,6 +6,7 @@ import logging
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
+from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -79,6 +80,10 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Threads for blocking work (writes; reads on PostgreSQL). Python runs one at a time:
+        # past a few per core they only queue on the interpreter lock, and 40 (the default)
+        # spent more CPU switching than working.
+        to_thread.current_default_thread_limiter().total_tokens = settings.threads
         if getattr(app.state, "store", None) is None:
             app.state.store = build_store(settings)
         FhirService(app.state.store).seed_definitions()

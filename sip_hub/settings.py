@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
+    # Threads per worker process for blocking work (writes; reads on PostgreSQL).
+    threads: int = Field(default=8, ge=1, le=200)
     # One log line per HTTP request. Off by default: every access to personal data is an
     # AuditEvent already, and the line costs a tenth of a read's time.
     access_log: bool = False
