@@ -330,13 +330,7 @@ def setup_sips(base_url: str, token: str, n: int, endpoints: dict[str, str]) -> 
     batches = [payloads.messaging_shared_resources()] + [
         [r for k in range(start, min(n, start + 10)) for r in payloads.messaging_sip(pids[k], k)]
         for start in range(0, n, 10)]
-    for resources in batches:
-        status, body = run.http("POST", fhir, token=token,
-                                body=orjson.dumps(payloads.transaction(resources, fhir)),
-                                headers={"Content-Type": "application/fhir+json",
-                                         "Prefer": "return=minimal"})
-        if status != 200:
-            raise BenchError(f"set-up transaction failed ({status}): {body[:500]!r}")
+    run.post_transactions(fhir, token, batches)
     client = _Http(base_url)
     proc = payloads.proc
     templates = []
@@ -504,23 +498,12 @@ def _delete_queues(url: str, topology: Topology, orgs: list[str]) -> None:
 
 
 def run_load(config: Json, tmp: Path) -> list[Json]:
-    cfg, out = tmp / "msgload-config.json", tmp / "msgload-result.json"
-    cfg.write_bytes(orjson.dumps(config))
-    out.unlink(missing_ok=True)
-    budget = sum(p["warmup"] + p["duration"] for p in config["phases"]) + 600
-    try:
-        subprocess.run([sys.executable, str(BENCH / "msgload.py"), str(cfg), str(out)],
-                       check=True, timeout=budget, stdin=subprocess.DEVNULL)
-    except subprocess.SubprocessError as exc:
-        raise BenchError(f"the load client failed: {exc}") from exc
-    results: list[Json] = orjson.loads(out.read_bytes())
-    return results
+    return run.run_client("msgload.py", config, tmp, slack=600)
 
 
 # --------------------------------------------------------------------------- report
 
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
+_fmt = run._fmt
 
 
 def _cost_ratio(r: BackendResult, phase: Json) -> float | None:

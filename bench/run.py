@@ -304,6 +304,12 @@ def setup_patients(base_url: str, token: str, n: int) -> list[str]:
         [r for i in range(start, min(n, start + 10))
          for r in payloads.patient_resources(pids[i], i)]
         for start in range(0, n, 10)]
+    post_transactions(fhir, token, batches)
+    return pids
+
+
+def post_transactions(fhir: str, token: str, batches: list[list[Json]]) -> None:
+    """Each batch of resources as one transaction Bundle, as a client sets up its data."""
     for resources in batches:
         status, body = http("POST", fhir, token=token,
                             body=orjson.dumps(payloads.transaction(resources, fhir)),
@@ -311,7 +317,6 @@ def setup_patients(base_url: str, token: str, n: int) -> list[str]:
                                      "Prefer": "return=minimal"})
         if status != 200:
             raise BenchError(f"set-up transaction failed ({status}): {body[:500]!r}")
-    return pids
 
 
 def inprocess_create(store: Store, pids: list[str], seconds: float) -> float:
@@ -534,12 +539,18 @@ def run_load(server: Server, backend: Backend, plan: Plan, phases: list[Json],
     config = {"base_url": server.base_url, "concurrency": concurrency or plan.concurrency,
               "server_pid": server.pid, "db_comm": backend.db_comm, "token": token,
               "create_patients": create_patients, "phases": phases}
-    cfg, out = tmp / "load-config.json", tmp / "load-result.json"
+    return run_client("load.py", config, tmp, slack=180)
+
+
+def run_client(script: str, config: Json, tmp: Path, *, slack: float) -> list[Json]:
+    """Run a load client (``bench/<script>``) in its own process on ``config``; its results."""
+    name = Path(script).stem
+    cfg, out = tmp / f"{name}-config.json", tmp / f"{name}-result.json"
     cfg.write_bytes(orjson.dumps(config))
     out.unlink(missing_ok=True)
-    budget = sum(p["warmup"] + p["duration"] for p in phases) + 180
+    budget = sum(p["warmup"] + p["duration"] for p in config["phases"]) + slack
     try:
-        subprocess.run([sys.executable, str(BENCH / "load.py"), str(cfg), str(out)],
+        subprocess.run([sys.executable, str(BENCH / script), str(cfg), str(out)],
                        check=True, timeout=budget, stdin=subprocess.DEVNULL)
     except subprocess.SubprocessError as exc:
         raise BenchError(f"the load client failed: {exc}") from exc
