@@ -11,13 +11,14 @@ import os
 import shutil
 import subprocess
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from sip_hub import clients
 from sip_hub.app import create_app
@@ -51,8 +52,9 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def pg_engine() -> Iterator[object]:
+@contextmanager
+def pg_schema() -> Iterator[Engine]:
+    """An engine on an empty PostgreSQL schema of its own, dropped afterwards."""
     need_service("PostgreSQL", PG_URL)
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = make_engine(PG_URL)
@@ -60,12 +62,20 @@ def pg_engine() -> Iterator[object]:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     sep = "&" if "?" in PG_URL else "?"
     engine = make_engine(f"{PG_URL}{sep}options=-csearch_path%3D{schema}")
-    upgrade(engine)
-    yield engine
-    engine.dispose()
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_engine() -> Iterator[Engine]:
+    with pg_schema() as engine:
+        upgrade(engine)
+        yield engine
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

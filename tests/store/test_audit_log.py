@@ -3,15 +3,14 @@ searched like any resource, and moved over from the resource tables by migration
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, select
 
-from conftest import PG_URL, need_service
+from conftest import pg_schema
 from sip_hub.audit import AuditRecord
 from sip_hub.auth import Principal
 from sip_hub.errors import BadRequest
@@ -134,18 +133,8 @@ def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
         yield engine
         engine.dispose()
         return
-    need_service("PostgreSQL", PG_URL)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in PG_URL else "?"
-    engine = make_engine(f"{PG_URL}{sep}options=-csearch_path%3D{schema}")
-    yield engine
-    engine.dispose()
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with pg_schema() as engine:
+        yield engine
 
 
 def test_migration_moves_stored_events_into_the_log(fresh: Engine) -> None:
