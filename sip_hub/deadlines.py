@@ -60,6 +60,7 @@ _OPEN_PLAN = "draft,active,on-hold"
 class Report:
     created: list[str] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)
+    skipped: bool = False  # another process was scanning
 
     def add(self, other: "Report") -> None:
         self.created += other.created
@@ -307,9 +308,14 @@ class Scheduler:
             self._thread = None
 
     def run_once(self) -> Report:
-        with self.store.begin() as tx:
-            return scan(tx, now_utc(), inactive_days=self.inactive_days,
-                        audit=self.audit)
+        """One scan, unless another process (every API worker runs a Scheduler) is scanning:
+        the scan covers every SIP, so one at a time is enough."""
+        with self.store.exclusive("deadline-scan") as mine:
+            if not mine:
+                return Report(skipped=True)
+            with self.store.begin() as tx:
+                return scan(tx, now_utc(), inactive_days=self.inactive_days,
+                            audit=self.audit)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

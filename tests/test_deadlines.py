@@ -278,3 +278,15 @@ def test_the_periodic_scan_survives_a_failing_round(store, caplog, monkeypatch):
     job.interval = 0.01
     job._run()
     assert len(calls) == 2 and "deadline scan failed" in caplog.text
+
+
+def test_one_process_scans_at_a_time(store, h):
+    job = deadlines.Scheduler(store, Settings(env="dev"), None)
+    with store.exclusive("deadline-scan") as first:  # another worker process is scanning
+        assert first
+        assert job.run_once().skipped
+        with store.exclusive("deadline-scan") as second:
+            assert not second
+    assert not job.run_once().skipped
+    with store.exclusive("deadline-scan") as again:
+        assert again

@@ -374,6 +374,38 @@ class Store:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    @contextmanager
+    def exclusive(self, job: str) -> Iterator[bool]:
+        """Whether this caller runs ``job`` now: True while it holds the job's lock across
+        every process on the database, False (at once) when another holds it."""
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.connect() as conn:
+                key = func.hashtextextended(f"job:{job}", 0)
+                got = bool(conn.execute(select(func.pg_try_advisory_lock(key))).scalar())
+                conn.commit()
+                try:
+                    yield got
+                finally:
+                    if got:
+                        conn.execute(select(func.pg_advisory_unlock(key)))
+                        conn.commit()
+            return
+        path = self._writer_lock.replace("-writer.lock", f"-{job}.lock") \
+            if self._writer_lock else None
+        if path is None:
+            yield True
+            return
+        with open(path, "a+b") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     @property
     def embedded(self) -> bool:
         """SQLite in this process: no network between the hub and its data."""
