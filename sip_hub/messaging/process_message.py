@@ -31,7 +31,6 @@ operation instead, whose own writes tell the participants: see ``operations``.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
