@@ -237,8 +237,9 @@ def _period_end(period: Any) -> int | None:
     return None
 
 
-def refresh_grants(tx: Tx, patient_id: str) -> list[Grant]:
-    """Recompute who may see ``patient_id``'s SIP from the stored SIP resources."""
+def refresh_grants(tx: Tx, patient_id: str) -> bool:
+    """Recompute who may see ``patient_id``'s SIP from the stored SIP resources; whether
+    that changed."""
     tx.lock_patient(patient_id)
     pref = f"Patient/{patient_id}"
     plans = [(s, p) for s, p in _search(tx, "CarePlan", [("patient", pref)], sip.PROFILE_CAREPLAN)
@@ -273,9 +274,10 @@ def refresh_grants(tx: Tx, patient_id: str) -> list[Grant]:
     grants = [Grant(org, "coordinator" if org in coordinators else "participant",
                     org in covered, covered.get(org))
               for org in sorted(participants)]
-    if set(grants) != set(tx.grants(patient_id)):
-        tx.replace_grants(patient_id, grants)
-    return grants
+    if set(grants) == set(tx.grants(patient_id)):
+        return False
+    tx.replace_grants(patient_id, grants)
+    return True
 
 
 def _grant_inputs(rtype: str, res: dict[str, Any] | None) -> Any:
@@ -309,9 +311,5 @@ def after_write(tx: Tx, rtype: str, old: dict[str, Any] | None, new: dict[str, A
         if author and all(any(g.org == author and g.role == "coordinator" for g in tx.grants(p))
                           for p in patients):
             return set()
-    changed = set()
-    for patient in sorted(patients_of(rtype, old) | patients_of(rtype, new)):
-        before_grants = set(tx.grants(patient))
-        if set(refresh_grants(tx, patient)) != before_grants:
-            changed.add(patient)
-    return changed
+    return {patient for patient in sorted(patients_of(rtype, old) | patients_of(rtype, new))
+            if refresh_grants(tx, patient)}

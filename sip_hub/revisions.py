@@ -27,7 +27,7 @@ from .operation import Operation, version_ref
 from .parameters import Param
 from .service import prepare, tx_resolver
 from .store import Stored
-from .transitions import sip_plan
+from .transitions import revoke_proposals, sip_plan
 
 Json = dict[str, Any]
 
@@ -133,12 +133,7 @@ def approve(op: Operation, plan_id: str, body: Any, if_match: str | None) -> Jso
     proposal["status"] = "completed"
     closed = op.update(proposal)
     _activate_new_goals(op, plan, written.json())
-    for other in sp.search(op.tx, "CarePlan", [("replaces", f"CarePlan/{plan_id}"),
-                                               ("status", "draft")]):
-        stale = other.json()
-        if sp.is_proposal(stale):
-            stale["status"] = "revoked"
-            op.update(stale, as_hub=True)
+    revoke_proposals(op, plan_id)
     prov = op.create(op.provenance(
         written, {"coding": [{"system": _DATA_OPERATION, "code": "UPDATE", "display": "revise"}],
                   "text": "Revidering godkänd av den enskilde / revision approved"},

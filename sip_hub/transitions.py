@@ -201,11 +201,17 @@ def _close_work(op: Operation, plan_id: str, reason: str) -> list[str]:
                         statusReason={"text": f"SIP avslutad: {reason}"})
             op.update(task, as_hub=True)
             closed.append(inv.id)
+    revoke_proposals(op, plan_id)
+    return closed
+
+
+def revoke_proposals(op: Operation, plan_id: str) -> None:
+    """Revoke the revision proposals still open on the plan (it closed, or another revision
+    was approved)."""
     for proposal in sp.search(op.tx, "CarePlan", [("replaces", f"CarePlan/{plan_id}"),
                                                   ("status", "draft")]):
         content = proposal.json()
         if sp.is_proposal(content):
             content["status"] = "revoked"
             op.update(content, as_hub=True)
-    return closed
 

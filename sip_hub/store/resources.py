@@ -67,13 +67,30 @@ _DELETE_GRANTS = delete(access_grant).where(access_grant.c.patient_id == bindpar
 _INSERT_GRANTS = insert(access_grant)
 
 
-def writer_lock_path(engine: Engine) -> str | None:
-    """The lock file that queues writers of an SQLite database file (None: no queue needed)."""
+def lock_file_base(engine: Engine) -> str | None:
+    """Where the lock files of an SQLite database file go (``<base>-<name>.lock``); None when
+    processes cannot share one (not SQLite, in memory, or no POSIX file locks)."""
     db = engine.url.database
     if engine.dialect.name != "sqlite" or fcntl is None or not db or db == ":memory:" \
             or db.startswith("file:"):
         return None
-    return f"{db}-writer.lock"
+    return db
+
+
+@contextmanager
+def _file_lock(path: str, *, wait: bool) -> Iterator[bool]:
+    """An exclusive OS lock on ``path`` while the block runs: across threads (each opens the
+    file anew) and processes alike. ``wait=False``: False at once when another holds it."""
+    with open(path, "a+b") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def new_id() -> str:
@@ -340,7 +357,7 @@ class Tx:
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._writer_lock = writer_lock_path(engine)
+        self._lock_base = lock_file_base(engine)
 
     @contextmanager
     def begin(self, *, write: bool = True) -> Iterator[Tx]:
@@ -364,15 +381,11 @@ class Store:
         """SQLite has one writer at a time. Left to SQLite, waiting writers poll with growing
         sleeps (seconds of p99 under load); an OS file lock wakes the next one at once, across
         threads and worker processes alike."""
-        if not write or self._writer_lock is None:
+        if not write or self._lock_base is None:
             yield
             return
-        with open(self._writer_lock, "a+b") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with _file_lock(f"{self._lock_base}-writer.lock", wait=True):
+            yield
 
     @contextmanager
     def exclusive(self, job: str) -> Iterator[bool]:
@@ -390,21 +403,11 @@ class Store:
                         conn.execute(select(func.pg_advisory_unlock(key)))
                         conn.commit()
             return
-        path = self._writer_lock.replace("-writer.lock", f"-{job}.lock") \
-            if self._writer_lock else None
-        if path is None:
+        if self._lock_base is None:  # one process only (an in-memory database)
             yield True
             return
-        with open(path, "a+b") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with _file_lock(f"{self._lock_base}-{job}.lock", wait=False) as got:
+            yield got
 
     @property
     def embedded(self) -> bool:

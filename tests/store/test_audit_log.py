@@ -16,6 +16,7 @@ from sip_hub.auth import Principal
 from sip_hub.errors import BadRequest
 from sip_hub.fhir import search as fhir_search
 from sip_hub.store import Store
+from sip_hub.store.audit import include_keys
 from sip_hub.store.engine import make_engine
 from sip_hub.store.migrate import upgrade
 from sip_hub.store.schema import audit_event, resource, resource_history
@@ -118,7 +119,6 @@ def test_includes_read_the_events_own_references(log: Store) -> None:
                           default_count=10, max_count=10)
     with log.begin(write=False) as tx:
         found, _ = tx.search(q)
-        from sip_hub.store.audit import include_keys
         keys = include_keys("entity", None, found)
     assert set(keys) == {("CarePlan", "alva-sip"), ("Goal", "g1"), ("Patient", "alva")}
 
