@@ -10,17 +10,20 @@ written synchronously instead of being dropped (an unlogged read is not acceptab
 from __future__ import annotations
 
 import base64
+import copy
 import logging
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from .auth import Principal
-from .fhir.dates import format_instant, now_utc
+from .fhir.dates import format_instant, from_us
 from .identifiers import HSA_ID
 from .store import Store, Tx
+from .store.audit import Entry
 
 log = logging.getLogger("sip_hub.audit")
 
@@ -34,6 +37,25 @@ _PURPOSE = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 CLIENT_SYSTEM = "https://sip-hub.se/fhir/NamingSystem/client-id"
 
 
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@lru_cache(maxsize=1024)
+def _agents(client_id: str | None, org: str | None) -> tuple[Any, ...]:
+    """The agents of a caller's events (the same for all of them), with their references."""
+    if client_id is None or org is None:
+        return ([{"who": {"display": "sip_hub"}, "requestor": True}], ())
+    return ([{"type": {"coding": [{
+                "system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150",
+                "display": "Application"}]},
+              "who": {"identifier": {"system": CLIENT_SYSTEM, "value": client_id}},
+              "requestor": True},
+             {"who": {"identifier": {"system": HSA_ID, "value": org}, "type": "Organization"},
+              "requestor": False}],
+            (("agent:identifier", CLIENT_SYSTEM, client_id), ("agent:identifier", HSA_ID, org)))
+
+
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
     interaction: str
@@ -44,21 +66,18 @@ class AuditRecord:
     query: str | None = None
     detail: str | None = None
     purpose: str = "COC"  # coordination of care
+    at: int = field(default_factory=_now_us)  # when the access happened, UTC microseconds
 
     def to_fhir(self) -> dict[str, Any]:
+        return copy.deepcopy(self.entry().event)  # entries share their agents' parts
+
+    def entry(self) -> Entry:
+        """The AuditEvent, and what it is searched by, without parsing it back."""
         p = self.principal
-        agents: list[dict[str, Any]] = []
-        if p is not None:
-            agents.append({"type": {"coding": [{
-                "system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150",
-                "display": "Application"}]},
-                "who": {"identifier": {"system": CLIENT_SYSTEM, "value": p.client_id}},
-                "requestor": True})
-            agents.append({"who": {"identifier": {"system": HSA_ID, "value": p.org},
-                                   "type": "Organization"},
-                           "requestor": False})
-        else:
-            agents.append({"who": {"display": "sip_hub"}, "requestor": True})
+        agents, agent_refs = _agents(p.client_id, p.org) if p is not None else _agents(None, None)
+        refs = [("entity", t, i) for t, i in self.resources if t != "Patient"]
+        for pid in sorted(self.patients):
+            refs += [("entity", "Patient", pid), ("patient", "Patient", pid)]
         entities: list[dict[str, Any]] = [
             {"what": {"reference": f"{t}/{i}"},
              "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
@@ -81,7 +100,7 @@ class AuditRecord:
             "type": _REST,
             "subtype": [{"system": _INTERACTION, "code": self.interaction}],
             "action": _ACTION.get(self.interaction, "E"),
-            "recorded": format_instant(now_utc()),
+            "recorded": format_instant(from_us(self.at)),
             "outcome": self.outcome,
             "purposeOfEvent": [{"coding": [{"system": _PURPOSE, "code": self.purpose}]}],
             "agent": agents,
@@ -93,7 +112,7 @@ class AuditRecord:
             event["outcomeDesc"] = self.detail
         if entities:
             event["entity"] = entities
-        return event
+        return Entry(event, self.at, tuple(refs) + agent_refs)
 
 
 def _b64(text: str) -> str:
@@ -131,7 +150,7 @@ class AuditLog:
 
     def in_tx(self, tx: Tx, record: AuditRecord) -> None:
         """Store the record in the caller's transaction (writes)."""
-        tx.append_audit([record.to_fhir()])
+        tx.append_audit([record.entry()])
 
     def later(self, record: AuditRecord) -> None:
         """Queue the record for the background writer (reads, searches, refusals)."""
@@ -210,7 +229,7 @@ class AuditLog:
 
     def _write(self, records: list[AuditRecord]) -> None:
         with self.store.begin() as tx:
-            tx.append_audit([r.to_fhir() for r in records])
+            tx.append_audit([r.entry() for r in records])
         self.written += len(records)
 
 

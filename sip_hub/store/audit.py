@@ -14,6 +14,7 @@ by recorded time (newest first unless ``_sort`` says otherwise) or ``_id``.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -24,6 +25,7 @@ from ..errors import BadRequest
 from ..fhir.dates import parse_range
 from ..fhir.indexing import split_reference
 from ..fhir.search import Criterion, DateValue, ReferenceValue, SearchQuery, TokenValue
+from .driver import DriverStatement
 from .records import Stored
 from .schema import audit_event, audit_ref
 from .search import date_cond
@@ -31,60 +33,75 @@ from .search import date_cond
 AUDIT_TYPE = "AuditEvent"
 _A = audit_event.c
 _F = audit_ref.c
-_INSERT_EVENT = insert(audit_event)
-_INSERT_REF = insert(audit_ref)
+# Written on every read of personal data: run on the driver's cursor (see .driver).
+_INSERT_EVENT = DriverStatement(insert(audit_event))
+_INSERT_REF = DriverStatement(insert(audit_ref))
 _GET = select(_A.id, _A.recorded, _A.content).where(_A.id == bindparam("i"))
 _REF_PARAMS = ("patient", "entity")
 _TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 _SUBTYPE_SYSTEM = "http://hl7.org/fhir/restful-interaction"
 
 
-def event_rows(event: dict[str, Any], rid: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The stored form of an AuditEvent (with ``id`` and ``meta`` set): its row and its
-    reference rows."""
-    recorded = parse_range(event["recorded"])[0]
-    subtype = next((c.get("code", "") for c in event.get("subtype", [])), "")
-    row = {"id": rid, "recorded": recorded, "action": event.get("action", ""),
-           "outcome": event.get("outcome", ""), "subtype": subtype,
-           "content": orjson.dumps(event)}
-    refs: list[dict[str, Any]] = []
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """An AuditEvent to append (without id and meta), with what it is searched by."""
+    event: dict[str, Any]
+    recorded: int  # UTC microseconds, ``event["recorded"]``
+    refs: tuple[tuple[str, str, str], ...]  # (search parameter, system, value)
+
+
+def refs_of(event: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """What an AuditEvent is searched by: its entities, patients and agent identifiers."""
+    refs: list[tuple[str, str, str]] = []
     for entity in event.get("entity", []):
         target = split_reference((entity.get("what") or {}).get("reference", ""))
         if target is None:
             continue
-        refs.append({"param": "entity", "system": target[0], "value": target[1]})
+        refs.append(("entity", target[0], target[1]))
         if target[0] == "Patient":
-            refs.append({"param": "patient", "system": target[0], "value": target[1]})
+            refs.append(("patient", target[0], target[1]))
     for agent in event.get("agent", []):
         ident = (agent.get("who") or {}).get("identifier") or {}
         if isinstance(ident.get("value"), str):
-            refs.append({"param": "agent:identifier", "system": ident.get("system") or "",
-                         "value": ident["value"]})
-    for r in refs:
-        r["audit_id"], r["recorded"] = rid, recorded
-    return row, refs
+            refs.append(("agent:identifier", ident.get("system") or "", ident["value"]))
+    return refs
 
 
-def stamp(event: dict[str, Any], rid: str) -> dict[str, Any]:
-    """The event as stored: id and meta first (its one version, last updated when recorded)."""
-    meta = {**(event.get("meta") or {}), "versionId": "1", "lastUpdated": event["recorded"]}
-    return {"resourceType": AUDIT_TYPE, "id": rid, "meta": meta,
-            **{k: v for k, v in event.items() if k not in ("resourceType", "id", "meta")}}
+def entry(event: dict[str, Any]) -> Entry:
+    """The entry of an AuditEvent given as JSON (its own id and meta are replaced)."""
+    event = {k: v for k, v in event.items() if k not in ("id", "meta")}
+    return Entry(event, parse_range(event["recorded"])[0], tuple(refs_of(event)))
 
 
-def append(conn: Connection, events: list[tuple[str, dict[str, Any]]]) -> list[Stored]:
-    """Store (id, AuditEvent) pairs in the caller's transaction: one bulk insert per table."""
+def event_rows(event: dict[str, Any], rid: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The stored form of an AuditEvent (with ``id`` and ``meta`` set): its row and its
+    reference rows."""
+    e = entry(event)
+    return _row(e, rid, orjson.dumps(event)), _ref_rows(e, rid)
+
+
+def _row(e: Entry, rid: str, content: bytes) -> dict[str, Any]:
+    subtype = next((c.get("code", "") for c in e.event.get("subtype", [])), "")
+    return {"id": rid, "recorded": e.recorded, "action": e.event.get("action", ""),
+            "outcome": e.event.get("outcome", ""), "subtype": subtype, "content": content}
+
+
+def _ref_rows(e: Entry, rid: str) -> list[dict[str, Any]]:
+    return [{"audit_id": rid, "recorded": e.recorded, "param": param, "system": system,
+             "value": value} for param, system, value in e.refs]
+
+
+def append(conn: Connection, events: list[tuple[str, Entry]]) -> list[Stored]:
+    """Store (id, entry) pairs in the caller's transaction: one bulk insert per table."""
     rows, refs, out = [], [], []
-    for rid, event in events:
-        final = stamp(event, rid)
-        row, event_refs = event_rows(final, rid)
-        rows.append(row)
-        refs += event_refs
-        out.append(Stored(AUDIT_TYPE, rid, 1, row["recorded"], False, row["content"], "POST"))
-    if rows:
-        conn.execute(_INSERT_EVENT, rows)
-    if refs:
-        conn.execute(_INSERT_REF, refs)
+    for rid, e in events:
+        meta = {"versionId": "1", "lastUpdated": e.event["recorded"]}
+        content = orjson.dumps({"resourceType": AUDIT_TYPE, "id": rid, "meta": meta, **e.event})
+        rows.append(_row(e, rid, content))
+        refs += _ref_rows(e, rid)
+        out.append(Stored(AUDIT_TYPE, rid, 1, e.recorded, False, content, "POST"))
+    _INSERT_EVENT.many(conn, rows)
+    _INSERT_REF.many(conn, refs)
     return out
 
 
@@ -207,9 +224,8 @@ def include_keys(param: str, target_type: str | None, matches: Iterable[Stored]
     """``_include=AuditEvent:<param>``: the references, read from the events themselves."""
     keys = []
     for m in matches:
-        _, refs = event_rows(m.json(), m.id)
-        keys += [(r["system"], r["value"]) for r in refs
-                 if r["param"] == param and (target_type is None or r["system"] == target_type)]
+        keys += [(system, value) for p, system, value in refs_of(m.json())
+                 if p == param and (target_type is None or system == target_type)]
     return keys
 
 

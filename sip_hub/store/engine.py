@@ -30,8 +30,11 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
 
 
 def _sqlite_begin(conn) -> None:  # noqa: ANN001 (SQLAlchemy Connection)
-    write = conn.get_execution_options().get("sip_write", False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    options = conn.get_execution_options()
+    if options.get("sip_no_begin"):
+        return  # each statement its own implicit transaction; COMMIT is then a no-op
+    conn.connection.dbapi_connection.execute(
+        "BEGIN IMMEDIATE" if options.get("sip_write", False) else "BEGIN")
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 (DB-API connection)

@@ -29,6 +29,7 @@ from ..fhir.indexing import extract
 from ..fhir.search import SearchQuery
 from . import audit as sql_audit
 from . import search as sql_search
+from .driver import DriverStatement
 from .records import COLUMNS as _COLUMNS, Stored, row_to_stored as _row
 from .schema import INDEX_TABLES, access_grant, resource, resource_history
 from .search import Grant, Visibility, VisibilityFor
@@ -45,6 +46,7 @@ _CURRENT = (select(*_COLUMNS, _R.deleted, _R.owner_org)
             .where(_R.res_type == bindparam("t"), _R.res_id == bindparam("i")))
 _VERSION = select(*_COLUMNS).where(_H.res_type == bindparam("t"), _H.res_id == bindparam("i"),
                                    _H.version_id == bindparam("v"))
+_CURRENT_RAW = DriverStatement(_CURRENT)
 _CURRENT_VERSION = select(_R.version_id, _R.deleted).where(
     _R.res_type == bindparam("t"), _R.res_id == bindparam("i"))
 _CURRENT_VERSION_LOCKED = _CURRENT_VERSION.with_for_update()
@@ -135,8 +137,10 @@ class Tx:
             return self._seen[key]
         if rtype == AUDIT_TYPE:
             return sql_audit.get(self.conn, rid)
-        row = self.conn.execute(_CURRENT, {"t": rtype, "i": rid}).first()
-        found = _row(row, row.deleted) if row else None
+        row = _CURRENT_RAW.first(self.conn, {"t": rtype, "i": rid})
+        found = None if row is None else Stored(
+            row[0], row[1], row[2], row[3], bool(row[6]),
+            None if row[5] is None else bytes(row[5]), row[4], row[7])
         self._seen[key] = found
         return found
 
@@ -253,9 +257,11 @@ class Tx:
         self._write_index(rtype, rid, final)
         return Stored(rtype, rid, version, ts, False, content, method, owner)
 
-    def append_audit(self, events: list[dict[str, Any]]) -> list[Stored]:
+    def append_audit(self, events: list[sql_audit.Entry | dict[str, Any]]) -> list[Stored]:
         """Append AuditEvents to the access log (new server ids), in bulk."""
-        return sql_audit.append(self.conn, [(new_id(), e) for e in events])
+        return sql_audit.append(self.conn, [
+            (new_id(), e if isinstance(e, sql_audit.Entry) else sql_audit.entry(e))
+            for e in events])
 
     def _clear_index(self, rtype: str, rid: str) -> None:
         for stmt in _CLEAR_INDEX.values():
@@ -360,21 +366,26 @@ class Store:
         self._lock_base = lock_file_base(engine)
 
     @contextmanager
-    def begin(self, *, write: bool = True) -> Iterator[Tx]:
+    def begin(self, *, write: bool = True, snapshot: bool = True) -> Iterator[Tx]:
+        """A transaction. ``snapshot=False`` (reads only): its statements need not see one
+        snapshot of the database (a point read), so SQLite runs them without BEGIN/COMMIT."""
         try:
             with self._writer(write), self.engine.connect() as conn:
-                conn = conn.execution_options(sip_write=write, **self._read_options(write))
+                conn = conn.execution_options(sip_write=write,
+                                              **self._read_options(write, snapshot))
                 with conn.begin():
                     yield Tx(conn)
         except OperationalError as exc:
             raise TransientError(f"Database unavailable: {exc.orig}") from exc
 
-    def _read_options(self, write: bool) -> dict[str, Any]:
+    def _read_options(self, write: bool, snapshot: bool) -> dict[str, Any]:
         """PostgreSQL reads without BEGIN and COMMIT: two round trips fewer, and the same
         consistency (READ COMMITTED takes a snapshot per statement anyway)."""
-        if write or self.engine.dialect.name != "postgresql":
+        if write:
             return {}
-        return {"isolation_level": "AUTOCOMMIT"}
+        if self.engine.dialect.name == "postgresql":
+            return {"isolation_level": "AUTOCOMMIT"}
+        return {} if snapshot else {"sip_no_begin": True}
 
     @contextmanager
     def _writer(self, write: bool) -> Iterator[None]:
@@ -419,5 +430,5 @@ class Store:
             tx.conn.execute(select(1))
 
     def read(self, rtype: str, rid: str) -> Stored | None:
-        with self.begin(write=False) as tx:
+        with self.begin(write=False, snapshot=False) as tx:
             return tx.current(rtype, rid)

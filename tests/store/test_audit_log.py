@@ -3,7 +3,9 @@ searched like any resource, and moved over from the resource tables by migration
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +13,11 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from conftest import pg_schema
-from sip_hub.audit import AuditRecord
+from sip_hub.audit import AuditLog, AuditRecord
 from sip_hub.auth import Principal
 from sip_hub.errors import BadRequest
 from sip_hub.fhir import search as fhir_search
+from sip_hub.fhir.dates import now_utc, to_us
 from sip_hub.store import Store
 from sip_hub.store.audit import include_keys
 from sip_hub.store.engine import make_engine
@@ -156,3 +159,26 @@ def test_migration_moves_stored_events_into_the_log(fresh: Engine) -> None:
         moved = tx.current("AuditEvent", old[0].id)
         assert moved is not None and moved.json() == old[0].json()
         assert tx.current("Patient", "keep") is not None
+
+
+def test_an_event_records_when_the_access_happened_not_when_the_writer_stored_it(
+        store: Store) -> None:
+    p = Principal("client-soc", SOC, "organization", (), False, "system/*.rs")
+    record = AuditRecord("read", p, (("CarePlan", "alva-sip"),), frozenset({"alva"}))
+    time.sleep(0.05)  # the background writer stores records after a linger, or after retries
+    AuditLog(store).later(record)  # no writer thread: stored at once, here
+    with store.begin(write=False) as tx:
+        [event] = tx.search(fhir_search.parse("AuditEvent", [("patient", "Patient/alva")],
+                                              default_count=10, max_count=10))[0]
+    assert event.last_updated == record.at
+    assert event.json()["recorded"] == event.json()["meta"]["lastUpdated"]
+    assert to_us(datetime.fromisoformat(event.json()["recorded"])) == record.at
+    written_at = to_us(now_utc())
+    assert written_at - record.at >= 50_000
+
+
+def test_events_of_one_caller_do_not_share_mutable_parts(store: Store) -> None:
+    first = _event("read", SOC, [("CarePlan", "a")], {"alva"})
+    first["agent"][0]["who"]["identifier"]["value"] = "changed"
+    second = _event("read", SOC, [("CarePlan", "b")], {"alva"})
+    assert second["agent"][0]["who"]["identifier"]["value"] == f"client-{SOC}"

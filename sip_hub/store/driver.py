@@ -1,0 +1,80 @@
+"""Hot statements run on the database driver's own cursor.
+
+SQLAlchemy's per-statement machinery (parameter processing, result objects, events) cost
+several times the query itself on a point read of the embedded store, and more than the insert
+on the access log's bulk writes. These statements are built with SQLAlchemy as usual, compiled
+once per dialect, and executed on the DB-API cursor of the caller's connection (so inside its
+transaction). Only for statements whose values need no type conversion beyond the driver's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Insert
+from sqlalchemy.sql import Executable
+
+from ..errors import TransientError
+
+
+class DriverStatement:
+    def __init__(self, stmt: Executable) -> None:
+        self._stmt = stmt
+        self._compiled: dict[str, tuple[str, tuple[str, ...] | None]] = {}
+
+    def _sql(self, conn: Connection) -> tuple[str, tuple[str, ...] | None]:
+        compiled = self._compiled.get(conn.dialect.name)
+        if compiled is None:
+            c = self._stmt.compile(dialect=conn.dialect)
+            compiled = (str(c), tuple(c.positiontup or ()) if c.positional else None)
+            self._compiled[conn.dialect.name] = compiled
+        return compiled
+
+    def first(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        sql, order = self._sql(conn)
+        args = tuple(params[k] for k in order) if order is not None else params
+        with _cursor(conn) as cur:
+            cur.execute(sql, args)
+            row: tuple[Any, ...] | None = cur.fetchone()
+            return row
+
+    def many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run the statement once per row. A plain INSERT on PostgreSQL is a COPY instead:
+        psycopg's executemany sends one INSERT per row."""
+        if not rows:
+            return
+        if conn.dialect.name == "postgresql" and isinstance(self._stmt, Insert):
+            columns = list(rows[0])
+            quote = conn.dialect.identifier_preparer.quote
+            sql = (f"COPY {quote(self._stmt.table.name)} "  # type: ignore[attr-defined]
+                   f"({', '.join(quote(c) for c in columns)}) FROM STDIN")
+            with _cursor(conn) as cur, cur.copy(sql) as copy:
+                for r in rows:
+                    copy.write_row(tuple(r[c] for c in columns))
+            return
+        sql, order = self._sql(conn)
+        args = [tuple(r[k] for k in order) for r in rows] if order is not None else rows
+        with _cursor(conn) as cur:
+            cur.executemany(sql, args)
+
+
+class _cursor:  # noqa: N801 (used as a context manager, like a function)
+    """The connection's DB-API cursor; driver errors become what SQLAlchemy makes of its own:
+    a lost connection leaves the pool, and the caller gets a retryable error."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._cur: Any = None
+
+    def __enter__(self) -> Any:
+        self._cur = self._conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        return self._cur
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._cur.close()
+        conn = self._conn
+        if exc is not None and isinstance(exc, conn.dialect.loaded_dbapi.Error):
+            if conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None):
+                conn.invalidate(exc)
+            raise TransientError(f"Database unavailable: {exc}") from exc
