@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Insert
+from sqlalchemy import Connection, Insert, Table, bindparam, insert
 from sqlalchemy.sql import Executable
 
 from ..errors import TransientError
@@ -21,23 +21,38 @@ from ..errors import TransientError
 class DriverStatement:
     def __init__(self, stmt: Executable) -> None:
         self._stmt = stmt
-        self._compiled: dict[str, tuple[str, tuple[str, ...] | None]] = {}
+        self._compiled: dict[str, tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
 
-    def _sql(self, conn: Connection) -> tuple[str, tuple[str, ...] | None]:
+    def _sql(self, conn: Connection) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
+        """The SQL, its positional parameter order (None: named), and the values of the
+        statement's own literals."""
         compiled = self._compiled.get(conn.dialect.name)
         if compiled is None:
             c = self._stmt.compile(dialect=conn.dialect)
-            compiled = (str(c), tuple(c.positiontup or ()) if c.positional else None)
+            literals = {k: v for k, v in c.params.items() if v is not None}
+            compiled = (str(c), tuple(c.positiontup or ()) if c.positional else None, literals)
             self._compiled[conn.dialect.name] = compiled
         return compiled
 
+    def _args(self, conn: Connection, params: Mapping[str, Any]) -> tuple[str, Any]:
+        sql, order, literals = self._sql(conn)
+        if literals:
+            params = {**literals, **params}
+        return sql, tuple(params[k] for k in order) if order is not None else params
+
     def first(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
-        sql, order = self._sql(conn)
-        args = tuple(params[k] for k in order) if order is not None else params
+        sql, args = self._args(conn, params)
         with _cursor(conn) as cur:
             cur.execute(sql, args)
             row: tuple[Any, ...] | None = cur.fetchone()
             return row
+
+    def run(self, conn: Connection, params: Mapping[str, Any]) -> int:
+        """Run a statement that returns no rows; how many rows it changed."""
+        sql, args = self._args(conn, params)
+        with _cursor(conn) as cur:
+            cur.execute(sql, args)
+            return int(cur.rowcount)
 
     def many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run the statement once per row. A plain INSERT on PostgreSQL is a COPY instead:
@@ -53,10 +68,17 @@ class DriverStatement:
                 for r in rows:
                     copy.write_row(tuple(r[c] for c in columns))
             return
-        sql, order = self._sql(conn)
+        sql, order, literals = self._sql(conn)
+        if literals:
+            rows = [{**literals, **r} for r in rows]
         args = [tuple(r[k] for k in order) for r in rows] if order is not None else rows
         with _cursor(conn) as cur:
             cur.executemany(sql, args)
+
+
+def insert_into(table: Table, *columns: str) -> DriverStatement:
+    """An INSERT of exactly ``columns`` (each a parameter of the same name)."""
+    return DriverStatement(insert(table).values({c: bindparam(c) for c in columns}))
 
 
 class _cursor:  # noqa: N801 (used as a context manager, like a function)

@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import aliased
 
+from .driver import DriverStatement, insert_into
 from .resources import Tx
 from .schema import outbox_delivery, outbox_message, outbox_stream
 
@@ -99,20 +100,24 @@ _SET_STATE = (update(outbox_delivery)
 
 # -- writing --------------------------------------------------------------------------------------
 
-_INSERT_MESSAGE = insert(outbox_message)
-_INSERT_DELIVERY = insert(outbox_delivery)
+# Written in the transaction of every change that notifies: on the driver's cursor.
+_INSERT_MESSAGE = insert_into(outbox_message, "message_id", "event", "kind", "patient_id",
+                              "careplan_id", "created", "content")
+_INSERT_DELIVERY = insert_into(outbox_delivery, "id", "message_id", "dest_org", "patient_id",
+                               "careplan_id", "seq", "state", "attempts", "next_attempt_at",
+                               "published_at", "updated", "last_error", "endpoint_url")
 # The stream's row is claimed or advanced in one statement (per dialect: ON CONFLICT).
-_NEXT_SEQ = {name: ins(outbox_stream).values(
+_NEXT_SEQ = {name: DriverStatement(ins(outbox_stream).values(
     patient_id=bindparam("p"), careplan_id=bindparam("c"), dest_org=bindparam("d"), last_seq=1)
     .on_conflict_do_update(index_elements=[_S.patient_id, _S.careplan_id, _S.dest_org],
                            set_={"last_seq": outbox_stream.c.last_seq + 1})
-    .returning(_S.last_seq)
+    .returning(_S.last_seq))
     for name, ins in (("sqlite", sqlite_insert), ("postgresql", pg_insert))}
 
 
 def insert_message(tx: Tx, *, message_id: str, event: str, kind: str, patient_id: str,
                    careplan_id: str, content: bytes, now: int) -> None:
-    tx.conn.execute(_INSERT_MESSAGE, {
+    _INSERT_MESSAGE.run(tx.conn, {
         "message_id": message_id, "event": event, "kind": kind, "patient_id": patient_id,
         "careplan_id": careplan_id, "created": now, "content": content})
 
@@ -120,13 +125,15 @@ def insert_message(tx: Tx, *, message_id: str, event: str, kind: str, patient_id
 def next_seq(tx: Tx, patient_id: str, careplan_id: str, dest_org: str) -> int:
     """The stream's next sequence number. The upsert locks the stream's row until commit, so
     a second writer to the same stream waits and numbers after the first."""
-    return int(tx.conn.execute(_NEXT_SEQ[tx.conn.dialect.name],
-                               {"p": patient_id, "c": careplan_id, "d": dest_org}).scalar_one())
+    row = _NEXT_SEQ[tx.conn.dialect.name].first(
+        tx.conn, {"p": patient_id, "c": careplan_id, "d": dest_org})
+    assert row is not None  # an upsert returns its row
+    return int(row[0])
 
 
 def insert_delivery(tx: Tx, *, id: str, message_id: str, dest_org: str, patient_id: str,
                     careplan_id: str, seq: int, now: int, endpoint_url: str | None) -> None:
-    tx.conn.execute(_INSERT_DELIVERY, {
+    _INSERT_DELIVERY.run(tx.conn, {
         "id": id, "message_id": message_id, "dest_org": dest_org, "patient_id": patient_id,
         "careplan_id": careplan_id, "seq": seq, "state": PENDING, "attempts": 0,
         "next_attempt_at": now, "published_at": None, "updated": now, "last_error": None,

@@ -29,7 +29,7 @@ from ..fhir.indexing import extract
 from ..fhir.search import SearchQuery
 from . import audit as sql_audit
 from . import search as sql_search
-from .driver import DriverStatement
+from .driver import DriverStatement, insert_into
 from .records import COLUMNS as _COLUMNS, Stored, row_to_stored as _row
 from .schema import INDEX_TABLES, access_grant, resource, resource_history
 from .search import Grant, Visibility, VisibilityFor
@@ -49,20 +49,33 @@ _VERSION = select(*_COLUMNS).where(_H.res_type == bindparam("t"), _H.res_id == b
 _CURRENT_RAW = DriverStatement(_CURRENT)
 _CURRENT_VERSION = select(_R.version_id, _R.deleted).where(
     _R.res_type == bindparam("t"), _R.res_id == bindparam("i"))
-_CURRENT_VERSION_LOCKED = _CURRENT_VERSION.with_for_update()
+_CURRENT_VERSION_LOCKED = DriverStatement(_CURRENT_VERSION.with_for_update())
+_CURRENT_VERSION = DriverStatement(_CURRENT_VERSION)
 # Writes take their values as parameters, so each is compiled once and reused; a new
 # resource's row is claimed with ON CONFLICT DO NOTHING (no savepoint round trips).
-_CLAIM = {name: ins(resource).on_conflict_do_nothing(index_elements=[_R.res_type, _R.res_id])
-          .returning(_R.version_id) for name, ins in (("sqlite", sqlite_insert), ("postgresql", pg_insert))}
-_ADVANCE = (update(resource)
-            .where(_R.res_type == bindparam("t"), _R.res_id == bindparam("i"),
-                   _R.version_id == bindparam("prev"))
-            .values(version_id=bindparam("v"), last_updated=bindparam("ts"),
-                    deleted=bindparam("del")))
-_INSERT_HISTORY = insert(resource_history)
-_INSERT_INDEX = {kind: insert(table) for kind, table in INDEX_TABLES.items()}
-_CLEAR_INDEX = {kind: delete(table).where(table.c.res_type == bindparam("t"),
-                                          table.c.res_id == bindparam("i"))
+# The write path runs on the driver's cursor too (see .driver): a create is two dozen
+# statements, and SQLAlchemy's per-statement work cost more than SQLite's.
+_CLAIM_COLUMNS = ("res_type", "res_id", "version_id", "last_updated", "deleted", "owner_org")
+_CLAIM = {name: DriverStatement(
+    ins(resource).values({c: bindparam(c) for c in _CLAIM_COLUMNS})
+    .on_conflict_do_nothing(index_elements=[_R.res_type, _R.res_id]).returning(_R.version_id))
+    for name, ins in (("sqlite", sqlite_insert), ("postgresql", pg_insert))}
+_ADVANCE = DriverStatement(
+    update(resource)
+    .where(_R.res_type == bindparam("t"), _R.res_id == bindparam("i"),
+           _R.version_id == bindparam("prev"))
+    .values(version_id=bindparam("v"), last_updated=bindparam("ts"), deleted=bindparam("del")))
+_INSERT_HISTORY = insert_into(resource_history, "res_type", "res_id", "version_id",
+                              "last_updated", "method", "content")
+_INSERT_INDEX = {
+    "token": insert_into(INDEX_TABLES["token"], "res_type", "res_id", "param", "system", "code"),
+    "reference": insert_into(INDEX_TABLES["reference"], "res_type", "res_id", "param",
+                             "target_type", "target_id"),
+    "date": insert_into(INDEX_TABLES["date"], "res_type", "res_id", "param", "low", "high"),
+    "string": insert_into(INDEX_TABLES["string"], "res_type", "res_id", "param", "value_norm",
+                          "value")}
+_CLEAR_INDEX = {kind: DriverStatement(delete(table).where(table.c.res_type == bindparam("t"),
+                                                          table.c.res_id == bindparam("i")))
                 for kind, table in INDEX_TABLES.items()}
 _GRANTS = select(access_grant).where(access_grant.c.patient_id == bindparam("p"))
 _DELETE_GRANTS = delete(access_grant).where(access_grant.c.patient_id == bindparam("p"))
@@ -214,7 +227,7 @@ class Tx:
         version = cur[0] + 1
         ts = to_us(now_utc())
         self._advance(rtype, rid, version, cur[0], ts, deleted=True)
-        self.conn.execute(_INSERT_HISTORY, {
+        _INSERT_HISTORY.run(self.conn, {
             "res_type": rtype, "res_id": rid, "version_id": version, "last_updated": ts,
             "method": "DELETE", "content": None})
         self._clear_index(rtype, rid)
@@ -223,22 +236,22 @@ class Tx:
     def _current_version(self, rtype: str, rid: str) -> tuple[int, bool] | None:
         q = _CURRENT_VERSION_LOCKED if self.conn.dialect.name == "postgresql" else \
             _CURRENT_VERSION
-        row = self.conn.execute(q, {"t": rtype, "i": rid}).first()
-        return (row.version_id, row.deleted) if row else None
+        row = q.first(self.conn, {"t": rtype, "i": rid})
+        return (row[0], bool(row[1])) if row else None
 
     def _advance(self, rtype: str, rid: str, version: int, previous: int | None, ts: int,
                  *, deleted: bool, owner: str | None = None) -> None:
         self._seen.pop((rtype, rid), None)
         if previous is None:
-            claimed = self.conn.execute(_CLAIM[self.conn.dialect.name], {
+            claimed = _CLAIM[self.conn.dialect.name].first(self.conn, {
                 "res_type": rtype, "res_id": rid, "version_id": version, "last_updated": ts,
                 "deleted": deleted, "owner_org": owner})
-            if claimed.first() is None:
+            if claimed is None:
                 raise Conflict(f"{rtype}/{rid} was created concurrently; retry")
             return
-        done = self.conn.execute(_ADVANCE, {"t": rtype, "i": rid, "prev": previous,
-                                            "v": version, "ts": ts, "del": deleted})
-        if done.rowcount != 1:
+        done = _ADVANCE.run(self.conn, {"t": rtype, "i": rid, "prev": previous,
+                                        "v": version, "ts": ts, "del": deleted})
+        if done != 1:
             raise Conflict(f"{rtype}/{rid} was changed concurrently; retry")
 
     def _write(self, res: dict[str, Any], rid: str, version: int, previous: int | None,
@@ -249,7 +262,7 @@ class Tx:
         final = stamp_meta(res, rid, version, format_instant(now))
         content = orjson.dumps(final)
         self._advance(rtype, rid, version, previous, ts, deleted=False, owner=owner)
-        self.conn.execute(_INSERT_HISTORY, {
+        _INSERT_HISTORY.run(self.conn, {
             "res_type": rtype, "res_id": rid, "version_id": version, "last_updated": ts,
             "method": method, "content": content})
         if previous is not None:
@@ -265,24 +278,19 @@ class Tx:
 
     def _clear_index(self, rtype: str, rid: str) -> None:
         for stmt in _CLEAR_INDEX.values():
-            self.conn.execute(stmt, {"t": rtype, "i": rid})
+            stmt.run(self.conn, {"t": rtype, "i": rid})
 
     def _write_index(self, rtype: str, rid: str, res: dict[str, Any]) -> None:
         rows = extract(res)
         key = {"res_type": rtype, "res_id": rid}
-        if rows.token:
-            self.conn.execute(_INSERT_INDEX["token"], [
-                {**key, "param": p, "system": s, "code": c} for p, s, c in rows.token])
-        if rows.reference:
-            self.conn.execute(_INSERT_INDEX["reference"], [
-                {**key, "param": p, "target_type": t, "target_id": i}
-                for p, t, i in rows.reference])
-        if rows.date:
-            self.conn.execute(_INSERT_INDEX["date"], [
-                {**key, "param": p, "low": lo, "high": hi} for p, lo, hi in rows.date])
-        if rows.string:
-            self.conn.execute(_INSERT_INDEX["string"], [
-                {**key, "param": p, "value_norm": n, "value": v} for p, n, v in rows.string])
+        _INSERT_INDEX["token"].many(self.conn, [
+            {**key, "param": p, "system": s, "code": c} for p, s, c in rows.token])
+        _INSERT_INDEX["reference"].many(self.conn, [
+            {**key, "param": p, "target_type": t, "target_id": i} for p, t, i in rows.reference])
+        _INSERT_INDEX["date"].many(self.conn, [
+            {**key, "param": p, "low": lo, "high": hi} for p, lo, hi in rows.date])
+        _INSERT_INDEX["string"].many(self.conn, [
+            {**key, "param": p, "value_norm": n, "value": v} for p, n, v in rows.string])
 
     # history and search ------------------------------------------------------------------
     def history(self, rtype: str | None = None, rid: str | None = None, *,
