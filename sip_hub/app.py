@@ -30,6 +30,7 @@ from .routes.wire import JSON, respond
 from .service import FhirService
 from .settings import Settings
 from .store import Store
+from .store.checkpoint import Checkpointer
 from .store.engine import make_engine
 from .store.migrate import upgrade
 
@@ -129,6 +130,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         demo.load(app.state.store, settings)
         app.state.audit = AuditLog(app.state.store)
         app.state.audit.start()
+        checkpointer = Checkpointer(app.state.store.engine)
+        checkpointer.start()
         if getattr(app.state, "messaging", None) is None:
             app.state.messaging = Messaging.for_hub(settings)
         # The embedded default runs the messaging worker in-process (the in-memory bus lives
@@ -145,6 +148,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
             worker.stop()
             worker.close()
         app.state.audit.stop()
+        checkpointer.stop()
         app.state.store.engine.dispose()
 
     app = HubApp(title="sip_hub", version=__version__, lifespan=lifespan,

@@ -7,6 +7,8 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from .checkpoint import BACKSTOP_PAGES
+
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     u = make_url(url)
@@ -44,4 +46,5 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 (DB-API connec
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")  # see .checkpoint
     cur.close()
