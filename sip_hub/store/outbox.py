@@ -13,6 +13,7 @@ order: only the stream's head (no earlier pending or published delivery) is due.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Final, Sequence
 
 from sqlalchemy import (BigInteger, Integer, String, and_, bindparam, delete, exists, func, insert,
@@ -82,20 +83,27 @@ def _row(r: Any) -> Delivery:
 
 # What every delivery runs (the delivery's checks and its outcome), built once with parameters:
 # building a statement costs more than running it on SQLite.
+# These run on the driver's cursor (see .driver): several per delivery.
 _GET = _joined().where(_D.id == bindparam("id"))
-_GET_LOCKED = _GET.with_for_update(of=outbox_delivery)
-_EARLIER_OPEN = select(exists().where(
+_GET_LOCKED = DriverStatement(_GET.with_for_update(of=outbox_delivery))
+_GET = DriverStatement(_GET)
+_EARLIER_OPEN = DriverStatement(select(exists().where(
     _D.patient_id == bindparam("p"), _D.careplan_id == bindparam("c"),
-    _D.dest_org == bindparam("d"), _D.seq < bindparam("s"), _D.state.in_(OPEN)))
-# A value left None keeps the column's value.
-_SET_STATE = (update(outbox_delivery)
-              .where(_D.id == bindparam("delivery"),
-                     _D.state.in_(bindparam("from_states", expanding=True)))
-              .values(state=bindparam("to"), updated=bindparam("now"),
-                      last_error=func.coalesce(bindparam("error", type_=String), _D.last_error),
-                      attempts=func.coalesce(bindparam("tries", type_=Integer), _D.attempts),
-                      next_attempt_at=func.coalesce(bindparam("next", type_=BigInteger),
-                                                    _D.next_attempt_at)))
+    _D.dest_org == bindparam("d"), _D.seq < bindparam("s"),
+    or_(*(_D.state == s for s in OPEN)))))
+
+
+@lru_cache(maxsize=None)
+def _set_state(only_from: tuple[str, ...]) -> DriverStatement:
+    """The state change from ``only_from``; a value left None keeps the column's value."""
+    return DriverStatement(
+        update(outbox_delivery)
+        .where(_D.id == bindparam("delivery"), or_(*(_D.state == s for s in only_from)))
+        .values(state=bindparam("to"), updated=bindparam("now"),
+                last_error=func.coalesce(bindparam("error", type_=String), _D.last_error),
+                attempts=func.coalesce(bindparam("tries", type_=Integer), _D.attempts),
+                next_attempt_at=func.coalesce(bindparam("next", type_=BigInteger),
+                                              _D.next_attempt_at)))
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -144,11 +152,10 @@ def set_state(tx: Tx, delivery_id: str, state: str, now: int, *, error: str | No
               attempts: int | None = None, next_attempt_at: int | None = None,
               only_from: Sequence[str] = STATES) -> bool:
     """Move a delivery to ``state`` if it is in one of ``only_from``; False when it was not."""
-    done = tx.conn.execute(_SET_STATE, {
-        "delivery": delivery_id, "from_states": list(only_from), "to": state, "now": now,
+    return _set_state(tuple(only_from)).run(tx.conn, {
+        "delivery": delivery_id, "to": state, "now": now,
         "error": error[:_ERROR_MAX] if error is not None else None, "tries": attempts,
-        "next": next_attempt_at})
-    return done.rowcount == 1
+        "next": next_attempt_at}) == 1
 
 
 def mark_published(tx: Tx, ids: Sequence[str], now: int) -> None:
@@ -203,14 +210,15 @@ def requeue_published(tx: Tx, now: int, published_before: int | None = None) -> 
 # -- reading ------------------------------------------------------------------------------------
 
 def get(tx: Tx, delivery_id: str, *, lock: bool = False) -> Delivery | None:
-    r = tx.conn.execute(_GET_LOCKED if lock else _GET, {"id": delivery_id}).first()
-    return _row(r) if r else None
+    r = (_GET_LOCKED if lock else _GET).first(tx.conn, {"id": delivery_id})
+    return Delivery(*r[:-1], bytes(r[-1])) if r else None
 
 
 def earlier_open(tx: Tx, d: Delivery) -> bool:
     """Whether an earlier delivery of ``d``'s stream is still pending or published."""
-    return bool(tx.conn.execute(_EARLIER_OPEN, {"p": d.patient_id, "c": d.careplan_id,
-                                                "d": d.dest_org, "s": d.seq}).scalar_one())
+    row = _EARLIER_OPEN.first(tx.conn, {"p": d.patient_id, "c": d.careplan_id,
+                                        "d": d.dest_org, "s": d.seq})
+    return bool(row and row[0])
 
 
 def find(tx: Tx, *, ids: Sequence[str] | None = None, states: Sequence[str] | None = None,
