@@ -63,17 +63,18 @@ def _deadlines(args: argparse.Namespace, settings: Settings) -> int:
     from . import deadlines
     from .app import build_store
     from .audit import AuditLog
-    from .fhir.dates import from_us, now_utc, parse_range
+    from .fhir.dates import from_us, parse_range
 
     store = build_store(settings)
     try:
-        at = from_us(parse_range(args.at)[0]) if args.at else now_utc()
+        at = from_us(parse_range(args.at)[0]) if args.at else None
     except ValueError:
         sys.stderr.write(f"sip-hub: --at '{args.at}' is not a FHIR dateTime\n")
         return 2
-    with store.begin() as tx:
-        report = deadlines.scan(tx, at, inactive_days=settings.sip_inactive_days,
-                                audit=AuditLog(store))
+    report = deadlines.Scheduler(store, settings, AuditLog(store)).run_once(at)
+    if report.skipped:
+        sys.stderr.write("sip-hub: another process is scanning the deadlines; try again\n")
+        return 1
     sys.stdout.write(orjson.dumps(report.as_json()).decode() + "\n")
     return 0
 
@@ -128,7 +129,8 @@ def parser() -> argparse.ArgumentParser:
     cc.set_defaults(func=_client_create)
     d = sub.add_parser("deadlines", help="open and close the SIP deadline Tasks now "
                                          "(the API process also does this every few minutes)")
-    d.add_argument("--at", help="scan as of this dateTime instead of now")
+    d.add_argument("--at", help="scan every open SIP as of this dateTime (without it: the SIPs "
+                                "changed since the last scan or with a deadline come)")
     d.set_defaults(func=_deadlines)
     return p
 

@@ -27,6 +27,20 @@ completed; those of a closed plan are cancelled. What is overdue for an organisa
 
     GET /fhir/Task?code=https://sip-hub.se/fhir/CodeSystem/sip-task|document-plan
         &owner=Organization/<id>&status=requested
+
+A round (``run``: ``Scheduler`` and ``sip-hub deadlines``) looks only at the plans whose Tasks
+can have changed since the last completed round, in short transactions of ``BATCH`` plans:
+
+- plans written since, or whose SIP was (care team, goals, meetings, invitations, revisions:
+  what ``_wanted`` reads), found through the ``last_updated`` and reference indexes;
+- plans whose next deadline has come: each reconcile records in ``deadline_due`` the first
+  instant at which one of the plan's deadlines not yet passed will have (meeting + three days,
+  follow-up date, inactivity horizon, invitation answer deadline).
+
+The watermark (when the last completed round started) is stored, and advances only when every
+batch is done: after a failure the next round looks at the same writes again (reconciling is
+idempotent). The first round (no watermark, or another ``sip_inactive_days``) and
+``sip-hub deadlines --at`` look at every open plan, in the same batches.
 """
 
 from __future__ import annotations
@@ -42,29 +56,53 @@ from . import process as sp
 from .audit import AuditLog
 from .fhir import sip
 from .fhir.dates import format_instant, from_us, now_utc, parse_range, to_us
+from .fhir.indexing import extract
+from .fhir.search import SearchQuery, parse as parse_search
 from .interactions import Context
 from .operation import Operation, ref
 from .settings import Settings
 from .store import Store, Stored, Tx
+from .store import deadlines as store_scan
 
 log = logging.getLogger("sip_hub.deadlines")
 Json = dict[str, Any]
 
 DOCUMENT_WITHIN_DAYS = 3
+# Plans per transaction: a round never holds the write lock for long.
+BATCH = 200
+# A write is stamped with its (process's) time before it commits: a round looks again at what
+# was written this long before the last one started, so a write still in flight then, or
+# stamped by a clock slightly behind, is not missed.
+IN_FLIGHT = timedelta(minutes=10)
 _WATCHED = (sp.TASK_DOCUMENT, sp.TASK_FOLLOW_UP, sp.TASK_INACTIVE, sp.TASK_UNANSWERED)
 _MEETING_OFF = frozenset({"cancelled", "noshow", "entered-in-error"})
-_OPEN_PLAN = "draft,active,on-hold"
+_OPEN_PLANS = [("_profile", sip.PROFILE_CAREPLAN), ("intent", "plan"),
+               ("status", "draft,active,on-hold")]
+_OPEN_DEADLINE_TASKS = [("code", ",".join(f"{sip.CS_TASK}|{k}" for k in sp.DEADLINE_TASKS)),
+                        ("status", "requested")]
+# What ``_wanted`` reads of a SIP besides the plan: what the plan refers to (type, the plan's
+# search parameter) ...
+_REFERRED = (("CareTeam", "care-team"), ("Goal", "goal"))
+# ... and what refers to the plan (type, search parameter, the token that picks it out).
+_REFERRING: tuple[tuple[str, str, tuple[str, str, str] | None], ...] = (
+    ("Appointment", "supporting-info", None),
+    ("Task", "based-on", ("code", sip.CS_TASK, sp.TASK_INVITATION)),
+    ("CarePlan", "replaces", None),
+)
 
 
 @dataclass(slots=True)
 class Report:
     created: list[str] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)
+    reconciled: int = 0  # open SIP plans looked at
+    full: bool = False  # every open plan was looked at, not only those that can have changed
     skipped: bool = False  # another process was scanning
 
     def add(self, other: "Report") -> None:
         self.created += other.created
         self.closed += other.closed
+        self.reconciled += other.reconciled
 
     def as_json(self) -> Json:
         return {"created": self.created, "closed": self.closed}
@@ -131,12 +169,15 @@ def _end(value: Any) -> int | None:
         return None
 
 
-def _wanted(op: Operation, plan: Stored) -> list[_Want]:
+def _wanted(op: Operation, plan: Stored) -> tuple[list[_Want], int | None]:
+    """The obligations overdue as of ``op.now``, and the first instant after it at which
+    another will be (None: none will by time alone)."""
     content = plan.json()
     phase = sp.phase_of(content)
     now = to_us(op.now)
     coordinator = sp.coordinator_ref(content)
     out: list[_Want] = []
+    coming: list[int] = []
     if phase in (sp.INVITATION, sp.MEETING):
         passed = []
         for m in meetings(op.tx, plan.id):
@@ -147,6 +188,8 @@ def _wanted(op: Operation, plan: Stored) -> list[_Want]:
             due = datetime.combine(day, time(0), sp.LOCAL)
             if to_us(due) <= now:
                 passed.append((due, m))
+            else:
+                coming.append(to_us(due))
         if passed:
             due, m = min(passed, key=lambda p: p[0])
             out.append(_Want(sp.TASK_DOCUMENT, m.id, coordinator, due.isoformat(),
@@ -161,23 +204,32 @@ def _wanted(op: Operation, plan: Stored) -> list[_Want]:
                              format_instant(from_us(end)),
                              f"Planen skulle följas upp {follow_up}; uppföljningen har inte "
                              "påbörjats."))
+        elif end is not None:
+            coming.append(end + 1)
     last = last_activity(op.tx, plan)
-    if now - last > op.inactive_days * 86_400_000_000:
+    horizon = last + op.inactive_days * 86_400_000_000
+    if now > horizon:
         since = from_us(last)
         out.append(_Want(sp.TASK_INACTIVE, format_instant(since), coordinator,
                          format_instant(since + timedelta(days=op.inactive_days)),
                          f"Inget har skrivits i SIP:en sedan {sp.local_date(since)}; följ upp "
                          "den eller avsluta den."))
+    else:
+        coming.append(horizon + 1)
     for inv in invitations(op.tx, plan.id):
         task = inv.json()
         deadline = ((task.get("restriction") or {}).get("period") or {}).get("end")
         end = _end(deadline)
-        if task.get("status") == "requested" and end is not None and end < now:
+        if task.get("status") != "requested" or end is None:
+            continue
+        if end < now:
             out.append(_Want(sp.TASK_UNANSWERED, f"{inv.id}/{deadline}", task.get("owner", {}),
                              str(deadline), f"Kallelsen skulle besvaras senast {deadline}. En "
                              "kallad verksamhet är skyldig att delta och utse en representant.",
                              ref(inv)))
-    return out
+        else:
+            coming.append(end + 1)
+    return out, min(coming, default=None)
 
 
 def _task(op: Operation, plan: Stored, want: _Want, value: str, patient: str) -> Json:
@@ -219,29 +271,53 @@ def _declined_resolved(declined: Json, invites: list[Stored]) -> bool:
                for s in invites)
 
 
+@dataclass(slots=True)
+class _Decision:
+    """What reconciling a plan as of ``op.now`` changes, and when it next needs it by time
+    alone (see ``_wanted``)."""
+    close: list[tuple[Stored, str]] = field(default_factory=list)
+    create: list[tuple[str, _Want]] = field(default_factory=list)
+    due: int | None = None
+
+
 def reconcile(op: Operation, plan: Stored) -> Report:
     """Open and close the plan's deadline Tasks as of ``op.now``."""
-    report = Report()
+    return _apply(op, plan, _decide(op, plan))
+
+
+def _decide(op: Operation, plan: Stored) -> _Decision:
+    """Only reads: a round decides outside its write transaction."""
     content = plan.json()
     closed_plan = not sp.is_sip_plan(content) or sp.phase_of(content) == sp.CLOSED
-    wants = [] if closed_plan else _wanted(op, plan)
+    wants, due = ([], None) if closed_plan else _wanted(op, plan)
     values = {_value(w.kind, plan.id, w.episode): w for w in wants}
+    out = _Decision(due=due)
+    ended = "cancelled" if closed_plan else "completed"
     for task in _open_tasks(op.tx, plan.id, _WATCHED):
         idents = [i.get("value") for i in task.json().get("identifier", [])]
         if not any(v in values for v in idents):
-            close(op, task, "cancelled" if closed_plan else "completed")
-            report.closed.append(task.id)
+            out.close.append((task, ended))
     invites = invitations(op.tx, plan.id)
     for task in _open_tasks(op.tx, plan.id, (sp.TASK_DECLINED,)):
         if closed_plan or _declined_resolved(task.json(), invites):
-            close(op, task, "cancelled" if closed_plan else "completed")
-            report.closed.append(task.id)
-    if values:
-        patient = sp.patient_ref(op.tx, content)
-        for value, want in values.items():
-            if op.tx.current("Task", task_id(value)) is None:
-                op.update(_task(op, plan, want, value, patient), as_hub=True)
-                report.created.append(task_id(value))
+            out.close.append((task, ended))
+    out.create = [(v, w) for v, w in values.items() if op.tx.current("Task", task_id(v)) is None]
+    return out
+
+
+def _apply(op: Operation, plan: Stored, decision: _Decision) -> Report:
+    """Write a decision. A Task changed since it was decided fails the write (If-Match on the
+    version read: the next round decides again); one opened since is left as it is."""
+    report = Report()
+    for task, status in decision.close:
+        close(op, task, status)
+        report.closed.append(task.id)
+    create = [(v, w) for v, w in decision.create if op.tx.current("Task", task_id(v)) is None]
+    if create:
+        patient = sp.patient_ref(op.tx, plan.json())
+        for value, want in create:
+            op.update(_task(op, plan, want, value, patient), as_hub=True)
+            report.created.append(task_id(value))
     return report
 
 
@@ -257,35 +333,120 @@ def declined(op: Operation, plan: Stored, invitation: Stored) -> Stored:
     return op.update(_task(op, plan, want, value, sp.patient_ref(op.tx, content)), as_hub=True)
 
 
-def scan(tx: Tx, now: datetime, *, inactive_days: int = 90, audit: AuditLog | None = None,
-         base_url: str = "") -> Report:
-    """Bring every SIP's deadline Tasks up to date as of ``now``, in one transaction."""
-    op = Operation(tx, Context(base_url, audit=audit), now, inactive_days)
+def _query(rtype: str, items: list[tuple[str, str]]) -> SearchQuery:
+    return parse_search(rtype, items, default_count=1, max_count=1)
+
+
+def _everything(tx: Tx) -> tuple[list[str], list[str]]:
+    """Every open SIP plan and every plan with an open deadline Task; and the open deadline
+    Tasks based on no plan at all."""
+    plans = set(store_scan.matching(tx, _query("CarePlan", _OPEN_PLANS)))
+    plans |= store_scan.plans_referred(tx, _query("Task", _OPEN_DEADLINE_TASKS), "based-on")
+    orphans = store_scan.matching(tx, _query("Task", [*_OPEN_DEADLINE_TASKS,
+                                                      ("based-on:missing", "true")]))
+    return sorted(plans), orphans
+
+
+def _changed(tx: Tx, since: int) -> set[str]:
+    """The plans whose deadlines a write at or after ``since`` may have changed: a write of the
+    plan, or of what ``_wanted`` reads of its SIP, as it refers to the plan now and as it
+    referred to it before (a deleted or changed resource's index rows are gone)."""
+    plans = set(store_scan.written_since(tx, "CarePlan", since))
+    for rtype, param in _REFERRED:
+        plans |= store_scan.plans_referring(tx, param, rtype, since)
+    after = ("_lastUpdated", f"ge{format_instant(from_us(since))}")
+    for rtype, param, token in _REFERRING:
+        picked = [(token[0], f"{token[1]}|{token[2]}")] if token else []
+        plans |= store_scan.plans_referred(tx, _query(rtype, [after, *picked]), param)
+        for old in store_scan.earlier(tx, rtype, since):
+            rows = extract(old.json())
+            if token is None or token in rows.token:
+                plans |= {i for p, t, i in rows.reference if p == param and t == "CarePlan"}
+    return plans
+
+
+@dataclass(slots=True)
+class _Batch:
+    plans: list[tuple[Stored, _Decision]]  # the open SIP plans, and what reconciling changes
+    retired: list[Stored]  # open deadline Tasks of the other plans
+    due: dict[str, int | None]
+
+
+def _decide_batch(op: Operation, plan_ids: list[str]) -> _Batch:
+    """Decide for the open SIP plans among ``plan_ids``; the others (closed, deleted, no longer
+    a SIP plan) have their deadline Tasks cancelled."""
+    plans = sp.search(op.tx, "CarePlan", [*_OPEN_PLANS, ("_id", ",".join(plan_ids))],
+                      len(plan_ids))
+    decided = [(plan, _decide(op, plan)) for plan in plans]
+    others = sorted(set(plan_ids).difference(p.id for p in plans))
+    return _Batch(decided, [t for p in others for t in _open_tasks(op.tx, p, sp.DEADLINE_TASKS)],
+                  dict.fromkeys(plan_ids) | {p.id: d.due for p, d in decided})
+
+
+def _apply_batch(op: Operation, batch: _Batch) -> Report:
+    report = Report(reconciled=len(batch.plans))
+    for plan, decision in batch.plans:
+        report.add(_apply(op, plan, decision))
+    for task in batch.retired:
+        close(op, task, "cancelled")
+        report.closed.append(task.id)
+    store_scan.set_due(op.tx, batch.due)
+    return report
+
+
+def _close_orphans(op: Operation, task_ids: list[str]) -> Report:
     report = Report()
-    open_plans: set[str] = set()
-    offset = 0
-    while True:
-        page = sp.search(tx, "CarePlan", [("_profile", sip.PROFILE_CAREPLAN), ("intent", "plan"),
-                                          ("status", _OPEN_PLAN), ("_offset", str(offset))], 500)
-        for plan in page:
-            open_plans.add(plan.id)
-            report.add(reconcile(op, plan))
-        if len(page) < 500:
-            break
-        offset += len(page)
-    # Tasks of plans that closed (or went away) since they were opened.
-    codes = ",".join(f"{sip.CS_TASK}|{k}" for k in sp.DEADLINE_TASKS)
-    stale = [s for s in sp.search(tx, "Task", [("code", codes), ("status", "requested")], 10_000)
-             if not any(t and t[0] == "CarePlan" and t[1] in open_plans
-                        for t in (sp.ref_target(b) for b in s.json().get("basedOn", [])))]
-    for task in stale:
+    for task in op.tx.current_many([("Task", t) for t in task_ids]):
         close(op, task, "cancelled")
         report.closed.append(task.id)
     return report
 
 
+def scan(tx: Tx, now: datetime, *, inactive_days: int = 90, audit: AuditLog | None = None,
+         base_url: str = "") -> Report:
+    """Bring every SIP's deadline Tasks up to date as of ``now`` in one transaction (``run``
+    does it in short ones); the watermark is left as it is."""
+    op = Operation(tx, Context(base_url, audit=audit), now, inactive_days)
+    plans, orphans = _everything(tx)
+    report = Report(full=True)
+    for i in range(0, len(plans), BATCH):
+        report.add(_apply_batch(op, _decide_batch(op, plans[i:i + BATCH])))
+    report.add(_close_orphans(op, orphans))
+    return report
+
+
+def run(store: Store, now: datetime, *, full: bool = False, inactive_days: int = 90,
+        audit: AuditLog | None = None, base_url: str = "", batch: int = BATCH) -> Report:
+    """One round as of ``now`` in transactions of ``batch`` plans: the plans whose deadline
+    Tasks can have changed since the last completed round, or every open plan (``full``, or
+    no round has completed with this ``inactive_days``). Run one at a time (``Scheduler``)."""
+    started = to_us(now_utc())
+    with store.begin(write=False) as tx:
+        mark = store_scan.watermark(tx)
+        if full or mark is None or mark.inactive_days != inactive_days:
+            report = Report(full=True)
+            plans, orphans = _everything(tx)
+        else:
+            report = Report()
+            since = mark.scanned_at - IN_FLIGHT // timedelta(microseconds=1)
+            plans = sorted(_changed(tx, since).union(store_scan.due(tx, to_us(now))))
+            orphans = []
+    ctx = Context(base_url, audit=audit)
+    for i in range(0, len(plans), batch):
+        # The reads, nearly all of the work, outside the write transaction (on SQLite, the
+        # one writer lock): it only writes what changes.
+        with store.begin(write=False) as tx:
+            decided = _decide_batch(Operation(tx, ctx, now, inactive_days), plans[i:i + batch])
+        with store.begin() as tx:
+            report.add(_apply_batch(Operation(tx, ctx, now, inactive_days), decided))
+    with store.begin() as tx:
+        report.add(_close_orphans(Operation(tx, ctx, now, inactive_days), orphans))
+        store_scan.set_watermark(tx, store_scan.Watermark(started, inactive_days))
+    return report
+
+
 class Scheduler:
-    """Runs ``scan`` every few minutes in a background thread of the API process."""
+    """Runs a round (``run``) every few minutes in a background thread of the API process."""
 
     def __init__(self, store: Store, settings: Settings, audit: AuditLog | None) -> None:
         self.store, self.audit = store, audit
@@ -307,22 +468,23 @@ class Scheduler:
             self._thread.join(timeout=30)
             self._thread = None
 
-    def run_once(self) -> Report:
-        """One scan, unless another process (every API worker runs a Scheduler) is scanning:
-        the scan covers every SIP, so one at a time is enough."""
+    def run_once(self, at: datetime | None = None) -> Report:
+        """One round as of now, or a full one as of ``at`` (``sip-hub deadlines --at``), unless
+        another process (every API worker runs a Scheduler) is scanning: a round covers every
+        SIP, so one at a time is enough."""
         with self.store.exclusive("deadline-scan") as mine:
             if not mine:
                 return Report(skipped=True)
-            with self.store.begin() as tx:
-                return scan(tx, now_utc(), inactive_days=self.inactive_days,
-                            audit=self.audit)
+            return run(self.store, at or now_utc(), full=at is not None,
+                       inactive_days=self.inactive_days, audit=self.audit)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
                 report = self.run_once()
-                if report.created or report.closed:
-                    log.info("deadlines: %d tasks opened, %d closed", len(report.created),
-                             len(report.closed))
+                if report.created or report.closed or report.full:
+                    log.info("deadlines: %d plans looked at%s, %d tasks opened, %d closed",
+                             report.reconciled, " (all)" if report.full else "",
+                             len(report.created), len(report.closed))
             except Exception:  # a lost race or a database hiccup: the next round retries
                 log.exception("deadline scan failed")

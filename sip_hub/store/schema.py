@@ -198,3 +198,24 @@ audit_ref = Table(
     Column("recorded", BigInteger, nullable=False),
     Index(None, "param", "value", "system", "recorded"),
 )
+
+
+# -- the deadline scan (sip_hub.deadlines) ------------------------------------------------------
+
+# When each SIP plan next needs a look by time alone: the first instant (UTC microseconds) at
+# which one of its deadlines will have passed. A round reconciles the plans due by then, besides
+# those written since the last round, instead of every open plan.
+deadline_due = Table(
+    "deadline_due", metadata,
+    Column("plan_id", String(64), primary_key=True),
+    Column("due", BigInteger, nullable=False),
+    Index(None, "due"),
+)
+
+# One row: when the last completed round started, and the inactivity setting it ran with.
+deadline_scan = Table(
+    "deadline_scan", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("scanned_at", BigInteger, nullable=False),
+    Column("inactive_days", Integer, nullable=False),
+)

@@ -1,0 +1,103 @@
+"""SQL of the deadline scan (``sip_hub.deadlines``): which SIP plans a round must look at.
+
+A round looks at the plans written (or whose SIP was written) since the last completed round,
+found through the resource table's ``(res_type, last_updated)`` index and the reference index,
+and at the plans whose next deadline has come, kept in ``deadline_due``. ``deadline_scan``
+holds when the last completed round started.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from sqlalchemy import Select, and_, delete, func, insert, select
+
+from ..fhir.search import SearchQuery
+from .records import COLUMNS, Stored, row_to_stored
+from .resources import Tx
+from .schema import deadline_due, deadline_scan, idx_reference, resource, resource_history
+from .search import base_select
+
+_R = resource.c
+_H = resource_history.c
+_X = idx_reference.c
+_D = deadline_due.c
+_CHUNK = 500  # ids per statement (SQLite limits bound parameters)
+
+
+class Watermark(NamedTuple):
+    scanned_at: int  # UTC microseconds: when the last completed round started
+    inactive_days: int  # the setting it ran with (the inactivity deadlines depend on it)
+
+
+def matching(tx: Tx, query: SearchQuery) -> list[str]:
+    """The ids of every resource matching ``query``'s criteria (ids only, no paging)."""
+    return sorted(tx.conn.execute(base_select(query)).scalars())
+
+
+def _written(rtype: str, since: int) -> Select[Any]:
+    return select(_R.res_id).where(_R.res_type == rtype, _R.last_updated >= since)
+
+
+def written_since(tx: Tx, rtype: str, since: int) -> list[str]:
+    """Resources of ``rtype`` whose current version, or tombstone, was written at or after
+    ``since``."""
+    return list(tx.conn.execute(_written(rtype, since)).scalars())
+
+
+def plans_referring(tx: Tx, param: str, rtype: str, since: int) -> set[str]:
+    """The CarePlans that refer by ``param`` to a resource of ``rtype`` written (or deleted) at
+    or after ``since``: a plan's own index rows stay when what it refers to is deleted."""
+    return set(tx.conn.execute(select(_X.res_id).where(
+        _X.res_type == "CarePlan", _X.param == param, _X.target_type == rtype,
+        _X.target_id.in_(_written(rtype, since)))).scalars())
+
+
+def plans_referred(tx: Tx, query: SearchQuery, param: str) -> set[str]:
+    """The CarePlans the resources matching ``query`` refer to by ``param``."""
+    return set(tx.conn.execute(select(_X.target_id).where(
+        _X.res_type == query.resource_type, _X.param == param, _X.target_type == "CarePlan",
+        _X.res_id.in_(base_select(query)))).scalars())
+
+
+def earlier(tx: Tx, rtype: str, since: int) -> list[Stored]:
+    """For each resource of ``rtype`` written at or after ``since``, the version that was
+    current just before (none when it was created since, or had been deleted already): what
+    it referred to then, which the index no longer tells once it changed or was deleted."""
+    before = (select(_H.res_id, func.max(_H.version_id).label("v"))
+              .where(_H.res_type == rtype, _H.last_updated < since,
+                     _H.res_id.in_(_written(rtype, since)))
+              .group_by(_H.res_id).subquery())
+    rows = tx.conn.execute(
+        select(*COLUMNS)
+        .join_from(resource_history, before,
+                   and_(_H.res_id == before.c.res_id, _H.version_id == before.c.v))
+        .where(_H.res_type == rtype, _H.content.is_not(None)))
+    return [row_to_stored(r) for r in rows]
+
+
+def due(tx: Tx, at: int) -> list[str]:
+    """The plans whose next deadline has come by ``at``."""
+    return list(tx.conn.execute(select(_D.plan_id).where(_D.due <= at)).scalars())
+
+
+def set_due(tx: Tx, dues: dict[str, int | None]) -> None:
+    """Record when each plan next needs a look by time alone (None: not by time)."""
+    ids = list(dues)
+    for i in range(0, len(ids), _CHUNK):
+        tx.conn.execute(delete(deadline_due).where(_D.plan_id.in_(ids[i:i + _CHUNK])))
+    rows = [{"plan_id": p, "due": d} for p, d in dues.items() if d is not None]
+    if rows:
+        tx.conn.execute(insert(deadline_due), rows)
+
+
+def watermark(tx: Tx) -> Watermark | None:
+    row = tx.conn.execute(select(deadline_scan.c.scanned_at,
+                                 deadline_scan.c.inactive_days)).first()
+    return Watermark(row.scanned_at, row.inactive_days) if row else None
+
+
+def set_watermark(tx: Tx, mark: Watermark) -> None:
+    tx.conn.execute(delete(deadline_scan))
+    tx.conn.execute(insert(deadline_scan), {"id": 1, "scanned_at": mark.scanned_at,
+                                            "inactive_days": mark.inactive_days})
