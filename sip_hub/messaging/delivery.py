@@ -35,7 +35,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
 
 from ..bus import Ack, DeadLetter, Outcome, Received
@@ -46,6 +45,7 @@ from ..store import outbox as sql
 from . import vocabulary as vocab
 from .config import MessagingSettings
 from .endpoints import Endpoints
+from .http import HttpClient, HttpError, HttpResponse, HttpTimeout
 from .outbox import WITHDRAWN_REASON, is_covered
 from .relay import DELIVERY
 
@@ -60,7 +60,7 @@ class Result:
     detail: str = ""
 
 
-def _diagnostics(resp: httpx.Response) -> str:
+def _diagnostics(resp: HttpResponse) -> str:
     """The first diagnostics of an OperationOutcome (or of a response message's one)."""
     try:
         body: Any = orjson.loads(resp.content)
@@ -75,7 +75,7 @@ def _diagnostics(resp: httpx.Response) -> str:
     return ""
 
 
-def _response_code(resp: httpx.Response) -> str | None:
+def _response_code(resp: HttpResponse) -> str | None:
     """``response.code`` when the body is a FHIR response message."""
     try:
         body: Any = orjson.loads(resp.content)
@@ -87,9 +87,9 @@ def _response_code(resp: httpx.Response) -> str | None:
     return None
 
 
-def classify(resp: httpx.Response) -> Result:
+def classify(resp: HttpResponse) -> Result:
     status = resp.status_code
-    where = f"HTTP {status} from {resp.request.url}"
+    where = f"HTTP {status} from {resp.url}"
     if 200 <= status < 300:
         code = _response_code(resp)
         if code == vocab.FATAL_ERROR:
@@ -107,7 +107,7 @@ class Deliverer:
     store: Store
     endpoints: Endpoints
     config: MessagingSettings
-    http: httpx.Client
+    http: HttpClient
 
     def handle(self, m: Received) -> Outcome:
         """The bus handler of every organisation's queue."""
@@ -157,10 +157,10 @@ class Deliverer:
                    **(endpoint.headers() if endpoint else {})}
         try:
             resp = self.http.post(url, content=d.content, headers=headers, timeout=timeout)
-        except httpx.TimeoutException:
+        except HttpTimeout:
             return Result("transient", f"No answer from {url} within {timeout:g} s")
-        except httpx.HTTPError as exc:
-            return Result("transient", f"Could not reach {url}: {type(exc).__name__}: {exc}")
+        except HttpError as exc:
+            return Result("transient", f"Could not reach {url}: {exc}")
         return classify(resp)
 
     def _record(self, d: sql.Delivery, result: Result) -> Outcome:

@@ -16,7 +16,6 @@ import signal
 import threading
 import time
 
-import httpx
 from prometheus_client import start_http_server
 
 from ..audit import AuditLog
@@ -28,6 +27,7 @@ from ..settings import Settings
 from ..store import Store
 from ..store import inbox, outbox as sql
 from .delivery import Deliverer
+from .http import HttpClient
 from .process_message import process_accepted
 from .relay import Relay
 from .runtime import Messaging
@@ -46,11 +46,11 @@ _HOT_SECONDS = 10.0
 
 class Worker:
     def __init__(self, store: Store, messaging: Messaging, *, audit: AuditLog | None = None,
-                 http: httpx.Client | None = None) -> None:
+                 http: HttpClient | None = None) -> None:
         self.store = store
         self.messaging = messaging
         self.audit = audit
-        self._http = http or httpx.Client(follow_redirects=False)
+        self._http = http or HttpClient()
         self._own_http = http is None
         self._bus: Bus | None = None
         self._relay: Relay | None = None

@@ -33,6 +33,7 @@ from sip_hub.bus import Bus
 from sip_hub.messaging import builder
 from sip_hub.messaging.config import MessagingSettings
 from sip_hub.messaging.delivery import Deliverer
+from sip_hub.messaging.http import HttpClient
 from sip_hub.messaging.relay import Relay
 from sip_hub.messaging.runtime import Messaging
 from sip_hub.settings import Settings
@@ -154,9 +155,8 @@ class Hub:
         self.client.app.state.messaging = self.messaging
 
     def deliverer(self, http: Any = None) -> Deliverer:
-        import httpx
         return Deliverer(self.store, self.messaging.endpoints, self.messaging.config,
-                         http or httpx.Client())
+                         http or HttpClient())
 
     def relay(self) -> int:
         return Relay(self.store, self.bus, republish_after_seconds=3600).run_once()

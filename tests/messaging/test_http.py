@@ -1,0 +1,126 @@
+"""The deliveries' HTTP client against a real local server: keep-alive, stale connections,
+timeouts and unreachable endpoints."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from sip_hub.messaging.http import HttpClient, HttpError, HttpTimeout
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.connections = 0
+        self.bodies: list[bytes] = []
+        self.delay = 0.0
+        self.close_after_answer = False
+        self.silently_close = False
+
+    def get_request(self):  # type: ignore[no-untyped-def]
+        self.connections += 1
+        return super().get_request()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        time.sleep(self.server.delay)
+        self.server.bodies.append(body)
+        answer = b'{"resourceType":"Bundle","type":"message"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/fhir+json")
+        self.send_header("Content-Length", str(len(answer)))
+        if self.server.close_after_answer:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(answer)
+        if self.server.silently_close:
+            self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[_Server]:
+    srv = _Server()
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _url(srv: _Server) -> str:
+    return f"http://127.0.0.1:{srv.server_address[1]}/fhir/$process-message"
+
+
+def _post(client: HttpClient, url: str, body: bytes, timeout: float = 5.0):  # type: ignore[no-untyped-def]
+    return client.post(url, content=body, headers={"Content-Type": "application/fhir+json"},
+                       timeout=timeout)
+
+
+def test_posts_reuse_one_kept_alive_connection(server: _Server) -> None:
+    client = HttpClient()
+    answers = [_post(client, _url(server), f"m{i}".encode()) for i in range(5)]
+    assert [a.status_code for a in answers] == [200] * 5
+    assert answers[0].content.startswith(b'{"resourceType":"Bundle"')
+    assert answers[0].url == _url(server)
+    assert server.bodies == [b"m0", b"m1", b"m2", b"m3", b"m4"]
+    assert server.connections == 1
+    client.close()
+
+
+def test_a_connection_the_server_closes_is_not_reused(server: _Server) -> None:
+    server.close_after_answer = True
+    client = HttpClient()
+    for i in range(3):
+        assert _post(client, _url(server), b"x").status_code == 200
+    assert server.connections == 3
+    client.close()
+
+
+def test_a_kept_alive_connection_closed_meanwhile_is_replaced_and_the_message_sent_once(
+        server: _Server) -> None:
+    # The server drops each connection after answering without saying so (an idle timeout,
+    # a restart): the client's next request on it fails before any answer comes.
+    server.silently_close = True
+    client = HttpClient()
+    assert _post(client, _url(server), b"first").status_code == 200
+    time.sleep(0.05)
+    assert _post(client, _url(server), b"second").status_code == 200
+    assert server.bodies == [b"first", b"second"]
+    assert server.connections == 2
+    client.close()
+
+
+def test_a_slow_endpoint_is_a_timeout(server: _Server) -> None:
+    server.delay = 0.5
+    client = HttpClient()
+    with pytest.raises(HttpTimeout, match="within 0.1 s"):
+        _post(client, _url(server), b"slow", timeout=0.1)
+    server.delay = 0.0
+    assert _post(client, _url(server), b"next").status_code == 200  # a fresh connection
+    client.close()
+
+
+def test_an_unreachable_endpoint_is_an_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    with pytest.raises(HttpError, match="ConnectionRefusedError"):
+        _post(HttpClient(), f"http://127.0.0.1:{port}/x", b"x")
+    with pytest.raises(HttpError, match="not an http"):
+        _post(HttpClient(), "ftp://example.test/x", b"x")
