@@ -47,6 +47,13 @@ class DriverStatement:
             row: tuple[Any, ...] | None = cur.fetchone()
             return row
 
+    def all(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        sql, args = self._args(conn, params)
+        with _cursor(conn) as cur:
+            cur.execute(sql, args)
+            rows: list[tuple[Any, ...]] = cur.fetchall()
+            return rows
+
     def run(self, conn: Connection, params: Mapping[str, Any]) -> int:
         """Run a statement that returns no rows; how many rows it changed."""
         sql, args = self._args(conn, params)

@@ -158,13 +158,42 @@ def set_state(tx: Tx, delivery_id: str, state: str, now: int, *, error: str | No
         "next": next_attempt_at}) == 1
 
 
+_MARK_PUBLISHED = (update(outbox_delivery)
+                   .where(_D.id.in_(bindparam("ids", expanding=True)), _D.state == PENDING)
+                   .values(state=PUBLISHED, published_at=bindparam("now"),
+                           updated=bindparam("now")))
+
+
 def mark_published(tx: Tx, ids: Sequence[str], now: int) -> None:
     if ids:
-        tx.conn.execute(update(outbox_delivery).where(_D.id.in_(ids), _D.state == PENDING)
-                        .values(state=PUBLISHED, published_at=now, updated=now))
+        tx.conn.execute(_MARK_PUBLISHED, {"ids": list(ids), "now": now})
 
 
 # -- the relay's claim ------------------------------------------------------------------------
+
+def _heads() -> Any:
+    earlier = aliased(outbox_delivery)
+    e = earlier.c
+    blocked = exists().where(e.patient_id == _D.patient_id, e.careplan_id == _D.careplan_id,
+                             e.dest_org == _D.dest_org, e.seq < _D.seq,
+                             or_(*(e.state == s for s in OPEN)))
+    return (select(_D.id).where(_D.state == PENDING, _D.next_attempt_at <= bindparam("now"),
+                                ~blocked)
+            .order_by(_D.next_attempt_at, _D.seq).limit(bindparam("limit"))
+            .with_for_update(skip_locked=True))
+
+
+# Every relay round runs these (built once, on the driver's cursor where they can be).
+_HEADS = DriverStatement(_heads())
+_BY_IDS = _joined().where(_D.id.in_(bindparam("ids", expanding=True)))
+_RELAY_DUE = DriverStatement(select(or_(
+    exists().where(_D.state == PENDING, _D.next_attempt_at <= bindparam("now")),
+    exists().where(_D.state == PUBLISHED, _D.published_at < bindparam("before")))))
+_REQUEUE = update(outbox_delivery).where(_D.state == PUBLISHED).values(
+    state=PENDING, next_attempt_at=bindparam("now"), updated=bindparam("now"))
+_REQUEUE_ALL = DriverStatement(_REQUEUE)
+_REQUEUE_BEFORE = DriverStatement(_REQUEUE.where(_D.published_at < bindparam("before")))
+
 
 def claim_due(tx: Tx, now: int, limit: int) -> list[Delivery]:
     """Due stream heads, locked until the caller's transaction ends.
@@ -173,38 +202,27 @@ def claim_due(tx: Tx, now: int, limit: int) -> list[Delivery]:
     another relay published meanwhile no longer matches ``state = 'pending'`` when rechecked.
     SQLite takes the database write lock at BEGIN, which serialises relays instead.
     """
-    earlier = aliased(outbox_delivery)
-    e = earlier.c
-    blocked = exists().where(e.patient_id == _D.patient_id, e.careplan_id == _D.careplan_id,
-                             e.dest_org == _D.dest_org, e.seq < _D.seq, e.state.in_(OPEN))
-    heads = (select(_D.id).where(_D.state == PENDING, _D.next_attempt_at <= now, ~blocked)
-             .order_by(_D.next_attempt_at, _D.seq).limit(limit)
-             .with_for_update(skip_locked=True))
-    ids = [r.id for r in tx.conn.execute(heads)]
+    ids = [r[0] for r in _HEADS.all(tx.conn, {"now": now, "limit": limit})]
     if not ids:
         return []
-    rows = tx.conn.execute(_joined().where(_D.id.in_(ids)))
+    rows = tx.conn.execute(_BY_IDS, {"ids": ids})
     by_id = {r.id: _row(r) for r in rows}
     return [by_id[i] for i in ids if i in by_id]
 
 
 def relay_due(tx: Tx, now: int, published_before: int) -> bool:
     """Whether the relay has anything to do (a read: idle rounds take no write lock)."""
-    pending = exists().where(_D.state == PENDING, _D.next_attempt_at <= now)
-    stale = exists().where(_D.state == PUBLISHED, _D.published_at < published_before)
-    return bool(tx.conn.execute(select(or_(pending, stale))).scalar())
+    row = _RELAY_DUE.first(tx.conn, {"now": now, "before": published_before})
+    return bool(row and row[0])
 
 
 def requeue_published(tx: Tx, now: int, published_before: int | None = None) -> int:
     """Published deliveries back to pending: all (the broker lost them, e.g. an in-process
     bus after a restart) or those published before ``published_before`` (never confirmed
     delivered: re-publish; receivers drop duplicates by MessageHeader.id)."""
-    cond = [_D.state == PUBLISHED]
-    if published_before is not None:
-        cond.append(_D.published_at < published_before)
-    done = tx.conn.execute(update(outbox_delivery).where(*cond).values(
-        state=PENDING, next_attempt_at=now, updated=now))
-    return int(done.rowcount or 0)
+    if published_before is None:
+        return _REQUEUE_ALL.run(tx.conn, {"now": now})
+    return _REQUEUE_BEFORE.run(tx.conn, {"now": now, "before": published_before})
 
 
 # -- reading ------------------------------------------------------------------------------------
