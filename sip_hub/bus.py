@@ -134,6 +134,8 @@ class DeadLetter:
 
 Outcome = Ack | Requeue | DeadLetter
 Handler = Callable[[Received], Outcome]
+# Handles the messages taken together: one outcome each, in order.
+BatchHandler = Callable[[list[Received]], list[Outcome]]
 
 
 class Bus:
@@ -163,7 +165,9 @@ class Bus:
         self._consuming: set[str] = set()
         self._producer: Producer | None = None
         self._handled = 0
-        self._handler: Handler | None = None
+        self._handler: BatchHandler | None = None
+        self._batch = 1
+        self._pending: list[tuple[Message, Received]] = []
 
     # -- what the transport declares ---------------------------------------------------------
     @property
@@ -236,9 +240,20 @@ class Bus:
 
     # -- consuming --------------------------------------------------------------------------
     def consume(self, orgs: Iterable[str], handler: Handler, *, prefetch: int = 10) -> None:
-        """Consume the organisations' queues with ``handler`` (call again to add queues; the
-        latest handler handles every queue)."""
-        self._handler = handler
+        """Consume the organisations' queues with ``handler``, a message at a time (call
+        again to add queues; the latest handler handles every queue)."""
+        self._handler, self._batch = (lambda ms: [handler(ms[0])]), 1
+        self._subscribe(orgs, prefetch)
+
+    def consume_batches(self, orgs: Iterable[str], handler: BatchHandler, *,
+                        batch: int = 32) -> None:
+        """Like ``consume``, but ``handler`` takes the messages that have arrived together, up
+        to ``batch`` (what one transaction can settle), and each is acknowledged only after
+        it returned."""
+        self._handler, self._batch = handler, batch
+        self._subscribe(orgs, batch)
+
+    def _subscribe(self, orgs: Iterable[str], prefetch: int) -> None:
         new = [o for o in dict.fromkeys(orgs) if o not in self._consuming]
         if not new:
             return
@@ -263,14 +278,17 @@ class Bus:
             return 0
         self._handled = 0
         with self._guard("drain"):
-            while self._handled < max_messages:
-                before = self._handled
-                try:
-                    self._consumer_conn.drain_events(timeout=timeout)
-                except socket.timeout:
-                    break
-                if self._handled == before:  # an event that was not a message
-                    continue
+            try:
+                while self._handled < max_messages:
+                    try:
+                        self._consumer_conn.drain_events(timeout=timeout)
+                    except socket.timeout:
+                        break
+            finally:
+                self._pending, pending = [], self._pending
+            # What was taken and not yet handled (a batch not yet full). When the wait failed
+            # instead, it stays unacknowledged and the broker delivers it again.
+            self._settle_all(pending)
         return self._handled
 
     def _org_of(self, message: Message) -> str | None:
@@ -285,22 +303,35 @@ class Bus:
 
     def _on_message(self, message: Message) -> None:
         self._handled += 1
-        received = self._received(message)
-        attempts = int(received.headers.get(ATTEMPTS, 0) or 0)
+        self._pending.append((message, self._received(message)))
+        if len(self._pending) >= self._batch:
+            self._pending, pending = [], self._pending
+            self._settle_all(pending)
+
+    def _settle_all(self, pending: list[tuple[Message, Received]]) -> None:
+        if not pending:
+            return
+        received = [r for _, r in pending]
         assert self._handler is not None
         try:
-            outcome = self._handler(received)
+            outcomes = self._handler(received)
+            assert len(outcomes) == len(received), "one outcome per message"
         except SipHubError as err:
-            outcome = (Requeue(self.requeue_delay) if err.retryable
-                       else DeadLetter(err.diagnostics, attempts))
-        except Exception as exc:  # a bug must not stop the consumer or lose the message
-            log.exception("handler failed on message %s", received.message_id)
-            outcome = DeadLetter(f"{type(exc).__name__}: {exc}", attempts)
-        self._settle(message, received, outcome)
+            outcomes = [Requeue(self.requeue_delay) if err.retryable else DeadLetter(
+                err.diagnostics, int(r.headers.get(ATTEMPTS, 0) or 0)) for r in received]
+        except Exception as exc:  # a bug must not stop the consumer or lose the messages
+            log.exception("handler failed on messages %s", [r.message_id for r in received])
+            outcomes = [DeadLetter(f"{type(exc).__name__}: {exc}",
+                                   int(r.headers.get(ATTEMPTS, 0) or 0)) for r in received]
+        requeued = False
+        for (message, r), outcome in zip(pending, outcomes):
+            if isinstance(outcome, Requeue) and not requeued:
+                time.sleep(outcome.delay)  # do not spin while the cause lasts (once a batch)
+                requeued = True
+            self._settle(message, r, outcome)
 
     def _settle(self, message: Message, received: Received, outcome: Outcome) -> None:
         if isinstance(outcome, Requeue):
-            time.sleep(outcome.delay)  # do not spin while the cause lasts
             message.requeue()
         elif isinstance(outcome, DeadLetter):
             self.dead_letter(received.envelope(), outcome.reason, outcome.attempts)

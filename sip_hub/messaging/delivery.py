@@ -40,7 +40,7 @@ import orjson
 from ..bus import Ack, DeadLetter, Outcome, Received
 from ..fhir.dates import now_utc, to_us
 from ..metrics import DEAD_LETTERS, DELIVERIES
-from ..store import Store
+from ..store import Store, Tx
 from ..store import outbox as sql
 from . import vocabulary as vocab
 from .config import MessagingSettings
@@ -110,40 +110,65 @@ class Deliverer:
     http: HttpClient
 
     def handle(self, m: Received) -> Outcome:
-        """The bus handler of every organisation's queue."""
-        delivery_id = m.headers.get(DELIVERY)
-        if not isinstance(delivery_id, str):
-            return DeadLetter("Not an outbox delivery: no sip-delivery header")
+        """The bus handler of every organisation's queue, a message at a time."""
+        return self.handle_batch([m])[0]
+
+    def handle_batch(self, ms: list[Received]) -> list[Outcome]:
+        """The bus handler of messages taken together: their checks in one read transaction,
+        their POSTs, then every outcome in one write transaction (on SQLite the write lock is
+        the bottleneck: a transaction per delivery queued behind every API write)."""
         now = to_us(now_utc())
-        # The checks only read (on SQLite a write transaction would queue behind every API
-        # write); the rare withdrawal or hold writes in a transaction of its own, guarded by
-        # the state it read.
+        outcomes: list[Outcome | None] = [None] * len(ms)
+        withdraw: list[tuple[int, sql.Delivery]] = []
+        hold: list[tuple[int, sql.Delivery]] = []
+        post: list[tuple[int, sql.Delivery]] = []
+        taken: set[str] = set()  # a second copy of a delivery in the batch is a duplicate
+        # The checks only read; the rare withdrawal or hold is written with the outcomes,
+        # guarded by the state it read.
         with self.store.begin(write=False) as tx:
-            d = sql.get(tx, delivery_id)
-            if d is not None and d.state == sql.DEAD and m.redelivered:
-                # At least once in the dead-letter queue; a second copy is harmless (replay
-                # goes by the outbox).
-                return DeadLetter(d.last_error or "dead", d.attempts)
-            if d is None or d.state not in sql.OPEN:
-                DELIVERIES.labels("duplicate").inc()
-                return Ack()
-            withdraw = d.kind == sql.NOTIFICATION and \
-                not is_covered(tx, d.patient_id, d.dest_org, now)
-            hold = not withdraw and sql.earlier_open(tx, d)
-        if withdraw:
-            with self.store.begin() as tx:
+            for i, m in enumerate(ms):
+                delivery_id = m.headers.get(DELIVERY)
+                if not isinstance(delivery_id, str):
+                    outcomes[i] = DeadLetter("Not an outbox delivery: no sip-delivery header")
+                    continue
+                d = sql.get(tx, delivery_id)
+                if d is not None and d.state in sql.OPEN and delivery_id in taken:
+                    DELIVERIES.labels("duplicate").inc()
+                    outcomes[i] = Ack()
+                    continue
+                taken.add(delivery_id)
+                if d is not None and d.state == sql.DEAD and m.redelivered:
+                    # At least once in the dead-letter queue; a second copy is harmless
+                    # (replay goes by the outbox).
+                    outcomes[i] = DeadLetter(d.last_error or "dead", d.attempts)
+                elif d is None or d.state not in sql.OPEN:
+                    DELIVERIES.labels("duplicate").inc()
+                    outcomes[i] = Ack()
+                elif d.kind == sql.NOTIFICATION and not is_covered(tx, d.patient_id,
+                                                                   d.dest_org, now):
+                    withdraw.append((i, d))
+                elif sql.earlier_open(tx, d):
+                    hold.append((i, d))
+                else:
+                    post.append((i, d))
+        posted = [(i, d, self._post(d)) for i, d in post]
+        if not (withdraw or hold or posted):
+            return [o for o in outcomes if o is not None]
+        now = to_us(now_utc())
+        with self.store.begin() as tx:
+            for i, d in withdraw:
                 sql.set_state(tx, d.id, sql.WITHDRAWN, now, error=WITHDRAWN_REASON,
                               only_from=sql.OPEN)
-            DELIVERIES.labels("withdrawn").inc()
-            return Ack()
-        if hold:
-            with self.store.begin() as tx:
+                DELIVERIES.labels("withdrawn").inc()
+                outcomes[i] = Ack()
+            for i, d in hold:
                 sql.set_state(tx, d.id, sql.PENDING, now, next_attempt_at=now + _HOLD_US,
                               only_from=sql.OPEN)
-            DELIVERIES.labels("held").inc()
-            return Ack()
-        result = self._post(d)
-        return self._record(d, result)
+                DELIVERIES.labels("held").inc()
+                outcomes[i] = Ack()
+            for i, d, result in posted:
+                outcomes[i] = self._record(tx, d, result, now)
+        return [o for o in outcomes if o is not None]
 
     def _post(self, d: sql.Delivery) -> Result:
         endpoint = self.endpoints.get(d.dest_org)
@@ -163,31 +188,29 @@ class Deliverer:
             return Result("transient", f"Could not reach {url}: {exc}")
         return classify(resp)
 
-    def _record(self, d: sql.Delivery, result: Result) -> Outcome:
+    def _record(self, tx: Tx, d: sql.Delivery, result: Result, now: int) -> Outcome:
         """Record the attempt, unless another copy of the delivery settled it meanwhile (it
         is then neither counted nor dead-lettered twice)."""
-        now = to_us(now_utc())
         attempts = d.attempts + 1
-        with self.store.begin() as tx:
-            if result.kind == "delivered":
-                if sql.set_state(tx, d.id, sql.DELIVERED, now, attempts=attempts,
-                                 only_from=sql.OPEN):
-                    DELIVERIES.labels("delivered").inc()
-                return Ack()
-            if result.kind == "fatal" or attempts >= self.config.max_attempts:
-                reason = result.detail if result.kind == "fatal" else (
-                    f"Gave up after {attempts} attempts: {result.detail}")
-                if not sql.set_state(tx, d.id, sql.DEAD, now, error=reason, attempts=attempts,
-                                     only_from=sql.OPEN):
-                    return Ack()
-                DELIVERIES.labels("dead").inc()
-                DEAD_LETTERS.labels(d.kind).inc()
-                log.warning("delivery %s of message %s to %s is dead: %s", d.id, d.message_id,
-                            d.dest_org, reason)
-                return DeadLetter(reason, attempts)
-            delay = self.config.retry_delay(attempts)
-            if sql.set_state(tx, d.id, sql.PENDING, now, error=result.detail,
-                             attempts=attempts, next_attempt_at=now + int(delay * 1_000_000),
+        if result.kind == "delivered":
+            if sql.set_state(tx, d.id, sql.DELIVERED, now, attempts=attempts,
                              only_from=sql.OPEN):
-                DELIVERIES.labels("retry").inc()
+                DELIVERIES.labels("delivered").inc()
             return Ack()
+        if result.kind == "fatal" or attempts >= self.config.max_attempts:
+            reason = result.detail if result.kind == "fatal" else (
+                f"Gave up after {attempts} attempts: {result.detail}")
+            if not sql.set_state(tx, d.id, sql.DEAD, now, error=reason, attempts=attempts,
+                                 only_from=sql.OPEN):
+                return Ack()
+            DELIVERIES.labels("dead").inc()
+            DEAD_LETTERS.labels(d.kind).inc()
+            log.warning("delivery %s of message %s to %s is dead: %s", d.id, d.message_id,
+                        d.dest_org, reason)
+            return DeadLetter(reason, attempts)
+        delay = self.config.retry_delay(attempts)
+        if sql.set_state(tx, d.id, sql.PENDING, now, error=result.detail,
+                         attempts=attempts, next_attempt_at=now + int(delay * 1_000_000),
+                         only_from=sql.OPEN):
+            DELIVERIES.labels("retry").inc()
+        return Ack()

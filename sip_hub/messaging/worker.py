@@ -88,7 +88,7 @@ class Worker:
         work += self._relay.run_once()
         with self.store.begin(write=False) as tx:
             orgs = sql.open_orgs(tx) | self.messaging.endpoints.orgs
-        bus.consume(sorted(orgs), self._deliverer.handle)
+        bus.consume_batches(sorted(orgs), self._deliverer.handle_batch)
         work += bus.drain(timeout=drain_seconds)
         if time.monotonic() - self._last_upkeep > _UPKEEP_SECONDS:
             self.upkeep()

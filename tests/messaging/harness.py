@@ -166,7 +166,7 @@ class Hub:
             wanted = orgs or sorted(sql.open_orgs(tx) | set(ORGS))
         d = self.deliverer()
         try:
-            self.bus.consume(wanted, d.handle)
+            self.bus.consume_batches(wanted, d.handle_batch)
             return self.bus.drain(timeout=timeout)
         finally:
             d.http.close()

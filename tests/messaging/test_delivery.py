@@ -183,7 +183,7 @@ def test_a_delivery_whose_outcome_was_lost_is_published_again_and_deduplicated(
         world: Hub, receivers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     bup, _ = endpoints(world, receivers)
     world.relay()
-    monkeypatch.setattr(Deliverer, "_record", lambda self, d, result: Ack())  # crash
+    monkeypatch.setattr(Deliverer, "_record", lambda self, tx, d, result, now: Ack())  # crash
     world.deliver()
     monkeypatch.undo()
     assert state(world, BUP).state == "published" and len(bup.received) == 1
