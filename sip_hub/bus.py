@@ -323,8 +323,13 @@ class Bus:
             log.exception("handler failed on messages %s", [r.message_id for r in received])
             outcomes = [DeadLetter(f"{type(exc).__name__}: {exc}",
                                    int(r.headers.get(ATTEMPTS, 0) or 0)) for r in received]
+        settle = list(zip(pending, outcomes))
+        # Dead letters first: a broker lost meanwhile then fails on what matters most (the
+        # message must reach the dead-letter queue), and every message left unacknowledged
+        # comes again, to be settled by what the outbox says then.
+        settle.sort(key=lambda item: not isinstance(item[1], DeadLetter))
         requeued = False
-        for (message, r), outcome in zip(pending, outcomes):
+        for (message, r), outcome in settle:
             if isinstance(outcome, Requeue) and not requeued:
                 time.sleep(outcome.delay)  # do not spin while the cause lasts (once a batch)
                 requeued = True
