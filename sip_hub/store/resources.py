@@ -77,7 +77,13 @@ _INSERT_INDEX = {
 _CLEAR_INDEX = {kind: DriverStatement(delete(table).where(table.c.res_type == bindparam("t"),
                                                           table.c.res_id == bindparam("i")))
                 for kind, table in INDEX_TABLES.items()}
-_GRANTS = select(access_grant).where(access_grant.c.patient_id == bindparam("p"))
+_G = access_grant.c
+# Read by every write's access rules: on the driver's cursor.
+_GRANTS = DriverStatement(select(_G.org_hsa_id, _G.role, _G.reads, _G.valid_until)
+                          .where(_G.patient_id == bindparam("p")))
+_READABLE = DriverStatement(select(_G.patient_id).where(
+    _G.org_hsa_id == bindparam("org"), _G.patient_id == bindparam("p"), _G.reads.is_(True),
+    or_(_G.valid_until.is_(None), _G.valid_until > bindparam("now"))))
 _DELETE_GRANTS = delete(access_grant).where(access_grant.c.patient_id == bindparam("p"))
 _INSERT_GRANTS = insert(access_grant)
 
@@ -355,17 +361,14 @@ class Tx:
 
     def grants(self, patient_id: str) -> list[Grant]:
         if patient_id not in self._grants:
-            rows = self.conn.execute(_GRANTS, {"p": patient_id})
-            self._grants[patient_id] = [Grant(r.org_hsa_id, r.role, r.reads, r.valid_until)
-                                        for r in rows]
+            rows = _GRANTS.all(self.conn, {"p": patient_id})
+            self._grants[patient_id] = [Grant(org, role, bool(reads), until)
+                                        for org, role, reads, until in rows]
         return list(self._grants[patient_id])
 
     def readable_patients(self, org: str, patient_ids: list[str], now: int) -> set[str]:
-        g = access_grant.c
-        rows = self.conn.execute(select(g.patient_id).where(
-            g.org_hsa_id == org, g.patient_id.in_(patient_ids), g.reads.is_(True),
-            or_(g.valid_until.is_(None), g.valid_until > now)))
-        return {r.patient_id for r in rows}
+        return {p for p in patient_ids  # mostly one: a resource's patient
+                if _READABLE.first(self.conn, {"org": org, "p": p, "now": now}) is not None}
 
 
 class Store:
