@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import Any
 
 from .auth import Principal
-from .fhir.dates import format_instant, from_us
+from .fhir.dates import format_instant, from_us, now_utc, to_us
 from .identifiers import HSA_ID
 from .store import Store, Tx
 from .store.audit import Entry
@@ -35,10 +35,6 @@ _ACTION = {"read": "R", "vread": "R", "search-type": "E", "history-instance": "R
            "delete": "D"}
 _PURPOSE = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 CLIENT_SYSTEM = "https://sip-hub.se/fhir/NamingSystem/client-id"
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @lru_cache(maxsize=1024)
@@ -66,7 +62,7 @@ class AuditRecord:
     query: str | None = None
     detail: str | None = None
     purpose: str = "COC"  # coordination of care
-    at: int = field(default_factory=_now_us)  # when the access happened, UTC microseconds
+    at: int = field(default_factory=lambda: to_us(now_utc()))  # when the access happened, UTC microseconds
 
     def to_fhir(self) -> dict[str, Any]:
         return copy.deepcopy(self.entry().event)  # entries share their agents' parts

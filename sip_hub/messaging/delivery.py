@@ -152,8 +152,16 @@ class Deliverer:
                 else:
                     post.append((i, d))
         posted = [(i, d, self._post(d)) for i, d in post]
-        if not (withdraw or hold or posted):
-            return [o for o in outcomes if o is not None]
+        if withdraw or hold or posted:
+            self._write_outcomes(outcomes, withdraw, hold, posted)
+        assert all(o is not None for o in outcomes), "every message has its outcome"
+        return outcomes  # type: ignore[return-value]
+
+    def _write_outcomes(self, outcomes: list[Outcome | None],
+                        withdraw: list[tuple[int, sql.Delivery]],
+                        hold: list[tuple[int, sql.Delivery]],
+                        posted: list[tuple[int, sql.Delivery, Result]]) -> None:
+        """The batch's state changes, in one transaction, each guarded by the state read."""
         now = to_us(now_utc())
         with self.store.begin() as tx:
             for i, d in withdraw:
@@ -168,7 +176,6 @@ class Deliverer:
                 outcomes[i] = Ack()
             for i, d, result in posted:
                 outcomes[i] = self._record(tx, d, result, now)
-        return [o for o in outcomes if o is not None]
 
     def _post(self, d: sql.Delivery) -> Result:
         endpoint = self.endpoints.get(d.dest_org)

@@ -158,10 +158,10 @@ async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
 
 
 # -- the hot interactions, routed without FastAPI's per-request machinery ---------------------
-# FastAPI's route matching and parameter solving cost more than a point read on the embedded
-# store (measured ~0.2 ms of ~0.8 ms). Read, search, create and update by plain Starlette routes
-# in front of the router above, for paths whose type and id are well-formed FHIR; anything else
-# (operations, _history, _search, malformed ids) goes on to the routes above, as before.
+# FastAPI's middleware, route matching and parameter solving cost more than a point read on the
+# embedded store. Read, search, create and update of paths whose type and id are well-formed
+# FHIR are dispatched to these routes by ``sip_hub.app.HubApp`` before the FastAPI stack;
+# anything else (operations, _history, _search, malformed ids) goes on to the routes above.
 
 class _TypeConvertor(Convertor[str]):
     regex = "[A-Z][A-Za-z]{1,63}"
@@ -198,7 +198,7 @@ async def _fast_update(request: Request) -> Response:
 
 
 def fast_routes() -> list[BaseRoute]:
-    """To be placed before every other route of the app."""
+    """Matched by ``HubApp`` before every other route of the app."""
     instance, type_ = "/fhir/{rtype:fhir_type}/{rid:fhir_id}", "/fhir/{rtype:fhir_type}"
     return [Route(instance, _fast_read, methods=["GET"], include_in_schema=False),
             Route(instance, _fast_update, methods=["PUT"], include_in_schema=False),

@@ -4,12 +4,18 @@ SQLAlchemy's per-statement machinery (parameter processing, result objects, even
 several times the query itself on a point read of the embedded store, and more than the insert
 on the access log's bulk writes. These statements are built with SQLAlchemy as usual, compiled
 once per dialect, and executed on the DB-API cursor of the caller's connection (so inside its
-transaction). Only for statements whose values need no type conversion beyond the driver's.
+transaction). Only for statements whose values need no type conversion beyond the driver's,
+and without expanding ``IN`` parameters (write ``or_(a == x, a == y)`` instead).
+
+Driver errors are mapped as ``Store.begin`` maps SQLAlchemy's: a lost connection leaves the
+pool, and an operational error (unreachable, timed out) is a retryable ``TransientError``;
+anything else (a constraint violated) propagates as the bug it is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Insert, Table, bindparam, insert
@@ -88,22 +94,18 @@ def insert_into(table: Table, *columns: str) -> DriverStatement:
     return DriverStatement(insert(table).values({c: bindparam(c) for c in columns}))
 
 
-class _cursor:  # noqa: N801 (used as a context manager, like a function)
-    """The connection's DB-API cursor; driver errors become what SQLAlchemy makes of its own:
-    a lost connection leaves the pool, and the caller gets a retryable error."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-        self._cur: Any = None
-
-    def __enter__(self) -> Any:
-        self._cur = self._conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        return self._cur
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._cur.close()
-        conn = self._conn
-        if exc is not None and isinstance(exc, conn.dialect.loaded_dbapi.Error):
-            if conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None):
-                conn.invalidate(exc)
+@contextmanager
+def _cursor(conn: Connection) -> Iterator[Any]:
+    """The DB-API cursor of the caller's connection (so inside its transaction)."""
+    dbapi_conn = conn.connection.dbapi_connection
+    cur = dbapi_conn.cursor()  # type: ignore[union-attr]
+    try:
+        yield cur
+    except conn.dialect.loaded_dbapi.Error as exc:
+        if conn.dialect.is_disconnect(exc, dbapi_conn, cur):
+            conn.invalidate(exc)
+        if isinstance(exc, conn.dialect.loaded_dbapi.OperationalError):
             raise TransientError(f"Database unavailable: {exc}") from exc
+        raise
+    finally:
+        cur.close()

@@ -75,18 +75,15 @@ def _joined() -> Any:
 
 
 def _row(r: Any) -> Delivery:
-    return Delivery(r.id, r.message_id, r.dest_org, r.patient_id, r.careplan_id, r.seq, r.state,
-                    r.attempts, r.next_attempt_at, r.published_at, r.updated, r.last_error,
-                    r.endpoint_url,
-                    r.event, r.kind, bytes(r.content))
+    """A row of ``_COLUMNS``, by position (a SQLAlchemy row or a driver's tuple)."""
+    return Delivery(*r[:-1], bytes(r[-1]))
 
 
-# What every delivery runs (the delivery's checks and its outcome), built once with parameters:
-# building a statement costs more than running it on SQLite.
-# These run on the driver's cursor (see .driver): several per delivery.
-_GET = _joined().where(_D.id == bindparam("id"))
-_GET_LOCKED = DriverStatement(_GET.with_for_update(of=outbox_delivery))
-_GET = DriverStatement(_GET)
+# What every delivery runs (the delivery's checks and its outcome), built once with parameters
+# and run on the driver's cursor (see .driver): building a statement cost more than running it.
+_BY_ID = _joined().where(_D.id == bindparam("id"))
+_GET = DriverStatement(_BY_ID)
+_GET_LOCKED = DriverStatement(_BY_ID.with_for_update(of=outbox_delivery))
 _EARLIER_OPEN = DriverStatement(select(exists().where(
     _D.patient_id == bindparam("p"), _D.careplan_id == bindparam("c"),
     _D.dest_org == bindparam("d"), _D.seq < bindparam("s"),
@@ -229,7 +226,7 @@ def requeue_published(tx: Tx, now: int, published_before: int | None = None) -> 
 
 def get(tx: Tx, delivery_id: str, *, lock: bool = False) -> Delivery | None:
     r = (_GET_LOCKED if lock else _GET).first(tx.conn, {"id": delivery_id})
-    return Delivery(*r[:-1], bytes(r[-1])) if r else None
+    return _row(r) if r else None
 
 
 def earlier_open(tx: Tx, d: Delivery) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from ..fhir.dates import format_instant, from_us
-from .schema import resource_history
+from .schema import resource, resource_history
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +32,20 @@ class Stored:
 
 
 _H = resource_history.c
+_R = resource.c
 COLUMNS = (_H.res_type, _H.res_id, _H.version_id, _H.last_updated, _H.method, _H.content)
+# A current version: the version's columns, then whether it is a tombstone and its owner.
+CURRENT_COLUMNS = (*COLUMNS, _R.deleted, _R.owner_org)
 
 
 def row_to_stored(row: Any, deleted: bool | None = None) -> Stored:
     return Stored(row.res_type, row.res_id, row.version_id, row.last_updated,
                   row.content is None if deleted is None else deleted, row.content, row.method,
                   getattr(row, "owner_org", None))
+
+
+def current_to_stored(row: tuple[Any, ...]) -> Stored:
+    """A row of ``CURRENT_COLUMNS``, by position (a driver's tuple or a SQLAlchemy row)."""
+    rtype, rid, version, updated, method, content, deleted, owner = row
+    return Stored(rtype, rid, version, updated, bool(deleted),
+                  None if content is None else bytes(content), method, owner)

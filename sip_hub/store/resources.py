@@ -30,7 +30,8 @@ from ..fhir.search import SearchQuery
 from . import audit as sql_audit
 from . import search as sql_search
 from .driver import DriverStatement, insert_into
-from .records import COLUMNS as _COLUMNS, Stored, row_to_stored as _row
+from .records import (COLUMNS as _COLUMNS, CURRENT_COLUMNS, Stored, current_to_stored,
+                      row_to_stored as _row)
 from .schema import INDEX_TABLES, access_grant, resource, resource_history
 from .search import Grant, Visibility, VisibilityFor
 
@@ -39,18 +40,17 @@ _R = resource.c
 AUDIT_TYPE = sql_audit.AUDIT_TYPE
 
 # Hot-path statements built once: SQLAlchemy then reuses their compiled form directly.
-_CURRENT = (select(*_COLUMNS, _R.deleted, _R.owner_org)
-            .join_from(resource, resource_history, and_(
-                _H.res_type == _R.res_type, _H.res_id == _R.res_id,
-                _H.version_id == _R.version_id))
-            .where(_R.res_type == bindparam("t"), _R.res_id == bindparam("i")))
+_CURRENT = DriverStatement(
+    select(*CURRENT_COLUMNS)
+    .join_from(resource, resource_history, and_(
+        _H.res_type == _R.res_type, _H.res_id == _R.res_id, _H.version_id == _R.version_id))
+    .where(_R.res_type == bindparam("t"), _R.res_id == bindparam("i")))
 _VERSION = select(*_COLUMNS).where(_H.res_type == bindparam("t"), _H.res_id == bindparam("i"),
                                    _H.version_id == bindparam("v"))
-_CURRENT_RAW = DriverStatement(_CURRENT)
-_CURRENT_VERSION = select(_R.version_id, _R.deleted).where(
+_VERSION_OF = select(_R.version_id, _R.deleted).where(
     _R.res_type == bindparam("t"), _R.res_id == bindparam("i"))
-_CURRENT_VERSION_LOCKED = DriverStatement(_CURRENT_VERSION.with_for_update())
-_CURRENT_VERSION = DriverStatement(_CURRENT_VERSION)
+_CURRENT_VERSION = DriverStatement(_VERSION_OF)
+_CURRENT_VERSION_LOCKED = DriverStatement(_VERSION_OF.with_for_update())
 # Writes take their values as parameters, so each is compiled once and reused; a new
 # resource's row is claimed with ON CONFLICT DO NOTHING (no savepoint round trips).
 # The write path runs on the driver's cursor too (see .driver): a create is two dozen
@@ -156,10 +156,8 @@ class Tx:
             return self._seen[key]
         if rtype == AUDIT_TYPE:
             return sql_audit.get(self.conn, rid)
-        row = _CURRENT_RAW.first(self.conn, {"t": rtype, "i": rid})
-        found = None if row is None else Stored(
-            row[0], row[1], row[2], row[3], bool(row[6]),
-            None if row[5] is None else bytes(row[5]), row[4], row[7])
+        row = _CURRENT.first(self.conn, {"t": rtype, "i": rid})
+        found = None if row is None else current_to_stored(row)
         self._seen[key] = found
         return found
 
