@@ -10,8 +10,7 @@ from .settings import Settings
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
+    from . import serving
     from .app import check_settings
     from .service import FhirService
     from .store import Store
@@ -27,11 +26,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     # Publish the conformance resources once, before the workers race to do it.
     FhirService(Store(engine)).seed_definitions()
     engine.dispose()
-    uvicorn.run("sip_hub.app:create_app", factory=True, host=args.host or settings.host,
-                port=args.port or settings.port, workers=args.workers or settings.workers,
-                log_level="info", access_log=settings.access_log, proxy_headers=True,
-                server_header=False)
-    return 0
+    return serving.run(args.workers or settings.workers, app="sip_hub.app:create_app",
+                       factory=True, host=args.host or settings.host,
+                       port=args.port or settings.port, log_level="info",
+                       access_log=settings.access_log, proxy_headers=True,
+                       server_header=False)
 
 
 def _migrate(_args: argparse.Namespace, settings: Settings) -> int:

@@ -21,7 +21,7 @@ from .errors import BadRequest, Forbidden, Gone, NotFound, PreconditionFailed
 from .fhir import search as fhir_search
 from .fhir.dates import format_instant, now_utc
 from .fhir.outcome import information
-from .service import Resolve, check_id, check_type, prepare, tx_resolver
+from .service import Resolve, check_id, check_type, prepare_in
 from .store import Stored, Tx
 
 if TYPE_CHECKING:
@@ -183,7 +183,7 @@ def create(tx: Tx, ctx: Context, rtype: str, res: Any, *, if_none_exist: str | N
         if found:
             ctx.record("read", found)
             return Result(200, found[0])
-    prepared = prepare(res, resolve or tx_resolver(tx), expected_type=rtype)
+    prepared = prepare_in(tx, res, resolve, rtype)
     _guard_write(tx, ctx, rtype, None, prepared, "create")
     stored = tx.create(prepared, rid, owner=ctx.access.org)
     _written(tx, ctx, "create", None, stored)
@@ -203,7 +203,7 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
     old = tx.current(rtype, rid)
     if old is None:
         ctx.access.check(rtype, "c")
-    prepared = prepare(res, resolve or tx_resolver(tx), expected_type=rtype)
+    prepared = prepare_in(tx, res, resolve, rtype)
     current = old if old and not old.deleted else None
     _guard_write(tx, ctx, rtype, current, prepared, "update")
     if process_rules:

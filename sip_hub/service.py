@@ -10,8 +10,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import orjson
+
 from . import identifiers
-from .errors import BadRequest, Conflict, IssueCollector, MethodNotAllowed, NotFound
+from .errors import (BadRequest, Conflict, IssueCollector, MethodNotAllowed, NotFound,
+                     SipHubError)
 from .fhir import models, profiles, validation
 from .fhir.search import parse as parse_search
 from .fhir.search_params import READ_ONLY_TYPES, supported
@@ -88,6 +91,61 @@ def prepare(res: Any, resolve: Resolve, *, expected_type: str | None = None) -> 
     collector.raise_if_any(f"{rtype} failed validation")
     profiles.stamp(res)
     return res
+
+
+class Prepared(dict):  # type: ignore[type-arg]
+    """A resource ``prepare`` accepted before its write transaction began.
+
+    ``basis`` holds every resource the rules resolved, as read then (None: not there). The
+    preparation holds in a write transaction that still reads each of them at the same
+    version (``Tx.adopt``): the rules are a function of the resource and what they resolve.
+    Otherwise the write transaction prepares ``original()`` again, so that a concurrent
+    change is never checked against a stale read.
+    """
+
+    __slots__ = ("basis", "_original")
+
+    def __init__(self, res: dict[str, Any], basis: dict[tuple[str, str], Stored | None],
+                 original: bytes) -> None:
+        super().__init__(res)
+        self.basis = basis
+        self._original = original
+
+    def original(self) -> Prevalidated:
+        return Prevalidated(orjson.loads(self._original))
+
+
+def prepare_ahead(store: Store, res: Any, expected_type: str) -> Any:
+    """``prepare`` outside the write transaction, against a read snapshot, so that the write
+    lock is not held while the rules run (on SQLite every write queues on that lock).
+
+    Returns a ``Prepared``, or the structurally validated body when the rules refused it: the
+    write transaction then prepares it again, and every refusal comes from there, in the
+    order of its checks (access before content, If-None-Exist before both)."""
+    checked = prevalidate(res)
+    if not isinstance(checked, dict):
+        return checked
+    original = orjson.dumps(checked)
+    basis: dict[tuple[str, str], Stored | None] = {}
+    with store.begin(write=False) as tx:
+        def resolve(rtype: str, rid: str) -> dict[str, Any] | None:
+            cur = basis[(rtype, rid)] = tx.current(rtype, rid)
+            return cur.json() if cur and not cur.deleted else None
+        try:
+            return Prepared(prepare(checked, resolve, expected_type=expected_type), basis,
+                            original)
+        except SipHubError:
+            return Prevalidated(orjson.loads(original))
+
+
+def prepare_in(tx: Tx, res: Any, resolve: Resolve | None, expected_type: str) -> dict[str, Any]:
+    """``prepare`` for a write in ``tx``: a ``Prepared`` resource whose basis still holds is
+    taken as it is; anything else is prepared here."""
+    if isinstance(res, Prepared) and resolve is None:
+        if tx.adopt(res.basis):
+            return res
+        res = res.original()
+    return prepare(res, resolve or tx_resolver(tx), expected_type=expected_type)
 
 
 @dataclass(slots=True)

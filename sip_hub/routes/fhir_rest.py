@@ -16,7 +16,7 @@ from .. import interactions as ix
 from ..errors import BadRequest, MethodNotAllowed
 from ..fhir.capability import capability_statement
 from ..messaging.capability import messaging_section
-from ..service import check_type, prevalidate
+from ..service import check_type, prepare_ahead, prevalidate
 from ..store import Store, Tx
 from .wire import context, prefer_return, read_body, respond, result_response
 
@@ -38,16 +38,20 @@ def _read(request: Request, fn: Callable[[Tx, ix.Context], ix.Result], *,
 
 
 async def _write(request: Request, rtype: str, perm: str,
-                 fn: Callable[[Tx, ix.Context, Any], ix.Result]) -> Response:
-    """A write interaction with the request body, in one write transaction."""
+                 fn: Callable[[Tx, ix.Context, Any], ix.Result], *, ahead: bool = False
+                 ) -> Response:
+    """A write interaction with the request body, in one write transaction. The body's
+    structure (and, ``ahead``, its rules: see ``service.prepare_ahead``) is checked before
+    the transaction begins, so that no write lock is held while that runs."""
     ctx = context(request)
     check_type(rtype, write=True)
     ctx.access.check(rtype, perm)  # refuse before any work is done on the body
     body = await read_body(request, request.app.state.settings.max_body_bytes)
+    store = _store(request)
 
     def work() -> ix.Result:
-        checked = prevalidate(body)  # outside the transaction: no lock held while it runs
-        with _store(request).begin() as tx:
+        checked = prepare_ahead(store, body, rtype) if ahead else prevalidate(body)
+        with store.begin() as tx:
             return fn(tx, ctx, checked)
     result = await run_in_threadpool(work)
     return result_response(request, ctx, result, write=True)
@@ -99,8 +103,9 @@ async def search_post(request: Request, rtype: str) -> Response:
 @router.post("/{rtype}")
 async def create(request: Request, rtype: str) -> Response:
     if_none_exist = request.headers.get("if-none-exist")
+    # A conditional create may answer with what exists, whatever the body: no rules first.
     return await _write(request, rtype, "c", lambda tx, ctx, body: ix.create(
-        tx, ctx, rtype, body, if_none_exist=if_none_exist))
+        tx, ctx, rtype, body, if_none_exist=if_none_exist), ahead=not if_none_exist)
 
 
 @router.put("/{rtype}")
@@ -136,7 +141,7 @@ async def read(request: Request, rtype: str, rid: str) -> Response:
 async def update(request: Request, rtype: str, rid: str) -> Response:
     if_match = request.headers.get("if-match")
     return await _write(request, rtype, "u", lambda tx, ctx, body: ix.update(
-        tx, ctx, rtype, rid, body, if_match=if_match))
+        tx, ctx, rtype, rid, body, if_match=if_match), ahead=True)
 
 
 @router.delete("/{rtype}/{rid}")

@@ -161,6 +161,20 @@ class Tx:
         self._seen[key] = found
         return found
 
+    def adopt(self, seen: dict[tuple[str, str], Stored | None]) -> bool:
+        """Whether every resource of ``seen`` (read in another transaction) is still at the
+        version read, or still absent; if so, they count as read in this one."""
+        for (rtype, rid), then in seen.items():
+            if rtype == AUDIT_TYPE:
+                return False
+            row = _CURRENT_VERSION.first(self.conn, {"t": rtype, "i": rid})
+            if (row is None) != (then is None) or then is not None and (
+                    row[0] != then.version_id or bool(row[1]) != then.deleted):
+                return False
+        for key, then in seen.items():
+            self._seen.setdefault(key, then)
+        return True
+
     def version(self, rtype: str, rid: str, version_id: int) -> Stored | None:
         if rtype == AUDIT_TYPE:
             return sql_audit.get(self.conn, rid) if version_id == 1 else None

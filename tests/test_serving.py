@@ -1,0 +1,169 @@
+"""``sip-hub serve --workers N``: worker processes that share the load of kept-alive clients,
+are replaced when they die and stop together.
+
+Which process holds a connection is read from /proc (Linux, where SO_REUSEPORT exists).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists()
+                                or not hasattr(socket, "SO_REUSEPORT"),
+                                reason="needs Linux /proc and SO_REUSEPORT")
+
+MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.add(int(entry))
+    return out
+
+
+def _server_side_inodes(port: int) -> set[str]:
+    """Inodes of established connections whose local end is the hub's port."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        cols = line.split()
+        if int(cols[1].split(":")[1], 16) == port and cols[3] == "01":
+            inodes.add(cols[9])
+    return inodes
+
+
+def _holders(pids: set[int], inodes: set[str]) -> dict[int, int]:
+    """How many of ``inodes`` each process holds."""
+    held: dict[int, int] = {}
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                held[pid] = held.get(pid, 0) + 1
+    return held
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a sandbox's init may never reap the orphans it inherits, such
+    as multiprocessing's resource tracker)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _healthy(port: int) -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", "/healthz")
+        ok = conn.getresponse().status == 200
+        conn.close()
+        return ok
+    except OSError:
+        return False
+
+
+def _wait(cond, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail("timed out")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def hub(tmp_path):
+    port = _free_port()
+    env = {**os.environ, "SIP_HUB_DATA_DIR": str(tmp_path), "SIP_HUB_MAPPINGS_DIR": str(MAPPINGS)}
+    env.pop("SIP_HUB_DATABASE_URL", None)
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "sip_hub.cli", "serve", "--port", str(port),
+                             "--workers", "2"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait(lambda: proc.poll() is not None or (
+            (tmp_path / "serve.log").read_bytes().count(b"Application startup complete") >= 2
+            and _healthy(port)))
+        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+        yield proc, port, tmp_path / "serve.log"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        log.close()
+
+
+def test_kept_alive_connections_are_spread_over_the_workers(hub):
+    proc, port, _ = hub
+    workers = _children(proc.pid)
+    conns = []
+    for _ in range(24):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.request("GET", "/healthz")
+        assert c.getresponse().read() and True
+        conns.append(c)
+    held = _holders(workers, _server_side_inodes(port))
+    for c in conns:
+        c.close()
+    # 24 connections over two listening sockets by address hash: both take some (all on one
+    # has a probability of 2 in 2^24).
+    assert len(held) == 2, held
+    assert sum(held.values()) == 24
+
+
+def test_a_worker_that_dies_is_replaced_and_the_hub_stops_as_one(hub):
+    proc, port, log = hub
+    before = _children(proc.pid)
+    victim = max(before)
+    os.kill(victim, signal.SIGKILL)
+    _wait(lambda: log.read_bytes().count(b"Application startup complete") >= 3)
+    after = _children(proc.pid)
+    assert victim not in after and len(after & before) == len(before) - 1
+    for _ in range(10):  # every connection lands on a live worker
+        assert _healthy(port)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    assert not [pid for pid in after if _running(pid)]
+    assert not _healthy(port)
+
+
+def test_a_port_in_use_stops_serve_with_an_error(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "SIP_HUB_DATA_DIR": str(tmp_path),
+               "SIP_HUB_MAPPINGS_DIR": str(MAPPINGS)}
+        env.pop("SIP_HUB_DATABASE_URL", None)
+        done = subprocess.run([sys.executable, "-m", "sip_hub.cli", "serve", "--port", str(port),
+                               "--workers", "2"], env=env, capture_output=True, text=True,
+                              timeout=120)
+    assert done.returncode == 1
+    assert "Cannot bind" in done.stdout + done.stderr
