@@ -25,7 +25,7 @@ from .messaging.worker import Worker
 from .auth import TokenService, load_keys
 from .errors import (BadRequest, MethodNotAllowed, NotFound, SipHubError, TransientError)
 from .fhir.outcome import from_error
-from .routes import ROUTERS, fhir_rest
+from .routes import ROUTERS, fhir_rest, messaging as messaging_routes
 from .routes.wire import JSON, respond
 from .service import FhirService
 from .settings import Settings
@@ -87,12 +87,12 @@ def _unexpected_response(request: Request) -> Response:
 
 class HubApp(FastAPI):
     """FastAPI, with the hot FHIR interactions (read, search, create, update of well-formed
-    types and ids) dispatched straight to their handlers. The middleware stack and router in
+    types and ids, and ``$process-message``) dispatched straight to their handlers. The middleware stack and router in
     between cost a third of a point read on the embedded store; errors are answered exactly as
     the exception handlers below answer them."""
 
     hot_routes = tuple((r, inspect.iscoroutinefunction(r.endpoint))
-                       for r in fhir_rest.fast_routes())
+                       for r in fhir_rest.fast_routes() + messaging_routes.fast_routes())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

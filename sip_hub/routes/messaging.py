@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from ..errors import BadRequest, Forbidden, NotFound
 from ..fhir.outcome import information
@@ -49,6 +50,13 @@ async def process_message(request: Request) -> Response:
         asynchronous=_flag(request, "async"),
         response_url=request.query_params.get("response-url"))
     return respond(request, reply.body, reply.status)
+
+
+def fast_routes() -> list[BaseRoute]:
+    """``$process-message`` is the messaging hot path: dispatched by ``sip_hub.app.HubApp``
+    before FastAPI's middleware stack, like the hot FHIR interactions."""
+    return [Route("/fhir/$process-message", process_message, methods=["POST"],
+                  include_in_schema=False)]
 
 
 @router.post("/admin/messages/{message_id}/$replay")

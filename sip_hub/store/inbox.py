@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import delete, exists, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, delete, exists, null, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..errors import Conflict
+from .driver import DriverStatement
 from .resources import Tx
 from .schema import message_inbox
 
@@ -20,6 +22,8 @@ ACCEPTED: Final = "accepted"
 DONE: Final = "done"
 
 _I = message_inbox.c
+_COLUMNS = ("sender_org", "header_id", "bundle_id", "event", "state", "received", "expires",
+            "response_code", "response", "request", "caller", "response_url")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,18 +43,39 @@ class Received:
 
 
 def _row(r: Any) -> Received:
-    return Received(r.sender_org, r.header_id, r.bundle_id, r.event, r.state, r.received,
-                    r.expires, r.response_code, bytes(r.response) if r.response else None,
-                    bytes(r.request) if r.request else None,
-                    bytes(r.caller) if r.caller else None, r.response_url)
+    """An entry from a row of ``_COLUMNS`` (by position: SQLAlchemy rows and driver tuples)."""
+    (sender_org, header_id, bundle_id, event, state, received, expires, code, response,
+     request, caller, response_url) = r
+    return Received(sender_org, header_id, bundle_id, event, state, received, expires, code,
+                    bytes(response) if response else None, bytes(request) if request else None,
+                    bytes(caller) if caller else None, response_url)
+
+
+# Every message received runs these, inside the write transaction that applies it: built and
+# compiled once, run on the driver's cursor (see .driver).
+_SAME_IDS = or_(_I.header_id == bindparam("h"), _I.bundle_id == bindparam("b"))
+_LOOKUP = DriverStatement(select(*(_I[c] for c in _COLUMNS)).where(
+    _I.sender_org == bindparam("s"), _I.expires > bindparam("now"), _SAME_IDS))
+_DROP_EXPIRED = DriverStatement(delete(message_inbox).where(
+    _I.sender_org == bindparam("s"), _I.expires <= bindparam("now"), _SAME_IDS))
+# A concurrent receipt of the same ids makes the insert do nothing (no savepoint needed); on
+# PostgreSQL it first waits for that transaction to end.
+_CLAIM = {name: DriverStatement(
+    ins(message_inbox).values({c: bindparam(c) for c in _COLUMNS})
+    .on_conflict_do_nothing().returning(_I.header_id))
+    for name, ins in (("sqlite", sqlite_insert), ("postgresql", pg_insert))}
+_COMPLETE = DriverStatement(update(message_inbox).where(
+    _I.sender_org == bindparam("s"), _I.header_id == bindparam("h")).values(
+    state=DONE, response_code=bindparam("code"), response=bindparam("response"),
+    request=null(), caller=null()))
+_ANY_ACCEPTED = DriverStatement(select(exists().where(_I.state == ACCEPTED)))
 
 
 def lookup(tx: Tx, sender_org: str, header_id: str, bundle_id: str, now: int
            ) -> tuple[Received | None, Received | None]:
     """The live entries with this MessageHeader.id, and with this Bundle.id."""
-    rows = [_row(r) for r in tx.conn.execute(select(message_inbox).where(
-        _I.sender_org == sender_org, _I.expires > now,
-        or_(_I.header_id == header_id, _I.bundle_id == bundle_id)))]
+    rows = [_row(r) for r in _LOOKUP.all(tx.conn, {"s": sender_org, "now": now,
+                                                    "h": header_id, "b": bundle_id})]
     by_header = next((r for r in rows if r.header_id == header_id), None)
     by_bundle = next((r for r in rows if r.bundle_id == bundle_id), None)
     return by_header, by_bundle
@@ -62,36 +87,33 @@ def claim(tx: Tx, *, sender_org: str, header_id: str, bundle_id: str, event: str
     """Record a message as received. Raises Conflict when a concurrent request recorded the
     same ids first (on PostgreSQL this waits for that request to commit or roll back)."""
     # Expired entries with these ids no longer count; make room for the new one.
-    tx.conn.execute(delete(message_inbox).where(
-        _I.sender_org == sender_org, _I.expires <= now,
-        or_(_I.header_id == header_id, _I.bundle_id == bundle_id)))
-    try:
-        with tx.conn.begin_nested():
-            tx.conn.execute(insert(message_inbox).values(
-                sender_org=sender_org, header_id=header_id, bundle_id=bundle_id, event=event,
-                state=state, received=now, expires=expires, response_code=None, response=None,
-                request=request, caller=caller, response_url=response_url))
-    except IntegrityError:
+    _DROP_EXPIRED.run(tx.conn, {"s": sender_org, "now": now, "h": header_id, "b": bundle_id})
+    claimed = _CLAIM[tx.conn.dialect.name].first(tx.conn, {
+        "sender_org": sender_org, "header_id": header_id, "bundle_id": bundle_id,
+        "event": event, "state": state, "received": now, "expires": expires,
+        "response_code": None, "response": None, "request": request, "caller": caller,
+        "response_url": response_url})
+    if claimed is None:
         raise Conflict(f"Message {header_id} (Bundle {bundle_id}) is being received "
-                       "concurrently") from None
+                       "concurrently")
 
 
 def complete(tx: Tx, sender_org: str, header_id: str, code: str, response: bytes) -> None:
     """Store the response; an async request's body and caller are no longer needed."""
-    tx.conn.execute(update(message_inbox).where(
-        _I.sender_org == sender_org, _I.header_id == header_id).values(
-        state=DONE, response_code=code, response=response, request=None, caller=None))
+    _COMPLETE.run(tx.conn, {"s": sender_org, "h": header_id, "code": code,
+                            "response": response})
 
 
 def any_accepted(tx: Tx) -> bool:
     """Whether async requests wait (a read: idle rounds take no write lock)."""
-    return tx.conn.execute(select(exists().where(_I.state == ACCEPTED))).scalar() is True
+    row = _ANY_ACCEPTED.first(tx.conn, {})
+    return row is not None and bool(row[0])
 
 
 def claim_accepted(tx: Tx, limit: int) -> list[Received]:
     """Accepted async requests, oldest first, locked until the caller's transaction ends
     (``SKIP LOCKED``: concurrent workers take disjoint requests)."""
-    q = (select(message_inbox).where(_I.state == ACCEPTED).order_by(_I.received)
+    q = (select(*(_I[c] for c in _COLUMNS)).where(_I.state == ACCEPTED).order_by(_I.received)
          .limit(limit).with_for_update(skip_locked=True))
     return [_row(r) for r in tx.conn.execute(q)]
 
