@@ -32,7 +32,8 @@ workers can consume any queue with any prefetch.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -52,6 +53,7 @@ from .relay import DELIVERY
 log = logging.getLogger("sip_hub.delivery")
 _HOLD_US = 1_000_000  # a held-back delivery is looked at again after a second
 _RETRY_STATUS = frozenset({408, 425, 429})
+_PARALLEL_DESTINATIONS = 8  # organisations POSTed to at once by one deliverer
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,7 @@ class Deliverer:
     endpoints: Endpoints
     config: MessagingSettings
     http: HttpClient
+    _pool: ThreadPoolExecutor | None = field(default=None, init=False)
 
     def handle(self, m: Received) -> Outcome:
         """The bus handler of every organisation's queue, a message at a time."""
@@ -151,7 +154,7 @@ class Deliverer:
                     hold.append((i, d))
                 else:
                     post.append((i, d))
-        posted = [(i, d, self._post(d)) for i, d in post]
+        posted = self._post_all(post)
         if withdraw or hold or posted:
             self._write_outcomes(outcomes, withdraw, hold, posted)
         assert all(o is not None for o in outcomes), "every message has its outcome"
@@ -176,6 +179,30 @@ class Deliverer:
                 outcomes[i] = Ack()
             for i, d, result in posted:
                 outcomes[i] = self._record(tx, d, result, now)
+
+    def _post_all(self, post: list[tuple[int, sql.Delivery]]
+                  ) -> list[tuple[int, sql.Delivery, Result]]:
+        """POST the batch: the deliveries of each destination one after another (in the
+        batch's order), the destinations side by side. Waiting on one organisation's
+        answers would otherwise hold up every other's (and most of a POST is waiting)."""
+        by_org: dict[str, list[tuple[int, sql.Delivery]]] = {}
+        for i, d in post:
+            by_org.setdefault(d.dest_org, []).append((i, d))
+
+        def run(todo: list[tuple[int, sql.Delivery]]) -> list[tuple[int, sql.Delivery, Result]]:
+            return [(i, d, self._post(d)) for i, d in todo]
+        if len(by_org) <= 1:
+            return run(post)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(_PARALLEL_DESTINATIONS,
+                                            thread_name_prefix="sip-hub-post")
+        done = [r for rs in self._pool.map(run, by_org.values()) for r in rs]
+        return sorted(done, key=lambda r: r[0])
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def _post(self, d: sql.Delivery) -> Result:
         endpoint = self.endpoints.get(d.dest_org)

@@ -146,6 +146,7 @@ class Worker:
 
     def close(self) -> None:
         self._disconnect()
+        self._deliverer.close()
         if self._own_http:
             self._http.close()
 

@@ -3,6 +3,7 @@ backoff, dead letters with their reason, replay, withdrawal, order per SIP, cras
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import orjson
@@ -55,6 +56,27 @@ def test_messages_reach_the_organisations_endpoints(world: Hub, receivers: Any) 
         assert got["entry"][0]["resource"]["id"] == d.message_id == r.applied[0]
         assert got == orjson.loads(d.content)
         assert r.headers[0]["Content-Type"] == "application/fhir+json"
+
+
+@BOTH
+def test_destinations_are_posted_side_by_side(world: Hub, receivers: Any) -> None:
+    """One slow organisation does not hold up another's deliveries: each receiver answers its
+    first message only once the other has received its own (a barrier), which sequential
+    POSTs would never reach: they would time out and be retried."""
+    both = threading.Barrier(2)
+
+    def meet(_message: Any) -> None:
+        try:
+            both.wait(timeout=5)
+        except threading.BrokenBarrierError:
+            return 503  # type: ignore[return-value]
+        return None
+    bup, school = endpoints(world, receivers)
+    bup.fail_when = school.fail_when = meet
+    world.rounds(lambda: settled(world))
+    for org in (BUP, SCHOOL):
+        assert (state(world, org).state, state(world, org).attempts) == ("delivered", 1)
+    assert len(bup.received) == len(school.received) == 1
 
 
 @BOTH

@@ -124,3 +124,29 @@ def test_an_unreachable_endpoint_is_an_error() -> None:
         _post(HttpClient(), f"http://127.0.0.1:{port}/x", b"x")
     with pytest.raises(HttpError, match="not an http"):
         _post(HttpClient(), "ftp://example.test/x", b"x")
+
+
+def test_threads_sharing_a_client_post_on_connections_of_their_own(server: _Server) -> None:
+    """Deliveries to several organisations run side by side on one client: concurrent POSTs
+    to one endpoint must not share (and garble) a connection; afterwards they are reused."""
+    server.delay = 0.2
+    client = HttpClient()
+    start = threading.Barrier(4)
+    answers: dict[int, int] = {}
+
+    def post(n: int) -> None:
+        start.wait(timeout=5)
+        answers[n] = _post(client, _url(server), f"message {n}".encode()).status_code
+    threads = [threading.Thread(target=post, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert answers == {0: 200, 1: 200, 2: 200, 3: 200}
+    assert sorted(server.bodies) == [f"message {n}".encode() for n in range(4)]
+    assert server.connections == 4
+    server.delay = 0.0
+    for n in range(4, 8):
+        assert _post(client, _url(server), f"message {n}".encode()).status_code == 200
+    assert server.connections == 4  # the four kept-alive connections, reused
+    client.close()
