@@ -191,7 +191,7 @@ def _handle(tx: Tx, ctx: Context, parsed: parser.Message | SipHubError, env: par
         if isinstance(parsed, SipHubError):
             raise parsed
         msg = parsed
-        with tx.conn.begin_nested():  # a refused message leaves nothing behind
+        with tx.savepoint():  # a refused message leaves nothing behind
             done = operations.apply(tx, ctx, msg, header)
             if done is None:
                 with applying_message():

@@ -14,6 +14,7 @@ anything else (a constraint violated) propagates as the bug it is.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -92,6 +93,28 @@ class DriverStatement:
 def insert_into(table: Table, *columns: str) -> DriverStatement:
     """An INSERT of exactly ``columns`` (each a parameter of the same name)."""
     return DriverStatement(insert(table).values({c: bindparam(c) for c in columns}))
+
+
+_SAVEPOINTS = itertools.count(1)
+
+
+@contextmanager
+def savepoint(conn: Connection) -> Iterator[None]:
+    """A savepoint in the caller's transaction: what the block wrote is undone when it raises
+    (and the exception goes on). SQLAlchemy's ``begin_nested`` compiled its SAVEPOINT and
+    RELEASE statements anew each time: a fifth of a message's time in the write lock."""
+    name = f"sip_sp_{next(_SAVEPOINTS)}"
+    with _cursor(conn) as cur:
+        cur.execute(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        with _cursor(conn) as cur:
+            cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            cur.execute(f"RELEASE SAVEPOINT {name}")
+        raise
+    with _cursor(conn) as cur:
+        cur.execute(f"RELEASE SAVEPOINT {name}")
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from ..fhir.indexing import extract
 from ..fhir.search import SearchQuery
 from . import audit as sql_audit
 from . import search as sql_search
-from .driver import DriverStatement, insert_into
+from .driver import DriverStatement, insert_into, savepoint as _savepoint
 from .records import (COLUMNS as _COLUMNS, CURRENT_COLUMNS, Stored, current_to_stored,
                       row_to_stored as _row)
 from .schema import INDEX_TABLES, access_grant, resource, resource_history
@@ -148,6 +148,18 @@ class Tx:
         self.conn = conn
         self._seen: dict[tuple[str, str], Stored | None] = {}
         self._grants: dict[str, list[Grant]] = {}
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Undo what the block writes when it raises, in the database and in what this
+        transaction remembers having read."""
+        seen, grants = dict(self._seen), dict(self._grants)
+        try:
+            with _savepoint(self.conn):
+                yield
+        except BaseException:
+            self._seen, self._grants = seen, grants
+            raise
 
     # reads -------------------------------------------------------------------------------
     def current(self, rtype: str, rid: str) -> Stored | None:

@@ -38,3 +38,33 @@ def test_an_operational_failure_is_a_retryable_error(tmp_path: Path) -> None:
             tx.conn.exec_driver_sql("PRAGMA query_only=1")  # writes now fail in SQLite itself
             _INSERT.run(tx.conn, {"plan_id": "p1", "due": 1})
     engine.dispose()
+
+
+def _count(tx) -> int:  # type: ignore[no-untyped-def]
+    return int(tx.conn.exec_driver_sql("SELECT count(*) FROM deadline_due").scalar())
+
+
+def test_a_savepoint_undoes_its_block_and_the_transaction_goes_on(store: Store) -> None:
+    """What a refused message wrote is undone, the rest of its transaction commits: also
+    after a violated constraint, which on PostgreSQL aborts everything up to the savepoint."""
+    patient = {"resourceType": "Patient", "id": "p1", "active": True}
+    with store.begin() as tx:
+        _INSERT.run(tx.conn, {"plan_id": "kept", "due": 1})
+        with pytest.raises(RuntimeError):
+            with tx.savepoint():
+                _INSERT.run(tx.conn, {"plan_id": "undone", "due": 2})
+                tx.create(dict(patient), "p1")
+                assert tx.current("Patient", "p1") is not None
+                raise RuntimeError("refused")
+        assert tx.current("Patient", "p1") is None  # nor remembered as read
+        with pytest.raises(store.engine.dialect.loaded_dbapi.IntegrityError):
+            with tx.savepoint():
+                _INSERT.run(tx.conn, {"plan_id": "kept", "due": 3})
+        with tx.savepoint():
+            with tx.savepoint():  # nested, released in turn
+                _INSERT.run(tx.conn, {"plan_id": "also kept", "due": 4})
+    with store.begin(write=False) as tx:
+        assert _count(tx) == 2
+        rows = tx.conn.exec_driver_sql("SELECT plan_id FROM deadline_due ORDER BY due").all()
+        assert [r[0] for r in rows] == ["kept", "also kept"]
+        assert tx.current("Patient", "p1") is None
