@@ -272,19 +272,14 @@ class Bus:
                 self._consumer.consume()
         self._consuming.update(new)
 
-    def drain(self, timeout: float = 0.1, max_messages: int = 1000,
-              max_seconds: float | None = None) -> int:
-        """Handle the messages that arrive until none has come for ``timeout`` seconds, or
-        ``max_messages`` were handled, or (when given) ``max_seconds`` have passed: a steady
-        trickle of messages must not keep the caller from its other work for long."""
+    def drain(self, timeout: float = 0.1, max_messages: int = 1000) -> int:
+        """Handle the messages that arrive until none has come for ``timeout`` seconds."""
         if self._consumer is None:
             return 0
         self._handled = 0
-        deadline = None if max_seconds is None else time.monotonic() + max_seconds
         with self._guard("drain"):
             try:
-                while self._handled < max_messages and (
-                        deadline is None or time.monotonic() < deadline):
+                while self._handled < max_messages:
                     try:
                         self._consumer_conn.drain_events(timeout=timeout)
                     except socket.timeout:

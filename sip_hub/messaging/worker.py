@@ -42,9 +42,6 @@ _DAY_US = 86_400_000_000
 _FIRST_IDLE_WAIT = 0.005
 _HOT_WAIT = 0.05
 _HOT_SECONDS = 10.0
-# A round's deliveries stop after this long, so that the relay publishes the next message of
-# each stream soon (it publishes only a stream's head: order per SIP and destination).
-_DRAIN_SECONDS = 0.05
 
 
 class Worker:
@@ -92,7 +89,7 @@ class Worker:
         with self.store.begin(write=False) as tx:
             orgs = sql.open_orgs(tx) | self.messaging.endpoints.orgs
         bus.consume_batches(sorted(orgs), self._deliverer.handle_batch)
-        work += bus.drain(timeout=drain_seconds, max_seconds=_DRAIN_SECONDS)
+        work += bus.drain(timeout=drain_seconds)
         if time.monotonic() - self._last_upkeep > _UPKEEP_SECONDS:
             self.upkeep()
         return work
