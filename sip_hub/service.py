@@ -127,7 +127,9 @@ def prepare_ahead(store: Store, res: Any, expected_type: str) -> Any:
         return checked
     original = orjson.dumps(checked)
     basis: dict[tuple[str, str], Stored | None] = {}
-    with store.begin(write=False) as tx:
+    # No snapshot needed: the write transaction checks every resource of the basis again,
+    # together, and takes the preparation only if all are as read.
+    with store.begin(write=False, snapshot=False) as tx:
         def resolve(rtype: str, rid: str) -> dict[str, Any] | None:
             cur = basis[(rtype, rid)] = tx.current(rtype, rid)
             return cur.json() if cur and not cur.deleted else None

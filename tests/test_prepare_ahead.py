@@ -44,6 +44,8 @@ def test_a_plan_prepared_ahead_is_stored_as_prepared(store):
         <= set(ahead.basis)
     assert sip.PROFILE_CAREPLAN in ahead["meta"]["profile"]
     with store.begin() as tx:
+        assert tx.adopt(ahead.basis)  # nothing changed: the write takes the preparation
+        assert tx.current("Patient", "alva") is ahead.basis[("Patient", "alva")]
         stored = ix.create(tx, _ctx(), "CarePlan", ahead).stored
     assert stored is not None
     assert stored.json()["meta"]["profile"] == ahead["meta"]["profile"]

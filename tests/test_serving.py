@@ -127,7 +127,9 @@ def test_kept_alive_connections_are_spread_over_the_workers(hub):
     for _ in range(24):
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         c.request("GET", "/healthz")
-        assert c.getresponse().read() and True
+        resp = c.getresponse()
+        resp.read()
+        assert resp.status == 200
         conns.append(c)
     held = _holders(workers, _server_side_inodes(port))
     for c in conns:

@@ -15,27 +15,47 @@ anything else (a constraint violated) propagates as the bug it is.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Insert, Table, bindparam, insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql import Executable
 
 from ..errors import TransientError
 
 
+# The dialects' own INSERT constructs (with ON CONFLICT), for ``DriverStatement.on_conflict``.
+_DIALECT_INSERTS: dict[str, Callable[[Table], Any]] = {
+    "sqlite": sqlite_insert, "postgresql": pg_insert}
+
+
 class DriverStatement:
     def __init__(self, stmt: Executable) -> None:
-        self._stmt = stmt
+        self._stmt: Executable | None = stmt
+        self._build: Callable[[Callable[[Table], Any]], Executable] | None = None
         self._compiled: dict[str, tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
+
+    @classmethod
+    def on_conflict(cls, build: Callable[[Callable[[Table], Any]], Executable]
+                    ) -> DriverStatement:
+        """An INSERT ... ON CONFLICT, which SQLAlchemy builds per dialect: ``build`` gets the
+        connection's dialect's ``insert`` and returns the statement."""
+        made = cls.__new__(cls)
+        made._stmt, made._build, made._compiled = None, build, {}
+        return made
 
     def _sql(self, conn: Connection) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
         """The SQL, its positional parameter order (None: named), and the values of the
         statement's own literals."""
         compiled = self._compiled.get(conn.dialect.name)
         if compiled is None:
-            c = self._stmt.compile(dialect=conn.dialect)
+            stmt = self._stmt if self._build is None else \
+                self._build(_DIALECT_INSERTS[conn.dialect.name])
+            assert stmt is not None
+            c = stmt.compile(dialect=conn.dialect)
             literals = {k: v for k, v in c.params.items() if v is not None}
             compiled = (str(c), tuple(c.positiontup or ()) if c.positional else None, literals)
             self._compiled[conn.dialect.name] = compiled

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import bindparam, delete, exists, null, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..errors import Conflict
 from .driver import DriverStatement
@@ -60,10 +58,8 @@ _DROP_EXPIRED = DriverStatement(delete(message_inbox).where(
     _I.sender_org == bindparam("s"), _I.expires <= bindparam("now"), _SAME_IDS))
 # A concurrent receipt of the same ids makes the insert do nothing (no savepoint needed); on
 # PostgreSQL it first waits for that transaction to end.
-_CLAIM = {name: DriverStatement(
-    ins(message_inbox).values({c: bindparam(c) for c in _COLUMNS})
-    .on_conflict_do_nothing().returning(_I.header_id))
-    for name, ins in (("sqlite", sqlite_insert), ("postgresql", pg_insert))}
+_CLAIM = DriverStatement.on_conflict(lambda ins: ins(message_inbox).values(
+    {c: bindparam(c) for c in _COLUMNS}).on_conflict_do_nothing().returning(_I.header_id))
 _COMPLETE = DriverStatement(update(message_inbox).where(
     _I.sender_org == bindparam("s"), _I.header_id == bindparam("h")).values(
     state=DONE, response_code=bindparam("code"), response=bindparam("response"),
@@ -88,7 +84,7 @@ def claim(tx: Tx, *, sender_org: str, header_id: str, bundle_id: str, event: str
     same ids first (on PostgreSQL this waits for that request to commit or roll back)."""
     # Expired entries with these ids no longer count; make room for the new one.
     _DROP_EXPIRED.run(tx.conn, {"s": sender_org, "now": now, "h": header_id, "b": bundle_id})
-    claimed = _CLAIM[tx.conn.dialect.name].first(tx.conn, {
+    claimed = _CLAIM.first(tx.conn, {
         "sender_org": sender_org, "header_id": header_id, "bundle_id": bundle_id,
         "event": event, "state": state, "received": now, "expires": expires,
         "response_code": None, "response": None, "request": request, "caller": caller,

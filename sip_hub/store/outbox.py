@@ -18,8 +18,6 @@ from typing import Any, Final, Sequence
 
 from sqlalchemy import (BigInteger, Integer, String, and_, bindparam, delete, exists, func, insert,
                         or_, select, update)
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import aliased
 
 from .driver import DriverStatement, insert_into
@@ -112,12 +110,11 @@ _INSERT_DELIVERY = insert_into(outbox_delivery, "id", "message_id", "dest_org", 
                                "careplan_id", "seq", "state", "attempts", "next_attempt_at",
                                "published_at", "updated", "last_error", "endpoint_url")
 # The stream's row is claimed or advanced in one statement (per dialect: ON CONFLICT).
-_NEXT_SEQ = {name: DriverStatement(ins(outbox_stream).values(
+_NEXT_SEQ = DriverStatement.on_conflict(lambda ins: ins(outbox_stream).values(
     patient_id=bindparam("p"), careplan_id=bindparam("c"), dest_org=bindparam("d"), last_seq=1)
     .on_conflict_do_update(index_elements=[_S.patient_id, _S.careplan_id, _S.dest_org],
                            set_={"last_seq": outbox_stream.c.last_seq + 1})
     .returning(_S.last_seq))
-    for name, ins in (("sqlite", sqlite_insert), ("postgresql", pg_insert))}
 
 
 def insert_message(tx: Tx, *, message_id: str, event: str, kind: str, patient_id: str,
@@ -130,8 +127,7 @@ def insert_message(tx: Tx, *, message_id: str, event: str, kind: str, patient_id
 def next_seq(tx: Tx, patient_id: str, careplan_id: str, dest_org: str) -> int:
     """The stream's next sequence number. The upsert locks the stream's row until commit, so
     a second writer to the same stream waits and numbers after the first."""
-    row = _NEXT_SEQ[tx.conn.dialect.name].first(
-        tx.conn, {"p": patient_id, "c": careplan_id, "d": dest_org})
+    row = _NEXT_SEQ.first(tx.conn, {"p": patient_id, "c": careplan_id, "d": dest_org})
     assert row is not None  # an upsert returns its row
     return int(row[0])
 

@@ -19,8 +19,6 @@ from typing import Any, Iterator
 import orjson
 from sqlalchemy import (Connection, Engine, and_, bindparam, delete, func, insert, or_, select,
                         update)
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
 
 from ..errors import Conflict, PreconditionFailed, TransientError
@@ -56,10 +54,9 @@ _CURRENT_VERSION_LOCKED = DriverStatement(_VERSION_OF.with_for_update())
 # The write path runs on the driver's cursor too (see .driver): a create is two dozen
 # statements, and SQLAlchemy's per-statement work cost more than SQLite's.
 _CLAIM_COLUMNS = ("res_type", "res_id", "version_id", "last_updated", "deleted", "owner_org")
-_CLAIM = {name: DriverStatement(
-    ins(resource).values({c: bindparam(c) for c in _CLAIM_COLUMNS})
+_CLAIM = DriverStatement.on_conflict(lambda ins: ins(resource).values(
+    {c: bindparam(c) for c in _CLAIM_COLUMNS})
     .on_conflict_do_nothing(index_elements=[_R.res_type, _R.res_id]).returning(_R.version_id))
-    for name, ins in (("sqlite", sqlite_insert), ("postgresql", pg_insert))}
 _ADVANCE = DriverStatement(
     update(resource)
     .where(_R.res_type == bindparam("t"), _R.res_id == bindparam("i"),
@@ -273,7 +270,7 @@ class Tx:
                  *, deleted: bool, owner: str | None = None) -> None:
         self._seen.pop((rtype, rid), None)
         if previous is None:
-            claimed = _CLAIM[self.conn.dialect.name].first(self.conn, {
+            claimed = _CLAIM.first(self.conn, {
                 "res_type": rtype, "res_id": rid, "version_id": version, "last_updated": ts,
                 "deleted": deleted, "owner_org": owner})
             if claimed is None:
