@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from .checkpoint import BACKSTOP_PAGES
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+def make_engine(url: str | URL, *, pool_size: int = 10, autocommit: bool = False) -> Engine:
+    """``autocommit``: (PostgreSQL) every connection of the pool in autocommit mode for good,
+    for reads that need no BEGIN and COMMIT (see ``Store``)."""
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
@@ -28,7 +30,8 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     # with a retryable 503 and SQLAlchemy then replaces the whole pool.
     return create_engine(u, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600,
                          connect_args={"options": "-c statement_timeout=30000"}
-                         if "options" not in u.query else {})
+                         if "options" not in u.query else {},
+                         **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
 
 
 def _sqlite_begin(conn) -> None:  # noqa: ANN001 (SQLAlchemy Connection)

@@ -110,3 +110,43 @@ def test_supported_searches_use_indexes_not_scans(store, query):
             plan = [r[0] for r in conn.execute(text(f"EXPLAIN {sql}"))]
             scans = [p for p in plan if "Seq Scan" in p]
     assert scans == [], plan
+
+
+
+@pytest.mark.postgres
+def test_postgres_reads_see_committed_writes_and_close_with_the_engine():
+    """Reads on PostgreSQL run on their own connections, in autocommit (no BEGIN, no COMMIT,
+    no transaction left open): they see each committed write at once, and disposing of the
+    engine (shutdown, a forked child) closes them too."""
+    from conftest import pg_schema
+    from sip_hub.store import Store
+    from sip_hub.store.engine import make_engine
+    from sip_hub.store.migrate import upgrade
+
+    with pg_schema() as engine:
+        upgrade(engine)
+        store = Store(engine)
+        with store.begin() as tx:
+            tx.create(dict(PAT), "p1")
+        with store.begin(write=False) as tx:
+            assert tx.current("Patient", "p1").version_id == 1
+            # Each statement its own transaction: this one started with the statement.
+            own = tx.conn.exec_driver_sql(
+                "SELECT pid, xact_start = query_start FROM pg_stat_activity "
+                "WHERE pid = pg_backend_pid()").one()
+            reader_pid = own[0]
+            assert own[1] is True
+        with store.begin() as tx:
+            tx.update(dict(PAT, name=[{"family": "Ny"}]), "p1")
+        with store.begin(write=False) as tx:
+            assert tx.current("Patient", "p1").version_id == 2
+        engine.dispose()
+        probe = make_engine(engine.url, pool_size=1)
+        try:
+            with probe.connect() as conn:
+                alive = conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                    (reader_pid,)).scalar_one()
+        finally:
+            probe.dispose()
+        assert alive == 0
