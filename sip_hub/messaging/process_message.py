@@ -111,41 +111,44 @@ def process(store: Store, ctx: Context, body: Any, messaging: Messaging, *,
             raise BadRequest("response-url goes with async=true", expression="response-url")
         messaging.endpoints.check_response_url(env.sender_org, response_url)
     now = _now()
-    try:
-        with store.begin() as tx:
+
+    def work(tx: Tx) -> Reply:
+        earlier = _earlier(tx, ctx, env, messaging, now, asynchronous)
+        if earlier is not None:
+            return earlier
+        expires = now + messaging.config.cache_minutes * _US_PER_MINUTE
+        try:
+            inbox.claim(tx, sender_org=env.sender_org, header_id=env.header_id,
+                        bundle_id=env.bundle_id, event=env.event or "", now=now,
+                        expires=expires,
+                        state=inbox.ACCEPTED if asynchronous else inbox.DONE,
+                        request=orjson.dumps(body) if asynchronous else None,
+                        caller=_caller(ctx) if asynchronous else None,
+                        response_url=response_url)
+        except Conflict:
+            # A concurrent request with these ids committed first: answer as it did.
             earlier = _earlier(tx, ctx, env, messaging, now, asynchronous)
             if earlier is not None:
                 return earlier
-            expires = now + messaging.config.cache_minutes * _US_PER_MINUTE
-            try:
-                inbox.claim(tx, sender_org=env.sender_org, header_id=env.header_id,
-                            bundle_id=env.bundle_id, event=env.event or "", now=now,
-                            expires=expires,
-                            state=inbox.ACCEPTED if asynchronous else inbox.DONE,
-                            request=orjson.dumps(body) if asynchronous else None,
-                            caller=_caller(ctx) if asynchronous else None,
-                            response_url=response_url)
-            except Conflict:
-                # A concurrent request with these ids committed first: answer as it did.
-                earlier = _earlier(tx, ctx, env, messaging, now, asynchronous)
-                if earlier is not None:
-                    return earlier
-                raise TransientError("The message is being received concurrently; resend "
-                                     "it") from None
-            if asynchronous:
-                return Reply(202, information(
-                    f"Message {env.header_id} accepted; the response will be sent to "
-                    f"{response_url or 'your organisation’s message endpoint'}"))
-            assert parsed is not None
-            handled = _handle(tx, ctx, parsed, env, messaging, _header(body))
-            MESSAGES_RECEIVED.labels(handled.code).inc()
-            if handled.code == vocab.TRANSIENT_ERROR:
-                raise _Uncached(Reply(200, handled.response))
-            inbox.complete(tx, env.sender_org, env.header_id, handled.code,
-                           orjson.dumps(handled.response))
+            raise TransientError("The message is being received concurrently; resend "
+                                 "it") from None
+        if asynchronous:
+            return Reply(202, information(
+                f"Message {env.header_id} accepted; the response will be sent to "
+                f"{response_url or 'your organisation’s message endpoint'}"))
+        assert parsed is not None
+        handled = _handle(tx, ctx, parsed, env, messaging, _header(body))
+        MESSAGES_RECEIVED.labels(handled.code).inc()
+        if handled.code == vocab.TRANSIENT_ERROR:
+            raise _Uncached(Reply(200, handled.response))
+        inbox.complete(tx, env.sender_org, env.header_id, handled.code,
+                       orjson.dumps(handled.response))
+        return Reply(200, handled.response)
+
+    try:
+        return store.write(work)
     except _Uncached as uncached:
         return uncached.reply
-    return Reply(200, handled.response)
 
 
 def _earlier(tx: Tx, ctx: Context, env: parser.Envelope, messaging: Messaging, now: int,

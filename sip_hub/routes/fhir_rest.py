@@ -51,8 +51,7 @@ async def _write(request: Request, rtype: str, perm: str,
 
     def work() -> ix.Result:
         checked = prepare_ahead(store, body, rtype) if ahead else prevalidate(body)
-        with store.begin() as tx:
-            return fn(tx, ctx, checked)
+        return store.write(lambda tx: fn(tx, ctx, checked))
     result = await run_in_threadpool(work)
     return result_response(request, ctx, result, write=True)
 
@@ -147,8 +146,7 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
 @router.delete("/{rtype}/{rid}")
 def delete(request: Request, rtype: str, rid: str) -> Response:
     ctx = context(request)
-    with _store(request).begin() as tx:
-        result = ix.delete(tx, ctx, rtype, rid)
+    result = _store(request).write(lambda tx: ix.delete(tx, ctx, rtype, rid))
     return result_response(request, ctx, result)
 
 

@@ -15,7 +15,7 @@ try:
     import fcntl
 except ImportError:  # not POSIX: SQLite's own busy handler queues the writers
     fcntl = None  # type: ignore[assignment]
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import orjson
 from sqlalchemy import (Connection, Engine, and_, bindparam, delete, event, func, insert, or_,
@@ -29,6 +29,7 @@ from ..fhir.search import SearchQuery
 from . import audit as sql_audit
 from . import search as sql_search
 from .engine import make_engine
+from .group import GroupCommit
 from .driver import DriverStatement, insert_into, savepoint as _savepoint
 from .records import (COLUMNS as _COLUMNS, CURRENT_COLUMNS, Stored, current_to_stored,
                       row_to_stored as _row)
@@ -394,6 +395,7 @@ class Tx:
                 if _READABLE.first(self.conn, {"org": org, "p": p, "now": now}) is not None}
 
 
+T = TypeVar("T")
 _READ_ENGINES: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
 
 
@@ -422,6 +424,9 @@ class Store:
         # of connections in autocommit for good: switching a connection of the write pool to
         # autocommit and back at every read cost a sixth of a point read's time.
         self._reads = _read_engine(engine)
+        # Several processes' writers take turns on one SQLite file: each process groups the
+        # writes its threads ask for at the same time (see .group).
+        self._group = GroupCommit(self.begin) if self._lock_base is not None else None
 
     @contextmanager
     def begin(self, *, write: bool = True, snapshot: bool = True) -> Iterator[Tx]:
@@ -439,6 +444,15 @@ class Store:
                     yield Tx(conn)
         except OperationalError as exc:
             raise TransientError(f"Database unavailable: {exc.orig}") from exc
+
+    def write(self, fn: Callable[[Tx], T]) -> T:
+        """``fn`` in a write transaction, committed when this returns. On an SQLite file the
+        transaction may be shared with other threads' writes (group commit): ``fn``'s writes
+        are still all or nothing and its exception reaches only its caller."""
+        if self._group is None:
+            with self.begin() as tx:
+                return fn(tx)
+        return self._group.run(fn)
 
     @contextmanager
     def _writer(self, write: bool) -> Iterator[None]:
