@@ -32,6 +32,11 @@ _DIALECT_INSERTS: dict[str, Callable[[Table], Any]] = {
     "sqlite": sqlite_insert, "postgresql": pg_insert}
 
 
+# Up to this many rows, a PostgreSQL bulk insert is one multi-row INSERT (one round trip);
+# beyond, a COPY (two round trips, but cheaper per row).
+_VALUES_ROWS = 64
+
+
 class DriverStatement:
     def __init__(self, stmt: Executable) -> None:
         self._stmt: Executable | None = stmt
@@ -96,9 +101,15 @@ class DriverStatement:
         if conn.dialect.name == "postgresql" and isinstance(self._stmt, Insert):
             columns = list(rows[0])
             quote = conn.dialect.identifier_preparer.quote
-            sql = (f"COPY {quote(self._stmt.table.name)} "  # type: ignore[attr-defined]
-                   f"({', '.join(quote(c) for c in columns)}) FROM STDIN")
-            with _cursor(conn) as cur, cur.copy(sql) as copy:
+            table = quote(self._stmt.table.name)  # type: ignore[attr-defined]
+            names = ", ".join(quote(c) for c in columns)
+            if len(rows) <= _VALUES_ROWS:
+                one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+                sql = f"INSERT INTO {table} ({names}) VALUES " + ", ".join([one] * len(rows))
+                with _cursor(conn) as cur:
+                    cur.execute(sql, [r[c] for r in rows for c in columns])
+                return
+            with _cursor(conn) as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
                 for r in rows:
                     copy.write_row(tuple(r[c] for c in columns))
             return
