@@ -50,7 +50,7 @@ class Context:
             return
         patients: set[str] = set()
         for s in personal:
-            patients |= acl.patients_of(s.type, s.json() if s.content else None, s.id)
+            patients |= acl.patients_of(s.type, s.doc() if s.content else None, s.id)
         rec = AuditRecord(interaction, self.access.principal,
                           tuple((s.type, s.id) for s in personal), frozenset(patients),
                           outcome, query, detail)
@@ -132,8 +132,8 @@ def _changed(tx: Tx, ctx: Context, rtype: str, old: dict[str, Any] | None,
 
 
 def _written(tx: Tx, ctx: Context, interaction: str, old: Stored | None, new: Stored) -> None:
-    old_json = old.json() if old is not None and old.content is not None else None
-    _changed(tx, ctx, new.type, old_json, new.json() if new.content else None)
+    old_json = old.doc() if old is not None and old.content is not None else None
+    _changed(tx, ctx, new.type, old_json, new.doc() if new.content else None)
     ctx.record(interaction, [new], tx=tx)
 
 

@@ -67,7 +67,8 @@ def parse_range(value: str) -> tuple[int, int]:
 
 def format_instant(dt: datetime) -> str:
     """An R4 instant in UTC with microseconds."""
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
+    # isoformat is several times faster than strftime; in UTC it ends in "+00:00".
+    return dt.astimezone(timezone.utc).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def now_utc() -> datetime:

@@ -294,7 +294,7 @@ class Emitter:
             cur = tx.current(*target)
             if cur is not None and not cur.deleted:
                 found.append(ref)
-                out.append(cur.json())
+                out.append(cur.doc())
         for rule in spec.focus:
             n = sum(1 for r in found if r.startswith(rule.type + "/"))
             if n < rule.min:

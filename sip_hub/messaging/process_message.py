@@ -215,7 +215,7 @@ def _handle(tx: Tx, ctx: Context, parsed: parser.Message | SipHubError, env: par
 
 
 def _same(stored: Stored, res: Json) -> bool:
-    a = {k: v for k, v in stored.json().items() if k != "meta"}
+    a = {k: v for k, v in stored.doc().items() if k != "meta"}
     return a == {k: v for k, v in res.items() if k != "meta"}
 
 
@@ -279,7 +279,7 @@ def _sip(tx: Tx, ctx: Context, msg: parser.Message, written: dict[int, Stored]) 
                        expression="Bundle.entry[0].resource.focus")
     ctx.access.require_read(tx, cur)
     if rtype == "CarePlan":
-        subject = split_reference((cur.json().get("subject") or {}).get("reference", ""))
+        subject = split_reference((cur.doc().get("subject") or {}).get("reference", ""))
         of = subject[1] if subject and subject[0] == "Patient" else None
         # Routed by the patient's consent: a Patient in focus that is not the plan's would
         # send the plan to those another person's consent covers (rule 1).
@@ -298,7 +298,7 @@ def _require_one_person(msg: parser.Message, written: dict[int, Stored], sip: Si
     """A message is routed by the consent of the person whose SIP it concerns, so it may carry
     that person's data only (rule 1)."""
     for i, stored in sorted(written.items()):
-        others = patients_of(stored.type, stored.json(), stored.id) - {sip.patient_id}
+        others = patients_of(stored.type, stored.doc(), stored.id) - {sip.patient_id}
         if others:
             raise Forbidden(
                 f"The message concerns the SIP of Patient/{sip.patient_id} but carries "
@@ -324,7 +324,7 @@ def _require_phase(tx: Tx, msg: parser.Message, sip: SipKey) -> None:
     plan = tx.current("CarePlan", sip.careplan_id) if phases and sip.careplan_id else None
     if phases is None or plan is None or plan.deleted:
         return
-    phase = sp.phase_of(plan.json())
+    phase = sp.phase_of(plan.doc())
     if phase not in phases:
         raise sp.business_rule(
             f"The event {msg.event} is out of order: CarePlan/{sip.careplan_id} is in the "
@@ -354,7 +354,7 @@ def _route(tx: Tx, ctx: Context, msg: parser.Message, written: dict[int, Stored]
     return messaging.emitter.emit(
         tx, msg.event, sender_org=msg.sender_org, patient_id=sip.patient_id,
         careplan_id=sip.careplan_id or None, focus=focus,
-        resources=[s.json() for s in written.values()], reason=msg.reason, base=ctx.base_url)
+        resources=[s.doc() for s in written.values()], reason=msg.reason, base=ctx.base_url)
 
 
 def _response(ctx: Context, env: parser.Envelope, messaging: Messaging, code: str,

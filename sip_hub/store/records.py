@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -21,14 +21,25 @@ class Stored:
     content: bytes | None
     method: str = ""
     owner: str | None = None  # HSA-id of the organisation that created it
+    _doc: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def last_updated_instant(self) -> str:
         return format_instant(from_us(self.last_updated))
 
     def json(self) -> dict[str, Any]:
+        """The content, parsed: a new dict of the caller's own, to change at will."""
         assert self.content is not None
         return orjson.loads(self.content)
+
+    def doc(self) -> dict[str, Any]:
+        """The content, parsed once and shared: only to read (a write path reads one version
+        in its access rules, its notifications and its audit record)."""
+        doc = self._doc
+        if doc is None:
+            doc = self.json()
+            object.__setattr__(self, "_doc", doc)
+        return doc
 
 
 _H = resource_history.c

@@ -150,3 +150,15 @@ def test_postgres_reads_see_committed_writes_and_close_with_the_engine():
         finally:
             probe.dispose()
         assert alive == 0
+
+
+def test_a_stored_versions_content_is_parsed_once_to_read_and_anew_to_change(store):
+    with store.begin() as tx:
+        stored = tx.create(dict(PAT), "p1")
+    shared = stored.doc()
+    assert stored.doc() is shared and shared["name"] == [{"family": "Tolvansson"}]
+    mine = stored.json()
+    mine["name"][0]["family"] = "Changed"
+    assert stored.json()["name"] == [{"family": "Tolvansson"}]  # a caller's copy is its own
+    assert stored.doc()["name"] == [{"family": "Tolvansson"}]
+    assert stored == store.read("Patient", "p1")  # the parsed copy is no part of equality
