@@ -182,6 +182,7 @@ def test_operators_replay_over_http(world: Hub, receivers: Any) -> None:
 
 # -- crashes ------------------------------------------------------------------------------
 
+@BOTH
 def test_a_crash_between_publish_and_mark_publishes_again_and_nothing_is_doubled(
         world: Hub, receivers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     bup, _ = endpoints(world, receivers)
