@@ -129,12 +129,14 @@ class Deliverer:
         # The checks only read; the rare withdrawal or hold is written with the outcomes,
         # guarded by the state it read.
         with self.store.begin(write=False) as tx:
+            found = sql.get_many(tx, [i for m in ms
+                                      if isinstance(i := m.headers.get(DELIVERY), str)])
             for i, m in enumerate(ms):
                 delivery_id = m.headers.get(DELIVERY)
                 if not isinstance(delivery_id, str):
                     outcomes[i] = DeadLetter("Not an outbox delivery: no sip-delivery header")
                     continue
-                d = sql.get(tx, delivery_id)
+                d = found.get(delivery_id)
                 if d is not None and d.state in sql.OPEN and delivery_id in taken:
                     DELIVERIES.labels("duplicate").inc()
                     outcomes[i] = Ack()
@@ -177,8 +179,12 @@ class Deliverer:
                               only_from=sql.OPEN)
                 DELIVERIES.labels("held").inc()
                 outcomes[i] = Ack()
+            delivered = [d.id for _, d, result in posted if result.kind == "delivered"]
+            if delivered:  # the common outcome, for the whole batch at once
+                DELIVERIES.labels("delivered").inc(sql.mark_delivered(tx, delivered, now))
             for i, d, result in posted:
-                outcomes[i] = self._record(tx, d, result, now)
+                outcomes[i] = Ack() if result.kind == "delivered" else \
+                    self._record(tx, d, result, now)
 
     def _post_all(self, post: list[tuple[int, sql.Delivery]]
                   ) -> list[tuple[int, sql.Delivery, Result]]:
@@ -223,14 +229,10 @@ class Deliverer:
         return classify(resp)
 
     def _record(self, tx: Tx, d: sql.Delivery, result: Result, now: int) -> Outcome:
-        """Record the attempt, unless another copy of the delivery settled it meanwhile (it
-        is then neither counted nor dead-lettered twice)."""
+        """Record an attempt that did not deliver (a retry later, or dead), unless another
+        copy of the delivery settled it meanwhile (it is then neither counted nor
+        dead-lettered twice). Deliveries are recorded by ``_write_outcomes``, a batch at once."""
         attempts = d.attempts + 1
-        if result.kind == "delivered":
-            if sql.set_state(tx, d.id, sql.DELIVERED, now, attempts=attempts,
-                             only_from=sql.OPEN):
-                DELIVERIES.labels("delivered").inc()
-            return Ack()
         if result.kind == "fatal" or attempts >= self.config.max_attempts:
             reason = result.detail if result.kind == "fatal" else (
                 f"Gave up after {attempts} attempts: {result.detail}")

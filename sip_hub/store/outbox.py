@@ -79,9 +79,6 @@ def _row(r: Any) -> Delivery:
 
 # What every delivery runs (the delivery's checks and its outcome), built once with parameters
 # and run on the driver's cursor (see .driver): building a statement cost more than running it.
-_BY_ID = _joined().where(_D.id == bindparam("id"))
-_GET = DriverStatement(_BY_ID)
-_GET_LOCKED = DriverStatement(_BY_ID.with_for_update(of=outbox_delivery))
 _EARLIER_OPEN = DriverStatement(select(exists().where(
     _D.patient_id == bindparam("p"), _D.careplan_id == bindparam("c"),
     _D.dest_org == bindparam("d"), _D.seq < bindparam("s"),
@@ -99,6 +96,34 @@ def _set_state(only_from: tuple[str, ...]) -> DriverStatement:
                 attempts=func.coalesce(bindparam("tries", type_=Integer), _D.attempts),
                 next_attempt_at=func.coalesce(bindparam("next", type_=BigInteger),
                                               _D.next_attempt_at)))
+
+
+# Batches of deliveries by id: a statement per 64 ids.
+_MANY_MAX = 64  # ids per statement of the batch reads and writes below
+
+
+def _any_id(n: int) -> Any:
+    """``id IN (:i0, ..., :in-1)``, written out (the driver's cursor takes no expanding IN)."""
+    return or_(*(_D.id == bindparam(f"i{k}") for k in range(n)))
+
+
+def _chunks(ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The parameters of ``_any_id`` statements for ``ids`` (each once), 64 at a time."""
+    ids = list(dict.fromkeys(ids))
+    return [{f"i{k}": v for k, v in enumerate(ids[i:i + _MANY_MAX])}
+            for i in range(0, len(ids), _MANY_MAX)]
+
+
+@lru_cache(maxsize=_MANY_MAX)
+def _by_ids(n: int) -> DriverStatement:
+    return DriverStatement(_joined().where(_any_id(n)))
+
+
+@lru_cache(maxsize=_MANY_MAX)
+def _delivered(n: int) -> DriverStatement:
+    return DriverStatement(
+        update(outbox_delivery).where(_any_id(n), or_(*(_D.state == s for s in OPEN)))
+        .values(state=DELIVERED, updated=bindparam("now"), attempts=_D.attempts + 1))
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -151,15 +176,23 @@ def set_state(tx: Tx, delivery_id: str, state: str, now: int, *, error: str | No
         "next": next_attempt_at}) == 1
 
 
-_MARK_PUBLISHED = (update(outbox_delivery)
-                   .where(_D.id.in_(bindparam("ids", expanding=True)), _D.state == PENDING)
-                   .values(state=PUBLISHED, published_at=bindparam("now"),
-                           updated=bindparam("now")))
+@lru_cache(maxsize=_MANY_MAX)
+def _published(n: int) -> DriverStatement:
+    return DriverStatement(
+        update(outbox_delivery).where(_any_id(n), _D.state == PENDING)
+        .values(state=PUBLISHED, published_at=bindparam("now"), updated=bindparam("now")))
 
 
 def mark_published(tx: Tx, ids: Sequence[str], now: int) -> None:
-    if ids:
-        tx.conn.execute(_MARK_PUBLISHED, {"ids": list(ids), "now": now})
+    for params in _chunks(ids):
+        _published(len(params)).run(tx.conn, {**params, "now": now})
+
+
+def mark_delivered(tx: Tx, ids: Sequence[str], now: int) -> int:
+    """Open deliveries of ``ids`` to delivered, counting the attempt; how many were open
+    (another copy may have settled one meanwhile)."""
+    return sum(_delivered(len(params)).run(tx.conn, {**params, "now": now})
+               for params in _chunks(ids))
 
 
 # -- the relay's claim ------------------------------------------------------------------------
@@ -178,7 +211,6 @@ def _heads() -> Any:
 
 # Every relay round runs these (built once, on the driver's cursor where they can be).
 _HEADS = DriverStatement(_heads())
-_BY_IDS = _joined().where(_D.id.in_(bindparam("ids", expanding=True)))
 _RELAY_DUE = DriverStatement(select(or_(
     exists().where(_D.state == PENDING, _D.next_attempt_at <= bindparam("now")),
     exists().where(_D.state == PUBLISHED, _D.published_at < bindparam("before")))))
@@ -198,8 +230,7 @@ def claim_due(tx: Tx, now: int, limit: int) -> list[Delivery]:
     ids = [r[0] for r in _HEADS.all(tx.conn, {"now": now, "limit": limit})]
     if not ids:
         return []
-    rows = tx.conn.execute(_BY_IDS, {"ids": ids})
-    by_id = {r.id: _row(r) for r in rows}
+    by_id = get_many(tx, ids)
     return [by_id[i] for i in ids if i in by_id]
 
 
@@ -220,9 +251,15 @@ def requeue_published(tx: Tx, now: int, published_before: int | None = None) -> 
 
 # -- reading ------------------------------------------------------------------------------------
 
-def get(tx: Tx, delivery_id: str, *, lock: bool = False) -> Delivery | None:
-    r = (_GET_LOCKED if lock else _GET).first(tx.conn, {"id": delivery_id})
-    return _row(r) if r else None
+def get_many(tx: Tx, ids: Sequence[str]) -> dict[str, Delivery]:
+    """The deliveries of ``ids`` that exist, by id: a statement per 64 (a delivery worker's
+    batch is read at once, not a delivery at a time)."""
+    out: dict[str, Delivery] = {}
+    for params in _chunks(ids):
+        for r in _by_ids(len(params)).all(tx.conn, params):
+            d = _row(r)
+            out[d.id] = d
+    return out
 
 
 def earlier_open(tx: Tx, d: Delivery) -> bool:
