@@ -10,7 +10,7 @@ published again too (the broker lost them).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..bus import ATTEMPTS, Bus, BusUnavailable, Envelope
 from ..fhir.dates import now_utc, to_us
@@ -35,6 +35,8 @@ class Relay:
     bus: Bus
     batch: int = 100
     republish_after_seconds: float = 3600.0
+    # The organisations it has published to: their queues need a consumer.
+    orgs: set[str] = field(default_factory=set)
 
     def run_once(self) -> int:
         """Publish what is due; returns how many were published. Raises BusUnavailable after
@@ -55,6 +57,7 @@ class Relay:
                     failure = exc
                     break
                 published.append(d.id)
+                self.orgs.add(d.dest_org)
             sql.mark_published(tx, published, now)
         MESSAGES_PUBLISHED.inc(len(published))
         if failure is not None:

@@ -42,6 +42,7 @@ _DAY_US = 86_400_000_000
 _FIRST_IDLE_WAIT = 0.005
 _HOT_WAIT = 0.05
 _HOT_SECONDS = 10.0
+_OPEN_ORGS_SECONDS = 5.0
 
 
 class Worker:
@@ -56,6 +57,8 @@ class Worker:
         self._relay: Relay | None = None
         self._deliverer = Deliverer(store, messaging.endpoints, messaging.config, self._http)
         self._last_upkeep = 0.0
+        self._orgs: set[str] = set()
+        self._orgs_read_at = float("-inf")
         self._recovered = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -86,13 +89,25 @@ class Worker:
         assert self._relay is not None
         work = process_accepted(self.store, self.messaging, audit=self.audit)
         work += self._relay.run_once()
-        with self.store.begin(write=False) as tx:
-            orgs = sql.open_orgs(tx) | self.messaging.endpoints.orgs
+        orgs = self._open_orgs() | self._relay.orgs | self.messaging.endpoints.orgs
         bus.consume_batches(sorted(orgs), self._deliverer.handle_batch)
         work += bus.drain(timeout=drain_seconds)
         if time.monotonic() - self._last_upkeep > _UPKEEP_SECONDS:
             self.upkeep()
         return work
+
+    def _open_orgs(self) -> set[str]:
+        """Organisations with deliveries on their way, as the database says, read again every
+        _OPEN_ORGS_SECONDS (with a backlog, the query visits every open delivery: each round
+        it cost more than the round's own work). Between reads, the queues this worker's
+        relay publishes to are consumed from its first publish; another worker's arrive with
+        the next read, and that worker consumes them meanwhile."""
+        now = time.monotonic()
+        if now - self._orgs_read_at >= _OPEN_ORGS_SECONDS:
+            with self.store.begin(write=False) as tx:
+                self._orgs = sql.open_orgs(tx)
+            self._orgs_read_at = now
+        return self._orgs
 
     def upkeep(self) -> None:
         now = to_us(now_utc())

@@ -55,6 +55,34 @@ def test_the_worker_runs_in_a_background_thread_and_stops(world: Hub, receivers:
     assert len(bup.received) == len(school.received) == 1
 
 
+def test_a_worker_consumes_the_queues_another_workers_relay_publishes_to(
+        world: Hub, receivers: Any, monkeypatch: Any) -> None:
+    """Several workers share the queues: one must also consume an organisation's queue that
+    only another worker's relay published to (here the school, which has no endpoint, so its
+    deliveries end dead with the reason), learning of it from the database."""
+    from sip_hub.messaging import worker as worker_module
+    monkeypatch.setattr(worker_module, "_OPEN_ORGS_SECONDS", 0.2)
+    bup = receivers()
+    world.configure({BUP: bup.url, SOC: receivers().url})
+    world.rounds(lambda: settled(world))          # the set-up's notifications, out of the way
+    worker = Worker(world.store, world.messaging)
+    try:
+        worker.run_once()                         # nothing open: it knows of no queue
+        r = world.post(BUP, URL, status_change(world, destinations=(SOC, SCHOOL)))
+        assert r.status_code == 200
+        assert world.relay() > 0                  # published by another worker's relay
+        assert {d.dest_org for d in world.deliveries(states=["published"])} >= {SCHOOL}
+        deadline = time.monotonic() + 20
+        while not settled(world):
+            assert time.monotonic() < deadline, "the school's queue was never consumed"
+            worker.run_once()
+    finally:
+        worker.close()
+    school = [d for d in world.deliveries() if d.dest_org == SCHOOL]
+    assert school and {d.state for d in school} == {"dead"}
+    assert all("No message endpoint is configured" in (d.last_error or "") for d in school)
+
+
 def test_the_worker_survives_a_broker_that_is_down(world: Hub) -> None:
     config = world.messaging.config.model_copy(update={
         "broker_url": "amqp://guest:guest@127.0.0.1:1//", "poll_seconds": 0.05})
