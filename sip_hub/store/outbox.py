@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any, Final, Sequence
 
 from sqlalchemy import (BigInteger, Integer, String, and_, bindparam, delete, exists, func, insert,
-                        or_, select, update)
+                        literal_column, or_, select, update)
 from sqlalchemy.orm import aliased
 
 from .driver import DriverStatement, insert_into
@@ -79,10 +79,16 @@ def _row(r: Any) -> Delivery:
 
 # What every delivery runs (the delivery's checks and its outcome), built once with parameters
 # and run on the driver's cursor (see .driver): building a statement cost more than running it.
+def _open(state: Any) -> Any:
+    """``state IN ('pending', 'published')`` with the values in the SQL, as the partial index
+    of each stream's open deliveries states it (see ``schema.OPEN_STATE_SQL``): so that the
+    query may use it (PostgreSQL cannot with the values as parameters of a prepared plan)."""
+    return state.in_([literal_column(f"'{s}'") for s in OPEN])
+
+
 _EARLIER_OPEN = DriverStatement(select(exists().where(
     _D.patient_id == bindparam("p"), _D.careplan_id == bindparam("c"),
-    _D.dest_org == bindparam("d"), _D.seq < bindparam("s"),
-    or_(*(_D.state == s for s in OPEN)))))
+    _D.dest_org == bindparam("d"), _D.seq < bindparam("s"), _open(_D.state))))
 
 
 @lru_cache(maxsize=None)
@@ -201,8 +207,7 @@ def _heads() -> Any:
     earlier = aliased(outbox_delivery)
     e = earlier.c
     blocked = exists().where(e.patient_id == _D.patient_id, e.careplan_id == _D.careplan_id,
-                             e.dest_org == _D.dest_org, e.seq < _D.seq,
-                             or_(*(e.state == s for s in OPEN)))
+                             e.dest_org == _D.dest_org, e.seq < _D.seq, _open(e.state))
     return (select(_D.id).where(_D.state == PENDING, _D.next_attempt_at <= bindparam("now"),
                                 ~blocked)
             .order_by(_D.next_attempt_at, _D.seq).limit(bindparam("limit"))

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from sqlalchemy import (BigInteger, Boolean, Column, Index, Integer, LargeBinary, MetaData,
-                        String, Table, false)
+                        String, Table, false, text)
 
 metadata = MetaData(naming_convention={
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "pk": "pk_%(table_name)s",
 })
+
+# A delivery on its way (pending or published), as the partial index below states it: a query
+# uses the index only when its condition says exactly this, with the values written out.
+OPEN_STATE_SQL = "state IN ('pending', 'published')"
 
 # Byte-wise ordering so that prefix search by range uses the index on PostgreSQL too.
 _Key = String(255).with_variant(String(255, collation="C"), "postgresql")
@@ -137,6 +141,12 @@ outbox_delivery = Table(
     Index(None, "state", "next_attempt_at"),
     Index(None, "patient_id", "careplan_id", "dest_org", "seq", unique=True),
     Index(None, "message_id"),
+    # The open deliveries of each stream (SIP x destination), to find its head. Through the
+    # index above, whether an earlier delivery is still open meant reading back through the
+    # stream's whole settled history, for each waiting delivery: with a backlog, a relay round
+    # that found nothing to publish took 90 ms in SQLite's write lock.
+    Index("ix_outbox_delivery_open_stream", "patient_id", "careplan_id", "dest_org", "seq",
+          postgresql_where=text(OPEN_STATE_SQL), sqlite_where=text(OPEN_STATE_SQL)),
 )
 
 # The last sequence number of each stream. Taking the next number locks the row, so concurrent

@@ -192,3 +192,25 @@ def test_relays_on_a_real_bus_publish_each_delivery_once(store: Store) -> None:
         assert Relay(store, a).run_once() == 0
         assert a.queue_size(BUP) == 10
         a.delete([BUP])
+
+
+def test_a_streams_head_is_found_through_its_open_deliveries_only(tmp_path) -> None:
+    """Whether a delivery waits for an earlier one of its stream is looked up in the index of
+    open deliveries: not by reading back through the stream's settled history (with a
+    backlog, the relay asks it of every waiting delivery, in SQLite's write lock)."""
+    from sip_hub.store.engine import make_engine
+    from sip_hub.store.migrate import upgrade
+    from sip_hub.store.outbox import _EARLIER_OPEN, _HEADS
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'hub.sqlite3'}")
+    upgrade(engine)
+    try:
+        with engine.connect() as conn:
+            for stmt in (_EARLIER_OPEN, _HEADS):
+                sql_text, order, literals = stmt._sql(conn)
+                args = [None] * len(order or ())
+                plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN " + sql_text, tuple(args)).fetchall())
+                assert "ix_outbox_delivery_open_stream" in plan, plan
+    finally:
+        engine.dispose()
