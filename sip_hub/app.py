@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -12,7 +13,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
@@ -26,7 +26,7 @@ from .auth import TokenService, load_keys
 from .errors import (BadRequest, MethodNotAllowed, NotFound, SipHubError, TransientError)
 from .fhir.outcome import from_error
 from .routes import ROUTERS, fhir_rest, messaging as messaging_routes
-from .routes.wire import JSON, respond
+from .routes.wire import JSON, in_thread, respond
 from .service import FhirService
 from .settings import Settings
 from .store import Store
@@ -104,7 +104,7 @@ class HubApp(FastAPI):
                     request = Request(scope, receive, send)
                     try:
                         response = await route.endpoint(request) if is_async \
-                            else await run_in_threadpool(route.endpoint, request)
+                            else await in_thread(request, route.endpoint, request)
                     except SipHubError as exc:
                         response = _error_response(request, exc)
                     except Exception:  # noqa: BLE001 (answered as the app's handler does)
@@ -124,6 +124,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         # past a few per core they only queue on the interpreter lock, and 40 (the default)
         # spent more CPU switching than working.
         to_thread.current_default_thread_limiter().total_tokens = settings.threads
+        app.state.threads = ThreadPoolExecutor(settings.threads, thread_name_prefix="sip-hub")
         if getattr(app.state, "store", None) is None:
             app.state.store = build_store(settings)
         FhirService(app.state.store).seed_definitions()
@@ -147,6 +148,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         if worker is not None:
             worker.stop()
             worker.close()
+        app.state.threads.shutdown(wait=True)
         app.state.audit.stop()
         checkpointer.stop()
         app.state.store.engine.dispose()

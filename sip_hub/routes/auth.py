@@ -8,10 +8,10 @@ from urllib.parse import unquote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from .. import clients
 from ..auth import Scope, TokenService, parse_scopes
+from .wire import in_thread
 
 router = APIRouter(tags=["auth"])
 SCOPES_SUPPORTED = ["system/*.cruds", "system/*.rs", "system/CarePlan.rs", "system/Consent.rs",
@@ -60,7 +60,7 @@ async def token(request: Request) -> JSONResponse:
         return _oauth_error(401, "invalid_client", "Send client_id and client_secret "
                             "(HTTP Basic or form fields)")
     store = request.app.state.store
-    rec = await run_in_threadpool(clients.authenticate, store, creds[0], creds[1])
+    rec = await in_thread(request, clients.authenticate, store, creds[0], creds[1])
     if rec is None:
         return _oauth_error(401, "invalid_client", "Unknown client or wrong secret")
     granted = parse_scopes(rec.scope)

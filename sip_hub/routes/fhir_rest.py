@@ -6,7 +6,6 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -18,7 +17,7 @@ from ..fhir.capability import capability_statement
 from ..messaging.capability import messaging_section
 from ..service import check_type, prepare_ahead, prevalidate
 from ..store import Store, Tx
-from .wire import context, prefer_return, read_body, respond, result_response
+from .wire import context, in_thread, prefer_return, read_body, respond, result_response
 
 router = APIRouter(prefix="/fhir", tags=["FHIR"])
 _STARTED = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -52,7 +51,7 @@ async def _write(request: Request, rtype: str, perm: str,
     def work() -> ix.Result:
         checked = prepare_ahead(store, body, rtype) if ahead else prevalidate(body)
         return store.write(lambda tx: fn(tx, ctx, checked))
-    result = await run_in_threadpool(work)
+    result = await in_thread(request, work)
     return result_response(request, ctx, result, write=True)
 
 
@@ -73,7 +72,7 @@ async def metadata(request: Request) -> Response:
 async def system_bundle(request: Request) -> Response:
     ctx = context(request)
     body = await read_body(request, request.app.state.settings.max_body_bytes)
-    out = await run_in_threadpool(bundles.process, _store(request), ctx, body,
+    out = await in_thread(request, bundles.process, _store(request), ctx, body,
                                   prefer_return(request))
     return respond(request, out)
 
@@ -95,8 +94,8 @@ async def search_post(request: Request, rtype: str) -> Response:
         raise BadRequest("POST _search takes application/x-www-form-urlencoded parameters")
     form = await request.form()
     items = _params(request) + [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
-    return await run_in_threadpool(
-        _read, request, lambda tx, ctx: ix.search(tx, ctx, rtype, items))
+    return await in_thread(request, _read, request,
+                           lambda tx, ctx: ix.search(tx, ctx, rtype, items))
 
 
 @router.post("/{rtype}")
@@ -128,7 +127,7 @@ async def _point_read(request: Request, fn: Callable[[Tx, ix.Context], ix.Result
     on PostgreSQL the network round trip would stall the loop, so it goes to a thread."""
     if _store(request).embedded:
         return _read(request, fn, snapshot=False)
-    return await run_in_threadpool(_read, request, fn)
+    return await in_thread(request, _read, request, fn)
 
 
 @router.get("/{rtype}/{rid}")

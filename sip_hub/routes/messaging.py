@@ -7,7 +7,6 @@ Include this router before ``fhir_rest``, whose ``POST /fhir/{type}`` would othe
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
@@ -16,7 +15,7 @@ from ..fhir.outcome import information
 from ..messaging import process_message as pm
 from ..messaging.replay import replay_dead
 from ..messaging.runtime import Messaging
-from .wire import context, read_body, respond
+from .wire import context, in_thread, read_body, respond
 
 router = APIRouter(tags=["messaging"])
 
@@ -45,8 +44,8 @@ async def process_message(request: Request) -> Response:
     ctx = context(request)
     state = request.app.state
     body = await read_body(request, state.settings.max_body_bytes)
-    reply = await run_in_threadpool(
-        pm.process, state.store, ctx, body, messaging(request),
+    reply = await in_thread(
+        request, pm.process, state.store, ctx, body, messaging(request),
         asynchronous=_flag(request, "async"),
         response_url=request.query_params.get("response-url"))
     return respond(request, reply.body, reply.status)
@@ -70,7 +69,7 @@ async def replay(request: Request, message_id: str) -> Response:
     def work() -> list[str]:
         with messaging(request).bus() as bus:
             return replay_dead(request.app.state.store, bus, [message_id])
-    replayed = await run_in_threadpool(work)
+    replayed = await in_thread(request, work)
     if not replayed:
         raise NotFound(f"No dead delivery with id or MessageHeader.id '{message_id}'")
     return respond(request, information(

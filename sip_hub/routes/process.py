@@ -10,13 +10,12 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from .. import invitations, revisions, transitions
 from ..fhir.dates import now_utc
 from ..operation import Operation
-from .wire import context, read_body, respond
+from .wire import context, in_thread, read_body, respond
 
 router = APIRouter(prefix="/fhir", tags=["SIP process"])
 
@@ -34,7 +33,7 @@ async def _operation(request: Request, fn: Callable[[Operation, Any, str | None]
         with state.store.begin() as tx:
             op = Operation(tx, ctx, now_utc(), state.settings.sip_inactive_days)
             return fn(op, body, if_match)
-    return respond(request, await run_in_threadpool(work))
+    return respond(request, await in_thread(request, work))
 
 
 @router.post("/CarePlan/{rid}/$transition")
