@@ -120,11 +120,12 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Threads for blocking work (writes; reads on PostgreSQL). Python runs one at a time:
-        # past a few per core they only queue on the interpreter lock, and 40 (the default)
-        # spent more CPU switching than working.
-        to_thread.current_default_thread_limiter().total_tokens = settings.threads
+        # Threads for blocking work (writes; reads on PostgreSQL): the app's own pool, which
+        # routes.wire.in_thread uses, and anyio's, which FastAPI uses for the other sync
+        # routes. Python runs one thread at a time: past a few per core they only queue on the
+        # interpreter lock, and 40 (anyio's default) spent more CPU switching than working.
         app.state.threads = ThreadPoolExecutor(settings.threads, thread_name_prefix="sip-hub")
+        to_thread.current_default_thread_limiter().total_tokens = settings.threads
         if getattr(app.state, "store", None) is None:
             app.state.store = build_store(settings)
         FhirService(app.state.store).seed_definitions()

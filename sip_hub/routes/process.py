@@ -15,6 +15,7 @@ from starlette.responses import Response
 from .. import invitations, revisions, transitions
 from ..fhir.dates import now_utc
 from ..operation import Operation
+from ..store import Tx
 from .wire import context, in_thread, read_body, respond
 
 router = APIRouter(prefix="/fhir", tags=["SIP process"])
@@ -29,11 +30,10 @@ async def _operation(request: Request, fn: Callable[[Operation, Any, str | None]
     body = await read_body(request, state.settings.max_body_bytes)
     if_match = request.headers.get("if-match")
 
-    def work() -> Json:
-        with state.store.begin() as tx:
-            op = Operation(tx, ctx, now_utc(), state.settings.sip_inactive_days)
-            return fn(op, body, if_match)
-    return respond(request, await in_thread(request, work))
+    def work(tx: Tx) -> Json:
+        return fn(Operation(tx, ctx, now_utc(), state.settings.sip_inactive_days), body,
+                  if_match)
+    return respond(request, await in_thread(request, state.store.write, work))
 
 
 @router.post("/CarePlan/{rid}/$transition")

@@ -35,8 +35,7 @@ MAX_ROUND = 32  # calls per transaction: bounds how long one round holds the wri
 @dataclass(slots=True)
 class _Call(Generic[T]):
     fn: Callable[[Any], T]
-    settled: bool = False  # its round ended: committed, or failed as a whole
-    done: bool = False     # its caller may take the outcome
+    done: bool = False  # its round is over: its caller may take the outcome
     result: T | None = None
     error: BaseException | None = None
 
@@ -51,8 +50,8 @@ class _Undo(Exception):
 
 
 class GroupCommit:
-    """Runs ``fn(tx)`` calls in shared write transactions opened by ``begin()``; ``savepoint``
-    is the transaction's savepoint context (``Tx.savepoint``)."""
+    """Runs ``fn(tx)`` calls in shared write transactions opened by ``begin()``, whose
+    transaction object offers ``savepoint()`` (``Tx``)."""
 
     def __init__(self, begin: Callable[[], AbstractContextManager[Any]],
                  max_round: int = MAX_ROUND) -> None:
@@ -61,7 +60,7 @@ class GroupCommit:
         self._cond = threading.Condition()
         self._queue: list[_Call[Any]] = []
         self._leading = False
-        self.rounds = 0  # transactions committed (or attempted): for tests and metrics
+        self.rounds = 0  # transactions begun
 
     def run(self, fn: Callable[[Any], T]) -> T:
         call: _Call[T] = _Call(fn)
@@ -83,9 +82,6 @@ class GroupCommit:
             finally:
                 with self._cond:
                     for c in batch:
-                        if not c.settled:
-                            c.error = TransientError(
-                                "The write was not applied: its transaction was interrupted")
                         c.done = True
                     self._leading = False
                     self._cond.notify_all()
@@ -95,13 +91,9 @@ class GroupCommit:
         try:
             with self._begin() as tx:
                 if len(batch) == 1:  # alone: the transaction is its savepoint
-                    only = batch[0]
-                    try:
-                        only.result = only.fn(tx)
-                    except Exception as exc:
-                        only.error = exc
-                        raise _Undo from exc
-                for call in batch if len(batch) > 1 else ():
+                    self._alone(batch[0], tx)
+                    return
+                for call in batch:
                     try:
                         with tx.savepoint():
                             call.result = call.fn(tx)
@@ -109,10 +101,18 @@ class GroupCommit:
                         call.error = exc
         except _Undo:
             pass
-        except Exception as exc:  # the COMMIT (or BEGIN) failed: nothing of the round stored
-            failed = exc if isinstance(exc, TransientError) else TransientError(
-                f"The write was not applied: {exc}")
+        except BaseException as exc:  # BEGIN or COMMIT failed, or the round was interrupted:
+            failed = exc if isinstance(exc, TransientError) else TransientError(  # none stored
+                f"The write was not applied: {exc or type(exc).__name__}")
             for call in batch:
                 call.result, call.error = None, failed
-        for call in batch:
-            call.settled = True
+            if not isinstance(exc, Exception):
+                raise
+
+    @staticmethod
+    def _alone(call: _Call[Any], tx: Any) -> None:
+        try:
+            call.result = call.fn(tx)
+        except Exception as exc:
+            call.error = exc
+            raise _Undo from exc

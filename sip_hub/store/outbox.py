@@ -128,7 +128,7 @@ def _by_ids(n: int) -> DriverStatement:
 @lru_cache(maxsize=_MANY_MAX)
 def _delivered(n: int) -> DriverStatement:
     return DriverStatement(
-        update(outbox_delivery).where(_any_id(n), or_(*(_D.state == s for s in OPEN)))
+        update(outbox_delivery).where(_any_id(n), _open(_D.state))
         .values(state=DELIVERED, updated=bindparam("now"), attempts=_D.attempts + 1))
 
 
@@ -290,7 +290,7 @@ def find(tx: Tx, *, ids: Sequence[str] | None = None, states: Sequence[str] | No
 
 def open_orgs(tx: Tx) -> set[str]:
     """Organisations with deliveries on their way (whose bus queues must be consumed)."""
-    q = select(_D.dest_org).where(_D.state.in_(OPEN)).distinct()
+    q = select(_D.dest_org).where(_open(_D.state)).distinct()
     return {r.dest_org for r in tx.conn.execute(q)}
 
 
@@ -300,13 +300,13 @@ def withdraw(tx: Tx, patient_id: str, covered: set[str], now: int, reason: str) 
     """Withdraw the patient's undelivered notifications to organisations not in ``covered``.
     Responses to a sender's own request are not personal data of others and stay."""
     notifications = select(_M.message_id).where(_M.kind == NOTIFICATION)
-    cond = and_(_D.patient_id == patient_id, _D.state.in_(OPEN),
+    cond = and_(_D.patient_id == patient_id, _open(_D.state),
                 _D.message_id.in_(notifications))
     if covered:
         cond = and_(cond, _D.dest_org.not_in(sorted(covered)))
     ids = [r.id for r in tx.conn.execute(select(_D.id).where(cond))]
     if ids:
-        tx.conn.execute(update(outbox_delivery).where(_D.id.in_(ids), _D.state.in_(OPEN))
+        tx.conn.execute(update(outbox_delivery).where(_D.id.in_(ids), _open(_D.state))
                         .values(state=WITHDRAWN, updated=now, last_error=reason[:_ERROR_MAX]))
     return ids
 

@@ -6,18 +6,20 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
-from types import SimpleNamespace
-
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
 
 from sip_hub.routes.wire import in_thread
 
 WHO: ContextVar[str] = ContextVar("who", default="nobody")
 
 
-def request_of(threads: ThreadPoolExecutor | None) -> SimpleNamespace:
-    state = SimpleNamespace() if threads is None else SimpleNamespace(threads=threads)
-    return SimpleNamespace(app=SimpleNamespace(state=state))
+def request_of(threads: ThreadPoolExecutor | None) -> Request:
+    app = Starlette()
+    if threads is not None:
+        app.state.threads = threads  # as the hub's lifespan sets it
+    return Request({"type": "http", "app": app})
 
 
 def seen() -> tuple[str, str]:
@@ -30,7 +32,7 @@ def test_work_runs_off_the_event_loop_in_the_callers_context(own_threads: bool) 
 
     async def main() -> tuple[str, str]:
         WHO.set("SE2321000016-15CQ")
-        return await in_thread(request_of(pool), seen)  # type: ignore[arg-type]
+        return await in_thread(request_of(pool), seen)
     try:
         name, who = asyncio.run(main())
     finally:
@@ -46,4 +48,4 @@ def test_an_exception_reaches_the_caller() -> None:
         raise ValueError("refused")
 
     with ThreadPoolExecutor(1) as pool, pytest.raises(ValueError, match="refused"):
-        asyncio.run(in_thread(request_of(pool), fails))  # type: ignore[arg-type]
+        asyncio.run(in_thread(request_of(pool), fails))

@@ -6,16 +6,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import event
 
 from sip_hub.errors import Conflict, TransientError
 from sip_hub.store import Store, Tx
 from sip_hub.store.engine import make_engine
-from sip_hub.store.group import GroupCommit
 from sip_hub.store.migrate import upgrade
 
 
@@ -109,40 +107,28 @@ def test_a_lone_failing_write_stores_nothing(store):
 
 
 def test_when_the_commit_fails_every_caller_of_the_round_is_told_and_nothing_is_stored(store):
-    @contextmanager
-    def commit_fails() -> Iterator[Tx]:
-        with store.begin() as tx:
-            yield tx
-            raise OperationalError("COMMIT", {}, Exception("disk I/O error"))
+    """A COMMIT that SQLite refuses (here a deferred foreign key left dangling by one call of
+    the round: checked only at COMMIT) fails the whole round, and each caller hears of it."""
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE fk_parent (id INTEGER PRIMARY KEY)")
+        conn.exec_driver_sql("CREATE TABLE fk_child (ref INTEGER REFERENCES fk_parent (id) "
+                             "DEFERRABLE INITIALLY DEFERRED)")
+    event.listen(store.engine, "connect",
+                 lambda dbapi, _rec: dbapi.execute("PRAGMA foreign_keys=ON"))
+    store.engine.dispose()  # connections anew, with the pragma
 
-    group = GroupCommit(commit_fails)
-    gate, inside = threading.Event(), threading.Event()
-    errors: dict[str, BaseException] = {}
+    def dangling(tx: Tx) -> str:
+        tx.create(patient("D"), "d")
+        tx.conn.exec_driver_sql("INSERT INTO fk_child VALUES (1)")  # checked at COMMIT
+        return "d"
 
-    def run(name: str, fn) -> None:
-        try:
-            group.run(fn)
-        except Exception as exc:  # noqa: BLE001
-            errors[name] = exc
-
-    def slow(tx: Tx) -> None:
-        inside.set()
-        gate.wait(10)
-        tx.create(patient("S"), "s")
-
-    first = threading.Thread(target=run, args=("s", slow))
-    first.start()
-    assert inside.wait(10)
-    others = [threading.Thread(target=run, args=(f"o{i}", lambda tx, i=i: tx.create(
-        patient("O"), f"o{i}"))) for i in range(3)]
-    for t in others:
-        t.start()
-    while len(group._queue) < 3:
-        time.sleep(0.001)
-    gate.set()
-    for t in [first, *others]:
-        t.join(10)
-    assert sorted(errors) == ["o0", "o1", "o2", "s"]
-    assert all(isinstance(e, TransientError) for e in errors.values())
-    for rid in ("s", "o0", "o1", "o2"):
+    calls = [lambda tx: tx.create(patient("A"), "a").id, dangling,
+             lambda tx: tx.create(patient("B"), "b").id]
+    results, errors = queued_behind_a_slow_write(store, calls)
+    assert results == [None, None, None]
+    assert all(isinstance(e, TransientError) for e in errors), errors
+    assert all("FOREIGN KEY" in str(e) for e in errors)
+    for rid in ("a", "d", "b"):
         assert store.read("Patient", rid) is None
+    assert store.read("Patient", "first") is not None  # the round before committed
+    assert store.write(lambda tx: tx.create(patient("C"), "c").id) == "c"  # and on it goes
