@@ -163,6 +163,18 @@ def test_consume_can_add_queues_later(make_bus: MakeBus) -> None:
     assert sorted((m.org, m.message_id) for m in got) == sorted([(A, "msg-1"), (B, "msg-2")])
 
 
+def test_a_batch_is_published_in_order_and_every_message_confirmed(make_bus: MakeBus) -> None:
+    pub, sub = make_bus(), make_bus()
+    batch = [(A if n % 3 else B, env(n)) for n in range(1, 31)]
+    assert pub.publish_many(batch) == [True] * 30
+    assert pub.publish_many([(A, env(31))]) == [True]  # the next batch counts on
+    assert pub.publish_many([]) == []
+    got = collect(sub, [A, B])
+    for org in (A, B):
+        assert [m.message_id for m in got if m.org == org] == [
+            e.message_id for o, e in batch + [(A, env(31))] if o == org]
+
+
 def test_the_transport_declares_its_retryable_errors(make_bus: MakeBus) -> None:
     bus = make_bus()
     assert ConnectionError in bus.retryable_errors or any(
@@ -178,6 +190,37 @@ def test_an_unreachable_broker_is_a_retryable_error() -> None:
         bus.publish(A, env(1))
     assert caught.value.retryable and caught.value.status == 503
     bus.close()
+
+
+def test_an_unreachable_broker_fails_a_batch_as_a_retryable_error() -> None:
+    bus = Bus("amqp://guest:guest@127.0.0.1:1//", connect_timeout=1)
+    with pytest.raises(BusUnavailable):
+        bus.publish_many([(A, env(1)), (B, env(2))])
+    bus.close()
+
+
+@pytest.mark.rabbitmq
+def test_messages_the_broker_refuses_in_a_batch_are_reported_and_the_rest_confirmed(
+        broker_url: str) -> None:
+    from kombu import Connection, Exchange, Queue
+    run = uuid.uuid4().hex[:10]
+    topology = Topology(exchange=f"t{run}.sip_hub", prefix=f"t{run}.sip")
+    # A second queue on A's routing key that holds one message and refuses more: the broker
+    # then nacks the publishes it cannot take.
+    full = Queue(f"t{run}.full", Exchange(topology.exchange, type="topic", durable=True),
+                 routing_key=topology.org_key(A), durable=False, auto_delete=True,
+                 queue_arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    with Bus(broker_url, topology) as bus, Connection(broker_url) as conn:
+        try:
+            bus.declare(A)
+            full(conn.default_channel).declare()
+            assert bus.publish_many([(A, env(1)), (A, env(2)), (B, env(3)), (A, env(4))]) == \
+                [True, False, True, False]
+            full(conn.default_channel).purge()
+            assert bus.publish_many([(A, env(5))]) == [True]
+        finally:
+            full(conn.default_channel).delete()
+            bus.delete([A, B])
 
 
 def test_the_memory_transport_does_not_outlive_the_process() -> None:

@@ -1,8 +1,9 @@
 """The relay: pending outbox deliveries onto the bus.
 
 Each round claims the due stream heads (``store.outbox.claim_due``: locked, ``SKIP LOCKED`` on
-PostgreSQL, so concurrent relays never publish the same delivery), publishes each with the
-broker's confirm, then marks them published in the same transaction. A crash between the
+PostgreSQL, so concurrent relays never publish the same delivery), publishes them and waits
+for the broker's confirms of the batch, then marks the confirmed ones published in the same
+transaction. A crash between the
 publish and the commit leaves them pending: they are published again, and the receiver drops
 the duplicate by MessageHeader.id. Deliveries published long ago and still not settled are
 published again too (the broker lost them).
@@ -40,7 +41,8 @@ class Relay:
 
     def run_once(self) -> int:
         """Publish what is due; returns how many were published. Raises BusUnavailable after
-        marking those published before the broker went away."""
+        marking those the broker confirmed (none when it went away during the batch: they
+        are published again)."""
         now = to_us(now_utc())
         stale = now - int(self.republish_after_seconds * 1e6)
         published: list[str] = []
@@ -50,15 +52,17 @@ class Relay:
                 return 0
         with self.store.begin() as tx:
             sql.requeue_published(tx, now, stale)
-            for d in sql.claim_due(tx, now, self.batch):
-                try:
-                    self.bus.publish(d.dest_org, envelope(d))
-                except BusUnavailable as exc:
-                    failure = exc
-                    break
-                published.append(d.id)
-                self.orgs.add(d.dest_org)
+            due = sql.claim_due(tx, now, self.batch)
+            try:
+                confirmed = self.bus.publish_many([(d.dest_org, envelope(d)) for d in due])
+            except BusUnavailable as exc:
+                failure, confirmed = exc, []
+            published = [d.id for d, ok in zip(due, confirmed) if ok]
+            self.orgs.update(d.dest_org for d in due)
             sql.mark_published(tx, published, now)
+            if failure is None and len(published) < len(due):
+                failure = BusUnavailable(f"The broker refused {len(due) - len(published)} "
+                                         "of the messages published")
         MESSAGES_PUBLISHED.inc(len(published))
         if failure is not None:
             raise failure

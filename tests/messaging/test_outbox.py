@@ -152,6 +152,11 @@ class SlowRecordingBus:
         with self.lock:
             self.seen.append(str(env.headers[DELIVERY]))
 
+    def publish_many(self, items: list[tuple[str, Envelope]]) -> list[bool]:
+        for org, env in items:
+            self.publish(org, env)
+        return [True] * len(items)
+
 
 def test_concurrent_relays_never_publish_a_delivery_twice(store: Store) -> None:
     with store.begin() as tx:
