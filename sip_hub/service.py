@@ -16,6 +16,7 @@ from . import identifiers
 from .errors import (BadRequest, Conflict, IssueCollector, MethodNotAllowed, NotFound,
                      SipHubError)
 from .fhir import models, profiles, validation
+from .fhir.indexing import reference_targets
 from .fhir.search import parse as parse_search
 from .fhir.search_params import READ_ONLY_TYPES, supported
 from .store import Store, Stored, Tx
@@ -130,6 +131,9 @@ def prepare_ahead(store: Store, res: Any, expected_type: str) -> Any:
     # No snapshot needed: the write transaction checks every resource of the basis again,
     # together, and takes the preparation only if all are as read.
     with store.begin(write=False, snapshot=False) as tx:
+        if profiles.applies(checked):  # the rules resolve its references: read them at once
+            tx.load(reference_targets(checked))
+
         def resolve(rtype: str, rid: str) -> dict[str, Any] | None:
             cur = basis[(rtype, rid)] = tx.current(rtype, rid)
             return cur.json() if cur and not cur.deleted else None

@@ -38,6 +38,26 @@ def split_reference(ref: str) -> tuple[str, str] | None:
     return None
 
 
+def reference_targets(node: Any) -> list[tuple[str, str]]:
+    """(type, id) of every literal reference in a resource that ``split_reference`` reads
+    (relative, or absolute ending in ``Type/id``), in no particular order; ``#contained``
+    and ``urn:`` references are not among them."""
+    out: list[tuple[str, str]] = []
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, dict):
+            for k, v in n.items():
+                if k == "reference" and isinstance(v, str):
+                    if not v.startswith(("#", "urn:")) and (target := split_reference(v)):
+                        out.append(target)
+                elif isinstance(v, (dict, list)):
+                    stack.append(v)
+        elif isinstance(n, list):
+            stack.extend(x for x in n if isinstance(x, (dict, list)))
+    return out
+
+
 def _tokens(value: Any) -> list[tuple[str | None, str]]:
     if isinstance(value, str):
         return [(None, value)]

@@ -125,6 +125,7 @@ class Deliverer:
         withdraw: list[tuple[int, sql.Delivery]] = []
         hold: list[tuple[int, sql.Delivery]] = []
         post: list[tuple[int, sql.Delivery]] = []
+        open_: list[tuple[int, sql.Delivery]] = []  # still to deliver, as far as the outbox says
         taken: set[str] = set()  # a second copy of a delivery in the batch is a duplicate
         # The checks only read; the rare withdrawal or hold is written with the outcomes,
         # guarded by the state it read.
@@ -149,10 +150,16 @@ class Deliverer:
                 elif d is None or d.state not in sql.OPEN:
                     DELIVERIES.labels("duplicate").inc()
                     outcomes[i] = Ack()
-                elif d.kind == sql.NOTIFICATION and not is_covered(tx, d.patient_id,
-                                                                   d.dest_org, now):
+                else:
+                    open_.append((i, d))
+            # The batch's grants and stream heads in a statement or two, not two per delivery.
+            tx.load_grants(d.patient_id for _, d in open_ if d.kind == sql.NOTIFICATION)
+            held = sql.held_back(tx, [d for _, d in open_])
+            for i, d in open_:
+                if d.kind == sql.NOTIFICATION and not is_covered(tx, d.patient_id, d.dest_org,
+                                                                 now):
                     withdraw.append((i, d))
-                elif sql.earlier_open(tx, d):
+                elif d.id in held:
                     hold.append((i, d))
                 else:
                     post.append((i, d))

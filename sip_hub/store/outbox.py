@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any, Final, Sequence
 
 from sqlalchemy import (BigInteger, Integer, String, and_, bindparam, delete, exists, func, insert,
-                        literal_column, or_, select, update)
+                        literal_column, or_, select, union_all, update)
 from sqlalchemy.orm import aliased
 
 from .driver import DriverStatement, insert_into
@@ -84,11 +84,6 @@ def _open(state: Any) -> Any:
     of each stream's open deliveries states it (see ``schema.OPEN_STATE_SQL``): so that the
     query may use it (PostgreSQL cannot with the values as parameters of a prepared plan)."""
     return state.in_([literal_column(f"'{s}'") for s in OPEN])
-
-
-_EARLIER_OPEN = DriverStatement(select(exists().where(
-    _D.patient_id == bindparam("p"), _D.careplan_id == bindparam("c"),
-    _D.dest_org == bindparam("d"), _D.seq < bindparam("s"), _open(_D.state))))
 
 
 @lru_cache(maxsize=None)
@@ -267,11 +262,37 @@ def get_many(tx: Tx, ids: Sequence[str]) -> dict[str, Delivery]:
     return out
 
 
-def earlier_open(tx: Tx, d: Delivery) -> bool:
-    """Whether an earlier delivery of ``d``'s stream is still pending or published."""
-    row = _EARLIER_OPEN.first(tx.conn, {"p": d.patient_id, "c": d.careplan_id,
-                                        "d": d.dest_org, "s": d.seq})
-    return bool(row and row[0])
+_STREAMS_MAX = 32  # deliveries per statement of ``held_back``
+
+
+@lru_cache(maxsize=_STREAMS_MAX)
+def _earlier_open_of(n: int) -> DriverStatement:
+    """The open deliveries that come before any of ``n`` deliveries in its stream."""
+    # One SELECT per stream, each as the partial index of open stream deliveries serves it
+    # (an OR of the streams led SQLite to the index of all pending deliveries instead).
+    return DriverStatement(union_all(*(
+        select(_D.patient_id, _D.careplan_id, _D.dest_org, _D.seq).where(
+            _D.patient_id == bindparam(f"p{k}"), _D.careplan_id == bindparam(f"c{k}"),
+            _D.dest_org == bindparam(f"d{k}"), _D.seq < bindparam(f"s{k}"), _open(_D.state))
+        for k in range(n))))
+
+
+def held_back(tx: Tx, ds: Sequence[Delivery]) -> set[str]:
+    """The ids of ``ds`` that an earlier delivery of their stream, still pending or
+    published, holds back (in a statement per 32 deliveries)."""
+    earliest: dict[tuple[str, str, str], int] = {}
+    for start in range(0, len(ds), _STREAMS_MAX):
+        chunk = ds[start:start + _STREAMS_MAX]
+        params: dict[str, Any] = {}
+        for k, d in enumerate(chunk):
+            params.update({f"p{k}": d.patient_id, f"c{k}": d.careplan_id,
+                           f"d{k}": d.dest_org, f"s{k}": d.seq})
+        for p, c, dest, seq in _earlier_open_of(len(chunk)).all(tx.conn, params):
+            key = (p, c, dest)
+            earliest[key] = min(seq, earliest.get(key, seq))
+    return {d.id for d in ds
+            if (first := earliest.get((d.patient_id, d.careplan_id, d.dest_org))) is not None
+            and first < d.seq}
 
 
 def find(tx: Tx, *, ids: Sequence[str] | None = None, states: Sequence[str] | None = None,

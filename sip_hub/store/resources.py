@@ -10,12 +10,13 @@ import time
 import uuid
 import weakref
 from contextlib import contextmanager
+from functools import lru_cache
 
 try:
     import fcntl
 except ImportError:  # not POSIX: SQLite's own busy handler queues the writers
     fcntl = None  # type: ignore[assignment]
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import orjson
 from sqlalchemy import (Connection, Engine, and_, bindparam, delete, event, func, insert, or_,
@@ -52,6 +53,44 @@ _VERSION_OF = select(_R.version_id, _R.deleted).where(
     _R.res_type == bindparam("t"), _R.res_id == bindparam("i"))
 _CURRENT_VERSION = DriverStatement(_VERSION_OF)
 _CURRENT_VERSION_LOCKED = DriverStatement(_VERSION_OF.with_for_update())
+# Several resources by (type, id) in one statement, up to _KEYS_MAX at a time: the rules of
+# a write resolve about half a dozen references, a statement each (a round trip each on
+# PostgreSQL, and on SQLite each statement gives up the interpreter lock).
+_KEYS_MAX = 32
+
+
+def _any_key(n: int) -> Any:
+    """``(res_type, res_id) IN (...)`` for ``n`` keys, written out (the driver's cursor takes
+    no expanding IN): parameters t0, i0, t1, i1 ..."""
+    return or_(*(and_(_R.res_type == bindparam(f"t{k}"), _R.res_id == bindparam(f"i{k}"))
+                 for k in range(n)))
+
+
+@lru_cache(maxsize=_KEYS_MAX)
+def _current_of(n: int) -> DriverStatement:
+    return DriverStatement(
+        select(*CURRENT_COLUMNS)
+        .join_from(resource, resource_history, and_(
+            _H.res_type == _R.res_type, _H.res_id == _R.res_id,
+            _H.version_id == _R.version_id))
+        .where(_any_key(n)))
+
+
+@lru_cache(maxsize=_KEYS_MAX)
+def _versions_of(n: int) -> DriverStatement:
+    return DriverStatement(select(_R.res_type, _R.res_id, _R.version_id, _R.deleted)
+                           .where(_any_key(n)))
+
+
+def _key_chunks(keys: list[tuple[str, str]]) -> Iterator[tuple[int, dict[str, str]]]:
+    for start in range(0, len(keys), _KEYS_MAX):
+        chunk = keys[start:start + _KEYS_MAX]
+        params: dict[str, str] = {}
+        for k, (rtype, rid) in enumerate(chunk):
+            params[f"t{k}"], params[f"i{k}"] = rtype, rid
+        yield len(chunk), params
+
+
 # Writes take their values as parameters, so each is compiled once and reused; a new
 # resource's row is claimed with ON CONFLICT DO NOTHING (no savepoint round trips).
 # The write path runs on the driver's cursor too (see .driver): a create is two dozen
@@ -81,6 +120,14 @@ _G = access_grant.c
 # Read by every write's access rules: on the driver's cursor.
 _GRANTS = DriverStatement(select(_G.org_hsa_id, _G.role, _G.reads, _G.valid_until)
                           .where(_G.patient_id == bindparam("p")))
+
+
+@lru_cache(maxsize=_KEYS_MAX)
+def _grants_of(n: int) -> DriverStatement:
+    return DriverStatement(select(_G.patient_id, _G.org_hsa_id, _G.role, _G.reads, _G.valid_until)
+                           .where(or_(*(_G.patient_id == bindparam(f"p{k}") for k in range(n)))))
+
+
 _READABLE = DriverStatement(select(_G.patient_id).where(
     _G.org_hsa_id == bindparam("org"), _G.patient_id == bindparam("p"), _G.reads.is_(True),
     or_(_G.valid_until.is_(None), _G.valid_until > bindparam("now"))))
@@ -173,15 +220,30 @@ class Tx:
         self._seen[key] = found
         return found
 
+    def load(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Read the current versions of ``keys`` at once (what is absent as absent), for
+        ``current`` to find: one statement instead of one per key."""
+        todo = [k for k in dict.fromkeys(keys) if k not in self._seen and k[0] != AUDIT_TYPE]
+        for n, params in _key_chunks(todo):
+            for row in _current_of(n).all(self.conn, params):
+                self._seen[(row[0], row[1])] = current_to_stored(row)
+        for key in todo:
+            self._seen.setdefault(key, None)
+
     def adopt(self, seen: dict[tuple[str, str], Stored | None]) -> bool:
         """Whether every resource of ``seen`` (read in another transaction) is still at the
         version read, or still absent; if so, they count as read in this one."""
-        for (rtype, rid), then in seen.items():
-            if rtype == AUDIT_TYPE:
-                return False
-            row = _CURRENT_VERSION.first(self.conn, {"t": rtype, "i": rid})
-            if (row is None) != (then is None) or then is not None and (
-                    row[0] != then.version_id or bool(row[1]) != then.deleted):
+        keys = list(seen)
+        if any(rtype == AUDIT_TYPE for rtype, _ in keys):
+            return False
+        now: dict[tuple[str, str], tuple[int, bool]] = {}
+        for n, params in _key_chunks(keys):
+            for rtype, rid, version, deleted in _versions_of(n).all(self.conn, params):
+                now[(rtype, rid)] = (version, bool(deleted))
+        for key, then in seen.items():
+            row = now.get(key)
+            if (row is None) != (then is None) or then is not None and row is not None and (
+                    row[0] != then.version_id or row[1] != then.deleted):
                 return False
         for key, then in seen.items():
             self._seen.setdefault(key, then)
@@ -382,6 +444,17 @@ class Tx:
                 {"patient_id": patient_id, "org_hsa_id": g.org, "role": g.role,
                  "reads": g.reads, "valid_until": g.valid_until} for g in grants])
         self._grants[patient_id] = list(grants)
+
+    def load_grants(self, patient_ids: Iterable[str]) -> None:
+        """Read the grants of several patients at once, for ``grants`` to find."""
+        todo = [p for p in dict.fromkeys(patient_ids) if p not in self._grants]
+        for start in range(0, len(todo), _KEYS_MAX):
+            chunk = todo[start:start + _KEYS_MAX]
+            for p in chunk:
+                self._grants[p] = []
+            rows = _grants_of(len(chunk)).all(self.conn, {f"p{k}": p for k, p in enumerate(chunk)})
+            for p, org, role, reads, until in rows:
+                self._grants[p].append(Grant(org, role, bool(reads), until))
 
     def grants(self, patient_id: str) -> list[Grant]:
         if patient_id not in self._grants:

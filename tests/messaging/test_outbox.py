@@ -199,19 +199,48 @@ def test_relays_on_a_real_bus_publish_each_delivery_once(store: Store) -> None:
         a.delete([BUP])
 
 
+def test_a_delivery_is_held_back_exactly_while_an_earlier_one_of_its_stream_is_open(
+        store: Store) -> None:
+    with store.begin() as tx:
+        for _ in range(3):
+            outbox.enqueue(tx, note("p1", "plan1"), [BUP, SCHOOL])
+        outbox.enqueue(tx, note("p2", "plan2"), [BUP])
+        for i in range(40):  # more streams than one statement takes
+            outbox.enqueue(tx, note(f"q{i}", f"plan-q{i}"), [BUP])
+            outbox.enqueue(tx, note(f"q{i}", f"plan-q{i}"), [BUP])
+        every = sql.find(tx, limit=10_000)
+        first_bup = next(d for d in every if d.patient_id == "p1" and d.dest_org == BUP)
+        sql.mark_delivered(tx, [first_bup.id], 1)
+        every = sql.find(tx, limit=10_000)
+
+    def stream(d: sql.Delivery) -> tuple[str, str, str]:
+        return d.patient_id, d.careplan_id, d.dest_org
+    # What it must say: any earlier delivery of the stream still pending or published.
+    expected = {d.id for d in every if any(
+        stream(e) == stream(d) and e.seq < d.seq and e.state in sql.OPEN for e in every)}
+    with store.begin(write=False) as tx:
+        held = sql.held_back(tx, every)
+    assert held == expected
+    seqs = {(stream(d), d.seq): d.id for d in every}
+    p1_bup, p1_school = ("p1", "plan1", BUP), ("p1", "plan1", SCHOOL)
+    assert seqs[(p1_bup, 2)] not in held and seqs[(p1_bup, 3)] in held  # 1 is delivered
+    assert seqs[(p1_school, 1)] not in held and {seqs[(p1_school, 2)], seqs[(p1_school, 3)]} <= held
+    assert len([d for d in every if d.patient_id.startswith("q") and d.id in held]) == 40
+
+
 def test_a_streams_head_is_found_through_its_open_deliveries_only(tmp_path) -> None:
     """Whether a delivery waits for an earlier one of its stream is looked up in the index of
     open deliveries: not by reading back through the stream's settled history (with a
     backlog, the relay asks it of every waiting delivery, in SQLite's write lock)."""
     from sip_hub.store.engine import make_engine
     from sip_hub.store.migrate import upgrade
-    from sip_hub.store.outbox import _EARLIER_OPEN, _HEADS
+    from sip_hub.store.outbox import _HEADS, _earlier_open_of
 
     engine = make_engine(f"sqlite:///{tmp_path / 'hub.sqlite3'}")
     upgrade(engine)
     try:
         with engine.connect() as conn:
-            for stmt in (_EARLIER_OPEN, _HEADS):
+            for stmt in (_earlier_open_of(1), _earlier_open_of(5), _HEADS):
                 sql_text, order, literals = stmt._sql(conn)
                 args = [None] * len(order or ())
                 plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(

@@ -162,3 +162,75 @@ def test_a_stored_versions_content_is_parsed_once_to_read_and_anew_to_change(sto
     assert stored.json()["name"] == [{"family": "Tolvansson"}]  # a caller's copy is its own
     assert stored.doc()["name"] == [{"family": "Tolvansson"}]
     assert stored == store.read("Patient", "p1")  # the parsed copy is no part of equality
+
+
+def _statements(store):
+    """Count the SQL statements the store's SQLite connections run (None on PostgreSQL)."""
+    if store.engine.dialect.name != "sqlite":
+        return None
+    seen: list[str] = []
+    from sqlalchemy import event
+
+    @event.listens_for(store.engine, "connect")
+    def _trace(dbapi_conn, _record):  # new connections
+        dbapi_conn.set_trace_callback(seen.append)
+    store.engine.dispose()
+    return seen
+
+
+def test_many_resources_are_read_at_once_as_they_are_one_by_one(store):
+    with store.begin() as tx:
+        for i in range(40):  # more than one statement takes
+            tx.create({**PAT, "name": [{"family": f"F{i}"}]}, f"p{i}")
+        tx.delete("Patient", "p3")
+    keys = [("Patient", f"p{i}") for i in range(45)] + [("Organization", "p1")]
+    with store.begin(write=False) as tx:
+        one_by_one = {k: tx.current(*k) for k in keys}
+    assert one_by_one[("Patient", "p3")].deleted and one_by_one[("Patient", "p44")] is None
+    statements = _statements(store)
+    with store.begin(write=False) as tx:
+        tx.load(keys + keys[:5])
+        if statements is not None:
+            loaded_with = len(statements)
+        at_once = {k: tx.current(*k) for k in keys}
+        if statements is not None:  # nothing read again
+            assert len(statements) == loaded_with and 1 <= loaded_with <= 4, statements
+    assert at_once == one_by_one
+
+
+def test_a_preparation_is_adopted_only_while_everything_it_read_is_unchanged(store):
+    with store.begin() as tx:
+        for i in range(40):
+            tx.create(dict(PAT), f"p{i}")
+    keys = [("Patient", f"p{i}") for i in range(40)] + [("Patient", "absent")]
+    with store.begin(write=False) as tx:
+        basis = {k: tx.current(*k) for k in keys}
+    with store.begin() as tx:
+        assert tx.adopt(basis)
+    for change in ("update", "delete", "appear"):
+        with store.begin() as tx:
+            if change == "update":
+                tx.update(dict(PAT), "p39")
+            elif change == "delete":
+                tx.delete("Patient", "p0")
+            else:
+                tx.create(dict(PAT), "absent")
+        with store.begin() as tx:
+            assert not tx.adopt(basis), change
+        with store.begin(write=False) as tx:
+            basis = {k: tx.current(*k) for k in keys}
+
+
+def test_the_grants_of_many_patients_are_read_at_once_as_one_by_one(store):
+    from sip_hub.store.search import Grant
+    with store.begin() as tx:
+        for i in range(35):
+            tx.replace_grants(f"p{i}", [Grant("SE1-A", "coordinator", True, None),
+                                        Grant(f"SE1-{i}", "participant", i % 2 == 0, i)][:1 + i % 2])
+    patients = [f"p{i}" for i in range(37)]
+    with store.begin(write=False) as tx:
+        one_by_one = {p: sorted(tx.grants(p), key=repr) for p in patients}
+    with store.begin(write=False) as tx:
+        tx.load_grants(patients)
+        at_once = {p: sorted(tx.grants(p), key=repr) for p in patients}
+    assert at_once == one_by_one and one_by_one["p36"] == [] and len(one_by_one["p1"]) == 2
