@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from .dates import parse_range
@@ -71,6 +72,18 @@ def _tokens(value: Any) -> list[tuple[str | None, str]]:
     if isinstance(code, str):
         return [(value.get("system"), code)]
     return []
+
+
+# The index tables each parameter type writes to (a reference's identifier is a token).
+_TABLES_OF = {"token": ("token",), "uri": ("token",), "reference": ("reference", "token"),
+              "date": ("date",), "string": ("string",)}
+
+
+@lru_cache(maxsize=None)
+def index_kinds(resource_type: str) -> frozenset[str]:
+    """The index tables (``IndexRows`` fields) a resource of this type can have rows in."""
+    return frozenset(t for p in params_for(resource_type).values()
+                     for t in _TABLES_OF.get(p.type, ()))
 
 
 def extract(resource: dict[str, Any]) -> IndexRows:

@@ -97,15 +97,13 @@ def enqueue(tx: Tx, message_bundle: Json, destinations: Iterable[str], *,
     sql.insert_message(tx, message_id=header["id"], event=header["eventCoding"]["code"],
                        kind=kind, patient_id=key.patient_id, careplan_id=key.careplan_id,
                        content=orjson.dumps(message_bundle), now=now)
-    ids = []
-    for org in dests:
-        delivery_id = str(uuid.uuid4())
-        seq = sql.next_seq(tx, key.patient_id, key.careplan_id, org)
-        sql.insert_delivery(tx, id=delivery_id, message_id=header["id"], dest_org=org,
-                            patient_id=key.patient_id, careplan_id=key.careplan_id, seq=seq,
-                            now=now, endpoint_url=endpoint_url)
-        ids.append(delivery_id)
-    return ids
+    seqs = sql.next_seqs(tx, key.patient_id, key.careplan_id, dests)
+    rows = [sql.delivery_row(id=str(uuid.uuid4()), message_id=header["id"], dest_org=org,
+                             patient_id=key.patient_id, careplan_id=key.careplan_id,
+                             seq=seqs[org], now=now, endpoint_url=endpoint_url)
+            for org in dests]
+    sql.insert_deliveries(tx, rows)
+    return [r["id"] for r in rows]
 
 
 def withdraw_uncovered(tx: Tx, patient_id: str) -> list[str]:

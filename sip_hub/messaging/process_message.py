@@ -41,7 +41,7 @@ from ..audit import AuditLog
 from ..auth import Principal, parse_scopes
 from ..errors import BadRequest, Conflict, Forbidden, NotFound, SipHubError, TransientError
 from ..fhir.dates import now_utc, to_us
-from ..fhir.indexing import split_reference
+from ..fhir.indexing import reference_targets, split_reference
 from ..fhir.outcome import from_error, information
 from ..interactions import Context
 from ..access import Access, patients_of
@@ -194,6 +194,7 @@ def _handle(tx: Tx, ctx: Context, parsed: parser.Message | SipHubError, env: par
         if isinstance(parsed, SipHubError):
             raise parsed
         msg = parsed
+        tx.load(_named(msg))
         with tx.savepoint():  # a refused message leaves nothing behind
             done = operations.apply(tx, ctx, msg, header)
             if done is None:
@@ -212,6 +213,22 @@ def _handle(tx: Tx, ctx: Context, parsed: parser.Message | SipHubError, env: par
     except SipHubError as err:
         code = vocab.TRANSIENT_ERROR if err.retryable else vocab.FATAL_ERROR
         return _Handled(code, _response(ctx, env, messaging, code, err, sip), sip)
+
+
+def _named(msg: parser.Message) -> list[tuple[str, str]]:
+    """The stored resources a message's handling reads: its entries' own (as they stand),
+    its focus and what its resources reference, read at once (a statement each otherwise)."""
+    keys = [(f.type, f.id) for f in msg.focus if f.id]
+    if msg.patient_id:
+        keys.append(("Patient", msg.patient_id))
+    if msg.careplan_id:
+        keys.append(("CarePlan", msg.careplan_id))
+    for e in msg.entries:
+        res = e.get("resource") or {}
+        if isinstance(res.get("id"), str):
+            keys.append((res["resourceType"], res["id"]))
+        keys += reference_targets(res)
+    return keys
 
 
 def _same(stored: Stored, res: Json) -> bool:

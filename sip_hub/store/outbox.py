@@ -135,12 +135,6 @@ _INSERT_MESSAGE = insert_into(outbox_message, "message_id", "event", "kind", "pa
 _INSERT_DELIVERY = insert_into(outbox_delivery, "id", "message_id", "dest_org", "patient_id",
                                "careplan_id", "seq", "state", "attempts", "next_attempt_at",
                                "published_at", "updated", "last_error", "endpoint_url")
-# The stream's row is claimed or advanced in one statement (per dialect: ON CONFLICT).
-_NEXT_SEQ = DriverStatement.on_conflict(lambda ins: ins(outbox_stream).values(
-    patient_id=bindparam("p"), careplan_id=bindparam("c"), dest_org=bindparam("d"), last_seq=1)
-    .on_conflict_do_update(index_elements=[_S.patient_id, _S.careplan_id, _S.dest_org],
-                           set_={"last_seq": outbox_stream.c.last_seq + 1})
-    .returning(_S.last_seq))
 
 
 def insert_message(tx: Tx, *, message_id: str, event: str, kind: str, patient_id: str,
@@ -150,21 +144,46 @@ def insert_message(tx: Tx, *, message_id: str, event: str, kind: str, patient_id
         "careplan_id": careplan_id, "created": now, "content": content})
 
 
-def next_seq(tx: Tx, patient_id: str, careplan_id: str, dest_org: str) -> int:
-    """The stream's next sequence number. The upsert locks the stream's row until commit, so
-    a second writer to the same stream waits and numbers after the first."""
-    row = _NEXT_SEQ.first(tx.conn, {"p": patient_id, "c": careplan_id, "d": dest_org})
-    assert row is not None  # an upsert returns its row
-    return int(row[0])
+@lru_cache(maxsize=16)
+def _next_seqs(n: int) -> DriverStatement:
+    """The next sequence numbers of ``n`` streams of one SIP (destinations d0 .. dn-1): each
+    stream's row claimed or advanced (per dialect: ON CONFLICT). The upsert locks the rows
+    until commit, so a second writer to a stream waits and numbers after the first."""
+    return DriverStatement.on_conflict(lambda ins: ins(outbox_stream).values([
+        {"patient_id": bindparam("p"), "careplan_id": bindparam("c"),
+         "dest_org": bindparam(f"d{k}"), "last_seq": 1} for k in range(n)])
+        .on_conflict_do_update(index_elements=[_S.patient_id, _S.careplan_id, _S.dest_org],
+                               set_={"last_seq": outbox_stream.c.last_seq + 1})
+        .returning(_S.dest_org, _S.last_seq))
 
 
-def insert_delivery(tx: Tx, *, id: str, message_id: str, dest_org: str, patient_id: str,
-                    careplan_id: str, seq: int, now: int, endpoint_url: str | None) -> None:
-    _INSERT_DELIVERY.run(tx.conn, {
-        "id": id, "message_id": message_id, "dest_org": dest_org, "patient_id": patient_id,
-        "careplan_id": careplan_id, "seq": seq, "state": PENDING, "attempts": 0,
-        "next_attempt_at": now, "published_at": None, "updated": now, "last_error": None,
-        "endpoint_url": endpoint_url})
+def next_seqs(tx: Tx, patient_id: str, careplan_id: str, dest_orgs: Sequence[str]
+              ) -> dict[str, int]:
+    """The next sequence number of each destination's stream, in one statement (per 16).
+    Give the destinations in a stable order (sorted): the upsert locks the rows in that
+    order, and writers that lock in one order never deadlock."""
+    out: dict[str, int] = {}
+    for start in range(0, len(dest_orgs), 16):
+        chunk = dest_orgs[start:start + 16]
+        params = {"p": patient_id, "c": careplan_id,
+                  **{f"d{k}": org for k, org in enumerate(chunk)}}
+        out.update({org: int(seq) for org, seq in _next_seqs(len(chunk)).all(tx.conn, params)})
+    return out
+
+
+def delivery_row(*, id: str, message_id: str, dest_org: str, patient_id: str,
+                 careplan_id: str, seq: int, now: int, endpoint_url: str | None
+                 ) -> dict[str, Any]:
+    return {"id": id, "message_id": message_id, "dest_org": dest_org,
+            "patient_id": patient_id, "careplan_id": careplan_id, "seq": seq,
+            "state": PENDING, "attempts": 0, "next_attempt_at": now, "published_at": None,
+            "updated": now, "last_error": None, "endpoint_url": endpoint_url}
+
+
+def insert_deliveries(tx: Tx, rows: Sequence[dict[str, Any]]) -> None:
+    """Pending deliveries (``delivery_row``s) in one bulk statement."""
+    _INSERT_DELIVERY.many(tx.conn, rows)
+
 
 
 def set_state(tx: Tx, delivery_id: str, state: str, now: int, *, error: str | None = None,

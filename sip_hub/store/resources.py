@@ -25,7 +25,7 @@ from sqlalchemy.exc import OperationalError
 
 from ..errors import Conflict, PreconditionFailed, TransientError
 from ..fhir.dates import format_instant, now_utc, to_us
-from ..fhir.indexing import extract
+from ..fhir.indexing import extract, index_kinds
 from ..fhir.search import SearchQuery
 from . import audit as sql_audit
 from . import search as sql_search
@@ -369,8 +369,8 @@ class Tx:
             for e in events])
 
     def _clear_index(self, rtype: str, rid: str) -> None:
-        for stmt in _CLEAR_INDEX.values():
-            stmt.run(self.conn, {"t": rtype, "i": rid})
+        for kind in index_kinds(rtype):  # the tables its type writes to: no other has its rows
+            _CLEAR_INDEX[kind].run(self.conn, {"t": rtype, "i": rid})
 
     def _write_index(self, rtype: str, rid: str, res: dict[str, Any]) -> None:
         rows = extract(res)

@@ -115,6 +115,29 @@ def test_each_stream_is_numbered_and_only_its_head_is_due(store: Store) -> None:
         [("alva", BUP, 1), ("alva", SCHOOL, 1), ("tolvan", BUP, 1)])
 
 
+def test_concurrent_writers_number_every_stream_without_gaps_or_deadlock(store: Store) -> None:
+    dests = [f"SE2321000016-D{k:03d}" for k in range(20)]  # more than one statement takes
+    errors: list[BaseException] = []
+
+    def write(shift: int) -> None:
+        try:
+            for _ in range(5):
+                with store.begin() as tx:  # the destinations in another order each time
+                    outbox.enqueue(tx, note(), dests[shift:] + dests[:shift])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=write, args=(k * 5,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    with store.begin(write=False) as tx:
+        found = sql.find(tx, limit=10_000)
+    for org in dests:
+        assert sorted(d.seq for d in found if d.dest_org == org) == list(range(1, 21))
+
+
 # -- consent narrowed or withdrawn ------------------------------------------------------------
 
 def test_narrowing_consent_withdraws_what_the_left_out_organisation_has_not_received(

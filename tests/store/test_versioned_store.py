@@ -234,3 +234,39 @@ def test_the_grants_of_many_patients_are_read_at_once_as_one_by_one(store):
         tx.load_grants(patients)
         at_once = {p: sorted(tx.grants(p), key=repr) for p in patients}
     assert at_once == one_by_one and one_by_one["p36"] == [] and len(one_by_one["p1"]) == 2
+
+
+def test_a_write_clears_only_index_tables_its_type_can_have_rows_in():
+    """An update or delete clears the old version's index rows from the tables of its type's
+    parameters only: every row any resource of the type yields lies in one of them."""
+    import json
+    from pathlib import Path
+
+    import sip_factory as f
+    from sip_hub.fhir.indexing import extract, index_kinds
+    examples = [json.loads(p.read_text()) for p in
+                sorted((Path(__file__).parent.parent / "fixtures" / "r4-examples").glob("*.json"))]
+    resources = examples + f.demo_case() + f.discharge_case() + [
+        f.organization(), f.practitioner(), f.related_person(), f.kartlaggning(),
+        {"resourceType": "Appointment", "status": "booked", "start": "2026-01-01T10:00:00Z",
+         "participant": [{"actor": {"reference": "Patient/p"}, "status": "accepted"}]},
+        {"resourceType": "Task", "status": "requested", "intent": "order",
+         "for": {"reference": "Patient/p"}, "owner": {"identifier": {"value": "x"}},
+         "authoredOn": "2026-01-01", "meta": {"tag": [{"code": "t"}]}}]
+    assert len({r["resourceType"] for r in resources}) >= 11
+    for res in resources:
+        rows = extract(res)
+        used = {kind for kind in ("token", "reference", "date", "string") if getattr(rows, kind)}
+        assert used <= index_kinds(res["resourceType"]), res["resourceType"]
+
+
+def test_an_update_leaves_no_index_row_of_the_old_version(store):
+    with store.begin() as tx:
+        tx.create({**PAT, "birthDate": "1990-01-01",
+                   "identifier": [{"system": "urn:x", "value": "1"}]}, "p1")
+        tx.update({"resourceType": "Patient"}, "p1")
+    with store.begin(write=False) as tx:
+        for table in ("idx_token", "idx_date", "idx_string", "idx_reference"):
+            n = tx.conn.execute(text(f"SELECT count(*) FROM {table} WHERE res_id = 'p1' "
+                                     "AND param NOT LIKE '\\_%' ESCAPE '\\'")).scalar()
+            assert n == 0, table
