@@ -298,13 +298,12 @@ class Bus:
         drop duplicates by MessageHeader.id)."""
         if not items:
             return []
-        for org in dict.fromkeys(org for org, _ in items):
-            self.declare(org)
         if self.is_memory:  # the memory transport stores synchronously: nothing to confirm
             for org, env in items:
-                with self._guard(f"publish to {org}"):
-                    self._publish(env, self.topology.org_key(org))
+                self.publish(org, env)
             return [True] * len(items)
+        for org in dict.fromkeys(org for org, _ in items):
+            self.declare(org)
         try:
             with self._guard("publish"):
                 if self._confirms is None:

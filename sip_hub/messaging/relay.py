@@ -3,9 +3,8 @@
 Each round claims the due stream heads (``store.outbox.claim_due``: locked, ``SKIP LOCKED`` on
 PostgreSQL, so concurrent relays never publish the same delivery), publishes them and waits
 for the broker's confirms of the batch, then marks the confirmed ones published in the same
-transaction. A crash between the
-publish and the commit leaves them pending: they are published again, and the receiver drops
-the duplicate by MessageHeader.id. Deliveries published long ago and still not settled are
+transaction. A crash between the publish and the commit leaves them pending: they are
+published again, and the receiver drops the duplicate by MessageHeader.id. Deliveries published long ago and still not settled are
 published again too (the broker lost them).
 """
 
@@ -45,7 +44,6 @@ class Relay:
         are published again)."""
         now = to_us(now_utc())
         stale = now - int(self.republish_after_seconds * 1e6)
-        published: list[str] = []
         failure: BusUnavailable | None = None
         with self.store.begin(write=False) as tx:
             if not sql.relay_due(tx, now, stale):

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Table, bindparam, insert
+from sqlalchemy import Connection, Insert, Table, and_, bindparam, insert, or_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql import Executable
@@ -119,6 +119,25 @@ class DriverStatement:
         args = [tuple(r[k] for k in order) for r in rows] if order is not None else rows
         with _cursor(conn) as cur:
             cur.executemany(sql, args)
+
+
+def any_of(n: int, **columns: Any) -> Any:
+    """A condition matching any of ``n`` rows of values, written out (the driver's cursor
+    takes no expanding IN): ``any_of(2, t=type_col, i=id_col)`` is ``(type_col = :t0 AND
+    id_col = :i0) OR (type_col = :t1 AND id_col = :i1)``. Its parameters: ``numbered``."""
+    return or_(*(and_(*(col == bindparam(f"{name}{k}") for name, col in columns.items()))
+                 for k in range(n)))
+
+
+def numbered(rows: Sequence[Mapping[str, Any]], size: int
+             ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``rows`` in chunks of at most ``size``: (how many, their values under their names
+    numbered by position, t0, i0, t1, i1 ...) for statements built for that many rows, such
+    as those of ``any_of``."""
+    for start in range(0, len(rows), size):
+        chunk = rows[start:start + size]
+        yield len(chunk), {f"{name}{k}": v for k, row in enumerate(chunk)
+                           for name, v in row.items()}
 
 
 def insert_into(table: Table, *columns: str) -> DriverStatement:

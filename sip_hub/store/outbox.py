@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Final, Sequence
+from typing import Any, Final, Iterator, Sequence
 
 from sqlalchemy import (BigInteger, Integer, String, and_, bindparam, delete, exists, func, insert,
                         literal_column, or_, select, union_all, update)
 from sqlalchemy.orm import aliased
 
-from .driver import DriverStatement, insert_into
+from .driver import DriverStatement, any_of, insert_into, numbered
 from .resources import Tx
 from .schema import outbox_delivery, outbox_message, outbox_stream
 
@@ -103,27 +103,21 @@ def _set_state(only_from: tuple[str, ...]) -> DriverStatement:
 _MANY_MAX = 64  # ids per statement of the batch reads and writes below
 
 
-def _any_id(n: int) -> Any:
-    """``id IN (:i0, ..., :in-1)``, written out (the driver's cursor takes no expanding IN)."""
-    return or_(*(_D.id == bindparam(f"i{k}") for k in range(n)))
-
-
-def _chunks(ids: Sequence[str]) -> list[dict[str, Any]]:
-    """The parameters of ``_any_id`` statements for ``ids`` (each once), 64 at a time."""
-    ids = list(dict.fromkeys(ids))
-    return [{f"i{k}": v for k, v in enumerate(ids[i:i + _MANY_MAX])}
-            for i in range(0, len(ids), _MANY_MAX)]
+def _chunks(ids: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The parameters of ``any_of(n, i=id)`` statements for ``ids`` (each once), 64 at a
+    time."""
+    return numbered([{"i": i} for i in dict.fromkeys(ids)], _MANY_MAX)
 
 
 @lru_cache(maxsize=_MANY_MAX)
 def _by_ids(n: int) -> DriverStatement:
-    return DriverStatement(_joined().where(_any_id(n)))
+    return DriverStatement(_joined().where(any_of(n, i=_D.id)))
 
 
 @lru_cache(maxsize=_MANY_MAX)
 def _delivered(n: int) -> DriverStatement:
     return DriverStatement(
-        update(outbox_delivery).where(_any_id(n), _open(_D.state))
+        update(outbox_delivery).where(any_of(n, i=_D.id), _open(_D.state))
         .values(state=DELIVERED, updated=bindparam("now"), attempts=_D.attempts + 1))
 
 
@@ -163,11 +157,9 @@ def next_seqs(tx: Tx, patient_id: str, careplan_id: str, dest_orgs: Sequence[str
     Give the destinations in a stable order (sorted): the upsert locks the rows in that
     order, and writers that lock in one order never deadlock."""
     out: dict[str, int] = {}
-    for start in range(0, len(dest_orgs), 16):
-        chunk = dest_orgs[start:start + 16]
-        params = {"p": patient_id, "c": careplan_id,
-                  **{f"d{k}": org for k, org in enumerate(chunk)}}
-        out.update({org: int(seq) for org, seq in _next_seqs(len(chunk)).all(tx.conn, params)})
+    for n, params in numbered([{"d": org} for org in dest_orgs], 16):
+        rows = _next_seqs(n).all(tx.conn, {"p": patient_id, "c": careplan_id, **params})
+        out.update({org: int(seq) for org, seq in rows})
     return out
 
 
@@ -185,7 +177,6 @@ def insert_deliveries(tx: Tx, rows: Sequence[dict[str, Any]]) -> None:
     _INSERT_DELIVERY.many(tx.conn, rows)
 
 
-
 def set_state(tx: Tx, delivery_id: str, state: str, now: int, *, error: str | None = None,
               attempts: int | None = None, next_attempt_at: int | None = None,
               only_from: Sequence[str] = STATES) -> bool:
@@ -199,20 +190,20 @@ def set_state(tx: Tx, delivery_id: str, state: str, now: int, *, error: str | No
 @lru_cache(maxsize=_MANY_MAX)
 def _published(n: int) -> DriverStatement:
     return DriverStatement(
-        update(outbox_delivery).where(_any_id(n), _D.state == PENDING)
+        update(outbox_delivery).where(any_of(n, i=_D.id), _D.state == PENDING)
         .values(state=PUBLISHED, published_at=bindparam("now"), updated=bindparam("now")))
 
 
 def mark_published(tx: Tx, ids: Sequence[str], now: int) -> None:
-    for params in _chunks(ids):
-        _published(len(params)).run(tx.conn, {**params, "now": now})
+    for n, params in _chunks(ids):
+        _published(n).run(tx.conn, {**params, "now": now})
 
 
 def mark_delivered(tx: Tx, ids: Sequence[str], now: int) -> int:
     """Open deliveries of ``ids`` to delivered, counting the attempt; how many were open
     (another copy may have settled one meanwhile)."""
-    return sum(_delivered(len(params)).run(tx.conn, {**params, "now": now})
-               for params in _chunks(ids))
+    return sum(_delivered(n).run(tx.conn, {**params, "now": now})
+               for n, params in _chunks(ids))
 
 
 # -- the relay's claim ------------------------------------------------------------------------
@@ -274,8 +265,8 @@ def get_many(tx: Tx, ids: Sequence[str]) -> dict[str, Delivery]:
     """The deliveries of ``ids`` that exist, by id: a statement per 64 (a delivery worker's
     batch is read at once, not a delivery at a time)."""
     out: dict[str, Delivery] = {}
-    for params in _chunks(ids):
-        for r in _by_ids(len(params)).all(tx.conn, params):
+    for n, params in _chunks(ids):
+        for r in _by_ids(n).all(tx.conn, params):
             d = _row(r)
             out[d.id] = d
     return out
@@ -300,13 +291,9 @@ def held_back(tx: Tx, ds: Sequence[Delivery]) -> set[str]:
     """The ids of ``ds`` that an earlier delivery of their stream, still pending or
     published, holds back (in a statement per 32 deliveries)."""
     earliest: dict[tuple[str, str, str], int] = {}
-    for start in range(0, len(ds), _STREAMS_MAX):
-        chunk = ds[start:start + _STREAMS_MAX]
-        params: dict[str, Any] = {}
-        for k, d in enumerate(chunk):
-            params.update({f"p{k}": d.patient_id, f"c{k}": d.careplan_id,
-                           f"d{k}": d.dest_org, f"s{k}": d.seq})
-        for p, c, dest, seq in _earlier_open_of(len(chunk)).all(tx.conn, params):
+    rows = [{"p": d.patient_id, "c": d.careplan_id, "d": d.dest_org, "s": d.seq} for d in ds]
+    for n, params in numbered(rows, _STREAMS_MAX):
+        for p, c, dest, seq in _earlier_open_of(n).all(tx.conn, params):
             key = (p, c, dest)
             earliest[key] = min(seq, earliest.get(key, seq))
     return {d.id for d in ds

@@ -31,7 +31,7 @@ from . import audit as sql_audit
 from . import search as sql_search
 from .engine import make_engine
 from .group import GroupCommit
-from .driver import DriverStatement, insert_into, savepoint as _savepoint
+from .driver import DriverStatement, any_of, insert_into, numbered, savepoint as _savepoint
 from .records import (COLUMNS as _COLUMNS, CURRENT_COLUMNS, Stored, current_to_stored,
                       row_to_stored as _row)
 from .schema import INDEX_TABLES, access_grant, resource, resource_history
@@ -59,13 +59,6 @@ _CURRENT_VERSION_LOCKED = DriverStatement(_VERSION_OF.with_for_update())
 _KEYS_MAX = 32
 
 
-def _any_key(n: int) -> Any:
-    """``(res_type, res_id) IN (...)`` for ``n`` keys, written out (the driver's cursor takes
-    no expanding IN): parameters t0, i0, t1, i1 ..."""
-    return or_(*(and_(_R.res_type == bindparam(f"t{k}"), _R.res_id == bindparam(f"i{k}"))
-                 for k in range(n)))
-
-
 @lru_cache(maxsize=_KEYS_MAX)
 def _current_of(n: int) -> DriverStatement:
     return DriverStatement(
@@ -73,22 +66,17 @@ def _current_of(n: int) -> DriverStatement:
         .join_from(resource, resource_history, and_(
             _H.res_type == _R.res_type, _H.res_id == _R.res_id,
             _H.version_id == _R.version_id))
-        .where(_any_key(n)))
+        .where(any_of(n, t=_R.res_type, i=_R.res_id)))
 
 
 @lru_cache(maxsize=_KEYS_MAX)
 def _versions_of(n: int) -> DriverStatement:
     return DriverStatement(select(_R.res_type, _R.res_id, _R.version_id, _R.deleted)
-                           .where(_any_key(n)))
+                           .where(any_of(n, t=_R.res_type, i=_R.res_id)))
 
 
-def _key_chunks(keys: list[tuple[str, str]]) -> Iterator[tuple[int, dict[str, str]]]:
-    for start in range(0, len(keys), _KEYS_MAX):
-        chunk = keys[start:start + _KEYS_MAX]
-        params: dict[str, str] = {}
-        for k, (rtype, rid) in enumerate(chunk):
-            params[f"t{k}"], params[f"i{k}"] = rtype, rid
-        yield len(chunk), params
+def _key_rows(keys: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"t": rtype, "i": rid} for rtype, rid in keys]
 
 
 # Writes take their values as parameters, so each is compiled once and reused; a new
@@ -117,15 +105,14 @@ _CLEAR_INDEX = {kind: DriverStatement(delete(table).where(table.c.res_type == bi
                                                           table.c.res_id == bindparam("i")))
                 for kind, table in INDEX_TABLES.items()}
 _G = access_grant.c
-# Read by every write's access rules: on the driver's cursor.
-_GRANTS = DriverStatement(select(_G.org_hsa_id, _G.role, _G.reads, _G.valid_until)
-                          .where(_G.patient_id == bindparam("p")))
 
 
+# Read by every write's access rules (one patient, or a delivery batch's): on the driver's
+# cursor.
 @lru_cache(maxsize=_KEYS_MAX)
 def _grants_of(n: int) -> DriverStatement:
     return DriverStatement(select(_G.patient_id, _G.org_hsa_id, _G.role, _G.reads, _G.valid_until)
-                           .where(or_(*(_G.patient_id == bindparam(f"p{k}") for k in range(n)))))
+                           .where(any_of(n, p=_G.patient_id)))
 
 
 _READABLE = DriverStatement(select(_G.patient_id).where(
@@ -224,7 +211,7 @@ class Tx:
         """Read the current versions of ``keys`` at once (what is absent as absent), for
         ``current`` to find: one statement instead of one per key."""
         todo = [k for k in dict.fromkeys(keys) if k not in self._seen and k[0] != AUDIT_TYPE]
-        for n, params in _key_chunks(todo):
+        for n, params in numbered(_key_rows(todo), _KEYS_MAX):
             for row in _current_of(n).all(self.conn, params):
                 self._seen[(row[0], row[1])] = current_to_stored(row)
         for key in todo:
@@ -237,7 +224,7 @@ class Tx:
         if any(rtype == AUDIT_TYPE for rtype, _ in keys):
             return False
         now: dict[tuple[str, str], tuple[int, bool]] = {}
-        for n, params in _key_chunks(keys):
+        for n, params in numbered(_key_rows(keys), _KEYS_MAX):
             for rtype, rid, version, deleted in _versions_of(n).all(self.conn, params):
                 now[(rtype, rid)] = (version, bool(deleted))
         for key, then in seen.items():
@@ -448,19 +435,14 @@ class Tx:
     def load_grants(self, patient_ids: Iterable[str]) -> None:
         """Read the grants of several patients at once, for ``grants`` to find."""
         todo = [p for p in dict.fromkeys(patient_ids) if p not in self._grants]
-        for start in range(0, len(todo), _KEYS_MAX):
-            chunk = todo[start:start + _KEYS_MAX]
-            for p in chunk:
-                self._grants[p] = []
-            rows = _grants_of(len(chunk)).all(self.conn, {f"p{k}": p for k, p in enumerate(chunk)})
-            for p, org, role, reads, until in rows:
+        for p in todo:
+            self._grants[p] = []
+        for n, params in numbered([{"p": p} for p in todo], _KEYS_MAX):
+            for p, org, role, reads, until in _grants_of(n).all(self.conn, params):
                 self._grants[p].append(Grant(org, role, bool(reads), until))
 
     def grants(self, patient_id: str) -> list[Grant]:
-        if patient_id not in self._grants:
-            rows = _GRANTS.all(self.conn, {"p": patient_id})
-            self._grants[patient_id] = [Grant(org, role, bool(reads), until)
-                                        for org, role, reads, until in rows]
+        self.load_grants([patient_id])
         return list(self._grants[patient_id])
 
     def readable_patients(self, org: str, patient_ids: list[str], now: int) -> set[str]:
