@@ -16,7 +16,7 @@ import orjson
 from . import interactions as ix
 from .errors import BadRequest, SipHubError
 from .fhir.outcome import from_error
-from .service import Prevalidated, Resolve, check_type, prevalidate, tx_resolver
+from .service import Prepared, Prevalidated, Resolve, check_type, prevalidate, tx_resolver
 from .store import Store, Tx
 from .store.resources import new_id
 
@@ -178,11 +178,14 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str)
             mapping[e.full_url] = f"{e.rtype}/{e.rid}"
     pending: dict[tuple[str, str], dict[str, Any]] = {}
     for e in entries:
+        # A Prepared resource was rewritten and checked before the transaction, by a caller
+        # that gives it a basis which still holds (see process_message._prepare_ahead).
         if isinstance(e.resource, dict):
-            checked = isinstance(e.resource, Prevalidated)
-            e.resource = rewrite_refs(e.resource, mapping)
-            if checked:  # a reference string for another keeps the structure valid
-                e.resource = Prevalidated(e.resource)
+            if not isinstance(e.resource, Prepared):
+                checked = isinstance(e.resource, Prevalidated)
+                e.resource = rewrite_refs(e.resource, mapping)
+                if checked:  # a reference string for another keeps the structure valid
+                    e.resource = Prevalidated(e.resource)
             rid = assigned.get(e.index, e.rid)
             if rid and e.index not in responses:
                 pending[(e.rtype, rid)] = {**e.resource, "id": rid}
@@ -196,7 +199,7 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str)
                 result = ix.create(tx, ctx, e.rtype, e.resource, rid=assigned[e.index],
                                    resolve=resolve)
             else:
-                result = _run(tx, ctx, e, resolve)
+                result = _run(tx, ctx, e, None if isinstance(e.resource, Prepared) else resolve)
         except SipHubError as err:
             raise _with_entry(err, e.index) from None
         responses[e.index] = _response_entry(ctx, result, prefer)

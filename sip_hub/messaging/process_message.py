@@ -32,7 +32,7 @@ operation instead, whose own writes tell the participants: see ``operations``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
@@ -46,7 +46,7 @@ from ..fhir.outcome import from_error, information
 from ..interactions import Context
 from ..access import Access, patients_of
 from ..metrics import MESSAGES_RECEIVED
-from ..service import Prevalidated
+from ..service import Prepared, Prevalidated, prepare
 from ..store import Store, Stored, Tx
 from ..store import inbox
 from . import builder, operations, parser, vocabulary as vocab
@@ -110,6 +110,7 @@ def process(store: Store, ctx: Context, body: Any, messaging: Messaging, *,
         if not asynchronous:
             raise BadRequest("response-url goes with async=true", expression="response-url")
         messaging.endpoints.check_response_url(env.sender_org, response_url)
+    ahead = _prepare_ahead(store, parsed) if isinstance(parsed, parser.Message) else None
     now = _now()
 
     def work(tx: Tx) -> Reply:
@@ -137,7 +138,7 @@ def process(store: Store, ctx: Context, body: Any, messaging: Messaging, *,
                 f"Message {env.header_id} accepted; the response will be sent to "
                 f"{response_url or 'your organisation’s message endpoint'}"))
         assert parsed is not None
-        handled = _handle(tx, ctx, parsed, env, messaging, _header(body))
+        handled = _handle(tx, ctx, parsed, env, messaging, _header(body), ahead)
         MESSAGES_RECEIVED.labels(handled.code).inc()
         if handled.code == vocab.TRANSIENT_ERROR:
             raise _Uncached(Reply(200, handled.response))
@@ -187,8 +188,9 @@ def _header(body: Any) -> Json:
 
 
 def _handle(tx: Tx, ctx: Context, parsed: parser.Message | SipHubError, env: parser.Envelope,
-            messaging: Messaging, header: Json) -> _Handled:
-    """Apply and route one new message; the response to send and remember."""
+            messaging: Messaging, header: Json, ahead: _Ahead | None = None) -> _Handled:
+    """Apply and route one new message; the response to send and remember (``ahead``: its
+    write as prepared before the transaction, see ``_prepare_ahead``)."""
     sip: SipKey | None = None
     try:
         if isinstance(parsed, SipHubError):
@@ -199,7 +201,7 @@ def _handle(tx: Tx, ctx: Context, parsed: parser.Message | SipHubError, env: par
             done = operations.apply(tx, ctx, msg, header)
             if done is None:
                 with applying_message():
-                    written = _apply(tx, ctx, msg)
+                    written = _apply(tx, ctx, msg, ahead)
             else:
                 written = done.written
             sip = _sip(tx, ctx, msg, written)
@@ -236,39 +238,110 @@ def _same(stored: Stored, res: Json) -> bool:
     return a == {k: v for k, v in res.items() if k != "meta"}
 
 
-def _apply(tx: Tx, ctx: Context, msg: parser.Message) -> dict[int, Stored]:
-    """Write the message's resources as one transaction; the stored version of each entry."""
-    out: dict[int, Stored] = {}
-    unchanged: dict[str, str] = {}
+def _sort(msg: parser.Message, current: Callable[[str, str], Stored | None],
+          readable: Callable[[Stored], bool]) -> tuple[dict[int, Stored], list[tuple[int, Json]]]:
+    """The message's entries the hub holds as they are (index -> stored) and those to write.
+    What the hub already holds, and the caller may read, is not written again (a message
+    carries its context, e.g. the Patient, which the sender may not write)."""
+    same: dict[int, Stored] = {}
     todo: list[tuple[int, Json]] = []
     for i, e in enumerate(msg.entries):
         res = e["resource"]
         if res["resourceType"] == "OperationOutcome":
             continue
         rid = res.get("id")
-        cur = tx.current(res["resourceType"], rid) if isinstance(rid, str) else None
-        # What the hub already holds, and the caller may read, is not written again (a message
-        # carries its context, e.g. the Patient, which the sender may not write).
-        if cur is not None and not cur.deleted and _same(cur, res) and \
-                ctx.access.can_read(tx, cur):
-            out[i] = cur
-            unchanged[e["fullUrl"]] = f"{cur.type}/{cur.id}"
-            continue
-        todo.append((i, e))
-    if not todo:
-        return out
-    entries = []
-    for _, e in todo:
+        cur = current(res["resourceType"], rid) if isinstance(rid, str) else None
+        if cur is not None and not cur.deleted and _same(cur, res) and readable(cur):
+            same[i] = cur
+        else:
+            todo.append((i, e))
+    return same, todo
+
+
+def _unchanged(msg: parser.Message, same: dict[int, Stored]) -> dict[str, str]:
+    """fullUrl -> reference of the entries not written: the others' references to them."""
+    return {msg.entries[i]["fullUrl"]: f"{cur.type}/{cur.id}" for i, cur in same.items()}
+
+
+def _put_or_post(e: Json, res: Json) -> Json:
+    rid = res.get("id")
+    request = ({"method": "PUT", "url": f"{res['resourceType']}/{rid}"} if rid
+               else {"method": "POST", "url": res["resourceType"]})
+    return {"fullUrl": e["fullUrl"], "resource": res, "request": request}
+
+
+@dataclass(frozen=True, slots=True)
+class _Ahead:
+    """A message's write prepared before its write transaction (as REST writes are, see
+    ``service.prepare_ahead``), so that the database's write lock is not held while the
+    entries are compared with what is stored and checked against the rules.
+
+    ``basis``: every stored resource that went into it, as read (None: absent). It holds in
+    the write transaction that still reads each at the same version (``Tx.adopt``) and may
+    still read the entries taken as unchanged; else the message is applied from scratch."""
+    basis: dict[tuple[str, str], Stored | None]
+    same: dict[int, Stored]
+    index: int       # the one entry written
+    entry: Json      # its transaction entry, its resource Prepared
+
+
+def _prepare_ahead(store: Store, msg: parser.Message) -> _Ahead | None:
+    """``_apply``'s checks for a message that writes one resource by id (the common case: an
+    update with its unchanged context) against a read of the store, outside the write lock;
+    None for anything else, or when the rules refuse it (the write transaction then refuses
+    it, in the order of its checks). One entry only: a second one's rules could read what
+    the first one's write causes."""
+    if operations.SPECS.get(msg.event) is not None:
+        return None  # an operation applies it
+    basis: dict[tuple[str, str], Stored | None] = {}
+    try:
+        with store.begin(write=False, snapshot=False) as tx:
+            tx.load(_named(msg))
+
+            def current(rtype: str, rid: str) -> Stored | None:
+                cur = basis[(rtype, rid)] = tx.current(rtype, rid)
+                return cur
+            same, todo = _sort(msg, current, lambda cur: True)
+            if len(todo) != 1 or not isinstance(todo[0][1]["resource"].get("id"), str):
+                return None
+            (index, e), = todo
+            res = bundles.rewrite_refs(e["resource"], _unchanged(msg, same))
+            rtype, rid = res["resourceType"], res["id"]
+            # As transaction_in does: the entry's own fullUrl means itself, and its rules
+            # resolve it as written.
+            res = bundles.rewrite_refs(res, {e["fullUrl"]: f"{rtype}/{rid}"})
+            pending = {(rtype, rid): {**res, "id": rid}}
+
+            def resolve(t: str, i: str) -> Json | None:
+                if (t, i) in pending:
+                    return pending[(t, i)]
+                cur = current(t, i)
+                return cur.json() if cur is not None and not cur.deleted else None
+            original = orjson.dumps(res)
+            prepared = prepare(Prevalidated(res), resolve, expected_type=rtype)
+    except SipHubError:
+        return None
+    return _Ahead(basis, same, index, _put_or_post(e, Prepared(prepared, {}, original)))
+
+
+def _apply(tx: Tx, ctx: Context, msg: parser.Message, ahead: _Ahead | None) -> dict[int, Stored]:
+    """Write the message's resources as one transaction; the stored version of each entry."""
+    if ahead is not None and tx.adopt(ahead.basis) and \
+            all(ctx.access.can_read(tx, cur) for cur in ahead.same.values()):
+        out, entries, todo = dict(ahead.same), [ahead.entry], [ahead.index]
+    else:
+        out, pairs = _sort(msg, tx.current, lambda cur: ctx.access.can_read(tx, cur))
+        if not pairs:
+            return out
+        unchanged = _unchanged(msg, out)
         # The parser validated the whole Bundle's structure, entries included; the rewrite
         # builds new containers (the message keeps its own).
-        res = Prevalidated(bundles.rewrite_refs(e["resource"], unchanged))
-        rid = res.get("id")
-        request = ({"method": "PUT", "url": f"{res['resourceType']}/{rid}"} if rid
-                   else {"method": "POST", "url": res["resourceType"]})
-        entries.append({"fullUrl": e["fullUrl"], "resource": res, "request": request})
+        entries = [_put_or_post(e, Prevalidated(bundles.rewrite_refs(e["resource"], unchanged)))
+                   for _, e in pairs]
+        todo = [i for i, _ in pairs]
     result = bundles.transaction_in(tx, ctx, {"resourceType": "Bundle", "type": "transaction",
                                               "entry": entries}, "minimal")
-    for (i, _), answered in zip(todo, result["entry"]):
+    for i, answered in zip(todo, result["entry"]):
         target = split_reference(answered.get("fullUrl", ""))
         stored = tx.current(*target) if target else None
         if stored is not None:
