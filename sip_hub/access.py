@@ -18,7 +18,6 @@ The rules (docs/domain.md rules 1, 3 and 8):
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -200,24 +199,38 @@ class Access:
         raise Forbidden(f"Your organisation did not create {rtype}/{old.id}")
 
 
+_ACTIVITY_STATUS_KEYS = frozenset({"status", "statusReason"})
+
+
+def without_status(act: Any) -> Any:
+    """An insats (CarePlan.activity) without its status and progress, for comparing (shares
+    the rest with ``act``)."""
+    if not isinstance(act, dict):
+        return act
+    out = {k: v for k, v in act.items() if k != "progress"}
+    detail = out.get("detail")
+    if isinstance(detail, dict):
+        out["detail"] = {k: v for k, v in detail.items() if k not in _ACTIVITY_STATUS_KEYS}
+    return out
+
+
 def _only_own_activity_status(tx: Tx, old: dict[str, Any], new: dict[str, Any], org: str) -> bool:
     """Whether ``new`` differs from ``old`` only in the status of activities ``org`` performs."""
-    a, b = copy.deepcopy(old), copy.deepcopy(new)
-    for plan in (a, b):
-        plan.pop("meta", None)
-        plan.pop("text", None)
-    old_acts, new_acts = a.get("activity", []), b.get("activity", [])
-    if len(old_acts) != len(new_acts):
+    def rest(plan: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in plan.items() if k not in ("meta", "text", "activity")}
+    old_acts, new_acts = old.get("activity", []), new.get("activity", [])
+    if rest(old) != rest(new) or not isinstance(old_acts, list) or \
+            not isinstance(new_acts, list) or len(old_acts) != len(new_acts):
         return False
     for oa, na in zip(old_acts, new_acts):
-        performers = (oa.get("detail") or {}).get("performer", [])
-        if any(org_hsa(tx, p) == org for p in performers):
-            for act in (oa, na):
-                detail = act.get("detail") or {}
-                for key in ("status", "statusReason"):
-                    detail.pop(key, None)
-                act.pop("progress", None)
-    return a == b
+        if oa == na:
+            continue
+        performers = (oa.get("detail") or {}).get("performer", []) \
+            if isinstance(oa, dict) else []
+        if not any(org_hsa(tx, p) == org for p in performers) or \
+                without_status(oa) != without_status(na):
+            return False
+    return True
 
 
 # -- grants ------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .access import org_hsa
+from .access import org_hsa, without_status
 from .errors import Conflict, Forbidden, Issue
 from .fhir import profiles, sip
 from .fhir.dates import parse_range, to_us
@@ -407,7 +407,6 @@ def require_coordinator(tx: Tx, ctx: Context, plan: Json, what: str) -> str:
 
 # -- the hook on plain updates ---------------------------------------------------------------
 
-_STATUS_KEYS = frozenset({"status", "statusReason"})
 _GOAL_STATUS_KEYS = frozenset({"lifecycleStatus", "achievementStatus", "statusDate",
                                "statusReason", "outcomeCode", "outcomeReference", "note"})
 _REVISE = ("Propose a revision with CarePlan/$propose-revision and apply it, once the person "
@@ -415,17 +414,13 @@ _REVISE = ("Propose a revision with CarePlan/$propose-revision and apply it, onc
 
 
 def decided(plan: Json) -> Json:
-    """What a plan decides: without bookkeeping, notes, and the insatser's progress."""
-    out = copy.deepcopy(plan)
-    for key in ("meta", "text", "note"):
-        out.pop(key, None)
-    for act in out.get("activity", []):
-        if isinstance(act, dict):
-            act.pop("progress", None)
-            detail = act.get("detail")
-            if isinstance(detail, dict):
-                for key in _STATUS_KEYS:
-                    detail.pop(key, None)
+    """What a plan decides: without bookkeeping, notes, and the insatser's progress. For
+    comparing: it shares what it keeps with ``plan`` (copies only the containers it leaves
+    something out of), so it must not be changed."""
+    out = {k: v for k, v in plan.items() if k not in ("meta", "text", "note")}
+    acts = out.get("activity")
+    if isinstance(acts, list):
+        out["activity"] = [without_status(act) for act in acts]
     return out
 
 

@@ -134,6 +134,10 @@ def test_what_a_plan_decides_leaves_out_notes_and_insats_status() -> None:
     assert sp.decided(plan) == sp.decided(other)
     other["activity"][0]["detail"]["description"] = "annat"
     assert sp.decided(plan) != sp.decided(other)
+    # It leaves the plan itself as it was.
+    before = copy.deepcopy(other)
+    sp.decided(other)
+    assert other == before
 
 
 # -- the profile's process rules ------------------------------------------------------------

@@ -94,7 +94,7 @@ def _ext(res: Json, url: str) -> Any:
 
 def _content(plan: Json, *, statuses: bool) -> Json:
     """What an established plan says, without phase and follow-up (events of their own)."""
-    out = copy.deepcopy(plan) if statuses else sp.decided(plan)
+    out = dict(plan) if statuses else sp.decided(plan)  # compared only, never changed
     for key in ("meta", "text"):
         out.pop(key, None)
     out["extension"] = [e for e in out.get("extension", []) if isinstance(e, dict) and

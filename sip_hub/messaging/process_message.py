@@ -196,7 +196,8 @@ def _handle(tx: Tx, ctx: Context, parsed: parser.Message | SipHubError, env: par
         if isinstance(parsed, SipHubError):
             raise parsed
         msg = parsed
-        tx.load(_named(msg))
+        if ahead is None:  # (else what it read is adopted with it, or read as needed)
+            tx.load(_named(msg))
         with tx.savepoint():  # a refused message leaves nothing behind
             done = operations.apply(tx, ctx, msg, header)
             if done is None:

@@ -161,6 +161,28 @@ def test_participant_changes_the_status_of_its_own_insats_only(client, world):
     assert r.status_code == 403 and "coordinating organisation" in outcome_text(r)
 
 
+def test_a_participant_notes_progress_on_its_own_insats_but_does_not_rewrite_it(client, world):
+    plan = copy.deepcopy(_plan(client, world[BUP]))
+    plan["activity"][0]["progress"] = [{"text": "Första samtalet hållet"}]
+    plan["activity"][0]["detail"]["status"] = "in-progress"
+    r = client.put("/fhir/CarePlan/alva-sip", content=body(plan)["content"],
+                   headers=JSON_HEADERS | world[BUP])
+    assert r.status_code == 200, r.text
+    stored = _plan(client, world[BUP])
+    assert stored["activity"][0]["progress"] == [{"text": "Första samtalet hållet"}]
+    own = copy.deepcopy(stored)
+    own["activity"][0]["detail"]["description"] = "Annan insats"  # what, not how far
+    r = client.put("/fhir/CarePlan/alva-sip", content=body(own)["content"],
+                   headers=JSON_HEADERS | world[BUP])
+    assert r.status_code == 403
+    fewer = copy.deepcopy(stored)
+    fewer["activity"] = fewer["activity"][:1]
+    r = client.put("/fhir/CarePlan/alva-sip", content=body(fewer)["content"],
+                   headers=JSON_HEADERS | world[BUP])
+    assert r.status_code == 403
+    assert _plan(client, world[BUP])["meta"]["versionId"] == stored["meta"]["versionId"]
+
+
 def test_only_the_coordinator_writes_the_kartlaggning(client, world):
     qr = get(client, "/fhir/QuestionnaireResponse/alva-kartlaggning", world[BUP]).json()
     r = client.put("/fhir/QuestionnaireResponse/alva-kartlaggning",
