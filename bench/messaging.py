@@ -37,7 +37,9 @@ shape (PostgreSQL in a fresh schema of the run, RabbitMQ with queues of the run'
    messages that reached all four, over the time until the last did), latency from POST
    (open loop: from when the message was due) to the last of the four receipts, the CPU
    shares of every party and the hub's CPU (with database and broker) per message.
-5. The floor, per backend, in the same run, in this process (best of five slices): per
+5. The floor, per backend, in the same run, in this process, on the idle hub before the
+   load and again after it, the better of the two (rates: the fastest of five slices; CPU
+   per message: the cheapest of five slices, as the machine's other load varies): per
    message, the Bundle checked by ``messaging.parser.parse`` (fhir.resources validation,
    required bindings, the message rules), one INSERT (``store.outbox.insert_message``, its own
    transaction, in a database of its own) and one publish (``Bus.publish``: the memory bus, or
@@ -96,6 +98,7 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 RATE_TARGET = 300.0          # messages/s, accepted and delivered to all four, on 2 cores
 P99_TARGET_MS = 100.0        # at half the target rate
 COST_TARGET = 2.0            # the hub's CPU per message over the floor's
+FLOOR_SLICES = 5             # the floor's CPU per message: the cheapest of these slices
 SETTLE_SECONDS = 300.0       # bound on waiting for the set-up's messages to be delivered
 READY_SECONDS = 30.0
 
@@ -134,6 +137,14 @@ class Floor:
     ops: float = 0.0            # all three per message
     cpu_ms_per_msg: float = 0.0  # this process + database + broker, per message
     message_bytes: int = 0
+
+    def best(self, other: Floor) -> Floor:
+        """The better of two measurements, part by part (before and after the load: the
+        machine's other load changes in between)."""
+        return Floor(max(self.validate_ops, other.validate_ops),
+                     max(self.insert_ops, other.insert_ops),
+                     max(self.publish_ops, other.publish_ops), max(self.ops, other.ops),
+                     min(self.cpu_ms_per_msg, other.cpu_ms_per_msg), self.message_bytes)
 
 
 @dataclass(slots=True)
@@ -214,16 +225,22 @@ def measure_floor(store_url: str, bus_url: str, topology: Topology, message: byt
         out.insert_ops = run.best_rate(seconds, insert)
         out.publish_ops = run.best_rate(seconds, publish)
         bus.delete([org])  # what the publishes left in the queue
-        before = (time.process_time(), _ticks(db_comm), _ticks(broker_comm))
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds or n == 0:
-            all_three()
-            n += 1
-        wall = time.perf_counter() - start
-        cpu = (time.process_time() - before[0]
-               + _delta(db_comm, before[1]) + _delta(broker_comm, before[2]))
-        out.cpu_ms_per_msg = round(1000 * cpu / n, 3)
-        out.ops = max(n / wall, run.best_rate(seconds, all_three))
+        # The CPU of each of FLOOR_SLICES slices, the cheapest taken: like the best rate, it
+        # is the closest to the work itself when other load on a shared machine slows the
+        # caches and cores (on this machine, single loops varied by 2 x from run to run).
+        best_cpu, best_ops = float("inf"), 0.0
+        for _ in range(FLOOR_SLICES):
+            before = (time.process_time(), _ticks(db_comm), _ticks(broker_comm))
+            n, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds / FLOOR_SLICES * 2 or n == 0:
+                all_three()
+                n += 1
+            wall = time.perf_counter() - start
+            cpu = (time.process_time() - before[0]
+                   + _delta(db_comm, before[1]) + _delta(broker_comm, before[2]))
+            best_cpu, best_ops = min(best_cpu, cpu / n), max(best_ops, n / wall)
+        out.cpu_ms_per_msg = round(1000 * best_cpu, 3)
+        out.ops = best_ops
     finally:
         bus.delete([org])
         bus.close()
@@ -446,13 +463,17 @@ def _bench_backend(backend: Backend, shape: Shape, plan: Plan, tmp: Path, floor_
             # The floor of the message the load sends, while the hub is idle.
             slots = payloads.meeting_slots()
             log(f"{backend.name}: floor ({plan.floor_seconds:g} s per part)")
-            result.floor = measure_floor(
-                floor_url, shape.broker_url,
-                Topology(f"bench{run_id}.floor", f"bench{run_id}.floor"),
-                _filled(templates[0].encode(), slots[0]), plan.floor_seconds, backend.db_comm,
-                shape.broker_comm)
-            log(f"{backend.name}: floor {result.floor.ops:,.0f} msg/s "
-                f"({result.floor.cpu_ms_per_msg:g} CPU ms each)")
+
+            def floor() -> Floor:
+                measured = measure_floor(
+                    floor_url, shape.broker_url,
+                    Topology(f"bench{run_id}.floor", f"bench{run_id}.floor"),
+                    _filled(templates[0].encode(), slots[0]), plan.floor_seconds,
+                    backend.db_comm, shape.broker_comm)
+                log(f"{backend.name}: floor {measured.ops:,.0f} msg/s "
+                    f"({measured.cpu_ms_per_msg:g} CPU ms each)")
+                return measured
+            result.floor = floor()
 
             phases = [
                 {"label": f"closed loop, {plan.concurrency} connections", "mode": "closed",
@@ -470,6 +491,8 @@ def _bench_backend(backend: Backend, shape: Shape, plan: Plan, tmp: Path, floor_
                       "phases": phases}
             result.phases = run_load(config, tmp)
             result.deliveries = delivery_counts(store)
+            settle(store)  # the floor again, on an idle hub: the better of the two counts
+            result.floor = result.floor.best(floor())
     finally:
         engine.dispose()
         for path in logs:
@@ -536,7 +559,8 @@ def build_report(machine: Json, plan: Plan, results: list[BackendResult]) -> tup
          f"{plan.warmup:g} s warm-up, then {plan.duration:g} s measured; the open loop runs "
          f"at {plan.rate_fraction:g} x the rate the closed loop sustained."),
         "",
-        "Floor (1 process, best of 5 slices, per message):",
+        ("Floor (1 process, per message; rates the fastest and CPU the cheapest of 5 slices, "
+         "the better of a measurement before the load and one after it):"),
         "",
         ("| backend | validate (parser) /s | INSERT /s | publish /s | all three /s "
          "| CPU ms / msg |"),
