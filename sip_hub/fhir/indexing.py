@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from .dates import parse_range
-from .search_params import SearchParam, params_for
+from .search_params import RESOURCE_TYPES, SearchParam, params_for
 
 
 @dataclass(slots=True)
@@ -84,6 +85,23 @@ def index_kinds(resource_type: str) -> frozenset[str]:
     """The index tables (``IndexRows`` fields) a resource of this type can have rows in."""
     return frozenset(t for p in params_for(resource_type).values()
                      for t in _TABLES_OF.get(p.type, ()))
+
+
+# Raise when ``extract`` writes different rows for the same parameters (a change of this
+# module's rules, e.g. how strings are normalised): the store then rebuilds its index.
+EXTRACTION_VERSION = 1
+
+
+@lru_cache(maxsize=1)
+def fingerprint() -> str:
+    """What the stored index rows were derived with: the search parameters of every type and
+    the extraction rules. The store keeps the fingerprint its index was built with and
+    rebuilds the index when a release changes it (``store.index_state``); until then, an
+    update replaces only the rows that changed (it derives the old ones from the old version)."""
+    spec = [(rtype, p.name, p.type, p.paths, p.targets)
+            for rtype in RESOURCE_TYPES
+            for p in sorted(params_for(rtype).values(), key=lambda p: p.name)]
+    return hashlib.sha256(repr((EXTRACTION_VERSION, spec)).encode()).hexdigest()
 
 
 def extract(resource: dict[str, Any]) -> IndexRows:

@@ -1,4 +1,5 @@
-"""Schema migrations (Alembic), run by ``sip-hub migrate`` and at start-up."""
+"""Schema migrations (Alembic), run by ``sip-hub migrate`` and at start-up; then the search
+index is rebuilt if this release derives it differently (``index_state``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine
+
+from .index_state import rebuild_if_changed
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -22,6 +25,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
+    if revision == "head":  # (its table exists from revision 0009)
+        rebuild_if_changed(engine)
     analyze(engine)
 
 

@@ -9,6 +9,7 @@ import os
 import time
 import uuid
 import weakref
+from collections import Counter
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -20,12 +21,12 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import orjson
 from sqlalchemy import (Connection, Engine, and_, bindparam, delete, event, func, insert, or_,
-                        select, update)
+                        select, tuple_, update)
 from sqlalchemy.exc import OperationalError
 
 from ..errors import Conflict, PreconditionFailed, TransientError
 from ..fhir.dates import format_instant, now_utc, to_us
-from ..fhir.indexing import extract, index_kinds
+from ..fhir.indexing import IndexRows, extract, index_kinds
 from ..fhir.search import SearchQuery
 from . import audit as sql_audit
 from . import search as sql_search
@@ -94,16 +95,22 @@ _ADVANCE = DriverStatement(
     .values(version_id=bindparam("v"), last_updated=bindparam("ts"), deleted=bindparam("del")))
 _INSERT_HISTORY = insert_into(resource_history, "res_type", "res_id", "version_id",
                               "last_updated", "method", "content")
-_INSERT_INDEX = {
-    "token": insert_into(INDEX_TABLES["token"], "res_type", "res_id", "param", "system", "code"),
-    "reference": insert_into(INDEX_TABLES["reference"], "res_type", "res_id", "param",
-                             "target_type", "target_id"),
-    "date": insert_into(INDEX_TABLES["date"], "res_type", "res_id", "param", "low", "high"),
-    "string": insert_into(INDEX_TABLES["string"], "res_type", "res_id", "param", "value_norm",
-                          "value")}
+# The columns of each index table's rows after (res_type, res_id), in ``IndexRows`` order.
+_INDEX_COLUMNS = {"token": ("param", "system", "code"),
+                  "reference": ("param", "target_type", "target_id"),
+                  "date": ("param", "low", "high"),
+                  "string": ("param", "value_norm", "value")}
+_INSERT_INDEX = {kind: insert_into(INDEX_TABLES[kind], "res_type", "res_id", *columns)
+                 for kind, columns in _INDEX_COLUMNS.items()}
 _CLEAR_INDEX = {kind: DriverStatement(delete(table).where(table.c.res_type == bindparam("t"),
                                                           table.c.res_id == bindparam("i")))
                 for kind, table in INDEX_TABLES.items()}
+# Every copy of one row (a token's system may be absent: compared null-safe).
+_DELETE_INDEX_ROW = {kind: DriverStatement(delete(table).where(
+    table.c.res_type == bindparam("res_type"), table.c.res_id == bindparam("res_id"),
+    *(table.c[c].is_not_distinct_from(bindparam(c)) if table.c[c].nullable
+      else table.c[c] == bindparam(c) for c in _INDEX_COLUMNS[kind])))
+    for kind, table in INDEX_TABLES.items()}
 _G = access_grant.c
 
 
@@ -146,6 +153,12 @@ def _file_lock(path: str, *, wait: bool) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _index_params(kind: str, rtype: str, rid: str, rows: Iterable[tuple[Any, ...]]
+                  ) -> list[dict[str, Any]]:
+    columns = _INDEX_COLUMNS[kind]
+    return [{"res_type": rtype, "res_id": rid, **dict(zip(columns, row))} for row in rows]
 
 
 def new_id() -> str:
@@ -340,13 +353,20 @@ class Tx:
         ts = to_us(now)
         final = stamp_meta(res, rid, version, format_instant(now))
         content = orjson.dumps(final)
+        old = self._seen.get((rtype, rid)) if previous is not None else None
         self._advance(rtype, rid, version, previous, ts, deleted=False, owner=owner)
         _INSERT_HISTORY.run(self.conn, {
             "res_type": rtype, "res_id": rid, "version_id": version, "last_updated": ts,
             "method": method, "content": content})
-        if previous is not None:
+        if old is not None and old.version_id == previous:
+            # The version replaced, as this transaction read it: its rows are what the index
+            # holds (a tombstone has none), so only the difference is written.
+            self._replace_index(rtype, rid, None if old.deleted else old.doc(), final)
+        elif previous is not None:
             self._clear_index(rtype, rid)
-        self._write_index(rtype, rid, final)
+            self._write_index(rtype, rid, final)
+        else:
+            self._write_index(rtype, rid, final)
         return Stored(rtype, rid, version, ts, False, content, method, owner)
 
     def append_audit(self, events: list[sql_audit.Entry | dict[str, Any]]) -> list[Stored]:
@@ -361,15 +381,48 @@ class Tx:
 
     def _write_index(self, rtype: str, rid: str, res: dict[str, Any]) -> None:
         rows = extract(res)
-        key = {"res_type": rtype, "res_id": rid}
-        _INSERT_INDEX["token"].many(self.conn, [
-            {**key, "param": p, "system": s, "code": c} for p, s, c in rows.token])
-        _INSERT_INDEX["reference"].many(self.conn, [
-            {**key, "param": p, "target_type": t, "target_id": i} for p, t, i in rows.reference])
-        _INSERT_INDEX["date"].many(self.conn, [
-            {**key, "param": p, "low": lo, "high": hi} for p, lo, hi in rows.date])
-        _INSERT_INDEX["string"].many(self.conn, [
-            {**key, "param": p, "value_norm": n, "value": v} for p, n, v in rows.string])
+        for kind in _INDEX_COLUMNS:
+            _INSERT_INDEX[kind].many(self.conn, _index_params(kind, rtype, rid,
+                                                              getattr(rows, kind)))
+
+    def _replace_index(self, rtype: str, rid: str, old: dict[str, Any] | None,
+                       new: dict[str, Any]) -> None:
+        """The index rows of ``old`` (what the index holds for the resource) made those of
+        ``new``: rows in both stay; a row whose count differs is deleted (every copy) and
+        written again as often as ``new`` has it. An update that changes a date writes two
+        statements instead of clearing and rewriting every table."""
+        before, after = extract(old) if old is not None else IndexRows(), extract(new)
+        for kind in _INDEX_COLUMNS:
+            was, now = Counter(getattr(before, kind)), Counter(getattr(after, kind))
+            if was == now:
+                continue
+            changed = [row for row in was.keys() | now.keys() if was[row] != now[row]]
+            _DELETE_INDEX_ROW[kind].many(self.conn, _index_params(
+                kind, rtype, rid, [row for row in changed if was[row]]))
+            _INSERT_INDEX[kind].many(self.conn, _index_params(
+                kind, rtype, rid, [row for row in changed for _ in range(now[row])]))
+
+    def rebuild_index(self, batch: int = 1000) -> int:
+        """Every current resource's index rows derived again from its content (after the
+        search parameters changed); how many resources. Run alone, in one transaction."""
+        for kind in _INDEX_COLUMNS:
+            self.conn.execute(delete(INDEX_TABLES[kind]))
+        done, after = 0, ("", "")
+        key = tuple_(_R.res_type, _R.res_id)
+        while True:
+            rows = self.conn.execute(
+                select(_R.res_type, _R.res_id, _H.content)
+                .join_from(resource, resource_history, and_(
+                    _H.res_type == _R.res_type, _H.res_id == _R.res_id,
+                    _H.version_id == _R.version_id))
+                .where(_R.deleted.is_(False), key > tuple_(*after))
+                .order_by(_R.res_type, _R.res_id).limit(batch)).all()
+            for rtype, rid, content in rows:
+                self._write_index(rtype, rid, orjson.loads(content))
+            done += len(rows)
+            if len(rows) < batch:
+                return done
+            after = (rows[-1][0], rows[-1][1])
 
     # history and search ------------------------------------------------------------------
     def history(self, rtype: str | None = None, rid: str | None = None, *,

@@ -229,3 +229,11 @@ deadline_scan = Table(
     Column("scanned_at", BigInteger, nullable=False),
     Column("inactive_days", Integer, nullable=False),
 )
+
+# One row: the fingerprint of the search parameters and extraction rules the index tables
+# were built with (``fhir.indexing.fingerprint``); see ``store.index_state``.
+search_index_state = Table(
+    "search_index_state", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("fingerprint", String(64), nullable=False),
+)
