@@ -49,11 +49,17 @@ def find(tx: Tx, rtype: str, items: list[tuple[str, str]], limit: int = 1000) ->
     return tx.search(query)[0]
 
 
-def tx_resolver(tx: Tx, pending: dict[tuple[str, str], dict[str, Any]] | None = None) -> Resolve:
+def tx_resolver(tx: Tx, pending: dict[tuple[str, str], dict[str, Any]] | None = None, *,
+                basis: dict[tuple[str, str], Stored | None] | None = None) -> Resolve:
+    """Resolves to ``pending`` (resources being written with this one) first, else to the
+    store as ``tx`` reads it; ``basis`` records each stored resource it read (see
+    ``Prepared``)."""
     def resolve(rtype: str, rid: str) -> dict[str, Any] | None:
         if pending and (rtype, rid) in pending:
             return pending[(rtype, rid)]
         cur = tx.current(rtype, rid)
+        if basis is not None:
+            basis[(rtype, rid)] = cur
         return cur.json() if cur and not cur.deleted else None
     return resolve
 
@@ -133,13 +139,9 @@ def prepare_ahead(store: Store, res: Any, expected_type: str) -> Any:
     with store.begin(write=False, snapshot=False) as tx:
         if profiles.applies(checked):  # the rules resolve its references: read them at once
             tx.load(reference_targets(checked))
-
-        def resolve(rtype: str, rid: str) -> dict[str, Any] | None:
-            cur = basis[(rtype, rid)] = tx.current(rtype, rid)
-            return cur.json() if cur and not cur.deleted else None
         try:
-            return Prepared(prepare(checked, resolve, expected_type=expected_type), basis,
-                            original)
+            return Prepared(prepare(checked, tx_resolver(tx, basis=basis),
+                                    expected_type=expected_type), basis, original)
         except SipHubError:
             return Prevalidated(orjson.loads(original))
 

@@ -46,7 +46,7 @@ from ..fhir.outcome import from_error, information
 from ..interactions import Context
 from ..access import Access, patients_of
 from ..metrics import MESSAGES_RECEIVED
-from ..service import Prepared, Prevalidated, prepare
+from ..service import Prepared, Prevalidated, prepare, tx_resolver
 from ..store import Store, Stored, Tx
 from ..store import inbox
 from . import builder, operations, parser, vocabulary as vocab
@@ -306,20 +306,14 @@ def _prepare_ahead(store: Store, msg: parser.Message) -> _Ahead | None:
             if len(todo) != 1 or not isinstance(todo[0][1]["resource"].get("id"), str):
                 return None
             (index, e), = todo
-            res = bundles.rewrite_refs(e["resource"], _unchanged(msg, same))
-            rtype, rid = res["resourceType"], res["id"]
-            # As transaction_in does: the entry's own fullUrl means itself, and its rules
-            # resolve it as written.
-            res = bundles.rewrite_refs(res, {e["fullUrl"]: f"{rtype}/{rid}"})
-            pending = {(rtype, rid): {**res, "id": rid}}
-
-            def resolve(t: str, i: str) -> Json | None:
-                if (t, i) in pending:
-                    return pending[(t, i)]
-                cur = current(t, i)
-                return cur.json() if cur is not None and not cur.deleted else None
+            rtype, rid = e["resource"]["resourceType"], e["resource"]["id"]
+            # As _apply and transaction_in do: references to the unchanged entries become
+            # theirs, the entry's own fullUrl means itself, and its rules resolve it as written.
+            res = bundles.rewrite_refs(e["resource"], {**_unchanged(msg, same),
+                                                       e["fullUrl"]: f"{rtype}/{rid}"})
             original = orjson.dumps(res)
-            prepared = prepare(Prevalidated(res), resolve, expected_type=rtype)
+            prepared = prepare(Prevalidated(res), tx_resolver(
+                tx, {(rtype, rid): {**res, "id": rid}}, basis=basis), expected_type=rtype)
     except SipHubError:
         return None
     return _Ahead(basis, same, index, _put_or_post(e, Prepared(prepared, {}, original)))

@@ -42,12 +42,15 @@ _H = resource_history.c
 _R = resource.c
 AUDIT_TYPE = sql_audit.AUDIT_TYPE
 
-# Hot-path statements built once: SQLAlchemy then reuses their compiled form directly.
-_CURRENT = DriverStatement(
-    select(*CURRENT_COLUMNS)
-    .join_from(resource, resource_history, and_(
+def _current(*columns: Any) -> Any:
+    """``columns`` of every resource's current version (its row joined to that version's)."""
+    return select(*columns).join_from(resource, resource_history, and_(
         _H.res_type == _R.res_type, _H.res_id == _R.res_id, _H.version_id == _R.version_id))
-    .where(_R.res_type == bindparam("t"), _R.res_id == bindparam("i")))
+
+
+# Hot-path statements built once: SQLAlchemy then reuses their compiled form directly.
+_CURRENT = DriverStatement(_current(*CURRENT_COLUMNS).where(
+    _R.res_type == bindparam("t"), _R.res_id == bindparam("i")))
 _VERSION = select(*_COLUMNS).where(_H.res_type == bindparam("t"), _H.res_id == bindparam("i"),
                                    _H.version_id == bindparam("v"))
 _VERSION_OF = select(_R.version_id, _R.deleted).where(
@@ -62,12 +65,8 @@ _KEYS_MAX = 32
 
 @lru_cache(maxsize=_KEYS_MAX)
 def _current_of(n: int) -> DriverStatement:
-    return DriverStatement(
-        select(*CURRENT_COLUMNS)
-        .join_from(resource, resource_history, and_(
-            _H.res_type == _R.res_type, _H.res_id == _R.res_id,
-            _H.version_id == _R.version_id))
-        .where(any_of(n, t=_R.res_type, i=_R.res_id)))
+    return DriverStatement(_current(*CURRENT_COLUMNS)
+                           .where(any_of(n, t=_R.res_type, i=_R.res_id)))
 
 
 @lru_cache(maxsize=_KEYS_MAX)
@@ -280,11 +279,7 @@ class Tx:
                 if vis is not None:
                     conds.append(sql_search.visibility_cond(t, vis))
                     params = sql_search.visibility_params(vis)
-            q = (select(*_COLUMNS, _R.owner_org)
-                 .join_from(resource, resource_history, and_(
-                     _H.res_type == _R.res_type, _H.res_id == _R.res_id,
-                     _H.version_id == _R.version_id))
-                 .where(*conds))
+            q = _current(*_COLUMNS, _R.owner_org).where(*conds)
             for row in self.conn.execute(q, params):
                 out[(row.res_type, row.res_id)] = _row(row, False)
         return [out[k] for k in dict.fromkeys(keys) if k in out]
@@ -411,10 +406,7 @@ class Tx:
         key = tuple_(_R.res_type, _R.res_id)
         while True:
             rows = self.conn.execute(
-                select(_R.res_type, _R.res_id, _H.content)
-                .join_from(resource, resource_history, and_(
-                    _H.res_type == _R.res_type, _H.res_id == _R.res_id,
-                    _H.version_id == _R.version_id))
+                _current(_R.res_type, _R.res_id, _H.content)
                 .where(_R.deleted.is_(False), key > tuple_(*after))
                 .order_by(_R.res_type, _R.res_id).limit(batch)).all()
             for rtype, rid, content in rows:
