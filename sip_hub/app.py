@@ -23,7 +23,7 @@ from .messaging.endpoints import Endpoints
 from .messaging.runtime import Messaging
 from .messaging.worker import Worker
 from .auth import TokenService, load_keys
-from .errors import (BadRequest, MethodNotAllowed, NotFound, SipHubError, TransientError)
+from .errors import BadRequest, InternalError, MethodNotAllowed, NotFound, SipHubError
 from .fhir.outcome import from_error
 from .routes import ROUTERS, fhir_rest, messaging as messaging_routes
 from .routes.wire import JSON, in_thread, respond
@@ -81,7 +81,7 @@ def _error_response(request: Request, err: SipHubError) -> Response:
 
 def _unexpected_response(request: Request) -> Response:
     log.exception("Unhandled error on %s %s", request.method, request.url.path)
-    return _error_response(request, TransientError(
+    return _error_response(request, InternalError(
         "Internal error; the request was not applied. It has been logged."))
 
 

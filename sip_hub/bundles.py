@@ -76,8 +76,19 @@ def _entries(bundle: dict[str, Any], ctx: ix.Context) -> list[_Entry]:
         if method in ("POST", "PUT") and not isinstance(resource, dict):
             raise BadRequest(f"{where}: {method} needs a resource", expression=where)
         out.append(_Entry(i, method, rtype, rid, vid, query, has_query, resource,
-                          e.get("fullUrl"), req.get("ifNoneExist"), req.get("ifMatch")))
+                          _text(e, "fullUrl", where),
+                          _text(req, "ifNoneExist", f"{where}.request"),
+                          _text(req, "ifMatch", f"{where}.request")))
     return out
+
+
+def _text(node: dict[str, Any], key: str, where: str) -> str | None:
+    """An optional string element of an entry (a uri or string in FHIR): anything else is the
+    client's error, not a key the transaction can map or a header it can parse."""
+    value = node.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise BadRequest(f"{where}.{key} must be a string", expression=f"{where}.{key}")
 
 
 def rewrite_refs(node: Any, mapping: dict[str, str]) -> Any:

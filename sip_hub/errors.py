@@ -88,6 +88,13 @@ class Unprocessable(SipHubError):
     status, code = 422, "processing"
 
 
+class InternalError(SipHubError):
+    """A fault of the hub's own (a bug), not of the request: nothing was applied, and a retry
+    of the same request would meet it again."""
+
+    status, code = 500, "exception"
+
+
 class TransientError(SipHubError):
     status, code = 503, "transient"
     retryable = True

@@ -81,10 +81,10 @@ def parse_etag(value: str) -> int:
     v = value.strip()
     if v.startswith("W/"):
         v = v[2:]
-    v = v.strip('"')
-    if not v.isdigit():
-        raise BadRequest(f"If-Match must be a version ETag like W/\"3\", not '{value}'")
-    return int(v)
+    version = fhir_search.uint(v.strip('"'))
+    if version is None:
+        raise BadRequest(f"If-Match must be a version ETag like W/\"3\", not '{value[:40]}'")
+    return version
 
 
 def location(ctx: Context, stored: Stored) -> str:
@@ -160,9 +160,10 @@ def vread(tx: Tx, ctx: Context, rtype: str, rid: str, vid: str) -> Result:
     check_type(rtype)
     ctx.access.check(rtype, "r")
     check_id(rid)
-    ver = tx.version(rtype, rid, int(vid)) if vid.isdigit() else None
+    version = fhir_search.uint(vid)
+    ver = tx.version(rtype, rid, version) if version is not None else None
     if ver is None:
-        raise NotFound(f"{rtype}/{rid} has no version '{vid}'")
+        raise NotFound(f"{rtype}/{rid} has no version '{vid[:40]}'")
     # Access follows the resource as it is now: a withdrawn consent closes old versions too.
     cur = tx.current(rtype, rid)
     _guard_read(tx, ctx, cur if cur and not cur.deleted else ver, "vread")

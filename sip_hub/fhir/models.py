@@ -67,7 +67,9 @@ def validate(resource: dict[str, Any]) -> None:
         ]
         raise Unprocessable(f"{rtype} is not valid FHIR R4: {issues[0].diagnostics} at "
                             f"{issues[0].expression[0]}", issues=issues) from None
-    except (ValueError, TypeError) as exc:  # raised by fhir_core's own root validators
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+        # fhir_core's own root validators assume shapes that malformed input breaks (a
+        # number where a primitive's extension object belongs raises AttributeError)
         raise Unprocessable(f"{rtype} is not valid FHIR R4: {exc}", expression=rtype) from None
 
 

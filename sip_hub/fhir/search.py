@@ -261,7 +261,21 @@ def parse(rtype: str, items: list[tuple[str, str]], *, default_count: int, max_c
     return q
 
 
+MAX_INT = 2**63 - 1  # what a database integer column and OFFSET hold
+
+
+def uint(raw: str) -> int | None:
+    """A non-negative integer written in ASCII digits that a database integer holds, else
+    None (``str.isdigit`` alone accepts '²', which int() refuses, and any length)."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
+        return None
+    value = int(raw)
+    return value if value <= MAX_INT else None
+
+
 def nonneg_int(raw: str, key: str) -> int:
-    if not raw.isdigit():
-        raise BadRequest(f"{key} must be a non-negative integer, not '{raw}'", expression=key)
-    return int(raw)
+    value = uint(raw)
+    if value is None:
+        raise BadRequest(f"{key} must be a non-negative integer of at most {MAX_INT}, not "
+                         f"'{raw[:40]}'", expression=key)
+    return value

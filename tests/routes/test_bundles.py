@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from fhirhttp import body, create, outcome_text, patient, plain_careplan
 
 
@@ -126,3 +128,29 @@ def test_absolute_url_to_other_server_is_refused(client):
     r = client.post("/fhir", **body(tx({"resource": patient(), "request": {
         "method": "POST", "url": "http://elsewhere.example/fhir/Patient"}})))
     assert r.status_code == 400
+
+
+@pytest.mark.parametrize("field,value", [
+    ("fullUrl", {"a": 1}), ("fullUrl", ["urn:uuid:x"]), ("fullUrl", 5),
+    ("request.ifNoneExist", {"identifier": "x"}), ("request.ifMatch", 3),
+])
+@pytest.mark.parametrize("btype", ["transaction", "batch"])
+def test_entry_elements_of_the_wrong_type_are_400_and_nothing_is_stored(client, btype, field,
+                                                                         value):
+    entry = {"fullUrl": "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a",
+             "resource": patient(), "request": {"method": "POST", "url": "Patient"}}
+    if field.startswith("request."):
+        entry["request"][field.split(".")[1]] = value
+    else:
+        entry[field] = value
+    r = client.post("/fhir", **body({"resourceType": "Bundle", "type": btype,
+                                     "entry": [entry]}))
+    if btype == "transaction":
+        assert r.status_code == 400, r.text
+        assert "Bundle.entry[0]" in outcome_text(r) and field.split(".")[-1] in outcome_text(r)
+    else:  # each entry answers alone
+        assert r.status_code == 200, r.text
+        response = r.json()["entry"][0]["response"]
+        assert response["status"] == "400"
+        assert field.split(".")[-1] in str(response["outcome"])
+    assert client.get("/fhir/Patient").json()["total"] == 0

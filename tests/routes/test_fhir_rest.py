@@ -233,6 +233,12 @@ def test_billion_laughs_is_refused(client):
     (b'{"resourceType": "Patient", "gender": "bogus"}', "application/fhir+json", 422,
      "administrative-gender"),
     (b'{"resourceType": "Patient", "name": []}', "application/fhir+json", 422, "ele-1"),
+    # A string holding a number where a primitive's extension object belongs: fhir_core
+    # parses it as JSON and its own validator then raised AttributeError (a 5xx before)
+    (b'{"resourceType": "Patient", "gender": "male", "_gender": "1.5"}', "application/fhir+json",
+     422, "not valid FHIR R4"),
+    (b'{"resourceType": "Patient", "identifier": [{"system": "urn:x", "_system": "7"}]}',
+     "application/fhir+json", 422, "not valid FHIR R4"),
     (b'{"resourceType": "Patient"}', "text/plain", 415, "Content-Type"),
     (b"<Patient", "application/fhir+xml", 400, "Malformed XML"),
     (b"", "application/fhir+json", 400, "no body"),
@@ -301,3 +307,48 @@ def test_cpl3_reference_and_detail_together_is_422(client):
     r = client.post("/fhir/CarePlan", **body(cp))
     assert r.status_code == 422
     assert "cpl-3" in outcome_text(r)
+
+
+@pytest.mark.parametrize("vid", ["99999999999999999999", "9223372036854775808", "\u00b2", "0"])
+def test_vread_of_a_version_no_store_can_hold_is_404(client, vid):
+    pid = create(client, patient())["id"]
+    r = client.get(f"/fhir/Patient/{pid}/_history/{vid}")
+    assert r.status_code == 404, r.text
+    assert "has no version" in outcome_text(r)
+    assert client.get(f"/fhir/Patient/{pid}/_history/1").status_code == 200
+
+
+@pytest.mark.parametrize("etag", ['W/"99999999999999999999"', 'W/"-1"'])
+def test_if_match_beyond_any_version_changes_nothing(client, etag):
+    created = create(client, patient())
+    changed = {**created, "gender": "female"}
+    r = client.put(f"/fhir/Patient/{created['id']}", content=orjson.dumps(changed),
+                   headers={**JSON_HEADERS, "if-match": etag})
+    assert r.status_code in (400, 412), r.text
+    assert r.json()["resourceType"] == "OperationOutcome"
+    assert client.get(f"/fhir/Patient/{created['id']}").json()["meta"]["versionId"] == "1"
+
+
+@pytest.mark.parametrize("param", ["_count", "_offset"])
+@pytest.mark.parametrize("value", ["99999999999999999999", "\u00b2", "-1"])
+def test_paging_numbers_out_of_range_are_400(client, param, value):
+    create(client, patient())
+    for path in ("/fhir/Patient", "/fhir/Patient/_history"):
+        r = client.get(path, params={param: value})
+        assert r.status_code == 400, (path, r.text)
+        assert param in outcome_text(r)
+
+
+def test_a_fault_of_the_hub_is_500_with_an_outcome_not_a_retry(client, monkeypatch, caplog):
+    """The safety net for bugs: an OperationOutcome with 500 (code exception), logged; not a
+    503, which tells a client to send the same request again."""
+    from sip_hub import interactions
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(interactions, "search", broken)
+    r = client.get("/fhir/Patient")
+    assert r.status_code == 500
+    issue = r.json()["issue"][0]
+    assert r.json()["resourceType"] == "OperationOutcome" and issue["code"] == "exception"
+    assert "Unhandled error on GET /fhir/Patient" in caplog.text
