@@ -6,7 +6,6 @@ store, so a rule enforced here holds everywhere.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,7 +20,6 @@ from .fhir.search import parse as parse_search
 from .fhir.search_params import READ_ONLY_TYPES, supported
 from .store import Store, Stored, Tx
 
-ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 # Resolves (type, id) to the current JSON of a resource, or None.
 Resolve = Callable[[str, str], dict[str, Any] | None]
@@ -37,7 +35,7 @@ def check_type(rtype: str, *, write: bool = False) -> None:
 
 
 def check_id(rid: str) -> None:
-    if not ID_RE.match(rid):
+    if not validation.ID_RE.match(rid):
         raise BadRequest(f"'{rid}' is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)")
 
 

@@ -9,6 +9,7 @@ from ..errors import BadRequest
 from .dates import parse_range
 from .indexing import normalise_string, split_reference
 from .search_params import SearchParam, params_for
+from .validation import CONTROL_CHARS
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 RESULT_PARAMS = frozenset({"_count", "_offset", "_sort", "_include", "_revinclude", "_total",
@@ -218,6 +219,10 @@ def parse(rtype: str, items: list[tuple[str, str]], *, default_count: int, max_c
     q = SearchQuery(rtype, count=default_count)
     for key, raw in items:
         base = key.split(":", 1)[0]
+        if CONTROL_CHARS.search(key) or CONTROL_CHARS.search(raw):
+            raise BadRequest(f"Search parameter {key[:40]!r} holds a control character "
+                             "(below U+0020), which no stored value can match",
+                             expression=key[:40])
         try:
             if base == "_count":
                 q.count = min(nonneg_int(raw, key), max_count)

@@ -231,6 +231,10 @@ def _primitive(value: Any, kind: int, ftype: str, binding: Binding | None, path:
         if not value or value.isspace():
             out.add(path, _EMPTY_STRING, "structure")
             return
+        if CONTROL_CHARS.search(value):
+            out.add(path, f"{path} holds a control character (below U+0020, other than tab, "
+                          "CR and LF), which a FHIR string must not", "value")
+            return
         if binding is not None and value not in binding.codes:
             out.add(path, f"Value '{value}' is not in the required value set {binding.value_set} "
                           f"for {path}", "code-invalid")
@@ -345,6 +349,10 @@ def _as_list(value: Any) -> list[Any]:
     return [] if value is None else [value]
 
 
+ID_RE: Final = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # the FHIR id datatype
+# Characters below U+0020 other than tab, CR and LF: FHIR strings should not hold them, XML
+# cannot carry them (so the resource could not be served as XML) and PostgreSQL refuses NUL.
+CONTROL_CHARS: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _DATETIME: Final = re.compile(
     r"(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?"
     r"(Z|[+-]\d{2}:\d{2})?)?)?)?")

@@ -119,6 +119,23 @@ def test_what_cannot_be_read_as_a_message_is_a_clear_4xx(unchanged: Hub, content
     assert says in outcome(r, status)
 
 
+@pytest.mark.parametrize("where", ["Bundle.id", "MessageHeader.id"])
+@pytest.mark.parametrize("bad_id", ["a\u0000b", "x" * 65, "two words", "\u00e5r"])
+def test_ids_that_are_not_fhir_ids_are_a_400_before_the_inbox_is_asked(unchanged: Hub,
+                                                                       where: str,
+                                                                       bad_id: str) -> None:
+    """The inbox keys resent messages by these ids; a NUL in one reached PostgreSQL (which
+    refuses NUL in text) and answered 5xx."""
+    msg = status_change(unchanged)
+    if where == "Bundle.id":
+        msg["id"] = bad_id
+    else:
+        msg["entry"][0]["resource"]["id"] = bad_id
+    says = outcome(unchanged.post(BUP, URL, msg), 400)
+    path = "Bundle.id" if where == "Bundle.id" else "Bundle.entry[0].resource.id"
+    assert says.startswith(path) and "not a valid FHIR id" in says
+
+
 def test_an_unknown_event_is_a_fatal_error_and_its_resources_are_not_applied(unchanged: Hub
                                                                               ) -> None:
     msg = status_change(unchanged)   # carries a real change to BUP's insats

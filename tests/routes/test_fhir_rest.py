@@ -239,6 +239,11 @@ def test_billion_laughs_is_refused(client):
      422, "not valid FHIR R4"),
     (b'{"resourceType": "Patient", "identifier": [{"system": "urn:x", "_system": "7"}]}',
      "application/fhir+json", 422, "not valid FHIR R4"),
+    # Control characters: PostgreSQL refused the NUL (a 5xx), XML cannot carry any of them
+    (b'{"resourceType": "Patient", "name": [{"family": "a\\u0000b"}]}',
+     "application/fhir+json", 422, "Patient.name[0].family holds a control character"),
+    (b'{"resourceType": "Patient", "name": [{"given": ["Tolvan", "x\\u001bq"]}]}',
+     "application/fhir+json", 422, "Patient.name[0].given[1] holds a control character"),
     (b'{"resourceType": "Patient"}', "text/plain", 415, "Content-Type"),
     (b"<Patient", "application/fhir+xml", 400, "Malformed XML"),
     (b"", "application/fhir+json", 400, "no body"),
@@ -352,3 +357,18 @@ def test_a_fault_of_the_hub_is_500_with_an_outcome_not_a_retry(client, monkeypat
     issue = r.json()["issue"][0]
     assert r.json()["resourceType"] == "OperationOutcome" and issue["code"] == "exception"
     assert "Unhandled error on GET /fhir/Patient" in caplog.text
+
+
+@pytest.mark.parametrize("params", [{"name": "a\u0000b"}, {"identifier": "urn:x|a\u0000"},
+                                    {"_id": "a\u0000"}, {"name\u0000": "x"}])
+def test_a_search_value_with_a_control_character_is_400(client, params):
+    create(client, patient())
+    r = client.get("/fhir/Patient", params=params)
+    assert r.status_code == 400, r.text
+    assert "control character" in outcome_text(r)
+
+
+def test_tab_cr_and_lf_stay_allowed_in_strings(client):
+    pid = create(client, {**patient(), "name": [{"text": "Tolvan\tTolvansson\r\nrad 2"}]})["id"]
+    assert client.get(f"/fhir/Patient/{pid}").json()["name"][0]["text"] == \
+        "Tolvan\tTolvansson\r\nrad 2"

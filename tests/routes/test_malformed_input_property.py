@@ -117,6 +117,7 @@ def test_a_transaction_of_mutated_entries_is_all_or_nothing_and_never_a_5xx(clie
     st.sampled_from(["patient", "status", "date", "_lastUpdated", "_count", "_offset", "_sort",
                      "_include", "_revinclude", "category:not", "identifier", "_id:above"]),
     st.sampled_from(["", "x", "ge2020", "eq2020-13-01", "99999999999999999999", "\u00b2", "-5",
+                     "a\u0000b",
                      "|", "a|", "Patient/", "CarePlan:patient", "-date", "1,,2"])),
     min_size=1, max_size=4))
 def test_odd_search_parameters_are_answered_with_an_outcome(client, params):
