@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .errors import BadRequest, Issue
-from .fhir import models
+from .errors import BadRequest, Issue, IssueCollector
+from .fhir import models, validation
 from .fhir.dates import from_us, parse_range
 
 Json = dict[str, Any]
@@ -186,6 +186,9 @@ def read(body: Any, operation: str, declared: tuple[Param, ...]) -> Params:
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
         raise BadRequest(f"{operation} takes a Parameters resource")
     models.validate(body)
+    structure = IssueCollector()  # what fhir.resources lets through (a null parameter list)
+    validation.check(body, structure)
+    structure.raise_if_any(f"{operation}: the Parameters resource is not valid FHIR")
     issues: list[Issue] = []
     parameters = body.get("parameter", [])
     _check(parameters, declared, "Parameters.parameter", operation, issues)

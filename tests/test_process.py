@@ -241,8 +241,9 @@ def test_parameters_are_read_strictly() -> None:
         {"name": "b", "valueString": "y"}]}], "no parameter 'b'"),
 ])
 def test_bad_parameters_are_400(params: list[Json], fragment: str) -> None:
+    body: Json = {"resourceType": "Parameters", **({"parameter": params} if params else {})}
     with pytest.raises(BadRequest) as err:
-        parameters.read({"resourceType": "Parameters", "parameter": params}, "$op", SPEC)
+        parameters.read(body, "$op", SPEC)
     assert fragment in " ".join(i.diagnostics for i in err.value.issues)
 
 
@@ -250,6 +251,10 @@ def test_a_parameters_body_must_be_valid_fhir() -> None:
     with pytest.raises(Unprocessable):
         parameters.read({"resourceType": "Parameters", "parameter": [{"valueCode": "x"}]},
                         "$op", SPEC)
+    # JSON nulls and empty lists, which fhir.resources lets through (a null list was a 5xx)
+    for params in (None, [], [{"name": "to", "valueCode": "x"}, {"name": "group", "part": None}]):
+        with pytest.raises(Unprocessable):
+            parameters.read({"resourceType": "Parameters", "parameter": params}, "$op", SPEC)
     with pytest.raises(BadRequest):
         parameters.read({"resourceType": "Bundle"}, "$op", SPEC)
 

@@ -185,8 +185,15 @@ def test_unknown_phase_and_malformed_parameters_are_400(client, h):
     assert r.status_code == 400 and "takes valueCode" in outcome_text(r)
     r = post(client, f"CarePlan/{PLAN}/$transition", h[SOC], {"resourceType": "Patient"})
     assert r.status_code == 400 and "Parameters" in outcome_text(r)
-    r = post(client, f"CarePlan/{PLAN}/$transition", h[SOC], parameters())
+    r = post(client, f"CarePlan/{PLAN}/$transition", h[SOC], {"resourceType": "Parameters"})
     assert r.status_code == 400 and r.json()["issue"][0]["code"] == "required"
+    # Not valid FHIR JSON, whatever the operation (a null list reached the hub's own checks)
+    for params in ([], None, [{"name": "to", "valueCode": "kartlaggning", "part": None}]):
+        r = post(client, f"CarePlan/{PLAN}/$transition", h[SOC],
+                 {"resourceType": "Parameters", "parameter": params})
+        assert r.status_code == 422, r.text
+        assert "ele-1" in outcome_text(r) or "null" in outcome_text(r)
+    assert client.get(f"/fhir/CarePlan/{PLAN}").json()["meta"]["versionId"] == "1"
     r = post(client, "CarePlan/nobody/$transition", h[SOC],
              parameters(code("to", "kartlaggning")))
     assert r.status_code == 404
