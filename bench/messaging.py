@@ -592,7 +592,8 @@ def build_report(machine: Json, plan: Plan, results: list[BackendResult]) -> tup
             p["cost_ratio"] = ratio
             offered = f"{p['concurrency']} conn." if p["mode"] == "closed" else _fmt(p["rate"])
             errors = str(p["errors"]) + (f" ({p['undelivered']} undelivered)"
-                                         if p["undelivered"] else "")
+                                         if p["undelivered"] else "") + (
+                f" ({p['resent']} resent after transient-error)" if p.get("resent") else "")
             cpu = " / ".join(_fmt(p[k], 0) for k in (
                 "cpu_client_pct", "cpu_hub_pct", "cpu_receiver_pct", "cpu_db_pct",
                 "cpu_broker_pct", "cpu_other_pct"))

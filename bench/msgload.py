@@ -53,6 +53,8 @@ Json = dict[str, Any]
 HEADERS = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
 POLL_SECONDS = 0.05          # how often the receiver is asked for new receipts while draining
 STALL_SECONDS = 30.0         # give up draining when no receipt came for this long
+RESEND_SECONDS = 0.2         # after a transient-error (back-pressure), send the message again
+RESEND_MAX = 100
 
 
 @dataclass(slots=True)
@@ -75,6 +77,7 @@ class Window:
     errors: dict[str, int] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
     dropped: int = 0
+    resent: int = 0  # answered transient-error (the hub's back-pressure) and sent again
 
     def inside(self, t: float) -> bool:
         return self.start <= t < self.end
@@ -167,15 +170,23 @@ class Client:
         token, body = self.body(sip)
         sent = self.sent[token] = Sent(phase, due, time.monotonic())
         counted = window.inside(due)
-        try:
-            async with self.session.post(self.url, data=body, headers=self.headers) as resp:
-                status, answer = resp.status, await resp.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        for attempt in range(RESEND_MAX + 1):
+            try:
+                async with self.session.post(self.url, data=body, headers=self.headers) as resp:
+                    status, answer = resp.status, await resp.read()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                if counted:
+                    window.error(type(exc).__name__, str(exc)[:300])
+                return
+            code = _response_code(answer) if status == 200 else None
+            if code != "transient-error" or attempt == RESEND_MAX:
+                break
+            # Back-pressure: a sender tries the same message again a little later (its
+            # latency keeps counting from when it was first due).
             if counted:
-                window.error(type(exc).__name__, str(exc)[:300])
-            return
+                window.resent += 1
+            await asyncio.sleep(RESEND_SECONDS)
         sent.answered = time.monotonic()
-        code = _response_code(answer) if status == 200 else None
         sent.ok = code == "ok"
         if counted and not sent.ok:
             window.error(f"{status} {code or ''}".strip(), _diagnostics(answer))
@@ -328,6 +339,7 @@ class Client:
             "delivered": len(done),
             "undelivered": undelivered,
             "dropped": window.dropped,
+            "resent": window.resent,
             "accepted_per_s": round(accepted_per_s, 1),
             "delivered_per_s": round(delivered_per_s, 1),
             "sustained_per_s": round(sustained_per_s, 1),
@@ -373,7 +385,8 @@ async def main(config: Json) -> list[Json]:
             print(f"  {result['label']:<38} accepted {result['accepted_per_s']:>7.1f}/s  "
                   f"delivered {result['delivered_per_s']:>7.1f}/s  e2e p50 "
                   f"{result['e2e_p50_ms']} p99 {result['e2e_p99_ms']} ms  errors "
-                  f"{result['errors']}  undelivered {result['undelivered']}  cpu "
+                  f"{result['errors']}  resent {result['resent']}  undelivered "
+                  f"{result['undelivered']}  cpu "
                   f"client/hub/recv/db/broker/other {result['cpu_client_pct']}/"
                   f"{result['cpu_hub_pct']}/{result['cpu_receiver_pct']}/"
                   f"{result['cpu_db_pct']}/{result['cpu_broker_pct']}/"

@@ -39,6 +39,9 @@ class MessagingSettings(BaseSettings):
     # (their source names the hub).
     hub_hsa_id: str = ""
     relay_batch: int = Field(default=100, ge=1, le=10_000)
+    # Back-pressure: $process-message answers transient-error while this many deliveries or
+    # more are due and undelivered (see sip_hub.messaging.backlog); 0: no bound.
+    backlog_limit: int = Field(default=2_000, ge=0)
     poll_seconds: float = Field(default=1.0, gt=0)
     # `sip-hub worker` serves its metrics (/metrics) on this port of SIP_HUB_HOST; 0: not at
     # all. Deliveries and dead letters are counted in the worker, not in the API process.

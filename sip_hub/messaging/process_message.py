@@ -105,6 +105,15 @@ def process(store: Store, ctx: Context, body: Any, messaging: Messaging, *,
     """Handle one ``$process-message`` request (see the module docstring)."""
     env = parser.envelope(body)
     _authenticate(ctx, env)
+    waiting = messaging.backlog.over(store)
+    if waiting is not None:  # nothing stored or remembered: the same message may come again
+        MESSAGES_RECEIVED.labels(vocab.TRANSIENT_ERROR).inc()
+        busy = TransientError(f"{waiting} or more deliveries are waiting to go out; the hub "
+                              "takes new messages again when they are delivered: resend "
+                              "this one later", headers={"Retry-After": "1"})
+        if asynchronous:  # not accepted: an HTTP error, as for any async refusal
+            raise busy
+        return Reply(200, _response(ctx, env, messaging, vocab.TRANSIENT_ERROR, busy, None))
     parsed = None if asynchronous else _parse(body)
     if response_url is not None:
         if not asynchronous:

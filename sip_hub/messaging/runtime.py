@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..bus import Bus, Topology
 from ..settings import Settings
+from .backlog import Backlog
 from .config import MessagingSettings
 from .endpoints import Endpoints
 from .events import Emitter
@@ -16,6 +17,10 @@ class Messaging:
     config: MessagingSettings
     endpoints: Endpoints
     emitter: Emitter
+    backlog: Backlog = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backlog", Backlog(self.config.backlog_limit))
 
     @classmethod
     def from_config(cls, config: MessagingSettings) -> "Messaging":

@@ -244,6 +244,29 @@ def claim_due(tx: Tx, now: int, limit: int) -> list[Delivery]:
     return [by_id[i] for i in ids if i in by_id]
 
 
+# Undelivered and due: waiting for the relay, or on the bus waiting for delivery. A delivery
+# waiting out its retry delay (its organisation is down) is not counted. Each part is bounded
+# by :cap, so the count costs at most cap index entries however large the backlog.
+_BACKLOG = {state: DriverStatement(select(func.count()).select_from(
+    select(literal_column("1")).where(*where).limit(bindparam("cap")).subquery()))
+    for state, where in ((PENDING, (_D.state == PENDING, _D.next_attempt_at <= bindparam("now"))),
+                         (PUBLISHED, (_D.state == PUBLISHED,)))}
+
+
+def backlog(tx: Tx, now: int, cap: int) -> int:
+    """How many deliveries are due and not yet delivered, counted up to ``cap``."""
+    total = 0
+    for state, statement in _BACKLOG.items():
+        params: dict[str, int] = {"cap": cap - total}
+        if state == PENDING:
+            params["now"] = now
+        row = statement.first(tx.conn, params)
+        total += int(row[0]) if row else 0
+        if total >= cap:
+            break
+    return total
+
+
 def relay_due(tx: Tx, now: int, published_before: int) -> bool:
     """Whether the relay has anything to do (a read: idle rounds take no write lock)."""
     row = _RELAY_DUE.first(tx.conn, {"now": now, "before": published_before})
