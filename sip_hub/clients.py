@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import uuid
 from typing import Any
@@ -57,8 +58,13 @@ def create_client(store: Store, *, org: str, scope: str, name: str | None = None
             "scope": " ".join(scopes), "role": role, "personal_data": personal_data}
 
 
+# Printable ASCII that fits the key: every id the hub issues (sip-<hex>) and nothing a
+# database refuses (PostgreSQL answered a NUL in a Basic-auth client id with an error).
+_CLIENT_ID = re.compile(r"[!-~]{1,64}")
+
+
 def authenticate(store: Store, client_id: str, secret: str) -> ClientRecord | None:
-    rec = get_client(store, client_id)
+    rec = get_client(store, client_id) if _CLIENT_ID.fullmatch(client_id) else None
     if rec is None or not rec.active:
         # Spend the same time as a real check so ids cannot be probed by timing.
         _hasher.hash(secret)

@@ -59,6 +59,12 @@ def test_token_with_basic_and_with_form_post(anonymous, store):
     ({"grant_type": "client_credentials"}, ("nobody", "x"), 401, "invalid_client"),
     ({"grant_type": "password"}, None, 400, "unsupported_grant_type"),
     ({"grant_type": "client_credentials"}, None, 401, "invalid_client"),
+    # Ids no client can have (a NUL reached PostgreSQL's key lookup: a 5xx)
+    ({"grant_type": "client_credentials"}, ("a\u0000b", "x"), 401, "invalid_client"),
+    ({"grant_type": "client_credentials", "client_id": "\u0000", "client_secret": "x"}, None,
+     401, "invalid_client"),
+    ({"grant_type": "client_credentials"}, ("x" * 65, "x"), 401, "invalid_client"),
+    ({"grant_type": "client_credentials"}, ("\u00e5", "x"), 401, "invalid_client"),
 ])
 def test_token_errors_follow_oauth2(anonymous, data, auth, status, error):
     r = anonymous.post("/auth/token", data=data, auth=auth)
