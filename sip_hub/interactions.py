@@ -100,6 +100,9 @@ def match(tx: Tx, ctx: Context, rtype: str, criteria: str | list[tuple[str, str]
         raise BadRequest("A conditional interaction needs search criteria")
     query = fhir_search.parse(rtype, items, default_count=2, max_count=2, base_url=ctx.base_url)
     query.count, query.total = 2, False
+    # Two conditional creates (or updates) with the same criteria at once would both find
+    # nothing and both create: the second waits for the first and then finds its resource.
+    tx.serialise(f"match:{rtype}?{urlencode(sorted(items))}")
     vis = ctx.access.visibility(rtype)
     if vis is False:
         return []

@@ -465,9 +465,15 @@ class Tx:
     # access grants -----------------------------------------------------------------------
     def lock_patient(self, patient_id: str) -> None:
         """Serialise grant refreshes of one patient (SQLite serialises all writes already)."""
+        self.serialise(f"grants:{patient_id}")
+
+    def serialise(self, key: str) -> None:
+        """Until this transaction ends, other transactions asking for ``key`` wait, and then see
+        what it committed (PostgreSQL: an advisory transaction lock; a write on SQLite holds
+        the one write lock already)."""
         if self.conn.dialect.name == "postgresql":
             self.conn.execute(select(func.pg_advisory_xact_lock(
-                func.hashtextextended(f"grants:{patient_id}", 0))))
+                func.hashtextextended(key, 0))))
 
     def replace_grants(self, patient_id: str, grants: list[Grant]) -> None:
         self.conn.execute(_DELETE_GRANTS, {"p": patient_id})

@@ -89,6 +89,45 @@ def test_concurrent_updates_lose_nothing(store):
         assert tx.history("Patient", "p1")[1] == 1 + len(done)
 
 
+@pytest.mark.parametrize("how", ["create", "conditional update"])
+def test_concurrent_conditional_writes_with_the_same_criteria_create_once(store, how):
+    """If-None-Exist (and a conditional update that creates) is how a client says "this
+    Patient once": eight at once with the same criteria make exactly one resource, and the
+    others find it (on PostgreSQL both used to find nothing and both create)."""
+    from sip_hub import interactions as ix
+    ctx = ix.Context("http://hub.test")
+    org = {"resourceType": "Organization", "name": "Skolan",
+           "identifier": [{"system": "urn:test", "value": "once"}]}
+    start = threading.Barrier(8)
+    statuses: list[int] = []
+    errors: list[Exception] = []
+
+    def writer() -> None:
+        start.wait()
+        try:
+            if how == "create":
+                result = store.write(lambda tx: ix.create(
+                    tx, ctx, "Organization", dict(org), if_none_exist="identifier=urn:test|once"))
+            else:
+                result = store.write(lambda tx: ix.conditional_update(
+                    tx, ctx, "Organization", [("identifier", "urn:test|once")], dict(org)))
+            statuses.append(result.status)
+        except Exception as exc:  # noqa: BLE001 (the assertion below shows it)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert statuses.count(201) == 1 and len(statuses) == 8
+    with store.begin(write=False) as tx:
+        query = fhir_search.parse("Organization", [("identifier", "urn:test|once")],
+                                  default_count=10, max_count=10)
+        assert len(tx.search(query)[0]) == 1
+
+
 @pytest.mark.parametrize("query", [
     [("patient", "Patient/p1")],
     [("status", "active")],
