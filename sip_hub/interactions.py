@@ -21,7 +21,8 @@ from .errors import BadRequest, Forbidden, Gone, NotFound, PreconditionFailed
 from .fhir import search as fhir_search
 from .fhir.dates import format_instant, now_utc
 from .fhir.outcome import information
-from .service import Resolve, check_id, check_type, prepare_in
+from .fhir.validation import check_id
+from .service import Resolve, check_type, prepare_in
 from .store import Stored, Tx
 
 if TYPE_CHECKING:

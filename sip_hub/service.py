@@ -34,11 +34,6 @@ def check_type(rtype: str, *, write: bool = False) -> None:
         raise MethodNotAllowed(f"{rtype} resources are published by the hub and are read-only")
 
 
-def check_id(rid: str) -> None:
-    if not validation.ID_RE.match(rid):
-        raise BadRequest(f"'{rid}' is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)")
-
-
 def find(tx: Tx, rtype: str, items: list[tuple[str, str]], limit: int = 1000) -> list[Stored]:
     """Everything matching a search, unrestricted and without a total: the hub's own reads
     (grant refresh, the process rules, the citizen view), never a client's."""

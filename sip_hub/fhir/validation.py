@@ -40,7 +40,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Final
 
-from ..errors import IssueCollector
+from ..errors import BadRequest, IssueCollector
 
 __all__ = ["Binding", "check", "required_binding"]
 
@@ -349,10 +349,21 @@ def _as_list(value: Any) -> list[Any]:
     return [] if value is None else [value]
 
 
-ID_RE: Final = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # the FHIR id datatype
+# The FHIR id datatype, matched whole (fullmatch: "$" would let a trailing newline through).
+ID_RE: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 # Characters below U+0020 other than tab, CR and LF: FHIR strings should not hold them, XML
 # cannot carry them (so the resource could not be served as XML) and PostgreSQL refuses NUL.
 CONTROL_CHARS: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def check_id(value: str, expression: str | None = None) -> None:
+    """``value`` is a FHIR id, else BadRequest naming where it came from."""
+    if not ID_RE.fullmatch(value):
+        where = f"{expression} " if expression else ""
+        raise BadRequest(f"{where}'{value[:70]}' is not a valid FHIR id (1-64 of A-Z a-z "
+                         "0-9 - .)", expression=expression)
+
+
 _DATETIME: Final = re.compile(
     r"(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?"
     r"(Z|[+-]\d{2}:\d{2})?)?)?)?")

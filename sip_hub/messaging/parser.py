@@ -91,7 +91,7 @@ def _header(body: Any) -> Json:
     if not isinstance(body.get("id"), str) or not body["id"]:
         raise BadRequest("Bundle.id is required: reliable messaging tells resent messages "
                          "apart by it", expression="Bundle.id")
-    _check_id(body["id"], "Bundle.id")
+    validation.check_id(body["id"], "Bundle.id")  # the inbox keys resent messages by it
     entries = body.get("entry")
     first = entries[0] if isinstance(entries, list) and entries else None
     header = first.get("resource") if isinstance(first, dict) else None
@@ -101,16 +101,8 @@ def _header(body: Any) -> Json:
     if not isinstance(header.get("id"), str) or not header["id"]:
         raise BadRequest("MessageHeader.id is required: reliable messaging tells resent "
                          "messages apart by it", expression=f"{_H}.id")
-    _check_id(header["id"], f"{_H}.id")
+    validation.check_id(header["id"], f"{_H}.id")
     return header
-
-
-def _check_id(value: str, where: str) -> None:
-    """The ids that the inbox keys resent messages by are FHIR ids: checked before the inbox
-    is asked (a NUL or a 5,000-character id is the sender's error, not the database's)."""
-    if not validation.ID_RE.match(value):
-        raise BadRequest(f"{where} '{value[:70]}' is not a valid FHIR id (1-64 of A-Z a-z "
-                         "0-9 - .)", expression=where)
 
 
 def envelope(body: Any) -> Envelope:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..bus import Bus, Topology
 from ..settings import Settings
@@ -17,16 +17,14 @@ class Messaging:
     config: MessagingSettings
     endpoints: Endpoints
     emitter: Emitter
-    backlog: Backlog = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "backlog", Backlog(self.config.backlog_limit))
+    backlog: Backlog
 
     @classmethod
     def from_config(cls, config: MessagingSettings) -> "Messaging":
         endpoints = Endpoints.load(config.endpoints_file)
         return cls(config, endpoints,
-                   Emitter(config.fhir_base, endpoints, config.hub_hsa_id or None))
+                   Emitter(config.fhir_base, endpoints, config.hub_hsa_id or None),
+                   Backlog(config.backlog_limit))
 
     @classmethod
     def for_hub(cls, settings: Settings, **overrides: object) -> "Messaging":

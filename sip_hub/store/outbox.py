@@ -247,23 +247,22 @@ def claim_due(tx: Tx, now: int, limit: int) -> list[Delivery]:
 # Undelivered and due: waiting for the relay, or on the bus waiting for delivery. A delivery
 # waiting out its retry delay (its organisation is down) is not counted. Each part is bounded
 # by :cap, so the count costs at most cap index entries however large the backlog.
-_BACKLOG = {state: DriverStatement(select(func.count()).select_from(
-    select(literal_column("1")).where(*where).limit(bindparam("cap")).subquery()))
-    for state, where in ((PENDING, (_D.state == PENDING, _D.next_attempt_at <= bindparam("now"))),
-                         (PUBLISHED, (_D.state == PUBLISHED,)))}
+def _count_up_to(*where: Any) -> DriverStatement:
+    return DriverStatement(select(func.count()).select_from(
+        select(literal_column("1")).where(*where).limit(bindparam("cap")).subquery()))
+
+
+_BACKLOG_DUE = _count_up_to(_D.state == PENDING, _D.next_attempt_at <= bindparam("now"))
+_BACKLOG_ON_BUS = _count_up_to(_D.state == PUBLISHED)
 
 
 def backlog(tx: Tx, now: int, cap: int) -> int:
     """How many deliveries are due and not yet delivered, counted up to ``cap``."""
-    total = 0
-    for state, statement in _BACKLOG.items():
-        params: dict[str, int] = {"cap": cap - total}
-        if state == PENDING:
-            params["now"] = now
-        row = statement.first(tx.conn, params)
+    row = _BACKLOG_DUE.first(tx.conn, {"now": now, "cap": cap})
+    total = int(row[0]) if row else 0
+    if total < cap:
+        row = _BACKLOG_ON_BUS.first(tx.conn, {"cap": cap - total})
         total += int(row[0]) if row else 0
-        if total >= cap:
-            break
     return total
 
 

@@ -120,7 +120,7 @@ def test_what_cannot_be_read_as_a_message_is_a_clear_4xx(unchanged: Hub, content
 
 
 @pytest.mark.parametrize("where", ["Bundle.id", "MessageHeader.id"])
-@pytest.mark.parametrize("bad_id", ["a\u0000b", "x" * 65, "two words", "\u00e5r"])
+@pytest.mark.parametrize("bad_id", ["a\u0000b", "x" * 65, "two words", "\u00e5r", "abc\n"])
 def test_ids_that_are_not_fhir_ids_are_a_400_before_the_inbox_is_asked(unchanged: Hub,
                                                                        where: str,
                                                                        bad_id: str) -> None:
