@@ -224,8 +224,8 @@ class AuditLog:
                 delay = min(delay * 2, 30.0)
 
     def _write(self, records: list[AuditRecord]) -> None:
-        with self.store.begin() as tx:
-            tx.append_audit([r.entry() for r in records])
+        entries = [r.entry() for r in records]
+        self.store.write(lambda tx: tx.append_audit(entries))  # with the API's (group commit)
         self.written += len(records)
 
 

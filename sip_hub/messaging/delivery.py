@@ -173,25 +173,32 @@ class Deliverer:
                         withdraw: list[tuple[int, sql.Delivery]],
                         hold: list[tuple[int, sql.Delivery]],
                         posted: list[tuple[int, sql.Delivery, Result]]) -> None:
-        """The batch's state changes, in one transaction, each guarded by the state read."""
+        """The batch's state changes, in one transaction (on SQLite shared with the API's
+        writes of the moment: group commit), each guarded by the state read."""
         now = to_us(now_utc())
-        with self.store.begin() as tx:
-            for i, d in withdraw:
-                sql.set_state(tx, d.id, sql.WITHDRAWN, now, error=WITHDRAWN_REASON,
-                              only_from=sql.OPEN)
-                DELIVERIES.labels("withdrawn").inc()
-                outcomes[i] = Ack()
-            for i, d in hold:
-                sql.set_state(tx, d.id, sql.PENDING, now, next_attempt_at=now + _HOLD_US,
-                              only_from=sql.OPEN)
-                DELIVERIES.labels("held").inc()
-                outcomes[i] = Ack()
-            delivered = [d.id for _, d, result in posted if result.kind == "delivered"]
-            if delivered:  # the common outcome, for the whole batch at once
-                DELIVERIES.labels("delivered").inc(sql.mark_delivered(tx, delivered, now))
-            for i, d, result in posted:
-                outcomes[i] = Ack() if result.kind == "delivered" else \
-                    self._record(tx, d, result, now)
+        self.store.write(lambda tx: self._apply_outcomes(tx, now, outcomes, withdraw, hold,
+                                                         posted))
+
+    def _apply_outcomes(self, tx: Tx, now: int, outcomes: list[Outcome | None],
+                        withdraw: list[tuple[int, sql.Delivery]],
+                        hold: list[tuple[int, sql.Delivery]],
+                        posted: list[tuple[int, sql.Delivery, Result]]) -> None:
+        for i, d in withdraw:
+            sql.set_state(tx, d.id, sql.WITHDRAWN, now, error=WITHDRAWN_REASON,
+                          only_from=sql.OPEN)
+            DELIVERIES.labels("withdrawn").inc()
+            outcomes[i] = Ack()
+        for i, d in hold:
+            sql.set_state(tx, d.id, sql.PENDING, now, next_attempt_at=now + _HOLD_US,
+                          only_from=sql.OPEN)
+            DELIVERIES.labels("held").inc()
+            outcomes[i] = Ack()
+        delivered = [d.id for _, d, result in posted if result.kind == "delivered"]
+        if delivered:  # the common outcome, for the whole batch at once
+            DELIVERIES.labels("delivered").inc(sql.mark_delivered(tx, delivered, now))
+        for i, d, result in posted:
+            outcomes[i] = Ack() if result.kind == "delivered" else \
+                self._record(tx, d, result, now)
 
     def _post_all(self, post: list[tuple[int, sql.Delivery]]
                   ) -> list[tuple[int, sql.Delivery, Result]]:

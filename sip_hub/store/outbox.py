@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final, Iterator, Sequence
 
-from sqlalchemy import (BigInteger, Integer, String, and_, bindparam, delete, exists, func, insert,
+from sqlalchemy import (BigInteger, Integer, String, and_, bindparam, delete, exists, func,
                         literal_column, or_, select, union_all, update)
 from sqlalchemy.orm import aliased
 

@@ -12,11 +12,6 @@ import weakref
 from collections import Counter
 from contextlib import contextmanager
 from functools import lru_cache
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: SQLite's own busy handler queues the writers
-    fcntl = None  # type: ignore[assignment]
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import orjson
@@ -31,6 +26,7 @@ from ..fhir.search import SearchQuery
 from . import audit as sql_audit
 from . import search as sql_search
 from .engine import make_engine
+from .filelock import AVAILABLE as FILE_LOCKS, WriterLock, try_lock
 from .group import GroupCommit
 from .driver import DriverStatement, any_of, insert_into, numbered, savepoint as _savepoint
 from .records import (COLUMNS as _COLUMNS, CURRENT_COLUMNS, Stored, current_to_stored,
@@ -132,26 +128,10 @@ def lock_file_base(engine: Engine) -> str | None:
     """Where the lock files of an SQLite database file go (``<base>-<name>.lock``); None when
     processes cannot share one (not SQLite, in memory, or no POSIX file locks)."""
     db = engine.url.database
-    if engine.dialect.name != "sqlite" or fcntl is None or not db or db == ":memory:" \
+    if engine.dialect.name != "sqlite" or not FILE_LOCKS or not db or db == ":memory:" \
             or db.startswith("file:"):
         return None
     return db
-
-
-@contextmanager
-def _file_lock(path: str, *, wait: bool) -> Iterator[bool]:
-    """An exclusive OS lock on ``path`` while the block runs: across threads (each opens the
-    file anew) and processes alike. ``wait=False``: False at once when another holds it."""
-    with open(path, "a+b") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _index_params(kind: str, rtype: str, rid: str, rows: Iterable[tuple[Any, ...]]
@@ -533,6 +513,8 @@ class Store:
         # Several processes' writers take turns on one SQLite file: each process groups the
         # writes its threads ask for at the same time (see .group).
         self._group = GroupCommit(self.begin) if self._lock_base is not None else None
+        self._writer_lock = None if self._lock_base is None else \
+            WriterLock(f"{self._lock_base}-writer.lock")
 
     @contextmanager
     def begin(self, *, write: bool = True, snapshot: bool = True) -> Iterator[Tx]:
@@ -562,13 +544,12 @@ class Store:
 
     @contextmanager
     def _writer(self, write: bool) -> Iterator[None]:
-        """SQLite has one writer at a time. Left to SQLite, waiting writers poll with growing
-        sleeps (seconds of p99 under load); an OS file lock wakes the next one at once, across
-        threads and worker processes alike."""
-        if not write or self._lock_base is None:
+        """SQLite has one writer at a time: its processes take turns on an OS file lock (see
+        .filelock), which wakes the next writer at once."""
+        if not write or self._writer_lock is None:
             yield
             return
-        with _file_lock(f"{self._lock_base}-writer.lock", wait=True):
+        with self._writer_lock.held():
             yield
 
     @contextmanager
@@ -590,7 +571,7 @@ class Store:
         if self._lock_base is None:  # one process only (an in-memory database)
             yield True
             return
-        with _file_lock(f"{self._lock_base}-{job}.lock", wait=False) as got:
+        with try_lock(f"{self._lock_base}-{job}.lock") as got:
             yield got
 
     @property

@@ -1,0 +1,79 @@
+"""OS file locks that let the processes sharing one SQLite file take turns as its writer.
+
+SQLite has one writer at a time. Left to SQLite, waiting writers poll with growing sleeps
+(seconds of p99 under load); a ``flock`` wakes the next one at once, across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover (Windows: the store then runs in one process)
+    fcntl = None  # type: ignore[assignment]
+
+AVAILABLE = fcntl is not None
+
+
+class WriterLock:
+    """The exclusive lock of one file, for one ``Store``: the threads of a process queue on
+    an in-process lock and only its holder takes the OS lock, on a descriptor opened once
+    per process (not an open, a close and a second descriptor's lock per transaction: each
+    system call also hands the interpreter lock to another thread, while the database's
+    write lock is held). Two ``WriterLock``s of one file exclude each other like two
+    processes do (each its own open file description)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._threads = threading.Lock()
+        self._fd: int | None = None
+        self._pid = 0
+        self._finalizer: weakref.finalize | None = None
+
+    def _descriptor(self) -> int:
+        """This process's descriptor (a child made by fork opens its own: one inherited from
+        the parent shares the parent's lock)."""
+        if self._fd is None or self._pid != os.getpid():
+            if self._finalizer is not None:
+                self._finalizer.detach()
+                if self._pid != os.getpid() and self._fd is not None:
+                    os.close(self._fd)  # the child's copy; the parent's lock is unaffected
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            self._pid = os.getpid()
+            self._finalizer = weakref.finalize(self, os.close, self._fd)
+        return self._fd
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._threads:
+            fd = self._descriptor()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()
+
+
+@contextmanager
+def try_lock(path: str) -> Iterator[bool]:
+    """The exclusive OS lock on ``path`` while the block runs if no other thread or process
+    holds it (True), else False at once. For jobs that one process runs at a time."""
+    with open(path, "a+b") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
