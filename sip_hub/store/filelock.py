@@ -18,6 +18,18 @@ except ImportError:  # pragma: no cover (Windows: the store then runs in one pro
     fcntl = None  # type: ignore[assignment]
 
 AVAILABLE = fcntl is not None
+_ALL: weakref.WeakSet[WriterLock] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child starts with one thread: a thread lock its parent's other threads held
+    at the fork would never be released in it."""
+    for lock in list(_ALL):
+        lock._threads = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class WriterLock:
@@ -34,6 +46,7 @@ class WriterLock:
         self._fd: int | None = None
         self._pid = 0
         self._finalizer: weakref.finalize | None = None
+        _ALL.add(self)
 
     def _descriptor(self) -> int:
         """This process's descriptor (a child made by fork opens its own: one inherited from
