@@ -14,7 +14,11 @@ Topology
   a quorum queue (``x-queue-type: quorum``: replicated, survives a broker node), on the
   memory transport a plain queue;
 * the dead-letter queue ``sip.dead`` bound with ``dead``; its messages carry the headers
-  ``sip-reason`` and ``sip-attempts`` besides the original ones.
+  ``sip-reason`` and ``sip-attempts`` besides the original ones. On the memory transport it
+  keeps the latest ``MEMORY_DEAD_MAX`` (older copies are dropped): it lives in the process's
+  memory, and an organisation without an endpoint dead-letters every message sent to it,
+  the whole Bundle each time, for as long as the hub runs. The outbox is the record of every
+  dead delivery (with its reason) and what replay goes by; the queue holds copies.
 
 Reliability
 ===========
@@ -58,6 +62,7 @@ HeaderValue = str | int
 REASON: Final = "sip-reason"
 ATTEMPTS: Final = "sip-attempts"
 _CONTENT_TYPE: Final = "application/fhir+json"
+MEMORY_DEAD_MAX: Final = 1000  # dead letters the memory transport keeps (see above)
 _PUBLISH_RETRY: Final = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5,
                          "interval_max": 1}
 
@@ -215,6 +220,8 @@ class Bus:
                                          connect_timeout=connect_timeout)
         self._exchange = Exchange(topology.exchange, type="topic", durable=True)
         self._declared: set[str] = set()
+        self._queues: dict[str, Queue] = {}
+        self._dead_kept = 0  # memory transport: dead letters in the queue, as far as known
         self._consumer: Consumer | None = None
         self._consuming: set[str] = set()
         self._producer: Producer | None = None
@@ -251,9 +258,13 @@ class Bus:
 
     # -- topology -------------------------------------------------------------------------
     def _queue(self, name: str, key: str) -> Queue:
-        args = None if self.is_memory else {"x-queue-type": "quorum"}
-        return Queue(name, self._exchange, routing_key=key, durable=True, auto_delete=False,
-                     queue_arguments=args)
+        queue = self._queues.get(name)
+        if queue is None:  # made once per name: a publish is otherwise a new Queue each time
+            args = None if self.is_memory else {"x-queue-type": "quorum"}
+            queue = self._queues[name] = Queue(name, self._exchange, routing_key=key,
+                                               durable=True, auto_delete=False,
+                                               queue_arguments=args)
+        return queue
 
     def org_queue(self, org: str) -> Queue:
         return self._queue(self.topology.org_queue(org), self.topology.org_key(org))
@@ -329,10 +340,27 @@ class Bus:
                 pass
 
     def dead_letter(self, env: Envelope, reason: str, attempts: int) -> None:
-        self._declare(self.dead_queue())
+        queue = self.dead_queue()
+        self._declare(queue)
         headers = {**env.headers, REASON: reason[:1000], ATTEMPTS: attempts}
         with self._guard("dead-letter"):
+            if self.is_memory:
+                self._make_room(queue)
             self._publish(Envelope(env.body, env.message_id, headers), self.topology.dead_key)
+
+    def _make_room(self, queue: Queue) -> None:
+        """Keep the memory transport's dead-letter queue below MEMORY_DEAD_MAX by dropping
+        its oldest copies (its size is read only when the count kept here says it may be
+        full: every Bus of the process shares the queue)."""
+        self._dead_kept += 1
+        if self._dead_kept < MEMORY_DEAD_MAX:
+            return
+        bound = queue(self._conn.default_channel)
+        _, size, _ = bound.queue_declare(passive=True)
+        for _ in range(int(size) - MEMORY_DEAD_MAX + 1):
+            if bound.get(no_ack=True) is None:
+                break
+        self._dead_kept = min(int(size), MEMORY_DEAD_MAX - 1) + 1
 
     # -- consuming --------------------------------------------------------------------------
     def consume(self, orgs: Iterable[str], handler: Handler, *, prefetch: int = 10) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from sip_hub import bus as bus_module
 from sip_hub.bus import (ATTEMPTS, REASON, Ack, Bus, BusUnavailable, DeadLetter, Envelope,
                          Received, Requeue, Topology)
 from sip_hub.errors import BadRequest, TransientError
@@ -221,6 +222,26 @@ def test_messages_the_broker_refuses_in_a_batch_are_reported_and_the_rest_confir
         finally:
             full(conn.default_channel).delete()
             bus.delete([A, B])
+
+
+def test_the_memory_dead_letter_queue_keeps_the_latest_copies_only(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process memory, an organisation without an endpoint would grow it without end
+    (the outbox keeps every dead delivery: the queue holds copies)."""
+    monkeypatch.setattr(bus_module, "MEMORY_DEAD_MAX", 5)
+    run = uuid.uuid4().hex[:10]
+    topology = Topology(exchange=f"t{run}.sip_hub", prefix=f"t{run}.sip")
+    with Bus("memory://", topology) as bus, Bus("memory://", topology) as other:
+        for n in range(1, 13):
+            bus.dead_letter(env(n), f"reason {n}", 1)
+        assert bus.queue_size() == 5
+        for n in range(13, 30):  # two of the process's Buses share the queue
+            (bus if n % 2 else other).dead_letter(env(n), f"reason {n}", 1)
+            assert bus.queue_size() <= 2 * 5
+        kept = [m.message_id for m in bus.take_dead()]
+        assert kept[-1] == "msg-29" and len(kept) <= 10
+        assert kept == sorted(kept, key=lambda i: int(i.split("-")[1]))  # the oldest dropped
+        bus.delete()
 
 
 def test_the_memory_transport_does_not_outlive_the_process() -> None:
