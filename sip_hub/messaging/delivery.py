@@ -104,6 +104,11 @@ def classify(resp: HttpResponse) -> Result:
     return Result("fatal", f"{where}: {_diagnostics(resp)}")
 
 
+def _no_endpoint(d: sql.Delivery) -> Result:
+    return Result("fatal", f"No message endpoint is configured for {d.dest_org} "
+                           "(mappings/endpoints.json)")
+
+
 @dataclass(slots=True)
 class Deliverer:
     store: Store
@@ -206,17 +211,22 @@ class Deliverer:
         batch's order), the destinations side by side. Waiting on one organisation's
         answers would otherwise hold up every other's (and most of a POST is waiting)."""
         by_org: dict[str, list[tuple[int, sql.Delivery]]] = {}
+        done: list[tuple[int, sql.Delivery, Result]] = []
         for i, d in post:
-            by_org.setdefault(d.dest_org, []).append((i, d))
+            if d.endpoint_url is None and self.endpoints.get(d.dest_org) is None:
+                done.append((i, d, _no_endpoint(d)))  # nothing to wait for: no thread
+            else:
+                by_org.setdefault(d.dest_org, []).append((i, d))
 
         def run(todo: list[tuple[int, sql.Delivery]]) -> list[tuple[int, sql.Delivery, Result]]:
             return [(i, d, self._post(d)) for i, d in todo]
         if len(by_org) <= 1:
-            return run(post)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(_PARALLEL_DESTINATIONS,
-                                            thread_name_prefix="sip-hub-post")
-        done = [r for rs in self._pool.map(run, by_org.values()) for r in rs]
+            done += [r for todo in by_org.values() for r in run(todo)]
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(_PARALLEL_DESTINATIONS,
+                                                thread_name_prefix="sip-hub-post")
+            done += [r for rs in self._pool.map(run, by_org.values()) for r in rs]
         return sorted(done, key=lambda r: r[0])
 
     def close(self) -> None:
@@ -228,8 +238,7 @@ class Deliverer:
         endpoint = self.endpoints.get(d.dest_org)
         url = d.endpoint_url or (endpoint.url if endpoint else None)
         if url is None:
-            return Result("fatal", f"No message endpoint is configured for {d.dest_org} "
-                                   "(mappings/endpoints.json)")
+            return _no_endpoint(d)
         timeout = (endpoint.timeout if endpoint and endpoint.timeout else
                    self.config.timeout_seconds)
         headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json",
