@@ -497,30 +497,35 @@ def process_accepted(store: Store, messaging: Messaging, *, audit: AuditLog | No
                      limit: int = 20) -> int:
     """Process accepted async requests (each in its own transaction) and queue each response
     to its sender; returns how many were processed."""
-    done = 0
     with store.begin(write=False) as tx:
         if not inbox.any_accepted(tx):
             return 0
+
+    def one(tx: Tx) -> bool | None:
+        """Process the oldest accepted request: None when there is none, else whether it
+        is to be tried again later (a transient error keeps it accepted)."""
+        rows = inbox.claim_accepted(tx, 1)
+        if not rows:
+            return None
+        row = rows[0]
+        assert row.request is not None
+        ctx = _context(row.caller, audit, messaging)
+        body = orjson.loads(row.request)
+        handled = _handle(tx, ctx, _parse(body), parser.envelope(body), messaging,
+                          _header(body))
+        MESSAGES_RECEIVED.labels(handled.code).inc()
+        if handled.code == vocab.TRANSIENT_ERROR:
+            return True
+        inbox.complete(tx, row.sender_org, row.header_id, handled.code,
+                       orjson.dumps(handled.response))
+        enqueue(tx, handled.response, [row.sender_org], kind=RESPONSE,
+                sip=handled.sip or SipKey("", ""), endpoint_url=row.response_url)
+        return False
+
+    done = 0
     for _ in range(limit):
-        with store.begin() as tx:
-            rows = inbox.claim_accepted(tx, 1)
-            if not rows:
-                break
-            row = rows[0]
-            assert row.request is not None
-            ctx = _context(row.caller, audit, messaging)
-            body = orjson.loads(row.request)
-            handled = _handle(tx, ctx, _parse(body), parser.envelope(body), messaging,
-                              _header(body))
-            MESSAGES_RECEIVED.labels(handled.code).inc()
-            # A transient error keeps the request accepted: a later round tries again.
-            retry_later = handled.code == vocab.TRANSIENT_ERROR
-            if not retry_later:
-                inbox.complete(tx, row.sender_org, row.header_id, handled.code,
-                               orjson.dumps(handled.response))
-                enqueue(tx, handled.response, [row.sender_org], kind=RESPONSE,
-                        sip=handled.sip or SipKey("", ""), endpoint_url=row.response_url)
-        if retry_later:
+        # Each in a write of its own (on SQLite in the group-commit round of the moment).
+        if store.write(one) is not False:  # none left, or one to try again later
             break
         done += 1
     return done
