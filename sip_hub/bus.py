@@ -209,7 +209,10 @@ class Bus:
         self.is_memory = url.startswith("memory://")
         # Bounded reconnection: a broker that is down is reported (BusUnavailable), and the
         # caller's loop decides when to try again.
-        options: dict[str, Any] = ({"polling_interval": 0.01} if self.is_memory else {
+        # In memory the messages stay Python objects: no base64 of every body on the way in
+        # and out (kombu's default for its virtual transports, made for text-only stores).
+        options: dict[str, Any] = ({"polling_interval": 0.01, "body_encoding": None}
+                                   if self.is_memory else {
             "confirm_publish": True, "max_retries": 2, "interval_start": 0,
             "interval_step": 0.5, "interval_max": 1})
         # Two connections: waiting for a publish confirm on a connection with consumers would
