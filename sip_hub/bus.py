@@ -15,8 +15,8 @@ Topology
   memory transport a plain queue;
 * the dead-letter queue ``sip.dead`` bound with ``dead``; its messages carry the headers
   ``sip-reason`` and ``sip-attempts`` besides the original ones. On the memory transport it
-  keeps the latest ``MEMORY_DEAD_MAX`` (older copies are dropped): it lives in the process's
-  memory, and an organisation without an endpoint dead-letters every message sent to it,
+  keeps at most the latest ``MEMORY_DEAD_MAX`` (the oldest are dropped): it lives in the
+  process's memory, and an organisation without an endpoint dead-letters every message sent to it,
   the whole Bundle each time, for as long as the hub runs. The outbox is the record of every
   dead delivery (with its reason) and what replay goes by; the queue holds copies.
 
@@ -352,18 +352,19 @@ class Bus:
             self._publish(Envelope(env.body, env.message_id, headers), self.topology.dead_key)
 
     def _make_room(self, queue: Queue) -> None:
-        """Keep the memory transport's dead-letter queue below MEMORY_DEAD_MAX by dropping
-        its oldest copies (its size is read only when the count kept here says it may be
-        full: every Bus of the process shares the queue)."""
+        """Keep the memory transport's dead-letter queue at MEMORY_DEAD_MAX at most by
+        dropping its oldest copies, a tenth of it at a time (its size is read only when the
+        count kept here says it may be full: every Bus of the process shares the queue)."""
         self._dead_kept += 1
         if self._dead_kept < MEMORY_DEAD_MAX:
             return
-        bound = queue(self._conn.default_channel)
-        _, size, _ = bound.queue_declare(passive=True)
-        for _ in range(int(size) - MEMORY_DEAD_MAX + 1):
-            if bound.get(no_ack=True) is None:
+        channel = self._conn.default_channel
+        _, size, _ = channel.queue_declare(queue=queue.name, passive=True)
+        keep = MEMORY_DEAD_MAX - MEMORY_DEAD_MAX // 10 - 1  # and room for this one
+        for _ in range(int(size) - keep):
+            if channel.basic_get(queue.name, no_ack=True) is None:
                 break
-        self._dead_kept = min(int(size), MEMORY_DEAD_MAX - 1) + 1
+        self._dead_kept = min(int(size), keep) + 1
 
     # -- consuming --------------------------------------------------------------------------
     def consume(self, orgs: Iterable[str], handler: Handler, *, prefetch: int = 10) -> None:
