@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from .. import __version__
 from ..fhir.dates import format_instant, now_utc
 from ..identifiers import HSA_ID
@@ -32,6 +34,17 @@ class Party:
     endpoint: str
 
 
+@dataclass(frozen=True, slots=True)
+class StoredJson:
+    """A stored resource carried in a message as the JSON it is stored as: not parsed and
+    serialised again (the store wrote it with orjson, so the bytes are what serialising the
+    parsed resource would give)."""
+
+    type: str
+    id: str
+    content: bytes
+
+
 def org_reference(org: str) -> Json:
     return {"type": "Organization", "identifier": {"system": HSA_ID, "value": org}}
 
@@ -45,7 +58,10 @@ def source(fhir_base: str) -> Json:
             "endpoint": f"{fhir_base}/$process-message"}
 
 
-def _entry(fhir_base: str, res: Json) -> Json:
+def _entry(fhir_base: str, res: Json | StoredJson) -> Json:
+    if isinstance(res, StoredJson):
+        return {"fullUrl": f"{fhir_base}/{res.type}/{res.id}",
+                "resource": orjson.Fragment(res.content)}
     rid = res.get("id")
     full = f"{fhir_base}/{res['resourceType']}/{rid}" if rid else f"urn:uuid:{new_id()}"
     return {"fullUrl": full, "resource": res}
@@ -58,7 +74,8 @@ def _bundle(header: Json, entries: list[Json], bundle_id: str | None) -> Json:
 
 
 def message(event: str, *, fhir_base: str, sender: str | None, destinations: Sequence[Party],
-            focus: Sequence[str], resources: Sequence[Json], reason: str | None = None,
+            focus: Sequence[str], resources: Sequence[Json | StoredJson],
+            reason: str | None = None,
             header_id: str | None = None, bundle_id: str | None = None) -> Json:
     """A notification of ``event``. ``focus`` holds ``Type/id`` references to resources among
     ``resources``; ``sender`` is the HSA-id of the organisation that caused the event (None:

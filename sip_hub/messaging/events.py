@@ -29,7 +29,6 @@ SIP meeting Appointment     meeting-cancelled (status cancelled); meeting-resche
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Iterator, Sequence, Set as AbstractSet
 from contextlib import contextmanager
@@ -283,7 +282,7 @@ class Emitter:
                                   + [f"Patient/{patient_id}"]))
         spec = vocab.spec(event)
         found: list[str] = []
-        out: list[Json] = list(resources)
+        out: list[Json | builder.StoredJson] = list(resources)
         for ref in refs:
             target = split_reference(ref)
             if target is None or spec.focus_for(target[0]) is None:
@@ -292,9 +291,9 @@ class Emitter:
                 found.append(ref)
                 continue
             cur = tx.current(*target)
-            if cur is not None and not cur.deleted:
+            if cur is not None and not cur.deleted and cur.content is not None:
                 found.append(ref)
-                out.append(cur.doc())
+                out.append(builder.StoredJson(cur.type, cur.id, cur.content))
         for rule in spec.focus:
             n = sum(1 for r in found if r.startswith(rule.type + "/"))
             if n < rule.min:

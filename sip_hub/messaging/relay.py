@@ -4,8 +4,8 @@ Each round claims the due stream heads (``store.outbox.claim_due``: locked, ``SK
 PostgreSQL, so concurrent relays never publish the same delivery), publishes them and waits
 for the broker's confirms of the batch, then marks the confirmed ones published in the same
 transaction. A crash between the publish and the commit leaves them pending: they are
-published again, and the receiver drops the duplicate by MessageHeader.id. Deliveries published long ago and still not settled are
-published again too (the broker lost them).
+published again, and the receiver drops the duplicate by MessageHeader.id. Deliveries
+published long ago and still not settled are published again too (the broker lost them).
 """
 
 from __future__ import annotations
