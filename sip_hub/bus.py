@@ -199,7 +199,7 @@ class _Confirms:
 
 class Bus:
     """A client of the broker (a publishing and a consuming connection); use it from one
-    thread."""
+    thread at a time."""
 
     def __init__(self, url: str, topology: Topology = Topology(), *,
                  connect_timeout: float = 5.0, requeue_delay: float = 1.0) -> None:
@@ -224,7 +224,6 @@ class Bus:
         self._exchange = Exchange(topology.exchange, type="topic", durable=True)
         self._declared: set[str] = set()
         self._queues: dict[str, Queue] = {}
-        self._dead_kept = 0  # memory transport: dead letters in the queue, as far as known
         self._consumer: Consumer | None = None
         self._consuming: set[str] = set()
         self._producer: Producer | None = None
@@ -352,19 +351,15 @@ class Bus:
             self._publish(Envelope(env.body, env.message_id, headers), self.topology.dead_key)
 
     def _make_room(self, queue: Queue) -> None:
-        """Keep the memory transport's dead-letter queue at MEMORY_DEAD_MAX at most by
-        dropping its oldest copies, a tenth of it at a time (its size is read only when the
-        count kept here says it may be full: every Bus of the process shares the queue)."""
-        self._dead_kept += 1
-        if self._dead_kept < MEMORY_DEAD_MAX:
-            return
+        """Keep the memory transport's dead-letter queue (every Bus of the process shares
+        it) at MEMORY_DEAD_MAX at most: when it is full, drop its oldest tenth."""
         channel = self._conn.default_channel
         _, size, _ = channel.queue_declare(queue=queue.name, passive=True)
-        keep = MEMORY_DEAD_MAX - MEMORY_DEAD_MAX // 10 - 1  # and room for this one
-        for _ in range(int(size) - keep):
+        if size < MEMORY_DEAD_MAX:
+            return
+        for _ in range(size - (MEMORY_DEAD_MAX - MEMORY_DEAD_MAX // 10 - 1)):
             if channel.basic_get(queue.name, no_ack=True) is None:
                 break
-        self._dead_kept = min(int(size), keep) + 1
 
     # -- consuming --------------------------------------------------------------------------
     def consume(self, orgs: Iterable[str], handler: Handler, *, prefetch: int = 10) -> None:

@@ -20,6 +20,7 @@ import orjson
 from .. import __version__
 from ..fhir.dates import format_instant, now_utc
 from ..identifiers import HSA_ID
+from ..store import Stored
 from . import vocabulary as vocab
 
 Json = dict[str, Any]
@@ -32,17 +33,6 @@ class Party:
 
     org: str
     endpoint: str
-
-
-@dataclass(frozen=True, slots=True)
-class StoredJson:
-    """A stored resource carried in a message as the JSON it is stored as: not parsed and
-    serialised again (the store wrote it with orjson, so the bytes are what serialising the
-    parsed resource would give)."""
-
-    type: str
-    id: str
-    content: bytes
 
 
 def org_reference(org: str) -> Json:
@@ -58,8 +48,11 @@ def source(fhir_base: str) -> Json:
             "endpoint": f"{fhir_base}/$process-message"}
 
 
-def _entry(fhir_base: str, res: Json | StoredJson) -> Json:
-    if isinstance(res, StoredJson):
+def _entry(fhir_base: str, res: Json | Stored) -> Json:
+    if isinstance(res, Stored):
+        # As stored: the store wrote it with orjson, so its bytes are what serialising it
+        # parsed would give (a stored resource is not parsed and serialised again).
+        assert res.content is not None, "a version, not a deletion"
         return {"fullUrl": f"{fhir_base}/{res.type}/{res.id}",
                 "resource": orjson.Fragment(res.content)}
     rid = res.get("id")
@@ -74,7 +67,7 @@ def _bundle(header: Json, entries: list[Json], bundle_id: str | None) -> Json:
 
 
 def message(event: str, *, fhir_base: str, sender: str | None, destinations: Sequence[Party],
-            focus: Sequence[str], resources: Sequence[Json | StoredJson],
+            focus: Sequence[str], resources: Sequence[Json | Stored],
             reason: str | None = None,
             header_id: str | None = None, bundle_id: str | None = None) -> Json:
     """A notification of ``event``. ``focus`` holds ``Type/id`` references to resources among

@@ -104,11 +104,6 @@ def classify(resp: HttpResponse) -> Result:
     return Result("fatal", f"{where}: {_diagnostics(resp)}")
 
 
-def _no_endpoint(d: sql.Delivery) -> Result:
-    return Result("fatal", f"No message endpoint is configured for {d.dest_org} "
-                           "(mappings/endpoints.json)")
-
-
 @dataclass(slots=True)
 class Deliverer:
     store: Store
@@ -169,25 +164,18 @@ class Deliverer:
                 else:
                     post.append((i, d))
         posted = self._post_all(post)
-        if withdraw or hold or posted:
-            self._write_outcomes(outcomes, withdraw, hold, posted)
+        if withdraw or hold or posted:  # on SQLite with the API's writes (group commit)
+            self.store.write(lambda tx: self._write_outcomes(tx, outcomes, withdraw, hold,
+                                                             posted))
         assert all(o is not None for o in outcomes), "every message has its outcome"
         return outcomes  # type: ignore[return-value]
 
-    def _write_outcomes(self, outcomes: list[Outcome | None],
+    def _write_outcomes(self, tx: Tx, outcomes: list[Outcome | None],
                         withdraw: list[tuple[int, sql.Delivery]],
                         hold: list[tuple[int, sql.Delivery]],
                         posted: list[tuple[int, sql.Delivery, Result]]) -> None:
-        """The batch's state changes, in one transaction (on SQLite shared with the API's
-        writes of the moment: group commit), each guarded by the state read."""
+        """The batch's state changes, in one transaction, each guarded by the state read."""
         now = to_us(now_utc())
-        self.store.write(lambda tx: self._apply_outcomes(tx, now, outcomes, withdraw, hold,
-                                                         posted))
-
-    def _apply_outcomes(self, tx: Tx, now: int, outcomes: list[Outcome | None],
-                        withdraw: list[tuple[int, sql.Delivery]],
-                        hold: list[tuple[int, sql.Delivery]],
-                        posted: list[tuple[int, sql.Delivery, Result]]) -> None:
         for i, d in withdraw:
             sql.set_state(tx, d.id, sql.WITHDRAWN, now, error=WITHDRAWN_REASON,
                           only_from=sql.OPEN)
@@ -210,16 +198,20 @@ class Deliverer:
         """POST the batch: the deliveries of each destination one after another (in the
         batch's order), the destinations side by side. Waiting on one organisation's
         answers would otherwise hold up every other's (and most of a POST is waiting)."""
-        by_org: dict[str, list[tuple[int, sql.Delivery]]] = {}
+        by_org: dict[str, list[tuple[int, sql.Delivery, str]]] = {}
         done: list[tuple[int, sql.Delivery, Result]] = []
         for i, d in post:
-            if d.endpoint_url is None and self.endpoints.get(d.dest_org) is None:
-                done.append((i, d, _no_endpoint(d)))  # nothing to wait for: no thread
+            endpoint = self.endpoints.get(d.dest_org)
+            url = d.endpoint_url or (endpoint.url if endpoint else None)
+            if url is None:  # nothing to wait for: no thread
+                done.append((i, d, Result("fatal", "No message endpoint is configured for "
+                                                   f"{d.dest_org} (mappings/endpoints.json)")))
             else:
-                by_org.setdefault(d.dest_org, []).append((i, d))
+                by_org.setdefault(d.dest_org, []).append((i, d, url))
 
-        def run(todo: list[tuple[int, sql.Delivery]]) -> list[tuple[int, sql.Delivery, Result]]:
-            return [(i, d, self._post(d)) for i, d in todo]
+        def run(todo: list[tuple[int, sql.Delivery, str]]
+                ) -> list[tuple[int, sql.Delivery, Result]]:
+            return [(i, d, self._post(d, url)) for i, d, url in todo]
         if len(by_org) <= 1:
             done += [r for todo in by_org.values() for r in run(todo)]
         else:
@@ -234,11 +226,8 @@ class Deliverer:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    def _post(self, d: sql.Delivery) -> Result:
+    def _post(self, d: sql.Delivery, url: str) -> Result:
         endpoint = self.endpoints.get(d.dest_org)
-        url = d.endpoint_url or (endpoint.url if endpoint else None)
-        if url is None:
-            return _no_endpoint(d)
         timeout = (endpoint.timeout if endpoint and endpoint.timeout else
                    self.config.timeout_seconds)
         headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json",

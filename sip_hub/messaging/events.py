@@ -43,7 +43,7 @@ from ..fhir import profiles, sip
 from ..fhir.dates import parse_range
 from ..fhir.indexing import split_reference
 from ..metrics import MESSAGES_ENQUEUED
-from ..store import Tx
+from ..store import Stored, Tx
 from . import builder, vocabulary as vocab
 from .endpoints import Endpoints
 from .outbox import SipKey, destinations_for, enqueue, withdraw_uncovered
@@ -282,7 +282,7 @@ class Emitter:
                                   + [f"Patient/{patient_id}"]))
         spec = vocab.spec(event)
         found: list[str] = []
-        out: list[Json | builder.StoredJson] = list(resources)
+        out: list[Json | Stored] = list(resources)
         for ref in refs:
             target = split_reference(ref)
             if target is None or spec.focus_for(target[0]) is None:
@@ -291,9 +291,9 @@ class Emitter:
                 found.append(ref)
                 continue
             cur = tx.current(*target)
-            if cur is not None and not cur.deleted and cur.content is not None:
+            if cur is not None and not cur.deleted:
                 found.append(ref)
-                out.append(builder.StoredJson(cur.type, cur.id, cur.content))
+                out.append(cur)
         for rule in spec.focus:
             n = sum(1 for r in found if r.startswith(rule.type + "/"))
             if n < rule.min:

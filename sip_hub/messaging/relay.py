@@ -64,7 +64,8 @@ class Relay:
                                          "of the messages published")
             return published, failure
         # On SQLite in the same write transaction as the API's writes of the moment (group
-        # commit): one turn of the write lock instead of one more.
+        # commit): one turn of the write lock instead of one more. The round's leader may be
+        # another thread; it uses the bus while this one waits for it, never beside it.
         published, failure = self.store.write(publish)
         MESSAGES_PUBLISHED.inc(len(published))
         if failure is not None:

@@ -23,9 +23,15 @@ _ALL: weakref.WeakSet[WriterLock] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     """A forked child starts with one thread: a thread lock its parent's other threads held
-    at the fork would never be released in it."""
+    at the fork would never be released in it, and a descriptor it inherited shares the
+    parent's OS lock. It gets a free thread lock and opens its own descriptor when it first
+    writes (closing its copy leaves the parent's lock as it is)."""
     for lock in list(_ALL):
         lock._threads = threading.Lock()
+        if lock._fd is not None and lock._finalizer is not None:
+            lock._finalizer.detach()
+            os.close(lock._fd)
+            lock._fd = lock._finalizer = None
 
 
 if hasattr(os, "register_at_fork"):
@@ -41,39 +47,23 @@ class WriterLock:
     processes do (each its own open file description)."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
+        self._path = path
         self._threads = threading.Lock()
         self._fd: int | None = None
-        self._pid = 0
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize | None = None  # closes _fd with the lock
         _ALL.add(self)
-
-    def _descriptor(self) -> int:
-        """This process's descriptor (a child made by fork opens its own: one inherited from
-        the parent shares the parent's lock)."""
-        if self._fd is None or self._pid != os.getpid():
-            if self._finalizer is not None:
-                self._finalizer.detach()
-                if self._pid != os.getpid() and self._fd is not None:
-                    os.close(self._fd)  # the child's copy; the parent's lock is unaffected
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            self._pid = os.getpid()
-            self._finalizer = weakref.finalize(self, os.close, self._fd)
-        return self._fd
 
     @contextmanager
     def held(self) -> Iterator[None]:
         with self._threads:
-            fd = self._descriptor()
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+                self._finalizer = weakref.finalize(self, os.close, self._fd)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        if self._finalizer is not None:
-            self._finalizer()
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
 @contextmanager
