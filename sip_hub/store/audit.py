@@ -149,7 +149,8 @@ def criterion_cond(cr: Criterion) -> ColumnElement[bool]:
     if cr.kind == "id":
         return _A.id.in_([str(v) for v in cr.values])
     if cr.kind == "lastUpdated" or cr.name == "date":
-        return or_(*[date_cond(_A.recorded, _A.recorded, v) for v in cr.values
+        return or_(*[date_cond(_A.recorded, _A.recorded, v.prefix, v.low, v.high)
+                     for v in cr.values
                      if isinstance(v, DateValue)])
     if cr.name == "agent" and cr.modifier == "identifier":
         conds = []

@@ -1,4 +1,11 @@
-"""SQL for FHIR search: every criterion becomes an indexed sub-select on ``res_id``."""
+"""SQL for FHIR search: every criterion becomes an indexed sub-select on ``res_id``.
+
+A search's SQL depends on the query's shape (the type; each criterion's parameter, modifier,
+and kind of value; date prefixes; the sort; the caller's visibility rule), not on the values
+searched for, which are bound parameters. Building a statement with SQLAlchemy costs several
+times more than running it on an index, so statements are built once per shape (``_shape``
+names the structure and collects the values) and kept; each search binds its own values.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +13,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Literal
 
-from sqlalchemy import (BigInteger, ColumnElement, Connection, Select, String, and_, bindparam,
-                        exists, func, not_, or_, select, true)
+from sqlalchemy import (BigInteger, ColumnElement, Connection, Integer, Select, String, and_,
+                        bindparam, exists, func, not_, or_, select, true)
 
 from ..fhir.search import Criterion, DateValue, ReferenceValue, SearchQuery, TokenValue
 from ..fhir.search_params import params_for
@@ -17,29 +24,129 @@ from .schema import (access_grant, idx_date, idx_reference, idx_string, idx_toke
 
 _R = resource.c
 _H = resource_history.c
+_TABLES = {"token": idx_token, "uri": idx_token, "reference": idx_reference, "date": idx_date,
+           "string": idx_string}
+# Statements kept (least recently used dropped): the shapes a client can make are many, those
+# in use at a time few.
+SHAPES_KEPT = 512
+
+Shape = tuple[Any, ...]
+Params = dict[str, Any]
 
 
-def date_cond(low: Any, high: Any, v: DateValue) -> ColumnElement[bool]:
-    inside = and_(low >= v.low, high <= v.high)
-    match v.prefix:
+def date_cond(low: Any, high: Any, prefix: str, v_low: Any, v_high: Any) -> ColumnElement[bool]:
+    """Whether the stored range [low, high] matches the searched one [v_low, v_high] under
+    ``prefix`` (columns, values or bound parameters)."""
+    inside = and_(low >= v_low, high <= v_high)
+    match prefix:
         case "eq":
             return inside
         case "ne":
             return not_(inside)
         case "gt":
-            return high > v.high
+            return high > v_high
         case "lt":
-            return low < v.low
+            return low < v_low
         case "ge":
-            return or_(high > v.high, inside)
+            return or_(high > v_high, inside)
         case "le":
-            return or_(low < v.low, inside)
+            return or_(low < v_low, inside)
         case "sa":
-            return low > v.high
+            return low > v_high
         case "eb":
-            return high < v.low
+            return high < v_low
         case _:  # ap: overlap
-            return and_(low <= v.high, high >= v.low)
+            return and_(low <= v_high, high >= v_low)
+
+
+# --------------------------------------------------------------------------- shapes and values
+def _value_shape(kind: str, modifier: str | None, v: Any, key: str, params: Params) -> Shape:
+    """One searched value: what its SQL depends on; its literals go into ``params`` under
+    names starting with ``key`` (those ``_value_cond`` binds for that shape)."""
+    if isinstance(v, TokenValue):
+        if v.code is not None:
+            params[key + "c"] = v.code
+        if v.system:
+            params[key + "s"] = v.system
+        return ("token", None if v.system is None else bool(v.system), v.code is not None)
+    if isinstance(v, ReferenceValue):
+        params[key + "i"] = v.id
+        if v.type:
+            params[key + "t"] = v.type
+        return ("reference", bool(v.type))
+    if isinstance(v, DateValue):
+        params[key + "l"], params[key + "h"] = v.low, v.high
+        return ("date", v.prefix)
+    s = str(v)
+    if kind != "string" or modifier == "exact":
+        params[key] = s
+        return ("equal",)
+    if modifier == "contains":
+        escaped = s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        params[key] = f"%{escaped}%"
+        return ("contains",)
+    # A prefix match as a range, so that it uses the index on both databases.
+    params[key], params[key + "h"] = s, s + "\U0010ffff"
+    return ("prefix",)
+
+
+def _criterion_shape(cr: Criterion, key: str, params: Params) -> Shape:
+    if cr.kind == "id":
+        params[key] = [str(v) for v in cr.values]
+        return ("id",)
+    if cr.missing is not None:
+        return (cr.kind, cr.name, "missing", cr.missing)
+    if cr.chain is not None:
+        assert cr.chain_type is not None
+        return (cr.kind, cr.name, "chain", cr.chain_type,
+                _criterion_shape(cr.chain, key + "c", params))
+    return (cr.kind, cr.name, cr.modifier,
+            tuple(_value_shape(cr.kind, cr.modifier, v, f"{key}_{j}", params)
+                  for j, v in enumerate(cr.values)))
+
+
+def _shape(query: SearchQuery, visibility: Visibility | None) -> tuple[Shape, Params]:
+    """The query's shape (the key its statements are kept by) and its bound values."""
+    params = visibility_params(visibility)
+    criteria = tuple(_criterion_shape(cr, f"c{i}", params)
+                     for i, cr in enumerate(query.criteria))
+    seen = ("all",) if visibility is None else ("visible", visibility.compartment)
+    return (query.resource_type, criteria, seen), params
+
+
+# --------------------------------------------------------------------------- SQL of a shape
+def _p(name: str) -> Any:
+    return bindparam(name)
+
+
+def _value_cond(kind: str, shape: Shape, key: str) -> ColumnElement[bool] | None:
+    """The condition on ``kind``'s index row for one value (None: the value does not apply)."""
+    match shape:
+        case ("token", system, has_code) if kind in ("token", "uri", "reference"):
+            c = idx_token.c
+            parts = [c.code == _p(key + "c")] if has_code else []
+            if system is False:
+                parts.append(c.system.is_(None))
+            elif system:
+                parts.append(c.system == _p(key + "s"))
+            return and_(*parts) if parts else true()
+        case ("reference", typed) if kind == "reference":
+            c = idx_reference.c
+            return (and_(c.target_id == _p(key + "i"), c.target_type == _p(key + "t")) if typed
+                    else c.target_id == _p(key + "i"))
+        case ("date", prefix) if kind == "date":
+            c = idx_date.c
+            return date_cond(c.low, c.high, prefix, _p(key + "l"), _p(key + "h"))
+        case ("equal",) if kind in ("token", "uri"):
+            return idx_token.c.code == _p(key)
+        case ("equal",) if kind == "string":
+            return idx_string.c.value == _p(key)
+        case ("contains",):
+            return idx_string.c.value_norm.like(_p(key), escape="\\")
+        case ("prefix",):
+            c = idx_string.c
+            return and_(c.value_norm >= _p(key), c.value_norm < _p(key + "h"))
+    return None
 
 
 def _ids(table: Any, rtype: str, param: str, cond: ColumnElement[bool]) -> Select[Any]:
@@ -47,71 +154,33 @@ def _ids(table: Any, rtype: str, param: str, cond: ColumnElement[bool]) -> Selec
     return select(c.res_id).where(c.res_type == rtype, c.param == param, cond)
 
 
-def _token_cond(v: TokenValue) -> ColumnElement[bool]:
-    c = idx_token.c
-    parts = []
-    if v.code is not None:
-        parts.append(c.code == v.code)
-    if v.system == "":
-        parts.append(c.system.is_(None))
-    elif v.system is not None:
-        parts.append(c.system == v.system)
-    return and_(*parts) if parts else true()
-
-
-def _string_cond(v: str, modifier: str | None) -> ColumnElement[bool]:
-    c = idx_string.c
-    if modifier == "exact":
-        return c.value == v
-    if modifier == "contains":
-        escaped = v.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        return c.value_norm.like(f"%{escaped}%", escape="\\")
-    # Prefix match as a range so that it uses the index on both databases.
-    return and_(c.value_norm >= v, c.value_norm < v + "\U0010ffff")
-
-
-def criterion_cond(rtype: str, cr: Criterion) -> ColumnElement[bool]:
-    """A condition on ``resource.res_id`` for the resources of ``rtype`` matching ``cr``."""
-    if cr.kind == "id":
-        return _R.res_id.in_([str(v) for v in cr.values])
-    if cr.kind == "lastUpdated":
-        return or_(*[date_cond(_R.last_updated, _R.last_updated, v)
-                     for v in cr.values if isinstance(v, DateValue)])
-    name = cr.name
-    table = {"token": idx_token, "uri": idx_token, "reference": idx_reference,
-             "date": idx_date, "string": idx_string}[cr.kind]
-    if cr.missing is not None:
+def _criterion_cond(rtype: str, shape: Shape, key: str) -> ColumnElement[bool]:
+    """A condition on ``resource.res_id`` for the resources of ``rtype`` matching a criterion
+    of this shape."""
+    if shape[0] == "id":
+        return _R.res_id.in_(bindparam(key, expanding=True))
+    kind, name, how = shape[0], shape[1], shape[2]
+    if kind == "lastUpdated":
+        return or_(*[date_cond(_R.last_updated, _R.last_updated, v[1], _p(f"{key}_{j}l"),
+                               _p(f"{key}_{j}h"))
+                     for j, v in enumerate(shape[3]) if v[0] == "date"])
+    table = _TABLES[kind]
+    if how == "missing":
         present = _R.res_id.in_(_ids(table, rtype, name, true()))
-        return not_(present) if cr.missing else present
-    if cr.chain is not None:
-        assert cr.chain_type is not None
-        targets = select(_R.res_id).where(_R.res_type == cr.chain_type, _R.deleted.is_(False),
-                                          criterion_cond(cr.chain_type, cr.chain))
+        return not_(present) if shape[3] else present
+    if how == "chain":
+        target_type, chain = shape[3], shape[4]
+        targets = select(_R.res_id).where(_R.res_type == target_type, _R.deleted.is_(False),
+                                          _criterion_cond(target_type, chain, key + "c"))
         c = idx_reference.c
         return _R.res_id.in_(_ids(idx_reference, rtype, name, and_(
-            c.target_type == cr.chain_type, c.target_id.in_(targets))))
-    if cr.kind == "reference" and cr.modifier == "identifier":
-        conds = [_token_cond(v) for v in cr.values if isinstance(v, TokenValue)]
-        return _R.res_id.in_(_ids(idx_token, rtype, f"{name}:identifier", or_(*conds)))
-    if cr.kind in ("token", "uri"):
-        conds = [_token_cond(v) if isinstance(v, TokenValue) else idx_token.c.code == v
-                 for v in cr.values]
-        sub = _R.res_id.in_(_ids(idx_token, rtype, name, or_(*conds)))
-        return not_(sub) if cr.modifier == "not" else sub
-    if cr.kind == "reference":
-        c = idx_reference.c
-        conds = []
-        for v in cr.values:
-            assert isinstance(v, ReferenceValue)
-            conds.append(and_(c.target_id == v.id, c.target_type == v.type) if v.type
-                         else c.target_id == v.id)
-        return _R.res_id.in_(_ids(idx_reference, rtype, name, or_(*conds)))
-    if cr.kind == "date":
-        c = idx_date.c
-        conds = [date_cond(c.low, c.high, v) for v in cr.values if isinstance(v, DateValue)]
-        return _R.res_id.in_(_ids(idx_date, rtype, name, or_(*conds)))
-    conds = [_string_cond(str(v), cr.modifier) for v in cr.values]
-    return _R.res_id.in_(_ids(idx_string, rtype, name, or_(*conds)))
+            c.target_type == target_type, c.target_id.in_(targets))))
+    if kind == "reference" and how == "identifier":
+        table, name = idx_token, f"{name}:identifier"
+    conds = [cond for j, v in enumerate(shape[3])
+             if (cond := _value_cond(kind, v, f"{key}_{j}")) is not None]
+    sub = _R.res_id.in_(_ids(table, rtype, name, or_(*conds)))
+    return not_(sub) if how == "not" and kind in ("token", "uri") else sub
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +216,7 @@ def visibility_cond(rtype: str, vis: Visibility) -> ColumnElement[bool]:
     return _visibility_shape(vis.compartment)
 
 
-def visibility_params(vis: Visibility | None) -> dict[str, Any]:
+def visibility_params(vis: Visibility | None) -> Params:
     return {} if vis is None else {"vis_org": vis.org, "vis_now": vis.now}
 
 
@@ -169,25 +238,34 @@ def _visibility_shape(compartment: str | None) -> ColumnElement[bool]:
     return or_(owned, granted)
 
 
-def _conditions(query: SearchQuery, visibility: Visibility | None) -> list[ColumnElement[bool]]:
-    rtype = query.resource_type
+@lru_cache(maxsize=SHAPES_KEPT)
+def _conditions(shape: Shape) -> tuple[ColumnElement[bool], ...]:
+    rtype, criteria, seen = shape
     conds = [_R.res_type == rtype, _R.deleted.is_(False)]
-    conds += [criterion_cond(rtype, cr) for cr in query.criteria]
-    if visibility is not None:
-        conds.append(visibility_cond(rtype, visibility))
-    return conds
+    conds += [_criterion_cond(rtype, s, f"c{i}") for i, s in enumerate(criteria)]
+    if seen[0] == "visible":
+        conds.append(_visibility_shape(seen[1]))
+    return tuple(conds)
+
+
+@lru_cache(maxsize=SHAPES_KEPT)
+def _matching(shape: Shape) -> Select[Any]:
+    return select(_R.res_id).where(*_conditions(shape))
 
 
 def base_select(query: SearchQuery, visibility: Visibility | None = None) -> Select[Any]:
-    return select(_R.res_id).where(*_conditions(query, visibility))
+    """The ids of the resources matching ``query``'s criteria, its values bound (to run, or
+    to use inside another statement)."""
+    shape, params = _shape(query, visibility)
+    return _matching(shape).params(params)
 
 
-def _sort_key(query: SearchQuery, name: str) -> ColumnElement[Any]:
+def _sort_key(rtype: str, name: str) -> ColumnElement[Any]:
     if name == "_lastUpdated":
         return _R.last_updated
     if name == "_id":
         return _R.res_id
-    p = params_for(query.resource_type)[name]
+    p = params_for(rtype)[name]
     table, col = {"date": (idx_date, "low"), "string": (idx_string, "value_norm"),
                   "token": (idx_token, "code"), "uri": (idx_token, "code")}[p.type]
     c = table.c
@@ -195,30 +273,42 @@ def _sort_key(query: SearchQuery, name: str) -> ColumnElement[Any]:
                                            c.param == name).scalar_subquery())
 
 
-def run(conn: Connection, query: SearchQuery,
-        visibility: Visibility | None = None) -> tuple[list[Any], int | None]:
-    conds = _conditions(query, visibility)
-    params = visibility_params(visibility)
-    total = None
-    if query.total or query.summary_count:
-        total = conn.execute(select(func.count()).select_from(resource).where(*conds),
-                             params).scalar_one()
-    if query.summary_count or query.count == 0:
-        return [], total
+@lru_cache(maxsize=SHAPES_KEPT)
+def _total(shape: Shape) -> Select[Any]:
+    return select(func.count()).select_from(resource).where(*_conditions(shape))
+
+
+@lru_cache(maxsize=SHAPES_KEPT)
+def _page(shape: Shape, sort: tuple[tuple[str, bool], ...]) -> Select[Any]:
     order = []
-    for name, desc in query.sort:
-        key = _sort_key(query, name)
+    for name, desc in sort:
+        key = _sort_key(shape[0], name)
         order.append(key.desc() if desc else key.asc())
     # "+ 0" keeps the planner from walking the whole (res_type, last_updated) index in order
     # when the criteria match few rows (SQLite would otherwise scan every resource of the type).
     order += [(_R.last_updated + 0).desc(), _R.res_id]
-    q = (select(_H.res_type, _H.res_id, _H.version_id, _H.last_updated, _H.method, _H.content,
-                _R.owner_org)
-         .join_from(resource, resource_history, and_(
-             _H.res_type == _R.res_type, _H.res_id == _R.res_id, _H.version_id == _R.version_id))
-         .where(*conds)
-         .order_by(*order).limit(query.count).offset(query.offset))
-    return [_row(r, False) for r in conn.execute(q, params)], total
+    return (select(_H.res_type, _H.res_id, _H.version_id, _H.last_updated, _H.method,
+                   _H.content, _R.owner_org)
+            .join_from(resource, resource_history, and_(
+                _H.res_type == _R.res_type, _H.res_id == _R.res_id,
+                _H.version_id == _R.version_id))
+            .where(*_conditions(shape))
+            .order_by(*order)
+            .limit(bindparam("page_limit", type_=Integer))
+            .offset(bindparam("page_offset", type_=Integer)))
+
+
+def run(conn: Connection, query: SearchQuery,
+        visibility: Visibility | None = None) -> tuple[list[Any], int | None]:
+    shape, params = _shape(query, visibility)
+    total = None
+    if query.total or query.summary_count:
+        total = conn.execute(_total(shape), params).scalar_one()
+    if query.summary_count or query.count == 0:
+        return [], total
+    params.update(page_limit=query.count, page_offset=query.offset)
+    rows = conn.execute(_page(shape, tuple(query.sort)), params)
+    return [_row(r, False) for r in rows], total
 
 
 def include_keys(conn: Connection, query: SearchQuery, matches: list[Any]) -> list[tuple[str, str]]:
@@ -241,5 +331,5 @@ def include_keys(conn: Connection, query: SearchQuery, matches: list[Any]) -> li
     return list(dict.fromkeys(keys))
 
 
-__all__ = ["run", "date_cond", "visibility_params", "include_keys", "base_select", "criterion_cond", "visibility_cond",
-           "Visibility", "VisibilityFor", "Grant"]
+__all__ = ["run", "date_cond", "visibility_params", "include_keys", "base_select",
+           "visibility_cond", "Visibility", "VisibilityFor", "Grant", "SHAPES_KEPT"]
