@@ -29,9 +29,12 @@ def store(tmp_path: Path) -> Iterator[Store]:
     engine.dispose()
 
 
-def queued_behind_a_slow_write(store: Store, calls: list) -> tuple[list, list[BaseException]]:
+def queued_behind_a_slow_write(store: Store, calls: list, queued: list[int] | None = None
+                               ) -> tuple[list, list[BaseException]]:
     """Run ``calls`` (each ``fn(tx)``) in threads while a first write holds its round open,
-    so that they all queue for the next round. Returns (results, errors) in call order."""
+    so that they all queue for the next round. Returns (results, errors) in call order;
+    ``queued`` gets the calls' indexes in the order they queued."""
+    queued = [] if queued is None else queued
     gate, inside = threading.Event(), threading.Event()
 
     def slow(tx: Tx) -> str:
@@ -59,6 +62,7 @@ def queued_behind_a_slow_write(store: Store, calls: list) -> tuple[list, list[Ba
     while True:  # every call queued behind the open round
         with group._cond:
             if len(group._queue) == len(calls):
+                queued.extend(calls.index(c.fn) for c in group._queue)
                 break
         time.sleep(0.001)
     gate.set()
@@ -132,3 +136,47 @@ def test_when_the_commit_fails_every_caller_of_the_round_is_told_and_nothing_is_
         assert store.read("Patient", rid) is None
     assert store.read("Patient", "first") is not None  # the round before committed
     assert store.write(lambda tx: tx.create(patient("C"), "c").id) == "c"  # and on it goes
+
+
+def test_more_calls_than_a_round_holds_run_in_rounds_in_arrival_order(store):
+    """Callers queued beyond one round's worth wait for the next, which the oldest of them
+    leads: every call lands, in the order it was queued."""
+    from sip_hub.store import group
+    n = group.MAX_ROUND * 2 + 5
+    order: list[int] = []
+    calls = [lambda tx, i=i: (order.append(i), tx.create(patient(f"P{i}"), f"p{i}").id)[1]
+             for i in range(n)]
+    rounds_before = store._group.rounds
+    queued: list[int] = []
+    results, errors = queued_behind_a_slow_write(store, calls, queued)
+    assert errors == [None] * n
+    assert results == [f"p{i}" for i in range(n)]
+    assert order == queued and sorted(queued) == list(range(n))
+    assert store._group.rounds - rounds_before == 1 + 3  # the slow one's, then 32 + 32 + 5
+
+
+def test_many_writers_at_once_all_land_and_share_rounds(store):
+    """A stress of the hand-over: threads writing back to back; no write is lost, no caller
+    is left waiting, and rounds are shared."""
+    threads_n, each = 12, 40
+    rounds_before = store._group.rounds
+    failures: list[BaseException] = []
+
+    def writer(t: int) -> None:
+        try:
+            for k in range(each):
+                assert store.write(lambda tx: tx.create(patient(f"T{t}"), f"t{t}-{k}").id) \
+                    == f"t{t}-{k}"
+        except BaseException as exc:  # noqa: BLE001 (recorded for the assertions)
+            failures.append(exc)
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a caller was left waiting"
+    assert failures == []
+    with store.begin(write=False) as tx:
+        assert len(tx.current_many([("Patient", f"t{t}-{k}") for t in range(threads_n)
+                                    for k in range(each)])) == threads_n * each
+    assert store._group.rounds - rounds_before < threads_n * each
