@@ -51,9 +51,9 @@ def looked(monkeypatch) -> list[str]:
     seen: list[str] = []
     real = deadlines._decide
 
-    def spy(op, plan):
+    def spy(op, plan, sip_of):
         seen.append(plan.id)
-        return real(op, plan)
+        return real(op, plan, sip_of)
     monkeypatch.setattr(deadlines, "_decide", spy)
     return seen
 

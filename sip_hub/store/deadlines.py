@@ -8,12 +8,13 @@ holds when the last completed round started.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Select, and_, delete, func, insert, select
+from sqlalchemy import Select, and_, bindparam, delete, func, insert, select
 
 from ..fhir.search import SearchQuery
-from .records import COLUMNS, Stored, row_to_stored
+from .records import COLUMNS, CURRENT_COLUMNS, Stored, current_to_stored, row_to_stored
 from .resources import Tx
 from .schema import deadline_due, deadline_scan, idx_reference, resource, resource_history
 from .search import base_select
@@ -58,6 +59,32 @@ def plans_referred(tx: Tx, query: SearchQuery, param: str) -> set[str]:
     return set(tx.conn.execute(select(_X.target_id).where(
         _X.res_type == query.resource_type, _X.param == param, _X.target_type == "CarePlan",
         _X.res_id.in_(base_select(query)))).scalars())
+
+
+@lru_cache(maxsize=None)
+def _referring(rtype: str, param: str) -> Select[Any]:
+    return (select(_X.target_id, *CURRENT_COLUMNS)
+            .join_from(idx_reference, resource, and_(_R.res_type == _X.res_type,
+                                                     _R.res_id == _X.res_id))
+            .join(resource_history, and_(_H.res_type == _R.res_type, _H.res_id == _R.res_id,
+                                         _H.version_id == _R.version_id))
+            .where(_X.res_type == rtype, _X.param == param, _X.target_type == "CarePlan",
+                   _X.target_id.in_(bindparam("plans", expanding=True)),
+                   _R.deleted.is_(False)))
+
+
+def referring(tx: Tx, rtype: str, param: str, plan_ids: list[str]) -> dict[str, list[Stored]]:
+    """For each of the CarePlans ``plan_ids``, the current resources of ``rtype`` that refer
+    to it by ``param``, newest first (as a search lists them): one statement for many
+    plans, where a search per plan would be one each."""
+    found: dict[str, dict[str, Stored]] = {}
+    for i in range(0, len(plan_ids), _CHUNK):
+        for target, *row in tx.conn.execute(_referring(rtype, param),
+                                            {"plans": plan_ids[i:i + _CHUNK]}):
+            stored = current_to_stored(tuple(row))
+            found.setdefault(target, {})[stored.id] = stored
+    return {plan: sorted(by_id.values(), key=lambda s: (-s.last_updated, s.id))
+            for plan, by_id in found.items()}
 
 
 def earlier(tx: Tx, rtype: str, since: int) -> list[Stored]:
