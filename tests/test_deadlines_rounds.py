@@ -15,7 +15,7 @@ import pytest
 
 import sip_factory as f
 from fhirhttp import JSON_HEADERS, body
-from sip_hub import cli, deadlines
+from sip_hub import cli, deadlines, process
 from sip_hub.fhir.dates import now_utc, to_us
 from sip_hub.process import LOCAL
 from sip_hub.settings import Settings
@@ -317,3 +317,41 @@ def test_a_first_round_failing_halfway_is_redone_in_full(store, h, looked, monke
     monkeypatch.setattr(deadlines, "_apply_batch", real)
     report, plans = run(store, looked, batch=1)
     assert report.full and plans == [PLAN, OTHER]
+
+
+# -- what a round reads -------------------------------------------------------------------------
+
+def test_a_batch_of_sips_is_read_at_once_and_as_searches_would_find_it(client, store, h):
+    """A round reads what refers to a batch's plans (meetings, Tasks, revisions) in a few
+    statements for the whole batch, not in searches per plan; and it finds what those
+    searches find, in their order."""
+    hold_meeting(client, h)
+    invite(client, h, start_days=3)
+    with store.begin(write=False) as tx:
+        plans = [tx.current("CarePlan", PLAN), tx.current("CarePlan", OTHER)]
+        sips = deadlines._read_sips(tx, [PLAN, OTHER], plans)
+        for plan in (PLAN, OTHER):
+            pid = f"CarePlan/{plan}"
+            for found, (rtype, param) in ((sips[plan].appointments,
+                                           ("Appointment", "supporting-info")),
+                                          (sips[plan].tasks, ("Task", "based-on")),
+                                          (sips[plan].revisions, ("CarePlan", "replaces"))):
+                searched = process.search(tx, rtype, [(param, pid)])
+                assert [s.id for s in found] == [s.id for s in searched], (plan, rtype)
+        assert len(sips[PLAN].meetings()) == 2
+        assert len(sips[PLAN].tasks_of(("invitation",))) == 2
+
+    if store.engine.dialect.name == "sqlite":
+        def statements(plan_ids: list[str]) -> int:
+            ran: list[str] = []
+            with store.begin(write=False) as tx:
+                raw = tx.conn.connection.dbapi_connection
+                raw.set_trace_callback(ran.append)
+                try:
+                    batch = [tx.current("CarePlan", p) for p in plan_ids]
+                    ran.clear()
+                    deadlines._read_sips(tx, plan_ids, batch)
+                finally:
+                    raw.set_trace_callback(None)
+            return len(ran)
+        assert statements([PLAN, OTHER]) == statements([PLAN])  # not a statement per plan
