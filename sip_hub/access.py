@@ -150,7 +150,7 @@ class Access:
         if stored.owner is not None and stored.owner == self.org:
             return True
         if content is None and stored.content is not None:
-            content = stored.json()
+            content = stored.doc()
         patients = patients_of(stored.type, content, stored.id)
         return bool(patients) and bool(tx.readable_patients(self.org or "", sorted(patients),
                                                             self.now))
@@ -164,7 +164,7 @@ class Access:
         if self.unrestricted:
             return
         org = self.org
-        old_json = old.json() if old is not None and old.content is not None else None
+        old_json = old.doc() if old is not None and old.content is not None else None
         if old is not None and not self.can_read(tx, old, old_json):
             raise Forbidden(NOT_COVERED)
         if not is_personal(rtype):
