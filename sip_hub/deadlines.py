@@ -128,21 +128,31 @@ def task_id(value: str) -> str:
     return f"sip-{kind}-{hashlib.sha256(value.encode()).hexdigest()[:20]}"
 
 
+def _held(appointments: list[Stored]) -> list[Stored]:
+    """The SIP meetings among a plan's Appointments (not cancelled, no-show or in error)."""
+    return [s for s in appointments if s.doc().get("status") not in _MEETING_OFF]
+
+
+def _of_kind(tasks: list[Stored], kinds: tuple[str, ...], *, open_only: bool = False
+             ) -> list[Stored]:
+    """The Tasks carrying one of the ``sip-task`` codes ``kinds`` (as ``code=`` finds them),
+    or only the open ones among them."""
+    def coded(task: Json) -> bool:
+        return any(isinstance(c, dict) and c.get("system") == sip.CS_TASK
+                   and c.get("code") in kinds for c in (task.get("code") or {}).get("coding", []))
+    return [s for s in tasks if coded(s.doc())
+            and (not open_only or s.doc().get("status") in sp.OPEN_TASK)]
+
+
 def meetings(tx: Tx, plan_id: str) -> list[Stored]:
     """The SIP meetings held for a plan (Appointments with the plan as supporting info)."""
-    return [s for s in sp.search(tx, "Appointment", [("supporting-info", f"CarePlan/{plan_id}")])
-            if s.json().get("status") not in _MEETING_OFF]
+    return _held(store_scan.referring(tx, "Appointment", "supporting-info", [plan_id])
+                 .get(plan_id, []))
 
 
 def invitations(tx: Tx, plan_id: str) -> list[Stored]:
-    return sp.search(tx, "Task", [("based-on", f"CarePlan/{plan_id}"),
-                                  ("code", f"{sip.CS_TASK}|{sp.TASK_INVITATION}")])
-
-
-def _coded(task: Json, kinds: tuple[str, ...]) -> bool:
-    """Whether the Task carries one of the ``sip-task`` codes ``kinds`` (as ``code=`` finds)."""
-    return any(isinstance(c, dict) and c.get("system") == sip.CS_TASK and c.get("code") in kinds
-               for c in (task.get("code") or {}).get("coding", []))
+    return _of_kind(store_scan.referring(tx, "Task", "based-on", [plan_id]).get(plan_id, []),
+                    (sp.TASK_INVITATION,))
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,11 +165,10 @@ class _Sip:
     revisions: list[Stored]  # CarePlans replacing it
 
     def meetings(self) -> list[Stored]:
-        return [s for s in self.appointments if s.doc().get("status") not in _MEETING_OFF]
+        return _held(self.appointments)
 
     def tasks_of(self, kinds: tuple[str, ...], *, open_only: bool = False) -> list[Stored]:
-        return [s for s in self.tasks if _coded(s.doc(), kinds)
-                and (not open_only or s.doc().get("status") in sp.OPEN_TASK)]
+        return _of_kind(self.tasks, kinds, open_only=open_only)
 
 
 def _read_sips(tx: Tx, plan_ids: list[str], plans: list[Stored]) -> dict[str, _Sip]:

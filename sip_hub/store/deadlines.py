@@ -15,7 +15,7 @@ from sqlalchemy import Select, and_, bindparam, delete, func, insert, select
 
 from ..fhir.search import SearchQuery
 from .records import COLUMNS, CURRENT_COLUMNS, Stored, current_to_stored, row_to_stored
-from .resources import Tx
+from .resources import Tx, current_select
 from .schema import deadline_due, deadline_scan, idx_reference, resource, resource_history
 from .search import base_select
 
@@ -63,11 +63,8 @@ def plans_referred(tx: Tx, query: SearchQuery, param: str) -> set[str]:
 
 @lru_cache(maxsize=None)
 def _referring(rtype: str, param: str) -> Select[Any]:
-    return (select(_X.target_id, *CURRENT_COLUMNS)
-            .join_from(idx_reference, resource, and_(_R.res_type == _X.res_type,
-                                                     _R.res_id == _X.res_id))
-            .join(resource_history, and_(_H.res_type == _R.res_type, _H.res_id == _R.res_id,
-                                         _H.version_id == _R.version_id))
+    return (current_select(_X.target_id, *CURRENT_COLUMNS)
+            .join(idx_reference, and_(_X.res_type == _R.res_type, _X.res_id == _R.res_id))
             .where(_X.res_type == rtype, _X.param == param, _X.target_type == "CarePlan",
                    _X.target_id.in_(bindparam("plans", expanding=True)),
                    _R.deleted.is_(False)))

@@ -38,14 +38,14 @@ _H = resource_history.c
 _R = resource.c
 AUDIT_TYPE = sql_audit.AUDIT_TYPE
 
-def _current(*columns: Any) -> Any:
+def current_select(*columns: Any) -> Any:
     """``columns`` of every resource's current version (its row joined to that version's)."""
     return select(*columns).join_from(resource, resource_history, and_(
         _H.res_type == _R.res_type, _H.res_id == _R.res_id, _H.version_id == _R.version_id))
 
 
 # Hot-path statements built once: SQLAlchemy then reuses their compiled form directly.
-_CURRENT = DriverStatement(_current(*CURRENT_COLUMNS).where(
+_CURRENT = DriverStatement(current_select(*CURRENT_COLUMNS).where(
     _R.res_type == bindparam("t"), _R.res_id == bindparam("i")))
 _VERSION = select(*_COLUMNS).where(_H.res_type == bindparam("t"), _H.res_id == bindparam("i"),
                                    _H.version_id == bindparam("v"))
@@ -61,7 +61,7 @@ _KEYS_MAX = 32
 
 @lru_cache(maxsize=_KEYS_MAX)
 def _current_of(n: int) -> DriverStatement:
-    return DriverStatement(_current(*CURRENT_COLUMNS)
+    return DriverStatement(current_select(*CURRENT_COLUMNS)
                            .where(any_of(n, t=_R.res_type, i=_R.res_id)))
 
 
@@ -259,7 +259,7 @@ class Tx:
                 if vis is not None:
                     conds.append(sql_search.visibility_cond(t, vis))
                     params = sql_search.visibility_params(vis)
-            q = _current(*_COLUMNS, _R.owner_org).where(*conds)
+            q = current_select(*_COLUMNS, _R.owner_org).where(*conds)
             for row in self.conn.execute(q, params):
                 out[(row.res_type, row.res_id)] = _row(row, False)
         return [out[k] for k in dict.fromkeys(keys) if k in out]
@@ -386,7 +386,7 @@ class Tx:
         key = tuple_(_R.res_type, _R.res_id)
         while True:
             rows = self.conn.execute(
-                _current(_R.res_type, _R.res_id, _H.content)
+                current_select(_R.res_type, _R.res_id, _H.content)
                 .where(_R.deleted.is_(False), key > tuple_(*after))
                 .order_by(_R.res_type, _R.res_id).limit(batch)).all()
             for rtype, rid, content in rows:

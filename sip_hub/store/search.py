@@ -115,37 +115,33 @@ def _shape(query: SearchQuery, visibility: Visibility | None) -> tuple[Shape, Pa
 
 
 # --------------------------------------------------------------------------- SQL of a shape
-def _p(name: str) -> Any:
-    return bindparam(name)
-
-
 def _value_cond(kind: str, shape: Shape, key: str) -> ColumnElement[bool] | None:
     """The condition on ``kind``'s index row for one value (None: the value does not apply)."""
     match shape:
         case ("token", system, has_code) if kind in ("token", "uri", "reference"):
             c = idx_token.c
-            parts = [c.code == _p(key + "c")] if has_code else []
+            parts = [c.code == bindparam(key + "c")] if has_code else []
             if system is False:
                 parts.append(c.system.is_(None))
             elif system:
-                parts.append(c.system == _p(key + "s"))
+                parts.append(c.system == bindparam(key + "s"))
             return and_(*parts) if parts else true()
         case ("reference", typed) if kind == "reference":
             c = idx_reference.c
-            return (and_(c.target_id == _p(key + "i"), c.target_type == _p(key + "t")) if typed
-                    else c.target_id == _p(key + "i"))
+            same = c.target_id == bindparam(key + "i")
+            return and_(same, c.target_type == bindparam(key + "t")) if typed else same
         case ("date", prefix) if kind == "date":
             c = idx_date.c
-            return date_cond(c.low, c.high, prefix, _p(key + "l"), _p(key + "h"))
+            return date_cond(c.low, c.high, prefix, bindparam(key + "l"), bindparam(key + "h"))
         case ("equal",) if kind in ("token", "uri"):
-            return idx_token.c.code == _p(key)
+            return idx_token.c.code == bindparam(key)
         case ("equal",) if kind == "string":
-            return idx_string.c.value == _p(key)
+            return idx_string.c.value == bindparam(key)
         case ("contains",):
-            return idx_string.c.value_norm.like(_p(key), escape="\\")
+            return idx_string.c.value_norm.like(bindparam(key), escape="\\")
         case ("prefix",):
             c = idx_string.c
-            return and_(c.value_norm >= _p(key), c.value_norm < _p(key + "h"))
+            return and_(c.value_norm >= bindparam(key), c.value_norm < bindparam(key + "h"))
     return None
 
 
@@ -161,8 +157,8 @@ def _criterion_cond(rtype: str, shape: Shape, key: str) -> ColumnElement[bool]:
         return _R.res_id.in_(bindparam(key, expanding=True))
     kind, name, how = shape[0], shape[1], shape[2]
     if kind == "lastUpdated":
-        return or_(*[date_cond(_R.last_updated, _R.last_updated, v[1], _p(f"{key}_{j}l"),
-                               _p(f"{key}_{j}h"))
+        return or_(*[date_cond(_R.last_updated, _R.last_updated, v[1],
+                               bindparam(f"{key}_{j}l"), bindparam(f"{key}_{j}h"))
                      for j, v in enumerate(shape[3]) if v[0] == "date"])
     table = _TABLES[kind]
     if how == "missing":

@@ -4,6 +4,7 @@ leaks into the other), and the second must reuse the first one's statement."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -104,7 +105,16 @@ def test_paging_values_are_bound_per_search(filled: Store) -> None:
     assert [page("0"), page("1"), page("2"), page("3")] == [["p-ann"], ["p-bo"], ["p-cilla"], []]
 
 
-def test_the_statements_kept_are_bounded() -> None:
-    for cached in (sql_search._conditions, sql_search._matching, sql_search._total,
-                   sql_search._page):
-        assert cached.cache_info().maxsize == sql_search.SHAPES_KEPT
+def test_the_statements_kept_are_bounded(filled: Store) -> None:
+    """A client can make ever new shapes (here the same six criteria in another order each
+    time): the hub keeps the statements of the latest SHAPES_KEPT only, and every search
+    still finds what it should."""
+    criteria = [("gender", "female"), ("family", "and"), ("birthdate", "1950-01-01"),
+                ("given", "test"), ("name", "andersson"),
+                ("identifier", "http://electronichealth.se/identifier/personnummer|"
+                               "195001019802")]
+    shapes = itertools.islice(itertools.permutations(criteria), sql_search.SHAPES_KEPT + 10)
+    for items in shapes:
+        assert found(filled, "Patient", list(items)) == {"p-ann"}
+    for cached in (sql_search._conditions, sql_search._total, sql_search._page):
+        assert cached.cache_info().currsize <= sql_search.SHAPES_KEPT
