@@ -167,6 +167,10 @@ class Deliverer:
         if withdraw or hold or posted:  # on SQLite with the API's writes (group commit)
             self.store.write(lambda tx: self._write_outcomes(tx, outcomes, withdraw, hold,
                                                              posted))
+        for i, d, _ in posted:  # logged once committed, not in the write lock
+            if isinstance(dead := outcomes[i], DeadLetter):
+                log.warning("delivery %s of message %s to %s is dead: %s", d.id, d.message_id,
+                            d.dest_org, dead.reason)
         assert all(o is not None for o in outcomes), "every message has its outcome"
         return outcomes  # type: ignore[return-value]
 
@@ -253,8 +257,6 @@ class Deliverer:
                 return Ack()
             DELIVERIES.labels("dead").inc()
             DEAD_LETTERS.labels(d.kind).inc()
-            log.warning("delivery %s of message %s to %s is dead: %s", d.id, d.message_id,
-                        d.dest_org, reason)
             return DeadLetter(reason, attempts)
         delay = self.config.retry_delay(attempts)
         if sql.set_state(tx, d.id, sql.PENDING, now, error=result.detail,

@@ -141,11 +141,16 @@ def test_a_timeout_is_retried_and_the_receiver_applies_the_message_once(
 
 
 def test_an_organisation_without_an_endpoint_is_dead_lettered_with_the_reason(
-        world: Hub) -> None:
+        world: Hub, caplog: pytest.LogCaptureFixture) -> None:
     world.configure({})
-    world.rounds(lambda: settled(world))
+    with caplog.at_level("WARNING", logger="sip_hub.delivery"):
+        world.rounds(lambda: settled(world))
     d = state(world, BUP)
     assert d.state == "dead" and "No message endpoint is configured" in d.last_error
+    # Operators are told once per dead delivery, with its reason (logged after the commit).
+    told = [r.getMessage() for r in caplog.records if d.id in r.getMessage()]
+    assert told == [f"delivery {d.id} of message {d.message_id} to {BUP} is dead: "
+                    f"{d.last_error}"]
 
 
 # -- replay ---------------------------------------------------------------------------------
