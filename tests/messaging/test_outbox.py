@@ -305,11 +305,10 @@ def test_a_backlog_is_claimed_head_by_head_whatever_the_statistics(store: Store)
     if not pg:
         return
     with store.engine.connect() as conn:
-        stmt = sql._HEADS._sql(conn)[0]
+        stmt, args = sql._HEADS._args(conn, {"now": 2 ** 62, "limit": 100})
         cur = conn.connection.dbapi_connection.cursor()
         cur.execute("SET plan_cache_mode = force_generic_plan")
-        cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + stmt, {"state_1": sql.PENDING,
-                                                               "now": 2 ** 62, "limit": 100})
+        cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + stmt, args)
         plan = cur.fetchone()[0][0]["Plan"]
         conn.rollback()
 
