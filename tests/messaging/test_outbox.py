@@ -306,11 +306,12 @@ def test_a_backlog_is_claimed_head_by_head_whatever_the_statistics(store: Store)
         return
     with store.engine.connect() as conn:
         stmt, args = sql._HEADS._args(conn, {"now": 2 ** 62, "limit": 100})
-        cur = conn.connection.dbapi_connection.cursor()
-        cur.execute("SET plan_cache_mode = force_generic_plan")
+        dbapi = conn.connection.dbapi_connection
+        cur = dbapi.cursor()
+        cur.execute("SET LOCAL plan_cache_mode = force_generic_plan")  # this transaction's
         cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + stmt, args)
         plan = cur.fetchone()[0][0]["Plan"]
-        conn.rollback()
+        dbapi.rollback()  # the locks the claim took, and the setting
 
     def handled(node: dict) -> float:
         own = (node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
