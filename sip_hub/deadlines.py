@@ -217,7 +217,7 @@ def _wanted(op: Operation, plan: Stored, sip_of: _Sip) -> tuple[list[_Want], int
     if phase in (sp.INVITATION, sp.MEETING):
         passed = []
         for m in sip_of.meetings():
-            end = _end(m.json().get("end"))
+            end = _end(m.doc().get("end"))
             if end is None:
                 continue
             day = sp.local_date(from_us(end)) + timedelta(days=DOCUMENT_WITHIN_DAYS + 1)
@@ -230,7 +230,7 @@ def _wanted(op: Operation, plan: Stored, sip_of: _Sip) -> tuple[list[_Want], int
             due, m = min(passed, key=lambda p: p[0])
             out.append(_Want(sp.TASK_DOCUMENT, m.id, coordinator, due.isoformat(),
                              f"Planen ska upprättas inom tre dagar efter SIP-mötet "
-                             f"({m.json().get('end')}); den är ännu inte upprättad.", ref(m)))
+                             f"({m.doc().get('end')}); den är ännu inte upprättad.", ref(m)))
     if phase == sp.ESTABLISHED:
         follow_up = next((e.get("valueDateTime") for e in content.get("extension", [])
                           if e.get("url") == sip.EXT_FOLLOW_UP), None)
@@ -350,7 +350,7 @@ def _apply(op: Operation, plan: Stored, decision: _Decision) -> Report:
         report.closed.append(task.id)
     create = [(v, w) for v, w in decision.create if op.tx.current("Task", task_id(v)) is None]
     if create:
-        patient = sp.patient_ref(op.tx, plan.json())
+        patient = sp.patient_ref(op.tx, plan.doc())
         for value, want in create:
             op.update(_task(op, plan, want, value, patient), as_hub=True)
             report.created.append(task_id(value))

@@ -45,7 +45,7 @@ from ..store import Store, Tx
 from ..store import outbox as sql
 from . import vocabulary as vocab
 from .config import MessagingSettings
-from .endpoints import Endpoints
+from .endpoints import Endpoint, Endpoints
 from .http import HttpClient, HttpError, HttpResponse, HttpTimeout
 from .outbox import WITHDRAWN_REASON, is_covered
 from .relay import DELIVERY
@@ -202,7 +202,7 @@ class Deliverer:
         """POST the batch: the deliveries of each destination one after another (in the
         batch's order), the destinations side by side. Waiting on one organisation's
         answers would otherwise hold up every other's (and most of a POST is waiting)."""
-        by_org: dict[str, list[tuple[int, sql.Delivery, str]]] = {}
+        by_org: dict[str, list[tuple[int, sql.Delivery, str, Endpoint | None]]] = {}
         done: list[tuple[int, sql.Delivery, Result]] = []
         for i, d in post:
             endpoint = self.endpoints.get(d.dest_org)
@@ -211,11 +211,11 @@ class Deliverer:
                 done.append((i, d, Result("fatal", "No message endpoint is configured for "
                                                    f"{d.dest_org} (mappings/endpoints.json)")))
             else:
-                by_org.setdefault(d.dest_org, []).append((i, d, url))
+                by_org.setdefault(d.dest_org, []).append((i, d, url, endpoint))
 
-        def run(todo: list[tuple[int, sql.Delivery, str]]
+        def run(todo: list[tuple[int, sql.Delivery, str, Endpoint | None]]
                 ) -> list[tuple[int, sql.Delivery, Result]]:
-            return [(i, d, self._post(d, url)) for i, d, url in todo]
+            return [(i, d, self._post(d, url, endpoint)) for i, d, url, endpoint in todo]
         if len(by_org) <= 1:
             done += [r for todo in by_org.values() for r in run(todo)]
         else:
@@ -230,8 +230,8 @@ class Deliverer:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    def _post(self, d: sql.Delivery, url: str) -> Result:
-        endpoint = self.endpoints.get(d.dest_org)
+    def _post(self, d: sql.Delivery, url: str, endpoint: Endpoint | None) -> Result:
+        """POST ``d`` to ``url`` (its own, or that of ``endpoint``, its organisation's)."""
         timeout = (endpoint.timeout if endpoint and endpoint.timeout else
                    self.config.timeout_seconds)
         headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json",

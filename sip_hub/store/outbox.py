@@ -213,11 +213,12 @@ def _heads() -> Any:
 
     Whether a delivery heads its stream is the stream's lowest open ``seq``, a correlated
     subquery that the databases run for each due delivery as one probe of the index of open
-    deliveries (its first entry for the stream; a MIN cost SQLite 15% more a claim). Written as NOT EXISTS (an earlier open one),
-    PostgreSQL may join it instead, and with statistics taken while the outbox was small (a
-    new hub, or a backlog that grew since the last ANALYZE) it chose a nested loop that read
-    every open delivery once per due one: 1.2 s a round with 3,000 waiting, where this takes
-    7 ms, and the relay falls behind just when organisations come back after an outage."""
+    deliveries (its first entry for the stream; a MIN cost SQLite 15% more a claim). Written
+    as NOT EXISTS (an earlier open one), PostgreSQL may join it instead, and with statistics
+    taken while the outbox was small (a new hub, or a backlog that grew since the last
+    ANALYZE) it chose a nested loop that read every open delivery once per due one: 1.2 s a
+    round with 3,000 waiting, where this takes 7 ms, and the relay falls behind just when
+    organisations come back after an outage."""
     earlier = aliased(outbox_delivery)
     e = earlier.c
     first_open = (select(e.seq)
