@@ -14,9 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from . import __version__, deadlines, demo
+from . import __version__, deadlines, demo, logs
 from .audit import AuditLog
 from .messaging.config import MessagingSettings
 from .messaging.endpoints import Endpoints
@@ -82,35 +82,53 @@ def _error_response(request: Request, err: SipHubError) -> Response:
 def _unexpected_response(request: Request) -> Response:
     log.exception("Unhandled error on %s %s", request.method, request.url.path)
     return _error_response(request, InternalError(
-        "Internal error; the request was not applied. It has been logged."))
+        "Internal error; the request was not applied. It has been logged with request id "
+        f"{logs.REQUEST_ID.get()}."))
 
 
 class HubApp(FastAPI):
     """FastAPI, with the hot FHIR interactions (read, search, create, update of well-formed
-    types and ids, and ``$process-message``) dispatched straight to their handlers. The middleware stack and router in
-    between cost a third of a point read on the embedded store; errors are answered exactly as
-    the exception handlers below answer them."""
+    types and ids, and ``$process-message``) dispatched straight to their handlers. The
+    middleware stack and router in between cost a third of a point read on the embedded store;
+    errors are answered exactly as the exception handlers below answer them.
+
+    Every HTTP request gets its id (``logs.request_id``) here, before either path: its log
+    lines carry it and its response answers it in ``X-Request-ID``."""
 
     hot_routes = tuple((r, inspect.iscoroutinefunction(r.endpoint))
                        for r in fhir_rest.fast_routes() + messaging_routes.fast_routes())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for route, is_async in self.hot_routes:
-                matched, child = route.matches(scope)
-                if matched is Match.FULL:
-                    scope["app"] = self
-                    scope.update(child)
-                    request = Request(scope, receive, send)
-                    try:
-                        response = await route.endpoint(request) if is_async \
-                            else await in_thread(request, route.endpoint, request)
-                    except SipHubError as exc:
-                        response = _error_response(request, exc)
-                    except Exception:  # noqa: BLE001 (answered as the app's handler does)
-                        response = _unexpected_response(request)
-                    await response(scope, receive, send)
-                    return
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        rid = logs.request_id(next((v for k, v in scope["headers"] if k == b"x-request-id"),
+                                   None))
+        logs.REQUEST_ID.set(rid)  # in this request's own task (and the threads it uses)
+        tag = (b"x-request-id", rid.encode())
+
+        async def send_tagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), tag]
+            await send(message)
+        await self._dispatch(scope, receive, send_tagged)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        for route, is_async in self.hot_routes:
+            matched, child = route.matches(scope)
+            if matched is Match.FULL:
+                scope["app"] = self
+                scope.update(child)
+                request = Request(scope, receive, send)
+                try:
+                    response = await route.endpoint(request) if is_async \
+                        else await in_thread(request, route.endpoint, request)
+                except SipHubError as exc:
+                    response = _error_response(request, exc)
+                except Exception:  # noqa: BLE001 (answered as the app's handler does)
+                    response = _unexpected_response(request)
+                await response(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
 

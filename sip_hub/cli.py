@@ -10,7 +10,7 @@ from .settings import Settings
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from . import serving
+    from . import logs, serving
     from .app import check_settings
     from .service import FhirService
     from .store import Store
@@ -28,7 +28,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     engine.dispose()
     return serving.run(args.workers or settings.workers, app="sip_hub.app:create_app",
                        factory=True, host=args.host or settings.host,
-                       port=args.port or settings.port, log_level="info",
+                       port=args.port or settings.port, log_level=settings.log_level,
+                       log_config=logs.config(settings.log_level, settings.log_format),
                        access_log=settings.access_log, proxy_headers=True,
                        server_header=False)
 
@@ -136,11 +137,23 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from pydantic import ValidationError
+
+    from . import logs
     from .app import ConfigurationError
     from .errors import SipHubError
 
     try:
-        return int(args.func(args, Settings()))
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            (f"SIP_HUB_{'_'.join(map(str, e['loc'])).upper()}: " if e["loc"] else "") + e["msg"]
+            for e in exc.errors())
+        sys.stderr.write(f"sip-hub: invalid settings: {problems}\n")
+        return 2
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        return int(args.func(args, settings))
     except SipHubError as exc:
         sys.stderr.write(f"sip-hub: {exc.diagnostics}\n")
         return 2

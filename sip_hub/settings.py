@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .logs import LogFormat, LogLevel
+
 DEFAULT_DATA_DIR = Path("var")
 
 
@@ -28,6 +30,10 @@ class Settings(BaseSettings):
     # One log line per HTTP request. Off by default: every access to personal data is an
     # AuditEvent already, and the line costs a tenth of a read's time.
     access_log: bool = False
+    # The hub's log lines on stderr: text for people, json (a JSON object a line) for a log
+    # pipeline; see sip_hub.logs.
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
     # Public base URL used in Location headers, Bundle links and fullUrls.
     base_url: str = ""
     auto_migrate: bool = True

@@ -7,6 +7,7 @@ SIP_HUB_REQUIRE_SERVICES=1 (CI), where a missing service fails the run.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -242,3 +243,19 @@ def broker_url() -> str:
     required)."""
     need_service("RabbitMQ", BROKER_URL)
     return BROKER_URL
+
+
+_LOGGERS = ("", "sip_hub", "uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """``sip-hub`` commands run in-process (``cli.main``) configure this process's logging as
+    the program does; each test starts from, and leaves, the configuration pytest set up."""
+    saved = [(lg, list(lg.handlers), lg.level, lg.propagate)
+             for lg in (logging.getLogger(name) for name in _LOGGERS)]
+    yield
+    for lg, handlers, level, propagate in saved:
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate

@@ -12,12 +12,16 @@ from .checkpoint import BACKSTOP_PAGES
 
 def make_engine(url: str | URL, *, pool_size: int = 10, autocommit: bool = False) -> Engine:
     """``autocommit``: (PostgreSQL) every connection of the pool in autocommit mode for good,
-    for reads that need no BEGIN and COMMIT (see ``Store``)."""
+    for reads that need no BEGIN and COMMIT (see ``Store``).
+
+    A statement's values never appear in its errors (``hide_parameters``): they are resources'
+    content, personal data, and an error's text reaches log lines and a dead letter's reason."""
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(u, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(u, connect_args={"check_same_thread": False, "timeout": 30},
+                               hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         # Take the write lock at BEGIN so concurrent writers queue instead of failing on
         # lock upgrade ("database is locked") halfway through a transaction.
@@ -29,7 +33,7 @@ def make_engine(url: str | URL, *, pool_size: int = 10, autocommit: bool = False
     # use (a round trip per transaction): a connection the server dropped fails its request
     # with a retryable 503 and SQLAlchemy then replaces the whole pool.
     return create_engine(u, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600,
-                         connect_args={"options": "-c statement_timeout=30000"}
+                         hide_parameters=True, connect_args={"options": "-c statement_timeout=30000"}
                          if "options" not in u.query else {},
                          **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
 

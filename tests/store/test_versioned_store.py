@@ -309,3 +309,23 @@ def test_an_update_leaves_no_index_row_of_the_old_version(store):
             n = tx.conn.execute(text(f"SELECT count(*) FROM {table} WHERE res_id = 'p1' "
                                      "AND param NOT LIKE '\\_%' ESCAPE '\\'")).scalar()
             assert n == 0, table
+
+
+def test_a_failed_statement_keeps_its_values_out_of_its_error(store):
+    """An error's text reaches log lines and dead letters' reasons; the values of the
+    statement (resources' content: personal data) must not be in it."""
+    from sqlalchemy.exc import IntegrityError
+
+    from sip_hub.store.schema import resource
+
+    row = {"res_type": "Patient", "res_id": "p-secret", "version_id": 1, "deleted": False,
+           "last_updated": 0,
+           "owner_org": "Anna Andersson 19121212-1212"}
+    with store.engine.begin() as conn:
+        conn.execute(resource.insert(), row)
+    with pytest.raises(IntegrityError) as failed, store.engine.begin() as conn:
+        conn.execute(resource.insert(), row)  # the same key again
+    text_of_error = str(failed.value)
+    assert "INSERT INTO resource" in text_of_error  # what failed is still said
+    assert "19121212" not in text_of_error and "Anna" not in text_of_error
+    assert "hidden" in text_of_error

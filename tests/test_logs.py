@@ -1,0 +1,224 @@
+"""The hub's logs as IT staff read them: every line with its time, level, process and the HTTP
+request it belongs to; every answer with that request's id, so that a care system's report of
+a failed call leads to the hub's lines about it."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from sip_hub import cli, interactions, logs
+
+MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
+NEW_ID = re.compile(r"[0-9a-f]{32}")
+TEXT_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
+                       r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+ \[\d+\] \S+ .+")
+
+
+# -- request ids over HTTP ---------------------------------------------------------------------
+
+def test_every_answer_carries_its_request_id(client) -> None:
+    first = client.get("/fhir/metadata")            # through FastAPI's routes
+    second = client.get("/fhir/CarePlan/unknown")   # a hot route, dispatched before them
+    assert first.status_code == 200 and second.status_code == 404
+    ids = [first.headers["X-Request-ID"], second.headers["X-Request-ID"]]
+    assert all(NEW_ID.fullmatch(i) for i in ids) and ids[0] != ids[1]
+    assert client.get("/healthz").headers["X-Request-ID"] not in ids
+
+
+@pytest.mark.parametrize("offered", ["care-system.42:7", "0f8fad5b-d9cb-469f-a165-70867728950e"])
+def test_a_callers_request_id_is_kept(client, offered: str) -> None:
+    r = client.get("/fhir/CarePlan/unknown", headers={"X-Request-ID": offered})
+    assert r.status_code == 404
+    assert r.headers["X-Request-ID"] == offered
+
+
+@pytest.mark.parametrize("offered", ["two words", "x" * 129, "a\tb", "id;drop", "åäö"])
+def test_a_request_id_that_is_not_a_plain_token_is_replaced(client, offered: str) -> None:
+    """What is not a plain token never reaches a log line (it could forge one)."""
+    r = client.get("/fhir/metadata", headers={"X-Request-ID": offered.encode("utf-8")})
+    assert r.status_code == 200
+    assert NEW_ID.fullmatch(r.headers["X-Request-ID"])
+
+
+def _fail(name: str):
+    """A fault injected into an interaction: it logs a line, then breaks as a bug would."""
+    def broken(*args, **kwargs):
+        logging.getLogger("sip_hub.test").warning("about to fail in %s", name)
+        raise RuntimeError("disk on fire")
+    return broken
+
+
+@pytest.mark.parametrize("interaction", ["read", "create"])
+def test_a_failure_is_answered_and_logged_under_its_request_id(
+        client, monkeypatch, caplog, interaction: str) -> None:
+    """A 500 names the request id in its OperationOutcome, and the lines logged for the
+    request carry it: those of the event loop (the unhandled error) and those of the thread
+    the work ran on (a create's, on either database; a read's on PostgreSQL)."""
+    monkeypatch.setattr(interactions, interaction, _fail(interaction))
+    caplog.handler.addFilter(logs.RequestIdFilter())
+    caplog.set_level(logging.WARNING)
+    headers = {"X-Request-ID": "trace-4711"}
+    if interaction == "read":
+        r = client.get("/fhir/CarePlan/some-plan", headers=headers)
+    else:
+        r = client.post("/fhir/CarePlan", headers=headers, json={
+            "resourceType": "CarePlan", "status": "draft", "intent": "plan",
+            "subject": {"reference": "Patient/some-patient"}})
+    assert r.status_code == 500
+    assert r.headers["X-Request-ID"] == "trace-4711"
+    outcome = r.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert "request id trace-4711" in outcome["issue"][0]["diagnostics"]
+    assert "disk on fire" not in r.text  # the cause is for the log, not the caller
+
+    ours = [rec for rec in caplog.records if rec.name in ("sip_hub.test", "sip_hub")]
+    assert [(rec.name, rec.levelno) for rec in ours] == [
+        ("sip_hub.test", logging.WARNING), ("sip_hub", logging.ERROR)]
+    assert all(rec.request_id == "trace-4711" for rec in ours)
+    assert ours[1].exc_info is not None and "disk on fire" in str(ours[1].exc_info[1])
+
+
+def test_a_line_logged_outside_any_request_says_so(caplog) -> None:
+    caplog.handler.addFilter(logs.RequestIdFilter())
+    with caplog.at_level(logging.INFO, logger="sip_hub"):
+        logging.getLogger("sip_hub.worker").info("relay round")
+    assert caplog.records[-1].request_id == "-"
+
+
+# -- the processes' log lines ------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(port: int, path: str, headers: dict[str, str]) -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", path, headers=headers)
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    return resp
+
+
+def _wait(cond, what: str, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{what}: {log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+def _start(tmp_path: Path, args: list[str], **env: str) -> tuple[subprocess.Popen, Path]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("SIP_HUB_")}
+    full.update(SIP_HUB_DATA_DIR=str(tmp_path), SIP_HUB_MAPPINGS_DIR=str(MAPPINGS), **env)
+    log = tmp_path / "stderr.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "sip_hub.cli", *args], env=full,
+                                stdout=subprocess.DEVNULL, stderr=out)
+    return proc, log
+
+
+def _stop(proc: subprocess.Popen) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=60)
+
+
+def test_the_api_logs_json_lines_naming_each_request(tmp_path: Path) -> None:
+    """``SIP_HUB_LOG_FORMAT=json``: every line the API's processes write (the supervisor's,
+    each worker's, uvicorn's, the hub's own INFO lines) is one JSON object; the access line
+    of a request names its id."""
+    port = _free_port()
+    proc, log = _start(tmp_path, ["serve", "--port", str(port), "--workers", "2"],
+                       SIP_HUB_LOG_FORMAT="json", SIP_HUB_ACCESS_LOG="true")
+    try:
+        _wait(lambda: log.read_bytes().count(b"Application startup complete") >= 2,
+              "the API did not start", proc, log)
+        resp = _get(port, "/fhir/metadata", {"X-Request-ID": "portal-77"})
+        assert resp.status == 200 and resp.getheader("X-Request-ID") == "portal-77"
+    finally:
+        assert _stop(proc) == 0
+    lines = [orjson.loads(line) for line in log.read_bytes().splitlines() if line.strip()]
+    assert len(lines) >= 8
+    for line in lines:
+        assert {"time", "level", "logger", "process", "request_id", "message"} <= set(line), line
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", line["time"])
+        assert "color_message" not in line
+    processes = {line["process"] for line in lines}
+    assert len(processes) == 3  # the supervisor and two workers
+    demo = [line for line in lines if line["logger"] == "sip_hub.demo"]
+    assert len(demo) == 2 and all(line["level"] == "INFO" for line in demo)
+    access = [line for line in lines if line["logger"] == "uvicorn.access"]
+    assert len(access) == 1 and "GET /fhir/metadata" in access[0]["message"]
+    assert access[0]["request_id"] == "portal-77"
+    assert all(line["request_id"] == "-" for line in lines if line is not access[0])
+
+
+def test_the_messaging_worker_logs_text_lines(tmp_path: Path) -> None:
+    """The default format, for people: time (UTC), level, logger, process, request (``-``
+    outside one), message. The worker's start is logged (its INFO lines were lost before)."""
+    proc, log = _start(tmp_path, ["worker"], SIP_HUB_LOG_LEVEL="info")
+    try:
+        _wait(lambda: b"messaging worker started" in log.read_bytes(),
+              "the worker did not log its start", proc, log)
+    finally:
+        assert _stop(proc) == 0
+    started = [line for line in log.read_text().splitlines() if "worker started" in line]
+    assert len(started) == 1 and TEXT_LINE.fullmatch(started[0]), started
+    assert f" INFO sip_hub.worker [{proc.pid}] - messaging worker started" in started[0]
+
+
+def test_the_level_hides_lines_below_it(tmp_path: Path) -> None:
+    proc, log = _start(tmp_path, ["worker"], SIP_HUB_LOG_LEVEL="warning")
+    try:
+        time.sleep(3)
+        assert proc.poll() is None, log.read_text()
+    finally:
+        assert _stop(proc) == 0
+    assert "worker started" not in log.read_text()
+
+
+@pytest.mark.parametrize("name, value", [("SIP_HUB_LOG_FORMAT", "xml"),
+                                         ("SIP_HUB_LOG_LEVEL", "verbose")])
+def test_bad_log_settings_are_refused_with_the_setting_named(
+        tmp_path, monkeypatch, capsys, name: str, value: str) -> None:
+    monkeypatch.setenv("SIP_HUB_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv(name, value)
+    assert cli.main(["migrate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sip-hub: invalid settings: ") and f"{name}: Input should be" in err
+    assert not (tmp_path / "sip_hub.sqlite3").exists()  # nothing was done
+
+
+def test_json_lines_keep_a_records_extra_fields_and_its_traceback() -> None:
+    """What a line carries beyond the message (``extra=``) becomes fields of its own, and a
+    traceback stays inside the one line."""
+    formatter = logs.formatter("json")
+    try:
+        raise ValueError("bad endpoint file")
+    except ValueError:
+        record = logging.LogRecord("sip_hub.delivery", logging.ERROR, __file__, 1,
+                                   "delivery %s is dead", ("d-1",), sys.exc_info())
+    record.delivery = "d-1"
+    logs.RequestIdFilter().filter(record)
+    line = formatter.format(record)
+    assert "\n" not in line
+    data = json.loads(line)
+    assert data["message"] == "delivery d-1 is dead" and data["delivery"] == "d-1"
+    assert data["level"] == "ERROR" and data["request_id"] == "-"
+    assert "ValueError: bad endpoint file" in data["exc_info"]
