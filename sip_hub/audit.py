@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from . import logs
 from .auth import Principal
 from .fhir.dates import format_instant, from_us, now_utc, to_us
 from .identifiers import HSA_ID
@@ -34,6 +35,11 @@ _ACTION = {"read": "R", "vread": "R", "search-type": "E", "history-instance": "R
            "history-type": "R", "history-system": "R", "create": "C", "update": "U",
            "delete": "D"}
 _PURPOSE = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+# IHE Basic Audit Log Patterns: the transaction's X-Request-ID as an entity of the event.
+_REQUEST_ENTITY = {"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType",
+                   "code": "XrequestId",
+                   "display": "transport specific unique identifier where http X-Request-Id "
+                              "is used"}
 CLIENT_SYSTEM = "https://sip-hub.se/fhir/NamingSystem/client-id"
 
 
@@ -63,6 +69,9 @@ class AuditRecord:
     detail: str | None = None
     purpose: str = "COC"  # coordination of care
     at: int = field(default_factory=lambda: to_us(now_utc()))  # when the access happened, UTC microseconds
+    # The HTTP request it happened in (its X-Request-ID; None outside one), as the log lines
+    # of that request name it: made where the access is recorded, in the request's context.
+    request: str | None = field(default_factory=logs.current_request)
 
     def to_fhir(self) -> dict[str, Any]:
         return copy.deepcopy(self.entry().event)  # entries share their agents' parts
@@ -86,6 +95,10 @@ class AuditRecord:
              "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1",
                       "display": "Patient"}}
             for pid in sorted(self.patients)]
+        if self.request is not None:
+            entities.append({"what": {"identifier": {"value": self.request}},
+                             "type": _REQUEST_ENTITY})
+            refs.append(("entity:identifier", "", self.request))
         if self.query:
             entities.append({"type": {
                 "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",

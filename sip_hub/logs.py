@@ -43,6 +43,12 @@ _JSON_FIELDS = ["levelname", "name", "process", "request_id", "message"]
 _JSON_NAMES = {"levelname": "level", "name": "logger"}
 
 
+def current_request() -> str | None:
+    """The id of the request being handled here, None outside one."""
+    rid = REQUEST_ID.get()
+    return None if rid == NO_REQUEST else rid
+
+
 def request_id(offered: str | bytes | None) -> str:
     """The id of a request: the caller's, when it is a plain token; else a new one."""
     if isinstance(offered, bytes):

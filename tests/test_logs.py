@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+import sip_factory as f
 from sip_hub import cli, interactions, logs
 
 MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
@@ -51,6 +52,34 @@ def test_a_request_id_that_is_not_a_plain_token_is_replaced(client, offered: str
     r = client.get("/fhir/metadata", headers={"X-Request-ID": offered.encode("utf-8")})
     assert r.status_code == 200
     assert NEW_ID.fullmatch(r.headers["X-Request-ID"])
+
+
+def test_the_access_log_names_the_request_each_access_happened_in(client, anonymous) -> None:
+    """IHE BALP's transaction entity: an AuditEvent names the X-Request-ID of its request, and
+    the access log is searched by it (``entity:identifier``): from a care system's request id
+    to what it read and wrote, and back."""
+    created = client.post("/fhir/Patient", json=f.patient(id=None),
+                          headers={"X-Request-ID": "write-trace-1"})
+    assert created.status_code == 201, created.text
+    pid = created.json()["id"]
+    assert client.get(f"/fhir/Patient/{pid}",
+                      headers={"X-Request-ID": "read-trace-2"}).status_code == 200
+    anonymous.app.state.audit.flush()
+
+    def events(request: str) -> list[dict]:
+        r = client.get("/fhir/AuditEvent", params={"entity:identifier": request})
+        assert r.status_code == 200, r.text
+        return [e["resource"] for e in r.json().get("entry", [])]
+    [write], [read] = events("write-trace-1"), events("read-trace-2")
+    assert write["subtype"][0]["code"] == "create" and read["subtype"][0]["code"] == "read"
+    for event, request in ((write, "write-trace-1"), (read, "read-trace-2")):
+        assert {"reference": f"Patient/{pid}"} in [e.get("what") for e in event["entity"]]
+        [transaction] = [e for e in event["entity"] if "identifier" in e.get("what", {})]
+        assert transaction["what"]["identifier"] == {"value": request}
+        assert transaction["type"]["system"] == \
+            "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType"
+        assert transaction["type"]["code"] == "XrequestId"
+    assert events("no-such-request") == []
 
 
 def _fail(name: str):

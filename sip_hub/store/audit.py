@@ -7,8 +7,9 @@ Here an event is one row with the columns it is searched by, plus one ``audit_re
 patient, entity and agent identifier. Events are never changed: version 1 is the only one.
 
 Searched by: ``_id``, ``_lastUpdated`` and ``date`` (recorded), ``patient`` and ``entity``
-(references), ``agent:identifier``, ``action``, ``outcome``, ``subtype`` and ``type``; sorted
-by recorded time (newest first unless ``_sort`` says otherwise) or ``_id``.
+(references), ``agent:identifier``, ``entity:identifier`` (the X-Request-ID of the request an
+event happened in), ``action``, ``outcome``, ``subtype`` and ``type``; sorted by recorded time
+(newest first unless ``_sort`` says otherwise) or ``_id``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ def refs_of(event: dict[str, Any]) -> list[tuple[str, str, str]]:
     """What an AuditEvent is searched by: its entities, patients and agent identifiers."""
     refs: list[tuple[str, str, str]] = []
     for entity in event.get("entity", []):
-        target = split_reference((entity.get("what") or {}).get("reference", ""))
+        what = entity.get("what") or {}
+        ident = what.get("identifier") or {}
+        if isinstance(ident.get("value"), str):
+            refs.append(("entity:identifier", ident.get("system") or "", ident["value"]))
+        target = split_reference(what.get("reference", ""))
         if target is None:
             continue
         refs.append(("entity", target[0], target[1]))
@@ -152,7 +157,7 @@ def criterion_cond(cr: Criterion) -> ColumnElement[bool]:
         return or_(*[date_cond(_A.recorded, _A.recorded, v.prefix, v.low, v.high)
                      for v in cr.values
                      if isinstance(v, DateValue)])
-    if cr.name == "agent" and cr.modifier == "identifier":
+    if cr.name in ("agent", "entity") and cr.modifier == "identifier":
         conds = []
         for v in cr.values:
             assert isinstance(v, TokenValue)
@@ -160,7 +165,7 @@ def criterion_cond(cr: Criterion) -> ColumnElement[bool]:
             if v.system is not None:
                 parts.append(_F.system == v.system)
             conds.append(and_(*parts) if parts else true())
-        return _refs("agent:identifier", or_(*conds))
+        return _refs(f"{cr.name}:identifier", or_(*conds))
     if cr.name in _REF_PARAMS and cr.modifier is None:
         conds = []
         for v in cr.values:

@@ -38,6 +38,10 @@ def test_every_kind_of_response_validates_independently(client, fhir_validator, 
     keep(client.delete("/fhir/Goal/alva-mal-somn"))
     keep(client.get("/fhir/Goal/alva-mal-somn"))                     # 410
     keep(client.get("/fhir/Goal?_summary=count"))
+    client.app.state.audit.flush()
+    log = keep(client.get("/fhir/AuditEvent?_count=30")).json()  # the accesses above
+    assert any(e.get("what", {}).get("identifier") for entry in log["entry"]
+               for e in entry["resource"].get("entity", []))  # with their request ids
 
     kinds = {(r["resourceType"], r.get("type")) for r in emitted}
     assert ("CapabilityStatement", None) in kinds and ("OperationOutcome", None) in kinds
