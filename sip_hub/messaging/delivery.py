@@ -234,8 +234,10 @@ class Deliverer:
         """POST ``d`` to ``url`` (its own, or that of ``endpoint``, its organisation's)."""
         timeout = (endpoint.timeout if endpoint and endpoint.timeout else
                    self.config.timeout_seconds)
+        # X-Request-ID: the delivery's id, which the hub's log lines and dead letters name,
+        # for the receiver's own logs (each attempt of a delivery sends the same).
         headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json",
-                   **(endpoint.headers() if endpoint else {})}
+                   "X-Request-ID": d.id, **(endpoint.headers() if endpoint else {})}
         try:
             resp = self.http.post(url, content=d.content, headers=headers, timeout=timeout)
         except HttpTimeout:

@@ -55,6 +55,7 @@ def test_messages_reach_the_organisations_endpoints(world: Hub, receivers: Any) 
         assert got["entry"][0]["resource"]["id"] == d.message_id == r.applied[0]
         assert got == orjson.loads(d.content)
         assert r.headers[0]["Content-Type"] == "application/fhir+json"
+        assert r.headers[0]["X-Request-ID"] == d.id  # what the hub's logs name it by
 
 
 @BOTH
