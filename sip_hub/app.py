@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
@@ -22,6 +23,7 @@ from .messaging.config import MessagingSettings
 from .messaging.endpoints import Endpoints
 from .messaging.runtime import Messaging
 from .messaging.worker import Worker
+from .metrics import observe_request
 from .auth import TokenService, load_keys
 from .errors import BadRequest, InternalError, MethodNotAllowed, NotFound, SipHubError
 from .fhir.outcome import from_error
@@ -93,7 +95,9 @@ class HubApp(FastAPI):
     errors are answered exactly as the exception handlers below answer them.
 
     Every HTTP request gets its id (``logs.request_id``) here, before either path: its log
-    lines carry it and its response answers it in ``X-Request-ID``."""
+    lines carry it and its response answers it in ``X-Request-ID``. And it is counted and
+    timed here, by method, route (its path template: ``/fhir/{rtype}/{rid}``; ``unmatched``
+    for paths no route takes) and status (``sip_hub.metrics``)."""
 
     hot_routes = tuple((r, inspect.iscoroutinefunction(r.endpoint))
                        for r in fhir_rest.fast_routes() + messaging_routes.fast_routes())
@@ -102,22 +106,32 @@ class HubApp(FastAPI):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
+        started = time.perf_counter()
         rid = logs.request_id(next((v for k, v in scope["headers"] if k == b"x-request-id"),
                                    None))
         logs.REQUEST_ID.set(rid)  # in this request's own task (and the threads it uses)
         tag = (b"x-request-id", rid.encode())
+        status = 500  # unless an answer starts
 
         async def send_tagged(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), tag]
+                status = message["status"]
             await send(message)
-        await self._dispatch(scope, receive, send_tagged)
+        try:
+            await self._dispatch(scope, receive, send_tagged)
+        finally:
+            route = scope.get("route")
+            observe_request(scope["method"], getattr(route, "path_format", "unmatched"),
+                            status, time.perf_counter() - started)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         for route, is_async in self.hot_routes:
             matched, child = route.matches(scope)
             if matched is Match.FULL:
                 scope["app"] = self
+                scope["route"] = route
                 scope.update(child)
                 request = Request(scope, receive, send)
                 try:

@@ -82,7 +82,7 @@ class AuditRecord:
         agents, agent_refs = _agents(p.client_id, p.org) if p is not None else _agents(None, None)
         refs = [("entity", t, i) for t, i in self.resources if t != "Patient"]
         for pid in sorted(self.patients):
-            refs += [("entity", "Patient", pid), ("patient", "Patient", pid)]
+            refs.append(("entity", "Patient", pid))  # what ``patient`` searches
         entities: list[dict[str, Any]] = [
             {"what": {"reference": f"{t}/{i}"},
              "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",

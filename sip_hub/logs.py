@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import random
 import re
 import time
-import uuid
 from contextvars import ContextVar
 from typing import Any, Literal
 
@@ -55,7 +55,11 @@ def request_id(offered: str | bytes | None) -> str:
         offered = offered.decode("latin-1")
     if offered and _TOKEN.fullmatch(offered):
         return offered
-    return uuid.uuid4().hex
+    # Time-ordered (the milliseconds first, as in a UUID version 7), so that the access
+    # log's index of request ids grows at its end instead of on a random page per read; then
+    # 80 random bits, not os.urandom (a system call per request). Not a secret: the module's
+    # generator is seeded from the OS in each process (and again in a forked child).
+    return f"{time.time_ns() // 1_000_000:012x}{random.getrandbits(80):020x}"
 
 
 class RequestIdFilter(logging.Filter):

@@ -1,16 +1,32 @@
-"""Prometheus metrics of the messaging path, and ``metrics_router`` serving them at /metrics.
+"""Prometheus metrics of the HTTP API and the messaging path, and ``metrics_router`` serving
+them at /metrics.
 
 Alert on ``sip_hub_message_dead_letters_total`` rising: a message an organisation needs did not
 reach it (the reason is in the dead-letter queue and the outbox; ``sip-hub messages replay``
-sends it again). The metrics are per process (the API and each ``sip-hub worker``); scrape
-every process.
+sends it again). Watch ``sip_hub_http_requests_total`` by status (5xx: the hub's own faults)
+and ``sip_hub_http_request_duration_seconds``.
+
+The API's worker processes share one port, so a scrape reaches any one of them: their metrics
+are kept in files of one directory (prometheus_client's multiprocess mode, which
+``share_between_processes`` turns on for the processes ``sip-hub serve`` starts) and every
+scrape answers their sum. Each ``sip-hub worker`` serves its own on its own port: scrape each.
 """
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
 from fastapi import APIRouter
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
+                               generate_latest, multiprocess, start_http_server)
+from prometheus_client.metrics_core import Metric
 from starlette.responses import Response
+
+_SHARED = "PROMETHEUS_MULTIPROC_DIR"
 
 # One registry for the hub's own metrics, so that tests and embedding applications never
 # meet prometheus_client's process-wide default registry.
@@ -33,9 +49,72 @@ MESSAGES_RECEIVED = Counter(
     "sip_hub_messages_received", "Messages received by $process-message, by response code",
     ["code"], registry=REGISTRY)
 
+HTTP_REQUESTS = Counter(
+    "sip_hub_http_requests", "HTTP requests answered, by method, route and status",
+    ["method", "route", "status"], registry=REGISTRY)
+HTTP_SECONDS = Histogram(
+    "sip_hub_http_request_duration_seconds",
+    "Time from a request's arrival to its answer's last byte, by method and route",
+    ["method", "route"], registry=REGISTRY,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+
+
+def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    HTTP_REQUESTS.labels(method, route, str(status)).inc()
+    HTTP_SECONDS.labels(method, route).observe(seconds)
+
+
+def serve_metrics(port: int, host: str) -> Callable[[], None]:
+    """This process's metrics at http://host:port/metrics (a ``sip-hub worker``, which has no
+    API); returns what stops the server."""
+    server, _ = start_http_server(port, addr=host, registry=REGISTRY)
+    return server.shutdown
+
+
+def share_between_processes(directory: Path) -> None:
+    """Metrics of the processes started from here on (they must not have imported
+    prometheus_client yet: spawned ones) kept in ``directory``, emptied first: a restarted
+    API starts its counters from zero, as a single process does."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[_SHARED] = str(directory)
+
+
+def process_gone(pid: int) -> None:
+    """A worker process has exited: its counts stay in the sums (counters never go down),
+    its live values (none yet) go."""
+    if os.environ.get(_SHARED):
+        multiprocess.mark_process_dead(pid)
+
+
 metrics_router = APIRouter(tags=["operations"])
+
+
+class _Shared(multiprocess.MultiProcessCollector):
+    """The sum over the processes' files, skipping a file still empty: a process starting
+    (a replaced worker) creates its file and then sizes it, and a scrape in between would
+    fail reading it (it holds no count yet)."""
+
+    def collect(self) -> Iterable[Metric]:
+        files = [f for f in glob.glob(os.path.join(self._path, "*.db"))
+                 if _size(f) >= _HEADER_BYTES]
+        return self.merge(files, accumulate=True)
+
+
+_HEADER_BYTES = 8  # a metrics file's used-bytes count and padding, before any value
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:  # gone meanwhile (a live gauge's file of a dead process)
+        return 0
 
 
 @metrics_router.get("/metrics")
 def metrics() -> Response:
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    registry = REGISTRY
+    if os.environ.get(_SHARED):  # this process's and its siblings', summed
+        registry = CollectorRegistry()
+        _Shared(registry)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

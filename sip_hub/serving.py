@@ -20,15 +20,20 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
+
+from . import metrics
 
 log = logging.getLogger("uvicorn.error")
 _GRACE_SECONDS = 30.0  # for a worker to finish its requests after SIGTERM
@@ -37,10 +42,19 @@ _RESTART_PAUSE = 1.0   # between replacing workers that keep dying
 
 def run(workers: int, **config: Any) -> int:
     """Serve ``uvicorn.Config(**config)`` with ``workers`` processes; the exit status."""
-    if workers <= 1 or not hasattr(socket, "SO_REUSEPORT"):
-        uvicorn.run(workers=workers, **config)
+    if workers <= 1:
+        uvicorn.run(**config)
         return 0
-    return Supervisor(workers, config).run()
+    # The workers answer /metrics with the sum of all of them (see sip_hub.metrics).
+    shared = Path(tempfile.mkdtemp(prefix="sip-hub-metrics-"))
+    metrics.share_between_processes(shared)
+    try:
+        if not hasattr(socket, "SO_REUSEPORT"):
+            uvicorn.run(workers=workers, **config)
+            return 0
+        return Supervisor(workers, config).run()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def _socket(host: str, port: int) -> socket.socket:
@@ -95,6 +109,8 @@ class Supervisor:
                     if proc.is_alive():
                         continue
                     proc.join()
+                    if proc.pid is not None:
+                        metrics.process_gone(proc.pid)
                     if proc.exitcode == STARTUP_FAILURE:
                         log.error("Worker [%s] failed to start; stopping", proc.pid)
                         self.stop.set()

@@ -16,13 +16,12 @@ import signal
 import threading
 import time
 
-from prometheus_client import start_http_server
 
 from ..audit import AuditLog
 from ..bus import Bus, BusUnavailable
 from ..errors import TransientError
 from ..fhir.dates import now_utc, to_us
-from ..metrics import REGISTRY
+from ..metrics import serve_metrics
 from ..settings import Settings
 from ..store import Store
 from ..store import inbox, outbox as sql
@@ -181,14 +180,13 @@ def run_worker(settings: Settings) -> None:
     metrics = None
     if messaging.config.metrics_port:
         # The dead-letter alert must see this process's counters: scrape every worker.
-        metrics, _ = start_http_server(messaging.config.metrics_port, addr=settings.host,
-                                       registry=REGISTRY)
+        metrics = serve_metrics(messaging.config.metrics_port, settings.host)
     log.info("messaging worker started (broker %s)", settings.broker_url.split("@")[-1])
     try:
         worker.run(stop)
     finally:
         if metrics is not None:
-            metrics.shutdown()
+            metrics()
         worker.close()
         audit.stop()
         store.engine.dispose()

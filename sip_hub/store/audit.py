@@ -4,7 +4,8 @@ Every read and search of personal data writes an AuditEvent, so the log is writt
 often than anything else. Stored as ordinary versioned resources, each event cost a resource
 row, a history row and a dozen generic index rows (and more CPU than the read it recorded).
 Here an event is one row with the columns it is searched by, plus one ``audit_ref`` row per
-patient, entity and agent identifier. Events are never changed: version 1 is the only one.
+entity (its patients among them: ``patient`` searches the entities of type Patient), entity
+identifier and agent identifier. Events are never changed: version 1 is the only one.
 
 Searched by: ``_id``, ``_lastUpdated`` and ``date`` (recorded), ``patient`` and ``entity``
 (references), ``agent:identifier``, ``entity:identifier`` (the X-Request-ID of the request an
@@ -52,7 +53,8 @@ class Entry:
 
 
 def refs_of(event: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """What an AuditEvent is searched by: its entities, patients and agent identifiers."""
+    """What an AuditEvent is searched by: its entities (a patient is an entity of type
+    Patient: ``patient`` searches those), their identifiers and its agents' identifiers."""
     refs: list[tuple[str, str, str]] = []
     for entity in event.get("entity", []):
         what = entity.get("what") or {}
@@ -62,9 +64,7 @@ def refs_of(event: dict[str, Any]) -> list[tuple[str, str, str]]:
         target = split_reference(what.get("reference", ""))
         if target is None:
             continue
-        refs.append(("entity", target[0], target[1]))
-        if target[0] == "Patient":
-            refs.append(("patient", target[0], target[1]))
+        refs.append(("entity", target[0], target[1]))  # ``patient``: those of Patients
     for agent in event.get("agent", []):
         ident = (agent.get("who") or {}).get("identifier") or {}
         if isinstance(ident.get("value"), str):
@@ -130,6 +130,13 @@ def _refs(param: str, cond: ColumnElement[bool]) -> ColumnElement[bool]:
     return _A.id.in_(select(_F.audit_id).where(_F.param == param, cond))
 
 
+def _stored_param(param: str) -> str:
+    """The references ``patient`` searches are the entities of type Patient: an event keeps
+    one row for each (events stored before kept a second, ``patient``, row: still there,
+    never read)."""
+    return "entity" if param == "patient" else param
+
+
 def _token(cr: Criterion, column: Any, system: str) -> ColumnElement[bool]:
     """``column`` holds the code; ``system`` is the one its codes are from. A constant
     ``column`` (a str) is compared here."""
@@ -170,9 +177,13 @@ def criterion_cond(cr: Criterion) -> ColumnElement[bool]:
         conds = []
         for v in cr.values:
             assert isinstance(v, ReferenceValue)
-            conds.append(and_(_F.value == v.id, _F.system == v.type) if v.type
-                         else _F.value == v.id)
-        return _refs(cr.name, or_(*conds))
+            rtype = "Patient" if cr.name == "patient" else v.type
+            if v.type is not None and v.type != rtype:
+                conds.append(false())
+            else:
+                conds.append(and_(_F.value == v.id, _F.system == rtype) if rtype
+                             else _F.value == v.id)
+        return _refs(_stored_param(cr.name), or_(*conds))
     if cr.modifier is None:
         if cr.name == "action":
             return _token(cr, _A.action, "http://hl7.org/fhir/audit-event-action")
@@ -231,7 +242,8 @@ def include_keys(param: str, target_type: str | None, matches: Iterable[Stored]
     keys = []
     for m in matches:
         keys += [(system, value) for p, system, value in refs_of(m.json())
-                 if p == param and (target_type is None or system == target_type)]
+                 if p == _stored_param(param) and (param != "patient" or system == "Patient")
+                 and (target_type is None or system == target_type)]
     return keys
 
 
@@ -240,6 +252,8 @@ def revinclude_keys(conn: Connection, param: str, target_type: str, ids: list[st
     """``_revinclude=AuditEvent:<param>``: the events that refer to the matches."""
     if param not in _REF_PARAMS:
         return []
+    if param == "patient" and target_type != "Patient":
+        return []
     rows = conn.execute(select(_F.audit_id).where(
-        _F.param == param, _F.system == target_type, _F.value.in_(ids)))
+        _F.param == _stored_param(param), _F.system == target_type, _F.value.in_(ids)))
     return [(AUDIT_TYPE, r.audit_id) for r in rows]

@@ -33,7 +33,8 @@ def make_engine(url: str | URL, *, pool_size: int = 10, autocommit: bool = False
     # use (a round trip per transaction): a connection the server dropped fails its request
     # with a retryable 503 and SQLAlchemy then replaces the whole pool.
     return create_engine(u, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600,
-                         hide_parameters=True, connect_args={"options": "-c statement_timeout=30000"}
+                         hide_parameters=True,
+                         connect_args={"options": "-c statement_timeout=30000"}
                          if "options" not in u.query else {},
                          **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
 

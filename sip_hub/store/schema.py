@@ -202,7 +202,7 @@ audit_event = Table(
 audit_ref = Table(
     "audit_ref", metadata,
     Column("audit_id", String(64), nullable=False),
-    Column("param", String(32), nullable=False),  # patient | entity | (agent|entity):identifier
+    Column("param", String(32), nullable=False),  # entity | (agent|entity):identifier
     Column("system", String(255), nullable=False),
     Column("value", _Key, nullable=False),
     Column("recorded", BigInteger, nullable=False),

@@ -19,10 +19,10 @@ from sip_hub.errors import BadRequest
 from sip_hub.fhir import search as fhir_search
 from sip_hub.fhir.dates import to_us
 from sip_hub.store import Store
-from sip_hub.store.audit import include_keys
+from sip_hub.store.audit import include_keys, revinclude_keys
 from sip_hub.store.engine import make_engine
 from sip_hub.store.migrate import upgrade
-from sip_hub.store.schema import audit_event, resource, resource_history
+from sip_hub.store.schema import audit_event, audit_ref, resource, resource_history
 
 SOC, BUP = "SE2120000142-SOC1", "SE2321000016-15CQ"
 
@@ -124,6 +124,36 @@ def test_includes_read_the_events_own_references(log: Store) -> None:
         found, _ = tx.search(q)
         keys = include_keys("entity", None, found)
     assert set(keys) == {("CarePlan", "alva-sip"), ("Goal", "g1"), ("Patient", "alva")}
+
+
+def test_patient_is_searched_and_included_through_the_events_patient_entities(
+        log: Store) -> None:
+    """``patient`` reads the rows of the entities of type Patient (an event keeps one row per
+    patient); an entity of another type with the same id is no patient."""
+    with log.begin() as tx:
+        tx.append_audit([_event("read", SOC, [("Goal", "alva")], set())])  # id, not patient
+    assert _search(log, ("patient", "alva"))[1] == 2
+    assert _search(log, ("patient", "Patient/alva"))[1] == 2
+    assert _search(log, ("entity", "alva"))[1] == 3
+    q = fhir_search.parse("AuditEvent", [("patient", "alva")], default_count=10, max_count=10)
+    with log.begin(write=False) as tx:
+        found, _ = tx.search(q)
+        assert set(include_keys("patient", None, found)) == {("Patient", "alva")}
+        assert set(include_keys("entity", "Goal", found)) == {("Goal", "g1")}
+        back = revinclude_keys(tx.conn, "patient", "Patient", ["alva", "gosta"])
+        assert len(back) == 4 and {k[0] for k in back} == {"AuditEvent"}
+        assert revinclude_keys(tx.conn, "patient", "Goal", ["alva"]) == []
+
+
+def test_events_stored_with_a_patient_row_of_their_own_are_found_once(log: Store) -> None:
+    """Events stored before kept a second row per patient (param ``patient``): still found,
+    each once."""
+    with log.begin() as tx:
+        [old] = tx.append_audit([_event("read", SOC, [("CarePlan", "old-sip")], {"olle"})])
+        tx.conn.execute(audit_ref.insert(), {"audit_id": old.id, "recorded": old.last_updated,
+                                             "param": "patient", "system": "Patient",
+                                             "value": "olle"})
+    assert _search(log, ("patient", "olle")) == ([f"read:{SOC}"], 1)
 
 
 # -- migration 0006 ------------------------------------------------------------------------
