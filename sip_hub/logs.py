@@ -6,7 +6,8 @@ was logged for.
 Request ids: every HTTP request has one, the caller's ``X-Request-ID`` when that is a plain
 token (at most 128 letters, digits and ``.-_:``; anything else could forge log lines), else a
 new one. The response carries it back in ``X-Request-ID``, a 500's OperationOutcome names it,
-and every line logged while the request is handled carries it (``request_id``), also from the
+so does every AuditEvent of the request (``audit.AuditRecord.request``), and every line
+logged while the request is handled carries it (``request_id``), also from the
 threads its work is handed to (``routes.wire.in_thread`` runs them in the request's context).
 A write that another request's thread commits with its own (group commit on SQLite) logs under
 that request's id. Lines logged outside a request (the relay, the deliveries, the deadline
@@ -32,7 +33,6 @@ from pythonjsonlogger.orjson import OrjsonFormatter
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
-HEADER = "X-Request-ID"
 NO_REQUEST = "-"
 REQUEST_ID: ContextVar[str] = ContextVar("sip_hub_request_id", default=NO_REQUEST)
 _TOKEN = re.compile(r"[A-Za-z0-9._:-]{1,128}")

@@ -15,11 +15,13 @@ What each caller sees is what it would see alone:
 * it returns only once its work is committed; if the COMMIT fails, every caller of that round
   gets the error (a ``TransientError``: nothing of theirs was stored, a retry is safe);
 * the calls of one round run in arrival order and each sees the writes of those before it, as
-  it would have after their commits.
+  it would have after their commits;
+* it runs in its caller's context variables (the request it belongs to), not the leader's.
 """
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -35,6 +37,9 @@ MAX_ROUND = 32  # calls per transaction: bounds how long one round holds the wri
 @dataclass(slots=True)
 class _Call(Generic[T]):
     fn: Callable[[Any], T]
+    # The caller's context variables (its request's id, ...): ``fn`` runs in them, whichever
+    # thread leads its round, so that what it records (an AuditEvent, a log line) is its own.
+    context: contextvars.Context
     done: bool = False  # its round is over: its caller may take the outcome
     result: T | None = None
     error: BaseException | None = None
@@ -63,7 +68,7 @@ class GroupCommit:
         self.rounds = 0  # transactions begun
 
     def run(self, fn: Callable[[Any], T]) -> T:
-        call: _Call[T] = _Call(fn)
+        call: _Call[T] = _Call(fn, contextvars.copy_context())
         with self._cond:
             self._queue.append(call)
         while True:
@@ -96,7 +101,7 @@ class GroupCommit:
                 for call in batch:
                     try:
                         with tx.savepoint():
-                            call.result = call.fn(tx)
+                            call.result = call.context.run(call.fn, tx)
                     except Exception as exc:  # noqa: BLE001 (handed to its own caller)
                         call.error = exc
         except _Undo:
@@ -112,7 +117,7 @@ class GroupCommit:
     @staticmethod
     def _alone(call: _Call[Any], tx: Any) -> None:
         try:
-            call.result = call.fn(tx)
+            call.result = call.context.run(call.fn, tx)
         except Exception as exc:
             call.error = exc
             raise _Undo from exc

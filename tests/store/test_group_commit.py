@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,11 +29,13 @@ def store(tmp_path: Path) -> Iterator[Store]:
     engine.dispose()
 
 
-def queued_behind_a_slow_write(store: Store, calls: list, queued: list[int] | None = None
+def queued_behind_a_slow_write(store: Store, calls: list, queued: list[int] | None = None,
+                               caller: Callable[[int], object] | None = None
                                ) -> tuple[list, list[BaseException]]:
     """Run ``calls`` (each ``fn(tx)``) in threads while a first write holds its round open,
     so that they all queue for the next round. Returns (results, errors) in call order;
-    ``queued`` gets the calls' indexes in the order they queued."""
+    ``queued`` gets the calls' indexes in the order they queued; ``caller(i)`` runs first in
+    the thread of call ``i``."""
     queued = [] if queued is None else queued
     gate, inside = threading.Event(), threading.Event()
 
@@ -46,6 +48,8 @@ def queued_behind_a_slow_write(store: Store, calls: list, queued: list[int] | No
     errors: list = [None] * len(calls)
 
     def call(i: int) -> None:
+        if caller is not None:
+            caller(i)
         try:
             results[i] = store.write(calls[i])
         except Exception as exc:  # noqa: BLE001 (recorded for the assertions)
@@ -80,6 +84,25 @@ def test_writes_at_the_same_time_share_one_transaction_and_all_land(store):
     assert store._group.rounds - rounds_before == 2  # the slow one's round, then the rest
     for i in range(10):
         assert store.read("Patient", f"p{i}").json()["name"] == [{"family": f"P{i}"}]
+
+
+def test_each_write_of_a_round_runs_in_its_callers_context(store):
+    """The round's leader runs everyone's writes, but each sees its own caller's context:
+    the AuditEvent of a write names the request that asked for it, not the leader's."""
+    from sip_hub.logs import REQUEST_ID
+
+    def write(tx: Tx) -> str:
+        return REQUEST_ID.get()
+    calls = [lambda tx, w=write: w(tx) for _ in range(5)]
+    results, errors = queued_behind_a_slow_write(
+        store, calls, caller=lambda i: REQUEST_ID.set(f"request-{i}"))
+    assert errors == [None] * 5
+    assert results == [f"request-{i}" for i in range(5)]
+    token = REQUEST_ID.set("alone")
+    try:
+        assert store.write(write) == "alone"  # a lone write too (its own thread, here)
+    finally:
+        REQUEST_ID.reset(token)
 
 
 def test_a_failing_write_is_undone_alone_and_only_its_caller_sees_the_error(store):
