@@ -82,7 +82,8 @@ def _error_response(request: Request, err: SipHubError) -> Response:
 
 
 def _unexpected_response(request: Request) -> Response:
-    log.exception("Unhandled error on %s %s", request.method, request.url.path)
+    log.exception("Unhandled error on %s %s", request.method, request.url.path,
+                  extra={"method": request.method, "path": request.url.path})
     return _error_response(request, InternalError(
         "Internal error; the request was not applied. It has been logged with request id "
         f"{logs.REQUEST_ID.get()}."))

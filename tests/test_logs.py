@@ -118,6 +118,7 @@ def test_a_failure_is_answered_and_logged_under_its_request_id(
         ("sip_hub.test", logging.WARNING), ("sip_hub", logging.ERROR)]
     assert all(rec.request_id == "trace-4711" for rec in ours)
     assert ours[1].exc_info is not None and "disk on fire" in str(ours[1].exc_info[1])
+    assert ours[1].method == r.request.method and ours[1].path == r.request.url.path
 
 
 def test_a_line_logged_outside_any_request_says_so(caplog) -> None:

@@ -170,7 +170,9 @@ class Deliverer:
         for i, d, _ in posted:  # logged once committed, not in the write lock
             if isinstance(dead := outcomes[i], DeadLetter):
                 log.warning("delivery %s of message %s to %s is dead: %s", d.id, d.message_id,
-                            d.dest_org, dead.reason)
+                            d.dest_org, dead.reason, extra={  # fields of their own in JSON
+                                "delivery": d.id, "message_id": d.message_id,
+                                "organization": d.dest_org, "event": d.event})
         assert all(o is not None for o in outcomes), "every message has its outcome"
         return outcomes  # type: ignore[return-value]
 

@@ -149,9 +149,12 @@ def test_an_organisation_without_an_endpoint_is_dead_lettered_with_the_reason(
     d = state(world, BUP)
     assert d.state == "dead" and "No message endpoint is configured" in d.last_error
     # Operators are told once per dead delivery, with its reason (logged after the commit).
-    told = [r.getMessage() for r in caplog.records if d.id in r.getMessage()]
-    assert told == [f"delivery {d.id} of message {d.message_id} to {BUP} is dead: "
-                    f"{d.last_error}"]
+    told = [r for r in caplog.records if d.id in r.getMessage()]
+    assert [r.getMessage() for r in told] == [
+        f"delivery {d.id} of message {d.message_id} to {BUP} is dead: {d.last_error}"]
+    # ... and as fields a log pipeline filters on (JSON lines: fields of their own).
+    assert (told[0].delivery, told[0].message_id, told[0].organization, told[0].event) == (
+        d.id, d.message_id, BUP, d.event)
 
 
 # -- replay ---------------------------------------------------------------------------------
