@@ -71,7 +71,7 @@ class AuditRecord:
     at: int = field(default_factory=lambda: to_us(now_utc()))  # when the access happened, UTC microseconds
     # The HTTP request it happened in (its X-Request-ID; None outside one), as the log lines
     # of that request name it: made where the access is recorded, in the request's context.
-    request: str | None = field(default_factory=logs.current_request)
+    request: str | None = field(default_factory=logs.REQUEST_ID.get)
 
     def to_fhir(self) -> dict[str, Any]:
         return copy.deepcopy(self.entry().event)  # entries share their agents' parts

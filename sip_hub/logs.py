@@ -8,10 +8,10 @@ token (at most 128 letters, digits and ``.-_:``; anything else could forge log l
 new one. The response carries it back in ``X-Request-ID``, a 500's OperationOutcome names it,
 so does every AuditEvent of the request (``audit.AuditRecord.request``), and every line
 logged while the request is handled carries it (``request_id``), also from the
-threads its work is handed to (``routes.wire.in_thread`` runs them in the request's context).
-A write that another request's thread commits with its own (group commit on SQLite) logs under
-that request's id. Lines logged outside a request (the relay, the deliveries, the deadline
-scans) carry ``-`` and name their message, delivery or plan instead.
+threads its work is handed to (``routes.wire.in_thread`` runs them in the request's context;
+group commit on SQLite runs each write in its own caller's). Lines logged outside a request
+(the relay, the deliveries, the deadline scans) carry ``-`` and name their message, delivery
+or plan instead.
 
 The hub logs ids, organisations, states and reasons; never a resource's content (that stays in
 the store, and who read it in the audit log).
@@ -33,20 +33,14 @@ from pythonjsonlogger.orjson import OrjsonFormatter
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
-NO_REQUEST = "-"
-REQUEST_ID: ContextVar[str] = ContextVar("sip_hub_request_id", default=NO_REQUEST)
+# The id of the HTTP request being handled in this context; None outside one.
+REQUEST_ID: ContextVar[str | None] = ContextVar("sip_hub_request_id", default=None)
 _TOKEN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 _TEXT = "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s [%(process)d] %(request_id)s %(message)s"
 _DATE = "%Y-%m-%dT%H:%M:%S"
 _JSON_FIELDS = ["levelname", "name", "process", "request_id", "message"]
 _JSON_NAMES = {"levelname": "level", "name": "logger"}
-
-
-def current_request() -> str | None:
-    """The id of the request being handled here, None outside one."""
-    rid = REQUEST_ID.get()
-    return None if rid == NO_REQUEST else rid
 
 
 def request_id(offered: str | bytes | None) -> str:
@@ -68,7 +62,7 @@ class RequestIdFilter(logging.Filter):
     ``-``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = REQUEST_ID.get()
+        record.request_id = REQUEST_ID.get() or "-"
         return True
 
 

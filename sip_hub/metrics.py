@@ -8,8 +8,9 @@ and ``sip_hub_http_request_duration_seconds``.
 
 The API's worker processes share one port, so a scrape reaches any one of them: their metrics
 are kept in files of one directory (prometheus_client's multiprocess mode, which
-``share_between_processes`` turns on for the processes ``sip-hub serve`` starts) and every
-scrape answers their sum. Each ``sip-hub worker`` serves its own on its own port: scrape each.
+``shared_between_processes`` turns on for the processes ``sip-hub serve`` starts) and every
+scrape answers their sum, a dead worker's counts included (counters never go down). Each
+``sip-hub worker`` serves its own on its own port: scrape each.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-from collections.abc import Callable, Iterable
-from pathlib import Path
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 from fastapi import APIRouter
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
@@ -71,23 +73,24 @@ def serve_metrics(port: int, host: str) -> Callable[[], None]:
     return server.shutdown
 
 
-def share_between_processes(directory: Path) -> None:
-    """Metrics of the processes started from here on (they must not have imported
-    prometheus_client yet: spawned ones) kept in ``directory``, emptied first: a restarted
-    API starts its counters from zero, as a single process does."""
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
-    os.environ[_SHARED] = str(directory)
-
-
-def process_gone(pid: int) -> None:
-    """A worker process has exited: its counts stay in the sums (counters never go down),
-    its live values (none yet) go."""
-    if os.environ.get(_SHARED):
-        multiprocess.mark_process_dead(pid)
+@contextmanager
+def shared_between_processes() -> Iterator[None]:
+    """While inside, the processes started from here (spawned: they import prometheus_client
+    afresh) keep their metrics in one new directory, removed at the end: a restarted API
+    starts its counters from zero, as a single process does."""
+    directory = tempfile.mkdtemp(prefix="sip-hub-metrics-")
+    os.environ[_SHARED] = directory
+    try:
+        yield
+    finally:
+        del os.environ[_SHARED]
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 metrics_router = APIRouter(tags=["operations"])
+
+
+_HEADER_BYTES = 8  # a metrics file's used-bytes count and padding, before any value
 
 
 class _Shared(multiprocess.MultiProcessCollector):
@@ -99,9 +102,6 @@ class _Shared(multiprocess.MultiProcessCollector):
         files = [f for f in glob.glob(os.path.join(self._path, "*.db"))
                  if _size(f) >= _HEADER_BYTES]
         return self.merge(files, accumulate=True)
-
-
-_HEADER_BYTES = 8  # a metrics file's used-bytes count and padding, before any value
 
 
 def _size(path: str) -> int:

@@ -20,14 +20,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -46,15 +43,11 @@ def run(workers: int, **config: Any) -> int:
         uvicorn.run(**config)
         return 0
     # The workers answer /metrics with the sum of all of them (see sip_hub.metrics).
-    shared = Path(tempfile.mkdtemp(prefix="sip-hub-metrics-"))
-    metrics.share_between_processes(shared)
-    try:
+    with metrics.shared_between_processes():
         if not hasattr(socket, "SO_REUSEPORT"):
             uvicorn.run(workers=workers, **config)
             return 0
         return Supervisor(workers, config).run()
-    finally:
-        shutil.rmtree(shared, ignore_errors=True)
 
 
 def _socket(host: str, port: int) -> socket.socket:
@@ -109,8 +102,6 @@ class Supervisor:
                     if proc.is_alive():
                         continue
                     proc.join()
-                    if proc.pid is not None:
-                        metrics.process_gone(proc.pid)
                     if proc.exitcode == STARTUP_FAILURE:
                         log.error("Worker [%s] failed to start; stopping", proc.pid)
                         self.stop.set()

@@ -7,22 +7,18 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import os
 import re
 import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
 import pytest
 
 import sip_factory as f
+from hubprocess import free_port, start, stop, wait
 from sip_hub import cli, interactions, logs
 
-MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
 NEW_ID = re.compile(r"[0-9a-f]{32}")
 TEXT_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
                        r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+ \[\d+\] \S+ .+")
@@ -130,12 +126,6 @@ def test_a_line_logged_outside_any_request_says_so(caplog) -> None:
 
 # -- the processes' log lines ------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(port: int, path: str, headers: dict[str, str]) -> http.client.HTTPResponse:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     conn.request("GET", path, headers=headers)
@@ -145,44 +135,20 @@ def _get(port: int, path: str, headers: dict[str, str]) -> http.client.HTTPRespo
     return resp
 
 
-def _wait(cond, what: str, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"{what}: {log.read_text()[-3000:]}")
-        time.sleep(0.2)
-
-
-def _start(tmp_path: Path, args: list[str], **env: str) -> tuple[subprocess.Popen, Path]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("SIP_HUB_")}
-    full.update(SIP_HUB_DATA_DIR=str(tmp_path), SIP_HUB_MAPPINGS_DIR=str(MAPPINGS), **env)
-    log = tmp_path / "stderr.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "sip_hub.cli", *args], env=full,
-                                stdout=subprocess.DEVNULL, stderr=out)
-    return proc, log
-
-
-def _stop(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    return proc.wait(timeout=60)
-
-
 def test_the_api_logs_json_lines_naming_each_request(tmp_path: Path) -> None:
     """``SIP_HUB_LOG_FORMAT=json``: every line the API's processes write (the supervisor's,
     each worker's, uvicorn's, the hub's own INFO lines) is one JSON object; the access line
     of a request names its id."""
-    port = _free_port()
-    proc, log = _start(tmp_path, ["serve", "--port", str(port), "--workers", "2"],
+    port = free_port()
+    proc, log = start(tmp_path, ["serve", "--port", str(port), "--workers", "2"],
                        SIP_HUB_LOG_FORMAT="json", SIP_HUB_ACCESS_LOG="true")
     try:
-        _wait(lambda: log.read_bytes().count(b"Application startup complete") >= 2,
+        wait(lambda: log.read_bytes().count(b"Application startup complete") >= 2,
               "the API did not start", proc, log)
         resp = _get(port, "/fhir/metadata", {"X-Request-ID": "portal-77"})
         assert resp.status == 200 and resp.getheader("X-Request-ID") == "portal-77"
     finally:
-        assert _stop(proc) == 0
+        assert stop(proc) == 0
     lines = [orjson.loads(line) for line in log.read_bytes().splitlines() if line.strip()]
     assert len(lines) >= 8
     for line in lines:
@@ -202,25 +168,34 @@ def test_the_api_logs_json_lines_naming_each_request(tmp_path: Path) -> None:
 def test_the_messaging_worker_logs_text_lines(tmp_path: Path) -> None:
     """The default format, for people: time (UTC), level, logger, process, request (``-``
     outside one), message. The worker's start is logged (its INFO lines were lost before)."""
-    proc, log = _start(tmp_path, ["worker"], SIP_HUB_LOG_LEVEL="info")
+    proc, log = start(tmp_path, ["worker"], SIP_HUB_LOG_LEVEL="info")
     try:
-        _wait(lambda: b"messaging worker started" in log.read_bytes(),
+        wait(lambda: b"messaging worker started" in log.read_bytes(),
               "the worker did not log its start", proc, log)
     finally:
-        assert _stop(proc) == 0
+        assert stop(proc) == 0
     started = [line for line in log.read_text().splitlines() if "worker started" in line]
     assert len(started) == 1 and TEXT_LINE.fullmatch(started[0]), started
     assert f" INFO sip_hub.worker [{proc.pid}] - messaging worker started" in started[0]
 
 
 def test_the_level_hides_lines_below_it(tmp_path: Path) -> None:
-    proc, log = _start(tmp_path, ["worker"], SIP_HUB_LOG_LEVEL="warning")
+    """At ``warning`` the API's INFO lines (its start, uvicorn's) are not written: looked at
+    once it answers, so after they would have been."""
+    port = free_port()
+    proc, log = start(tmp_path, ["serve", "--port", str(port)], SIP_HUB_LOG_LEVEL="warning")
+
+    def up() -> bool:
+        try:
+            return _get(port, "/healthz", {}).status == 200
+        except OSError:
+            return False
     try:
-        time.sleep(3)
-        assert proc.poll() is None, log.read_text()
+        wait(up, "the API did not answer", proc, log)
     finally:
-        assert _stop(proc) == 0
-    assert "worker started" not in log.read_text()
+        # One process: uvicorn stops gracefully and then re-raises the SIGTERM it caught.
+        assert stop(proc) in (0, -signal.SIGTERM)
+    assert " INFO " not in log.read_text() and "startup complete" not in log.read_text()
 
 
 @pytest.mark.parametrize("name, value", [("SIP_HUB_LOG_FORMAT", "xml"),

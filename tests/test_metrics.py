@@ -6,16 +6,13 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
+from hubprocess import free_port, start, stop, wait
 
 
 def samples(page: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -74,12 +71,6 @@ def test_an_answer_that_fails_midway_counts_as_a_500(client, monkeypatch) -> Non
 
 # -- several API processes ----------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(port: int, path: str) -> tuple[int, str]:
     """Status and body, on a new connection (the kernel spreads connections over the
     workers)."""
@@ -96,19 +87,11 @@ def test_every_scrape_answers_the_sum_of_all_api_workers(tmp_path: Path) -> None
     whichever answers a scrape counts the other's requests too (before, each answered its
     own, and the totals jumped between scrapes). A replaced worker's counts stay in."""
     shared_dirs = set(Path(tempfile.gettempdir()).glob("sip-hub-metrics-*"))
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIP_HUB_")}
-    env.update(SIP_HUB_DATA_DIR=str(tmp_path), SIP_HUB_MAPPINGS_DIR=str(MAPPINGS))
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "sip_hub.cli", "serve", "--port",
-                                 str(port), "--workers", "2"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+    port = free_port()
+    proc, log = start(tmp_path, ["serve", "--port", str(port), "--workers", "2"])
     try:
-        deadline = time.monotonic() + 60
-        while log.read_bytes().count(b"Application startup complete") < 2:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+        wait(lambda: log.read_bytes().count(b"Application startup complete") >= 2,
+             "the API did not start", proc, log)
         for _ in range(40):  # 40 connections: both workers take some
             assert _get(port, "/healthz")[0] == 200
         totals = set()
@@ -126,7 +109,7 @@ def test_every_scrape_answers_the_sum_of_all_api_workers(tmp_path: Path) -> None
             os.kill(workers[0], signal.SIGKILL)  # the supervisor starts another
             deadline = time.monotonic() + 60
             while log.read_bytes().count(b"Application startup complete") < started:
-                assert time.monotonic() < deadline, log.read_text()
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
                 try:
                     status, page = _get(port, "/metrics")
                 except (ConnectionError, http.client.RemoteDisconnected):
@@ -136,9 +119,7 @@ def test_every_scrape_answers_the_sum_of_all_api_workers(tmp_path: Path) -> None
         pages = [_get(port, "/metrics")[1] for _ in range(12)]
         assert {requests_of(p, "GET", "/healthz", "200") for p in pages} == {40.0}
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        assert stop(proc) == 0
     # The supervisor removes the directory the workers kept their metrics in.
     assert set(Path(tempfile.gettempdir()).glob("sip-hub-metrics-*")) == shared_dirs
 

@@ -16,7 +16,6 @@ import signal
 import threading
 import time
 
-
 from ..audit import AuditLog
 from ..bus import Bus, BusUnavailable
 from ..errors import TransientError
@@ -177,16 +176,16 @@ def run_worker(settings: Settings) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    metrics = None
+    stop_metrics = None
     if messaging.config.metrics_port:
         # The dead-letter alert must see this process's counters: scrape every worker.
-        metrics = serve_metrics(messaging.config.metrics_port, settings.host)
+        stop_metrics = serve_metrics(messaging.config.metrics_port, settings.host)
     log.info("messaging worker started (broker %s)", settings.broker_url.split("@")[-1])
     try:
         worker.run(stop)
     finally:
-        if metrics is not None:
-            metrics()
+        if stop_metrics is not None:
+            stop_metrics()
         worker.close()
         audit.stop()
         store.engine.dispose()

@@ -130,11 +130,11 @@ def _refs(param: str, cond: ColumnElement[bool]) -> ColumnElement[bool]:
     return _A.id.in_(select(_F.audit_id).where(_F.param == param, cond))
 
 
-def _stored_param(param: str) -> str:
-    """The references ``patient`` searches are the entities of type Patient: an event keeps
-    one row for each (events stored before kept a second, ``patient``, row: still there,
-    never read)."""
-    return "entity" if param == "patient" else param
+def _read_as(param: str) -> tuple[str, str | None]:
+    """The rows a reference parameter reads, and the type its references must have (None:
+    any). ``patient`` reads the entities of type Patient: an event keeps one row for each
+    (events stored before kept a second, ``patient``, row: still there, never read)."""
+    return ("entity", "Patient") if param == "patient" else (param, None)
 
 
 def _token(cr: Criterion, column: Any, system: str) -> ColumnElement[bool]:
@@ -174,16 +174,17 @@ def criterion_cond(cr: Criterion) -> ColumnElement[bool]:
             conds.append(and_(*parts) if parts else true())
         return _refs(f"{cr.name}:identifier", or_(*conds))
     if cr.name in _REF_PARAMS and cr.modifier is None:
+        stored, implied = _read_as(cr.name)
         conds = []
         for v in cr.values:
             assert isinstance(v, ReferenceValue)
-            rtype = "Patient" if cr.name == "patient" else v.type
+            rtype = implied or v.type
             if v.type is not None and v.type != rtype:
                 conds.append(false())
             else:
                 conds.append(and_(_F.value == v.id, _F.system == rtype) if rtype
                              else _F.value == v.id)
-        return _refs(_stored_param(cr.name), or_(*conds))
+        return _refs(stored, or_(*conds))
     if cr.modifier is None:
         if cr.name == "action":
             return _token(cr, _A.action, "http://hl7.org/fhir/audit-event-action")
@@ -239,10 +240,11 @@ def history(conn: Connection, rid: str | None, *, since: int | None, at: int | N
 def include_keys(param: str, target_type: str | None, matches: Iterable[Stored]
                  ) -> list[tuple[str, str]]:
     """``_include=AuditEvent:<param>``: the references, read from the events themselves."""
+    stored, implied = _read_as(param)
     keys = []
     for m in matches:
         keys += [(system, value) for p, system, value in refs_of(m.json())
-                 if p == _stored_param(param) and (param != "patient" or system == "Patient")
+                 if p == stored and system == (implied or system)
                  and (target_type is None or system == target_type)]
     return keys
 
@@ -252,8 +254,9 @@ def revinclude_keys(conn: Connection, param: str, target_type: str, ids: list[st
     """``_revinclude=AuditEvent:<param>``: the events that refer to the matches."""
     if param not in _REF_PARAMS:
         return []
-    if param == "patient" and target_type != "Patient":
+    stored, implied = _read_as(param)
+    if implied is not None and target_type != implied:
         return []
     rows = conn.execute(select(_F.audit_id).where(
-        _F.param == _stored_param(param), _F.system == target_type, _F.value.in_(ids)))
+        _F.param == stored, _F.system == target_type, _F.value.in_(ids)))
     return [(AUDIT_TYPE, r.audit_id) for r in rows]
