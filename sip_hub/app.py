@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import Message, Receive, Scope, Send
 
-from . import __version__, deadlines, demo, logs
+from . import __version__, deadlines, demo, heap, logs
 from .audit import AuditLog
 from .messaging.config import MessagingSettings
 from .messaging.endpoints import Endpoints
@@ -177,6 +177,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
             worker.start()
         scheduler = deadlines.Scheduler(app.state.store, settings, app.state.audit)
         scheduler.start()
+        if settings.env != "test":  # tests build many apps in one process: nothing frozen
+            heap.settle()
         yield
         scheduler.stop()
         if worker is not None:

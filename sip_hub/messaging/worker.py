@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 
+from .. import heap
 from ..audit import AuditLog
 from ..bus import Bus, BusUnavailable
 from ..errors import TransientError
@@ -180,6 +181,7 @@ def run_worker(settings: Settings) -> None:
     if messaging.config.metrics_port:
         # The dead-letter alert must see this process's counters: scrape every worker.
         stop_metrics = serve_metrics(messaging.config.metrics_port, settings.host)
+    heap.settle()
     log.info("messaging worker started (broker %s)", settings.broker_url.split("@")[-1])
     try:
         worker.run(stop)
