@@ -53,7 +53,8 @@ from .relay import DELIVERY
 log = logging.getLogger("sip_hub.delivery")
 _HOLD_US = 1_000_000  # a held-back delivery is looked at again after a second
 _RETRY_STATUS = frozenset({408, 425, 429})
-_PARALLEL_DESTINATIONS = 8  # organisations POSTed to at once by one deliverer
+_PARALLEL_POSTS = 8  # POSTs at once by one deliverer
+_PER_DESTINATION = 4  # of them at most to one organisation
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,10 +202,13 @@ class Deliverer:
 
     def _post_all(self, post: list[tuple[int, sql.Delivery]]
                   ) -> list[tuple[int, sql.Delivery, Result]]:
-        """POST the batch: the deliveries of each destination one after another (in the
-        batch's order), the destinations side by side. Waiting on one organisation's
-        answers would otherwise hold up every other's (and most of a POST is waiting)."""
-        by_org: dict[str, list[tuple[int, sql.Delivery, str, Endpoint | None]]] = {}
+        """POST the batch: each stream's deliveries (one SIP to one organisation) one after
+        another in the batch's order, the streams side by side, at most _PER_DESTINATION of
+        them at once to one organisation. Most of a POST is waiting for the answer: one
+        after another, a batch of a hundred took as long as its slowest organisation's
+        share of round trips, and the next deliveries of every stream waited for the batch."""
+        lanes: dict[tuple[str, str, str], list[tuple[int, sql.Delivery, str, Endpoint | None]]]
+        lanes = {}
         done: list[tuple[int, sql.Delivery, Result]] = []
         for i, d in post:
             endpoint = self.endpoints.get(d.dest_org)
@@ -213,18 +217,25 @@ class Deliverer:
                 done.append((i, d, Result("fatal", "No message endpoint is configured for "
                                                    f"{d.dest_org} (mappings/endpoints.json)")))
             else:
-                by_org.setdefault(d.dest_org, []).append((i, d, url, endpoint))
+                lanes.setdefault((d.patient_id, d.careplan_id, d.dest_org), []).append(
+                    (i, d, url, endpoint))
+        # Each organisation's streams dealt over at most _PER_DESTINATION tasks.
+        tasks: dict[tuple[str, int], list[tuple[int, sql.Delivery, str, Endpoint | None]]] = {}
+        per_org: dict[str, int] = {}
+        for (_, _, org), lane in lanes.items():
+            n = per_org[org] = per_org.get(org, -1) + 1
+            tasks.setdefault((org, n % _PER_DESTINATION), []).extend(lane)
 
         def run(todo: list[tuple[int, sql.Delivery, str, Endpoint | None]]
                 ) -> list[tuple[int, sql.Delivery, Result]]:
             return [(i, d, self._post(d, url, endpoint)) for i, d, url, endpoint in todo]
-        if len(by_org) <= 1:
-            done += [r for todo in by_org.values() for r in run(todo)]
+        if len(tasks) <= 1:
+            done += [r for todo in tasks.values() for r in run(todo)]
         else:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(_PARALLEL_DESTINATIONS,
+                self._pool = ThreadPoolExecutor(_PARALLEL_POSTS,
                                                 thread_name_prefix="sip-hub-post")
-            done += [r for rs in self._pool.map(run, by_org.values()) for r in rs]
+            done += [r for rs in self._pool.map(run, tasks.values()) for r in rs]
         return sorted(done, key=lambda r: r[0])
 
     def close(self) -> None:

@@ -6,6 +6,13 @@ for the broker's confirms of the batch, then marks the confirmed ones published 
 transaction. A crash between the publish and the commit leaves them pending: they are
 published again, and the receiver drops the duplicate by MessageHeader.id. Deliveries
 published long ago and still not settled are published again too (the broker lost them).
+
+On a bus that lives in the process (``memory://``) the round marks its claim published and
+commits first, then publishes: the bus dies with the process, and ``recover()`` at the next
+start publishes again what it held, so a crash after the commit loses nothing, and the publish
+no longer runs while the database's write lock is held (on SQLite, inside a group-commit round
+every API write of the moment waits for: ~9% of the round's CPU under the messaging bench).
+A publish that fails all the same puts its deliveries back to pending.
 """
 
 from __future__ import annotations
@@ -48,6 +55,9 @@ class Relay:
             if not sql.relay_due(tx, now, stale):
                 return 0
 
+        if not self.bus.durable:
+            return self._commit_then_publish(now, stale)
+
         def publish(tx: Tx) -> tuple[list[str], BusUnavailable | None]:
             sql.requeue_published(tx, now, stale)
             due = sql.claim_due(tx, now, self.batch)
@@ -71,6 +81,23 @@ class Relay:
         if failure is not None:
             raise failure
         return len(published)
+
+    def _commit_then_publish(self, now: int, stale: int) -> int:
+        """The round on a bus that does not outlive the process (see the module's doc)."""
+        def claim(tx: Tx) -> list[sql.Delivery]:
+            sql.requeue_published(tx, now, stale)
+            due = sql.claim_due(tx, now, self.batch)
+            sql.mark_published(tx, [d.id for d in due], now)
+            return due
+        due = self.store.write(claim)
+        self.orgs.update(d.dest_org for d in due)
+        try:
+            self.bus.publish_many([(d.dest_org, envelope(d)) for d in due])
+        except BaseException:
+            self.store.write(lambda tx: sql.mark_unpublished(tx, [d.id for d in due], now))
+            raise
+        MESSAGES_PUBLISHED.inc(len(due))
+        return len(due)
 
     def recover(self) -> int:
         """After a start on a bus that does not outlive the process (memory://): what was

@@ -89,7 +89,10 @@ class Worker:
         work = process_accepted(self.store, self.messaging, audit=self.audit)
         work += self._relay.run_once()
         orgs = self._open_orgs() | self._relay.orgs | self.messaging.endpoints.orgs
-        bus.consume_batches(sorted(orgs), self._deliverer.handle_batch)
+        # A batch as large as the relay's: what one relay round published is checked in one
+        # read, POSTed side by side and settled in one write.
+        bus.consume_batches(sorted(orgs), self._deliverer.handle_batch,
+                            batch=self.messaging.config.relay_batch)
         work += bus.drain(timeout=drain_seconds)
         if time.monotonic() - self._last_upkeep > _UPKEEP_SECONDS:
             self.upkeep()

@@ -242,6 +242,18 @@ _REQUEUE_ALL = DriverStatement(_REQUEUE)
 _REQUEUE_BEFORE = DriverStatement(_REQUEUE.where(_D.published_at < bindparam("before")))
 
 
+@lru_cache(maxsize=_MANY_MAX)
+def _requeue_ids(n: int) -> DriverStatement:
+    return DriverStatement(_REQUEUE.where(any_of(n, i=_D.id)))
+
+
+def mark_unpublished(tx: Tx, ids: Sequence[str], now: int) -> None:
+    """Published deliveries of ``ids`` back to pending, due now (their publish failed after
+    all)."""
+    for n, params in _chunks(ids):
+        _requeue_ids(n).run(tx.conn, {**params, "now": now})
+
+
 def claim_due(tx: Tx, now: int, limit: int) -> list[Delivery]:
     """Due stream heads, locked until the caller's transaction ends.
 

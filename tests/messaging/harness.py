@@ -64,15 +64,19 @@ class Receiver:
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Per message: a step (as in script) to answer with instead of it (None: use the script).
     fail_when: Callable[[Json], Any] = lambda m: None
+    # Called with each message before it is recorded, outside the receiver's lock (so that
+    # concurrent requests can meet there); a step it returns answers instead (as fail_when).
+    on_arrival: Callable[[Json], Any] = lambda m: None
 
     @property
     def header_ids(self) -> list[str]:
         return [m["entry"][0]["resource"]["id"] for m in self.received]
 
     def answer(self, message: Json) -> tuple[int, bytes, float]:
+        arrived = self.on_arrival(message)
         with self.lock:
             self.received.append(message)
-            forced = self.fail_when(message)
+            forced = arrived if arrived is not None else self.fail_when(message)
             step = forced if forced is not None else (
                 self.script.pop(0) if self.script else 200)
         status, code, delay = 200, "ok", 0.0

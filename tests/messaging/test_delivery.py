@@ -204,7 +204,10 @@ def test_a_crash_between_publish_and_mark_publishes_again_and_nothing_is_doubled
     monkeypatch.setattr(sql, "mark_published", real)
     assert {d.state for d in world.deliveries()} == {"pending"}
     assert world.relay() == 2                     # published again
-    assert world.bus.queue_size(BUP) == 2         # two copies wait for BUP
+    # On RabbitMQ the relay publishes (with confirms) before it marks: two copies wait for
+    # BUP. On the in-process bus it marks and commits first, so the failed mark kept the
+    # claim from the bus (test_outbox: a crash after the commit takes the bus along).
+    assert world.bus.queue_size(BUP) == (2 if world.bus.durable else 1)
     world.rounds(lambda: settled(world))
     d = state(world, BUP)
     assert d.state == "delivered" and bup.header_ids == [d.message_id]  # the copy is dropped
@@ -269,6 +272,44 @@ def test_order_is_kept_per_sip_for_each_destination(world: Hub, receivers: Any) 
     world.rounds(lambda: settled(world))
     assert bup.header_ids == [order[0], order[0], order[0], order[1], order[2]]
     assert school.header_ids == order   # the same messages, in the same order
+
+
+def test_one_organisations_sips_are_posted_side_by_side_four_at_most(
+        hub: Hub, receivers: Any) -> None:
+    """Eight SIPs' messages to one organisation: its streams go side by side (each SIP's in
+    order), at most four at a time. The receiver holds each request until four are in
+    flight (a barrier): one after another they would time out and be retried."""
+    bup = receivers()
+    hub.configure({BUP: bup.url})
+    four = threading.Barrier(4)
+    in_flight, most = [0], [0]
+    count = threading.Lock()
+
+    def arrive(_message: Any) -> Any:
+        with count:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        try:
+            four.wait(timeout=5)
+        except threading.BrokenBarrierError:
+            return 503
+        finally:
+            with count:
+                in_flight[0] -= 1
+        return None
+    bup.on_arrival = arrive
+    with hub.store.begin() as tx:
+        for i in range(8):
+            note = builder.message("follow-up-scheduled", fhir_base="http://hub.test/fhir",
+                                   sender=SOC, destinations=[builder.Party(BUP, "x")],
+                                   focus=[f"CarePlan/plan-{i}", f"Patient/p{i}"],
+                                   resources=[])
+            # Responses: no consent to check (these patients have none).
+            outbox.enqueue(tx, note, [BUP], kind=outbox.RESPONSE,
+                           sip=outbox.SipKey(f"p{i}", f"plan-{i}"))
+    hub.rounds(lambda: settled(hub))
+    assert [(d.state, d.attempts) for d in hub.deliveries()] == [("delivered", 1)] * 8
+    assert len(bup.received) == 8 and most[0] == 4
 
 
 def test_one_sips_failing_stream_does_not_hold_up_another(world: Hub, receivers: Any) -> None:

@@ -11,7 +11,7 @@ import pytest
 import sip_factory as f
 from fhirhttp import JSON_HEADERS, body
 from harness import BUP, OUTSIDER, SCHOOL, SOC, Hub, broker, hub, world  # noqa: F401
-from sip_hub.bus import Ack, Bus, Topology
+from sip_hub.bus import Ack, Bus, BusUnavailable, Topology
 from sip_hub.messaging import builder, outbox
 from sip_hub.messaging.relay import DELIVERY, Relay
 from sip_hub.store import Store
@@ -211,6 +211,55 @@ def test_relays_on_a_real_bus_publish_each_delivery_once(store: Store) -> None:
         assert Relay(store, a).run_once() == 0
         assert a.queue_size(BUP) == 10
         a.delete([BUP])
+
+
+def test_an_in_process_bus_gets_the_claim_after_it_is_committed(store: Store) -> None:
+    """On a bus that dies with the process the relay commits its claim before it publishes
+    (the publish is out of the write lock). Nothing is lost either way: a crash after the
+    commit loses the bus too, and the next start publishes again what it held."""
+    topology = Topology("tafter.sip_hub", "tafter.sip")
+    with store.begin() as tx:
+        for i in range(3):
+            outbox.enqueue(tx, note(f"p{i}", f"plan{i}"), [BUP])
+    seen_in_outbox: list[dict[str, int]] = []
+    with Bus("memory://", topology) as bus:
+        publish_many = bus.publish_many
+
+        def publish_and_look(items, **kw):  # what another transaction sees at the publish
+            with store.begin(write=False) as tx:
+                seen_in_outbox.append(sql.counts(tx))
+            return publish_many(items, **kw)
+        bus.publish_many = publish_and_look  # type: ignore[method-assign]
+        assert Relay(store, bus).run_once() == 3
+        assert seen_in_outbox == [{"published": 3}]
+        assert bus.queue_size(BUP) == 3
+        bus.delete([BUP])
+    # The process died after the commit, its bus with it: the next start publishes again.
+    with Bus("memory://", topology) as bus:
+        relay = Relay(store, bus)
+        assert relay.recover() == 3
+        assert relay.run_once() == 3
+        assert bus.queue_size(BUP) == 3
+        bus.delete([BUP])
+
+
+def test_a_failed_publish_after_the_commit_puts_the_claim_back(store: Store) -> None:
+    topology = Topology("tfailed.sip_hub", "tfailed.sip")
+    with store.begin() as tx:
+        for i in range(4):
+            outbox.enqueue(tx, note(f"p{i}", f"plan{i}"), [BUP, SCHOOL])
+    with Bus("memory://", topology) as bus:
+        def broken(items, **kw):
+            raise BusUnavailable("injected: the bus refused")
+        healthy, bus.publish_many = bus.publish_many, broken  # type: ignore[method-assign]
+        with pytest.raises(BusUnavailable):
+            Relay(store, bus).run_once()
+        with store.begin(write=False) as tx:
+            assert sql.counts(tx) == {"pending": 8}
+        bus.publish_many = healthy  # type: ignore[method-assign]
+        assert Relay(store, bus).run_once() == 8  # due at once, not an hour later
+        assert bus.queue_size(BUP) == 4 and bus.queue_size(SCHOOL) == 4
+        bus.delete([BUP, SCHOOL])
 
 
 def test_a_delivery_is_held_back_exactly_while_an_earlier_one_of_its_stream_is_open(
