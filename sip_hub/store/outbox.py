@@ -106,7 +106,7 @@ _MANY_MAX = 64  # ids per statement of the batch reads and writes below
 def _chunks(ids: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """The parameters of ``any_of(n, i=id)`` statements for ``ids`` (each once), 64 at a
     time."""
-    return numbered([{"i": i} for i in dict.fromkeys(ids)], _MANY_MAX)
+    return numbered([{"i": i} for i in dict.fromkeys(ids)], _MANY_MAX, pad=True)
 
 
 @lru_cache(maxsize=_MANY_MAX)
@@ -338,7 +338,7 @@ def held_back(tx: Tx, ds: Sequence[Delivery]) -> set[str]:
     published, holds back (in a statement per 32 deliveries)."""
     earliest: dict[tuple[str, str, str], int] = {}
     rows = [{"p": d.patient_id, "c": d.careplan_id, "d": d.dest_org, "s": d.seq} for d in ds]
-    for n, params in numbered(rows, _STREAMS_MAX):
+    for n, params in numbered(rows, _STREAMS_MAX, pad=True):
         for p, c, dest, seq in _earlier_open_of(n).all(tx.conn, params):
             key = (p, c, dest)
             earliest[key] = min(seq, earliest.get(key, seq))

@@ -203,7 +203,7 @@ class Tx:
         """Read the current versions of ``keys`` at once (what is absent as absent), for
         ``current`` to find: one statement instead of one per key."""
         todo = [k for k in dict.fromkeys(keys) if k not in self._seen and k[0] != AUDIT_TYPE]
-        for n, params in numbered(_key_rows(todo), _KEYS_MAX):
+        for n, params in numbered(_key_rows(todo), _KEYS_MAX, pad=True):
             for row in _current_of(n).all(self.conn, params):
                 self._seen[(row[0], row[1])] = current_to_stored(row)
         for key in todo:
@@ -216,7 +216,7 @@ class Tx:
         if any(rtype == AUDIT_TYPE for rtype, _ in keys):
             return False
         now: dict[tuple[str, str], tuple[int, bool]] = {}
-        for n, params in numbered(_key_rows(keys), _KEYS_MAX):
+        for n, params in numbered(_key_rows(keys), _KEYS_MAX, pad=True):
             for rtype, rid, version, deleted in _versions_of(n).all(self.conn, params):
                 now[(rtype, rid)] = (version, bool(deleted))
         for key, then in seen.items():
@@ -468,7 +468,7 @@ class Tx:
         todo = [p for p in dict.fromkeys(patient_ids) if p not in self._grants]
         for p in todo:
             self._grants[p] = []
-        for n, params in numbered([{"p": p} for p in todo], _KEYS_MAX):
+        for n, params in numbered([{"p": p} for p in todo], _KEYS_MAX, pad=True):
             for p, org, role, reads, until in _grants_of(n).all(self.conn, params):
                 self._grants[p].append(Grant(org, role, bool(reads), until))
 

@@ -9,7 +9,7 @@ import pytest
 
 from sip_hub.errors import TransientError
 from sip_hub.store import Store
-from sip_hub.store.driver import insert_into
+from sip_hub.store.driver import insert_into, numbered
 from sip_hub.store.engine import make_engine
 from sip_hub.store.migrate import upgrade
 from sip_hub.store.schema import deadline_due
@@ -68,3 +68,38 @@ def test_a_savepoint_undoes_its_block_and_the_transaction_goes_on(store: Store) 
         rows = tx.conn.exec_driver_sql("SELECT plan_id FROM deadline_due ORDER BY due").all()
         assert [r[0] for r in rows] == ["kept", "also kept"]
         assert tx.current("Patient", "p1") is None
+
+
+def test_batch_reads_of_any_size_find_each_row_once_in_a_few_statement_sizes(
+        store: Store) -> None:
+    """Reads of a batch of keys come in power-of-two sizes (a few statements compiled and
+    prepared, not one per count): whatever the batch, each row is found exactly once."""
+    from sip_hub.messaging import builder, outbox
+    from sip_hub.store import outbox as sql
+
+    with store.begin() as tx:
+        for i in range(100):
+            note = builder.message("sip-initiated", fhir_base="http://hub.test/fhir",
+                                   sender="SE2321000016-SOC1",
+                                   destinations=[builder.Party("SE2321000016-15CQ", "urn:x")],
+                                   focus=[f"CarePlan/plan{i}", f"Patient/p{i}"], resources=[])
+            outbox.enqueue(tx, note, ["SE2321000016-15CQ"])
+        ids = [d.id for d in sql.find(tx, limit=1000)]
+    assert len(ids) == 100
+    sizes: set[int] = set()
+    delivered: set[str] = set()
+    for count in (1, 3, 5, 17, 33, 64, 65, 100):
+        assert [n for n, _ in numbered([{"i": i} for i in ids[:count]], 64)] == (
+            [count] if count <= 64 else [64, count - 64])
+        padded = [n for n, _ in numbered([{"i": i} for i in ids[:count]], 64, pad=True)]
+        sizes.update(padded)
+        assert all(n & (n - 1) == 0 for n in padded)  # powers of two
+        with store.begin(write=False) as tx:
+            found = sql.get_many(tx, ids[:count])
+            assert sorted(found) == sorted(ids[:count])
+            assert sql.held_back(tx, list(found.values())) == set()  # each its stream's head
+        with store.begin() as tx:
+            # An id given twice (the padding) is still one delivery settled once.
+            assert sql.mark_delivered(tx, ids[:count], 1) == len(set(ids[:count]) - delivered)
+        delivered.update(ids[:count])
+    assert sizes == {1, 4, 8, 32, 64}
