@@ -38,6 +38,7 @@ class MessagingSettings(BaseSettings):
     # The hub's own HSA-id, the sender of its responses; empty: responses name no sender
     # (their source names the hub).
     hub_hsa_id: str = ""
+    # Deliveries one relay round publishes, and one delivery batch takes (and prefetches).
     relay_batch: int = Field(default=100, ge=1, le=10_000)
     # Back-pressure: $process-message answers transient-error while this many deliveries or
     # more are due and undelivered (see sip_hub.messaging.backlog); 0: no bound.
