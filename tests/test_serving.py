@@ -10,24 +10,16 @@ import http.client
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+import hubprocess
+
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists()
                                 or not hasattr(socket, "SO_REUSEPORT"),
                                 reason="needs Linux /proc and SO_REUSEPORT")
-
-MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _children(pid: int) -> set[int]:
@@ -101,23 +93,14 @@ def _wait(cond, timeout: float = 60.0) -> None:
 
 @pytest.fixture
 def hub(tmp_path):
-    port = _free_port()
-    env = {**os.environ, "SIP_HUB_DATA_DIR": str(tmp_path), "SIP_HUB_MAPPINGS_DIR": str(MAPPINGS)}
-    env.pop("SIP_HUB_DATABASE_URL", None)
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "sip_hub.cli", "serve", "--port", str(port),
-                             "--workers", "2"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    port = hubprocess.free_port()
+    proc, log = hubprocess.start(tmp_path, ["serve", "--port", str(port), "--workers", "2"])
     try:
-        _wait(lambda: proc.poll() is not None or (
-            (tmp_path / "serve.log").read_bytes().count(b"Application startup complete") >= 2
-            and _healthy(port)))
-        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-        yield proc, port, tmp_path / "serve.log"
+        hubprocess.wait(lambda: log.read_bytes().count(b"Application startup complete") >= 2
+                        and _healthy(port), "the hub did not start", proc, log)
+        yield proc, port, log
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
-        log.close()
+        hubprocess.stop(proc)
 
 
 def test_kept_alive_connections_are_spread_over_the_workers(hub):
@@ -145,7 +128,8 @@ def test_a_worker_that_dies_is_replaced_and_the_hub_stops_as_one(hub):
     before = _children(proc.pid)
     victim = max(before)
     os.kill(victim, signal.SIGKILL)
-    _wait(lambda: log.read_bytes().count(b"Application startup complete") >= 3)
+    hubprocess.wait(lambda: log.read_bytes().count(b"Application startup complete") >= 3,
+                    "no worker replaced the killed one", proc, log)
     after = _children(proc.pid)
     assert victim not in after and len(after & before) == len(before) - 1
     for _ in range(10):  # every connection lands on a live worker
@@ -163,11 +147,6 @@ def test_a_port_in_use_stops_serve_with_an_error(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        env = {**os.environ, "SIP_HUB_DATA_DIR": str(tmp_path),
-               "SIP_HUB_MAPPINGS_DIR": str(MAPPINGS)}
-        env.pop("SIP_HUB_DATABASE_URL", None)
-        done = subprocess.run([sys.executable, "-m", "sip_hub.cli", "serve", "--port", str(port),
-                               "--workers", "2"], env=env, capture_output=True, text=True,
-                              timeout=120)
-    assert done.returncode == 1
-    assert "Cannot bind" in done.stdout + done.stderr
+        proc, log = hubprocess.start(tmp_path, ["serve", "--port", str(port), "--workers", "2"])
+        assert proc.wait(timeout=120) == 1
+    assert "Cannot bind" in log.read_text()
