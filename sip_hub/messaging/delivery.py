@@ -45,7 +45,7 @@ from ..store import Store, Tx
 from ..store import outbox as sql
 from . import vocabulary as vocab
 from .config import MessagingSettings
-from .endpoints import Endpoint, Endpoints
+from .endpoints import DEFAULT_CONCURRENT, Endpoint, Endpoints
 from .http import HttpClient, HttpError, HttpResponse, HttpTimeout
 from .outbox import WITHDRAWN_REASON, is_covered
 from .relay import DELIVERY
@@ -54,7 +54,6 @@ log = logging.getLogger("sip_hub.delivery")
 _HOLD_US = 1_000_000  # a held-back delivery is looked at again after a second
 _RETRY_STATUS = frozenset({408, 425, 429})
 _PARALLEL_POSTS = 8  # POSTs at once by one deliverer
-_PER_DESTINATION = 4  # of them at most to one organisation
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,8 +202,9 @@ class Deliverer:
     def _post_all(self, post: list[tuple[int, sql.Delivery]]
                   ) -> list[tuple[int, sql.Delivery, Result]]:
         """POST the batch: each stream's deliveries (one SIP to one organisation) one after
-        another in the batch's order, the streams side by side, at most _PER_DESTINATION of
-        them at once to one organisation. Most of a POST is waiting for the answer: one
+        another in the batch's order, the streams side by side, at most the organisation's
+        endpoint's ``max_concurrent`` of them at once to it. Most of a POST is waiting for
+        the answer: one
         after another, a batch of a hundred took as long as its slowest organisation's
         share of round trips, and the next deliveries of every stream waited for the batch."""
         lanes: dict[tuple[str, str, str], list[tuple[int, sql.Delivery, str, Endpoint | None]]]
@@ -219,12 +219,14 @@ class Deliverer:
             else:
                 lanes.setdefault((d.patient_id, d.careplan_id, d.dest_org), []).append(
                     (i, d, url, endpoint))
-        # Each organisation's streams dealt over at most _PER_DESTINATION tasks.
+        # Each organisation's streams dealt over at most its endpoint's max_concurrent tasks.
         tasks: dict[tuple[str, int], list[tuple[int, sql.Delivery, str, Endpoint | None]]] = {}
         per_org: dict[str, int] = {}
         for (_, _, org), lane in lanes.items():
             n = per_org[org] = per_org.get(org, -1) + 1
-            tasks.setdefault((org, n % _PER_DESTINATION), []).extend(lane)
+            endpoint = lane[0][3]
+            width = endpoint.max_concurrent if endpoint else DEFAULT_CONCURRENT
+            tasks.setdefault((org, n % width), []).extend(lane)
 
         def run(todo: list[tuple[int, sql.Delivery, str, Endpoint | None]]
                 ) -> list[tuple[int, sql.Delivery, Result]]:

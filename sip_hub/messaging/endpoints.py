@@ -6,11 +6,15 @@ The file (data, not code)::
       {"organization": "SE2120001637-SOC1",
        "url": "https://soc.example.se/fhir/$process-message",
        "timeoutSeconds": 10,
+       "maxConcurrent": 4,
        "authorizationEnv": "SIP_HUB_ENDPOINT_AUTH_SOC1"}
     ]}
 
 ``organization`` is the HSA-id; ``url`` the organisation's FHIR ``$process-message``;
-``timeoutSeconds`` overrides ``SIP_HUB_MESSAGE_TIMEOUT_SECONDS``; ``authorizationEnv`` names an
+``timeoutSeconds`` overrides ``SIP_HUB_MESSAGE_TIMEOUT_SECONDS``; ``maxConcurrent`` (1 to 32,
+default 4) is how many POSTs a delivery worker sends the endpoint at once (different SIPs'
+messages; one SIP's go one after another), 1 for a system that takes one request at a time;
+``authorizationEnv`` names an
 environment variable holding the ``Authorization`` header value to send (secrets never sit in
 the file).
 
@@ -36,12 +40,16 @@ from ..errors import BadRequest
 from ..identifiers import InvalidIdentifier, normalise_hsa_id
 
 
+DEFAULT_CONCURRENT = 4  # POSTs at once to one endpoint, unless its entry says otherwise
+
+
 class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     organization: str
     url: str
     timeout_seconds: float | None = Field(default=None, gt=0, alias="timeoutSeconds")
+    max_concurrent: int = Field(default=DEFAULT_CONCURRENT, ge=1, le=32, alias="maxConcurrent")
     authorization_env: str | None = Field(default=None, alias="authorizationEnv")
 
     @field_validator("url")
@@ -65,6 +73,7 @@ class Endpoint:
     url: str
     timeout: float | None = None
     authorization_env: str | None = None
+    max_concurrent: int = DEFAULT_CONCURRENT
 
     def headers(self) -> dict[str, str]:
         value = os.environ.get(self.authorization_env, "") if self.authorization_env else ""
@@ -94,8 +103,10 @@ class Endpoints:
             try:
                 org = normalise_hsa_id(e.organization)
             except InvalidIdentifier as exc:
-                raise ValueError(f"{path}: {exc}") from None
-            out[org] = Endpoint(org, e.url, e.timeout_seconds, e.authorization_env)
+                raise ValueError(f"{path}: organization '{e.organization[:64]}' is not an "
+                                 f"HSA-id: {exc}") from None
+            out[org] = Endpoint(org, e.url, e.timeout_seconds, e.authorization_env,
+                                e.max_concurrent)
         return cls(out)
 
     @property

@@ -149,11 +149,14 @@ class Hub:
     headers: dict[str, dict[str, str]]
     tmp: Path
 
-    def configure(self, endpoints: dict[str, str], **overrides: Any) -> None:
-        """(Re)load the endpoints and settings, as a restart with new configuration would."""
+    def configure(self, endpoints: dict[str, str], *,
+                  entries: dict[str, dict[str, Any]] | None = None, **overrides: Any) -> None:
+        """(Re)load the endpoints (``entries``: more of an organisation's entry) and settings,
+        as a restart with new configuration would."""
         path = self.tmp / "endpoints.json"
-        path.write_text(json.dumps({"endpoints": [{"organization": org, "url": url}
-                                                  for org, url in endpoints.items()]}))
+        path.write_text(json.dumps({"endpoints": [
+            {"organization": org, "url": url, **(entries or {}).get(org, {})}
+            for org, url in endpoints.items()]}))
         config = self.messaging.config.model_copy(update={"endpoints_file": path, **overrides})
         self.messaging = Messaging.from_config(config)
         self.client.app.state.messaging = self.messaging

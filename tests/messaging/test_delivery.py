@@ -4,7 +4,7 @@ backoff, dead letters with their reason, replay, withdrawal, order per SIP, cras
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 import pytest
@@ -274,14 +274,22 @@ def test_order_is_kept_per_sip_for_each_destination(world: Hub, receivers: Any) 
     assert school.header_ids == order   # the same messages, in the same order
 
 
-def test_one_organisations_sips_are_posted_side_by_side_four_at_most(
-        hub: Hub, receivers: Any) -> None:
-    """Eight SIPs' messages to one organisation: its streams go side by side (each SIP's in
-    order), at most four at a time. The receiver holds each request until four are in
-    flight (a barrier): one after another they would time out and be retried."""
-    bup = receivers()
-    hub.configure({BUP: bup.url})
-    four = threading.Barrier(4)
+def _eight_sips_to(hub: Hub, org: str) -> None:
+    with hub.store.begin() as tx:
+        for i in range(8):
+            note = builder.message("follow-up-scheduled", fhir_base="http://hub.test/fhir",
+                                   sender=SOC, destinations=[builder.Party(org, "x")],
+                                   focus=[f"CarePlan/plan-{i}", f"Patient/p{i}"],
+                                   resources=[])
+            # Responses: no consent to check (these patients have none).
+            outbox.enqueue(tx, note, [org], kind=outbox.RESPONSE,
+                           sip=outbox.SipKey(f"p{i}", f"plan-{i}"))
+
+
+def _in_flight(meet: int) -> tuple[Callable[[Any], Any], list[int]]:
+    """A receiver hook holding each request until ``meet`` are in flight together (a barrier:
+    fewer at once time out and are answered 503); and the most that were."""
+    together = threading.Barrier(meet)
     in_flight, most = [0], [0]
     count = threading.Lock()
 
@@ -290,26 +298,39 @@ def test_one_organisations_sips_are_posted_side_by_side_four_at_most(
             in_flight[0] += 1
             most[0] = max(most[0], in_flight[0])
         try:
-            four.wait(timeout=5)
+            together.wait(timeout=5)
         except threading.BrokenBarrierError:
             return 503
         finally:
             with count:
                 in_flight[0] -= 1
         return None
-    bup.on_arrival = arrive
-    with hub.store.begin() as tx:
-        for i in range(8):
-            note = builder.message("follow-up-scheduled", fhir_base="http://hub.test/fhir",
-                                   sender=SOC, destinations=[builder.Party(BUP, "x")],
-                                   focus=[f"CarePlan/plan-{i}", f"Patient/p{i}"],
-                                   resources=[])
-            # Responses: no consent to check (these patients have none).
-            outbox.enqueue(tx, note, [BUP], kind=outbox.RESPONSE,
-                           sip=outbox.SipKey(f"p{i}", f"plan-{i}"))
+    return arrive, most
+
+
+def test_one_organisations_sips_are_posted_side_by_side_four_at_most(
+        hub: Hub, receivers: Any) -> None:
+    """Eight SIPs' messages to one organisation: its streams go side by side (each SIP's in
+    order), at most four at a time (the default). The receiver holds each request until four
+    are in flight: one after another they would time out and be retried."""
+    bup = receivers()
+    hub.configure({BUP: bup.url})
+    bup.on_arrival, most = _in_flight(4)
+    _eight_sips_to(hub, BUP)
     hub.rounds(lambda: settled(hub))
     assert [(d.state, d.attempts) for d in hub.deliveries()] == [("delivered", 1)] * 8
     assert len(bup.received) == 8 and most[0] == 4
+
+
+def test_an_endpoint_configured_for_one_request_at_a_time_gets_one_at_a_time(
+        hub: Hub, receivers: Any) -> None:
+    bup = receivers()
+    hub.configure({BUP: bup.url}, entries={BUP: {"maxConcurrent": 1}})
+    bup.on_arrival, most = _in_flight(1)
+    _eight_sips_to(hub, BUP)
+    hub.rounds(lambda: settled(hub))
+    assert [(d.state, d.attempts) for d in hub.deliveries()] == [("delivered", 1)] * 8
+    assert len(bup.received) == 8 and most[0] == 1
 
 
 def test_one_sips_failing_stream_does_not_hold_up_another(world: Hub, receivers: Any) -> None:
