@@ -115,9 +115,13 @@ class Prepared(dict):  # type: ignore[type-arg]
         return Prevalidated(orjson.loads(self._original))
 
 
-def prepare_ahead(store: Store, res: Any, expected_type: str) -> Any:
+def prepare_ahead(store: Store, res: Any, expected_type: str, *,
+                  replaces: str | None = None) -> Any:
     """``prepare`` outside the write transaction, against a read snapshot, so that the write
     lock is not held while the rules run (on SQLite every write queues on that lock).
+    ``replaces``: the id an update writes; the version it replaces joins the basis, read
+    here with its content parsed and its index rows derived (``Stored.index_rows``), which
+    the write then compares instead of deriving them in the lock.
 
     Returns a ``Prepared``, or the structurally validated body when the rules refused it: the
     write transaction then prepares it again, and every refusal comes from there, in the
@@ -132,6 +136,10 @@ def prepare_ahead(store: Store, res: Any, expected_type: str) -> Any:
     with store.begin(write=False, snapshot=False) as tx:
         if profiles.applies(checked):  # the rules resolve its references: read them at once
             tx.load(reference_targets(checked))
+        if replaces is not None:
+            old = basis[(expected_type, replaces)] = tx.current(expected_type, replaces)
+            if old is not None and not old.deleted and old.content is not None:
+                old.index_rows()
         try:
             return Prepared(prepare(checked, tx_resolver(tx, basis=basis),
                                     expected_type=expected_type), basis, original)

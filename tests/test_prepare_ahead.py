@@ -86,6 +86,48 @@ def test_a_resource_that_appears_in_between_is_seen_by_the_rules(store):
         assert ix.create(tx, _ctx(), "CarePlan", ahead).status == 201
 
 
+def _ids(tx, status: str) -> list[str]:
+    found = ix.search(tx, _ctx(), "CarePlan", [("status", status)]).body
+    return [e["fullUrl"].rsplit("/", 1)[1] for e in found.get("entry", [])]
+
+
+def test_an_update_prepared_ahead_reads_the_version_it_replaces_there(store):
+    """The version an update replaces joins the basis, read ahead with its index rows
+    derived (the write compares them instead of deriving them in the lock); a change to it in
+    between sends the update through the rules again, and the index follows what is stored."""
+    _seed(store)
+    with store.begin() as tx:
+        first = ix.create(tx, _ctx(), "CarePlan", f.sip_careplan(), rid="plan-1").stored
+    assert first is not None
+    revised = f.sip_careplan()
+    revised.update(id="plan-1", status="draft")
+    ahead = prepare_ahead(store, copy.deepcopy(revised), "CarePlan", replaces="plan-1")
+    assert isinstance(ahead, Prepared)
+    old = ahead.basis[("CarePlan", "plan-1")]
+    assert old is not None and old.version_id == first.version_id
+    assert old._rows is not None and ("status", None, "active") in old.index_rows().token
+    with store.begin() as tx:
+        assert ix.update(tx, _ctx(), "CarePlan", "plan-1", ahead).status == 200
+    with store.begin(write=False) as tx:
+        assert _ids(tx, "draft") == ["plan-1"]
+        assert _ids(tx, "active") == []
+    # Prepared again, then the plan changes before the write: the basis no longer holds.
+    again = copy.deepcopy(revised)
+    again["status"] = "on-hold"
+    ahead = prepare_ahead(store, again, "CarePlan", replaces="plan-1")
+    assert isinstance(ahead, Prepared)
+    with store.begin() as tx:
+        tx.update(dict(store.read("CarePlan", "plan-1").json(), status="active"), "plan-1")
+    with store.begin() as tx:
+        assert not tx.adopt(ahead.basis)
+    with store.begin() as tx:
+        assert ix.update(tx, _ctx(), "CarePlan", "plan-1", ahead).status == 200
+    with store.begin(write=False) as tx:
+        assert _ids(tx, "on-hold") == ["plan-1"]
+        for gone in ("active", "draft"):
+            assert _ids(tx, gone) == []
+
+
 def test_a_refused_preparation_leaves_the_body_as_it_came(store):
     """The rules refused it ahead: the write transaction gets the body untouched (identifiers
     not normalised) and refuses it itself, in the order of its own checks."""

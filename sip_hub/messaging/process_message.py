@@ -323,6 +323,9 @@ def _prepare_ahead(store: Store, msg: parser.Message) -> _Ahead | None:
             original = orjson.dumps(res)
             prepared = prepare(Prevalidated(res), tx_resolver(
                 tx, {(rtype, rid): {**res, "id": rid}}, basis=basis), expected_type=rtype)
+            old = basis.get((rtype, rid))  # the version it replaces: its index rows here too
+            if old is not None and not old.deleted and old.content is not None:
+                old.index_rows()
     except SipHubError:
         return None
     return _Ahead(basis, same, index, _put_or_post(e, Prepared(prepared, {}, original)))

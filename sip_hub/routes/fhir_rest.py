@@ -37,8 +37,8 @@ def _read(request: Request, fn: Callable[[Tx, ix.Context], ix.Result], *,
 
 
 async def _write(request: Request, rtype: str, perm: str,
-                 fn: Callable[[Tx, ix.Context, Any], ix.Result], *, ahead: bool = False
-                 ) -> Response:
+                 fn: Callable[[Tx, ix.Context, Any], ix.Result], *, ahead: bool = False,
+                 replaces: str | None = None) -> Response:
     """A write interaction with the request body, in one write transaction. The body's
     structure (and, ``ahead``, its rules: see ``service.prepare_ahead``) is checked before
     the transaction begins, so that no write lock is held while that runs."""
@@ -49,7 +49,8 @@ async def _write(request: Request, rtype: str, perm: str,
     store = _store(request)
 
     def work() -> ix.Result:
-        checked = prepare_ahead(store, body, rtype) if ahead else prevalidate(body)
+        checked = prepare_ahead(store, body, rtype, replaces=replaces) if ahead else \
+            prevalidate(body)
         return store.write(lambda tx: fn(tx, ctx, checked))
     result = await in_thread(request, work)
     return result_response(request, ctx, result, write=True)
@@ -139,7 +140,7 @@ async def read(request: Request, rtype: str, rid: str) -> Response:
 async def update(request: Request, rtype: str, rid: str) -> Response:
     if_match = request.headers.get("if-match")
     return await _write(request, rtype, "u", lambda tx, ctx, body: ix.update(
-        tx, ctx, rtype, rid, body, if_match=if_match), ahead=True)
+        tx, ctx, rtype, rid, body, if_match=if_match), ahead=True, replaces=rid)
 
 
 @router.delete("/{rtype}/{rid}")

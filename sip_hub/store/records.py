@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from ..fhir.dates import format_instant, from_us
+from ..fhir.indexing import IndexRows, extract
 from .schema import resource, resource_history
 
 
@@ -22,6 +23,7 @@ class Stored:
     method: str = ""
     owner: str | None = None  # HSA-id of the organisation that created it
     _doc: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    _rows: IndexRows | None = field(default=None, compare=False, repr=False)
 
     @property
     def last_updated_instant(self) -> str:
@@ -31,6 +33,16 @@ class Stored:
         """The content, parsed: a new dict of the caller's own, to change at will."""
         assert self.content is not None
         return orjson.loads(self.content)
+
+    def index_rows(self) -> IndexRows:
+        """The search index's rows for this version, derived from its content once: a write
+        that replaces the version compares them with its own, and a preparation ahead of the
+        write lock derives them there (with ``doc``)."""
+        rows = self._rows
+        if rows is None:
+            rows = extract(self.doc())
+            object.__setattr__(self, "_rows", rows)
+        return rows
 
     def doc(self) -> dict[str, Any]:
         """The content, parsed once and shared: only to read (a write path reads one version
