@@ -204,9 +204,9 @@ class Deliverer:
         """POST the batch: each stream's deliveries (one SIP to one organisation) one after
         another in the batch's order, the streams side by side, at most the organisation's
         endpoint's ``max_concurrent`` of them at once to it. Most of a POST is waiting for
-        the answer: one
-        after another, a batch of a hundred took as long as its slowest organisation's
-        share of round trips, and the next deliveries of every stream waited for the batch."""
+        the answer: one after another, a batch of a hundred took as long as its slowest
+        organisation's share of round trips, and the next deliveries of every stream waited
+        for the batch."""
         lanes: dict[tuple[str, str, str], list[tuple[int, sql.Delivery, str, Endpoint | None]]]
         lanes = {}
         done: list[tuple[int, sql.Delivery, Result]] = []

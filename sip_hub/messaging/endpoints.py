@@ -14,9 +14,8 @@ The file (data, not code)::
 ``timeoutSeconds`` overrides ``SIP_HUB_MESSAGE_TIMEOUT_SECONDS``; ``maxConcurrent`` (1 to 32,
 default 4) is how many POSTs a delivery worker sends the endpoint at once (different SIPs'
 messages; one SIP's go one after another), 1 for a system that takes one request at a time;
-``authorizationEnv`` names an
-environment variable holding the ``Authorization`` header value to send (secrets never sit in
-the file).
+``authorizationEnv`` names an environment variable holding the ``Authorization`` header value
+to send (secrets never sit in the file).
 
 Why a file and not ``Organization.endpoint``: where the hub sends personal data is operational
 configuration the hub's operators own. An Organization is directory data that clients write,

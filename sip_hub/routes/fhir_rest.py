@@ -40,8 +40,9 @@ async def _write(request: Request, rtype: str, perm: str,
                  fn: Callable[[Tx, ix.Context, Any], ix.Result], *, ahead: bool = False,
                  replaces: str | None = None) -> Response:
     """A write interaction with the request body, in one write transaction. The body's
-    structure (and, ``ahead``, its rules: see ``service.prepare_ahead``) is checked before
-    the transaction begins, so that no write lock is held while that runs."""
+    structure (and, ``ahead``, its rules: see ``service.prepare_ahead``; ``replaces``: the
+    id an update writes) is checked before the transaction begins, so that no write lock is
+    held while that runs."""
     ctx = context(request)
     check_type(rtype, write=True)
     ctx.access.check(rtype, perm)  # refuse before any work is done on the body
