@@ -133,12 +133,16 @@ def prepare_ahead(store: Store, res: Any, expected_type: str, *,
     basis: dict[tuple[str, str], Stored | None] = {}
     # No snapshot needed: the write transaction checks every resource of the basis again,
     # together, and takes the preparation only if all are as read.
+    # The rules resolve a SIP resource's references: read them, and the replaced version,
+    # in one statement.
+    keys = reference_targets(checked) if profiles.applies(checked) else []
+    if replaces is not None:
+        keys.append((expected_type, replaces))
     with store.begin(write=False, snapshot=False) as tx:
-        if profiles.applies(checked):  # the rules resolve its references: read them at once
-            tx.load(reference_targets(checked))
+        tx.load(keys)
         if replaces is not None:
             old = basis[(expected_type, replaces)] = tx.current(expected_type, replaces)
-            if old is not None and not old.deleted and old.content is not None:
+            if old is not None:
                 old.index_rows()
         try:
             return Prepared(prepare(checked, tx_resolver(tx, basis=basis),

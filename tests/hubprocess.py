@@ -3,6 +3,7 @@ default in a test's directory, its stderr in a file, stopped with SIGTERM."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,49 @@ def stop(proc: subprocess.Popen) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     return proc.wait(timeout=60)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+
+def get(port: int, path: str, headers: dict[str, str] | None = None,
+        timeout: float = 10.0) -> Answer:
+    """GET on a new connection (the kernel hands each new connection to any of the API's
+    worker processes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return Answer(resp.status, resp.headers, resp.read())
+    finally:
+        conn.close()
+
+
+def healthy(port: int) -> bool:
+    """Whether the API answers /healthz with 200 (False while nothing listens)."""
+    try:
+        return get(port, "/healthz", timeout=2).status == 200
+    except OSError:
+        return False
+
+
+def children(pid: int, *, workers: bool = False) -> set[int]:
+    """The child processes of ``pid`` (from /proc); ``workers``: only the API worker
+    processes multiprocessing spawned (not its resource tracker)."""
+    out = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes() if workers else b""
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and (
+                not workers or b"spawn_main" in cmd):
+            out.add(int(entry))
+    return out

@@ -4,7 +4,6 @@ a failed call leads to the hub's lines about it."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import re
@@ -16,7 +15,7 @@ import orjson
 import pytest
 
 import sip_factory as f
-from hubprocess import free_port, start, stop, wait
+from hubprocess import free_port, get, healthy, start, stop, wait
 from sip_hub import cli, interactions, logs
 
 NEW_ID = re.compile(r"[0-9a-f]{32}")
@@ -126,15 +125,6 @@ def test_a_line_logged_outside_any_request_says_so(caplog) -> None:
 
 # -- the processes' log lines ------------------------------------------------------------------
 
-def _get(port: int, path: str, headers: dict[str, str]) -> http.client.HTTPResponse:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    conn.request("GET", path, headers=headers)
-    resp = conn.getresponse()
-    resp.read()
-    conn.close()
-    return resp
-
-
 def test_the_api_logs_json_lines_naming_each_request(tmp_path: Path) -> None:
     """``SIP_HUB_LOG_FORMAT=json``: every line the API's processes write (the supervisor's,
     each worker's, uvicorn's, the hub's own INFO lines) is one JSON object; the access line
@@ -145,8 +135,8 @@ def test_the_api_logs_json_lines_naming_each_request(tmp_path: Path) -> None:
     try:
         wait(lambda: log.read_bytes().count(b"Application startup complete") >= 2,
               "the API did not start", proc, log)
-        resp = _get(port, "/fhir/metadata", {"X-Request-ID": "portal-77"})
-        assert resp.status == 200 and resp.getheader("X-Request-ID") == "portal-77"
+        resp = get(port, "/fhir/metadata", {"X-Request-ID": "portal-77"})
+        assert resp.status == 200 and resp.headers["X-Request-ID"] == "portal-77"
     finally:
         assert stop(proc) == 0
     lines = [orjson.loads(line) for line in log.read_bytes().splitlines() if line.strip()]
@@ -185,13 +175,8 @@ def test_the_level_hides_lines_below_it(tmp_path: Path) -> None:
     port = free_port()
     proc, log = start(tmp_path, ["serve", "--port", str(port)], SIP_HUB_LOG_LEVEL="warning")
 
-    def up() -> bool:
-        try:
-            return _get(port, "/healthz", {}).status == 200
-        except OSError:
-            return False
     try:
-        wait(up, "the API did not answer", proc, log)
+        wait(lambda: healthy(port), "the API did not answer", proc, log)
     finally:
         # One process: uvicorn stops gracefully and then re-raises the SIGTERM it caught.
         assert stop(proc) in (0, -signal.SIGTERM)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from hubprocess import free_port, start, stop, wait
+from hubprocess import children, free_port, get, start, stop, wait
 
 
 def samples(page: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -71,15 +71,9 @@ def test_an_answer_that_fails_midway_counts_as_a_500(client, monkeypatch) -> Non
 
 # -- several API processes ----------------------------------------------------------------------
 
-def _get(port: int, path: str) -> tuple[int, str]:
-    """Status and body, on a new connection (the kernel spreads connections over the
-    workers)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", path)
-    resp = conn.getresponse()
-    body = resp.read().decode()
-    conn.close()
-    return resp.status, body
+def _scrape(port: int) -> tuple[int, str]:
+    answer = get(port, "/metrics")
+    return answer.status, answer.body.decode()
 
 
 def test_every_scrape_answers_the_sum_of_all_api_workers(tmp_path: Path) -> None:
@@ -93,10 +87,10 @@ def test_every_scrape_answers_the_sum_of_all_api_workers(tmp_path: Path) -> None
         wait(lambda: log.read_bytes().count(b"Application startup complete") >= 2,
              "the API did not start", proc, log)
         for _ in range(40):  # 40 connections: both workers take some
-            assert _get(port, "/healthz")[0] == 200
+            assert get(port, "/healthz").status == 200
         totals = set()
         for _ in range(12):
-            status, page = _get(port, "/metrics")
+            status, page = _scrape(port)
             assert status == 200
             totals.add(requests_of(page, "GET", "/healthz", "200"))
         assert totals == {40.0}, totals
@@ -104,38 +98,22 @@ def test_every_scrape_answers_the_sum_of_all_api_workers(tmp_path: Path) -> None
         # Workers killed one after another; each is replaced, and scrapes all along (also
         # while a new worker is creating its file) answer every count of the dead ones too.
         for started in (3, 4, 5):
-            workers = _workers(proc.pid)
+            workers = sorted(children(proc.pid, workers=True))
             assert len(workers) == 2
             os.kill(workers[0], signal.SIGKILL)  # the supervisor starts another
             deadline = time.monotonic() + 60
             while log.read_bytes().count(b"Application startup complete") < started:
                 assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
                 try:
-                    status, page = _get(port, "/metrics")
+                    status, page = _scrape(port)
                 except (ConnectionError, http.client.RemoteDisconnected):
                     continue  # a connection the kernel had handed to the killed worker
                 assert status == 200, page
                 assert requests_of(page, "GET", "/healthz", "200") == 40.0
-        pages = [_get(port, "/metrics")[1] for _ in range(12)]
+        pages = [_scrape(port)[1] for _ in range(12)]
         assert {requests_of(p, "GET", "/healthz", "200") for p in pages} == {40.0}
     finally:
         assert stop(proc) == 0
     # The supervisor removes the directory the workers kept their metrics in.
     assert set(Path(tempfile.gettempdir()).glob("sip-hub-metrics-*")) == shared_dirs
 
-
-def _workers(pid: int) -> list[int]:
-    """The API worker processes of the supervisor ``pid`` (its spawned children that run the
-    hub; not multiprocessing's resource tracker)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmd:
-            out.append(int(entry))
-    return sorted(out)

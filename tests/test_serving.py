@@ -22,19 +22,6 @@ pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists()
                                 reason="needs Linux /proc and SO_REUSEPORT")
 
 
-def _children(pid: int) -> set[int]:
-    out = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.add(int(entry))
-    return out
-
-
 def _server_side_inodes(port: int) -> set[str]:
     """Inodes of established connections whose local end is the hub's port."""
     inodes = set()
@@ -72,17 +59,6 @@ def _running(pid: int) -> bool:
         return False
 
 
-def _healthy(port: int) -> bool:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        conn.request("GET", "/healthz")
-        ok = conn.getresponse().status == 200
-        conn.close()
-        return ok
-    except OSError:
-        return False
-
-
 def _wait(cond, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -97,7 +73,7 @@ def hub(tmp_path):
     proc, log = hubprocess.start(tmp_path, ["serve", "--port", str(port), "--workers", "2"])
     try:
         hubprocess.wait(lambda: log.read_bytes().count(b"Application startup complete") >= 2
-                        and _healthy(port), "the hub did not start", proc, log)
+                        and hubprocess.healthy(port), "the hub did not start", proc, log)
         yield proc, port, log
     finally:
         hubprocess.stop(proc)
@@ -105,7 +81,7 @@ def hub(tmp_path):
 
 def test_kept_alive_connections_are_spread_over_the_workers(hub):
     proc, port, _ = hub
-    workers = _children(proc.pid)
+    workers = hubprocess.children(proc.pid)
     conns = []
     for _ in range(24):
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -125,21 +101,21 @@ def test_kept_alive_connections_are_spread_over_the_workers(hub):
 
 def test_a_worker_that_dies_is_replaced_and_the_hub_stops_as_one(hub):
     proc, port, log = hub
-    before = _children(proc.pid)
+    before = hubprocess.children(proc.pid)
     victim = max(before)
     os.kill(victim, signal.SIGKILL)
     hubprocess.wait(lambda: log.read_bytes().count(b"Application startup complete") >= 3,
                     "no worker replaced the killed one", proc, log)
-    after = _children(proc.pid)
+    after = hubprocess.children(proc.pid)
     assert victim not in after and len(after & before) == len(before) - 1
     for _ in range(10):  # every connection lands on a live worker
-        assert _healthy(port)
+        assert hubprocess.healthy(port)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
     # The supervisor joined its workers before exiting; multiprocessing's resource tracker,
     # its child too, sees its parent gone and exits a moment later.
     _wait(lambda: not [pid for pid in after if _running(pid)], timeout=10)
-    assert not _healthy(port)
+    assert not hubprocess.healthy(port)
 
 
 def test_a_port_in_use_stops_serve_with_an_error(tmp_path):

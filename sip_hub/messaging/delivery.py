@@ -54,6 +54,8 @@ log = logging.getLogger("sip_hub.delivery")
 _HOLD_US = 1_000_000  # a held-back delivery is looked at again after a second
 _RETRY_STATUS = frozenset({408, 425, 429})
 _PARALLEL_POSTS = 8  # POSTs at once by one deliverer
+# A POST to make: the delivery's index in its batch, the delivery, the URL, its endpoint.
+_Post = tuple[int, sql.Delivery, str, Endpoint | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,8 +209,7 @@ class Deliverer:
         the answer: one after another, a batch of a hundred took as long as its slowest
         organisation's share of round trips, and the next deliveries of every stream waited
         for the batch."""
-        lanes: dict[tuple[str, str, str], list[tuple[int, sql.Delivery, str, Endpoint | None]]]
-        lanes = {}
+        lanes: dict[tuple[str, str, str], list[_Post]] = {}
         done: list[tuple[int, sql.Delivery, Result]] = []
         for i, d in post:
             endpoint = self.endpoints.get(d.dest_org)
@@ -220,7 +221,7 @@ class Deliverer:
                 lanes.setdefault((d.patient_id, d.careplan_id, d.dest_org), []).append(
                     (i, d, url, endpoint))
         # Each organisation's streams dealt over at most its endpoint's max_concurrent tasks.
-        tasks: dict[tuple[str, int], list[tuple[int, sql.Delivery, str, Endpoint | None]]] = {}
+        tasks: dict[tuple[str, int], list[_Post]] = {}
         per_org: dict[str, int] = {}
         for (_, _, org), lane in lanes.items():
             n = per_org[org] = per_org.get(org, -1) + 1
@@ -228,8 +229,7 @@ class Deliverer:
             width = endpoint.max_concurrent if endpoint else DEFAULT_CONCURRENT
             tasks.setdefault((org, n % width), []).extend(lane)
 
-        def run(todo: list[tuple[int, sql.Delivery, str, Endpoint | None]]
-                ) -> list[tuple[int, sql.Delivery, Result]]:
+        def run(todo: list[_Post]) -> list[tuple[int, sql.Delivery, Result]]:
             return [(i, d, self._post(d, url, endpoint)) for i, d, url, endpoint in todo]
         if len(tasks) <= 1:
             done += [r for todo in tasks.values() for r in run(todo)]

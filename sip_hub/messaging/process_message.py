@@ -324,7 +324,7 @@ def _prepare_ahead(store: Store, msg: parser.Message) -> _Ahead | None:
             prepared = prepare(Prevalidated(res), tx_resolver(
                 tx, {(rtype, rid): {**res, "id": rid}}, basis=basis), expected_type=rtype)
             old = basis.get((rtype, rid))  # the version it replaces: its index rows here too
-            if old is not None and not old.deleted and old.content is not None:
+            if old is not None:
                 old.index_rows()
     except SipHubError:
         return None

@@ -36,6 +36,10 @@ def envelope(d: sql.Delivery) -> Envelope:
                                               EVENT: d.event, ATTEMPTS: d.attempts})
 
 
+def _items(due: list[sql.Delivery]) -> list[tuple[str, Envelope]]:
+    return [(d.dest_org, envelope(d)) for d in due]
+
+
 @dataclass(slots=True)
 class Relay:
     store: Store
@@ -59,11 +63,10 @@ class Relay:
             return self._commit_then_publish(now, stale)
 
         def publish(tx: Tx) -> tuple[list[str], BusUnavailable | None]:
-            sql.requeue_published(tx, now, stale)
-            due = sql.claim_due(tx, now, self.batch)
+            due = self._claim(tx, now, stale)
             failure: BusUnavailable | None = None
             try:
-                confirmed = self.bus.publish_many([(d.dest_org, envelope(d)) for d in due])
+                confirmed = self.bus.publish_many(_items(due))
             except BusUnavailable as exc:
                 failure, confirmed = exc, []
             published = [d.id for d, ok in zip(due, confirmed) if ok]
@@ -85,19 +88,24 @@ class Relay:
     def _commit_then_publish(self, now: int, stale: int) -> int:
         """The round on a bus that does not outlive the process (see the module's doc)."""
         def claim(tx: Tx) -> list[sql.Delivery]:
-            sql.requeue_published(tx, now, stale)
-            due = sql.claim_due(tx, now, self.batch)
+            due = self._claim(tx, now, stale)
             sql.mark_published(tx, [d.id for d in due], now)
             return due
         due = self.store.write(claim)
         self.orgs.update(d.dest_org for d in due)
         try:
-            self.bus.publish_many([(d.dest_org, envelope(d)) for d in due])
+            self.bus.publish_many(_items(due))
         except BaseException:
             self.store.write(lambda tx: sql.mark_unpublished(tx, [d.id for d in due], now))
             raise
         MESSAGES_PUBLISHED.inc(len(due))
         return len(due)
+
+    def _claim(self, tx: Tx, now: int, stale: int) -> list[sql.Delivery]:
+        """The round's deliveries: the due stream heads, those published before ``stale`` and
+        never settled due again among them."""
+        sql.requeue_published(tx, now, stale)
+        return sql.claim_due(tx, now, self.batch)
 
     def recover(self) -> int:
         """After a start on a bus that does not outlive the process (memory://): what was

@@ -35,12 +35,12 @@ class Stored:
         return orjson.loads(self.content)
 
     def index_rows(self) -> IndexRows:
-        """The search index's rows for this version, derived from its content once: a write
-        that replaces the version compares them with its own, and a preparation ahead of the
-        write lock derives them there (with ``doc``)."""
+        """The search index's rows for this version (a tombstone has none), derived from its
+        content once: a write that replaces the version compares them with its own, and a
+        preparation ahead of the write lock derives them there (with ``doc``)."""
         rows = self._rows
         if rows is None:
-            rows = extract(self.doc())
+            rows = IndexRows() if self.deleted or self.content is None else extract(self.doc())
             object.__setattr__(self, "_rows", rows)
         return rows
 

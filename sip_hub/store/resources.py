@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 
 from ..errors import Conflict, PreconditionFailed, TransientError
 from ..fhir.dates import format_instant, now_utc, to_us
-from ..fhir.indexing import IndexRows, extract, index_kinds
+from ..fhir.indexing import extract, index_kinds
 from ..fhir.search import SearchQuery
 from . import audit as sql_audit
 from . import search as sql_search
@@ -336,7 +336,7 @@ class Tx:
         if old is not None and old.version_id == previous:
             # The version replaced, as this transaction read it: its rows are what the index
             # holds (a tombstone has none), so only the difference is written.
-            self._replace_index(rtype, rid, None if old.deleted else old, final)
+            self._replace_index(rtype, rid, old, final)
         elif previous is not None:
             self._clear_index(rtype, rid)
             self._write_index(rtype, rid, final)
@@ -360,13 +360,12 @@ class Tx:
             _INSERT_INDEX[kind].many(self.conn, _index_params(kind, rtype, rid,
                                                               getattr(rows, kind)))
 
-    def _replace_index(self, rtype: str, rid: str, old: Stored | None,
-                       new: dict[str, Any]) -> None:
+    def _replace_index(self, rtype: str, rid: str, old: Stored, new: dict[str, Any]) -> None:
         """The index rows of ``old`` (what the index holds for the resource) made those of
         ``new``: rows in both stay; a row whose count differs is deleted (every copy) and
         written again as often as ``new`` has it. An update that changes a date writes two
         statements instead of clearing and rewriting every table."""
-        before, after = old.index_rows() if old is not None else IndexRows(), extract(new)
+        before, after = old.index_rows(), extract(new)
         for kind in _INDEX_COLUMNS:
             was, now = Counter(getattr(before, kind)), Counter(getattr(after, kind))
             if was == now:

@@ -126,6 +126,22 @@ def test_includes_read_the_events_own_references(log: Store) -> None:
     assert set(keys) == {("CarePlan", "alva-sip"), ("Goal", "g1"), ("Patient", "alva")}
 
 
+@pytest.mark.parametrize("principal, request_id", [
+    (Principal("client-a", SOC, "organization", (), False, "system/*.rs"), "req-1"),
+    (None, None)])
+def test_an_events_own_search_rows_are_those_its_json_gives(principal, request_id) -> None:
+    """The hub's events are stored with search rows built beside the JSON (no walk back over
+    it on every read); events given as JSON get theirs from the JSON. Both must agree, or a
+    search finds one kind of event and not the other."""
+    from sip_hub.store.audit import refs_of
+
+    rec = AuditRecord("read", principal, (("CarePlan", "alva-sip"), ("Goal", "g1")),
+                      frozenset({"alva", "gosta"}), query="patient=alva", request=request_id)
+    e = rec.entry()
+    assert sorted(e.refs) == sorted(refs_of(e.event))
+    assert len(e.refs) == 4 + (3 if principal else 0)  # entities (+ request id and agents)
+
+
 def test_patient_is_searched_and_included_through_the_events_patient_entities(
         log: Store) -> None:
     """``patient`` reads the rows of the entities of type Patient (an event keeps one row per
