@@ -2,8 +2,9 @@
 
 One loop in one thread: each round processes accepted async requests, publishes what is due,
 delivers what the organisations' queues hold and, now and then, forgets expired cache entries
-and old settled deliveries. ``sip-hub worker`` runs it in the foreground (``run_worker``);
-the API process runs it in a background thread for the embedded default (``Worker.start``).
+and old settled deliveries, and refreshes the planner's statistics of tables that grew.
+``sip-hub worker`` runs it in the foreground (``run_worker``); the API process runs it in a
+background thread for the embedded default (``Worker.start``).
 Several workers may run against one PostgreSQL and RabbitMQ: claims are ``SKIP LOCKED`` and
 queues are shared. A delivery blocks its worker for at most its HTTP timeout; run more
 workers for more throughput.
@@ -24,7 +25,7 @@ from ..fhir.dates import now_utc, to_us
 from ..metrics import serve_metrics
 from ..settings import Settings
 from ..store import Store
-from ..store import inbox, outbox as sql
+from ..store import inbox, outbox as sql, statistics
 from .delivery import Deliverer
 from .http import HttpClient
 from .process_message import process_accepted
@@ -42,6 +43,10 @@ _FIRST_IDLE_WAIT = 0.005
 _HOT_WAIT = 0.05
 _HOT_SECONDS = 10.0
 _OPEN_ORGS_SECONDS = 5.0
+# How often the worker looks for tables that outgrew their planner statistics (PostgreSQL;
+# store.statistics): a table that doubles is analyzed within this, not within autovacuum's
+# minute.
+_STATISTICS_SECONDS = 10.0
 
 
 class Worker:
@@ -56,6 +61,7 @@ class Worker:
         self._relay: Relay | None = None
         self._deliverer = Deliverer(store, messaging.endpoints, messaging.config, self._http)
         self._last_upkeep = 0.0
+        self._statistics_at = 0.0
         self._orgs: set[str] = set()
         self._orgs_read_at = float("-inf")
         self._recovered = False
@@ -96,6 +102,9 @@ class Worker:
         work += bus.drain(timeout=drain_seconds)
         if time.monotonic() - self._last_upkeep > _UPKEEP_SECONDS:
             self.upkeep()
+        if time.monotonic() - self._statistics_at > _STATISTICS_SECONDS:
+            statistics.refresh_grown(self.store.engine)
+            self._statistics_at = time.monotonic()
         return work
 
     def _open_orgs(self) -> set[str]:

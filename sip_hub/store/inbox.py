@@ -50,12 +50,14 @@ def _row(r: Any) -> Received:
 
 
 # Every message received runs these, inside the write transaction that applies it: built and
-# compiled once, run on the driver's cursor (see .driver).
+# compiled once, run on the driver's cursor (see .driver). The lookup finds expired entries
+# too, so that the rare one in the way of a new receipt is dropped by its key, instead of
+# every receipt running a DELETE of its own.
 _SAME_IDS = or_(_I.header_id == bindparam("h"), _I.bundle_id == bindparam("b"))
 _LOOKUP = DriverStatement(select(*(_I[c] for c in _COLUMNS)).where(
-    _I.sender_org == bindparam("s"), _I.expires > bindparam("now"), _SAME_IDS))
-_DROP_EXPIRED = DriverStatement(delete(message_inbox).where(
-    _I.sender_org == bindparam("s"), _I.expires <= bindparam("now"), _SAME_IDS))
+    _I.sender_org == bindparam("s"), _SAME_IDS))
+_DROP = DriverStatement(delete(message_inbox).where(
+    _I.sender_org == bindparam("s"), _I.header_id == bindparam("h")))
 # A concurrent receipt of the same ids makes the insert do nothing (no savepoint needed); on
 # PostgreSQL it first waits for that transaction to end.
 _CLAIM = DriverStatement.on_conflict(lambda ins: ins(message_inbox).values(
@@ -69,21 +71,27 @@ _ANY_ACCEPTED = DriverStatement(select(exists().where(_I.state == ACCEPTED)))
 
 def lookup(tx: Tx, sender_org: str, header_id: str, bundle_id: str, now: int
            ) -> tuple[Received | None, Received | None]:
-    """The live entries with this MessageHeader.id, and with this Bundle.id."""
-    rows = [_row(r) for r in _LOOKUP.all(tx.conn, {"s": sender_org, "now": now,
-                                                    "h": header_id, "b": bundle_id})]
-    by_header = next((r for r in rows if r.header_id == header_id), None)
-    by_bundle = next((r for r in rows if r.bundle_id == bundle_id), None)
+    """The live entries with this MessageHeader.id, and with this Bundle.id. Expired entries
+    with either id are dropped: they no longer count, and the new receipt takes their place."""
+    rows = [_row(r) for r in _LOOKUP.all(tx.conn, {"s": sender_org, "h": header_id,
+                                                    "b": bundle_id})]
+    live = []
+    for r in rows:
+        if r.expires > now:
+            live.append(r)
+        else:
+            _DROP.run(tx.conn, {"s": r.sender_org, "h": r.header_id})
+    by_header = next((r for r in live if r.header_id == header_id), None)
+    by_bundle = next((r for r in live if r.bundle_id == bundle_id), None)
     return by_header, by_bundle
 
 
 def claim(tx: Tx, *, sender_org: str, header_id: str, bundle_id: str, event: str, state: str,
           now: int, expires: int, request: bytes | None = None, caller: bytes | None = None,
           response_url: str | None = None) -> None:
-    """Record a message as received. Raises Conflict when a concurrent request recorded the
-    same ids first (on PostgreSQL this waits for that request to commit or roll back)."""
-    # Expired entries with these ids no longer count; make room for the new one.
-    _DROP_EXPIRED.run(tx.conn, {"s": sender_org, "now": now, "h": header_id, "b": bundle_id})
+    """Record a message as received, after ``lookup`` in the same transaction (which made
+    room for it). Raises Conflict when a concurrent request recorded the same ids first (on
+    PostgreSQL this waits for that request to commit or roll back)."""
     claimed = _CLAIM.first(tx.conn, {
         "sender_org": sender_org, "header_id": header_id, "bundle_id": bundle_id,
         "event": event, "state": state, "received": now, "expires": expires,

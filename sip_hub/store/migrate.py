@@ -10,6 +10,7 @@ from alembic.config import Config
 from sqlalchemy import Engine
 
 from .index_state import rebuild_if_changed
+from .statistics import analyze_filled
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -27,14 +28,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(cfg, revision)
     if revision == "head":  # (its table exists from revision 0009)
         rebuild_if_changed(engine)
-    analyze(engine)
-
-
-def analyze(engine: Engine) -> None:
-    """Refresh the planner's statistics (a fresh PostgreSQL database has none until autovacuum
-    runs, and without them searches fall back to plans that scan every resource)."""
-    with engine.begin() as conn:
-        conn.exec_driver_sql("ANALYZE")
+    analyze_filled(engine)
 
 
 def revision(engine: Engine, message: str) -> None:

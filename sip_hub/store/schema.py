@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (BigInteger, Boolean, Column, Index, Integer, LargeBinary, MetaData,
-                        String, Table, false, text)
+                        PrimaryKeyConstraint, String, Table, false, text)
 
 metadata = MetaData(naming_convention={
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -161,10 +161,12 @@ outbox_stream = Table(
 
 # Messages received by $process-message: the reliable-messaging cache of Bundle.id and
 # MessageHeader.id with the response sent, per sender, until ``expires``.
+# Its keys lead with the ids (see migration 0010): a lookup has one index it can probe
+# whatever plan the database prepared.
 message_inbox = Table(
     "message_inbox", metadata,
-    Column("sender_org", String(64), primary_key=True),
-    Column("header_id", String(64), primary_key=True),
+    Column("sender_org", String(64), nullable=False),
+    Column("header_id", String(64), nullable=False),
     Column("bundle_id", String(64), nullable=False),
     Column("event", String(64), nullable=False),
     Column("state", String(16), nullable=False),  # accepted (async, not yet processed) | done
@@ -177,7 +179,8 @@ message_inbox = Table(
     Column("request", LargeBinary, nullable=True),
     Column("caller", LargeBinary, nullable=True),
     Column("response_url", String(2000), nullable=True),
-    Index(None, "sender_org", "bundle_id", unique=True),
+    PrimaryKeyConstraint("header_id", "sender_org"),
+    Index(None, "bundle_id", "sender_org", unique=True),
     Index(None, "state", "received"),
     Index(None, "expires"),
 )

@@ -153,6 +153,85 @@ def test_supported_searches_use_indexes_not_scans(store, query):
 
 
 @pytest.mark.postgres
+def test_start_up_takes_statistics_of_the_tables_that_hold_rows_only():
+    """Statistics of an empty table would make PostgreSQL plan the statements prepared before
+    autovacuum looks again as sequential scans (kept while the table fills); a table never
+    analyzed is planned as one of some size. Tables with rows are analyzed at start-up, so
+    a restored database's searches use their indexes from the first request."""
+    from conftest import pg_schema
+    from sip_hub.store import Store
+    from sip_hub.store.migrate import upgrade
+
+    with pg_schema() as engine:
+        upgrade(engine)   # a new hub: every table empty
+
+        def reltuples() -> dict[str, float]:
+            with engine.connect() as conn:
+                return dict(conn.exec_driver_sql(
+                    "SELECT relname, reltuples FROM pg_class WHERE relkind = 'r' "
+                    "AND relnamespace = current_schema()::regnamespace").all())
+        assert {t: n for t, n in reltuples().items() if t != "alembic_version"} == {
+            t.name: 1 if t.name == "search_index_state" else -1   # (its one row: the index's
+            for t in metadata.sorted_tables}                       # fingerprint)
+        with Store(engine).begin() as tx:
+            tx.create(dict(PAT), "p1")
+        upgrade(engine)   # the next start
+        after = reltuples()
+        assert after["resource"] == 1 and after["resource_history"] == 1
+        assert after["message_inbox"] == -1 and after["outbox_delivery"] == -1
+
+
+@pytest.mark.postgres
+def test_tables_that_outgrow_their_statistics_are_analyzed_again():
+    """A table that has doubled since its statistics (by at least GROWN_ROWS rows) is analyzed
+    by the worker's round, so that statements prepared while it was small are planned again;
+    one that grew less is left to autovacuum."""
+    import time
+
+    from sqlalchemy import insert
+
+    from conftest import pg_schema
+    from sip_hub.store.migrate import upgrade
+    from sip_hub.store.schema import message_inbox
+    from sip_hub.store.statistics import GROWN_ROWS, refresh_grown
+
+    def cached(start: int, stop: int) -> list[dict]:
+        return [{"sender_org": "SE2321000016-1SOC", "header_id": f"h-{k}", "bundle_id": f"b-{k}",
+                 "event": "ev", "state": "done", "received": k, "expires": k} for k in
+                range(start, stop)]
+
+    def refreshed(engine, rows: list[dict]) -> list[str]:
+        """Insert the rows, wait until the statistics collector counts them, refresh."""
+        with engine.connect() as conn:
+            conn.execute(insert(message_inbox), rows)
+            conn.commit()
+            conn.exec_driver_sql("SELECT pg_stat_force_next_flush()")  # (reported when idle)
+            conn.commit()
+            inserted = int(rows[-1]["header_id"][2:]) + 1
+            for _ in range(100):
+                counted = conn.exec_driver_sql(
+                    "SELECT n_tup_ins FROM pg_stat_user_tables "
+                    "WHERE relid = 'message_inbox'::regclass").scalar_one()
+                conn.rollback()
+                if counted >= inserted:
+                    break
+                time.sleep(0.05)
+        return refresh_grown(engine)
+
+    with pg_schema() as engine:
+        upgrade(engine)
+        assert refreshed(engine, cached(0, GROWN_ROWS - 1)) == []   # too few to matter
+        assert refreshed(engine, cached(GROWN_ROWS - 1, 2 * GROWN_ROWS)) == ["message_inbox"]
+        with engine.connect() as conn:
+            counted = conn.exec_driver_sql("SELECT reltuples FROM pg_class "
+                                           "WHERE oid = 'message_inbox'::regclass").scalar_one()
+        assert counted == 2 * GROWN_ROWS
+        # Half again is not double: autovacuum's business.
+        assert refreshed(engine, cached(2 * GROWN_ROWS, 3 * GROWN_ROWS)) == []
+        assert refreshed(engine, cached(3 * GROWN_ROWS, 5 * GROWN_ROWS)) == ["message_inbox"]
+
+
+@pytest.mark.postgres
 def test_postgres_reads_see_committed_writes_and_close_with_the_engine():
     """Reads on PostgreSQL run on their own connections, in autocommit (no BEGIN, no COMMIT,
     no transaction left open): they see each committed write at once, and disposing of the

@@ -1,0 +1,130 @@
+"""The reliable-messaging cache is probed by a message's ids, never read through.
+
+Every message received looks its ids up in the cache and records its response there, inside
+the write that applies it. The cache keeps a day of messages, most of them from a few senders
+(a coordinator sends most of a SIP's), so a statement that finds an entry through its sender
+alone reads that sender's day. On PostgreSQL the plan of a statement is fixed when psycopg
+prepares it (after its fifth run), which on a new hub is while the cache is nearly empty:
+the statements must probe an index by id under that plan too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, insert
+
+from sip_hub.store import Store
+from sip_hub.store import inbox
+from sip_hub.store.engine import make_engine
+from sip_hub.store.migrate import upgrade
+from sip_hub.store.schema import message_inbox
+
+SOC = "SE2321000016-1SOC"
+CACHED = 3000
+NOW = 10_000
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def started(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A database as a new hub leaves it: migrated from empty at start-up."""
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'hub.sqlite3'}")
+        upgrade(engine)
+        yield engine
+        engine.dispose()
+    else:
+        from conftest import pg_schema
+        with pg_schema() as engine:
+            upgrade(engine)
+            yield engine
+
+
+def _entry(k: int, expires: int = NOW + 10**9) -> dict[str, Any]:
+    return {"sender_org": SOC, "header_id": f"h-{k}", "bundle_id": f"b-{k}", "event": "ev",
+            "state": inbox.DONE, "received": k, "expires": expires, "response_code": "ok",
+            "response": b"{}", "request": None, "caller": None, "response_url": None}
+
+
+def _handled(node: dict[str, Any]) -> float:
+    """Rows a plan node and its children touched (returned or thrown away)."""
+    own = (node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
+           + node.get("Rows Removed by Index Recheck", 0)) * node.get("Actual Loops", 1)
+    return own + sum(_handled(child) for child in node.get("Plans", []))
+
+
+def test_a_message_is_looked_up_by_its_ids_as_the_cache_fills(started: Engine) -> None:
+    store = Store(started)
+    # A statement run six times while the cache is small: on PostgreSQL its plan is made now.
+    for k in range(6):
+        with store.begin() as tx:
+            inbox.lookup(tx, SOC, f"h-{k}", f"b-{k}", NOW)
+            inbox.claim(tx, sender_org=SOC, header_id=f"h-{k}", bundle_id=f"b-{k}",
+                        event="ev", state=inbox.DONE, now=NOW, expires=NOW + 10**9)
+            inbox.complete(tx, SOC, f"h-{k}", "ok", b"{}")
+    with store.begin() as tx:
+        tx.conn.execute(insert(message_inbox), [_entry(k) for k in range(6, CACHED)])
+
+    probes = [(inbox._LOOKUP, {"s": SOC, "h": "h-2000", "b": "b-2000"}),
+              (inbox._LOOKUP, {"s": SOC, "h": "h-new", "b": "b-1999"}),
+              (inbox._COMPLETE, {"s": SOC, "h": "h-2000", "code": "ok", "response": b"{}"}),
+              (inbox._DROP, {"s": SOC, "h": "h-2000"})]
+    with started.connect() as conn:
+        for stmt, params in probes:
+            sql, args = stmt._args(conn, params)
+            if started.dialect.name == "sqlite":
+                plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN " + sql, args).fetchall())
+                assert "SCAN" not in plan and "INDEX" in plan, (sql, plan)
+                continue
+            dbapi = conn.connection.dbapi_connection
+            cur = dbapi.cursor()
+            cur.execute("SET LOCAL plan_cache_mode = force_generic_plan")  # as prepared
+            cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, args)
+            plan = cur.fetchone()[0][0]["Plan"]
+            dbapi.rollback()  # what the update and the delete did, and the setting
+            assert _handled(plan) <= 4, (sql, plan)
+
+    with store.begin() as tx:  # and each finds what it looks for
+        by_header, by_bundle = inbox.lookup(tx, SOC, "h-2000", "b-1999", NOW)
+    assert by_header is not None and by_header.bundle_id == "b-2000"
+    assert by_bundle is not None and by_bundle.header_id == "h-1999"
+
+
+def test_an_expired_entry_makes_room_for_a_new_receipt_of_its_ids(started: Engine) -> None:
+    store = Store(started)
+    with store.begin() as tx:
+        tx.conn.execute(insert(message_inbox), [_entry(1, expires=NOW - 1), _entry(2)])
+    with store.begin() as tx:   # h-1 expired; b-1 comes back under a new header id
+        assert inbox.lookup(tx, SOC, "h-9", "b-1", NOW) == (None, None)
+        inbox.claim(tx, sender_org=SOC, header_id="h-9", bundle_id="b-1", event="ev",
+                    state=inbox.DONE, now=NOW, expires=NOW + 10)
+    with store.begin() as tx:
+        by_header, by_bundle = inbox.lookup(tx, SOC, "h-9", "b-1", NOW)
+        assert by_header == by_bundle and by_header is not None and by_header.received == NOW
+        live, _ = inbox.lookup(tx, SOC, "h-2", "b-2", NOW)
+        assert live is not None and live.header_id == "h-2"   # the live one untouched
+        assert inbox.lookup(tx, SOC, "h-1", "b-x", NOW) == (None, None)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_the_key_migration_keeps_what_the_cache_holds(backend: str, tmp_path: Path) -> None:
+    from contextlib import nullcontext
+
+    from conftest import pg_schema
+    fresh = (nullcontext(make_engine(f"sqlite:///{tmp_path / 'hub.sqlite3'}"))
+             if backend == "sqlite" else pg_schema())
+    with fresh as engine:
+        upgrade(engine, "0009")   # keys led by the sender
+        with engine.begin() as conn:
+            conn.execute(insert(message_inbox), [_entry(1), _entry(2, expires=NOW - 1)])
+        upgrade(engine)
+        with Store(engine).begin() as tx:
+            by_header, by_bundle = inbox.lookup(tx, SOC, "h-1", "b-1", NOW)
+            assert by_header == by_bundle and by_header is not None
+            assert by_header.response == b"{}" and by_header.expires > NOW
+            assert inbox.lookup(tx, SOC, "h-2", "b-2", NOW) == (None, None)   # expired
+        engine.dispose()
