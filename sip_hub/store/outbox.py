@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final, Iterator, Sequence
 
-from sqlalchemy import (BigInteger, Integer, String, and_, any_, bindparam, delete, exists,
-                        func, literal_column, or_, select, union_all, update)
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import (BigInteger, Integer, String, and_, bindparam, delete, exists, func,
+                        literal_column, or_, select, union_all, update)
 from sqlalchemy.orm import aliased
 
-from .driver import DriverStatement, any_of, insert_into, numbered
+from .driver import ByIds, DriverStatement, insert_into, numbered
 from .resources import Tx
 from .schema import outbox_delivery, outbox_message, outbox_stream
 
@@ -101,49 +100,11 @@ def _set_state(only_from: tuple[str, ...]) -> DriverStatement:
                                               _D.next_attempt_at)))
 
 
-# Batches of deliveries by id: a statement per 64 ids.
-_MANY_MAX = 64  # ids per statement of the batch reads and writes below
-
-
-def _chunks(ids: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """The parameters of ``any_of(n, i=id)`` statements for ``ids`` (each once), 64 at a
-    time."""
-    return numbered([{"i": i} for i in dict.fromkeys(ids)], _MANY_MAX, pad=True)
-
-
-@lru_cache(maxsize=_MANY_MAX)
-def _by_ids(n: int) -> DriverStatement:
-    return DriverStatement(select(*_OWN_COLUMNS).where(any_of(n, i=_D.id)))
-
-
-@lru_cache(maxsize=_MANY_MAX)
-def _messages(n: int) -> DriverStatement:
-    return DriverStatement(select(_M.message_id, *_MESSAGE_COLUMNS)
-                           .where(any_of(n, i=_M.message_id)))
-
-
-# On PostgreSQL one statement for any number of messages, an array of ids: an OR of 64 ids
-# led PostgreSQL to a sequential scan of the outbox's messages (their contents lie outside
-# the table, which looks small to the planner) with 64 comparisons a row (8 ms a relay round
-# at 4,000 messages); where it scans at all, an array is one hash probe a row.
-_MESSAGES_ANY = DriverStatement(select(_M.message_id, *_MESSAGE_COLUMNS).where(
-    _M.message_id == any_(bindparam("ids", type_=ARRAY(String)))))
-
-
-def _read_messages(tx: Tx, ids: Sequence[str]) -> dict[str, tuple[str, str, bytes]]:
-    """(event, kind, content) of the messages of ``ids``, each read once."""
-    if tx.conn.dialect.name == "postgresql":
-        rows = _MESSAGES_ANY.all(tx.conn, {"ids": list(dict.fromkeys(ids))})
-    else:
-        rows = [r for n, params in _chunks(ids) for r in _messages(n).all(tx.conn, params)]
-    return {r[0]: (r[1], r[2], bytes(r[3])) for r in rows}
-
-
-@lru_cache(maxsize=_MANY_MAX)
-def _delivered(n: int) -> DriverStatement:
-    return DriverStatement(
-        update(outbox_delivery).where(any_of(n, i=_D.id), _open(_D.state))
-        .values(state=DELIVERED, updated=bindparam("now"), attempts=_D.attempts + 1))
+# Batches of deliveries and messages by id (see driver.ByIds).
+_BY_IDS = ByIds(_D.id, lambda ids: select(*_OWN_COLUMNS).where(ids))
+_MESSAGES = ByIds(_M.message_id, lambda ids: select(_M.message_id, *_MESSAGE_COLUMNS).where(ids))
+_DELIVERED = ByIds(_D.id, lambda ids: update(outbox_delivery).where(ids, _open(_D.state)).values(
+    state=DELIVERED, updated=bindparam("now"), attempts=_D.attempts + 1))
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -212,23 +173,19 @@ def set_state(tx: Tx, delivery_id: str, state: str, now: int, *, error: str | No
         "next": next_attempt_at}) == 1
 
 
-@lru_cache(maxsize=_MANY_MAX)
-def _published(n: int) -> DriverStatement:
-    return DriverStatement(
-        update(outbox_delivery).where(any_of(n, i=_D.id), _D.state == PENDING)
-        .values(state=PUBLISHED, published_at=bindparam("now"), updated=bindparam("now")))
+_PUBLISHED = ByIds(_D.id, lambda ids: update(outbox_delivery).where(
+    ids, _D.state == PENDING).values(state=PUBLISHED, published_at=bindparam("now"),
+                                     updated=bindparam("now")))
 
 
 def mark_published(tx: Tx, ids: Sequence[str], now: int) -> None:
-    for n, params in _chunks(ids):
-        _published(n).run(tx.conn, {**params, "now": now})
+    _PUBLISHED.run(tx.conn, ids, now=now)
 
 
 def mark_delivered(tx: Tx, ids: Sequence[str], now: int) -> int:
     """Open deliveries of ``ids`` to delivered, counting the attempt; how many were open
     (another copy may have settled one meanwhile)."""
-    return sum(_delivered(n).run(tx.conn, {**params, "now": now})
-               for n, params in _chunks(ids))
+    return _DELIVERED.run(tx.conn, ids, now=now)
 
 
 # -- the relay's claim ------------------------------------------------------------------------
@@ -267,16 +224,13 @@ _REQUEUE_ALL = DriverStatement(_REQUEUE)
 _REQUEUE_BEFORE = DriverStatement(_REQUEUE.where(_D.published_at < bindparam("before")))
 
 
-@lru_cache(maxsize=_MANY_MAX)
-def _requeue_ids(n: int) -> DriverStatement:
-    return DriverStatement(_REQUEUE.where(any_of(n, i=_D.id)))
+_REQUEUE_IDS = ByIds(_D.id, lambda ids: _REQUEUE.where(ids))
 
 
 def mark_unpublished(tx: Tx, ids: Sequence[str], now: int) -> None:
     """Published deliveries of ``ids`` back to pending, due now (their publish failed after
     all)."""
-    for n, params in _chunks(ids):
-        _requeue_ids(n).run(tx.conn, {**params, "now": now})
+    _REQUEUE_IDS.run(tx.conn, ids, now=now)
 
 
 def claim_due(tx: Tx, now: int, limit: int) -> list[Delivery]:
@@ -333,15 +287,16 @@ def requeue_published(tx: Tx, now: int, published_before: int | None = None) -> 
 # -- reading ------------------------------------------------------------------------------------
 
 def get_many(tx: Tx, ids: Sequence[str]) -> dict[str, Delivery]:
-    """The deliveries of ``ids`` that exist, by id: a statement per 64 (a delivery worker's
-    batch is read at once, not a delivery at a time), then their messages, each once.
+    """The deliveries of ``ids`` that exist, by id (a delivery worker's batch is read at once,
+    not a delivery at a time), with their messages, each read once.
 
     Not a join: PostgreSQL joined the two by hashing every message in the outbox (whose
     contents lie outside the table, so it looks small to the planner), 1.3 ms a statement at
     6,000 messages and growing with the outbox; each message is also read once for its
     deliveries to the four or so organisations it goes to."""
-    own = [r for n, params in _chunks(ids) for r in _by_ids(n).all(tx.conn, params)]
-    messages = _read_messages(tx, [r[1] for r in own])
+    own = _BY_IDS.all(tx.conn, ids)
+    messages = {r[0]: (r[1], r[2], bytes(r[3])) for r in _MESSAGES.all(tx.conn,
+                                                                      [r[1] for r in own])}
     return {r[0]: Delivery(*r, *messages[r[1]]) for r in own if r[1] in messages}
 
 
