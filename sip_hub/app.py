@@ -20,7 +20,6 @@ from starlette.types import Message, Receive, Scope, Send
 from . import __version__, deadlines, demo, heap, logs
 from .audit import AuditLog
 from .messaging.config import MessagingSettings
-from .messaging.endpoints import Endpoints
 from .messaging.runtime import Messaging
 from .messaging.worker import Worker
 from .metrics import observe_request
@@ -57,7 +56,7 @@ def _messaging_problems(settings: Settings) -> list[str]:
         problems.append("SIP_HUB_MESSAGE_HUB_HSA_ID must name the hub's own HSA-id (the "
                         "sender of its messages)")
     try:
-        endpoints = Endpoints.load(config.endpoints_file)
+        endpoints = Messaging.from_config(config).endpoints
     except ValueError as exc:
         problems.append(str(exc))
     else:

@@ -13,6 +13,10 @@ Topology
 * per organisation a durable queue ``sip.org.<HSA-id>`` bound with ``org.<HSA-id>``; on RabbitMQ
   a quorum queue (``x-queue-type: quorum``: replicated, survives a broker node), on the
   memory transport a plain queue;
+* per organisation that takes its messages from the broker itself (RabbitMQ only; see
+  ``messaging.endpoints``) a durable quorum queue ``sip.inbox.<HSA-id>`` bound with
+  ``inbox.<HSA-id>``: the delivery workers hand its messages over to it, and its own system
+  consumes it;
 * the dead-letter queue ``sip.dead`` bound with ``dead``; its messages carry the headers
   ``sip-reason`` and ``sip-attempts`` besides the original ones. On the memory transport it
   keeps at most the latest ``MEMORY_DEAD_MAX`` (the oldest are dropped): it lives in the
@@ -84,6 +88,13 @@ class Topology:
     @staticmethod
     def org_key(org: str) -> str:
         return f"org.{org}"
+
+    def inbox_queue(self, org: str) -> str:
+        return f"{self.prefix}.inbox.{org}"
+
+    @staticmethod
+    def inbox_key(org: str) -> str:
+        return f"inbox.{org}"
 
     @property
     def dead_queue(self) -> str:
@@ -271,6 +282,9 @@ class Bus:
     def org_queue(self, org: str) -> Queue:
         return self._queue(self.topology.org_queue(org), self.topology.org_key(org))
 
+    def inbox_queue(self, org: str) -> Queue:
+        return self._queue(self.topology.inbox_queue(org), self.topology.inbox_key(org))
+
     def dead_queue(self) -> Queue:
         return self._queue(self.topology.dead_queue, self.topology.dead_key)
 
@@ -309,21 +323,37 @@ class Bus:
         (a nack) is False. Raises BusUnavailable when the broker went away meanwhile: which
         of the batch it took is then unknown, and publishing them again is safe (receivers
         drop duplicates by MessageHeader.id)."""
+        return self._publish_confirmed([(self.org_queue(org), env) for org, env in items],
+                                       confirm_timeout)
+
+    def hand_over(self, items: Sequence[tuple[str, Envelope]], *,
+                  confirm_timeout: float = 30.0) -> list[bool]:
+        """Publish each (organisation, envelope) to the organisation's own inbox queue, which
+        its system consumes (RabbitMQ only), as ``publish_many`` does to the hub's queues."""
+        if self.is_memory:
+            raise BusUnavailable("An organisation can take its messages from its queue only "
+                                 "on RabbitMQ (SIP_HUB_BROKER_URL=amqp://...)")
+        return self._publish_confirmed([(self.inbox_queue(org), env) for org, env in items],
+                                       confirm_timeout)
+
+    def _publish_confirmed(self, items: Sequence[tuple[Queue, Envelope]],
+                           confirm_timeout: float) -> list[bool]:
         if not items:
             return []
+        for queue in {q.name: q for q, _ in items}.values():
+            self._declare(queue)
         if self.is_memory:  # the memory transport stores synchronously: nothing to confirm
-            for org, env in items:
-                self.publish(org, env)
+            with self._guard("publish"):
+                for queue, env in items:
+                    self._publish(env, queue.routing_key)
             return [True] * len(items)
-        for org in dict.fromkeys(org for org, _ in items):
-            self.declare(org)
         try:
             with self._guard("publish"):
                 if self._confirms is None:
                     self._confirms = _Confirms(self._conn.channel())
                 confirms = self._confirms
-                tags = [confirms.publish(env, self._exchange.name, self.topology.org_key(org))
-                        for org, env in items]
+                tags = [confirms.publish(env, self._exchange.name, queue.routing_key)
+                        for queue, env in items]
                 refused = confirms.wait(lambda t: self._conn.drain_events(timeout=t),
                                         confirm_timeout)
         except BaseException:  # which of the batch the broker took is unknown
@@ -503,11 +533,15 @@ class Bus:
         return int(count)
 
     def delete(self, orgs: Iterable[str] = ()) -> None:
-        """Remove the organisations' queues, the dead-letter queue and the exchange (tests,
-        decommissioning)."""
+        """Remove the organisations' queues (the hub's and their inboxes), the dead-letter
+        queue and the exchange (tests, decommissioning)."""
         with self._guard("delete"):
             channel = self._conn.default_channel
-            for queue in [self.org_queue(o) for o in orgs] + [self.dead_queue()]:
+            orgs = list(orgs)
+            queues = [self.org_queue(o) for o in orgs] + [self.dead_queue()]
+            if not self.is_memory:
+                queues += [self.inbox_queue(o) for o in orgs]
+            for queue in queues:
                 queue(channel).delete()
                 self._declared.discard(queue.name)
             try:

@@ -9,7 +9,10 @@ For each bus message (one outbox delivery) the handler:
 3. holds it back when an earlier delivery of its stream (patient, plan, organisation) is still
    on its way: order is kept per SIP for each destination. The relay already publishes only
    a stream's head, so this only happens after a replay;
-4. POSTs the Bundle (outside any database transaction) and records the result:
+4. POSTs the Bundle (outside any database transaction), or hands it over to the
+   organisation's own queue when it takes its messages from the broker (``"queue": true``
+   in the endpoints file: delivered once the broker confirms it; refused or unreachable, a
+   retry as for a 5xx), and records the result:
 
    =========================================  =========================================
    answer                                     outcome
@@ -38,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from ..bus import Ack, DeadLetter, Outcome, Received
+from ..bus import Ack, Bus, BusUnavailable, DeadLetter, Envelope, Outcome, Received
 from ..fhir.dates import now_utc, to_us
 from ..metrics import DEAD_LETTERS, DELIVERIES
 from ..store import Store, Tx
@@ -48,7 +51,7 @@ from .config import MessagingSettings
 from .endpoints import DEFAULT_CONCURRENT, Endpoint, Endpoints
 from .http import HttpClient, HttpError, HttpResponse, HttpTimeout
 from .outbox import WITHDRAWN_REASON, is_covered
-from .relay import DELIVERY
+from .relay import DELIVERY, EVENT
 
 log = logging.getLogger("sip_hub.delivery")
 _HOLD_US = 1_000_000  # a held-back delivery is looked at again after a second
@@ -112,6 +115,8 @@ class Deliverer:
     endpoints: Endpoints
     config: MessagingSettings
     http: HttpClient
+    # Where messages to organisations that consume their own queue go (the worker's bus).
+    bus: Bus | None = None
     _pool: ThreadPoolExecutor | None = field(default=None, init=False)
 
     def handle(self, m: Received) -> Outcome:
@@ -211,10 +216,13 @@ class Deliverer:
         for the batch."""
         lanes: dict[tuple[str, str, str], list[_Post]] = {}
         done: list[tuple[int, sql.Delivery, Result]] = []
+        queued: list[tuple[int, sql.Delivery]] = []
         for i, d in post:
             endpoint = self.endpoints.get(d.dest_org)
             url = d.endpoint_url or (endpoint.url if endpoint else None)
-            if url is None:  # nothing to wait for: no thread
+            if url is None and endpoint is not None:  # it consumes its own queue
+                queued.append((i, d))
+            elif url is None:  # nothing to wait for: no thread
                 done.append((i, d, Result("fatal", "No message endpoint is configured for "
                                                    f"{d.dest_org} (mappings/endpoints.json)")))
             else:
@@ -229,6 +237,8 @@ class Deliverer:
             width = endpoint.max_concurrent if endpoint else DEFAULT_CONCURRENT
             tasks.setdefault((org, n % width), []).extend(lane)
 
+        done += self._hand_over(queued)
+
         def run(todo: list[_Post]) -> list[tuple[int, sql.Delivery, Result]]:
             return [(i, d, self._post(d, url, endpoint)) for i, d, url, endpoint in todo]
         if len(tasks) <= 1:
@@ -239,6 +249,26 @@ class Deliverer:
                                                 thread_name_prefix="sip-hub-post")
             done += [r for rs in self._pool.map(run, tasks.values()) for r in rs]
         return sorted(done, key=lambda r: r[0])
+
+    def _hand_over(self, queued: list[tuple[int, sql.Delivery]]
+                   ) -> list[tuple[int, sql.Delivery, Result]]:
+        """Publish the deliveries to organisations that consume their own queues, in the
+        batch's order (a stream's deliveries one after another), all confirmed at once."""
+        if not queued:
+            return []
+        if self.bus is None:
+            return [(i, d, Result("transient", "No message broker to hand the message over "
+                                               "to its organisation's queue")) for i, d in queued]
+        try:
+            confirmed = self.bus.hand_over([(d.dest_org, Envelope(
+                d.content, d.message_id, {EVENT: d.event})) for _, d in queued])
+        except BusUnavailable as exc:
+            return [(i, d, Result("transient", f"Could not hand the message over to the "
+                                               f"queue of {d.dest_org}: {exc.diagnostics}"))
+                    for i, d in queued]
+        return [(i, d, Result("delivered") if ok else Result(
+            "transient", f"The broker refused the message for the queue of {d.dest_org}"))
+                for (i, d), ok in zip(queued, confirmed)]
 
     def close(self) -> None:
         if self._pool is not None:

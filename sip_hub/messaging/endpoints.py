@@ -10,6 +10,19 @@ The file (data, not code)::
        "authorizationEnv": "SIP_HUB_ENDPOINT_AUTH_SOC1"}
     ]}
 
+An organisation that takes its messages from the broker itself (RabbitMQ) has ``"queue":
+true`` instead of a ``url``::
+
+      {"organization": "SE2321000016-15CQ", "queue": true}
+
+The delivery workers then hand each of its messages over to its own durable queue,
+``<SIP_HUB_MESSAGE_QUEUE_PREFIX>.inbox.<HSA-id>`` (bound with ``inbox.<HSA-id>`` on the hub's
+exchange), in order per SIP, and record it delivered once the broker confirms it: the message
+Bundle as the body (``application/fhir+json``), MessageHeader.id as the AMQP ``message_id`` to
+deduplicate on, the event code in the header ``sip-event``. What is handed over is delivered:
+a consent withdrawn later no longer reaches it (deliveries still waiting in the outbox are
+withdrawn as for any organisation).
+
 ``organization`` is the HSA-id; ``url`` the organisation's FHIR ``$process-message``;
 ``timeoutSeconds`` overrides ``SIP_HUB_MESSAGE_TIMEOUT_SECONDS``; ``maxConcurrent`` (1 to 32,
 default 4) is how many POSTs a delivery worker sends the endpoint at once (different SIPs'
@@ -33,7 +46,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from ..errors import BadRequest
 from ..identifiers import InvalidIdentifier, normalise_hsa_id
@@ -46,18 +60,26 @@ class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     organization: str
-    url: str
+    url: str | None = None
+    queue: bool = False
     timeout_seconds: float | None = Field(default=None, gt=0, alias="timeoutSeconds")
     max_concurrent: int = Field(default=DEFAULT_CONCURRENT, ge=1, le=32, alias="maxConcurrent")
     authorization_env: str | None = Field(default=None, alias="authorizationEnv")
 
     @field_validator("url")
     @classmethod
-    def _http(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+    def _http(cls, v: str | None) -> str | None:
+        parts = urlsplit(v or "")
+        if v is not None and (parts.scheme not in ("http", "https") or not parts.netloc):
             raise ValueError("must be an absolute http(s) URL")
         return v
+
+    @model_validator(mode="after")
+    def _one_way(self) -> "_Entry":
+        if (self.url is None) == (not self.queue):
+            raise ValueError(f"organization {self.organization[:64]}: give either a url or "
+                             '"queue": true (how it receives its messages)')
+        return self
 
 
 class _File(BaseModel):
@@ -69,10 +91,14 @@ class _File(BaseModel):
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     org: str
-    url: str
+    url: str | None  # None: the organisation takes its messages from its queue
     timeout: float | None = None
     authorization_env: str | None = None
     max_concurrent: int = DEFAULT_CONCURRENT
+
+    @property
+    def queue(self) -> bool:
+        return self.url is None
 
     def headers(self) -> dict[str, str]:
         value = os.environ.get(self.authorization_env, "") if self.authorization_env else ""
@@ -119,12 +145,21 @@ class Endpoints:
         """The address named in MessageHeader.destination.endpoint: the configured URL, or a
         logical address by HSA-id while the organisation has none."""
         found = self._by_org.get(org)
-        return found.url if found else f"urn:sip-hub:organization:{org}"
+        return found.url if found and found.url else f"urn:sip-hub:organization:{org}"
+
+    @property
+    def queue_orgs(self) -> frozenset[str]:
+        """The organisations that take their messages from their queues."""
+        return frozenset(org for org, e in self._by_org.items() if e.queue)
 
     def check_response_url(self, org: str, url: str) -> None:
         """Refuse a response-url that is not on the sender's configured endpoint."""
         mine = self._by_org.get(org)
-        if mine is None or _origin(mine.url) != _origin(url) or \
+        if mine is not None and mine.url is None:
+            raise BadRequest("Your organisation takes its messages from its queue, where the "
+                             "response goes: a response-url is for an organisation with a "
+                             "message endpoint", expression="response-url")
+        if mine is None or _origin(mine.url or "") != _origin(url) or \
                 urlsplit(url).scheme not in ("http", "https"):
             raise BadRequest("response-url must be on your organisation's configured message "
                              "endpoint (same scheme, host and port)", expression="response-url")

@@ -22,6 +22,11 @@ class Messaging:
     @classmethod
     def from_config(cls, config: MessagingSettings) -> "Messaging":
         endpoints = Endpoints.load(config.endpoints_file)
+        if endpoints.queue_orgs and config.broker_url.startswith("memory://"):
+            raise ValueError(
+                f"{config.endpoints_file}: {', '.join(sorted(endpoints.queue_orgs))} would take "
+                "its messages from its queue, which the in-process bus cannot offer: set "
+                "SIP_HUB_BROKER_URL to RabbitMQ (amqp://...), or give it a url")
         return cls(config, endpoints,
                    Emitter(config.fhir_base, endpoints, config.hub_hsa_id or None),
                    Backlog(config.backlog_limit))

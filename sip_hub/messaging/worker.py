@@ -79,12 +79,13 @@ class Worker:
                 relay.recover()
             self._recovered = True
             self._bus, self._relay = bus, relay
+            self._deliverer.bus = bus  # (organisations that consume their own queues)
         return self._bus
 
     def _disconnect(self) -> None:
         if self._bus is not None:
             self._bus.close()
-        self._bus = self._relay = None
+        self._bus = self._relay = self._deliverer.bus = None
 
     def run_once(self, drain_seconds: float = 0.01) -> int:
         """One round; returns how much work it did (0: idle). ``drain_seconds``: how long to

@@ -149,13 +149,15 @@ class Hub:
     headers: dict[str, dict[str, str]]
     tmp: Path
 
-    def configure(self, endpoints: dict[str, str], *,
+    def configure(self, endpoints: dict[str, str | None], *,
                   entries: dict[str, dict[str, Any]] | None = None, **overrides: Any) -> None:
-        """(Re)load the endpoints (``entries``: more of an organisation's entry) and settings,
-        as a restart with new configuration would."""
+        """(Re)load the endpoints (``entries``: more of an organisation's entry; a None URL:
+        it takes its messages from its queue) and settings, as a restart with new
+        configuration would."""
         path = self.tmp / "endpoints.json"
         path.write_text(json.dumps({"endpoints": [
-            {"organization": org, "url": url, **(entries or {}).get(org, {})}
+            {"organization": org, **({"url": url} if url else {"queue": True}),
+             **(entries or {}).get(org, {})}
             for org, url in endpoints.items()]}))
         config = self.messaging.config.model_copy(update={"endpoints_file": path, **overrides})
         self.messaging = Messaging.from_config(config)
@@ -163,7 +165,7 @@ class Hub:
 
     def deliverer(self, http: Any = None) -> Deliverer:
         return Deliverer(self.store, self.messaging.endpoints, self.messaging.config,
-                         http or HttpClient())
+                         http or HttpClient(), self.bus)
 
     def relay(self) -> int:
         return Relay(self.store, self.bus, republish_after_seconds=3600).run_once()

@@ -8,6 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from sip_hub.errors import BadRequest
 from sip_hub.messaging.endpoints import DEFAULT_CONCURRENT, Endpoints
 
 SOC = "SE2120001637-SOC1"
@@ -46,6 +47,9 @@ def test_concurrency_defaults_to_four(tmp_path: Path) -> None:
     ({"url": "ftp://soc.example.se/x"}, "http"),
     ({"maxconcurrent": 2}, "maxconcurrent"),  # a misspelt key is not ignored
     ({"organization": "not-an-hsa-id"}, "HSA"),
+    ({"queue": True}, "either a url or"),               # both ways at once
+    ({"url": None}, "either a url or"),                 # neither
+    ({"url": None, "queue": False}, "either a url or"),
 ])
 def test_a_file_the_hub_cannot_use_is_refused_naming_it_and_the_reason(
         tmp_path: Path, entry: dict, reason: str) -> None:
@@ -53,3 +57,16 @@ def test_a_file_the_hub_cannot_use_is_refused_naming_it_and_the_reason(
     with pytest.raises(ValueError) as refused:
         Endpoints.load(path)
     assert str(path) in str(refused.value) and reason in str(refused.value)
+
+
+def test_an_organisation_may_take_its_messages_from_its_queue(tmp_path: Path) -> None:
+    endpoints = Endpoints.load(_write(tmp_path, {"organization": SOC, "queue": True},
+                                      {"organization": "SE2321000016-15CQ",
+                                       "url": "http://127.0.0.1:9/x"}))
+    e = endpoints.get(SOC)
+    assert e is not None and e.queue and e.url is None
+    assert endpoints.queue_orgs == {SOC} and endpoints.orgs == {SOC, "SE2321000016-15CQ"}
+    # Its messages name no URL it does not have; an async response goes to its queue too.
+    assert endpoints.address(SOC) == f"urn:sip-hub:organization:{SOC}"
+    with pytest.raises(BadRequest, match="takes its messages from its queue"):
+        endpoints.check_response_url(SOC, "https://soc.example.se/fhir/$process-message")
