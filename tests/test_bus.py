@@ -290,6 +290,10 @@ def test_batches_take_what_has_arrived_and_settle_each_message_on_its_own(
     assert sorted(set(seen)) == [f"msg-{n}" for n in range(1, 8)]
     assert seen.count("msg-5") == 2 and seen.count("msg-3") == 1
     assert pub.queue_size(A) == 0
+    # Every message was settled: none comes back to a new consumer once this one's channel
+    # is gone.
+    sub.close()
+    assert collect(make_bus(), [A]) == []
     (dead,) = make_bus().take_dead()
     assert dead.message_id == "msg-3" and dead.headers[REASON] == "refused"
 

@@ -20,7 +20,7 @@ The delivery workers then hand each of its messages over to its own durable queu
 exchange), in order per SIP, and record it delivered once the broker confirms it: the message
 Bundle as the body (``application/fhir+json``), MessageHeader.id as the AMQP ``message_id`` to
 deduplicate on, the event code in the header ``sip-event``. What is handed over is delivered:
-a consent withdrawn later no longer reaches it (deliveries still waiting in the outbox are
+a consent withdrawn later cannot take it back (deliveries still waiting in the outbox are
 withdrawn as for any organisation).
 
 ``organization`` is the HSA-id; ``url`` the organisation's FHIR ``$process-message``;
