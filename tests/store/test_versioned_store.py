@@ -232,6 +232,37 @@ def test_tables_that_outgrow_their_statistics_are_analyzed_again():
 
 
 @pytest.mark.postgres
+def test_postgres_stores_large_contents_compressed_with_lz4():
+    """Versions, outgoing messages, access events and cached responses of more than ~2 kB
+    are compressed with lz4 (migration 0011), and read back byte for byte."""
+    from conftest import pg_schema
+    from sip_hub.store import Store
+    from sip_hub.store.migrate import upgrade
+
+    big = {**PAT, "name": [{"family": "Tolvansson", "given": [f"Namn{i}" for i in range(400)]}]}
+    with pg_schema() as engine:
+        upgrade(engine)
+        store = Store(engine)
+        with store.begin() as tx:
+            stored = tx.create(dict(big), "p1")
+        assert len(stored.content) > 4000
+        with engine.connect() as conn:
+            methods = dict(conn.exec_driver_sql(
+                "SELECT attrelid::regclass::text || '.' || attname, attcompression "
+                "FROM pg_attribute WHERE attname IN ('content', 'response', 'request') "
+                "AND attrelid IN ('resource_history'::regclass, 'outbox_message'::regclass, "
+                "'audit_event'::regclass, 'message_inbox'::regclass)").all())
+            used = conn.exec_driver_sql("SELECT pg_column_compression(content) FROM "
+                                        "resource_history WHERE res_id = 'p1'").scalar_one()
+        assert methods == {"resource_history.content": "l", "outbox_message.content": "l",
+                           "audit_event.content": "l", "message_inbox.response": "l",
+                           "message_inbox.request": "l"}
+        assert used == "lz4"
+        with store.begin(write=False) as tx:
+            assert tx.current("Patient", "p1").content == stored.content
+
+
+@pytest.mark.postgres
 def test_postgres_reads_see_committed_writes_and_close_with_the_engine():
     """Reads on PostgreSQL run on their own connections, in autocommit (no BEGIN, no COMMIT,
     no transaction left open): they see each committed write at once, and disposing of the
