@@ -5,8 +5,8 @@ from the statistics of that moment, and plans it again only when they change. Au
 new ones when a tenth of a table has changed, but looks once a minute; on a new hub the inbox,
 the outbox and the audit log fill from empty within that minute, and the statements prepared
 meanwhile keep plans made for tables of a few rows: measured under the messaging benchmark, a
-message's inbox lookup read its sender's whole cache, and the relay's read of the messages it
-publishes the whole outbox (6 ms a round at 20,000 messages).
+message's inbox lookup read its sender's whole cache (0.6-0.9 ms at 20,000 messages), and the
+relay's read of the messages it publishes hashed the whole outbox (1.3 ms a round at 6,000).
 """
 
 from __future__ import annotations
