@@ -34,7 +34,6 @@ workers can consume any queue with any prefetch.
 
 from __future__ import annotations
 
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,10 +49,9 @@ from . import vocabulary as vocab
 from .config import MessagingSettings
 from .endpoints import DEFAULT_CONCURRENT, Endpoint, Endpoints
 from .http import HttpClient, HttpError, HttpResponse, HttpTimeout
-from .outbox import WITHDRAWN_REASON, is_covered
+from .outbox import WITHDRAWN_REASON, is_covered, log_dead, no_endpoint_reason
 from .relay import DELIVERY, EVENT
 
-log = logging.getLogger("sip_hub.delivery")
 _HOLD_US = 1_000_000  # a held-back delivery is looked at again after a second
 _RETRY_STATUS = frozenset({408, 425, 429})
 _PARALLEL_POSTS = 8  # POSTs at once by one deliverer
@@ -176,10 +174,7 @@ class Deliverer:
                                                              posted))
         for i, d, _ in posted:  # logged once committed, not in the write lock
             if isinstance(dead := outcomes[i], DeadLetter):
-                log.warning("delivery %s of message %s to %s is dead: %s", d.id, d.message_id,
-                            d.dest_org, dead.reason, extra={  # fields of their own in JSON
-                                "delivery": d.id, "message_id": d.message_id,
-                                "organization": d.dest_org, "event": d.event})
+                log_dead(d, dead.reason)
         assert all(o is not None for o in outcomes), "every message has its outcome"
         return outcomes  # type: ignore[return-value]
 
@@ -223,8 +218,7 @@ class Deliverer:
             if url is None and endpoint is not None:  # it consumes its own queue
                 queued.append((i, d))
             elif url is None:  # nothing to wait for: no thread
-                done.append((i, d, Result("fatal", "No message endpoint is configured for "
-                                                   f"{d.dest_org} (mappings/endpoints.json)")))
+                done.append((i, d, Result("fatal", no_endpoint_reason(d.dest_org))))
             else:
                 lanes.setdefault((d.patient_id, d.careplan_id, d.dest_org), []).append(
                     (i, d, url, endpoint))

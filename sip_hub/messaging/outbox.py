@@ -9,6 +9,7 @@ delivered (rule 1: nothing more is shared with those the consent no longer cover
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,15 +20,31 @@ import orjson
 from ..errors import BadRequest
 from ..fhir.dates import now_utc, to_us
 from ..fhir.indexing import split_reference
+from ..metrics import DEAD_LETTERS, DELIVERIES
 from ..store import Tx
 from ..store import outbox as sql
 from ..store.outbox import NOTIFICATION, RESPONSE
 
 Json = dict[str, Any]
 WITHDRAWN_REASON = "The person's consent no longer covers this organisation"
+# Where the fate of deliveries is told, whichever step settles them (relay or deliverer).
+delivery_log = logging.getLogger("sip_hub.delivery")
+
+
+def no_endpoint_reason(org: str) -> str:
+    return f"No message endpoint is configured for {org} (mappings/endpoints.json)"
+
+
+def log_dead(d: sql.Delivery, reason: str) -> None:
+    """Tell operators of a dead delivery, once it is recorded (after the commit)."""
+    delivery_log.warning("delivery %s of message %s to %s is dead: %s", d.id, d.message_id,
+                         d.dest_org, reason, extra={  # fields of their own in JSON
+                             "delivery": d.id, "message_id": d.message_id,
+                             "organization": d.dest_org, "event": d.event})
 
 __all__ = ["NOTIFICATION", "RESPONSE", "SipKey", "covered", "destinations_for", "enqueue",
-           "is_covered", "sip_key", "withdraw_uncovered"]
+           "is_covered", "log_dead", "no_endpoint_reason", "settle_unreachable", "sip_key",
+           "withdraw_uncovered"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +65,30 @@ def covered(tx: Tx, patient_id: str, now: int | None = None) -> set[str]:
 
 def is_covered(tx: Tx, patient_id: str, org: str, now: int | None = None) -> bool:
     return org in covered(tx, patient_id, now)
+
+
+def settle_unreachable(tx: Tx, deliveries: list[sql.Delivery], now: int
+                       ) -> list[tuple[sql.Delivery, str]]:
+    """Settle deliveries to organisations that have no endpoint where they are claimed, as
+    the deliverer would once they came off the bus: a notification the consent no longer
+    covers is withdrawn, the rest are dead with the reason (no attempt could reach an
+    organisation without an address; replay sends them once it has one). Returns the dead
+    ones with their reason: their copies go to the dead-letter queue."""
+    tx.load_grants(d.patient_id for d in deliveries if d.kind == NOTIFICATION)
+    dead: list[tuple[sql.Delivery, str]] = []
+    for d in deliveries:
+        if d.kind == NOTIFICATION and not is_covered(tx, d.patient_id, d.dest_org, now):
+            if sql.set_state(tx, d.id, sql.WITHDRAWN, now, error=WITHDRAWN_REASON,
+                             only_from=sql.OPEN):
+                DELIVERIES.labels("withdrawn").inc()
+            continue
+        reason = no_endpoint_reason(d.dest_org)
+        if sql.set_state(tx, d.id, sql.DEAD, now, error=reason, attempts=d.attempts + 1,
+                         only_from=sql.OPEN):
+            DELIVERIES.labels("dead").inc()
+            DEAD_LETTERS.labels(d.kind).inc()
+            dead.append((d, reason))
+    return dead
 
 
 def destinations_for(tx: Tx, patient_id: str, sender_org: str | None) -> list[str]:

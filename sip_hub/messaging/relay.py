@@ -13,6 +13,13 @@ start publishes again what it held, so a crash after the commit loses nothing, a
 no longer runs while the database's write lock is held (on SQLite, inside a group-commit round
 every API write of the moment waits for: ~9% of the round's CPU under the messaging bench).
 A publish that fails all the same puts its deliveries back to pending.
+
+Deliveries to an organisation with no endpoint (and no address of their own) are settled in
+the claim, as the deliverer would settle them (``messaging.outbox.settle_unreachable``): dead
+with the reason, or withdrawn when the consent no longer covers the organisation. Their copies
+go to the dead-letter queue: on RabbitMQ before the claim commits (a broker that cannot take
+them leaves the round to be done again), in memory after it. Publishing them to a queue only
+for a worker to find no address cost a publish, a delivery and two more transactions each.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from ..fhir.dates import now_utc, to_us
 from ..metrics import MESSAGES_PUBLISHED
 from ..store import Store, Tx
 from ..store import outbox as sql
+from .endpoints import Endpoints
+from .outbox import log_dead, settle_unreachable
 
 DELIVERY = "sip-delivery"
 SEQ = "sip-seq"
@@ -34,6 +43,9 @@ ORG = "sip-org"
 def envelope(d: sql.Delivery) -> Envelope:
     return Envelope(d.content, d.message_id, {DELIVERY: d.id, ORG: d.dest_org, SEQ: d.seq,
                                               EVENT: d.event, ATTEMPTS: d.attempts})
+
+
+Dead = tuple[sql.Delivery, str]  # a delivery recorded dead, with the reason
 
 
 def _items(due: list[sql.Delivery]) -> list[tuple[str, Envelope]]:
@@ -48,11 +60,13 @@ class Relay:
     republish_after_seconds: float = 3600.0
     # The organisations it has published to: their queues need a consumer.
     orgs: set[str] = field(default_factory=set)
+    # Where organisations receive their messages; None: every delivery goes to the bus.
+    endpoints: Endpoints | None = None
 
     def run_once(self) -> int:
-        """Publish what is due; returns how many were published. Raises BusUnavailable after
-        marking those the broker confirmed (none when it went away during the batch: they
-        are published again)."""
+        """Publish what is due; returns how many were published or settled here. Raises
+        BusUnavailable after marking those the broker confirmed (none when it went away
+        during the batch: they are published again)."""
         now = to_us(now_utc())
         stale = now - int(self.republish_after_seconds * 1e6)
         with self.store.begin(write=False) as tx:
@@ -62,8 +76,9 @@ class Relay:
         if not self.bus.durable:
             return self._commit_then_publish(now, stale)
 
-        def publish(tx: Tx) -> tuple[list[str], BusUnavailable | None]:
-            due = self._claim(tx, now, stale)
+        def publish(tx: Tx) -> tuple[list[str], list[Dead], BusUnavailable | None]:
+            due, dead = self._claim(tx, now, stale)
+            self._dead_letter(dead)  # (the broker gone: the whole round is done again)
             failure: BusUnavailable | None = None
             try:
                 confirmed = self.bus.publish_many(_items(due))
@@ -75,23 +90,28 @@ class Relay:
             if failure is None and len(published) < len(due):
                 failure = BusUnavailable(f"The broker refused {len(due) - len(published)} "
                                          "of the messages published")
-            return published, failure
+            return published, dead, failure
         # On SQLite in the same write transaction as the API's writes of the moment (group
         # commit): one turn of the write lock instead of one more. The round's leader may be
         # another thread; it uses the bus while this one waits for it, never beside it.
-        published, failure = self.store.write(publish)
+        published, dead, failure = self.store.write(publish)
         MESSAGES_PUBLISHED.inc(len(published))
+        for d, reason in dead:
+            log_dead(d, reason)
         if failure is not None:
             raise failure
-        return len(published)
+        return len(published) + len(dead)
 
     def _commit_then_publish(self, now: int, stale: int) -> int:
         """The round on a bus that does not outlive the process (see the module's doc)."""
-        def claim(tx: Tx) -> list[sql.Delivery]:
-            due = self._claim(tx, now, stale)
+        def claim(tx: Tx) -> tuple[list[sql.Delivery], list[Dead]]:
+            due, dead = self._claim(tx, now, stale)
             sql.mark_published(tx, [d.id for d in due], now)
-            return due
-        due = self.store.write(claim)
+            return due, dead
+        due, dead = self.store.write(claim)
+        for d, reason in dead:
+            log_dead(d, reason)
+        self._dead_letter(dead)
         self.orgs.update(d.dest_org for d in due)
         try:
             self.bus.publish_many(_items(due))
@@ -99,13 +119,28 @@ class Relay:
             self.store.write(lambda tx: sql.mark_unpublished(tx, [d.id for d in due], now))
             raise
         MESSAGES_PUBLISHED.inc(len(due))
-        return len(due)
+        return len(due) + len(dead)
 
-    def _claim(self, tx: Tx, now: int, stale: int) -> list[sql.Delivery]:
-        """The round's deliveries: the due stream heads, those published before ``stale`` and
-        never settled due again among them."""
+    def _claim(self, tx: Tx, now: int, stale: int) -> tuple[list[sql.Delivery], list[Dead]]:
+        """The round's deliveries to publish (the due stream heads, those published before
+        ``stale`` and never settled due again among them), and those it settled dead
+        because their organisations have no endpoint."""
         sql.requeue_published(tx, now, stale)
-        return sql.claim_due(tx, now, self.batch)
+        due = sql.claim_due(tx, now, self.batch)
+        endpoints = self.endpoints
+        if endpoints is None:
+            return due, []
+        unreachable = [d for d in due
+                       if d.endpoint_url is None and endpoints.get(d.dest_org) is None]
+        if not unreachable:
+            return due, []
+        dead = settle_unreachable(tx, unreachable, now)
+        settled = {d.id for d in unreachable}
+        return [d for d in due if d.id not in settled], dead
+
+    def _dead_letter(self, dead: list[Dead]) -> None:
+        for d, reason in dead:
+            self.bus.dead_letter(envelope(d), reason, d.attempts + 1)
 
     def recover(self) -> int:
         """After a start on a bus that does not outlive the process (memory://): what was

@@ -73,7 +73,8 @@ class Worker:
         if self._bus is None:
             bus = self.messaging.bus()
             relay = Relay(self.store, bus, self.messaging.config.relay_batch,
-                          self.messaging.config.republish_after_seconds)
+                          self.messaging.config.republish_after_seconds,
+                          endpoints=self.messaging.endpoints)
             # The in-process bus starts empty with the process (not with a reconnect).
             if not bus.durable and not self._recovered:
                 relay.recover()

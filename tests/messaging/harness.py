@@ -168,7 +168,8 @@ class Hub:
                          http or HttpClient(), self.bus)
 
     def relay(self) -> int:
-        return Relay(self.store, self.bus, republish_after_seconds=3600).run_once()
+        return Relay(self.store, self.bus, republish_after_seconds=3600,
+                     endpoints=self.messaging.endpoints).run_once()
 
     def deliver(self, orgs: list[str] | None = None, timeout: float = 0.2) -> int:
         with self.store.begin(write=False) as tx:

@@ -12,7 +12,7 @@ import pytest
 import sip_factory as f
 from harness import (BUP, SCHOOL, SOC, Hub, Receiver, broker, hub, receivers,  # noqa: F401
                      world)
-from sip_hub.bus import ATTEMPTS, REASON
+from sip_hub.bus import ATTEMPTS, REASON, Bus, BusUnavailable
 from sip_hub.fhir.dates import now_utc, to_us
 from sip_hub.messaging import builder, outbox
 from sip_hub.messaging.relay import DELIVERY, Relay
@@ -155,6 +155,67 @@ def test_an_organisation_without_an_endpoint_is_dead_lettered_with_the_reason(
     # ... and as fields a log pipeline filters on (JSON lines: fields of their own).
     assert (told[0].delivery, told[0].message_id, told[0].organization, told[0].event) == (
         d.id, d.message_id, BUP, d.event)
+
+
+@BOTH
+def test_the_relay_settles_deliveries_to_an_organisation_without_an_endpoint(
+        world: Hub, receivers: Any) -> None:
+    """Nothing to publish where no one can deliver: dead in the relay's round, with the
+    reason, its copy in the dead-letter queue, the next message of its stream free to go."""
+    bup = receivers()
+    world.configure({BUP: bup.url})   # the school has no endpoint
+    dead_before = DEAD_LETTERS.labels(sql.NOTIFICATION)._value.get()
+    assert world.relay() == 2         # BUP's published, the school's settled
+    d = state(world, SCHOOL)
+    assert (d.state, d.attempts) == ("dead", 1)
+    assert d.last_error == outbox.no_endpoint_reason(SCHOOL)
+    assert world.bus.queue_size(SCHOOL) == 0          # never on the bus to be delivered
+    (copy,) = world.bus.take_dead()
+    assert (copy.message_id, copy.headers[REASON], copy.headers[ATTEMPTS]) == (
+        d.message_id, d.last_error, 1)
+    assert DEAD_LETTERS.labels(sql.NOTIFICATION)._value.get() == dead_before + 1
+    with world.store.begin() as tx:   # the stream's next message: its head at once
+        world.messaging.emitter.emit(tx, "follow-up-scheduled", sender_org=SOC,
+                                     patient_id="alva", careplan_id="alva-sip",
+                                     focus=["CarePlan/alva-sip"])
+    world.rounds(lambda: settled(world))
+    follow_up = state(world, SCHOOL, "follow-up-scheduled")
+    assert (follow_up.state, follow_up.attempts) == ("dead", 1)
+    assert sorted(event_of(m) for m in bup.received) == ["follow-up-scheduled",
+                                                          "plan-established"]
+
+
+def test_the_relay_withdraws_rather_than_kills_what_the_consent_no_longer_covers(
+        world: Hub) -> None:
+    world.configure({})
+    with world.store.begin() as tx:   # the school's coverage ran out before the relay came
+        grants = [g if g.org != SCHOOL else Grant(g.org, g.role, g.reads, to_us(now_utc()) - 1)
+                  for g in tx.grants("alva")]
+        tx.replace_grants("alva", grants)
+    world.relay()
+    school, bup = state(world, SCHOOL), state(world, BUP)
+    assert (school.state, school.last_error) == ("withdrawn", outbox.WITHDRAWN_REASON)
+    assert bup.state == "dead"
+    assert [m.message_id for m in world.bus.take_dead()] == [bup.message_id]
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize("broker", ["rabbitmq"], indirect=True)
+def test_a_dead_delivery_the_broker_cannot_copy_stays_for_the_next_round(hub: Hub) -> None:
+    hub.configure({})
+    with hub.store.begin() as tx:   # a response to the school: no consent to check
+        note = builder.message("follow-up-scheduled", fhir_base="http://hub.test/fhir",
+                               sender=SOC, destinations=[builder.Party(SCHOOL, "x")],
+                               focus=["CarePlan/plan-1", "Patient/p1"], resources=[])
+        outbox.enqueue(tx, note, [SCHOOL], kind=outbox.RESPONSE,
+                       sip=outbox.SipKey("p1", "plan-1"))
+    gone = Bus("amqp://guest:guest@127.0.0.1:1//", hub.messaging.topology, connect_timeout=0.5)
+    with pytest.raises(BusUnavailable), gone:
+        Relay(hub.store, gone, endpoints=hub.messaging.endpoints).run_once()
+    (d,) = hub.deliveries()
+    assert (d.state, d.attempts) == ("pending", 0)   # the round undone, done again later
+    assert hub.relay() == 1 and hub.deliveries()[0].state == "dead"
+    assert [c.message_id for c in hub.bus.take_dead()] == [d.message_id]
 
 
 # -- replay ---------------------------------------------------------------------------------

@@ -58,16 +58,18 @@ def test_the_worker_runs_in_a_background_thread_and_stops(world: Hub, receivers:
 def test_a_worker_consumes_the_queues_another_workers_relay_publishes_to(
         world: Hub, receivers: Any, monkeypatch: Any) -> None:
     """Several workers share the queues: one must also consume an organisation's queue that
-    only another worker's relay published to (here the school, which has no endpoint, so its
-    deliveries end dead with the reason), learning of it from the database."""
+    only another worker's relay published to, learning of it from the database. Here the
+    school, configured on the other worker first (a rolling change of the endpoints file):
+    this worker has no endpoint for it yet, so its deliveries end dead with the reason."""
     from sip_hub.messaging import worker as worker_module
     monkeypatch.setattr(worker_module, "_OPEN_ORGS_SECONDS", 0.2)
-    bup = receivers()
-    world.configure({BUP: bup.url, SOC: receivers().url})
+    bup, soc = receivers(), receivers()
+    world.configure({BUP: bup.url, SOC: soc.url})
     world.rounds(lambda: settled(world))          # the set-up's notifications, out of the way
     worker = Worker(world.store, world.messaging)
     try:
         worker.run_once()                         # nothing open: it knows of no queue
+        world.configure({BUP: bup.url, SOC: soc.url, SCHOOL: receivers().url})  # the other's
         r = world.post(BUP, URL, status_change(world, destinations=(SOC, SCHOOL)))
         assert r.status_code == 200
         assert world.relay() > 0                  # published by another worker's relay
