@@ -26,6 +26,9 @@ For each bus message (one outbox delivery) the handler:
    no endpoint configured                     dead letter (replay once it is configured)
    =========================================  =========================================
 
+   (The relay settles deliveries to organisations without an endpoint in its claim already;
+   here are those whose endpoint went from this worker's configuration meanwhile.)
+
 Why order is kept by publishing stream heads only (rather than prefetch 1 per SIP key):
 a broker cannot prefetch per key, and holding later messages in the consumer would need a
 buffer that a crash loses. With at most one delivery per stream on the bus, any number of
