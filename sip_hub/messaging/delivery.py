@@ -45,14 +45,15 @@ import orjson
 
 from ..bus import Ack, Bus, BusUnavailable, DeadLetter, Envelope, Outcome, Received
 from ..fhir.dates import now_utc, to_us
-from ..metrics import DEAD_LETTERS, DELIVERIES
+from ..metrics import DELIVERIES
 from ..store import Store, Tx
 from ..store import outbox as sql
 from . import vocabulary as vocab
 from .config import MessagingSettings
 from .endpoints import DEFAULT_CONCURRENT, Endpoint, Endpoints
 from .http import HttpClient, HttpError, HttpResponse, HttpTimeout
-from .outbox import WITHDRAWN_REASON, is_covered, log_dead, no_endpoint_reason
+from .outbox import (is_covered, log_dead, no_endpoint_reason, record_dead,
+                     record_withdrawn)
 from .relay import DELIVERY, EVENT
 
 _HOLD_US = 1_000_000  # a held-back delivery is looked at again after a second
@@ -188,9 +189,7 @@ class Deliverer:
         """The batch's state changes, in one transaction, each guarded by the state read."""
         now = to_us(now_utc())
         for i, d in withdraw:
-            sql.set_state(tx, d.id, sql.WITHDRAWN, now, error=WITHDRAWN_REASON,
-                          only_from=sql.OPEN)
-            DELIVERIES.labels("withdrawn").inc()
+            record_withdrawn(tx, d, now)
             outcomes[i] = Ack()
         for i, d in hold:
             sql.set_state(tx, d.id, sql.PENDING, now, next_attempt_at=now + _HOLD_US,
@@ -296,12 +295,8 @@ class Deliverer:
         if result.kind == "fatal" or attempts >= self.config.max_attempts:
             reason = result.detail if result.kind == "fatal" else (
                 f"Gave up after {attempts} attempts: {result.detail}")
-            if not sql.set_state(tx, d.id, sql.DEAD, now, error=reason, attempts=attempts,
-                                 only_from=sql.OPEN):
-                return Ack()
-            DELIVERIES.labels("dead").inc()
-            DEAD_LETTERS.labels(d.kind).inc()
-            return DeadLetter(reason, attempts)
+            return DeadLetter(reason, attempts) if record_dead(tx, d, reason, attempts, now) \
+                else Ack()
         delay = self.config.retry_delay(attempts)
         if sql.set_state(tx, d.id, sql.PENDING, now, error=result.detail,
                          attempts=attempts, next_attempt_at=now + int(delay * 1_000_000),

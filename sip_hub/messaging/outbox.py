@@ -43,8 +43,8 @@ def log_dead(d: sql.Delivery, reason: str) -> None:
                              "organization": d.dest_org, "event": d.event})
 
 __all__ = ["NOTIFICATION", "RESPONSE", "SipKey", "covered", "destinations_for", "enqueue",
-           "is_covered", "log_dead", "no_endpoint_reason", "settle_unreachable", "sip_key",
-           "withdraw_uncovered"]
+           "is_covered", "log_dead", "no_endpoint_reason", "record_dead", "record_withdrawn",
+           "settle_unreachable", "sip_key", "withdraw_uncovered"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +67,28 @@ def is_covered(tx: Tx, patient_id: str, org: str, now: int | None = None) -> boo
     return org in covered(tx, patient_id, now)
 
 
+def record_withdrawn(tx: Tx, d: sql.Delivery, now: int) -> bool:
+    """Withdraw an open delivery the consent no longer covers; False when another copy of it
+    settled it meanwhile (then it is not counted twice)."""
+    if not sql.set_state(tx, d.id, sql.WITHDRAWN, now, error=WITHDRAWN_REASON,
+                         only_from=sql.OPEN):
+        return False
+    DELIVERIES.labels("withdrawn").inc()
+    return True
+
+
+def record_dead(tx: Tx, d: sql.Delivery, reason: str, attempts: int, now: int) -> bool:
+    """Record an open delivery dead with the reason, counted for the dead-letter alert; False
+    when another copy of it settled it meanwhile (then it is neither counted nor
+    dead-lettered twice)."""
+    if not sql.set_state(tx, d.id, sql.DEAD, now, error=reason, attempts=attempts,
+                         only_from=sql.OPEN):
+        return False
+    DELIVERIES.labels("dead").inc()
+    DEAD_LETTERS.labels(d.kind).inc()
+    return True
+
+
 def settle_unreachable(tx: Tx, deliveries: list[sql.Delivery], now: int
                        ) -> list[tuple[sql.Delivery, str]]:
     """Settle deliveries to organisations that have no endpoint where they are claimed, as
@@ -78,15 +100,10 @@ def settle_unreachable(tx: Tx, deliveries: list[sql.Delivery], now: int
     dead: list[tuple[sql.Delivery, str]] = []
     for d in deliveries:
         if d.kind == NOTIFICATION and not is_covered(tx, d.patient_id, d.dest_org, now):
-            if sql.set_state(tx, d.id, sql.WITHDRAWN, now, error=WITHDRAWN_REASON,
-                             only_from=sql.OPEN):
-                DELIVERIES.labels("withdrawn").inc()
+            record_withdrawn(tx, d, now)
             continue
         reason = no_endpoint_reason(d.dest_org)
-        if sql.set_state(tx, d.id, sql.DEAD, now, error=reason, attempts=d.attempts + 1,
-                         only_from=sql.OPEN):
-            DELIVERIES.labels("dead").inc()
-            DEAD_LETTERS.labels(d.kind).inc()
+        if record_dead(tx, d, reason, d.attempts + 1, now):
             dead.append((d, reason))
     return dead
 

@@ -105,7 +105,7 @@ class Worker:
         if time.monotonic() - self._last_upkeep > _UPKEEP_SECONDS:
             self.upkeep()
         if time.monotonic() - self._statistics_at > _STATISTICS_SECONDS:
-            statistics.refresh_grown(self.store.engine)
+            statistics.refresh_grown(self.store)
             self._statistics_at = time.monotonic()
         return work
 

@@ -162,8 +162,8 @@ class ByIds:
 
     On PostgreSQL an OR of 64 ids was a statement of 64 parameters, which psycopg parses
     again on every run (it keeps its parse only up to 50: 6% of a messaging worker's
-    interpreter time went there, under py-spy), and gave the planner 64 conditions to weigh: on a table it
-    thought small it scanned every row against all of them."""
+    interpreter time went there, under py-spy), and gave the planner 64 conditions to weigh:
+    on a table it thought small it scanned every row against all of them."""
 
     def __init__(self, column: Any, build: Callable[[Any], Executable]) -> None:
         self._build, self._column = build, column

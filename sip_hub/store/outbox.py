@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Final, Iterator, Sequence
+from typing import Any, Final, Sequence
 
 from sqlalchemy import (BigInteger, Integer, String, and_, bindparam, delete, exists, func,
                         literal_column, or_, select, union_all, update)
@@ -65,17 +65,6 @@ _OWN_COLUMNS = (_D.id, _D.message_id, _D.dest_org, _D.patient_id, _D.careplan_id
                 _D.state, _D.attempts, _D.next_attempt_at, _D.published_at, _D.updated,
                 _D.last_error, _D.endpoint_url)
 _MESSAGE_COLUMNS = (_M.event, _M.kind, _M.content)
-_COLUMNS = _OWN_COLUMNS + _MESSAGE_COLUMNS
-
-
-def _joined() -> Any:
-    return select(*_COLUMNS).join_from(outbox_delivery, outbox_message,
-                                       _D.message_id == _M.message_id)
-
-
-def _row(r: Any) -> Delivery:
-    """A row of ``_COLUMNS``, by position (a SQLAlchemy row or a driver's tuple)."""
-    return Delivery(*r[:-1], bytes(r[-1]))
 
 
 # What every delivery runs (the delivery's checks and its outcome), built once with parameters
@@ -294,10 +283,14 @@ def get_many(tx: Tx, ids: Sequence[str]) -> dict[str, Delivery]:
     contents lie outside the table, so it looks small to the planner), 1.3 ms a statement at
     6,000 messages and growing with the outbox; each message is also read once for its
     deliveries to the four or so organisations it goes to."""
-    own = _BY_IDS.all(tx.conn, ids)
+    return {d.id: d for d in _with_messages(tx, _BY_IDS.all(tx.conn, ids))}
+
+
+def _with_messages(tx: Tx, own: Sequence[Any]) -> list[Delivery]:
+    """Deliveries from rows of ``_OWN_COLUMNS`` (in their order), each with its message."""
     messages = {r[0]: (r[1], r[2], bytes(r[3])) for r in _MESSAGES.all(tx.conn,
                                                                       [r[1] for r in own])}
-    return {r[0]: Delivery(*r, *messages[r[1]]) for r in own if r[1] in messages}
+    return [Delivery(*r, *messages[r[1]]) for r in own if r[1] in messages]
 
 
 _STREAMS_MAX = 32  # deliveries per statement of ``held_back``
@@ -332,7 +325,7 @@ def held_back(tx: Tx, ds: Sequence[Delivery]) -> set[str]:
 def find(tx: Tx, *, ids: Sequence[str] | None = None, states: Sequence[str] | None = None,
          patient_id: str | None = None, limit: int = 1000) -> list[Delivery]:
     """Deliveries by delivery id or MessageHeader.id, state and patient, oldest first."""
-    q = _joined()
+    q = select(*_OWN_COLUMNS)
     if ids is not None:
         q = q.where((_D.id.in_(ids)) | (_D.message_id.in_(ids)))
     if states is not None:
@@ -340,7 +333,7 @@ def find(tx: Tx, *, ids: Sequence[str] | None = None, states: Sequence[str] | No
     if patient_id is not None:
         q = q.where(_D.patient_id == patient_id)
     q = q.order_by(_D.patient_id, _D.careplan_id, _D.dest_org, _D.seq).limit(limit)
-    return [_row(r) for r in tx.conn.execute(q)]
+    return _with_messages(tx, tx.conn.execute(q).all())
 
 
 def open_orgs(tx: Tx) -> set[str]:

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import Engine, literal, select, text
+from sqlalchemy import Connection, Engine, literal, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from .resources import Store
 from .schema import metadata
 
 # A table is analyzed again once the rows changed since its statistics are at least this many
 # and at least as many as the statistics counted (it has doubled, or has never had any).
 GROWN_ROWS = 1000
-_LOCK = "sip_hub.statistics"
 log = logging.getLogger("sip_hub.statistics")
 
 
@@ -37,13 +37,10 @@ def analyze_filled(engine: Engine) -> None:
         if conn.dialect.name != "postgresql":
             conn.exec_driver_sql("ANALYZE")
             return
-        quote = conn.dialect.identifier_preparer.quote
         present = set(conn.execute(text(  # (an earlier revision's tables: no later ones)
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")).scalars())
-        for table in metadata.sorted_tables:
-            if table.name in present and conn.execute(
-                    select(literal(1)).select_from(table).limit(1)).first():
-                conn.exec_driver_sql(f"ANALYZE {quote(table.name)}")
+        _analyze(conn, [t.name for t in metadata.sorted_tables if t.name in present and
+                        conn.execute(select(literal(1)).select_from(t).limit(1)).first()])
 
 
 _GROWN = text(
@@ -52,26 +49,30 @@ _GROWN = text(
     "AND s.n_mod_since_analyze >= c.reltuples ORDER BY s.relname")
 
 
-def refresh_grown(engine: Engine) -> list[str]:
+def refresh_grown(store: Store) -> list[str]:
     """ANALYZE the hub's tables that grew past their statistics (see GROWN_ROWS), so that the
     statements prepared on them are planned again for what they hold; returns their names.
     A no-op on SQLite, and in a process while another one runs it (workers share the
     database). A failure is logged, not raised: the statistics are a help, not a duty."""
-    if engine.dialect.name != "postgresql":
+    if store.embedded:
         return []
     ours = {t.name for t in metadata.sorted_tables}
     try:
-        with engine.begin() as conn:
-            if not conn.execute(text("SELECT pg_try_advisory_xact_lock("
-                                     "hashtextextended(:k, 0))"), {"k": _LOCK}).scalar_one():
+        with store.exclusive("planner-statistics") as mine:
+            if not mine:
                 return []
-            grown = [n for n in conn.execute(_GROWN, {"least": GROWN_ROWS}).scalars()
-                     if n in ours]
-            quote = conn.dialect.identifier_preparer.quote
-            for name in grown:
-                conn.exec_driver_sql(f"ANALYZE {quote(name)}")
+            with store.engine.begin() as conn:
+                grown = [n for n in conn.execute(_GROWN, {"least": GROWN_ROWS}).scalars()
+                         if n in ours]
+                _analyze(conn, grown)
     except SQLAlchemyError as exc:
         log.warning("refreshing the planner's statistics failed: %s",
                     str(exc).splitlines()[0])
         return []
     return grown
+
+
+def _analyze(conn: Connection, tables: list[str]) -> None:
+    quote = conn.dialect.identifier_preparer.quote
+    for name in tables:
+        conn.exec_driver_sql(f"ANALYZE {quote(name)}")

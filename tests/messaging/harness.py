@@ -204,6 +204,20 @@ class Hub:
                                headers=JSON_HEADERS | self.headers[org])
 
 
+def settled(hub: Hub) -> bool:
+    """Every delivery in the outbox has its outcome."""
+    return all(d.state not in sql.OPEN for d in hub.deliveries())
+
+
+def worker_rounds(worker: Any, until: Callable[[], bool], seconds: float = 20.0) -> None:
+    """Rounds of a messaging worker (``sip_hub.messaging.worker.Worker``) until ``until()``
+    holds."""
+    deadline = time.monotonic() + seconds
+    while not until():
+        assert time.monotonic() < deadline, "messaging did not settle in time"
+        worker.run_once()
+
+
 # -- messages organisations send -------------------------------------------------------------
 
 URL = "/fhir/$process-message"

@@ -12,6 +12,7 @@ import pytest
 import sip_factory as f
 from harness import (BUP, SCHOOL, SOC, Hub, Receiver, broker, hub, receivers,  # noqa: F401
                      world)
+from harness import settled
 from sip_hub.bus import ATTEMPTS, REASON, Bus, BusUnavailable
 from sip_hub.fhir.dates import now_utc, to_us
 from sip_hub.messaging import builder, outbox
@@ -34,10 +35,6 @@ def endpoints(hub: Hub, receivers: Any, **overrides: Any) -> tuple[Receiver, Rec
 def state(hub: Hub, org: str, event: str = "plan-established") -> sql.Delivery:
     (d,) = [d for d in hub.deliveries() if d.dest_org == org and d.event == event]
     return d
-
-
-def settled(hub: Hub) -> bool:
-    return all(d.state not in sql.OPEN for d in hub.deliveries())
 
 
 def event_of(message: dict) -> str:

@@ -110,7 +110,8 @@ def test_an_expired_entry_makes_room_for_a_new_receipt_of_its_ids(started: Engin
         assert inbox.lookup(tx, SOC, "h-1", "b-x", NOW) == (None, None)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize("backend", [
+    "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_the_key_migration_keeps_what_the_cache_holds(backend: str, tmp_path: Path) -> None:
     from contextlib import nullcontext
 

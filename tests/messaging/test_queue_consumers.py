@@ -6,7 +6,6 @@ cover."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
@@ -15,19 +14,15 @@ from kombu import Connection, Exchange, Queue
 
 from harness import (BUP, OUTSIDER, SCHOOL, SOC, Hub, broker, hub, receivers,  # noqa: F401
                      world)
+from harness import settled, worker_rounds
 from sip_hub.bus import Bus
 from sip_hub.messaging import builder, outbox
 from sip_hub.messaging.delivery import Deliverer
 from sip_hub.messaging.http import HttpClient
 from sip_hub.messaging.worker import Worker
-from sip_hub.store import outbox as sql
 
 RABBITMQ = pytest.mark.parametrize(
     "broker", [pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)], indirect=True)
-
-
-def settled(hub: Hub) -> bool:
-    return all(d.state not in sql.OPEN for d in hub.deliveries())
 
 
 def take(hub: Hub, org: str) -> list[Any]:
@@ -64,10 +59,7 @@ def test_an_organisation_takes_its_messages_from_its_own_queue(world: Hub,
     follow_ups(world, 3)
     worker = Worker(world.store, world.messaging)
     try:
-        deadline = time.monotonic() + 20
-        while not settled(world):
-            assert time.monotonic() < deadline, "messaging did not settle in time"
-            worker.run_once()
+        worker_rounds(worker, lambda: settled(world))
     finally:
         worker.close()
     to_bup = sorted((d for d in world.deliveries() if d.dest_org == BUP), key=lambda d: d.seq)

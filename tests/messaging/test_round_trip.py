@@ -14,8 +14,8 @@ import pytest
 import sip_factory as f
 from harness import (BUP, HAB, ORGS, OUTSIDER, SCHOOL, SOC, URL, Hub, Receiver,  # noqa: F401
                      broker, hub, receivers)
+from harness import settled
 from sip_hub.messaging import builder, vocabulary as vocab
-from sip_hub.store import outbox as sql
 from sip_process import (TASK_SYSTEM, alva_case, at, code, day, dt, invitation, parameters,
                          post, read, ref, string, tasks, transition, values, write_case)
 
@@ -70,10 +70,6 @@ def story(r: Receiver) -> list[tuple[str, str | None, str, str]]:
         out.append((header["eventCoding"]["code"], reason,
                     header["sender"]["identifier"]["value"], task["owner"]["reference"]))
     return out
-
-
-def settled(hub: Hub) -> bool:
-    return all(d.state not in sql.OPEN for d in hub.deliveries())
 
 
 @BACKENDS

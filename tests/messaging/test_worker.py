@@ -10,15 +10,12 @@ import orjson
 
 from harness import (BUP, SCHOOL, SOC, URL, Hub, acks, broker, hub, receivers,  # noqa: F401
                      status_change, world)
+from harness import settled, worker_rounds
 from sip_hub.messaging.capability import messaging_section
 from sip_hub.messaging.runtime import Messaging
 from sip_hub.messaging.worker import Worker
 from sip_hub.store import inbox
 from sip_hub.store import outbox as sql
-
-
-def settled(hub: Hub) -> bool:
-    return all(d.state not in sql.OPEN for d in hub.deliveries())
 
 
 def test_the_worker_processes_async_requests_and_delivers_everything(world: Hub,
@@ -29,10 +26,8 @@ def test_the_worker_processes_async_requests_and_delivers_everything(world: Hub,
     assert r.status_code == 202
     worker = Worker(world.store, world.messaging)
     try:
-        deadline = time.monotonic() + 20
-        while not (acks(bup) and settled(world) and len(school.received) == 2):
-            assert time.monotonic() < deadline
-            worker.run_once()
+        worker_rounds(worker, lambda: bool(acks(bup)) and settled(world)
+                      and len(school.received) == 2)
     finally:
         worker.close()
     assert acks(bup)[0]["entry"][0]["resource"]["response"]["code"] == "ok"
@@ -74,10 +69,7 @@ def test_a_worker_consumes_the_queues_another_workers_relay_publishes_to(
         assert r.status_code == 200
         assert world.relay() > 0                  # published by another worker's relay
         assert {d.dest_org for d in world.deliveries(states=["published"])} >= {SCHOOL}
-        deadline = time.monotonic() + 20
-        while not settled(world):
-            assert time.monotonic() < deadline, "the school's queue was never consumed"
-            worker.run_once()
+        worker_rounds(worker, lambda: settled(world))   # the school's queue consumed
     finally:
         worker.close()
     school = [d for d in world.deliveries() if d.dest_org == SCHOOL]

@@ -191,6 +191,7 @@ def test_tables_that_outgrow_their_statistics_are_analyzed_again():
     from sqlalchemy import insert
 
     from conftest import pg_schema
+    from sip_hub.store import Store
     from sip_hub.store.migrate import upgrade
     from sip_hub.store.schema import message_inbox
     from sip_hub.store.statistics import GROWN_ROWS, refresh_grown
@@ -216,7 +217,7 @@ def test_tables_that_outgrow_their_statistics_are_analyzed_again():
                 if counted >= inserted:
                     break
                 time.sleep(0.05)
-        return refresh_grown(engine)
+        return refresh_grown(Store(engine))
 
     with pg_schema() as engine:
         upgrade(engine)
