@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Insert, String, Table, and_, any_, bindparam, insert, or_
+from sqlalchemy import (Connection, Insert, String, Table, and_, any_, bindparam, insert,
+                        literal_column, or_)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -120,6 +121,19 @@ class DriverStatement:
         args = [tuple(r[k] for k in order) for r in rows] if order is not None else rows
         with _cursor(conn) as cur:
             cur.executemany(sql, args)
+
+
+def constant(value: str) -> Any:
+    """``value`` written into the SQL rather than bound as a parameter, for a value whose
+    frequency in its column decides the plan: a few pending deliveries among thousands
+    settled. PostgreSQL plans a statement psycopg has prepared (it prepares those run often)
+    once for every value of its parameters; with the state a parameter, the relay's check for
+    due deliveries planned as a sequential scan of the outbox (3 ms at 20,000 settled
+    deliveries, against 0.03 ms with the value in the SQL). A partial index, too, serves only
+    statements whose values imply its condition. For the code's own constants only."""
+    if not value.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"{value!r} is not a constant of the code")
+    return literal_column(f"'{value}'")
 
 
 def any_of(n: int, **columns: Any) -> Any:

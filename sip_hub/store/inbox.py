@@ -12,7 +12,7 @@ from typing import Any, Final
 from sqlalchemy import bindparam, delete, exists, null, or_, select, update
 
 from ..errors import Conflict
-from .driver import DriverStatement
+from .driver import DriverStatement, constant
 from .resources import Tx
 from .schema import message_inbox
 
@@ -66,7 +66,7 @@ _COMPLETE = DriverStatement(update(message_inbox).where(
     _I.sender_org == bindparam("s"), _I.header_id == bindparam("h")).values(
     state=DONE, response_code=bindparam("code"), response=bindparam("response"),
     request=null(), caller=null()))
-_ANY_ACCEPTED = DriverStatement(select(exists().where(_I.state == ACCEPTED)))
+_ANY_ACCEPTED = DriverStatement(select(exists().where(_I.state == constant(ACCEPTED))))
 
 
 def lookup(tx: Tx, sender_org: str, header_id: str, bundle_id: str, now: int
@@ -117,12 +117,13 @@ def any_accepted(tx: Tx) -> bool:
 def claim_accepted(tx: Tx, limit: int) -> list[Received]:
     """Accepted async requests, oldest first, locked until the caller's transaction ends
     (``SKIP LOCKED``: concurrent workers take disjoint requests)."""
-    q = (select(*(_I[c] for c in _COLUMNS)).where(_I.state == ACCEPTED).order_by(_I.received)
-         .limit(limit).with_for_update(skip_locked=True))
+    q = (select(*(_I[c] for c in _COLUMNS)).where(_I.state == constant(ACCEPTED))
+         .order_by(_I.received).limit(limit).with_for_update(skip_locked=True))
     return [_row(r) for r in tx.conn.execute(q)]
 
 
 def purge_expired(tx: Tx, now: int) -> int:
     """Forget expired entries (accepted async requests stay until they are processed)."""
-    done = tx.conn.execute(delete(message_inbox).where(_I.expires <= now, _I.state == DONE))
+    done = tx.conn.execute(delete(message_inbox).where(_I.expires <= now,
+                                                       _I.state == constant(DONE)))
     return int(done.rowcount or 0)
