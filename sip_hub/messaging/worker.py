@@ -25,7 +25,7 @@ from ..fhir.dates import now_utc, to_us
 from ..metrics import serve_metrics
 from ..settings import Settings
 from ..store import Store
-from ..store import inbox, outbox as sql, statistics
+from ..store import inbox, outbox as sql, statistics, wakeup
 from .delivery import Deliverer
 from .http import HttpClient
 from .process_message import process_accepted
@@ -47,6 +47,10 @@ _OPEN_ORGS_SECONDS = 5.0
 # store.statistics): a table that doubles is analyzed within this, not within autovacuum's
 # minute.
 _STATISTICS_SECONDS = 10.0
+# While it waits, a worker looks this often whether it is to stop, and, on a broker, takes
+# what arrived on its queues within _DRAIN_SLICE.
+_STOP_CHECK = 0.05
+_DRAIN_SLICE = 0.01
 
 
 class Worker:
@@ -67,6 +71,7 @@ class Worker:
         self._recovered = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._listener: wakeup.Listener | None = None
 
     # -- one round ----------------------------------------------------------------------------
     def _connect(self) -> Bus:
@@ -131,11 +136,16 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         """Rounds until ``stop`` is set; waits between idle rounds (see _FIRST_IDLE_WAIT) and
-        poll_seconds after a failed one; survives outages."""
+        poll_seconds after a failed one, woken by work as it is committed (``_idle``);
+        survives outages."""
         poll = self.messaging.config.poll_seconds
         wait, last_work = 0.0, 0.0
+        if self.store.engine.dialect.name == "postgresql" and self._listener is None:
+            self._listener = wakeup.Listener(self.store.engine, self.store.work_committed)
         while not stop.is_set():
             failed, busy = True, 0
+            # Work committed from here on wakes the next wait: this round may miss it.
+            self.store.work_committed.clear()
             try:
                 busy = self.run_once()
                 failed = False
@@ -155,7 +165,33 @@ class Worker:
             else:
                 hot = time.monotonic() - last_work < _HOT_SECONDS
                 wait = min(_HOT_WAIT if hot else poll, poll, max(_FIRST_IDLE_WAIT, 2 * wait))
-            stop.wait(wait)
+            if self._idle(stop, wait, failed):
+                wait = 0.0
+
+    def _idle(self, stop: threading.Event, seconds: float, failed: bool) -> bool:
+        """Wait up to ``seconds`` between rounds; True when work came meanwhile. Work
+        committed in this process, or announced on PostgreSQL (see ``store.wakeup``), ends
+        the wait at once; on a broker, messages arriving on the queues this worker consumes
+        (another worker's relay publishes to them too) are delivered as they come."""
+        woken = self.store.work_committed
+        deadline = time.monotonic() + seconds
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if woken.is_set():
+                return True
+            bus = self._bus
+            if failed or bus is None or not bus.durable:
+                woken.wait(min(left, _STOP_CHECK))
+                continue
+            try:
+                if bus.drain(timeout=min(left, _DRAIN_SLICE)):
+                    return True
+            except BusUnavailable as exc:
+                log.warning("message broker unavailable, reconnecting: %s", exc.diagnostics)
+                self._disconnect()
+        return False
 
     # -- in the API process -------------------------------------------------------------------
     def start(self) -> None:
@@ -173,6 +209,9 @@ class Worker:
         self.close()
 
     def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         self._disconnect()
         self._deliverer.close()
         if self._own_http:

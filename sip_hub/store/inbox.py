@@ -12,6 +12,7 @@ from typing import Any, Final
 from sqlalchemy import bindparam, delete, exists, null, or_, select, update
 
 from ..errors import Conflict
+from . import wakeup
 from .driver import DriverStatement, constant
 from .resources import Tx
 from .schema import message_inbox
@@ -100,6 +101,8 @@ def claim(tx: Tx, *, sender_org: str, header_id: str, bundle_id: str, event: str
     if claimed is None:
         raise Conflict(f"Message {header_id} (Bundle {bundle_id}) is being received "
                        "concurrently")
+    if state == ACCEPTED:  # an async request: a worker processes it
+        wakeup.announce(tx)
 
 
 def complete(tx: Tx, sender_org: str, header_id: str, code: str, response: bytes) -> None:

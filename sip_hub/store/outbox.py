@@ -21,6 +21,7 @@ from sqlalchemy import (BigInteger, Integer, String, and_, bindparam, delete, ex
 from sqlalchemy.orm import aliased
 
 from .driver import ByIds, DriverStatement, constant, insert_into, numbered
+from . import wakeup
 from .resources import Tx
 from .schema import outbox_delivery, outbox_message, outbox_stream
 
@@ -150,6 +151,8 @@ def delivery_row(*, id: str, message_id: str, dest_org: str, patient_id: str,
 def insert_deliveries(tx: Tx, rows: Sequence[dict[str, Any]]) -> None:
     """Pending deliveries (``delivery_row``s) in one bulk statement."""
     _INSERT_DELIVERY.many(tx.conn, rows)
+    if rows:
+        wakeup.announce(tx)
 
 
 def set_state(tx: Tx, delivery_id: str, state: str, now: int, *, error: str | None = None,
@@ -370,6 +373,7 @@ def reset_dead(tx: Tx, ids: Sequence[str] | None, now: int) -> list[str]:
         tx.conn.execute(update(outbox_delivery).where(_D.id.in_(found), _D.state == constant(DEAD))
                         .values(state=PENDING, attempts=0, next_attempt_at=now, updated=now,
                                 published_at=None))
+        wakeup.announce(tx)
     return found
 
 

@@ -6,6 +6,7 @@ Search index rows are written in the same transaction as the version they descri
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 import weakref
@@ -174,17 +175,20 @@ class Tx:
         self.conn = conn
         self._seen: dict[tuple[str, str], Stored | None] = {}
         self._grants: dict[str, list[Grant]] = {}
+        # It leaves work for the messaging workers, who are woken when it commits (.wakeup).
+        self.leaves_work = False
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """Undo what the block writes when it raises, in the database and in what this
         transaction remembers having read."""
-        seen, grants = dict(self._seen), dict(self._grants)
+        seen, grants, work = dict(self._seen), dict(self._grants), self.leaves_work
         try:
             with _savepoint(self.conn):
                 yield
         except BaseException:
-            self._seen, self._grants = seen, grants
+            # (A NOTIFY in the savepoint went with it: the next announcement sends another.)
+            self._seen, self._grants, self.leaves_work = seen, grants, work
             raise
 
     # reads -------------------------------------------------------------------------------
@@ -514,6 +518,9 @@ class Store:
         self._group = GroupCommit(self.begin) if self._lock_base is not None else None
         self._writer_lock = None if self._lock_base is None else \
             WriterLock(f"{self._lock_base}-writer.lock")
+        # Set when a transaction that leaves work for the messaging workers commits in this
+        # process (and, for a worker listening on PostgreSQL, in any: see .wakeup).
+        self.work_committed = threading.Event()
 
     @contextmanager
     def begin(self, *, write: bool = True, snapshot: bool = True) -> Iterator[Tx]:
@@ -528,7 +535,10 @@ class Store:
                 conn = conn.execution_options(
                     sip_write=write, **({} if write or snapshot else {"sip_no_begin": True}))
                 with conn.begin():
-                    yield Tx(conn)
+                    tx = Tx(conn)
+                    yield tx
+            if tx.leaves_work:  # committed
+                self.work_committed.set()
         except OperationalError as exc:
             raise TransientError(f"Database unavailable: {exc.orig}") from exc
 

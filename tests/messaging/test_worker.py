@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import orjson
+import pytest
 
 from harness import (BUP, SCHOOL, SOC, URL, Hub, acks, broker, hub, receivers,  # noqa: F401
                      status_change, world)
@@ -48,6 +49,56 @@ def test_the_worker_runs_in_a_background_thread_and_stops(world: Hub, receivers:
     finally:
         worker.stop()
     assert len(bup.received) == len(school.received) == 1
+
+
+@pytest.mark.parametrize(
+    "broker", ["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)], indirect=True)
+def test_a_waiting_worker_is_woken_when_work_is_committed(
+        world: Hub, receivers: Any, monkeypatch: Any) -> None:
+    """A worker with nothing to do waits (here 60 s) before it looks again; a message
+    committed meanwhile, or an async request accepted, is taken at once: in the process that
+    committed it (the embedded default's workers run in the API processes) and, on
+    PostgreSQL, in any process (LISTEN/NOTIFY): there the worker has a store of its own, as
+    a ``sip-hub worker`` has, which nothing but a notification can wake."""
+    from sip_hub.messaging import worker as worker_module
+    from sip_hub.store import Store
+    monkeypatch.setattr(worker_module, "_FIRST_IDLE_WAIT", 60.0)
+    monkeypatch.setattr(worker_module, "_HOT_WAIT", 60.0)
+    bup, school, soc = receivers(), receivers(), receivers()
+    world.configure({BUP: bup.url, SCHOOL: school.url, SOC: soc.url}, poll_seconds=60.0)
+    pg = world.store.engine.dialect.name == "postgresql"
+    worker = Worker(Store(world.store.engine) if pg else world.store, world.messaging)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not settled(world):  # the set-up's notifications: its first round takes them
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.3)  # it waits now (its first round over, the listener connected)
+
+        started = time.monotonic()
+        r = world.post(BUP, URL, status_change(world, destinations=(SOC, SCHOOL)))
+        assert r.status_code == 200, r.text
+        while len(soc.received) < 1 or not settled(world):
+            assert time.monotonic() - started < 5, "not woken: the message waited"
+            time.sleep(0.01)
+
+        started = time.monotonic()
+        r = world.post(BUP, URL + "?async=true", status_change(world, status="cancelled"))
+        assert r.status_code == 202, r.text
+        while not acks(bup):
+            assert time.monotonic() - started < 5, "not woken: the async request waited"
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        worker.close()
+    assert not thread.is_alive()
+    assert acks(bup)[0]["entry"][0]["resource"]["response"]["code"] == "ok"
+    assert [m["entry"][0]["resource"]["eventCoding"]["code"] for m in soc.received][:1] == [
+        "insats-status-changed"]
 
 
 def test_a_worker_consumes_the_queues_another_workers_relay_publishes_to(
