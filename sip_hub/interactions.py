@@ -212,7 +212,7 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
     current = old if old and not old.deleted else None
     _guard_write(tx, ctx, rtype, current, prepared, "update")
     if process_rules:
-        process.check_plain_update(tx, ctx, current.json() if current else None, prepared)
+        process.check_plain_update(tx, ctx, current.doc() if current else None, prepared)
     version = parse_etag(if_match) if if_match else None
     stored, created = tx.update(prepared, rid, if_match=version, owner=ctx.access.org)
     _written(tx, ctx, "create" if created else "update", old, stored)

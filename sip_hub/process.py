@@ -504,7 +504,8 @@ def check_plain_delete(ctx: Context, old: Json) -> None:
 
 
 def check_plain_update(tx: Tx, ctx: Context, old: Json | None, new: Json) -> None:
-    """Refuse a plain update (PUT, a Bundle entry) that would do an operation's work.
+    """Refuse a plain update (PUT, a Bundle entry) that would do an operation's work. ``old``
+    is the stored version as the transaction read it (``Stored.doc``, shared): only read.
 
     Applies to organisations' clients; the hub's operators (admin clients with personal-data
     access) may repair data, and their writes are audited like any other.

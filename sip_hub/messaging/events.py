@@ -249,7 +249,7 @@ def sip_plan_of(tx: Tx, patient_id: str) -> str | None:
     """The patient's open SIP plan, if there is one."""
     for stored in sp.search(tx, "CarePlan", [("patient", f"Patient/{patient_id}"),
                                              ("_sort", "-_lastUpdated")]):
-        plan = stored.json()
+        plan = stored.doc()
         if sp.is_sip_plan(plan) and plan.get("status") not in _CLOSED_STATUS:
             return stored.id
     return None

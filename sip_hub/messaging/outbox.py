@@ -131,7 +131,7 @@ def sip_key(tx: Tx, bundle: Json) -> SipKey:
                         and e["resource"].get("id") == plan), None)
         if carried is None:
             cur = tx.current("CarePlan", plan)
-            carried = cur.json() if cur is not None and not cur.deleted else {}
+            carried = cur.doc() if cur is not None and not cur.deleted else {}
         subject = split_reference((carried.get("subject") or {}).get("reference", ""))
         patient = subject[1] if subject and subject[0] == "Patient" else None
     if patient is None:
