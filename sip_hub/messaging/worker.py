@@ -16,6 +16,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 from .. import heap
 from ..audit import AuditLog
@@ -143,20 +144,10 @@ class Worker:
         if self.store.engine.dialect.name == "postgresql" and self._listener is None:
             self._listener = wakeup.Listener(self.store.engine, self.store.work_committed)
         while not stop.is_set():
-            failed, busy = True, 0
             # Work committed from here on wakes the next wait: this round may miss it.
             self.store.work_committed.clear()
-            try:
-                busy = self.run_once()
-                failed = False
-            except BusUnavailable as exc:
-                log.warning("message broker unavailable, reconnecting: %s", exc.diagnostics)
-                self._disconnect()
-            except TransientError as exc:
-                log.warning("messaging round failed, retrying: %s", exc.diagnostics)
-            except Exception:  # keep the worker alive; the outbox keeps every delivery
-                log.exception("messaging round failed")
-                self._disconnect()
+            done = self._survive(self.run_once)
+            failed, busy = done is None, done or 0
             if failed:
                 wait = poll
             elif busy:
@@ -185,13 +176,29 @@ class Worker:
             if failed or bus is None or not bus.durable:
                 woken.wait(min(left, _STOP_CHECK))
                 continue
-            try:
-                if bus.drain(timeout=min(left, _DRAIN_SLICE)):
-                    return True
-            except BusUnavailable as exc:
-                log.warning("message broker unavailable, reconnecting: %s", exc.diagnostics)
-                self._disconnect()
+            slice_ = min(left, _DRAIN_SLICE)
+            done = self._survive(lambda: bus.drain(timeout=slice_))
+            if done is None:  # (the next round reconnects, or waits out the outage)
+                return False
+            if done:
+                return True
         return False
+
+    def _survive(self, work: Callable[[], int]) -> int | None:
+        """``work()``, or None when it failed: logged, the broker connection dropped where it
+        may be at fault (the next round reconnects). The worker lives on; the outbox keeps
+        every delivery."""
+        try:
+            return work()
+        except BusUnavailable as exc:
+            log.warning("message broker unavailable, reconnecting: %s", exc.diagnostics)
+            self._disconnect()
+        except TransientError as exc:
+            log.warning("messaging round failed, retrying: %s", exc.diagnostics)
+        except Exception:
+            log.exception("messaging round failed")
+            self._disconnect()
+        return None
 
     # -- in the API process -------------------------------------------------------------------
     def start(self) -> None:

@@ -67,7 +67,7 @@ class Listener:
                     while not self._stop.is_set():
                         for _ in conn.notifies(timeout=0.5):
                             self._event.set()
-            except psycopg.Error as exc:
+            except Exception as exc:  # (the thread lives on: without it the workers poll)
                 self.connected.clear()
                 log.warning("listening for work on PostgreSQL failed, polling meanwhile: %s",
                             str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
