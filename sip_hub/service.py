@@ -96,7 +96,8 @@ def prepare(res: Any, resolve: Resolve, *, expected_type: str | None = None) -> 
 class Prepared(dict):  # type: ignore[type-arg]
     """A resource ``prepare`` accepted before its write transaction began.
 
-    ``basis`` holds every resource the rules resolved, as read then (None: not there). The
+    ``basis`` holds every resource the rules resolved, and the references read for them, as
+    read then (None: not there). The
     preparation holds in a write transaction that still reads each of them at the same
     version (``Tx.adopt``): the rules are a function of the resource and what they resolve.
     Otherwise the write transaction prepares ``original()`` again, so that a concurrent
@@ -140,6 +141,11 @@ def prepare_ahead(store: Store, res: Any, expected_type: str, *,
         keys.append((expected_type, replaces))
     with store.begin(write=False, snapshot=False) as tx:
         tx.load(keys)
+        # What was read joins the basis whether the rules resolve it or not: the write's
+        # access checks read some of it too (the author's Organization), adopted with the
+        # rest in one statement instead of read again one by one.
+        for key in keys:
+            basis[key] = tx.current(*key)
         if replaces is not None:
             old = basis[(expected_type, replaces)] = tx.current(expected_type, replaces)
             if old is not None:

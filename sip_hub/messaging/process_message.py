@@ -306,7 +306,10 @@ def _prepare_ahead(store: Store, msg: parser.Message) -> _Ahead | None:
     basis: dict[tuple[str, str], Stored | None] = {}
     try:
         with store.begin(write=False, snapshot=False) as tx:
-            tx.load(_named(msg))
+            named = _named(msg)
+            tx.load(named)
+            for key in named:  # (all of it adopted at once: the write's checks read some)
+                basis[key] = tx.current(*key)
 
             def current(rtype: str, rid: str) -> Stored | None:
                 cur = basis[(rtype, rid)] = tx.current(rtype, rid)

@@ -38,6 +38,7 @@ from .search import Grant, Visibility, VisibilityFor
 _H = resource_history.c
 _R = resource.c
 AUDIT_TYPE = sql_audit.AUDIT_TYPE
+_UNSEEN = object()
 
 def current_select(*columns: Any) -> Any:
     """``columns`` of every resource's current version (its row joined to that version's)."""
@@ -215,10 +216,14 @@ class Tx:
 
     def adopt(self, seen: dict[tuple[str, str], Stored | None]) -> bool:
         """Whether every resource of ``seen`` (read in another transaction) is still at the
-        version read, or still absent; if so, they count as read in this one."""
+        version read, or still absent; if so, they count as read in this one. Adopted once,
+        they are taken again without a statement (a write adopts its preparation before it
+        reads what it replaces, and again when it takes the preparation)."""
         keys = list(seen)
         if any(rtype == AUDIT_TYPE for rtype, _ in keys):
             return False
+        if all(self._seen.get(key, _UNSEEN) is then for key, then in seen.items()):
+            return True
         now: dict[tuple[str, str], tuple[int, bool]] = {}
         for n, params in numbered(_key_rows(keys), _KEYS_MAX, pad=True):
             for rtype, rid, version, deleted in _versions_of(n).all(self.conn, params):
@@ -346,7 +351,14 @@ class Tx:
             self._write_index(rtype, rid, final)
         else:
             self._write_index(rtype, rid, final)
-        return Stored(rtype, rid, version, ts, False, content, method, owner)
+        if previous is not None:  # an update keeps the resource's owner (its creator)
+            if old is None or old.version_id != previous:
+                return Stored(rtype, rid, version, ts, False, content, method, owner)
+            owner = old.owner
+        # This transaction's current version now (what it notifies and audits reads it).
+        stored = self._seen[(rtype, rid)] = Stored(rtype, rid, version, ts, False, content,
+                                                   method, owner)
+        return stored
 
     def append_audit(self, events: list[sql_audit.Entry | dict[str, Any]]) -> list[Stored]:
         """Append AuditEvents to the access log (new server ids), in bulk."""

@@ -50,6 +50,26 @@ def test_versions_increase_and_history_is_complete(store):
         assert tx.version("Patient", "p1", 2).json()["name"][0]["family"] == "A"
 
 
+def test_a_write_leaves_its_version_current_in_its_transaction(store):
+    """What a write goes on to read of what it wrote (its notifications, its audit record)
+    is the version it wrote, with the resource's owner (its creator: an update by another
+    organisation does not change it), without reading it back."""
+    patient = {"resourceType": "Patient", "name": [{"family": "Ek"}]}
+    with store.begin() as tx:
+        created = tx.create(patient, "p-own", owner="SE-ORG-A")
+        assert tx.current("Patient", "p-own") is created
+        assert created.owner == "SE-ORG-A" and created.version_id == 1
+        updated, was_created = tx.update({**patient, "gender": "female"}, "p-own",
+                                         owner="SE-ORG-B")
+        assert not was_created
+        now = tx.current("Patient", "p-own")
+        assert now is updated and now.version_id == 2 and now.owner == "SE-ORG-A"
+        assert now.doc()["gender"] == "female"
+    with store.begin(write=False) as tx:
+        stored = tx.current("Patient", "p-own")
+        assert (stored.version_id, stored.owner, stored.json()) == (2, "SE-ORG-A", now.json())
+
+
 def test_if_match_checks_the_current_version(store):
     with store.begin() as tx:
         tx.create(dict(PAT), "p1")
