@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -51,6 +53,31 @@ def test_the_worker_runs_in_a_background_thread_and_stops(world: Hub, receivers:
     assert len(bup.received) == len(school.received) == 1
 
 
+@contextmanager
+def _waiting(world: Hub, store: Any, monkeypatch: Any) -> Iterator[threading.Thread]:
+    """A worker in a thread of its own, done with the set-up's notifications and waiting 60
+    s between idle rounds: only a wake-up, or what arrives on its queues, makes it act."""
+    from sip_hub.messaging import worker as worker_module
+    monkeypatch.setattr(worker_module, "_FIRST_IDLE_WAIT", 60.0)
+    monkeypatch.setattr(worker_module, "_HOT_WAIT", 60.0)
+    worker = Worker(store, world.messaging)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not settled(world):  # the set-up's notifications: its first round takes them
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.3)  # it waits now (its first round over, its listener connected)
+        yield thread
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        worker.close()
+    assert not thread.is_alive()
+
+
 @pytest.mark.parametrize(
     "broker", ["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)], indirect=True)
 def test_a_waiting_worker_is_woken_when_work_is_committed(
@@ -60,24 +87,11 @@ def test_a_waiting_worker_is_woken_when_work_is_committed(
     committed it (the embedded default's workers run in the API processes) and, on
     PostgreSQL, in any process (LISTEN/NOTIFY): there the worker has a store of its own, as
     a ``sip-hub worker`` has, which nothing but a notification can wake."""
-    from sip_hub.messaging import worker as worker_module
     from sip_hub.store import Store
-    monkeypatch.setattr(worker_module, "_FIRST_IDLE_WAIT", 60.0)
-    monkeypatch.setattr(worker_module, "_HOT_WAIT", 60.0)
     bup, school, soc = receivers(), receivers(), receivers()
     world.configure({BUP: bup.url, SCHOOL: school.url, SOC: soc.url}, poll_seconds=60.0)
     pg = world.store.engine.dialect.name == "postgresql"
-    worker = Worker(Store(world.store.engine) if pg else world.store, world.messaging)
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,))
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not settled(world):  # the set-up's notifications: its first round takes them
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        time.sleep(0.3)  # it waits now (its first round over, the listener connected)
-
+    with _waiting(world, Store(world.store.engine) if pg else world.store, monkeypatch):
         started = time.monotonic()
         r = world.post(BUP, URL, status_change(world, destinations=(SOC, SCHOOL)))
         assert r.status_code == 200, r.text
@@ -91,11 +105,6 @@ def test_a_waiting_worker_is_woken_when_work_is_committed(
         while not acks(bup):
             assert time.monotonic() - started < 5, "not woken: the async request waited"
             time.sleep(0.01)
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-        worker.close()
-    assert not thread.is_alive()
     assert acks(bup)[0]["entry"][0]["resource"]["response"]["code"] == "ok"
     assert [m["entry"][0]["resource"]["eventCoding"]["code"] for m in soc.received][:1] == [
         "insats-status-changed"]
@@ -112,10 +121,7 @@ def test_a_failure_while_waiting_on_the_queues_does_not_end_the_worker(
     import logging
 
     from sip_hub.bus import Bus
-    from sip_hub.messaging import worker as worker_module
     from sip_hub.store import Store
-    monkeypatch.setattr(worker_module, "_FIRST_IDLE_WAIT", 60.0)
-    monkeypatch.setattr(worker_module, "_HOT_WAIT", 60.0)
     bup, school, soc = receivers(), receivers(), receivers()
     world.configure({BUP: bup.url, SCHOOL: school.url, SOC: soc.url}, poll_seconds=60.0)
     real = Bus.drain
@@ -129,17 +135,9 @@ def test_a_failure_while_waiting_on_the_queues_does_not_end_the_worker(
         return real(self, timeout, max_messages)
     monkeypatch.setattr(Bus, "drain", fails_once)
     caplog.set_level(logging.WARNING, logger="sip_hub.worker")
-    worker = Worker(Store(world.store.engine), world.messaging)
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,))
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not settled(world):  # the set-up's notifications: its first round takes them
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        time.sleep(0.3)  # it waits on its queues now
+    with _waiting(world, Store(world.store.engine), monkeypatch) as thread:
         armed.set()
+        deadline = time.monotonic() + 20
         while not failures:
             assert time.monotonic() < deadline
             time.sleep(0.01)
@@ -149,15 +147,9 @@ def test_a_failure_while_waiting_on_the_queues_does_not_end_the_worker(
         assert r.status_code == 200, r.text
         if world.store.engine.dialect.name == "sqlite":  # (PostgreSQL wakes the worker)
             assert world.relay() > 0                  # published by another worker's relay
-        deadline = time.monotonic() + 20
         while not settled(world):
             assert time.monotonic() < deadline and thread.is_alive()
             time.sleep(0.02)
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-        worker.close()
-    assert not thread.is_alive()
     assert any("messaging round failed" in r.getMessage() for r in caplog.records)
     for r in (soc, school):
         assert [m["entry"][0]["resource"]["eventCoding"]["code"] for m in r.received
