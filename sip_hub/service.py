@@ -97,11 +97,10 @@ class Prepared(dict):  # type: ignore[type-arg]
     """A resource ``prepare`` accepted before its write transaction began.
 
     ``basis`` holds every resource the rules resolved, and the references read for them, as
-    read then (None: not there). The
-    preparation holds in a write transaction that still reads each of them at the same
-    version (``Tx.adopt``): the rules are a function of the resource and what they resolve.
-    Otherwise the write transaction prepares ``original()`` again, so that a concurrent
-    change is never checked against a stale read.
+    read then (None: not there). The preparation holds in a write transaction that still
+    reads each of them at the same version (``Tx.adopt``): the rules are a function of the
+    resource and what they resolve. Otherwise the write transaction prepares ``original()``
+    again, so that a concurrent change is never checked against a stale read.
     """
 
     __slots__ = ("basis", "_original")

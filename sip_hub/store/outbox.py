@@ -20,8 +20,8 @@ from sqlalchemy import (BigInteger, Integer, String, and_, bindparam, delete, ex
                         literal_column, or_, select, union_all, update)
 from sqlalchemy.orm import aliased
 
-from .driver import ByIds, DriverStatement, constant, insert_into, numbered
 from . import wakeup
+from .driver import ByIds, DriverStatement, constant, insert_into, numbered
 from .resources import Tx
 from .schema import outbox_delivery, outbox_message, outbox_stream
 
@@ -166,8 +166,8 @@ def set_state(tx: Tx, delivery_id: str, state: str, now: int, *, error: str | No
 
 
 _PUBLISHED = ByIds(_D.id, lambda ids: update(outbox_delivery).where(
-    ids, _D.state == constant(PENDING)).values(state=PUBLISHED, published_at=bindparam("now"),
-                                     updated=bindparam("now")))
+    ids, _D.state == constant(PENDING)).values(
+        state=PUBLISHED, published_at=bindparam("now"), updated=bindparam("now")))
 
 
 def mark_published(tx: Tx, ids: Sequence[str], now: int) -> None:
