@@ -22,7 +22,7 @@ from .fhir import search as fhir_search
 from .fhir.dates import format_instant, now_utc
 from .fhir.outcome import information
 from .fhir.validation import check_id
-from .service import Prepared, Resolve, check_type, prepare_in
+from .service import Resolve, adopted, check_type, prepare_in
 from .store import Stored, Tx
 
 if TYPE_CHECKING:
@@ -205,9 +205,8 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
     if isinstance(res, dict) and res.get("id") != rid:
         raise BadRequest(f"The resource id '{res.get('id')}' does not match the URL id '{rid}'",
                          expression=f"{rtype}.id")
-    if isinstance(res, Prepared) and resolve is None and not tx.adopt(res.basis):
-        res = res.original()  # (its preparation no longer holds: prepared again below)
-    old = tx.current(rtype, rid)  # (adopted: the version the preparation replaced)
+    res = adopted(tx, res, resolve)  # before the read of what it replaces, which it read
+    old = tx.current(rtype, rid)
     if old is None:
         ctx.access.check(rtype, "c")
     prepared = prepare_in(tx, res, resolve, rtype)

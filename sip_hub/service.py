@@ -145,10 +145,9 @@ def prepare_ahead(store: Store, res: Any, expected_type: str, *,
         # rest in one statement instead of read again one by one.
         for key in keys:
             basis[key] = tx.current(*key)
-        if replaces is not None:
-            old = basis[(expected_type, replaces)] = tx.current(expected_type, replaces)
-            if old is not None:
-                old.index_rows()
+        old = basis.get((expected_type, replaces)) if replaces is not None else None
+        if old is not None:
+            old.index_rows()
         try:
             return Prepared(prepare(checked, tx_resolver(tx, basis=basis),
                                     expected_type=expected_type), basis, original)
@@ -156,13 +155,21 @@ def prepare_ahead(store: Store, res: Any, expected_type: str, *,
             return Prevalidated(orjson.loads(original))
 
 
+def adopted(tx: Tx, res: Any, resolve: Resolve | None) -> Any:
+    """``res``, its preparation's reads taken into ``tx`` if it is ``Prepared`` and they all
+    still hold (``Tx.adopt``; taking them again costs no statement); else what to prepare in
+    ``tx`` (the original of a preparation that no longer holds)."""
+    if isinstance(res, Prepared) and resolve is None and not tx.adopt(res.basis):
+        return res.original()
+    return res
+
+
 def prepare_in(tx: Tx, res: Any, resolve: Resolve | None, expected_type: str) -> dict[str, Any]:
     """``prepare`` for a write in ``tx``: a ``Prepared`` resource whose basis still holds is
     taken as it is; anything else is prepared here."""
+    res = adopted(tx, res, resolve)
     if isinstance(res, Prepared) and resolve is None:
-        if tx.adopt(res.basis):
-            return res
-        res = res.original()
+        return res
     return prepare(res, resolve or tx_resolver(tx), expected_type=expected_type)
 
 

@@ -52,8 +52,8 @@ from . import vocabulary as vocab
 from .config import MessagingSettings
 from .endpoints import DEFAULT_CONCURRENT, Endpoint, Endpoints
 from .http import HttpClient, HttpError, HttpResponse, HttpTimeout
-from .outbox import (is_covered, log_dead, no_endpoint_reason, record_dead,
-                     record_withdrawn)
+from .outbox import (log_dead, no_endpoint_reason, record_dead, record_withdrawn,
+                     uncovered)
 from .relay import DELIVERY, EVENT
 
 _HOLD_US = 1_000_000  # a held-back delivery is looked at again after a second
@@ -162,11 +162,10 @@ class Deliverer:
                 else:
                     open_.append((i, d))
             # The batch's grants and stream heads in a statement or two, not two per delivery.
-            tx.load_grants(d.patient_id for _, d in open_ if d.kind == sql.NOTIFICATION)
+            gone = uncovered(tx, [d for _, d in open_], now)
             held = sql.held_back(tx, [d for _, d in open_])
             for i, d in open_:
-                if d.kind == sql.NOTIFICATION and not is_covered(tx, d.patient_id, d.dest_org,
-                                                                 now):
+                if d.id in gone:
                     withdraw.append((i, d))
                 elif d.id in held:
                     hold.append((i, d))

@@ -310,11 +310,7 @@ def _prepare_ahead(store: Store, msg: parser.Message) -> _Ahead | None:
             tx.load(named)
             for key in named:  # (all of it adopted at once: the write's checks read some)
                 basis[key] = tx.current(*key)
-
-            def current(rtype: str, rid: str) -> Stored | None:
-                cur = basis[(rtype, rid)] = tx.current(rtype, rid)
-                return cur
-            same, todo = _sort(msg, current, lambda cur: True)
+            same, todo = _sort(msg, tx.current, lambda cur: True)  # (entries are named)
             if len(todo) != 1 or not isinstance(todo[0][1]["resource"].get("id"), str):
                 return None
             (index, e), = todo

@@ -70,11 +70,16 @@ _MESSAGE_COLUMNS = (_M.event, _M.kind, _M.content)
 
 # What every delivery runs (the delivery's checks and its outcome), built once with parameters
 # and run on the driver's cursor (see .driver): building a statement cost more than running it.
+def _in(state: Any, *values: str) -> Any:
+    """``state IN (...)`` with the values in the SQL (``driver.constant``): a few open
+    deliveries among many settled ones are found by index under any prepared plan."""
+    return state.in_([constant(v) for v in values])
+
+
 def _open(state: Any) -> Any:
-    """``state IN ('pending', 'published')`` with the values in the SQL (``driver.constant``),
-    as the partial index of each stream's open deliveries states it (see
-    ``schema.OPEN_STATE_SQL``), so that the query may use it."""
-    return state.in_([constant(s) for s in OPEN])
+    """``state IN ('pending', 'published')``, as the partial index of each stream's open
+    deliveries states it (see ``schema.OPEN_STATE_SQL``), so that the query may use it."""
+    return _in(state, *OPEN)
 
 
 @lru_cache(maxsize=None)
@@ -82,7 +87,7 @@ def _set_state(only_from: tuple[str, ...]) -> DriverStatement:
     """The state change from ``only_from``; a value left None keeps the column's value."""
     return DriverStatement(
         update(outbox_delivery)
-        .where(_D.id == bindparam("delivery"), or_(*(_D.state == constant(s) for s in only_from)))
+        .where(_D.id == bindparam("delivery"), _in(_D.state, *only_from))
         .values(state=bindparam("to"), updated=bindparam("now"),
                 last_error=func.coalesce(bindparam("error", type_=String), _D.last_error),
                 attempts=func.coalesce(bindparam("tries", type_=Integer), _D.attempts),
@@ -166,7 +171,7 @@ def set_state(tx: Tx, delivery_id: str, state: str, now: int, *, error: str | No
 
 
 _PUBLISHED = ByIds(_D.id, lambda ids: update(outbox_delivery).where(
-    ids, _D.state == constant(PENDING)).values(
+    ids, _in(_D.state, PENDING)).values(
         state=PUBLISHED, published_at=bindparam("now"), updated=bindparam("now")))
 
 
@@ -199,7 +204,7 @@ def _heads() -> Any:
                   .where(e.patient_id == _D.patient_id, e.careplan_id == _D.careplan_id,
                          e.dest_org == _D.dest_org, _open(e.state))
                   .order_by(e.seq).limit(1).scalar_subquery())
-    return (select(_D.id).where(_D.state == constant(PENDING),
+    return (select(_D.id).where(_in(_D.state, PENDING),
                                 _D.next_attempt_at <= bindparam("now"), _D.seq == first_open)
             .order_by(_D.next_attempt_at, _D.seq).limit(bindparam("limit"))
             .with_for_update(skip_locked=True))
@@ -208,9 +213,9 @@ def _heads() -> Any:
 # Every relay round runs these (built once, on the driver's cursor where they can be).
 _HEADS = DriverStatement(_heads())
 _RELAY_DUE = DriverStatement(select(or_(
-    exists().where(_D.state == constant(PENDING), _D.next_attempt_at <= bindparam("now")),
-    exists().where(_D.state == constant(PUBLISHED), _D.published_at < bindparam("before")))))
-_REQUEUE = update(outbox_delivery).where(_D.state == constant(PUBLISHED)).values(
+    exists().where(_in(_D.state, PENDING), _D.next_attempt_at <= bindparam("now")),
+    exists().where(_in(_D.state, PUBLISHED), _D.published_at < bindparam("before")))))
+_REQUEUE = update(outbox_delivery).where(_in(_D.state, PUBLISHED)).values(
     state=PENDING, next_attempt_at=bindparam("now"), updated=bindparam("now"))
 _REQUEUE_ALL = DriverStatement(_REQUEUE)
 _REQUEUE_BEFORE = DriverStatement(_REQUEUE.where(_D.published_at < bindparam("before")))
@@ -247,8 +252,8 @@ def _count_up_to(*where: Any) -> DriverStatement:
         select(literal_column("1")).where(*where).limit(bindparam("cap")).subquery()))
 
 
-_BACKLOG_DUE = _count_up_to(_D.state == constant(PENDING), _D.next_attempt_at <= bindparam("now"))
-_BACKLOG_ON_BUS = _count_up_to(_D.state == constant(PUBLISHED))
+_BACKLOG_DUE = _count_up_to(_in(_D.state, PENDING), _D.next_attempt_at <= bindparam("now"))
+_BACKLOG_ON_BUS = _count_up_to(_in(_D.state, PUBLISHED))
 
 
 def backlog(tx: Tx, now: int, cap: int) -> int:
@@ -365,12 +370,12 @@ def withdraw(tx: Tx, patient_id: str, covered: set[str], now: int, reason: str) 
 def reset_dead(tx: Tx, ids: Sequence[str] | None, now: int) -> list[str]:
     """Dead deliveries (those named by delivery or message id, or all) back to pending with
     fresh attempts; their last error is kept until the next attempt replaces it."""
-    q = select(_D.id).where(_D.state == constant(DEAD))
+    q = select(_D.id).where(_in(_D.state, DEAD))
     if ids is not None:
         q = q.where((_D.id.in_(ids)) | (_D.message_id.in_(ids)))
     found = [r.id for r in tx.conn.execute(q)]
     if found:
-        tx.conn.execute(update(outbox_delivery).where(_D.id.in_(found), _D.state == constant(DEAD))
+        tx.conn.execute(update(outbox_delivery).where(_D.id.in_(found), _in(_D.state, DEAD))
                         .values(state=PENDING, attempts=0, next_attempt_at=now, updated=now,
                                 published_at=None))
         wakeup.announce(tx)
@@ -387,7 +392,7 @@ def delete_finished(tx: Tx, before: int) -> int:
     """Forget delivered and withdrawn deliveries last changed before ``before``, and messages
     left without deliveries (dead ones stay until an operator replays them)."""
     gone = tx.conn.execute(delete(outbox_delivery).where(
-        _D.state.in_((constant(DELIVERED), constant(WITHDRAWN))), _D.updated < before))
+        _in(_D.state, DELIVERED, WITHDRAWN), _D.updated < before))
     orphan = ~exists().where(_D.message_id == _M.message_id)
     tx.conn.execute(delete(outbox_message).where(orphan, _M.created < before))
     return int(gone.rowcount or 0)
