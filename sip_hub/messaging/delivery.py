@@ -37,8 +37,7 @@ workers can consume any queue with any prefetch.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -51,14 +50,13 @@ from ..store import outbox as sql
 from . import vocabulary as vocab
 from .config import MessagingSettings
 from .endpoints import DEFAULT_CONCURRENT, Endpoint, Endpoints
-from .http import HttpClient, HttpError, HttpResponse, HttpTimeout
+from .http import HttpClient, HttpError, HttpRequest, HttpResponse, HttpTimeout
 from .outbox import (log_dead, no_endpoint_reason, record_dead, record_withdrawn,
                      uncovered)
 from .relay import DELIVERY, EVENT
 
 _HOLD_US = 1_000_000  # a held-back delivery is looked at again after a second
 _RETRY_STATUS = frozenset({408, 425, 429})
-_PARALLEL_POSTS = 8  # POSTs at once by one deliverer
 # A POST to make: the delivery's index in its batch, the delivery, the URL, its endpoint.
 _Post = tuple[int, sql.Delivery, str, Endpoint | None]
 
@@ -119,7 +117,6 @@ class Deliverer:
     http: HttpClient
     # Where messages to organisations that consume their own queue go (the worker's bus).
     bus: Bus | None = None
-    _pool: ThreadPoolExecutor | None = field(default=None, init=False)
 
     def handle(self, m: Received) -> Outcome:
         """The bus handler of every organisation's queue, a message at a time."""
@@ -218,7 +215,7 @@ class Deliverer:
             url = d.endpoint_url or (endpoint.url if endpoint else None)
             if url is None and endpoint is not None:  # it consumes its own queue
                 queued.append((i, d))
-            elif url is None:  # nothing to wait for: no thread
+            elif url is None:  # nothing to send
                 done.append((i, d, Result("fatal", no_endpoint_reason(d.dest_org))))
             else:
                 lanes.setdefault((d.patient_id, d.careplan_id, d.dest_org), []).append(
@@ -233,16 +230,12 @@ class Deliverer:
             tasks.setdefault((org, n % width), []).extend(lane)
 
         done += self._hand_over(queued)
-
-        def run(todo: list[_Post]) -> list[tuple[int, sql.Delivery, Result]]:
-            return [(i, d, self._post(d, url, endpoint)) for i, d, url, endpoint in todo]
-        if len(tasks) <= 1:
-            done += [r for todo in tasks.values() for r in run(todo)]
-        else:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(_PARALLEL_POSTS,
-                                                thread_name_prefix="sip-hub-post")
-            done += [r for rs in self._pool.map(run, tasks.values()) for r in rs]
+        todo = list(tasks.values())
+        answers = self.http.exchange([[self._request(d, url, endpoint)
+                                       for _, d, url, endpoint in lane] for lane in todo])
+        done += [(i, d, self._result(url, endpoint, answer))
+                 for lane, lane_answers in zip(todo, answers)
+                 for (i, d, url, endpoint), answer in zip(lane, lane_answers)]
         return sorted(done, key=lambda r: r[0])
 
     def _hand_over(self, queued: list[tuple[int, sql.Delivery]]
@@ -265,26 +258,27 @@ class Deliverer:
             "transient", f"The broker refused the message for the queue of {d.dest_org}"))
                 for (i, d), ok in zip(queued, confirmed)]
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
-    def _post(self, d: sql.Delivery, url: str, endpoint: Endpoint | None) -> Result:
-        """POST ``d`` to ``url`` (its own, or that of ``endpoint``, its organisation's)."""
-        timeout = (endpoint.timeout if endpoint and endpoint.timeout else
-                   self.config.timeout_seconds)
+    def _request(self, d: sql.Delivery, url: str, endpoint: Endpoint | None) -> HttpRequest:
+        """The POST of ``d`` to ``url`` (its own, or that of ``endpoint``, its
+        organisation's)."""
         # X-Request-ID: the delivery's id, which the hub's log lines and dead letters name,
         # for the receiver's own logs (each attempt of a delivery sends the same).
         headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json",
                    "X-Request-ID": d.id, **(endpoint.headers() if endpoint else {})}
-        try:
-            resp = self.http.post(url, content=d.content, headers=headers, timeout=timeout)
-        except HttpTimeout:
-            return Result("transient", f"No answer from {url} within {timeout:g} s")
-        except HttpError as exc:
-            return Result("transient", f"Could not reach {url}: {exc}")
-        return classify(resp)
+        return HttpRequest(url, d.content, headers, self._timeout(endpoint))
+
+    def _timeout(self, endpoint: Endpoint | None) -> float:
+        return endpoint.timeout if endpoint and endpoint.timeout else \
+            self.config.timeout_seconds
+
+    def _result(self, url: str, endpoint: Endpoint | None,
+                answer: HttpResponse | HttpError) -> Result:
+        if isinstance(answer, HttpTimeout):
+            return Result("transient", f"No answer from {url} within "
+                                       f"{self._timeout(endpoint):g} s")
+        if isinstance(answer, HttpError):
+            return Result("transient", f"Could not reach {url}: {answer}")
+        return classify(answer)
 
     def _record(self, tx: Tx, d: sql.Delivery, result: Result, now: int) -> Outcome:
         """Record an attempt that did not deliver (a retry later, or dead), unless another

@@ -1,28 +1,36 @@
-"""Outgoing HTTP of the deliveries: POST a message Bundle to an organisation's endpoint.
+"""Outgoing HTTP of the deliveries: POST message Bundles to organisations' endpoints.
 
-Built on the standard library's ``http.client`` with kept-alive connections per endpoint
-(scheme, host, port): httpx cost three times its CPU per request (measured: 1.3 ms against
-0.45 ms per POST of a message), and every message is POSTed once per receiving organisation.
-Threads may share a client: each request takes an idle connection of its endpoint (or opens
-one) and gives it back when the answer is read, so concurrent POSTs to one endpoint use
-connections of their own. No redirects are followed and nothing is retried
-here except a request on a kept-alive connection the server had already closed (sent again
-once, on a new connection, before any answer came): retrying is the outbox's business.
+Built on libcurl (pycurl): a POST costs a third of the interpreter time it took with the
+standard library's ``http.client`` (measured: 35 against 110-130 us of CPU per POST of a
+4 kB message to a local receiver; httpx cost ten times that), and every message is POSTed
+once per receiving organisation. ``exchange`` runs lanes of requests side by side in one
+thread (a libcurl multi handle; the interpreter lock is released while it waits), each
+lane's requests one after another: before, each lane needed a thread of a pool, and the
+threads took turns on the interpreter lock with the API's.
+
+Connections are kept alive and reused per endpoint (scheme, host, port), by each thread's
+client state: threads may share one ``HttpClient``. No redirects are followed, only http and
+https are spoken, proxies from the environment are not used (as with ``http.client``), and
+nothing is retried here except what libcurl itself sends again, once, on a new connection:
+a request on a kept-alive connection that the server had closed before any answer came.
+Retrying is the outbox's business. ``timeout`` bounds the whole exchange (connect, send,
+answer).
 """
 
 from __future__ import annotations
 
-import http.client
-import socket
 import ssl
-from dataclasses import dataclass
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from io import BytesIO
 from urllib.parse import urlsplit
 
-_Key = tuple[str, str, int]
-_IDLE_PER_ENDPOINT = 8  # kept-alive connections kept per endpoint; more are closed
-# Raised by a kept-alive connection the server closed meanwhile: the request never got an
-# answer, so it may be sent again on a new connection.
-_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+import pycurl
+
+_MAX_IDLE = 64  # kept-alive connections a thread keeps, over all endpoints
+_WAIT_SLICE = 1.0  # seconds: the longest wait for any socket before libcurl looks again
+_CA = ssl.get_default_verify_paths()
 
 
 class HttpError(Exception):
@@ -44,64 +52,172 @@ class HttpResponse:
         return self.content.decode("utf-8", errors="replace")
 
 
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """A POST to make."""
+    url: str
+    content: bytes
+    headers: dict[str, str]
+    timeout: float  # seconds for the whole exchange
+
+
+@dataclass(slots=True)
+class _Transfer:
+    handle: pycurl.Curl
+    request: HttpRequest | None = None
+    body: BytesIO = field(default_factory=BytesIO)
+    lane: int = 0
+    index: int = 0
+
+
+class _Thread:
+    """One thread's libcurl state: its multi handle (which keeps the connections) and the
+    easy handles it reuses."""
+
+    def __init__(self) -> None:
+        self.multi = pycurl.CurlMulti()
+        self.multi.setopt(pycurl.M_MAXCONNECTS, _MAX_IDLE)
+        self.free: list[_Transfer] = []
+
+    def take(self, request: HttpRequest, lane: int, index: int) -> _Transfer:
+        t = self.free.pop() if self.free else _Transfer(_new_handle())
+        t.request, t.lane, t.index = request, lane, index
+        t.body = BytesIO()
+        h = t.handle
+        h.setopt(pycurl.URL, request.url)
+        h.setopt(pycurl.POSTFIELDS, request.content)
+        # "Expect:" off: libcurl would ask for 100-continue before a large body.
+        h.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in request.headers.items()]
+                 + ["Expect:"])
+        h.setopt(pycurl.TIMEOUT_MS, max(1, int(request.timeout * 1000)))
+        h.setopt(pycurl.WRITEDATA, t.body)
+        self.multi.add_handle(h)
+        return t
+
+    def give_back(self, t: _Transfer) -> None:
+        self.multi.remove_handle(t.handle)
+        t.request = None
+        self.free.append(t)
+
+    def close(self) -> None:
+        for t in self.free:
+            t.handle.close()
+        self.free.clear()
+        self.multi.close()
+
+
+def _new_handle() -> pycurl.Curl:
+    h = pycurl.Curl()
+    h.setopt(pycurl.NOSIGNAL, 1)  # threads: no SIGALRM for timeouts
+    h.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+    h.setopt(pycurl.FOLLOWLOCATION, 0)
+    h.setopt(pycurl.PROXY, "")  # not the environment's proxy
+    if _CA.cafile:
+        h.setopt(pycurl.CAINFO, _CA.cafile)
+    if _CA.capath:
+        h.setopt(pycurl.CAPATH, _CA.capath)
+    return h
+
+
+def _refused(request: HttpRequest) -> HttpError | None:
+    parts = urlsplit(request.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return HttpError(f"'{request.url}' is not an http(s) URL")
+    return None
+
+
 class HttpClient:
     def __init__(self) -> None:
-        # Idle connections per endpoint; list.pop and append are atomic, so threads share it.
-        self._idle: dict[_Key, list[http.client.HTTPConnection]] = {}
-        self._tls = ssl.create_default_context()
+        self._local = threading.local()
+        self._all: list[_Thread] = []  # every thread's state, closed by close()
+        self._lock = threading.Lock()
+
+    def _mine(self) -> _Thread:
+        state: _Thread | None = getattr(self._local, "state", None)
+        if state is None:
+            state = self._local.state = _Thread()
+            with self._lock:
+                self._all.append(state)
+        return state
 
     def post(self, url: str, *, content: bytes, headers: dict[str, str],
              timeout: float) -> HttpResponse:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise HttpError(f"'{url}' is not an http(s) URL")
-        key = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https"
-                                                             else 80))
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        idle = self._idle.setdefault(key, [])
-        for attempt in (1, 2):
-            conn = self._take(idle)
-            reused = conn is not None
-            conn = conn or self._connect(key, timeout)
-            conn.timeout = timeout
-            if conn.sock is not None:
-                conn.sock.settimeout(timeout)
-            try:
-                conn.request("POST", target, body=content, headers=headers)
-                resp = conn.getresponse()
-                body = resp.read()
-            except (TimeoutError, socket.timeout):
-                conn.close()
-                raise HttpTimeout(f"No answer from {url} within {timeout:g} s") from None
-            except _STALE as exc:
-                conn.close()
-                if reused and attempt == 1:
-                    continue
-                raise HttpError(f"{type(exc).__name__}: {exc}") from None
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                raise HttpError(f"{type(exc).__name__}: {exc}") from None
-            if resp.will_close or len(idle) >= _IDLE_PER_ENDPOINT:
-                conn.close()
-            else:
-                idle.append(conn)
-            return HttpResponse(url, resp.status, body)
-        raise AssertionError("unreachable")  # pragma: no cover
+        """One POST; raises ``HttpError`` (``HttpTimeout``) when no answer came."""
+        result = self.exchange([[HttpRequest(url, content, headers, timeout)]])[0][0]
+        if isinstance(result, HttpError):
+            raise result
+        return result
 
-    @staticmethod
-    def _take(idle: list[http.client.HTTPConnection]) -> http.client.HTTPConnection | None:
+    def exchange(self, lanes: Sequence[Sequence[HttpRequest]]
+                 ) -> list[list[HttpResponse | HttpError]]:
+        """POST every lane's requests, a lane's one after another (the next once the
+        previous is answered or has failed), the lanes side by side. Each request's answer,
+        or the error that stands for it (``HttpTimeout``, ``HttpError``), in the lanes'
+        order."""
+        state = self._mine()
+        results: list[list[HttpResponse | HttpError | None]] = [[None] * len(lane)
+                                                                for lane in lanes]
+        running: dict[pycurl.Curl, _Transfer] = {}
+
+        def start(lane: int, index: int) -> None:
+            while index < len(lanes[lane]):
+                request = lanes[lane][index]
+                refused = _refused(request)
+                if refused is None:
+                    t = state.take(request, lane, index)
+                    running[t.handle] = t
+                    return
+                results[lane][index] = refused
+                index += 1
+
+        def finish(handle: pycurl.Curl, result: HttpResponse | HttpError) -> None:
+            t = running.pop(handle)
+            results[t.lane][t.index] = result
+            state.give_back(t)
+            start(t.lane, t.index + 1)  # the lane's next request
+
+        for lane in range(len(lanes)):
+            start(lane, 0)
         try:
-            return idle.pop()
-        except IndexError:
-            return None
-
-    def _connect(self, key: _Key, timeout: float) -> http.client.HTTPConnection:
-        scheme, host, port = key
-        if scheme == "https":
-            return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls)
-        return http.client.HTTPConnection(host, port, timeout=timeout)
+            while running:
+                while state.multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
+                    pass
+                finished = 0
+                while True:
+                    left, ok, failed = state.multi.info_read()
+                    for h in ok:
+                        t = running[h]
+                        finish(h, HttpResponse(t.request.url,  # type: ignore[union-attr]
+                                               h.getinfo(pycurl.RESPONSE_CODE),
+                                               t.body.getvalue()))
+                    for h, errno, message in failed:
+                        finish(h, _error(running[h].request, errno,  # type: ignore[arg-type]
+                                         message))
+                    finished += len(ok) + len(failed)
+                    if not left:
+                        break
+                if running and not finished:
+                    # Nothing finished (so nothing new to start): wait for a socket, or
+                    # for as long as libcurl asks (a timeout of its own), at most a slice.
+                    wait = state.multi.timeout()
+                    if wait != 0:
+                        state.multi.select(_WAIT_SLICE if wait < 0
+                                           else min(_WAIT_SLICE, wait / 1000))
+        finally:
+            for t in running.values():  # interrupted: nothing half-done stays in the multi
+                state.give_back(t)
+        return results  # type: ignore[return-value]
 
     def close(self) -> None:
-        for idle in self._idle.values():
-            while (conn := self._take(idle)) is not None:
-                conn.close()
+        """Close every thread's connections (when no thread is using the client)."""
+        with self._lock:
+            states, self._all = self._all, []
+        for state in states:
+            state.close()
+        self._local = threading.local()
+
+
+def _error(request: HttpRequest, errno: int, message: str) -> HttpError:
+    if errno == pycurl.E_OPERATION_TIMEDOUT:
+        return HttpTimeout(f"No answer from {request.url} within {request.timeout:g} s")
+    return HttpError(f"{message} (libcurl error {errno})")

@@ -220,7 +220,6 @@ class Worker:
             self._listener.close()
             self._listener = None
         self._disconnect()
-        self._deliverer.close()
         if self._own_http:
             self._http.close()
 

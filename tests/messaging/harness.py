@@ -179,7 +179,6 @@ class Hub:
             self.bus.consume_batches(wanted, d.handle_batch)
             return self.bus.drain(timeout=timeout)
         finally:
-            d.close()
             d.http.close()
 
     def rounds(self, until: Callable[[], bool], seconds: float = 10.0) -> None:

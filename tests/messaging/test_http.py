@@ -1,5 +1,5 @@
 """The deliveries' HTTP client against a real local server: keep-alive, stale connections,
-timeouts and unreachable endpoints."""
+timeouts, unreachable endpoints, and lanes of requests side by side."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from sip_hub.messaging.http import HttpClient, HttpError, HttpTimeout
+from sip_hub.messaging.http import HttpClient, HttpError, HttpRequest, HttpResponse, HttpTimeout
 
 
 class _Server(ThreadingHTTPServer):
@@ -22,8 +22,14 @@ class _Server(ThreadingHTTPServer):
         self.connections = 0
         self.bodies: list[bytes] = []
         self.delay = 0.0
+        self.slow = b""  # bodies starting with this wait 'delay' seconds (all when empty)
         self.close_after_answer = False
         self.silently_close = False
+        self.echo = False  # answer with the body received
+        self.lock = threading.Lock()
+        self.in_flight: list[bytes] = []
+        # Each request with what was in flight as it came.
+        self.overlaps: list[tuple[bytes, list[bytes]]] = []
 
     def get_request(self):  # type: ignore[no-untyped-def]
         self.connections += 1
@@ -35,10 +41,17 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        srv = self.server
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        time.sleep(self.server.delay)
-        self.server.bodies.append(body)
-        answer = b'{"resourceType":"Bundle","type":"message"}'
+        with srv.lock:
+            srv.overlaps.append((body, list(srv.in_flight)))
+            srv.in_flight.append(body)
+        if body.startswith(srv.slow):
+            time.sleep(srv.delay)
+        with srv.lock:
+            srv.in_flight.remove(body)
+            srv.bodies.append(body)
+        answer = b"echo " + body if srv.echo else b'{"resourceType":"Bundle","type":"message"}'
         self.send_response(200)
         self.send_header("Content-Type", "application/fhir+json")
         self.send_header("Content-Length", str(len(answer)))
@@ -120,33 +133,77 @@ def test_an_unreachable_endpoint_is_an_error() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once the socket is closed
-    with pytest.raises(HttpError, match="ConnectionRefusedError"):
+    with pytest.raises(HttpError, match="connect"):
         _post(HttpClient(), f"http://127.0.0.1:{port}/x", b"x")
     with pytest.raises(HttpError, match="not an http"):
         _post(HttpClient(), "ftp://example.test/x", b"x")
 
 
+def _req(url: str, body: bytes, timeout: float = 5.0) -> HttpRequest:
+    return HttpRequest(url, body, {"Content-Type": "application/fhir+json"}, timeout)
+
+
+def test_lanes_run_side_by_side_each_one_request_after_another(server: _Server) -> None:
+    """A deliverer's lanes (a SIP's deliveries to one organisation each): the lanes' requests
+    overlap, a lane's never do and keep their order, and each answer is its request's."""
+    server.delay, server.echo = 0.1, True
+    client = HttpClient()
+    lanes = [[_req(_url(server), f"lane {n} message {k}".encode()) for k in range(3)]
+             for n in range(4)]
+    answers = client.exchange(lanes)
+    assert [[a.content for a in lane] for lane in answers] == [  # type: ignore[union-attr]
+        [b"echo lane %d message %d" % (n, k) for k in range(3)] for n in range(4)]
+    assert all(a.status_code == 200 for lane in answers for a in lane)  # type: ignore[union-attr]
+    assert max(len(seen) for _, seen in server.overlaps) == 3  # the other three lanes' requests
+    for n in range(4):
+        mine = [b for b in server.bodies if b.startswith(b"lane %d " % n)]
+        assert mine == [f"lane {n} message {k}".encode() for k in range(3)]
+    for body, seen in server.overlaps:  # none of its own lane in flight
+        assert not any(other.split(b" message")[0] == body.split(b" message")[0]
+                       for other in seen)
+    assert server.connections == 4
+    server.delay = 0.0
+    assert [len(lane) for lane in client.exchange(lanes)] == [3, 3, 3, 3]
+    assert server.connections == 4  # the four kept-alive connections, reused
+    client.close()
+
+
+def test_a_failed_request_does_not_stop_its_lane_or_the_others(server: _Server) -> None:
+    server.delay, server.slow, server.echo = 1.0, b"slow", True
+    client = HttpClient()
+    answers = client.exchange([
+        [_req(_url(server), b"slow one", timeout=0.2), _req(_url(server), b"after the slow")],
+        [_req("ftp://example.test/x", b"never sent"), _req(_url(server), b"after the ftp")],
+        [_req(_url(server), b"fast")]])
+    (slow, after_slow), (ftp, after_ftp), (fast,) = answers
+    assert isinstance(slow, HttpTimeout) and "within 0.2 s" in str(slow)
+    assert isinstance(ftp, HttpError) and "not an http" in str(ftp)
+    assert [a.content for a in (after_slow, after_ftp, fast)  # type: ignore[union-attr]
+            ] == [b"echo after the slow", b"echo after the ftp", b"echo fast"]
+    assert all(isinstance(a, HttpResponse) for a in (after_slow, after_ftp, fast))
+    assert b"never sent" not in server.bodies
+    client.close()
+
+
 def test_threads_sharing_a_client_post_on_connections_of_their_own(server: _Server) -> None:
-    """Deliveries to several organisations run side by side on one client: concurrent POSTs
-    to one endpoint must not share (and garble) a connection; afterwards they are reused."""
-    server.delay = 0.2
+    """Threads may share a client: concurrent POSTs must not share (and garble) a
+    connection; each thread's are reused afterwards."""
+    server.delay, server.echo = 0.2, True
     client = HttpClient()
     start = threading.Barrier(4)
-    answers: dict[int, int] = {}
+    answers: dict[int, list[bytes]] = {}
 
     def post(n: int) -> None:
         start.wait(timeout=5)
-        answers[n] = _post(client, _url(server), f"message {n}".encode()).status_code
+        answers[n] = [_post(client, _url(server), f"thread {n} message {k}".encode()).content
+                      for k in range(2)]
     threads = [threading.Thread(target=post, args=(n,)) for n in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=10)
-    assert answers == {0: 200, 1: 200, 2: 200, 3: 200}
-    assert sorted(server.bodies) == [f"message {n}".encode() for n in range(4)]
-    assert server.connections == 4
-    server.delay = 0.0
-    for n in range(4, 8):
-        assert _post(client, _url(server), f"message {n}".encode()).status_code == 200
-    assert server.connections == 4  # the four kept-alive connections, reused
+    assert answers == {n: [f"echo thread {n} message {k}".encode() for k in range(2)]
+                       for n in range(4)}
+    assert max(len(seen) for _, seen in server.overlaps) == 3
+    assert server.connections == 4  # one per thread, kept alive for its second POST
     client.close()
