@@ -351,13 +351,16 @@ class Tx:
             self._write_index(rtype, rid, final)
         else:
             self._write_index(rtype, rid, final)
+        # Its parsed content is what was just serialised (its notifications and audit record
+        # read it in the write transaction; parsing the bytes back cost a 3.5 kB plan ~20 us
+        # of the write lock).
         if previous is not None:  # an update keeps the resource's owner (its creator)
             if old is None or old.version_id != previous:
-                return Stored(rtype, rid, version, ts, False, content, method, owner)
+                return Stored(rtype, rid, version, ts, False, content, method, owner, final)
             owner = old.owner
         # This transaction's current version now (what it notifies and audits reads it).
         stored = self._seen[(rtype, rid)] = Stored(rtype, rid, version, ts, False, content,
-                                                   method, owner)
+                                                   method, owner, final)
         return stored
 
     def append_audit(self, events: list[sql_audit.Entry | dict[str, Any]]) -> list[Stored]:

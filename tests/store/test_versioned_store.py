@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import orjson
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -65,6 +66,10 @@ def test_a_write_leaves_its_version_current_in_its_transaction(store):
         now = tx.current("Patient", "p-own")
         assert now is updated and now.version_id == 2 and now.owner == "SE-ORG-A"
         assert now.doc()["gender"] == "female"
+        # Read without parsing the bytes back: the document it serialised, meta and all.
+        assert now.doc() == orjson.loads(now.content)
+        assert created.doc() == orjson.loads(created.content)
+        assert list(now.doc())[:3] == ["resourceType", "id", "meta"]
     with store.begin(write=False) as tx:
         stored = tx.current("Patient", "p-own")
         assert (stored.version_id, stored.owner, stored.json()) == (2, "SE-ORG-A", now.json())
