@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from . import interactions as ix
+from . import cpu, interactions as ix
 from .errors import BadRequest, SipHubError
 from .fhir.outcome import from_error
 from .service import Prepared, Prevalidated, Resolve, check_type, prevalidate, tx_resolver
@@ -251,11 +251,13 @@ def process(store: Store, ctx: ix.Context, body: Any, prefer: str) -> dict[str, 
 
 def prevalidate_entries(bundle: dict[str, Any]) -> dict[str, Any]:
     """Check the structure of every entry's resource before the write transaction opens, so
-    the database's write lock is not held for it (as for single writes)."""
-    for i, e in enumerate(bundle.get("entry") or []):
-        if isinstance(e, dict) and isinstance(e.get("resource"), dict):
-            try:
-                e["resource"] = prevalidate(e["resource"])
-            except SipHubError as err:
-                raise _with_entry(err, i) from None
+    the database's write lock is not held for it (as for single writes), one thread of the
+    process at a time (see ``sip_hub.cpu``)."""
+    with cpu.turn():
+        for i, e in enumerate(bundle.get("entry") or []):
+            if isinstance(e, dict) and isinstance(e.get("resource"), dict):
+                try:
+                    e["resource"] = prevalidate(e["resource"])
+                except SipHubError as err:
+                    raise _with_entry(err, i) from None
     return bundle

@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 import orjson
 
-from .. import bundles, process as sp
+from .. import bundles, cpu, process as sp
 from ..audit import AuditLog
 from ..auth import Principal, parse_scopes
 from ..errors import BadRequest, Conflict, Forbidden, NotFound, SipHubError, TransientError
@@ -114,12 +114,14 @@ def process(store: Store, ctx: Context, body: Any, messaging: Messaging, *,
         if asynchronous:  # not accepted: an HTTP error, as for any async refusal
             raise busy
         return Reply(200, _response(ctx, env, messaging, vocab.TRANSIENT_ERROR, busy, None))
-    parsed = None if asynchronous else _parse(body)
+    with cpu.turn():  # (see sip_hub.cpu)
+        parsed = None if asynchronous else _parse(body)
     if response_url is not None:
         if not asynchronous:
             raise BadRequest("response-url goes with async=true", expression="response-url")
         messaging.endpoints.check_response_url(env.sender_org, response_url)
-    ahead = _prepare_ahead(store, parsed) if isinstance(parsed, parser.Message) else None
+    with cpu.turn():
+        ahead = _prepare_ahead(store, parsed) if isinstance(parsed, parser.Message) else None
     now = _now()
 
     def work(tx: Tx) -> Reply:

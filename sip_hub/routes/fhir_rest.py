@@ -10,7 +10,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from .. import bundles
+from .. import bundles, cpu
 from .. import interactions as ix
 from ..errors import BadRequest, MethodNotAllowed
 from ..fhir.capability import capability_statement
@@ -50,8 +50,9 @@ async def _write(request: Request, rtype: str, perm: str,
     store = _store(request)
 
     def work() -> ix.Result:
-        checked = prepare_ahead(store, body, rtype, replaces=replaces) if ahead else \
-            prevalidate(body)
+        with cpu.turn():  # one thread of the process at a time (see sip_hub.cpu)
+            checked = prepare_ahead(store, body, rtype, replaces=replaces) if ahead else \
+                prevalidate(body)
         return store.write(lambda tx: fn(tx, ctx, checked))
     result = await in_thread(request, work)
     return result_response(request, ctx, result, write=True)
