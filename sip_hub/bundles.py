@@ -245,15 +245,15 @@ def process(store: Store, ctx: ix.Context, body: Any, prefer: str) -> dict[str, 
     if not isinstance(body.get("entry", []), list):
         raise BadRequest("Bundle.entry must be a list", expression="Bundle.entry")
     if btype == "transaction":
-        return transaction(store, ctx, prevalidate_entries(body), prefer)
+        return transaction(store, ctx, prevalidate_entries(store, body), prefer)
     return batch(store, ctx, body, prefer)
 
 
-def prevalidate_entries(bundle: dict[str, Any]) -> dict[str, Any]:
+def prevalidate_entries(store: Store, bundle: dict[str, Any]) -> dict[str, Any]:
     """Check the structure of every entry's resource before the write transaction opens, so
     the database's write lock is not held for it (as for single writes), one thread of the
-    process at a time (see ``sip_hub.cpu``)."""
-    with cpu.turn():
+    process at a time where that pays (see ``sip_hub.cpu``)."""
+    with cpu.turn(store):
         for i, e in enumerate(bundle.get("entry") or []):
             if isinstance(e, dict) and isinstance(e.get("resource"), dict):
                 try:

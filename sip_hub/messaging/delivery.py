@@ -233,7 +233,7 @@ class Deliverer:
         todo = list(tasks.values())
         answers = self.http.exchange([[self._request(d, url, endpoint)
                                        for _, d, url, endpoint in lane] for lane in todo])
-        done += [(i, d, self._result(url, endpoint, answer))
+        done += [(i, d, self._result(url, answer))
                  for lane, lane_answers in zip(todo, answers)
                  for (i, d, url, endpoint), answer in zip(lane, lane_answers)]
         return sorted(done, key=lambda r: r[0])
@@ -265,17 +265,14 @@ class Deliverer:
         # for the receiver's own logs (each attempt of a delivery sends the same).
         headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json",
                    "X-Request-ID": d.id, **(endpoint.headers() if endpoint else {})}
-        return HttpRequest(url, d.content, headers, self._timeout(endpoint))
-
-    def _timeout(self, endpoint: Endpoint | None) -> float:
-        return endpoint.timeout if endpoint and endpoint.timeout else \
+        timeout = endpoint.timeout if endpoint and endpoint.timeout else \
             self.config.timeout_seconds
+        return HttpRequest(url, d.content, headers, timeout)
 
-    def _result(self, url: str, endpoint: Endpoint | None,
-                answer: HttpResponse | HttpError) -> Result:
-        if isinstance(answer, HttpTimeout):
-            return Result("transient", f"No answer from {url} within "
-                                       f"{self._timeout(endpoint):g} s")
+    @staticmethod
+    def _result(url: str, answer: HttpResponse | HttpError) -> Result:
+        if isinstance(answer, HttpTimeout):  # "No answer from <url> within <timeout> s"
+            return Result("transient", str(answer))
         if isinstance(answer, HttpError):
             return Result("transient", f"Could not reach {url}: {answer}")
         return classify(answer)

@@ -114,13 +114,13 @@ def process(store: Store, ctx: Context, body: Any, messaging: Messaging, *,
         if asynchronous:  # not accepted: an HTTP error, as for any async refusal
             raise busy
         return Reply(200, _response(ctx, env, messaging, vocab.TRANSIENT_ERROR, busy, None))
-    with cpu.turn():  # (see sip_hub.cpu)
+    with cpu.turn(store):  # (see sip_hub.cpu)
         parsed = None if asynchronous else _parse(body)
     if response_url is not None:
         if not asynchronous:
             raise BadRequest("response-url goes with async=true", expression="response-url")
         messaging.endpoints.check_response_url(env.sender_org, response_url)
-    with cpu.turn():
+    with cpu.turn(store):
         ahead = _prepare_ahead(store, parsed) if isinstance(parsed, parser.Message) else None
     now = _now()
 

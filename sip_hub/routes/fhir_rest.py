@@ -50,7 +50,7 @@ async def _write(request: Request, rtype: str, perm: str,
     store = _store(request)
 
     def work() -> ix.Result:
-        with cpu.turn():  # one thread of the process at a time (see sip_hub.cpu)
+        with cpu.turn(store):  # one thread of the process at a time (see sip_hub.cpu)
             checked = prepare_ahead(store, body, rtype, replaces=replaces) if ahead else \
                 prevalidate(body)
         return store.write(lambda tx: fn(tx, ctx, checked))
