@@ -14,11 +14,14 @@ https are spoken, proxies from the environment are not used (as with ``http.clie
 nothing is retried here except what libcurl itself sends again, once, on a new connection:
 a request on a kept-alive connection that the server had closed before any answer came.
 Retrying is the outbox's business. ``timeout`` bounds the whole exchange (connect, send,
-answer).
+answer). A header field with a line break in it (which would start another field) is not
+sent, and an answer longer than ``max_answer`` bytes ends its transfer as an error: a
+receiver answers with an acknowledgement, and the hub keeps each answer in memory.
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 import threading
 from collections.abc import Sequence
@@ -29,6 +32,11 @@ from urllib.parse import urlsplit
 import pycurl
 
 _MAX_IDLE = 64  # kept-alive connections a thread keeps, over all endpoints
+MAX_ANSWER_BYTES = 16 * 2**20  # a receiver's answer is an acknowledgement: a few kB
+# A header field's name is a token; its value has no line breaks (they would end the field
+# and start another: header injection).
+_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BAD_VALUE = re.compile(r"[\r\n\x00]")
 _WAIT_SLICE = 1.0  # seconds: the longest wait for any socket before libcurl looks again
 _CA = ssl.get_default_verify_paths()
 
@@ -64,24 +72,36 @@ class HttpRequest:
 @dataclass(slots=True)
 class _Transfer:
     handle: pycurl.Curl
+    limit: int  # bytes of answer taken; a longer one ends the transfer
     request: HttpRequest | None = None
     body: BytesIO = field(default_factory=BytesIO)
     lane: int = 0
     index: int = 0
+    too_long: bool = False
+
+    def write(self, chunk: bytes) -> int | None:
+        """libcurl's write callback: keep the chunk, or end the transfer (a count other
+        than the chunk's length) once the answer is longer than the limit."""
+        if self.body.tell() + len(chunk) > self.limit:
+            self.too_long = True
+            return 0
+        self.body.write(chunk)
+        return None
 
 
 class _Thread:
     """One thread's libcurl state: its multi handle (which keeps the connections) and the
     easy handles it reuses."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_answer: int) -> None:
         self.multi = pycurl.CurlMulti()
         self.multi.setopt(pycurl.M_MAXCONNECTS, _MAX_IDLE)
         self.free: list[_Transfer] = []
+        self.max_answer = max_answer
 
     def take(self, request: HttpRequest, lane: int, index: int) -> _Transfer:
-        t = self.free.pop() if self.free else _Transfer(_new_handle())
-        t.request, t.lane, t.index = request, lane, index
+        t = self.free.pop() if self.free else _Transfer(_new_handle(), self.max_answer)
+        t.request, t.lane, t.index, t.too_long = request, lane, index, False
         t.body = BytesIO()
         h = t.handle
         h.setopt(pycurl.URL, request.url)
@@ -90,7 +110,7 @@ class _Thread:
         h.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in request.headers.items()]
                  + ["Expect:"])
         h.setopt(pycurl.TIMEOUT_MS, max(1, int(request.timeout * 1000)))
-        h.setopt(pycurl.WRITEDATA, t.body)
+        h.setopt(pycurl.WRITEFUNCTION, t.write)
         self.multi.add_handle(h)
         return t
 
@@ -120,14 +140,23 @@ def _new_handle() -> pycurl.Curl:
 
 
 def _refused(request: HttpRequest) -> HttpError | None:
+    """Why the request is not sent, if it is not."""
     parts = urlsplit(request.url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return HttpError(f"'{request.url}' is not an http(s) URL")
+    for name, value in request.headers.items():
+        if not _NAME.fullmatch(name) or _BAD_VALUE.search(value):
+            return HttpError(f"The header {name!r} is not a valid HTTP header field (a line "
+                             "break or a character a field name cannot have)")
     return None
 
 
 class HttpClient:
-    def __init__(self) -> None:
+    """``max_answer``: the longest answer body taken, in bytes; a longer one is an
+    ``HttpError`` (its request's transfer ends there)."""
+
+    def __init__(self, max_answer: int = MAX_ANSWER_BYTES) -> None:
+        self._max_answer = max_answer
         self._local = threading.local()
         self._all: list[_Thread] = []  # every thread's state, closed by close()
         self._lock = threading.Lock()
@@ -135,7 +164,7 @@ class HttpClient:
     def _mine(self) -> _Thread:
         state: _Thread | None = getattr(self._local, "state", None)
         if state is None:
-            state = self._local.state = _Thread()
+            state = self._local.state = _Thread(self._max_answer)
             with self._lock:
                 self._all.append(state)
         return state
@@ -191,8 +220,11 @@ class HttpClient:
                                                h.getinfo(pycurl.RESPONSE_CODE),
                                                t.body.getvalue()))
                     for h, errno, message in failed:
-                        finish(h, _error(running[h].request, errno,  # type: ignore[arg-type]
-                                         message))
+                        t = running[h]
+                        request: HttpRequest = t.request  # type: ignore[assignment]
+                        finish(h, HttpError(f"The answer from {request.url} is longer than "
+                                            f"{t.limit} bytes") if t.too_long else
+                               _error(request, errno, message))
                     finished += len(ok) + len(failed)
                     if not left:
                         break

@@ -26,6 +26,7 @@ class _Server(ThreadingHTTPServer):
         self.close_after_answer = False
         self.silently_close = False
         self.echo = False  # answer with the body received
+        self.answer_size = 0  # answer with this many bytes (when not 0)
         self.lock = threading.Lock()
         self.in_flight: list[bytes] = []
         # Each request with what was in flight as it came.
@@ -52,6 +53,8 @@ class _Handler(BaseHTTPRequestHandler):
             srv.in_flight.remove(body)
             srv.bodies.append(body)
         answer = b"echo " + body if srv.echo else b'{"resourceType":"Bundle","type":"message"}'
+        if srv.answer_size:
+            answer = b"x" * srv.answer_size
         self.send_response(200)
         self.send_header("Content-Type", "application/fhir+json")
         self.send_header("Content-Length", str(len(answer)))
@@ -206,4 +209,31 @@ def test_threads_sharing_a_client_post_on_connections_of_their_own(server: _Serv
                        for n in range(4)}
     assert max(len(seen) for _, seen in server.overlaps) == 3
     assert server.connections == 4  # one per thread, kept alive for its second POST
+    client.close()
+
+
+def test_a_header_that_would_inject_another_is_refused_unsent(server: _Server) -> None:
+    client = HttpClient()
+    answers = client.exchange([
+        [HttpRequest(_url(server), b"evil", {"Authorization": "Bearer t\r\nX-Admin: yes"}, 5),
+         HttpRequest(_url(server), b"bad name", {"X Bad": "v"}, 5),
+         _req(_url(server), b"fine")]])
+    evil, bad_name, fine = answers[0]
+    assert isinstance(evil, HttpError) and "'Authorization'" in str(evil)
+    assert isinstance(bad_name, HttpError)
+    assert isinstance(fine, HttpResponse) and fine.status_code == 200
+    assert server.bodies == [b"fine"]
+    client.close()
+
+
+def test_an_answer_longer_than_the_limit_is_an_error_and_the_lane_goes_on(
+        server: _Server) -> None:
+    client = HttpClient(max_answer=1_000)
+    server.answer_size = 5_000
+    with pytest.raises(HttpError, match="longer than 1000 bytes"):
+        _post(client, _url(server), b"first")
+    server.answer_size = 1_000  # at the limit: taken whole
+    answer = _post(client, _url(server), b"second")
+    assert answer.status_code == 200 and answer.content == b"x" * 1_000
+    assert server.bodies == [b"first", b"second"]
     client.close()
