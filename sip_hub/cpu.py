@@ -21,13 +21,72 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .store import Store
 
-_TURN = threading.RLock()  # re-entrant: a turn's work may call work that takes one itself
+_WAIT_SLICE = 0.1  # seconds a waiting thread sleeps before it looks at its exceptions
+
+class _Turns:
+    """A lock handed over in the order it was asked for, re-entrant for its holder: a thread
+    that releases it and asks again at once (a Bundle's next entry) queues behind those
+    already waiting, instead of taking it again before they wake (``threading.Lock`` allows
+    that: a large Bundle then held back every other write of the process). The holder hands
+    its turn to the first waiter directly, waking that one only."""
+
+    _HANDED_OVER = -1  # the owner while a turn passes to a woken waiter
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._waiters: deque[threading.Lock] = deque()  # each held until its turn comes
+        self._owner: int | None = None
+        self._depth = 0
+
+    def __enter__(self) -> bool:
+        me = threading.get_ident()
+        with self._mutex:
+            if self._owner == me:
+                self._depth += 1
+                return True
+            if self._owner is None:
+                self._owner, self._depth = me, 1
+                return True
+            gate = threading.Lock()
+            gate.acquire()
+            self._waiters.append(gate)
+        try:
+            # Released by the holder handing its turn over. In slices, so that an exception
+            # raised in this thread meanwhile is raised here, not after the turn came.
+            while not gate.acquire(timeout=_WAIT_SLICE):
+                pass
+        except BaseException:  # stopped waiting: its turn must not stall the others
+            with self._mutex:
+                if gate in self._waiters:
+                    self._waiters.remove(gate)
+                    raise
+                self._owner, self._depth = me, 1  # handed over meanwhile: pass it on
+            self.__exit__()
+            raise
+        with self._mutex:
+            self._owner, self._depth = me, 1
+        return True
+
+    def __exit__(self, *exc: object) -> None:
+        with self._mutex:
+            self._depth -= 1
+            if self._depth:
+                return
+            if self._waiters:
+                self._owner = self._HANDED_OVER
+                self._waiters.popleft().release()
+            else:
+                self._owner = None
+
+
+_TURN = _Turns()
 
 
 def turn(store: Store) -> AbstractContextManager[Any]:
@@ -43,7 +102,7 @@ def _after_fork_in_child() -> None:
     """A forked child starts with one thread: a turn another thread held at the fork would
     never end in it."""
     global _TURN
-    _TURN = threading.RLock()
+    _TURN = _Turns()
 
 
 if hasattr(os, "register_at_fork"):
