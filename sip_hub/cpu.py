@@ -62,6 +62,8 @@ class _Turns:
             # raised in this thread meanwhile is raised here, not after the turn came.
             while not gate.acquire(timeout=_WAIT_SLICE):
                 pass
+            with self._mutex:
+                self._owner, self._depth = me, 1
         except BaseException:  # stopped waiting: its turn must not stall the others
             with self._mutex:
                 if gate in self._waiters:
@@ -70,8 +72,6 @@ class _Turns:
                 self._owner, self._depth = me, 1  # handed over meanwhile: pass it on
             self.__exit__()
             raise
-        with self._mutex:
-            self._owner, self._depth = me, 1
         return True
 
     def __exit__(self, *exc: object) -> None:
