@@ -66,38 +66,43 @@ class _Checks:
 _checks: dict[type, _Checks] = {}
 
 
-def _checks_for(cls: type[FHIRAbstractModel]) -> _Checks:
-    found = _checks.get(cls)
-    if found is None:
-        found = _checks[cls] = _Checks(cls)
-    return found
-
-
 def _reject_null_complex_elements(cls: type[FHIRAbstractModel], data: Any) -> Any:
     if _library_only:
         return _library_reject_nulls(cls, data)
-    if isinstance(data, dict):
-        for key in data.keys() & _checks_for(cls).lists:
-            value = data[key]
-            if isinstance(value, list) and None in value:
-                return _library_reject_nulls(cls, data)
-    return data
+    if data.__class__ is dict:  # a plain dict (JSON): its few keys, not the class's fields
+        checks = _checks.get(cls)
+        if checks is None:
+            checks = _checks[cls] = _Checks(cls)
+        lists = checks.lists
+        for key in data:
+            if key in lists:
+                value = data[key]
+                if isinstance(value, list) and None in value:
+                    return _library_reject_nulls(cls, data)
+        return data
+    return _library_reject_nulls(cls, data)  # anything else, as rare as it is unusual
 
 
 def _validate_after_model_construction(self: FHIRAbstractModel) -> FHIRAbstractModel:
     if _library_only:
         return _library_after(self)
-    checks = _checks_for(type(self))
-    values = self.__dict__
-    for name in checks.required:
-        if values.get(name) is None:
-            return _library_after(self)
-    if checks.choice_of:
+    cls = type(self)
+    checks = _checks.get(cls)
+    if checks is None:
+        checks = _checks[cls] = _Checks(cls)
+    if checks.required:
+        values = self.__dict__
+        for name in checks.required:
+            if values.get(name) is None:
+                return _library_after(self)
+    choice_of = checks.choice_of
+    if choice_of:
         # a field the input did not set holds its default, None for every choice element
+        values = self.__dict__
         present = 0
-        for name in self.__pydantic_fields_set__ & checks.choice_of.keys():
-            if values[name] is not None:
-                bit = checks.choice_of[name]
+        for name in self.__pydantic_fields_set__:
+            bit = choice_of.get(name)
+            if bit is not None and values[name] is not None:
                 if present & bit:
                     return _library_after(self)
                 present |= bit
