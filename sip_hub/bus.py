@@ -45,6 +45,7 @@ exact backoff, and the database stays the record of every delivery.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 import time
@@ -57,6 +58,7 @@ from amqp.exceptions import MessageNacked
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.exceptions import OperationalError
 from kombu.message import Message
+from kombu.transport import memory
 
 from .errors import SipHubError, TransientError
 
@@ -208,6 +210,23 @@ class _Confirms:
         return refused
 
 
+_DELIVERY_TAGS = itertools.count(1)
+
+
+class _MemoryChannel(memory.Channel):
+    """kombu's in-process channel, its delivery tags from a counter of the process (kombu
+    draws a random UUID per message, a system call that lets go of the interpreter lock: see
+    sip_hub.ids). A tag only has to be unique among the messages a channel has delivered and
+    not acknowledged, and every channel of the memory transport is in this process."""
+
+    def _next_delivery_tag(self) -> str:
+        return str(next(_DELIVERY_TAGS))
+
+
+class _MemoryTransport(memory.Transport):
+    Channel = _MemoryChannel
+
+
 class Bus:
     """A client of the broker (a publishing and a consuming connection); use it from one
     thread at a time."""
@@ -229,8 +248,10 @@ class Bus:
         # Two connections: waiting for a publish confirm on a connection with consumers would
         # run their handlers in the middle of the publisher's work (e.g. inside the relay's
         # database transaction). Consumers get a connection of their own.
-        self._conn = Connection(url, transport_options=options, connect_timeout=connect_timeout)
-        self._consumer_conn = Connection(url, transport_options=options,
+        transport = _MemoryTransport if self.is_memory else None
+        self._conn = Connection(url, transport=transport, transport_options=options,
+                                connect_timeout=connect_timeout)
+        self._consumer_conn = Connection(url, transport=transport, transport_options=options,
                                          connect_timeout=connect_timeout)
         self._exchange = Exchange(topology.exchange, type="topic", durable=True)
         self._declared: set[str] = set()

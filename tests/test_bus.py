@@ -81,6 +81,34 @@ def test_body_message_id_and_headers_arrive_unchanged(make_bus: MakeBus) -> None
     assert got.headers["sip-delivery"] == "d-1" and got.headers["sip-seq"] == 7
 
 
+def test_messages_of_several_publishers_in_one_queue_are_each_settled_once(
+        make_bus: MakeBus) -> None:
+    # each message's delivery tag is unique among those a consumer holds unacknowledged (on
+    # the memory transport, tags come from one counter of the process, whichever channel)
+    pubs = [make_bus() for _ in range(3)]
+    for n in range(30):
+        pubs[n % 3].publish(A, env(n))
+    sub = make_bus()
+    requeued: set[str] = set()
+
+    def outcome(m: Received) -> object:
+        if int(m.message_id.split("-")[1]) % 2 and m.message_id not in requeued:
+            requeued.add(m.message_id)
+            return Requeue(0)
+        return Ack()
+    got: list[Received] = []
+
+    def handle(batch: list[Received]) -> list[object]:  # several unacknowledged at once
+        got.extend(batch)
+        return [outcome(m) for m in batch]
+    sub.consume_batches([A], handle, batch=30)
+    eventually(lambda: (sub.drain(timeout=0.2), len(got) >= 45)[1])
+    assert sorted(m.message_id for m in got) == sorted(
+        [f"msg-{n}" for n in range(30)] + [f"msg-{n}" for n in range(1, 30, 2)])
+    sub.drain(timeout=0.3)
+    assert len(got) == 45 and pubs[0].queue_size(A) == 0
+
+
 def test_messages_wait_in_the_queue_until_a_consumer_comes(make_bus: MakeBus) -> None:
     pub = make_bus()
     for n in (1, 2, 3):

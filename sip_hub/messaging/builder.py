@@ -10,14 +10,13 @@ code and an OperationOutcome entry).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from .. import __version__
+from .. import __version__, ids
 from ..fhir.dates import format_instant, now_utc
 from ..identifiers import HSA_ID
 from ..store import Stored
@@ -40,7 +39,7 @@ def org_reference(org: str) -> Json:
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    return ids.uuid4()
 
 
 def source(fhir_base: str) -> Json:

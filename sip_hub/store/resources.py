@@ -5,10 +5,7 @@ Search index rows are written in the same transaction as the version they descri
 
 from __future__ import annotations
 
-import os
 import threading
-import time
-import uuid
 import weakref
 from collections import Counter
 from contextlib import contextmanager
@@ -20,6 +17,7 @@ from sqlalchemy import (Connection, Engine, and_, bindparam, delete, event, func
                         select, tuple_, update)
 from sqlalchemy.exc import OperationalError
 
+from .. import ids as random_ids
 from ..errors import Conflict, PreconditionFailed, TransientError
 from ..fhir.dates import format_instant, now_utc, to_us
 from ..fhir.indexing import extract, index_kinds
@@ -146,11 +144,7 @@ def new_id() -> str:
     """A server-assigned id: a time-ordered UUID (RFC 9562 version 7), so that new rows land
     at the end of the id indexes instead of on random pages (a bulk audit write dirtied a
     page per row with random ids)."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 \
-        | 0b10 << 62 | rand & (2**62 - 1)
-    return str(uuid.UUID(int=value))
+    return random_ids.uuid7()
 
 
 def stamp_meta(res: dict[str, Any], rid: str, version_id: int, instant: str) -> dict[str, Any]:
