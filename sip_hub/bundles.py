@@ -18,7 +18,7 @@ from .errors import BadRequest, SipHubError
 from .fhir.outcome import from_error
 from .service import Prepared, Prevalidated, Resolve, check_type, prevalidate, tx_resolver
 from .store import Store, Tx
-from .store.resources import new_id
+from .ids import uuid7
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
 _STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
@@ -179,7 +179,7 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str)
                     if rid:
                         responses[e.index] = _response_entry(ctx, ix.Result(200, found[0]),
                                                              prefer)
-                rid = rid or new_id()
+                rid = rid or uuid7()
             except SipHubError as err:
                 raise _with_entry(err, e.index) from None
             assigned[e.index] = rid

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 _WAIT_SLICE = 0.1  # seconds a waiting thread sleeps before it looks at its exceptions
 
+
 class _Turns:
     """A lock handed over in the order it was asked for, re-entrant for its holder: a thread
     that releases it and asks again at once (a Bundle's next entry) queues behind those

@@ -26,10 +26,11 @@ class _Randomness:
         self._at = 0
 
     def take(self, n: int) -> bytes:
+        """``n`` (at most a chunk's) bytes of the OS's cryptographic source."""
         with self._lock:
             at = self._at
             if at + n > len(self._buffer):
-                self._buffer, at = os.urandom(max(_CHUNK, n)), 0
+                self._buffer, at = os.urandom(_CHUNK), 0
             self._at = at + n
             return self._buffer[at:at + n]
 
@@ -43,18 +44,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_RANDOM.forget)
 
 
-def random_bytes(n: int) -> bytes:
-    """``n`` bytes from the OS's cryptographic source (``os.urandom``)."""
-    return _RANDOM.take(n)
-
-
 def uuid4() -> str:
     return str(uuid.UUID(bytes=_RANDOM.take(16), version=4))
 
 
 def uuid7() -> str:
-    """A time-ordered UUID (RFC 9562 version 7): new rows land at the end of an index of
-    such ids instead of on random pages."""
+    """A time-ordered UUID (RFC 9562 version 7), for what the store writes: new rows land at
+    the end of the id indexes instead of on random pages (a bulk audit write dirtied a page
+    per row with random ids)."""
     ms = time.time_ns() // 1_000_000
     rand = int.from_bytes(_RANDOM.take(10), "big")
     value = (ms & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 \

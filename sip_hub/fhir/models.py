@@ -63,17 +63,22 @@ class _Checks:
                           if fields[choice[0]].json_schema_extra["one_of_many_required"] is True)
 
 
-_checks: dict[type, _Checks] = {}
+class _ChecksByClass(dict[type, _Checks]):
+    """Each model class's _Checks, worked out when one of its elements is first validated."""
+
+    def __missing__(self, cls: type[FHIRAbstractModel]) -> _Checks:
+        found = self[cls] = _Checks(cls)
+        return found
+
+
+_checks = _ChecksByClass()
 
 
 def _reject_null_complex_elements(cls: type[FHIRAbstractModel], data: Any) -> Any:
     if _library_only:
         return _library_reject_nulls(cls, data)
     if data.__class__ is dict:  # a plain dict (JSON): its few keys, not the class's fields
-        checks = _checks.get(cls)
-        if checks is None:
-            checks = _checks[cls] = _Checks(cls)
-        lists = checks.lists
+        lists = _checks[cls].lists
         for key in data:
             if key in lists:
                 value = data[key]
@@ -86,19 +91,14 @@ def _reject_null_complex_elements(cls: type[FHIRAbstractModel], data: Any) -> An
 def _validate_after_model_construction(self: FHIRAbstractModel) -> FHIRAbstractModel:
     if _library_only:
         return _library_after(self)
-    cls = type(self)
-    checks = _checks.get(cls)
-    if checks is None:
-        checks = _checks[cls] = _Checks(cls)
-    if checks.required:
-        values = self.__dict__
-        for name in checks.required:
-            if values.get(name) is None:
-                return _library_after(self)
+    checks = _checks[type(self)]
+    values = self.__dict__
+    for name in checks.required:
+        if values.get(name) is None:
+            return _library_after(self)
     choice_of = checks.choice_of
     if choice_of:
         # a field the input did not set holds its default, None for every choice element
-        values = self.__dict__
         present = 0
         for name in self.__pydantic_fields_set__:
             bit = choice_of.get(name)

@@ -16,9 +16,10 @@ from typing import Any
 
 import orjson
 
-from .. import __version__, ids
+from .. import __version__
 from ..fhir.dates import format_instant, now_utc
 from ..identifiers import HSA_ID
+from ..ids import uuid4
 from ..store import Stored
 from . import vocabulary as vocab
 
@@ -38,10 +39,6 @@ def org_reference(org: str) -> Json:
     return {"type": "Organization", "identifier": {"system": HSA_ID, "value": org}}
 
 
-def new_id() -> str:
-    return ids.uuid4()
-
-
 def source(fhir_base: str) -> Json:
     return {"name": HUB_NAME, "software": HUB_NAME, "version": __version__,
             "endpoint": f"{fhir_base}/$process-message"}
@@ -55,12 +52,12 @@ def _entry(fhir_base: str, res: Json | Stored) -> Json:
         return {"fullUrl": f"{fhir_base}/{res.type}/{res.id}",
                 "resource": orjson.Fragment(res.content)}
     rid = res.get("id")
-    full = f"{fhir_base}/{res['resourceType']}/{rid}" if rid else f"urn:uuid:{new_id()}"
+    full = f"{fhir_base}/{res['resourceType']}/{rid}" if rid else f"urn:uuid:{uuid4()}"
     return {"fullUrl": full, "resource": res}
 
 
 def _bundle(header: Json, entries: list[Json], bundle_id: str | None) -> Json:
-    return {"resourceType": "Bundle", "id": bundle_id or new_id(), "type": "message",
+    return {"resourceType": "Bundle", "id": bundle_id or uuid4(), "type": "message",
             "timestamp": format_instant(now_utc()),
             "entry": [{"fullUrl": f"urn:uuid:{header['id']}", "resource": header}] + entries}
 
@@ -72,7 +69,7 @@ def message(event: str, *, fhir_base: str, sender: str | None, destinations: Seq
     """A notification of ``event``. ``focus`` holds ``Type/id`` references to resources among
     ``resources``; ``sender`` is the HSA-id of the organisation that caused the event (None:
     the hub itself)."""
-    header: Json = {"resourceType": "MessageHeader", "id": header_id or new_id(),
+    header: Json = {"resourceType": "MessageHeader", "id": header_id or uuid4(),
                     "eventCoding": vocab.event_coding(event)}
     header["destination"] = [{"endpoint": d.endpoint, "receiver": org_reference(d.org)}
                              for d in destinations]
@@ -91,7 +88,7 @@ def response(request_header_id: str, code: str, *, fhir_base: str, destination: 
              focus: Sequence[str] = (), outcome: Json | None = None,
              hub_org: str | None = None) -> Json:
     """The response (an ``acknowledgement``) to the message ``request_header_id``."""
-    header: Json = {"resourceType": "MessageHeader", "id": new_id(),
+    header: Json = {"resourceType": "MessageHeader", "id": uuid4(),
                     "eventCoding": vocab.event_coding(vocab.ACKNOWLEDGEMENT),
                     "destination": [{"endpoint": destination.endpoint,
                                      "receiver": org_reference(destination.org)}]}
@@ -101,7 +98,7 @@ def response(request_header_id: str, code: str, *, fhir_base: str, destination: 
     resp: Json = {"identifier": request_header_id, "code": code}
     entries: list[Json] = []
     if outcome is not None:
-        oo = {"fullUrl": f"urn:uuid:{new_id()}", "resource": outcome}
+        oo = {"fullUrl": f"urn:uuid:{uuid4()}", "resource": outcome}
         resp["details"] = {"reference": oo["fullUrl"]}
         entries.append(oo)
     header["response"] = resp

@@ -16,10 +16,10 @@ from typing import Any
 
 import orjson
 
-from .. import ids
 from ..errors import BadRequest
 from ..fhir.dates import now_utc, to_us
 from ..fhir.indexing import split_reference
+from ..ids import uuid4
 from ..metrics import DEAD_LETTERS, DELIVERIES
 from ..store import Tx
 from ..store import outbox as sql
@@ -164,7 +164,7 @@ def enqueue(tx: Tx, message_bundle: Json, destinations: Iterable[str], *,
                        kind=kind, patient_id=key.patient_id, careplan_id=key.careplan_id,
                        content=orjson.dumps(message_bundle), now=now)
     seqs = sql.next_seqs(tx, key.patient_id, key.careplan_id, dests)
-    rows = [sql.delivery_row(id=ids.uuid4(), message_id=header["id"], dest_org=org,
+    rows = [sql.delivery_row(id=uuid4(), message_id=header["id"], dest_org=org,
                              patient_id=key.patient_id, careplan_id=key.careplan_id,
                              seq=seqs[org], now=now, endpoint_url=endpoint_url)
             for org in dests]

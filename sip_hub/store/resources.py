@@ -17,7 +17,7 @@ from sqlalchemy import (Connection, Engine, and_, bindparam, delete, event, func
                         select, tuple_, update)
 from sqlalchemy.exc import OperationalError
 
-from .. import ids as random_ids
+from ..ids import uuid7
 from ..errors import Conflict, PreconditionFailed, TransientError
 from ..fhir.dates import format_instant, now_utc, to_us
 from ..fhir.indexing import extract, index_kinds
@@ -138,13 +138,6 @@ def _index_params(kind: str, rtype: str, rid: str, rows: Iterable[tuple[Any, ...
                   ) -> list[dict[str, Any]]:
     columns = _INDEX_COLUMNS[kind]
     return [{"res_type": rtype, "res_id": rid, **dict(zip(columns, row))} for row in rows]
-
-
-def new_id() -> str:
-    """A server-assigned id: a time-ordered UUID (RFC 9562 version 7), so that new rows land
-    at the end of the id indexes instead of on random pages (a bulk audit write dirtied a
-    page per row with random ids)."""
-    return random_ids.uuid7()
 
 
 def stamp_meta(res: dict[str, Any], rid: str, version_id: int, instant: str) -> dict[str, Any]:
@@ -270,7 +263,7 @@ class Tx:
     # writes ------------------------------------------------------------------------------
     def create(self, res: dict[str, Any], rid: str | None = None, *,
                owner: str | None = None) -> Stored:
-        rid = rid or new_id()
+        rid = rid or uuid7()
         return self._write(res, rid, 1, None, "POST", owner)
 
     def update(self, res: dict[str, Any], rid: str, *, if_match: int | None = None,
@@ -360,7 +353,7 @@ class Tx:
     def append_audit(self, events: list[sql_audit.Entry | dict[str, Any]]) -> list[Stored]:
         """Append AuditEvents to the access log (new server ids), in bulk."""
         return sql_audit.append(self.conn, [
-            (new_id(), e if isinstance(e, sql_audit.Entry) else sql_audit.entry(e))
+            (uuid7(), e if isinstance(e, sql_audit.Entry) else sql_audit.entry(e))
             for e in events])
 
     def _clear_index(self, rtype: str, rid: str) -> None:
