@@ -7,8 +7,7 @@ Validation never rewrites the resource: the client's JSON is what gets stored.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import os
 from functools import lru_cache
 from typing import Any
 
@@ -23,28 +22,39 @@ FHIR_VERSION = "4.0.1"
 
 
 # ---------------------------------------------------------------- fhir_core's own checks
-# Every element of a resource (a CarePlan with five activities has ~40) runs two validators
-# of fhir_core's base model: one before pydantic's, rejecting a null in a list of complex
-# elements, and one after, checking required primitives and choice elements (value[x]).
-# As published they work out, for each element, which of its class's fields to check (from
-# the field annotations and freshly built lists and dicts), which made them about 60% of
-# structural validation's time. The two below ask the same questions of the same fields,
-# worked out once per class; whenever an element fails or is unusual (a null in a list, a
-# required primitive absent, a choice with none or several types) they call fhir_core's own
-# validator, so every failure and its message is the library's. They replace the base
-# model's two before fhir.resources defines any model (pydantic binds a model's validators
-# by name when it creates the class); `library_checks()` runs fhir_core's own instead, for
-# the benchmark's floor and the tests that compare both.
+# Two changes to how fhir_core's models validate, made before fhir.resources defines any
+# model (pydantic binds a model's validators and decides how to build it when it creates the
+# class), so they hold for good in this process; `.published` runs the library as published
+# in a process of its own, for the benchmarks' floors and the tests that compare both.
+#
+# 1. Every element of a resource (a CarePlan with five activities has ~40) runs two
+# validators of fhir_core's base model: one before pydantic's, rejecting a null in a list of
+# complex elements, and one after, checking required primitives and choice elements
+# (value[x]). As published they work out, for each element, which of its class's fields to
+# check (from the field annotations and freshly built lists and dicts), which made them
+# about 60% of structural validation's time. The two below ask the same questions of the same
+# fields, worked out once per class; whenever an element fails or is unusual (a null in a
+# list, a required primitive absent, a choice with none or several types) they call
+# fhir_core's own validator, so every failure and its message is the library's.
+#
+# 2. fhir_core's base model defines its own __init__, to take resourceType out of the input
+# before pydantic validates it. A model with its own __init__ makes pydantic call it for
+# every element it validates (a Python call and a copy of the element's keys, then a
+# validation entered anew), about a quarter of what was left of validation's time. The
+# __init__ is marked as pydantic's own (pydantic then validates the elements directly) and
+# the before-validator below takes resourceType out instead, with the __init__'s rules and
+# its error. Constructing a model in code (`CarePlan(**data)`) still runs the __init__.
 
+AS_PUBLISHED = os.environ.get("SIP_HUB_FHIR_AS_PUBLISHED") == "1"
+_library_init = FHIRAbstractModel.__init__
 _library_reject_nulls = FHIRAbstractModel.reject_null_complex_elements.__func__
 _library_after = FHIRAbstractModel.validate_after_model_construction
-_library_only = False
 
 
 class _Checks:
     """What the two validators look at in the elements of one model class."""
 
-    __slots__ = ("lists", "required", "choice_of", "needed")
+    __slots__ = ("lists", "required", "choice_of", "needed", "resource_type_field")
 
     def __init__(self, cls: type[FHIRAbstractModel]) -> None:
         fields = cls.model_fields
@@ -61,6 +71,7 @@ class _Checks:
         self.choice_of = {name: 1 << i for i, choice in enumerate(choices) for name in choice}
         self.needed = sum(1 << i for i, choice in enumerate(choices)
                           if fields[choice[0]].json_schema_extra["one_of_many_required"] is True)
+        self.resource_type_field = "resourceType" in fields
 
 
 class _ChecksByClass(dict[type, _Checks]):
@@ -74,11 +85,26 @@ class _ChecksByClass(dict[type, _Checks]):
 _checks = _ChecksByClass()
 
 
+def _without_resource_type(cls: type[FHIRAbstractModel], data: dict[str, Any],
+                           checks: _Checks) -> dict[str, Any]:
+    """``data`` as fhir_core's base model's __init__ passes it on (a copy: the caller's JSON is
+    left as it is), or that __init__'s own error for a resource type not the class's."""
+    data = dict(data)
+    resource_type = data.pop("resource_type", None)
+    if "resourceType" in data and not checks.resource_type_field:
+        resource_type = data.pop("resourceType")
+    if resource_type is not None and resource_type != cls.__resource_type__:
+        _library_init(cls.__new__(cls), resource_type=resource_type)  # raises
+        raise AssertionError(f"fhir_core accepted {resource_type!r} for {cls.__name__}")
+    return data
+
+
 def _reject_null_complex_elements(cls: type[FHIRAbstractModel], data: Any) -> Any:
-    if _library_only:
-        return _library_reject_nulls(cls, data)
     if data.__class__ is dict:  # a plain dict (JSON): its few keys, not the class's fields
-        lists = _checks[cls].lists
+        checks = _checks[cls]
+        if "resourceType" in data or "resource_type" in data:
+            data = _without_resource_type(cls, data, checks)
+        lists = checks.lists
         for key in data:
             if key in lists:
                 value = data[key]
@@ -89,8 +115,6 @@ def _reject_null_complex_elements(cls: type[FHIRAbstractModel], data: Any) -> An
 
 
 def _validate_after_model_construction(self: FHIRAbstractModel) -> FHIRAbstractModel:
-    if _library_only:
-        return _library_after(self)
     checks = _checks[type(self)]
     values = self.__dict__
     for name in checks.required:
@@ -111,21 +135,12 @@ def _validate_after_model_construction(self: FHIRAbstractModel) -> FHIRAbstractM
     return self
 
 
-FHIRAbstractModel.reject_null_complex_elements = classmethod(  # type: ignore[assignment]
-    _reject_null_complex_elements)
-FHIRAbstractModel.validate_after_model_construction = (  # type: ignore[method-assign]
-    _validate_after_model_construction)
-
-
-@contextmanager
-def library_checks() -> Iterator[None]:
-    """Within, every element runs fhir_core's validators as published (not thread-safe)."""
-    global _library_only
-    _library_only = True
-    try:
-        yield
-    finally:
-        _library_only = False
+if not AS_PUBLISHED:
+    FHIRAbstractModel.reject_null_complex_elements = classmethod(  # type: ignore[assignment]
+        _reject_null_complex_elements)
+    FHIRAbstractModel.validate_after_model_construction = (  # type: ignore[method-assign]
+        _validate_after_model_construction)
+    FHIRAbstractModel.__init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
 
 from fhir.resources.R4B import get_fhir_model_class  # noqa: E402  (after the checks above)
