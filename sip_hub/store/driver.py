@@ -35,7 +35,8 @@ _DIALECT_INSERTS: dict[str, Callable[[Table], Any]] = {
 
 
 # Up to this many rows, a PostgreSQL bulk insert is one multi-row INSERT (one round trip);
-# beyond, a COPY (two round trips, but cheaper per row).
+# beyond, a COPY (two round trips, but cheaper per row). On SQLite at most this many rows an
+# INSERT statement (7 columns at most here: far below SQLite's 32,766 parameters).
 _VALUES_ROWS = 64
 
 
@@ -96,31 +97,54 @@ class DriverStatement:
             return int(cur.rowcount)
 
     def many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Run the statement once per row. A plain INSERT on PostgreSQL is a COPY instead:
-        psycopg's executemany sends one INSERT per row."""
+        """Run the statement once per row. A plain INSERT is a multi-row INSERT instead
+        (beyond ``_VALUES_ROWS`` rows on PostgreSQL a COPY), a statement for many rows:
+
+        * psycopg's executemany sends one INSERT per row, a round trip each;
+        * SQLite's executemany steps the statement once per row and lets go of the
+          interpreter lock for each step; beside a busy thread of the same process each
+          step then waits to get it back (up to the switch interval), while the writer holds
+          the database's one write lock. There the rows go in chunks of a power of two (13
+          rows: 8, 4 and 1), so that a table's inserts are a few statements, each prepared
+          once and kept in the connection's statement cache."""
         if not rows:
             return
-        if conn.dialect.name == "postgresql" and isinstance(self._stmt, Insert):
+        if isinstance(self._stmt, Insert):
             columns = list(rows[0])
             quote = conn.dialect.identifier_preparer.quote
             table = quote(self._stmt.table.name)  # type: ignore[attr-defined]
-            names = ", ".join(quote(c) for c in columns)
-            if len(rows) <= _VALUES_ROWS:
-                one = "(" + ", ".join(["%s"] * len(columns)) + ")"
-                sql = f"INSERT INTO {table} ({names}) VALUES " + ", ".join([one] * len(rows))
-                with _cursor(conn) as cur:
-                    cur.execute(sql, [r[c] for r in rows for c in columns])
+            head = f"INSERT INTO {table} ({', '.join(quote(c) for c in columns)}) VALUES "
+            if conn.dialect.name == "postgresql":
+                if len(rows) <= _VALUES_ROWS:
+                    self._values(conn, head, "%s", columns, rows)
+                    return
+                with _cursor(conn) as cur, cur.copy(
+                        f"COPY {table} ({', '.join(quote(c) for c in columns)}) "
+                        "FROM STDIN") as copy:
+                    for r in rows:
+                        copy.write_row(tuple(r[c] for c in columns))
                 return
-            with _cursor(conn) as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
-                for r in rows:
-                    copy.write_row(tuple(r[c] for c in columns))
-            return
+            if conn.dialect.name == "sqlite":
+                start = 0
+                while start < len(rows):
+                    size = min(_VALUES_ROWS, 1 << ((len(rows) - start).bit_length() - 1))
+                    self._values(conn, head, "?", columns, rows[start:start + size])
+                    start += size
+                return
         sql, order, literals = self._sql(conn)
         if literals:
             rows = [{**literals, **r} for r in rows]
         args = [tuple(r[k] for k in order) for r in rows] if order is not None else rows
         with _cursor(conn) as cur:
             cur.executemany(sql, args)
+
+    @staticmethod
+    def _values(conn: Connection, head: str, marker: str, columns: list[str],
+                rows: Sequence[Mapping[str, Any]]) -> None:
+        one = "(" + ", ".join([marker] * len(columns)) + ")"
+        with _cursor(conn) as cur:
+            cur.execute(head + ", ".join([one] * len(rows)),
+                        [r[c] for r in rows for c in columns])
 
 
 def constant(value: str) -> Any:

@@ -103,3 +103,42 @@ def test_batch_reads_of_any_size_find_each_row_once_in_a_few_statement_sizes(
             assert sql.mark_delivered(tx, ids[:count], 1) == len(set(ids[:count]) - delivered)
         delivered.update(ids[:count])
     assert sizes == {1, 4, 8, 32, 64}
+
+
+def test_bulk_inserts_of_any_size_store_every_row_in_order_in_a_few_statements(
+        store: Store) -> None:
+    """A bulk insert stores exactly its rows, in order, whatever their number. On SQLite the
+    rows go as multi-row INSERTs in power-of-two chunks (13 rows: 8, 4, 1), not one
+    statement per row: each statement lets go of the interpreter lock while the writer holds
+    the database's write lock. A violated constraint anywhere fails the whole insert."""
+    sqlite = store.engine.dialect.name == "sqlite"
+    expected: list[tuple[str, int]] = []
+    for count in (0, 1, 2, 13, 64, 65, 200):
+        rows = [{"plan_id": f"n{count}-{i}", "due": 1000 * count + i} for i in range(count)]
+        traced: list[str] = []
+        with store.begin() as tx:
+            if sqlite:
+                tx.conn.connection.dbapi_connection.set_trace_callback(traced.append)
+            _INSERT.many(tx.conn, rows)
+            if sqlite:
+                tx.conn.connection.dbapi_connection.set_trace_callback(None)
+        expected += [(r["plan_id"], r["due"]) for r in rows]
+        if sqlite:
+            inserts = [s for s in traced if s.startswith("INSERT")]
+            chunks = []
+            left = count
+            while left:
+                chunks.append(min(64, 1 << (left.bit_length() - 1)))
+                left -= chunks[-1]
+            assert [s.count("(") - 1 for s in inserts] == chunks, count
+    with store.begin(write=False) as tx:
+        stored = tx.conn.exec_driver_sql(
+            "SELECT plan_id, due FROM deadline_due ORDER BY plan_id").all()
+    assert [tuple(r) for r in stored] == sorted(expected)
+    duplicate = [{"plan_id": f"new{i}", "due": i} for i in range(12)] + [
+        {"plan_id": expected[5][0], "due": 1}]
+    with pytest.raises(store.engine.dialect.loaded_dbapi.IntegrityError):
+        with store.begin() as tx:
+            _INSERT.many(tx.conn, duplicate)
+    with store.begin(write=False) as tx:
+        assert _count(tx) == len(expected)
