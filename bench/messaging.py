@@ -32,12 +32,13 @@ shape (PostgreSQL in a fresh schema of the run, RabbitMQ with queues of the run'
    receiver. (An ``invitation`` message runs ``$invite`` itself: a new meeting and four
    invitation Tasks, each told to every participant, sixteen deliveries per message.) First
    a closed loop (``--concurrency`` connections, as fast as the hub answers), then an open
-   loop at ``--rate-fraction`` (half) of the rate the closed loop sustained. Reported:
+   loop at ``--rate-fraction`` (half) of the rate the closed loop sustained, then one at
+   150/s, the rate the latency target names (p99 under 100 ms at half of 300/s). Reported:
    messages accepted, delivered in the window and sustained per second (the window's
    messages that reached all four, over the time until the last did), latency from POST
    (open loop: from when the message was due) to the last of the four receipts, the CPU
    shares of every party and the hub's CPU (with database and broker) per message.
-5. The floor, per backend, in the same run, in this process, on the idle hub before the
+5. The floor, per backend, in the same run, in a process of its own, on the idle hub before the
    load and again after it, the better of the two (rates: the fastest of five slices; CPU
    per message: the cheapest of five slices, as the machine's other load varies): per
    message, the Bundle checked by ``messaging.parser.parse`` (fhir.resources validation as
@@ -100,7 +101,8 @@ Json = dict[str, Any]
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 RATE_TARGET = 300.0          # messages/s, accepted and delivered to all four, on 2 cores
-P99_TARGET_MS = 100.0        # at half the target rate
+P99_TARGET_MS = 100.0        # at half the target rate:
+P99_RATE = RATE_TARGET / 2   # messages/s of the open loop the latency target is checked at
 COST_TARGET = 2.0            # the hub's CPU per message over the floor's
 FLOOR_SLICES = 5             # the floor's CPU per message: the cheapest of these slices
 SETTLE_SECONDS = 300.0       # bound on waiting for the set-up's messages to be delivered
@@ -505,6 +507,9 @@ def _bench_backend(backend: Backend, shape: Shape, plan: Plan, tmp: Path, floor_
                 {"label": f"open loop at {plan.rate_fraction:g} x sustained", "mode": "open",
                  "rate_fraction": plan.rate_fraction, "warmup": plan.warmup,
                  "duration": plan.duration},
+                # the rate the latency target names, whatever the closed loop sustained
+                {"label": f"open loop at {P99_RATE:g}/s (the latency target's)", "mode": "open",
+                 "rate": P99_RATE, "warmup": plan.warmup, "duration": plan.duration},
             ]
             config = {"base_url": server.base_url, "token": token,
                       "receiver_url": receiver_url, "receiver_pid": receiver_pid,
@@ -579,11 +584,13 @@ def build_report(machine: Json, plan: Plan, results: list[BackendResult]) -> tup
          "SIPs round robin, one message at a time per SIP) POSTed to `$process-message` by "
          "the coordinator, each stored and routed to four organisations and delivered to a "
          "local receiver. Each phase: "
-         f"{plan.warmup:g} s warm-up, then {plan.duration:g} s measured; the open loop runs "
-         f"at {plan.rate_fraction:g} x the rate the closed loop sustained."),
+         f"{plan.warmup:g} s warm-up, then {plan.duration:g} s measured; then two open loops, "
+         f"at {plan.rate_fraction:g} x the rate the closed loop sustained and at "
+         f"{P99_RATE:g}/s, the rate of the latency target."),
         "",
-        ("Floor (1 process of its own running fhir.resources as published, per message; rates the fastest and CPU the cheapest of 5 slices, "
-         "the better of a measurement before the load and one after it):"),
+        ("Floor (1 process of its own running fhir.resources as published, per message; rates "
+         "the fastest and CPU the cheapest of 5 slices, the better of a measurement before the "
+         "load and one after it):"),
         "",
         ("| backend | validate (parser) /s | the same as the hub validates /s | INSERT /s "
          "| publish /s | all three /s | CPU ms / msg |"),
@@ -628,11 +635,14 @@ def build_report(machine: Json, plan: Plan, results: list[BackendResult]) -> tup
                 f"| {_fmt(p['e2e_p99_ms'], 1)} | {_fmt(p['post_p99_ms'], 1)} | {errors} "
                 f"| {cpu} | {_fmt(p['cpu_ms_per_msg'], 2)} | {_fmt(ratio, 2)} |")
         closed = next((p for p in r.phases if p["mode"] == "closed"), None)
-        opened = next((p for p in r.phases if p["mode"] == "open"), None)
+        half = next((p for p in r.phases if p["mode"] == "open"
+                     and p.get("rate_fraction") is not None), None)
+        opened = next((p for p in r.phases if p["mode"] == "open" and p["rate"] == P99_RATE
+                       and p is not half), half)
         if closed and opened:
             met = {"rate": closed["sustained_per_s"] >= RATE_TARGET,
                    "p99_at_half": (opened["e2e_p99_ms"] or 1e9) < P99_TARGET_MS
-                   and opened["rate"] >= RATE_TARGET / 2,
+                   and opened["rate"] >= P99_RATE,
                    "cost_ratio": (closed["cost_ratio"] or 1e9) <= COST_TARGET}
             entry["targets_met"] = met
             word = {True: "met", False: "MISSED"}
@@ -642,7 +652,10 @@ def build_report(machine: Json, plan: Plan, results: list[BackendResult]) -> tup
                 f"{closed['sustained_per_s']:,.0f} msg/s (target {RATE_TARGET:,.0f}: "
                 f"{word[met['rate']]}); p99 {_fmt(opened['e2e_p99_ms'])} ms at "
                 f"{opened['rate']:,.0f} msg/s (target < {P99_TARGET_MS:g} ms at "
-                f"{RATE_TARGET / 2:,.0f}/s: {word[met['p99_at_half']]}); cost "
+                f"{P99_RATE:,.0f}/s: {word[met['p99_at_half']]})"
+                + (f", {_fmt(half['e2e_p99_ms'])} ms at {half['rate']:,.0f} msg/s (half what it "
+                   f"sustained)" if half is not None and half is not opened else "")
+                + "; cost "
                 f"{_fmt(closed['cost_ratio'], 2)} x floor (target <= {COST_TARGET:g}: "
                 f"{word[met['cost_ratio']]}). Set-up of {plan.sips} SIPs "
                 f"{r.setup_seconds:g} s. Deliveries at the end: "

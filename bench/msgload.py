@@ -333,6 +333,7 @@ class Client:
             "mode": phase["mode"],
             "concurrency": phase.get("concurrency"),
             "rate": round(rate, 1) if rate is not None else None,
+            "rate_fraction": phase.get("rate_fraction"),
             "seconds": round(seconds, 2),
             "sent": len(mine),
             "accepted": len(ok),

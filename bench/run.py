@@ -704,8 +704,8 @@ def build_report(machine: Json, plan: Plan, floor: float, hub_validate: float, p
          f"Each operation: {plan.warmup:g} s warm-up, then {plan.duration:g} s measured."),
         "",
         (f"Floor (orjson.loads + fhir.resources validation as published of the same "
-         f"CarePlan, 1 process of its own, best of 5 slices): **{floor:,.0f} ops/s**. The same with the "
-         f"hub's changes to fhir_core's validation (what the hub runs): "
+         f"CarePlan, 1 process of its own, best of 5 slices): **{floor:,.0f} ops/s**. The same "
+         f"with the hub's changes to fhir_core's validation (what the hub runs): "
          f"{hub_validate:,.0f} ops/s. Full validation pipeline "
          f"`service.prepare` (in-memory references, no database, 1 process): "
          f"{pipeline:,.0f} ops/s."),

@@ -16,11 +16,13 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+from ..errors import BadRequest, Unprocessable
+from . import models
+
 ENV = "SIP_HUB_FHIR_AS_PUBLISHED"
 
 
 def _as_published() -> bool:
-    from . import models
     return models.AS_PUBLISHED
 
 
@@ -52,8 +54,6 @@ def process() -> Iterator[ProcessPoolExecutor]:
 def outcome(resource: Any) -> tuple[str, Any]:
     """`models.validate`'s answer as data: ('ok', None), or the error's class, its message and
     its issues (code, diagnostics, expression)."""
-    from ..errors import BadRequest, Unprocessable
-    from . import models
     try:
         models.validate(resource)
     except (BadRequest, Unprocessable) as exc:
