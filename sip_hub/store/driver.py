@@ -45,6 +45,7 @@ class DriverStatement:
         self._stmt: Executable | None = stmt
         self._build: Callable[[Callable[[Table], Any]], Executable] | None = None
         self._compiled: dict[str, tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
+        self._rows_sql: dict[tuple[str, tuple[str, ...], int], str] = {}
 
     @classmethod
     def on_conflict(cls, build: Callable[[Callable[[Table], Any]], Executable]
@@ -52,7 +53,7 @@ class DriverStatement:
         """An INSERT ... ON CONFLICT, which SQLAlchemy builds per dialect: ``build`` gets the
         connection's dialect's ``insert`` and returns the statement."""
         made = cls.__new__(cls)
-        made._stmt, made._build, made._compiled = None, build, {}
+        made._stmt, made._build, made._compiled, made._rows_sql = None, build, {}, {}
         return made
 
     def _sql(self, conn: Connection) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
@@ -109,28 +110,24 @@ class DriverStatement:
           once and kept in the connection's statement cache."""
         if not rows:
             return
-        if isinstance(self._stmt, Insert):
-            columns = list(rows[0])
-            quote = conn.dialect.identifier_preparer.quote
-            table = quote(self._stmt.table.name)  # type: ignore[attr-defined]
-            head = f"INSERT INTO {table} ({', '.join(quote(c) for c in columns)}) VALUES "
-            if conn.dialect.name == "postgresql":
-                if len(rows) <= _VALUES_ROWS:
-                    self._values(conn, head, "%s", columns, rows)
-                    return
-                with _cursor(conn) as cur, cur.copy(
-                        f"COPY {table} ({', '.join(quote(c) for c in columns)}) "
-                        "FROM STDIN") as copy:
+        dialect = conn.dialect.name
+        if isinstance(self._stmt, Insert) and dialect in ("postgresql", "sqlite"):
+            columns = tuple(rows[0])
+            if dialect == "postgresql" and len(rows) > _VALUES_ROWS:
+                with _cursor(conn) as cur, cur.copy(self._insert_sql(conn, columns, 0)) as copy:
                     for r in rows:
                         copy.write_row(tuple(r[c] for c in columns))
                 return
-            if conn.dialect.name == "sqlite":
-                start = 0
-                while start < len(rows):
-                    size = min(_VALUES_ROWS, 1 << ((len(rows) - start).bit_length() - 1))
-                    self._values(conn, head, "?", columns, rows[start:start + size])
-                    start += size
-                return
+            start = 0
+            while start < len(rows):
+                left = len(rows) - start
+                size = left if dialect == "postgresql" else min(
+                    _VALUES_ROWS, 1 << (left.bit_length() - 1))
+                with _cursor(conn) as cur:
+                    cur.execute(self._insert_sql(conn, columns, size),
+                                [r[c] for r in rows[start:start + size] for c in columns])
+                start += size
+            return
         sql, order, literals = self._sql(conn)
         if literals:
             rows = [{**literals, **r} for r in rows]
@@ -138,13 +135,23 @@ class DriverStatement:
         with _cursor(conn) as cur:
             cur.executemany(sql, args)
 
-    @staticmethod
-    def _values(conn: Connection, head: str, marker: str, columns: list[str],
-                rows: Sequence[Mapping[str, Any]]) -> None:
-        one = "(" + ", ".join([marker] * len(columns)) + ")"
-        with _cursor(conn) as cur:
-            cur.execute(head + ", ".join([one] * len(rows)),
-                        [r[c] for r in rows for c in columns])
+    def _insert_sql(self, conn: Connection, columns: tuple[str, ...], n: int) -> str:
+        """The INSERT of ``n`` rows of ``columns`` into the statement's table (0: PostgreSQL's
+        COPY of any number), written once per dialect, columns and count."""
+        key = (conn.dialect.name, columns, n)
+        sql = self._rows_sql.get(key)
+        if sql is None:
+            quote = conn.dialect.identifier_preparer.quote
+            table = quote(self._stmt.table.name)  # type: ignore[union-attr]
+            names = ", ".join(quote(c) for c in columns)
+            if n == 0:
+                sql = f"COPY {table} ({names}) FROM STDIN"
+            else:
+                marker = "%s" if key[0] == "postgresql" else "?"
+                one = f"({', '.join([marker] * len(columns))})"
+                sql = f"INSERT INTO {table} ({names}) VALUES " + ", ".join([one] * n)
+            self._rows_sql[key] = sql
+        return sql
 
 
 def constant(value: str) -> Any:

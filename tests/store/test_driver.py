@@ -113,7 +113,10 @@ def test_bulk_inserts_of_any_size_store_every_row_in_order_in_a_few_statements(
     the database's write lock. A violated constraint anywhere fails the whole insert."""
     sqlite = store.engine.dialect.name == "sqlite"
     expected: list[tuple[str, int]] = []
-    for count in (0, 1, 2, 13, 64, 65, 200):
+    # rows -> the rows of each INSERT statement on SQLite
+    chunks = {0: [], 1: [1], 2: [2], 13: [8, 4, 1], 64: [64], 65: [64, 1],
+              200: [64, 64, 64, 8]}
+    for count in chunks:
         rows = [{"plan_id": f"n{count}-{i}", "due": 1000 * count + i} for i in range(count)]
         traced: list[str] = []
         with store.begin() as tx:
@@ -125,12 +128,7 @@ def test_bulk_inserts_of_any_size_store_every_row_in_order_in_a_few_statements(
         expected += [(r["plan_id"], r["due"]) for r in rows]
         if sqlite:
             inserts = [s for s in traced if s.startswith("INSERT")]
-            chunks = []
-            left = count
-            while left:
-                chunks.append(min(64, 1 << (left.bit_length() - 1)))
-                left -= chunks[-1]
-            assert [s.count("(") - 1 for s in inserts] == chunks, count
+            assert [s.count("(") - 1 for s in inserts] == chunks[count], count
     with store.begin(write=False) as tx:
         stored = tx.conn.exec_driver_sql(
             "SELECT plan_id, due FROM deadline_due ORDER BY plan_id").all()
