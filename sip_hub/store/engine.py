@@ -55,4 +55,9 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 (DB-API connec
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")  # see .checkpoint
+    # Temporary files in memory, the statement journal among them: group commit runs each
+    # write in a savepoint, for which SQLite keeps the original of every page it changes, and
+    # past 64 KiB of those wrote each to a temporary file (two syscalls a page: half of a
+    # messaging API process's writes, by strace, all made holding the write lock).
+    cur.execute("PRAGMA temp_store=MEMORY")
     cur.close()

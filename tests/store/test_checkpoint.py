@@ -68,3 +68,31 @@ def test_postgresql_needs_no_checkpointer() -> None:
     cp.start()  # does nothing: the server checkpoints itself
     assert not any(t.name == "wal-checkpoint" for t in threading.enumerate())
     cp.stop()
+
+
+def _deleted_temp_files() -> list[str]:
+    """The files this process holds open that were unlinked: SQLite's temporary files."""
+    fds = Path("/proc/self/fd")
+    return [t for t in (str(p.readlink()) for p in fds.iterdir() if p.is_symlink())
+            if t.endswith("(deleted)") and "sqlite3" not in t]
+
+
+def test_a_savepoints_undo_journal_stays_in_memory(tmp_path: Path) -> None:
+    # Group commit runs each write in a savepoint; SQLite keeps the original of every page a
+    # savepoint changes, and past 64 KiB it spilled them to a temporary file (a write and a
+    # syscall per page, in the writer holding the write lock).
+    store = _store(tmp_path)
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA temp_store").scalar() == 2  # MEMORY
+    with store.begin() as tx:
+        ids = [tx.create(_patient(i)).id for i in range(300)]
+    before = _deleted_temp_files()
+    with store.begin() as tx:
+        with tx.savepoint():
+            for i, rid in enumerate(ids):
+                tx.update({**_patient(i), "id": rid, "active": False}, rid)
+            assert _deleted_temp_files() == before
+        with tx.savepoint():
+            tx.update({**_patient(0), "id": ids[0], "gender": "other"}, ids[0])
+    assert store.read("Patient", ids[0]).doc()["gender"] == "other"
+    assert store.read("Patient", ids[299]).doc()["active"] is False
