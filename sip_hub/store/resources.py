@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from datetime import datetime
 from collections import Counter
 from contextlib import contextmanager
 from functools import lru_cache
@@ -88,6 +89,15 @@ _ADVANCE = DriverStatement(
     .where(_R.res_type == bindparam("t"), _R.res_id == bindparam("i"),
            _R.version_id == bindparam("prev"))
     .values(version_id=bindparam("v"), last_updated=bindparam("ts"), deleted=bindparam("del")))
+# An update's new version, numbered and claimed in one statement (the row locked on
+# PostgreSQL until the transaction ends, as ``FOR UPDATE`` would): reading the version first
+# and then advancing it was a second statement in every update, on both databases.
+_NEXT_VERSION = update(resource).where(
+    _R.res_type == bindparam("t"), _R.res_id == bindparam("i")).values(
+    version_id=_R.version_id + 1, last_updated=bindparam("ts"), deleted=False).returning(
+    _R.version_id)
+_BUMP = DriverStatement(_NEXT_VERSION)
+_BUMP_IF = DriverStatement(_NEXT_VERSION.where(_R.version_id == bindparam("m")))
 _INSERT_HISTORY = insert_into(resource_history, "res_type", "res_id", "version_id",
                               "last_updated", "method", "content")
 # The columns of each index table's rows after (res_type, res_id), in ``IndexRows`` order.
@@ -269,18 +279,26 @@ class Tx:
     def update(self, res: dict[str, Any], rid: str, *, if_match: int | None = None,
                method: str = "PUT", owner: str | None = None) -> tuple[Stored, bool]:
         """Write a new version; returns (stored, created). A stale ``if_match`` is a 412."""
-        cur = self._current_version(res["resourceType"], rid)
+        rtype = res["resourceType"]
+        now = now_utc()
+        params = {"t": rtype, "i": rid, "ts": to_us(now)}
+        bumped = _BUMP.first(self.conn, params) if if_match is None else \
+            _BUMP_IF.first(self.conn, {**params, "m": if_match})
+        if bumped is not None:  # advanced: the common case, one statement
+            version = int(bumped[0])
+            return self._write(res, rid, version, version - 1, method, owner, now=now,
+                               advanced=True), False
+        cur = self._current_version(rtype, rid)  # nothing advanced: absent, or not If-Match
         if cur is None:
             if if_match is not None:
                 raise PreconditionFailed(
-                    f"{res['resourceType']}/{rid} does not exist (If-Match: W/\"{if_match}\")")
+                    f"{rtype}/{rid} does not exist (If-Match: W/\"{if_match}\")")
             return self._write(res, rid, 1, None, method, owner), True
-        version, _deleted = cur
-        if if_match is not None and if_match != version:
+        if if_match is not None and if_match != cur[0]:
             raise PreconditionFailed(
-                f"Version conflict: {res['resourceType']}/{rid} is at version {version}, "
+                f"Version conflict: {rtype}/{rid} is at version {cur[0]}, "
                 f"If-Match asked for {if_match}")
-        return self._write(res, rid, version + 1, version, method, owner), False
+        raise Conflict(f"{rtype}/{rid} was changed concurrently; retry")
 
     def delete(self, rtype: str, rid: str) -> Stored | None:
         """Write a tombstone; None when there is nothing current to delete."""
@@ -318,14 +336,20 @@ class Tx:
             raise Conflict(f"{rtype}/{rid} was changed concurrently; retry")
 
     def _write(self, res: dict[str, Any], rid: str, version: int, previous: int | None,
-               method: str, owner: str | None) -> Stored:
+               method: str, owner: str | None, *, now: datetime | None = None,
+               advanced: bool = False) -> Stored:
+        """``advanced``: the resource's row is at ``version`` already (``update``), stamped
+        ``now``."""
         rtype = res["resourceType"]
-        now = now_utc()
+        now = now or now_utc()
         ts = to_us(now)
         final = stamp_meta(res, rid, version, format_instant(now))
         content = orjson.dumps(final)
         old = self._seen.get((rtype, rid)) if previous is not None else None
-        self._advance(rtype, rid, version, previous, ts, deleted=False, owner=owner)
+        if advanced:
+            self._seen.pop((rtype, rid), None)
+        else:
+            self._advance(rtype, rid, version, previous, ts, deleted=False, owner=owner)
         _INSERT_HISTORY.run(self.conn, {
             "res_type": rtype, "res_id": rid, "version_id": version, "last_updated": ts,
             "method": method, "content": content})

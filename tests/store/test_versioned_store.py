@@ -81,9 +81,27 @@ def test_if_match_checks_the_current_version(store):
     with pytest.raises(PreconditionFailed):
         with store.begin() as tx:
             tx.update(dict(PAT), "p1", if_match=2)
+    with store.begin(write=False) as tx:  # the refused update changed nothing
+        assert tx.current("Patient", "p1").version_id == 1
+        assert tx.history("Patient", "p1")[1] == 1
     with store.begin() as tx:
         stored, created = tx.update(dict(PAT), "p1", if_match=1)
     assert stored.version_id == 2 and not created
+    with store.begin(write=False) as tx:
+        now = tx.current("Patient", "p1")
+        assert (now.version_id, now.last_updated) == (2, stored.last_updated)
+    with pytest.raises(PreconditionFailed, match="does not exist"):
+        with store.begin() as tx:
+            tx.update(dict(PAT), "p2", if_match=1)
+    with store.begin(write=False) as tx:
+        assert tx.current("Patient", "p2") is None
+    with store.begin() as tx:  # a deleted resource is updated (brought back) as any other
+        tx.delete("Patient", "p1")
+    with store.begin() as tx:
+        stored, created = tx.update(dict(PAT), "p1", if_match=3)
+    assert (stored.version_id, stored.deleted, created) == (4, False, False)
+    with store.begin(write=False) as tx:
+        assert not tx.current("Patient", "p1").deleted
 
 
 def test_concurrent_updates_lose_nothing(store):
