@@ -115,6 +115,16 @@ class Prepared(dict):  # type: ignore[type-arg]
         return Prevalidated(orjson.loads(self._original))
 
 
+def basis_keys(res: dict[str, Any], expected_type: str, replaces: str | None
+               ) -> list[tuple[str, str]]:
+    """What preparing ``res`` reads, to read in one statement (``Tx.load``): the references
+    a SIP resource's rules resolve, and the version an update replaces."""
+    keys = reference_targets(res) if profiles.applies(res) else []
+    if replaces is not None:
+        keys.append((expected_type, replaces))
+    return keys
+
+
 def prepare_ahead(store: Store, res: Any, expected_type: str, *,
                   replaces: str | None = None) -> Any:
     """``prepare`` outside the write transaction, against a read snapshot, so that the write
@@ -133,11 +143,7 @@ def prepare_ahead(store: Store, res: Any, expected_type: str, *,
     basis: dict[tuple[str, str], Stored | None] = {}
     # No snapshot needed: the write transaction checks every resource of the basis again,
     # together, and takes the preparation only if all are as read.
-    # The rules resolve a SIP resource's references: read them, and the replaced version,
-    # in one statement.
-    keys = reference_targets(checked) if profiles.applies(checked) else []
-    if replaces is not None:
-        keys.append((expected_type, replaces))
+    keys = basis_keys(checked, expected_type, replaces)
     with store.begin(write=False, snapshot=False) as tx:
         tx.load(keys)
         # What was read joins the basis whether the rules resolve it or not: the write's

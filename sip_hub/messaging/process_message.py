@@ -120,8 +120,9 @@ def process(store: Store, ctx: Context, body: Any, messaging: Messaging, *,
         if not asynchronous:
             raise BadRequest("response-url goes with async=true", expression="response-url")
         messaging.endpoints.check_response_url(env.sender_org, response_url)
-    with cpu.turn(store):
-        ahead = _prepare_ahead(store, parsed) if isinstance(parsed, parser.Message) else None
+    with cpu.turn(store):  # (ahead on the embedded store only: see routes.fhir_rest._write)
+        ahead = _prepare_ahead(store, parsed) \
+            if store.embedded and isinstance(parsed, parser.Message) else None
     now = _now()
 
     def work(tx: Tx) -> Reply:
