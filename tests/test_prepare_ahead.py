@@ -176,3 +176,22 @@ def test_a_plan_posted_over_http_is_checked_and_stored(client):
     r = client.post("/fhir/CarePlan", **body(plan))
     assert r.status_code == 422
     assert "Patient/nobody does not exist" in outcome_text(r)
+
+
+def test_over_http_only_the_embedded_store_prepares_ahead(client, store, monkeypatch):
+    """Ahead of the write only where a write lock is to be kept short (SQLite's one); on
+    PostgreSQL the rules run in the write transaction, whose outcome is the same."""
+    from sip_hub.routes import fhir_rest
+    real, ahead = fhir_rest.prepare_ahead, []
+
+    def counted(*args, **kw):
+        ahead.append(args[2])
+        return real(*args, **kw)
+    monkeypatch.setattr(fhir_rest, "prepare_ahead", counted)
+    for res in f.demo_case()[:-1]:
+        r = client.put(f"/fhir/{res['resourceType']}/{res['id']}", **body(res))
+        assert r.status_code in (200, 201), r.text
+    r = client.put("/fhir/CarePlan/alva-sip", **body(f.sip_careplan()))
+    assert r.status_code == 201, r.text
+    assert sip.PROFILE_CAREPLAN in r.json()["meta"]["profile"]
+    assert len(ahead) == (len(f.demo_case()) if store.embedded else 0)
