@@ -75,6 +75,13 @@ class _Handled:
     sip: SipKey | None
 
 
+class _Concurrent(Exception):
+    """A copy of the message (its ids) was received by a concurrent request that committed
+    first: this one's work is undone, and it is answered as that one was (only on PostgreSQL:
+    on SQLite the write lock makes such requests take turns, and the second finds the first
+    in its lookup)."""
+
+
 class _Uncached(Exception):
     """Leave the transaction without committing: this answer must not be remembered."""
 
@@ -130,38 +137,46 @@ def process(store: Store, ctx: Context, body: Any, messaging: Messaging, *,
         if earlier is not None:
             return earlier
         expires = now + messaging.config.cache_minutes * _US_PER_MINUTE
-        try:
-            inbox.claim(tx, sender_org=env.sender_org, header_id=env.header_id,
-                        bundle_id=env.bundle_id, event=env.event or "", now=now,
-                        expires=expires,
-                        state=inbox.ACCEPTED if asynchronous else inbox.DONE,
-                        request=orjson.dumps(body) if asynchronous else None,
-                        caller=_caller(ctx) if asynchronous else None,
-                        response_url=response_url)
-        except Conflict:
-            # A concurrent request with these ids committed first: answer as it did.
-            earlier = _earlier(tx, ctx, env, messaging, now, asynchronous)
-            if earlier is not None:
-                return earlier
-            raise TransientError("The message is being received concurrently; resend "
-                                 "it") from None
+
+        def receipt(**entry: Any) -> None:
+            try:
+                inbox.claim(tx, sender_org=env.sender_org, header_id=env.header_id,
+                            bundle_id=env.bundle_id, event=env.event or "", now=now,
+                            expires=expires, **entry)
+            except Conflict:
+                raise _Concurrent from None
+
         if asynchronous:
+            receipt(state=inbox.ACCEPTED, request=orjson.dumps(body), caller=_caller(ctx),
+                    response_url=response_url)
             return Reply(202, information(
                 f"Message {env.header_id} accepted; the response will be sent to "
                 f"{response_url or 'your organisation’s message endpoint'}"))
         assert parsed is not None
         handled = _handle(tx, ctx, parsed, env, messaging, _header(body), ahead)
-        MESSAGES_RECEIVED.labels(handled.code).inc()
         if handled.code == vocab.TRANSIENT_ERROR:
+            MESSAGES_RECEIVED.labels(handled.code).inc()
             raise _Uncached(Reply(200, handled.response))
-        inbox.complete(tx, env.sender_org, env.header_id, handled.code,
-                       orjson.dumps(handled.response))
+        # Recorded with its response in one statement, once handled (where a concurrent copy
+        # that committed first makes this one's work undone, see _Concurrent).
+        receipt(state=inbox.DONE, response_code=handled.code,
+                response=orjson.dumps(handled.response))
+        MESSAGES_RECEIVED.labels(handled.code).inc()
         return Reply(200, handled.response)
 
     try:
         return store.write(work)
     except _Uncached as uncached:
         return uncached.reply
+    except _Concurrent:
+        pass
+
+    def answered(tx: Tx) -> Reply:
+        earlier = _earlier(tx, ctx, env, messaging, now, asynchronous)
+        if earlier is None:  # (the copy that came first has been forgotten since)
+            raise TransientError("The message was being received concurrently; resend it")
+        return earlier
+    return store.write(answered)
 
 
 def _earlier(tx: Tx, ctx: Context, env: parser.Envelope, messaging: Messaging, now: int,

@@ -89,15 +89,17 @@ def lookup(tx: Tx, sender_org: str, header_id: str, bundle_id: str, now: int
 
 def claim(tx: Tx, *, sender_org: str, header_id: str, bundle_id: str, event: str, state: str,
           now: int, expires: int, request: bytes | None = None, caller: bytes | None = None,
-          response_url: str | None = None) -> None:
-    """Record a message as received, after ``lookup`` in the same transaction (which made
-    room for it). Raises Conflict when a concurrent request recorded the same ids first (on
-    PostgreSQL this waits for that request to commit or roll back)."""
+          response_url: str | None = None, response_code: str | None = None,
+          response: bytes | None = None) -> None:
+    """Record a message as received (``DONE``: with its response; ``ACCEPTED``: with the
+    request to process), after ``lookup`` in the same transaction (which made room for it).
+    Raises Conflict when a concurrent request recorded the same ids first (on PostgreSQL
+    this waits for that request to commit or roll back)."""
     claimed = _CLAIM.first(tx.conn, {
         "sender_org": sender_org, "header_id": header_id, "bundle_id": bundle_id,
         "event": event, "state": state, "received": now, "expires": expires,
-        "response_code": None, "response": None, "request": request, "caller": caller,
-        "response_url": response_url})
+        "response_code": response_code, "response": response, "request": request,
+        "caller": caller, "response_url": response_url})
     if claimed is None:
         raise Conflict(f"Message {header_id} (Bundle {bundle_id}) is being received "
                        "concurrently")
