@@ -9,7 +9,6 @@ measured by the rows it handles (returned or thrown away). On SQLite, by the pla
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,24 +36,19 @@ def generic_plan(engine: Engine, stmt: DriverStatement, params: Mapping[str, Any
     the values given, whatever ``plan_cache_mode`` says."""
     from psycopg import sql as pgsql
     with engine.connect() as conn:
-        text, args = stmt._args(conn, params)
-        names: list[str] = []
-
-        def number(m: re.Match[str]) -> str:
-            if m.group(1) not in names:
-                names.append(m.group(1))
-            return f"${names.index(m.group(1)) + 1}"
-        numbered = re.sub(r"%\((\w+)\)s", number, text).replace("%%", "%")
+        # PostgreSQL's numbered placeholders and the values in their order (driver._numbered)
+        sql, args = stmt._args(conn, params)
+        numbered = sql.decode() if isinstance(sql, bytes) else sql
         dbapi = conn.connection.dbapi_connection
         cur = dbapi.cursor()
         cur.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         name = f"sip_hub_probe_{next(_PROBES)}"
         cur.execute(f"PREPARE {name} AS {numbered}")
         try:
-            values = pgsql.SQL(", ").join(pgsql.Literal(args[n]) for n in names)
+            values = pgsql.SQL(", ").join(pgsql.Literal(a) for a in args)
             cur.execute(pgsql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {}{}").format(
                 pgsql.Identifier(name),
-                pgsql.SQL("({})").format(values) if names else pgsql.SQL("")))
+                pgsql.SQL("({})").format(values) if args else pgsql.SQL("")))
             plan: dict[str, Any] = cur.fetchone()[0][0]["Plan"]
         finally:
             dbapi.rollback()  # what it did, and the setting
