@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import threading
 import weakref
-from datetime import datetime
 from collections import Counter
 from contextlib import contextmanager
+from datetime import datetime
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
