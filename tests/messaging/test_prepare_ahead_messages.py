@@ -64,6 +64,25 @@ def prepared_then(monkeypatch: pytest.MonkeyPatch, change: Any) -> list[pm._Ahea
     return made
 
 
+def prepared_in_the_write(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The types of the resources whose rules run from here on (``service.prepare``)."""
+    prepared: list[str] = []
+    real = service.prepare
+
+    def counted(res: Any, *args: Any, **kw: Any) -> Any:
+        prepared.append(res.get("resourceType"))
+        return real(res, *args, **kw)
+    monkeypatch.setattr(service, "prepare", counted)
+    return prepared
+
+
+def status_changed_as_sent(world: Hub) -> None:
+    plan = current_plan(world)
+    assert plan["meta"]["versionId"] == "2"
+    assert plan["activity"][0]["detail"]["status"] == "completed"
+    assert plan["meta"]["profile"] == [sip.PROFILE_CAREPLAN]  # stamped by the rules
+
+
 def anonymise(store: Any) -> None:
     with store.begin() as tx:
         anonymous = f.patient(f.DEMO_PNR, id="alva")
@@ -84,19 +103,10 @@ def test_a_plain_message_is_checked_before_its_write_transaction(
     assert {("CarePlan", "alva-sip"), ("Patient", "alva"), ("CareTeam", "alva-sip")} \
         <= set(ahead.basis)
     # Sent for real: the write transaction takes the preparation and runs no rules itself.
-    in_transaction: list[str] = []
-    real = service.prepare
-
-    def counted(res: Any, *args: Any, **kw: Any) -> Any:
-        in_transaction.append(res.get("resourceType"))
-        return real(res, *args, **kw)
-    monkeypatch.setattr(service, "prepare", counted)
+    in_transaction = prepared_in_the_write(monkeypatch)
     assert answer(world.post(BUP, URL, msg))[0] == "ok"
     assert in_transaction == []
-    plan = current_plan(world)
-    assert plan["meta"]["versionId"] == "2"
-    assert plan["activity"][0]["detail"]["status"] == "completed"
-    assert plan["meta"]["profile"] == [sip.PROFILE_CAREPLAN]  # stamped by the rules
+    status_changed_as_sent(world)
 
 
 @ON_SQLITE
@@ -146,19 +156,10 @@ def test_on_postgresql_a_message_is_checked_in_its_write_transaction(
     def never(*_: Any) -> None:
         raise AssertionError("prepared ahead of the write transaction")
     monkeypatch.setattr(pm, "_prepare_ahead", never)
-    in_transaction: list[str] = []
-    real = service.prepare
-
-    def counted(res: Any, *args: Any, **kw: Any) -> Any:
-        in_transaction.append(res.get("resourceType"))
-        return real(res, *args, **kw)
-    monkeypatch.setattr(service, "prepare", counted)
+    in_transaction = prepared_in_the_write(monkeypatch)
     assert answer(world.post(BUP, URL, msg))[0] == "ok"
     assert in_transaction == ["CarePlan"]  # the plan's rules, once; the patient as stored
-    plan = current_plan(world)
-    assert plan["meta"]["versionId"] == "2"
-    assert plan["activity"][0]["detail"]["status"] == "completed"
-    assert plan["meta"]["profile"] == [sip.PROFILE_CAREPLAN]
+    status_changed_as_sent(world)
 
 
 def test_what_the_ahead_check_does_not_cover_is_applied_in_the_transaction(
