@@ -140,3 +140,22 @@ def test_bulk_inserts_of_any_size_store_every_row_in_order_in_a_few_statements(
             _INSERT.many(tx.conn, duplicate)
     with store.begin(write=False) as tx:
         assert _count(tx) == len(expected)
+
+
+def test_a_statement_runs_as_written_with_a_parameter_used_twice_and_a_percent_sign(
+        store: Store) -> None:
+    # On PostgreSQL the statement runs in numbered placeholders (driver._numbered): a name
+    # used twice is one parameter, and the literal '%' that psycopg's form escapes stays one.
+    from sqlalchemy import bindparam, literal_column, or_, select
+
+    from sip_hub.store.driver import DriverStatement
+    c = deadline_due.c
+    stmt = DriverStatement(select(c.plan_id, literal_column("'100%'")).where(
+        or_(c.plan_id == bindparam("p"), c.plan_id == bindparam("p") + "-b"),
+        c.plan_id.like(literal_column("'plan-%'"))).order_by(c.plan_id))
+    with store.begin() as tx:
+        _INSERT.many(tx.conn, [{"plan_id": p, "due": 1}
+                               for p in ("plan-a", "plan-a-b", "plan-c", "other-a")])
+    with store.begin(write=False) as tx:
+        assert stmt.all(tx.conn, {"p": "plan-a"}) == [("plan-a", "100%"), ("plan-a-b", "100%")]
+        assert stmt.all(tx.conn, {"p": "other-a"}) == []
