@@ -128,7 +128,8 @@ def basis_keys(res: dict[str, Any], expected_type: str, replaces: str | None
 def prepare_ahead(store: Store, res: Any, expected_type: str, *,
                   replaces: str | None = None) -> Any:
     """``prepare`` outside the write transaction, against a read snapshot, so that the write
-    lock is not held while the rules run (on SQLite every write queues on that lock).
+    lock is not held while the rules run (on SQLite every write queues on that lock; on
+    PostgreSQL the writes prepare in their transaction instead: see routes.fhir_rest._write).
     ``replaces``: the id an update writes; the version it replaces joins the basis, read
     here with its content parsed and its index rows derived (``Stored.index_rows``), which
     the write then compares instead of deriving them in the lock.
