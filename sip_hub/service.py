@@ -115,6 +115,15 @@ class Prepared(dict):  # type: ignore[type-arg]
         return Prevalidated(orjson.loads(self._original))
 
 
+def ahead_pays(store: Store) -> bool:
+    """Whether a write is prepared ahead of its transaction (``prepare_ahead``): on the
+    embedded store, whose one write lock every write queues on. On PostgreSQL a transaction
+    of its own to read the basis, and a statement in the write to check it still holds
+    (``Tx.adopt``), cost more than they spare: there the write prepares in its transaction,
+    reading the basis in one statement (``basis_keys``)."""
+    return store.embedded
+
+
 def basis_keys(res: dict[str, Any], expected_type: str, replaces: str | None
                ) -> list[tuple[str, str]]:
     """What preparing ``res`` reads, to read in one statement (``Tx.load``): the references
@@ -128,8 +137,7 @@ def basis_keys(res: dict[str, Any], expected_type: str, replaces: str | None
 def prepare_ahead(store: Store, res: Any, expected_type: str, *,
                   replaces: str | None = None) -> Any:
     """``prepare`` outside the write transaction, against a read snapshot, so that the write
-    lock is not held while the rules run (on SQLite every write queues on that lock; on
-    PostgreSQL the writes prepare in their transaction instead: see routes.fhir_rest._write).
+    lock is not held while the rules run (where that pays: ``ahead_pays``).
     ``replaces``: the id an update writes; the version it replaces joins the basis, read
     here with its content parsed and its index rows derived (``Stored.index_rows``), which
     the write then compares instead of deriving them in the lock.

@@ -38,7 +38,7 @@ def generic_plan(engine: Engine, stmt: DriverStatement, params: Mapping[str, Any
     with engine.connect() as conn:
         # PostgreSQL's numbered placeholders and the values in their order (driver._numbered)
         sql, args = stmt._args(conn, params)
-        numbered = sql.decode() if isinstance(sql, bytes) else sql
+        numbered = sql.decode()
         dbapi = conn.connection.dbapi_connection
         cur = dbapi.cursor()
         cur.execute("SET LOCAL plan_cache_mode = force_generic_plan")

@@ -45,7 +45,8 @@ FHIR_VERSION = "4.0.1"
 # the before-validator below takes resourceType out instead, with the __init__'s rules and
 # its error. Constructing a model in code (`CarePlan(**data)`) still runs the __init__.
 
-AS_PUBLISHED = os.environ.get("SIP_HUB_FHIR_AS_PUBLISHED") == "1"
+AS_PUBLISHED_ENV = "SIP_HUB_FHIR_AS_PUBLISHED"  # "1": leave fhir_core as published
+AS_PUBLISHED = os.environ.get(AS_PUBLISHED_ENV) == "1"
 _library_init = FHIRAbstractModel.__init__
 _library_reject_nulls = FHIRAbstractModel.reject_null_complex_elements.__func__
 _library_after = FHIRAbstractModel.validate_after_model_construction

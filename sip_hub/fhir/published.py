@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import BadRequest, Unprocessable
 from . import models
 
-ENV = "SIP_HUB_FHIR_AS_PUBLISHED"
+ENV = models.AS_PUBLISHED_ENV
 
 
 def _as_published() -> bool:

@@ -46,7 +46,7 @@ from ..fhir.outcome import from_error, information
 from ..interactions import Context
 from ..access import Access, patients_of
 from ..metrics import MESSAGES_RECEIVED
-from ..service import Prepared, Prevalidated, prepare, tx_resolver
+from ..service import Prepared, Prevalidated, ahead_pays, prepare, tx_resolver
 from ..store import Store, Stored, Tx
 from ..store import inbox
 from . import builder, operations, parser, vocabulary as vocab
@@ -127,9 +127,9 @@ def process(store: Store, ctx: Context, body: Any, messaging: Messaging, *,
         if not asynchronous:
             raise BadRequest("response-url goes with async=true", expression="response-url")
         messaging.endpoints.check_response_url(env.sender_org, response_url)
-    with cpu.turn(store):  # (ahead on the embedded store only: see routes.fhir_rest._write)
+    with cpu.turn(store):
         ahead = _prepare_ahead(store, parsed) \
-            if store.embedded and isinstance(parsed, parser.Message) else None
+            if ahead_pays(store) and isinstance(parsed, parser.Message) else None
     now = _now()
 
     def work(tx: Tx) -> Reply:

@@ -15,7 +15,7 @@ from .. import interactions as ix
 from ..errors import BadRequest, MethodNotAllowed
 from ..fhir.capability import capability_statement
 from ..messaging.capability import messaging_section
-from ..service import basis_keys, check_type, prepare_ahead, prevalidate
+from ..service import ahead_pays, basis_keys, check_type, prepare_ahead, prevalidate
 from ..store import Store, Tx
 from .wire import context, in_thread, prefer_return, read_body, respond, result_response
 
@@ -49,11 +49,8 @@ async def _write(request: Request, rtype: str, perm: str,
     body = await read_body(request, request.app.state.settings.max_body_bytes)
     store = _store(request)
 
-    # Ahead only on the embedded store, whose one write lock every write queues on. On
-    # PostgreSQL a transaction of its own to read the basis, and one more statement in the
-    # write to check it still holds, cost more than they spare: there the write reads it.
-    read_in_write = ahead and not store.embedded
-    ahead = ahead and store.embedded
+    read_in_write = ahead and not ahead_pays(store)
+    ahead = ahead and not read_in_write
 
     def work() -> ix.Result:
         with cpu.turn(store):  # one thread of the process at a time (see sip_hub.cpu)

@@ -38,7 +38,7 @@ _DIALECT_INSERTS: dict[str, Callable[[Table], Any]] = {
 
 # Up to this many rows, a PostgreSQL bulk insert is one multi-row INSERT (one round trip);
 # beyond, a COPY (two round trips, but cheaper per row). On SQLite at most this many rows an
-# INSERT statement (7 columns at most here: far below SQLite's 32,766 parameters).
+# INSERT statement (13 columns at most here: far below SQLite's 32,766 parameters).
 _VALUES_ROWS = 64
 
 
@@ -46,8 +46,9 @@ class DriverStatement:
     def __init__(self, stmt: Executable) -> None:
         self._stmt: Executable | None = stmt
         self._build: Callable[[Callable[[Table], Any]], Executable] | None = None
-        self._compiled: dict[str, tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
-        self._rows_sql: dict[tuple[str, tuple[str, ...], int], str] = {}
+        self._compiled: dict[str, tuple[str | bytes, tuple[str, ...] | None,
+                                        dict[str, Any]]] = {}
+        self._rows_sql: dict[tuple[str, tuple[str, ...], int], str | bytes] = {}
 
     @classmethod
     def on_conflict(cls, build: Callable[[Callable[[Table], Any]], Executable]
