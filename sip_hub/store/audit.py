@@ -105,8 +105,8 @@ def append(conn: Connection, events: list[tuple[str, Entry]]) -> list[Stored]:
         rows.append(_row(e, rid, content))
         refs += _ref_rows(e, rid)
         out.append(Stored(AUDIT_TYPE, rid, 1, e.recorded, False, content, "POST"))
-    _INSERT_EVENT.many(conn, rows)
-    _INSERT_REF.many(conn, refs)
+    _INSERT_EVENT.many_later(conn, rows)  # new ids: nothing here can fail on its data
+    _INSERT_REF.many_later(conn, refs)
     return out
 
 

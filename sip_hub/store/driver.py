@@ -10,19 +10,27 @@ and without expanding ``IN`` parameters (write ``or_(a == x, a == y)`` instead).
 Driver errors are mapped as ``Store.begin`` maps SQLAlchemy's: a lost connection leaves the
 pool, and an operational error (unreachable, timed out) is a retryable ``TransientError``;
 anything else (a constraint violated) propagates as the bug it is.
+
+Writes whose outcome nothing reads (``run_later``, ``many_later``, savepoints) are, on
+PostgreSQL, sent later: queued on the connection and sent with the next statement whose
+result is read, or with the COMMIT, in one pipeline (psycopg's pipeline mode: one round trip
+for all). A message's write transaction went from 18 round trips to 8. Only for statements
+that cannot fail on the data they are given (the row's key claimed earlier in the
+transaction, no unique constraint): their error would surface at the later statement.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from psycopg import RawCursor
-from sqlalchemy import (Connection, Insert, String, Table, and_, any_, bindparam, insert,
-                        literal_column, or_)
+from sqlalchemy import (Connection, Insert, String, Table, and_, any_, bindparam, event,
+                        insert, literal_column, or_)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -87,14 +95,14 @@ class DriverStatement:
     def first(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         sql, args = self._args(conn, params)
         with _cursor(conn) as cur:
-            cur.execute(sql, args)
+            _execute(conn, cur, sql, args)
             row: tuple[Any, ...] | None = cur.fetchone()
             return row
 
     def all(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         sql, args = self._args(conn, params)
         with _cursor(conn) as cur:
-            cur.execute(sql, args)
+            _execute(conn, cur, sql, args)
             rows: list[tuple[Any, ...]] = cur.fetchall()
             return rows
 
@@ -102,10 +110,20 @@ class DriverStatement:
         """Run a statement that returns no rows; how many rows it changed."""
         sql, args = self._args(conn, params)
         with _cursor(conn) as cur:
-            cur.execute(sql, args)
+            _execute(conn, cur, sql, args)
             return int(cur.rowcount)
 
-    def many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    def run_later(self, conn: Connection, params: Mapping[str, Any]) -> None:
+        """Run a statement whose outcome nothing reads, on PostgreSQL sent later (see the
+        module's docstring); at once elsewhere."""
+        _later(conn, *self._args(conn, params))
+
+    def many_later(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """``many``, on PostgreSQL sent later (see ``run_later``)."""
+        self.many(conn, rows, later=True)
+
+    def many(self, conn: Connection, rows: Sequence[Mapping[str, Any]], *,
+             later: bool = False) -> None:
         """Run the statement once per row. A plain INSERT is a multi-row INSERT instead
         (beyond ``_VALUES_ROWS`` rows on PostgreSQL a COPY), a statement for many rows:
 
@@ -115,32 +133,47 @@ class DriverStatement:
           step then waits to get it back (up to the switch interval), while the writer holds
           the database's one write lock. There the rows go in chunks of a power of two (13
           rows: 8, 4 and 1), so that a table's inserts are a few statements, each prepared
-          once and kept in the connection's statement cache."""
+          once and kept in the connection's statement cache.
+
+        ``later``: sent later on PostgreSQL (see ``run_later``), in INSERTs of at most
+        ``_VALUES_ROWS`` rows (a pipeline takes no COPY)."""
         if not rows:
             return
         dialect = conn.dialect.name
+        later = later and dialect == "postgresql"
         if isinstance(self._stmt, Insert) and dialect in ("postgresql", "sqlite"):
             columns = tuple(rows[0])
-            if dialect == "postgresql" and len(rows) > _VALUES_ROWS:
-                with _cursor(conn) as cur, cur.copy(self._insert_sql(conn, columns, 0)) as copy:
-                    for r in rows:
-                        copy.write_row(tuple(r[c] for c in columns))
+            if dialect == "postgresql" and len(rows) > _VALUES_ROWS and not later:
+                with _cursor(conn) as cur:
+                    _execute_pending(conn, cur)
+                    with cur.copy(self._insert_sql(conn, columns, 0)) as copy:
+                        for r in rows:
+                            copy.write_row(tuple(r[c] for c in columns))
                 return
             start = 0
             while start < len(rows):
                 left = len(rows) - start
-                size = left if dialect == "postgresql" else min(
-                    _VALUES_ROWS, 1 << (left.bit_length() - 1))
-                with _cursor(conn) as cur:
-                    cur.execute(self._insert_sql(conn, columns, size),
-                                [r[c] for r in rows[start:start + size] for c in columns])
+                size = min(left, _VALUES_ROWS) if later else left if dialect == "postgresql" \
+                    else min(_VALUES_ROWS, 1 << (left.bit_length() - 1))
+                sql = self._insert_sql(conn, columns, size)
+                args = [r[c] for r in rows[start:start + size] for c in columns]
+                if later:
+                    _later(conn, sql, args)
+                else:
+                    with _cursor(conn) as cur:
+                        _execute(conn, cur, sql, args)
                 start += size
             return
         sql, order, literals = self._sql(conn)
         if literals:
             rows = [{**literals, **r} for r in rows]
         args = [tuple(r[k] for k in order) for r in rows] if order is not None else rows
+        if later:
+            for a in args:
+                _later(conn, sql, a)
+            return
         with _cursor(conn) as cur:
+            _execute_pending(conn, cur)
             cur.executemany(sql, args)
 
     def _insert_sql(self, conn: Connection, columns: tuple[str, ...], n: int) -> str | bytes:
@@ -261,19 +294,17 @@ _SAVEPOINTS = itertools.count(1)
 def savepoint(conn: Connection) -> Iterator[None]:
     """A savepoint in the caller's transaction: what the block wrote is undone when it raises
     (and the exception goes on). SQLAlchemy's ``begin_nested`` compiled its SAVEPOINT and
-    RELEASE statements anew each time: a fifth of a message's time in the write lock."""
+    RELEASE statements anew each time: a fifth of a message's time in the write lock. Its
+    statements are sent later on PostgreSQL, in order with the block's (see ``run_later``)."""
     name = f"sip_sp_{next(_SAVEPOINTS)}"
-    with _cursor(conn) as cur:
-        cur.execute(f"SAVEPOINT {name}")
+    _later(conn, f"SAVEPOINT {name}", None)
     try:
         yield
     except BaseException:
-        with _cursor(conn) as cur:
-            cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
-            cur.execute(f"RELEASE SAVEPOINT {name}")
+        _later(conn, f"ROLLBACK TO SAVEPOINT {name}", None)
+        _later(conn, f"RELEASE SAVEPOINT {name}", None)
         raise
-    with _cursor(conn) as cur:
-        cur.execute(f"RELEASE SAVEPOINT {name}")
+    _later(conn, f"RELEASE SAVEPOINT {name}", None)
 
 
 _PYFORMAT = re.compile(r"%\(([^)]+)\)s|%%")
@@ -294,6 +325,77 @@ def _numbered(sql: str) -> tuple[bytes, tuple[str, ...]]:
         return f"${names.setdefault(m.group(1), len(names) + 1)}"
     numbered_sql = _PYFORMAT.sub(number, sql)
     return numbered_sql.encode(), tuple(names)
+
+
+# -- statements sent later (PostgreSQL) -------------------------------------------------------
+
+# Per connection (of one transaction: ``discard``ed when it rolls back), in order.
+_LATER: weakref.WeakKeyDictionary[Connection, list[tuple[str | bytes, Any]]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _later(conn: Connection, sql: str | bytes, args: Any) -> None:
+    """Queue a statement whose outcome nothing reads (PostgreSQL); elsewhere run it now."""
+    if conn.dialect.name == "postgresql":
+        _LATER.setdefault(conn, []).append((sql, args))
+        return
+    with _cursor(conn) as cur:
+        cur.execute(sql, args) if args is not None else cur.execute(sql)
+
+
+def _execute(conn: Connection, cur: Any, sql: str | bytes, args: Any) -> None:
+    """Execute on the connection's cursor, after what was queued to send later: all in one
+    pipeline (one round trip). The results are the cursor's after the pipeline's sync."""
+    later = _LATER.pop(conn, None) if _LATER else None
+    if not later:
+        cur.execute(sql, args)
+        return
+    with cur.connection.pipeline():
+        _send(cur, later)
+        cur.execute(sql, args)
+
+
+def _execute_pending(conn: Connection, cur: Any) -> None:
+    """Send what was queued (before a statement that cannot go in a pipeline)."""
+    later = _LATER.pop(conn, None) if _LATER else None
+    if later:
+        with cur.connection.pipeline():
+            _send(cur, later)
+
+
+def _send(cur: Any, later: list[tuple[str | bytes, Any]]) -> None:
+    for sql, args in later:
+        if args is None:
+            cur.execute(sql, prepare=False)  # (a savepoint's: a name used once)
+        else:
+            cur.execute(sql, args)
+
+
+def flush(conn: Connection, *, commit: bool = False) -> None:
+    """Send what was queued on ``conn`` now; with ``commit``, the COMMIT with it (psycopg's
+    own commit then finds no transaction open, and sends nothing)."""
+    later = _LATER.pop(conn, None) if _LATER else None
+    if not later:
+        return
+    with _cursor(conn) as cur, cur.connection.pipeline():
+        _send(cur, later)
+        if commit:
+            cur.execute(b"COMMIT", prepare=False)
+
+
+def discard(conn: Connection) -> None:
+    """Forget what was queued on ``conn``: its transaction rolled back."""
+    if _LATER:
+        _LATER.pop(conn, None)
+
+
+def listen(engine: Any) -> None:
+    """Send what a PostgreSQL engine's connections queued before any other statement of
+    SQLAlchemy's on them (so that it sees it), with the COMMIT; forget it on ROLLBACK."""
+    event.listen(engine, "before_cursor_execute",
+                 lambda conn, *_args: flush(conn))
+    event.listen(engine, "commit", lambda conn: flush(conn, commit=True))
+    event.listen(engine, "rollback", discard)
 
 
 @contextmanager

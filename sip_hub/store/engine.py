@@ -7,6 +7,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 
+from . import driver
 from .checkpoint import BACKSTOP_PAGES
 
 
@@ -32,11 +33,14 @@ def make_engine(url: str | URL, *, pool_size: int = 10, autocommit: bool = False
     # A runaway query must not hold a connection (and its locks) for ever. No ping before each
     # use (a round trip per transaction): a connection the server dropped fails its request
     # with a retryable 503 and SQLAlchemy then replaces the whole pool.
-    return create_engine(u, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600,
-                         hide_parameters=True,
-                         connect_args={"options": "-c statement_timeout=30000"}
-                         if "options" not in u.query else {},
-                         **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
+    engine = create_engine(u, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600,
+                           hide_parameters=True,
+                           connect_args={"options": "-c statement_timeout=30000"}
+                           if "options" not in u.query else {},
+                           **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
+    if not autocommit:
+        driver.listen(engine)  # writes sent later go before SQLAlchemy's statements
+    return engine
 
 
 def _sqlite_begin(conn) -> None:  # noqa: ANN001 (SQLAlchemy Connection)

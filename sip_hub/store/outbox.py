@@ -114,7 +114,7 @@ _INSERT_DELIVERY = insert_into(outbox_delivery, "id", "message_id", "dest_org", 
 
 def insert_message(tx: Tx, *, message_id: str, event: str, kind: str, patient_id: str,
                    careplan_id: str, content: bytes, now: int) -> None:
-    _INSERT_MESSAGE.run(tx.conn, {
+    _INSERT_MESSAGE.run_later(tx.conn, {
         "message_id": message_id, "event": event, "kind": kind, "patient_id": patient_id,
         "careplan_id": careplan_id, "created": now, "content": content})
 
@@ -155,7 +155,7 @@ def delivery_row(*, id: str, message_id: str, dest_org: str, patient_id: str,
 
 def insert_deliveries(tx: Tx, rows: Sequence[dict[str, Any]]) -> None:
     """Pending deliveries (``delivery_row``s) in one bulk statement."""
-    _INSERT_DELIVERY.many(tx.conn, rows)
+    _INSERT_DELIVERY.many_later(tx.conn, rows)  # each stream's seq claimed by next_seqs
     if rows:
         wakeup.announce(tx)
 

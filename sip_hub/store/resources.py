@@ -308,7 +308,7 @@ class Tx:
         version = cur[0] + 1
         ts = to_us(now_utc())
         self._advance(rtype, rid, version, cur[0], ts, deleted=True)
-        _INSERT_HISTORY.run(self.conn, {
+        _INSERT_HISTORY.run_later(self.conn, {
             "res_type": rtype, "res_id": rid, "version_id": version, "last_updated": ts,
             "method": "DELETE", "content": None})
         self._clear_index(rtype, rid)
@@ -350,7 +350,7 @@ class Tx:
             self._seen.pop((rtype, rid), None)
         else:
             self._advance(rtype, rid, version, previous, ts, deleted=False, owner=owner)
-        _INSERT_HISTORY.run(self.conn, {
+        _INSERT_HISTORY.run_later(self.conn, {
             "res_type": rtype, "res_id": rid, "version_id": version, "last_updated": ts,
             "method": method, "content": content})
         if old is not None and old.version_id == previous:
@@ -382,12 +382,12 @@ class Tx:
 
     def _clear_index(self, rtype: str, rid: str) -> None:
         for kind in index_kinds(rtype):  # the tables its type writes to: no other has its rows
-            _CLEAR_INDEX[kind].run(self.conn, {"t": rtype, "i": rid})
+            _CLEAR_INDEX[kind].run_later(self.conn, {"t": rtype, "i": rid})
 
     def _write_index(self, rtype: str, rid: str, res: dict[str, Any]) -> None:
         rows = extract(res)
         for kind in _INDEX_COLUMNS:
-            _INSERT_INDEX[kind].many(self.conn, _index_params(kind, rtype, rid,
+            _INSERT_INDEX[kind].many_later(self.conn, _index_params(kind, rtype, rid,
                                                               getattr(rows, kind)))
 
     def _replace_index(self, rtype: str, rid: str, old: Stored, new: dict[str, Any]) -> None:
@@ -401,9 +401,9 @@ class Tx:
             if was == now:
                 continue
             changed = [row for row in was.keys() | now.keys() if was[row] != now[row]]
-            _DELETE_INDEX_ROW[kind].many(self.conn, _index_params(
+            _DELETE_INDEX_ROW[kind].many_later(self.conn, _index_params(
                 kind, rtype, rid, [row for row in changed if was[row]]))
-            _INSERT_INDEX[kind].many(self.conn, _index_params(
+            _INSERT_INDEX[kind].many_later(self.conn, _index_params(
                 kind, rtype, rid, [row for row in changed for _ in range(now[row])]))
 
     def rebuild_index(self, batch: int = 1000) -> int:

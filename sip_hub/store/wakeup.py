@@ -39,7 +39,7 @@ def announce(tx: Tx) -> None:
         return
     tx.leaves_work = True
     if tx.conn.dialect.name == "postgresql":
-        _NOTIFY.run(tx.conn, {})
+        _NOTIFY.run_later(tx.conn, {})
 
 
 class Listener:
