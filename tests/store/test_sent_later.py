@@ -1,0 +1,142 @@
+"""Writes whose outcome nothing reads are sent later on PostgreSQL: queued, and sent in one
+pipeline with the next statement whose result is read, or with the COMMIT. The transaction
+sees them, commits them, or forgets them, exactly as if each had been sent at once; on SQLite
+they run at once."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from psycopg import pq
+from sqlalchemy import text
+
+from sip_hub.errors import TransientError
+from sip_hub.store import Store
+from sip_hub.store.driver import DriverStatement, insert_into
+from sip_hub.store.schema import deadline_due
+
+_INSERT = insert_into(deadline_due, "plan_id", "due")
+_COUNT = DriverStatement(text("SELECT count(*) FROM deadline_due"))
+
+
+def _rows(prefix: str, n: int) -> list[dict[str, object]]:
+    return [{"plan_id": f"{prefix}{i}", "due": i} for i in range(n)]
+
+
+def _stored(store: Store) -> list[str]:
+    with store.begin(write=False) as tx:
+        return [r[0] for r in tx.conn.exec_driver_sql(
+            "SELECT plan_id FROM deadline_due ORDER BY plan_id").all()]
+
+
+def test_the_transaction_reads_what_it_queued_by_either_kind_of_statement(store: Store) -> None:
+    with store.begin() as tx:
+        _INSERT.run_later(tx.conn, {"plan_id": "one", "due": 1})
+        _INSERT.many_later(tx.conn, _rows("many", 70))  # past one INSERT's 64 rows
+        row = _COUNT.first(tx.conn, {})  # the driver's read
+        assert row is not None and row[0] == 71
+        _INSERT.many_later(tx.conn, _rows("more", 3))
+        # SQLAlchemy's own statements see it too
+        assert tx.conn.execute(text("SELECT count(*) FROM deadline_due")).scalar() == 74
+        _INSERT.run_later(tx.conn, {"plan_id": "last", "due": 2})
+    stored = _stored(store)
+    assert len(stored) == 75 and {"one", "last", "many69", "more2"} <= set(stored)
+
+
+def test_what_was_queued_commits_with_the_transaction_and_only_then(store: Store) -> None:
+    with store.begin() as tx:
+        _INSERT.many_later(tx.conn, _rows("c", 5))
+        assert len(_stored(store)) == 0  # another connection: not yet committed
+    assert _stored(store) == [f"c{i}" for i in range(5)]
+
+
+def test_a_rolled_back_transaction_sends_nothing_it_queued(store: Store) -> None:
+    with pytest.raises(RuntimeError):
+        with store.begin() as tx:
+            _INSERT.run(tx.conn, {"plan_id": "at once", "due": 0})
+            _INSERT.many_later(tx.conn, _rows("queued", 4))
+            raise RuntimeError("refused")
+    for _ in range(3):  # the pool's connections again: nothing queued comes back with them
+        with store.begin() as tx:
+            _INSERT.run_later(tx.conn, {"plan_id": f"next{_}", "due": 1})
+    assert _stored(store) == ["next0", "next1", "next2"]
+
+
+def test_a_savepoint_undoes_what_its_block_queued(store: Store) -> None:
+    with store.begin() as tx:
+        _INSERT.run_later(tx.conn, {"plan_id": "before", "due": 1})
+        with pytest.raises(RuntimeError):
+            with tx.savepoint():
+                _INSERT.many_later(tx.conn, _rows("inside", 3))
+                raise RuntimeError("refused")
+        with tx.savepoint():
+            _INSERT.run_later(tx.conn, {"plan_id": "released", "due": 2})
+    assert _stored(store) == ["before", "released"]
+
+
+@contextmanager
+def _round_trips(store: Store) -> Iterator[tuple[Any, list[int]]]:
+    """A write transaction, and how many times the client waited for the server in it up to
+    its COMMIT included: the runs of messages it sent, in libpq's trace."""
+    out: list[int] = []
+    with tempfile.TemporaryFile("w+") as trace:
+        with store.begin() as tx:
+            pgconn = tx.conn.connection.dbapi_connection.pgconn
+            pgconn.trace(trace.fileno())
+            pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+            try:
+                yield tx, out
+            except BaseException:
+                pgconn.untrace()
+                raise
+        pgconn.untrace()
+        trace.seek(0)
+        sides = [line[0] for line in trace.read().splitlines() if line[:1] in "FB"]
+    out.append(sum(1 for i, s in enumerate(sides) if s == "F" and (i == 0 or sides[i - 1] == "B")))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_a_create_with_its_audit_record_is_three_round_trips(store: Store) -> None:
+    """BEGIN; claiming the id; then its version, its search index rows, its audit record
+    and the COMMIT in one pipeline (one statement and one round trip each before)."""
+    plan = {"resourceType": "Patient", "id": "p1", "active": True, "gender": "female",
+            "birthDate": "1990-01-01", "name": [{"family": "Andersson", "given": ["Anna"]}],
+            "identifier": [{"system": "http://electronichealth.se/identifier/personnummer",
+                            "value": "199001012384"}]}
+    with _round_trips(store) as (tx, trips):
+        tx.create(plan, "p1")
+        tx.append_audit([{"resourceType": "AuditEvent", "recorded": "2026-12-05T10:00:00Z",
+                          "type": {"code": "rest"}, "action": "C", "outcome": "0",
+                          "agent": [{"requestor": True}], "source": {"observer": {}},
+                          "entity": [{"what": {"reference": "Patient/p1"}}]}])
+    assert trips == [3]
+    with store.begin(write=False) as tx:
+        assert tx.current("Patient", "p1") is not None
+        found = tx.conn.execute(text(
+            "SELECT count(*) FROM idx_token WHERE res_type = 'Patient' AND res_id = 'p1'"))
+        assert found.scalar() >= 1
+        assert tx.conn.execute(text("SELECT count(*) FROM audit_event")).scalar() == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_a_connection_lost_before_the_queue_is_sent_is_a_retryable_error(store: Store) -> None:
+    """The queue goes with the COMMIT; the server gone by then is a 503 to the caller (as
+    for any statement), nothing is half-written, and the store serves on."""
+    with pytest.raises(TransientError, match="Database unavailable"):
+        with store.begin() as tx:
+            _INSERT.run(tx.conn, {"plan_id": "first", "due": 0})
+            _INSERT.many_later(tx.conn, _rows("queued", 3))
+            pid = tx.conn.connection.dbapi_connection.info.backend_pid
+            with store.engine.connect() as other:
+                other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+                other.commit()
+    assert _stored(store) == []
+    with store.begin() as tx:
+        _INSERT.run_later(tx.conn, {"plan_id": "after", "due": 1})
+    assert _stored(store) == ["after"]
