@@ -41,6 +41,9 @@ def generic_plan(engine: Engine, stmt: DriverStatement, params: Mapping[str, Any
         numbered = sql.decode()
         dbapi = conn.connection.dbapi_connection
         cur = dbapi.cursor()
+        # The store's connections are in psycopg's autocommit mode: the store sends its BEGINs
+        # itself (driver.begin), so on the raw connection this one is ours to send.
+        cur.execute("BEGIN")
         cur.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         name = f"sip_hub_probe_{next(_PROBES)}"
         cur.execute(f"PREPARE {name} AS {numbered}")

@@ -281,6 +281,11 @@ class ByIds:
         """Rows affected."""
         return sum(stmt.run(conn, args) for stmt, args in self._statements(conn, ids, params))
 
+    def run_later(self, conn: Connection, ids: Sequence[str], **params: Any) -> None:
+        """``run``, its outcome unread: sent later on PostgreSQL (``DriverStatement``'s)."""
+        for stmt, args in self._statements(conn, ids, params):
+            stmt.run_later(conn, args)
+
 
 def insert_into(table: Table, *columns: str) -> DriverStatement:
     """An INSERT of exactly ``columns`` (each a parameter of the same name)."""
@@ -371,11 +376,22 @@ def _send(cur: Any, later: list[tuple[str | bytes, Any]]) -> None:
             cur.execute(sql, args)
 
 
+_BEGIN = b"BEGIN"
+
+
+def begin(conn: Connection) -> None:
+    """The transaction's BEGIN, queued: sent with its first statement. (psycopg sends its
+    own as a round trip of its own, in a pipeline too; the engine's connections are in
+    psycopg's autocommit mode, so it sends none, and commits or rolls back only what the
+    server says is open.)"""
+    _LATER.setdefault(conn, []).append((_BEGIN, None))
+
+
 def flush(conn: Connection, *, commit: bool = False) -> None:
     """Send what was queued on ``conn`` now; with ``commit``, the COMMIT with it (psycopg's
     own commit then finds no transaction open, and sends nothing)."""
     later = _LATER.pop(conn, None) if _LATER else None
-    if not later:
+    if not later or commit and later == [(_BEGIN, None)]:  # (a transaction that ran nothing)
         return
     with _cursor(conn) as cur, cur.connection.pipeline():
         _send(cur, later)
@@ -390,8 +406,10 @@ def discard(conn: Connection) -> None:
 
 
 def listen(engine: Any) -> None:
-    """Send what a PostgreSQL engine's connections queued before any other statement of
-    SQLAlchemy's on them (so that it sees it), with the COMMIT; forget it on ROLLBACK."""
+    """Queue a PostgreSQL engine's BEGINs; send what its connections queued before any other
+    statement of SQLAlchemy's on them (so that it sees it), with the COMMIT; forget it on
+    ROLLBACK. The engine's connections are in psycopg's autocommit mode (see ``begin``)."""
+    event.listen(engine, "begin", begin)
     event.listen(engine, "before_cursor_execute",
                  lambda conn, *_args: flush(conn))
     event.listen(engine, "commit", lambda conn: flush(conn, commit=True))

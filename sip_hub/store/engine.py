@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -33,13 +34,17 @@ def make_engine(url: str | URL, *, pool_size: int = 10, autocommit: bool = False
     # A runaway query must not hold a connection (and its locks) for ever. No ping before each
     # use (a round trip per transaction): a connection the server dropped fails its request
     # with a retryable 503 and SQLAlchemy then replaces the whole pool.
+    # A write engine's transactions are BEGUN by the driver, which sends the BEGIN with
+    # their first statement (``driver.begin``): psycopg's own autocommit mode, for it to send
+    # none. (The read engine's connections are in autocommit for good, through SQLAlchemy.)
+    connect_args: dict[str, Any] = {} if autocommit else {"autocommit": True}
+    if "options" not in u.query:
+        connect_args["options"] = "-c statement_timeout=30000"
     engine = create_engine(u, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600,
-                           hide_parameters=True,
-                           connect_args={"options": "-c statement_timeout=30000"}
-                           if "options" not in u.query else {},
+                           hide_parameters=True, connect_args=connect_args,
                            **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
     if not autocommit:
-        driver.listen(engine)  # writes sent later go before SQLAlchemy's statements
+        driver.listen(engine)
     return engine
 
 

@@ -176,7 +176,7 @@ _PUBLISHED = ByIds(_D.id, lambda ids: update(outbox_delivery).where(
 
 
 def mark_published(tx: Tx, ids: Sequence[str], now: int) -> None:
-    _PUBLISHED.run(tx.conn, ids, now=now)
+    _PUBLISHED.run_later(tx.conn, ids, now=now)  # (with the COMMIT, on PostgreSQL)
 
 
 def mark_delivered(tx: Tx, ids: Sequence[str], now: int) -> int:
