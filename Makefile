@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FHIR_VALIDATE := ../shared/tools/fhir-validate
 
-.PHONY: run test install install-test bench bench-rest bench-messaging migrate clean
+.PHONY: run test install install-test bench bench-rest bench-messaging bench-writes migrate clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "sip_hub needs Python 3.11 or newer"'
@@ -35,8 +35,9 @@ test: $(VENV)/.installed-test
 		npm install --prefix $(FHIR_VALIDATE) --no-audit --no-fund --silent; fi
 	$(BIN)/pytest
 
-# The store/REST benchmark, then the end-to-end messaging benchmark (bench/results/).
-bench: bench-rest bench-messaging
+# The REST benchmark, the end-to-end messaging benchmark, the store's write transactions
+# (bench/results/).
+bench: bench-rest bench-messaging bench-writes
 
 bench-rest: $(VENV)/.installed-test
 	$(BIN)/pip install --quiet -e '.[test,bench]'
@@ -45,6 +46,9 @@ bench-rest: $(VENV)/.installed-test
 bench-messaging: $(VENV)/.installed-test
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/messaging.py
+
+bench-writes: $(VENV)/.installed-test
+	$(BIN)/python bench/writes.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -34,9 +34,10 @@ def make_engine(url: str | URL, *, pool_size: int = 10, autocommit: bool = False
     # A runaway query must not hold a connection (and its locks) for ever. No ping before each
     # use (a round trip per transaction): a connection the server dropped fails its request
     # with a retryable 503 and SQLAlchemy then replaces the whole pool.
-    # A write engine's transactions are BEGUN by the driver, which sends the BEGIN with
-    # their first statement (``driver.begin``): psycopg's own autocommit mode, for it to send
-    # none. (The read engine's connections are in autocommit for good, through SQLAlchemy.)
+    # A write engine's BEGIN is the driver's, sent with the transaction's first statement
+    # (``driver.begin``): its connections are in psycopg's autocommit mode, so that psycopg
+    # sends none of its own (a round trip). Code that takes the raw DB-API connection must
+    # send its own BEGIN. (The read engine's connections are in autocommit for good.)
     connect_args: dict[str, Any] = {} if autocommit else {"autocommit": True}
     if "options" not in u.query:
         connect_args["options"] = "-c statement_timeout=30000"
