@@ -14,8 +14,8 @@ HTTP, validation or rules: the store's statements and their round trips only. Ea
 is measured back to back on one thread as fast as it goes (closed loop), then at a fixed
 100 a second (CPU per transaction where the database is not saturated).
 
-The floor, in the same run and database: one INSERT of the same message's bytes in a
-transaction of its own on the driver directly (psycopg's cursor or sqlite3's), the least a
+The floor, in the same run and database: one INSERT of the same message's bytes committed on
+its own (autocommit) on the driver directly (psycopg's cursor or sqlite3's), the least a
 durable write of a message costs. Ratios: floor rate / store rate and store CPU / floor CPU.
 PostgreSQL's CPU is every ``postgres`` process's (autovacuum and the WAL writer included);
 SQLite's is inside this process. Results: ``bench/results/writes.json`` and ``writes.md``.
@@ -82,22 +82,17 @@ def _store_tx(store: Store) -> Callable[[int], None]:
 
 def _floor_tx(store: Store) -> Callable[[int], None]:
     content = orjson.dumps(_message(0))
-    raw = store.engine.raw_connection()
-    dbapi: Any = raw.driver_connection
-    if store.engine.dialect.name == "postgresql":
-        dbapi.autocommit = False
-        sql = ("INSERT INTO outbox_message (message_id, event, kind, patient_id, careplan_id, "
-               "created, content) VALUES (%s, %s, %s, %s, %s, %s, %s)")
-    else:
-        sql = ("INSERT INTO outbox_message (message_id, event, kind, patient_id, careplan_id, "
-               "created, content) VALUES (?, ?, ?, ?, ?, ?, ?)")
+    # The pool's connection as the store has it: in autocommit on both (psycopg's autocommit
+    # mode; sqlite3 with no isolation level), so the INSERT is a transaction of its own, one
+    # round trip on PostgreSQL.
+    dbapi: Any = store.engine.raw_connection().driver_connection
+    mark = "%s" if store.engine.dialect.name == "postgresql" else "?"
+    sql = ("INSERT INTO outbox_message (message_id, event, kind, patient_id, careplan_id, "
+           f"created, content) VALUES ({', '.join([mark] * 7)})")
 
     def one(i: int) -> None:
         cur = dbapi.cursor()
-        if store.engine.dialect.name == "sqlite":
-            cur.execute("BEGIN IMMEDIATE")
         cur.execute(sql, (f"floor-{i}", "ev", "notification", "p", "c", i, content))
-        dbapi.commit()
         cur.close()
     return one
 

@@ -60,9 +60,9 @@ def test_a_rolled_back_transaction_sends_nothing_it_queued(store: Store) -> None
             _INSERT.run(tx.conn, {"plan_id": "at once", "due": 0})
             _INSERT.many_later(tx.conn, _rows("queued", 4))
             raise RuntimeError("refused")
-    for _ in range(3):  # the pool's connections again: nothing queued comes back with them
+    for k in range(3):  # the pool's connections again: nothing queued comes back with them
         with store.begin() as tx:
-            _INSERT.run_later(tx.conn, {"plan_id": f"next{_}", "due": 1})
+            _INSERT.run_later(tx.conn, {"plan_id": f"next{k}", "due": 1})
     assert _stored(store) == ["next0", "next1", "next2"]
 
 
