@@ -3,8 +3,8 @@ the CPU of the database and of this process per transaction, against a floor in 
 
 This is a benchmark, not a test: it measures and reports, it does not assert.
 
-    .venv/bin/python bench/writes.py            # ~1 minute
-    .venv/bin/python bench/writes.py --quick    # ~20 seconds
+    .venv/bin/python bench/writes.py            # ~2 minutes
+    .venv/bin/python bench/writes.py --quick    # ~1 minute
 
 The transaction is what a routed message writes through the store (``Store.begin``): in a
 savepoint, a Patient created or updated (its version, history and search index rows), an
@@ -12,7 +12,8 @@ AuditEvent, the patient's grants read, and a message enqueued to four organisati
 outbox row, the four streams' sequence numbers, four deliveries, the workers' wake-up). No
 HTTP, validation or rules: the store's statements and their round trips only. Each backend
 is measured back to back on one thread as fast as it goes (closed loop), then at a fixed
-100 a second (CPU per transaction where the database is not saturated).
+100 a second (CPU per transaction where the database is not saturated), each the best of
+three windows (the fastest; the least CPU).
 
 The floor, in the same run and database: one INSERT of the same message's bytes committed on
 its own (autocommit) on the driver directly (psycopg's cursor or sqlite3's), the least a
@@ -49,6 +50,7 @@ from sip_hub.store.migrate import upgrade  # noqa: E402
 ORGS = [f"SE2321000016-D{k:03d}" for k in range(4)]
 PATIENTS = 50
 FIXED_RATE = 100.0
+SLICES = 3
 
 
 def _message(i: int) -> dict[str, Any]:
@@ -131,9 +133,14 @@ def bench_backend(backend: run.Backend, seconds: float) -> dict[str, Any]:
             one = make(store)
             for i in range(200):  # warm: caches, prepared statements, the patients created
                 one(10**9 + i)
-            out[label] = {"closed": _measure(one, 0, seconds, None, backend.db_comm),
-                          f"at_{FIXED_RATE:.0f}": _measure(one, 10**6, seconds, FIXED_RATE,
-                                                           backend.db_comm)}
+            # Best of SLICES windows each (fastest; least CPU): other load on a shared
+            # machine only ever slows a window down.
+            closed = [_measure(one, k * 10**6, seconds, None, backend.db_comm)
+                      for k in range(SLICES)]
+            fixed = [_measure(one, (SLICES + k) * 10**6, seconds, FIXED_RATE, backend.db_comm)
+                     for k in range(SLICES)]
+            out[label] = {"closed": max(closed, key=lambda m: m["per_s"]),
+                          f"at_{FIXED_RATE:.0f}": min(fixed, key=lambda m: m["cpu_ms"])}
             run.log(f"{backend.name} {label}: {out[label]}")
     finally:
         engine.dispose()
@@ -163,12 +170,12 @@ def report(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    p.add_argument("--quick", action="store_true", help="3 s windows instead of 10")
+    p.add_argument("--quick", action="store_true", help="2 s windows instead of 5")
     p.add_argument("--pg-url", default=run.DEFAULT_PG_URL)
     p.add_argument("--backends", default="sqlite,postgres")
     p.add_argument("--out", type=Path, default=BENCH / "results")
     args = p.parse_args(argv)
-    seconds = 3.0 if args.quick else 10.0
+    seconds = 2.0 if args.quick else 5.0
     wanted = set(args.backends.split(","))
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="sip-hub-writes-") as tmpdir:
