@@ -88,7 +88,12 @@ def _floor_tx(store: Store) -> Callable[[int], None]:
     # mode; sqlite3 with no isolation level), so the INSERT is a transaction of its own, one
     # round trip on PostgreSQL.
     dbapi: Any = store.engine.raw_connection().driver_connection
-    mark = "%s" if store.engine.dialect.name == "postgresql" else "?"
+    postgres = store.engine.dialect.name == "postgresql"
+    if postgres:
+        dbapi.autocommit = True  # (so it is already; said, as the floor depends on it)
+    else:
+        dbapi.isolation_level = None
+    mark = "%s" if postgres else "?"
     sql = ("INSERT INTO outbox_message (message_id, event, kind, patient_id, careplan_id, "
            f"created, content) VALUES ({', '.join([mark] * 7)})")
 
@@ -146,8 +151,9 @@ def bench_backend(backend: run.Backend, seconds: float) -> dict[str, Any]:
         engine.dispose()
     floor, hub = out["floor"], out["store"]
     out["rate_ratio"] = round(floor["closed"]["per_s"] / hub["closed"]["per_s"], 2)
+    out["cpu_ratio"] = round(hub["closed"]["cpu_ms"] / floor["closed"]["cpu_ms"], 2)
     fixed = f"at_{FIXED_RATE:.0f}"
-    out["cpu_ratio"] = round(hub[fixed]["cpu_ms"] / floor[fixed]["cpu_ms"], 2)
+    out["cpu_ratio_" + fixed] = round(hub[fixed]["cpu_ms"] / floor[fixed]["cpu_ms"], 2)
     return out
 
 
@@ -155,16 +161,18 @@ def report(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
     fixed = f"at_{FIXED_RATE:.0f}"
     lines = [f"Store write transactions, hub {machine['hub_commit']}, {machine['cpu']}, "
              f"{machine['cores']} cores, {machine['date']}",
-             "", "| backend | store tx/s | floor tx/s | floor / store | store CPU ms / tx at "
-             f"{FIXED_RATE:.0f}/s (db + client) | floor CPU ms / tx | store / floor |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "", "| backend | store tx/s | floor tx/s | floor / store | store CPU ms / tx "
+             "(db + client) | floor CPU ms / tx | store / floor | the same at "
+             f"{FIXED_RATE:.0f}/s: store, floor, ratio |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         s, f = r["store"], r["floor"]
+        c = s["closed"]
         lines.append(
-            f"| {r['server_version']} | {s['closed']['per_s']:,.0f} | "
-            f"{f['closed']['per_s']:,.0f} | {r['rate_ratio']} | {s[fixed]['cpu_ms']} "
-            f"({s[fixed]['db_cpu_ms']} + {s[fixed]['client_cpu_ms']}) | {f[fixed]['cpu_ms']} | "
-            f"{r['cpu_ratio']} |")
+            f"| {r['server_version']} | {c['per_s']:,.0f} | {f['closed']['per_s']:,.0f} | "
+            f"{r['rate_ratio']} | {c['cpu_ms']} ({c['db_cpu_ms']} + {c['client_cpu_ms']}) | "
+            f"{f['closed']['cpu_ms']} | {r['cpu_ratio']} | {s[fixed]['cpu_ms']}, "
+            f"{f[fixed]['cpu_ms']}, {r['cpu_ratio_' + fixed]} |")
     return "\n".join(lines) + "\n"
 
 
