@@ -84,13 +84,12 @@ def _store_tx(store: Store) -> Callable[[int], None]:
 
 def _floor_tx(store: Store) -> Callable[[int], None]:
     content = orjson.dumps(_message(0))
-    # The pool's connection as the store has it: in autocommit on both (psycopg's autocommit
-    # mode; sqlite3 with no isolation level), so the INSERT is a transaction of its own, one
-    # round trip on PostgreSQL.
-    dbapi: Any = store.engine.raw_connection().driver_connection
+    # A connection of its own, set up as the store's (SQLite's pragmas), in autocommit: the
+    # INSERT is a transaction of its own, one round trip on PostgreSQL.
+    dbapi: Any = make_engine(store.engine.url, pool_size=1).raw_connection().driver_connection
     postgres = store.engine.dialect.name == "postgresql"
     if postgres:
-        dbapi.autocommit = True  # (so it is already; said, as the floor depends on it)
+        dbapi.autocommit = True
     else:
         dbapi.isolation_level = None
     mark = "%s" if postgres else "?"
