@@ -125,7 +125,7 @@ class Relay:
         """The round's deliveries to publish (the due stream heads, those published before
         ``stale`` and never settled due again among them), and those it settled dead
         because their organisations have no endpoint."""
-        sql.requeue_published(tx, now, stale)
+        sql.requeue_stale(tx, now, stale)
         due = sql.claim_due(tx, now, self.batch)
         endpoints = self.endpoints
         if endpoints is None:

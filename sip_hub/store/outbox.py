@@ -281,6 +281,12 @@ def requeue_published(tx: Tx, now: int, published_before: int | None = None) -> 
     return _REQUEUE_BEFORE.run(tx.conn, {"now": now, "before": published_before})
 
 
+def requeue_stale(tx: Tx, now: int, published_before: int) -> None:
+    """``requeue_published(tx, now, published_before)`` uncounted: on PostgreSQL sent with the
+    transaction's next read (the relay's claim, which then sees it)."""
+    _REQUEUE_BEFORE.run_later(tx.conn, {"now": now, "before": published_before})
+
+
 # -- reading ------------------------------------------------------------------------------------
 
 def get_many(tx: Tx, ids: Sequence[str]) -> dict[str, Delivery]:
