@@ -1,0 +1,71 @@
+"""On PostgreSQL a message's write transaction waits for the server a few times only: the
+writes whose outcome nothing reads go in one pipeline with the next read or with the COMMIT,
+and its BEGIN with its first statement (``sip_hub.store.driver``). Over a network each round
+trip is part of the message's latency and of how long its rows stay locked."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from psycopg import pq
+from sqlalchemy import event
+
+from harness import (BUP, URL, Hub, broker, hub, status_change, world)  # noqa: F401
+
+
+@contextmanager
+def _traced_transactions(engine: Any) -> Iterator[list[tuple[str, int]]]:
+    """Every write transaction on ``engine`` meanwhile, as (its libpq trace, how many times
+    the client waited for the server: the runs of messages it sent)."""
+    done: list[tuple[str, int]] = []
+    open_: dict[int, Any] = {}
+
+    def start(conn: Any) -> None:
+        dbapi = conn.connection.dbapi_connection
+        trace = tempfile.TemporaryFile("w+")
+        dbapi.pgconn.trace(trace.fileno())
+        dbapi.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        open_[id(dbapi)] = trace
+
+    def stop(dbapi: Any, _record: Any) -> None:  # back in the pool: committed or not
+        trace = open_.pop(id(dbapi), None)
+        if trace is None:
+            return
+        dbapi.pgconn.untrace()
+        trace.seek(0)
+        text = trace.read()
+        trace.close()
+        sides = [line[0] for line in text.splitlines() if line[:1] in "FB"]
+        done.append((text, sum(1 for i, s in enumerate(sides)
+                               if s == "F" and (i == 0 or sides[i - 1] == "B"))))
+
+    event.listen(engine, "begin", start)
+    event.listen(engine.pool, "checkin", stop)
+    try:
+        yield done
+    finally:
+        event.remove(engine, "begin", start)
+        event.remove(engine.pool, "checkin", stop)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_a_messages_write_waits_for_postgresql_nine_times(world: Hub) -> None:
+    """Reading the inbox (with the BEGIN); the resources it names; the sender's access (with
+    the savepoint); the patient's grants; the plan's new version; the reader's access again
+    (with the version's history and index rows and the audit record); the streams' sequence
+    numbers (with the outbox message); recording the message with its response (with the
+    deliveries, the wake-up and the savepoint's release); the COMMIT. Each of its eighteen
+    statements waited on its own before."""
+    msg = status_change(world)
+    with _traced_transactions(world.store.engine) as transactions:
+        r = world.post(BUP, URL, msg)
+    assert r.status_code == 200 and r.json()["entry"][0]["resource"]["response"]["code"] == "ok"
+    # The message's write is the one with a savepoint (its statements may be prepared by
+    # now, and a prepared statement's text is not in the trace; a savepoint's always is).
+    writes = [trips for text, trips in transactions if "SAVEPOINT sip_sp_" in text]
+    assert writes == [9], [trips for _, trips in transactions]
