@@ -14,7 +14,7 @@ anything else (a constraint violated) propagates as the bug it is.
 Writes whose outcome nothing reads (``run_later``, ``many_later``, savepoints) are, on
 PostgreSQL, sent later: queued on the connection and sent with the next statement whose
 result is read, or with the COMMIT, in one pipeline (psycopg's pipeline mode: one round trip
-for all). A ``$process-message`` write went from 18 round trips to 9 (with ``begin``).
+for all). A ``$process-message`` write went from 18 round trips to 7.
 Only for statements that cannot fail on the data they are given (the row's key claimed
 earlier in the transaction, no unique constraint): their error would surface at the later
 statement.

@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import orjson
-from sqlalchemy import (Connection, Engine, and_, bindparam, delete, event, func, insert, or_,
+from sqlalchemy import (Connection, Engine, and_, bindparam, delete, event, func, insert,
                         select, tuple_, update)
 from sqlalchemy.exc import OperationalError
 
@@ -127,9 +127,6 @@ def _grants_of(n: int) -> DriverStatement:
                            .where(any_of(n, p=_G.patient_id)))
 
 
-_READABLE = DriverStatement(select(_G.patient_id).where(
-    _G.org_hsa_id == bindparam("org"), _G.patient_id == bindparam("p"), _G.reads.is_(True),
-    or_(_G.valid_until.is_(None), _G.valid_until > bindparam("now"))))
 _DELETE_GRANTS = delete(access_grant).where(access_grant.c.patient_id == bindparam("p"))
 _INSERT_GRANTS = insert(access_grant)
 
@@ -506,8 +503,13 @@ class Tx:
         return list(self._grants[patient_id])
 
     def readable_patients(self, org: str, patient_ids: list[str], now: int) -> set[str]:
-        return {p for p in patient_ids  # mostly one: a resource's patient
-                if _READABLE.first(self.conn, {"org": org, "p": p, "now": now}) is not None}
+        """The patients whose live grants let ``org`` read. From their grants as this
+        transaction knows them (``load_grants``: read once; a message's write checks access
+        more than once and routes by the same grants), not a statement per check."""
+        self.load_grants(patient_ids)
+        return {p for p in patient_ids if any(
+            g.org == org and g.reads and (g.valid_until is None or g.valid_until > now)
+            for g in self._grants[p])}
 
 
 T = TypeVar("T")
