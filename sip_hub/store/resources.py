@@ -385,7 +385,7 @@ class Tx:
         rows = extract(res)
         for kind in _INDEX_COLUMNS:
             _INSERT_INDEX[kind].many_later(self.conn, _index_params(kind, rtype, rid,
-                                                              getattr(rows, kind)))
+                                                                    getattr(rows, kind)))
 
     def _replace_index(self, rtype: str, rid: str, old: Stored, new: dict[str, Any]) -> None:
         """The index rows of ``old`` (what the index holds for the resource) made those of
