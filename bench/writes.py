@@ -82,12 +82,10 @@ def _store_tx(store: Store) -> Callable[[int], None]:
     return one
 
 
-def _floor_tx(store: Store) -> Callable[[int], None]:
+def _floor_tx(dbapi: Any, postgres: bool) -> Callable[[int], None]:
+    """On a connection of its own (``bench_backend``), in autocommit: the INSERT is a
+    transaction of its own, one round trip on PostgreSQL."""
     content = orjson.dumps(_message(0))
-    # A connection of its own, set up as the store's (SQLite's pragmas), in autocommit: the
-    # INSERT is a transaction of its own, one round trip on PostgreSQL.
-    dbapi: Any = make_engine(store.engine.url, pool_size=1).raw_connection().driver_connection
-    postgres = store.engine.dialect.name == "postgresql"
     if postgres:
         dbapi.autocommit = True
     else:
@@ -131,10 +129,14 @@ def bench_backend(backend: run.Backend, seconds: float) -> dict[str, Any]:
     engine = make_engine(backend.url)
     upgrade(engine)
     store = Store(engine)
+    # The floor's connection, set up as the store's (SQLite's pragmas), outside its pool.
+    floor_engine = make_engine(backend.url, pool_size=1)
+    floor_conn = floor_engine.raw_connection()
     out: dict[str, Any] = {"name": backend.name, "server_version": backend.server_version}
     try:
-        for label, make in (("floor", _floor_tx), ("store", _store_tx)):
-            one = make(store)
+        for label, one in (("floor", _floor_tx(floor_conn.driver_connection,
+                                               engine.dialect.name == "postgresql")),
+                           ("store", _store_tx(store))):
             for i in range(200):  # warm: caches, prepared statements, the patients created
                 one(10**9 + i)
             # Best of SLICES windows each (fastest; least CPU): other load on a shared
@@ -147,6 +149,8 @@ def bench_backend(backend: run.Backend, seconds: float) -> dict[str, Any]:
                           f"at_{FIXED_RATE:.0f}": min(fixed, key=lambda m: m["cpu_ms"])}
             run.log(f"{backend.name} {label}: {out[label]}")
     finally:
+        floor_conn.close()
+        floor_engine.dispose()
         engine.dispose()
     floor, hub = out["floor"], out["store"]
     out["rate_ratio"] = round(floor["closed"]["per_s"] / hub["closed"]["per_s"], 2)

@@ -59,8 +59,7 @@ def covered(tx: Tx, patient_id: str, now: int | None = None) -> set[str]:
     """The organisations that hold a live reading grant for the patient: the participants the
     active consent covers, until its end."""
     at = to_us(now_utc()) if now is None else now
-    return {g.org for g in tx.grants(patient_id)
-            if g.reads and (g.valid_until is None or g.valid_until > at)}
+    return {g.org for g in tx.grants(patient_id) if g.reads_at(at)}
 
 
 def is_covered(tx: Tx, patient_id: str, org: str, now: int | None = None) -> bool:

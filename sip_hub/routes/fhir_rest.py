@@ -49,8 +49,8 @@ async def _write(request: Request, rtype: str, perm: str,
     body = await read_body(request, request.app.state.settings.max_body_bytes)
     store = _store(request)
 
-    read_in_write = ahead and not ahead_pays(store)
-    ahead = ahead and not read_in_write
+    # Prepared ahead where that pays, else the basis read in the write (one statement).
+    ahead, read_in_write = (ahead, False) if ahead_pays(store) else (False, ahead)
 
     def work() -> ix.Result:
         with cpu.turn(store):  # one thread of the process at a time (see sip_hub.cpu)

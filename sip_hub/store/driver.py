@@ -146,7 +146,7 @@ class DriverStatement:
             columns = tuple(rows[0])
             if dialect == "postgresql" and len(rows) > _VALUES_ROWS and not later:
                 with _cursor(conn) as cur:
-                    _execute_pending(conn, cur)
+                    _execute(conn, cur)  # what was queued first: a pipeline takes no COPY
                     with cur.copy(self._insert_sql(conn, columns, 0)) as copy:
                         for r in rows:
                             copy.write_row(tuple(r[c] for c in columns))
@@ -154,8 +154,8 @@ class DriverStatement:
             start = 0
             while start < len(rows):
                 left = len(rows) - start
-                size = min(left, _VALUES_ROWS) if later else left if dialect == "postgresql" \
-                    else min(_VALUES_ROWS, 1 << (left.bit_length() - 1))
+                size = min(left, _VALUES_ROWS) if dialect == "postgresql" else \
+                    min(_VALUES_ROWS, 1 << (left.bit_length() - 1))
                 sql = self._insert_sql(conn, columns, size)
                 args = [r[c] for r in rows[start:start + size] for c in columns]
                 if later:
@@ -174,7 +174,7 @@ class DriverStatement:
                 _later(conn, sql, a)
             return
         with _cursor(conn) as cur:
-            _execute_pending(conn, cur)
+            _execute(conn, cur)
             cur.executemany(sql, args)
 
     def _insert_sql(self, conn: Connection, columns: tuple[str, ...], n: int) -> str | bytes:
@@ -344,32 +344,29 @@ def _later(conn: Connection, sql: str | bytes, args: Any) -> None:
         cur.execute(sql, args) if args is not None else cur.execute(sql)
 
 
-def _execute(conn: Connection, cur: Any, sql: str | bytes, args: Any) -> None:
-    """Execute on the connection's cursor, after what was queued to send later: all in one
-    pipeline (one round trip). The results are the cursor's after the pipeline's sync."""
+def _execute(conn: Connection, cur: Any, sql: str | bytes | None = None,
+             args: Any = None) -> None:
+    """Send what was queued on the connection, then ``sql`` (if any) on its cursor: all in
+    one pipeline (one round trip); the cursor's results are ``sql``'s after the pipeline's
+    sync. ``args`` None: a statement without parameters, never prepared (a savepoint's name
+    is used once; BEGIN and COMMIT)."""
     later = _LATER.pop(conn, None) if _LATER else None
     if not later:
-        cur.execute(sql, args)
+        if sql is not None:
+            _run(cur, sql, args)
         return
     with cur.connection.pipeline():
-        _send(cur, later)
+        for queued in later:
+            _run(cur, *queued)
+        if sql is not None:
+            _run(cur, sql, args)
+
+
+def _run(cur: Any, sql: str | bytes, args: Any) -> None:
+    if args is None:
+        cur.execute(sql, prepare=False)
+    else:
         cur.execute(sql, args)
-
-
-def _execute_pending(conn: Connection, cur: Any) -> None:
-    """Send what was queued (before a statement that cannot go in a pipeline)."""
-    later = _LATER.pop(conn, None) if _LATER else None
-    if later:
-        with cur.connection.pipeline():
-            _send(cur, later)
-
-
-def _send(cur: Any, later: list[tuple[str | bytes, Any]]) -> None:
-    for sql, args in later:
-        if args is None:
-            cur.execute(sql, prepare=False)  # (a savepoint's: a name used once)
-        else:
-            cur.execute(sql, args)
 
 
 _BEGIN = b"BEGIN"
@@ -386,13 +383,14 @@ def begin(conn: Connection) -> None:
 def flush(conn: Connection, *, commit: bool = False) -> None:
     """Send what was queued on ``conn`` now; with ``commit``, the COMMIT with it (psycopg's
     own commit then finds no transaction open, and sends nothing)."""
-    later = _LATER.pop(conn, None) if _LATER else None
-    if not later or commit and later == [(_BEGIN, None)]:  # (a transaction that ran nothing)
+    later = _LATER.get(conn) if _LATER else None
+    if not later:
         return
-    with _cursor(conn) as cur, cur.connection.pipeline():
-        _send(cur, later)
-        if commit:
-            cur.execute(b"COMMIT", prepare=False)
+    if commit and later == [(_BEGIN, None)]:  # a transaction that ran nothing
+        discard(conn)
+        return
+    with _cursor(conn) as cur:
+        _execute(conn, cur, b"COMMIT" if commit else None)
 
 
 def discard(conn: Connection) -> None:

@@ -507,9 +507,8 @@ class Tx:
         transaction knows them (``load_grants``: read once; a message's write checks access
         more than once and routes by the same grants), not a statement per check."""
         self.load_grants(patient_ids)
-        return {p for p in patient_ids if any(
-            g.org == org and g.reads and (g.valid_until is None or g.valid_until > now)
-            for g in self._grants[p])}
+        return {p for p in patient_ids
+                if any(g.org == org and g.reads_at(now) for g in self._grants[p])}
 
 
 T = TypeVar("T")

@@ -186,6 +186,10 @@ class Grant:
     reads: bool
     valid_until: int | None
 
+    def reads_at(self, now: int) -> bool:
+        """A live reading grant at ``now`` (what ``Visibility``'s SQL asks of a row)."""
+        return self.reads and (self.valid_until is None or self.valid_until > now)
+
 
 @dataclass(frozen=True, slots=True)
 class Visibility:
