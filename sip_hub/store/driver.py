@@ -376,8 +376,19 @@ def begin(conn: Connection) -> None:
     """The transaction's BEGIN, queued: sent with its first statement. (psycopg sends its
     own as a round trip of its own, in a pipeline too; the engine's connections are in
     psycopg's autocommit mode, so it sends none, and commits or rolls back only what the
-    server says is open.)"""
-    _LATER.setdefault(conn, []).append((_BEGIN, None))
+    server says is open.) None on a connection asked for ``isolation_level="AUTOCOMMIT"``
+    (a VACUUM, say, which no transaction may hold)."""
+    if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        _LATER.setdefault(conn, []).append((_BEGIN, None))
+
+
+def autocommit_again(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    """A pool's connection checked out in psycopg's autocommit mode again: SQLAlchemy, where
+    an isolation level was asked of a connection, sets the server's default back on its
+    return to the pool by leaving autocommit mode, and psycopg would then send BEGINs of its
+    own beside the driver's."""
+    if not dbapi_conn.autocommit:
+        dbapi_conn.autocommit = True
 
 
 def flush(conn: Connection, *, commit: bool = False) -> None:
@@ -404,6 +415,7 @@ def listen(engine: Any) -> None:
     statement of SQLAlchemy's on them (so that it sees it), with the COMMIT; forget it on
     ROLLBACK. The engine's connections are in psycopg's autocommit mode (see ``begin``)."""
     event.listen(engine, "begin", begin)
+    event.listen(engine, "checkout", autocommit_again)
     event.listen(engine, "before_cursor_execute",
                  lambda conn, *_args: flush(conn))
     event.listen(engine, "commit", lambda conn: flush(conn, commit=True))

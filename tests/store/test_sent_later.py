@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sip_hub.errors import TransientError
 from sip_hub.store import Store
 from sip_hub.store.driver import DriverStatement, insert_into
+from sip_hub.store.engine import make_engine
 from sip_hub.store.schema import deadline_due
 
 _INSERT = insert_into(deadline_due, "plan_id", "due")
@@ -140,3 +141,29 @@ def test_a_connection_lost_before_the_queue_is_sent_is_a_retryable_error(store: 
     with store.begin() as tx:
         _INSERT.run_later(tx.conn, {"plan_id": "after", "due": 1})
     assert _stored(store) == ["after"]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_a_connection_asked_for_autocommit_runs_without_a_transaction(store: Store) -> None:
+    """A VACUUM (which no transaction may hold) on a write connection asked for
+    ``isolation_level="AUTOCOMMIT"``; the pool's connection afterwards still has only the
+    driver's BEGIN (SQLAlchemy sets the default level back on its return to the pool by
+    leaving psycopg's autocommit mode, where psycopg would send a BEGIN of its own)."""
+    engine = make_engine(store.engine.url, pool_size=1)
+    try:
+        small = Store(engine)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM deadline_due"))
+            used = conn.connection.dbapi_connection
+        with _round_trips(small) as (tx, trips):
+            assert tx.conn.connection.dbapi_connection is used
+            _INSERT.run_later(tx.conn, {"plan_id": "after", "due": 1})
+        assert trips == [1]  # BEGIN, the INSERT and the COMMIT in one
+        with pytest.raises(RuntimeError):
+            with small.begin() as tx:
+                _INSERT.run(tx.conn, {"plan_id": "undone", "due": 2})
+                raise RuntimeError("refused")
+        assert _stored(small) == ["after"]
+    finally:
+        engine.dispose()
