@@ -446,18 +446,26 @@ class Bus:
                 self._consumer.consume()
         self._consuming.update(new)
 
-    def drain(self, timeout: float = 0.1, max_messages: int = 1000) -> int:
-        """Handle the messages that arrive until none has come for ``timeout`` seconds."""
+    def drain(self, timeout: float = 0.1, max_messages: int = 1000,
+              gather: float | None = None) -> int:
+        """Handle the messages that arrive until none has come for ``timeout`` seconds. With
+        ``gather``, a batch not yet full is handled once no further message came within
+        ``gather`` seconds (without, at the end of the drain)."""
         if self._consumer is None:
             return 0
         self._handled = 0
         with self._guard("drain"):
             try:
                 while self._handled < max_messages:
+                    gathering = gather is not None and bool(self._pending)
                     try:
-                        self._consumer_conn.drain_events(timeout=timeout)
+                        self._consumer_conn.drain_events(
+                            timeout=gather if gathering else timeout)
                     except socket.timeout:
-                        break
+                        if not gathering:
+                            break
+                        self._pending, pending = [], self._pending
+                        self._settle_all(pending)
             finally:
                 self._pending, pending = [], self._pending
             # What was taken and not yet handled (a batch not yet full). When the wait failed
