@@ -58,8 +58,7 @@ class Relay:
     bus: Bus
     batch: int = 100
     republish_after_seconds: float = 3600.0
-    # The organisations it has published to: their queues need a consumer. Replaced, never
-    # changed (see _published_to).
+    # The organisations it has published to: their queues need a consumer.
     orgs: set[str] = field(default_factory=set)
     # Where organisations receive their messages; None: every delivery goes to the bus.
     endpoints: Endpoints | None = None
@@ -86,7 +85,7 @@ class Relay:
             except BusUnavailable as exc:
                 failure, confirmed = exc, []
             published = [d.id for d, ok in zip(due, confirmed) if ok]
-            self._published_to(due)
+            self.orgs.update(d.dest_org for d in due)
             sql.mark_published(tx, published, now)
             if failure is None and len(published) < len(due):
                 failure = BusUnavailable(f"The broker refused {len(due) - len(published)} "
@@ -113,7 +112,7 @@ class Relay:
         for d, reason in dead:
             log_dead(d, reason)
         self._dead_letter(dead)
-        self._published_to(due)
+        self.orgs.update(d.dest_org for d in due)
         try:
             self.bus.publish_many(_items(due))
         except BaseException:
@@ -121,13 +120,6 @@ class Relay:
             raise
         MESSAGES_PUBLISHED.inc(len(due))
         return len(due) + len(dead)
-
-    def _published_to(self, due: list[sql.Delivery]) -> None:
-        """Record the organisations published to: a new set, never a change to the one the
-        worker's deliveries read in their thread."""
-        new = {d.dest_org for d in due} - self.orgs
-        if new:
-            self.orgs = self.orgs | new
 
     def _claim(self, tx: Tx, now: int, stale: int) -> tuple[list[sql.Delivery], list[Dead]]:
         """The round's deliveries to publish (the due stream heads, those published before

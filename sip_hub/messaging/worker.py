@@ -1,20 +1,13 @@
 """The messaging worker: async ``$process-message`` requests, the relay, delivery, upkeep.
 
-Two threads, each with a broker connection of its own. The rounds: each processes accepted
-async requests, publishes what is due and, now and then, forgets expired cache entries and
-old settled deliveries and refreshes the planner's statistics of tables that grew; it waits
-between rounds until work is committed (``_idle``). The deliveries: they take what the
-organisations' queues hold as it arrives and deliver it (``Deliveries``). Side by side, a
-round need not wait for POSTs to answer, nor a delivery for a round (one thread doing both
-let deliveries fall behind what the API accepted, and held each message for the other's
-waits). ``run_once`` does one of each in the caller's thread (tests, and steps taken one at
-a time).
-
-``sip-hub worker`` runs it in the foreground (``run_worker``); the API process runs it in
-background threads for the embedded default (``Worker.start``). Several workers may run
-against one PostgreSQL and RabbitMQ: claims are ``SKIP LOCKED`` and queues are shared. A
-delivery blocks its thread for at most its HTTP timeout; run more workers for more
-throughput.
+One loop in one thread: each round processes accepted async requests, publishes what is due,
+delivers what the organisations' queues hold and, now and then, forgets expired cache entries
+and old settled deliveries, and refreshes the planner's statistics of tables that grew.
+``sip-hub worker`` runs it in the foreground (``run_worker``); the API process runs it in a
+background thread for the embedded default (``Worker.start``).
+Several workers may run against one PostgreSQL and RabbitMQ: claims are ``SKIP LOCKED`` and
+queues are shared. A delivery blocks its worker for at most its HTTP timeout; run more
+workers for more throughput.
 """
 
 from __future__ import annotations
@@ -55,82 +48,13 @@ _OPEN_ORGS_SECONDS = 5.0
 # store.statistics): a table that doubles is analyzed within this, not within autovacuum's
 # minute.
 _STATISTICS_SECONDS = 10.0
-# While it waits, a worker's thread looks this often whether it is to stop.
+# While it waits, a worker looks this often whether it is to stop, and, on a broker, takes
+# what arrived on its queues within _DRAIN_SLICE.
 _STOP_CHECK = 0.05
+_DRAIN_SLICE = 0.01
 # Messages taken from the queues are delivered together once no further one came within this
-# (a relay round's publishes arrive within it; a batch is at most the relay's).
+# (a relay round's publishes arrive within it), not at the end of a wait for more.
 _GATHER = 0.002
-# After a failure the deliveries try again this soon (poll_seconds at most).
-_RETRY_SECONDS = 1.0
-
-
-class Deliveries:
-    """The consuming side: what the organisations' queues hold, delivered (``Deliverer``)."""
-
-    def __init__(self, store: Store, messaging: Messaging, http: HttpClient) -> None:
-        self.store = store
-        self.messaging = messaging
-        self.deliverer = Deliverer(store, messaging.endpoints, messaging.config, http)
-        self._orgs: set[str] = set()
-        self._orgs_read_at = float("-inf")
-
-    def run_once(self, bus: Bus, published: set[str], drain_seconds: float,
-                 gather: float | None = None) -> int:
-        """Consume the queues of the organisations with deliveries on their way (and of
-        ``published``: those a relay of this worker published to), and deliver what arrives
-        until none came for ``drain_seconds``; how many were taken."""
-        self.deliverer.bus = bus  # (organisations that consume their own queues)
-        orgs = self._open_orgs() | published | self.messaging.endpoints.orgs
-        # A batch as large as the relay's: what one relay round published is checked in one
-        # read, POSTed side by side and settled in one write.
-        bus.consume_batches(sorted(orgs), self.deliverer.handle_batch,
-                            batch=self.messaging.config.relay_batch)
-        return bus.drain(timeout=drain_seconds, gather=gather)
-
-    def _open_orgs(self) -> set[str]:
-        """Organisations with deliveries on their way, as the database says, read again every
-        _OPEN_ORGS_SECONDS (with a backlog, the query visits every open delivery: each round
-        it cost more than the round's own work). Between reads, the queues this worker's
-        relay publishes to are consumed from its first publish; another worker's arrive with
-        the next read, and that worker consumes them meanwhile."""
-        now = time.monotonic()
-        if now - self._orgs_read_at >= _OPEN_ORGS_SECONDS:
-            with self.store.begin(write=False) as tx:
-                self._orgs = sql.open_orgs(tx)
-            self._orgs_read_at = now
-        return self._orgs
-
-    def run(self, stop: threading.Event, published: Callable[[], set[str]]) -> None:
-        """Deliver until ``stop`` is set, on a broker connection of its own; survives
-        outages (the outbox keeps every delivery, the broker every unacknowledged message)."""
-        retry = min(self.messaging.config.poll_seconds, _RETRY_SECONDS)
-        bus: Bus | None = None
-        while not stop.is_set():
-            try:
-                if bus is None:
-                    bus = self.messaging.bus()
-                self.run_once(bus, published(), _STOP_CHECK, _GATHER)
-                continue
-            except BusUnavailable as exc:
-                log.warning("message broker unavailable to deliveries, reconnecting: %s",
-                            exc.diagnostics)
-            except TransientError as exc:
-                log.warning("deliveries failed, retrying: %s", exc.diagnostics)
-            except Exception:
-                log.exception("deliveries failed")
-            if bus is not None:
-                _close(bus)
-                bus = None
-            stop.wait(retry)
-        if bus is not None:
-            _close(bus)
-
-
-def _close(bus: Bus) -> None:
-    try:
-        bus.close()
-    except Exception:  # closing a connection that failed  # noqa: BLE001
-        log.debug("closing the broker connection failed", exc_info=True)
 
 
 class Worker:
@@ -143,9 +67,11 @@ class Worker:
         self._own_http = http is None
         self._bus: Bus | None = None
         self._relay: Relay | None = None
-        self.deliveries = Deliveries(store, messaging, self._http)
+        self._deliverer = Deliverer(store, messaging.endpoints, messaging.config, self._http)
         self._last_upkeep = 0.0
         self._statistics_at = 0.0
+        self._orgs: set[str] = set()
+        self._orgs_read_at = float("-inf")
         self._recovered = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -163,40 +89,47 @@ class Worker:
                 relay.recover()
             self._recovered = True
             self._bus, self._relay = bus, relay
+            self._deliverer.bus = bus  # (organisations that consume their own queues)
         return self._bus
 
     def _disconnect(self) -> None:
         if self._bus is not None:
             self._bus.close()
-        self._bus = self._relay = None
-
-    def _published(self) -> set[str]:
-        """The organisations this worker's relay has published to (a set it replaces, never
-        changes: read from the deliveries' thread)."""
-        relay = self._relay
-        return relay.orgs if relay is not None else set()
+        self._bus = self._relay = self._deliverer.bus = None
 
     def run_once(self, drain_seconds: float = 0.01) -> int:
-        """One round and the deliveries after it, in the caller's thread; returns how much
-        work they did (0: idle). ``drain_seconds``: how long to wait for one more message
-        from the bus (a message arriving later is taken by the next call)."""
+        """One round; returns how much work it did (0: idle). ``drain_seconds``: how long to
+        wait for one more message from the bus before the next round (a message arriving
+        later is taken then; a long wait only delays the relay)."""
         bus = self._connect()
-        work = self._round()
-        return work + self.deliveries.run_once(bus, self._published(), drain_seconds)
-
-    def _round(self) -> int:
-        """Accepted async requests processed, what is due published, upkeep when its time
-        has come; how much work it did."""
-        self._connect()
         assert self._relay is not None
         work = process_accepted(self.store, self.messaging, audit=self.audit)
         work += self._relay.run_once()
+        orgs = self._open_orgs() | self._relay.orgs | self.messaging.endpoints.orgs
+        # A batch as large as the relay's: what one relay round published is checked in one
+        # read, POSTed side by side and settled in one write.
+        bus.consume_batches(sorted(orgs), self._deliverer.handle_batch,
+                            batch=self.messaging.config.relay_batch)
+        work += bus.drain(timeout=drain_seconds, gather=_GATHER)
         if time.monotonic() - self._last_upkeep > _UPKEEP_SECONDS:
             self.upkeep()
         if time.monotonic() - self._statistics_at > _STATISTICS_SECONDS:
             statistics.refresh_grown(self.store)
             self._statistics_at = time.monotonic()
         return work
+
+    def _open_orgs(self) -> set[str]:
+        """Organisations with deliveries on their way, as the database says, read again every
+        _OPEN_ORGS_SECONDS (with a backlog, the query visits every open delivery: each round
+        it cost more than the round's own work). Between reads, the queues this worker's
+        relay publishes to are consumed from its first publish; another worker's arrive with
+        the next read, and that worker consumes them meanwhile."""
+        now = time.monotonic()
+        if now - self._orgs_read_at >= _OPEN_ORGS_SECONDS:
+            with self.store.begin(write=False) as tx:
+                self._orgs = sql.open_orgs(tx)
+            self._orgs_read_at = now
+        return self._orgs
 
     def upkeep(self) -> None:
         now = to_us(now_utc())
@@ -206,49 +139,51 @@ class Worker:
         self._last_upkeep = time.monotonic()
 
     def run(self, stop: threading.Event) -> None:
-        """Rounds until ``stop`` is set, deliveries beside them in a thread of their own;
-        waits between idle rounds (see _FIRST_IDLE_WAIT) and poll_seconds after a failed one,
-        woken by work as it is committed (``_idle``); survives outages."""
+        """Rounds until ``stop`` is set; waits between idle rounds (see _FIRST_IDLE_WAIT) and
+        poll_seconds after a failed one, woken by work as it is committed (``_idle``);
+        survives outages."""
         poll = self.messaging.config.poll_seconds
         wait, last_work = 0.0, 0.0
         if self.store.engine.dialect.name == "postgresql" and self._listener is None:
             self._listener = wakeup.Listener(self.store.engine, self.store.work_committed)
-        deliveries = threading.Thread(target=self.deliveries.run,
-                                      args=(stop, self._published),
-                                      name="sip-hub-deliveries", daemon=True)
-        deliveries.start()
-        try:
-            while not stop.is_set():
-                # Work committed from here on wakes the next wait: this round may miss it.
-                self.store.work_committed.clear()
-                done = self._survive(self._round)
-                failed, busy = done is None, done or 0
-                if failed:
-                    wait = poll
-                elif busy:
-                    wait, last_work = 0.0, time.monotonic()
-                    continue
-                else:
-                    hot = time.monotonic() - last_work < _HOT_SECONDS
-                    wait = min(_HOT_WAIT if hot else poll, poll,
-                               max(_FIRST_IDLE_WAIT, 2 * wait))
-                if self._idle(stop, wait):
-                    wait = 0.0
-        finally:
-            stop.set()  # (the rounds failed beyond _survive: the deliveries stop with them)
-            deliveries.join(timeout=30)
+        while not stop.is_set():
+            # Work committed from here on wakes the next wait: this round may miss it.
+            self.store.work_committed.clear()
+            done = self._survive(self.run_once)
+            failed, busy = done is None, done or 0
+            if failed:
+                wait = poll
+            elif busy:
+                wait, last_work = 0.0, time.monotonic()
+                continue
+            else:
+                hot = time.monotonic() - last_work < _HOT_SECONDS
+                wait = min(_HOT_WAIT if hot else poll, poll, max(_FIRST_IDLE_WAIT, 2 * wait))
+            if self._idle(stop, wait, failed):
+                wait = 0.0
 
-    def _idle(self, stop: threading.Event, seconds: float) -> bool:
+    def _idle(self, stop: threading.Event, seconds: float, failed: bool) -> bool:
         """Wait up to ``seconds`` between rounds; True when work came meanwhile. Work
         committed in this process, or announced on PostgreSQL (see ``store.wakeup``), ends
-        the wait at once."""
+        the wait at once; on a broker, messages arriving on the queues this worker consumes
+        (another worker's relay publishes to them too) are delivered as they come."""
         woken = self.store.work_committed
         deadline = time.monotonic() + seconds
         while not stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            if woken.wait(min(left, _STOP_CHECK)):
+            if woken.is_set():
+                return True
+            bus = self._bus
+            if failed or bus is None or not bus.durable:
+                woken.wait(min(left, _STOP_CHECK))
+                continue
+            slice_ = min(left, _DRAIN_SLICE)
+            done = self._survive(lambda: bus.drain(timeout=slice_, gather=_GATHER))
+            if done is None:  # (the next round reconnects, or waits out the outage)
+                return False
+            if done:
                 return True
         return False
 

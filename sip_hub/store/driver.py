@@ -264,6 +264,8 @@ class ByIds:
 
     def _statements(self, conn: Connection, ids: Sequence[str], params: Mapping[str, Any]
                     ) -> Iterator[tuple[DriverStatement, dict[str, Any]]]:
+        if not ids:  # (no statement: nothing to read or change)
+            return
         if conn.dialect.name == "postgresql":
             yield self._array, {**params, "ids": list(dict.fromkeys(ids))}
             return

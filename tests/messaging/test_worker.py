@@ -115,9 +115,9 @@ def test_a_waiting_worker_is_woken_when_work_is_committed(
 def test_a_failure_while_waiting_on_the_queues_does_not_end_the_worker(
         world: Hub, receivers: Any, monkeypatch: Any, caplog: Any) -> None:
     """A waiting worker takes what arrives on its queues (another worker's relay publishes to
-    them too). Taking them fails once in a way nobody foresaw: the worker's deliveries live
-    on, and what another worker's relay publishes next (committed in another store: no
-    wake-up) is delivered."""
+    them too). Taking them fails once in a way nobody foresaw: the worker lives on, and what
+    another worker's relay publishes next (committed in another store: no wake-up) is
+    delivered."""
     import logging
 
     from sip_hub.bus import Bus
@@ -151,7 +151,7 @@ def test_a_failure_while_waiting_on_the_queues_does_not_end_the_worker(
         while not settled(world):
             assert time.monotonic() < deadline and thread.is_alive()
             time.sleep(0.02)
-    assert any("deliveries failed" in r.getMessage() for r in caplog.records)
+    assert any("messaging round failed" in r.getMessage() for r in caplog.records)
     for r in (soc, school):
         assert [m["entry"][0]["resource"]["eventCoding"]["code"] for m in r.received
                 ].count("insats-status-changed") == 1
