@@ -356,3 +356,34 @@ def test_messages_taken_but_not_yet_handled_when_the_wait_fails_come_again(
     again = make_bus()
     got = collect(again, [A])
     assert [m.message_id for m in got] == ["msg-1"]
+
+
+def test_with_gather_what_has_arrived_is_handled_while_the_drain_waits_for_more(
+        make_bus: MakeBus) -> None:
+    """A batch not yet full is handled once no further message came within ``gather``, not
+    at the end of the drain (a relay round's messages are delivered at once, not after the
+    wait for more); what comes later is a batch of its own, in the same drain."""
+    import threading
+    pub, later_pub, sub = make_bus(), make_bus(), make_bus()
+    for n in (1, 2, 3):
+        pub.publish(A, env(n))
+    published_later = threading.Event()
+    batches: list[tuple[list[str], bool]] = []
+
+    def handler(ms: list[Received]):  # noqa: ANN202
+        batches.append(([m.message_id for m in ms], published_later.is_set()))
+        return [Ack() for _ in ms]
+
+    def publish_later() -> None:
+        time.sleep(0.6)
+        published_later.set()
+        for n in (4, 5):
+            later_pub.publish(A, env(n))
+    sub.consume_batches([A], handler, batch=10)
+    thread = threading.Thread(target=publish_later)
+    thread.start()
+    try:
+        assert sub.drain(timeout=1.5, gather=0.05) == 5
+    finally:
+        thread.join()
+    assert batches == [(["msg-1", "msg-2", "msg-3"], False), (["msg-4", "msg-5"], True)]
