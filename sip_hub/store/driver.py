@@ -284,6 +284,12 @@ class ByIds:
         """Rows affected."""
         return sum(stmt.run(conn, args) for stmt, args in self._statements(conn, ids, params))
 
+    def run_later(self, conn: Connection, ids: Sequence[str], **params: Any) -> None:
+        """``run`` whose outcome nothing reads: on PostgreSQL sent later (see
+        ``DriverStatement.run_later``)."""
+        for stmt, args in self._statements(conn, ids, params):
+            stmt.run_later(conn, args)
+
 
 def insert_into(table: Table, *columns: str) -> DriverStatement:
     """An INSERT of exactly ``columns`` (each a parameter of the same name)."""

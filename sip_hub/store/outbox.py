@@ -185,11 +185,8 @@ _PUBLISHED = ByIds(_D.id, lambda ids: update(outbox_delivery).where(
 
 
 def mark_published(tx: Tx, ids: Sequence[str], now: int) -> None:
-    # At once, not sent later with the COMMIT: that way, quick messaging runs at half the
-    # sustained rate took PostgreSQL a third more CPU (43-45% of a core against 30-33%, in
-    # six runs of seven; in none of seven before), the workers' reads of the outbox costing
-    # four times as much (cause not found).
-    _PUBLISHED.run(tx.conn, ids, now=now)
+    """Pending deliveries of ``ids`` published; on PostgreSQL sent with the COMMIT."""
+    _PUBLISHED.run_later(tx.conn, ids, now=now)
 
 
 def mark_delivered(tx: Tx, ids: Sequence[str], now: int) -> int:
