@@ -198,7 +198,8 @@ def mark_delivered(tx: Tx, ids: Sequence[str], now: int) -> int:
 # -- the relay's claim ------------------------------------------------------------------------
 
 def _heads() -> Any:
-    """Due pending deliveries that are the first open one of their stream.
+    """Due pending deliveries that are the first open one of their stream (their own columns:
+    the claim reads them with its locks, then their messages).
 
     Whether a delivery heads its stream is the stream's lowest open ``seq``, a correlated
     subquery that the databases run for each due delivery as one probe of the index of open
@@ -214,7 +215,7 @@ def _heads() -> Any:
                   .where(e.patient_id == _D.patient_id, e.careplan_id == _D.careplan_id,
                          e.dest_org == _D.dest_org, _open(e.state))
                   .order_by(e.seq).limit(1).scalar_subquery())
-    return (select(_D.id).where(_in(_D.state, PENDING),
+    return (select(*_OWN_COLUMNS).where(_in(_D.state, PENDING),
                                 _D.next_attempt_at <= bindparam("now"), _D.seq == first_open)
             .order_by(_D.next_attempt_at, _D.seq).limit(bindparam("limit"))
             .with_for_update(skip_locked=True))
@@ -248,11 +249,8 @@ def claim_due(tx: Tx, now: int, limit: int) -> list[Delivery]:
     another relay published meanwhile no longer matches ``state = 'pending'`` when rechecked.
     SQLite takes the database write lock at BEGIN, which serialises relays instead.
     """
-    ids = [r[0] for r in _HEADS.all(tx.conn, {"now": now, "limit": limit})]
-    if not ids:
-        return []
-    by_id = get_many(tx, ids)
-    return [by_id[i] for i in ids if i in by_id]
+    heads = _HEADS.all(tx.conn, {"now": now, "limit": limit})
+    return _with_messages(tx, heads) if heads else []
 
 
 # Undelivered and due: waiting for the relay, or on the bus waiting for delivery. A delivery
