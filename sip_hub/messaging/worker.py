@@ -49,10 +49,9 @@ _OPEN_ORGS_SECONDS = 5.0
 # minute.
 _STATISTICS_SECONDS = 10.0
 # While it waits, a worker looks this often whether it is to stop, and, on a broker, takes
-# what arrived on its queues within _DRAIN_SLICE; between slices it sees a wake-up (work
-# committed), so a slice is also how late it may notice one.
+# what arrived on its queues within _DRAIN_SLICE.
 _STOP_CHECK = 0.05
-_DRAIN_SLICE = 0.005
+_DRAIN_SLICE = 0.01
 # Messages taken from the queues are delivered together once no further one came within this
 # (a relay round's publishes arrive within it), not at the end of a wait for more.
 _GATHER = 0.002
