@@ -13,6 +13,7 @@ from typing import Any
 
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from fhir_core.utils import is_list_type, is_primitive_type
+from fhir.resources.R4B.fhirtypes import FHIRPrimitiveExtensionType
 from pydantic import ValidationError
 
 from .. import xml
@@ -44,6 +45,12 @@ FHIR_VERSION = "4.0.1"
 # __init__ is marked as pydantic's own (pydantic then validates the elements directly) and
 # the before-validator below takes resourceType out instead, with the __init__'s rules and
 # its error. Constructing a model in code (`CarePlan(**data)`) still runs the __init__.
+#
+# 3. FHIRPrimitiveExtension (the `_status` beside a primitive `status`) has a before-validator
+# of its own, which pydantic runs before the base model's: as published, the __init__ checked
+# a resourceType in such an element before either. Each one's resourceType is checked as it
+# is handed to its class instead (fhir_core's validator of the field's type, which the field
+# looks up at every call).
 
 AS_PUBLISHED_ENV = "SIP_HUB_FHIR_AS_PUBLISHED"  # "1": leave fhir_core as published
 AS_PUBLISHED = os.environ.get(AS_PUBLISHED_ENV) == "1"
@@ -136,9 +143,22 @@ def _validate_after_model_construction(self: FHIRAbstractModel) -> FHIRAbstractM
     return self
 
 
+def _resource_type_first(library: Any) -> Any:
+    """fhir_core's validator of a field's type (``library``, bound to the type), with the
+    resourceType of a JSON element checked first, as the model's __init__ did."""
+    def fhir_model_validator(_type: type, value: Any, model_klass: type[FHIRAbstractModel]
+                             ) -> Any:
+        if value.__class__ is dict and ("resourceType" in value or "resource_type" in value):
+            value = _without_resource_type(model_klass, value, _checks[model_klass])
+        return library(value, model_klass)
+    return classmethod(fhir_model_validator)
+
+
 if not AS_PUBLISHED:
     FHIRAbstractModel.reject_null_complex_elements = classmethod(  # type: ignore[assignment]
         _reject_null_complex_elements)
+    FHIRPrimitiveExtensionType.fhir_model_validator = _resource_type_first(  # type: ignore
+        FHIRPrimitiveExtensionType.fhir_model_validator)
     FHIRAbstractModel.validate_after_model_construction = (  # type: ignore[method-assign]
         _validate_after_model_construction)
     FHIRAbstractModel.__init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]

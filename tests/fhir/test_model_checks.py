@@ -235,6 +235,33 @@ def test_a_required_choice_left_out(library: Any) -> None:
     assert "answer" in fast[1][0]
 
 
+def test_a_primitives_extension_given_a_resource_type(library: Any) -> None:
+    """The element beside a primitive (``_status``, each of ``_given``) has a validator of
+    its own, which pydantic runs before the base model's: a resourceType in it is refused
+    with fhir_core's message all the same (found by the test below: a Narrative's
+    ``_status`` of ``{"id": null, "resourceType": false}``)."""
+    patient = {"resourceType": "Patient", "id": "p1",
+               "text": {"status": "generated",
+                        "div": '<div xmlns="http://www.w3.org/1999/xhtml">Alva</div>'},
+               "name": [{"family": "Svensson", "given": ["Alva", "Maria"]}]}
+    cases = []
+    for value in (False, "X", 7, "FHIRPrimitiveExtension", None):
+        for extension in ({"id": None, "resourceType": value},
+                          {"id": "e1", "resourceType": value},
+                          {"id": "e1", "resource_type": value}):
+            in_text = copy.deepcopy(patient)
+            in_text["text"]["_status"] = extension
+            in_list = copy.deepcopy(patient)
+            in_list["name"][0]["_given"] = [None, extension]
+            cases += [in_text, in_list]
+    outcomes = all_both(library, cases)
+    for resource, (fast, as_published) in zip(cases, outcomes):
+        assert fast == as_published, resource
+    assert any(fast[0] == "Unprocessable" and "expects resource type" in fast[1][0]
+               for fast, _ in outcomes)
+    assert any(fast == ("ok", None) for fast, _ in outcomes)
+
+
 _PLAN = json.loads((REPO / "tests" / "fixtures" / "r4-examples" / "CarePlan-f001.json")
                    .read_text(encoding="utf-8"))
 _PATHS = [p for p, _ in _nodes(_PLAN) if p]
