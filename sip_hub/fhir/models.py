@@ -50,7 +50,7 @@ FHIR_VERSION = "4.0.1"
 # of its own, which pydantic runs before the base model's: as published, the __init__ checked
 # a resourceType in such an element before either. Each one's resourceType is checked as it
 # is handed to its class instead (fhir_core's validator of the field's type, which the field
-# looks up at every call).
+# looks up at every call; importing the types module defines no model).
 
 AS_PUBLISHED_ENV = "SIP_HUB_FHIR_AS_PUBLISHED"  # "1": leave fhir_core as published
 AS_PUBLISHED = os.environ.get(AS_PUBLISHED_ENV) == "1"

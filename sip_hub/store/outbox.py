@@ -81,7 +81,7 @@ def _still(state: Any, *values: str) -> Any:
     no index of the state serves it (``state || ''``), or PostgreSQL's planner, which counts
     few deliveries open, would read every open delivery for the few ids instead of finding
     them by key (in a backlog, thousands for each batch settled)."""
-    return state.op("||")(literal_column("''")).in_([constant(v) for v in values])
+    return _in(state.op("||")(literal_column("''")), *values)
 
 
 def _open(state: Any) -> Any:
@@ -249,8 +249,7 @@ def claim_due(tx: Tx, now: int, limit: int) -> list[Delivery]:
     another relay published meanwhile no longer matches ``state = 'pending'`` when rechecked.
     SQLite takes the database write lock at BEGIN, which serialises relays instead.
     """
-    heads = _HEADS.all(tx.conn, {"now": now, "limit": limit})
-    return _with_messages(tx, heads) if heads else []
+    return _with_messages(tx, _HEADS.all(tx.conn, {"now": now, "limit": limit}))
 
 
 # Undelivered and due: waiting for the relay, or on the bus waiting for delivery. A delivery

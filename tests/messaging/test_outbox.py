@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -314,25 +315,34 @@ def test_a_streams_head_is_found_through_its_open_deliveries_only(tmp_path) -> N
         engine.dispose()
 
 
-def _backlog(tx, streams: int) -> None:
-    """``streams`` streams with a waiting head (seq 2, after a delivered seq 1); every third
-    also has a seq 3 behind it. Written straight to the outbox tables, as ``enqueue`` would."""
+def _message(mid: str, patient: str, plan: str, created: int) -> dict[str, Any]:
+    """An outbox message row (a notification with an empty Bundle)."""
+    return {"message_id": mid, "event": "sip-initiated", "kind": sql.NOTIFICATION,
+            "patient_id": patient, "careplan_id": plan, "created": created, "content": b"{}"}
+
+
+def _write(tx, messages: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+    """Messages and their deliveries straight to the outbox tables, as ``enqueue`` would."""
     from sqlalchemy import insert
 
     from sip_hub.store.schema import outbox_message
+    tx.conn.execute(insert(outbox_message), messages)
+    sql.insert_deliveries(tx, rows)
+
+
+def _backlog(tx, streams: int) -> None:
+    """``streams`` streams with a waiting head (seq 2, after a delivered seq 1); every third
+    also has a seq 3 behind it."""
     rows, messages = [], []
     for k in range(streams):
         for seq in (1, 2, 3) if k % 3 == 0 else (1, 2):
             mid = f"m-{k}-{seq}"
-            messages.append({"message_id": mid, "event": "sip-initiated",
-                             "kind": sql.NOTIFICATION, "patient_id": f"p{k}",
-                             "careplan_id": f"c{k}", "created": 0, "content": b"{}"})
+            messages.append(_message(mid, f"p{k}", f"c{k}", 0))
             row = sql.delivery_row(id=f"d-{k}-{seq}", message_id=mid, dest_org=BUP,
                                    patient_id=f"p{k}", careplan_id=f"c{k}", seq=seq,
                                    now=k, endpoint_url=None)
             rows.append({**row, "state": sql.DELIVERED} if seq == 1 else row)
-    tx.conn.execute(insert(outbox_message), messages)
-    sql.insert_deliveries(tx, rows)
+    _write(tx, messages, rows)
 
 
 def test_a_backlog_is_claimed_head_by_head_whatever_the_statistics(store: Store) -> None:
@@ -361,22 +371,16 @@ def test_a_backlog_is_claimed_head_by_head_whatever_the_statistics(store: Store)
 def _history(tx, settled: int, open_state: str, n_open: int) -> None:
     """An outbox as a hub's looks after a while: ``settled`` deliveries delivered (kept for
     days), then ``n_open`` in ``open_state``, each delivery a stream of its own."""
-    from sqlalchemy import insert
-
-    from sip_hub.store.schema import outbox_message
     rows, messages = [], []
     for k in range(settled + n_open):
-        messages.append({"message_id": f"m-{k}", "event": "sip-initiated",
-                         "kind": sql.NOTIFICATION, "patient_id": f"p{k}",
-                         "careplan_id": f"c{k}", "created": k, "content": b"{}"})
+        messages.append(_message(f"m-{k}", f"p{k}", f"c{k}", k))
         row = sql.delivery_row(id=f"d-{k}", message_id=f"m-{k}", dest_org=BUP,
                                patient_id=f"p{k}", careplan_id=f"c{k}", seq=1, now=k,
                                endpoint_url=None)
         state = sql.DELIVERED if k < settled else open_state
         rows.append({**row, "state": state,
                      "published_at": k if state == sql.PUBLISHED else None})
-    tx.conn.execute(insert(outbox_message), messages)
-    sql.insert_deliveries(tx, rows)
+    _write(tx, messages, rows)
 
 
 @pytest.mark.parametrize("open_state", [sql.PENDING, sql.PUBLISHED])
@@ -423,9 +427,6 @@ def test_the_few_open_deliveries_are_found_among_the_settled_by_index(
 def _long_streams(tx, streams: int, settled: int) -> list[str]:
     """``streams`` streams, each with ``settled`` delivered deliveries, then one published
     and one pending behind it (a hub's outbox after a while); the published ones' ids."""
-    from sqlalchemy import insert
-
-    from sip_hub.store.schema import outbox_message
     rows, messages, published = [], [], []
     orgs = (BUP, SCHOOL, SOC, "SE2321000016-0000")  # four per SIP: a SIP per patient
     for k in range(streams):
@@ -433,9 +434,7 @@ def _long_streams(tx, streams: int, settled: int) -> list[str]:
         for seq in range(1, settled + 3):
             mid = f"m-{k}-{seq}"
             if k % 4 == 0:
-                messages.append({"message_id": mid, "event": "sip-initiated",
-                                 "kind": sql.NOTIFICATION, "patient_id": patient,
-                                 "careplan_id": plan, "created": seq, "content": b"{}"})
+                messages.append(_message(mid, patient, plan, seq))
             row = sql.delivery_row(id=f"d-{k}-{seq}", message_id=f"m-{k - k % 4}-{seq}",
                                    dest_org=org, patient_id=patient, careplan_id=plan,
                                    seq=seq, now=seq, endpoint_url=None)
@@ -444,8 +443,7 @@ def _long_streams(tx, streams: int, settled: int) -> list[str]:
             if state == sql.PUBLISHED:
                 published.append(row["id"])
             rows.append({**row, "state": state, "published_at": seq})
-    tx.conn.execute(insert(outbox_message), messages)
-    sql.insert_deliveries(tx, rows)
+    _write(tx, messages, rows)
     return published
 
 
