@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Any
+from typing import Any, Iterator
 
+import fhir_core.types
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from fhir_core.utils import is_list_type, is_primitive_type
 from fhir.resources.R4B.fhirtypes import FHIRPrimitiveExtensionType
@@ -51,6 +52,11 @@ FHIR_VERSION = "4.0.1"
 # a resourceType in such an element before either. Each one's resourceType is checked as it
 # is handed to its class instead (fhir_core's validator of the field's type, which the field
 # looks up at every call; importing the types module defines no model).
+#
+# 4. A resource inside another (a Bundle entry's, a contained one) is validated by the class
+# fhir_core finds by its resourceType, importing it by name (pydantic's import_string: a
+# module lookup and an attribute walk) for every such resource. The names are the
+# R4B types' few hundred and each always names the same class: found once, kept.
 
 AS_PUBLISHED_ENV = "SIP_HUB_FHIR_AS_PUBLISHED"  # "1": leave fhir_core as published
 AS_PUBLISHED = os.environ.get(AS_PUBLISHED_ENV) == "1"
@@ -162,6 +168,8 @@ if not AS_PUBLISHED:
     FHIRAbstractModel.validate_after_model_construction = (  # type: ignore[method-assign]
         _validate_after_model_construction)
     FHIRAbstractModel.__init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+    fhir_core.types.import_string = lru_cache(maxsize=None)(  # type: ignore[attr-defined]
+        fhir_core.types.import_string)
 
 
 from fhir.resources.R4B import get_fhir_model_class  # noqa: E402  (after the checks above)
@@ -216,8 +224,34 @@ def validate(resource: dict[str, Any]) -> None:
                             f"{issues[0].expression[0]}", issues=issues) from None
     except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
         # fhir_core's own root validators assume shapes that malformed input breaks (a
-        # number where a primitive's extension object belongs raises AttributeError)
+        # number where a primitive's extension object belongs raises AttributeError); a
+        # resource inside this one of no type it knows fails its lookup of the class
+        issues = [Issue("value", f"Unknown resourceType '{value[:64]}'"
+                        if isinstance(value, str) else _NOT_A_TYPE, (path,))
+                  for path, value in _unknown_inner_types(resource, rtype)]
+        if issues:
+            raise Unprocessable(f"{rtype} is not valid FHIR R4: {issues[0].diagnostics} at "
+                                f"{issues[0].expression[0]}", issues=issues) from None
         raise Unprocessable(f"{rtype} is not valid FHIR R4: {exc}", expression=rtype) from None
+
+
+_NOT_A_TYPE = "resourceType must be a string naming a resource type"
+
+
+def _unknown_inner_types(node: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """(FHIRPath, value) of each resourceType below ``node`` that names no resource type (a
+    Bundle entry's resource, a contained one)."""
+    if isinstance(node, dict):
+        if "resourceType" in node and "." in path:
+            inner = node["resourceType"]
+            if not (isinstance(inner, str) and is_resource_type(inner)):
+                yield f"{path}.resourceType", inner
+        for key, value in node.items():
+            if key != "resourceType":
+                yield from _unknown_inner_types(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _unknown_inner_types(value, f"{path}[{i}]")
 
 
 def from_xml(data: bytes) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sip_hub.errors import Issue, IssueCollector
+from sip_hub.errors import Issue, IssueCollector, Unprocessable
 from sip_hub.fhir import models, validation
 
 Json = dict[str, Any]
@@ -586,6 +586,35 @@ def test_all_problems_are_reported_at_once() -> None:
 ])
 def test_structurally_broken_input_does_not_crash(resource: Any) -> None:
     validation.check(resource, IssueCollector())  # models.validate is the one to report these
+
+
+@pytest.mark.parametrize("inner, diagnostics", [
+    ("Nope", "Unknown resourceType 'Nope'"),
+    (5, "resourceType must be a string naming a resource type"),
+    (None, "resourceType must be a string naming a resource type"),
+    (["Patient"], "resourceType must be a string naming a resource type"),
+])
+def test_a_resource_inside_another_of_no_known_type_is_named(inner: Any,
+                                                             diagnostics: str) -> None:
+    """A Bundle entry's or a contained resource whose resourceType names no resource type is
+    refused at its resourceType, each one, not with the library's failed lookup."""
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "p1"}},
+        {"resource": {"resourceType": inner, "id": "x"}}]}
+    plan = {"resourceType": "CarePlan", "status": "draft", "intent": "plan",
+            "subject": {"reference": "Patient/p1"},
+            "contained": [{"resourceType": inner, "id": "a"}, {"resourceType": "Nope2"}]}
+    with pytest.raises(Unprocessable) as bundle_err:
+        models.validate(bundle)
+    with pytest.raises(Unprocessable) as plan_err:
+        models.validate(plan)
+    assert [(i.diagnostics, i.expression) for i in bundle_err.value.issues] == [
+        (diagnostics, ("Bundle.entry[1].resource.resourceType",))]
+    assert str(bundle_err.value) == (f"Bundle is not valid FHIR R4: {diagnostics} at "
+                                     "Bundle.entry[1].resource.resourceType")
+    assert [(i.diagnostics, i.expression) for i in plan_err.value.issues] == [
+        (diagnostics, ("CarePlan.contained[0].resourceType",)),
+        ("Unknown resourceType 'Nope2'", ("CarePlan.contained[1].resourceType",))]
 
 
 def _positions(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

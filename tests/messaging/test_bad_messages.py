@@ -145,6 +145,16 @@ def test_an_unknown_event_is_a_fatal_error_and_its_resources_are_not_applied(unc
     assert current_plan(unchanged)["activity"][0]["detail"]["status"] == "in-progress"
 
 
+def test_an_entry_of_no_known_resource_type_is_a_fatal_error_naming_it(unchanged: Hub
+                                                                        ) -> None:
+    msg = status_change(unchanged)
+    msg["entry"].append({"fullUrl": "urn:uuid:8d1b9e3a-4c1f-4c55-9d3e-0f2f7d0c9a11",
+                         "resource": {"resourceType": "Insats", "id": "x"}})
+    text = refused(unchanged.post(BUP, URL, msg))
+    assert "Unknown resourceType 'Insats'" in text
+    assert current_plan(unchanged)["activity"][0]["detail"]["status"] == "in-progress"
+
+
 # -- out of order -----------------------------------------------------------------------------
 
 def answer_to(task_id: str, *params: Json) -> Json:
