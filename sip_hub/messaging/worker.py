@@ -35,6 +35,7 @@ from .runtime import Messaging
 
 log = logging.getLogger("sip_hub.worker")
 _UPKEEP_SECONDS = 300.0
+_FORGET_BATCH = 1000  # expired rows forgotten per transaction (of each kind)
 _DAY_US = 86_400_000_000
 # After a round with work the worker looks again this soon, then twice as late each idle
 # round: up to _HOT_WAIT while it did work in the last _HOT_SECONDS (traffic flows: a new
@@ -132,10 +133,16 @@ class Worker:
         return self._orgs
 
     def upkeep(self) -> None:
+        """Forget expired cache entries and deliveries settled before the retention period,
+        ``_FORGET_BATCH`` at a time, each batch a transaction of its own (on SQLite the
+        API's writes take turns with them)."""
         now = to_us(now_utc())
-        with self.store.begin() as tx:
-            inbox.purge_expired(tx, now)
-            sql.delete_finished(tx, now - self.messaging.config.retention_days * _DAY_US)
+        before = now - self.messaging.config.retention_days * _DAY_US
+        for forget, until in ((inbox.purge_expired, now), (sql.delete_finished, before)):
+            while True:
+                with self.store.begin() as tx:
+                    if forget(tx, until, _FORGET_BATCH) < _FORGET_BATCH:
+                        break
         self._last_upkeep = time.monotonic()
 
     def run(self, stop: threading.Event) -> None:

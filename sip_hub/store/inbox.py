@@ -7,9 +7,11 @@ nor block its ids. An entry is live until ``expires``; expired entries count as 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Final
 
-from sqlalchemy import bindparam, delete, exists, null, or_, select, update
+from sqlalchemy import (bindparam, delete, exists, literal_column, null, or_, select, tuple_,
+                        update)
 
 from ..errors import Conflict
 from . import wakeup
@@ -127,8 +129,20 @@ def claim_accepted(tx: Tx, limit: int) -> list[Received]:
     return [_row(r) for r in tx.conn.execute(q)]
 
 
-def purge_expired(tx: Tx, now: int) -> int:
-    """Forget expired entries (accepted async requests stay until they are processed)."""
-    done = tx.conn.execute(delete(message_inbox).where(_I.expires <= now,
-                                                       _I.state == constant(DONE)))
-    return int(done.rowcount or 0)
+@lru_cache(maxsize=None)
+def _expired(limit: int) -> DriverStatement:
+    """The DELETE of up to ``limit`` expired entries (the limit in the SQL, as in
+    ``outbox._forget``)."""
+    return DriverStatement(delete(message_inbox).where(
+        tuple_(_I.header_id, _I.sender_org).in_(
+            select(_I.header_id, _I.sender_org)
+            .where(_I.expires <= bindparam("now"), _I.state == constant(DONE))
+            .order_by(_I.expires).limit(literal_column(str(int(limit))))
+            .with_for_update(skip_locked=True))))
+
+
+def purge_expired(tx: Tx, now: int, limit: int) -> int:
+    """Forget up to ``limit`` expired entries (accepted async requests stay until they are
+    processed); how many. The caller repeats it, a transaction at a time, until fewer than
+    ``limit`` went (a day's cache in one transaction held SQLite's write lock throughout)."""
+    return _expired(limit).run(tx.conn, {"now": now})

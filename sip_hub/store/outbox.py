@@ -402,11 +402,40 @@ def counts(tx: Tx) -> dict[str, int]:
     return {state: int(n) for state, n in tx.conn.execute(q)}
 
 
-def delete_finished(tx: Tx, before: int) -> int:
-    """Forget delivered and withdrawn deliveries last changed before ``before``, and messages
-    left without deliveries (dead ones stay until an operator replays them)."""
-    gone = tx.conn.execute(delete(outbox_delivery).where(
-        _in(_D.state, DELIVERED, WITHDRAWN), _D.updated < before))
-    orphan = ~exists().where(_D.message_id == _M.message_id)
-    tx.conn.execute(delete(outbox_message).where(orphan, _M.created < before))
-    return int(gone.rowcount or 0)
+# Forgetting settled deliveries: one statement per settled state, reading its deliveries in
+# the order they fell due, and the messages left without any.
+@lru_cache(maxsize=None)
+def _forget(state: str, limit: int) -> DriverStatement:
+    """The DELETE of up to ``limit`` deliveries in ``state`` (the limit written into the SQL:
+    bound, PostgreSQL's generic plan, not knowing how few, joined the batch by hashing the
+    whole outbox)."""
+    expired = (select(_D.id).where(_in(_D.state, state), _D.next_attempt_at < bindparam("before"),
+                                   _D.updated < bindparam("before"))
+               .order_by(_D.next_attempt_at).limit(literal_column(str(int(limit))))
+               .with_for_update(skip_locked=True))
+    return DriverStatement(delete(outbox_delivery).where(_D.id.in_(expired))
+                           .returning(_D.message_id))
+
+
+_FORGET_MESSAGES = ByIds(_M.message_id, lambda ids: delete(outbox_message).where(
+    ids, ~exists().where(_D.message_id == _M.message_id)))
+
+
+def delete_finished(tx: Tx, before: int, limit: int) -> int:
+    """Forget up to ``limit`` delivered and withdrawn deliveries last changed before
+    ``before`` (of each state), and their messages once no delivery of theirs is left (dead
+    ones stay until an operator replays them); how many deliveries were forgotten. The caller
+    repeats it, a transaction at a time, until it forgets fewer than ``limit``.
+
+    A delivery falls due before it is settled (a copy that settles one waiting out a retry
+    delay is the exception, forgotten once that delay is past too), so the index of states
+    and due times finds what expired without reading the settled history that the retention
+    period keeps: filtered by the time of the change alone, every upkeep read every settled
+    delivery (0.24 s at 800,000 on PostgreSQL; 78 ms on SQLite, holding its write lock), and
+    the messages were found by a scan of them all. On PostgreSQL concurrent workers skip
+    each other's rows."""
+    gone: list[str] = []
+    for state in (DELIVERED, WITHDRAWN):
+        gone += [r[0] for r in _forget(state, limit).all(tx.conn, {"before": before})]
+    _FORGET_MESSAGES.run(tx.conn, sorted(set(gone)))
+    return len(gone)

@@ -118,6 +118,37 @@ def test_an_expired_entry_makes_room_for_a_new_receipt_of_its_ids(started: Engin
         assert inbox.lookup(tx, SOC, "h-1", "b-x", NOW) == (None, None)
 
 
+def test_expired_entries_are_forgotten_a_batch_at_a_time_by_index(started: Engine) -> None:
+    """The upkeep forgets a day's expired cache in transactions of a batch each (one
+    transaction held SQLite's write lock throughout), finding them by their expiry; entries
+    not yet expired and async requests not yet processed stay."""
+    from sqlalchemy import text
+    store = Store(started)
+    expired = [_entry(k, expires=NOW - 10 + k % 7) for k in range(25)]
+    live = [_entry(k) for k in range(25, CACHED)]
+    with store.begin() as tx:
+        tx.conn.execute(insert(message_inbox), expired + live)
+        inbox.claim(tx, sender_org=SOC, header_id="h-async", bundle_id="b-async", event="ev",
+                    state=inbox.ACCEPTED, now=NOW - 100, expires=NOW - 50, request=b"{}")
+    if started.dialect.name == "postgresql":
+        with started.begin() as conn:
+            conn.execute(text("ANALYZE message_inbox"))
+        assert rows_handled(generic_plan(started, inbox._expired(10), {"now": NOW})) <= 10 * 8
+    else:
+        plan = sqlite_plan(started, inbox._expired(10), {"now": NOW})
+        assert "SCAN message_inbox" not in plan, plan
+    batches = []
+    while True:
+        with store.begin() as tx:
+            batches.append(inbox.purge_expired(tx, NOW, 10))
+        if batches[-1] < 10:
+            break
+    assert batches == [10, 10, 5]
+    with store.begin() as tx:
+        left = {r.header_id for r in tx.conn.execute(message_inbox.select())}
+    assert left == {e["header_id"] for e in live} | {"h-async"}
+
+
 @pytest.mark.parametrize("backend", [
     "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_the_key_migration_keeps_what_the_cache_holds(backend: str, tmp_path: Path) -> None:

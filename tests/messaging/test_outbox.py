@@ -489,3 +489,61 @@ def test_a_streams_settled_history_is_not_read_whatever_the_statistics(store: St
         assert sql.held_back(tx, list(behind.values())) == set(behind)
         assert sql.mark_delivered(tx, published, 10**9) == 40
         assert sorted(d.id for d in sql.claim_due(tx, 10**9, 100)) == sorted(behind)
+
+
+def test_settled_deliveries_past_retention_are_forgotten_by_index_a_batch_at_a_time(
+        store: Store) -> None:
+    """The upkeep forgets delivered and withdrawn deliveries last changed before the
+    retention period, and each message once none of its deliveries is left, reading what
+    expired and not the history the retention period keeps (filtered by the time of the
+    change alone, it read every settled delivery each time, also in SQLite's write lock);
+    dead ones wait for an operator, open ones for delivery, and one settled lately stays
+    however long ago it fell due."""
+    from sqlalchemy import select, text
+
+    from sip_hub.store.schema import outbox_message
+    before, kept = 10**6, 20_000
+    rows, messages = [], []
+
+    def add(k: int, state: str, due: int, changed: int, mid: str | None = None) -> None:
+        if mid is None:
+            mid = f"m-{k}"
+            messages.append(_message(mid, f"p{k}", f"c{k}", due))
+        row = sql.delivery_row(id=f"d-{k}", message_id=mid, dest_org=BUP, patient_id=f"p{k}",
+                               careplan_id=f"c{k}", seq=1, now=due, endpoint_url=None)
+        rows.append({**row, "state": state, "updated": changed})
+    for k in range(30):  # expired: due, then settled, long ago
+        add(k, sql.DELIVERED if k < 20 else sql.WITHDRAWN, due=k, changed=k + 1)
+    for k in range(30, 30 + kept):  # the retention period's history
+        add(k, sql.DELIVERED, due=before + k, changed=before + k + 1)
+    k = 30 + kept
+    add(k, sql.DELIVERED, due=5, changed=before + 5)  # due long ago, settled lately
+    add(k + 1, sql.DEAD, due=5, changed=6)
+    add(k + 2, sql.PENDING, due=5, changed=5)
+    add(k + 3, sql.DELIVERED, due=7, changed=8, mid="m-shared")  # with a dead one: the
+    add(k + 4, sql.DEAD, due=7, changed=8, mid="m-shared")       # message stays for replay
+    messages.append(_message("m-shared", "p-s", "c-s", 7))
+    with store.begin() as tx:
+        _write(tx, messages, rows)
+    pg = store.engine.dialect.name == "postgresql"
+    if pg:
+        with store.engine.begin() as conn:
+            conn.execute(text("ANALYZE outbox_delivery"))
+    for state in (sql.DELIVERED, sql.WITHDRAWN):
+        stmt = sql._forget(state, 64)  # more than have expired: the last batch of an upkeep
+        if pg:  # (the plan's DELETE is rolled back)
+            plan = generic_plan(store.engine, stmt, {"before": before})
+            assert rows_handled(plan) <= 400, plan
+        else:
+            plan = sqlite_plan(store.engine, stmt, {"before": before})
+            assert "SCAN outbox_delivery" not in plan and "next_attempt_at<?" in plan, plan
+    batches = []
+    while not batches or batches[-1] >= 8:
+        with store.begin() as tx:
+            batches.append(sql.delete_finished(tx, before, 8))
+    assert batches == [16, 10, 5]  # delivered and withdrawn: 8 + 8, 8 + 2, 5 + 0
+    with store.begin() as tx:
+        left = {d.id: d.state for d in sql.find(tx, limit=kept + 100)}
+        messages_left = {r[0] for r in tx.conn.execute(select(outbox_message.c.message_id))}
+    assert set(left) == {f"d-{k}" for k in range(30, 30 + kept + 5) if k != 30 + kept + 3}
+    assert messages_left == {f"m-{k}" for k in range(30, 30 + kept + 3)} | {"m-shared"}

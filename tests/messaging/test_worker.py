@@ -207,8 +207,8 @@ def test_upkeep_forgets_expired_cache_entries_and_old_settled_deliveries(
     states = sorted(d.state for d in world.deliveries())
     assert states == ["dead", "delivered", "delivered", "delivered"]  # SOC has no endpoint
     with world.store.begin() as tx:
-        assert inbox.purge_expired(tx, 2 ** 62) == 1
-        assert sql.delete_finished(tx, 2 ** 62) == 3
+        assert inbox.purge_expired(tx, 2 ** 62, 100) == 1
+        assert sql.delete_finished(tx, 2 ** 62, 100) == 3
     # Dead deliveries wait for an operator's replay.
     assert [(d.state, d.dest_org) for d in world.deliveries()] == [("dead", SOC)]
 
