@@ -547,3 +547,38 @@ def test_settled_deliveries_past_retention_are_forgotten_by_index_a_batch_at_a_t
         messages_left = {r[0] for r in tx.conn.execute(select(outbox_message.c.message_id))}
     assert set(left) == {f"d-{k}" for k in range(30, 30 + kept + 5) if k != 30 + kept + 3}
     assert messages_left == {f"m-{k}" for k in range(30, 30 + kept + 3)} | {"m-shared"}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)  # (SQLite: one writer)
+def test_workers_forgetting_a_messages_last_deliveries_at_once_forget_the_message(
+        store: Store) -> None:
+    """Two workers' upkeeps, each forgetting one of a message's two deliveries in
+    transactions open at once, do not leave the message behind (each saw the other's
+    delivery still there): the message, personal data, would outlive the retention period."""
+    from sqlalchemy import select
+
+    from sip_hub.store.schema import outbox_message
+    rows = []
+    for k, org in enumerate((BUP, SCHOOL)):
+        row = sql.delivery_row(id=f"d-{k}", message_id="m-1", dest_org=org, patient_id="p",
+                               careplan_id="c", seq=1, now=k, endpoint_url=None)
+        rows.append({**row, "state": sql.DELIVERED, "updated": 10 + k})
+    with store.begin() as tx:
+        _write(tx, [_message("m-1", "p", "c", 0)], rows)
+    other: list[int] = []
+    with store.begin() as first:
+        assert sql.delete_finished(first, 100, 1) == 1   # d-0, the message kept: d-1 is left
+
+        def second() -> None:
+            with store.begin() as tx:
+                other.append(sql.delete_finished(tx, 100, 1))  # d-1 (d-0 is locked)
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive()  # waiting for the message the first one holds
+    thread.join(timeout=30)
+    assert other == [1]
+    with store.begin() as tx:
+        assert sql.find(tx) == []
+        assert tx.conn.execute(select(outbox_message.c.message_id)).all() == []
