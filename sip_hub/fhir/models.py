@@ -208,6 +208,9 @@ def validate(resource: dict[str, Any]) -> None:
     """
     rtype = resource.get("resourceType") if isinstance(resource, dict) else None
     if not isinstance(rtype, str):
+        if isinstance(resource, dict) and "resourceType" in resource:
+            raise BadRequest(f"The body is not a FHIR resource: {_NOT_A_TYPE}",
+                             expression="resourceType")
         raise BadRequest("The body is not a FHIR resource: resourceType is missing")
     cls = model_class(rtype)
     if cls is None:
@@ -270,7 +273,10 @@ def from_xml(data: bytes) -> dict[str, Any]:
         first = exc.errors(include_url=False)[0]
         raise Unprocessable(f"{rtype} is not valid FHIR R4: {first['msg']}",
                             expression=_fhirpath(rtype, tuple(first["loc"]))) from None
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+    except KeyError as exc:  # fhir_core's lookup of a child element among its parent's
+        raise BadRequest(f"Cannot read FHIR XML: <{exc.args[0]}> is not an element FHIR R4 "
+                         "defines where it appears") from None
+    except (ValueError, TypeError, AttributeError) as exc:
         raise BadRequest(f"Cannot read FHIR XML: {exc}") from None
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 

@@ -246,6 +246,12 @@ def test_billion_laughs_is_refused(client):
      "application/fhir+json", 422, "Patient.name[0].given[1] holds a control character"),
     (b'{"resourceType": "Patient"}', "text/plain", 415, "Content-Type"),
     (b"<Patient", "application/fhir+xml", 400, "Malformed XML"),
+    (b'<Patient xmlns="http://hl7.org/fhir"><name><nickname value="T"/></name></Patient>',
+     "application/fhir+xml", 400, "<nickname> is not an element FHIR R4 defines where it"),
+    (b'{"resourceType": 5, "gender": "male"}', "application/fhir+json", 400,
+     "resourceType must be a string naming a resource type"),
+    (b'{"resourceType": "Patient", "contained": [{"resourceType": "Insats", "id": "i"}]}',
+     "application/fhir+json", 422, "Unknown resourceType 'Insats'"),
     (b"", "application/fhir+json", 400, "no body"),
 ])
 def test_bad_input_is_a_clear_4xx_and_nothing_is_stored(client, payload, ctype, status, fragment):
