@@ -274,7 +274,9 @@ def _entry(ctx: Context, s: Stored, mode: str | None = None) -> dict[str, Any]:
 
 
 def _links(ctx: Context, path: str, items: list[tuple[str, str]], offset: int, count: int,
-           returned: int, total: int | None) -> list[dict[str, str]]:
+           returned: int, total: int | None, *, paged: bool = True) -> list[dict[str, str]]:
+    """The Bundle's self link, and next and previous when ``paged`` (not a _summary=count,
+    whose answer is its total alone)."""
     base_items = [(k, v) for k, v in items if k not in ("_offset", "_count")]
 
     def url(off: int) -> str:
@@ -282,6 +284,8 @@ def _links(ctx: Context, path: str, items: list[tuple[str, str]], offset: int, c
         return f"{ctx.base_url}/{path}?{urlencode(q)}"
 
     links = [{"relation": "self", "url": url(offset)}]
+    if not paged:
+        return links
     more = (offset + returned < total) if total is not None else returned == count
     if more and count:
         links.append({"relation": "next", "url": url(offset + count)})
@@ -323,7 +327,8 @@ def search(tx: Tx, ctx: Context, rtype: str, items: list[tuple[str, str]]) -> Re
         oo = information("Ignored search parameters: " + "; ".join(query.ignored))
         entries.append({"resource": oo, "search": {"mode": "outcome"}})
     ctx.record("search-type", matches + included, rtype=rtype, query=urlencode(items))
-    links = _links(ctx, rtype, items, query.offset, query.count, len(matches), total)
+    links = _links(ctx, rtype, items, query.offset, query.count, len(matches), total,
+                   paged=not query.summary_count)
     return Result(200, None, bundle("searchset", entries, total, links))
 
 

@@ -181,6 +181,10 @@ def test_sort_by_date_both_ways(client, world):
 def test_summary_count_and_total_none(client, world):
     b = search(client, "CarePlan?_summary=count")
     assert b["total"] == 3 and "entry" not in b
+    # The count is the whole answer: no page follows it (a next link led to another count)
+    assert [link["relation"] for link in b["link"]] == ["self"]
+    assert [link["relation"] for link in search(client, "CarePlan?_summary=count&_count=1")[
+        "link"]] == ["self"]
     assert "total" not in search(client, "CarePlan?_total=none")
 
 
