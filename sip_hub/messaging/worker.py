@@ -36,6 +36,9 @@ from .runtime import Messaging
 log = logging.getLogger("sip_hub.worker")
 _UPKEEP_SECONDS = 300.0
 _FORGET_BATCH = 1000  # expired rows forgotten per transaction (of each kind)
+# Transactions of each kind per upkeep: the round's relay and deliveries wait for it, so a
+# large backlog of expired rows (a first upkeep after a long stop) is worked off over rounds.
+_FORGET_BATCHES = 10
 _DAY_US = 86_400_000_000
 # After a round with work the worker looks again this soon, then twice as late each idle
 # round: up to _HOT_WAIT while it did work in the last _HOT_SECONDS (traffic flows: a new
@@ -135,15 +138,19 @@ class Worker:
     def upkeep(self) -> None:
         """Forget expired cache entries and deliveries settled before the retention period,
         ``_FORGET_BATCH`` at a time, each batch a transaction of its own (on SQLite the
-        API's writes take turns with them)."""
+        API's writes take turns with them), at most ``_FORGET_BATCHES`` of each kind: with
+        more left, the next round's upkeep goes on."""
         now = to_us(now_utc())
         before = now - self.messaging.config.retention_days * _DAY_US
+        more = False
         for forget, until in ((inbox.purge_expired, now), (sql.delete_finished, before)):
-            while True:
+            for _ in range(_FORGET_BATCHES):
                 with self.store.begin() as tx:
                     if forget(tx, until, _FORGET_BATCH) < _FORGET_BATCH:
                         break
-        self._last_upkeep = time.monotonic()
+            else:
+                more = True
+        self._last_upkeep = time.monotonic() - (_UPKEEP_SECONDS if more else 0.0)
 
     def run(self, stop: threading.Event) -> None:
         """Rounds until ``stop`` is set; waits between idle rounds (see _FIRST_IDLE_WAIT) and

@@ -213,6 +213,45 @@ def test_upkeep_forgets_expired_cache_entries_and_old_settled_deliveries(
     assert [(d.state, d.dest_org) for d in world.deliveries()] == [("dead", SOC)]
 
 
+def test_a_backlog_of_expired_rows_is_forgotten_over_rounds(world: Hub,
+                                                            monkeypatch: Any) -> None:
+    """An upkeep forgets at most a few batches of each kind (the round's relay and
+    deliveries wait for it); with more left the next round's upkeep goes on, and once
+    they are gone the next upkeep waits its five minutes."""
+    from sqlalchemy import func, insert, select
+
+    from sip_hub.messaging import worker as worker_module
+    from sip_hub.store.schema import message_inbox
+    monkeypatch.setattr(worker_module, "_FORGET_BATCH", 2)
+    monkeypatch.setattr(worker_module, "_FORGET_BATCHES", 3)
+
+    def expired(ks: range) -> None:
+        with world.store.begin() as tx:
+            tx.conn.execute(insert(message_inbox), [
+                {"sender_org": BUP, "header_id": f"h-{k}", "bundle_id": f"b-{k}",
+                 "event": "ev", "state": inbox.DONE, "received": k, "expires": k + 1,
+                 "response_code": "ok", "response": b"{}", "request": None, "caller": None,
+                 "response_url": None} for k in ks])
+
+    def left() -> int:
+        with world.store.begin(write=False) as tx:
+            return int(tx.conn.execute(select(func.count()).select_from(message_inbox))
+                       .scalar_one())
+    expired(range(15))
+    worker = Worker(world.store, world.messaging)
+    try:
+        seen = []
+        for _ in range(3):
+            worker.run_once()
+            seen.append(left())
+        expired(range(100, 102))
+        worker.run_once()
+        seen.append(left())
+    finally:
+        worker.close()
+    assert seen == [9, 3, 0, 2]  # 6 a round, then the last 3; the next in five minutes
+
+
 def test_the_capability_statement_section_declares_the_reliable_cache(hub: Hub) -> None:
     (section,) = messaging_section(hub.messaging, "http://hub.test/fhir")
     assert section["reliableCache"] == 24 * 60
