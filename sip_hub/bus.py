@@ -464,8 +464,7 @@ class Bus:
                     except socket.timeout:
                         if not gathering:
                             break
-                        self._pending, pending = [], self._pending
-                        self._settle_all(pending)
+                        self._settle_pending()
             finally:
                 self._pending, pending = [], self._pending
             # What was taken and not yet handled (a batch not yet full). When the wait failed
@@ -487,8 +486,12 @@ class Bus:
         self._handled += 1
         self._pending.append((message, self._received(message)))
         if len(self._pending) >= self._batch:
-            self._pending, pending = [], self._pending
-            self._settle_all(pending)
+            self._settle_pending()
+
+    def _settle_pending(self) -> None:
+        """Handle the batch taken so far."""
+        self._pending, pending = [], self._pending
+        self._settle_all(pending)
 
     def _settle_all(self, pending: list[tuple[Message, Received]]) -> None:
         if not pending:

@@ -200,14 +200,18 @@ class DriverStatement:
         return sql
 
 
-def constant(value: str) -> Any:
+def constant(value: str | int) -> Any:
     """``value`` written into the SQL rather than bound as a parameter, for a value whose
     frequency in its column decides the plan: a few pending deliveries among thousands
     settled. PostgreSQL plans a statement psycopg has prepared (it prepares those run often)
     once for every value of its parameters; with the state a parameter, the relay's check for
     due deliveries planned as a sequential scan of the outbox (3 ms at 20,000 settled
     deliveries, against 0.03 ms with the value in the SQL). A partial index, too, serves only
-    statements whose values imply its condition. For the code's own constants only."""
+    statements whose values imply its condition. So does a LIMIT: bound, the generic plan of
+    a DELETE of a batch by ids hash-joined the batch with the whole table. For the code's
+    own constants only."""
+    if isinstance(value, int):
+        return literal_column(str(int(value)))
     if not value.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"{value!r} is not a constant of the code")
     return literal_column(f"'{value}'")

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
 
-from sqlalchemy import (bindparam, delete, exists, literal_column, null, or_, select, tuple_,
-                        update)
+from sqlalchemy import bindparam, delete, exists, null, or_, select, tuple_, update
 
 from ..errors import Conflict
 from . import wakeup
@@ -131,13 +130,13 @@ def claim_accepted(tx: Tx, limit: int) -> list[Received]:
 
 @lru_cache(maxsize=None)
 def _expired(limit: int) -> DriverStatement:
-    """The DELETE of up to ``limit`` expired entries (the limit in the SQL, as in
-    ``outbox._forget``)."""
+    """The DELETE of up to ``limit`` expired entries (the limit in the SQL: see
+    ``driver.constant``)."""
     return DriverStatement(delete(message_inbox).where(
         tuple_(_I.header_id, _I.sender_org).in_(
             select(_I.header_id, _I.sender_org)
             .where(_I.expires <= bindparam("now"), _I.state == constant(DONE))
-            .order_by(_I.expires).limit(literal_column(str(int(limit))))
+            .order_by(_I.expires).limit(constant(limit))
             .with_for_update(skip_locked=True))))
 
 

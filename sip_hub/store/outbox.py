@@ -406,12 +406,11 @@ def counts(tx: Tx) -> dict[str, int]:
 # the order they fell due, and the messages left without any.
 @lru_cache(maxsize=None)
 def _forget(state: str, limit: int) -> DriverStatement:
-    """The DELETE of up to ``limit`` deliveries in ``state`` (the limit written into the SQL:
-    bound, PostgreSQL's generic plan, not knowing how few, joined the batch by hashing the
-    whole outbox)."""
+    """The DELETE of up to ``limit`` deliveries in ``state`` (the limit in the SQL: see
+    ``driver.constant``)."""
     expired = (select(_D.id).where(_in(_D.state, state), _D.next_attempt_at < bindparam("before"),
                                    _D.updated < bindparam("before"))
-               .order_by(_D.next_attempt_at).limit(literal_column(str(int(limit))))
+               .order_by(_D.next_attempt_at).limit(constant(limit))
                .with_for_update(skip_locked=True))
     return DriverStatement(delete(outbox_delivery).where(_D.id.in_(expired))
                            .returning(_D.message_id))

@@ -38,6 +38,7 @@ from sip_hub.messaging.relay import Relay
 from sip_hub.messaging.runtime import Messaging
 from sip_hub.settings import Settings
 from sip_hub.store import Store
+from sip_hub.store import inbox
 from sip_hub.store import outbox as sql
 
 SOC, BUP, SCHOOL = "SE2120000142-SOC1", "SE2321000016-15CQ", "SE2120000142-SKO7"
@@ -241,6 +242,13 @@ def status_change(hub: Hub, sender: str = BUP, status: str = "completed",
                            destinations=[builder.Party(d, f"https://{d}.test/pm")
                                          for d in destinations],
                            focus=["CarePlan/alva-sip"], resources=[plan])
+
+
+def cache_entry(k: int, sender: str, expires: int) -> Json:
+    """A row of the reliable-messaging cache (a handled message), straight to the table."""
+    return {"sender_org": sender, "header_id": f"h-{k}", "bundle_id": f"b-{k}", "event": "ev",
+            "state": inbox.DONE, "received": k, "expires": expires, "response_code": "ok",
+            "response": b"{}", "request": None, "caller": None, "response_url": None}
 
 
 def acks(r: Receiver) -> list[Json]:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, insert
 
+from harness import cache_entry
 from plans import generic_plan, rows_handled, sqlite_plan
 from sip_hub.store import Store
 from sip_hub.store import inbox
@@ -45,9 +46,7 @@ def started(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 
 
 def _entry(k: int, expires: int = NOW + 10**9) -> dict[str, Any]:
-    return {"sender_org": SOC, "header_id": f"h-{k}", "bundle_id": f"b-{k}", "event": "ev",
-            "state": inbox.DONE, "received": k, "expires": expires, "response_code": "ok",
-            "response": b"{}", "request": None, "caller": None, "response_url": None}
+    return cache_entry(k, SOC, expires)
 
 
 def test_a_message_is_looked_up_by_its_ids_as_the_cache_fills(started: Engine) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from harness import (BUP, SCHOOL, SOC, URL, Hub, acks, broker, hub, receivers,  # noqa: F401
                      status_change, world)
-from harness import settled, worker_rounds
+from harness import cache_entry, settled, worker_rounds
 from sip_hub.messaging.capability import messaging_section
 from sip_hub.messaging.runtime import Messaging
 from sip_hub.messaging.worker import Worker
@@ -227,11 +227,7 @@ def test_a_backlog_of_expired_rows_is_forgotten_over_rounds(world: Hub,
 
     def expired(ks: range) -> None:
         with world.store.begin() as tx:
-            tx.conn.execute(insert(message_inbox), [
-                {"sender_org": BUP, "header_id": f"h-{k}", "bundle_id": f"b-{k}",
-                 "event": "ev", "state": inbox.DONE, "received": k, "expires": k + 1,
-                 "response_code": "ok", "response": b"{}", "request": None, "caller": None,
-                 "response_url": None} for k in ks])
+            tx.conn.execute(insert(message_inbox), [cache_entry(k, BUP, k + 1) for k in ks])
 
     def left() -> int:
         with world.store.begin(write=False) as tx:
