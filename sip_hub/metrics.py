@@ -21,6 +21,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any, Protocol
 
 from fastapi import APIRouter
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
@@ -50,6 +51,18 @@ DEAD_LETTERS = Counter(
 MESSAGES_RECEIVED = Counter(
     "sip_hub_messages_received", "Messages received by $process-message, by response code",
     ["code"], registry=REGISTRY)
+
+class _Deferring(Protocol):
+    def after_commit(self, fn: Callable[[], None]) -> None: ...
+
+
+def count_committed(tx: _Deferring, counter: Any, amount: float = 1) -> None:
+    """``counter`` (a Counter, or one of its labelled children) rises by ``amount`` once
+    ``tx`` commits: a count of what a transaction wrote (an enqueued message, a dead letter)
+    does not rise for work that is undone, and is not taken in SQLite's write lock."""
+    if amount:
+        tx.after_commit(lambda: counter.inc(amount))
+
 
 HTTP_REQUESTS = Counter(
     "sip_hub_http_requests", "HTTP requests answered, by method, route and status",

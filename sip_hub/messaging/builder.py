@@ -19,7 +19,7 @@ import orjson
 from .. import __version__
 from ..fhir.dates import format_instant, now_utc
 from ..identifiers import HSA_ID
-from ..ids import uuid4
+from ..ids import uuid4, uuid7
 from ..store import Stored
 from . import vocabulary as vocab
 
@@ -57,7 +57,7 @@ def _entry(fhir_base: str, res: Json | Stored) -> Json:
 
 
 def _bundle(header: Json, entries: list[Json], bundle_id: str | None) -> Json:
-    return {"resourceType": "Bundle", "id": bundle_id or uuid4(), "type": "message",
+    return {"resourceType": "Bundle", "id": bundle_id or uuid7(), "type": "message",
             "timestamp": format_instant(now_utc()),
             "entry": [{"fullUrl": f"urn:uuid:{header['id']}", "resource": header}] + entries}
 
@@ -69,7 +69,7 @@ def message(event: str, *, fhir_base: str, sender: str | None, destinations: Seq
     """A notification of ``event``. ``focus`` holds ``Type/id`` references to resources among
     ``resources``; ``sender`` is the HSA-id of the organisation that caused the event (None:
     the hub itself)."""
-    header: Json = {"resourceType": "MessageHeader", "id": header_id or uuid4(),
+    header: Json = {"resourceType": "MessageHeader", "id": header_id or uuid7(),
                     "eventCoding": vocab.event_coding(event)}
     header["destination"] = [{"endpoint": d.endpoint, "receiver": org_reference(d.org)}
                              for d in destinations]
@@ -88,7 +88,7 @@ def response(request_header_id: str, code: str, *, fhir_base: str, destination: 
              focus: Sequence[str] = (), outcome: Json | None = None,
              hub_org: str | None = None) -> Json:
     """The response (an ``acknowledgement``) to the message ``request_header_id``."""
-    header: Json = {"resourceType": "MessageHeader", "id": uuid4(),
+    header: Json = {"resourceType": "MessageHeader", "id": uuid7(),
                     "eventCoding": vocab.event_coding(vocab.ACKNOWLEDGEMENT),
                     "destination": [{"endpoint": destination.endpoint,
                                      "receiver": org_reference(destination.org)}]}

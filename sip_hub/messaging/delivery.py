@@ -44,7 +44,7 @@ import orjson
 
 from ..bus import Ack, Bus, BusUnavailable, DeadLetter, Envelope, Outcome, Received
 from ..fhir.dates import now_utc, to_us
-from ..metrics import DELIVERIES
+from ..metrics import DELIVERIES, count_committed
 from ..store import Store, Tx
 from ..store import outbox as sql
 from . import vocabulary as vocab
@@ -190,11 +190,12 @@ class Deliverer:
         for i, d in hold:
             sql.set_state(tx, d.id, sql.PENDING, now, next_attempt_at=now + _HOLD_US,
                           only_from=sql.OPEN)
-            DELIVERIES.labels("held").inc()
+            count_committed(tx, DELIVERIES.labels("held"))
             outcomes[i] = Ack()
         delivered = [d.id for _, d, result in posted if result.kind == "delivered"]
         if delivered:  # the common outcome, for the whole batch at once
-            DELIVERIES.labels("delivered").inc(sql.mark_delivered(tx, delivered, now))
+            count_committed(tx, DELIVERIES.labels("delivered"),
+                            sql.mark_delivered(tx, delivered, now))
         for i, d, result in posted:
             outcomes[i] = Ack() if result.kind == "delivered" else \
                 self._record(tx, d, result, now)
@@ -291,5 +292,5 @@ class Deliverer:
         if sql.set_state(tx, d.id, sql.PENDING, now, error=result.detail,
                          attempts=attempts, next_attempt_at=now + int(delay * 1_000_000),
                          only_from=sql.OPEN):
-            DELIVERIES.labels("retry").inc()
+            count_committed(tx, DELIVERIES.labels("retry"))
         return Ack()

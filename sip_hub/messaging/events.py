@@ -42,7 +42,7 @@ from .. import process as sp
 from ..fhir import profiles, sip
 from ..fhir.dates import parse_range
 from ..fhir.indexing import split_reference
-from ..metrics import MESSAGES_ENQUEUED
+from ..metrics import MESSAGES_ENQUEUED, count_committed
 from ..store import Stored, Tx
 from . import builder, vocabulary as vocab
 from .endpoints import Endpoints
@@ -305,7 +305,7 @@ class Emitter:
             destinations=[builder.Party(o, self.endpoints.address(o)) for o in dests],
             focus=found, resources=out, reason=reason)
         enqueue(tx, bundle, dests, sip=SipKey(patient_id, plan or ""))
-        MESSAGES_ENQUEUED.labels(event).inc(len(dests))
+        count_committed(tx, MESSAGES_ENQUEUED.labels(event), len(dests))
         return str(bundle["entry"][0]["resource"]["id"])
 
     def after_write(self, tx: Tx, ctx: "Context", rtype: str, old: Json | None,

@@ -19,8 +19,8 @@ import orjson
 from ..errors import BadRequest
 from ..fhir.dates import now_utc, to_us
 from ..fhir.indexing import split_reference
-from ..ids import uuid4
-from ..metrics import DEAD_LETTERS, DELIVERIES
+from ..ids import uuid7
+from ..metrics import DEAD_LETTERS, DELIVERIES, count_committed
 from ..store import Tx
 from ..store import outbox as sql
 from ..store.outbox import NOTIFICATION, RESPONSE
@@ -80,7 +80,7 @@ def record_withdrawn(tx: Tx, d: sql.Delivery, now: int) -> bool:
     if not sql.set_state(tx, d.id, sql.WITHDRAWN, now, error=WITHDRAWN_REASON,
                          only_from=sql.OPEN):
         return False
-    DELIVERIES.labels("withdrawn").inc()
+    count_committed(tx, DELIVERIES.labels("withdrawn"))
     return True
 
 
@@ -91,8 +91,8 @@ def record_dead(tx: Tx, d: sql.Delivery, reason: str, attempts: int, now: int) -
     if not sql.set_state(tx, d.id, sql.DEAD, now, error=reason, attempts=attempts,
                          only_from=sql.OPEN):
         return False
-    DELIVERIES.labels("dead").inc()
-    DEAD_LETTERS.labels(d.kind).inc()
+    count_committed(tx, DELIVERIES.labels("dead"))
+    count_committed(tx, DEAD_LETTERS.labels(d.kind))
     return True
 
 
@@ -163,7 +163,7 @@ def enqueue(tx: Tx, message_bundle: Json, destinations: Iterable[str], *,
                        kind=kind, patient_id=key.patient_id, careplan_id=key.careplan_id,
                        content=orjson.dumps(message_bundle), now=now)
     seqs = sql.next_seqs(tx, key.patient_id, key.careplan_id, dests)
-    rows = [sql.delivery_row(id=uuid4(), message_id=header["id"], dest_org=org,
+    rows = [sql.delivery_row(id=uuid7(), message_id=header["id"], dest_org=org,
                              patient_id=key.patient_id, careplan_id=key.careplan_id,
                              seq=seqs[org], now=now, endpoint_url=endpoint_url)
             for org in dests]

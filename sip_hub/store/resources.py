@@ -172,18 +172,33 @@ class Tx:
         self._grants: dict[str, list[Grant]] = {}
         # It leaves work for the messaging workers, who are woken when it commits (.wakeup).
         self.leaves_work = False
+        self._committed: list[Callable[[], None]] = []
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once this transaction has committed (``Store.begin``, after SQLite's
+        write lock is released), not if what registered it is undone: a metric counts only
+        what was stored, and holds no lock while it does."""
+        self._committed.append(fn)
+
+    def committed(self) -> None:
+        """The transaction committed: what waited for that runs (in registration order)."""
+        todo, self._committed = self._committed, []
+        for fn in todo:
+            fn()
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """Undo what the block writes when it raises, in the database and in what this
-        transaction remembers having read."""
+        transaction remembers having read and waits to do after its commit."""
         seen, grants, work = dict(self._seen), dict(self._grants), self.leaves_work
+        pending = len(self._committed)
         try:
             with _savepoint(self.conn):
                 yield
         except BaseException:
             # (A NOTIFY in the savepoint went with it: the next announcement sends another.)
             self._seen, self._grants, self.leaves_work = seen, grants, work
+            del self._committed[pending:]
             raise
 
     # reads -------------------------------------------------------------------------------
@@ -556,16 +571,21 @@ class Store:
         try:
             if not write and self._reads is not None:
                 with self._reads.connect() as conn:
-                    yield Tx(conn)
+                    tx = Tx(conn)
+                    yield tx
+                tx.committed()
                 return
-            with self._writer(write), self.engine.connect() as conn:
+            # The connection is taken from the pool before SQLite's write lock, and goes
+            # back after it: the lock is held from BEGIN to COMMIT only.
+            with self.engine.connect() as conn:
                 conn = conn.execution_options(
                     sip_write=write, **({} if write or snapshot else {"sip_no_begin": True}))
-                with conn.begin():
+                with self._writer(write), conn.begin():
                     tx = Tx(conn)
                     yield tx
             if tx.leaves_work:  # committed
                 self.work_committed.set()
+            tx.committed()
         except OperationalError as exc:
             raise TransientError(f"Database unavailable: {exc.orig}") from exc
 

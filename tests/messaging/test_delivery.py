@@ -154,6 +154,39 @@ def test_an_organisation_without_an_endpoint_is_dead_lettered_with_the_reason(
         d.id, d.message_id, BUP, d.event)
 
 
+def test_a_dead_letter_is_counted_once_committed_never_for_work_undone(world: Hub) -> None:
+    """The alert metric counts dead letters that were stored: not one whose transaction (or
+    savepoint: a write of a group commit) was undone, and not before its commit."""
+    d = state(world, SCHOOL)
+    dead, now = DEAD_LETTERS.labels(d.kind), to_us(now_utc())
+    before = dead._value.get()
+
+    class Undo(Exception):
+        pass
+
+    def undone(tx: Any) -> None:
+        assert outbox.record_dead(tx, d, "gave up", 1, now)
+        raise Undo
+
+    def undone_inside(tx: Any) -> None:
+        with pytest.raises(Undo), tx.savepoint():
+            undone(tx)
+
+    with pytest.raises(Undo):
+        world.store.write(undone)
+    world.store.write(undone_inside)
+    assert dead._value.get() == before
+    assert state(world, SCHOOL).state == "pending"
+
+    def kept(tx: Any) -> None:
+        assert outbox.record_dead(tx, d, "gave up", 1, now)
+        assert dead._value.get() == before  # not yet: the transaction may still fail
+
+    world.store.write(kept)
+    assert dead._value.get() == before + 1
+    assert state(world, SCHOOL).state == "dead"
+
+
 @BOTH
 def test_the_relay_settles_deliveries_to_an_organisation_without_an_endpoint(
         world: Hub, receivers: Any) -> None:

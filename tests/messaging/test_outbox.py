@@ -4,6 +4,8 @@ withdrawn when consent narrows, and never published twice by concurrent relays."
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -83,6 +85,24 @@ def test_a_committed_change_always_has_its_messages(world: Hub) -> None:
     (d,) = world.deliveries(states=["pending"], patient_id="alva")[-1:]
     header = __import__("orjson").loads(d.content)["entry"][0]["resource"]
     assert header["reason"]["coding"][0]["code"] == "narrowed"
+
+
+def test_the_outbox_keys_are_time_ordered(store: Store) -> None:
+    """Messages' and deliveries' ids are UUIDs of version 7: each new row of the outbox lands
+    at the end of its id index, not on a random page of it (a page written per row)."""
+    keys: list[tuple[str, list[str]]] = []
+    for _ in range(3):
+        message = note()
+        with store.begin() as tx:
+            keys.append((message["entry"][0]["resource"]["id"],
+                         outbox.enqueue(tx, message, [BUP, SCHOOL])))
+        time.sleep(0.002)  # a new millisecond: order within one is random
+    for message_id, delivery_ids in keys:
+        assert {uuid.UUID(k).version for k in [message_id, *delivery_ids]} == {7}
+    assert [m for m, _ in keys] == sorted(m for m, _ in keys)
+    firsts = [min(ds) for _, ds in keys]
+    assert firsts == sorted(firsts) and max(keys[0][1]) < firsts[1]
+    assert uuid.UUID(note()["id"]).version == 7  # the Bundle's own id
 
 
 def test_enqueue_in_a_transaction_that_fails_writes_nothing(store: Store) -> None:
