@@ -124,7 +124,12 @@ class Relay:
     def _claim(self, tx: Tx, now: int, stale: int) -> tuple[list[sql.Delivery], list[Dead]]:
         """The round's deliveries to publish (the due stream heads, those published before
         ``stale`` and never settled due again among them), and those it settled dead
-        because their organisations have no endpoint."""
+        because their organisations have no endpoint.
+
+        Its transaction commits lazily (``Tx.lazy_commit``): lost in a crash of the database
+        server, the round's deliveries are due again and published again (the deliverer and
+        the receivers drop the second copy), its dead letters settled again."""
+        tx.lazy_commit()
         sql.requeue_stale(tx, now, stale)
         due = sql.claim_due(tx, now, self.batch)
         endpoints = self.endpoints

@@ -394,6 +394,22 @@ def begin(conn: Connection) -> None:
         _LATER.setdefault(conn, []).append((_BEGIN, None))
 
 
+_LAZY = b"SET LOCAL synchronous_commit TO off"
+
+
+def lazy_commit(conn: Connection) -> None:
+    """(PostgreSQL) The transaction's COMMIT does not wait for its WAL record to reach the
+    disk (``synchronous_commit`` off for it alone; the flush costs about a millisecond
+    here). Should the database server itself crash within the next moments (the WAL writer
+    flushes within three times ``wal_writer_delay``, 0.6 s by default), the transaction is
+    lost as a whole, never half applied (PostgreSQL's "Asynchronous Commit"). Only for
+    bookkeeping whose loss costs a repetition, never for what a caller was told is stored.
+    Queued like a write whose outcome nothing reads. Elsewhere nothing: SQLite in WAL mode
+    with ``synchronous=NORMAL`` does not wait for the disk at a COMMIT anyway."""
+    if conn.dialect.name == "postgresql":
+        _LATER.setdefault(conn, []).append((_LAZY, None))
+
+
 def autocommit_again(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
     """A pool's connection checked out in psycopg's autocommit mode again: SQLAlchemy, where
     an isolation level was asked of a connection, sets the server's default back on its
@@ -409,7 +425,7 @@ def flush(conn: Connection, *, commit: bool = False) -> None:
     later = _LATER.get(conn) if _LATER else None
     if not later:
         return
-    if commit and later == [(_BEGIN, None)]:  # a transaction that ran nothing
+    if commit and all(q[0] in (_BEGIN, _LAZY) for q in later):  # it ran nothing
         discard(conn)
         return
     with _cursor(conn) as cur:

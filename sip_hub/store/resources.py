@@ -28,7 +28,8 @@ from . import search as sql_search
 from .engine import make_engine
 from .filelock import AVAILABLE as FILE_LOCKS, WriterLock, try_lock
 from .group import GroupCommit
-from .driver import DriverStatement, any_of, insert_into, numbered, savepoint as _savepoint
+from .driver import (DriverStatement, any_of, insert_into, lazy_commit as _lazy_commit,
+                     numbered, savepoint as _savepoint)
 from .records import (COLUMNS as _COLUMNS, CURRENT_COLUMNS, Stored, current_to_stored,
                       row_to_stored as _row)
 from .schema import INDEX_TABLES, access_grant, resource, resource_history
@@ -185,6 +186,12 @@ class Tx:
         todo, self._committed = self._committed, []
         for fn in todo:
             fn()
+
+    def lazy_commit(self) -> None:
+        """Its COMMIT need not wait for the disk (PostgreSQL; see ``driver.lazy_commit``):
+        for the messaging workers' bookkeeping, which a crash of the database server may
+        lose as a whole, to be done again."""
+        _lazy_commit(self.conn)
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:

@@ -14,7 +14,8 @@ import pytest
 from psycopg import pq
 from sqlalchemy import event
 
-from harness import (BUP, URL, Hub, broker, hub, status_change, world)  # noqa: F401
+from harness import (BUP, SCHOOL, URL, Hub, broker, hub, receivers,  # noqa: F401
+                     status_change, world)
 
 
 @contextmanager
@@ -69,3 +70,43 @@ def test_a_messages_write_waits_for_postgresql_seven_times(world: Hub) -> None:
     # now, and a prepared statement's text is not in the trace; a savepoint's always is).
     writes = [trips for text, trips in transactions if "SAVEPOINT sip_sp_" in text]
     assert writes == [7], [trips for _, trips in transactions]
+
+
+_LAZY = "SET LOCAL synchronous_commit TO off"
+
+
+def _worker_round(world: Hub) -> tuple[str, list[str]]:
+    """The relay's transaction and the deliveries' outcome transactions of one round."""
+    with _traced_transactions(world.store.engine) as transactions:
+        world.relay()
+        world.deliver()
+    relay_tx, *outcome_txs = [text for text, _ in transactions if "outbox_delivery" in text]
+    assert "UPDATE outbox_delivery" in relay_tx
+    return relay_tx, outcome_txs
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_the_workers_bookkeeping_commits_without_waiting_for_the_disk(
+        world: Hub, receivers: Any) -> None:
+    """The relay's round and a batch of deliveries all delivered commit asynchronously: a
+    crash of the database server may lose them as a whole, to be published or posted again
+    (receivers drop the second copy). A message's write, and any batch with an outcome other
+    than delivered (a retry's due time here), wait for the disk as every write does."""
+    bup, school = receivers(), receivers()
+    world.configure({BUP: bup.url, SCHOOL: school.url})
+    relay_tx, outcome_txs = _worker_round(world)
+    assert _LAZY in relay_tx and outcome_txs and all(_LAZY in t for t in outcome_txs)
+    assert {d.state for d in world.deliveries()} == {"delivered"}
+
+    school.script = [500]  # the next message's delivery to the school fails, to be retried
+    with _traced_transactions(world.store.engine) as transactions:
+        r = world.post(BUP, URL, status_change(world))
+    assert r.status_code == 200, r.text
+    writes = [text for text, _ in transactions if "SAVEPOINT sip_sp_" in text]
+    assert len(writes) == 1 and _LAZY not in writes[0]
+    relay_tx, outcome_txs = _worker_round(world)
+    assert _LAZY in relay_tx
+    assert outcome_txs and not any(_LAZY in t for t in outcome_txs)
+    assert [d.state for d in world.deliveries() if d.dest_org == SCHOOL][-1] == "pending"
+    assert len(school.received) == 2 and len(school.applied) == 1
