@@ -183,13 +183,10 @@ class Deliverer:
                         hold: list[tuple[int, sql.Delivery]],
                         posted: list[tuple[int, sql.Delivery, Result]]) -> None:
         """The batch's state changes, in one transaction, each guarded by the state read.
-        A batch whose every message was delivered commits lazily (``Tx.lazy_commit``): lost
-        in a crash of the database server, those deliveries are posted again (as published
-        and never settled, after the relay's ``republish_after_seconds``), which receivers
-        drop as a duplicate. Any other outcome (a retry's due time, a dead letter, a hold, a
-        withdrawal) is durable before the bus hears of it."""
-        if not withdraw and not hold and all(r.kind == "delivered" for _, _, r in posted):
-            tx.lazy_commit()
+        It waits for the disk (unlike the relay's round): once it commits, the bus's copies
+        are acknowledged, and a delivered mark lost with them would leave its delivery
+        published in the outbox, holding back the rest of its stream until the relay
+        publishes it again (``republish_after_seconds``, an hour)."""
         now = to_us(now_utc())
         for i, d in withdraw:
             record_withdrawn(tx, d, now)

@@ -127,8 +127,9 @@ class Relay:
         because their organisations have no endpoint.
 
         Its transaction commits lazily (``Tx.lazy_commit``): lost in a crash of the database
-        server, the round's deliveries are due again and published again (the deliverer and
-        the receivers drop the second copy), its dead letters settled again."""
+        server, the round's deliveries are due again and published again at the next round
+        (the deliverer, which marks a delivery delivered durably, drops the second copy, as
+        receivers do), its dead letters settled again."""
         tx.lazy_commit()
         sql.requeue_stale(tx, now, stale)
         due = sql.claim_due(tx, now, self.batch)
