@@ -52,6 +52,7 @@ MESSAGES_RECEIVED = Counter(
     "sip_hub_messages_received", "Messages received by $process-message, by response code",
     ["code"], registry=REGISTRY)
 
+
 class _Deferring(Protocol):
     def after_commit(self, fn: Callable[[], None]) -> None: ...
 

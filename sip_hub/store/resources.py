@@ -5,6 +5,7 @@ Search index rows are written in the same transaction as the version they descri
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections import Counter
@@ -35,6 +36,7 @@ from .records import (COLUMNS as _COLUMNS, CURRENT_COLUMNS, Stored, current_to_s
 from .schema import INDEX_TABLES, access_grant, resource, resource_history
 from .search import Grant, Visibility, VisibilityFor
 
+log = logging.getLogger("sip_hub.store")
 _H = resource_history.c
 _R = resource.c
 AUDIT_TYPE = sql_audit.AUDIT_TYPE
@@ -182,10 +184,15 @@ class Tx:
         self._committed.append(fn)
 
     def committed(self) -> None:
-        """The transaction committed: what waited for that runs (in registration order)."""
+        """The transaction committed: what waited for that runs (in registration order).
+        One that fails is logged, and neither stops the others nor reaches the caller, whose
+        write is stored."""
         todo, self._committed = self._committed, []
         for fn in todo:
-            fn()
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 (after the commit: nothing to undo)
+                log.exception("after the commit of a transaction")
 
     def lazy_commit(self) -> None:
         """Its COMMIT need not wait for the disk (PostgreSQL; see ``driver.lazy_commit``):

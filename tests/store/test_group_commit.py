@@ -122,6 +122,43 @@ def test_a_failing_write_is_undone_alone_and_only_its_caller_sees_the_error(stor
     assert store.write(lambda tx: tx.current("Patient", "half")) is None
 
 
+def test_what_waits_for_the_commit_runs_after_it_and_only_for_writes_kept(store, caplog):
+    """``Tx.after_commit``: each kept write's callbacks run once the round has committed
+    (outside SQLite's write lock), in order; an undone write's never do; one that fails is
+    logged and reaches no caller."""
+    ran: list[str] = []
+    lock = store._writer_lock
+
+    def registers(name: str, *, fails: bool = False, broken: bool = False):
+        def fn(tx: Tx) -> str:
+            tx.create(patient(name), name.lower())
+
+            def after() -> None:
+                assert not lock._threads.locked(), "the write lock is released first"
+                assert store.read("Patient", name.lower()) is not None  # committed
+                if broken:
+                    raise RuntimeError("a broken callback")
+                ran.append(name)
+            tx.after_commit(after)
+            if fails:
+                raise Conflict("refused")
+            return name
+        return fn
+
+    calls = [registers("A"), registers("B", fails=True), registers("C", broken=True),
+             registers("D")]
+    results, errors = queued_behind_a_slow_write(store, calls)
+    assert results == ["A", None, "C", "D"]
+    assert isinstance(errors[1], Conflict) and errors[0] is errors[2] is errors[3] is None
+    assert ran == ["A", "D"]
+    assert "after the commit of a transaction" in caplog.text
+    assert "a broken callback" in caplog.text
+    ran.clear()
+    with pytest.raises(Conflict):
+        store.write(registers("E", fails=True))  # alone: its transaction rolled back
+    assert ran == [] and store.read("Patient", "e") is None
+
+
 def test_a_lone_failing_write_stores_nothing(store):
     def fails(tx: Tx) -> None:
         tx.create(patient("Alone"), "alone")
