@@ -89,7 +89,8 @@ def index_kinds(resource_type: str) -> frozenset[str]:
 
 # Raise when ``extract`` writes different rows for the same parameters (a change of this
 # module's rules, e.g. how strings are normalised): the store then rebuilds its index.
-EXTRACTION_VERSION = 1
+# 2: token systems cut to MAX_STRING like codes (PostgreSQL refused a longer one with a 5xx).
+EXTRACTION_VERSION = 2
 
 
 @lru_cache(maxsize=1)
@@ -111,11 +112,17 @@ def extract(resource: dict[str, Any]) -> IndexRows:
     return rows
 
 
+def key(value: str | None) -> str | None:
+    """A token's system or code as the index keeps it: its first ``MAX_STRING`` characters
+    (the columns' width; a search value is cut the same way, so it still finds it)."""
+    return value[:MAX_STRING] if value is not None else None
+
+
 def _extract_param(param: SearchParam, resource: dict[str, Any], rows: IndexRows) -> None:
     name = param.name
     for value in param.values(resource):
         if param.type == "token":
-            rows.token.extend((name, s, c[:MAX_STRING]) for s, c in _tokens(value))
+            rows.token.extend((name, key(s), c[:MAX_STRING]) for s, c in _tokens(value))
         elif param.type == "uri":
             if isinstance(value, str):
                 rows.token.append((name, None, value[:MAX_STRING]))
@@ -128,7 +135,9 @@ def _extract_param(param: SearchParam, resource: dict[str, Any], rows: IndexRows
                 rows.reference.append((name, target[0], target[1]))
             ident = value.get("identifier")
             if isinstance(ident, dict) and isinstance(ident.get("value"), str):
-                rows.token.append((f"{name}:identifier", ident.get("system"),
+                system = ident.get("system")
+                rows.token.append((f"{name}:identifier",
+                                   key(system) if isinstance(system, str) else None,
                                    ident["value"][:MAX_STRING]))
         elif param.type == "date":
             rng = _date_range(value)

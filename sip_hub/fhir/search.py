@@ -7,7 +7,7 @@ from typing import Literal
 
 from ..errors import BadRequest
 from .dates import parse_range
-from .indexing import normalise_string, split_reference
+from .indexing import key as index_key, normalise_string, split_reference
 from .search_params import SearchParam, params_for
 from .validation import CONTROL_CHARS
 
@@ -95,10 +95,11 @@ def _split_commas(value: str) -> list[str]:
 
 
 def _token(raw: str) -> TokenValue:
+    """Cut as the index cuts what it keeps (``indexing.key``)."""
     if "|" in raw:
         system, code = raw.split("|", 1)
-        return TokenValue(system, code or None)
-    return TokenValue(None, raw)
+        return TokenValue(index_key(system), index_key(code) or None)
+    return TokenValue(None, index_key(raw))
 
 
 def date_value(raw: str, name: str) -> DateValue:

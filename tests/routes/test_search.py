@@ -137,6 +137,23 @@ def test_identifier_and_birthdate(client, world):
     assert search(client, f"Organization?identifier={HSA}|SE2120001637-1")["total"] == 1
 
 
+def test_a_long_identifier_is_stored_and_found_by_its_whole_self(client):
+    """FHIR sets no length on a system or a value: one longer than the index's columns is
+    stored (PostgreSQL refused the system with a 5xx) and found by the whole of it; the
+    index keeps the first 255 characters of each, and a search value is cut the same way."""
+    system, value = "urn:oid:1.2.752." + "1." * 150 + "9", "V" * 300
+    p = patient() | {"identifier": [{"system": system, "value": value}]}
+    res = create(client, p)
+    assert res["identifier"] == p["identifier"]
+    for query in (f"identifier={system}|{value}", f"identifier={value}",
+                  f"identifier={system}|"):
+        assert ids(search(client, f"Patient?{query}")) == [res["id"]], query
+    other_value, other_system = "W" + value[1:], system.replace("752", "753", 1)
+    for query in (f"identifier={system}|{other_value}", f"identifier={other_system}|{value}",
+                  f"identifier={other_system}|"):
+        assert search(client, f"Patient?{query}")["total"] == 0, query
+
+
 def test_careteam_and_consent_params(client, world):
     p1, org = world["p1"]["id"], world["org"]["id"]
     assert search(client, f"CareTeam?patient={p1}&status=active")["total"] == 1
