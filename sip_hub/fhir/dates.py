@@ -27,8 +27,18 @@ def from_us(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 
 
+_DAY_US = 86_400_000_000
+_EPOCH_NAIVE = datetime(1970, 1, 1)
+# The instants a datetime can hold: a range is cut to them, so that ``from_us`` takes any of
+# its ends (9999-12-31 with a zone west of UTC ends after them; 0001-01-01 east, before).
+MIN_US = to_us(datetime.min.replace(tzinfo=timezone.utc))
+MAX_US = to_us(datetime.max.replace(tzinfo=timezone.utc))
+
+
 def parse_range(value: str) -> tuple[int, int]:
-    """The [low, high] range in UTC microseconds a FHIR date/dateTime/instant covers.
+    """The [low, high] range in UTC microseconds a FHIR date/dateTime/instant covers, within
+    [MIN_US, MAX_US]: reckoned in integers, so that the last day of year 9999 (a common "no
+    end" value) or a zone at either end of the calendar is a range like any other.
 
     Raises ValueError for anything that is not one.
     """
@@ -36,33 +46,28 @@ def parse_range(value: str) -> tuple[int, int]:
     if not m:
         raise ValueError(f"'{value}' is not a FHIR date or dateTime")
     y = int(m["y"])
-    tz = timezone.utc
+    offset = 0
     if m["tz"] and m["tz"] != "Z":
         sign = 1 if m["tz"][0] == "+" else -1
-        hh, mm = int(m["tz"][1:3]), int(m["tz"][4:6])
-        tz = timezone(sign * timedelta(hours=hh, minutes=mm))
+        offset = sign * (int(m["tz"][1:3]) * 60 + int(m["tz"][4:6])) * 60_000_000
     if m["m"] is None:
-        low, high = datetime(y, 1, 1, tzinfo=tz), datetime(y + 1, 1, 1, tzinfo=tz)
+        start, span = datetime(y, 1, 1), (366 if calendar.isleap(y) else 365) * _DAY_US
     elif m["d"] is None:
         mo = int(m["m"])
-        low = datetime(y, mo, 1, tzinfo=tz)
-        high = low + timedelta(days=calendar.monthrange(y, mo)[1])
+        start, span = datetime(y, mo, 1), calendar.monthrange(y, mo)[1] * _DAY_US
     elif m["H"] is None:
-        low = datetime(y, int(m["m"]), int(m["d"]), tzinfo=tz)
-        high = low + timedelta(days=1)
+        start, span = datetime(y, int(m["m"]), int(m["d"])), _DAY_US
     else:
-        base = datetime(y, int(m["m"]), int(m["d"]), int(m["H"]), int(m["M"]), tzinfo=tz)
-        if m["S"] is None:
-            low, high = base, base + timedelta(minutes=1)
-        else:
-            low = base.replace(second=int(m["S"]))
-            if m["f"]:
-                frac = m["f"][1:7].ljust(6, "0")
-                low = low.replace(microsecond=int(frac))
-                high = low + _US
-            else:
-                high = low + timedelta(seconds=1)
-    return to_us(low), to_us(high) - 1
+        frac = m["f"][1:7].ljust(6, "0") if m["f"] else "0"
+        start = datetime(y, int(m["m"]), int(m["d"]), int(m["H"]), int(m["M"]),
+                         int(m["S"] or 0), int(frac))
+        span = 60_000_000 if m["S"] is None else 1_000_000 if not m["f"] else 1
+    low = (start - _EPOCH_NAIVE) // _US - offset
+    return _within(low), _within(low + span - 1)
+
+
+def _within(us: int) -> int:
+    return MIN_US if us < MIN_US else MAX_US if us > MAX_US else us
 
 
 def format_instant(dt: datetime) -> str:

@@ -36,11 +36,11 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Final
 
 from ..errors import BadRequest, IssueCollector
+from .dates import parse_range
 
 __all__ = ["Binding", "check", "required_binding"]
 
@@ -367,41 +367,23 @@ def check_id(value: str, expression: str | None = None) -> None:
 _DATETIME: Final = re.compile(
     r"(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?"
     r"(Z|[+-]\d{2}:\d{2})?)?)?)?")
-_TZ_SLACK: Final = timedelta(hours=14)  # the widest UTC offset: a zoneless time is somewhere here
-_TICK: Final = timedelta(microseconds=1)
+# The widest UTC offset (microseconds): a zoneless time is somewhere within it of UTC.
+_TZ_SLACK: Final = 14 * 3_600_000_000
 
 
-def _instant_range(value: Any) -> tuple[datetime, datetime, bool] | None:
-    """The earliest and latest instant a partial date/dateTime can mean, and if it had a zone."""
+def _instant_range(value: Any) -> tuple[int, int, bool] | None:
+    """The earliest and latest instant (UTC microseconds) a partial date/dateTime can mean,
+    and if it had a zone; None for what is none (``models.validate`` reports it)."""
     if type(value) is not str:
         return None
     m = _DATETIME.fullmatch(value)
     if m is None:
         return None
-    year, month, day, hour, minute, second, frac, tz = m.groups()
     try:
-        y = int(year)
-        if month is None:
-            low, high = datetime(y, 1, 1), datetime(y + 1, 1, 1) - _TICK
-        elif day is None:
-            mo = int(month)
-            low = datetime(y, mo, 1)
-            high = (datetime(y + 1, 1, 1) if mo == 12 else datetime(y, mo + 1, 1)) - _TICK
-        elif hour is None:
-            low = datetime(y, int(month), int(day))
-            high = low + timedelta(days=1) - _TICK
-        else:
-            low = datetime(y, int(month), int(day), int(hour), int(minute), int(second or 0),
-                           int(float(frac) * 1_000_000) if frac else 0)
-            step = timedelta(minutes=1) if second is None else timedelta(seconds=1) if not frac else _TICK
-            high = low + step - _TICK if step > _TICK else low
+        low, high = parse_range(value)
     except ValueError:
-        return None  # an impossible date; models.validate reports it
-    if tz:
-        offset = timedelta(0) if tz == "Z" else (
-            (1 if tz[0] == "+" else -1) * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
-        low, high = low - offset, high - offset
-    return low.replace(tzinfo=timezone.utc), high.replace(tzinfo=timezone.utc), bool(tz)
+        return None  # an impossible date
+    return low, high, m.group(8) is not None
 
 
 def _definitely_before(a: Any, b: Any) -> bool:

@@ -223,6 +223,24 @@ def test_billion_laughs_is_refused(client):
     assert r.status_code == 400
 
 
+def test_dates_at_the_ends_of_the_calendar_are_stored_and_searched(client):
+    """Year 9999 is a common "no end"; with a zone, either end of the calendar lies past what
+    a datetime holds: validation (per-1) and the date index overflowed, a 5xx."""
+    pid = create(client, patient())["id"]
+    period = {"start": "0001-01-01T00:00:00+14:00", "end": "9999-12-31T23:59:59-14:00"}
+    plan = create(client, plain_careplan(pid, period=period))
+    assert plan["period"] == period
+    for query in ("date=ge9999-12-30", "date=le0001-01-02", "date=ap2026-12-05",
+                  "date=ap9999-12-31T23:59:59-14:00", "date=ap0001-01-01T00:00:00%2B14:00"):
+        r = client.get(f"/fhir/CarePlan?{query}")
+        assert r.status_code == 200, r.text
+        assert [e["resource"]["id"] for e in r.json().get("entry", [])] == [plan["id"]], (
+            query, r.json())
+    backwards = plain_careplan(pid, period={"start": "9999-12-31", "end": "0001-01-01"})
+    r = client.post("/fhir/CarePlan", **body(backwards))
+    assert r.status_code == 422 and "per-1" in outcome_text(r)
+
+
 @pytest.mark.parametrize("payload,ctype,status,fragment", [
     (b"{not json", "application/fhir+json", 400, "Malformed JSON"),
     (b"[1, 2]", "application/fhir+json", 400, "JSON object"),
