@@ -55,7 +55,7 @@ from typing import Any
 from . import process as sp
 from .audit import AuditLog
 from .fhir import sip
-from .fhir.dates import format_instant, from_us, now_utc, parse_range, to_us
+from .fhir.dates import MAX_US, format_instant, from_us, now_utc, parse_range, to_us
 from .fhir.indexing import extract
 from .fhir.search import SearchQuery, parse as parse_search
 from .interactions import Context
@@ -68,6 +68,8 @@ log = logging.getLogger("sip_hub.deadlines")
 Json = dict[str, Any]
 
 DOCUMENT_WITHIN_DAYS = 3
+# A meeting ending later has its deadline past the calendar's end (year 9999): none is kept.
+_LAST_MEETING_END = MAX_US - (DOCUMENT_WITHIN_DAYS + 2) * 86_400_000_000
 # Plans per transaction: a round never holds the write lock for long.
 BATCH = 200
 # A write is stamped with its (process's) time before it commits: a round looks again at what
@@ -218,7 +220,7 @@ def _wanted(op: Operation, plan: Stored, sip_of: _Sip) -> tuple[list[_Want], int
         passed = []
         for m in sip_of.meetings():
             end = _end(m.doc().get("end"))
-            if end is None:
+            if end is None or end > _LAST_MEETING_END:  # (its deadline: past year 9999)
                 continue
             day = sp.local_date(from_us(end)) + timedelta(days=DOCUMENT_WITHIN_DAYS + 1)
             due = datetime.combine(day, time(0), sp.LOCAL)

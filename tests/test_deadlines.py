@@ -290,3 +290,24 @@ def test_one_process_scans_at_a_time(store, h):
     assert not job.run_once().skipped
     with store.exclusive("deadline-scan") as again:
         assert again
+
+
+def test_a_meeting_on_the_calendars_last_day_is_invited_to_without_a_deadline_after_it(
+        client, store, h):
+    """A meeting ending past year 9999 in UTC: the plan's deadline three days after it
+    overflowed datetime arithmetic, and the deadline scan failed on the plan at every round."""
+    body = invitation(f.BUP)
+    for p in body["parameter"]:
+        if p["name"] in ("start", "end"):
+            p["valueDateTime"] = "9999-12-31T10:00:00+01:00" if p["name"] == "start" else \
+                "9999-12-31T23:00:00-14:00"
+    r = post(client, f"CarePlan/{PLAN}/$invite", h[SOC], body)
+    assert r.status_code == 200, r.text
+    invited = one(r.json(), "task")
+    assert invited["restriction"]["period"]["end"].startswith("9999-12-29")  # two days before
+    assert respond(client, h[BUP], invited["id"], "accept",
+                   ref("representative", f.BUP_REPRESENTATIVE)).status_code == 200
+    assert transition(client, h[SOC], PLAN, "mote").status_code == 200
+    assert scan(store, now_utc()).created == []
+    later = kinds(scan(store, now_utc() + timedelta(days=400)), store)
+    assert "document-plan" not in later and later  # (the SIP's inactivity is due by then)
