@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Route
 
 from ..errors import BadRequest, Forbidden, NotFound
 from ..fhir.outcome import information
+from ..fhir.validation import check_id
 from ..messaging import process_message as pm
 from ..messaging.replay import replay_dead
 from ..messaging.runtime import Messaging
@@ -65,6 +66,8 @@ async def replay(request: Request, message_id: str) -> Response:
     principal = ctx.access.principal
     if principal is None or principal.role != "admin":
         raise Forbidden("Replaying messages is for admin clients")
+    # Both kinds of id are FHIR ids (PostgreSQL refused a NUL in one: a 5xx).
+    check_id(message_id, expression="message_id")
 
     def work() -> list[str]:
         with messaging(request).bus() as bus:

@@ -298,3 +298,6 @@ def test_admin_only_replay(world: Hub) -> None:
     assert r.status_code == 403
     r = world.client.post("/admin/messages/nothing/$replay", headers=world.headers["admin"])
     assert r.status_code == 404 and ADMIN
+    for bad in ("a%00b", "x" * 65, "two%20words"):
+        r = world.client.post(f"/admin/messages/{bad}/$replay", headers=world.headers["admin"])
+        assert r.status_code == 400 and "is not a valid FHIR id" in r.text, r.text
