@@ -14,6 +14,7 @@ from .. import bundles, cpu
 from .. import interactions as ix
 from ..errors import BadRequest, MethodNotAllowed
 from ..fhir.capability import capability_statement
+from ..fhir.validation import check_id
 from ..messaging.capability import messaging_section
 from ..service import ahead_pays, basis_keys, check_type, prepare_ahead, prevalidate
 from ..store import Store, Tx
@@ -45,6 +46,8 @@ async def _write(request: Request, rtype: str, perm: str,
     held while that runs."""
     ctx = context(request)
     check_type(rtype, write=True)
+    if replaces is not None:
+        check_id(replaces)  # before anything reads by it (PostgreSQL refuses a NUL: a 5xx)
     ctx.access.check(rtype, perm)  # refuse before any work is done on the body
     body = await read_body(request, request.app.state.settings.max_body_bytes)
     store = _store(request)

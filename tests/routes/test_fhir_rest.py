@@ -223,6 +223,23 @@ def test_billion_laughs_is_refused(client):
     assert r.status_code == 400
 
 
+@pytest.mark.parametrize("method, path", [
+    ("PUT", "CarePlan/{}"), ("POST", "CarePlan/{}/$transition"), ("POST", "CarePlan/{}/$invite"),
+    ("POST", "Task/{}/$respond"), ("POST", "CarePlan/{}/$propose-revision"),
+    ("POST", "CarePlan/{}/$approve-revision")])
+@pytest.mark.parametrize("bad", ["a%00b", "x" * 65])
+def test_an_id_that_is_no_fhir_id_is_a_400_before_anything_reads_by_it(client, method, path,
+                                                                      bad):
+    """An update read the resource it replaces by the URL's id before checking it, and the
+    operations passed theirs on: PostgreSQL refused the NUL, a 5xx."""
+    pid = create(client, patient())["id"]
+    payload = plain_careplan(pid, id=bad) if method == "PUT" else {
+        "resourceType": "Parameters", "parameter": [{"name": "to", "valueCode": "mote"},
+                                                    {"name": "answer", "valueCode": "accept"}]}
+    r = client.request(method, "/fhir/" + path.format(bad), **body(payload))
+    assert r.status_code == 400 and "is not a valid FHIR id" in outcome_text(r), r.text
+
+
 def test_dates_at_the_ends_of_the_calendar_are_stored_and_searched(client):
     """Year 9999 is a common "no end"; with a zone, either end of the calendar lies past what
     a datetime holds: validation (per-1) and the date index overflowed, a 5xx."""
