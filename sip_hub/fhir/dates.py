@@ -48,8 +48,10 @@ def parse_range(value: str) -> tuple[int, int]:
     y = int(m["y"])
     offset = 0
     if m["tz"] and m["tz"] != "Z":
-        sign = 1 if m["tz"][0] == "+" else -1
-        offset = sign * (int(m["tz"][1:3]) * 60 + int(m["tz"][4:6])) * 60_000_000
+        hours, minutes = int(m["tz"][1:3]), int(m["tz"][4:6])
+        if minutes > 59 or hours * 60 + minutes > 14 * 60:  # FHIR's offsets: up to 14:00
+            raise ValueError(f"'{value}' has no UTC offset FHIR allows")
+        offset = (1 if m["tz"][0] == "+" else -1) * (hours * 60 + minutes) * 60_000_000
     if m["m"] is None:
         start, span = datetime(y, 1, 1), (366 if calendar.isleap(y) else 365) * _DAY_US
     elif m["d"] is None:

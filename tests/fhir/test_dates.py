@@ -30,8 +30,11 @@ def test_a_date_is_the_range_it_names_to_the_ends_of_the_calendar():
     assert parse_range("9999") == (utc(9999, 1, 1), MAX_US)
     assert parse_range("9999-12-31T23:59:59-14:00") == (MAX_US, MAX_US)
     assert parse_range("0001-01-01T00:00:00+14:00") == (MIN_US, MIN_US)
+    assert parse_range("2024-05-01T10:00-14:00")[0] == utc(2024, 5, 2, 0)
     assert from_us(MIN_US).year == 1 and from_us(MAX_US).year == 9999
-    for impossible in ("2024-02-30", "2024-13", "0000", "2024-05-01T24:00Z", "2024-05-01T10:60Z"):
+    for impossible in ("2024-02-30", "2024-13", "0000", "2024-05-01T24:00Z", "2024-05-01T10:60Z",
+                       "2024-05-01T10:00+14:01", "2024-05-01T10:00-99:00",
+                       "2024-05-01T10:00+01:60"):
         try:
             parse_range(impossible)
         except ValueError:
