@@ -42,6 +42,13 @@ def parse_range(value: str) -> tuple[int, int]:
 
     Raises ValueError for anything that is not one.
     """
+    low, high, _zoned = parse_zoned(value)
+    return low, high
+
+
+def parse_zoned(value: str) -> tuple[int, int, bool]:
+    """``parse_range``, and whether the value names its zone (a time without one is read as
+    UTC, but may be up to 14 hours off it)."""
     m = _RE.match(value.strip())
     if not m:
         raise ValueError(f"'{value}' is not a FHIR date or dateTime")
@@ -65,7 +72,7 @@ def parse_range(value: str) -> tuple[int, int]:
                          int(m["S"] or 0), int(frac))
         span = 60_000_000 if m["S"] is None else 1_000_000 if not m["f"] else 1
     low = (start - _EPOCH_NAIVE) // _US - offset
-    return _within(low), _within(low + span - 1)
+    return _within(low), _within(low + span - 1), m["tz"] is not None
 
 
 def _within(us: int) -> int:

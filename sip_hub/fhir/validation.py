@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..errors import BadRequest, IssueCollector
-from .dates import parse_range
+from .dates import parse_zoned
 
 __all__ = ["Binding", "check", "required_binding"]
 
@@ -364,9 +364,6 @@ def check_id(value: str, expression: str | None = None) -> None:
                          "0-9 - .)", expression=expression)
 
 
-_DATETIME: Final = re.compile(
-    r"(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?"
-    r"(Z|[+-]\d{2}:\d{2})?)?)?)?")
 # The widest UTC offset (microseconds): a zoneless time is somewhere within it of UTC.
 _TZ_SLACK: Final = 14 * 3_600_000_000
 
@@ -376,14 +373,10 @@ def _instant_range(value: Any) -> tuple[int, int, bool] | None:
     and if it had a zone; None for what is none (``models.validate`` reports it)."""
     if type(value) is not str:
         return None
-    m = _DATETIME.fullmatch(value)
-    if m is None:
-        return None
     try:
-        low, high = parse_range(value)
+        return parse_zoned(value)
     except ValueError:
-        return None  # an impossible date
-    return low, high, m.group(8) is not None
+        return None
 
 
 def _definitely_before(a: Any, b: Any) -> bool:

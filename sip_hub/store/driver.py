@@ -211,7 +211,7 @@ def constant(value: str | int) -> Any:
     a DELETE of a batch by ids hash-joined the batch with the whole table. For the code's
     own constants only."""
     if isinstance(value, int):
-        return literal_column(str(int(value)))
+        return literal_column(str(value))
     if not value.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"{value!r} is not a constant of the code")
     return literal_column(f"'{value}'")

@@ -196,8 +196,8 @@ class Tx:
 
     def lazy_commit(self) -> None:
         """Its COMMIT need not wait for the disk (PostgreSQL; see ``driver.lazy_commit``):
-        for the messaging workers' bookkeeping, which a crash of the database server may
-        lose as a whole, to be done again."""
+        for bookkeeping a crash of the database server may lose as a whole, to be done again
+        (the relay's round)."""
         _lazy_commit(self.conn)
 
     @contextmanager

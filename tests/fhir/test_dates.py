@@ -16,7 +16,7 @@ def test_instants_are_utc_with_microseconds_and_four_digit_years():
 
 
 def test_a_date_is_the_range_it_names_to_the_ends_of_the_calendar():
-    from sip_hub.fhir.dates import MAX_US, MIN_US, from_us, parse_range, to_us
+    from sip_hub.fhir.dates import MAX_US, MIN_US, from_us, parse_range, parse_zoned, to_us
 
     def utc(*args):
         return to_us(datetime(*args, tzinfo=timezone.utc))
@@ -32,6 +32,10 @@ def test_a_date_is_the_range_it_names_to_the_ends_of_the_calendar():
     assert parse_range("0001-01-01T00:00:00+14:00") == (MIN_US, MIN_US)
     assert parse_range("2024-05-01T10:00-14:00")[0] == utc(2024, 5, 2, 0)
     assert from_us(MIN_US).year == 1 and from_us(MAX_US).year == 9999
+    # whether the value named its zone (per-1 allows 14 hours either way for one without)
+    assert [parse_zoned(v)[2] for v in ("2024-05-01T10:00", "2024-05-01", "2024-05-01T10:00Z",
+                                        "2024-05-01T10:00-05:00")] == [False, False, True, True]
+    assert parse_zoned("2024-05-01T10:00+02:00")[:2] == parse_range("2024-05-01T10:00+02:00")
     for impossible in ("2024-02-30", "2024-13", "0000", "2024-05-01T24:00Z", "2024-05-01T10:60Z",
                        "2024-05-01T10:00+14:01", "2024-05-01T10:00-99:00",
                        "2024-05-01T10:00+01:60"):
