@@ -25,7 +25,7 @@ import contextvars
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from ..errors import TransientError
@@ -34,12 +34,21 @@ T = TypeVar("T")
 MAX_ROUND = 32  # calls per transaction: bounds how long one round holds the write lock
 
 
+def _held() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 @dataclass(slots=True)
 class _Call(Generic[T]):
     fn: Callable[[Any], T]
     # The caller's context variables (its request's id, ...): ``fn`` runs in them, whichever
     # thread leads its round, so that what it records (an AuditEvent, a log line) is its own.
     context: contextvars.Context
+    # Held from the call's arrival; released once, when its caller is to go on: its round is
+    # over (``done``) or it is to lead the next round. Each caller sleeps on its own gate.
+    gate: threading.Lock = field(default_factory=_held)
     done: bool = False  # its round is over: its caller may take the outcome
     result: T | None = None
     error: BaseException | None = None
@@ -56,40 +65,52 @@ class _Undo(Exception):
 
 class GroupCommit:
     """Runs ``fn(tx)`` calls in shared write transactions opened by ``begin()``, whose
-    transaction object offers ``savepoint()`` (``Tx``)."""
+    transaction object offers ``savepoint()`` (``Tx``).
+
+    A round's end wakes exactly the threads that have something to do: its callers, and the
+    oldest waiting caller, which leads the next round (it is handed the lead; no thread
+    competes for it). The others sleep on: with one condition for all, every waiting thread
+    woke at each round's end and queued for the interpreter lock beside the next round's
+    leader, which then held SQLite's write lock."""
 
     def __init__(self, begin: Callable[[], AbstractContextManager[Any]],
                  max_round: int = MAX_ROUND) -> None:
         self._begin = begin
         self._max_round = max_round
-        self._cond = threading.Condition()
+        self._mutex = threading.Lock()
         self._queue: list[_Call[Any]] = []
         self._leading = False
         self.rounds = 0  # transactions begun
 
     def run(self, fn: Callable[[Any], T]) -> T:
         call: _Call[T] = _Call(fn, contextvars.copy_context())
-        with self._cond:
+        with self._mutex:
             self._queue.append(call)
-        while True:
-            with self._cond:
-                while not call.done and self._leading:
-                    self._cond.wait()
-                if call.done:
-                    return call.outcome()
-                # Lead one round: the oldest calls (this one among them unless more than a
-                # round's worth were queued before it), then hand over to a waiting caller.
-                self._leading = True
-                batch = self._queue[:self._max_round]
-                del self._queue[:self._max_round]
-            try:
-                self._round(batch)
-            finally:
-                with self._cond:
-                    for c in batch:
-                        c.done = True
-                    self._leading = False
-                    self._cond.notify_all()
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            call.gate.acquire()  # released when its round is over or the lead is handed to it
+            if call.done:
+                return call.outcome()
+        # It leads: it is the oldest call waiting (it came when no round ran, or the lead
+        # was handed to the head of the queue), so its round includes it.
+        with self._mutex:
+            batch = self._queue[:self._max_round]
+            del self._queue[:self._max_round]
+        try:
+            self._round(batch)
+        finally:
+            with self._mutex:
+                for c in batch:
+                    c.done = True
+                following = self._queue[0] if self._queue else None
+                self._leading = following is not None
+            if following is not None:  # first, so that the next round begins at once
+                following.gate.release()
+            for c in batch:
+                if c is not call:
+                    c.gate.release()
+        return call.outcome()
 
     def _round(self, batch: list[_Call[Any]]) -> None:
         self.rounds += 1

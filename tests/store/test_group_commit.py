@@ -64,7 +64,7 @@ def queued_behind_a_slow_write(store: Store, calls: list, queued: list[int] | No
     group = store._group
     assert group is not None
     while True:  # every call queued behind the open round
-        with group._cond:
+        with group._mutex:
             if len(group._queue) == len(calls):
                 queued.extend(calls.index(c.fn) for c in group._queue)
                 break
