@@ -514,12 +514,15 @@ def _context(caller: bytes | None, audit: AuditLog | None, messaging: Messaging)
 
 
 def process_accepted(store: Store, messaging: Messaging, *, audit: AuditLog | None = None,
-                     limit: int = 20) -> int:
+                     limit: int = 20, waiting: bool | None = None) -> int:
     """Process accepted async requests (each in its own transaction) and queue each response
-    to its sender; returns how many were processed."""
-    with store.begin(write=False) as tx:
-        if not inbox.any_accepted(tx):
-            return 0
+    to its sender; returns how many were processed. ``waiting``: whether any are, as the
+    caller read it (``store.outbox.work_due``); None: read it here."""
+    if waiting is None:
+        with store.begin(write=False) as tx:
+            waiting = inbox.any_accepted(tx)
+    if not waiting:
+        return 0
 
     def one(tx: Tx) -> bool | None:
         """Process the oldest accepted request: None when there is none, else whether it

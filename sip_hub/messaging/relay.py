@@ -63,15 +63,23 @@ class Relay:
     # Where organisations receive their messages; None: every delivery goes to the bus.
     endpoints: Endpoints | None = None
 
-    def run_once(self) -> int:
+    def window(self) -> tuple[int, int]:
+        """Now, and the time before which a delivery published and never settled is due
+        again (``republish_after_seconds`` ago)."""
+        now = to_us(now_utc())
+        return now, now - int(self.republish_after_seconds * 1e6)
+
+    def run_once(self, window: tuple[int, int] | None = None, due: bool | None = None) -> int:
         """Publish what is due; returns how many were published or settled here. Raises
         BusUnavailable after marking those the broker confirmed (none when it went away
-        during the batch: they are published again)."""
-        now = to_us(now_utc())
-        stale = now - int(self.republish_after_seconds * 1e6)
-        with self.store.begin(write=False) as tx:
-            if not sql.relay_due(tx, now, stale):
-                return 0
+        during the batch: they are published again). ``due``: whether anything is, as read
+        (``store.outbox.work_due``) at ``window``; None: read it here."""
+        now, stale = window or self.window()
+        if due is None:
+            with self.store.begin(write=False) as tx:
+                due = sql.relay_due(tx, now, stale)
+        if not due:
+            return 0
 
         if not self.bus.durable:
             return self._commit_then_publish(now, stale)

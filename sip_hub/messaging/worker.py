@@ -107,8 +107,11 @@ class Worker:
         later is taken then; a long wait only delays the relay)."""
         bus = self._connect()
         assert self._relay is not None
-        work = process_accepted(self.store, self.messaging, audit=self.audit)
-        work += self._relay.run_once()
+        window = self._relay.window()
+        with self.store.begin(write=False) as tx:  # one read for both
+            accepted, due = sql.work_due(tx, *window)
+        work = process_accepted(self.store, self.messaging, audit=self.audit, waiting=accepted)
+        work += self._relay.run_once(window, due)
         orgs = self._open_orgs() | self._relay.orgs | self.messaging.endpoints.orgs
         # A batch as large as the relay's: what one relay round published is checked in one
         # read, POSTed side by side and settled in one write.

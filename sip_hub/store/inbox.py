@@ -68,7 +68,8 @@ _COMPLETE = DriverStatement(update(message_inbox).where(
     _I.sender_org == bindparam("s"), _I.header_id == bindparam("h")).values(
     state=DONE, response_code=bindparam("code"), response=bindparam("response"),
     request=null(), caller=null()))
-_ANY_ACCEPTED = DriverStatement(select(exists().where(_I.state == constant(ACCEPTED))))
+ACCEPTED_WAITING = exists().where(_I.state == constant(ACCEPTED))
+_ANY_ACCEPTED = DriverStatement(select(ACCEPTED_WAITING))
 
 
 def lookup(tx: Tx, sender_org: str, header_id: str, bundle_id: str, now: int

@@ -20,7 +20,7 @@ from sqlalchemy import (BigInteger, Integer, String, and_, bindparam, delete, ex
                         literal_column, or_, select, union_all, update)
 from sqlalchemy.orm import aliased
 
-from . import wakeup
+from . import inbox, wakeup
 from .driver import ByIds, DriverStatement, constant, insert_into, numbered
 from .resources import Tx
 from .schema import outbox_delivery, outbox_message, outbox_stream
@@ -223,9 +223,13 @@ def _heads() -> Any:
 
 # Every relay round runs these (built once, on the driver's cursor where they can be).
 _HEADS = DriverStatement(_heads())
-_RELAY_DUE = DriverStatement(select(or_(
+_RELAY_DUE_WHERE = or_(
     exists().where(_in(_D.state, PENDING), _D.next_attempt_at <= bindparam("now")),
-    exists().where(_in(_D.state, PUBLISHED), _D.published_at < bindparam("before")))))
+    exists().where(_in(_D.state, PUBLISHED), _D.published_at < bindparam("before")))
+_RELAY_DUE = DriverStatement(select(_RELAY_DUE_WHERE))
+# A messaging worker's round: accepted async requests waiting, and the relay's work, in one
+# read (each idle or delivery-only round ran both reads, a round trip each on PostgreSQL).
+_WORK_DUE = DriverStatement(select(inbox.ACCEPTED_WAITING, _RELAY_DUE_WHERE))
 _TO_PENDING = update(outbox_delivery).values(
     state=PENDING, next_attempt_at=bindparam("now"), updated=bindparam("now"))
 _REQUEUE = _TO_PENDING.where(_in(_D.state, PUBLISHED))
@@ -278,6 +282,13 @@ def relay_due(tx: Tx, now: int, published_before: int) -> bool:
     """Whether the relay has anything to do (a read: idle rounds take no write lock)."""
     row = _RELAY_DUE.first(tx.conn, {"now": now, "before": published_before})
     return bool(row and row[0])
+
+
+def work_due(tx: Tx, now: int, published_before: int) -> tuple[bool, bool]:
+    """Whether async requests wait (``inbox.any_accepted``) and whether the relay has
+    anything to do (``relay_due``), in one read."""
+    row = _WORK_DUE.first(tx.conn, {"now": now, "before": published_before})
+    return (bool(row[0]), bool(row[1])) if row else (False, False)
 
 
 def requeue_published(tx: Tx, now: int, published_before: int | None = None) -> int:

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, insert
 from harness import cache_entry
 from plans import generic_plan, rows_handled, sqlite_plan
 from sip_hub.store import Store
-from sip_hub.store import inbox
+from sip_hub.store import inbox, outbox
 from sip_hub.store.engine import make_engine
 from sip_hub.store.migrate import upgrade
 from sip_hub.store.schema import message_inbox
@@ -28,6 +28,7 @@ from sip_hub.store.schema import message_inbox
 SOC = "SE2321000016-1SOC"
 CACHED = 3000
 NOW = 10_000
+DUE = {"now": NOW, "before": 0}  # the worker round's question at NOW
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -93,11 +94,15 @@ def test_waiting_async_requests_are_found_among_the_handled_by_index(started: En
         with started.begin() as conn:
             conn.execute(text("ANALYZE message_inbox"))
         assert rows_handled(generic_plan(started, inbox._ANY_ACCEPTED, {})) <= 4
+        # (the worker's round asks it together with the relay's question)
+        assert rows_handled(generic_plan(started, outbox._WORK_DUE, DUE)) <= 4
     else:
-        plan = sqlite_plan(started, inbox._ANY_ACCEPTED, {})
-        assert "SCAN message_inbox" not in plan and "INDEX" in plan, plan
+        for stmt, params in ((inbox._ANY_ACCEPTED, {}), (outbox._WORK_DUE, DUE)):
+            plan = sqlite_plan(started, stmt, params)
+            assert "SCAN message_inbox" not in plan and "INDEX" in plan, plan
     with store.begin() as tx:
         assert inbox.any_accepted(tx)
+        assert outbox.work_due(tx, NOW, 0) == (True, False)  # (no deliveries)
         assert [r.header_id for r in inbox.claim_accepted(tx, 10)] == ["h-async"]
 
 

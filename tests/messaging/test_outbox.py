@@ -421,6 +421,7 @@ def test_the_few_open_deliveries_are_found_among_the_settled_by_index(
         with store.engine.begin() as conn:
             conn.execute(text("ANALYZE outbox_delivery"))
     probes = [(sql._RELAY_DUE, {"now": now, "before": before}),
+              (sql._WORK_DUE, {"now": now, "before": before}),
               (sql._BACKLOG_DUE, {"now": now, "cap": 100}),
               (sql._BACKLOG_ON_BUS, {"cap": 100}),
               (sql._HEADS, {"now": now, "limit": 100}),
@@ -437,6 +438,7 @@ def test_the_few_open_deliveries_are_found_among_the_settled_by_index(
     opened = [f"d-{k}" for k in range(settled, settled + 5)]
     with store.begin() as tx:
         assert sql.relay_due(tx, now, published_before=before)
+        assert sql.work_due(tx, now, published_before=before) == (False, True)
         assert sql.backlog(tx, now, cap=100) == 5
         assert sql.backlog(tx, now, cap=4) == 4
         if open_state == sql.PUBLISHED:
