@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from psycopg import RawCursor
+from psycopg.pq import Format
 from sqlalchemy import (Connection, Insert, String, Table, and_, any_, bindparam, event,
                         insert, literal_column, or_)
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -455,8 +456,15 @@ def _cursor(conn: Connection) -> Iterator[Any]:
     """The DB-API cursor of the caller's connection (so inside its transaction); on
     PostgreSQL one that takes numbered placeholders (see ``_numbered``)."""
     dbapi_conn = conn.connection.dbapi_connection
-    cur = RawCursor(dbapi_conn) if conn.dialect.name == "postgresql" else \
-        dbapi_conn.cursor()  # type: ignore[union-attr]
+    if conn.dialect.name == "postgresql":
+        cur = RawCursor(dbapi_conn)
+        # Results in PostgreSQL's binary format: a stored document (bytea) comes as its
+        # bytes, where the text format had the server write it out in hex at twice its
+        # size and psycopg decode it again (each message a delivery worker reads, each
+        # resource read).
+        cur.format = Format.BINARY
+    else:
+        cur = dbapi_conn.cursor()  # type: ignore[union-attr]
     try:
         yield cur
     except conn.dialect.loaded_dbapi.Error as exc:
