@@ -7,19 +7,23 @@ gives (DELETE, POST, PUT, GET) and answered in the order they came.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from . import cpu, interactions as ix
-from .errors import BadRequest, SipHubError
+from . import cpu, interactions as ix, logs
+from .errors import BadRequest, InternalError, SipHubError
 from .fhir.outcome import from_error
+from .fhir.search_params import supported
+from .fhir.validation import ID_RE
 from .service import Prepared, Prevalidated, Resolve, check_type, prevalidate, tx_resolver
 from .store import Store, Tx
 from .ids import uuid7
 
+log = logging.getLogger("sip_hub.bundles")
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
 _STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
 
@@ -131,7 +135,7 @@ def _run(tx: Tx, ctx: ix.Context, e: _Entry, resolve: Resolve | None = None) -> 
     if e.method == "DELETE":
         if e.rid is None:
             raise BadRequest(f"Bundle.entry[{e.index}]: conditional delete is not supported")
-        return ix.delete(tx, ctx, e.rtype, e.rid)
+        return ix.delete(tx, ctx, e.rtype, e.rid, if_match=e.if_match)
     if e.method == "POST":
         if e.rid is not None:
             raise BadRequest(f"Bundle.entry[{e.index}]: POST goes to the type, not an instance")
@@ -160,6 +164,13 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str)
     """A transaction Bundle inside the caller's database transaction (messages use this, so
     their effects commit with the message's cache entry and notifications)."""
     entries = _entries(bundle, ctx)
+    # What the entries write by id is locked up front, in one order: two Bundles writing
+    # the same resources in different entry orders would otherwise each lock one the other
+    # waits for (a deadlock, which PostgreSQL breaks by failing one of them). Only well-formed
+    # keys (PostgreSQL refuses a NUL): a bad entry is refused where it is processed.
+    tx.serialise_all(f"write:{e.rtype}/{e.rid}" for e in entries
+                     if e.method in ("PUT", "DELETE") and e.rid and supported(e.rtype)
+                     and ID_RE.fullmatch(e.rid))
     responses: dict[int, dict[str, Any]] = {}
     # Assign ids (or find the existing resource for a conditional create) before any
     # write, so every reference between entries can be rewritten first.
@@ -231,6 +242,14 @@ def batch(store: Store, ctx: ix.Context, bundle: dict[str, Any], prefer: str) ->
             with store.begin(write=entry.method != "GET") as tx:
                 out.append(_response_entry(ctx, _run(tx, ctx, entry), prefer))
         except SipHubError as err:
+            out.append({"response": {"status": f"{err.status}", "outcome": from_error(err)}})
+        except Exception:  # noqa: BLE001 (a fault of the hub's own, in this entry alone)
+            # The entries before it are committed: failing the whole batch would tell the
+            # client that nothing was applied.
+            log.exception("Unhandled error in Bundle.entry[%d] of a batch", i)
+            err = InternalError(
+                f"Bundle.entry[{i}]: internal error; this entry was not applied. It has been "
+                f"logged with request id {logs.REQUEST_ID.get()}.")
             out.append({"response": {"status": f"{err.status}", "outcome": from_error(err)}})
     return ix.bundle("batch-response", out)
 

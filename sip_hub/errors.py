@@ -66,6 +66,18 @@ class Conflict(SipHubError):
     status, code = 409, "conflict"
 
 
+class ConcurrentChange(Conflict):
+    """Another request wrote the same resources at the same moment and the database gave way
+    to it (on PostgreSQL a deadlock or a serialization failure): nothing of this request was
+    applied, and sent again it can succeed. A conflict, not an unavailable database."""
+
+    retryable = True
+
+
+CONCURRENT_CHANGE = ("The resources were changed concurrently by another request; nothing "
+                     "was applied, and the request may be retried")
+
+
 class Gone(SipHubError):
     status, code = 410, "deleted"
 

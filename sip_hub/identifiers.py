@@ -288,6 +288,17 @@ def canonical_identifier(system: str, value: str) -> tuple[str, str]:
     return canonicalise(value)
 
 
+def canonical_search_token(system: str, value: str | None) -> tuple[str, str | None]:
+    """A token search's system and value (None: any value) as ``normalise_in_resource``
+    stores them, so that the form a client sent finds what it wrote in that form.
+
+    Raises InvalidIdentifier for an invalid value of a known system, as a write does.
+    """
+    if value is None:
+        return (HSA_ID if system == HSA_ID_ALT else system), None
+    return canonical_identifier(system, value)
+
+
 def _fhirpath(where: tuple[Any, str, int] | None, root: str) -> str:
     parts: list[str] = []
     while where is not None:

@@ -82,9 +82,13 @@ def parse_etag(value: str) -> int:
     v = value.strip()
     if v.startswith("W/"):
         v = v[2:]
-    version = fhir_search.uint(v.strip('"'))
+    version = fhir_search.uint(v.strip('"'), fhir_search.MAX_INT)
     if version is None:
         raise BadRequest(f"If-Match must be a version ETag like W/\"3\", not '{value[:40]}'")
+    if version > fhir_search.MAX_VERSION:
+        # A well-formed version no resource can have: a mismatch, whatever the resource.
+        raise PreconditionFailed(f"If-Match asked for version {version}; no version goes "
+                                 f"beyond {fhir_search.MAX_VERSION}")
     return version
 
 
@@ -103,7 +107,9 @@ def match(tx: Tx, ctx: Context, rtype: str, criteria: str | list[tuple[str, str]
     query.count, query.total = 2, False
     # Two conditional creates (or updates) with the same criteria at once would both find
     # nothing and both create: the second waits for the first and then finds its resource.
-    tx.serialise(f"match:{rtype}?{urlencode(sorted(items))}")
+    # Keyed by the criteria as parsed, so that two spellings of one identifier (a
+    # personnummer with and without its dash) wait for each other too.
+    tx.serialise(f"match:{rtype}?" + "&".join(sorted(map(repr, query.criteria))))
     vis = ctx.access.visibility(rtype)
     if vis is False:
         return []
@@ -243,19 +249,30 @@ def conditional_update(tx: Tx, ctx: Context, rtype: str, criteria: str | list[tu
     return create(tx, ctx, rtype, res, resolve=resolve)
 
 
-def delete(tx: Tx, ctx: Context, rtype: str, rid: str) -> Result:
+def delete(tx: Tx, ctx: Context, rtype: str, rid: str, *,
+           if_match: str | None = None) -> Result:
+    """Delete (a tombstone). A DELETE of what is deleted already, also one that lost a race
+    to a concurrent DELETE, answers as a success; a stale ``if_match`` is a 412."""
     check_type(rtype, write=True)
     ctx.access.check(rtype, "d")
     check_id(rid)
+    version = parse_etag(if_match) if if_match else None
+    # Locked before it is read: the rules and the tombstone then apply to the version that
+    # is current when it is written, not to one another request has just replaced.
+    tx.lock_resource(rtype, rid)
     cur = tx.current(rtype, rid)
     if cur is None:
         raise NotFound(f"{rtype}/{rid} is not known")
+    if not cur.deleted:
+        _guard_write(tx, ctx, rtype, cur, None, "delete")
+        process.check_plain_delete(ctx, cur.json())
+    if version is not None and version != cur.version_id:
+        raise PreconditionFailed(f"Version conflict: {rtype}/{rid} is at version "
+                                 f"{cur.version_id}, If-Match asked for {version}")
     if cur.deleted:
         return Result(200, None, information(f"{rtype}/{rid} was already deleted"))
-    _guard_write(tx, ctx, rtype, cur, None, "delete")
-    process.check_plain_delete(ctx, cur.json())
     done = tx.delete(rtype, rid)
-    assert done is not None
+    assert done is not None  # (it is locked: nothing else deleted it since it was read)
     _changed(tx, ctx, rtype, cur.json(), None)
     ctx.record("delete", [cur], tx=tx)
     return Result(200, None, information(f"Deleted {rtype}/{rid} (version {done.version_id})"),

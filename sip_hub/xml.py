@@ -6,6 +6,9 @@ that entity-expansion tricks never reach the tree builder.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from lxml import etree
 
 from .errors import BadRequest
@@ -36,6 +39,18 @@ def parse(data: bytes | str) -> etree._Element:
     if root.getroottree().docinfo.doctype:
         raise BadRequest("XML with a DOCTYPE is not accepted")
     return root
+
+
+@contextmanager
+def hardened_default() -> Iterator[None]:
+    """The hardened parser as lxml's default, in this thread, while the block runs: for a
+    library that parses without taking a parser (fhir_core's XML writer parses each narrative
+    div with lxml's default, which would expand entities a stored div declares)."""
+    etree.set_default_parser(hardened_parser())
+    try:
+        yield
+    finally:
+        etree.set_default_parser()  # lxml's own default again
 
 
 def tostring(root: etree._Element, *, declaration: bool = True) -> bytes:

@@ -7,6 +7,7 @@ from typing import Any
 from .. import __version__
 from .models import FHIR_VERSION
 from .profiles import definitions
+from .search import MAX_PARAMETERS, MAX_VALUES, MAX_VALUES_PER_PARAMETER
 from .search_params import READ_ONLY_TYPES, RESOURCE_TYPES, params_for
 from .sip import PROFILE_BY_TYPE
 
@@ -108,7 +109,12 @@ def capability_statement(base_url: str, software_date: str,
             "'Prefer: handling=lenient' to have unknown parameters ignored and reported. "
             "Paging with _count and _offset; _sort on _id, _lastUpdated and date, string "
             "and token parameters; one level of chaining on reference parameters; "
-            "_include and _revinclude without :iterate."),
+            "_include and _revinclude without :iterate. Limits (a 400 beyond): "
+            f"{MAX_VALUES_PER_PARAMETER} comma-separated values in one parameter, "
+            f"{MAX_VALUES} values and {MAX_PARAMETERS} parameters in one search. Swedish "
+            "identifiers are searched in any form a write accepts (a personnummer with or "
+            "without its dash); a string value that is empty once spaces, case and accents "
+            "are set aside is a 400."),
         "security": _security(base_url),
         "resource": resources,
         "interaction": [{"code": "transaction"}, {"code": "batch"},

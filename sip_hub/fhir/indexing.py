@@ -23,11 +23,41 @@ class IndexRows:
 MAX_STRING = 255
 
 
-def normalise_string(value: str) -> str:
-    """Case- and accent-insensitive form used for string search (FHIR's default matching)."""
+def normalise_string(value: str, *, whole: bool = False) -> str:
+    """Case- and accent-insensitive form used for string search (FHIR's default matching):
+    its first ``MAX_STRING`` characters, the index column's width (``whole``: all of it)."""
     decomposed = unicodedata.normalize("NFKD", value)
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return " ".join(stripped.casefold().split())[:MAX_STRING]
+    out = " ".join(stripped.casefold().split())
+    return out if whole else out[:MAX_STRING]
+
+
+# Kept for :exact in place of a string longer than the column: its head, a separator no
+# stored string holds (validation refuses control characters) and a digest of the whole.
+_EXACT_HEAD = MAX_STRING - 1 - 64
+
+
+def exact_key(value: str) -> str:
+    """A string as the index keeps it for :exact: itself when it fits the column, else its
+    head and the SHA-256 of the whole, so that only the whole value finds it (a search value
+    is turned the same way)."""
+    if len(value) <= MAX_STRING:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return value[:_EXACT_HEAD] + "\x1f" + digest
+
+
+# A long string's normalised form is also kept in overlapping windows (rows of
+# "<param>:contains"), so that :contains finds a part beyond the column's width: any part of
+# up to CONTAINS_STEP characters lies whole in one window.
+CONTAINS_STEP = 128
+
+
+def contains_windows(norm: str) -> list[str]:
+    """The windows of a whole normalised string after the first (which the row of the
+    parameter itself holds)."""
+    return [norm[i:i + MAX_STRING]
+            for i in range(CONTAINS_STEP, len(norm) - MAX_STRING + CONTAINS_STEP, CONTAINS_STEP)]
 
 
 def split_reference(ref: str) -> tuple[str, str] | None:
@@ -90,7 +120,8 @@ def index_kinds(resource_type: str) -> frozenset[str]:
 # Raise when ``extract`` writes different rows for the same parameters (a change of this
 # module's rules, e.g. how strings are normalised): the store then rebuilds its index.
 # 2: token systems cut to MAX_STRING like codes (PostgreSQL refused a longer one with a 5xx).
-EXTRACTION_VERSION = 2
+# 3: strings longer than MAX_STRING: ``exact_key`` for :exact, windows for :contains.
+EXTRACTION_VERSION = 3
 
 
 @lru_cache(maxsize=1)
@@ -145,7 +176,11 @@ def _extract_param(param: SearchParam, resource: dict[str, Any], rows: IndexRows
                 rows.date.append((name, rng[0], rng[1]))
         elif param.type == "string":
             if isinstance(value, str) and value.strip():
-                rows.string.append((name, normalise_string(value), value[:MAX_STRING]))
+                norm = normalise_string(value, whole=True)
+                rows.string.append((name, norm[:MAX_STRING], exact_key(value)))
+                if len(norm) > MAX_STRING:
+                    rows.string.extend((f"{name}:contains", w, "")
+                                       for w in contains_windows(norm))
 
 
 _OPEN_LOW, _OPEN_HIGH = -(2**62), 2**62

@@ -8,6 +8,7 @@ Validation never rewrites the resource: the client's JSON is what gets stored.
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from typing import Any, Iterator
 
@@ -19,6 +20,7 @@ from pydantic import ValidationError
 
 from .. import xml
 from ..errors import BadRequest, Issue, Unprocessable
+from . import validation
 
 FHIR_VERSION = "4.0.1"
 
@@ -269,6 +271,7 @@ def from_xml(data: bytes) -> dict[str, Any]:
         raise BadRequest(f"Unknown resourceType '{rtype}'")
     try:
         model = cls.model_validate_xml(xml.tostring(root), xmlparser=xml.hardened_parser())
+        out = model.model_dump(mode="json", by_alias=True, exclude_none=True)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         raise Unprocessable(f"{rtype} is not valid FHIR R4: {first['msg']}",
@@ -276,14 +279,56 @@ def from_xml(data: bytes) -> dict[str, Any]:
     except KeyError as exc:  # fhir_core's lookup of a child element among its parent's
         raise BadRequest(f"Cannot read FHIR XML: <{exc.args[0]}> is not an element FHIR R4 "
                          "defines where it appears") from None
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+        # pydantic's serializer gives up about 125 elements deep (the parser allows 256):
+        # beyond validation.MAX_DEPTH anyway
+        if isinstance(exc, RecursionError) or "RecursionError" in str(exc):
+            raise Unprocessable(f"{rtype} is not valid FHIR R4: {validation.TOO_DEEP}", issues=[
+                Issue("structure", validation.TOO_DEEP, (rtype,))]) from None
         raise BadRequest(f"Cannot read FHIR XML: {exc}") from None
-    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+    _as_json_numbers(out, rtype)
+    return out
+
+
+# orjson, which writes what the hub stores, writes integers in this range; JSON input holds
+# no other (orjson reads a wider whole number as a float).
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
+
+
+def _as_json_numbers(node: Any, path: str) -> None:
+    """Make the numbers of ``node`` (from_xml's JSON form, changed in place) what the same
+    values read as JSON would be: fhir_core gives a whole decimal (1e20, or one of 21 digits)
+    as a Python int, which JSON input holds as a float when it is wider than 64 bits, and
+    refuses (400) when it is beyond a double (1e400)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for key, value in items:
+        if type(value) is int and not _INT_MIN <= value <= _INT_MAX:
+            where = f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]"
+            try:
+                node[key] = float(value)
+            except OverflowError:
+                raise BadRequest(f"Cannot read FHIR XML: the number at {where} is out of range "
+                                 "(beyond a 64-bit floating point number, as JSON input's "
+                                 "numbers must be)", expression=where) from None
+        elif isinstance(value, (dict, list)):
+            _as_json_numbers(value, f"{path}.{key}" if isinstance(key, str) else
+                             f"{path}[{key}]")
 
 
 def to_xml(resource: dict[str, Any]) -> bytes:
     cls = model_class(resource["resourceType"])
     assert cls is not None
     model = cls.model_validate(resource)
-    out = model.model_dump_xml(xml_declaration=True)
-    return out.encode("utf-8") if isinstance(out, str) else out
+    with xml.hardened_default():  # fhir_core parses each narrative div with lxml's default
+        out = model.model_dump_xml(xml_declaration=True)
+    out = out.encode("utf-8") if isinstance(out, str) else out
+    # lxml writes text's "&" as "&amp;": any other reference is an entity a narrative declared
+    # (a div stored before validation refused DOCTYPEs), left unexpanded, which would make the
+    # document malformed
+    if b"&" in out and _ENTITY_REF.search(out):
+        raise ValueError("A narrative of the resource declares its own entities; it cannot be "
+                         "written as FHIR XML")
+    return out
+
+
+_ENTITY_REF = re.compile(rb"&(?!(?:amp|lt|gt|quot|apos|#[0-9]+|#x[0-9A-Fa-f]+);)")

@@ -27,7 +27,14 @@ text says:
   when neither tells it (as ``resolve()`` returning nothing does).
 * There is no qrs-2 in R4 (it came with R5), and R4 has no rule against narrative in a contained
   resource (STU3's dom-1 was dropped), so neither is enforced.
-* txt-1/txt-2 (XHTML content rules) are not checked here.
+* txt-1 is checked against the element and attribute names the official validator allows
+  (the HTML 4.0 chapters the invariant names), txt-2 as non-whitespace text or an image; the
+  div must also be well-formed XML, parsed by the hardened parser (no DTD, no entities), with
+  the XHTML namespace as its default, so that the hub can always serve it as FHIR XML.
+
+Resources nest at most ``MAX_DEPTH`` elements deep (an extension inside an extension counts
+a level each): orjson, which writes every resource the hub stores, gives up at about 127, and
+the walk counts the levels as it goes, so the limit costs no walk of its own.
 """
 
 from __future__ import annotations
@@ -39,10 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from .. import xml
 from ..errors import BadRequest, IssueCollector
 from .dates import parse_zoned
 
-__all__ = ["Binding", "check", "required_binding"]
+__all__ = ["Binding", "MAX_DEPTH", "TOO_DEEP", "check", "required_binding"]
 
 _DEFINITIONS: Final = Path(__file__).with_name("definitions")
 
@@ -51,10 +59,17 @@ Json = dict[str, Any]
 # How a child element is walked.
 _PRIM: Final = 0  # a primitive value
 _PRIM_URI: Final = 1  # canonical/uri/url: may hold "#id", which counts as a reference for dom-3
-_PRIM_EXT: Final = 2  # the "_name" sibling (id + extensions) of a primitive
-_COMPLEX: Final = 3  # a datatype or BackboneElement
-_CONTAINED: Final = 4  # DomainResource.contained: a resource in the container's scope
-_RESOURCE: Final = 5  # Bundle.entry.resource and the like: a resource with its own scope
+_PRIM_XHTML: Final = 2  # Narrative.div: an XHTML fragment (txt-1, txt-2)
+_PRIM_EXT: Final = 3  # the "_name" sibling (id + extensions) of a primitive
+_COMPLEX: Final = 4  # a datatype or BackboneElement
+_CONTAINED: Final = 5  # DomainResource.contained: a resource in the container's scope
+_RESOURCE: Final = 6  # Bundle.entry.resource and the like: a resource with its own scope
+
+# How deep elements may nest (the resource itself is level 0). Far beyond any real resource,
+# well within what orjson writes (about 127 levels of elements in arrays) and what the models'
+# validation recurses through.
+MAX_DEPTH: Final = 100
+TOO_DEEP: Final = f"The resource nests elements deeper than {MAX_DEPTH} levels, the most accepted"
 
 _JSON_TYPE: Final[dict[str, type]] = {
     "boolean": bool, "integer": int, "positiveInt": int, "unsignedInt": int, "decimal": float,
@@ -151,7 +166,8 @@ class _Schema:
     def _add(self, children: dict[str, Child], name: str, ftype: str, path: str) -> None:
         binding = self.bindings.get(path)
         if ftype in self.primitives:
-            kind = _PRIM_URI if ftype in ("canonical", "uri", "url") else _PRIM
+            kind = _PRIM_URI if ftype in ("canonical", "uri", "url") else (
+                _PRIM_XHTML if ftype == "xhtml" else _PRIM)
             children[name] = (kind, ftype, binding)
             children[f"_{name}"] = (_PRIM_EXT, "Element", None)
         elif ftype == "Resource":
@@ -186,11 +202,14 @@ def check(resource: dict[str, Any], collector: IssueCollector) -> None:
     schema = _schema()
     if not isinstance(rtype, str) or rtype not in schema.resources:
         return
-    _walk(resource, rtype, rtype, schema, _Scope.of(resource), collector)
+    _walk(resource, rtype, rtype, schema, _Scope.of(resource), collector, 0)
 
 
 def _walk(node: Json, tkey: str, path: str, schema: _Schema, scope: _Scope,
-          out: IssueCollector) -> None:
+          out: IssueCollector, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        out.add(path, TOO_DEEP, "structure")
+        return  # (and nothing below it: the walk itself would recurse too deep)
     children, invariants = schema.compiled.get(tkey) or schema.compile(tkey)
     for name, value in node.items():
         child = children.get(name)
@@ -202,16 +221,18 @@ def _walk(node: Json, tkey: str, path: str, schema: _Schema, scope: _Scope,
                 out.add(f"{path}.{name}", _EMPTY_ARRAY, "structure")
                 continue
             if kind <= _PRIM_EXT:
-                _primitive_list(node, name, value, child, path, schema, scope, out)
+                _primitive_list(node, name, value, child, path, schema, scope, out, depth)
                 continue
             for i, item in enumerate(value):
-                _element(item, kind, ctype, binding, f"{path}.{name}[{i}]", schema, scope, out, i)
-        elif kind <= _PRIM_URI:
+                _element(item, kind, ctype, binding, f"{path}.{name}[{i}]", schema, scope, out,
+                         i, depth)
+        elif kind <= _PRIM_XHTML:
             _primitive(value, kind, ctype, binding, f"{path}.{name}", scope, out)
         elif kind == _PRIM_EXT:
-            _primitive_ext(value, node.get(name[1:]), f"{path}.{name[1:]}", schema, scope, out)
+            _primitive_ext(value, node.get(name[1:]), f"{path}.{name[1:]}", schema, scope, out,
+                           depth)
         else:
-            _element(value, kind, ctype, binding, f"{path}.{name}", schema, scope, out, 0)
+            _element(value, kind, ctype, binding, f"{path}.{name}", schema, scope, out, 0, depth)
     for invariant in invariants:
         invariant(node, path, scope, out)
 
@@ -231,21 +252,29 @@ def _primitive(value: Any, kind: int, ftype: str, binding: Binding | None, path:
         if not value or value.isspace():
             out.add(path, _EMPTY_STRING, "structure")
             return
-        if not value.isprintable() and CONTROL_CHARS.search(value):  # most strings: one C pass
-            out.add(path, f"{path} holds a control character (below U+0020, other than tab, "
-                          "CR and LF), which a FHIR string must not", "value")
-            return
+        if not value.isprintable():  # most strings: one C pass
+            bad = NOT_IN_XML.search(value)
+            if bad is not None:
+                out.add(path, f"{path} holds a control character (below U+0020, other than tab, "
+                              "CR and LF), which a FHIR string must not" if bad.group() < " "
+                        else f"{path} holds U+{ord(bad.group()):04X}, which is not a character "
+                             "(XML cannot carry it), so a FHIR string must not", "value")
+                return
         if binding is not None and value not in binding.codes:
             out.add(path, f"Value '{value}' is not in the required value set {binding.value_set} "
                           f"for {path}", "code-invalid")
-        if kind == _PRIM_URI and value[0] == "#":
-            _local_ref(value, scope)
+        if kind != _PRIM:
+            if kind == _PRIM_URI:
+                if value[0] == "#":
+                    _local_ref(value, scope)
+            else:
+                _narrative(value, path, out)
     elif value is None:
         out.add(path, _NULL, "structure")
 
 
 def _primitive_list(node: Json, name: str, values: list[Any], child: Child, path: str,
-                    schema: _Schema, scope: _Scope, out: IssueCollector) -> None:
+                    schema: _Schema, scope: _Scope, out: IssueCollector, depth: int) -> None:
     kind, ftype, binding = child
     # JSON represents a repeating primitive as two parallel arrays, "given" and "_given"; a null
     # in one is only a place holder for an item that the other one has.
@@ -264,26 +293,27 @@ def _primitive_list(node: Json, name: str, values: list[Any], child: Child, path
                 out.add(ipath, _NULL, "structure")
         elif ext:
             other = paired[i] if paired is not None and i < len(paired) else None
-            _primitive_ext(item, other, ipath, schema, scope, out)
+            _primitive_ext(item, other, ipath, schema, scope, out, depth)
         else:
             _primitive(item, kind, ftype, binding, ipath, scope, out)
 
 
 def _primitive_ext(value: Any, primitive: Any, path: str, schema: _Schema, scope: _Scope,
-                   out: IssueCollector) -> None:
+                   out: IssueCollector, depth: int) -> None:
     if type(value) is dict:
         if not value:
             out.add(path, _EMPTY_OBJECT, "structure")
         elif primitive is None and "extension" not in value:
             out.add(path, _ONLY_ID, "structure")  # neither a value nor children
         else:
-            _walk(value, "Element", path, schema, scope, out)
+            _walk(value, "Element", path, schema, scope, out, depth + 1)
     elif value is None:
         out.add(path, _NULL, "structure")
 
 
 def _element(value: Any, kind: int, ctype: str, binding: Binding | None, path: str,
-             schema: _Schema, scope: _Scope, out: IssueCollector, index: int) -> None:
+             schema: _Schema, scope: _Scope, out: IssueCollector, index: int, depth: int
+             ) -> None:
     if type(value) is not dict:
         if value is None:
             out.add(path, _NULL, "structure")
@@ -295,7 +325,7 @@ def _element(value: Any, kind: int, ctype: str, binding: Binding | None, path: s
         if len(value) == 1 and "id" in value:
             out.add(path, _ONLY_ID, "structure")
             return
-        _walk(value, ctype, path, schema, scope, out)
+        _walk(value, ctype, path, schema, scope, out, depth + 1)
         if binding is not None:
             _check_coded(value, ctype, binding, path, out)
         return
@@ -304,10 +334,10 @@ def _element(value: Any, kind: int, ctype: str, binding: Binding | None, path: s
         return  # models.validate reports resources without a known type
     if kind == _CONTAINED:
         previous, scope.current = scope.current, index
-        _walk(value, rtype, path, schema, scope, out)
+        _walk(value, rtype, path, schema, scope, out, depth + 1)
         scope.current = previous
     else:
-        _walk(value, rtype, path, schema, _Scope.of(value), out)
+        _walk(value, rtype, path, schema, _Scope.of(value), out, depth + 1)
 
 
 def _check_coded(value: Json, ctype: str, binding: Binding, path: str, out: IssueCollector) -> None:
@@ -322,6 +352,67 @@ def _check_coded(value: Json, ctype: str, binding: Binding, path: str, out: Issu
         if not (type(codings) is list and any(binding.coding_ok(c) for c in codings)):
             out.add(path, f"No coding is from the required value set {binding.value_set} for "
                           f"{path}", "code-invalid")
+
+
+_XHTML: Final = "{http://www.w3.org/1999/xhtml}"
+_XML_LANG: Final = "{http://www.w3.org/XML/1998/namespace}lang"
+# txt-1's element and attribute names, as the official validator (FHIRPathEngine's
+# checkHtmlNames) allows them: HTML 4.0's text, list, table, link and image elements with their
+# core, i18n and table attributes; no scripts, forms, frames, objects or event handlers.
+_TXT_ELEMENTS: Final = frozenset(
+    "p br div h1 h2 h3 h4 h5 h6 a span b em i strong small big tt dfn q var abbr acronym cite "
+    "blockquote hr address bdo kbd sub sup ul ol li dl dt dd pre table caption colgroup col "
+    "thead tr tfoot tbody th td code samp img map area".split())
+_TXT_ATTRIBUTES: Final = frozenset(
+    "title style class id lang dir accesskey tabindex span width align valign char charoff "
+    "abbr axis headers scope rowspan colspan".split())
+_TXT_ELEMENT_ATTRIBUTES: Final = frozenset(
+    "a.href a.name a.charset a.type a.hreflang a.rel a.rev a.shape a.coords img.src img.border "
+    "img.alt img.longdesc img.height img.width img.usemap img.ismap map.name area.shape "
+    "area.coords area.href area.nohref area.alt blockquote.cite q.cite table.summary "
+    "table.width table.border table.frame table.rules table.cellspacing table.cellpadding "
+    "pre.space td.nowrap".split())
+_TXT_1: Final = ("txt-1: The narrative SHALL contain only the basic html formatting elements and "
+                 "attributes described in chapters 7-11 (except section 4 of chapter 9) and 15 "
+                 "of the HTML 4.0 standard, <a> elements (either name or href), images and "
+                 "internally contained style attributes")
+
+
+def _narrative(div: str, path: str, out: IssueCollector) -> None:
+    """txt-1 and txt-2 of a Narrative.div, which must also be an XHTML div the hub can write
+    as FHIR XML (read by the hardened parser: no DTD, so no entities but XML's own)."""
+    try:
+        root = xml.parse(div)
+    except BadRequest as exc:
+        out.add(path, f"The narrative is not a well-formed XHTML div: {exc.diagnostics}",
+                "value")
+        return
+    if root.tag != f"{_XHTML}div" or root.prefix is not None:
+        out.add(path, 'The narrative must be a <div xmlns="http://www.w3.org/1999/xhtml">, with '
+                      "XHTML as its default namespace", "value")
+        return
+    image = False
+    for element in root.iter():  # (the parser leaves out comments and processing instructions)
+        tag = element.tag
+        name = tag[len(_XHTML):] if tag.startswith(_XHTML) else None
+        if name not in _TXT_ELEMENTS:
+            out.add(path, f"{_TXT_1} (<{_lxml_name(tag)}> is not one)")
+            return
+        image = image or name == "img"
+        for attribute in element.attrib:
+            if not (attribute in _TXT_ATTRIBUTES or attribute == _XML_LANG
+                    or f"{name}.{attribute}" in _TXT_ELEMENT_ATTRIBUTES):
+                out.add(path, f"{_TXT_1} (the attribute {_lxml_name(attribute)} of <{name}> is "
+                              "not one)")
+                return
+    if not image and not "".join(root.itertext()).strip():
+        out.add(path, "txt-2: The narrative SHALL have some non-whitespace content")
+
+
+def _lxml_name(tag: str) -> str:
+    """An lxml name (``{namespace}local``) as a reader writes it."""
+    namespace, _, local = tag[1:].partition("}") if tag.startswith("{") else ("", "", tag)
+    return f"{local} (in {namespace})" if namespace else local
 
 
 def _local_ref(ref: str, scope: _Scope) -> None:
@@ -354,6 +445,9 @@ ID_RE: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 # Characters below U+0020 other than tab, CR and LF: FHIR strings should not hold them, XML
 # cannot carry them (so the resource could not be served as XML) and PostgreSQL refuses NUL.
 CONTROL_CHARS: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# The same, and the other code points XML 1.0 has no character for: surrogates (JSON's parser
+# refuses a lone one already) and the noncharacters U+FFFE and U+FFFF.
+NOT_IN_XML: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def check_id(value: str, expression: str | None = None) -> None:

@@ -159,7 +159,9 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
 @router.delete("/{rtype}/{rid}")
 def delete(request: Request, rtype: str, rid: str) -> Response:
     ctx = context(request)
-    result = _store(request).write(lambda tx: ix.delete(tx, ctx, rtype, rid))
+    if_match = request.headers.get("if-match")
+    result = _store(request).write(lambda tx: ix.delete(tx, ctx, rtype, rid,
+                                                        if_match=if_match))
     return result_response(request, ctx, result)
 
 

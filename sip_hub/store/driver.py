@@ -8,7 +8,8 @@ transaction). Only for statements whose values need no type conversion beyond th
 and without expanding ``IN`` parameters (write ``or_(a == x, a == y)`` instead).
 
 Driver errors are mapped as ``Store.begin`` maps SQLAlchemy's: a lost connection leaves the
-pool, and an operational error (unreachable, timed out) is a retryable ``TransientError``;
+pool; a deadlock or serialization failure between two writes is a ``ConcurrentChange`` (409);
+any other operational error (unreachable, timed out) is a retryable ``TransientError``;
 anything else (a constraint violated) propagates as the bug it is.
 
 Writes whose outcome nothing reads (``run_later``, ``many_later``, savepoints) are, on
@@ -30,6 +31,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from psycopg import RawCursor
+from psycopg.errors import DeadlockDetected, SerializationFailure
 from psycopg.pq import Format
 from sqlalchemy import (Connection, Insert, String, Table, and_, any_, bindparam, event,
                         insert, literal_column, or_)
@@ -38,8 +40,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql import Executable
 
-from ..errors import TransientError
+from ..errors import CONCURRENT_CHANGE, ConcurrentChange, TransientError
 
+
+# PostgreSQL gave way to another transaction that wrote the same rows at the same moment:
+# the database is well, and the request, sent again, can succeed.
+CONCURRENT_ERRORS = (DeadlockDetected, SerializationFailure)
 
 # The dialects' own INSERT constructs (with ON CONFLICT), for ``DriverStatement.on_conflict``.
 _DIALECT_INSERTS: dict[str, Callable[[Table], Any]] = {
@@ -470,6 +476,8 @@ def _cursor(conn: Connection) -> Iterator[Any]:
     except conn.dialect.loaded_dbapi.Error as exc:
         if conn.dialect.is_disconnect(exc, dbapi_conn, cur):
             conn.invalidate(exc)
+        if isinstance(exc, CONCURRENT_ERRORS):  # its details name PostgreSQL's internals
+            raise ConcurrentChange(CONCURRENT_CHANGE) from exc
         if isinstance(exc, conn.dialect.loaded_dbapi.OperationalError):
             raise TransientError(f"Database unavailable: {exc}") from exc
         raise

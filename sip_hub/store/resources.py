@@ -16,11 +16,12 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import orjson
 from sqlalchemy import (Connection, Engine, and_, bindparam, delete, event, func, insert,
-                        select, tuple_, update)
+                        select, text, tuple_, update)
 from sqlalchemy.exc import OperationalError
 
 from ..ids import uuid7
-from ..errors import Conflict, PreconditionFailed, TransientError
+from ..errors import (CONCURRENT_CHANGE, ConcurrentChange, Conflict, PreconditionFailed,
+                      TransientError)
 from ..fhir.dates import format_instant, now_utc, to_us
 from ..fhir.indexing import extract, index_kinds
 from ..fhir.search import SearchQuery
@@ -29,8 +30,8 @@ from . import search as sql_search
 from .engine import make_engine
 from .filelock import AVAILABLE as FILE_LOCKS, WriterLock, try_lock
 from .group import GroupCommit
-from .driver import (DriverStatement, any_of, insert_into, lazy_commit as _lazy_commit,
-                     numbered, savepoint as _savepoint)
+from .driver import (CONCURRENT_ERRORS, DriverStatement, any_of, insert_into,
+                     lazy_commit as _lazy_commit, numbered, savepoint as _savepoint)
 from .records import (COLUMNS as _COLUMNS, CURRENT_COLUMNS, Stored, current_to_stored,
                       row_to_stored as _row)
 from .schema import INDEX_TABLES, access_grant, resource, resource_history
@@ -132,6 +133,11 @@ def _grants_of(n: int) -> DriverStatement:
 
 _DELETE_GRANTS = delete(access_grant).where(access_grant.c.patient_id == bindparam("p"))
 _INSERT_GRANTS = insert(access_grant)
+# (PostgreSQL) The advisory locks of several keys in one statement, taken in the order of
+# their hashes: the same order in every transaction.
+_SERIALISE_ALL = DriverStatement(text(
+    "SELECT count(pg_advisory_xact_lock(h)) FROM (SELECT DISTINCT hashtextextended(k, 0) "
+    "AS h FROM unnest(CAST(:keys AS text[])) AS k ORDER BY h) AS ordered"))
 
 
 def lock_file_base(engine: Engine) -> str | None:
@@ -326,6 +332,20 @@ class Tx:
                 f"If-Match asked for {if_match}")
         raise Conflict(f"{rtype}/{rid} was changed concurrently; retry")
 
+    def lock_resource(self, rtype: str, rid: str) -> None:
+        """Until this transaction ends no other writes the resource, and what this one reads
+        of it next is its latest committed version. For a write decided on what it reads (a
+        delete): read unlocked, the resource could be deleted or changed by another request
+        between the read and the write. On PostgreSQL the row is locked (waiting for a writer
+        holding it); SQLite's one writer holds every row already."""
+        if self.conn.dialect.name != "postgresql":
+            return
+        row = _CURRENT_VERSION_LOCKED.first(self.conn, {"t": rtype, "i": rid})
+        then = self._seen.get((rtype, rid))
+        if then is None or row is None or (then.version_id, then.deleted) != (
+                row[0], bool(row[1])):
+            self._seen.pop((rtype, rid), None)  # read again, as it is now
+
     def delete(self, rtype: str, rid: str) -> Stored | None:
         """Write a tombstone; None when there is nothing current to delete."""
         cur = self._current_version(rtype, rid)
@@ -510,6 +530,15 @@ class Tx:
             self.conn.execute(select(func.pg_advisory_xact_lock(
                 func.hashtextextended(key, 0))))
 
+    def serialise_all(self, keys: Iterable[str]) -> None:
+        """``serialise`` on every key, all at once and in one order (their hashes'): two
+        transactions that take overlapping keys one by one in different orders could each
+        hold one the other waits for, a deadlock. Sent with the next statement (PostgreSQL),
+        so that it costs no round trip of its own."""
+        keys = sorted(set(keys))
+        if keys and self.conn.dialect.name == "postgresql":
+            _SERIALISE_ALL.run_later(self.conn, {"keys": keys})
+
     def replace_grants(self, patient_id: str, grants: list[Grant]) -> None:
         self.conn.execute(_DELETE_GRANTS, {"p": patient_id})
         if grants:
@@ -601,6 +630,8 @@ class Store:
                 self.work_committed.set()
             tx.committed()
         except OperationalError as exc:
+            if isinstance(exc.orig, CONCURRENT_ERRORS):  # (a conflict; no internals shown)
+                raise ConcurrentChange(CONCURRENT_CHANGE) from exc
             raise TransientError(f"Database unavailable: {exc.orig}") from exc
 
     def write(self, fn: Callable[[Tx], T]) -> T:

@@ -175,6 +175,12 @@ def _criterion_cond(rtype: str, shape: Shape, key: str) -> ColumnElement[bool]:
         table, name = idx_token, f"{name}:identifier"
     conds = [cond for j, v in enumerate(shape[3])
              if (cond := _value_cond(kind, v, f"{key}_{j}")) is not None]
+    if kind == "string" and how == "contains":
+        # A long string's parts beyond the column's width are in the rows of its windows
+        # (``indexing.contains_windows``).
+        c = idx_string.c
+        return _R.res_id.in_(select(c.res_id).where(
+            c.res_type == rtype, c.param.in_((name, f"{name}:contains")), or_(*conds)))
     sub = _R.res_id.in_(_ids(table, rtype, name, or_(*conds)))
     return not_(sub) if how == "not" and kind in ("token", "uri") else sub
 
@@ -295,7 +301,8 @@ def _page(shape: Shape, sort: tuple[tuple[str, bool], ...]) -> Select[Any]:
             .where(*_conditions(shape))
             .order_by(*order)
             .limit(bindparam("page_limit", type_=Integer))
-            .offset(bindparam("page_offset", type_=Integer)))
+            # 64-bit: an offset past 2**31 is a valid (empty) page, not an int4 overflow.
+            .offset(bindparam("page_offset", type_=BigInteger)))
 
 
 def run(conn: Connection, query: SearchQuery,

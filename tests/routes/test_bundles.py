@@ -74,6 +74,24 @@ def test_transaction_stale_if_match_rolls_back(client):
     assert client.get("/fhir/Patient").json()["total"] == 1
 
 
+def test_delete_entries_with_a_stale_if_match_delete_nothing(client):
+    keep = create(client, patient())
+    stale = {"request": {"method": "DELETE", "url": f"Patient/{keep['id']}",
+                         "ifMatch": 'W/"7"'}}
+    r = client.post("/fhir", **body(tx(post(patient("200001012384")), stale)))
+    assert r.status_code == 412, r.text
+    assert "Bundle.entry[1]" in outcome_text(r)
+    assert client.get("/fhir/Patient").json()["total"] == 1  # the whole transaction undone
+    out = client.post("/fhir", **body(tx(stale, btype="batch"))).json()
+    assert out["entry"][0]["response"]["status"] == "412"
+    assert client.get(f"/fhir/Patient/{keep['id']}").status_code == 200
+    current = {"request": {"method": "DELETE", "url": f"Patient/{keep['id']}",
+                           "ifMatch": 'W/"1"'}}
+    out = client.post("/fhir", **body(tx(current))).json()
+    assert out["entry"][0]["response"]["status"] == "200 OK"
+    assert client.get(f"/fhir/Patient/{keep['id']}").status_code == 410
+
+
 def test_transaction_conditional_create_reuses_existing(client):
     existing = create(client, patient())
     url = "urn:uuid:7f1a4c1e-0000-4000-8000-000000000001"
@@ -102,6 +120,32 @@ def test_batch_entries_succeed_or_fail_alone(client):
     assert statuses[0] == "201 Created" and statuses[1] == "422" and statuses[2] == "404"
     assert out["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
     assert client.get("/fhir/Patient").json()["total"] == 1
+
+
+def test_a_fault_of_the_hub_in_one_batch_entry_is_that_entrys_500_alone(
+        client, monkeypatch, caplog):
+    """The entries of a batch commit one by one: a bug met by one entry is its own 500
+    (an OperationOutcome, logged with its traceback); the others' results are answered."""
+    from sip_hub import interactions
+
+    real_read = interactions.read
+
+    def read(tx, ctx, rtype, rid):
+        if rid == "buggy":
+            raise RuntimeError("a bug")
+        return real_read(tx, ctx, rtype, rid)
+    monkeypatch.setattr(interactions, "read", read)
+    bundle = tx(post(patient()), {"request": {"method": "GET", "url": "Patient/buggy"}},
+                post(patient("200001012384")), btype="batch")
+    r = client.post("/fhir", **body(bundle))
+    assert r.status_code == 200, r.text
+    entries = r.json()["entry"]
+    assert [e["response"]["status"] for e in entries] == ["201 Created", "500", "201 Created"]
+    issue = entries[1]["response"]["outcome"]["issue"][0]
+    assert issue["code"] == "exception" and "Bundle.entry[1]" in issue["diagnostics"]
+    assert "Unhandled error in Bundle.entry[1]" in caplog.text
+    assert "RuntimeError: a bug" in caplog.text  # with its traceback
+    assert client.get("/fhir/Patient").json()["total"] == 2
 
 
 def test_batch_search_entry(client):

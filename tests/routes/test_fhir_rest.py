@@ -114,6 +114,25 @@ def test_delete_unknown_is_404(client):
     assert client.delete("/fhir/Patient/nobody").status_code == 404
 
 
+def test_delete_with_stale_if_match_is_412_and_deletes_nothing(client):
+    res = create(client, patient())
+    url = f"/fhir/Patient/{res['id']}"
+    stale = client.delete(url, headers={"if-match": 'W/"7"'})
+    assert stale.status_code == 412, stale.text
+    assert "version 1" in outcome_text(stale)
+    assert client.get(url).json()["meta"]["versionId"] == "1"
+    assert client.get(f"{url}/_history").json()["total"] == 1
+    assert client.delete(url, headers={"if-match": "seven"}).status_code == 400
+    done = client.delete(url, headers={"if-match": 'W/"1"'})
+    assert done.status_code == 200 and done.headers["etag"] == 'W/"2"'
+    assert client.get(url).status_code == 410
+    # Deleted since the client read it: the version it names is not the current one.
+    assert client.delete(url, headers={"if-match": 'W/"1"'}).status_code == 412
+    again = client.delete(url)
+    assert again.status_code == 200 and "already deleted" in outcome_text(again)
+    assert client.get(f"{url}/_history").json()["total"] == 2
+
+
 def test_conditional_create_returns_existing_match(client):
     first = client.post("/fhir/Patient", content=orjson.dumps(patient()),
                         headers=JSON_HEADERS | {
