@@ -160,17 +160,32 @@ def _with_entry(err: SipHubError, index: int) -> SipHubError:
     return err
 
 
+def _lock_keys(ctx: ix.Context, entries: list[_Entry]) -> list[str]:
+    """The keys of what ``entries`` write by id and of the criteria they match on."""
+    keys: list[str] = []
+    for e in entries:
+        if not supported(e.rtype):
+            continue
+        if e.method in ("PUT", "DELETE") and e.rid:
+            if ID_RE.fullmatch(e.rid):
+                keys.append(f"write:{e.rtype}/{e.rid}")
+        elif e.method == "POST" and e.if_none_exist or e.method == "PUT" and e.has_query:
+            key = ix.match_key(ctx, e.rtype, e.if_none_exist if e.method == "POST" else e.query)
+            if key is not None and "\x00" not in key:
+                keys.append(key)
+    return keys
+
+
 def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str) -> dict:
     """A transaction Bundle inside the caller's database transaction (messages use this, so
     their effects commit with the message's cache entry and notifications)."""
     entries = _entries(bundle, ctx)
-    # What the entries write by id is locked up front, in one order: two Bundles writing
-    # the same resources in different entry orders would otherwise each lock one the other
-    # waits for (a deadlock, which PostgreSQL breaks by failing one of them). Only well-formed
-    # keys (PostgreSQL refuses a NUL): a bad entry is refused where it is processed.
-    tx.serialise_all(f"write:{e.rtype}/{e.rid}" for e in entries
-                     if e.method in ("PUT", "DELETE") and e.rid and supported(e.rtype)
-                     and ID_RE.fullmatch(e.rid))
+    # What the entries write by id, and the criteria of their conditional creates and
+    # updates, are locked up front, in one order: two Bundles writing the same resources in
+    # different entry orders would otherwise each lock one the other waits for (a deadlock,
+    # which PostgreSQL breaks by failing one of them). Only well-formed keys (PostgreSQL
+    # refuses a NUL): a bad entry is refused where it is processed.
+    tx.serialise_all(_lock_keys(ctx, entries))
     responses: dict[int, dict[str, Any]] = {}
     # Assign ids (or find the existing resource for a conditional create) before any
     # write, so every reference between entries can be rewritten first.

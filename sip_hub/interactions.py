@@ -17,7 +17,7 @@ import orjson
 from . import access as acl, process
 from .access import Access
 from .audit import AuditLog, AuditRecord
-from .errors import BadRequest, Forbidden, Gone, NotFound, PreconditionFailed
+from .errors import BadRequest, Forbidden, Gone, NotFound, PreconditionFailed, SipHubError
 from .fhir import search as fhir_search
 from .fhir.dates import format_instant, now_utc
 from .fhir.outcome import information
@@ -96,20 +96,40 @@ def location(ctx: Context, stored: Stored) -> str:
     return f"{ctx.base_url}/{stored.type}/{stored.id}/_history/{stored.version_id}"
 
 
-def match(tx: Tx, ctx: Context, rtype: str, criteria: str | list[tuple[str, str]]
-          ) -> list[Stored]:
-    """Up to two matches for a conditional interaction, among what the caller may see."""
+Criteria = str | list[tuple[str, str]]
+
+
+def _conditional_query(ctx: Context, rtype: str, criteria: Criteria) -> fhir_search.SearchQuery:
     items = parse_qsl(criteria, keep_blank_values=True) if isinstance(criteria, str) else criteria
     items = [(k, v) for k, v in items if not k.startswith("_format")]
     if not items:
         raise BadRequest("A conditional interaction needs search criteria")
     query = fhir_search.parse(rtype, items, default_count=2, max_count=2, base_url=ctx.base_url)
     query.count, query.total = 2, False
-    # Two conditional creates (or updates) with the same criteria at once would both find
-    # nothing and both create: the second waits for the first and then finds its resource.
+    return query
+
+
+def _match_key(rtype: str, query: fhir_search.SearchQuery) -> str:
     # Keyed by the criteria as parsed, so that two spellings of one identifier (a
     # personnummer with and without its dash) wait for each other too.
-    tx.serialise(f"match:{rtype}?" + "&".join(sorted(map(repr, query.criteria))))
+    return f"match:{rtype}?" + "&".join(sorted(map(repr, query.criteria)))
+
+
+def match_key(ctx: Context, rtype: str, criteria: Criteria) -> str | None:
+    """The lock ``match`` takes for these criteria (None: they are refused when matched), for
+    a caller that takes several at once (``Tx.serialise_all``)."""
+    try:
+        return _match_key(rtype, _conditional_query(ctx, rtype, criteria))
+    except SipHubError:
+        return None
+
+
+def match(tx: Tx, ctx: Context, rtype: str, criteria: Criteria) -> list[Stored]:
+    """Up to two matches for a conditional interaction, among what the caller may see."""
+    query = _conditional_query(ctx, rtype, criteria)
+    # Two conditional creates (or updates) with the same criteria at once would both find
+    # nothing and both create: the second waits for the first and then finds its resource.
+    tx.serialise(_match_key(rtype, query))
     vis = ctx.access.visibility(rtype)
     if vis is False:
         return []

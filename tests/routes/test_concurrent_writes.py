@@ -160,3 +160,40 @@ def test_transaction_bundles_writing_the_same_resources_in_opposite_orders_both_
     assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
     for res in (a, b):
         assert client.get(f"/fhir/Patient/{res['id']}").json()["meta"]["versionId"] == "3"
+
+
+def test_transaction_bundles_creating_the_same_resources_if_none_exist_in_opposite_orders(
+        client, store):
+    """Conditional creates lock their criteria up front with the Bundle's other keys, in one
+    order: two Bundles creating the same two Patients if none exist, in opposite entry orders,
+    both succeed and make one of each (each taking the criteria one by one in entry order,
+    the two deadlocked and PostgreSQL failed one). Made certain here: the test holds the
+    first Patient's criteria until both Bundles wait."""
+    from sip_hub.fhir import search as fhir_search
+    from sip_hub.interactions import _match_key
+    from fhirhttp import PNR
+    pnrs = ("191212121212", "200001012384")
+
+    def criteria(pnr: str) -> str:
+        return f"identifier={PNR}|{pnr}"
+
+    def bundle(*order: str) -> dict:
+        return {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": patient(p), "request": {"method": "POST", "url": "Patient",
+                                                  "ifNoneExist": criteria(p)}} for p in order]}
+
+    held = _match_key("Patient", fhir_search.parse(
+        "Patient", [("identifier", f"{PNR}|{pnrs[0]}")], default_count=2, max_count=2,
+        base_url="http://testserver/fhir"))
+    with ThreadPoolExecutor(2) as pool:
+        with store.begin() as tx:
+            tx.serialise(held)
+            first = pool.submit(client.post, "/fhir", **body(bundle(*pnrs)))
+            wait_until_blocked(tx, 1)
+            second = pool.submit(client.post, "/fhir", **body(bundle(*reversed(pnrs))))
+            wait_until_blocked(tx, 2)
+        answers = [first.result(timeout=30), second.result(timeout=30)]
+    assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
+    for p in pnrs:
+        found = client.get(f"/fhir/Patient?{criteria(p)}").json()
+        assert found["total"] == 1, found
