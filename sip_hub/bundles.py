@@ -170,8 +170,9 @@ def _lock_keys(ctx: ix.Context, entries: list[_Entry]) -> list[str]:
             if ID_RE.fullmatch(e.rid):
                 keys.append(f"write:{e.rtype}/{e.rid}")
         elif e.method == "POST" and e.if_none_exist or e.method == "PUT" and e.has_query:
-            key = ix.match_key(ctx, e.rtype, e.if_none_exist if e.method == "POST" else e.query)
-            if key is not None and "\x00" not in key:
+            key = ix.match_key(e.rtype, e.if_none_exist if e.method == "POST" else e.query,
+                               ctx.base_url)
+            if key is not None:  # (criteria with control characters are refused: None)
                 keys.append(key)
     return keys
 

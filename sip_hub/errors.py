@@ -73,9 +73,9 @@ class ConcurrentChange(Conflict):
 
     retryable = True
 
-
-CONCURRENT_CHANGE = ("The resources were changed concurrently by another request; nothing "
-                     "was applied, and the request may be retried")
+    def __init__(self) -> None:
+        super().__init__("The resources were changed concurrently by another request; nothing "
+                         "was applied, and the request may be retried")
 
 
 class Gone(SipHubError):

@@ -99,12 +99,13 @@ def location(ctx: Context, stored: Stored) -> str:
 Criteria = str | list[tuple[str, str]]
 
 
-def _conditional_query(ctx: Context, rtype: str, criteria: Criteria) -> fhir_search.SearchQuery:
+def _conditional_query(rtype: str, criteria: Criteria, base_url: str
+                       ) -> fhir_search.SearchQuery:
     items = parse_qsl(criteria, keep_blank_values=True) if isinstance(criteria, str) else criteria
     items = [(k, v) for k, v in items if not k.startswith("_format")]
     if not items:
         raise BadRequest("A conditional interaction needs search criteria")
-    query = fhir_search.parse(rtype, items, default_count=2, max_count=2, base_url=ctx.base_url)
+    query = fhir_search.parse(rtype, items, default_count=2, max_count=2, base_url=base_url)
     query.count, query.total = 2, False
     return query
 
@@ -115,18 +116,18 @@ def _match_key(rtype: str, query: fhir_search.SearchQuery) -> str:
     return f"match:{rtype}?" + "&".join(sorted(map(repr, query.criteria)))
 
 
-def match_key(ctx: Context, rtype: str, criteria: Criteria) -> str | None:
+def match_key(rtype: str, criteria: Criteria, base_url: str) -> str | None:
     """The lock ``match`` takes for these criteria (None: they are refused when matched), for
     a caller that takes several at once (``Tx.serialise_all``)."""
     try:
-        return _match_key(rtype, _conditional_query(ctx, rtype, criteria))
+        return _match_key(rtype, _conditional_query(rtype, criteria, base_url))
     except SipHubError:
         return None
 
 
 def match(tx: Tx, ctx: Context, rtype: str, criteria: Criteria) -> list[Stored]:
     """Up to two matches for a conditional interaction, among what the caller may see."""
-    query = _conditional_query(ctx, rtype, criteria)
+    query = _conditional_query(rtype, criteria, ctx.base_url)
     # Two conditional creates (or updates) with the same criteria at once would both find
     # nothing and both create: the second waits for the first and then finds its resource.
     tx.serialise(_match_key(rtype, query))

@@ -283,8 +283,7 @@ def from_xml(data: bytes) -> dict[str, Any]:
         # pydantic's serializer gives up about 125 elements deep (the parser allows 256):
         # beyond validation.MAX_DEPTH anyway
         if isinstance(exc, RecursionError) or "RecursionError" in str(exc):
-            raise Unprocessable(f"{rtype} is not valid FHIR R4: {validation.TOO_DEEP}", issues=[
-                Issue("structure", validation.TOO_DEEP, (rtype,))]) from None
+            raise validation.too_deep(rtype) from None
         raise BadRequest(f"Cannot read FHIR XML: {exc}") from None
     _as_json_numbers(out, rtype)
     return out
@@ -302,8 +301,8 @@ def _as_json_numbers(node: Any, path: str) -> None:
     refuses (400) when it is beyond a double (1e400)."""
     items = node.items() if isinstance(node, dict) else enumerate(node)
     for key, value in items:
+        where = f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]"
         if type(value) is int and not _INT_MIN <= value <= _INT_MAX:
-            where = f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]"
             try:
                 node[key] = float(value)
             except OverflowError:
@@ -311,8 +310,11 @@ def _as_json_numbers(node: Any, path: str) -> None:
                                  "(beyond a 64-bit floating point number, as JSON input's "
                                  "numbers must be)", expression=where) from None
         elif isinstance(value, (dict, list)):
-            _as_json_numbers(value, f"{path}.{key}" if isinstance(key, str) else
-                             f"{path}[{key}]")
+            _as_json_numbers(value, where)
+
+
+# A reference in written XML other than the five XML defines and character references.
+_ENTITY_REF = re.compile(rb"&(?!(?:amp|lt|gt|quot|apos|#[0-9]+|#x[0-9A-Fa-f]+);)")
 
 
 def to_xml(resource: dict[str, Any]) -> bytes:
@@ -330,5 +332,3 @@ def to_xml(resource: dict[str, Any]) -> bytes:
                          "written as FHIR XML")
     return out
 
-
-_ENTITY_REF = re.compile(rb"&(?!(?:amp|lt|gt|quot|apos|#[0-9]+|#x[0-9A-Fa-f]+);)")

@@ -47,10 +47,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from .. import xml
-from ..errors import BadRequest, IssueCollector
+from ..errors import BadRequest, Issue, IssueCollector, Unprocessable
 from .dates import parse_zoned
 
-__all__ = ["Binding", "MAX_DEPTH", "TOO_DEEP", "check", "required_binding"]
+__all__ = ["Binding", "MAX_DEPTH", "TOO_DEEP", "check", "required_binding", "too_deep"]
 
 _DEFINITIONS: Final = Path(__file__).with_name("definitions")
 
@@ -70,6 +70,12 @@ _RESOURCE: Final = 6  # Bundle.entry.resource and the like: a resource with its 
 # validation recurses through.
 MAX_DEPTH: Final = 100
 TOO_DEEP: Final = f"The resource nests elements deeper than {MAX_DEPTH} levels, the most accepted"
+
+
+def too_deep(*expression: str) -> Unprocessable:
+    """The refusal of a resource nested deeper than MAX_DEPTH, where the walk cannot be the
+    one to find it (a parser or writer gave up before it)."""
+    return Unprocessable(TOO_DEEP, issues=[Issue("structure", TOO_DEEP, expression)])
 
 _JSON_TYPE: Final[dict[str, type]] = {
     "boolean": bool, "integer": int, "positiveInt": int, "unsignedInt": int, "decimal": float,
@@ -263,12 +269,10 @@ def _primitive(value: Any, kind: int, ftype: str, binding: Binding | None, path:
         if binding is not None and value not in binding.codes:
             out.add(path, f"Value '{value}' is not in the required value set {binding.value_set} "
                           f"for {path}", "code-invalid")
-        if kind != _PRIM:
-            if kind == _PRIM_URI:
-                if value[0] == "#":
-                    _local_ref(value, scope)
-            else:
-                _narrative(value, path, out)
+        if kind == _PRIM_URI and value[0] == "#":
+            _local_ref(value, scope)
+        elif kind == _PRIM_XHTML:
+            _narrative(value, path, out)
     elif value is None:
         out.add(path, _NULL, "structure")
 
@@ -444,10 +448,11 @@ def _as_list(value: Any) -> list[Any]:
 ID_RE: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 # Characters below U+0020 other than tab, CR and LF: FHIR strings should not hold them, XML
 # cannot carry them (so the resource could not be served as XML) and PostgreSQL refuses NUL.
-CONTROL_CHARS: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_CONTROL: Final = r"\x00-\x08\x0b\x0c\x0e-\x1f"
+CONTROL_CHARS: Final = re.compile(f"[{_CONTROL}]")
 # The same, and the other code points XML 1.0 has no character for: surrogates (JSON's parser
 # refuses a lone one already) and the noncharacters U+FFFE and U+FFFF.
-NOT_IN_XML: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+NOT_IN_XML: Final = re.compile(f"[{_CONTROL}\\ud800-\\udfff\\ufffe\\uffff]")
 
 
 def check_id(value: str, expression: str | None = None) -> None:

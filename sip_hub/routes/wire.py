@@ -20,8 +20,7 @@ from starlette.responses import Response
 
 from ..access import Access
 from ..auth import bearer
-from ..errors import (BadRequest, Issue, NotAcceptable, PayloadTooLarge, Unprocessable,
-                      UnsupportedMediaType)
+from ..errors import BadRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
 from ..fhir import models, validation
 from ..fhir.dates import from_us
 from ..fhir.outcome import information
@@ -125,8 +124,7 @@ def _check_depth(body: Any) -> None:
     try:
         orjson.dumps(body)
     except orjson.JSONEncodeError:  # (the JSON parser makes no other value orjson refuses)
-        raise Unprocessable(validation.TOO_DEEP,
-                            issues=[Issue("structure", validation.TOO_DEEP, ())]) from None
+        raise validation.too_deep() from None
 
 
 def _render(payload: dict[str, Any] | bytes, fmt: str, pretty: bool) -> bytes:

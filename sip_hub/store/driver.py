@@ -40,7 +40,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql import Executable
 
-from ..errors import CONCURRENT_CHANGE, ConcurrentChange, TransientError
+from ..errors import ConcurrentChange, TransientError
 
 
 # PostgreSQL gave way to another transaction that wrote the same rows at the same moment:
@@ -477,7 +477,7 @@ def _cursor(conn: Connection) -> Iterator[Any]:
         if conn.dialect.is_disconnect(exc, dbapi_conn, cur):
             conn.invalidate(exc)
         if isinstance(exc, CONCURRENT_ERRORS):  # its details name PostgreSQL's internals
-            raise ConcurrentChange(CONCURRENT_CHANGE) from exc
+            raise ConcurrentChange() from exc
         if isinstance(exc, conn.dialect.loaded_dbapi.OperationalError):
             raise TransientError(f"Database unavailable: {exc}") from exc
         raise

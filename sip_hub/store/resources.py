@@ -20,8 +20,7 @@ from sqlalchemy import (Connection, Engine, and_, bindparam, delete, event, func
 from sqlalchemy.exc import OperationalError
 
 from ..ids import uuid7
-from ..errors import (CONCURRENT_CHANGE, ConcurrentChange, Conflict, PreconditionFailed,
-                      TransientError)
+from ..errors import ConcurrentChange, Conflict, PreconditionFailed, TransientError
 from ..fhir.dates import format_instant, now_utc, to_us
 from ..fhir.indexing import extract, index_kinds
 from ..fhir.search import SearchQuery
@@ -340,11 +339,10 @@ class Tx:
         holding it); SQLite's one writer holds every row already."""
         if self.conn.dialect.name != "postgresql":
             return
-        row = _CURRENT_VERSION_LOCKED.first(self.conn, {"t": rtype, "i": rid})
+        now = self._current_version(rtype, rid)  # (FOR UPDATE)
         then = self._seen.get((rtype, rid))
-        if then is None or row is None or (then.version_id, then.deleted) != (
-                row[0], bool(row[1])):
-            self._seen.pop((rtype, rid), None)  # read again, as it is now
+        if then is not None and (then.version_id, then.deleted) != now:
+            del self._seen[(rtype, rid)]  # read again, as it is now
 
     def delete(self, rtype: str, rid: str) -> Stored | None:
         """Write a tombstone; None when there is nothing current to delete."""
@@ -631,7 +629,7 @@ class Store:
             tx.committed()
         except OperationalError as exc:
             if isinstance(exc.orig, CONCURRENT_ERRORS):  # (a conflict; no internals shown)
-                raise ConcurrentChange(CONCURRENT_CHANGE) from exc
+                raise ConcurrentChange() from exc
             raise TransientError(f"Database unavailable: {exc.orig}") from exc
 
     def write(self, fn: Callable[[Tx], T]) -> T:

@@ -169,8 +169,7 @@ def test_transaction_bundles_creating_the_same_resources_if_none_exist_in_opposi
     both succeed and make one of each (each taking the criteria one by one in entry order,
     the two deadlocked and PostgreSQL failed one). Made certain here: the test holds the
     first Patient's criteria until both Bundles wait."""
-    from sip_hub.fhir import search as fhir_search
-    from sip_hub.interactions import _match_key
+    from sip_hub.interactions import match_key
     from fhirhttp import PNR
     pnrs = ("191212121212", "200001012384")
 
@@ -182,9 +181,7 @@ def test_transaction_bundles_creating_the_same_resources_if_none_exist_in_opposi
             {"resource": patient(p), "request": {"method": "POST", "url": "Patient",
                                                   "ifNoneExist": criteria(p)}} for p in order]}
 
-    held = _match_key("Patient", fhir_search.parse(
-        "Patient", [("identifier", f"{PNR}|{pnrs[0]}")], default_count=2, max_count=2,
-        base_url="http://testserver/fhir"))
+    held = match_key("Patient", criteria(pnrs[0]), "http://testserver/fhir")
     with ThreadPoolExecutor(2) as pool:
         with store.begin() as tx:
             tx.serialise(held)
