@@ -28,6 +28,13 @@ Reliability
 ===========
 * Publishing waits for the broker's confirm on RabbitMQ (``confirm_publish``); the memory
   transport stores synchronously. Messages are persistent.
+* On RabbitMQ one message for several organisations' queues (``publish_many`` items with the
+  same body and message id) is published once: to the first queue's key, with the others in
+  the ``BCC`` header (RabbitMQ's sender-selected distribution; the broker removes the header
+  and puts a copy in each queue) and each queue's own headers in the table ``sip-to``,
+  keyed by queue name. A consumer takes its queue's entry as the message's headers, so what
+  it receives is what a publish per queue gave. A routed message went out as four publishes,
+  each a frame set for the client to build and the broker to parse and confirm.
 * Consumers acknowledge explicitly: the handler returns ``Ack``, ``Requeue`` (put it back:
   the handler could not decide now, e.g. the database is down) or ``DeadLetter`` (to
   ``sip.dead`` with the reason, then acknowledged). An exception from the handler becomes
@@ -67,6 +74,8 @@ log = logging.getLogger("sip_hub.bus")
 HeaderValue = str | int
 REASON: Final = "sip-reason"
 ATTEMPTS: Final = "sip-attempts"
+# One message for several queues (see "Reliability"): each queue's headers, by queue name.
+_TO: Final = "sip-to"
 _CONTENT_TYPE: Final = "application/fhir+json"
 MEMORY_DEAD_MAX: Final = 1000  # dead letters the memory transport keeps (see above)
 _PUBLISH_RETRY: Final = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5,
@@ -210,6 +219,22 @@ class _Confirms:
         return refused
 
 
+def _fan_outs(items: Sequence[tuple[Queue, Envelope]]) -> list[list[int]]:
+    """The items' indexes, grouped into publishes: those with one body and message id to
+    distinct queues together, in the order of each group's first item."""
+    groups: list[list[int]] = []
+    open_: dict[tuple[str, bytes], tuple[list[int], set[str]]] = {}
+    for i, (queue, env) in enumerate(items):
+        key = (env.message_id, env.body)
+        found = open_.get(key)
+        if found is None or queue.name in found[1]:
+            found = open_[key] = ([], set())
+            groups.append(found[0])
+        found[0].append(i)
+        found[1].add(queue.name)
+    return groups
+
+
 _DELIVERY_TAGS = itertools.count(1)
 
 
@@ -258,6 +283,7 @@ class Bus:
         self._queues: dict[str, Queue] = {}
         self._consumer: Consumer | None = None
         self._consuming: set[str] = set()
+        self._tag_orgs: dict[str, str] = {}  # consumer tag -> organisation of its queue
         self._producer: Producer | None = None
         self._confirms: _Confirms | None = None
         self._handled = 0
@@ -343,9 +369,11 @@ class Bus:
         for each). Returns, per item, whether the broker confirmed it; one it refused
         (a nack) is False. Raises BusUnavailable when the broker went away meanwhile: which
         of the batch it took is then unknown, and publishing them again is safe (receivers
-        drop duplicates by MessageHeader.id)."""
+        drop duplicates by MessageHeader.id). On RabbitMQ the items of one message to
+        several organisations are one publish (the module's doc): the broker confirms or
+        refuses them together."""
         return self._publish_confirmed([(self.org_queue(org), env) for org, env in items],
-                                       confirm_timeout)
+                                       confirm_timeout, fan_out=True)
 
     def hand_over(self, items: Sequence[tuple[str, Envelope]], *,
                   confirm_timeout: float = 30.0) -> list[bool]:
@@ -358,7 +386,10 @@ class Bus:
                                        confirm_timeout)
 
     def _publish_confirmed(self, items: Sequence[tuple[Queue, Envelope]],
-                           confirm_timeout: float) -> list[bool]:
+                           confirm_timeout: float, fan_out: bool = False) -> list[bool]:
+        """``fan_out``: the items of one message to several queues go as one publish
+        (RabbitMQ; the hub's own queues only: an organisation consuming its inbox would see
+        the others' headers)."""
         if not items:
             return []
         for queue in {q.name: q for q, _ in items}.values():
@@ -373,8 +404,17 @@ class Bus:
                 if self._confirms is None:
                     self._confirms = _Confirms(self._conn.channel())
                 confirms = self._confirms
-                tags = [confirms.publish(env, self._exchange.name, queue.routing_key)
-                        for queue, env in items]
+                tags = [0] * len(items)
+                groups = _fan_outs(items) if fan_out else [[i] for i in range(len(items))]
+                for group in groups:
+                    queue, env = items[group[0]]
+                    if len(group) > 1:
+                        env = Envelope(env.body, env.message_id, {
+                            "BCC": [items[i][0].routing_key for i in group[1:]],
+                            _TO: {items[i][0].name: dict(items[i][1].headers) for i in group}})
+                    tag = confirms.publish(env, self._exchange.name, queue.routing_key)
+                    for i in group:
+                        tags[i] = tag
                 refused = confirms.wait(lambda t: self._conn.drain_events(timeout=t),
                                         confirm_timeout)
         except BaseException:  # which of the batch the broker took is unknown
@@ -472,14 +512,36 @@ class Bus:
             self._settle_all(pending)
         return self._handled
 
-    def _org_of(self, message: Message) -> str | None:
-        key = (message.delivery_info or {}).get("routing_key", "")
-        return key[4:] if isinstance(key, str) and key.startswith("org.") else None
+    def _org_of(self, message: Message) -> tuple[str | None, str | None]:
+        """The organisation whose queue held the message, and that queue's name. A message
+        published to several queues at once carries the first one's routing key: the queue
+        is told by the consumer tag it came with (RabbitMQ), else (the memory transport,
+        which names no tag and publishes once per queue) by the routing key."""
+        info = message.delivery_info or {}
+        tag = info.get("consumer_tag")
+        if tag is not None:
+            org = self._tag_orgs.get(tag)
+            if org is None and self._consumer is not None:
+                # kombu's Consumer notes a queue's tag before it asks the broker to consume
+                # it, and messages of the queues consumed before may arrive meanwhile.
+                prefix = self.topology.org_queue("")
+                self._tag_orgs = {t: name[len(prefix):] for name, t in
+                                  self._consumer._active_tags.items()
+                                  if name.startswith(prefix)}
+                org = self._tag_orgs.get(tag)
+        else:
+            key = info.get("routing_key", "")
+            org = key[4:] if isinstance(key, str) and key.startswith("org.") else None
+        return org, (self.topology.org_queue(org) if org is not None else None)
 
     def _received(self, message: Message) -> Received:
         props = message.properties or {}
-        return Received(bytes(message.body), str(props.get("message_id") or ""),
-                        dict(message.headers or {}), self._org_of(message),
+        org, queue = self._org_of(message)
+        headers = dict(message.headers or {})
+        to = headers.pop(_TO, None)
+        if isinstance(to, dict):  # one message for several queues: this queue's headers
+            headers.update(to.get(queue) or {})
+        return Received(bytes(message.body), str(props.get("message_id") or ""), headers, org,
                         bool((message.delivery_info or {}).get("redelivered")))
 
     def _on_message(self, message: Message) -> None:
@@ -589,6 +651,7 @@ class Bus:
             pass
         self._consumer = None
         self._consuming.clear()
+        self._tag_orgs.clear()
         self._drop_confirms()
         self._consumer_conn.release()
         self._conn.release()

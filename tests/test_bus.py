@@ -204,6 +204,54 @@ def test_a_batch_is_published_in_order_and_every_message_confirmed(make_bus: Mak
             e.message_id for o, e in batch + [(A, env(31))] if o == org]
 
 
+def test_one_message_for_several_organisations_reaches_each_with_its_own_headers(
+        make_bus: MakeBus) -> None:
+    """The relay publishes a routed message once for all its organisations (RabbitMQ: one
+    publish, the other queues in BCC); each queue's consumer sees its own delivery's headers
+    only, as if it had been published to that queue alone, and so does its dead letter."""
+    pub, sub = make_bus(), make_bus()
+    body = b'{"resourceType":"Bundle","type":"message"}'
+
+    def to(delivery: str, seq: int) -> Envelope:
+        return Envelope(body, "hdr-1", {"sip-delivery": delivery, "sip-seq": seq})
+    # A twice (a delivery and its retry in one round): two messages in A's queue. B first:
+    # every copy carries B's routing key, and A's queue, consumed first, is consumed while
+    # the consumer still subscribes to B's
+    assert pub.publish_many([(B, to("d-b", 4)), (A, to("d-a", 1)), (A, to("d-a2", 2)),
+                             (B, env(9))]) == [True] * 4
+
+    def outcome(m: Received) -> object:
+        return DeadLetter("refused", 1) if m.headers.get("sip-delivery") == "d-b" else Ack()
+    got = collect(sub, [A, B], outcome)
+    assert sorted((m.org, m.message_id, m.body, sorted(m.headers.items())) for m in got) == sorted([
+        (A, "hdr-1", body, [("sip-delivery", "d-a"), ("sip-seq", 1)]),
+        (A, "hdr-1", body, [("sip-delivery", "d-a2"), ("sip-seq", 2)]),
+        (B, "hdr-1", body, [("sip-delivery", "d-b"), ("sip-seq", 4)]),
+        (B, "msg-9", b'{"n": 9}', [("sip-seq", 9)])])
+    (dead,) = pub.take_dead()
+    assert dead.body == body and {k: v for k, v in dead.headers.items()  # (x-: the broker's)
+                                  if not k.startswith("x-")} == {
+        "sip-delivery": "d-b", "sip-seq": 4, REASON: "refused", ATTEMPTS: 1}
+
+
+@pytest.mark.rabbitmq
+def test_on_rabbitmq_a_message_for_several_organisations_is_one_publish(
+        broker_url: str) -> None:
+    run = uuid.uuid4().hex[:10]
+    topology = Topology(exchange=f"t{run}.sip_hub", prefix=f"t{run}.sip")
+    with Bus(broker_url, topology) as bus:
+        try:
+            bus.publish_many([(A, env(1))])
+            first = bus._confirms.tag if bus._confirms else 0  # the broker's publish count
+            orgs = [A, B, "SE2321000016-C003", "SE2321000016-D004"]
+            assert bus.publish_many([(o, Envelope(b"{}", "m", {"sip-delivery": o}))
+                                     for o in orgs]) == [True] * 4
+            assert bus._confirms is not None and bus._confirms.tag == first + 1
+            assert all(bus.queue_size(o) == 1 + (o == A) for o in orgs)
+        finally:
+            bus.delete([A, B, "SE2321000016-C003", "SE2321000016-D004"])
+
+
 def test_the_transport_declares_its_retryable_errors(make_bus: MakeBus) -> None:
     bus = make_bus()
     assert ConnectionError in bus.retryable_errors or any(
@@ -247,6 +295,10 @@ def test_messages_the_broker_refuses_in_a_batch_are_reported_and_the_rest_confir
                 [True, False, True, False]
             full(conn.default_channel).purge()
             assert bus.publish_many([(A, env(5))]) == [True]
+            # one message for A and B is one publish: refused for one queue, it is refused
+            # for both (published again, B's copy is a duplicate its receiver drops)
+            assert bus.publish_many([(B, env(6)), (A, env(6))]) == [False, False]
+            assert bus.publish_many([(B, env(7))]) == [True]
         finally:
             full(conn.default_channel).delete()
             bus.delete([A, B])
