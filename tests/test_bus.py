@@ -223,7 +223,8 @@ def test_one_message_for_several_organisations_reaches_each_with_its_own_headers
     def outcome(m: Received) -> object:
         return DeadLetter("refused", 1) if m.headers.get("sip-delivery") == "d-b" else Ack()
     got = collect(sub, [A, B], outcome)
-    assert sorted((m.org, m.message_id, m.body, sorted(m.headers.items())) for m in got) == sorted([
+    assert sorted((m.org, m.message_id, m.body, sorted(m.headers.items()))
+                  for m in got) == sorted([
         (A, "hdr-1", body, [("sip-delivery", "d-a"), ("sip-seq", 1)]),
         (A, "hdr-1", body, [("sip-delivery", "d-a2"), ("sip-seq", 2)]),
         (B, "hdr-1", body, [("sip-delivery", "d-b"), ("sip-seq", 4)]),
