@@ -165,6 +165,14 @@ Handler = Callable[[Received], Outcome]
 BatchHandler = Callable[[list[Received]], list[Outcome]]
 
 
+def _prepared(channel: Any, env: Envelope) -> Any:
+    """``env`` as the channel's message, persistent: what kombu's Producer.publish makes of
+    it, without the Producer's wrappers (retries, serialisation) around the channel's publish,
+    which cost two thirds of a publish on the memory transport (22 against 7.5 us)."""
+    return channel.prepare_message(env.body, 0, _CONTENT_TYPE, "binary", dict(env.headers),
+                                   {"message_id": env.message_id, "delivery_mode": 2})
+
+
 class _Confirms:
     """A channel of the publishing connection in confirm mode, publishing without waiting and
     counting the delivery tags the broker gives its messages (1, 2, ... per channel: only
@@ -183,10 +191,8 @@ class _Confirms:
         channel._confirm_selected = True  # py-amqp's own flag: do not select again
 
     def publish(self, env: Envelope, exchange: str, key: str) -> int:
-        message = self.channel.prepare_message(
-            env.body, 0, _CONTENT_TYPE, "binary", dict(env.headers),
-            {"message_id": env.message_id, "delivery_mode": 2})
-        self.channel._basic_publish(message, exchange=exchange, routing_key=key)
+        self.channel._basic_publish(_prepared(self.channel, env), exchange=exchange,
+                                    routing_key=key)
         self.tag += 1
         self.outstanding.add(self.tag)
         return self.tag
@@ -396,8 +402,10 @@ class Bus:
             self._declare(queue)
         if self.is_memory:  # the memory transport stores synchronously: nothing to confirm
             with self._guard("publish"):
+                channel = self._conn.default_channel
                 for queue, env in items:
-                    self._publish(env, queue.routing_key)
+                    channel.basic_publish(_prepared(channel, env), exchange=self._exchange.name,
+                                          routing_key=queue.routing_key)
             return [True] * len(items)
         try:
             with self._guard("publish"):
