@@ -104,14 +104,20 @@ def settle_unreachable(tx: Tx, deliveries: list[sql.Delivery], now: int
     organisation without an address; replay sends them once it has one). Returns the dead
     ones with their reason: their copies go to the dead-letter queue."""
     withdraw = uncovered(tx, deliveries, now)
-    dead: list[tuple[sql.Delivery, str]] = []
+    by_org: dict[str, list[sql.Delivery]] = {}
     for d in deliveries:
         if d.id in withdraw:
             record_withdrawn(tx, d, now)
-            continue
-        reason = no_endpoint_reason(d.dest_org)
-        if record_dead(tx, d, reason, d.attempts + 1, now):
-            dead.append((d, reason))
+        else:
+            by_org.setdefault(d.dest_org, []).append(d)
+    dead: list[tuple[sql.Delivery, str]] = []
+    for org, ds in by_org.items():  # a statement per organisation, not per delivery
+        reason = no_endpoint_reason(org)
+        settled = sql.mark_dead(tx, [d.id for d in ds], reason, now)
+        dead += [(d, reason) for d in ds if d.id in settled]
+    count_committed(tx, DELIVERIES.labels("dead"), len(dead))
+    for d, _ in dead:
+        count_committed(tx, DEAD_LETTERS.labels(d.kind))
     return dead
 
 

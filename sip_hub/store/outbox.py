@@ -109,6 +109,10 @@ _MESSAGES = ByIds(_M.message_id, lambda ids: select(_M.message_id, *_MESSAGE_COL
 _DELIVERED = ByIds(_D.id, lambda ids: update(outbox_delivery).where(
     ids, _still(_D.state, *OPEN)).values(
         state=DELIVERED, updated=bindparam("now"), attempts=_D.attempts + 1))
+_DEAD = ByIds(_D.id, lambda ids: update(outbox_delivery).where(
+    ids, _still(_D.state, *OPEN)).values(
+        state=DEAD, updated=bindparam("now"), attempts=_D.attempts + 1,
+        last_error=bindparam("error")).returning(_D.id))
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -193,6 +197,12 @@ def mark_delivered(tx: Tx, ids: Sequence[str], now: int) -> int:
     """Open deliveries of ``ids`` to delivered, counting the attempt; how many were open
     (another copy may have settled one meanwhile)."""
     return _DELIVERED.run(tx.conn, ids, now=now)
+
+
+def mark_dead(tx: Tx, ids: Sequence[str], error: str, now: int) -> set[str]:
+    """Open deliveries of ``ids`` dead with ``error``, counting the attempt; the ids that were
+    open (another copy may have settled one meanwhile)."""
+    return {row[0] for row in _DEAD.all(tx.conn, ids, now=now, error=error[:_ERROR_MAX])}
 
 
 # -- the relay's claim ------------------------------------------------------------------------
