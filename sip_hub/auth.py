@@ -8,6 +8,7 @@ data directory on first start.
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from .errors import Forbidden, SipHubError, Unauthorized
+from .fhir.validation import NOT_IN_XML
 from .settings import Settings
 
 Role = Literal["organization", "portal", "admin"]
@@ -95,6 +97,9 @@ def load_keys(settings: Settings) -> KeyRing:
 # -- SMART v2 system scopes -------------------------------------------------------------------
 
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
+# A resource type's name (or *): a scope naming anything else (a NUL, U+FFFF, an empty name)
+# would otherwise travel into the token and be echoed in every 403, which XML cannot carry.
+_SCOPE_TYPE = re.compile(r"\*|[A-Z][A-Za-z]{0,63}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +112,8 @@ class Scope:
         if not text.startswith("system/") or "." not in text:
             return None
         rtype, _, perms = text[len("system/"):].partition(".")
+        if not _SCOPE_TYPE.fullmatch(rtype):
+            return None
         perms = _V1.get(perms, perms)
         if not perms or any(p not in "cruds" for p in perms):
             return None
@@ -178,12 +185,25 @@ class TokenService:
         except jwt.ExpiredSignatureError:
             raise _invalid("The token has expired") from None
         except jwt.InvalidTokenError as exc:
-            raise _invalid(f"The token is not valid: {exc}") from None
+            raise _invalid(f"The token is not valid: {_printable(str(exc))}") from None
         role = claims["role"]
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise _invalid("The token has an unknown role")
-        return Principal(claims["sub"], claims["org"], role, parse_scopes(claims.get("scope", "")),
-                         bool(claims.get("pd")), claims.get("scope", ""), int(claims["exp"]))
+        # Claims of the wrong JSON type (a token signed by a key shared with another issuer of
+        # the same name) are refused here, not left to fail deep in a request as a 500.
+        scope, org, pd = claims.get("scope", ""), claims["org"], claims.get("pd", False)
+        if not (isinstance(scope, str) and isinstance(org, str) and isinstance(pd, bool)):
+            raise _invalid("The token's claims are malformed")
+        return Principal(claims["sub"], org, role, parse_scopes(scope), pd, scope,
+                         int(claims["exp"]))
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """PyJWT's messages echo parts of the token's header (an unsupported ``crit`` name): shown
+    as they are, a NUL or U+FFFF made the 401 itself fail (a 500) in XML, a lone surrogate in
+    JSON too. Such characters become U+FFFD, and the echo is kept short."""
+    text = NOT_IN_XML.sub("\ufffd", text)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _invalid(text: str) -> Unauthorized:

@@ -160,6 +160,20 @@ def _with_entry(err: SipHubError, index: int) -> SipHubError:
     return err
 
 
+def _each_once(entries: list[_Entry]) -> None:
+    """FHIR's transaction processing: entries whose resource identities overlap fail the
+    transaction. Two PUTs (or a PUT and a DELETE) of one resource were both applied, in
+    the Bundle's processing order: the outcome was whichever came last."""
+    seen: dict[tuple[str, str], int] = {}
+    for e in entries:
+        if e.method in ("PUT", "DELETE") and e.rid:
+            first = seen.setdefault((e.rtype, e.rid), e.index)
+            if first != e.index:
+                raise _with_entry(BadRequest(
+                    f"{e.rtype}/{e.rid} is written by Bundle.entry[{first}] too: a transaction "
+                    "writes each resource once"), e.index)
+
+
 def _lock_keys(ctx: ix.Context, entries: list[_Entry]) -> list[str]:
     """The keys of what ``entries`` write by id and of the criteria they match on."""
     keys: list[str] = []
@@ -181,6 +195,7 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str)
     """A transaction Bundle inside the caller's database transaction (messages use this, so
     their effects commit with the message's cache entry and notifications)."""
     entries = _entries(bundle, ctx)
+    _each_once(entries)
     # What the entries write by id, and the criteria of their conditional creates and
     # updates, are locked up front, in one order: two Bundles writing the same resources in
     # different entry orders would otherwise each lock one the other waits for (a deadlock,

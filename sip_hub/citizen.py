@@ -19,6 +19,10 @@ from .interactions import Context, bundle
 from .store import Stored, Tx
 
 SHOWN_STATUSES = frozenset({"active", "completed"})
+# The identities a citizen has (OperationDefinition sip-citizen-view): another system's value
+# passed through unchecked into the identifier search, where a comma in it ("x,<system>|<pnr>")
+# made one call a search for several persons.
+PERSON_SYSTEMS = (identifiers.PERSONNUMMER, identifiers.SAMORDNINGSNUMMER)
 _LINKED = (("goal", "Goal"), ("careTeam", "CareTeam"), ("author", "Organization"))
 
 
@@ -43,6 +47,10 @@ def plans_for(tx: Tx, patient_token: str) -> tuple[list[Stored], list[Stored], s
     if not sep or not value:
         raise BadRequest("patient must be <system>|<value>, e.g. "
                          f"{identifiers.PERSONNUMMER}|191212121212", expression="patient")
+    if system not in PERSON_SYSTEMS:
+        raise BadRequest(f"patient must be a personnummer ({identifiers.PERSONNUMMER}) or a "
+                         f"samordningsnummer ({identifiers.SAMORDNINGSNUMMER})",
+                         expression="patient")
     try:
         system, value = identifiers.canonical_identifier(system, value)
     except identifiers.InvalidIdentifier as exc:
@@ -74,8 +82,21 @@ def plans_for(tx: Tx, patient_token: str) -> tuple[list[Stored], list[Stored], s
                 if target and target[0] == "Organization":
                     linked.append(target)
     extra = [s for s in tx.current_many(list(dict.fromkeys(linked)))
-             if s.type != "QuestionnaireResponse" and not _not_for_patient(s.json())]
+             if s.type != "QuestionnaireResponse" and not _not_for_patient(s.json())
+             and _of_the_person(s, patients)]
     return plans, extra, patients
+
+
+def _of_the_person(s: Stored, patients: set[str]) -> bool:
+    """A goal or care team is shown only while it is about the person: a plan's write checks
+    this, but a goal moved to another individual later is still linked from the plan, and
+    would show that individual's goal to this citizen."""
+    if s.type not in ("Goal", "CareTeam"):
+        return True
+    subject = s.json().get("subject")
+    ref = subject.get("reference") if isinstance(subject, dict) else None
+    target = split_reference(ref) if isinstance(ref, str) else None
+    return target is not None and target[0] == "Patient" and target[1] in patients
 
 
 def view(tx: Tx, ctx: Context, patient_token: str) -> dict[str, Any]:

@@ -53,7 +53,7 @@ from . import deadlines, parameters, process as sp
 from .access import org_hsa
 from .errors import BadRequest, Forbidden
 from .fhir import profiles, sip
-from .fhir.dates import format_instant, from_us, parse_range
+from .fhir.dates import format_instant, from_us
 from .operation import Operation, ref
 from .parameters import Param, Params
 from .store import Stored
@@ -230,6 +230,16 @@ def _existing_meeting(op: Operation, params: Params, plan_id: str) -> tuple[Stor
     if appt.get("status") in _GONE_MEETING:
         raise sp.business_rule(f"Appointment/{target[1]} is {appt.get('status')}: invite to a "
                                "new meeting")
+    # An invitation names the meeting's time and an answer deadline before it: a meeting
+    # without a time (a proposed Appointment may have none) was a 5xx, one begun is too late.
+    start = sp.time_of(appt.get("start"))
+    if start is None:
+        raise sp.business_rule(f"Appointment/{target[1]} has no time (start): set its start "
+                               "and end with a PUT of the Appointment before inviting to it",
+                               "Appointment.start")
+    if from_us(start) <= op.now:
+        raise sp.business_rule(f"Appointment/{target[1]} has begun or is over: invite to a new "
+                               "meeting", "Appointment.start")
     return stored, appt
 
 
@@ -275,7 +285,7 @@ def _invited_persons(op: Operation, params: Params, patient: str) -> list[Json]:
 def _answer_by(op: Operation, params: Params, appt: Json) -> str:
     """The answer deadline: as given (between now and the meeting), else two days before the
     meeting but at least a day from now."""
-    start = from_us(parse_range(str(appt.get("start")))[0])
+    start = from_us(sp.time_of(appt.get("start")) or 0)  # (a new or checked meeting's)
     given = params.when("answerBy")
     if given is None:
         return format_instant(max(op.now + timedelta(days=1), start - timedelta(days=2)))

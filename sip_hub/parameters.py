@@ -108,7 +108,11 @@ class Params:
         if not isinstance(text, str) or not _INSTANT_RE.match(text):
             raise self.invalid(name, f"'{name}' must be a dateTime with time of day and zone, "
                                      f"e.g. 2026-12-01T13:00:00+01:00, not '{text}'")
-        return text, from_us(parse_range(text)[0])
+        try:
+            return text, from_us(parse_range(text)[0])
+        except ValueError:  # what the pattern lets through: a leap second (:60) is a 5xx
+            raise self.invalid(name, f"'{name}' is not a time the hub can use: '{text}'"
+                               ) from None
 
     def when(self, name: str) -> tuple[str, datetime] | None:
         """A date or dateTime, as (text, the UTC start of what it names)."""
@@ -169,6 +173,9 @@ def _check(params: list[Json], declared: tuple[Param, ...], path: str, operation
                                                      "value", (where,)))
                 else:
                     _check(p["part"], spec.parts, f"{where}.part", operation, issues)
+            elif "part" in p:  # inv-1: a value or a resource, or parts; not both (ignored)
+                issues.append(Issue("structure", f"'{name}' takes {' or '.join(spec.values)}, "
+                                                 "not parts (part)", (where,)))
             elif len(given) != 1 or given[0] not in spec.values:
                 kinds = " or ".join(spec.values)
                 issues.append(Issue("structure", f"'{name}' takes {kinds}"

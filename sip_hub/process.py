@@ -182,6 +182,16 @@ def ref_target(ref: Any) -> tuple[str, str] | None:
     return None
 
 
+def time_of(value: Any) -> int | None:
+    """The UTC microsecond a stored date or dateTime begins at; None when it is not one (a
+    stored value the rules did not check, e.g. an Appointment's start, must not make an
+    operation a 5xx)."""
+    try:
+        return parse_range(value)[0] if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
 def current_json(tx: Tx, rtype: str, rid: str) -> Json | None:
     cur = tx.current(rtype, rid)
     return cur.json() if cur is not None and not cur.deleted else None

@@ -23,6 +23,7 @@ from typing import Any
 
 from . import deadlines, parameters, process as sp
 from .fhir import sip
+from .fhir.dates import parse_range
 from .operation import Operation, version_ref
 from .parameters import Param
 from .service import prepare, tx_resolver
@@ -37,6 +38,7 @@ APPROVE = (Param("revision", ("valueReference",), required=True),
            Param("approvedAt", ("valueDateTime",), required=True),
            Param("reason", ("valueString",)))
 _DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+_ZONE_US = 14 * 3_600_000_000  # the widest UTC offset FHIR allows
 _KEPT_META = ("profile", "security", "tag")
 # What the established plan keeps whatever the revision says: what it is, not what it decides.
 _KEPT = ("identifier", "replaces")
@@ -126,6 +128,14 @@ def approve(op: Operation, plan_id: str, body: Any, if_match: str | None) -> Jso
     assert approved is not None
     if approved[1] > op.now:
         raise params.invalid("approvedAt", "the approval cannot lie in the future")
+    # A revision of the established plan is not approved before the plan was established
+    # (1900 was taken): its period.start, a date, as early as any zone has it (-14 hours).
+    start = (plan.get("period") or {}).get("start") if isinstance(plan.get("period"), dict) \
+        else None
+    began = sp.time_of(start)
+    if began is not None and parse_range(approved[0])[1] < began - _ZONE_US:
+        raise params.invalid("approvedAt", f"the approval lies before the plan was established "
+                                           f"({start}, CarePlan.period.start)")
     approvers = params.references("approvedBy")
     sp.check_approvers(op.tx, plan, approvers, op.now, params.where("approvedBy"))
 

@@ -157,8 +157,8 @@ def _set_period(op: Operation, plan: Json, to: str, approved_at: str | None) -> 
     if to == sp.ESTABLISHED and not period.get("start") and approved_at:
         plan["period"] = {**period, "start": approved_at[:10]}
     elif to == sp.CLOSED and not period.get("end"):
-        start = period.get("start")
-        if not start or parse_range(start)[0] <= to_us(op.now):
+        start = sp.time_of(period.get("start"))  # (a stored leap second was a 5xx)
+        if start is None or start <= to_us(op.now):
             plan["period"] = {**period, "end": today}
 
 

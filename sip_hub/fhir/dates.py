@@ -68,8 +68,10 @@ def parse_zoned(value: str) -> tuple[int, int, bool]:
         start, span = datetime(y, int(m["m"]), int(m["d"])), _DAY_US
     else:
         frac = m["f"][1:7].ljust(6, "0") if m["f"] else "0"
+        # FHIR's dateTime allows a leap second (:60), which datetime refuses (a stored one
+        # made every operation reading the time a 5xx): it is read as the second before.
         start = datetime(y, int(m["m"]), int(m["d"]), int(m["H"]), int(m["M"]),
-                         int(m["S"] or 0), int(frac))
+                         min(int(m["S"] or 0), 59), int(frac))
         span = 60_000_000 if m["S"] is None else 1_000_000 if not m["f"] else 1
     low = (start - _EPOCH_NAIVE) // _US - offset
     return _within(low), _within(low + span - 1), m["tz"] is not None

@@ -200,6 +200,7 @@ def _destinations(header: Json, issues: IssueCollector) -> tuple[str, ...]:
 
 
 def _entries(entries: list[Json], issues: IssueCollector) -> None:
+    seen: dict[tuple[str, str], int] = {}
     for i, e in enumerate(entries, start=1):
         res = e.get("resource") if isinstance(e, dict) else None
         if not isinstance(e, dict) or not isinstance(e.get("fullUrl"), str) or \
@@ -209,6 +210,17 @@ def _entries(entries: list[Json], issues: IssueCollector) -> None:
         elif res.get("resourceType") == "MessageHeader":
             issues.add(f"Bundle.entry[{i}].resource", "A message has one MessageHeader, its "
                                                       "first entry", "invalid")
+        elif isinstance(res.get("id"), str) and isinstance(res.get("resourceType"), str):
+            # Applied as one transaction of PUTs by id: two versions of one resource (under
+            # different fullUrls) would both be written, or one taken as unchanged, and the
+            # message say two things of it at once.
+            key = (res["resourceType"], res["id"])
+            if key in seen:
+                issues.add(f"Bundle.entry[{i}].resource", f"The message carries "
+                           f"{key[0]}/{key[1]} twice (also Bundle.entry[{seen[key]}]); a "
+                           "message carries each resource once", "invalid")
+            else:
+                seen[key] = i
 
 
 def _resolve(ref: str, entries: list[Json]) -> Focused | None:

@@ -49,6 +49,7 @@ from ..metrics import MESSAGES_RECEIVED
 from ..service import Prepared, Prevalidated, ahead_pays, prepare, tx_resolver
 from ..store import Store, Stored, Tx
 from ..store import inbox
+from ..store.schema import message_inbox
 from . import builder, operations, parser, vocabulary as vocab
 from .events import applying_message
 from .outbox import RESPONSE, SipKey, destinations_for, enqueue
@@ -126,6 +127,7 @@ def process(store: Store, ctx: Context, body: Any, messaging: Messaging, *,
     if response_url is not None:
         if not asynchronous:
             raise BadRequest("response-url goes with async=true", expression="response-url")
+        _check_url_text(response_url)
         messaging.endpoints.check_response_url(env.sender_org, response_url)
     with cpu.turn(store):
         ahead = _prepare_ahead(store, parsed) \
@@ -141,7 +143,7 @@ def process(store: Store, ctx: Context, body: Any, messaging: Messaging, *,
         def receipt(**entry: Any) -> None:
             try:
                 inbox.claim(tx, sender_org=env.sender_org, header_id=env.header_id,
-                            bundle_id=env.bundle_id, event=env.event or "", now=now,
+                            bundle_id=env.bundle_id, event=_known_event(env), now=now,
                             expires=expires, **entry)
             except Conflict:
                 raise _Concurrent from None
@@ -177,6 +179,26 @@ def process(store: Store, ctx: Context, body: Any, messaging: Messaging, *,
             raise TransientError("The message was being received concurrently; resend it")
         return earlier
     return store.write(answered)
+
+
+def _known_event(env: parser.Envelope) -> str:
+    """The event as the inbox records it: a SIP event code, else empty. The code as sent is
+    unchecked there (an async message is parsed later): a long one or one with a NUL did not
+    fit the column, a 5xx on PostgreSQL; an unknown event is answered fatal-error anyway."""
+    return env.event if env.event is not None and env.event in vocab.events() else ""
+
+
+# The inbox keeps an async request's response-url (at most this long) until it is answered.
+_MAX_RESPONSE_URL: int = message_inbox.c.response_url.type.length  # type: ignore[attr-defined]
+
+
+def _check_url_text(url: str) -> None:
+    """A response-url the inbox can keep and a request can be sent to: PostgreSQL refuses a
+    NUL and a longer text than its column (a 5xx), and no URL holds a control character."""
+    if len(url) > _MAX_RESPONSE_URL or any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        raise BadRequest(f"response-url must be a URL of at most {_MAX_RESPONSE_URL} "
+                         "characters, without spaces or control characters",
+                         expression="response-url")
 
 
 def _earlier(tx: Tx, ctx: Context, env: parser.Envelope, messaging: Messaging, now: int,

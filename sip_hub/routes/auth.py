@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from urllib.parse import unquote
+import re
+from urllib.parse import unquote_plus
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from .. import clients
 from ..auth import Scope, TokenService, parse_scopes
@@ -26,16 +28,30 @@ def _oauth_error(status: int, error: str, description: str) -> JSONResponse:
                         headers=headers)
 
 
+class _Malformed(Exception):
+    """An Authorization: Basic header that cannot be read."""
+
+
 def _basic(header: str) -> tuple[str, str] | None:
+    """(client id, secret) of a Basic header; None without one. A Basic header that cannot be
+    decoded raises _Malformed: the client chose Basic, so falling back to form fields would
+    let a broken header pass unnoticed (and mix two authentication methods)."""
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic":
         return None
     try:
-        user, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
+        user, colon, password = base64.b64decode(value.strip(), validate=True).decode() \
+            .partition(":")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise _Malformed from None
+    if not colon:
+        raise _Malformed
     # RFC 6749 2.3.1: client id and secret are form-urlencoded before Basic encoding.
-    return unquote(user), unquote(password)
+    return unquote_plus(user), unquote_plus(password)
+
+
+# RFC 6749 3.3: scope tokens are printable ASCII but space, '"' and '\\', separated by spaces.
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 
 
 def _covered(requested: Scope, granted: tuple[Scope, ...]) -> bool:
@@ -45,17 +61,40 @@ def _covered(requested: Scope, granted: tuple[Scope, ...]) -> bool:
 
 @router.post("/auth/token")
 async def token(request: Request) -> JSONResponse:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip()
+    # (Media types are case-insensitive: RFC 9110 8.3.1.)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/x-www-form-urlencoded":
         return _oauth_error(400, "invalid_request",
                             "The token request must be application/x-www-form-urlencoded")
-    form = await request.form()
-    if form.get("grant_type") != "client_credentials":
+    try:
+        form = await request.form()
+    except HTTPException as exc:  # (a field beyond Starlette's 1 MiB): an OAuth2 error too
+        return _oauth_error(400, "invalid_request", f"The form cannot be read: {exc.detail}")
+    # RFC 6749 3.2: a parameter sent twice is invalid (which one would count is a guess).
+    repeated = sorted({k for k, _ in form.multi_items() if len(form.getlist(k)) > 1})
+    if repeated:
+        return _oauth_error(400, "invalid_request",
+                            f"Parameters may be sent once only: {', '.join(repeated)}")
+    grant = form.get("grant_type")
+    if not isinstance(grant, str) or not grant:
+        return _oauth_error(400, "invalid_request", "grant_type is required "
+                            "(grant_type=client_credentials)")
+    if grant != "client_credentials":
         return _oauth_error(400, "unsupported_grant_type", "Only client_credentials is supported")
-    creds = _basic(request.headers.get("authorization", ""))
-    if creds is None:
-        cid, secret = form.get("client_id"), form.get("client_secret")
-        creds = (cid, secret) if isinstance(cid, str) and isinstance(secret, str) else None
+    try:
+        creds = _basic(request.headers.get("authorization", ""))
+    except _Malformed:
+        return _oauth_error(401, "invalid_client", "The Basic Authorization header is not "
+                            "base64 of <client_id>:<client_secret> in UTF-8")
+    cid, secret = form.get("client_id"), form.get("client_secret")
+    if creds is not None:
+        # RFC 6749 2.3: one authentication method per request. A client_id alone beside
+        # Basic is allowed when it names the same client.
+        if secret is not None or (cid is not None and cid != creds[0]):
+            return _oauth_error(400, "invalid_request", "Use one client authentication "
+                                "method: HTTP Basic or client_id and client_secret in the form")
+    elif isinstance(cid, str) and isinstance(secret, str):
+        creds = (cid, secret)
     if creds is None:
         return _oauth_error(401, "invalid_client", "Send client_id and client_secret "
                             "(HTTP Basic or form fields)")
@@ -66,7 +105,10 @@ async def token(request: Request) -> JSONResponse:
     granted = parse_scopes(rec.scope)
     asked = form.get("scope")
     if isinstance(asked, str) and asked.strip():
-        wanted = asked.split()
+        wanted = [s for s in asked.split(" ") if s]
+        if not all(_SCOPE_TOKEN.fullmatch(s) for s in wanted):
+            return _oauth_error(400, "invalid_scope", "scope must be SMART system scopes "
+                                "separated by spaces, e.g. system/CarePlan.rs")
         parsed = [Scope.parse(s) for s in wanted]
         if any(p is None or not _covered(p, granted) for p in parsed):
             return _oauth_error(400, "invalid_scope",

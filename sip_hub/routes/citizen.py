@@ -8,20 +8,34 @@ from starlette.responses import Response
 from .. import citizen
 from ..errors import BadRequest
 from .render import render_citizen_html
-from .wire import context, respond
+from .wire import FHIR_TYPES, accepted, context, respond
 
 router = APIRouter(prefix="/fhir", tags=["national portal"])
+
+
+def _wants_html(accept: str) -> bool:
+    """Whether ``Accept`` prefers text/html: "application/json, text/html;q=0" asks for
+    anything but HTML, and a browser's "text/html,...,*/*;q=0.8" for HTML. At an equal q
+    HTML wins, as it always has."""
+    ranked = accepted(accept)
+    html = max((q for media, q in ranked if media == "text/html"), default=0.0)
+    fhir = max((q for media, q in ranked if media in FHIR_TYPES), default=0.0)
+    return html > 0 and html >= fhir
 
 
 @router.get("/CarePlan/$citizen-view")
 def citizen_view(request: Request) -> Response:
     ctx = context(request)
-    patient = request.query_params.get("patient")
+    values = request.query_params.getlist("patient")
+    if len(values) > 1:
+        # (max 1 in the OperationDefinition: which one to answer for would be a guess)
+        raise BadRequest("patient may be given once only", expression="patient")
+    patient = values[0] if values else None
     if not patient:
         raise BadRequest("patient=<system>|<value> is required", expression="patient")
     with request.app.state.store.begin(write=False) as tx:
         out = citizen.view(tx, ctx, patient)
-    if "text/html" in request.headers.get("accept", "") and \
+    if _wants_html(request.headers.get("accept", "")) and \
             request.query_params.get("_format") is None:
         return Response(render_citizen_html(out), media_type="text/html; charset=utf-8")
     return respond(request, out)

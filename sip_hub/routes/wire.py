@@ -31,6 +31,7 @@ XML = "application/fhir+xml"
 _JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir",
                "text/json"}
 _XML_TYPES = {"application/fhir+xml", "application/xml", "application/xml+fhir", "text/xml"}
+FHIR_TYPES = frozenset(_JSON_TYPES | _XML_TYPES)
 _FORMAT_ALIASES = {"json": JSON, "xml": XML, **{t: JSON for t in _JSON_TYPES},
                    **{t: XML for t in _XML_TYPES}}
 
@@ -54,6 +55,25 @@ def _media(value: str) -> str:
     return value.split(";", 1)[0].strip().lower()
 
 
+def accepted(accept: str) -> list[tuple[str, float]]:
+    """An ``Accept`` header's media types (lower case) with their q-values, in its order
+    (RFC 9110 12.5.1: names and types are case-insensitive; a q that cannot be read or lies
+    outside 0..1 counts as 0, not acceptable)."""
+    out = []
+    for part in accept.split(","):
+        media, *params = [p.strip() for p in part.split(";")]
+        q = 1.0
+        for p in params:
+            name, _, value = p.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        out.append((media.lower(), q if 0.0 <= q <= 1.0 else 0.0))
+    return out
+
+
 def response_format(request: Request) -> str:
     """JSON or XML, from ``_format`` first, then ``Accept``; 406 when neither can be served."""
     fmt = request.query_params.get("_format")
@@ -65,17 +85,7 @@ def response_format(request: Request) -> str:
     accept = request.headers.get("accept", "")
     if not accept.strip():
         return JSON
-    ranked = []
-    for i, part in enumerate(accept.split(",")):
-        media, *params = [p.strip() for p in part.split(";")]
-        q = 1.0
-        for p in params:
-            if p.startswith("q="):
-                try:
-                    q = float(p[2:])
-                except ValueError:
-                    q = 0.0
-        ranked.append((-q, i, media.lower()))
+    ranked = [(-q, i, media) for i, (media, q) in enumerate(accepted(accept))]
     for negq, _, media in sorted(ranked):
         if negq == 0:
             continue
@@ -195,7 +205,10 @@ def context(request: Request, *, public: bool = False) -> Context:
         str(request.base_url).rstrip("/") + "/fhir")
     if public:
         return Context(base, settings.default_page_size, settings.max_page_size)
-    principal = state.tokens.verify(bearer(request.headers.get("authorization")))
+    authorization = request.headers.getlist("authorization")
+    if len(authorization) > 1:  # (the first one alone counted: which one is meant is a guess)
+        raise BadRequest("Send one Authorization header, not several")
+    principal = state.tokens.verify(bearer(authorization[0] if authorization else None))
     messaging = getattr(state, "messaging", None)
     return Context(base, settings.default_page_size, settings.max_page_size,
                    prefer_lenient(request), Access.for_principal(principal), state.audit,

@@ -198,3 +198,24 @@ def test_entry_elements_of_the_wrong_type_are_400_and_nothing_is_stored(client, 
         assert response["status"] == "400"
         assert field.split(".")[-1] in str(response["outcome"])
     assert client.get("/fhir/Patient").json()["total"] == 0
+
+
+@pytest.mark.parametrize("second", ["PUT", "DELETE"])
+def test_a_transaction_writing_one_resource_twice_fails_and_writes_nothing(client, second):
+    """FHIR: entries whose resource identities overlap fail the transaction (both were
+    applied, the last one winning)."""
+    keep = create(client, patient())
+    other = create(client, patient("200001012384"))
+    twice = {"request": {"method": second, "url": f"Patient/{keep['id']}"}}
+    if second == "PUT":
+        twice["resource"] = keep | {"gender": "female"}
+    bundle = tx({"resource": other | {"gender": "male"},
+                 "request": {"method": "PUT", "url": f"Patient/{other['id']}"}},
+                {"resource": keep | {"gender": "male"},
+                 "request": {"method": "PUT", "url": f"Patient/{keep['id']}"}}, twice)
+    r = client.post("/fhir", **body(bundle))
+    assert r.status_code == 400, r.text
+    assert f"Bundle.entry[2]: Patient/{keep['id']} is written by Bundle.entry[1]" in \
+        outcome_text(r)
+    for p in (keep, other):
+        assert client.get(f"/fhir/Patient/{p['id']}").json()["meta"]["versionId"] == "1"
