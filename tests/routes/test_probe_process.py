@@ -11,21 +11,12 @@ import pytest
 
 import sip_factory as f
 from fhirhttp import JSON_HEADERS, outcome_text
-from sip_process import (BUP, SCHOOL, SOC, alva_case, approval, at, code, dt, invitation,
-                         one, parameters, parts, post, read, ref, resource, respond, string,
-                         transition, values, write_case)
+from sip_process import (BUP, SOC, approval, at, dt, invitation, one, parameters, parts, post,
+                         read, ref, resource, respond, string, transition, values)
+from test_deadlines import h  # noqa: F401 (fixture: Alva's SIP in kartläggning)
 
 PLAN = "alva-sip"
 LEAP = "2030-01-01T10:00:60Z"  # a leap second: FHIR's dateTime allows it, datetime does not
-
-
-@pytest.fixture
-def h(client, as_org):
-    """Alva's SIP in kartläggning."""
-    headers = {org: as_org(org) for org in (SOC, BUP, SCHOOL)}
-    write_case(client, headers[SOC], alva_case())
-    assert transition(client, headers[SOC], PLAN, "kartlaggning").status_code == 200
-    return headers
 
 
 def _version(client, path: str) -> str:
