@@ -23,7 +23,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from .errors import Forbidden, SipHubError, Unauthorized
-from .fhir.validation import NOT_IN_XML
 from .settings import Settings
 
 Role = Literal["organization", "portal", "admin"]
@@ -185,7 +184,7 @@ class TokenService:
         except jwt.ExpiredSignatureError:
             raise _invalid("The token has expired") from None
         except jwt.InvalidTokenError as exc:
-            raise _invalid(f"The token is not valid: {_printable(str(exc))}") from None
+            raise _invalid(f"The token is not valid: {_short(str(exc))}") from None
         role = claims["role"]
         if not isinstance(role, str) or role not in ROLES:
             raise _invalid("The token has an unknown role")
@@ -198,11 +197,9 @@ class TokenService:
                          int(claims["exp"]))
 
 
-def _printable(text: str, limit: int = 200) -> str:
-    """PyJWT's messages echo parts of the token's header (an unsupported ``crit`` name): shown
-    as they are, a NUL or U+FFFF made the 401 itself fail (a 500) in XML, a lone surrogate in
-    JSON too. Such characters become U+FFFD, and the echo is kept short."""
-    text = NOT_IN_XML.sub("\ufffd", text)
+def _short(text: str, limit: int = 200) -> str:
+    """PyJWT's messages echo parts of the token's header (an unsupported ``crit`` name), kept
+    short here; what XML and JSON cannot carry the OperationOutcome replaces (fhir.outcome)."""
     return text if len(text) <= limit else text[:limit] + "…"
 
 

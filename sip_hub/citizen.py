@@ -16,6 +16,7 @@ from .fhir import profiles, sip
 from .fhir.indexing import split_reference
 from .service import find
 from .interactions import Context, bundle
+from .process import ref_target
 from .store import Stored, Tx
 
 SHOWN_STATUSES = frozenset({"active", "completed"})
@@ -93,9 +94,7 @@ def _of_the_person(s: Stored, patients: set[str]) -> bool:
     would show that individual's goal to this citizen."""
     if s.type not in ("Goal", "CareTeam"):
         return True
-    subject = s.json().get("subject")
-    ref = subject.get("reference") if isinstance(subject, dict) else None
-    target = split_reference(ref) if isinstance(ref, str) else None
+    target = ref_target(s.json().get("subject"))
     return target is not None and target[0] == "Patient" and target[1] in patients
 
 

@@ -130,8 +130,7 @@ def approve(op: Operation, plan_id: str, body: Any, if_match: str | None) -> Jso
         raise params.invalid("approvedAt", "the approval cannot lie in the future")
     # A revision of the established plan is not approved before the plan was established
     # (1900 was taken): its period.start, a date, as early as any zone has it (-14 hours).
-    start = (plan.get("period") or {}).get("start") if isinstance(plan.get("period"), dict) \
-        else None
+    start = (plan.get("period") or {}).get("start")  # (a profiled plan: period an object)
     began = sp.time_of(start)
     if began is not None and parse_range(approved[0])[1] < began - _ZONE_US:
         raise params.invalid("approvedAt", f"the approval lies before the plan was established "

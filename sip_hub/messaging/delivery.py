@@ -290,7 +290,7 @@ class Deliverer:
         if result.kind == "fatal" or attempts >= self.config.max_attempts:
             reason = result.detail if result.kind == "fatal" else (
                 f"Gave up after {attempts} attempts: {result.detail}")
-            return DeadLetter(reason, attempts) if record_dead(tx, d, reason, attempts, now) \
+            return DeadLetter(reason, attempts) if record_dead(tx, [d], reason, now) \
                 else Ack()
         delay = self.config.retry_delay(attempts)
         if sql.set_state(tx, d.id, sql.PENDING, now, error=result.detail,

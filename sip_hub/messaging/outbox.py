@@ -84,16 +84,17 @@ def record_withdrawn(tx: Tx, d: sql.Delivery, now: int) -> bool:
     return True
 
 
-def record_dead(tx: Tx, d: sql.Delivery, reason: str, attempts: int, now: int) -> bool:
-    """Record an open delivery dead with the reason, counted for the dead-letter alert; False
-    when another copy of it settled it meanwhile (then it is neither counted nor
-    dead-lettered twice)."""
-    if not sql.set_state(tx, d.id, sql.DEAD, now, error=reason, attempts=attempts,
-                         only_from=sql.OPEN):
-        return False
-    count_committed(tx, DELIVERIES.labels("dead"))
-    count_committed(tx, DEAD_LETTERS.labels(d.kind))
-    return True
+def record_dead(tx: Tx, deliveries: list[sql.Delivery], reason: str, now: int
+                ) -> list[sql.Delivery]:
+    """Record open deliveries dead with the reason, their attempt counted, in one statement,
+    and counted for the dead-letter alert; those another copy settled meanwhile are left out
+    (neither counted nor dead-lettered twice)."""
+    settled = sql.mark_dead(tx, [d.id for d in deliveries], reason, now)
+    dead = [d for d in deliveries if d.id in settled]
+    count_committed(tx, DELIVERIES.labels("dead"), len(dead))
+    for d in dead:
+        count_committed(tx, DEAD_LETTERS.labels(d.kind))
+    return dead
 
 
 def settle_unreachable(tx: Tx, deliveries: list[sql.Delivery], now: int
@@ -113,11 +114,7 @@ def settle_unreachable(tx: Tx, deliveries: list[sql.Delivery], now: int
     dead: list[tuple[sql.Delivery, str]] = []
     for org, ds in by_org.items():  # a statement per organisation, not per delivery
         reason = no_endpoint_reason(org)
-        settled = sql.mark_dead(tx, [d.id for d in ds], reason, now)
-        dead += [(d, reason) for d in ds if d.id in settled]
-    count_committed(tx, DELIVERIES.labels("dead"), len(dead))
-    for d, _ in dead:
-        count_committed(tx, DEAD_LETTERS.labels(d.kind))
+        dead += [(d, reason) for d in record_dead(tx, ds, reason, now)]
     return dead
 
 

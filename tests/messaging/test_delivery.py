@@ -165,7 +165,7 @@ def test_a_dead_letter_is_counted_once_committed_never_for_work_undone(world: Hu
         pass
 
     def undone(tx: Any) -> None:
-        assert outbox.record_dead(tx, d, "gave up", 1, now)
+        assert outbox.record_dead(tx, [d], "gave up", now) == [d]
         raise Undo
 
     def undone_inside(tx: Any) -> None:
@@ -179,7 +179,7 @@ def test_a_dead_letter_is_counted_once_committed_never_for_work_undone(world: Hu
     assert state(world, SCHOOL).state == "pending"
 
     def kept(tx: Any) -> None:
-        assert outbox.record_dead(tx, d, "gave up", 1, now)
+        assert outbox.record_dead(tx, [d], "gave up", now) == [d]
         assert dead._value.get() == before  # not yet: the transaction may still fail
 
     world.store.write(kept)
