@@ -304,6 +304,11 @@ class Bus:
         return not self.is_memory
 
     @property
+    def consuming(self) -> bool:
+        """Whether this bus consumes any queue (``drain`` has something to wait for)."""
+        return self._consumer is not None
+
+    @property
     def retryable_errors(self) -> tuple[type[BaseException], ...]:
         """The errors the transport declares safe to retry (kombu's recoverable errors)."""
         # kombu re-raises the transport's recoverable errors as its OperationalError.

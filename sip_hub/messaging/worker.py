@@ -193,7 +193,9 @@ class Worker:
             if woken.is_set():
                 return True
             bus = self._bus
-            if failed or bus is None or not bus.durable:
+            # Without a queue to consume (no organisation has an endpoint yet) a drain returns
+            # at once: waiting on it would spin (half a core for an idle worker, measured).
+            if failed or bus is None or not bus.durable or not bus.consuming:
                 woken.wait(min(left, _STOP_CHECK))
                 continue
             slice_ = min(left, _DRAIN_SLICE)

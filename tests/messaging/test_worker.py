@@ -184,6 +184,33 @@ def test_a_worker_consumes_the_queues_another_workers_relay_publishes_to(
     assert all("No message endpoint is configured" in (d.last_error or "") for d in school)
 
 
+@pytest.mark.parametrize(
+    "broker", ["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)], indirect=True)
+def test_an_idle_worker_with_no_queue_to_consume_waits_instead_of_spinning(hub: Hub) -> None:
+    """No organisation has an endpoint yet (a fresh deployment; the demo's endpoints file is
+    empty), so the worker consumes no queue. Between rounds it waits for work: on RabbitMQ
+    it used to wait on queues it did not consume, which returned at once (half a core for
+    each idle ``sip-hub worker``)."""
+    worker = Worker(hub.store, hub.messaging)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    try:
+        time.sleep(0.5)  # its first rounds: it connects and finds nothing to do
+        assert thread.ident is not None
+        clock = time.pthread_getcpuclockid(thread.ident)
+        before = time.clock_gettime(clock)
+        time.sleep(2.0)
+        used = time.clock_gettime(clock) - before
+        assert worker._bus is not None and not worker._bus.consuming
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        worker.close()
+    assert not thread.is_alive()
+    assert used < 0.2, f"an idle worker took {used:.2f} s of CPU in 2 s"
+
+
 def test_the_worker_survives_a_broker_that_is_down(world: Hub) -> None:
     config = world.messaging.config.model_copy(update={
         "broker_url": "amqp://guest:guest@127.0.0.1:1//", "poll_seconds": 0.05})
