@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import time
@@ -17,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import Message, Receive, Scope, Send
 
-from . import __version__, deadlines, demo, heap, logs
+from . import __version__, clients, deadlines, demo, heap, logs
 from .audit import AuditLog
 from .messaging.config import MessagingSettings
 from .messaging.runtime import Messaging
@@ -74,10 +75,32 @@ def build_store(settings: Settings) -> Store:
 
 
 def _error_response(request: Request, err: SipHubError) -> Response:
+    if err.status == 405 and "Allow" not in err.headers:
+        err.headers = {**err.headers, "Allow": _allowed(request.app, request.scope)}
     try:
         return respond(request, from_error(err), err.status, err.headers)
     except SipHubError:  # the client's Accept cannot be served either: answer in JSON
         return respond(request, from_error(err), err.status, err.headers, fmt=JSON)
+
+
+_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
+def _allowed(app: "HubApp", scope: Scope) -> str:
+    """A 405's ``Allow`` (RFC 9110 15.5.6): the methods some route takes on the path, HEAD
+    wherever GET (``HubApp`` answers HEAD as GET), less the one refused. Starlette's names
+    the first route of the path only, and a path's GET, PUT and DELETE are routes apart."""
+    routes = [r for r, _ in app.hot_routes] + list(app.router.routes)
+    methods: set[str] = set()
+    for method in _METHODS:
+        probe = {"type": "http", "path": scope["path"], "root_path": scope.get("root_path", ""),
+                 "method": method, "headers": []}  # (matching may write to its scope)
+        if any(r.matches(probe)[0] is Match.FULL for r in routes):
+            methods.add(method)
+    if "GET" in methods:
+        methods.add("HEAD")
+    methods.discard(scope["method"])
+    return ", ".join(sorted(methods))
 
 
 def _unexpected_response(request: Request) -> Response:
@@ -97,7 +120,11 @@ class HubApp(FastAPI):
     Every HTTP request gets its id (``logs.request_id``) here, before either path: its log
     lines carry it and its response answers it in ``X-Request-ID``. And it is counted and
     timed here, by method, route (its path template: ``/fhir/{rtype}/{rid}``; ``unmatched``
-    for paths no route takes) and status (``sip_hub.metrics``)."""
+    for paths no route takes) and status (``sip_hub.metrics``).
+
+    HEAD is answered here, once for every route: as GET, the body left out (RFC 9110 9.3.2:
+    the same status and headers, ETag and Content-Length included). So a HEAD of personal
+    data is authorised and audited exactly as the GET it stands for; the handlers see GET."""
 
     hot_routes = tuple((r, inspect.iscoroutinefunction(r.endpoint))
                        for r in fhir_rest.fast_routes() + messaging_routes.fast_routes())
@@ -112,18 +139,24 @@ class HubApp(FastAPI):
         logs.REQUEST_ID.set(rid)  # in this request's own task (and the threads it uses)
         tag = (b"x-request-id", rid.encode())
         status = 500  # unless an answer starts
+        method = scope["method"]
+        head = method == "HEAD"
+        if head:  # (a copy: the server's own scope still says HEAD)
+            scope = {**scope, "method": "GET"}
 
         async def send_tagged(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), tag]
                 status = message["status"]
+            elif head and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
             await send(message)
         try:
             await self._dispatch(scope, receive, send_tagged)
         finally:
             route = scope.get("route")
-            observe_request(scope["method"], getattr(route, "path_format", "unmatched"),
+            observe_request(method, getattr(route, "path_format", "unmatched"),
                             status, time.perf_counter() - started)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -149,6 +182,11 @@ class HubApp(FastAPI):
 def create_app(settings: Settings | None = None, *, store: Store | None = None) -> FastAPI:
     settings = settings or Settings()
     check_settings(settings)
+    if settings.unreachable_base:
+        log.warning("SIP_HUB_BASE_URL is not set and the hub listens on every interface "
+                    "(%s): the URLs it emits (links, Location, the SMART token endpoint) name "
+                    "%s, which other machines cannot reach. Set SIP_HUB_BASE_URL to the "
+                    "hub's public address.", settings.host or "*", settings.public_base)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -160,6 +198,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         to_thread.current_default_thread_limiter().total_tokens = settings.threads
         if getattr(app.state, "store", None) is None:
             app.state.store = build_store(settings)
+        # Tokens of a client disabled since they were issued are refused from then on.
+        states = clients.ClientStates(app.state.store, settings.client_state_seconds)
+        app.state.tokens = dataclasses.replace(app.state.tokens, disabled=states.disabled)
         FhirService(app.state.store).seed_definitions()
         demo.load(app.state.store, settings)
         app.state.audit = AuditLog(app.state.store)

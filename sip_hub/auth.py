@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import jwt
 import orjson
@@ -152,6 +152,9 @@ class TokenService:
     keys: KeyRing
     issuer: str
     lifetime: int
+    # Whether a client id is disabled (``clients.ClientStates.disabled``): its tokens are
+    # refused from then on, though they have not expired. None: no client is ever disabled.
+    disabled: Callable[[str], bool] | None = None
 
     def issue(self, *, client_id: str, org: str, role: str, scope: str,
               personal_data: bool) -> dict[str, Any]:
@@ -168,6 +171,8 @@ class TokenService:
         principal = _verify_cached(self, token)
         if principal.expires <= time.time():
             raise _invalid("The token has expired")
+        if self.disabled is not None and self.disabled(principal.client_id):
+            raise _invalid("The token's client has been disabled")
         return principal
 
     def _verify(self, token: str) -> Principal:

@@ -1,4 +1,4 @@
-"""The ``sip-hub`` command line: serve, migrate, client create, deadlines."""
+"""The ``sip-hub`` command line: serve, migrate, client create/list/disable/enable, deadlines."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from .store.engine import make_engine
     from .store.migrate import upgrade
 
+    # The worker processes read their settings from the environment: where the command line
+    # says the hub listens is where the URLs it emits name (without SIP_HUB_BASE_URL).
+    if args.host:
+        os.environ["SIP_HUB_HOST"] = args.host
+    if args.port:
+        os.environ["SIP_HUB_PORT"] = str(args.port)
     check_settings(settings)
     engine = make_engine(settings.database_url)
     if settings.auto_migrate:
@@ -54,6 +60,31 @@ def _client_create(args: argparse.Namespace, settings: Settings) -> int:
     created = clients.create_client(store, org=args.org, scope=args.scope, name=args.name,
                                     role=args.role, personal_data=args.personal_data)
     sys.stdout.write(orjson.dumps(created).decode() + "\n")
+    return 0
+
+
+def _client_state(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
+    from . import clients
+    from .app import build_store
+
+    store = build_store(settings)
+    disabled = args.client_command == "disable"
+    clients.set_disabled(store, args.client_id, disabled)
+    sys.stdout.write(orjson.dumps({"client_id": args.client_id,
+                                   "disabled": disabled}).decode() + "\n")
+    return 0
+
+
+def _client_list(_args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
+    from . import clients
+    from .app import build_store
+
+    for client in clients.listing(build_store(settings)):
+        sys.stdout.write(orjson.dumps(client).decode() + "\n")
     return 0
 
 
@@ -127,6 +158,14 @@ def parser() -> argparse.ArgumentParser:
     cc.add_argument("--personal-data", action="store_true",
                     help="admin only: allow access to personal data (audited)")
     cc.set_defaults(func=_client_create)
+    for verb, what in (("disable", "refuse the client's secret and, within seconds, the tokens "
+                                   "it holds"),
+                       ("enable", "let a disabled client in again")):
+        cs = csub.add_parser(verb, help=what)
+        cs.add_argument("client_id")
+        cs.set_defaults(func=_client_state)
+    cl = csub.add_parser("list", help="every client, a JSON object a line")
+    cl.set_defaults(func=_client_list)
     d = sub.add_parser("deadlines", help="open and close the SIP deadline Tasks now "
                                          "(the API process also does this every few minutes)")
     d.add_argument("--at", help="scan every open SIP as of this dateTime (without it: the SIPs "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import secrets
+import threading
+import time
 import uuid
 from typing import Any
 
@@ -12,10 +14,11 @@ from argon2.exceptions import InvalidHashError, VerifyMismatchError
 
 from . import identifiers
 from .auth import ROLES, Scope
-from .errors import BadRequest
+from .errors import BadRequest, NotFound
 from .fhir.dates import now_utc, to_us
 from .store import Store
-from .store.clients import ClientRecord, get_client, insert_client
+from .store.clients import (ClientRecord, disabled_clients, get_client, insert_client,
+                            list_clients, set_client_active)
 
 _hasher = PasswordHasher()  # argon2-cffi's defaults (RFC 9106 low-memory profile)
 
@@ -74,3 +77,44 @@ def authenticate(store: Store, client_id: str, secret: str) -> ClientRecord | No
     except (VerifyMismatchError, InvalidHashError):
         return None
     return rec
+
+
+def set_disabled(store: Store, client_id: str, disabled: bool) -> None:
+    """Disable a client (its secret no longer gets a token, and the hub refuses the tokens it
+    holds within ``ClientStates.max_age``), or enable it again."""
+    if not set_client_active(store, client_id, not disabled):
+        raise NotFound(f"No API client '{client_id}' (see: sip-hub client list)")
+
+
+def listing(store: Store) -> list[dict[str, Any]]:
+    """Every client, as ``sip-hub client list`` prints it (never its secret's hash)."""
+    return [{"client_id": c.client_id, "org": c.org_hsa_id, "scope": c.scope, "name": c.name,
+             "disabled": not c.active} for c in list_clients(store)]
+
+
+# How stale a process's view of the disabled clients may be: a token of a client disabled
+# this long ago is refused. A bound, not a delay: each process reads again at most this often.
+CLIENT_STATE_SECONDS = 5.0
+
+
+class ClientStates:
+    """Which clients are disabled, as this process last read it: ``TokenService`` asks on
+    every request, and the database is read at most once per ``max_age`` seconds (the set
+    of disabled clients, in one small statement), not once per request."""
+
+    def __init__(self, store: Store, max_age: float = CLIENT_STATE_SECONDS) -> None:
+        self.store = store
+        self.max_age = max_age
+        self._disabled: frozenset[str] = frozenset()
+        self._read_at = -float("inf")
+        self._lock = threading.Lock()
+
+    def disabled(self, client_id: str) -> bool:
+        if time.monotonic() - self._read_at >= self.max_age:
+            with self._lock:  # one thread reads; the others wait for its answer
+                started = time.monotonic()
+                if started - self._read_at >= self.max_age:
+                    self._disabled = disabled_clients(self.store)
+                    # (from before the read: a client disabled during it is seen next time)
+                    self._read_at = started
+        return client_id in self._disabled

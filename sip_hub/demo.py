@@ -23,8 +23,7 @@ def load(store: Store, settings: Settings) -> int:
     folder = settings.mappings_dir / "demo"
     if settings.env != "dev" or not folder.is_dir():
         return 0
-    base = settings.base_url.rstrip("/") or f"http://{settings.host}:{settings.port}"
-    ctx = Context(f"{base}/fhir")
+    ctx = Context(f"{settings.public_base}/fhir")
     loaded = 0
     for path in sorted(Path(folder).glob("*.json")):
         bundles.process(store, ctx, orjson.loads(path.read_bytes()), "minimal")

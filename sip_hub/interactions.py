@@ -215,7 +215,7 @@ def create(tx: Tx, ctx: Context, rtype: str, res: Any, *, if_none_exist: str | N
         if found:
             ctx.record("read", found)
             return Result(200, found[0])
-    prepared = prepare_in(tx, res, resolve, rtype)
+    prepared = prepare_in(tx, res, resolve, rtype, ctx.base_url)
     _guard_write(tx, ctx, rtype, None, prepared, "create")
     stored = tx.create(prepared, rid, owner=ctx.access.org)
     _written(tx, ctx, "create", None, stored)
@@ -236,7 +236,7 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
     old = tx.current(rtype, rid)
     if old is None:
         ctx.access.check(rtype, "c")
-    prepared = prepare_in(tx, res, resolve, rtype)
+    prepared = prepare_in(tx, res, resolve, rtype, ctx.base_url)
     current = old if old and not old.deleted else None
     _guard_write(tx, ctx, rtype, current, prepared, "update")
     if process_rules:

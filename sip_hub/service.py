@@ -15,7 +15,7 @@ from . import identifiers
 from .errors import (BadRequest, Conflict, IssueCollector, MethodNotAllowed, NotFound,
                      SipHubError)
 from .fhir import models, profiles, validation
-from .fhir.indexing import reference_targets
+from .fhir.indexing import localise_references, reference_targets
 from .fhir.search import parse as parse_search
 from .fhir.search_params import READ_ONLY_TYPES, supported
 from .store import Store, Stored, Tx
@@ -72,8 +72,11 @@ def prevalidate(res: Any) -> Any:
     return res
 
 
-def prepare(res: Any, resolve: Resolve, *, expected_type: str | None = None) -> dict[str, Any]:
-    """Validate and normalise a resource for storing; raises with every problem found."""
+def prepare(res: Any, resolve: Resolve, *, expected_type: str | None = None,
+            base: str = "") -> dict[str, Any]:
+    """Validate and normalise a resource for storing; raises with every problem found.
+    ``base``: this hub's FHIR base, whose absolute references become relative (local);
+    without it, as for any other server's, they are external."""
     if not isinstance(res, dict):
         raise BadRequest("The body must be a JSON object holding one FHIR resource")
     rtype = res.get("resourceType")
@@ -83,6 +86,7 @@ def prepare(res: Any, resolve: Resolve, *, expected_type: str | None = None) -> 
     if not isinstance(res, Prevalidated):
         models.validate(res)
     check_type(res["resourceType"], write=True)
+    localise_references(res, base)
     collector = IssueCollector()
     identifiers.normalise_in_resource(res, collector)
     validation.check(res, collector)
@@ -113,6 +117,11 @@ class Prepared(dict):  # type: ignore[type-arg]
 
     def original(self) -> Prevalidated:
         return Prevalidated(orjson.loads(self._original))
+
+    def mentions(self, base: str) -> bool:
+        """Whether the resource as sent names ``base`` (it was prepared ahead without it, so
+        its references to this hub were taken for external ones)."""
+        return bool(base) and (base.rstrip("/") + "/").encode() in self._original
 
 
 def ahead_pays(store: Store) -> bool:
@@ -179,13 +188,17 @@ def adopted(tx: Tx, res: Any, resolve: Resolve | None) -> Any:
     return res
 
 
-def prepare_in(tx: Tx, res: Any, resolve: Resolve | None, expected_type: str) -> dict[str, Any]:
+def prepare_in(tx: Tx, res: Any, resolve: Resolve | None, expected_type: str,
+               base: str = "") -> dict[str, Any]:
     """``prepare`` for a write in ``tx``: a ``Prepared`` resource whose basis still holds is
-    taken as it is; anything else is prepared here."""
+    taken as it is (unless it names ``base``, this hub's FHIR base: see ``prepare``);
+    anything else is prepared here."""
     res = adopted(tx, res, resolve)
+    if isinstance(res, Prepared) and res.mentions(base):
+        res = res.original()
     if isinstance(res, Prepared) and resolve is None:
         return res
-    return prepare(res, resolve or tx_resolver(tx), expected_type=expected_type)
+    return prepare(res, resolve or tx_resolver(tx), expected_type=expected_type, base=base)
 
 
 @dataclass(slots=True)

@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .logs import LogFormat, LogLevel
 
 DEFAULT_DATA_DIR = Path("var")
+# Listen addresses that name every interface, and the address that reaches them locally.
+_LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 
 
 class Settings(BaseSettings):
@@ -34,7 +36,8 @@ class Settings(BaseSettings):
     # pipeline; see sip_hub.logs.
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
-    # Public base URL used in Location headers, Bundle links and fullUrls.
+    # Public base URL used in Location headers, Bundle links and fullUrls; empty: the listen
+    # address (see public_base).
     base_url: str = ""
     auto_migrate: bool = True
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
@@ -48,6 +51,9 @@ class Settings(BaseSettings):
     jwt_keys: str = ""
     jwt_keys_file: Path | None = None
     token_lifetime_seconds: int = Field(default=300, ge=30, le=3600)
+    # How long a process may go on accepting the tokens of a client disabled meanwhile
+    # (`sip-hub client disable`): it reads the disabled clients at most this often.
+    client_state_seconds: float = Field(default=5.0, gt=0, le=300)
     issuer: str = "sip_hub"
     # A SIP without any write for this many days is inactive (a deadline Task asks the
     # coordinator to follow it up or close it); deadlines are scanned in the API process every
@@ -60,6 +66,25 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.data_dir / 'sip_hub.sqlite3').as_posix()}"
         return self
+
+    @property
+    def public_base(self) -> str:
+        """The hub's root URL, in every URL it emits (links, fullUrls, Location, the SMART
+        configuration's endpoints): ``base_url``, else the listen address. Never a request's
+        ``Host``: the caller chooses that, and would choose where other clients send their
+        secrets. A wildcard address (0.0.0.0, ::) is no place to send a request to: the
+        loopback address stands for it, which reaches the hub from its own machine only
+        (``unreachable_base`` says so, and ``create_app`` logs it)."""
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        host = _LOOPBACK.get(self.host, self.host)
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    @property
+    def unreachable_base(self) -> bool:
+        """No ``base_url`` and a wildcard listen address: the emitted URLs name the loopback
+        address, which other machines cannot reach."""
+        return not self.base_url and self.host in _LOOPBACK
 
     @property
     def is_sqlite(self) -> bool:

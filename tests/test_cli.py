@@ -50,6 +50,41 @@ def test_client_create_prints_credentials_and_stores_only_a_hash(env, capsys):
     assert clients.authenticate(store, "nobody", out["client_secret"]) is None
 
 
+def test_client_disable_enable_and_list(env, capsys):
+    assert cli.main(["client", "create", "--org", "SE2321000016-15CQ",
+                     "--scope", "system/CarePlan.rs", "--name", "COSMIC"]) == 0
+    creds = json.loads(capsys.readouterr().out)
+    store = Store(make_engine(Settings().database_url))
+
+    def listed() -> list[dict]:
+        assert cli.main(["client", "list"]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    entry = {"client_id": creds["client_id"], "org": "SE2321000016-15CQ",
+             "scope": "system/CarePlan.rs", "name": "COSMIC", "disabled": False}
+    assert listed() == [entry]
+    assert cli.main(["client", "disable", creds["client_id"]]) == 0
+    assert json.loads(capsys.readouterr().out) == {"client_id": creds["client_id"],
+                                                   "disabled": True}
+    assert listed() == [{**entry, "disabled": True}]
+    assert clients.authenticate(store, creds["client_id"], creds["client_secret"]) is None
+    assert clients.ClientStates(store).disabled(creds["client_id"])
+    assert cli.main(["client", "enable", creds["client_id"]]) == 0
+    capsys.readouterr()
+    assert listed() == [entry]
+    assert clients.authenticate(store, creds["client_id"], creds["client_secret"]) is not None
+    assert not clients.ClientStates(store).disabled(creds["client_id"])
+
+
+@pytest.mark.parametrize("verb", ["disable", "enable"])
+def test_disabling_an_unknown_client_fails(env, capsys, verb):
+    assert cli.main(["migrate"]) == 0
+    capsys.readouterr()
+    assert cli.main(["client", verb, "sip-nobody"]) != 0
+    captured = capsys.readouterr()
+    assert "No API client 'sip-nobody'" in captured.err and captured.out == ""
+
+
 @pytest.mark.parametrize("args,fragment", [
     (["--org", "not-an-hsa-id", "--scope", "system/CarePlan.rs"], "HSA-id"),
     (["--org", "SE2321000016-15CQ", "--scope", "patient/CarePlan.rs"], "SMART system scope"),
@@ -68,11 +103,12 @@ def _free_port() -> int:
 
 def test_serve_runs_the_hub_on_the_embedded_default(tmp_path):
     port = _free_port()
-    env = {**os.environ, "SIP_HUB_DATA_DIR": str(tmp_path), "SIP_HUB_PORT": str(port),
+    env = {**os.environ, "SIP_HUB_DATA_DIR": str(tmp_path),
            "SIP_HUB_MAPPINGS_DIR": str(Path(__file__).resolve().parent.parent / "mappings")}
-    env.pop("SIP_HUB_DATABASE_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "sip_hub.cli", "serve"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    for name in ("SIP_HUB_DATABASE_URL", "SIP_HUB_BASE_URL", "SIP_HUB_PORT", "SIP_HUB_HOST"):
+        env.pop(name, None)
+    proc = subprocess.Popen([sys.executable, "-m", "sip_hub.cli", "serve", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -84,6 +120,11 @@ def test_serve_runs_the_hub_on_the_embedded_default(tmp_path):
                 if time.monotonic() > deadline or proc.poll() is not None:
                     pytest.fail("the hub did not start")
                 time.sleep(0.2)
+        # Without SIP_HUB_BASE_URL the URLs the hub emits name where it listens: the port
+        # given on the command line, not the setting's default.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/.well-known/smart-configuration",
+                                    timeout=5) as r:
+            assert json.load(r)["token_endpoint"] == f"http://127.0.0.1:{port}/auth/token"
         created = subprocess.run(
             [sys.executable, "-m", "sip_hub.cli", "client", "create", "--org",
              "SE2321000016-15CQ", "--scope", "system/Organization.rs"],

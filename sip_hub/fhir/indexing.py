@@ -60,8 +60,16 @@ def contains_windows(norm: str) -> list[str]:
             for i in range(CONTAINS_STEP, len(norm) - MAX_STRING + CONTAINS_STEP, CONTAINS_STEP)]
 
 
-def split_reference(ref: str) -> tuple[str, str] | None:
-    """``Type/id`` (also ``Type/id/_history/v`` and absolute URLs ending so) to (type, id)."""
+def split_reference(ref: str, base: str = "") -> tuple[str, str] | None:
+    """A local reference's (type, id): ``Type/id`` (also ``Type/id/_history/v``), or an
+    absolute URL of the same under ``base``, this hub's FHIR base. None for anything else: an
+    absolute URL of another server (its ``Patient/123`` is not this hub's), ``urn:``, ``#``.
+    What the hub stores holds its own references relative (``localise_references``)."""
+    if ":" in ref.split("/", 1)[0]:  # a scheme: absolute
+        base = base.rstrip("/")
+        if not base or not ref.startswith(base + "/"):
+            return None
+        ref = ref[len(base) + 1:]
     parts = ref.split("/")
     if "_history" in parts:
         parts = parts[: parts.index("_history")]
@@ -70,10 +78,32 @@ def split_reference(ref: str) -> tuple[str, str] | None:
     return None
 
 
+def localise_references(node: Any, base: str) -> None:
+    """Make every reference to ``base`` (this hub's FHIR base) in a resource relative, in
+    place: a stored resource holds its local references one way, which its index, its access
+    rules and the process rules read without knowing the base (as HAPI's "treat base URLs as
+    local" does). References to other servers stay as they are: external."""
+    prefix = base.rstrip("/") + "/"
+    if prefix == "/":
+        return
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, dict):
+            for k, v in n.items():
+                if k == "reference" and isinstance(v, str):
+                    if v.startswith(prefix) and split_reference(v, base):
+                        n[k] = v[len(prefix):]
+                elif isinstance(v, (dict, list)):
+                    stack.append(v)
+        elif isinstance(n, list):
+            stack.extend(x for x in n if isinstance(x, (dict, list)))
+
+
 def reference_targets(node: Any) -> list[tuple[str, str]]:
-    """(type, id) of every literal reference in a resource that ``split_reference`` reads
-    (relative, or absolute ending in ``Type/id``), in no particular order; ``#contained``
-    and ``urn:`` references are not among them."""
+    """(type, id) of every local literal reference in a resource that ``split_reference``
+    reads, in no particular order; ``#contained``, ``urn:`` and other servers' references
+    are not among them."""
     out: list[tuple[str, str]] = []
     stack = [node]
     while stack:
@@ -121,7 +151,8 @@ def index_kinds(resource_type: str) -> frozenset[str]:
 # module's rules, e.g. how strings are normalised): the store then rebuilds its index.
 # 2: token systems cut to MAX_STRING like codes (PostgreSQL refused a longer one with a 5xx).
 # 3: strings longer than MAX_STRING: ``exact_key`` for :exact, windows for :contains.
-EXTRACTION_VERSION = 3
+# 4: absolute references (another server's) are not local references (``split_reference``).
+EXTRACTION_VERSION = 4
 
 
 @lru_cache(maxsize=1)

@@ -273,6 +273,11 @@ def _check_subject(ref: object, expr: str, c: IssueCollector, resolve: Resolve) 
     literal = ref.get("reference")
     if isinstance(literal, str):
         target = _literal_target(ref)
+        if target is None and ":" in literal.split("/", 1)[0] and \
+                not literal.startswith(("urn:uuid:", "urn:oid:")):
+            c.add(expr, f"The individual (den enskilde) must be a Patient held by this hub: "
+                        f"'{literal}' is a reference to another server")
+            return
         if target is None or target[0] != "Patient":
             c.add(expr, f"The individual (den enskilde) must be a Patient reference "
                         f"'Patient/<id>', not '{literal}'")

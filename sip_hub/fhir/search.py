@@ -133,6 +133,10 @@ def _reference(raw: str, param: SearchParam, type_modifier: str | None,
             raise BadRequest(f"Search parameter '{param.name}' cannot refer to {target[0]}",
                              expression=param.name)
         return ReferenceValue(target[0], target[1])
+    if ":" in raw.split("/", 1)[0]:
+        raise BadRequest(f"Search parameter '{param.name}': '{raw}' is a reference to "
+                         "another server; this hub finds references to its own resources",
+                         expression=param.name)
     if "/" in raw:
         raise BadRequest(f"Search parameter '{param.name}': '{raw}' is not a reference")
     if type_modifier:

@@ -53,11 +53,15 @@ class MessagingSettings(BaseSettings):
     # Filled from Settings by for_hub.
     broker_url: str = "memory://"
     base_url: str = ""
+    # SIP_HUB_SIP_INACTIVE_DAYS: operations applied by message reconcile the deadline Tasks
+    # with it, as the REST operations and the deadline scan do.
+    sip_inactive_days: int = Field(default=90, ge=1)
 
     @classmethod
     def for_hub(cls, settings: Settings, **overrides: object) -> "MessagingSettings":
-        base = settings.base_url.rstrip("/") or f"http://{settings.host}:{settings.port}"
-        values: dict[str, object] = {"broker_url": settings.broker_url, "base_url": base}
+        values: dict[str, object] = {"broker_url": settings.broker_url,
+                                     "base_url": settings.public_base,
+                                     "sip_inactive_days": settings.sip_inactive_days}
         values.update(overrides)
         out = cls(**values)  # type: ignore[arg-type]
         if out.endpoints_file is None:

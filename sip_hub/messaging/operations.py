@@ -329,12 +329,15 @@ def _check_phase(op: Operation, msg: parser.Message, spec: _Spec, target: str) -
                                f"{spec.wrong_phase}")
 
 
-def apply(tx: Tx, ctx: Context, msg: parser.Message, header: Json) -> Applied | None:
-    """Run the operation ``msg``'s event stands for; None when it is not an operation's."""
+def apply(tx: Tx, ctx: Context, msg: parser.Message, header: Json, *,
+          inactive_days: int) -> Applied | None:
+    """Run the operation ``msg``'s event stands for; None when it is not an operation's.
+    ``inactive_days``: the hub's setting, as the REST operations and the deadline scan have
+    it (the deadline Tasks an operation reconciles depend on it)."""
     spec = SPECS.get(msg.event)
     if spec is None:
         return None
-    op = Operation(tx, ctx, now_utc())
+    op = Operation(tx, ctx, now_utc(), inactive_days)
     target = _target(msg, spec)
     inp = _carried(msg)
     if inp is None:

@@ -248,7 +248,8 @@ def _handle(tx: Tx, ctx: Context, parsed: parser.Message | SipHubError, env: par
         if ahead is None:  # (else what it read is adopted with it, or read as needed)
             tx.load(_named(msg))
         with tx.savepoint():  # a refused message leaves nothing behind
-            done = operations.apply(tx, ctx, msg, header)
+            done = operations.apply(tx, ctx, msg, header,
+                                    inactive_days=messaging.config.sip_inactive_days)
             if done is None:
                 with applying_message():
                     written = _apply(tx, ctx, msg, ahead)
@@ -388,7 +389,7 @@ def _apply(tx: Tx, ctx: Context, msg: parser.Message, ahead: _Ahead | None) -> d
     result = bundles.transaction_in(tx, ctx, {"resourceType": "Bundle", "type": "transaction",
                                               "entry": entries}, "minimal")
     for i, answered in zip(todo, result["entry"]):
-        target = split_reference(answered.get("fullUrl", ""))
+        target = split_reference(answered.get("fullUrl", ""), ctx.base_url)
         stored = tx.current(*target) if target else None
         if stored is not None:
             out[i] = stored

@@ -130,10 +130,10 @@ def jwks(request: Request) -> JSONResponse:
 @router.get("/.well-known/smart-configuration")
 @router.get("/fhir/.well-known/smart-configuration")
 def smart_configuration(request: Request) -> JSONResponse:
-    base = str(request.base_url).rstrip("/")
+    # The hub's own base, never the request's Host: that would hand every client that asks
+    # a token endpoint of the caller's choosing.
     settings = request.app.state.settings
-    if settings.base_url:
-        base = settings.base_url.rstrip("/")
+    base = settings.public_base
     return JSONResponse({
         "issuer": settings.issuer,
         "jwks_uri": f"{base}/auth/jwks",

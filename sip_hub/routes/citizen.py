@@ -8,7 +8,7 @@ from starlette.responses import Response
 from .. import citizen
 from ..errors import BadRequest
 from .render import render_citizen_html
-from .wire import FHIR_TYPES, accepted, context, respond
+from .wire import FHIR_TYPES, accepted, context, respond, single
 
 router = APIRouter(prefix="/fhir", tags=["national portal"])
 
@@ -26,11 +26,7 @@ def _wants_html(accept: str) -> bool:
 @router.get("/CarePlan/$citizen-view")
 def citizen_view(request: Request) -> Response:
     ctx = context(request)
-    values = request.query_params.getlist("patient")
-    if len(values) > 1:
-        # (max 1 in the OperationDefinition: which one to answer for would be a guess)
-        raise BadRequest("patient may be given once only", expression="patient")
-    patient = values[0] if values else None
+    patient = single(request, "patient")  # (max 1 in the OperationDefinition)
     if not patient:
         raise BadRequest("patient=<system>|<value> is required", expression="patient")
     with request.app.state.store.begin(write=False) as tx:

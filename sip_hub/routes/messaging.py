@@ -16,7 +16,7 @@ from ..fhir.validation import check_id
 from ..messaging import process_message as pm
 from ..messaging.replay import replay_dead
 from ..messaging.runtime import Messaging
-from .wire import context, in_thread, read_body, respond
+from .wire import context, in_thread, read_body, respond, single
 
 router = APIRouter(tags=["messaging"])
 
@@ -32,7 +32,7 @@ def messaging(request: Request) -> Messaging:
 
 
 def _flag(request: Request, name: str) -> bool:
-    value = request.query_params.get(name)
+    value = single(request, name)
     if value is None or value == "false":
         return False
     if value == "true":
@@ -44,11 +44,12 @@ def _flag(request: Request, name: str) -> bool:
 async def process_message(request: Request) -> Response:
     ctx = context(request)
     state = request.app.state
+    asynchronous = _flag(request, "async")
+    response_url = single(request, "response-url")
     body = await read_body(request, state.settings.max_body_bytes)
     reply = await in_thread(
         request, pm.process, state.store, ctx, body, messaging(request),
-        asynchronous=_flag(request, "async"),
-        response_url=request.query_params.get("response-url"))
+        asynchronous=asynchronous, response_url=response_url)
     return respond(request, reply.body, reply.status)
 
 

@@ -158,6 +158,15 @@ def respond(request: Request, payload: dict[str, Any] | bytes | None, status: in
                     media_type=f"{fmt}; charset=utf-8" if payload is not None else None)
 
 
+def single(request: Request, name: str) -> str | None:
+    """Query parameter ``name`` of an operation that takes it at most once; given twice, a 400
+    (which one is meant would be a guess, and taking the last silently overrode the first)."""
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise BadRequest(f"{name} may be given once only", expression=name)
+    return values[0] if values else None
+
+
 def prefer_return(request: Request) -> str:
     for part in request.headers.get("prefer", "").split(","):
         k, _, v = part.strip().partition("=")
@@ -201,8 +210,7 @@ def context(request: Request, *, public: bool = False) -> Context:
     """The interaction context of a request; authenticates the caller unless ``public``."""
     state = request.app.state
     settings = state.settings
-    base = settings.base_url.rstrip("/") + "/fhir" if settings.base_url else (
-        str(request.base_url).rstrip("/") + "/fhir")
+    base = settings.public_base + "/fhir"  # (never from the request's Host: see public_base)
     if public:
         return Context(base, settings.default_page_size, settings.max_page_size)
     authorization = request.headers.getlist("authorization")

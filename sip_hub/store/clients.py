@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from .resources import Store
 from .schema import api_client
@@ -36,3 +36,26 @@ def get_client(store: Store, client_id: str) -> ClientRecord | None:
         row = tx.conn.execute(select(api_client).where(
             api_client.c.client_id == client_id)).first()
     return ClientRecord(**row._mapping) if row else None
+
+
+def set_client_active(store: Store, client_id: str, active: bool) -> bool:
+    """Enable or disable a client; False when there is no such client."""
+    with store.begin() as tx:
+        done = tx.conn.execute(update(api_client).where(api_client.c.client_id == client_id)
+                               .values(active=active))
+    return done.rowcount == 1
+
+
+def list_clients(store: Store) -> list[ClientRecord]:
+    with store.begin(write=False) as tx:
+        rows = tx.conn.execute(select(api_client).order_by(api_client.c.created,
+                                                           api_client.c.client_id)).all()
+    return [ClientRecord(**row._mapping) for row in rows]
+
+
+def disabled_clients(store: Store) -> frozenset[str]:
+    """The ids of the disabled clients (a handful at most: one small read)."""
+    with store.begin(write=False) as tx:
+        rows = tx.conn.execute(select(api_client.c.client_id).where(
+            api_client.c.active.is_(False))).all()
+    return frozenset(row.client_id for row in rows)

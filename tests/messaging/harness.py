@@ -274,7 +274,7 @@ def hub(store: Store, settings: Settings, tmp_path: Path, broker: str) -> Iterat
                                exchange=f"t{run}.sip_hub", queue_prefix=f"t{run}.sip",
                                endpoints_file=tmp_path / "endpoints.json", max_attempts=3,
                                retry_base_seconds=0.01, retry_max_seconds=0.05,
-                               timeout_seconds=2)
+                               timeout_seconds=2, sip_inactive_days=settings.sip_inactive_days)
     messaging = Messaging.from_config(config)
     app = create_app(settings, store=store)
     app.state.messaging = messaging

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import jwt
 import pytest
@@ -77,6 +78,49 @@ def test_wrong_secret_is_refused(anonymous, store):
     r = anonymous.post("/auth/token", data={"grant_type": "client_credentials"},
                        auth=(creds["client_id"], "not-the-secret"))
     assert r.status_code == 401
+
+
+def test_a_disabled_clients_tokens_are_refused_and_enabling_it_lets_it_in(store, settings):
+    # The hub's view of the disabled clients, refreshed every 0.1 s here (5 s by default).
+    app = create_app(settings.model_copy(update={"client_state_seconds": 0.1}), store=store)
+    with TestClient(app, raise_server_exceptions=False) as anonymous:
+        _disable_and_enable(anonymous, store)
+
+
+def _disable_and_enable(anonymous, store):
+    creds = clients.create_client(store, org=ORG, scope="system/CarePlan.rs")
+    auth = (creds["client_id"], creds["client_secret"])
+
+    def token() -> dict:
+        return anonymous.post("/auth/token", data={"grant_type": "client_credentials"},
+                              auth=auth).json()
+
+    def search(access_token: str) -> int:
+        return anonymous.get("/fhir/CarePlan", headers={
+            "Authorization": f"Bearer {access_token}"}).status_code
+
+    issued = token()["access_token"]
+    assert search(issued) == 200
+    clients.set_disabled(store, creds["client_id"], True)
+    assert token()["error"] == "invalid_client"
+    time.sleep(0.15)
+    r = anonymous.get("/fhir/CarePlan", headers={"Authorization": f"Bearer {issued}"})
+    assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
+    assert "client has been disabled" in outcome_text(r)
+    clients.set_disabled(store, creds["client_id"], False)
+    time.sleep(0.15)
+    assert search(issued) == 200
+    assert search(token()["access_token"]) == 200
+
+
+def test_the_client_state_is_read_at_most_once_per_bound(store):
+    """Between reads the answer comes from the process's memory, not the database."""
+    creds = clients.create_client(store, org=ORG, scope="system/CarePlan.rs")
+    states = clients.ClientStates(store, max_age=3600)
+    assert not states.disabled(creds["client_id"])
+    clients.set_disabled(store, creds["client_id"], True)
+    assert not states.disabled(creds["client_id"])  # (as read an hour ago at most)
+    assert clients.ClientStates(store).disabled(creds["client_id"])
 
 
 def test_scope_can_be_narrowed_not_widened(anonymous, store):

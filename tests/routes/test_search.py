@@ -76,6 +76,32 @@ def test_careplan_by_patient_in_all_spellings(client, world):
     assert search(client, f"CarePlan?patient={p1}")["total"] == 2
 
 
+def test_references_to_another_server_are_not_local(client, world):
+    """``https://other.example.org/fhir/Patient/<id>`` is not this hub's Patient/<id>."""
+    p1 = world["p1"]["id"]
+    want = sorted(p["id"] for p in world["plans"][:2])
+    elsewhere = create(client, plain_careplan(p1))  # (its subject made external below)
+    elsewhere["subject"]["reference"] = f"https://other.example.org/fhir/Patient/{p1}"
+    r = client.put(f"/fhir/CarePlan/{elsewhere['id']}", **body(elsewhere))
+    assert r.status_code == 200, r.text
+    assert r.json()["subject"]["reference"] == f"https://other.example.org/fhir/Patient/{p1}"
+    assert ids(search(client, f"CarePlan?patient=Patient/{p1}")) == want
+    assert ids(search(client, f"CarePlan?subject={p1}")) == want
+    rev = search(client, f"Patient?_id={p1}&_revinclude=CarePlan:subject")
+    assert sorted(e["resource"]["id"] for e in rev["entry"]
+                  if e["search"]["mode"] == "include") == want
+    included = search(client, f"CarePlan?_id={elsewhere['id']}&_include=CarePlan:subject")
+    assert [e["resource"]["resourceType"] for e in included["entry"]] == ["CarePlan"]
+    r = client.get(f"/fhir/CarePlan?patient=https://other.example.org/fhir/Patient/{p1}")
+    assert r.status_code == 400 and "another server" in outcome_text(r)
+    # A reference to this hub's own base is local: stored relative, and found.
+    own = create(client, plain_careplan(p1))
+    own["subject"]["reference"] = f"http://hub.test/fhir/Patient/{p1}"
+    r = client.put(f"/fhir/CarePlan/{own['id']}", **body(own))
+    assert r.status_code == 200 and r.json()["subject"]["reference"] == f"Patient/{p1}"
+    assert ids(search(client, f"CarePlan?patient={p1}")) == sorted([*want, own["id"]])
+
+
 def test_chained_patient_identifier(client, world):
     b = search(client, "CarePlan?patient.identifier=http://electronichealth.se/identifier/"
                        "personnummer|200001012384")

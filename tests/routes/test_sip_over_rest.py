@@ -59,6 +59,23 @@ def test_sip_plan_for_unknown_patient_is_422(client):
     assert "CarePlan.subject" in outcome_text(r)
 
 
+def test_sip_plan_of_a_patient_on_another_server_is_422_naming_the_subject(client):
+    assert _put_all(client, f.demo_case()).status_code == 200
+    # Alva is Patient/alva here; the same path on another server is someone else's.
+    plan = f.sip_careplan("https://other.example.org/fhir/Patient/alva", status="draft")
+    plan["id"] = "elsewhere"
+    r = client.put("/fhir/CarePlan/elsewhere", **body(plan))
+    assert r.status_code == 422, r.text
+    assert r.json()["resourceType"] == "OperationOutcome"
+    assert "another server" in outcome_text(r) and "@ CarePlan.subject" in outcome_text(r)
+    assert client.get("/fhir/CarePlan/elsewhere").status_code == 404
+    # A reference to this hub's own base is local, and stored relative.
+    plan["subject"]["reference"] = "http://hub.test/fhir/Patient/alva"
+    r = client.put("/fhir/CarePlan/elsewhere", **body(plan))
+    assert r.status_code == 201, r.text
+    assert r.json()["subject"]["reference"] == "Patient/alva"
+
+
 def test_structure_definitions_are_served_and_searchable(client):
     b = client.get(f"/fhir/StructureDefinition?url={sip.PROFILE_CAREPLAN}").json()
     assert b["total"] == 1
