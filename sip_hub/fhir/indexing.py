@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import orjson
+
 from .dates import parse_range
 from .search_params import RESOURCE_TYPES, SearchParam, params_for
 
@@ -84,7 +86,9 @@ def localise_references(node: Any, base: str) -> None:
     rules and the process rules read without knowing the base (as HAPI's "treat base URLs as
     local" does). References to other servers stay as they are: external."""
     prefix = base.rstrip("/") + "/"
-    if prefix == "/":
+    # Most resources name no absolute URL of this hub: one serialisation (a few us for a
+    # SIP CarePlan) tells, where the walk below took ten times that.
+    if prefix == "/" or orjson.dumps(prefix).strip(b'"') not in orjson.dumps(node):
         return
     stack = [node]
     while stack:
