@@ -48,6 +48,18 @@ def check_settings(settings: Settings) -> None:
         problems = settings.production_problems() + _messaging_problems(settings)
         if problems:
             raise ConfigurationError("Refusing to start in production: " + "; ".join(problems))
+        return
+    # In every environment: an endpoints file the hub cannot use stops the start with its
+    # reason (it was a traceback from the API's start-up, or the worker's), and so does one
+    # named that is not there (read as no endpoints: every message dead-lettered).
+    named = MessagingSettings().endpoints_file
+    if named is not None and not named.is_file():
+        raise ConfigurationError(f"Refusing to start: SIP_HUB_MESSAGE_ENDPOINTS_FILE {named} "
+                                 "is not a file")
+    try:
+        Messaging.for_hub(settings)
+    except ValueError as exc:
+        raise ConfigurationError(f"Refusing to start: {exc}") from None
 
 
 def _messaging_problems(settings: Settings) -> list[str]:

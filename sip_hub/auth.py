@@ -83,10 +83,19 @@ def load_keys(settings: Settings) -> KeyRing:
         entries = _load_entries(settings.jwt_keys, "SIP_HUB_JWT_KEYS")
     else:
         path = settings.jwt_keys_file or _dev_key_file(settings)
-        entries = _load_entries(Path(path).read_text(), str(path))
+        try:
+            raw = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as exc:  # a traceback at start, before this
+            raise KeyConfigError(f"SIP_HUB_JWT_KEYS_FILE {path} cannot be read: "
+                                 f"{getattr(exc, 'strerror', None) or exc}") from None
+        entries = _load_entries(raw, str(path))
     private: dict[str, ec.EllipticCurvePrivateKey] = {}
     for e in entries:
-        key = serialization.load_pem_private_key(e["pem"].encode(), password=None)
+        try:
+            key = serialization.load_pem_private_key(str(e["pem"]).encode(), password=None)
+        except (ValueError, TypeError):  # (never the key's bytes in the message)
+            raise KeyConfigError(f"key {str(e['kid'])[:64]} is not a PEM private key without "
+                                 "a password (PKCS8, EC P-256)") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise KeyConfigError(f"key {e['kid']} is not an EC private key (ES256 needs P-256)")
         private[e["kid"]] = key

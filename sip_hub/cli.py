@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -111,8 +116,12 @@ def _deadlines(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _worker(_args: argparse.Namespace, settings: Settings) -> int:
+    from .app import check_settings
     from .messaging.worker import run_worker
 
+    # As `serve` does: a worker started on settings the hub refuses (an endpoints file it
+    # cannot read, production without its keys) failed later, or ran unchecked.
+    check_settings(settings)
     run_worker(settings)
     return 0
 
@@ -122,11 +131,28 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
 
     from .messaging.worker import replay
 
-    if not args.all and not args.ids:
-        raise SystemExit("sip-hub messages replay: name delivery ids or --all")
     done = replay(settings, None if args.all else args.ids)
     sys.stdout.write(orjson.dumps({"replayed": done}).decode() + "\n")
+    if args.ids and not done:
+        # As the HTTP replay's 404: a mistyped id is not a replay that went well.
+        sys.stderr.write("sip-hub: no dead delivery with id or MessageHeader.id "
+                         f"{', '.join(args.ids)}\n")
+        return 1
     return 0
+
+
+def _number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` (to ``high``); else a usage error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(
+                f"{value} is out of range ({low} to {high if high is not None else 'any'})")
+        return value
+    return parse
 
 
 def parser() -> argparse.ArgumentParser:
@@ -134,8 +160,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run the HTTP API")
     s.add_argument("--host")
-    s.add_argument("--port", type=int)
-    s.add_argument("--workers", type=int)
+    s.add_argument("--port", type=_number(1, 65535))
+    s.add_argument("--workers", type=_number(1))
     s.set_defaults(func=_serve)
     w = sub.add_parser("worker", help="run the messaging relay and deliveries")
     w.set_defaults(func=_worker)
@@ -144,7 +170,7 @@ def parser() -> argparse.ArgumentParser:
     rp = msub.add_parser("replay", help="send dead-lettered deliveries again")
     rp.add_argument("ids", nargs="*", help="delivery ids (see /admin/messages)")
     rp.add_argument("--all", action="store_true", help="every dead-lettered delivery")
-    rp.set_defaults(func=_replay)
+    rp.set_defaults(func=_replay, check=lambda args: _replay_usage(rp, args))
     m = sub.add_parser("migrate", help="bring the database schema to the newest version")
     m.set_defaults(func=_migrate)
     c = sub.add_parser("client", help="manage API clients")
@@ -174,31 +200,55 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _replay_usage(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.all == bool(args.ids):
+        p.error("name delivery ids or give --all, not both")
+
+
+def _invalid(prefix: str, exc: "ValidationError") -> str:
+    return "; ".join(
+        (f"{prefix}{'_'.join(map(str, e['loc'])).upper()}: " if e["loc"] else "") + e["msg"]
+        for e in exc.errors())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if hasattr(args, "check"):
+        args.check(args)
     from pydantic import ValidationError
+    from sqlalchemy.exc import OperationalError
 
     from . import logs
     from .app import ConfigurationError
     from .errors import SipHubError
+    from .messaging.config import MessagingSettings
 
     try:
         settings = Settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            (f"SIP_HUB_{'_'.join(map(str, e['loc'])).upper()}: " if e["loc"] else "") + e["msg"]
-            for e in exc.errors())
-        sys.stderr.write(f"sip-hub: invalid settings: {problems}\n")
+        sys.stderr.write(f"sip-hub: invalid settings: {_invalid('SIP_HUB_', exc)}\n")
+        return 2
+    try:
+        # Read by the worker, the API and replay only when they get to messaging (the worker
+        # at its first message): a bad value must stop every command here, named.
+        MessagingSettings.for_hub(settings)
+    except ValidationError as exc:
+        sys.stderr.write(f"sip-hub: invalid settings: {_invalid('SIP_HUB_MESSAGE_', exc)}\n")
         return 2
     logs.configure(settings.log_level, settings.log_format)
     try:
         return int(args.func(args, settings))
     except SipHubError as exc:
         sys.stderr.write(f"sip-hub: {exc.diagnostics}\n")
-        return 2
+        # A service that is down is a failure (try again later), not a usage error.
+        return 1 if exc.retryable else 2
     except ConfigurationError as exc:
         sys.stderr.write(f"sip-hub: {exc}\n")
         return 2
+    except OperationalError as exc:  # the database cannot be reached (migrate, clients)
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        sys.stderr.write(f"sip-hub: database unavailable: {reason}\n")
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

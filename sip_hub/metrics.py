@@ -48,6 +48,13 @@ DELIVERIES = Counter(
 DEAD_LETTERS = Counter(
     "sip_hub_message_dead_letters", "Deliveries moved to the dead-letter queue (alert on it)",
     ["kind"], registry=REGISTRY)
+# Every series of the alert metric (and of the outcomes) is there from the start, at 0: a
+# series that first appears at 1 is no rise to Prometheus (``increase`` needs two samples), so
+# the first dead letter after a start would not alert. (The kinds of store.outbox's messages.)
+for _kind in ("notification", "response"):
+    DEAD_LETTERS.labels(_kind)
+for _outcome in ("delivered", "retry", "dead", "withdrawn", "duplicate", "held"):
+    DELIVERIES.labels(_outcome)
 MESSAGES_RECEIVED = Counter(
     "sip_hub_messages_received", "Messages received by $process-message, by response code",
     ["code"], registry=REGISTRY)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from .logs import LogFormat, LogLevel
 
@@ -25,8 +28,8 @@ class Settings(BaseSettings):
     data_dir: Path = DEFAULT_DATA_DIR
     mappings_dir: Path = Path("mappings")
     host: str = "127.0.0.1"
-    port: int = 8080
-    workers: int = 1
+    port: int = Field(default=8080, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1)
     # Threads per worker process for blocking work (writes; reads on PostgreSQL).
     threads: int = Field(default=8, ge=1, le=200)
     # One log line per HTTP request. Off by default: every access to personal data is an
@@ -60,6 +63,41 @@ class Settings(BaseSettings):
     # this many minutes (0: never; never in the test environment).
     sip_inactive_days: int = Field(default=90, ge=1)
     sip_deadline_scan_minutes: int = Field(default=5, ge=0)
+
+    # A URL the hub cannot use is refused at start with the setting's name, not met as a
+    # traceback from SQLAlchemy or kombu, or as wrong links in every response.
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, v: str) -> str:
+        if not v:
+            return v
+        try:
+            url = make_url(v)
+            url.port  # noqa: B018 (a port that is not a number fails here)
+        except (ArgumentError, ValueError):
+            url = None
+        if url is None or url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError("must be a sqlite:///... or postgresql://... URL")
+        return v
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if not v.startswith("memory://") and (parts.scheme not in ("amqp", "amqps", "pyamqp")
+                                              or not parts.hostname):
+            raise ValueError("must be memory:// or an amqp://user:password@host:port/vhost URL")
+        return v
+
+    @field_validator("base_url")
+    @classmethod
+    def _base(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if v and (parts.scheme not in ("http", "https") or not parts.hostname
+                  or parts.query or parts.fragment):
+            raise ValueError("must be the hub's absolute http(s) address, e.g. "
+                             "https://sip.region.se")
+        return v
 
     @model_validator(mode="after")
     def _fill_database_url(self) -> "Settings":

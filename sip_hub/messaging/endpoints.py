@@ -130,6 +130,15 @@ class Endpoints:
             except InvalidIdentifier as exc:
                 raise ValueError(f"{path}: organization '{e.organization[:64]}' is not an "
                                  f"HSA-id: {exc}") from None
+            # Two entries for one organisation (also spelt differently): which one wins would
+            # be the file's order, and the other's address silently unused.
+            if org in out:
+                raise ValueError(f"{path}: organization {org} has more than one entry")
+            # A variable named but not set sent every POST without its Authorization header:
+            # refused by the receiver and dead-lettered, at the first message, not at start.
+            if e.authorization_env is not None and not os.environ.get(e.authorization_env):
+                raise ValueError(f"{path}: organization {org}: authorizationEnv names "
+                                 f"{e.authorization_env[:64]}, which is not set (or empty)")
             out[org] = Endpoint(org, e.url, e.timeout_seconds, e.authorization_env,
                                 e.max_concurrent)
         return cls(out)

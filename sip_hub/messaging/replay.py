@@ -5,25 +5,47 @@ The outbox is the record: its dead deliveries go back to pending with fresh atte
 relay publishes them again. Their copies in the dead-letter queue are then removed; a copy
 whose delivery the outbox does not hold as dead (a consumer failed on it before recording
 anything) puts that delivery back to pending too.
+
+A replay sends personal data to organisations again on an operator's word: it is audited (an
+AuditEvent per replay, in the transaction that puts the deliveries back, naming the operator's
+client when it came over HTTP, the patients, plans and destinations).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..audit import AuditRecord
+from ..auth import Principal
 from ..bus import Bus, Received
 from ..fhir.dates import now_utc, to_us
-from ..store import Store
+from ..store import Store, Tx
 from ..store import outbox as sql
 from .relay import DELIVERY
 
 
-def replay_dead(store: Store, bus: Bus, ids: Sequence[str] | None = None) -> list[str]:
+def _audit(tx: Tx, delivery_ids: Sequence[str], principal: Principal | None) -> None:
+    if not delivery_ids:
+        return
+    found = sql.find(tx, ids=delivery_ids, limit=len(delivery_ids))
+    orgs = sorted({d.dest_org for d in found})
+    tx.append_audit([AuditRecord(
+        "operation", principal,
+        tuple(sorted({("CarePlan", d.careplan_id) for d in found if d.careplan_id})),
+        frozenset(d.patient_id for d in found if d.patient_id),
+        detail=f"$replay of dead deliveries {', '.join(sorted(delivery_ids))} to "
+               f"{', '.join(orgs)}").entry()])
+
+
+def replay_dead(store: Store, bus: Bus, ids: Sequence[str] | None = None, *,
+                principal: Principal | None = None) -> list[str]:
     """Replay the dead deliveries named by delivery id or MessageHeader.id (all when ``ids``
-    is None); returns the delivery ids put back to pending."""
+    is None); returns the delivery ids put back to pending. ``principal``: who asked (None:
+    an operator at the command line)."""
     now = to_us(now_utc())
     with store.begin() as tx:
         replayed = set(sql.reset_dead(tx, ids, now))
+        _audit(tx, sorted(replayed), principal)
     wanted = set(ids) if ids is not None else None
 
     def pick(m: Received) -> bool:
@@ -34,8 +56,9 @@ def replay_dead(store: Store, bus: Bus, ids: Sequence[str] | None = None) -> lis
              and d not in replayed]
     if stuck:
         with store.begin() as tx:
-            for delivery_id in stuck:
-                if sql.set_state(tx, delivery_id, sql.PENDING, now, attempts=0,
-                                 next_attempt_at=now, only_from=(sql.PUBLISHED,)):
-                    replayed.add(delivery_id)
+            again = [d for d in stuck
+                     if sql.set_state(tx, d, sql.PENDING, now, attempts=0,
+                                      next_attempt_at=now, only_from=(sql.PUBLISHED,))]
+            _audit(tx, again, principal)
+            replayed.update(again)
     return sorted(replayed)

@@ -72,7 +72,8 @@ async def replay(request: Request, message_id: str) -> Response:
 
     def work() -> list[str]:
         with messaging(request).bus() as bus:
-            return replay_dead(request.app.state.store, bus, [message_id])
+            return replay_dead(request.app.state.store, bus, [message_id],
+                               principal=principal)
     replayed = await in_thread(request, work)
     if not replayed:
         raise NotFound(f"No dead delivery with id or MessageHeader.id '{message_id}'")
