@@ -8,6 +8,8 @@ gives (DELETE, POST, PUT, GET) and answered in the order they came.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -63,9 +65,10 @@ def _parse_url(url: str, ctx: ix.Context, where: str) -> tuple[str, str | None, 
     return rtype, rid, vid, parse_qsl(parts.query, keep_blank_values=True), bool(parts.query)
 
 
-def _entries(bundle: dict[str, Any], ctx: ix.Context) -> list[_Entry]:
+def _entries(bundle: dict[str, Any], ctx: ix.Context, first: int = 0) -> list[_Entry]:
+    """The entries, numbered from ``first`` (a batch reads its entries one at a time)."""
     out = []
-    for i, e in enumerate(bundle.get("entry") or []):
+    for i, e in enumerate(bundle.get("entry") or [], start=first):
         where = f"Bundle.entry[{i}]"
         req = e.get("request") if isinstance(e, dict) else None
         if not isinstance(req, dict) or not isinstance(req.get("url"), str):
@@ -76,6 +79,11 @@ def _entries(bundle: dict[str, Any], ctx: ix.Context) -> list[_Entry]:
             raise BadRequest(f"{where}.request.method '{req.get('method')}' is not supported",
                              expression=f"{where}.request.method")
         rtype, rid, vid, query, has_query = _parse_url(req["url"], ctx, where)
+        if vid is not None and method != "GET":
+            # (It was applied to the resource as a whole: a DELETE of one version deleted all.)
+            raise BadRequest(f"{where}.request.url: a {method} of one version "
+                             f"('{req['url'][:80]}') is not supported; name the resource "
+                             "without _history", expression=f"{where}.request.url")
         resource = e.get("resource")
         if method in ("POST", "PUT") and not isinstance(resource, dict):
             raise BadRequest(f"{where}: {method} needs a resource", expression=where)
@@ -174,6 +182,76 @@ def _each_once(entries: list[_Entry]) -> None:
                     "writes each resource once"), e.index)
 
 
+def _full_urls_once(entries: list[_Entry]) -> None:
+    """bdl-7: a fullUrl names one entry; a reference to one given twice meant either."""
+    seen: dict[str, int] = {}
+    for e in entries:
+        if e.full_url:
+            first = seen.setdefault(e.full_url, e.index)
+            if first != e.index:
+                raise _with_entry(BadRequest(
+                    f"fullUrl '{e.full_url[:80]}' is the fullUrl of Bundle.entry[{first}] "
+                    "too: a fullUrl names one entry", expression=f"Bundle.entry[{e.index}]"
+                    ".fullUrl"), e.index)
+
+
+_CONDITIONAL_REF = re.compile(r"[A-Z][A-Za-z]{1,63}\?.+", re.S)
+# The same in a resource as orjson writes it: most resources have none, which one
+# serialisation and a scan tell in a few microseconds, where the walk took tens.
+_HAS_CONDITIONAL_REF = re.compile(rb'"reference":"[A-Z][A-Za-z]{1,63}\?')
+
+
+def _references(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "reference" and isinstance(v, str):
+                yield v
+            else:
+                yield from _references(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _references(v)
+
+
+def _resolve_conditional(tx: Tx, ctx: ix.Context, entries: list[_Entry],
+                         mapping: dict[str, str]) -> None:
+    """FHIR's conditional references (``Patient?identifier=...``): each made a reference to
+    the one resource its criteria match among what the caller may see; none or several fail
+    the transaction (412). They were stored as they came, outside every compartment."""
+    for e in entries:
+        if not isinstance(e.resource, dict) or isinstance(e.resource, Prepared) or \
+                not _HAS_CONDITIONAL_REF.search(orjson.dumps(e.resource)):
+            continue
+        try:
+            for ref in _references(e.resource):
+                if ref in mapping or not _CONDITIONAL_REF.fullmatch(ref):
+                    continue
+                rtype, _, criteria = ref.partition("?")
+                check_type(rtype)
+                ctx.access.check(rtype, "s")
+                found = ix.match(tx, ctx, rtype, criteria)
+                if len(found) != 1:
+                    raise ix.PreconditionFailed(
+                        f"The conditional reference '{ref[:80]}' matches "
+                        f"{'no' if not found else 'more than one'} {rtype}: it must match "
+                        "exactly one")
+                mapping[ref] = f"{rtype}/{found[0].id}"
+        except SipHubError as err:
+            raise _with_entry(err, e.index) from None
+
+
+def _placeholders_resolved(entries: list[_Entry]) -> None:
+    """A ``urn:uuid:`` reference names an entry of the Bundle by its fullUrl; one left once
+    every entry's is replaced names none (a typo, or a DELETE's), and was stored as it came."""
+    for e in entries:
+        if isinstance(e.resource, dict):
+            for ref in _references(e.resource):
+                if ref.startswith("urn:uuid:"):
+                    raise _with_entry(BadRequest(
+                        f"The reference '{ref[:80]}' names no resource the transaction "
+                        "creates or updates (no such fullUrl)"), e.index)
+
+
 def _lock_keys(ctx: ix.Context, entries: list[_Entry]) -> list[str]:
     """The keys of what ``entries`` write by id and of the criteria they match on."""
     keys: list[str] = []
@@ -191,11 +269,15 @@ def _lock_keys(ctx: ix.Context, entries: list[_Entry]) -> list[str]:
     return keys
 
 
-def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str) -> dict:
+def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str, *,
+                   placeholders: bool = False) -> dict:
     """A transaction Bundle inside the caller's database transaction (messages use this, so
-    their effects commit with the message's cache entry and notifications)."""
+    their effects commit with the message's cache entry and notifications). ``placeholders``:
+    refuse a ``urn:uuid:`` reference no entry resolves (a client's Bundle, not a message's
+    entries, which hold references of their own)."""
     entries = _entries(bundle, ctx)
     _each_once(entries)
+    _full_urls_once(entries)
     # What the entries write by id, and the criteria of their conditional creates and
     # updates, are locked up front, in one order: two Bundles writing the same resources in
     # different entry orders would otherwise each lock one the other waits for (a deadlock,
@@ -229,6 +311,7 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str)
                 mapping[e.full_url] = f"{e.rtype}/{rid}"
         elif e.method == "PUT" and e.rid and e.full_url:
             mapping[e.full_url] = f"{e.rtype}/{e.rid}"
+    _resolve_conditional(tx, ctx, entries, mapping)
     pending: dict[tuple[str, str], dict[str, Any]] = {}
     for e in entries:
         # A Prepared resource was rewritten and checked before the transaction, by a caller
@@ -242,6 +325,8 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str)
             rid = assigned.get(e.index, e.rid)
             if rid and e.index not in responses:
                 pending[(e.rtype, rid)] = {**e.resource, "id": rid}
+    if placeholders:
+        _placeholders_resolved([e for e in entries if e.index not in responses])
     resolve = tx_resolver(tx, pending)
     for e in sorted(entries, key=lambda x: (_ORDER[x.method], x.index)):
         if e.index in responses:
@@ -261,15 +346,14 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str)
 
 def transaction(store: Store, ctx: ix.Context, bundle: dict[str, Any], prefer: str) -> dict:
     with store.begin() as tx:
-        return transaction_in(tx, ctx, bundle, prefer)
+        return transaction_in(tx, ctx, bundle, prefer, placeholders=True)
 
 
 def batch(store: Store, ctx: ix.Context, bundle: dict[str, Any], prefer: str) -> dict:
     out = []
     for i, e in enumerate(bundle.get("entry") or []):
         try:
-            entry = _entries({"entry": [e]}, ctx)[0]
-            entry.index = i
+            entry = _entries({"entry": [e]}, ctx, first=i)[0]
             with store.begin(write=entry.method != "GET") as tx:
                 out.append(_response_entry(ctx, _run(tx, ctx, entry), prefer))
         except SipHubError as err:

@@ -110,6 +110,14 @@ def _conditional_query(rtype: str, criteria: Criteria, base_url: str
     return query
 
 
+def _limit_chains(ctx: Context, query: fhir_search.SearchQuery) -> None:
+    """A chain finds through the targets the caller may search and see, and no others."""
+    for cr in query.criteria:
+        if cr.chain_type is not None:
+            ctx.access.check(cr.chain_type, "s")
+            cr.chain_visibility = ctx.access.visibility(cr.chain_type)
+
+
 def _match_key(rtype: str, query: fhir_search.SearchQuery) -> str:
     # Keyed by the criteria as parsed, so that two spellings of one identifier (a
     # personnummer with and without its dash) wait for each other too.
@@ -131,6 +139,7 @@ def match(tx: Tx, ctx: Context, rtype: str, criteria: Criteria) -> list[Stored]:
     # Two conditional creates (or updates) with the same criteria at once would both find
     # nothing and both create: the second waits for the first and then finds its resource.
     tx.serialise(_match_key(rtype, query))
+    _limit_chains(ctx, query)
     vis = ctx.access.visibility(rtype)
     if vis is False:
         return []
@@ -351,9 +360,7 @@ def search(tx: Tx, ctx: Context, rtype: str, items: list[tuple[str, str]]) -> Re
     query = fhir_search.parse(rtype, items, default_count=ctx.default_count,
                               max_count=ctx.max_count, base_url=ctx.base_url,
                               lenient=ctx.lenient)
-    for cr in query.criteria:
-        if cr.chain_type is not None:
-            ctx.access.check(cr.chain_type, "s")
+    _limit_chains(ctx, query)
     vis = ctx.access.visibility(rtype)
     matches, total = tx.search(query, vis or None) if vis is not False else ([], 0)
     included: list[Stored] = []
@@ -395,7 +402,8 @@ def history(tx: Tx, ctx: Context, items: list[tuple[str, str]], rtype: str | Non
         elif k == "_since":
             since = fhir_search.date_value(v, k).low
         elif k == "_at":
-            at = fhir_search.date_value(v, k).high
+            at_value = fhir_search.date_value(v, k)
+            at = (at_value.low, at_value.high)
         elif k not in ("_format", "_pretty"):
             raise BadRequest(f"Unknown history parameter '{k}'", expression=k)
     rows, total = tx.history(rtype, rid, since=since, at=at, count=count, offset=offset)

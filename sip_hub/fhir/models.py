@@ -269,6 +269,7 @@ def from_xml(data: bytes) -> dict[str, Any]:
     cls = model_class(rtype)
     if cls is None:
         raise BadRequest(f"Unknown resourceType '{rtype}'")
+    _check_xml_form(root, rtype)
     try:
         model = cls.model_validate_xml(xml.tostring(root), xmlparser=xml.hardened_parser())
         out = model.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -287,6 +288,40 @@ def from_xml(data: bytes) -> dict[str, Any]:
         raise BadRequest(f"Cannot read FHIR XML: {exc}") from None
     _as_json_numbers(out, rtype)
     return out
+
+
+_FHIR_NS, _XHTML_NS = "{http://hl7.org/fhir}", "{http://www.w3.org/1999/xhtml}"
+
+
+def _check_xml_form(root: Any, rtype: str) -> None:
+    """What fhir_core reads past without a word, refused: a value written as text
+    (``<gender>male</gender>``), an element with neither a value nor children (ele-1; its
+    value was lost), an element of another namespace read as FHIR's, a narrative div outside
+    XHTML's (reported at an element it does not have)."""
+    stack = [(root, rtype)]
+    while stack:
+        el, path = stack.pop()
+        for child in el:
+            tag = child.tag
+            if not isinstance(tag, str):
+                continue  # (comments and processing instructions are removed on parsing)
+            local = tag.rsplit("}", 1)[-1]
+            where = f"{path}.{local}" if local[:1].islower() else path
+            if local == "div" and path.endswith(".text"):
+                if not tag.startswith(_XHTML_NS):
+                    raise BadRequest(f"The narrative's div must be in the XHTML namespace "
+                                     f"{_XHTML_NS[1:-1]}", expression=where)
+                continue  # (XHTML: text is its content; validation checks it)
+            if not tag.startswith(_FHIR_NS):
+                raise BadRequest(f"<{local}> is not in the FHIR namespace "
+                                 f"{_FHIR_NS[1:-1]}", expression=where)
+            if (child.text or "").strip() or any((c.tail or "").strip() for c in child):
+                raise BadRequest(f"<{local}> holds text; FHIR XML gives a value in its value "
+                                 "attribute", expression=where)
+            if local[:1].islower() and not child.attrib and len(child) == 0:
+                raise BadRequest(f"<{local}> has neither a value nor children (ele-1)",
+                                 expression=where)
+            stack.append((child, where))
 
 
 # orjson, which writes what the hub stores, writes integers in this range; JSON input holds

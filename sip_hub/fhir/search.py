@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import BadRequest
 from ..identifiers import InvalidIdentifier, canonical_search_token
 from .dates import parse_range
 from .indexing import exact_key, key as index_key, normalise_string, split_reference
-from .search_params import SearchParam, params_for
+from .search_params import RESOURCE_TYPES, SearchParam, params_for
 from .validation import CONTROL_CHARS
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
@@ -53,6 +53,10 @@ class Criterion:
     # one level of chaining: reference parameter -> criterion on the target type
     chain: "Criterion | None" = None
     chain_type: str | None = None
+    # What the caller may see of the chain's targets (a ``store.search.Visibility``; None:
+    # every one, False: none), set by whoever searches for a client: a chain through a
+    # resource it may not read would tell what that resource holds.
+    chain_visibility: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +156,11 @@ def _criterion(rtype: str, key: str, raw: str, base_url: str) -> Criterion:
     if "." in modifier_part:
         modifier_part, chain_rest = modifier_part.split(".", 1)
     modifier = modifier_part or None
+    if name in ("_id", "_lastUpdated") and (modifier or chain_rest is not None):
+        # They are columns, searched by value only: a modifier dropped turned ``_id:not=X``
+        # into ``_id=X``.
+        raise BadRequest(f"'{key}': no modifier or chain is supported on '{name}'",
+                         expression=key)
     if name == "_id":
         return Criterion(name, "id", None, modifier, _split_commas(raw))
     if name == "_lastUpdated":
@@ -231,6 +240,10 @@ def _include(raw: str, key: str, *, rev: bool, rtype: str) -> Include:
         raise BadRequest(f"{key}: '{source}:{pname}' is not a reference search parameter",
                          expression=key)
     target = parts[2] if len(parts) == 3 else None
+    if target is not None and target not in (param.targets or RESOURCE_TYPES):
+        # (a typo, or ':iterate' where the target type goes, included nothing silently)
+        raise BadRequest(f"{key}: '{source}:{pname}' cannot refer to '{target}'",
+                         expression=key)
     if not rev and source != rtype:
         raise BadRequest(f"_include must start with the searched type {rtype}", expression=key)
     if rev and param.targets and rtype not in param.targets:

@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute, Route
 
 from .. import bundles, cpu
 from .. import interactions as ix
-from ..errors import BadRequest, MethodNotAllowed
+from ..errors import MethodNotAllowed, UnsupportedMediaType
 from ..fhir.capability import capability_statement
 from ..fhir.validation import check_id
 from ..messaging.capability import messaging_section
@@ -103,9 +103,10 @@ def search_type(request: Request, rtype: str) -> Response:
 
 @router.post("/{rtype}/_search")
 async def search_post(request: Request, rtype: str) -> Response:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip()
-    if ctype != "application/x-www-form-urlencoded":
-        raise BadRequest("POST _search takes application/x-www-form-urlencoded parameters")
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/x-www-form-urlencoded":  # (media types are case-insensitive)
+        raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded "
+                                   "parameters")
     form = await request.form()
     items = _params(request) + [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
     return await in_thread(request, _read, request,

@@ -78,7 +78,9 @@ def response_format(request: Request) -> str:
     """JSON or XML, from ``_format`` first, then ``Accept``; 406 when neither can be served."""
     fmt = request.query_params.get("_format")
     if fmt:
-        chosen = _FORMAT_ALIASES.get(fmt.strip().lower().replace(" ", "+"))
+        # A media type's parameters (FHIR's fhirVersion, a charset) as ``Accept``'s are;
+        # a "+" sent unescaped arrives as a space.
+        chosen = _FORMAT_ALIASES.get(_media(fmt).replace(" ", "+"))
         if chosen is None:
             raise NotAcceptable(f"_format '{fmt}' is not supported; use json or xml")
         return chosen

@@ -15,8 +15,8 @@ from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import orjson
-from sqlalchemy import (Connection, Engine, and_, bindparam, delete, event, func, insert,
-                        select, text, tuple_, update)
+from sqlalchemy import (Connection, Engine, and_, bindparam, delete, event, exists, func,
+                        insert, select, text, tuple_, update)
 from sqlalchemy.exc import OperationalError
 
 from ..ids import uuid7
@@ -471,12 +471,14 @@ class Tx:
 
     # history and search ------------------------------------------------------------------
     def history(self, rtype: str | None = None, rid: str | None = None, *,
-                since: int | None = None, at: int | None = None, count: int = 50,
-                offset: int = 0) -> tuple[list[Stored], int]:
+                since: int | None = None, at: tuple[int, int] | None = None,
+                count: int = 50, offset: int = 0) -> tuple[list[Stored], int]:
         """Versions newest first. The access log has its own (each event one version) and is
-        not part of the system-wide history."""
+        not part of the system-wide history. ``at`` (low, high): the versions current at some
+        point of that time, FHIR's ``_at`` (not every version written before its end)."""
         if rtype == AUDIT_TYPE:
-            return sql_audit.history(self.conn, rid, since=since, at=at, count=count,
+            return sql_audit.history(self.conn, rid, since=since,
+                                     at=at[1] if at is not None else None, count=count,
                                      offset=offset)
         conds = []
         if rtype:
@@ -486,7 +488,12 @@ class Tx:
         if since is not None:
             conds.append(_H.last_updated >= since)
         if at is not None:
-            conds.append(_H.last_updated <= at)
+            # Written by its end, and not replaced by its start.
+            nxt = resource_history.alias("next_version")
+            conds.append(_H.last_updated <= at[1])
+            conds.append(~exists().where(
+                nxt.c.res_type == _H.res_type, nxt.c.res_id == _H.res_id,
+                nxt.c.version_id == _H.version_id + 1, nxt.c.last_updated <= at[0]))
         total = self.conn.execute(select(func.count()).select_from(resource_history)
                                   .where(*conds)).scalar_one()
         rows = self.conn.execute(

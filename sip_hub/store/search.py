@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any, Callable, Literal
 
 from sqlalchemy import (BigInteger, ColumnElement, Connection, Integer, Select, String, and_,
-                        bindparam, exists, func, not_, or_, select, true)
+                        bindparam, exists, false, func, not_, or_, select, true)
 
 from ..fhir.search import Criterion, DateValue, ReferenceValue, SearchQuery, TokenValue
 from ..fhir.search_params import params_for
@@ -98,8 +98,13 @@ def _criterion_shape(cr: Criterion, key: str, params: Params) -> Shape:
         return (cr.kind, cr.name, "missing", cr.missing)
     if cr.chain is not None:
         assert cr.chain_type is not None
+        vis = cr.chain_visibility
+        seen: Shape = ("all",) if vis is None else ("none",) if vis is False else \
+            ("visible", vis.compartment)
+        if isinstance(vis, Visibility):
+            params.update(visibility_params(vis))  # (the caller's: the same as its type's)
         return (cr.kind, cr.name, "chain", cr.chain_type,
-                _criterion_shape(cr.chain, key + "c", params))
+                _criterion_shape(cr.chain, key + "c", params), seen)
     return (cr.kind, cr.name, cr.modifier,
             tuple(_value_shape(cr.kind, cr.modifier, v, f"{key}_{j}", params)
                   for j, v in enumerate(cr.values)))
@@ -165,9 +170,13 @@ def _criterion_cond(rtype: str, shape: Shape, key: str) -> ColumnElement[bool]:
         present = _R.res_id.in_(_ids(table, rtype, name, true()))
         return not_(present) if shape[3] else present
     if how == "chain":
-        target_type, chain = shape[3], shape[4]
+        target_type, chain, seen = shape[3], shape[4], shape[5]
+        if seen[0] == "none":
+            return false()
+        visible = [_visibility_shape(seen[1])] if seen[0] == "visible" else []
         targets = select(_R.res_id).where(_R.res_type == target_type, _R.deleted.is_(False),
-                                          _criterion_cond(target_type, chain, key + "c"))
+                                          _criterion_cond(target_type, chain, key + "c"),
+                                          *visible)
         c = idx_reference.c
         return _R.res_id.in_(_ids(idx_reference, rtype, name, and_(
             c.target_type == target_type, c.target_id.in_(targets))))
