@@ -419,6 +419,7 @@ def autovacuum_round(engine: Engine) -> list[str]:
     versions that every claim steps over."""
     done = []
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("SET statement_timeout = 0"))  # (autovacuum has none; the hub's 30 s)
         conn.execute(text("SET vacuum_cost_delay = '2ms'"))
         conn.execute(text("SET vacuum_cost_limit = 200"))
         for table, vacuum, analyze in conn.execute(_AUTOVACUUM_DUE).all():

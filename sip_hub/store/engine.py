@@ -12,6 +12,9 @@ from . import driver
 from .checkpoint import BACKSTOP_PAGES
 
 
+CONNECT_TIMEOUT_SECONDS = 10
+
+
 def make_engine(url: str | URL, *, pool_size: int = 10, autocommit: bool = False) -> Engine:
     """``autocommit``: (PostgreSQL) every connection of the pool in autocommit mode for good,
     for reads that need no BEGIN and COMMIT (see ``Store``).
@@ -39,8 +42,15 @@ def make_engine(url: str | URL, *, pool_size: int = 10, autocommit: bool = False
     # sends none of its own (a round trip). Code that takes the raw DB-API connection must
     # send its own BEGIN. (The read engine's connections are in autocommit for good.)
     connect_args: dict[str, Any] = {} if autocommit else {"autocommit": True}
-    if "options" not in u.query:
-        connect_args["options"] = "-c statement_timeout=30000"
+    # The URL's own options (a search_path, say) keep the timeout: they replaced it before.
+    options = u.query.get("options", "")
+    options = " ".join(options) if isinstance(options, tuple) else options
+    if "statement_timeout" not in options:
+        connect_args["options"] = f"{options} -c statement_timeout=30000".strip()
+    # A database host that drops packets must not hold a start, a health check or a request
+    # for the operating system's TCP timeout (minutes): the connection attempt fails first.
+    if "connect_timeout" not in u.query:
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
     engine = create_engine(u, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600,
                            hide_parameters=True, connect_args=connect_args,
                            **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
