@@ -168,10 +168,12 @@ def _with_entry(err: SipHubError, index: int) -> SipHubError:
     return err
 
 
-def _each_once(entries: list[_Entry]) -> None:
+def _each_once(entries: list[_Entry], base_url: str) -> None:
     """FHIR's transaction processing: entries whose resource identities overlap fail the
     transaction. Two PUTs (or a PUT and a DELETE) of one resource were both applied, in
-    the Bundle's processing order: the outcome was whichever came last."""
+    the Bundle's processing order: the outcome was whichever came last. Two conditional
+    creates (or updates) on the same criteria both found nothing and both created: two
+    resources where the criteria said one, and every later conditional create a 412."""
     seen: dict[tuple[str, str], int] = {}
     for e in entries:
         if e.method in ("PUT", "DELETE") and e.rid:
@@ -180,6 +182,14 @@ def _each_once(entries: list[_Entry]) -> None:
                 raise _with_entry(BadRequest(
                     f"{e.rtype}/{e.rid} is written by Bundle.entry[{first}] too: a transaction "
                     "writes each resource once"), e.index)
+        elif e.method == "POST" and e.if_none_exist or e.method == "PUT" and e.has_query:
+            key = ix.match_key(e.rtype, e.if_none_exist if e.method == "POST" else e.query,
+                               base_url)
+            first = seen.setdefault(("?", key), e.index) if key is not None else e.index
+            if first != e.index:
+                raise _with_entry(BadRequest(
+                    f"Bundle.entry[{first}] creates or updates the {e.rtype} of the same "
+                    "criteria: a transaction writes each resource once"), e.index)
 
 
 def _full_urls_once(entries: list[_Entry]) -> None:
@@ -276,7 +286,7 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
     refuse a ``urn:uuid:`` reference no entry resolves (a client's Bundle, not a message's
     entries, which hold references of their own)."""
     entries = _entries(bundle, ctx)
-    _each_once(entries)
+    _each_once(entries, ctx.base_url)
     _full_urls_once(entries)
     # What the entries write by id, and the criteria of their conditional creates and
     # updates, are locked up front, in one order: two Bundles writing the same resources in

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fhirhttp import body, create, outcome_text, patient, plain_careplan
+from fhirhttp import PNR, body, create, outcome_text, patient, plain_careplan
 
 
 def tx(*entries, btype="transaction"):
@@ -198,6 +198,21 @@ def test_entry_elements_of_the_wrong_type_are_400_and_nothing_is_stored(client, 
         assert response["status"] == "400"
         assert field.split(".")[-1] in str(response["outcome"])
     assert client.get("/fhir/Patient").json()["total"] == 0
+
+
+def test_two_conditional_creates_on_the_same_criteria_fail_the_transaction(client):
+    """Both found nothing and both created: two resources where the criteria said one, and
+    every conditional create on them afterwards a 412. Two spellings of one personnummer
+    are the same criteria."""
+    first = post(patient(), ifNoneExist=f"identifier={PNR}|191212121212")
+    again = post(patient(), ifNoneExist=f"identifier={PNR}|19121212-1212")
+    r = client.post("/fhir", **body(tx(first, again)))
+    assert r.status_code == 400, r.text
+    assert "Bundle.entry[1]: Bundle.entry[0] creates or updates the Patient of the same " \
+        "criteria" in outcome_text(r)
+    assert client.get("/fhir/Patient").json()["total"] == 0
+    r = client.post("/fhir", **body(tx(first)))  # alone, it creates
+    assert r.status_code == 200 and r.json()["entry"][0]["response"]["status"] == "201 Created"
 
 
 @pytest.mark.parametrize("second", ["PUT", "DELETE"])
