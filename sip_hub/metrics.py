@@ -19,13 +19,16 @@ import glob
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from http.server import ThreadingHTTPServer
 from typing import Any, Protocol
 
 from fastapi import APIRouter
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
-                               generate_latest, multiprocess, start_http_server)
+                               generate_latest, multiprocess)
+from prometheus_client.exposition import MetricsHandler
 from prometheus_client.metrics_core import Metric
 from starlette.responses import Response
 
@@ -87,11 +90,37 @@ def observe_request(method: str, route: str, status: int, seconds: float) -> Non
     HTTP_SECONDS.labels(method, route).observe(seconds)
 
 
-def serve_metrics(port: int, host: str) -> Callable[[], None]:
+def serve_metrics(port: int, host: str,
+                  healthy: Callable[[], bool] | None = None) -> Callable[[], None]:
     """This process's metrics at http://host:port/metrics (a ``sip-hub worker``, which has no
-    API); returns what stops the server."""
-    server, _ = start_http_server(port, addr=host, registry=REGISTRY)
-    return server.shutdown
+    API), and with ``healthy`` its health at /healthz (200, or 503 when it says no: what a
+    container's health check asks; the metrics server alone answers as long as the process
+    lives); returns what stops the server."""
+    metrics = MetricsHandler.factory(REGISTRY)
+
+    class Handler(metrics):  # type: ignore[misc, valid-type]
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            if healthy is None or self.path.split("?")[0] != "/healthz":
+                return super().do_GET()
+            ok = healthy()
+            body = b'{"status":"ok"}' if ok else b'{"status":"unavailable"}'
+            self.send_response(200 if ok else 503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:  # (no line on stderr per scrape)
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="sip-hub-metrics", daemon=True).start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+    return stop
 
 
 @contextmanager

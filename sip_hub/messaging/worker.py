@@ -80,6 +80,18 @@ class Worker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listener: wakeup.Listener | None = None
+        # Since when every round has failed (monotonic; None: the last one went through):
+        # what the worker's health check asks.
+        self.failing_since: float | None = None
+
+    def healthy(self) -> bool:
+        """Whether rounds go through: failing for three times what a round may take (its
+        POSTs' timeout and a wait between rounds) is a worker that cannot reach the
+        database or the broker, though its process (and its metrics server) lives on. A
+        long round (a slow endpoint, a backlog) is not a failure."""
+        config = self.messaging.config
+        return self.failing_since is None or time.monotonic() - self.failing_since < 3 * (
+            config.timeout_seconds + config.poll_seconds)
 
     # -- one round ----------------------------------------------------------------------------
     def _connect(self) -> Bus:
@@ -168,6 +180,10 @@ class Worker:
             self.store.work_committed.clear()
             done = self._survive(self.run_once)
             failed, busy = done is None, done or 0
+            if failed:
+                self.failing_since = self.failing_since or time.monotonic()
+            else:
+                self.failing_since = None
             if failed:
                 wait = poll
             elif busy:
@@ -261,7 +277,8 @@ def run_worker(settings: Settings) -> None:
     stop_metrics = None
     if messaging.config.metrics_port:
         # The dead-letter alert must see this process's counters: scrape every worker.
-        stop_metrics = serve_metrics(messaging.config.metrics_port, settings.host)
+        stop_metrics = serve_metrics(messaging.config.metrics_port, settings.host,
+                                     healthy=worker.healthy)
     heap.settle()
     log.info("messaging worker started (broker %s)", settings.broker_url.split("@")[-1])
     try:

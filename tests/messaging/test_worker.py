@@ -211,6 +211,45 @@ def test_an_idle_worker_with_no_queue_to_consume_waits_instead_of_spinning(hub: 
     assert used < 0.2, f"an idle worker took {used:.2f} s of CPU in 2 s"
 
 
+def test_the_worker_health_check_tells_an_outage_from_a_live_process(world: Hub) -> None:
+    """`sip-hub worker`'s /healthz (its container's health check): 503 once its rounds have
+    failed for a while (here the broker is down), while /metrics still answers; a worker
+    whose rounds go through is healthy."""
+    import socket
+
+    import httpx
+
+    from sip_hub.metrics import serve_metrics
+
+    def health(worker: Worker, seconds: float) -> int:
+        stop = threading.Event()
+        thread = threading.Thread(target=worker.run, args=(stop,))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        stop_server = serve_metrics(port, "127.0.0.1", healthy=worker.healthy)
+        try:
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+            thread.start()
+            time.sleep(seconds)
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics")
+            assert metrics.status_code == 200 and "sip_hub_message_dead_letters" in metrics.text
+            return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+            worker.close()
+            stop_server()
+
+    config = world.messaging.config.model_copy(update={
+        "broker_url": "amqp://guest:guest@127.0.0.1:1//", "poll_seconds": 0.05,
+        "timeout_seconds": 0.1})  # (unhealthy after 3 x 0.15 s of failed rounds)
+    down = Worker(world.store, Messaging.from_config(config))
+    assert health(down, 1.5) == 503
+    up = Worker(world.store, world.messaging)
+    assert health(up, 1.0) == 200 and up.failing_since is None
+
+
 def test_the_worker_survives_a_broker_that_is_down(world: Hub) -> None:
     config = world.messaging.config.model_copy(update={
         "broker_url": "amqp://guest:guest@127.0.0.1:1//", "poll_seconds": 0.05})
