@@ -63,6 +63,7 @@ def refused(done: subprocess.CompletedProcess[str], code: int, *fragments: str) 
     ("SIP_HUB_MESSAGE_RETRY_BASE_SECONDS", "-1"),
     ("SIP_HUB_MESSAGE_METRICS_PORT", "70000"),
     ("SIP_HUB_MESSAGE_RELAY_BATCH", ""),
+    ("SIP_HUB_MESSAGE_HUB_HSA_ID", "the hub"),
 ])
 def test_a_setting_the_hub_cannot_use_is_refused_by_name(
         env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
@@ -79,6 +80,15 @@ def test_a_setting_the_hub_cannot_use_is_refused_by_name(
                                    "postgresql+psycopg://hub@db/sip"])
 def test_database_urls_the_hub_can_use_are_taken(value: str) -> None:
     assert Settings(database_url=value).database_url
+
+
+def test_the_hubs_own_hsa_id_is_normalised_as_those_it_is_compared_with() -> None:
+    """Messages' destinations and senders are normalised HSA-ids: a lower-case setting
+    matched none of them (the hub's own address taken for an organisation outside the
+    consent)."""
+    from sip_hub.messaging.config import MessagingSettings
+    assert MessagingSettings(hub_hsa_id=" se2321000016-hub1 ").hub_hsa_id == \
+        "SE2321000016-HUB1"
 
 
 def test_a_bad_messaging_setting_stops_the_worker_at_start(tmp_path: Path) -> None:
