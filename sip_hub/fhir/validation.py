@@ -525,12 +525,22 @@ def _number(value: Any) -> float | None:
 
 def _ref_1(node: Json, path: str, scope: _Scope, out: IssueCollector) -> None:
     ref = node.get("reference")
+    if type(ref) is str and _CONDITIONAL_REF.match(ref):
+        # Stored as it came it names nothing: the resource would fall outside every
+        # compartment (its person's access rules, searches by patient).
+        out.add(f"{path}.reference", f"'{ref[:80]}' is a conditional reference: it is "
+                                     "resolved in a transaction Bundle only (where it must "
+                                     "match one resource); elsewhere name the resource, "
+                                     "Type/id")
     if type(ref) is str and ref[:1] == "#":
         _local_ref(ref, scope)
         if ref != "#" and ref[1:] not in scope.contained_types:
             out.add(f"{path}.reference", f"ref-1: SHALL have a contained resource if a local "
                                          f"reference is provided (no contained resource has id "
                                          f"'{ref[1:]}')")
+
+
+_CONDITIONAL_REF: Final = re.compile(r"[A-Z][A-Za-z]{1,63}\?")
 
 
 def _per_1(node: Json, path: str, scope: _Scope, out: IssueCollector) -> None:

@@ -223,6 +223,30 @@ def test_a_conditional_reference_in_a_transaction_is_resolved(client, plans):
     assert client.get(f"/fhir/CarePlan?patient={p['id']}").json()["total"] == 4
 
 
+@pytest.mark.parametrize("how", ["POST", "batch"])
+def test_a_conditional_reference_outside_a_transaction_is_refused(client, plans, how):
+    """FHIR resolves conditional references in transactions only; elsewhere one was stored
+    as it came: a plan about nobody, outside every compartment."""
+    plan = plain_careplan("x") | {"subject": {
+        "reference": "Patient?identifier=http://electronichealth.se/identifier/personnummer"
+                     "|191212121212"}}
+    if how == "POST":
+        r = client.post("/fhir/CarePlan", **body(plan))
+        assert r.status_code == 422, r.text
+        outcome = r.json()
+    else:
+        r = _post_bundle(client, "batch", [{"resource": plan,
+                                            "request": {"method": "POST", "url": "CarePlan"}}])
+        assert r.status_code == 200, r.text
+        answer = r.json()["entry"][0]["response"]
+        assert answer["status"].startswith("422")
+        outcome = answer["outcome"]
+    issues = outcome["issue"]
+    assert any("conditional reference" in i["diagnostics"] and
+               i["expression"] == ["CarePlan.subject.reference"] for i in issues), issues
+    assert client.get("/fhir/CarePlan?_summary=count").json()["total"] == 3
+
+
 @pytest.mark.parametrize("criteria, status", [("identifier=200001012384", 412),
                                               ("birthdate=1912-12-12&gender:missing=true", 412),
                                               ("nonsense=1", 400)])
