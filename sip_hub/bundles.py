@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -18,6 +17,7 @@ import orjson
 
 from . import cpu, interactions as ix, logs
 from .errors import BadRequest, InternalError, SipHubError
+from .fhir.indexing import reference_holders
 from .fhir.outcome import from_error
 from .fhir.search_params import supported
 from .fhir.validation import ID_RE
@@ -211,18 +211,6 @@ _CONDITIONAL_REF = re.compile(r"[A-Z][A-Za-z]{1,63}\?.+", re.S)
 _HAS_CONDITIONAL_REF = re.compile(rb'"reference":"[A-Z][A-Za-z]{1,63}\?')
 
 
-def _references(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if k == "reference" and isinstance(v, str):
-                yield v
-            else:
-                yield from _references(v)
-    elif isinstance(node, list):
-        for v in node:
-            yield from _references(v)
-
-
 def _resolve_conditional(tx: Tx, ctx: ix.Context, entries: list[_Entry],
                          mapping: dict[str, str]) -> None:
     """FHIR's conditional references (``Patient?identifier=...``): each made a reference to
@@ -233,7 +221,7 @@ def _resolve_conditional(tx: Tx, ctx: ix.Context, entries: list[_Entry],
                 not _HAS_CONDITIONAL_REF.search(orjson.dumps(e.resource)):
             continue
         try:
-            for ref in _references(e.resource):
+            for ref in (h["reference"] for h in reference_holders(e.resource)):
                 if ref in mapping or not _CONDITIONAL_REF.fullmatch(ref):
                     continue
                 rtype, _, criteria = ref.partition("?")
@@ -255,7 +243,7 @@ def _placeholders_resolved(entries: list[_Entry]) -> None:
     every entry's is replaced names none (a typo, or a DELETE's), and was stored as it came."""
     for e in entries:
         if isinstance(e.resource, dict):
-            for ref in _references(e.resource):
+            for ref in (h["reference"] for h in reference_holders(e.resource)):
                 if ref.startswith("urn:uuid:"):
                     raise _with_entry(BadRequest(
                         f"The reference '{ref[:80]}' names no resource the transaction "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -80,6 +81,22 @@ def split_reference(ref: str, base: str = "") -> tuple[str, str] | None:
     return None
 
 
+def reference_holders(node: Any) -> Iterator[dict[str, Any]]:
+    """Every object in a resource that holds a literal reference (a string ``reference``),
+    in no particular order; its reference may be replaced while this walks on."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, dict):
+            for k, v in n.items():
+                if k == "reference" and isinstance(v, str):
+                    yield n
+                elif isinstance(v, (dict, list)):
+                    stack.append(v)
+        elif isinstance(n, list):
+            stack.extend(x for x in n if isinstance(x, (dict, list)))
+
+
 def localise_references(node: Any, base: str) -> None:
     """Make every reference to ``base`` (this hub's FHIR base) in a resource relative, in
     place: a stored resource holds its local references one way, which its index, its access
@@ -90,18 +107,10 @@ def localise_references(node: Any, base: str) -> None:
     # SIP CarePlan) tells, where the walk below took ten times that.
     if prefix == "/" or orjson.dumps(prefix).strip(b'"') not in orjson.dumps(node):
         return
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, dict):
-            for k, v in n.items():
-                if k == "reference" and isinstance(v, str):
-                    if v.startswith(prefix) and split_reference(v, base):
-                        n[k] = v[len(prefix):]
-                elif isinstance(v, (dict, list)):
-                    stack.append(v)
-        elif isinstance(n, list):
-            stack.extend(x for x in n if isinstance(x, (dict, list)))
+    for holder in reference_holders(node):
+        v = holder["reference"]
+        if v.startswith(prefix) and split_reference(v, base):
+            holder["reference"] = v[len(prefix):]
 
 
 def reference_targets(node: Any) -> list[tuple[str, str]]:
@@ -109,18 +118,10 @@ def reference_targets(node: Any) -> list[tuple[str, str]]:
     reads, in no particular order; ``#contained``, ``urn:`` and other servers' references
     are not among them."""
     out: list[tuple[str, str]] = []
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, dict):
-            for k, v in n.items():
-                if k == "reference" and isinstance(v, str):
-                    if not v.startswith(("#", "urn:")) and (target := split_reference(v)):
-                        out.append(target)
-                elif isinstance(v, (dict, list)):
-                    stack.append(v)
-        elif isinstance(n, list):
-            stack.extend(x for x in n if isinstance(x, (dict, list)))
+    for holder in reference_holders(node):
+        v = holder["reference"]
+        if not v.startswith(("#", "urn:")) and (target := split_reference(v)):
+            out.append(target)
     return out
 
 
