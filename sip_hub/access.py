@@ -250,6 +250,15 @@ def _period_end(period: Any) -> int | None:
     return None
 
 
+def _period_start(period: Any) -> int | None:
+    if isinstance(period, dict) and isinstance(period.get("start"), str):
+        try:
+            return parse_range(period["start"])[0]
+        except ValueError:
+            return None
+    return None
+
+
 def refresh_grants(tx: Tx, patient_id: str) -> bool:
     """Recompute who may see ``patient_id``'s SIP from the stored SIP resources; whether
     that changed."""
@@ -275,17 +284,23 @@ def refresh_grants(tx: Tx, patient_id: str) -> bool:
                 if (h := org_hsa(tx, ref, memo)):
                     participants.add(h)
     covered: dict[str, int | None] = {}
+    # A consent dated to start later covers only from its start (as the process counts it:
+    # ``process.active_consent``); with several, from the earliest.
+    since: dict[str, int | None] = {}
     for _, consent in consents:
         provision = consent.get("provision") or {}
         if provision.get("type", "permit") != "permit":
             continue
         until = _period_end(provision.get("period"))
+        start = _period_start(provision.get("period"))
         for actor in provision.get("actor", []):
             if (h := org_hsa(tx, actor.get("reference"), memo)):
                 prev = covered.get(h, 0)
                 covered[h] = None if until is None or prev is None else max(until, prev or 0)
+                first = since.get(h, start)
+                since[h] = None if start is None or first is None else min(start, first)
     grants = [Grant(org, "coordinator" if org in coordinators else "participant",
-                    org in covered, covered.get(org))
+                    org in covered, covered.get(org), since.get(org))
               for org in sorted(participants)]
     if set(grants) == set(tx.grants(patient_id)):
         return False

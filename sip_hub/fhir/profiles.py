@@ -602,6 +602,12 @@ def _check_consent(consent: Json, c: IssueCollector, resolve: Resolve) -> None:
             c.add("Consent.provision.type", "A SIP consent (samtycke) permits information "
                                             f"exchange: provision.type must be 'permit', not "
                                             f"'{ptype}'")
+    if provision.get("provision") is not None:
+        # The hub decides who is covered from provision.actor alone; an exception nested in
+        # it (a deny for one party) would be ignored and that party would still read.
+        c.add("Consent.provision.provision",
+              "A SIP consent (samtycke) names every party it covers in provision.actor and no "
+              "exceptions (nested provisions): to leave a party out, remove its actor")
     actors = _dicts(provision.get("actor"))
     for i, actor in enumerate(actors):
         expr = f"Consent.provision.actor[{i}]"

@@ -126,8 +126,8 @@ _G = access_grant.c
 # cursor.
 @lru_cache(maxsize=_KEYS_MAX)
 def _grants_of(n: int) -> DriverStatement:
-    return DriverStatement(select(_G.patient_id, _G.org_hsa_id, _G.role, _G.reads, _G.valid_until)
-                           .where(any_of(n, p=_G.patient_id)))
+    return DriverStatement(select(_G.patient_id, _G.org_hsa_id, _G.role, _G.reads, _G.valid_until,
+                                  _G.valid_from).where(any_of(n, p=_G.patient_id)))
 
 
 _DELETE_GRANTS = delete(access_grant).where(access_grant.c.patient_id == bindparam("p"))
@@ -549,7 +549,8 @@ class Tx:
         if grants:
             self.conn.execute(_INSERT_GRANTS, [
                 {"patient_id": patient_id, "org_hsa_id": g.org, "role": g.role,
-                 "reads": g.reads, "valid_until": g.valid_until} for g in grants])
+                 "reads": g.reads, "valid_until": g.valid_until, "valid_from": g.valid_from}
+                for g in grants])
         self._grants[patient_id] = list(grants)
 
     def load_grants(self, patient_ids: Iterable[str]) -> None:
@@ -558,8 +559,8 @@ class Tx:
         for p in todo:
             self._grants[p] = []
         for n, params in numbered([{"p": p} for p in todo], _KEYS_MAX, pad=True):
-            for p, org, role, reads, until in _grants_of(n).all(self.conn, params):
-                self._grants[p].append(Grant(org, role, bool(reads), until))
+            for p, org, role, reads, until, since in _grants_of(n).all(self.conn, params):
+                self._grants[p].append(Grant(org, role, bool(reads), until, since))
 
     def grants(self, patient_id: str) -> list[Grant]:
         self.load_grants([patient_id])

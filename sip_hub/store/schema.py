@@ -83,6 +83,8 @@ access_grant = Table(
     # Whether the grant lets the organisation read: only while the consent covers it.
     Column("reads", Boolean, nullable=False),
     Column("valid_until", BigInteger, nullable=True),
+    # A consent dated to start later covers only from then (added in 0013).
+    Column("valid_from", BigInteger, nullable=True),
     Index(None, "org_hsa_id", "patient_id"),
 )
 

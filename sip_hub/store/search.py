@@ -200,10 +200,13 @@ class Grant:
     role: str  # coordinator | participant
     reads: bool
     valid_until: int | None
+    # From when the consent covers (a consent dated to start later); None: already.
+    valid_from: int | None = None
 
     def reads_at(self, now: int) -> bool:
         """A live reading grant at ``now`` (what ``Visibility``'s SQL asks of a row)."""
-        return self.reads and (self.valid_until is None or self.valid_until > now)
+        return self.reads and (self.valid_until is None or self.valid_until > now) and \
+            (self.valid_from is None or self.valid_from <= now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +243,8 @@ def _visibility_shape(compartment: str | None) -> ColumnElement[bool]:
     g = access_grant.c
     org, now = bindparam("vis_org", type_=String), bindparam("vis_now", type_=BigInteger)
     live = and_(g.org_hsa_id == org, g.reads.is_(True),
-                or_(g.valid_until.is_(None), g.valid_until > now))
+                or_(g.valid_until.is_(None), g.valid_until > now),
+                or_(g.valid_from.is_(None), g.valid_from <= now))
     owned = _R.owner_org == org
     if compartment is None:
         return owned
