@@ -241,19 +241,11 @@ def _search(tx: Tx, rtype: str, items: list[tuple[str, str]], profile: str
     return [(s, r) for s, r in found if profiles.applies(r) == profile]
 
 
-def _period_end(period: Any) -> int | None:
-    if isinstance(period, dict) and isinstance(period.get("end"), str):
+def _period_bound(period: Any, which: str) -> int | None:
+    """A Period's ``start`` (its earliest instant) or ``end`` (its latest); None: open."""
+    if isinstance(period, dict) and isinstance(period.get(which), str):
         try:
-            return parse_range(period["end"])[1]
-        except ValueError:
-            return None
-    return None
-
-
-def _period_start(period: Any) -> int | None:
-    if isinstance(period, dict) and isinstance(period.get("start"), str):
-        try:
-            return parse_range(period["start"])[0]
+            return parse_range(period[which])[0 if which == "start" else 1]
         except ValueError:
             return None
     return None
@@ -291,8 +283,8 @@ def refresh_grants(tx: Tx, patient_id: str) -> bool:
         provision = consent.get("provision") or {}
         if provision.get("type", "permit") != "permit":
             continue
-        until = _period_end(provision.get("period"))
-        start = _period_start(provision.get("period"))
+        until = _period_bound(provision.get("period"), "end")
+        start = _period_bound(provision.get("period"), "start")
         for actor in provision.get("actor", []):
             if (h := org_hsa(tx, actor.get("reference"), memo)):
                 prev = covered.get(h, 0)
