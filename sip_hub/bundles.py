@@ -20,7 +20,7 @@ from .errors import BadRequest, InternalError, SipHubError
 from .fhir.indexing import reference_holders
 from .fhir.outcome import from_error
 from .fhir.search_params import supported
-from .fhir.validation import ID_RE
+from .fhir.validation import CONDITIONAL_REF, ID_RE
 from .service import Prepared, Prevalidated, Resolve, check_type, prevalidate, tx_resolver
 from .store import Store, Tx
 from .ids import uuid7
@@ -168,7 +168,20 @@ def _with_entry(err: SipHubError, index: int) -> SipHubError:
     return err
 
 
-def _each_once(entries: list[_Entry], base_url: str) -> None:
+def _criteria_keys(ctx: ix.Context, entries: list[_Entry]) -> dict[int, str]:
+    """The lock key of each conditional create's and update's criteria (``ix.match_key``),
+    by entry index; criteria it refuses have none (the entry's match refuses them)."""
+    keys = {}
+    for e in entries:
+        if e.method == "POST" and e.if_none_exist or e.method == "PUT" and e.has_query:
+            key = ix.match_key(e.rtype, e.if_none_exist if e.method == "POST" else e.query,
+                               ctx.base_url)
+            if key is not None:
+                keys[e.index] = key
+    return keys
+
+
+def _each_once(entries: list[_Entry], criteria: dict[int, str]) -> None:
     """FHIR's transaction processing: entries whose resource identities overlap fail the
     transaction. Two PUTs (or a PUT and a DELETE) of one resource were both applied, in
     the Bundle's processing order: the outcome was whichever came last. Two conditional
@@ -182,10 +195,8 @@ def _each_once(entries: list[_Entry], base_url: str) -> None:
                 raise _with_entry(BadRequest(
                     f"{e.rtype}/{e.rid} is written by Bundle.entry[{first}] too: a transaction "
                     "writes each resource once"), e.index)
-        elif e.method == "POST" and e.if_none_exist or e.method == "PUT" and e.has_query:
-            key = ix.match_key(e.rtype, e.if_none_exist if e.method == "POST" else e.query,
-                               base_url)
-            first = seen.setdefault(("?", key), e.index) if key is not None else e.index
+        elif e.index in criteria:
+            first = seen.setdefault(("?", criteria[e.index]), e.index)
             if first != e.index:
                 raise _with_entry(BadRequest(
                     f"Bundle.entry[{first}] creates or updates the {e.rtype} of the same "
@@ -205,10 +216,9 @@ def _full_urls_once(entries: list[_Entry]) -> None:
                     ".fullUrl"), e.index)
 
 
-_CONDITIONAL_REF = re.compile(r"[A-Z][A-Za-z]{1,63}\?.+", re.S)
-# The same in a resource as orjson writes it: most resources have none, which one
-# serialisation and a scan tell in a few microseconds, where the walk took tens.
-_HAS_CONDITIONAL_REF = re.compile(rb'"reference":"[A-Z][A-Za-z]{1,63}\?')
+# A conditional reference in a resource as orjson writes it: most resources have none, which
+# one serialisation and a scan tell in a few microseconds, where the walk took tens.
+_HAS_CONDITIONAL_REF = re.compile(b'"reference":"' + CONDITIONAL_REF.pattern.encode(), re.S)
 
 
 def _resolve_conditional(tx: Tx, ctx: ix.Context, entries: list[_Entry],
@@ -222,7 +232,7 @@ def _resolve_conditional(tx: Tx, ctx: ix.Context, entries: list[_Entry],
             continue
         try:
             for ref in (h["reference"] for h in reference_holders(e.resource)):
-                if ref in mapping or not _CONDITIONAL_REF.fullmatch(ref):
+                if ref in mapping or not CONDITIONAL_REF.match(ref):
                     continue
                 rtype, _, criteria = ref.partition("?")
                 check_type(rtype)
@@ -250,7 +260,7 @@ def _placeholders_resolved(entries: list[_Entry]) -> None:
                         "creates or updates (no such fullUrl)"), e.index)
 
 
-def _lock_keys(ctx: ix.Context, entries: list[_Entry]) -> list[str]:
+def _lock_keys(entries: list[_Entry], criteria: dict[int, str]) -> list[str]:
     """The keys of what ``entries`` write by id and of the criteria they match on."""
     keys: list[str] = []
     for e in entries:
@@ -259,11 +269,8 @@ def _lock_keys(ctx: ix.Context, entries: list[_Entry]) -> list[str]:
         if e.method in ("PUT", "DELETE") and e.rid:
             if ID_RE.fullmatch(e.rid):
                 keys.append(f"write:{e.rtype}/{e.rid}")
-        elif e.method == "POST" and e.if_none_exist or e.method == "PUT" and e.has_query:
-            key = ix.match_key(e.rtype, e.if_none_exist if e.method == "POST" else e.query,
-                               ctx.base_url)
-            if key is not None:  # (criteria with control characters are refused: None)
-                keys.append(key)
+        elif e.index in criteria:
+            keys.append(criteria[e.index])
     return keys
 
 
@@ -274,14 +281,15 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
     refuse a ``urn:uuid:`` reference no entry resolves (a client's Bundle, not a message's
     entries, which hold references of their own)."""
     entries = _entries(bundle, ctx)
-    _each_once(entries, ctx.base_url)
+    criteria = _criteria_keys(ctx, entries)
+    _each_once(entries, criteria)
     _full_urls_once(entries)
     # What the entries write by id, and the criteria of their conditional creates and
     # updates, are locked up front, in one order: two Bundles writing the same resources in
     # different entry orders would otherwise each lock one the other waits for (a deadlock,
     # which PostgreSQL breaks by failing one of them). Only well-formed keys (PostgreSQL
     # refuses a NUL): a bad entry is refused where it is processed.
-    tx.serialise_all(_lock_keys(ctx, entries))
+    tx.serialise_all(_lock_keys(entries, criteria))
     responses: dict[int, dict[str, Any]] = {}
     # Assign ids (or find the existing resource for a conditional create) before any
     # write, so every reference between entries can be rewritten first.

@@ -118,11 +118,6 @@ class Prepared(dict):  # type: ignore[type-arg]
     def original(self) -> Prevalidated:
         return Prevalidated(orjson.loads(self._original))
 
-    def mentions(self, base: str) -> bool:
-        """Whether the resource as sent names ``base`` (it was prepared ahead without it, so
-        its references to this hub were taken for external ones)."""
-        return bool(base) and (base.rstrip("/") + "/").encode() in self._original
-
 
 def ahead_pays(store: Store) -> bool:
     """Whether a write is prepared ahead of its transaction (``prepare_ahead``): on the
@@ -143,7 +138,7 @@ def basis_keys(res: dict[str, Any], expected_type: str, replaces: str | None
     return keys
 
 
-def prepare_ahead(store: Store, res: Any, expected_type: str, *,
+def prepare_ahead(store: Store, res: Any, expected_type: str, *, base: str = "",
                   replaces: str | None = None) -> Any:
     """``prepare`` outside the write transaction, against a read snapshot, so that the write
     lock is not held while the rules run (where that pays: ``ahead_pays``).
@@ -153,10 +148,13 @@ def prepare_ahead(store: Store, res: Any, expected_type: str, *,
 
     Returns a ``Prepared``, or the structurally validated body when the rules refused it: the
     write transaction then prepares it again, and every refusal comes from there, in the
-    order of its checks (access before content, If-None-Exist before both)."""
+    order of its checks (access before content, If-None-Exist before both). ``base``: as
+    for ``prepare``; its references are made relative first, so that the basis read holds
+    what they name."""
     checked = prevalidate(res)
     if not isinstance(checked, dict):
         return checked
+    localise_references(checked, base)
     original = orjson.dumps(checked)
     basis: dict[tuple[str, str], Stored | None] = {}
     # No snapshot needed: the write transaction checks every resource of the basis again,
@@ -191,11 +189,9 @@ def adopted(tx: Tx, res: Any, resolve: Resolve | None) -> Any:
 def prepare_in(tx: Tx, res: Any, resolve: Resolve | None, expected_type: str,
                base: str = "") -> dict[str, Any]:
     """``prepare`` for a write in ``tx``: a ``Prepared`` resource whose basis still holds is
-    taken as it is (unless it names ``base``, this hub's FHIR base: see ``prepare``);
-    anything else is prepared here."""
+    taken as it is (prepared with the same ``base``: see ``prepare_ahead``); anything else
+    is prepared here."""
     res = adopted(tx, res, resolve)
-    if isinstance(res, Prepared) and res.mentions(base):
-        res = res.original()
     if isinstance(res, Prepared) and resolve is None:
         return res
     return prepare(res, resolve or tx_resolver(tx), expected_type=expected_type, base=base)

@@ -18,6 +18,14 @@ DEFAULT_DATA_DIR = Path("var")
 _LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 
 
+def _server_url(v: str, schemes: tuple[str, ...], *, address_only: bool = False) -> bool:
+    """``v`` names a host by one of ``schemes`` (and, ``address_only``, no query or fragment:
+    an address that paths are added to)."""
+    parts = urlsplit(v)
+    return parts.scheme in schemes and bool(parts.hostname) and not (
+        address_only and (parts.query or parts.fragment))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SIP_HUB_", extra="ignore")
 
@@ -83,18 +91,14 @@ class Settings(BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _broker(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if not v.startswith("memory://") and (parts.scheme not in ("amqp", "amqps", "pyamqp")
-                                              or not parts.hostname):
+        if not v.startswith("memory://") and not _server_url(v, ("amqp", "amqps", "pyamqp")):
             raise ValueError("must be memory:// or an amqp://user:password@host:port/vhost URL")
         return v
 
     @field_validator("base_url")
     @classmethod
     def _base(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if v and (parts.scheme not in ("http", "https") or not parts.hostname
-                  or parts.query or parts.fragment):
+        if v and not _server_url(v, ("http", "https"), address_only=True):
             raise ValueError("must be the hub's absolute http(s) address, e.g. "
                              "https://sip.region.se")
         return v

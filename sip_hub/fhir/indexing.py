@@ -63,12 +63,17 @@ def contains_windows(norm: str) -> list[str]:
             for i in range(CONTAINS_STEP, len(norm) - MAX_STRING + CONTAINS_STEP, CONTAINS_STEP)]
 
 
+def is_absolute(ref: str) -> bool:
+    """Whether a reference names its scheme (``https:``, ``urn:``): not relative to a base."""
+    return ":" in ref.split("/", 1)[0]
+
+
 def split_reference(ref: str, base: str = "") -> tuple[str, str] | None:
     """A local reference's (type, id): ``Type/id`` (also ``Type/id/_history/v``), or an
     absolute URL of the same under ``base``, this hub's FHIR base. None for anything else: an
     absolute URL of another server (its ``Patient/123`` is not this hub's), ``urn:``, ``#``.
     What the hub stores holds its own references relative (``localise_references``)."""
-    if ":" in ref.split("/", 1)[0]:  # a scheme: absolute
+    if is_absolute(ref):
         base = base.rstrip("/")
         if not base or not ref.startswith(base + "/"):
             return None

@@ -26,7 +26,7 @@ from typing import Any
 from ..errors import IssueCollector
 from ..identifiers import HSA_ID, ORGANISATIONSNUMMER, PERSONNUMMER, SAMORDNINGSNUMMER
 from . import sip
-from .indexing import split_reference
+from .indexing import is_absolute, split_reference
 
 Resolve = Callable[[str, str], dict[str, Any] | None]
 """(resourceType, id) -> the current stored resource, or None. Within a transaction it also sees
@@ -273,7 +273,7 @@ def _check_subject(ref: object, expr: str, c: IssueCollector, resolve: Resolve) 
     literal = ref.get("reference")
     if isinstance(literal, str):
         target = _literal_target(ref)
-        if target is None and ":" in literal.split("/", 1)[0] and \
+        if target is None and is_absolute(literal) and \
                 not literal.startswith(("urn:uuid:", "urn:oid:")):
             c.add(expr, f"The individual (den enskilde) must be a Patient held by this hub: "
                         f"'{literal}' is a reference to another server")

@@ -8,7 +8,8 @@ from typing import Any, Literal
 from ..errors import BadRequest
 from ..identifiers import InvalidIdentifier, canonical_search_token
 from .dates import parse_range
-from .indexing import exact_key, key as index_key, normalise_string, split_reference
+from .indexing import (exact_key, is_absolute, key as index_key, normalise_string,
+                       split_reference)
 from .search_params import RESOURCE_TYPES, SearchParam, params_for
 from .validation import CONTROL_CHARS
 
@@ -137,7 +138,7 @@ def _reference(raw: str, param: SearchParam, type_modifier: str | None,
             raise BadRequest(f"Search parameter '{param.name}' cannot refer to {target[0]}",
                              expression=param.name)
         return ReferenceValue(target[0], target[1])
-    if ":" in raw.split("/", 1)[0]:
+    if is_absolute(raw):
         raise BadRequest(f"Search parameter '{param.name}': '{raw}' is a reference to "
                          "another server; this hub finds references to its own resources",
                          expression=param.name)

@@ -525,7 +525,7 @@ def _number(value: Any) -> float | None:
 
 def _ref_1(node: Json, path: str, scope: _Scope, out: IssueCollector) -> None:
     ref = node.get("reference")
-    if type(ref) is str and _CONDITIONAL_REF.match(ref):
+    if type(ref) is str and CONDITIONAL_REF.match(ref):
         # Stored as it came it names nothing: the resource would fall outside every
         # compartment (its person's access rules, searches by patient).
         out.add(f"{path}.reference", f"'{ref[:80]}' is a conditional reference: it is "
@@ -540,7 +540,8 @@ def _ref_1(node: Json, path: str, scope: _Scope, out: IssueCollector) -> None:
                                          f"'{ref[1:]}')")
 
 
-_CONDITIONAL_REF: Final = re.compile(r"[A-Z][A-Za-z]{1,63}\?")
+# FHIR's conditional reference, ``Type?criteria`` (resolved in transactions: sip_hub.bundles).
+CONDITIONAL_REF: Final = re.compile(r"[A-Z][A-Za-z]{1,63}\?.", re.S)
 
 
 def _per_1(node: Json, path: str, scope: _Scope, out: IssueCollector) -> None:

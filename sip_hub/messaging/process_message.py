@@ -41,7 +41,7 @@ from ..audit import AuditLog
 from ..auth import Principal, parse_scopes
 from ..errors import BadRequest, Conflict, Forbidden, NotFound, SipHubError, TransientError
 from ..fhir.dates import now_utc, to_us
-from ..fhir.indexing import reference_targets, split_reference
+from ..fhir.indexing import localise_references, reference_targets, split_reference
 from ..fhir.outcome import from_error, information
 from ..interactions import Context
 from ..access import Access, patients_of
@@ -130,7 +130,7 @@ def process(store: Store, ctx: Context, body: Any, messaging: Messaging, *,
         _check_url_text(response_url)
         messaging.endpoints.check_response_url(env.sender_org, response_url)
     with cpu.turn(store):
-        ahead = _prepare_ahead(store, parsed) \
+        ahead = _prepare_ahead(store, parsed, base=ctx.base_url) \
             if ahead_pays(store) and isinstance(parsed, parser.Message) else None
     now = _now()
 
@@ -336,7 +336,7 @@ class _Ahead:
     entry: Json      # its transaction entry, its resource Prepared
 
 
-def _prepare_ahead(store: Store, msg: parser.Message) -> _Ahead | None:
+def _prepare_ahead(store: Store, msg: parser.Message, base: str = "") -> _Ahead | None:
     """``_apply``'s checks for a message that writes one resource by id (the common case: an
     update with its unchanged context) against a read of the store, outside the write lock;
     None for anything else, or when the rules refuse it (the write transaction then refuses
@@ -360,6 +360,7 @@ def _prepare_ahead(store: Store, msg: parser.Message) -> _Ahead | None:
             # theirs, the entry's own fullUrl means itself, and its rules resolve it as written.
             res = bundles.rewrite_refs(e["resource"], {**_unchanged(msg, same),
                                                        e["fullUrl"]: f"{rtype}/{rid}"})
+            localise_references(res, base)  # (as prepare would: the original holds it)
             original = orjson.dumps(res)
             prepared = prepare(Prevalidated(res), tx_resolver(
                 tx, {(rtype, rid): {**res, "id": rid}}, basis=basis), expected_type=rtype)

@@ -57,8 +57,8 @@ async def _write(request: Request, rtype: str, perm: str,
 
     def work() -> ix.Result:
         with cpu.turn(store):  # one thread of the process at a time (see sip_hub.cpu)
-            checked = prepare_ahead(store, body, rtype, replaces=replaces) if ahead else \
-                prevalidate(body)
+            checked = prepare_ahead(store, body, rtype, base=ctx.base_url,
+                                    replaces=replaces) if ahead else prevalidate(body)
 
         def write(tx: Tx) -> ix.Result:
             if read_in_write and isinstance(checked, dict):

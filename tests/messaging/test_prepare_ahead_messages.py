@@ -54,8 +54,8 @@ def prepared_then(monkeypatch: pytest.MonkeyPatch, change: Any) -> list[pm._Ahea
     real = pm._prepare_ahead
     made: list[pm._Ahead] = []
 
-    def then(store: Any, msg: parser.Message) -> pm._Ahead | None:
-        ahead = real(store, msg)
+    def then(store: Any, msg: parser.Message, base: str = "") -> pm._Ahead | None:
+        ahead = real(store, msg, base)
         assert ahead is not None, "the message was not prepared ahead"
         made.append(ahead)
         change(store)
