@@ -92,6 +92,34 @@ def parse_etag(value: str) -> int:
     return version
 
 
+def expected_version(if_match: str | None, cur: Stored | None, what: str) -> int | None:
+    """The version a write guarded by ``If-Match`` must find current (None: unguarded).
+    Besides one version ETag, HTTP's ``*`` (any current version: the resource must exist)
+    and a list of ETags (any of them) are answered against ``cur``, the version read before
+    the write, which the write's version check then holds to."""
+    if if_match is None or not if_match.strip():
+        return None
+    live = cur if cur is not None and not cur.deleted else None
+    if if_match.strip() == "*":
+        if live is None:
+            raise PreconditionFailed(f"If-Match: * and {what} has no current version")
+        return live.version_id
+    tags = [t for t in (t.strip() for t in if_match.split(",")) if t]
+    if len(tags) == 1:
+        return parse_etag(tags[0])
+    versions = []
+    for tag in tags:
+        try:
+            versions.append(parse_etag(tag))
+        except PreconditionFailed:
+            continue  # beyond any version: matches nothing, the others may
+    if live is None or live.version_id not in versions:
+        at = f"is at version {live.version_id}" if live else "has no current version"
+        raise PreconditionFailed(f"Version conflict: {what} {at}, If-Match asked for one "
+                                 f"of {', '.join(map(str, versions)) or 'none'}")
+    return live.version_id
+
+
 def location(ctx: Context, stored: Stored) -> str:
     return f"{ctx.base_url}/{stored.type}/{stored.id}/_history/{stored.version_id}"
 
@@ -250,7 +278,7 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
     _guard_write(tx, ctx, rtype, current, prepared, "update")
     if process_rules:
         process.check_plain_update(tx, ctx, current.doc() if current else None, prepared)
-    version = parse_etag(if_match) if if_match else None
+    version = expected_version(if_match, old, f"{rtype}/{rid}")
     stored, created = tx.update(prepared, rid, if_match=version, owner=ctx.access.org)
     _written(tx, ctx, "create" if created else "update", old, stored)
     return Result(201 if created else 200, stored)
@@ -286,13 +314,13 @@ def delete(tx: Tx, ctx: Context, rtype: str, rid: str, *,
     check_type(rtype, write=True)
     ctx.access.check(rtype, "d")
     check_id(rid)
-    version = parse_etag(if_match) if if_match else None
     # Locked before it is read: the rules and the tombstone then apply to the version that
     # is current when it is written, not to one another request has just replaced.
     tx.lock_resource(rtype, rid)
     cur = tx.current(rtype, rid)
     if cur is None:
         raise NotFound(f"{rtype}/{rid} is not known")
+    version = expected_version(if_match, cur, f"{rtype}/{rid}")
     if not cur.deleted:
         _guard_write(tx, ctx, rtype, cur, None, "delete")
         process.check_plain_delete(ctx, cur.json())

@@ -55,7 +55,7 @@ class Operation:
         except Forbidden as err:
             self.ctx.refused("read", cur, rtype, err)
             raise
-        if if_match is not None and ix.parse_etag(if_match) != cur.version_id:
+        if ix.expected_version(if_match, cur, f"{rtype}/{rid}") not in (None, cur.version_id):
             raise PreconditionFailed(f"Version conflict: {rtype}/{rid} is at version "
                                      f"{cur.version_id}, If-Match asked for {if_match}")
         return cur

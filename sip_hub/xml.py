@@ -53,5 +53,32 @@ def hardened_default() -> Iterator[None]:
         etree.set_default_parser()  # lxml's own default again
 
 
+def unprefixed(root: etree._Element) -> etree._Element:
+    """``root`` with every element in its namespace as the default one, unprefixed
+    (``<f:Patient xmlns:f=...>`` as ``<Patient xmlns=...>``): the same document, for readers
+    that look at local names under the default namespace only. ``root`` itself when no
+    element has a prefix."""
+    if not any(el.prefix is not None for el in root.iter(etree.Element)):
+        return root
+
+    def fresh(el: etree._Element, parent: etree._Element | None) -> etree._Element:
+        ns = etree.QName(el).namespace
+        if parent is not None and etree.QName(parent).namespace == ns:
+            new = etree.SubElement(parent, el.tag, dict(el.attrib))
+        else:
+            new = etree.Element(el.tag, dict(el.attrib), nsmap={None: ns} if ns else None)
+            if parent is not None:
+                parent.append(new)
+        new.text, new.tail = el.text, el.tail
+        return new
+
+    out = fresh(root, None)
+    stack = [(root, out)]
+    while stack:
+        old, new = stack.pop()
+        stack.extend((child, fresh(child, new)) for child in old.iterchildren(etree.Element))
+    return out
+
+
 def tostring(root: etree._Element, *, declaration: bool = True) -> bytes:
     return etree.tostring(root, xml_declaration=declaration, encoding="UTF-8")

@@ -270,6 +270,7 @@ def from_xml(data: bytes) -> dict[str, Any]:
     if cls is None:
         raise BadRequest(f"Unknown resourceType '{rtype}'")
     _check_xml_form(root, rtype)
+    root = xml.unprefixed(root)
     try:
         model = cls.model_validate_xml(xml.tostring(root), xmlparser=xml.hardened_parser())
         out = model.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -286,7 +287,7 @@ def from_xml(data: bytes) -> dict[str, Any]:
         if isinstance(exc, RecursionError) or "RecursionError" in str(exc):
             raise validation.too_deep(rtype) from None
         raise BadRequest(f"Cannot read FHIR XML: {exc}") from None
-    _as_json_numbers(out, rtype)
+    _as_json_form(out, rtype)
     return out
 
 
@@ -329,11 +330,12 @@ def _check_xml_form(root: Any, rtype: str) -> None:
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
 
 
-def _as_json_numbers(node: Any, path: str) -> None:
+def _as_json_form(node: Any, path: str) -> None:
     """Make the numbers of ``node`` (from_xml's JSON form, changed in place) what the same
     values read as JSON would be: fhir_core gives a whole decimal (1e20, or one of 21 digits)
     as a Python int, which JSON input holds as a float when it is wider than 64 bits, and
-    refuses (400) when it is beyond a double (1e400)."""
+    refuses (400) when it is beyond a double (1e400). A narrative's div, which fhir_core
+    writes in ASCII ("d&#229;"), is written in UTF-8 as JSON's are ("då")."""
     items = node.items() if isinstance(node, dict) else enumerate(node)
     for key, value in items:
         where = f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]"
@@ -344,8 +346,10 @@ def _as_json_numbers(node: Any, path: str) -> None:
                 raise BadRequest(f"Cannot read FHIR XML: the number at {where} is out of range "
                                  "(beyond a 64-bit floating point number, as JSON input's "
                                  "numbers must be)", expression=where) from None
+        elif key == "div" and isinstance(value, str) and "&#" in value:
+            node[key] = xml.tostring(xml.parse(value), declaration=False).decode()
         elif isinstance(value, (dict, list)):
-            _as_json_numbers(value, where)
+            _as_json_form(value, where)
 
 
 # A reference in written XML other than the five XML defines and character references.

@@ -432,3 +432,40 @@ def test_tab_cr_and_lf_stay_allowed_in_strings(client):
     pid = create(client, {**patient(), "name": [{"text": "Tolvan\tTolvansson\r\nrad 2"}]})["id"]
     assert client.get(f"/fhir/Patient/{pid}").json()["name"][0]["text"] == \
         "Tolvan\tTolvansson\r\nrad 2"
+
+
+def test_if_match_star_updates_only_what_exists(client):
+    """HTTP's ``If-Match: *``: write only over a current version (no create by update)."""
+    created = create(client, patient())
+    url = f"/fhir/Patient/{created['id']}"
+    r = client.put(url, content=orjson.dumps(created | {"gender": "female"}),
+                   headers=JSON_HEADERS | {"if-match": "*"})
+    assert r.status_code == 200, r.text
+    assert r.json()["meta"]["versionId"] == "2"
+    absent = patient() | {"id": "not-there-yet"}
+    r = client.put("/fhir/Patient/not-there-yet", content=orjson.dumps(absent),
+                   headers=JSON_HEADERS | {"if-match": "*"})
+    assert r.status_code == 412, r.text
+    assert "no current version" in outcome_text(r)
+    assert client.get("/fhir/Patient/not-there-yet").status_code == 404
+    assert client.delete(url, headers={"if-match": "*"}).status_code == 200
+    again = client.delete(url, headers={"if-match": "*"})
+    assert again.status_code == 412, again.text
+    r = client.put(url, content=orjson.dumps(created), headers=JSON_HEADERS | {"if-match": "*"})
+    assert r.status_code == 412 and client.get(url).status_code == 410
+
+
+def test_if_match_with_several_etags_matches_any_of_them(client):
+    created = create(client, patient())
+    url = f"/fhir/Patient/{created['id']}"
+    r = client.put(url, content=orjson.dumps(created | {"gender": "female"}),
+                   headers=JSON_HEADERS | {"if-match": 'W/"3", W/"1"'})
+    assert r.status_code == 200, r.text
+    stale = client.put(url, content=orjson.dumps(created | {"gender": "male"}),
+                       headers=JSON_HEADERS | {"if-match": 'W/"1", W/"3"'})
+    assert stale.status_code == 412
+    assert "version 2" in outcome_text(stale)
+    assert client.get(url).json()["gender"] == "female"
+    assert client.put(url, content=orjson.dumps(created),
+                      headers=JSON_HEADERS | {"if-match": 'W/"1", seven'}).status_code == 400
+    assert client.delete(url, headers={"if-match": 'W/"1",W/"2"'}).status_code == 200

@@ -323,3 +323,33 @@ def test_xml_with_comments_narrative_extensions_and_contained_still_round_trips(
     assert again.status_code == 201, again.text
     assert {k: v for k, v in again.json().items() if k not in ("id", "meta")} == \
         {k: v for k, v in stored.items() if k not in ("id", "meta")}
+
+
+def test_xml_with_prefixed_namespaces_reads_as_the_default_namespace(client):
+    """XML lets a document bind FHIR's (and XHTML's) namespace to a prefix; the same
+    resource in either form is the same resource. A prefixed one was a 400 naming '<None>',
+    a prefixed narrative div a 422 for a missing 'Patient.url'. A narrative's non-ASCII text
+    reads as it does from JSON ('då', not 'd&#229;')."""
+    plain = ('<Patient xmlns="http://hl7.org/fhir"><text><status value="generated"/>'
+             '<div xmlns="http://www.w3.org/1999/xhtml"><p>Hej <b>då</b> &amp; 1&#160;2</p>'
+             '</div></text>' + _PNR_XML + '<name><family value="Tolvansson"/>'
+             '<given value="Tolvan"/><given value="Sven"/></name><gender value="male"/>'
+             '</Patient>')
+    prefixed = ('<f:Patient xmlns:f="http://hl7.org/fhir" xmlns:h="http://www.w3.org/1999/xhtml">'
+                '<f:text><f:status value="generated"/><h:div><h:p>Hej <h:b>då</h:b> &amp; '
+                '1&#160;2</h:p></h:div></f:text>' + _PNR_XML.replace("<", "<f:")
+                .replace("<f:/", "</f:") + '<f:name><f:family value="Tolvansson"/>'
+                '<f:given value="Tolvan"/><f:given value="Sven"/></f:name>'
+                '<f:gender value="male"/></f:Patient>')
+    stored = []
+    for doc in (plain, prefixed):
+        r = client.post("/fhir/Patient", content=doc.encode(), headers=XML_IN)
+        assert r.status_code == 201, r.text
+        stored.append({k: v for k, v in r.json().items() if k not in ("id", "meta")})
+    assert stored[0] == stored[1]
+    assert stored[0]["name"][0]["given"] == ["Tolvan", "Sven"]
+    assert stored[0]["text"]["div"] == ('<div xmlns="http://www.w3.org/1999/xhtml"><p>Hej '
+                                        '<b>då</b> &amp; 1\u00a02</p></div>')
+    wrong = prefixed.replace('xmlns:f="http://hl7.org/fhir"', 'xmlns:f="urn:example:other"')
+    r = client.post("/fhir/Patient", content=wrong.encode(), headers=XML_IN)
+    assert r.status_code == 400 and "FHIR namespace" in outcome_text(r)
