@@ -147,6 +147,11 @@ class Endpoints:
     def orgs(self) -> frozenset[str]:
         return frozenset(self._by_org)
 
+    @property
+    def longest_timeout(self) -> float | None:
+        """The longest timeout an endpoint sets for itself (None: none sets one)."""
+        return max((e.timeout for e in self._by_org.values() if e.timeout), default=None)
+
     def get(self, org: str) -> Endpoint | None:
         return self._by_org.get(org)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import ssl
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -160,6 +161,8 @@ class HttpClient:
         self._local = threading.local()
         self._all: list[_Thread] = []  # every thread's state, closed by close()
         self._lock = threading.Lock()
+        # When a request last finished (monotonic): a lane of slow answers shows progress.
+        self.progress_at = float("-inf")
 
     def _mine(self) -> _Thread:
         state: _Thread | None = getattr(self._local, "state", None)
@@ -201,6 +204,7 @@ class HttpClient:
 
         def finish(handle: pycurl.Curl, result: HttpResponse | HttpError) -> None:
             t = running.pop(handle)
+            self.progress_at = time.monotonic()
             results[t.lane][t.index] = result
             state.give_back(t)
             start(t.lane, t.index + 1)  # the lane's next request

@@ -27,7 +27,7 @@ from ..metrics import serve_metrics
 from ..settings import Settings
 from ..store import Store
 from ..store import inbox, outbox as sql, statistics, wakeup
-from .delivery import Deliverer
+from .delivery import Deliverer, Outcome, Received
 from .http import HttpClient
 from .process_message import process_accepted
 from .relay import Relay
@@ -80,18 +80,29 @@ class Worker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listener: wakeup.Listener | None = None
-        # Since when every round has failed (monotonic; None: the last one went through):
-        # what the worker's health check asks.
+        # Since when every round has failed (monotonic; None: the last one went through),
+        # and when the worker last showed progress (a round begun, a batch delivered, a
+        # wait between rounds): what the worker's health check asks.
         self.failing_since: float | None = None
+        self.progress_at = time.monotonic()
 
     def healthy(self) -> bool:
-        """Whether rounds go through: failing for three times what a round may take (its
-        POSTs' timeout and a wait between rounds) is a worker that cannot reach the
-        database or the broker, though its process (and its metrics server) lives on. A
-        long round (a slow endpoint, a backlog) is not a failure."""
+        """Whether rounds go through: failing for three times what a round may take (a
+        POST's timeout and a wait between rounds) is a worker that cannot reach the
+        database or the broker, though its process (and its metrics server) lives on; no
+        progress for as long is a worker stuck in a round (a publish the broker blocks, a
+        call that never returns). A long round (slow endpoints, a backlog) is neither: it
+        shows progress POST by POST and batch by batch."""
         config = self.messaging.config
-        return self.failing_since is None or time.monotonic() - self.failing_since < 3 * (
-            config.timeout_seconds + config.poll_seconds)
+        timeout = max(config.timeout_seconds, self.messaging.endpoints.longest_timeout or 0)
+        limit = 3 * (timeout + config.poll_seconds)
+        now = time.monotonic()
+        return now - max(self.progress_at, self._http.progress_at) < limit and (
+            self.failing_since is None or now - self.failing_since < limit)
+
+    def _deliver(self, batch: list[Received]) -> list[Outcome]:
+        self.progress_at = time.monotonic()
+        return self._deliverer.handle_batch(batch)
 
     # -- one round ----------------------------------------------------------------------------
     def _connect(self) -> Bus:
@@ -127,7 +138,7 @@ class Worker:
         orgs = self._open_orgs() | self._relay.orgs | self.messaging.endpoints.orgs
         # A batch as large as the relay's: what one relay round published is checked in one
         # read, POSTed side by side and settled in one write.
-        bus.consume_batches(sorted(orgs), self._deliverer.handle_batch,
+        bus.consume_batches(sorted(orgs), self._deliver,
                             batch=self.messaging.config.relay_batch)
         work += bus.drain(timeout=drain_seconds, gather=_GATHER)
         if time.monotonic() - self._last_upkeep > _UPKEEP_SECONDS:
@@ -160,6 +171,7 @@ class Worker:
         more = False
         for forget, until in ((inbox.purge_expired, now), (sql.delete_finished, before)):
             for _ in range(_FORGET_BATCHES):
+                self.progress_at = time.monotonic()
                 with self.store.begin() as tx:
                     if forget(tx, until, _FORGET_BATCH) < _FORGET_BATCH:
                         break
@@ -178,6 +190,7 @@ class Worker:
         while not stop.is_set():
             # Work committed from here on wakes the next wait: this round may miss it.
             self.store.work_committed.clear()
+            self.progress_at = time.monotonic()
             done = self._survive(self.run_once)
             failed, busy = done is None, done or 0
             if failed:
@@ -203,6 +216,7 @@ class Worker:
         woken = self.store.work_committed
         deadline = time.monotonic() + seconds
         while not stop.is_set():
+            self.progress_at = time.monotonic()
             left = deadline - time.monotonic()
             if left <= 0:
                 return False

@@ -250,6 +250,101 @@ def test_the_worker_health_check_tells_an_outage_from_a_live_process(world: Hub)
     assert health(up, 1.0) == 200 and up.failing_since is None
 
 
+def test_the_worker_health_check_tells_a_stuck_round(world: Hub, receivers: Any,
+                                                    monkeypatch: Any) -> None:
+    """A round that never ends (here the relay's publish blocks, as RabbitMQ blocks
+    publishers under a memory or disk alarm) is not a failing one: the health check said 200
+    for ever. Now no progress for 3 x (timeout + poll) is a 503, and 200 again once the
+    round goes on."""
+    import socket
+
+    import httpx
+
+    from sip_hub.bus import Bus
+    from sip_hub.metrics import serve_metrics
+
+    world.configure({BUP: receivers().url, SCHOOL: receivers().url, SOC: receivers().url},
+                    poll_seconds=0.05, timeout_seconds=0.1)
+    release, blocked = threading.Event(), threading.Event()
+    publish_many = Bus.publish_many
+
+    def blocking(self: Bus, *args: Any, **kw: Any) -> Any:
+        blocked.set()
+        release.wait(30)
+        return publish_many(self, *args, **kw)
+    monkeypatch.setattr(Bus, "publish_many", blocking)
+    worker = Worker(world.store, world.messaging)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stop_server = serve_metrics(port, "127.0.0.1", healthy=worker.healthy)
+
+    def health() -> int:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code
+    try:
+        assert world.post(BUP, URL, status_change(world)).status_code == 200
+        thread.start()
+        assert blocked.wait(10), "the relay never published"
+        assert health() == 200  # (a round just begun)
+        time.sleep(0.6)  # (beyond 3 x 0.15 s without progress)
+        assert health() == 503 and worker.failing_since is None
+        release.set()
+        deadline = time.monotonic() + 10
+        while not settled(world):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert health() == 200
+    finally:
+        release.set()
+        stop.set()
+        thread.join(timeout=30)
+        worker.close()
+        stop_server()
+
+
+def test_a_slow_endpoint_with_a_long_timeout_of_its_own_is_no_stuck_worker(
+        world: Hub, receivers: Any) -> None:
+    """An organisation's endpoint may set a longer timeout than the hub's default
+    (timeoutSeconds); a worker waiting on its slow answer is working, not stuck."""
+    import socket
+
+    import httpx
+
+    from sip_hub.metrics import serve_metrics
+
+    slow = receivers()
+    slow.fail_when = lambda m: (200, "ok", 1.5)
+    world.configure({BUP: receivers().url, SCHOOL: slow.url, SOC: receivers().url},
+                    entries={SCHOOL: {"timeoutSeconds": 5}},
+                    poll_seconds=0.05, timeout_seconds=0.1)
+    worker = Worker(world.store, world.messaging)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stop_server = serve_metrics(port, "127.0.0.1", healthy=worker.healthy)
+    try:
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not slow.received:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(1.0)  # (well inside the slow answer, beyond 3 x the default's 0.15 s)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        deadline = time.monotonic() + 10
+        while not settled(world):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        worker.close()
+        stop_server()
+
+
 def test_the_worker_survives_a_broker_that_is_down(world: Hub) -> None:
     config = world.messaging.config.model_copy(update={
         "broker_url": "amqp://guest:guest@127.0.0.1:1//", "poll_seconds": 0.05})
