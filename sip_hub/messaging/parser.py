@@ -123,8 +123,9 @@ def envelope(body: Any) -> Envelope:
                     endpoint if isinstance(endpoint, str) else None, focus)
 
 
-def parse(body: Any) -> Message:
-    """The whole message, checked; Unprocessable listing every problem."""
+def parse(body: Any, base: str = "") -> Message:
+    """The whole message, checked; Unprocessable listing every problem. ``base``: the hub's
+    FHIR base, under which an absolute reference names a resource the hub holds."""
     env = envelope(body)
     issues = IssueCollector()
     try:
@@ -141,8 +142,8 @@ def parse(body: Any) -> Message:
                                         "system", "required")
     destinations = _destinations(header, issues)
     _entries(entries, issues)
-    focus = _focus(header, entries, spec, issues)
-    patient, plan = _sip(focus, entries, issues)
+    focus = _focus(header, entries, spec, issues, base)
+    patient, plan = _sip(focus, entries, issues, base)
     response = _response(header, spec, issues)
     issues.raise_if_any("The message is not valid")
     assert spec is not None
@@ -223,31 +224,34 @@ def _entries(entries: list[Json], issues: IssueCollector) -> None:
                 seen[key] = i
 
 
-def _resolve(ref: str, entries: list[Json]) -> Focused | None:
+def _resolve(ref: str, entries: list[Json], base: str) -> Focused | None:
+    """What a focus reference names: an entry of the message (by its fullUrl, or by
+    ``Type/id``, also under the hub's ``base``), else a resource the hub holds."""
+    target = split_reference(ref, base)
+    if target is not None and ref not in (local := f"{target[0]}/{target[1]}",
+                                          f"{base.rstrip('/')}/{local}"):
+        target = None  # (a version, or a path of more parts)
     for i, e in enumerate(entries):
         res = e.get("resource") if isinstance(e, dict) else None
         if not isinstance(res, dict):
             continue
         full = e.get("fullUrl")
         rtype, rid = res.get("resourceType"), res.get("id")
-        if ref == full or (rid and (ref == f"{rtype}/{rid}" or
+        if ref == full or (rid and (target == (rtype, rid) or
                                     (isinstance(full, str) and full.endswith("/" + ref)))):
             return Focused(str(rtype), rid if isinstance(rid, str) else None, i)
-    target = split_reference(ref)
-    if target and ref == f"{target[0]}/{target[1]}":
-        return Focused(target[0], target[1], None)
-    return None
+    return Focused(target[0], target[1], None) if target else None
 
 
 def _focus(header: Json, entries: list[Json], spec: vocab.EventSpec | None,
-           issues: IssueCollector) -> tuple[Focused, ...]:
+           issues: IssueCollector, base: str) -> tuple[Focused, ...]:
     out: list[Focused] = []
     for i, f in enumerate(_list(header.get("focus"))):
         ref = f.get("reference") if isinstance(f, dict) else None
-        found = _resolve(ref, entries) if isinstance(ref, str) else None
+        found = _resolve(ref, entries, base) if isinstance(ref, str) else None
         if found is None:
             issues.add(f"{_H}.focus[{i}]", f"The focus '{ref}' is neither an entry of the "
-                       "message nor a relative reference Type/id to a resource the hub holds",
+                       "message nor a reference Type/id to a resource the hub holds",
                        "not-found")
             continue
         if spec is not None and spec.focus_for(found.type) is None:
@@ -266,20 +270,20 @@ def _focus(header: Json, entries: list[Json], spec: vocab.EventSpec | None,
     return tuple(out)
 
 
-def _sip(focus: tuple[Focused, ...], entries: list[Json], issues: IssueCollector
+def _sip(focus: tuple[Focused, ...], entries: list[Json], issues: IssueCollector, base: str
          ) -> tuple[str | None, str | None]:
     """The SIP the message concerns: (patient id, plan id), as far as the message says."""
     patient = next((f.id for f in focus if f.type == "Patient" and f.id), None)
     plan: str | None = None
     for f in (f for f in focus if f.type == "CarePlan"):
         res = _dict(entries[f.entry].get("resource")) if f.entry is not None else {}
-        replaced = [split_reference(r["reference"]) for r in _list(res.get("replaces"))
+        replaced = [split_reference(r["reference"], base) for r in _list(res.get("replaces"))
                     if isinstance(r, dict) and isinstance(r.get("reference"), str)
                     ] if res.get("intent") == "proposal" else []
         sip_plan = next((t[1] for t in replaced if t and t[0] == "CarePlan"), None) or f.id
         plan = plan or sip_plan
         ref = _dict(res.get("subject")).get("reference")
-        subject = split_reference(ref) if isinstance(ref, str) else None
+        subject = split_reference(ref, base) if isinstance(ref, str) else None
         if patient is None and subject and subject[0] == "Patient":
             patient = subject[1]
     if patient is None and plan is None:

@@ -123,7 +123,7 @@ def process(store: Store, ctx: Context, body: Any, messaging: Messaging, *,
             raise busy
         return Reply(200, _response(ctx, env, messaging, vocab.TRANSIENT_ERROR, busy, None))
     with cpu.turn(store):  # (see sip_hub.cpu)
-        parsed = None if asynchronous else _parse(body)
+        parsed = None if asynchronous else _parse(body, ctx.base_url)
     if response_url is not None:
         if not asynchronous:
             raise BadRequest("response-url goes with async=true", expression="response-url")
@@ -222,10 +222,10 @@ def _earlier(tx: Tx, ctx: Context, env: parser.Envelope, messaging: Messaging, n
     return Reply(200, by_header.response)
 
 
-def _parse(body: Any) -> parser.Message | SipHubError:
+def _parse(body: Any, base: str) -> parser.Message | SipHubError:
     """The checked message, or why it is refused (checked before any transaction opens)."""
     try:
-        return parser.parse(body)
+        return parser.parse(body, base)
     except SipHubError as err:
         return err
 
@@ -558,8 +558,8 @@ def process_accepted(store: Store, messaging: Messaging, *, audit: AuditLog | No
         assert row.request is not None
         ctx = _context(row.caller, audit, messaging)
         body = orjson.loads(row.request)
-        handled = _handle(tx, ctx, _parse(body), parser.envelope(body), messaging,
-                          _header(body))
+        handled = _handle(tx, ctx, _parse(body, ctx.base_url), parser.envelope(body),
+                          messaging, _header(body))
         MESSAGES_RECEIVED.labels(handled.code).inc()
         if handled.code == vocab.TRANSIENT_ERROR:
             return True

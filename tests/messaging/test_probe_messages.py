@@ -87,3 +87,32 @@ def test_a_response_url_the_inbox_cannot_keep_is_a_400(world: Hub, receivers: An
     with world.store.begin(write=False) as tx:
         assert inbox.lookup(tx, BUP, msg["entry"][0]["resource"]["id"], msg["id"],
                             time.time_ns() // 1000) == (None, None)
+
+
+def test_a_message_naming_the_sip_by_the_hubs_absolute_urls_is_applied(world: Hub) -> None:
+    """References to the hub's own base are the hub's resources: a focus
+    'http://hub.test/fhir/CarePlan/alva-sip' was refused as 'neither an entry nor a resource
+    the hub holds', and a plan whose subject was the Patient's absolute URL named no person
+    for the SIP the message concerns."""
+    relative = _fresh(status_change(world))
+    before = len(world.deliveries())
+    assert _code(world.post(BUP, URL, relative))[0] == vocab.OK
+    routed = len(world.deliveries()) - before
+    assert routed > 0
+    msg = _fresh(status_change(world, status="in-progress"))
+    plan = msg["entry"][1]["resource"]
+    plan["subject"]["reference"] = "http://hub.test/fhir/Patient/alva"
+    msg["entry"][0]["resource"]["focus"] = [
+        {"reference": "http://hub.test/fhir/CarePlan/alva-sip"}]
+    assert _code(world.post(BUP, URL, msg))[0] == vocab.OK
+    stored = current_plan(world)
+    assert stored["meta"]["versionId"] == "3"
+    assert stored["subject"] == {"reference": "Patient/alva"}
+    assert stored["activity"][0]["detail"]["status"] == "in-progress"
+    assert len(world.deliveries()) - before == 2 * routed
+    other = _fresh(status_change(world, status="completed"))
+    other["entry"][0]["resource"]["focus"] = [
+        {"reference": "http://elsewhere.test/fhir/CarePlan/alva-sip"}]
+    code, says = _code(world.post(BUP, URL, other))
+    assert code == vocab.FATAL_ERROR and "neither an entry" in says
+    assert current_plan(world)["meta"]["versionId"] == "3"
