@@ -18,10 +18,12 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
+from urllib.parse import parse_qsl
 
 from . import logs
 from .auth import Principal
 from .fhir.dates import format_instant, from_us, now_utc, to_us
+from .fhir.validation import ID_RE
 from .identifiers import HSA_ID
 from .store import Store, Tx
 from .store.audit import Entry
@@ -81,7 +83,10 @@ class AuditRecord:
         p = self.principal
         agents, agent_refs = _agents(p.client_id, p.org) if p is not None else _agents(None, None)
         refs = [("entity", t, i) for t, i in self.resources if t != "Patient"]
-        for pid in sorted(self.patients):
+        patients = self.patients
+        if self.interaction == "search-type" and self.query:
+            patients = patients | _queried_patients(self.query)
+        for pid in sorted(patients):
             refs.append(("entity", "Patient", pid))  # what ``patient`` searches
         entities: list[dict[str, Any]] = [
             {"what": {"reference": f"{t}/{i}"},
@@ -94,7 +99,7 @@ class AuditRecord:
                       "code": "1", "display": "Person"},
              "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1",
                       "display": "Patient"}}
-            for pid in sorted(self.patients)]
+            for pid in sorted(patients)]
         if self.request is not None:
             entities.append({"what": {"identifier": {"value": self.request}},
                              "type": _REQUEST_ENTITY})
@@ -122,6 +127,32 @@ class AuditRecord:
         if entities:
             event["entity"] = entities
         return Entry(event, self.at, tuple(refs) + agent_refs)
+
+
+_PATIENT_PARAMS = frozenset({"patient", "subject"})
+
+
+def _queried_patients(query: str) -> frozenset[str]:
+    """The patients a search names (``patient=``, ``subject=Patient/...``): the person whose
+    data was asked for is in the event also when nothing was returned (an organisation
+    the consent does not cover gets an empty Bundle, and the person sees that it asked;
+    IHE BALP: a query's patient is its Patient entity)."""
+    found = set()
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        name, _, modifier = key.partition(":")
+        if name not in _PATIENT_PARAMS or modifier not in ("", "Patient"):
+            continue
+        for ref in value.split(","):
+            parts = ref.split("/")
+            if len(parts) >= 2 and parts[-2] == "Patient":
+                pid = parts[-1]
+            elif len(parts) == 1 and (name == "patient" or modifier == "Patient"):
+                pid = ref
+            else:
+                continue
+            if ID_RE.fullmatch(pid):
+                found.add(pid)
+    return frozenset(found)
 
 
 def _b64(text: str) -> str:
@@ -171,6 +202,12 @@ class AuditLog:
         except queue.Full:
             self.synchronous_fallbacks += 1
             self._write([record])
+            return
+        if self._thread is None:
+            # ``stop`` ran between the test above and the put: its last drain may have been
+            # before the put, and no writer is left to store the record. (Seen not None
+            # here, the put came before ``stop`` let the writer go, and its drain finds it.)
+            self._drain_now()
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until everything queued so far is stored (tests, shutdown)."""

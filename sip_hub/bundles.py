@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -280,6 +280,7 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
     their effects commit with the message's cache entry and notifications). ``placeholders``:
     refuse a ``urn:uuid:`` reference no entry resolves (a client's Bundle, not a message's
     entries, which hold references of their own)."""
+    ctx = replace(ctx, within=tx)
     entries = _entries(bundle, ctx)
     criteria = _criteria_keys(ctx, entries)
     _each_once(entries, criteria)
@@ -307,6 +308,7 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
                             f"ifNoneExist matched {len(found)} {e.rtype} resources")
                     rid = found[0].id if found else None
                     if rid:
+                        ctx.record("read", found)  # (as a conditional create outside one)
                         responses[e.index] = _response_entry(ctx, ix.Result(200, found[0]),
                                                              prefer)
                 rid = rid or uuid7()

@@ -39,6 +39,9 @@ class Context:
     audit: AuditLog | None = None
     # Writes the notifications a change causes to the outbox, in the change's transaction.
     messaging: Emitter | None = None
+    # A transaction Bundle's database transaction: what its entries read is logged in it,
+    # so that a transaction that fails leaves no record of reads it never answered with.
+    within: Tx | None = None
 
     def record(self, interaction: str, stored: list[Stored], *, tx: Tx | None = None,
                outcome: str = "0", query: str | None = None, detail: str | None = None,
@@ -55,6 +58,7 @@ class Context:
         rec = AuditRecord(interaction, self.access.principal,
                           tuple((s.type, s.id) for s in personal), frozenset(patients),
                           outcome, query, detail)
+        tx = tx or (self.within if outcome == "0" else None)
         if tx is not None:
             self.audit.in_tx(tx, rec)
         else:

@@ -14,6 +14,7 @@ from .. import bundles, cpu
 from .. import interactions as ix
 from ..errors import MethodNotAllowed, UnsupportedMediaType
 from ..fhir.capability import capability_statement
+from ..fhir.dates import format_instant, now_utc
 from ..fhir.validation import check_id
 from ..messaging.capability import messaging_section
 from ..service import ahead_pays, basis_keys, check_type, prepare_ahead, prevalidate
@@ -73,6 +74,25 @@ def _params(request: Request) -> list[tuple[str, str]]:
     return list(request.query_params.multi_items())
 
 
+def _pinned(request: Request, rtype: str, items: list[tuple[str, str]]
+            ) -> list[tuple[str, str]]:
+    """A search of the access log, pinned to the events recorded up to its first page.
+
+    Every read of the log is itself logged (it shows personal data), newest first, so each
+    page read put a new event at the head of the next one: paged by offset, the next page
+    showed events of the page before again, and the last ones never. The first page's
+    search gets ``date=le<now>``, once this process's queued events are stored (so that
+    they neither arrive under the pin later nor are missing from the answer); its next and
+    previous links carry the pin on."""
+    if rtype != "AuditEvent" or any(k == "_offset" for k, _ in items):
+        return items
+    ctx = context(request)
+    ctx.access.check(rtype, "s")  # (a caller the log is not for waits for nothing)
+    if ctx.audit is not None:
+        ctx.audit.flush()
+    return items + [("date", "le" + format_instant(now_utc()))]
+
+
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
     base = context(request, public=True).base_url
@@ -98,7 +118,8 @@ def system_history(request: Request) -> Response:
 
 @router.get("/{rtype}")
 def search_type(request: Request, rtype: str) -> Response:
-    return _read(request, lambda tx, ctx: ix.search(tx, ctx, rtype, _params(request)))
+    items = _pinned(request, rtype, _params(request))
+    return _read(request, lambda tx, ctx: ix.search(tx, ctx, rtype, items))
 
 
 @router.post("/{rtype}/_search")
@@ -109,6 +130,7 @@ async def search_post(request: Request, rtype: str) -> Response:
                                    "parameters")
     form = await request.form()
     items = _params(request) + [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+    items = await in_thread(request, _pinned, request, rtype, items)
     return await in_thread(request, _read, request,
                            lambda tx, ctx: ix.search(tx, ctx, rtype, items))
 
