@@ -434,6 +434,12 @@ def decided(plan: Json) -> Json:
     return out
 
 
+def _closed_content(plan: Json) -> Json:
+    """What a closed plan holds, without bookkeeping and notes (its status is checked on its
+    own: a closed plan may still be marked entered-in-error)."""
+    return {k: v for k, v in plan.items() if k not in ("meta", "text", "note", "status")}
+
+
 def _plan_update(old: Json, new: Json) -> None:
     if phase_ext(old) != phase_ext(new):
         raise business_rule("The SIP phase changes only through CarePlan/$transition; keep the "
@@ -444,9 +450,11 @@ def _plan_update(old: Json, new: Json) -> None:
                             "CarePlan/$transition (to=upprattad to establish the plan, "
                             "to=avslutad to close it)", "CarePlan.status")
     phase = phase_of(old)
+    # Closed, the plan is no longer changed at all: not the insatser's status either (the
+    # message carrying such a change, insats-status-changed, is refused too).
+    if phase == CLOSED and _closed_content(old) != _closed_content(new):
+        raise business_rule("The SIP is closed (avslutad): its plan is no longer changed")
     if phase in FIXED_PHASES and decided(old) != decided(new):
-        if phase == CLOSED:
-            raise business_rule("The SIP is closed (avslutad): its plan is no longer changed")
         raise business_rule("The plan is established (upprättad): what it decides changes only "
                             f"with the person's approval. {_REVISE}")
 
@@ -503,6 +511,24 @@ def _task_update(tx: Tx, ctx: Context, old: Json, new: Json) -> None:
                         "resolved; add a note if needed", "Task.status")
 
 
+def _meeting_update(tx: Tx, old: Json, new: Json) -> None:
+    """A closed SIP's meetings stay as the SIP left them: not moved, booked or cancelled again
+    (which would also tell the participants of a meeting in a SIP that has ended)."""
+    a, b = ({k: v for k, v in m.items() if k not in ("meta", "text", "comment")}
+            for m in (old, new))
+    if a == b:
+        return
+    for ref in old.get("supportingInformation", []):
+        target = ref_target(ref)
+        if target is None or target[0] != "CarePlan":
+            continue
+        plan = current_json(tx, *target)
+        if plan is not None and is_sip_plan(plan) and phase_of(plan) == CLOSED:
+            raise business_rule(f"The meeting belongs to CarePlan/{target[1]}, a SIP that is "
+                                "closed (avslutad): its meetings are no longer changed",
+                                "Appointment")
+
+
 def check_plain_delete(ctx: Context, old: Json) -> None:
     """An established plan is the person's: it is closed with $transition, never deleted."""
     if ctx.access.unrestricted:
@@ -532,3 +558,5 @@ def check_plain_update(tx: Tx, ctx: Context, old: Json | None, new: Json) -> Non
         _goal_update(tx, old, new)
     elif rtype == "Task":
         _task_update(tx, ctx, old, new)
+    elif rtype == "Appointment":
+        _meeting_update(tx, old, new)

@@ -139,6 +139,8 @@ def approve(op: Operation, plan_id: str, body: Any, if_match: str | None) -> Jso
     sp.check_approvers(op.tx, plan, approvers, op.now, params.where("approvedBy"))
 
     written = op.update(applied(plan, proposal))
+    if op.ctx.messaging is not None:  # (a revision of the follow-up date alone, too)
+        op.ctx.messaging.revision_approved(op.tx, op.ctx, plan, written.json())
     proposal["status"] = "completed"
     closed = op.update(proposal)
     _activate_new_goals(op, plan, written.json())

@@ -308,6 +308,19 @@ class Emitter:
         count_committed(tx, MESSAGES_ENQUEUED.labels(event), len(dests))
         return str(bundle["entry"][0]["resource"]["id"])
 
+    def revision_approved(self, tx: Tx, ctx: "Context", old: Json, new: Json) -> None:
+        """``$approve-revision`` wrote ``new`` over ``old``: when what it changed is not told
+        as revision-approved by the write itself (a revision of the follow-up date only, told
+        as follow-up-scheduled, or of the insatser's status with it), tell it here: the
+        participants were sent the proposal and learn that the person approved it."""
+        if any(fact.event == vocab.REVISION_APPROVED for fact in classify("CarePlan", old, new)):
+            return
+        patient = _patient(new.get("subject"))
+        if patient is None or not new.get("id"):
+            return
+        self.emit(tx, vocab.REVISION_APPROVED, sender_org=ctx.access.org, patient_id=patient,
+                  careplan_id=new["id"], focus=(f"CarePlan/{new['id']}",), base=ctx.base_url)
+
     def after_write(self, tx: Tx, ctx: "Context", rtype: str, old: Json | None,
                     new: Json | None, regranted: AbstractSet[str] = frozenset()) -> None:
         """The write path's hook: call after ``access.after_write``, in the same transaction,
