@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from . import identifiers
-from .errors import BadRequest, Forbidden
+from .errors import BadRequest, Forbidden, SipHubError
 from .fhir import profiles, sip
 from .fhir.indexing import split_reference
-from .service import find
+from .fhir.search import parse as parse_search
 from .interactions import Context, bundle
 from .process import ref_target
 from .store import Stored, Tx
@@ -25,6 +25,12 @@ SHOWN_STATUSES = frozenset({"active", "completed"})
 # made one call a search for several persons.
 PERSON_SYSTEMS = (identifiers.PERSONNUMMER, identifiers.SAMORDNINGSNUMMER)
 _LINKED = (("goal", "Goal"), ("careTeam", "CareTeam"), ("author", "Organization"))
+_PAGE = 200
+# What a plan (or what it links) may carry contained for the citizen to read: the directory's
+# kinds, and goals and care teams about the person. Anything else (the kartläggning, another
+# person's Patient, a RelatedPerson) is left out, and so are the references to it.
+_CONTAINED_SHOWN = frozenset({"Organization", "Practitioner", "PractitionerRole", "Location",
+                              "HealthcareService", "Goal", "CareTeam"})
 
 
 def check_caller(ctx: Context) -> None:
@@ -42,8 +48,24 @@ def _not_for_patient(resource: dict[str, Any]) -> bool:
     return any(sip.NOPATIENT.matches(label) for label in labels)
 
 
-def plans_for(tx: Tx, patient_token: str) -> tuple[list[Stored], list[Stored], set[str]]:
-    """(plans, linked resources, patient ids) of the citizen's view."""
+def _all(tx: Tx, rtype: str, items: list[tuple[str, str]]) -> list[Stored]:
+    """Everything matching a search, page by page: a cap would silently leave a plan out of
+    the person's view when they have many other CarePlans (revision proposals, other
+    systems' plans)."""
+    out: list[Stored] = []
+    while True:
+        query = parse_search(rtype, [*items, ("_offset", str(len(out)))],
+                             default_count=_PAGE, max_count=_PAGE)
+        query.total = False
+        page = tx.search(query)[0]
+        out += page
+        if len(page) < _PAGE:
+            return out
+
+
+def _patients(tx: Tx, patient_token: str) -> list[Stored]:
+    """The Patient resources of the person the token names (400 for anything but a valid
+    personnummer or samordningsnummer)."""
     system, sep, value = patient_token.partition("|")
     if not sep or not value:
         raise BadRequest("patient must be <system>|<value>, e.g. "
@@ -57,10 +79,21 @@ def plans_for(tx: Tx, patient_token: str) -> tuple[list[Stored], list[Stored], s
     except identifiers.InvalidIdentifier as exc:
         raise BadRequest(f"Invalid patient identifier: {exc.reason}", expression="patient") \
             from None
-    patients = {s.id for s in find(tx, "Patient", [("identifier", f"{system}|{value}")], 100)}
+    return _all(tx, "Patient", [("identifier", f"{system}|{value}")])
+
+
+def plans_for(tx: Tx, patient_token: str) -> tuple[list[Stored], list[Stored], set[str]]:
+    """(plans, linked resources, patient ids) of the citizen's view."""
+    plans, extra, found = _view_of(tx, _patients(tx, patient_token))
+    return plans, extra, {s.id for s in found}
+
+
+def _view_of(tx: Tx, found: list[Stored]) -> tuple[list[Stored], list[Stored], list[Stored]]:
+    patients = {s.id for s in found}
     plans: list[Stored] = []
     for pid in sorted(patients):
-        for s in find(tx, "CarePlan", [("patient", f"Patient/{pid}")], 100):
+        for s in _all(tx, "CarePlan", [("patient", f"Patient/{pid}"), ("intent", "plan"),
+                                       ("status", ",".join(sorted(SHOWN_STATUSES)))]):
             plan = s.json()
             # intent=plan: a proposed revision is not the plan until the person approves it.
             if profiles.applies(plan) == sip.PROFILE_CAREPLAN and plan.get("intent") == "plan" \
@@ -85,7 +118,7 @@ def plans_for(tx: Tx, patient_token: str) -> tuple[list[Stored], list[Stored], s
     extra = [s for s in tx.current_many(list(dict.fromkeys(linked)))
              if s.type != "QuestionnaireResponse" and not _not_for_patient(s.json())
              and _of_the_person(s, patients)]
-    return plans, extra, patients
+    return plans, extra, found
 
 
 def _of_the_person(s: Stored, patients: set[str]) -> bool:
@@ -98,13 +131,87 @@ def _of_the_person(s: Stored, patients: set[str]) -> bool:
     return target is not None and target[0] == "Patient" and target[1] in patients
 
 
+def _about_the_person(rtype: str, resource: dict[str, Any], patients: set[str]) -> bool:
+    for key in ("subject", "patient"):
+        if key in resource:
+            target = ref_target(resource[key])
+            return target is not None and target[0] == "Patient" and target[1] in patients
+    return rtype not in ("Goal", "CareTeam")
+
+
+def _drop_refs(node: Any, gone: set[str]) -> Any:
+    """``node`` without the references to the contained resources ``gone`` ("#id"), and
+    without what dropping them leaves empty (FHIR has no empty arrays or objects)."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if isinstance(value, dict) and value.get("reference") in gone:
+                continue
+            kept = _drop_refs(value, gone)
+            if kept or not isinstance(value, (dict, list)) or not value:
+                out[key] = kept
+        return out
+    if isinstance(node, list):
+        out_list = []
+        for value in node:
+            if isinstance(value, dict) and value.get("reference") in gone:
+                continue
+            kept = _drop_refs(value, gone)
+            if kept or not isinstance(value, (dict, list)) or not value:
+                out_list.append(kept)
+        return out_list
+    return node
+
+
+def shown(resource: dict[str, Any], patients: set[str]) -> dict[str, Any]:
+    """The resource as the citizen may read it: of its contained resources only the kinds in
+    ``_CONTAINED_SHOWN`` that are about the person and not labelled NOPATIENT (the
+    kartläggning contained in a plan is still the kartläggning: rule 8)."""
+    contained = resource.get("contained")
+    if not isinstance(contained, list):
+        return resource
+    kept, gone = [], set()
+    for c in contained:
+        ok = isinstance(c, dict) and c.get("resourceType") in _CONTAINED_SHOWN and \
+            not _not_for_patient(c) and _about_the_person(c["resourceType"], c, patients)
+        if ok:
+            kept.append(c)
+        elif isinstance(c, dict) and isinstance(c.get("id"), str):
+            gone.add("#" + c["id"])
+    if len(kept) == len(contained):
+        return resource
+    out = _drop_refs({k: v for k, v in resource.items() if k != "contained"}, gone)
+    if kept:
+        out["contained"] = kept
+    return out
+
+
+def _refused(tx: Tx, ctx: Context, patient_token: str, err: Forbidden) -> None:
+    """A refused call names the person: their access log shows who tried."""
+    try:
+        found = _patients(tx, patient_token)
+    except SipHubError:
+        found = []
+    ctx.record("search-type", found, outcome="4", rtype="CarePlan", detail=err.diagnostics,
+               query=f"$citizen-view?patient={patient_token}")
+
+
 def view(tx: Tx, ctx: Context, patient_token: str) -> dict[str, Any]:
-    check_caller(ctx)
-    plans, extra, _ = plans_for(tx, patient_token)
-    entries = [{"fullUrl": f"{ctx.base_url}/{s.type}/{s.id}", "resource": s.json(),
-                "search": {"mode": "match"}} for s in plans]
-    entries += [{"fullUrl": f"{ctx.base_url}/{s.type}/{s.id}", "resource": s.json(),
-                 "search": {"mode": "include"}} for s in extra]
-    ctx.record("search-type", plans + extra, rtype="CarePlan",
+    try:
+        check_caller(ctx)
+    except Forbidden as err:
+        _refused(tx, ctx, patient_token, err)
+        raise
+    plans, extra, found = _view_of(tx, _patients(tx, patient_token))
+    patients = {s.id for s in found}
+    entries = [{"fullUrl": f"{ctx.base_url}/{s.type}/{s.id}",
+                "resource": shown(s.json(), patients), "search": {"mode": "match"}}
+               for s in plans]
+    entries += [{"fullUrl": f"{ctx.base_url}/{s.type}/{s.id}",
+                 "resource": shown(s.json(), patients), "search": {"mode": "include"}}
+                for s in extra]
+    # The Patient looked up is part of what was accessed: a call that finds no approved plan
+    # is in the person's access log too (rule 10).
+    ctx.record("search-type", found + plans + extra, rtype="CarePlan",
                query=f"$citizen-view?patient={patient_token}")
     return bundle("searchset", entries, len(plans))

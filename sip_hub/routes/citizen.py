@@ -11,14 +11,23 @@ from .render import render_citizen_html
 from .wire import FHIR_TYPES, accepted, context, respond, single
 
 router = APIRouter(prefix="/fhir", tags=["national portal"])
+# The person's own plans: no cache on the way (the portal's, a proxy's, a browser's) keeps
+# them, and the form depends on Accept, so a cache must never answer one with the other.
+PRIVATE = {"Cache-Control": "no-store", "Pragma": "no-cache", "Vary": "Accept"}
+
+
+# The parameters of the operation (OperationDefinition sip-citizen-view) and the format ones.
+KNOWN = frozenset({"patient", "_format", "_pretty"})
 
 
 def _wants_html(accept: str) -> bool:
     """Whether ``Accept`` prefers text/html: "application/json, text/html;q=0" asks for
     anything but HTML, and a browser's "text/html,...,*/*;q=0.8" for HTML. At an equal q
-    HTML wins, as it always has."""
+    HTML wins, as it always has. "text/*" names HTML too (a more specific range wins, RFC
+    9110 12.5.1); "*/*" alone asks for the FHIR default, JSON."""
     ranked = accepted(accept)
-    html = max((q for media, q in ranked if media == "text/html"), default=0.0)
+    exact = [q for media, q in ranked if media == "text/html"]
+    html = max(exact or [q for media, q in ranked if media == "text/*"], default=0.0)
     fhir = max((q for media, q in ranked if media in FHIR_TYPES), default=0.0)
     return html > 0 and html >= fhir
 
@@ -26,6 +35,14 @@ def _wants_html(accept: str) -> bool:
 @router.get("/CarePlan/$citizen-view")
 def citizen_view(request: Request) -> Response:
     ctx = context(request)
+    unknown = sorted({k for k in request.query_params.keys() if k not in KNOWN})
+    if unknown and not ctx.lenient:
+        # Strict, as the hub's searches are: "_summary=count" or "patient:exact" silently
+        # ignored would answer a question the caller did not ask.
+        raise BadRequest(f"$citizen-view takes patient (and _format, _pretty) only, not "
+                         f"{', '.join(k[:40] for k in unknown[:5])}; with Prefer: "
+                         "handling=lenient unknown parameters are ignored",
+                         expression=unknown[0][:40])
     patient = single(request, "patient")  # (max 1 in the OperationDefinition)
     if not patient:
         raise BadRequest("patient=<system>|<value> is required", expression="patient")
@@ -33,5 +50,6 @@ def citizen_view(request: Request) -> Response:
         out = citizen.view(tx, ctx, patient)
     if _wants_html(request.headers.get("accept", "")) and \
             request.query_params.get("_format") is None:
-        return Response(render_citizen_html(out), media_type="text/html; charset=utf-8")
-    return respond(request, out)
+        return Response(render_citizen_html(out), media_type="text/html; charset=utf-8",
+                        headers=PRIVATE)
+    return respond(request, out, headers=PRIVATE)

@@ -8,6 +8,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ..fhir import profiles, sip
+from ..fhir.indexing import split_reference
 
 
 @lru_cache(maxsize=1)
@@ -32,21 +33,34 @@ def _life_areas() -> dict[str, str]:
     return {}
 
 
+def _linked(linked: dict[str, dict[str, Any]], ref: Any) -> dict[str, Any] | None:
+    """What ``ref`` points at among the view's resources: ``Type/id``, also versioned
+    (``Type/id/_history/n``, as the Bundle's include of it is)."""
+    raw = ref.get("reference") if isinstance(ref, dict) else None
+    if isinstance(raw, str) and raw in linked:  # (also "#id": a resource the plan contains)
+        return linked[raw]
+    target = split_reference(raw) if isinstance(raw, str) else None
+    return linked.get(f"{target[0]}/{target[1]}") if target else None
+
+
 def plan_view(plan: dict[str, Any], linked: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The plan as the template reads it: plain values, names resolved."""
+    linked = {**linked, **{f"#{c['id']}": c for c in plan.get("contained", [])
+                           if isinstance(c, dict) and isinstance(c.get("id"), str)}}
     def name(ref: Any) -> str:
         if not isinstance(ref, dict):
             return ""
-        target = linked.get(ref.get("reference", ""))
+        target = _linked(linked, ref)
         return (target or {}).get("name") or ref.get("display") or ref.get("reference", "")
 
     life_areas = _life_areas()
     goals = []
     for ref in plan.get("goal", []):
-        goal = linked.get(ref.get("reference", ""))
+        goal = _linked(linked, ref)
         if goal:
             area = next((c.get("code") for cc in goal.get("category", [])
-                         for c in cc.get("coding", []) if c.get("system") == sip.CS_LIFE_AREA), None)
+                         for c in cc.get("coding", []) if c.get("system") == sip.CS_LIFE_AREA),
+                        None)
             goals.append({"text": (goal.get("description") or {}).get("text", ""),
                           "area": life_areas.get(area or "", area or "")})
     party = {"kommun": "Kommunen", "region": "Regionen", "other": "Annan aktör"}
