@@ -149,11 +149,29 @@ class Access:
             return True
         if stored.owner is not None and stored.owner == self.org:
             return True
+        if stored.withheld:
+            return False
         if content is None and stored.content is not None:
             content = stored.doc()
         patients = patients_of(stored.type, content, stored.id)
         return bool(patients) and bool(tx.readable_patients(self.org or "", sorted(patients),
                                                             self.now))
+
+    def withholds(self, tx: Tx, rtype: str, new: dict[str, Any]) -> bool:
+        """Whether a resource this caller creates is kept from everyone but its writer: it is
+        in the compartment of a person whose consent is in force, and that consent does not
+        cover the writer. Rule 1: no information is exchanged between the SIP's parties
+        without the person's consent, nor passed to them by one it does not name (an
+        outsider's Task on the person's SIP plan reached every covered organisation). What
+        is written before any consent (anyone may suggest a SIP) is shared as it was."""
+        if self.unrestricted or not is_personal(rtype):
+            return False
+        patients = sorted(patients_of(rtype, new))
+        if not patients:
+            return False
+        readable = tx.readable_patients(self.org or "", patients, self.now)
+        return any(p not in readable and any(g.reads_at(self.now) for g in tx.grants(p))
+                   for p in patients)
 
     def require_read(self, tx: Tx, stored: Stored) -> None:
         if not self.can_read(tx, stored):

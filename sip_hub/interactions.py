@@ -196,16 +196,18 @@ def _guard_write(tx: Tx, ctx: Context, rtype: str, old: Stored | None,
 
 
 def _changed(tx: Tx, ctx: Context, rtype: str, old: dict[str, Any] | None,
-             new: dict[str, Any] | None) -> None:
-    """What every change sets off, in its own transaction: grants, then notifications."""
+             new: dict[str, Any] | None, *, withheld: bool = False) -> None:
+    """What every change sets off, in its own transaction: grants, then notifications (none
+    for a withheld resource: no one else is told of it)."""
     regranted = acl.after_write(tx, rtype, old, new)
-    if ctx.messaging is not None:
+    if ctx.messaging is not None and not withheld:
         ctx.messaging.after_write(tx, ctx, rtype, old, new, regranted)
 
 
 def _written(tx: Tx, ctx: Context, interaction: str, old: Stored | None, new: Stored) -> None:
     old_json = old.doc() if old is not None and old.content is not None else None
-    _changed(tx, ctx, new.type, old_json, new.doc() if new.content else None)
+    _changed(tx, ctx, new.type, old_json, new.doc() if new.content else None,
+             withheld=new.withheld)
     ctx.record(interaction, [new], tx=tx)
 
 
@@ -258,7 +260,8 @@ def create(tx: Tx, ctx: Context, rtype: str, res: Any, *, if_none_exist: str | N
             return Result(200, found[0])
     prepared = prepare_in(tx, res, resolve, rtype, ctx.base_url)
     _guard_write(tx, ctx, rtype, None, prepared, "create")
-    stored = tx.create(prepared, rid, owner=ctx.access.org)
+    stored = tx.create(prepared, rid, owner=ctx.access.org,
+                       withheld=ctx.access.withholds(tx, rtype, prepared))
     _written(tx, ctx, "create", None, stored)
     return Result(201, stored)
 
@@ -283,7 +286,9 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
     if process_rules:
         process.check_plain_update(tx, ctx, current.doc() if current else None, prepared)
     version = expected_version(if_match, old, f"{rtype}/{rid}")
-    stored, created = tx.update(prepared, rid, if_match=version, owner=ctx.access.org)
+    stored, created = tx.update(prepared, rid, if_match=version, owner=ctx.access.org,
+                                withheld=current is None and
+                                ctx.access.withholds(tx, rtype, prepared))
     _written(tx, ctx, "create" if created else "update", old, stored)
     return Result(201 if created else 200, stored)
 
@@ -335,7 +340,7 @@ def delete(tx: Tx, ctx: Context, rtype: str, rid: str, *,
         return Result(200, None, information(f"{rtype}/{rid} was already deleted"))
     done = tx.delete(rtype, rid)
     assert done is not None  # (it is locked: nothing else deleted it since it was read)
-    _changed(tx, ctx, rtype, cur.json(), None)
+    _changed(tx, ctx, rtype, cur.json(), None, withheld=cur.withheld)
     ctx.record("delete", [cur], tx=tx)
     return Result(200, None, information(f"Deleted {rtype}/{rid} (version {done.version_id})"),
                   headers={"ETag": etag(done)})

@@ -22,6 +22,7 @@ class Stored:
     content: bytes | None
     method: str = ""
     owner: str | None = None  # HSA-id of the organisation that created it
+    withheld: bool = False  # kept from everyone but its owner (``Access.withholds``)
     _doc: dict[str, Any] | None = field(default=None, compare=False, repr=False)
     _rows: IndexRows | None = field(default=None, compare=False, repr=False)
 
@@ -57,18 +58,19 @@ class Stored:
 _H = resource_history.c
 _R = resource.c
 COLUMNS = (_H.res_type, _H.res_id, _H.version_id, _H.last_updated, _H.method, _H.content)
-# A current version: the version's columns, then whether it is a tombstone and its owner.
-CURRENT_COLUMNS = (*COLUMNS, _R.deleted, _R.owner_org)
+# A current version: the version's columns, then whether it is a tombstone, its owner and
+# whether it is withheld.
+CURRENT_COLUMNS = (*COLUMNS, _R.deleted, _R.owner_org, _R.withheld)
 
 
 def row_to_stored(row: Any, deleted: bool | None = None) -> Stored:
     return Stored(row.res_type, row.res_id, row.version_id, row.last_updated,
                   row.content is None if deleted is None else deleted, row.content, row.method,
-                  getattr(row, "owner_org", None))
+                  getattr(row, "owner_org", None), bool(getattr(row, "withheld", False)))
 
 
 def current_to_stored(row: tuple[Any, ...]) -> Stored:
     """A row of ``CURRENT_COLUMNS``, by position (a driver's tuple or a SQLAlchemy row)."""
-    rtype, rid, version, updated, method, content, deleted, owner = row
+    rtype, rid, version, updated, method, content, deleted, owner, withheld = row
     return Stored(rtype, rid, version, updated, bool(deleted),
-                  None if content is None else bytes(content), method, owner)
+                  None if content is None else bytes(content), method, owner, bool(withheld))

@@ -83,7 +83,8 @@ def _key_rows(keys: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
 # resource's row is claimed with ON CONFLICT DO NOTHING (no savepoint round trips).
 # The write path runs on the driver's cursor too (see .driver): a create is two dozen
 # statements, and SQLAlchemy's per-statement work cost more than SQLite's.
-_CLAIM_COLUMNS = ("res_type", "res_id", "version_id", "last_updated", "deleted", "owner_org")
+_CLAIM_COLUMNS = ("res_type", "res_id", "version_id", "last_updated", "deleted", "owner_org",
+                  "withheld")
 _CLAIM = DriverStatement.on_conflict(lambda ins: ins(resource).values(
     {c: bindparam(c) for c in _CLAIM_COLUMNS})
     .on_conflict_do_nothing(index_elements=[_R.res_type, _R.res_id]).returning(_R.version_id))
@@ -296,20 +297,24 @@ class Tx:
                 if vis is not None:
                     conds.append(sql_search.visibility_cond(t, vis))
                     params = sql_search.visibility_params(vis)
-            q = current_select(*_COLUMNS, _R.owner_org).where(*conds)
+            q = current_select(*_COLUMNS, _R.owner_org, _R.withheld).where(*conds)
             for row in self.conn.execute(q, params):
                 out[(row.res_type, row.res_id)] = _row(row, False)
         return [out[k] for k in dict.fromkeys(keys) if k in out]
 
     # writes ------------------------------------------------------------------------------
     def create(self, res: dict[str, Any], rid: str | None = None, *,
-               owner: str | None = None) -> Stored:
+               owner: str | None = None, withheld: bool = False) -> Stored:
+        """``owner``: the creating organisation; ``withheld``: kept from everyone but it."""
         rid = rid or uuid7()
-        return self._write(res, rid, 1, None, "POST", owner)
+        return self._write(res, rid, 1, None, "POST", owner, withheld=withheld)
 
     def update(self, res: dict[str, Any], rid: str, *, if_match: int | None = None,
-               method: str = "PUT", owner: str | None = None) -> tuple[Stored, bool]:
-        """Write a new version; returns (stored, created). A stale ``if_match`` is a 412."""
+               method: str = "PUT", owner: str | None = None, withheld: bool = False
+               ) -> tuple[Stored, bool]:
+        """Write a new version; returns (stored, created). A stale ``if_match`` is a 412.
+        ``owner`` and ``withheld`` are the resource's when this creates it (as ``create``);
+        an update keeps those of the version it replaces."""
         rtype = res["resourceType"]
         now = now_utc()
         params = {"t": rtype, "i": rid, "ts": to_us(now)}
@@ -324,7 +329,7 @@ class Tx:
             if if_match is not None:
                 raise PreconditionFailed(
                     f"{rtype}/{rid} does not exist (If-Match: W/\"{if_match}\")")
-            return self._write(res, rid, 1, None, method, owner), True
+            return self._write(res, rid, 1, None, method, owner, withheld=withheld), True
         if if_match is not None and if_match != cur[0]:
             raise PreconditionFailed(
                 f"Version conflict: {rtype}/{rid} is at version {cur[0]}, "
@@ -365,12 +370,12 @@ class Tx:
         return (row[0], bool(row[1])) if row else None
 
     def _advance(self, rtype: str, rid: str, version: int, previous: int | None, ts: int,
-                 *, deleted: bool, owner: str | None = None) -> None:
+                 *, deleted: bool, owner: str | None = None, withheld: bool = False) -> None:
         self._seen.pop((rtype, rid), None)
         if previous is None:
             claimed = _CLAIM.first(self.conn, {
                 "res_type": rtype, "res_id": rid, "version_id": version, "last_updated": ts,
-                "deleted": deleted, "owner_org": owner})
+                "deleted": deleted, "owner_org": owner, "withheld": withheld})
             if claimed is None:
                 raise Conflict(f"{rtype}/{rid} was created concurrently; retry")
             return
@@ -381,7 +386,7 @@ class Tx:
 
     def _write(self, res: dict[str, Any], rid: str, version: int, previous: int | None,
                method: str, owner: str | None, *, now: datetime | None = None,
-               advanced: bool = False) -> Stored:
+               advanced: bool = False, withheld: bool = False) -> Stored:
         """``advanced``: the resource's row is at ``version`` already (``update``), stamped
         ``now``."""
         rtype = res["resourceType"]
@@ -393,7 +398,8 @@ class Tx:
         if advanced:
             self._seen.pop((rtype, rid), None)
         else:
-            self._advance(rtype, rid, version, previous, ts, deleted=False, owner=owner)
+            self._advance(rtype, rid, version, previous, ts, deleted=False, owner=owner,
+                          withheld=withheld)
         _INSERT_HISTORY.run_later(self.conn, {
             "res_type": rtype, "res_id": rid, "version_id": version, "last_updated": ts,
             "method": method, "content": content})
@@ -411,11 +417,12 @@ class Tx:
         # of the write lock).
         if previous is not None:  # an update keeps the resource's owner (its creator)
             if old is None or old.version_id != previous:
-                return Stored(rtype, rid, version, ts, False, content, method, owner, final)
-            owner = old.owner
+                return Stored(rtype, rid, version, ts, False, content, method, owner, withheld,
+                              final)
+            owner, withheld = old.owner, old.withheld
         # This transaction's current version now (what it notifies and audits reads it).
         stored = self._seen[(rtype, rid)] = Stored(rtype, rid, version, ts, False, content,
-                                                   method, owner, final)
+                                                   method, owner, withheld, final)
         return stored
 
     def append_audit(self, events: list[sql_audit.Entry | dict[str, Any]]) -> list[Stored]:

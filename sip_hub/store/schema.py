@@ -27,6 +27,9 @@ resource = Table(
     Column("deleted", Boolean, nullable=False),
     # HSA-id of the organisation whose client created the resource (NULL: the hub itself).
     Column("owner_org", String(64), nullable=True),
+    # Created in the compartment of a person whose consent was in force by an organisation
+    # it did not cover: kept from everyone but its owner (``access.Access.withholds``).
+    Column("withheld", Boolean, nullable=False, server_default=false()),
     Index(None, "res_type", "last_updated"),
 )
 

@@ -248,13 +248,14 @@ def _visibility_shape(compartment: str | None) -> ColumnElement[bool]:
     owned = _R.owner_org == org
     if compartment is None:
         return owned
+    shared = _R.withheld.is_(False)
     if compartment == "_self":
-        return or_(owned, exists().where(g.patient_id == _R.res_id, live))
+        return or_(owned, and_(shared, exists().where(g.patient_id == _R.res_id, live)))
     c = idx_reference.c
     granted = exists().where(
         c.res_type == _R.res_type, c.res_id == _R.res_id, c.param == compartment,
         c.target_type == "Patient", g.patient_id == c.target_id, live)
-    return or_(owned, granted)
+    return or_(owned, and_(shared, granted))
 
 
 @lru_cache(maxsize=SHAPES_KEPT)
@@ -307,7 +308,7 @@ def _page(shape: Shape, sort: tuple[tuple[str, bool], ...]) -> Select[Any]:
     # when the criteria match few rows (SQLite would otherwise scan every resource of the type).
     order += [(_R.last_updated + 0).desc(), _R.res_id]
     return (select(_H.res_type, _H.res_id, _H.version_id, _H.last_updated, _H.method,
-                   _H.content, _R.owner_org)
+                   _H.content, _R.owner_org, _R.withheld)
             .join_from(resource, resource_history, and_(
                 _H.res_type == _R.res_type, _H.res_id == _R.res_id,
                 _H.version_id == _R.version_id))

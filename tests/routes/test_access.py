@@ -270,3 +270,65 @@ def test_random_consent_changes_never_expose_the_sip(client, world, steps):
         assert bool(inc.get("entry")) is allowed
 
 
+
+
+# -- what an organisation the consent does not cover writes ---------------------------------
+
+def _outsiders_task(client, world, patient="alva", focus="CarePlan/alva-sip"):
+    task = {"resourceType": "Task", "status": "requested", "intent": "order",
+            "for": {"reference": f"Patient/{patient}"}, "focus": {"reference": focus},
+            "description": "Alva har fått en ny diagnos hos oss"}
+    r = client.post("/fhir/Task", content=body(task)["content"],
+                    headers=JSON_HEADERS | world[OUTSIDER])
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def test_what_an_uncovered_organisation_writes_about_the_person_reaches_no_one_else(
+        client, world):
+    """Rule 1: no information passes between the SIP's parties without the person's consent.
+    An organisation the consent does not name could write a Task about Alva on her SIP plan,
+    and every covered organisation read it (by id, by search, by _revinclude on the plan).
+    It is stored and its writer reads it; no one else does."""
+    tid = _outsiders_task(client, world)
+    assert get(client, f"/fhir/Task/{tid}", world[OUTSIDER]).status_code == 200
+    for org in (SOC, BUP, SCHOOL):
+        assert get(client, f"/fhir/Task/{tid}", world[org]).status_code == 403
+        found = get(client, "/fhir/Task?patient=Patient/alva", world[org]).json()
+        assert tid not in [e["resource"]["id"] for e in found.get("entry", [])]
+        plan = get(client, "/fhir/CarePlan?_id=alva-sip&_revinclude=Task:focus",
+                   world[org]).json()
+        assert [e["resource"]["resourceType"] for e in plan["entry"]] == ["CarePlan"]
+    # What the covered organisations write themselves still reaches one another.
+    mine = {"resourceType": "Task", "status": "requested", "intent": "order",
+            "for": {"reference": "Patient/alva"}, "focus": {"reference": "CarePlan/alva-sip"}}
+    r = client.post("/fhir/Task", content=body(mine)["content"],
+                    headers=JSON_HEADERS | world[BUP])
+    assert r.status_code == 201, r.text
+    assert get(client, f"/fhir/Task/{r.json()['id']}", world[SOC]).status_code == 200
+
+
+def test_only_what_is_written_while_a_consent_is_in_force_is_withheld(client, world, store):
+    """Anyone may suggest a SIP: for a person with no consent in force nothing is withheld
+    (a later consent's covered organisations read what was written before it); with one in
+    force, what an organisation it does not cover writes is, and stays so (consent given to
+    that organisation later covers what it writes from then on)."""
+    r = client.put("/fhir/Patient/tolvan", content=body(f.patient())["content"],
+                   headers=JSON_HEADERS | world[OUTSIDER])
+    assert r.status_code == 201, r.text
+    before_any = _outsiders_task(client, world, patient="tolvan", focus="Patient/tolvan")
+    during = _outsiders_task(client, world)
+    by_bup = client.post("/fhir/Task", content=body({
+        "resourceType": "Task", "status": "requested", "intent": "order",
+        "for": {"reference": "Patient/alva"}})["content"], headers=JSON_HEADERS | world[BUP])
+    assert by_bup.status_code == 201, by_bup.text
+    with store.begin(write=False) as tx:
+        assert tx.current("Task", before_any).withheld is False
+        assert tx.current("Task", during).withheld is True
+        assert tx.current("Task", by_bup.json()["id"]).withheld is False
+    # An update by its writer keeps it withheld.
+    task = get(client, f"/fhir/Task/{during}", world[OUTSIDER]).json()
+    r = client.put(f"/fhir/Task/{during}", content=body(task | {"status": "cancelled"})[
+        "content"], headers=JSON_HEADERS | world[OUTSIDER])
+    assert r.status_code == 200, r.text
+    assert get(client, f"/fhir/Task/{during}", world[SOC]).status_code == 403
