@@ -280,17 +280,21 @@ def base_select(query: SearchQuery, visibility: Visibility | None = None) -> Sel
     return _matching(shape).params(params)
 
 
-def _sort_key(rtype: str, name: str) -> ColumnElement[Any]:
+def _sort_key(rtype: str, name: str, desc: bool) -> ColumnElement[Any]:
+    """What a resource is sorted by: of several values (or a range), the lowest ascending and
+    the highest descending (FHIR's rule; a date's start, or its end)."""
     if name == "_lastUpdated":
         return _R.last_updated
     if name == "_id":
         return _R.res_id
     p = params_for(rtype)[name]
-    table, col = {"date": (idx_date, "low"), "string": (idx_string, "value_norm"),
+    table, col = {"date": (idx_date, "high" if desc else "low"),
+                  "string": (idx_string, "value_norm"),
                   "token": (idx_token, "code"), "uri": (idx_token, "code")}[p.type]
     c = table.c
-    return (select(func.min(c[col])).where(c.res_type == _R.res_type, c.res_id == _R.res_id,
-                                           c.param == name).scalar_subquery())
+    pick = func.max if desc else func.min
+    return (select(pick(c[col])).where(c.res_type == _R.res_type, c.res_id == _R.res_id,
+                                       c.param == name).scalar_subquery())
 
 
 @lru_cache(maxsize=SHAPES_KEPT)
@@ -302,8 +306,10 @@ def _total(shape: Shape) -> Select[Any]:
 def _page(shape: Shape, sort: tuple[tuple[str, bool], ...]) -> Select[Any]:
     order = []
     for name, desc in sort:
-        key = _sort_key(shape[0], name)
-        order.append(key.desc() if desc else key.asc())
+        key = _sort_key(shape[0], name, desc)
+        # A resource without the value comes last either way, on SQLite as on PostgreSQL
+        # (whose NULLs came first descending, SQLite's first ascending).
+        order.append((key.desc() if desc else key.asc()).nulls_last())
     # "+ 0" keeps the planner from walking the whole (res_type, last_updated) index in order
     # when the criteria match few rows (SQLite would otherwise scan every resource of the type).
     order += [(_R.last_updated + 0).desc(), _R.res_id]

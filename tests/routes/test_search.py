@@ -297,3 +297,20 @@ def test_search_params_with_escaped_comma(client):
     create(client, {"resourceType": "Organization", "name": "Vård, omsorg"})
     assert search(client, "Organization?name:exact=Vård\\, omsorg")["total"] == 1
     assert search(client, "Organization?name:exact=Vård")["total"] == 0
+
+
+def test_sort_on_several_values_takes_the_lowest_up_and_the_highest_down(client):
+    """FHIR: a resource with several values is sorted by its lowest ascending and by its
+    highest descending (the highest was the lowest both ways), and one without the value
+    comes last either way (first on PostgreSQL descending, on SQLite ascending)."""
+    p = create(client, patient())
+
+    def plan(*codes: str) -> str:
+        extra = {"category": [{"coding": [{"system": "urn:example:cat", "code": c}]}
+                              for c in codes]} if codes else {}
+        return create(client, plain_careplan(p["id"], **extra))["id"]
+    wide, middle, none = plan("a", "z"), plan("m"), plan()
+    up = ids(search(client, "CarePlan?_sort=category"))
+    down = ids(search(client, "CarePlan?_sort=-category"))
+    assert up == [wide, middle, none]
+    assert down == [wide, middle, none]
