@@ -89,6 +89,10 @@ def build_store(settings: Settings) -> Store:
 def _error_response(request: Request, err: SipHubError) -> Response:
     if err.status == 405 and "Allow" not in err.headers:
         err.headers = {**err.headers, "Allow": _allowed(request.app, request.scope)}
+    if err.retryable and "Retry-After" not in err.headers:
+        # A conflict with another request, a database that did not answer: sent again
+        # shortly it can succeed (RFC 9110 10.2.3).
+        err.headers = {**err.headers, "Retry-After": "1"}
     try:
         return respond(request, from_error(err), err.status, err.headers)
     except SipHubError:  # the client's Accept cannot be served either: answer in JSON

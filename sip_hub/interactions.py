@@ -277,6 +277,12 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
         raise BadRequest(f"The resource id '{res.get('id')}' does not match the URL id '{rid}'",
                          expression=f"{rtype}.id")
     res = adopted(tx, res, resolve)  # before the read of what it replaces, which it read
+    if not (if_match and if_match.strip()):
+        # The rules decide on the version read here, and the write must replace that one:
+        # with If-Match it does (the version is in its WHERE); without, the row is locked
+        # first (PostgreSQL), or a write waiting behind another replaced a version it had not
+        # checked (a PUT undid a $transition, a withdrawal kept the grants of a re-grant).
+        tx.lock_resource(rtype, rid)
     old = tx.current(rtype, rid)
     if old is None:
         ctx.access.check(rtype, "c")

@@ -24,6 +24,7 @@ statement.
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,7 +32,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from psycopg import RawCursor
-from psycopg.errors import DeadlockDetected, SerializationFailure
+from psycopg.errors import (DeadlockDetected, LockNotAvailable, QueryCanceled,
+                            SerializationFailure)
 from psycopg.pq import Format
 from sqlalchemy import (Connection, Insert, String, Table, and_, any_, bindparam, event,
                         insert, literal_column, or_)
@@ -42,10 +44,28 @@ from sqlalchemy.sql import Executable
 
 from ..errors import ConcurrentChange, TransientError
 
+log = logging.getLogger("sip_hub.store")
+
 
 # PostgreSQL gave way to another transaction that wrote the same rows at the same moment:
 # the database is well, and the request, sent again, can succeed.
 CONCURRENT_ERRORS = (DeadlockDetected, SerializationFailure)
+# A statement that did not finish within the statement timeout (most often waiting for rows
+# other requests hold): nothing was applied; the answer names no internals (PostgreSQL's
+# message names the tuple and relation it waited for).
+TIMEOUT_ERRORS = (QueryCanceled, LockNotAvailable)
+
+
+def unavailable(exc: BaseException) -> TransientError:
+    """What a request is told of a database error that is not its fault: a 503 to retry,
+    naming no host, port, relation or tuple (the log has the error)."""
+    if isinstance(exc, TIMEOUT_ERRORS):
+        return TransientError("The database did not finish within the statement timeout (the "
+                              "data may be held by other requests); nothing was applied, and "
+                              "the request may be retried")
+    log.warning("database unavailable: %s", exc)
+    return TransientError("Database unavailable; nothing was applied, and the request may be "
+                          "retried")
 
 # The dialects' own INSERT constructs (with ON CONFLICT), for ``DriverStatement.on_conflict``.
 _DIALECT_INSERTS: dict[str, Callable[[Table], Any]] = {
@@ -479,7 +499,7 @@ def _cursor(conn: Connection) -> Iterator[Any]:
         if isinstance(exc, CONCURRENT_ERRORS):  # its details name PostgreSQL's internals
             raise ConcurrentChange() from exc
         if isinstance(exc, conn.dialect.loaded_dbapi.OperationalError):
-            raise TransientError(f"Database unavailable: {exc}") from exc
+            raise unavailable(exc) from exc
         raise
     finally:
         cur.close()

@@ -15,13 +15,13 @@ from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import orjson
-from sqlalchemy import (Connection, Engine, and_, bindparam, delete, event, exists, func,
-                        insert, select, text, tuple_, update)
+from sqlalchemy import (Connection, Engine, and_, bindparam, case, delete, event, exists,
+                        func, insert, select, text, tuple_, update)
 from sqlalchemy.exc import OperationalError
 
 from ..ids import uuid7
-from ..errors import ConcurrentChange, Conflict, PreconditionFailed, TransientError
-from ..fhir.dates import format_instant, now_utc, to_us
+from ..errors import ConcurrentChange, Conflict, PreconditionFailed
+from ..fhir.dates import format_instant, from_us, now_utc, to_us
 from ..fhir.indexing import extract, index_kinds
 from ..fhir.search import SearchQuery
 from . import audit as sql_audit
@@ -30,7 +30,8 @@ from .engine import make_engine
 from .filelock import AVAILABLE as FILE_LOCKS, WriterLock, try_lock
 from .group import GroupCommit
 from .driver import (CONCURRENT_ERRORS, DriverStatement, any_of, insert_into,
-                     lazy_commit as _lazy_commit, numbered, savepoint as _savepoint)
+                     lazy_commit as _lazy_commit, numbered, savepoint as _savepoint,
+                     unavailable)
 from .records import (COLUMNS as _COLUMNS, CURRENT_COLUMNS, Stored, current_to_stored,
                       row_to_stored as _row)
 from .schema import INDEX_TABLES, access_grant, resource, resource_history
@@ -96,10 +97,14 @@ _ADVANCE = DriverStatement(
 # An update's new version, numbered and claimed in one statement (the row locked on
 # PostgreSQL until the transaction ends, as ``FOR UPDATE`` would): reading the version first
 # and then advancing it was a second statement in every update, on both databases.
+# Stamped once it holds the row, never before the version it replaces (an update that
+# waited for the row took its time before the wait: lastUpdated went backwards, and history's
+# order with it).
 _NEXT_VERSION = update(resource).where(
     _R.res_type == bindparam("t"), _R.res_id == bindparam("i")).values(
-    version_id=_R.version_id + 1, last_updated=bindparam("ts"), deleted=False).returning(
-    _R.version_id)
+    version_id=_R.version_id + 1, deleted=False,
+    last_updated=case((_R.last_updated >= bindparam("ts"), _R.last_updated + 1),
+                      else_=bindparam("ts"))).returning(_R.version_id, _R.last_updated)
 _BUMP = DriverStatement(_NEXT_VERSION)
 _BUMP_IF = DriverStatement(_NEXT_VERSION.where(_R.version_id == bindparam("m")))
 _INSERT_HISTORY = insert_into(resource_history, "res_type", "res_id", "version_id",
@@ -179,6 +184,7 @@ class Tx:
         self.conn = conn
         self._seen: dict[tuple[str, str], Stored | None] = {}
         self._grants: dict[str, list[Grant]] = {}
+        self._locked_patients: set[str] = set()
         # It leaves work for the messaging workers, who are woken when it commits (.wakeup).
         self.leaves_work = False
         self._committed: list[Callable[[], None]] = []
@@ -211,6 +217,7 @@ class Tx:
         """Undo what the block writes when it raises, in the database and in what this
         transaction remembers having read and waits to do after its commit."""
         seen, grants, work = dict(self._seen), dict(self._grants), self.leaves_work
+        locked = set(self._locked_patients)  # (a lock taken in it goes with it)
         pending = len(self._committed)
         try:
             with _savepoint(self.conn):
@@ -218,6 +225,7 @@ class Tx:
         except BaseException:
             # (A NOTIFY in the savepoint went with it: the next announcement sends another.)
             self._seen, self._grants, self.leaves_work = seen, grants, work
+            self._locked_patients = locked
             del self._committed[pending:]
             raise
 
@@ -322,6 +330,8 @@ class Tx:
             _BUMP_IF.first(self.conn, {**params, "m": if_match})
         if bumped is not None:  # advanced: the common case, one statement
             version = int(bumped[0])
+            if int(bumped[1]) != params["ts"]:  # (after a version stamped later)
+                now = from_us(int(bumped[1]))
             return self._write(res, rid, version, version - 1, method, owner, now=now,
                                advanced=True), False
         cur = self._current_version(rtype, rid)  # nothing advanced: absent, or not If-Match
@@ -345,9 +355,11 @@ class Tx:
         if self.conn.dialect.name != "postgresql":
             return
         now = self._current_version(rtype, rid)  # (FOR UPDATE)
-        then = self._seen.get((rtype, rid))
-        if then is not None and (then.version_id, then.deleted) != now:
-            del self._seen[(rtype, rid)]  # read again, as it is now
+        key = (rtype, rid)
+        if key in self._seen:
+            then = self._seen[key]
+            if (None if then is None else (then.version_id, then.deleted)) != now:
+                del self._seen[key]  # read again, as it is now
 
     def delete(self, rtype: str, rid: str) -> Stored | None:
         """Write a tombstone; None when there is nothing current to delete."""
@@ -501,13 +513,12 @@ class Tx:
             conds.append(~exists().where(
                 nxt.c.res_type == _H.res_type, nxt.c.res_id == _H.res_id,
                 nxt.c.version_id == _H.version_id + 1, nxt.c.last_updated <= at[0]))
-        total = self.conn.execute(select(func.count()).select_from(resource_history)
-                                  .where(*conds)).scalar_one()
-        rows = self.conn.execute(
+        rows = [_row(r) for r in self.conn.execute(
             select(*_COLUMNS).where(*conds)
             .order_by(_H.last_updated.desc(), _H.version_id.desc(), _H.res_id)
-            .limit(count).offset(offset))
-        return [_row(r) for r in rows], total
+            .limit(count).offset(offset))]
+        return rows, sql_search.page_total(len(rows), count, offset, lambda: self.conn.execute(
+            select(func.count()).select_from(resource_history).where(*conds)).scalar_one())
 
     def search(self, query: SearchQuery, visibility: Visibility | None = None
                ) -> tuple[list[Stored], int | None]:
@@ -531,8 +542,15 @@ class Tx:
 
     # access grants -----------------------------------------------------------------------
     def lock_patient(self, patient_id: str) -> None:
-        """Serialise grant refreshes of one patient (SQLite serialises all writes already)."""
+        """Serialise the decisions on one patient's grants (who coordinates, who may read)
+        and their refreshes (SQLite serialises all writes already). Grants this transaction
+        read before it held the lock are read again: another may have changed them."""
+        if patient_id in self._locked_patients:
+            return
         self.serialise(f"grants:{patient_id}")
+        self._locked_patients.add(patient_id)
+        if self.conn.dialect.name == "postgresql":
+            self._grants.pop(patient_id, None)
 
     def serialise(self, key: str) -> None:
         """Until this transaction ends, other transactions asking for ``key`` wait, and then see
@@ -645,7 +663,7 @@ class Store:
         except OperationalError as exc:
             if isinstance(exc.orig, CONCURRENT_ERRORS):  # (a conflict; no internals shown)
                 raise ConcurrentChange() from exc
-            raise TransientError(f"Database unavailable: {exc.orig}") from exc
+            raise unavailable(exc.orig) from exc
 
     def write(self, fn: Callable[[Tx], T]) -> T:
         """``fn`` in a write transaction, committed when this returns. On an SQLite file the

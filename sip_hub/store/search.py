@@ -328,14 +328,26 @@ def _page(shape: Shape, sort: tuple[tuple[str, bool], ...]) -> Select[Any]:
 def run(conn: Connection, query: SearchQuery,
         visibility: Visibility | None = None) -> tuple[list[Any], int | None]:
     shape, params = _shape(query, visibility)
-    total = None
-    if query.total or query.summary_count:
-        total = conn.execute(_total(shape), params).scalar_one()
     if query.summary_count or query.count == 0:
+        total = conn.execute(_total(shape), params).scalar_one() if (
+            query.total or query.summary_count) else None
         return [], total
     params.update(page_limit=query.count, page_offset=query.offset)
-    rows = conn.execute(_page(shape, tuple(query.sort)), params)
-    return [_row(r, False) for r in rows], total
+    rows = [_row(r, False) for r in conn.execute(_page(shape, tuple(query.sort)), params)]
+    return rows, (page_total(len(rows), query.count, query.offset,
+                             lambda: conn.execute(_total(shape), params).scalar_one())
+                  if query.total else None)
+
+
+def page_total(found: int, count: int, offset: int, counted: Callable[[], int]) -> int:
+    """Bundle.total beside a page of ``found`` of at most ``count`` matches from ``offset``.
+    A page that is not full ends the matches: the total is told by it, in its snapshot (no
+    count; on PostgreSQL, whose reads see a snapshot per statement, a separate count could
+    disagree with the page under concurrent writes). Otherwise counted, and never less
+    than a page that shows matches tells (an empty one beyond the end tells nothing)."""
+    if found < count and (found or not offset):
+        return offset + found
+    return max(counted(), offset + found) if found else counted()
 
 
 def include_keys(conn: Connection, query: SearchQuery, matches: list[Any]) -> list[tuple[str, str]]:
