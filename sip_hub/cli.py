@@ -103,7 +103,7 @@ def _deadlines(args: argparse.Namespace, settings: Settings) -> int:
 
     store = build_store(settings)
     try:
-        at = from_us(parse_range(args.at)[0]) if args.at else None
+        at = from_us(parse_range(args.at)[0]) if args.at is not None else None
     except ValueError:
         sys.stderr.write(f"sip-hub: --at '{args.at}' is not a FHIR dateTime\n")
         return 2

@@ -13,7 +13,8 @@ kind                        open while                                          
                             goals, meetings, invitations, revisions) for
                             ``sip_inactive_days``
 ``invitation-unanswered``   an invitation is still unanswered after its answer   the invited
-                            deadline                                             organisation
+                            deadline (and its meeting neither held nor           organisation
+                            cancelled: it can still be answered)
 ``invitation-declined``     an invited organisation declined (opened by          coordinator
                             ``$respond``) and has not been invited again or
                             accepted since
@@ -23,7 +24,8 @@ A Task is found again by its identifier (``https://sip-hub.se/fhir/NamingSystem/
 value ``<kind>/<CarePlan id>/<episode>``) and its id is derived from that value, so scanning is
 idempotent, also when two scans race (the second creation fails and is retried next round):
 one open Task per kind and plan (per invitation for the invitation kinds). Resolved Tasks are
-completed; those of a closed plan are cancelled. What is overdue for an organisation::
+completed; those of a closed plan are cancelled. A Task closed while its obligation holds (by a
+round as of another time, ``--at``) is opened again. What is overdue for an organisation::
 
     GET /fhir/Task?code=https://sip-hub.se/fhir/CodeSystem/sip-task|document-plan
         &owner=Organization/<id>&status=requested
@@ -40,7 +42,9 @@ can have changed since the last completed round, in short transactions of ``BATC
 The watermark (when the last completed round started) is stored, and advances only when every
 batch is done: after a failure the next round looks at the same writes again (reconciling is
 idempotent). The first round (no watermark, or another ``sip_inactive_days``) and
-``sip-hub deadlines --at`` look at every open plan, in the same batches.
+``sip-hub deadlines --at`` look at every open plan, in the same batches; a round as of another
+time (``--at``) clears the watermark, so that the next one, at the real time, looks at every
+open plan again and puts right what it opened or closed as of that time.
 """
 
 from __future__ import annotations
@@ -78,6 +82,8 @@ BATCH = 200
 IN_FLIGHT = timedelta(minutes=10)
 _WATCHED = (sp.TASK_DOCUMENT, sp.TASK_FOLLOW_UP, sp.TASK_INACTIVE, sp.TASK_UNANSWERED)
 _MEETING_OFF = frozenset({"cancelled", "noshow", "entered-in-error"})
+# (as for $respond: the invitations to such a meeting are answered no more)
+_MEETING_GONE = _MEETING_OFF | {"fulfilled"}
 _OPEN_PLANS = [("_profile", sip.PROFILE_CAREPLAN), ("intent", "plan"),
                ("status", "draft,active,on-hold")]
 _OPEN_DEADLINE_TASKS = [("code", ",".join(f"{sip.CS_TASK}|{k}" for k in sp.DEADLINE_TASKS)),
@@ -207,6 +213,19 @@ def _end(value: Any) -> int | None:
         return None
 
 
+def _local_end(value: Any) -> int | None:
+    """``_end``, but a date without a time (a follow-up date "2027-04-05") ends when its last
+    day is over in Sweden, as the three days after a meeting do, not at UTC midnight."""
+    end = _end(value)
+    if end is None or "T" in value:
+        return end
+    try:
+        last_day = from_us(end).date()
+        return to_us(datetime.combine(last_day + timedelta(days=1), time(0), sp.LOCAL)) - 1
+    except OverflowError:  # (the calendar's last day)
+        return end
+
+
 def _wanted(op: Operation, plan: Stored, sip_of: _Sip) -> tuple[list[_Want], int | None]:
     """The obligations overdue as of ``op.now``, and the first instant after it at which
     another will be (None: none will by time alone)."""
@@ -236,7 +255,7 @@ def _wanted(op: Operation, plan: Stored, sip_of: _Sip) -> tuple[list[_Want], int
     if phase == sp.ESTABLISHED:
         follow_up = next((e.get("valueDateTime") for e in content.get("extension", [])
                           if e.get("url") == sip.EXT_FOLLOW_UP), None)
-        end = _end(follow_up)
+        end = _local_end(follow_up)
         if end is not None and end < now:
             out.append(_Want(sp.TASK_FOLLOW_UP, str(follow_up), coordinator,
                              format_instant(from_us(end)),
@@ -254,11 +273,16 @@ def _wanted(op: Operation, plan: Stored, sip_of: _Sip) -> tuple[list[_Want], int
                          "den eller avsluta den."))
     else:
         coming.append(horizon + 1)
+    # An invitation to a meeting held, cancelled or gone can no longer be answered ($respond
+    # refuses it): no Task may ask the organisation to.
+    answerable = {m.id for m in sip_of.appointments if m.doc().get("status") not in _MEETING_GONE}
     for inv in sip_of.tasks_of((sp.TASK_INVITATION,)):
         task = inv.doc()
         deadline = ((task.get("restriction") or {}).get("period") or {}).get("end")
         end = _end(deadline)
-        if task.get("status") != "requested" or end is None:
+        focus = sp.ref_target(task.get("focus"))
+        if task.get("status") != "requested" or end is None or focus is None \
+                or focus[0] != "Appointment" or focus[1] not in answerable:
             continue
         if end < now:
             out.append(_Want(sp.TASK_UNANSWERED, f"{inv.id}/{deadline}", task.get("owner", {}),
@@ -315,6 +339,7 @@ class _Decision:
     alone (see ``_wanted``)."""
     close: list[tuple[Stored, str]] = field(default_factory=list)
     create: list[tuple[str, _Want]] = field(default_factory=list)
+    reopen: list[tuple[Stored, str, _Want]] = field(default_factory=list)
     due: int | None = None
 
 
@@ -339,7 +364,15 @@ def _decide(op: Operation, plan: Stored, sip_of: _Sip) -> _Decision:
     for task in sip_of.tasks_of((sp.TASK_DECLINED,), open_only=True):
         if closed_plan or _declined_resolved(task.doc(), invites):
             out.close.append((task, ended))
-    out.create = [(v, w) for v, w in values.items() if op.tx.current("Task", task_id(v)) is None]
+    for value, want in values.items():
+        cur = op.tx.current("Task", task_id(value))
+        if cur is None:
+            out.create.append((value, want))
+        elif not cur.deleted and cur.doc().get("status") not in sp.OPEN_TASK:
+            # Closed while the obligation still holds: by a round as of another time
+            # (``sip-hub deadlines --at``) or an earlier state; its id is taken, so it is
+            # opened again (never created anew, it stayed closed and the deadline silent).
+            out.reopen.append((cur, value, want))
     return out
 
 
@@ -351,16 +384,25 @@ def _apply(op: Operation, plan: Stored, decision: _Decision) -> Report:
         close(op, task, status)
         report.closed.append(task.id)
     create = [(v, w) for v, w in decision.create if op.tx.current("Task", task_id(v)) is None]
-    if create:
+    if create or decision.reopen:
         patient = sp.patient_ref(op.tx, plan.doc())
         for value, want in create:
             op.update(_task(op, plan, want, value, patient), as_hub=True)
             report.created.append(task_id(value))
+        for task, value, want in decision.reopen:
+            content = task.json()  # (its version: one changed since fails the write)
+            fresh = _task(op, plan, want, value, patient)
+            content.update({k: fresh[k] for k in ("status", "description", "authoredOn",
+                                                  "lastModified", "owner", "restriction")})
+            op.update(content, as_hub=True)
+            report.created.append(task.id)
     return report
 
 
 def declined(op: Operation, plan: Stored, invitation: Stored) -> Stored:
-    """Open the coordinator's Task for a declined invitation (called by ``$respond``)."""
+    """Open the coordinator's Task for a declined invitation (called by ``$respond``); when
+    the organisation declines again before that Task is done, the open one is brought up to
+    date (with the new reason) rather than a second one opened."""
     content, task = plan.json(), invitation.json()
     reason = (task.get("statusReason") or {}).get("text", "")
     value = _value(sp.TASK_DECLINED, plan.id, f"{invitation.id}/{invitation.version_id}")
@@ -368,7 +410,16 @@ def declined(op: Operation, plan: Stored, invitation: Stored) -> Stored:
                  f"{sp.name_of(op.tx, task.get('owner'))} har avböjt kallelsen: {reason} "
                  "En kallad verksamhet är skyldig att delta; följ upp och kalla igen.",
                  ref(invitation))
-    return op.update(_task(op, plan, want, value, sp.patient_ref(op.tx, content)), as_hub=True)
+    fresh = _task(op, plan, want, value, sp.patient_ref(op.tx, content))
+    earlier = _of_kind(store_scan.referring(op.tx, "Task", "based-on", [plan.id])
+                       .get(plan.id, []), (sp.TASK_DECLINED,), open_only=True)
+    still_open = next((s for s in earlier if s.doc().get("focus") == ref(invitation)), None)
+    if still_open is None:
+        return op.update(fresh, as_hub=True)
+    again = still_open.json()
+    again.update(description=fresh["description"], lastModified=fresh["lastModified"],
+                 restriction=fresh["restriction"])
+    return op.update(again, as_hub=True)
 
 
 def _query(rtype: str, items: list[tuple[str, str]]) -> SearchQuery:
@@ -456,11 +507,19 @@ def scan(tx: Tx, now: datetime, *, inactive_days: int = 90, audit: AuditLog | No
 
 
 def run(store: Store, now: datetime, *, full: bool = False, inactive_days: int = 90,
-        audit: AuditLog | None = None, base_url: str = "", batch: int = BATCH) -> Report:
+        audit: AuditLog | None = None, base_url: str = "", batch: int = BATCH,
+        real_time: bool = True) -> Report:
     """One round as of ``now`` in transactions of ``batch`` plans: the plans whose deadline
     Tasks can have changed since the last completed round, or every open plan (``full``, or
-    no round has completed with this ``inactive_days``). Run one at a time (``Scheduler``)."""
+    no round has completed with this ``inactive_days``). Run one at a time (``Scheduler``).
+
+    A round as of another time than the clock's (``real_time`` False: ``sip-hub deadlines
+    --at``) looks at every open plan and leaves no watermark: what it opened before it was due,
+    or closed while due, and the next deadlines it recorded as of that time, are for the next
+    round, a full one again, to put right (it looked only at what changed, and the Tasks an
+    operator's look ahead opened stayed with the organisations)."""
     started = to_us(now_utc())
+    full = full or not real_time
     with store.begin(write=False) as tx:
         mark = store_scan.watermark(tx)
         if full or mark is None or mark.inactive_days != inactive_days:
@@ -481,7 +540,10 @@ def run(store: Store, now: datetime, *, full: bool = False, inactive_days: int =
             report.add(_apply_batch(Operation(tx, ctx, now, inactive_days), decided))
     with store.begin() as tx:
         report.add(_close_orphans(Operation(tx, ctx, now, inactive_days), orphans))
-        store_scan.set_watermark(tx, store_scan.Watermark(started, inactive_days))
+        if real_time:
+            store_scan.set_watermark(tx, store_scan.Watermark(started, inactive_days))
+        else:
+            store_scan.clear_watermark(tx)
     return report
 
 
@@ -515,7 +577,7 @@ class Scheduler:
         with self.store.exclusive("deadline-scan") as mine:
             if not mine:
                 return Report(skipped=True)
-            return run(self.store, at or now_utc(), full=at is not None,
+            return run(self.store, at or now_utc(), full=at is not None, real_time=at is None,
                        inactive_days=self.inactive_days, audit=self.audit)
 
     def _run(self) -> None:

@@ -211,6 +211,13 @@ def normalise_hsa_id(value: str) -> str:
     return s
 
 
+def hsa_organisation(hsa_id: str) -> str:
+    """The 10-digit organisationsnummer a normalised HSA-id is issued under (its principal:
+    the kommun, the region, the company)."""
+    org = hsa_id[2:hsa_id.index("-")]
+    return org[2:] if len(org) == 12 else org
+
+
 def normalise_organisationsnummer(value: str) -> str:
     """The 10-digit organisationsnummer (no dash, no 16 prefix), or InvalidIdentifier."""
     if not isinstance(value, str):

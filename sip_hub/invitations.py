@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from . import deadlines, parameters, process as sp
+from . import deadlines, identifiers, parameters, process as sp
 from .access import org_hsa
 from .errors import BadRequest, Forbidden
 from .fhir import profiles, sip
@@ -91,6 +91,10 @@ ANSWERABLE = frozenset({"requested", "received", "in-progress", "accepted", "rej
 _GONE_MEETING = frozenset({"cancelled", "fulfilled", "noshow", "entered-in-error"})
 _BCP47 = "urn:ietf:bcp:47"
 _LOCATION_ID = "plats"
+MIN_MEETING, MAX_MEETING = timedelta(minutes=1), timedelta(hours=24)
+# The units (UCUM) a wished maximum length of the meeting may be given in.
+_TIME_UNITS = frozenset({"s", "min", "h"})
+_UCUM = "http://unitsofmeasure.org"
 
 
 def _role(code: str) -> Json:
@@ -156,6 +160,21 @@ def _support(part: Params) -> Json:
     return {"url": "support", "extension": out}
 
 
+def _max_duration(w: Params, duration: Any) -> Json:
+    """A wished maximum length: a positive length of time (a negative one, one without a
+    value or one in kilograms was kept and shown to every participant as the person's
+    wish)."""
+    value = duration.get("value") if isinstance(duration, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise w.invalid("maxDuration", "the longest the meeting may last is a positive value, "
+                                       "e.g. 60 min")
+    unit = duration.get("code")
+    if duration.get("system", _UCUM) != _UCUM or (unit is not None and unit not in _TIME_UNITS):
+        raise w.invalid("maxDuration", f"'{unit}' is not a unit of time: "
+                                       f"{' | '.join(sorted(_TIME_UNITS))} (UCUM)")
+    return duration
+
+
 def _wishes(params: Params) -> Json | None:
     parts = params.parts("meetingWishes")
     if not parts:
@@ -167,7 +186,7 @@ def _wishes(params: Params) -> Json | None:
             exts.append({"url": name, "valueString": w.string(name)})
     duration = w.value("maxDuration")
     if duration is not None:
-        exts.append({"url": "maxDuration", "valueDuration": duration[1]})
+        exts.append({"url": "maxDuration", "valueDuration": _max_duration(w, duration[1])})
     for name in ("disturbances", "environment"):
         if w.has(name):
             exts.append({"url": name, "valueString": w.string(name)})
@@ -186,6 +205,10 @@ def _new_meeting(op: Operation, params: Params, plan_id: str, plan: Json, patien
         raise params.invalid("end", "the meeting ends after it starts")
     if start[1] <= op.now:
         raise params.invalid("start", "the meeting lies in the future")
+    # Appointment.minutesDuration is a positiveInt (it failed validation as a 422 naming an
+    # element the client never sent); a SIP meeting is one sitting of minutes to hours.
+    if not MIN_MEETING <= end[1] - start[1] <= MAX_MEETING:
+        raise params.invalid("end", "a SIP meeting lasts from a minute to 24 hours")
     appt: Json = {"resourceType": "Appointment",
                   "contained": [{"resourceType": "Location", "id": _LOCATION_ID,
                                  "status": "active", "name": params.string("place"),
@@ -284,11 +307,14 @@ def _invited_persons(op: Operation, params: Params, patient: str) -> list[Json]:
 
 def _answer_by(op: Operation, params: Params, appt: Json) -> str:
     """The answer deadline: as given (between now and the meeting), else two days before the
-    meeting but at least a day from now."""
+    meeting but at least a day from now, and never after the meeting begins."""
     start = from_us(sp.time_of(appt.get("start")) or 0)  # (a new or checked meeting's)
     given = params.when("answerBy")
     if given is None:
-        return format_instant(max(op.now + timedelta(days=1), start - timedelta(days=2)))
+        # Never after the meeting (a meeting less than a day ahead was to be answered after
+        # it was held).
+        return format_instant(min(start, max(op.now + timedelta(days=1),
+                                             start - timedelta(days=2))))
     if given[1] <= op.now or given[1] > start:
         raise params.invalid("answerBy", "the answer deadline lies between now and the meeting")
     return given[0]
@@ -446,7 +472,7 @@ def respond(op: Operation, task_id: str, body: Any, if_match: str | None) -> Jso
     if answer == "accept":
         params.require("representative")
         params.forbid(("start", "end", "reason"), "is not part of an acceptance")
-        representative = _representative(op, params)
+        representative = _representative(op, params, owner)
         status, participant_status = "accepted", "accepted"
         task["output"] = [{"type": _param_type("representative"),
                            "valueReference": representative}]
@@ -456,9 +482,11 @@ def respond(op: Operation, task_id: str, body: Any, if_match: str | None) -> Jso
         params.forbid(("representative", "reason"), "is not part of a proposed time")
         start, end = params.instant("start"), params.instant("end")
         assert start is not None and end is not None
-        if end[1] <= start[1] or start[1] <= op.now:
-            raise params.invalid("start", "the proposed meeting lies in the future and ends "
-                                          "after it starts")
+        if start[1] <= op.now:
+            raise params.invalid("start", "the proposed meeting lies in the future")
+        if not MIN_MEETING <= end[1] - start[1] <= MAX_MEETING:
+            raise params.invalid("end", "the proposed meeting ends after it starts and lasts "
+                                        "from a minute to 24 hours")
         status, participant_status = "in-progress", "tentative"
         task["output"] = [{"type": _param_type("proposed-time"),
                            "valuePeriod": {"start": start[0], "end": end[0]}}]
@@ -496,13 +524,24 @@ def respond(op: Operation, task_id: str, body: Any, if_match: str | None) -> Jso
         parameters.resource("followUpTask", follow_up.json()) if follow_up else None)
 
 
-def _representative(op: Operation, params: Params) -> Json:
-    # A Practitioner: in the CareTeam the representative acts onBehalfOf the organisation,
-    # which FHIR allows beside a Practitioner only (ctm-1).
+def _representative(op: Operation, params: Params, org: str | None) -> Json:
+    """A Practitioner: in the CareTeam the representative acts onBehalfOf the organisation,
+    which FHIR allows beside a Practitioner only (ctm-1). One whose HSA-id is issued under
+    another principal than the organisation's (a kommun's social secretary for the
+    region's BUP) is not the organisation's to name."""
     target = sp.ref_target(params.reference("representative"))
-    if not target or target[0] != "Practitioner" or sp.current_json(op.tx, *target) is None:
+    found = sp.current_json(op.tx, *target) if target and target[0] == "Practitioner" else None
+    if found is None:
         raise params.invalid("representative", "the representative is a Practitioner known to "
                                                "the hub")
+    if org is not None:
+        theirs = [v for i in found.get("identifier", []) if i.get("system") == identifiers.HSA_ID
+                  and isinstance(v := i.get("value"), str) and "-" in v]
+        if theirs and all(identifiers.hsa_organisation(v) != identifiers.hsa_organisation(org)
+                          for v in theirs):
+            raise params.invalid("representative", f"Practitioner/{target[1]} ({theirs[0]}) "
+                                 f"is not of the organisation {org}'s principal: it names its "
+                                 "own representative")
     return {"reference": f"Practitioner/{target[1]}"}
 
 

@@ -178,6 +178,15 @@ def _hold_meeting(op: Operation, plan_id: str) -> None:
         appt = first.json()
         appt["status"] = "fulfilled"
         op.update(appt, as_hub=True)
+        # Its invitations never answered can be answered no more ($respond refuses them):
+        # closed, not left open with the organisations for ever.
+        for inv in deadlines.invitations(op.tx, plan_id):
+            task = inv.json()
+            if task.get("status") in _UNANSWERED and \
+                    sp.ref_target(task.get("focus")) == ("Appointment", first.id):
+                task.update(status="cancelled", lastModified=op.instant, statusReason={
+                    "text": "Mötet har hållits utan svar på kallelsen"})
+                op.update(task, as_hub=True)
 
 
 def _close_work(op: Operation, plan_id: str, reason: str) -> list[str]:

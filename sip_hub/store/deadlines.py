@@ -125,3 +125,8 @@ def set_watermark(tx: Tx, mark: Watermark) -> None:
     tx.conn.execute(delete(deadline_scan))
     tx.conn.execute(insert(deadline_scan), {"id": 1, "scanned_at": mark.scanned_at,
                                             "inactive_days": mark.inactive_days})
+
+
+def clear_watermark(tx: Tx) -> None:
+    """Forget the last round: the next one looks at every open plan."""
+    tx.conn.execute(delete(deadline_scan))
