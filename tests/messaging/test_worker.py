@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -211,35 +211,55 @@ def test_an_idle_worker_with_no_queue_to_consume_waits_instead_of_spinning(hub: 
     assert used < 0.2, f"an idle worker took {used:.2f} s of CPU in 2 s"
 
 
-def test_the_worker_health_check_tells_an_outage_from_a_live_process(world: Hub) -> None:
-    """`sip-hub worker`'s /healthz (its container's health check): 503 once its rounds have
-    failed for a while (here the broker is down), while /metrics still answers; a worker
-    whose rounds go through is healthy."""
+@contextmanager
+def _serving_health(worker: Worker) -> Iterator[tuple[threading.Thread, Callable[[], int]]]:
+    """``sip-hub worker``'s metrics server on a port of its own for ``worker``, whose rounds
+    run in the thread yielded (not yet started) with a function that asks /healthz; the
+    metrics page must answer throughout. Everything is stopped on the way out."""
     import socket
 
     import httpx
 
     from sip_hub.metrics import serve_metrics
 
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stop_server = serve_metrics(port, "127.0.0.1", healthy=worker.healthy)
+
+    def health() -> int:
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics")
+        assert metrics.status_code == 200 and "sip_hub_message_dead_letters" in metrics.text
+        return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code
+    try:
+        yield thread, health
+    finally:
+        stop.set()
+        if thread.ident is not None:
+            thread.join(timeout=30)
+        worker.close()
+        stop_server()
+
+
+def _until(done: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_the_worker_health_check_tells_an_outage_from_a_live_process(world: Hub) -> None:
+    """`sip-hub worker`'s /healthz (its container's health check): 503 once its rounds have
+    failed for a while (here the broker is down), while /metrics still answers; a worker
+    whose rounds go through is healthy."""
     def health(worker: Worker, seconds: float) -> int:
-        stop = threading.Event()
-        thread = threading.Thread(target=worker.run, args=(stop,))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        stop_server = serve_metrics(port, "127.0.0.1", healthy=worker.healthy)
-        try:
-            assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        with _serving_health(worker) as (thread, ask):
+            assert ask() == 200
             thread.start()
             time.sleep(seconds)
-            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics")
-            assert metrics.status_code == 200 and "sip_hub_message_dead_letters" in metrics.text
-            return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code
-        finally:
-            stop.set()
-            thread.join(timeout=30)
-            worker.close()
-            stop_server()
+            return ask()
 
     config = world.messaging.config.model_copy(update={
         "broker_url": "amqp://guest:guest@127.0.0.1:1//", "poll_seconds": 0.05,
@@ -256,12 +276,7 @@ def test_the_worker_health_check_tells_a_stuck_round(world: Hub, receivers: Any,
     publishers under a memory or disk alarm) is not a failing one: the health check said 200
     for ever. Now no progress for 3 x (timeout + poll) is a 503, and 200 again once the
     round goes on."""
-    import socket
-
-    import httpx
-
     from sip_hub.bus import Bus
-    from sip_hub.metrics import serve_metrics
 
     world.configure({BUP: receivers().url, SCHOOL: receivers().url, SOC: receivers().url},
                     poll_seconds=0.05, timeout_seconds=0.1)
@@ -274,75 +289,37 @@ def test_the_worker_health_check_tells_a_stuck_round(world: Hub, receivers: Any,
         return publish_many(self, *args, **kw)
     monkeypatch.setattr(Bus, "publish_many", blocking)
     worker = Worker(world.store, world.messaging)
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    stop_server = serve_metrics(port, "127.0.0.1", healthy=worker.healthy)
-
-    def health() -> int:
-        return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code
     try:
-        assert world.post(BUP, URL, status_change(world)).status_code == 200
-        thread.start()
-        assert blocked.wait(10), "the relay never published"
-        assert health() == 200  # (a round just begun)
-        time.sleep(0.6)  # (beyond 3 x 0.15 s without progress)
-        assert health() == 503 and worker.failing_since is None
-        release.set()
-        deadline = time.monotonic() + 10
-        while not settled(world):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        assert health() == 200
+        with _serving_health(worker) as (thread, health):
+            assert world.post(BUP, URL, status_change(world)).status_code == 200
+            thread.start()
+            assert blocked.wait(10), "the relay never published"
+            assert health() == 200  # (a round just begun)
+            time.sleep(0.6)  # (beyond 3 x 0.15 s without progress)
+            assert health() == 503 and worker.failing_since is None
+            release.set()
+            _until(lambda: settled(world))
+            assert health() == 200
     finally:
         release.set()
-        stop.set()
-        thread.join(timeout=30)
-        worker.close()
-        stop_server()
 
 
 def test_a_slow_endpoint_with_a_long_timeout_of_its_own_is_no_stuck_worker(
         world: Hub, receivers: Any) -> None:
     """An organisation's endpoint may set a longer timeout than the hub's default
     (timeoutSeconds); a worker waiting on its slow answer is working, not stuck."""
-    import socket
-
-    import httpx
-
-    from sip_hub.metrics import serve_metrics
-
     slow = receivers()
     slow.fail_when = lambda m: (200, "ok", 1.5)
     world.configure({BUP: receivers().url, SCHOOL: slow.url, SOC: receivers().url},
                     entries={SCHOOL: {"timeoutSeconds": 5}},
                     poll_seconds=0.05, timeout_seconds=0.1)
     worker = Worker(world.store, world.messaging)
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    stop_server = serve_metrics(port, "127.0.0.1", healthy=worker.healthy)
-    try:
+    with _serving_health(worker) as (thread, health):
         thread.start()
-        deadline = time.monotonic() + 10
-        while not slow.received:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        _until(lambda: bool(slow.received))
         time.sleep(1.0)  # (well inside the slow answer, beyond 3 x the default's 0.15 s)
-        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
-        deadline = time.monotonic() + 10
-        while not settled(world):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-        worker.close()
-        stop_server()
+        assert health() == 200
+        _until(lambda: settled(world))
 
 
 def test_the_worker_survives_a_broker_that_is_down(world: Hub) -> None:

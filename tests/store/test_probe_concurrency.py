@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 import sip_factory as f
 from fhirhttp import JSON_HEADERS, PNR, body, create, patient
+from pgwait import wait_until_blocked
 from sip_process import (BUP, SOC, alva_case, day, invitation, phase, post, read, transition,
                          write_case)
 
@@ -221,25 +222,6 @@ postgres_only = pytest.mark.parametrize(
     "store", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 
 
-def wait_until_blocked(tx, n: int) -> None:
-    """Until ``n`` other backends wait, directly or in a queue, for a lock ``tx`` holds (as in
-    tests/routes/test_concurrent_writes.py)."""
-    me = tx.conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        tx.conn.execute(text("SELECT pg_stat_clear_snapshot()"))
-        waiting = dict(tx.conn.execute(text(
-            "SELECT pid, pg_blocking_pids(pid) FROM pg_stat_activity "
-            "WHERE wait_event_type = 'Lock'")).all())
-        blocked, grew = {me}, True
-        while grew:
-            more = {p for p, by in waiting.items() if set(by) & blocked} - blocked
-            blocked |= more
-            grew = bool(more)
-        if len(blocked) - 1 >= n:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{n} requests did not come to wait for the test's lock")
 
 
 def lock_row(tx, rtype: str, rid: str) -> None:

@@ -1,0 +1,29 @@
+"""Waiting, in a test, until requests wait for a PostgreSQL lock the test holds: the way the
+concurrency tests make a race certain instead of likely."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import text
+
+
+def wait_until_blocked(tx, n: int) -> None:
+    """Until ``n`` other backends wait, directly or in a queue, for a lock ``tx`` holds."""
+    me = tx.conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        # (A transaction sees the activity as it was when it first looked, unless cleared.)
+        tx.conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+        waiting = dict(tx.conn.execute(text(
+            "SELECT pid, pg_blocking_pids(pid) FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock'")).all())
+        blocked, grew = {me}, True
+        while grew:
+            more = {p for p, by in waiting.items() if set(by) & blocked} - blocked
+            blocked |= more
+            grew = bool(more)
+        if len(blocked) - 1 >= n:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{n} requests did not come to wait for the test's lock")
