@@ -222,8 +222,6 @@ postgres_only = pytest.mark.parametrize(
     "store", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 
 
-
-
 def lock_row(tx, rtype: str, rid: str) -> None:
     tx.conn.execute(text("SELECT 1 FROM resource WHERE res_type = :t AND res_id = :i "
                          "FOR UPDATE"), {"t": rtype, "i": rid})
@@ -493,7 +491,6 @@ def test_a_search_during_writes_finds_only_what_matches(client):
             assert e["resource"]["id"] == pid
 
 
-
 def totals_while_writing(client, pid: str) -> tuple[list, list]:
     """Searches and instance histories read while the name flips: (search Bundles, history
     Bundles)."""
@@ -508,8 +505,6 @@ def totals_while_writing(client, pid: str) -> tuple[list, list]:
         histories.append(r.json())
     read_while_writing(client, pid, reader, seconds=3.0)
     return searches, histories
-
-
 
 
 def test_a_page_and_its_total_are_of_one_moment(client):
@@ -647,7 +642,6 @@ def impatient(store, settings, tmp_path):
         c.headers["Authorization"] = f"Bearer {token}"
         yield c
     engine.dispose()
-
 
 
 def write_past_the_timeout(client, store, impatient):
