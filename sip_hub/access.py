@@ -194,10 +194,16 @@ class Access:
             profiles.applies(old_json) if old_json is not None else None)
         if sip_profile in _COORDINATED:
             patients = patients_of(rtype, new or old_json or {})
-            for p in sorted(patients):  # decided on the grants as they are once it waits no more
-                tx.lock_patient(p)
             coordinators = {g.org for p in patients for g in tx.grants(p)
                             if g.role == "coordinator"}
+            if not coordinators:
+                # Whoever writes first coordinates: decided on the grants as they are once
+                # no other such write is under way (two organisations starting a SIP for
+                # one person at once both became its coordinator).
+                for p in sorted(patients):
+                    tx.lock_patient(p)
+                coordinators = {g.org for p in patients for g in tx.grants(p)
+                                if g.role == "coordinator"}
             if rtype == "CarePlan" and new is not None and (old_json is None or not \
                     _only_own_activity_status(tx, old_json, new, org or "")) and \
                     org_hsa(tx, new.get("author")) != org:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from itertools import count
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -65,10 +67,17 @@ def _parse_url(url: str, ctx: ix.Context, where: str) -> tuple[str, str | None, 
     return rtype, rid, vid, parse_qsl(parts.query, keep_blank_values=True), bool(parts.query)
 
 
-def _entries(bundle: dict[str, Any], ctx: ix.Context, first: int = 0) -> list[_Entry]:
-    """The entries, numbered from ``first`` (a batch reads its entries one at a time)."""
+def _entries(bundle: dict[str, Any], ctx: ix.Context, first: int = 0,
+             numbers: Sequence[int] | None = None) -> list[_Entry]:
+    """The entries, numbered from ``first`` (a batch reads its entries one at a time), or
+    by ``numbers``, one per entry in order, increasing (a message's entries, see
+    ``transaction_in``)."""
     out = []
-    for i, e in enumerate(bundle.get("entry") or [], start=first):
+    listed = bundle.get("entry") or []
+    if numbers is not None and (len(numbers) != len(listed) or
+                                list(numbers) != sorted(set(numbers))):
+        raise ValueError("numbers: one increasing number per entry")
+    for i, e in zip(numbers if numbers is not None else count(first), listed):
         where = f"Bundle.entry[{i}]"
         req = e.get("request") if isinstance(e, dict) else None
         if not isinstance(req, dict) or not isinstance(req.get("url"), str):
@@ -275,13 +284,15 @@ def _lock_keys(entries: list[_Entry], criteria: dict[int, str]) -> list[str]:
 
 
 def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str, *,
-                   placeholders: bool = False) -> dict:
+                   placeholders: bool = False, numbers: Sequence[int] | None = None) -> dict:
     """A transaction Bundle inside the caller's database transaction (messages use this, so
     their effects commit with the message's cache entry and notifications). ``placeholders``:
     refuse a ``urn:uuid:`` reference no entry resolves (a client's Bundle, not a message's
-    entries, which hold references of their own)."""
+    entries, which hold references of their own). ``numbers``: the index each entry is
+    named by in errors (``Bundle.entry[n]``), one per entry, increasing; by default its
+    place in ``bundle`` (a message names the entries of the message it was built from)."""
     ctx = replace(ctx, within=tx)
-    entries = _entries(bundle, ctx)
+    entries = _entries(bundle, ctx, numbers=numbers)
     criteria = _criteria_keys(ctx, entries)
     _each_once(entries, criteria)
     _full_urls_once(entries)

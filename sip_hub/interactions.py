@@ -23,7 +23,7 @@ from .fhir.dates import format_instant, now_utc
 from .fhir.outcome import information
 from .fhir.validation import check_id
 from .service import Resolve, adopted, check_type, prepare_in
-from .store import Stored, Tx
+from .store import Moved, Stored, Tx
 
 if TYPE_CHECKING:
     from .messaging.events import Emitter
@@ -267,7 +267,8 @@ def create(tx: Tx, ctx: Context, rtype: str, res: Any, *, if_none_exist: str | N
 
 
 def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: str | None = None,
-           resolve: Resolve | None = None, process_rules: bool = True) -> Result:
+           resolve: Resolve | None = None, process_rules: bool = True,
+           locked: bool = False) -> Result:
     """Update (or create with a client id). ``process_rules=False`` is for the SIP process
     operations, which keep the process rules themselves (see ``process.check_plain_update``)."""
     check_type(rtype, write=True)
@@ -277,12 +278,6 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
         raise BadRequest(f"The resource id '{res.get('id')}' does not match the URL id '{rid}'",
                          expression=f"{rtype}.id")
     res = adopted(tx, res, resolve)  # before the read of what it replaces, which it read
-    if not (if_match and if_match.strip()):
-        # The rules decide on the version read here, and the write must replace that one:
-        # with If-Match it does (the version is in its WHERE); without, the row is locked
-        # first (PostgreSQL), or a write waiting behind another replaced a version it had not
-        # checked (a PUT undid a $transition, a withdrawal kept the grants of a re-grant).
-        tx.lock_resource(rtype, rid)
     old = tx.current(rtype, rid)
     if old is None:
         ctx.access.check(rtype, "c")
@@ -292,9 +287,20 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
     if process_rules:
         process.check_plain_update(tx, ctx, current.doc() if current else None, prepared)
     version = expected_version(if_match, old, f"{rtype}/{rid}")
-    stored, created = tx.update(prepared, rid, if_match=version, owner=ctx.access.org,
-                                withheld=current is None and
-                                ctx.access.withholds(tx, rtype, prepared))
+    try:
+        # The rules decided on ``old``: the write replaces that version or none (a write
+        # that waited behind another replaced a version no rule had checked: a PUT undid a
+        # $transition, a withdrawal kept the grants of a re-grant).
+        stored, created = tx.update(prepared, rid, if_match=version,
+                                    expect=old.version_id if old else None,
+                                    owner=ctx.access.org, withheld=current is None and
+                                    ctx.access.withholds(tx, rtype, prepared))
+    except Moved:
+        if locked:
+            raise
+        tx.lock_resource(rtype, rid)  # (PostgreSQL) decided again on the version now current
+        return update(tx, ctx, rtype, rid, res, if_match=if_match, resolve=resolve,
+                      process_rules=process_rules, locked=True)
     _written(tx, ctx, "create" if created else "update", old, stored)
     return Result(201 if created else 200, stored)
 

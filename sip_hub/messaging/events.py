@@ -4,7 +4,9 @@
 write's transaction). It withdraws undelivered notifications the consent no longer covers and
 turns the write into events (``classify``), each written to the outbox as one message to the
 covered organisations. Writes made while a received message is applied
-(``applying_message``) emit nothing: that message itself is forwarded, with its own event.
+(``applying_message``) emit nothing for the message's own event: that message itself is
+forwarded, with it. (``$process-message`` refuses a message whose writes mean another event:
+a message's event says what it changes.)
 
 ``classify`` reads only the old and new resource:
 
@@ -54,14 +56,18 @@ if TYPE_CHECKING:
 Json = dict[str, Any]
 log = logging.getLogger("sip_hub.messaging")
 
-_APPLYING: ContextVar[bool] = ContextVar("sip_hub_applying_message", default=False)
+# While a received message is applied: its event and sub-code (MessageHeader.reason).
+_APPLYING: ContextVar[tuple[str, str | None] | None] = ContextVar("sip_hub_applying_message",
+                                                                 default=None)
 _CLOSED_STATUS = frozenset({"completed", "revoked", "entered-in-error"})
 
 
 @contextmanager
-def applying_message() -> Iterator[None]:
-    """While a received message's resources are written: the hook emits nothing for them."""
-    token = _APPLYING.set(True)
+def applying_message(event: str, reason: str | None = None) -> Iterator[None]:
+    """While a received message's resources are written: the hook emits nothing for what
+    the message tells itself (its ``event``, with its sub-code ``reason``, see ``tells``);
+    any other event a write means is emitted as from any write."""
+    token = _APPLYING.set((event, reason))
     try:
         yield
     finally:
@@ -77,6 +83,13 @@ class Fact:
     careplan_id: str | None  # None: the patient's SIP plan, looked up when emitting
     focus: tuple[str, ...]  # Type/id
     reason: str | None = None
+
+
+def tells(fact: Fact, event: str, reason: str | None) -> bool:
+    """Whether a message of ``event`` (sub-code ``reason``) tells what ``fact`` is: the same
+    event, and the same sub-code where the fact has one (a consent narrowed is not told as
+    granted)."""
+    return fact.event == event and (fact.reason is None or fact.reason == reason)
 
 
 # -- classify -----------------------------------------------------------------------------------
@@ -328,9 +341,10 @@ class Emitter:
         changed (only their undelivered notifications can have lost their coverage)."""
         for patient in sorted(regranted):
             withdraw_uncovered(tx, patient)
-        if _APPLYING.get():
-            return
+        applying = _APPLYING.get()
         for fact in classify(rtype, old, new):
+            if applying is not None and tells(fact, *applying):
+                continue  # the message itself is forwarded
             self.emit(tx, fact.event, sender_org=ctx.access.org, patient_id=fact.patient_id,
                       careplan_id=fact.careplan_id, focus=fact.focus, reason=fact.reason,
                       base=ctx.base_url)

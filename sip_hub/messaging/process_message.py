@@ -22,7 +22,18 @@ The message's resources are applied as one transaction of PUTs by id (POSTs for 
 without one) through ``sip_hub.bundles``, with the caller's Context: the access rules,
 profiles, the process rules and audit all apply. Its effects, its cache entry and the
 notifications it causes commit together; a refused message leaves nothing behind (a savepoint
-is rolled back and only the fatal-error response is remembered).
+is rolled back and only the fatal-error response is remembered). Errors name the message's
+own entries (``Bundle.entry[n]``, the MessageHeader being entry 0).
+
+* A resource carried with ``meta.versionId`` is the version the sender changed: written only
+  while the hub still holds that version (its If-Match), else refused as a version conflict
+  (the message was made from a stale copy and would undo what changed since).
+* A message's event says what it changes: a write that means another event (a consent
+  narrowed in an insats-status-changed message), or the event with another sub-code (a
+  consent narrowed told as granted), refuses the message.
+* Its destinations must take part in the SIP (as its coordinator or in its care team, before
+  or after the message); it is sent on only to those the consent covers once it is applied,
+  as every notification is.
 
 An event that is a SIP process operation (invitation, invitation-response, plan-established,
 follow-up-done, sip-closed, plan-revision-proposed, revision-approved) is applied through the
@@ -31,7 +42,8 @@ operation instead, whose own writes tell the participants: see ``operations``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import orjson
@@ -39,7 +51,8 @@ import orjson
 from .. import bundles, cpu, process as sp
 from ..audit import AuditLog
 from ..auth import Principal, parse_scopes
-from ..errors import BadRequest, Conflict, Forbidden, NotFound, SipHubError, TransientError
+from ..errors import (BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed,
+                      SipHubError, TransientError)
 from ..fhir.dates import now_utc, to_us
 from ..fhir.indexing import localise_references, reference_targets, split_reference
 from ..fhir.outcome import from_error, information
@@ -51,8 +64,8 @@ from ..store import Store, Stored, Tx
 from ..store import inbox
 from ..store.schema import message_inbox
 from . import builder, operations, parser, vocabulary as vocab
-from .events import applying_message
-from .outbox import RESPONSE, SipKey, destinations_for, enqueue
+from .events import applying_message, classify, tells
+from .outbox import RESPONSE, SipKey, enqueue
 from .runtime import Messaging
 
 Json = dict[str, Any]
@@ -247,18 +260,20 @@ def _handle(tx: Tx, ctx: Context, parsed: parser.Message | SipHubError, env: par
         msg = parsed
         if ahead is None:  # (else what it read is adopted with it, or read as needed)
             tx.load(_named(msg))
+        before = _parties_before(tx, msg) if msg.response is None else None
         with tx.savepoint():  # a refused message leaves nothing behind
             done = operations.apply(tx, ctx, msg, header,
                                     inactive_days=messaging.config.sip_inactive_days)
             if done is None:
-                with applying_message():
+                with applying_message(msg.event, msg.reason):
                     written = _apply(tx, ctx, msg, ahead)
             else:
                 written = done.written
             sip = _sip(tx, ctx, msg, written)
             _require_one_person(msg, written, sip)
             _require_phase(tx, msg, sip)
-            forwarded = _route(tx, ctx, msg, written, sip, messaging, forward=done is None)
+            forwarded = _route(tx, ctx, msg, written, sip, messaging, before,
+                               forward=done is None)
         note = f"Message {msg.header_id} ({msg.event}) processed" + (
             f" through {done.operation}; the participants are told by its notifications"
             if done is not None else "") + (f"; sent on as {forwarded}" if forwarded else "")
@@ -314,11 +329,103 @@ def _unchanged(msg: parser.Message, same: dict[int, Stored]) -> dict[str, str]:
     return {msg.entries[i]["fullUrl"]: f"{cur.type}/{cur.id}" for i, cur in same.items()}
 
 
-def _put_or_post(e: Json, res: Json) -> Json:
+def _carried_version(res: Json) -> str | None:
+    """The version of the hub's resource the sender changed (its ``meta.versionId``)."""
+    meta = res.get("meta")
+    version = meta.get("versionId") if isinstance(meta, dict) else None
+    return version if isinstance(version, str) else None
+
+
+def _held(tx: Tx, res: Json) -> Stored | None:
+    """What the hub holds of a carried resource (None: nothing, or it has no id)."""
+    rid = res.get("id")
+    return tx.current(res["resourceType"], rid) if isinstance(rid, str) else None
+
+
+def _put_or_post(e: Json, res: Json, held: Stored | None = None) -> Json:
+    """The transaction entry that writes the message's entry ``e`` as ``res``; guarded by
+    the version it carries (``meta.versionId``) when the hub holds the resource (``held``):
+    a version of a resource the hub does not hold is the sender's own numbering."""
     rid = res.get("id")
     request = ({"method": "PUT", "url": f"{res['resourceType']}/{rid}"} if rid
                else {"method": "POST", "url": res["resourceType"]})
+    version = _carried_version(e["resource"])
+    if rid and held is not None and version is not None:
+        request["ifMatch"] = f'W/"{version}"'
     return {"fullUrl": e["fullUrl"], "resource": res, "request": request}
+
+
+def _require_current(msg: parser.Message, held: dict[int, Stored | None]) -> None:
+    """A carried resource the hub holds, changed from a version (``meta.versionId``) that is
+    no longer its current one, would undo what changed since: refused, naming both."""
+    for i, cur in held.items():
+        version = _carried_version(msg.entries[i]["resource"])
+        if cur is None or version is None or version == str(cur.version_id):
+            continue
+        holds = f"version {cur.version_id}" + (" (deleted)" if cur.deleted else "")
+        raise PreconditionFailed(
+            f"Version conflict: the message carries {cur.type}/{cur.id} changed from version "
+            f"{version} (meta.versionId), but the hub holds {holds}: it was changed since, and "
+            "the message would undo that. Nothing was stored; make the change to the current "
+            "version and send it in a new message",
+            expression=f"Bundle.entry[{i + 1}].resource.meta.versionId")
+
+
+def _definition(event: str) -> str:
+    """What the event tells, in English (the CodeSystem's definition after the Swedish)."""
+    concept = next((c for c in vocab.code_system()["concept"] if c["code"] == event), {})
+    text: str = concept.get("definition", "")
+    return text.split(" / ")[-1].rstrip(".")
+
+
+def _require_told(msg: parser.Message, todo: list[int], held: dict[int, Stored | None],
+                  written: dict[int, Stored]) -> None:
+    """A message's event says what it changes (the receivers act on it, and the hub tells
+    nothing else of its writes): a write that means another event, or the message's event
+    with another sub-code, refuses it."""
+    said = msg.event + (f" ({msg.reason})" if msg.reason else "")
+    for i in todo:
+        new, old = written.get(i), held.get(i)
+        if new is None:
+            continue
+        before = old.doc() if old is not None and old.content is not None else None
+        for fact in classify(new.type, before, new.doc()):
+            if tells(fact, msg.event, msg.reason):
+                continue
+            means = fact.event + (f" ({fact.reason})" if fact.reason else "")
+            where = f"Bundle.entry[{i + 1}] ({new.type}/{new.id}) means {means}"
+            if fact.event == msg.event:  # told with another sub-code
+                raise sp.business_rule(
+                    f"{where}, but the message says {said}: MessageHeader.reason says which "
+                    "(the receivers act on it); nothing was stored",
+                    "Bundle.entry[0].resource.reason")
+            raise sp.business_rule(
+                f"{where}, but the message is {said}: {_definition(msg.event)}. A message's "
+                f"event says what it changes: send this change in a {fact.event} message of "
+                "its own; nothing was stored", f"Bundle.entry[{i + 1}].resource")
+
+
+_ENTRY_PREFIX = re.compile(r"Bundle\.entry\[(\d+)\]: ")
+
+
+def _in_message(err: SipHubError, msg: parser.Message) -> SipHubError:
+    """An error of the transaction (its diagnostics begin ``Bundle.entry[n]: ``, n the
+    message's entry) with its FHIRPath expressions rooted in the message: ``CarePlan.status``
+    of entry n is ``Bundle.entry[n].resource.status``; an issue without one names the
+    entry's resource."""
+    found = _ENTRY_PREFIX.match(err.diagnostics)
+    n = int(found.group(1)) if found else 0
+    if not 0 < n <= len(msg.entries):
+        return err
+    rtype = msg.entries[n - 1]["resource"]["resourceType"]
+    root = f"Bundle.entry[{n}].resource"
+
+    def rooted(expr: str) -> str:
+        return root + expr[len(rtype):] if expr == rtype or expr.startswith(rtype + ".") \
+            else expr
+    err.issues = [replace(issue, expression=tuple(rooted(x) for x in issue.expression)
+                          or (root,)) for issue in err.issues]
+    return err
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +463,10 @@ def _prepare_ahead(store: Store, msg: parser.Message, base: str = "") -> _Ahead 
                 return None
             (index, e), = todo
             rtype, rid = e["resource"]["resourceType"], e["resource"]["id"]
+            held = basis.get((rtype, rid))
+            version = _carried_version(e["resource"])
+            if held is not None and version is not None and version != str(held.version_id):
+                return None  # a stale copy: the write transaction refuses it
             # As _apply and transaction_in do: references to the unchanged entries become
             # theirs, the entry's own fullUrl means itself, and its rules resolve it as written.
             res = bundles.rewrite_refs(e["resource"], {**_unchanged(msg, same),
@@ -369,31 +480,41 @@ def _prepare_ahead(store: Store, msg: parser.Message, base: str = "") -> _Ahead 
                 old.index_rows()
     except SipHubError:
         return None
-    return _Ahead(basis, same, index, _put_or_post(e, Prepared(prepared, {}, original)))
+    return _Ahead(basis, same, index,
+                  _put_or_post(e, Prepared(prepared, {}, original), held))
 
 
 def _apply(tx: Tx, ctx: Context, msg: parser.Message, ahead: _Ahead | None) -> dict[int, Stored]:
-    """Write the message's resources as one transaction; the stored version of each entry."""
+    """Write the message's resources as one transaction; the stored version of each entry.
+    Errors name the message's entries (``Bundle.entry[i + 1]`` for ``msg.entries[i]``)."""
     if ahead is not None and tx.adopt(ahead.basis) and \
             all(ctx.access.can_read(tx, cur) for cur in ahead.same.values()):
         out, entries, todo = dict(ahead.same), [ahead.entry], [ahead.index]
+        held = {ahead.index: _held(tx, msg.entries[ahead.index]["resource"])}
     else:
         out, pairs = _sort(msg, tx.current, lambda cur: ctx.access.can_read(tx, cur))
         if not pairs:
             return out
         unchanged = _unchanged(msg, out)
+        held = {i: _held(tx, e["resource"]) for i, e in pairs}
         # The parser validated the whole Bundle's structure, entries included; the rewrite
         # builds new containers (the message keeps its own).
-        entries = [_put_or_post(e, Prevalidated(bundles.rewrite_refs(e["resource"], unchanged)))
-                   for _, e in pairs]
+        entries = [_put_or_post(e, Prevalidated(bundles.rewrite_refs(e["resource"], unchanged)),
+                                held[i]) for i, e in pairs]
         todo = [i for i, _ in pairs]
-    result = bundles.transaction_in(tx, ctx, {"resourceType": "Bundle", "type": "transaction",
-                                              "entry": entries}, "minimal")
+    _require_current(msg, held)
+    try:
+        result = bundles.transaction_in(
+            tx, ctx, {"resourceType": "Bundle", "type": "transaction", "entry": entries},
+            "minimal", numbers=[i + 1 for i in todo])
+    except SipHubError as err:
+        raise _in_message(err, msg) from None
     for i, answered in zip(todo, result["entry"]):
         target = split_reference(answered.get("fullUrl", ""), ctx.base_url)
         stored = tx.current(*target) if target else None
         if stored is not None:
             out[i] = stored
+    _require_told(msg, todo, held, out)
     return out
 
 
@@ -470,18 +591,40 @@ def _require_phase(tx: Tx, msg: parser.Message, sip: SipKey) -> None:
             "Bundle.entry[0].resource.eventCoding")
 
 
+def _parties_before(tx: Tx, msg: parser.Message) -> tuple[str, set[str]] | None:
+    """The person whose SIP the message names, as the hub knows it before the message, and
+    the organisations that take part in that SIP then (a grant, reading or not)."""
+    patient = msg.patient_id
+    if patient is None and msg.careplan_id:
+        cur = tx.current("CarePlan", msg.careplan_id)
+        if cur is not None and not cur.deleted:
+            subject = split_reference((cur.doc().get("subject") or {}).get("reference", ""))
+            patient = subject[1] if subject and subject[0] == "Patient" else None
+    if patient is None:
+        return None
+    return patient, {g.org for g in tx.grants(patient)}
+
+
 def _route(tx: Tx, ctx: Context, msg: parser.Message, written: dict[int, Stored], sip: SipKey,
-           messaging: Messaging, *, forward: bool = True) -> str | None:
-    """Send the message on to the organisations the consent covers; None for a response,
-    which concerns only the hub, and when not ``forward`` (an operation's own writes told
-    them; the destinations must still be covered)."""
+           messaging: Messaging, before: tuple[str, set[str]] | None = None, *,
+           forward: bool = True) -> str | None:
+    """Send the message on to the organisations the consent covers once it is applied (the
+    others, named as destinations or not, get nothing: rule 1); None for a response, which
+    concerns only the hub, and when not ``forward`` (an operation's own writes told them).
+    Its destinations must take part in the SIP, before the message (``before``: the person
+    and the parties then) or after it: a consent withdrawn or narrowed, or a SIP closed, is
+    addressed to the participants as they were."""
     if msg.response is not None:
         return None
-    covered = set(destinations_for(tx, sip.patient_id, msg.sender_org))
-    uncovered = set(msg.destinations) - covered - {messaging.config.hub_hsa_id}
-    if uncovered:
-        raise Forbidden(f"The person's consent does not cover {', '.join(sorted(uncovered))}: "
-                        "the message cannot be sent there (rule 1); nothing was stored",
+    parties = {g.org for g in tx.grants(sip.patient_id)}
+    if before is not None and before[0] == sip.patient_id:
+        parties |= before[1]
+    strangers = set(msg.destinations) - parties - {msg.sender_org, messaging.config.hub_hsa_id}
+    if strangers:
+        raise Forbidden(f"{', '.join(sorted(strangers))} "
+                        f"{'takes' if len(strangers) == 1 else 'take'} no part in the SIP of "
+                        f"Patient/{sip.patient_id} (neither its coordinator nor in its care "
+                        "team): the message cannot be sent there (rule 1); nothing was stored",
                         expression="Bundle.entry[0].resource.destination")
     if not forward:
         return None

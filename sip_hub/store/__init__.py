@@ -1,5 +1,5 @@
 """The versioned resource store: the only package that talks SQL."""
 
-from .resources import Store, Stored, Tx
+from .resources import Moved, Store, Stored, Tx
 
-__all__ = ["Store", "Stored", "Tx"]
+__all__ = ["Moved", "Store", "Stored", "Tx"]

@@ -173,6 +173,12 @@ def stamp_meta(res: dict[str, Any], rid: str, version_id: int, instant: str) -> 
     return out
 
 
+class Moved(ConcurrentChange):
+    """The version a write was decided on is no longer current: another request replaced it
+    while this one decided (on PostgreSQL, where writes run side by side). Nothing of this
+    write was applied; decided again on the version now current, it can succeed."""
+
+
 class Tx:
     """One database transaction; every store operation runs inside one.
 
@@ -318,16 +324,19 @@ class Tx:
         return self._write(res, rid, 1, None, "POST", owner, withheld=withheld)
 
     def update(self, res: dict[str, Any], rid: str, *, if_match: int | None = None,
-               method: str = "PUT", owner: str | None = None, withheld: bool = False
-               ) -> tuple[Stored, bool]:
+               expect: int | None = None, method: str = "PUT", owner: str | None = None,
+               withheld: bool = False) -> tuple[Stored, bool]:
         """Write a new version; returns (stored, created). A stale ``if_match`` is a 412.
-        ``owner`` and ``withheld`` are the resource's when this creates it (as ``create``);
-        an update keeps those of the version it replaces."""
+        ``expect``: the version the caller decided on, which this must replace (``Moved``
+        when another write replaced it meanwhile). ``owner`` and ``withheld`` are the
+        resource's when this creates it (as ``create``); an update keeps those of the version
+        it replaces."""
         rtype = res["resourceType"]
         now = now_utc()
         params = {"t": rtype, "i": rid, "ts": to_us(now)}
-        bumped = _BUMP.first(self.conn, params) if if_match is None else \
-            _BUMP_IF.first(self.conn, {**params, "m": if_match})
+        guard = if_match if if_match is not None else expect
+        bumped = _BUMP.first(self.conn, params) if guard is None else \
+            _BUMP_IF.first(self.conn, {**params, "m": guard})
         if bumped is not None:  # advanced: the common case, one statement
             version = int(bumped[0])
             if int(bumped[1]) != params["ts"]:  # (after a version stamped later)
@@ -335,15 +344,18 @@ class Tx:
             return self._write(res, rid, version, version - 1, method, owner, now=now,
                                advanced=True), False
         cur = self._current_version(rtype, rid)  # nothing advanced: absent, or not If-Match
-        if cur is None:
+        if cur is None and expect is None:
             if if_match is not None:
                 raise PreconditionFailed(
                     f"{rtype}/{rid} does not exist (If-Match: W/\"{if_match}\")")
             return self._write(res, rid, 1, None, method, owner, withheld=withheld), True
-        if if_match is not None and if_match != cur[0]:
+        if if_match is not None and (cur is None or if_match != cur[0]):
             raise PreconditionFailed(
-                f"Version conflict: {rtype}/{rid} is at version {cur[0]}, "
+                f"Version conflict: {rtype}/{rid} is at version {cur and cur[0]}, "
                 f"If-Match asked for {if_match}")
+        if expect is not None:
+            self._seen.pop((rtype, rid), None)
+            raise Moved()
         raise Conflict(f"{rtype}/{rid} was changed concurrently; retry")
 
     def lock_resource(self, rtype: str, rid: str) -> None:
