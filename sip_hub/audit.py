@@ -185,6 +185,9 @@ class AuditLog:
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout=30)
+            if self._thread.is_alive():  # (retrying a store that does not answer)
+                log.critical("audit writer still retrying after 30 s at shutdown: the records "
+                             "it holds are not stored")
             self._thread = None
         self._drain_now()
 

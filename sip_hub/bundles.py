@@ -252,6 +252,9 @@ def _resolve_conditional(tx: Tx, ctx: ix.Context, entries: list[_Entry],
                         f"The conditional reference '{ref[:80]}' matches "
                         f"{'no' if not found else 'more than one'} {rtype}: it must match "
                         "exactly one")
+                # The caller learns which resource its criteria name (a personnummer's
+                # Patient): a search of personal data, in the person's access log.
+                ctx.record("search-type", found, rtype=rtype, query=criteria)
                 mapping[ref] = f"{rtype}/{found[0].id}"
         except SipHubError as err:
             raise _with_entry(err, e.index) from None

@@ -222,7 +222,9 @@ def read(tx: Tx, ctx: Context, rtype: str, rid: str) -> Result:
         raise NotFound(f"{rtype}/{rid} is not known")
     if cur.deleted:
         if not ctx.access.unrestricted and cur.owner != ctx.access.org:
-            raise Forbidden(acl.NOT_COVERED)
+            err = Forbidden(acl.NOT_COVERED)
+            ctx.refused("read", cur, rtype, err)
+            raise err
         raise Gone(f"{rtype}/{rid} was deleted (version {cur.version_id})",
                    headers={"ETag": etag(cur)})
     _guard_read(tx, ctx, cur, "read")

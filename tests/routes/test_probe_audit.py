@@ -384,3 +384,32 @@ def test_records_queued_while_the_log_stops_are_all_stored(store):
         q = fhir_search.parse("AuditEvent", [("patient", "shutdown"), ("_summary", "count")],
                               default_count=1, max_count=1)
         assert tx.search(q)[1] == sent
+
+
+def test_a_conditional_reference_that_finds_the_person_is_in_the_persons_log(client, world):
+    """``Patient?identifier=<personnummer>`` in a transaction tells the caller which Patient
+    that is (the stored reference names it): a search of the person's data, logged."""
+    task = {"resourceType": "Task", "status": "requested", "intent": "order",
+            "for": {"reference": f"Patient?identifier={f.DEMO_PNR}"}}
+    r = _tx(client, world[SOC], "probe-cond-ref", [
+        {"resource": task, "request": {"method": "POST", "url": "Task"}}])
+    assert r.status_code == 200, r.text
+    events = _events(client, SOC, "probe-cond-ref")
+    lookups = [e for e in events if e["subtype"][0]["code"] == "search-type"]
+    assert lookups and all(_patients(e) == {"Patient/alva"} for e in lookups)
+
+
+def test_a_refused_read_of_a_deleted_resource_is_in_the_log(client, world):
+    """A non-owner's read of a deleted resource is refused (nothing about it is told);
+    the refusal was the one not logged."""
+    goal = {k: v for k, v in f.sip_goal().items() if k != "id"}
+    r = client.post("/fhir/Goal", content=orjson.dumps(goal), headers=JSON_HEADERS | world[SOC])
+    assert r.status_code == 201, r.text
+    gid = r.json()["id"]
+    assert client.delete(f"/fhir/Goal/{gid}", headers=world[SOC]).status_code == 200
+    r = _get(client, f"/fhir/Goal/{gid}", world[BUP], "probe-deleted")
+    assert r.status_code == 403
+    _flush(client)
+    r = client.get("/fhir/AuditEvent?entity:identifier=probe-deleted&_count=100")
+    events = [e for e in r.json().get("entry", []) if _org(e["resource"]) == BUP]
+    assert [e["resource"]["outcome"] for e in events] == ["4"]
