@@ -423,7 +423,9 @@ def search(tx: Tx, ctx: Context, rtype: str, items: list[tuple[str, str]]) -> Re
         oo = information("Ignored search parameters: " + "; ".join(query.ignored))
         entries.append({"resource": oo, "search": {"mode": "outcome"}})
     ctx.record("search-type", matches + included, rtype=rtype, query=urlencode(items))
-    links = _links(ctx, rtype, items, query.offset, query.count, len(matches), total,
+    used = [kv for kv in items if kv not in query.ignored_items] if query.ignored_items \
+        else items  # (the self link tells the search that was done)
+    links = _links(ctx, rtype, used, query.offset, query.count, len(matches), total,
                    paged=not query.summary_count)
     return Result(200, None, bundle("searchset", entries, total, links))
 

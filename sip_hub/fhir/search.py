@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import BadRequest
 from ..identifiers import InvalidIdentifier, canonical_search_token
-from .dates import parse_range
+from .dates import MAX_US, parse_range
 from .indexing import (exact_key, is_absolute, key as index_key, normalise_string,
                        split_reference)
 from .search_params import RESOURCE_TYPES, SearchParam, params_for
@@ -79,32 +80,55 @@ class SearchQuery:
     total: bool = True
     summary_count: bool = False
     ignored: list[str] = field(default_factory=list)
+    # The (key, value) pairs ignored (lenient): not part of the search the links tell.
+    ignored_items: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _split_escaped(value: str, sep: str) -> list[str]:
+    """Split on ``sep`` where no backslash escapes it, the escapes kept in the parts (FHIR
+    search escaping: ``\\,``, ``\\|``, ``\\$`` and ``\\\\`` stand for the character)."""
+    out, start, i = [], 0, 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == sep:
+            out.append(value[start:i])
+            start = i + 1
+        i += 1
+    out.append(value[start:])
+    return out
+
+
+def _unescape(value: str) -> str:
+    if "\\" not in value:
+        return value
+    out, i = [], 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\" and i + 1 < len(value):
+            out.append(value[i + 1])
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
 
 
 def _split_commas(value: str) -> list[str]:
     """Split on commas not escaped with a backslash, then unescape (FHIR search escaping)."""
-    out, cur, i = [], [], 0
-    while i < len(value):
-        c = value[i]
-        if c == "\\" and i + 1 < len(value):
-            cur.append(value[i + 1])
-            i += 2
-            continue
-        if c == ",":
-            out.append("".join(cur))
-            cur = []
-        else:
-            cur.append(c)
-        i += 1
-    out.append("".join(cur))
-    return out
+    return [_unescape(v) for v in _split_escaped(value, ",")]
 
 
 def _token(raw: str) -> TokenValue:
-    """A Swedish identifier in the form writes store it (``identifiers``: '19121212-1212' is
-    kept as '191212121212'), then cut as the index cuts what it keeps (``indexing.key``)."""
-    if "|" in raw:
-        system, code = raw.split("|", 1)
+    """A token value (escapes kept: ``\\|`` is a bar within the system or code, not the one
+    between them). A Swedish identifier in the form writes store it (``identifiers``:
+    '19121212-1212' is kept as '191212121212'), then cut as the index cuts what it keeps
+    (``indexing.key``)."""
+    parts = _split_escaped(raw, "|")
+    if len(parts) > 1:
+        system, code = _unescape(parts[0]), _unescape(raw[len(parts[0]) + 1:])
         try:
             system, code = canonical_search_token(system, code or None)
         except InvalidIdentifier:
@@ -113,7 +137,11 @@ def _token(raw: str) -> TokenValue:
             # it finds only such a one.
             pass
         return TokenValue(index_key(system), index_key(code) or None)
-    return TokenValue(None, index_key(raw))
+    return TokenValue(None, index_key(_unescape(raw)))
+
+
+# A time's fraction of a second (its digits): what its precision is.
+_FRACTION = re.compile(r"T[^.]*\.(\d+)")
 
 
 def date_value(raw: str, name: str) -> DateValue:
@@ -125,6 +153,11 @@ def date_value(raw: str, name: str) -> DateValue:
     except ValueError:
         raise BadRequest(f"Search parameter '{name}': '{raw}' is not a valid date",
                          expression=name) from None
+    fraction = _FRACTION.search(raw)
+    if fraction and len(fraction[1]) < 6:
+        # The precision a value is given to is the range it stands for: '10:00:00.123Z' is
+        # that whole millisecond (it was its first microsecond alone).
+        high = min(low + 10 ** (6 - len(fraction[1])) - 1, MAX_US)
     return DateValue(prefix, low, high)
 
 
@@ -137,25 +170,32 @@ def _reference(raw: str, param: SearchParam, type_modifier: str | None,
         if param.targets and target[0] not in param.targets:
             raise BadRequest(f"Search parameter '{param.name}' cannot refer to {target[0]}",
                              expression=param.name)
+        if type_modifier and target[0] != type_modifier:
+            raise BadRequest(f"Search parameter '{param.name}:{type_modifier}': '{raw}' is "
+                             f"not a reference to a {type_modifier}", expression=param.name)
         return ReferenceValue(target[0], target[1])
     if is_absolute(raw):
         raise BadRequest(f"Search parameter '{param.name}': '{raw}' is a reference to "
                          "another server; this hub finds references to its own resources",
                          expression=param.name)
     if "/" in raw:
-        raise BadRequest(f"Search parameter '{param.name}': '{raw}' is not a reference")
+        raise BadRequest(f"Search parameter '{param.name}': '{raw}' is not a reference",
+                         expression=param.name)
     if type_modifier:
         return ReferenceValue(type_modifier, raw)
     return ReferenceValue(param.targets[0] if len(param.targets) == 1 else None, raw)
 
 
 def _criterion(rtype: str, key: str, raw: str, base_url: str) -> Criterion:
-    name, _, modifier_part = key.partition(":")
-    chain_rest = None
-    if "." in name:
-        name, chain_rest = name.split(".", 1)
-    if "." in modifier_part:
-        modifier_part, chain_rest = modifier_part.split(".", 1)
+    # ``patient:Patient.name:exact``: the modifier before the dot is the reference's (a type),
+    # the rest the chained parameter's, with its own modifier (it was read as the
+    # reference's: ``patient.identifier:not=X`` searched for ``patient.identifier=X``).
+    head, dot, chain_rest_part = key.partition(".")
+    chain_rest = chain_rest_part if dot else None
+    name, colon, modifier_part = head.partition(":")
+    if colon and not modifier_part:
+        # (``patient:=x`` was searched as ``patient=x``: a modifier left out is a typo)
+        raise BadRequest(f"'{key}': a ':' names no modifier", expression=key)
     modifier = modifier_part or None
     if name in ("_id", "_lastUpdated") and (modifier or chain_rest is not None):
         # They are columns, searched by value only: a modifier dropped turned ``_id:not=X``
@@ -170,7 +210,7 @@ def _criterion(rtype: str, key: str, raw: str, base_url: str) -> Criterion:
     param = params_for(rtype).get(name)
     if param is None:
         raise BadRequest(f"Unknown search parameter '{name}' for {rtype}", expression=name)
-    if modifier == "missing":
+    if modifier == "missing" and chain_rest is None:
         if raw not in ("true", "false"):
             raise BadRequest(f"':missing' takes true or false, not '{raw}'", expression=key)
         return Criterion(name, param.type, param, modifier, [], missing=raw == "true")
@@ -178,8 +218,13 @@ def _criterion(rtype: str, key: str, raw: str, base_url: str) -> Criterion:
         if param.type != "reference":
             raise BadRequest(f"Chained search needs a reference parameter, '{name}' is not",
                              expression=key)
-        target = modifier if modifier and modifier[:1].isupper() else (
-            param.targets[0] if len(param.targets) == 1 else None)
+        if modifier and not modifier[:1].isupper():
+            raise BadRequest(f"Chained search on '{name}' takes a type modifier, not "
+                             f"':{modifier}'", expression=key)
+        if modifier and param.targets and modifier not in param.targets:
+            raise BadRequest(f"Search parameter '{name}' cannot refer to {modifier}",
+                             expression=key)
+        target = modifier or (param.targets[0] if len(param.targets) == 1 else None)
         if target is None:
             raise BadRequest(f"Chained search on '{name}' needs a type modifier, e.g. "
                              f"{name}:Patient.{chain_rest}", expression=key)
@@ -187,12 +232,12 @@ def _criterion(rtype: str, key: str, raw: str, base_url: str) -> Criterion:
             raise NotImplementedChain(key)
         inner = _criterion(target, chain_rest, raw, base_url)
         return Criterion(name, "reference", param, None, [], chain=inner, chain_type=target)
-    raws = _split_commas(raw)
+    raws = _split_escaped(raw, ",")  # (escapes kept: a token's \\| is not its separator)
     allowed = {"token": {None, "not"}, "uri": {None}, "date": {None},
                "string": {None, "exact", "contains"}, "reference": {None, "identifier"}}
     type_modifier = None
     if param.type == "reference" and modifier and modifier[:1].isupper():
-        if modifier not in param.targets:
+        if param.targets and modifier not in param.targets:  # (none: any type)
             raise BadRequest(f"Search parameter '{name}' cannot refer to {modifier}",
                              expression=key)
         type_modifier, modifier = modifier, None
@@ -203,12 +248,18 @@ def _criterion(rtype: str, key: str, raw: str, base_url: str) -> Criterion:
         raise BadRequest(f"Search parameter '{key}' has an empty value", expression=key)
     values: list[Value]
     if param.type == "token" or (param.type == "reference" and modifier == "identifier"):
-        values = [_token(v) for v in raws]
+        tokens = [_token(v) for v in raws]
+        if any(t.system == "" and t.code is None for t in tokens):
+            # ``|`` alone: no system and no code (it matched every code without a system)
+            raise BadRequest(f"Search parameter '{key}': '|' alone names neither a system "
+                             "nor a code", expression=key)
+        values = list(tokens)
     elif param.type == "date":
-        values = [date_value(v, name) for v in raws]
+        values = [date_value(_unescape(v), name) for v in raws]
     elif param.type == "reference":
-        values = [_reference(v, param, type_modifier, base_url) for v in raws]
+        values = [_reference(_unescape(v), param, type_modifier, base_url) for v in raws]
     elif param.type == "string":
+        raws = [_unescape(v) for v in raws]
         if modifier == "exact":
             blank = [v for v in raws if not v.strip()]
             values = [exact_key(v) for v in raws]
@@ -221,7 +272,7 @@ def _criterion(rtype: str, key: str, raw: str, base_url: str) -> Criterion:
                              f"once spaces, case and accents are set aside: {blank[0][:40]!r}",
                              expression=key)
     else:
-        values = raws
+        values = [_unescape(v) for v in raws]
     return Criterion(name, param.type, param, modifier, values)
 
 
@@ -298,9 +349,13 @@ def parse(rtype: str, items: list[tuple[str, str]], *, default_count: int, max_c
             else:
                 q.criteria.append(_criterion(rtype, key, raw, base_url))
         except BadRequest as exc:
-            if not lenient or base in RESULT_PARAMS:
+            # A result parameter ignored would change the answer; _elements ignored only
+            # keeps more of each resource, which FHIR allows a server ("not obliged to return
+            # just the requested elements").
+            if not lenient or base in RESULT_PARAMS and base != "_elements":
                 raise
             q.ignored.append(f"{key}: {exc.diagnostics}")
+            q.ignored_items.append((key, raw))
     _check_value_counts(q.criteria)  # also when lenient: ignoring one would widen the result
     return q
 

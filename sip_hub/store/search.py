@@ -168,6 +168,10 @@ def _criterion_cond(rtype: str, shape: Shape, key: str) -> ColumnElement[bool]:
     table = _TABLES[kind]
     if how == "missing":
         present = _R.res_id.in_(_ids(table, rtype, name, true()))
+        if kind == "reference":
+            # A reference given by its identifier alone is a value too (its row is a token).
+            present = or_(present, _R.res_id.in_(_ids(idx_token, rtype, f"{name}:identifier",
+                                                      true())))
         return not_(present) if shape[3] else present
     if how == "chain":
         target_type, chain, seen = shape[3], shape[4], shape[5]
