@@ -244,6 +244,38 @@ def status_change(hub: Hub, sender: str = BUP, status: str = "completed",
                            focus=["CarePlan/alva-sip"], resources=[plan])
 
 
+def sip_message(event: str, sender: str, *resources: Json, focus: list[str],
+                destinations: tuple[str, ...] | None = None, reason: str | None = None,
+                because: str | None = None) -> Json:
+    """``sender``'s message of ``event`` (to ``destinations``; by default to another
+    participant: the coordinator, or BUP from it); ``because`` is the MessageHeader.reason
+    text."""
+    dests = destinations or ((SOC,) if sender != SOC else (BUP,))
+    msg = builder.message(event, fhir_base=f"https://{sender.lower()}.test/fhir", sender=sender,
+                          reason=reason, focus=focus, resources=list(resources),
+                          destinations=[builder.Party(d, f"https://{d.lower()}.test/pm")
+                                        for d in dests])
+    if because is not None:
+        msg["entry"][0]["resource"].setdefault("reason", {})["text"] = because
+    return msg
+
+
+def with_parameters(event: str, sender: str, params: Json, *extra: Json, focus: list[str],
+                    **kw: Any) -> Json:
+    """A message carrying an operation's Parameters (id "in") first."""
+    return sip_message(event, sender, {"resourceType": "Parameters", "id": "in", **params},
+                       *extra, focus=focus, **kw)
+
+
+def outcome_of(resp: Any) -> tuple[str, str]:
+    """(response.code, the diagnostics of its OperationOutcomes) of a response message."""
+    assert resp.status_code == 200, resp.text
+    entries = resp.json()["entry"]
+    oo = [e["resource"] for e in entries if e["resource"]["resourceType"] == "OperationOutcome"]
+    return (entries[0]["resource"]["response"]["code"],
+            " | ".join(i.get("diagnostics", "") for o in oo for i in o["issue"]))
+
+
 def cache_entry(k: int, sender: str, expires: int) -> Json:
     """A row of the reliable-messaging cache (a handled message), straight to the table."""
     return {"sender_org": sender, "header_id": f"h-{k}", "bundle_id": f"b-{k}", "event": "ev",

@@ -18,8 +18,8 @@ import pytest
 import sip_factory as f
 from harness import (BUP, OUTSIDER, SCHOOL, SOC, URL, Hub, broker, hub,  # noqa: F401
                      receivers)
+from harness import sip_message, with_parameters
 from sip_hub.fhir import sip
-from sip_hub.messaging import builder
 from sip_hub.messaging.process_message import process_accepted
 from sip_process import (TASK_SYSTEM, alva_case, approval, at, code, dt, invitation, parameters,
                          phase, post, read, ref, resource, respond, string, tasks, transition,
@@ -101,23 +101,8 @@ def _task(hub: Hub, task_id: str, org: str = BUP) -> Json:
 
 # -- messages ----------------------------------------------------------------------------------
 
-def _message(event: str, sender: str, *resources: Json, focus: list[str],
-             reason: str | None = None, because: str | None = None) -> Json:
-    """``sender``'s message of ``event`` to another participant; ``because`` is the
-    MessageHeader.reason text."""
-    dest = SOC if sender != SOC else BUP
-    msg = builder.message(event, fhir_base=f"https://{sender.lower()}.test/fhir", sender=sender,
-                          reason=reason, focus=focus, resources=list(resources),
-                          destinations=[builder.Party(dest, f"https://{dest.lower()}.test/pm")])
-    if because is not None:
-        msg["entry"][0]["resource"].setdefault("reason", {})["text"] = because
-    return msg
 
 
-def _with_parameters(event: str, sender: str, params: Json, *extra: Json, focus: list[str],
-                     **kw: Any) -> Json:
-    return _message(event, sender, {"resourceType": "Parameters", "id": "in", **params}, *extra,
-                    focus=focus, **kw)
 
 
 def _answer(resp: Any) -> tuple[str, Json]:
@@ -156,7 +141,7 @@ def test_establishing_the_plan_by_message_is_the_transition(hub: Hub, via: str) 
     approved = approval("Patient/alva", f.MOTHER)
     told = _step(hub, via, SOC,
                  # `to` is what the event means; the message need not say it
-                 _with_parameters("plan-established", SOC, parameters(*approved),
+                 with_parameters("plan-established", SOC, parameters(*approved),
                                   focus=[f"CarePlan/{PLAN}"]),
                  f"CarePlan/{PLAN}/$transition", parameters(code("to", "upprattad"), *approved))
     plan = _plan(hub)
@@ -180,7 +165,7 @@ def test_concluding_a_follow_up_by_message_is_the_transition(hub: Hub, via: str)
     following = _plan(hub)
     params = parameters(code("to", "upprattad"), *approval("Patient/alva", f.MOTHER))
     told = _step(hub, via, SOC,
-                 _with_parameters("follow-up-done", SOC, params, focus=[f"CarePlan/{PLAN}"]),
+                 with_parameters("follow-up-done", SOC, params, focus=[f"CarePlan/{PLAN}"]),
                  f"CarePlan/{PLAN}/$transition", params)
     plan = _plan(hub)
     assert (phase(plan), plan["status"]) == ("upprattad", "active")
@@ -195,7 +180,7 @@ def test_closing_by_message_needs_only_the_reason(hub: Hub, via: str) -> None:
     invited = _invited(hub, (f.BUP,))
     because = "Alva vill inte ha någon SIP längre"
     told = _step(hub, via, SOC,
-                 _message("sip-closed", SOC, focus=[f"CarePlan/{PLAN}"], because=because),
+                 sip_message("sip-closed", SOC, focus=[f"CarePlan/{PLAN}"], because=because),
                  f"CarePlan/{PLAN}/$transition",
                  parameters(code("to", "avslutad"), string("reason", because)))
     plan = _plan(hub)
@@ -237,7 +222,7 @@ def test_a_revision_proposed_and_approved_by_message_are_the_operations(hub: Hub
     proposed = revision | {"id": "andring-1", "intent": "proposal", "status": "draft",
                            "replaces": [{"reference": f"CarePlan/{PLAN}"}]}
     told = _step(hub, via, SOC,
-                 _message("plan-revision-proposed", SOC, proposed,
+                 sip_message("plan-revision-proposed", SOC, proposed,
                           focus=["CarePlan/andring-1", f"CarePlan/{PLAN}"]),
                  f"CarePlan/{PLAN}/$propose-revision",
                  parameters(resource("revision", revision)))
@@ -257,7 +242,7 @@ def test_a_revision_proposed_and_approved_by_message_are_the_operations(hub: Hub
     because = "Uppföljning med Alva och mamma"
     told = _step(hub, via, SOC,
                  # the reason as MessageHeader.reason text
-                 _with_parameters("revision-approved", SOC, parameters(*approved),
+                 with_parameters("revision-approved", SOC, parameters(*approved),
                                   focus=[f"CarePlan/{PLAN}"], because=because),
                  f"CarePlan/{PLAN}/$approve-revision",
                  parameters(*approved, string("reason", because)))
@@ -283,7 +268,7 @@ def test_inviting_by_message_is_invite(hub: Hub, via: str) -> None:
             {"resourceType": "Task", "id": "kallelse-bup", "status": "requested",
              "intent": "order", "owner": {"reference": f.BUP}}]
     told = _step(hub, via, SOC,
-                 _with_parameters("invitation", SOC, params, *view, focus=[
+                 with_parameters("invitation", SOC, params, *view, focus=[
                      "Task/kallelse-bup", "Appointment/mote-1", f"CarePlan/{PLAN}"]),
                  f"CarePlan/{PLAN}/$invite", params)
     assert phase(_plan(hub)) == "kallelse"
@@ -304,23 +289,23 @@ def test_refused_operations_by_message_are_fatal_errors_and_store_nothing(hub: H
     established = parameters(*approval("Patient/alva", f.MOTHER))
     refused = [
         # the person's approval is missing
-        (SOC, _with_parameters("plan-established", SOC,
+        (SOC, with_parameters("plan-established", SOC,
                                parameters(dt("approvedAt", at(hours=-1))), focus=focus),
          "approvedBy", "Bundle.entry[1].resource.parameter.where(name='approvedBy')"),
         # only the coordinating organisation drives the process
-        (BUP, _with_parameters("plan-established", BUP, established, focus=focus),
+        (BUP, with_parameters("plan-established", BUP, established, focus=focus),
          "only the coordinating organisation", None),
         # the event is an operation: without its Parameters there is nothing to do
-        (SOC, _message("plan-established", SOC, focus=focus), "Parameters", "Bundle.entry"),
+        (SOC, sip_message("plan-established", SOC, focus=focus), "Parameters", "Bundle.entry"),
         # Parameters that contradict the event
-        (SOC, _with_parameters("plan-established", SOC, parameters(
+        (SOC, with_parameters("plan-established", SOC, parameters(
             code("to", "avslutad"), string("reason", "Klart")), focus=focus),
          "'avslutad'", "Bundle.entry[1].resource.parameter.where(name='to')"),
         # the event does not fit the phase
-        (SOC, _with_parameters("follow-up-done", SOC, established, focus=focus),
+        (SOC, with_parameters("follow-up-done", SOC, established, focus=focus),
          "concludes a follow-up", None),
         # closing needs a reason
-        (SOC, _message("sip-closed", SOC, focus=focus), "reason",
+        (SOC, sip_message("sip-closed", SOC, focus=focus), "reason",
          "Bundle.entry[0].resource.reason"),
     ]
     for sender, msg, words, where in refused:
@@ -337,7 +322,7 @@ def test_refused_operations_by_message_are_fatal_errors_and_store_nothing(hub: H
 
 def _answered(task: Json, reason: str) -> Json:
     """BUP's invitation-response carrying only the answered Task."""
-    return _message("invitation-response", BUP, task, reason=reason,
+    return sip_message("invitation-response", BUP, task, reason=reason,
                     focus=[f"Task/{task['id']}", f"CarePlan/{PLAN}"])
 
 
@@ -356,7 +341,7 @@ def test_an_invitation_accepted_by_message_is_respond(hub: Hub, via: str) -> Non
     elif via == "task-note":  # the representative writes the answer
         task["note"] = [{"authorReference": {"reference": f.BUP_REPRESENTATIVE},
                          "time": at(), "text": "Sara Lind kommer."}]
-    msg = (_with_parameters("invitation-response", BUP, params, reason="accept",
+    msg = (with_parameters("invitation-response", BUP, params, reason="accept",
                             focus=[f"Task/{task_id}", f"CarePlan/{PLAN}"])
            if via == "parameters" else _answered(task, "accept"))
     told = _step(hub, "rest" if via == "rest" else "message", BUP, msg,
@@ -434,7 +419,7 @@ def test_a_task_message_lacking_what_respond_needs_is_a_fatal_error(hub: Hub) ->
 # -- the answer with the $respond Parameters ---------------------------------------------------
 
 def _respond_message(task_id: str, *params: Json, reason: str = "accept") -> Json:
-    return _with_parameters("invitation-response", BUP, parameters(*params), reason=reason,
+    return with_parameters("invitation-response", BUP, parameters(*params), reason=reason,
                             focus=[f"Task/{task_id}", f"CarePlan/{PLAN}"])
 
 
@@ -467,7 +452,7 @@ def test_the_participants_systems_receive_what_an_operation_by_message_caused(
     soc, bup, school, outsider = receivers(), receivers(), receivers(), receivers()
     hub.configure({SOC: soc.url, BUP: bup.url, SCHOOL: school.url, OUTSIDER: outsider.url})
     _invited(hub, (f.BUP,))
-    outcome, issue = _answer(hub.post(SOC, URL, _message(
+    outcome, issue = _answer(hub.post(SOC, URL, sip_message(
         "sip-closed", SOC, focus=[f"CarePlan/{PLAN}"], because="Behovet finns inte längre")))
     assert outcome == "ok", issue
 
@@ -486,7 +471,7 @@ def test_the_participants_systems_receive_what_an_operation_by_message_caused(
 def test_an_operation_sent_asynchronously_notifies_once_processed(hub: Hub) -> None:
     _invited(hub, (f.BUP,))
     before = {d.id for d in hub.deliveries()}
-    r = hub.post(SOC, URL + "?async=true", _message(
+    r = hub.post(SOC, URL + "?async=true", sip_message(
         "sip-closed", SOC, focus=[f"CarePlan/{PLAN}"], because="Alva har flyttat"))
     assert r.status_code == 202, r.text
     assert phase(_plan(hub)) == "kallelse"

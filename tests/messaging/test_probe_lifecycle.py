@@ -15,7 +15,8 @@ import pytest
 import sip_factory as f
 from harness import (BUP, OUTSIDER, SCHOOL, SOC, URL, Hub, broker, current_plan,  # noqa: F401
                      hub, receivers, status_change, world)
-from sip_hub.messaging import builder, vocabulary as vocab
+from harness import outcome_of, sip_message, with_parameters
+from sip_hub.messaging import vocabulary as vocab
 from sip_hub.store import outbox as sql
 from sip_process import (alva_case, approval, at, day, invitation, parameters, phase, post,
                          read, ref, respond, string, transition, values, write_case)
@@ -33,32 +34,10 @@ def _ok(resp: Any) -> Json:
     return out
 
 
-def _message(event: str, sender: str, *resources: Json, focus: list[str],
-             destinations: tuple[str, ...] | None = None, reason: str | None = None,
-             because: str | None = None) -> Json:
-    dests = destinations or ((SOC,) if sender != SOC else (BUP,))
-    msg = builder.message(event, fhir_base=f"https://{sender.lower()}.test/fhir", sender=sender,
-                          reason=reason, focus=focus, resources=list(resources),
-                          destinations=[builder.Party(d, f"https://{d.lower()}.test/pm")
-                                        for d in dests])
-    if because is not None:
-        msg["entry"][0]["resource"].setdefault("reason", {})["text"] = because
-    return msg
 
 
-def _with_parameters(event: str, sender: str, params: Json, *extra: Json, focus: list[str],
-                     **kw: Any) -> Json:
-    return _message(event, sender, {"resourceType": "Parameters", "id": "in", **params}, *extra,
-                    focus=focus, **kw)
 
 
-def _answer(resp: Any) -> tuple[str, str]:
-    """(response.code, the diagnostics of its OperationOutcome)."""
-    assert resp.status_code == 200, resp.text
-    entries = resp.json()["entry"]
-    oo = [e["resource"] for e in entries if e["resource"]["resourceType"] == "OperationOutcome"]
-    return (entries[0]["resource"]["response"]["code"],
-            " | ".join(i.get("diagnostics", "") for o in oo for i in o["issue"]))
 
 
 def _resent(msg: Json) -> Json:
@@ -134,7 +113,7 @@ def _proposal_message(hub: Hub, text: str = "Familjebehandling varannan vecka.")
     proposed = _revision(hub, text) | {"id": "andring-1", "intent": "proposal",
                                        "status": "draft",
                                        "replaces": [{"reference": f"CarePlan/{PLAN}"}]}
-    return _message("plan-revision-proposed", SOC, proposed,
+    return sip_message("plan-revision-proposed", SOC, proposed,
                     focus=["CarePlan/andring-1", f"CarePlan/{PLAN}"])
 
 
@@ -144,7 +123,7 @@ def _proposals(hub: Hub) -> list[Json]:
 
 
 def _approval_message(proposal_id: str, **kw: Any) -> Json:
-    return _with_parameters("revision-approved", SOC, parameters(
+    return with_parameters("revision-approved", SOC, parameters(
         ref("revision", f"CarePlan/{proposal_id}"), *approval("Patient/alva", f.MOTHER)),
         focus=[f"CarePlan/{PLAN}"], **kw)
 
@@ -156,7 +135,7 @@ def _set_consent(hub: Hub, actors: tuple[str, ...], status: str = "active") -> J
 
 def _consent_message(consent: Json, reason: str,
                      destinations: tuple[str, ...] = (BUP, SCHOOL)) -> Json:
-    return _message("consent-changed", SOC, consent, reason=reason,
+    return sip_message("consent-changed", SOC, consent, reason=reason,
                     focus=[f"Consent/{consent['id']}", "Patient/alva"],
                     destinations=destinations)
 
@@ -165,7 +144,7 @@ def _consent_message(consent: Json, reason: str,
 
 def _refused(hub: Hub, sender: str, msg: Json, words: str) -> None:
     plan, provenances, before = _plan(hub), _provenances(hub), _ids(hub)
-    outcome, says = _answer(hub.post(sender, URL, msg))
+    outcome, says = outcome_of(hub.post(sender, URL, msg))
     assert outcome == vocab.FATAL_ERROR and words in says, says
     assert _plan(hub) == plan
     assert _provenances(hub) == provenances
@@ -181,10 +160,10 @@ def test_a_revision_approved_before_any_was_proposed_is_refused(hub: Hub) -> Non
 
 def test_a_revision_approved_twice_is_refused_the_second_time(hub: Hub) -> None:
     _established(hub)
-    outcome, says = _answer(hub.post(SOC, URL, _proposal_message(hub)))
+    outcome, says = outcome_of(hub.post(SOC, URL, _proposal_message(hub)))
     assert outcome == vocab.OK, says
     (proposal,) = _proposals(hub)
-    outcome, says = _answer(hub.post(SOC, URL, _approval_message(proposal["id"])))
+    outcome, says = outcome_of(hub.post(SOC, URL, _approval_message(proposal["id"])))
     assert outcome == vocab.OK, says
     # A new message (new ids) approving the same, now completed, proposal.
     _refused(hub, SOC, _approval_message(proposal["id"]), "completed")
@@ -192,7 +171,7 @@ def test_a_revision_approved_twice_is_refused_the_second_time(hub: Hub) -> None:
 
 def test_establishing_an_established_plan_again_is_refused(hub: Hub) -> None:
     _established(hub)
-    msg = _with_parameters("plan-established", SOC,
+    msg = with_parameters("plan-established", SOC,
                            parameters(*approval("Patient/alva", f.MOTHER)),
                            focus=[f"CarePlan/{PLAN}"])
     _refused(hub, SOC, msg, "cannot move to 'upprattad'")
@@ -200,7 +179,7 @@ def test_establishing_an_established_plan_again_is_refused(hub: Hub) -> None:
 
 def test_lifecycle_events_on_a_closed_sip_are_refused(hub: Hub) -> None:
     _established(hub)
-    outcome, says = _answer(hub.post(SOC, URL, _proposal_message(hub)))
+    outcome, says = outcome_of(hub.post(SOC, URL, _proposal_message(hub)))
     assert outcome == vocab.OK, says
     (proposal,) = _proposals(hub)
     _ok(transition(hub.client, hub.headers[SOC], PLAN, "avslutad",
@@ -208,11 +187,11 @@ def test_lifecycle_events_on_a_closed_sip_are_refused(hub: Hub) -> None:
     assert [p["status"] for p in _proposals(hub)] == ["revoked"]
     approved = parameters(*approval("Patient/alva", f.MOTHER))
     for msg, words in [
-        (_with_parameters("follow-up-done", SOC, approved, focus=[f"CarePlan/{PLAN}"]),
+        (with_parameters("follow-up-done", SOC, approved, focus=[f"CarePlan/{PLAN}"]),
          "avslutad"),
-        (_with_parameters("plan-established", SOC, approved, focus=[f"CarePlan/{PLAN}"]),
+        (with_parameters("plan-established", SOC, approved, focus=[f"CarePlan/{PLAN}"]),
          "avslutad"),
-        (_message("sip-closed", SOC, focus=[f"CarePlan/{PLAN}"], because="Igen"),
+        (sip_message("sip-closed", SOC, focus=[f"CarePlan/{PLAN}"], because="Igen"),
          "avslutad"),
         (_approval_message(proposal["id"]), "avslutad"),
         (_proposal_message(hub, "Något nytt."), "avslutad"),
@@ -225,7 +204,7 @@ def test_only_the_coordinator_drives_the_lifecycle_by_message(hub: Hub) -> None:
     msg = _proposal_message(hub)
     msg["entry"][0]["resource"]["sender"]["identifier"]["value"] = BUP
     _refused(hub, BUP, msg, "only the coordinating organisation")
-    closing = _message("sip-closed", BUP, focus=[f"CarePlan/{PLAN}"], because="BUP vill")
+    closing = sip_message("sip-closed", BUP, focus=[f"CarePlan/{PLAN}"], because="BUP vill")
     _refused(hub, BUP, closing, "only the coordinating organisation")
 
 
@@ -234,7 +213,7 @@ def test_an_insats_status_changed_by_an_organisation_not_its_performer_is_refuse
     # The school changes BUP's insats (index 0): not its own.
     msg = status_change(world, sender=SCHOOL, status="cancelled", insats=0)
     before = _ids(world)
-    outcome, says = _answer(world.post(SCHOOL, URL, msg))
+    outcome, says = outcome_of(world.post(SCHOOL, URL, msg))
     assert outcome == vocab.FATAL_ERROR, says
     assert "coordinating organisation" in says
     assert current_plan(world)["meta"]["versionId"] == "1"
@@ -255,7 +234,7 @@ def test_narrowing_or_withdrawing_the_consent_by_message_to_the_participants_is_
     message (nothing more is shared with them)."""
     before = _ids(world)
     consent = _set_consent(world, actors, status=status)
-    outcome, says = _answer(world.post(SOC, URL, _consent_message(consent, reason)))
+    outcome, says = outcome_of(world.post(SOC, URL, _consent_message(consent, reason)))
     assert outcome == vocab.OK, says
     stored = read(world.client, f"Consent/{consent['id']}", world.headers[SOC])
     assert stored["status"] == status
@@ -280,12 +259,12 @@ def test_a_consent_narrowed_by_message_stops_what_waits_for_the_removed_organisa
         world: Hub, receivers: Any) -> None:
     endpoint = _receiving(world, receivers)
     first = world.post(BUP, URL, status_change(world, status="completed"))
-    assert _answer(first)[0] == vocab.OK
+    assert outcome_of(first)[0] == vocab.OK
     assert world.relay() >= 1  # on the bus for the school, not delivered yet
     second = world.post(BUP, URL, status_change(world, status="on-hold"))
-    assert _answer(second)[0] == vocab.OK  # waiting behind the first
+    assert outcome_of(second)[0] == vocab.OK  # waiting behind the first
     narrowed = _set_consent(world, (BUP,))
-    outcome, says = _answer(world.post(SOC, URL, _consent_message(
+    outcome, says = outcome_of(world.post(SOC, URL, _consent_message(
         narrowed, vocab.NARROWED, destinations=(BUP,))))
     assert outcome == vocab.OK, says
     _settle(world)
@@ -297,17 +276,17 @@ def test_a_consent_narrowed_by_message_stops_what_waits_for_the_removed_organisa
 
     # Later messages do not reach the school either.
     third = world.post(BUP, URL, status_change(world, status="completed"))
-    assert _answer(third)[0] == vocab.OK
+    assert outcome_of(third)[0] == vocab.OK
     _settle(world)
     assert endpoint[SCHOOL].received == []
 
     # Granted again: the school hears of it and of what comes next, never of what was
     # withdrawn meanwhile.
     granted = _set_consent(world, (BUP, SCHOOL))
-    outcome, says = _answer(world.post(SOC, URL, _consent_message(granted, vocab.GRANTED)))
+    outcome, says = outcome_of(world.post(SOC, URL, _consent_message(granted, vocab.GRANTED)))
     assert outcome == vocab.OK, says
     fourth = world.post(BUP, URL, status_change(world, status="in-progress"))
-    assert _answer(fourth)[0] == vocab.OK
+    assert outcome_of(fourth)[0] == vocab.OK
     _settle(world)
     assert [_event_of(m) for m in endpoint[SCHOOL].received] == [
         vocab.CONSENT_CHANGED, vocab.INSATS_STATUS_CHANGED]
@@ -339,8 +318,8 @@ def test_an_insats_status_on_a_closed_sip_is_not_changed(hub: Hub, via: str) -> 
         r = hub.put(BUP, changed)
         assert r.status_code in (403, 409), r.text
     else:
-        msg = _message("insats-status-changed", BUP, changed, focus=[f"CarePlan/{PLAN}"])
-        outcome, says = _answer(hub.post(BUP, URL, msg))
+        msg = sip_message("insats-status-changed", BUP, changed, focus=[f"CarePlan/{PLAN}"])
+        outcome, says = outcome_of(hub.post(BUP, URL, msg))
         assert outcome == vocab.FATAL_ERROR, says
     assert _plan(hub) == plan
     assert _events_since(hub, before) == []
@@ -362,9 +341,9 @@ def test_a_meeting_of_a_closed_sip_is_not_rescheduled(hub: Hub, via: str) -> Non
         r = hub.put(SOC, moved)
         assert r.status_code in (403, 409), r.text
     else:
-        msg = _message("meeting-rescheduled", SOC, moved,
+        msg = sip_message("meeting-rescheduled", SOC, moved,
                        focus=[f"Appointment/{appt['id']}", f"CarePlan/{PLAN}"])
-        outcome, says = _answer(hub.post(SOC, URL, msg))
+        outcome, says = outcome_of(hub.post(SOC, URL, msg))
         assert outcome == vocab.FATAL_ERROR, says
     assert _meeting(hub) == appt
     assert _events_since(hub, before) == []
@@ -375,30 +354,30 @@ def test_a_meeting_of_a_closed_sip_is_not_rescheduled(hub: Hub, via: str) -> Non
 def test_resubmitted_lifecycle_messages_have_no_second_effect(hub: Hub) -> None:
     _established(hub)
     proposing = _proposal_message(hub)
-    first = _answer(hub.post(SOC, URL, proposing))
+    first = outcome_of(hub.post(SOC, URL, proposing))
     assert first[0] == vocab.OK, first
     provenances, notes = _provenances(hub), len(_events_since(hub, set()))
     again = hub.post(SOC, URL, _resent(proposing))
-    assert _answer(again) == first
+    assert outcome_of(again) == first
     assert len(_proposals(hub)) == 1
     (proposal,) = _proposals(hub)
 
     approving = _approval_message(proposal["id"])
-    first = _answer(hub.post(SOC, URL, approving))
+    first = outcome_of(hub.post(SOC, URL, approving))
     assert first[0] == vocab.OK, first
     plan, provenances = _plan(hub), _provenances(hub)
     notes = len(_events_since(hub, set()))
     for msg in (approving, _resent(approving)):
-        assert _answer(hub.post(SOC, URL, msg)) == first
+        assert outcome_of(hub.post(SOC, URL, msg)) == first
     assert _plan(hub) == plan and _provenances(hub) == provenances
     assert len(_events_since(hub, set())) == notes
 
-    closing = _message("sip-closed", SOC, focus=[f"CarePlan/{PLAN}"], because="Klart")
-    first = _answer(hub.post(SOC, URL, closing))
+    closing = sip_message("sip-closed", SOC, focus=[f"CarePlan/{PLAN}"], because="Klart")
+    first = outcome_of(hub.post(SOC, URL, closing))
     assert first[0] == vocab.OK, first
     plan, provenances = _plan(hub), _provenances(hub)
     notes = len(_events_since(hub, set()))
-    assert _answer(hub.post(SOC, URL, _resent(closing))) == first
+    assert outcome_of(hub.post(SOC, URL, _resent(closing))) == first
     assert _plan(hub) == plan and _provenances(hub) == provenances
     assert len(_events_since(hub, set())) == notes
 
@@ -407,16 +386,16 @@ def test_a_refused_lifecycle_message_resent_is_refused_alike(hub: Hub) -> None:
     """A fatal-error is remembered: resent unchanged after the SIP moved on, it is not taken
     (the sender was told not to resend it unchanged)."""
     _held(hub)
-    msg = _with_parameters("follow-up-done", SOC, parameters(*approval("Patient/alva",
+    msg = with_parameters("follow-up-done", SOC, parameters(*approval("Patient/alva",
                                                                       f.MOTHER)),
                            focus=[f"CarePlan/{PLAN}"])
-    first = _answer(hub.post(SOC, URL, msg))
+    first = outcome_of(hub.post(SOC, URL, msg))
     assert first[0] == vocab.FATAL_ERROR
     _ok(transition(hub.client, hub.headers[SOC], PLAN, "upprattad",
                    *approval("Patient/alva", f.MOTHER)))
     _ok(transition(hub.client, hub.headers[SOC], PLAN, "uppfoljning"))
     plan = _plan(hub)
-    assert _answer(hub.post(SOC, URL, _resent(msg))) == first
+    assert outcome_of(hub.post(SOC, URL, _resent(msg))) == first
     assert _plan(hub) == plan
 
 
@@ -440,7 +419,7 @@ def test_the_lifecycle_reaches_each_participant_once_in_order_as_stored(
     stored: dict[str, Json] = {}
 
     def send(msg: Json) -> None:
-        outcome, says = _answer(hub.post(SOC, URL, msg))
+        outcome, says = outcome_of(hub.post(SOC, URL, msg))
         assert outcome == vocab.OK, says
 
     send(_proposal_message(hub, "Familjebehandling varannan vecka."))
@@ -448,12 +427,12 @@ def test_the_lifecycle_reaches_each_participant_once_in_order_as_stored(
     send(_approval_message(proposal["id"]))
     stored["revision-approved"] = _plan(hub)
     changed = _own_status(hub, "completed")
-    outcome, says = _answer(hub.post(BUP, URL, _message(
+    outcome, says = outcome_of(hub.post(BUP, URL, sip_message(
         "insats-status-changed", BUP, changed, focus=[f"CarePlan/{PLAN}"],
         destinations=(SOC, SCHOOL))))
     assert outcome == vocab.OK, says
     stored["insats-status-changed"] = _plan(hub)
-    send(_message("sip-closed", SOC, focus=[f"CarePlan/{PLAN}"], because="Klart"))
+    send(sip_message("sip-closed", SOC, focus=[f"CarePlan/{PLAN}"], because="Klart"))
     stored["sip-closed"] = _plan(hub)
     _settle(hub)
 
@@ -495,15 +474,15 @@ def test_a_follow_up_concluded_with_a_revised_date_tells_the_participants(hub: H
         "id": "andring-2", "intent": "proposal", "status": "draft",
         "replaces": [{"reference": f"CarePlan/{PLAN}"}]}
     before = _ids(hub)
-    outcome, says = _answer(hub.post(SOC, URL, _message(
+    outcome, says = outcome_of(hub.post(SOC, URL, sip_message(
         "plan-revision-proposed", SOC, revision,
         focus=["CarePlan/andring-2", f"CarePlan/{PLAN}"])))
     assert outcome == vocab.OK, says
     (proposal,) = _proposals(hub)
-    outcome, says = _answer(hub.post(SOC, URL, _approval_message(proposal["id"])))
+    outcome, says = outcome_of(hub.post(SOC, URL, _approval_message(proposal["id"])))
     assert outcome == vocab.OK, says
     assert _follow_up(_plan(hub)) == _follow_up(revision)
-    outcome, says = _answer(hub.post(SOC, URL, _with_parameters(
+    outcome, says = outcome_of(hub.post(SOC, URL, with_parameters(
         "follow-up-done", SOC, parameters(*approval("Patient/alva", f.MOTHER)),
         focus=[f"CarePlan/{PLAN}"])))
     assert outcome == vocab.OK, says
@@ -525,7 +504,7 @@ def test_a_revision_sent_as_an_insats_status_change_is_refused(world: Hub) -> No
     plan["activity"][2]["detail"]["status"] = "in-progress"
     plan["activity"][2]["detail"]["description"] = "Familjebehandling en gång i månaden."
     before = _ids(world)
-    outcome, says = _answer(world.post(SOC, URL, _message(
+    outcome, says = outcome_of(world.post(SOC, URL, sip_message(
         "insats-status-changed", SOC, plan, focus=[f"CarePlan/{PLAN}"])))
     assert outcome == vocab.FATAL_ERROR and "approval" in says, says
     assert current_plan(world)["meta"]["versionId"] == "1"
@@ -537,10 +516,10 @@ def test_a_stale_status_change_does_not_undo_a_participants_report(world: Hub) -
     (version 1, as its meta says), then reports the coordinator's own insats. BUP's report
     must not be silently undone (and told to everyone as the news)."""
     stale = current_plan(world)
-    assert _answer(world.post(BUP, URL, status_change(world, status="completed")))[0] == "ok"
+    assert outcome_of(world.post(BUP, URL, status_change(world, status="completed")))[0] == "ok"
     assert current_plan(world)["activity"][0]["detail"]["status"] == "completed"
     stale["activity"][2]["detail"]["status"] = "in-progress"
-    outcome, says = _answer(world.post(SOC, URL, _message(
+    outcome, says = outcome_of(world.post(SOC, URL, sip_message(
         "insats-status-changed", SOC, stale, focus=[f"CarePlan/{PLAN}"],
         destinations=(BUP, SCHOOL))))
     assert current_plan(world)["activity"][0]["detail"]["status"] == "completed", (
@@ -554,10 +533,10 @@ def test_a_consent_change_is_not_carried_under_another_event(world: Hub) -> None
     plan = current_plan(world)
     plan.pop("meta")
     narrowed = _set_consent(world, (BUP,))
-    msg = _message("insats-status-changed", SOC, plan, narrowed,
+    msg = sip_message("insats-status-changed", SOC, plan, narrowed,
                    focus=[f"CarePlan/{PLAN}"], destinations=(BUP,))
     before = _ids(world)
-    outcome, says = _answer(world.post(SOC, URL, msg))
+    outcome, says = outcome_of(world.post(SOC, URL, msg))
     stored = read(world.client, f"Consent/{narrowed['id']}", world.headers[SOC])
     told = _events_since(world, before)
     # Either refused and nothing stored, or stored and the change told as what it is.
@@ -589,7 +568,7 @@ def test_without_consent_the_plan_is_not_revised(hub: Hub) -> None:
     assert r.status_code == 200, r.text
     _refused(hub, SOC, _proposal_message(hub), "consent")
     approved = parameters(*approval("Patient/alva", f.MOTHER))
-    _refused(hub, SOC, _with_parameters("follow-up-done", SOC, approved,
+    _refused(hub, SOC, with_parameters("follow-up-done", SOC, approved,
                                         focus=[f"CarePlan/{PLAN}"]), "consent")
 
 
@@ -600,9 +579,9 @@ def test_without_consent_the_sip_is_closed_by_message_as_by_rest(hub: Hub) -> No
     before = _ids(hub)
     # Rule 2: the person may end the SIP at any time, consent or not ($transition needs no
     # consent to close); the coordinator's system addresses the participants' as usual.
-    closing = _message("sip-closed", SOC, focus=[f"CarePlan/{PLAN}"], because="Alva vill",
+    closing = sip_message("sip-closed", SOC, focus=[f"CarePlan/{PLAN}"], because="Alva vill",
                        destinations=(BUP, SCHOOL))
-    outcome, says = _answer(hub.post(SOC, URL, closing))
+    outcome, says = outcome_of(hub.post(SOC, URL, closing))
     assert outcome == vocab.OK, says
     assert phase(_plan(hub)) == "avslutad"
     assert [o for _, o in _events_since(hub, before) if o in (BUP, SCHOOL)] == []
@@ -625,9 +604,9 @@ def _soc_insats(plan: Json, status: str) -> Json:
 
 def test_a_stale_copy_is_a_version_conflict_and_the_current_one_is_taken(world: Hub) -> None:
     stale = current_plan(world)
-    assert _answer(world.post(BUP, URL, status_change(world, status="completed")))[0] == "ok"
+    assert outcome_of(world.post(BUP, URL, status_change(world, status="completed")))[0] == "ok"
     before, plan = _ids(world), current_plan(world)
-    r = world.post(SOC, URL, _message("insats-status-changed", SOC,
+    r = world.post(SOC, URL, sip_message("insats-status-changed", SOC,
                                       _soc_insats(stale, "in-progress"),
                                       focus=[f"CarePlan/{PLAN}"], destinations=(BUP, SCHOOL)))
     (issue,) = _issues(r)
@@ -636,7 +615,7 @@ def test_a_stale_copy_is_a_version_conflict_and_the_current_one_is_taken(world: 
     assert "Version conflict" in issue["diagnostics"] and "version 2" in issue["diagnostics"]
     assert current_plan(world) == plan and _events_since(world, before) == []
     # The same change made to the version the hub holds (as its meta says) is taken.
-    outcome, says = _answer(world.post(SOC, URL, _message(
+    outcome, says = outcome_of(world.post(SOC, URL, sip_message(
         "insats-status-changed", SOC, _soc_insats(current_plan(world), "in-progress"),
         focus=[f"CarePlan/{PLAN}"], destinations=(BUP, SCHOOL))))
     assert outcome == vocab.OK, says
@@ -653,7 +632,7 @@ def test_a_consent_change_under_another_event_is_refused_naming_it(world: Hub) -
     plan.pop("meta")
     narrowed = _set_consent(world, (BUP,))
     before = _ids(world)
-    r = world.post(SOC, URL, _message("insats-status-changed", SOC, plan, narrowed,
+    r = world.post(SOC, URL, sip_message("insats-status-changed", SOC, plan, narrowed,
                                       focus=[f"CarePlan/{PLAN}"], destinations=(BUP,)))
     (issue,) = _issues(r)
     assert r.json()["entry"][0]["resource"]["response"]["code"] == vocab.FATAL_ERROR
@@ -677,7 +656,7 @@ def test_a_narrowed_consent_is_told_to_those_it_still_covers_only(world: Hub, vi
     if via == "rest":
         assert world.put(SOC, narrowed).status_code == 200
     else:
-        outcome, says = _answer(world.post(SOC, URL, _consent_message(narrowed,
+        outcome, says = outcome_of(world.post(SOC, URL, _consent_message(narrowed,
                                                                       vocab.NARROWED)))
         assert outcome == vocab.OK, says
     assert _events_since(world, before) == [(vocab.CONSENT_CHANGED, BUP)]
@@ -705,7 +684,7 @@ def test_a_refused_entry_is_named_by_its_place_also_after_unchanged_ones(world: 
     plan.pop("meta")
     plan["status"] = "completed"  # a plan's status follows its phase
     before = _ids(world)
-    r = world.post(SOC, URL, _message("insats-status-changed", SOC, patient, plan,
+    r = world.post(SOC, URL, sip_message("insats-status-changed", SOC, patient, plan,
                                       focus=[f"CarePlan/{PLAN}"]))
     (issue,) = _issues(r)
     assert issue["expression"] == ["Bundle.entry[2].resource.status"], issue
@@ -721,7 +700,7 @@ def test_a_resource_new_to_the_hub_is_taken_whatever_version_it_was_sent_as(
     consent = _set_consent(world, (BUP, SCHOOL)) | {"id": "nytt-samtycke",
                                                    "meta": {"versionId": "7"}}
     before = _ids(world)
-    outcome, says = _answer(world.post(SOC, URL, _consent_message(consent, vocab.GRANTED)))
+    outcome, says = outcome_of(world.post(SOC, URL, _consent_message(consent, vocab.GRANTED)))
     assert outcome == vocab.OK, says
     stored = read(world.client, "Consent/nytt-samtycke", world.headers[SOC])
     assert stored["meta"]["versionId"] == "1"

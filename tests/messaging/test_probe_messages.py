@@ -12,6 +12,7 @@ import pytest
 
 from harness import (BUP, URL, Hub, broker, current_plan, hub, receivers,  # noqa: F401
                      status_change, world)
+from harness import outcome_of
 from sip_hub.messaging import process_message as pm, vocabulary as vocab
 from sip_hub.store import inbox
 
@@ -25,13 +26,6 @@ def _fresh(msg: Json) -> Json:
     return out
 
 
-def _code(resp: Any) -> tuple[str, str]:
-    """(response code, diagnostics) of a response message."""
-    assert resp.status_code == 200, resp.text
-    entries = resp.json()["entry"]
-    oo = [e["resource"] for e in entries if e["resource"]["resourceType"] == "OperationOutcome"]
-    return (entries[0]["resource"]["response"]["code"],
-            " | ".join(i.get("diagnostics", "") for o in oo for i in o["issue"]))
 
 
 @pytest.mark.parametrize("event", ["x" * 100, "a\u0000b"])
@@ -47,7 +41,7 @@ def test_an_event_code_that_does_not_fit_the_inbox_is_not_a_5xx(world: Hub, even
         assert r.status_code == 202, r.text
         assert pm.process_accepted(world.store, world.messaging) == 1
     else:
-        code, says = _code(r)
+        code, says = outcome_of(r)
         assert code == vocab.FATAL_ERROR and "Unknown SIP event" in says
     with world.store.begin(write=False) as tx:
         found, _ = inbox.lookup(tx, BUP, msg["entry"][0]["resource"]["id"], msg["id"],
@@ -65,7 +59,7 @@ def test_a_message_carrying_one_resource_twice_is_a_fatal_error(world: Hub) -> N
     other["resource"]["activity"][0]["detail"]["status"] = "cancelled"
     msg["entry"].append(other)
     before = len(world.deliveries())
-    code, says = _code(world.post(BUP, URL, msg))
+    code, says = outcome_of(world.post(BUP, URL, msg))
     assert code == vocab.FATAL_ERROR
     assert "carries CarePlan/alva-sip twice" in says and "Bundle.entry[1]" in says
     assert current_plan(world)["meta"]["versionId"] == "1"
@@ -96,7 +90,7 @@ def test_a_message_naming_the_sip_by_the_hubs_absolute_urls_is_applied(world: Hu
     for the SIP the message concerns."""
     relative = _fresh(status_change(world))
     before = len(world.deliveries())
-    assert _code(world.post(BUP, URL, relative))[0] == vocab.OK
+    assert outcome_of(world.post(BUP, URL, relative))[0] == vocab.OK
     routed = len(world.deliveries()) - before
     assert routed > 0
     msg = _fresh(status_change(world, status="in-progress"))
@@ -104,7 +98,7 @@ def test_a_message_naming_the_sip_by_the_hubs_absolute_urls_is_applied(world: Hu
     plan["subject"]["reference"] = "http://hub.test/fhir/Patient/alva"
     msg["entry"][0]["resource"]["focus"] = [
         {"reference": "http://hub.test/fhir/CarePlan/alva-sip"}]
-    assert _code(world.post(BUP, URL, msg))[0] == vocab.OK
+    assert outcome_of(world.post(BUP, URL, msg))[0] == vocab.OK
     stored = current_plan(world)
     assert stored["meta"]["versionId"] == "3"
     assert stored["subject"] == {"reference": "Patient/alva"}
@@ -113,6 +107,6 @@ def test_a_message_naming_the_sip_by_the_hubs_absolute_urls_is_applied(world: Hu
     other = _fresh(status_change(world, status="completed"))
     other["entry"][0]["resource"]["focus"] = [
         {"reference": "http://elsewhere.test/fhir/CarePlan/alva-sip"}]
-    code, says = _code(world.post(BUP, URL, other))
+    code, says = outcome_of(world.post(BUP, URL, other))
     assert code == vocab.FATAL_ERROR and "neither an entry" in says
     assert current_plan(world)["meta"]["versionId"] == "3"
