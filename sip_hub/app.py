@@ -106,6 +106,8 @@ def _allowed(app: "HubApp", scope: Scope) -> str:
     """A 405's ``Allow`` (RFC 9110 15.5.6): the methods some route takes on the path, HEAD
     wherever GET (``HubApp`` answers HEAD as GET), less the one refused. Starlette's names
     the first route of the path only, and a path's GET, PUT and DELETE are routes apart."""
+    if scope["path"].rstrip("/").endswith("/fhir/metadata"):
+        return "GET, HEAD"  # (the type routes, /fhir/{rtype}, would take it for a type)
     routes = [r for r, _ in app.hot_routes] + list(app.router.routes)
     methods: set[str] = set()
     for method in _METHODS:

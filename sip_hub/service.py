@@ -26,6 +26,8 @@ Resolve = Callable[[str, str], dict[str, Any] | None]
 
 
 def check_type(rtype: str, *, write: bool = False) -> None:
+    if rtype == "metadata":  # (a path of the base, not a type: the CapabilityStatement)
+        raise MethodNotAllowed("The CapabilityStatement at metadata is read with GET")
     if not supported(rtype):
         if models.is_resource_type(rtype):
             raise NotFound(f"Resource type {rtype} is not supported by this server")

@@ -13,14 +13,36 @@ from .sip import PROFILE_BY_TYPE
 
 _WRITE = ["create", "update", "delete"]
 _READ = ["read", "vread", "history-instance", "history-type", "search-type"]
+
+# The access log is kept by the hub in a table of its own (sip_hub/store/audit.py): no client
+# writes it (Access.check refuses every create, update and delete of it with a 403), and its
+# search answers fewer parameters than the other types: no meta parameters, no :missing or
+# :not, agents by identifier only (the events record who acted by identifier, so a search,
+# _include or _revinclude through AuditEvent:agent by reference finds nothing).
+_AUDIT = "AuditEvent"
+_NO_CLIENT_WRITES = READ_ONLY_TYPES | {_AUDIT}
+_AUDIT_UNSEARCHABLE = frozenset({"_profile", "_tag", "_security"})
+_AUDIT_NO_INCLUDE = frozenset({f"{_AUDIT}:agent"})
+_AUDIT_DOCUMENTATION = (
+    "The hub's access log, written by the hub alone. Search: no :missing, :not or chaining; "
+    "_sort by date, _lastUpdated or _id only; agent only as agent:identifier=system|value.")
+
+
+def _declared_params(rtype: str) -> list[Any]:
+    return [p for p in params_for(rtype).values()
+            if not (rtype == _AUDIT and p.name in _AUDIT_UNSEARCHABLE)]
+
+
 _INCLUDES: dict[str, list[str]] = {}
 _REVINCLUDES: dict[str, list[str]] = {}
 for _t in RESOURCE_TYPES:
-    for _p in params_for(_t).values():
-        if _p.type == "reference":
-            _INCLUDES.setdefault(_t, []).append(f"{_t}:{_p.name}")
-            for _target in _p.targets:
-                _REVINCLUDES.setdefault(_target, []).append(f"{_t}:{_p.name}")
+    for _p in _declared_params(_t):
+        if _p.type != "reference" or f"{_t}:{_p.name}" in _AUDIT_NO_INCLUDE:
+            continue
+        _INCLUDES.setdefault(_t, []).append(f"{_t}:{_p.name}")
+        # A parameter without target types refers to any type (AuditEvent:entity).
+        for _target in _p.targets or [r for r in RESOURCE_TYPES if r != _t]:
+            _REVINCLUDES.setdefault(_target, []).append(f"{_t}:{_p.name}")
 
 
 def _operations() -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
@@ -43,17 +65,24 @@ def _operations() -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]
     return by_type, system
 
 
+def _param_doc(rtype: str, p: Any) -> str:
+    if rtype == _AUDIT and p.name == "agent":
+        return "Only as agent:identifier=system|value (FHIRPath: AuditEvent.agent.who)"
+    return str(p.documentation or f"FHIRPath: {p.expression}")
+
+
 def _resource(rtype: str) -> dict[str, Any]:
-    interactions = _READ if rtype in READ_ONLY_TYPES else _READ[:2] + _WRITE + _READ[2:]
+    writable = rtype not in _NO_CLIENT_WRITES
+    interactions = _READ[:2] + _WRITE + _READ[2:] if writable else _READ
     out: dict[str, Any] = {
         "type": rtype,
         "interaction": [{"code": c} for c in interactions],
         "versioning": "versioned-update",
         "readHistory": True,
-        "updateCreate": rtype not in READ_ONLY_TYPES,
-        "conditionalCreate": rtype not in READ_ONLY_TYPES,
+        "updateCreate": writable,
+        "conditionalCreate": writable,
         "conditionalRead": "not-supported",
-        "conditionalUpdate": rtype not in READ_ONLY_TYPES,
+        "conditionalUpdate": writable,
         "conditionalDelete": "not-supported",
         "searchInclude": sorted(_INCLUDES.get(rtype, [])),
         "searchRevInclude": sorted(_REVINCLUDES.get(rtype, [])),
@@ -61,9 +90,11 @@ def _resource(rtype: str) -> dict[str, Any]:
             {"name": "_id", "type": "token"},
             {"name": "_lastUpdated", "type": "date"},
         ] + [{"name": p.name, "type": "uri" if p.type == "uri" else p.type,
-              "documentation": p.documentation or f"FHIRPath: {p.expression}"}
-             for p in params_for(rtype).values()],
+              "documentation": _param_doc(rtype, p)}
+             for p in _declared_params(rtype)],
     }
+    if rtype == _AUDIT:
+        out["documentation"] = _AUDIT_DOCUMENTATION
     if rtype in PROFILE_BY_TYPE:
         out["supportedProfile"] = [PROFILE_BY_TYPE[rtype]]
     for key in ("searchInclude", "searchRevInclude"):
@@ -107,9 +138,13 @@ def capability_statement(base_url: str, software_date: str,
         "documentation": (
             "Searches are strict by default: an unknown parameter is a 400. Send "
             "'Prefer: handling=lenient' to have unknown parameters ignored and reported. "
-            "Paging with _count and _offset; _sort on _id, _lastUpdated and date, string "
-            "and token parameters; one level of chaining on reference parameters; "
-            "_include and _revinclude without :iterate. Limits (a 400 beyond): "
+            "Paging with _count and _offset; _total (none, estimate, accurate); "
+            "_summary=count and _summary=false only; no _elements (a 400; ignored under "
+            "lenient handling). _sort on _id, _lastUpdated and date, string, token and uri "
+            "parameters; modifiers :missing (every parameter), :not (token), :exact and "
+            ":contains (string), :identifier and a type (reference); one level of chaining "
+            "on reference parameters; _include and _revinclude without :iterate. AuditEvent "
+            "answers less: see its documentation. Limits (a 400 beyond): "
             f"{MAX_VALUES_PER_PARAMETER} comma-separated values in one parameter, "
             f"{MAX_VALUES} values and {MAX_PARAMETERS} parameters in one search. Swedish "
             "identifiers are searched in any form a write accepts (a personnummer with or "

@@ -55,10 +55,20 @@ def _media(value: str) -> str:
     return value.split(";", 1)[0].strip().lower()
 
 
+# FHIR's fhirVersion media-type parameter (http.html#version-parameter): the versions this
+# hub speaks (R4); a media type asking for another is not acceptable.
+_FHIR_VERSIONS = frozenset({"4.0", "4.0.1"})
+
+
+def _other_fhir_version(params: list[str]) -> bool:
+    return any(name.strip().lower() == "fhirversion" and value.strip().strip('"')
+               not in _FHIR_VERSIONS for name, _, value in (p.partition("=") for p in params))
+
+
 def accepted(accept: str) -> list[tuple[str, float]]:
     """An ``Accept`` header's media types (lower case) with their q-values, in its order
     (RFC 9110 12.5.1: names and types are case-insensitive; a q that cannot be read or lies
-    outside 0..1 counts as 0, not acceptable)."""
+    outside 0..1 counts as 0, not acceptable, as does a FHIR version other than R4's)."""
     out = []
     for part in accept.split(","):
         media, *params = [p.strip() for p in part.split(";")]
@@ -70,6 +80,8 @@ def accepted(accept: str) -> list[tuple[str, float]]:
                     q = float(value)
                 except ValueError:
                     q = 0.0
+        if _other_fhir_version(params):
+            q = 0.0
         out.append((media.lower(), q if 0.0 <= q <= 1.0 else 0.0))
     return out
 
@@ -83,6 +95,9 @@ def response_format(request: Request) -> str:
         chosen = _FORMAT_ALIASES.get(_media(fmt).replace(" ", "+"))
         if chosen is None:
             raise NotAcceptable(f"_format '{fmt}' is not supported; use json or xml")
+        if _other_fhir_version(fmt.split(";")[1:]):
+            raise NotAcceptable(f"_format '{fmt}' asks for a FHIR version this server does not "
+                                "speak: it speaks FHIR R4 (4.0.1)")
         return chosen
     accept = request.headers.get("accept", "")
     if not accept.strip():
@@ -96,7 +111,7 @@ def response_format(request: Request) -> str:
         if media in _XML_TYPES:
             return XML
     raise NotAcceptable(f"Cannot answer in any of '{accept}'; this server speaks "
-                        f"{JSON} and {XML}")
+                        f"{JSON} and {XML}, FHIR R4 (fhirVersion=4.0)")
 
 
 async def read_body(request: Request, max_bytes: int) -> Any:

@@ -240,6 +240,9 @@ def history(conn: Connection, rid: str | None, *, since: int | None, at: int | N
 def include_keys(param: str, target_type: str | None, matches: Iterable[Stored]
                  ) -> list[tuple[str, str]]:
     """``_include=AuditEvent:<param>``: the references, read from the events themselves."""
+    if param not in _REF_PARAMS:
+        raise BadRequest(f"_include=AuditEvent:{param}: the access log includes through "
+                         f"{' and '.join(sorted(_REF_PARAMS))} only", expression="_include")
     stored, implied = _read_as(param)
     keys = []
     for m in matches:
@@ -253,7 +256,8 @@ def revinclude_keys(conn: Connection, param: str, target_type: str, ids: list[st
                     ) -> list[tuple[str, str]]:
     """``_revinclude=AuditEvent:<param>``: the events that refer to the matches."""
     if param not in _REF_PARAMS:
-        return []
+        raise BadRequest(f"_revinclude=AuditEvent:{param}: the access log is found through "
+                         f"{' and '.join(sorted(_REF_PARAMS))} only", expression="_revinclude")
     stored, implied = _read_as(param)
     if implied is not None and target_type != implied:
         return []
