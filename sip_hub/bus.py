@@ -61,7 +61,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from amqp.exceptions import MessageNacked
+from amqp.exceptions import MessageNacked, NotFound
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.exceptions import OperationalError
 from kombu.message import Message
@@ -185,25 +185,48 @@ class _Confirms:
         self.tag = 0
         self.outstanding: set[int] = set()
         self.refused: set[int] = set()
+        # Messages are published mandatory: one no queue took (its queue deleted, or the
+        # exchange declared again without its binding) comes back (basic.return) before
+        # its confirm, and counts as refused. What each outstanding tag was, to match them.
+        self.sent: dict[int, tuple[str, str]] = {}
+        self.returned: set[int] = set()
+        self.returned_keys: set[str] = set()  # routing keys no queue took (since the wait)
         channel.events["basic_ack"].add(self._ack)
         channel.events["basic_nack"].add(self._nack)
+        channel.events["basic_return"].add(self._return)
         channel.confirm_select()
         channel._confirm_selected = True  # py-amqp's own flag: do not select again
 
     def publish(self, env: Envelope, exchange: str, key: str) -> int:
         self.channel._basic_publish(_prepared(self.channel, env), exchange=exchange,
-                                    routing_key=key)
+                                    routing_key=key, mandatory=True)
         self.tag += 1
         self.outstanding.add(self.tag)
+        self.sent[self.tag] = (env.message_id, key)
         return self.tag
 
     def _settle(self, tag: int, multiple: bool) -> set[int]:
         done = {t for t in self.outstanding if t <= tag} if multiple else {tag}
         self.outstanding -= done
+        for t in done:
+            self.sent.pop(t, None)
         return done
 
     def _ack(self, tag: int, multiple: bool) -> None:
-        self._settle(tag, multiple)
+        done = self._settle(tag, multiple)
+        self.refused |= done & self.returned
+        self.returned -= done
+
+    def _return(self, exc: Exception, exchange: str, key: str, message: Any) -> None:
+        """A message no queue took: the first outstanding one of its id and key not yet
+        returned (the broker returns it before it confirms it)."""
+        props = getattr(message, "properties", None) or {}
+        sent = (str(props.get("message_id") or ""), key)
+        tags = sorted(t for t in self.outstanding
+                      if self.sent.get(t) == sent and t not in self.returned)
+        if tags:
+            self.returned.add(tags[0])
+        self.returned_keys.add(key)
 
     def _nack(self, tag: int, multiple: bool) -> None:
         self.refused |= self._settle(tag, multiple)
@@ -239,6 +262,14 @@ def _fan_outs(items: Sequence[tuple[Queue, Envelope]]) -> list[list[int]]:
         found[0].append(i)
         found[1].add(queue.name)
     return groups
+
+
+def _attempts(r: Received) -> int:
+    """The attempts a message's header counts (0 when it is missing or not a number)."""
+    try:
+        return int(r.headers.get(ATTEMPTS, 0) or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 _DELIVERY_TAGS = itertools.count(1)
@@ -296,6 +327,7 @@ class Bus:
         self._handler: BatchHandler | None = None
         self._batch = 1
         self._pending: list[tuple[Message, Received]] = []
+        self._returned: set[str] = set()  # routing keys of single publishes no queue took
 
     # -- what the transport declares ---------------------------------------------------------
     @property
@@ -324,6 +356,9 @@ class Bus:
             raise
         except MessageNacked as exc:  # the broker refused a confirmed publish
             raise BusUnavailable(f"The broker did not accept the message ({what})") from exc
+        except NotFound as exc:  # the exchange or a queue deleted meanwhile: declare again
+            self._declared.clear()
+            raise BusUnavailable(f"Message broker: {exc} ({what})") from exc
         except self.retryable_errors as exc:
             raise BusUnavailable(f"Message broker unavailable ({what}): {exc}") from exc
 
@@ -361,10 +396,25 @@ class Bus:
     def _publish(self, env: Envelope, key: str) -> None:
         if self._producer is None:
             self._producer = Producer(self._conn.default_channel, self._exchange)
+            if not self.is_memory:  # mandatory: a message no queue takes comes back
+                self._producer.channel.events["basic_return"].add(
+                    lambda exc, exchange, rkey, message: self._returned.add(rkey))
+        self._returned.discard(key)
         self._producer.publish(
             env.body, routing_key=key, content_type=_CONTENT_TYPE, content_encoding="binary",
             headers=dict(env.headers), message_id=env.message_id, delivery_mode="persistent",
-            retry=True, retry_policy=_PUBLISH_RETRY)
+            mandatory=not self.is_memory, retry=True, retry_policy=_PUBLISH_RETRY)
+        if key in self._returned:  # (returned before the confirm the publish waited for)
+            self._forget_declared({key})
+            raise BusUnavailable(f"No queue took the message for {key} (its queue is gone)")
+
+    def _forget_declared(self, keys: set[str]) -> None:
+        """Queues of these routing keys are to be declared again before the next publish: a
+        message to them came back unrouted (the queue or its binding was removed)."""
+        self._returned -= keys
+        for queue in self._queues.values():
+            if queue.routing_key in keys:
+                self._declared.discard(queue.name)
 
     def publish(self, org: str, env: Envelope) -> None:
         """Publish to the organisation's queue; returns once the broker has it."""
@@ -432,7 +482,11 @@ class Bus:
                                         confirm_timeout)
         except BaseException:  # which of the batch the broker took is unknown
             self._drop_confirms()
+            self._declared.clear()  # (a queue or the exchange may be gone: declare again)
             raise
+        if confirms.returned_keys:
+            self._forget_declared(confirms.returned_keys)
+            confirms.returned_keys = set()
         return [t not in refused for t in tags]
 
     def _drop_confirms(self) -> None:
@@ -507,6 +561,28 @@ class Bus:
         if self._consumer is None:
             return 0
         self._handled = 0
+        try:
+            self._drain(timeout, max_messages, gather)
+        except BusUnavailable:
+            self._forget_consumer()
+            raise
+        return self._handled
+
+    def _forget_consumer(self) -> None:
+        """After a failed wait (the connection lost, or the broker cancelled the consumer:
+        its queue was deleted): the consuming channel is closed, so that what it took and did
+        not settle goes back to the queues, and the next ``consume`` declares the queues and
+        consumes them again."""
+        self._consumer = None
+        self._consuming.clear()
+        self._tag_orgs.clear()
+        self._declared.clear()
+        try:
+            self._consumer_conn.release()
+        except Exception:  # the connection is gone already  # noqa: BLE001
+            pass
+
+    def _drain(self, timeout: float, max_messages: int, gather: float | None) -> None:
         with self._guard("drain"):
             try:
                 while self._handled < max_messages:
@@ -523,7 +599,6 @@ class Bus:
             # What was taken and not yet handled (a batch not yet full). When the wait failed
             # instead, it stays unacknowledged and the broker delivers it again.
             self._settle_all(pending)
-        return self._handled
 
     def _org_of(self, message: Message) -> tuple[str | None, str | None]:
         """The organisation whose queue held the message, and that queue's name. A message
@@ -548,13 +623,21 @@ class Bus:
         return org, (self.topology.org_queue(org) if org is not None else None)
 
     def _received(self, message: Message) -> Received:
+        """The message as handlers see it, whatever another publisher put on the queue: a
+        body py-amqp decoded to text (a ``content_encoding`` it knows) is encoded back, and
+        headers that are not tables are left out."""
         props = message.properties or {}
         org, queue = self._org_of(message)
-        headers = dict(message.headers or {})
+        headers = dict(message.headers or {}) if isinstance(message.headers, dict) else {}
         to = headers.pop(_TO, None)
         if isinstance(to, dict):  # one message for several queues: this queue's headers
-            headers.update(to.get(queue) or {})
-        return Received(bytes(message.body), str(props.get("message_id") or ""), headers, org,
+            own = to.get(queue)
+            if isinstance(own, dict):
+                headers.update(own)
+        body = message.body
+        if isinstance(body, str):
+            body = body.encode(props.get("content_encoding") or "utf-8", "surrogateescape")
+        return Received(bytes(body or b""), str(props.get("message_id") or ""), headers, org,
                         bool((message.delivery_info or {}).get("redelivered")))
 
     def _on_message(self, message: Message) -> None:
@@ -578,11 +661,11 @@ class Bus:
             assert len(outcomes) == len(received), "one outcome per message"
         except SipHubError as err:
             outcomes = [Requeue(self.requeue_delay) if err.retryable else DeadLetter(
-                err.diagnostics, int(r.headers.get(ATTEMPTS, 0) or 0)) for r in received]
+                err.diagnostics, _attempts(r)) for r in received]
         except Exception as exc:  # a bug must not stop the consumer or lose the messages
             log.exception("handler failed on messages %s", [r.message_id for r in received])
-            outcomes = [DeadLetter(f"{type(exc).__name__}: {exc}",
-                                   int(r.headers.get(ATTEMPTS, 0) or 0)) for r in received]
+            outcomes = [DeadLetter(f"{type(exc).__name__}: {exc}", _attempts(r))
+                        for r in received]
         settle = list(zip(pending, outcomes))
         # Dead letters first: a broker lost meanwhile then fails on what matters most (the
         # message must reach the dead-letter queue), and every message left unacknowledged

@@ -153,7 +153,10 @@ class Deliverer:
                     # At least once in the dead-letter queue; a second copy is harmless
                     # (replay goes by the outbox).
                     outcomes[i] = DeadLetter(d.last_error or "dead", d.attempts)
-                elif d is None or d.state not in sql.OPEN:
+                elif d is None:  # a stranger on the queue: kept, with the reason, not dropped
+                    outcomes[i] = DeadLetter(f"Not an outbox delivery: no delivery "
+                                             f"{delivery_id[:200]} in the outbox")
+                elif d.state not in sql.OPEN:
                     DELIVERIES.labels("duplicate").inc()
                     outcomes[i] = Ack()
                 else:

@@ -409,12 +409,17 @@ def reset_dead(tx: Tx, ids: Sequence[str] | None, now: int) -> list[str]:
     if ids is not None:
         q = q.where((_D.id.in_(ids)) | (_D.message_id.in_(ids)))
     found = [r.id for r in tx.conn.execute(q)]
-    if found:
-        tx.conn.execute(update(outbox_delivery).where(_D.id.in_(found), _still(_D.state, DEAD))
-                        .values(state=PENDING, attempts=0, next_attempt_at=now, updated=now,
-                                published_at=None))
+    if not found:
+        return []
+    # Those this statement changed: a concurrent replay may have put some back meanwhile
+    # (PostgreSQL re-checks the guard once the other commits), and they are its to report.
+    reset = [r.id for r in tx.conn.execute(
+        update(outbox_delivery).where(_D.id.in_(found), _still(_D.state, DEAD))
+        .values(state=PENDING, attempts=0, next_attempt_at=now, updated=now,
+                published_at=None).returning(_D.id))]
+    if reset:
         wakeup.announce(tx)
-    return found
+    return sorted(reset, key=found.index)
 
 
 def counts(tx: Tx) -> dict[str, int]:

@@ -15,7 +15,8 @@ from harness import SOC, Hub, broker, hub  # noqa: F401
 from sip_hub import deadlines
 from sip_hub.settings import Settings
 from sip_process import approval, code, parameters
-from test_operations_by_message import PLAN, VIA, _held, _step, _with_parameters
+from harness import with_parameters
+from test_operations_by_message import PLAN, VIA, _held, _step
 
 INACTIVE_DAYS = 30  # not the default (90)
 
@@ -38,7 +39,7 @@ def test_an_operation_by_message_reconciles_with_the_configured_inactivity(
 
     monkeypatch.setattr(deadlines, "reconcile", reconcile)
     approved = approval("Patient/alva", f.MOTHER)
-    _step(hub, via, SOC, _with_parameters("plan-established", SOC, parameters(*approved),
+    _step(hub, via, SOC, with_parameters("plan-established", SOC, parameters(*approved),
                                           focus=[f"CarePlan/{PLAN}"]),
           f"CarePlan/{PLAN}/$transition", parameters(code("to", "upprattad"), *approved))
     assert seen and set(seen) == {INACTIVE_DAYS}
