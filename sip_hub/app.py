@@ -34,7 +34,7 @@ from .settings import Settings
 from .store import Store
 from .store.checkpoint import Checkpointer
 from .store.engine import make_engine
-from .store.migrate import upgrade
+from .store.migrate import require_current, upgrade
 
 log = logging.getLogger("sip_hub")
 
@@ -83,6 +83,8 @@ def build_store(settings: Settings) -> Store:
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
     if settings.auto_migrate:
         upgrade(engine)
+    else:
+        require_current(engine)
     return Store(engine)
 
 

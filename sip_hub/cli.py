@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     from .app import ConfigurationError
     from .errors import SipHubError
     from .messaging.config import MessagingSettings
+    from .store.migrate import MigrationError
 
     try:
         settings = Settings()
@@ -245,9 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as exc:
         sys.stderr.write(f"sip-hub: {exc}\n")
         return 2
+    except MigrationError as exc:  # a database of a newer release
+        sys.stderr.write(f"sip-hub: {exc}\n")
+        return 2
     except OperationalError as exc:  # the database cannot be reached (migrate, clients)
         reason = str(exc.orig or exc).strip().splitlines()[0]
         sys.stderr.write(f"sip-hub: database unavailable: {reason}\n")
+        return 1
+    except OSError as exc:  # an SQLite file whose directory cannot be made
+        sys.stderr.write(f"sip-hub: {exc}\n")
         return 1
 
 

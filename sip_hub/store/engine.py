@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,8 @@ def make_engine(url: str | URL, *, pool_size: int = 10, autocommit: bool = False
     content, personal data, and an error's text reaches log lines and a dead letter's reason."""
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
-        if u.database and u.database != ":memory:":
-            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        if u.database and u.database != ":memory:" and "uri" not in u.query:
+            _sqlite_file(Path(u.database))
         engine = create_engine(u, connect_args={"check_same_thread": False, "timeout": 30},
                                hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -57,6 +58,26 @@ def make_engine(url: str | URL, *, pool_size: int = 10, autocommit: bool = False
     if not autocommit:
         driver.listen(engine)
     return engine
+
+
+def _sqlite_file(path: Path) -> None:
+    """The database file and its directory made readable by their owner only: the file holds
+    personal data (SQLite creates its -wal and -shm files with the file's permissions). A
+    directory or file that is there already keeps its own. A directory that cannot be made is
+    an ``OSError`` naming it (its cause in words, not a traceback's)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            except FileExistsError:
+                pass  # (made by another process meanwhile)
+    except FileExistsError as exc:  # (by mkdir: something else of that name)
+        raise OSError(f"cannot create the database {path}: {exc.filename} is not a "
+                      "directory") from None
+    except OSError as exc:
+        raise OSError(f"cannot create the database {path}: "
+                      f"{exc.strerror or exc} ({exc.filename})") from None
 
 
 def _sqlite_begin(conn) -> None:  # noqa: ANN001 (SQLAlchemy Connection)

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, func, select
 
 from ..fhir.indexing import fingerprint
 from .resources import Tx
-from .schema import search_index_state
+from .schema import resource, search_index_state
 
 log = logging.getLogger("sip_hub.store")
 _ROW = 1
@@ -25,13 +25,23 @@ def rebuild_if_changed(engine: Engine) -> int | None:
     PostgreSQL take turns (the second finds it current)."""
     want = fingerprint()
     table = search_index_state
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
+    # SQLite: the write lock from BEGIN (IMMEDIATE). Taken at the first write, it failed
+    # ("database is locked") whenever another process wrote meanwhile.
+    with engine.connect() as conn, conn.execution_options(sip_write=True).begin():
+        pg = conn.dialect.name == "postgresql"
+        if pg:
             conn.execute(select(func.pg_advisory_xact_lock(
                 func.hashtextextended("job:search-index-rebuild", 0))))
         have = conn.execute(select(table.c.fingerprint).where(table.c.id == _ROW)).scalar()
         if have == want:
             return None
+        if pg:
+            # No write of a resource meanwhile (reads go on, seeing the index as it was):
+            # an update committed while the rebuild ran removed the rows of its old version
+            # before the rebuild wrote them again from the version it had read, leaving the
+            # resource found by values it no longer has. Every write takes the resource's
+            # row (or locks it) before it writes index rows.
+            conn.exec_driver_sql(f"LOCK TABLE {resource.name} IN EXCLUSIVE MODE")
         count = Tx(conn).rebuild_index()
         if have is None:
             conn.execute(table.insert().values(id=_ROW, fingerprint=want))

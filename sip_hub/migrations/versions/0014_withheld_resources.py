@@ -25,5 +25,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Without the column a withheld resource would be shared with every organisation the
+    # person's consent covers: refused while there is one, as 0006 refuses to drop the log.
+    if op.get_bind().execute(sa.text(
+            "SELECT 1 FROM resource WHERE withheld = true LIMIT 1")).first():
+        raise RuntimeError("resources are withheld from everyone but their owner; "
+                           "downgrading below 0014 would share them. Delete them first.")
     with op.batch_alter_table('resource', schema=None) as batch_op:
         batch_op.drop_column('withheld')
