@@ -65,6 +65,16 @@ class WriterLock:
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
+    def close(self) -> None:
+        """Close the descriptor (a later ``held`` opens it again): with its ``Store``'s
+        engine, so that stores made and dropped (tests, tools) do not each keep one open."""
+        with self._threads:
+            if self._fd is not None:
+                assert self._finalizer is not None
+                self._finalizer.detach()
+                os.close(self._fd)
+                self._fd = self._finalizer = None
+
 
 @contextmanager
 def try_lock(path: str) -> Iterator[bool]:

@@ -646,6 +646,9 @@ class Store:
         self._group = GroupCommit(self.begin) if self._lock_base is not None else None
         self._writer_lock = None if self._lock_base is None else \
             WriterLock(f"{self._lock_base}-writer.lock")
+        if self._writer_lock is not None:  # (its descriptor goes with the engine's files)
+            event.listen(engine, "engine_disposed",
+                         lambda _engine, lock=self._writer_lock: lock.close())
         # Set when a transaction that leaves work for the messaging workers commits in this
         # process (and, for a worker listening on PostgreSQL, in any: see .wakeup).
         self.work_committed = threading.Event()
