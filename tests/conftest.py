@@ -80,6 +80,18 @@ def pg_engine() -> Iterator[Engine]:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An empty database (not the migrated template), for migrations to run on."""
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'var' / 'hub.sqlite3'}")
+        yield engine
+        engine.dispose()
+        return
+    with pg_schema() as engine:
+        yield engine
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "sqlite":
         db = tmp_path / "hub.sqlite3"

@@ -16,10 +16,11 @@ import sip_factory as f
 from harness import (BUP, OUTSIDER, SCHOOL, SOC, URL, Hub, broker, current_plan,  # noqa: F401
                      hub, receivers, status_change, world)
 from harness import outcome_of, sip_message, with_parameters
+from test_operations_by_message import _established, _held, _ok
 from sip_hub.messaging import vocabulary as vocab
 from sip_hub.store import outbox as sql
-from sip_process import (alva_case, approval, at, day, invitation, parameters, phase, post,
-                         read, ref, respond, string, transition, values, write_case)
+from sip_process import (approval, at, day, parameters, phase, read, ref, string,
+                         transition)
 
 Json = dict[str, Any]
 PLAN = "alva-sip"
@@ -28,10 +29,6 @@ ORG_REF = {SOC: f.SOCIAL_SERVICES, BUP: f.BUP, SCHOOL: f.SCHOOL}
 
 # -- helpers ----------------------------------------------------------------------------------
 
-def _ok(resp: Any) -> Json:
-    assert resp.status_code == 200, resp.text
-    out: Json = resp.json()
-    return out
 
 
 
@@ -73,27 +70,10 @@ def _event_of(m: Json) -> str:
 
 # -- Alva's SIP driven over REST by its coordinator --------------------------------------------
 
-def _mapping(hub: Hub) -> None:
-    write_case(hub.client, hub.headers[SOC], alva_case())
-    _ok(transition(hub.client, hub.headers[SOC], PLAN, "kartlaggning"))
 
 
-def _held(hub: Hub) -> None:
-    _mapping(hub)
-    out = _ok(post(hub.client, f"CarePlan/{PLAN}/$invite", hub.headers[SOC],
-                   invitation(f.BUP, f.SCHOOL, start_days=1)))
-    invited = {t["owner"]["reference"]: t["id"] for t in values(out, "task")}
-    for org, org_ref, rep in ((BUP, f.BUP, f.BUP_REPRESENTATIVE),
-                              (SCHOOL, f.SCHOOL, f.SCHOOL_REPRESENTATIVE)):
-        _ok(respond(hub.client, hub.headers[org], invited[org_ref], "accept",
-                    ref("representative", rep)))
-    _ok(transition(hub.client, hub.headers[SOC], PLAN, "mote"))
 
 
-def _established(hub: Hub) -> None:
-    _held(hub)
-    _ok(transition(hub.client, hub.headers[SOC], PLAN, "upprattad",
-                   *approval("Patient/alva", f.MOTHER)))
 
 
 def _closed(hub: Hub) -> None:

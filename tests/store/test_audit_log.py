@@ -4,15 +4,12 @@ searched like any resource, and moved over from the resource tables by migration
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
 
-from conftest import pg_schema
 from sip_hub.audit import AuditLog, AuditRecord
 from sip_hub.auth import Principal
 from sip_hub.errors import BadRequest
@@ -20,7 +17,6 @@ from sip_hub.fhir import search as fhir_search
 from sip_hub.fhir.dates import to_us
 from sip_hub.store import Store
 from sip_hub.store.audit import include_keys, revinclude_keys
-from sip_hub.store.engine import make_engine
 from sip_hub.store.migrate import upgrade
 from sip_hub.store.schema import audit_event, audit_ref, resource, resource_history
 
@@ -174,16 +170,6 @@ def test_events_stored_with_a_patient_row_of_their_own_are_found_once(log: Store
 
 # -- migration 0006 ------------------------------------------------------------------------
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """An empty database (not the migrated template)."""
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'old.sqlite3'}")
-        yield engine
-        engine.dispose()
-        return
-    with pg_schema() as engine:
-        yield engine
 
 
 def test_migration_moves_stored_events_into_the_log(fresh: Engine) -> None:

@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +40,6 @@ KINDS = {"token": ("param", "system", "code"), "reference": ("param", "target_ty
 T0 = 1_760_000_000_000_000  # UTC microseconds
 
 
-@pytest.fixture(params=BACKENDS)
-def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """An empty database (not the migrated template)."""
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'var' / 'hub.sqlite3'}")
-        yield engine
-        engine.dispose()
-        return
-    with pg_schema() as engine:
-        yield engine
 
 
 # -- realistic data, as an earlier release stored it ---------------------------------------
