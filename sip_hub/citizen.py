@@ -14,9 +14,9 @@ from . import identifiers
 from .errors import BadRequest, Forbidden, SipHubError
 from .fhir import profiles, sip
 from .fhir.indexing import split_reference
-from .fhir.search import parse as parse_search
 from .interactions import Context, bundle
 from .process import ref_target
+from .service import find_all
 from .store import Stored, Tx
 
 SHOWN_STATUSES = frozenset({"active", "completed"})
@@ -25,7 +25,6 @@ SHOWN_STATUSES = frozenset({"active", "completed"})
 # made one call a search for several persons.
 PERSON_SYSTEMS = (identifiers.PERSONNUMMER, identifiers.SAMORDNINGSNUMMER)
 _LINKED = (("goal", "Goal"), ("careTeam", "CareTeam"), ("author", "Organization"))
-_PAGE = 200
 # What a plan (or what it links) may carry contained for the citizen to read: the directory's
 # kinds, and goals and care teams about the person. Anything else (the kartläggning, another
 # person's Patient, a RelatedPerson) is left out, and so are the references to it.
@@ -48,19 +47,6 @@ def _not_for_patient(resource: dict[str, Any]) -> bool:
     return any(sip.NOPATIENT.matches(label) for label in labels)
 
 
-def _all(tx: Tx, rtype: str, items: list[tuple[str, str]]) -> list[Stored]:
-    """Everything matching a search, page by page: a cap would silently leave a plan out of
-    the person's view when they have many other CarePlans (revision proposals, other
-    systems' plans)."""
-    out: list[Stored] = []
-    while True:
-        query = parse_search(rtype, [*items, ("_offset", str(len(out)))],
-                             default_count=_PAGE, max_count=_PAGE)
-        query.total = False
-        page = tx.search(query)[0]
-        out += page
-        if len(page) < _PAGE:
-            return out
 
 
 def _patients(tx: Tx, patient_token: str) -> list[Stored]:
@@ -79,7 +65,7 @@ def _patients(tx: Tx, patient_token: str) -> list[Stored]:
     except identifiers.InvalidIdentifier as exc:
         raise BadRequest(f"Invalid patient identifier: {exc.reason}", expression="patient") \
             from None
-    return _all(tx, "Patient", [("identifier", f"{system}|{value}")])
+    return find_all(tx, "Patient", [("identifier", f"{system}|{value}")])
 
 
 def plans_for(tx: Tx, patient_token: str) -> tuple[list[Stored], list[Stored], set[str]]:
@@ -92,7 +78,7 @@ def _view_of(tx: Tx, found: list[Stored]) -> tuple[list[Stored], list[Stored], l
     patients = {s.id for s in found}
     plans: list[Stored] = []
     for pid in sorted(patients):
-        for s in _all(tx, "CarePlan", [("patient", f"Patient/{pid}"), ("intent", "plan"),
+        for s in find_all(tx, "CarePlan", [("patient", f"Patient/{pid}"), ("intent", "plan"),
                                        ("status", ",".join(sorted(SHOWN_STATUSES)))]):
             plan = s.json()
             # intent=plan: a proposed revision is not the plan until the person approves it.

@@ -44,6 +44,21 @@ def find(tx: Tx, rtype: str, items: list[tuple[str, str]], limit: int = 1000) ->
     return tx.search(query)[0]
 
 
+def find_all(tx: Tx, rtype: str, items: list[tuple[str, str]], page: int = 200
+             ) -> list[Stored]:
+    """``find`` without a cap, page by page (the citizen view: a cap would silently leave a
+    plan out of the person's view when they have many other CarePlans)."""
+    out: list[Stored] = []
+    while True:
+        query = parse_search(rtype, [*items, ("_offset", str(len(out)))],
+                             default_count=page, max_count=page)
+        query.total = False
+        found = tx.search(query)[0]
+        out += found
+        if len(found) < page:
+            return out
+
+
 def tx_resolver(tx: Tx, pending: dict[tuple[str, str], dict[str, Any]] | None = None, *,
                 basis: dict[tuple[str, str], Stored | None] | None = None) -> Resolve:
     """Resolves to ``pending`` (resources being written with this one) first, else to the

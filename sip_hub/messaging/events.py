@@ -35,7 +35,7 @@ import logging
 from collections.abc import Iterator, Sequence, Set as AbstractSet
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -56,20 +56,30 @@ if TYPE_CHECKING:
 Json = dict[str, Any]
 log = logging.getLogger("sip_hub.messaging")
 
-# While a received message is applied: its event and sub-code (MessageHeader.reason).
-_APPLYING: ContextVar[tuple[str, str | None] | None] = ContextVar("sip_hub_applying_message",
-                                                                 default=None)
+@dataclass(slots=True)
+class _Applying:
+    """A received message being applied: its event and sub-code (MessageHeader.reason), and
+    what its writes mean beyond them ((type, id, fact) of each)."""
+    event: str
+    reason: str | None
+    untold: list[tuple[str, str, Fact]] = field(default_factory=list)
+
+
+_APPLYING: ContextVar[_Applying | None] = ContextVar("sip_hub_applying_message", default=None)
 _CLOSED_STATUS = frozenset({"completed", "revoked", "entered-in-error"})
 
 
 @contextmanager
-def applying_message(event: str, reason: str | None = None) -> Iterator[None]:
-    """While a received message's resources are written: the hook emits nothing for what
-    the message tells itself (its ``event``, with its sub-code ``reason``, see ``tells``);
-    any other event a write means is emitted as from any write."""
-    token = _APPLYING.set((event, reason))
+def applying_message(event: str, reason: str | None = None
+                     ) -> Iterator[list[tuple[str, str, Fact]]]:
+    """While a received message's resources are written: the hook emits nothing for them
+    (the message itself is forwarded). What a write means beyond what the message tells
+    (its ``event``, with its sub-code ``reason``, see ``tells``) is yielded, (type, id,
+    fact) each, for the caller to refuse: a message's event says what it changes."""
+    state = _Applying(event, reason)
+    token = _APPLYING.set(state)
     try:
-        yield
+        yield state.untold
     finally:
         _APPLYING.reset(token)
 
@@ -343,8 +353,11 @@ class Emitter:
             withdraw_uncovered(tx, patient)
         applying = _APPLYING.get()
         for fact in classify(rtype, old, new):
-            if applying is not None and tells(fact, *applying):
-                continue  # the message itself is forwarded
+            if applying is not None:  # (the message itself is forwarded)
+                if not tells(fact, applying.event, applying.reason):
+                    rid = (new or old or {}).get("id")
+                    applying.untold.append((rtype, rid if isinstance(rid, str) else "", fact))
+                continue
             self.emit(tx, fact.event, sender_org=ctx.access.org, patient_id=fact.patient_id,
                       careplan_id=fact.careplan_id, focus=fact.focus, reason=fact.reason,
                       base=ctx.base_url)

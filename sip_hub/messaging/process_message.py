@@ -64,7 +64,7 @@ from ..store import Store, Stored, Tx
 from ..store import inbox
 from ..store.schema import message_inbox
 from . import builder, operations, parser, vocabulary as vocab
-from .events import applying_message, classify, tells
+from .events import Fact, applying_message
 from .outbox import RESPONSE, SipKey, enqueue
 from .runtime import Messaging
 
@@ -265,8 +265,9 @@ def _handle(tx: Tx, ctx: Context, parsed: parser.Message | SipHubError, env: par
             done = operations.apply(tx, ctx, msg, header,
                                     inactive_days=messaging.config.sip_inactive_days)
             if done is None:
-                with applying_message(msg.event, msg.reason):
+                with applying_message(msg.event, msg.reason) as untold:
                     written = _apply(tx, ctx, msg, ahead)
+                _require_told(msg, untold, written)
             else:
                 written = done.written
             sip = _sip(tx, ctx, msg, written)
@@ -378,31 +379,28 @@ def _definition(event: str) -> str:
     return text.split(" / ")[-1].rstrip(".")
 
 
-def _require_told(msg: parser.Message, todo: list[int], held: dict[int, Stored | None],
+def _require_told(msg: parser.Message, untold: list[tuple[str, str, Fact]],
                   written: dict[int, Stored]) -> None:
     """A message's event says what it changes (the receivers act on it, and the hub tells
     nothing else of its writes): a write that means another event, or the message's event
-    with another sub-code, refuses it."""
+    with another sub-code (``untold``, as ``applying_message`` collected them), refuses it."""
+    if not untold:
+        return
     said = msg.event + (f" ({msg.reason})" if msg.reason else "")
-    for i in todo:
-        new, old = written.get(i), held.get(i)
-        if new is None:
-            continue
-        before = old.doc() if old is not None and old.content is not None else None
-        for fact in classify(new.type, before, new.doc()):
-            if tells(fact, msg.event, msg.reason):
-                continue
-            means = fact.event + (f" ({fact.reason})" if fact.reason else "")
-            where = f"Bundle.entry[{i + 1}] ({new.type}/{new.id}) means {means}"
-            if fact.event == msg.event:  # told with another sub-code
-                raise sp.business_rule(
-                    f"{where}, but the message says {said}: MessageHeader.reason says which "
-                    "(the receivers act on it); nothing was stored",
-                    "Bundle.entry[0].resource.reason")
-            raise sp.business_rule(
-                f"{where}, but the message is {said}: {_definition(msg.event)}. A message's "
-                f"event says what it changes: send this change in a {fact.event} message of "
-                "its own; nothing was stored", f"Bundle.entry[{i + 1}].resource")
+    entry = {(s.type, s.id): i for i, s in written.items()}
+    rtype, rid, fact = untold[0]
+    i = entry.get((rtype, rid))
+    means = fact.event + (f" ({fact.reason})" if fact.reason else "")
+    at = f"Bundle.entry[{i + 1}]" if i is not None else "Bundle.entry"
+    where = f"{at} ({rtype}/{rid}) means {means}"
+    if fact.event == msg.event:  # told with another sub-code
+        raise sp.business_rule(
+            f"{where}, but the message says {said}: MessageHeader.reason says which "
+            "(the receivers act on it); nothing was stored", "Bundle.entry[0].resource.reason")
+    raise sp.business_rule(
+        f"{where}, but the message is {said}: {_definition(msg.event)}. A message's "
+        f"event says what it changes: send this change in a {fact.event} message of "
+        "its own; nothing was stored", f"{at}.resource" if i is not None else at)
 
 
 _ENTRY_PREFIX = re.compile(r"Bundle\.entry\[(\d+)\]: ")
@@ -514,7 +512,6 @@ def _apply(tx: Tx, ctx: Context, msg: parser.Message, ahead: _Ahead | None) -> d
         stored = tx.current(*target) if target else None
         if stored is not None:
             out[i] = stored
-    _require_told(msg, todo, held, out)
     return out
 
 

@@ -30,9 +30,10 @@ def _store(request: Request) -> Store:
 
 
 def _read(request: Request, fn: Callable[[Tx, ix.Context], ix.Result], *,
-          snapshot: bool = True) -> Response:
-    """A read-only interaction in its own (read) transaction."""
-    ctx = context(request)
+          snapshot: bool = True, ctx: ix.Context | None = None) -> Response:
+    """A read-only interaction in its own (read) transaction (``ctx``: the request's, when
+    the caller has made it already)."""
+    ctx = ctx or context(request)
     with _store(request).begin(write=False, snapshot=snapshot) as tx:
         result = fn(tx, ctx)
     return result_response(request, ctx, result)
@@ -74,7 +75,13 @@ def _params(request: Request) -> list[tuple[str, str]]:
     return list(request.query_params.multi_items())
 
 
-def _pinned(request: Request, rtype: str, items: list[tuple[str, str]]
+def _search(request: Request, rtype: str, items: list[tuple[str, str]]) -> Response:
+    ctx = context(request)
+    pinned = _pinned(ctx, rtype, items)
+    return _read(request, lambda tx, c: ix.search(tx, c, rtype, pinned), ctx=ctx)
+
+
+def _pinned(ctx: ix.Context, rtype: str, items: list[tuple[str, str]]
             ) -> list[tuple[str, str]]:
     """A search of the access log, pinned to the events recorded up to its first page.
 
@@ -86,7 +93,6 @@ def _pinned(request: Request, rtype: str, items: list[tuple[str, str]]
     previous links carry the pin on."""
     if rtype != "AuditEvent" or any(k == "_offset" for k, _ in items):
         return items
-    ctx = context(request)
     ctx.access.check(rtype, "s")  # (a caller the log is not for waits for nothing)
     if ctx.audit is not None:
         ctx.audit.flush()
@@ -118,8 +124,7 @@ def system_history(request: Request) -> Response:
 
 @router.get("/{rtype}")
 def search_type(request: Request, rtype: str) -> Response:
-    items = _pinned(request, rtype, _params(request))
-    return _read(request, lambda tx, ctx: ix.search(tx, ctx, rtype, items))
+    return _search(request, rtype, _params(request))
 
 
 @router.post("/{rtype}/_search")
@@ -130,9 +135,7 @@ async def search_post(request: Request, rtype: str) -> Response:
                                    "parameters")
     form = await request.form()
     items = _params(request) + [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
-    items = await in_thread(request, _pinned, request, rtype, items)
-    return await in_thread(request, _read, request,
-                           lambda tx, ctx: ix.search(tx, ctx, rtype, items))
+    return await in_thread(request, _search, request, rtype, items)
 
 
 @router.post("/{rtype}")
