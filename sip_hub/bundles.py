@@ -17,8 +17,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from . import cpu, interactions as ix, logs
+from . import cpu, interactions as ix, logs, process as sp
 from .errors import BadRequest, InternalError, SipHubError
+from .fhir.dates import now_utc
 from .fhir.indexing import reference_holders
 from .fhir.outcome import from_error
 from .fhir.search_params import supported
@@ -294,7 +295,7 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
     entries, which hold references of their own). ``numbers``: the index each entry is
     named by in errors (``Bundle.entry[n]``), one per entry, increasing; by default its
     place in ``bundle`` (a message names the entries of the message it was built from)."""
-    ctx = replace(ctx, within=tx)
+    ctx = replace(ctx, within=tx, approvals=sp.Approvals())
     entries = _entries(bundle, ctx, numbers=numbers)
     criteria = _criteria_keys(ctx, entries)
     _each_once(entries, criteria)
@@ -363,7 +364,23 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
         except SipHubError as err:
             raise _with_entry(err, e.index) from None
         responses[e.index] = _response_entry(ctx, result, prefer)
+    _approved(tx, ctx, entries, assigned)
     return ix.bundle("transaction-response", [responses[e.index] for e in entries])
+
+
+def _approved(tx: Tx, ctx: ix.Context, entries: list[_Entry], assigned: dict[int, str]) -> None:
+    """The plans the transaction wrote as established came with the person's approval, now
+    that all of its entries (the CareTeam the approvers are checked against) are written."""
+    approvals = ctx.approvals
+    if approvals is None or not approvals.plans:
+        return
+    index = {assigned.get(e.index, e.rid): e.index for e in entries if e.rtype == "CarePlan"}
+    now = now_utc()
+    for plan in approvals.plans:
+        try:
+            sp.require_approval(tx, approvals.provenances, plan, now)
+        except SipHubError as err:
+            raise _with_entry(err, index.get(plan["id"], 0)) from None
 
 
 def transaction(store: Store, ctx: ix.Context, bundle: dict[str, Any], prefer: str) -> dict:

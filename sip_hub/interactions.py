@@ -42,6 +42,9 @@ class Context:
     # A transaction Bundle's database transaction: what its entries read is logged in it,
     # so that a transaction that fails leaves no record of reads it never answered with.
     within: Tx | None = None
+    # A transaction Bundle's plans written as established and the Provenances that approve
+    # them (``process.check_new_plan``).
+    approvals: process.Approvals | None = None
 
     def record(self, interaction: str, stored: list[Stored], *, tx: Tx | None = None,
                outcome: str = "0", query: str | None = None, detail: str | None = None,
@@ -262,6 +265,7 @@ def create(tx: Tx, ctx: Context, rtype: str, res: Any, *, if_none_exist: str | N
             return Result(200, found[0])
     prepared = prepare_in(tx, res, resolve, rtype, ctx.base_url)
     _guard_write(tx, ctx, rtype, None, prepared, "create")
+    process.check_new_plan(ctx, None, prepared)
     stored = tx.create(prepared, rid, owner=ctx.access.org,
                        withheld=ctx.access.withholds(tx, rtype, prepared))
     _written(tx, ctx, "create", None, stored)
@@ -288,6 +292,7 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
     _guard_write(tx, ctx, rtype, current, prepared, "update")
     if process_rules:
         process.check_plain_update(tx, ctx, current.doc() if current else None, prepared)
+        process.check_new_plan(ctx, current.doc() if current else None, prepared)
     version = expected_version(if_match, old, f"{rtype}/{rid}")
     try:
         # The rules decided on ``old``: the write replaces that version or none (a write

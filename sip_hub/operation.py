@@ -17,12 +17,12 @@ from typing import Any
 from . import interactions as ix
 from .audit import CLIENT_SYSTEM
 from .errors import Conflict, Forbidden, Gone, NotFound, PreconditionFailed
+from .fhir import sip
 from .fhir.dates import format_instant
 from .identifiers import HSA_ID
 from .store import Stored, Tx
 
 Json = dict[str, Any]
-_PROVENANCE_AGENT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 
 
 @dataclass(slots=True)
@@ -130,7 +130,7 @@ class Operation:
 
 
 def _agent_type(code: str) -> Json:
-    return {"coding": [{"system": _PROVENANCE_AGENT, "code": code}]}
+    return {"coding": [{"system": sip.PROVENANCE_AGENT, "code": code}]}
 
 
 def version_ref(stored: Stored) -> str:

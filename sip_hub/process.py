@@ -15,6 +15,7 @@ This module holds rules only; it writes nothing, so ``interactions`` can import 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from functools import cache
 from typing import TYPE_CHECKING, Any, Final
@@ -413,6 +414,82 @@ def require_coordinator(tx: Tx, ctx: Context, plan: Json, what: str) -> str:
         raise Forbidden(f"{what}: only the coordinating organisation "
                         f"({coordinator or 'the plan author'}) drives the SIP process")
     return principal.org
+
+
+# -- a plan written as established: the person's approval comes with it -----------------------
+
+_ESTABLISH = ("Establish a SIP plan with CarePlan/$transition (to=upprattad, approvedBy, "
+              "approvedAt); a plan established outside the hub is imported in a transaction "
+              "Bundle with a Provenance that targets it and names who approved it (agent.type "
+              f"'attester' of {sip.PROVENANCE_AGENT}) and when (occurredDateTime)")
+
+
+@dataclass(slots=True)
+class Approvals:
+    """What one transaction writes that bears on approval: the Provenances it writes and the
+    SIP plans it writes as established, which those must approve (checked once all of its
+    entries are written, as the approvers are checked against its CareTeam)."""
+    provenances: list[Json] = field(default_factory=list)
+    plans: list[Json] = field(default_factory=list)
+
+
+def needs_approval(plan: Json) -> bool:
+    """A SIP plan that says it is established, or closed after it was (rule 3: the person
+    approved it; rule 9: the citizen sees it as approved)."""
+    if plan.get("resourceType") != "CarePlan" or not is_sip_plan(plan):
+        return False
+    phase = phase_of(plan)
+    return phase in (ESTABLISHED, FOLLOW_UP) or (
+        phase == CLOSED and plan.get("status") == "completed")
+
+
+def check_new_plan(ctx: Context, old: Json | None, new: Json) -> None:
+    """A plain write that makes an established SIP plan of something that was none (a create,
+    a write over a deleted or a non-SIP CarePlan) carries the person's approval: outside a
+    transaction it cannot, so it is refused; inside one, its Provenance is checked at the end
+    (``require_approvals``). Operators (unrestricted) repair data without it."""
+    if ctx.access.unrestricted:
+        return
+    if new.get("resourceType") == "Provenance" and ctx.approvals is not None:
+        ctx.approvals.provenances.append(new)
+    if not needs_approval(new) or (old is not None and is_sip_plan(old)):
+        return
+    if ctx.approvals is None:
+        raise business_rule(f"A SIP plan written as established needs the person's "
+                            f"approval. {_ESTABLISH}", "CarePlan.status")
+    ctx.approvals.plans.append(new)
+
+
+def _approvals_of(provenances: list[Json], plan_id: str) -> list[Json]:
+    return [p for p in provenances
+            if any(ref_target(t) == ("CarePlan", plan_id) for t in p.get("target") or [])]
+
+
+def _attesters(provenance: Json) -> list[Json]:
+    return [a["who"] for a in provenance.get("agent") or []
+            if isinstance(a, dict) and isinstance(a.get("who"), dict)
+            and any(c.get("system") == sip.PROVENANCE_AGENT and c.get("code") == "attester"
+                    for c in (a.get("type") or {}).get("coding") or [] if isinstance(c, dict))]
+
+
+def require_approval(tx: Tx, provenances: list[Json], plan: Json, now: datetime) -> None:
+    """A plan a transaction wrote as established has a Provenance in it that targets it,
+    names the person (or a custodian, guardian or personal representative in its CareTeam;
+    under 18 a custodian too) as attester, and says when they approved, not later than now."""
+    found = _approvals_of(provenances, plan["id"])
+    if not found:
+        raise business_rule(f"CarePlan/{plan['id']} is written as established without the "
+                            f"person's approval. {_ESTABLISH}", "CarePlan.status")
+    for prov in found:
+        attesters = _attesters(prov)
+        when = time_of(prov.get("occurredDateTime"))
+        if not attesters or when is None:
+            raise business_rule(f"The Provenance of CarePlan/{plan['id']} does not say who "
+                                f"approved the plan and when. {_ESTABLISH}", "CarePlan.status")
+        if when > to_us(now):
+            raise business_rule(f"The approval of CarePlan/{plan['id']} cannot lie in the "
+                                "future (Provenance.occurredDateTime)", "CarePlan.status")
+        check_approvers(tx, plan, attesters, now, "CarePlan.status")
 
 
 # -- the hook on plain updates ---------------------------------------------------------------

@@ -364,6 +364,53 @@ def kartlaggning(patient_ref: str = PATIENT, author_ref: str = COORDINATOR, *,
 
 # --------------------------------------------------------------------------- whole case
 
+def approval_provenance(plan_ref: str = "CarePlan/alva-sip",
+                        approvers: Sequence[str] = (PATIENT, MOTHER), *, id: str | None = None,
+                        when: str = "2026-11-27T14:00:00+01:00",
+                        author_ref: str = SOCIAL_SERVICES) -> Json:
+    """The person's approval of a plan established outside the hub (rule 3), imported beside
+    it: a Provenance naming who approved it (attester) and when."""
+    attester = {"coding": [_coding(sip.PROVENANCE_AGENT, "attester")]}
+    return {
+        "resourceType": "Provenance",
+        "id": id or f"{_id(plan_ref)}-godkannande",
+        "target": [{"reference": plan_ref}],
+        "occurredDateTime": when,
+        "recorded": when,
+        "activity": {"coding": [_coding(sip.CS_PHASE, "upprattad")]},
+        "agent": [{"type": {"coding": [_coding(sip.PROVENANCE_AGENT, "author")]},
+                   "who": {"reference": author_ref}},
+                  *({"type": attester, "who": {"reference": a}} for a in approvers)],
+    }
+
+
+_APPROVER_ROLES = frozenset({sip.ROLE_INDIVIDUAL, "custodian", "guardian",
+                             "personal-representative"})
+
+
+def with_approvals(resources: Sequence[Json]) -> list[Json]:
+    """``resources`` with an approval for each SIP plan in them written as established that
+    has none, by the individual and the custodians, guardians and representatives in its
+    CareTeam (among ``resources``): what importing an established SIP takes."""
+    out = list(resources)
+    approved = {t["reference"] for r in out if r["resourceType"] == "Provenance"
+                for t in r.get("target", [])}
+    teams = {f"CareTeam/{r['id']}": r for r in out if r["resourceType"] == "CareTeam"}
+    for plan in resources:
+        ref = f"CarePlan/{plan.get('id')}"
+        if plan["resourceType"] != "CarePlan" or plan.get("intent") != "plan" or \
+                plan.get("status") not in ("active", "on-hold", "completed") or ref in approved:
+            continue
+        team = next((teams[t["reference"]] for t in plan.get("careTeam", [])
+                     if t.get("reference") in teams), {})
+        approvers = [p["member"]["reference"] for p in team.get("participant", [])
+                     if p["role"][0]["coding"][0]["code"] in _APPROVER_ROLES]
+        out.append(approval_provenance(ref, approvers or [plan["subject"]["reference"]],
+                            author_ref=plan.get("author", {}).get("reference",
+                                                                  SOCIAL_SERVICES)))
+    return out
+
+
 def demo_case() -> list[Json]:
     """The whole demo SIP, in an order where every reference points backwards (usable as a
     transaction's entries)."""
@@ -381,6 +428,7 @@ def demo_case() -> list[Json]:
         *demo_goals(),
         sip_careteam(),
         sip_careplan(),
+        approval_provenance(),
     ]
 
 

@@ -132,6 +132,8 @@ def alva_case(*, custodian: bool = True) -> list[Json]:
     consent in force now, the kartläggning and goals."""
     out = []
     for r in f.demo_case():
+        if r["resourceType"] == "Provenance":  # the approval of the established plan
+            continue
         if r["resourceType"] == "Consent":
             r = f.sip_consent(start=day(-10), end=day(365))
         elif r["resourceType"] == "CareTeam":
@@ -155,9 +157,11 @@ def gosta_case() -> list[Json]:
 
 
 def write_case(client: Any, headers: dict[str, str], resources: list[Json]) -> None:
+    """Import a SIP case in one transaction; an established plan with the person's approval
+    (``sip_factory.with_approvals``)."""
     entries = [{"resource": copy.deepcopy(r),
                 "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
-               for r in resources]
+               for r in f.with_approvals(resources)]
     r = client.post("/fhir", content=body({"resourceType": "Bundle", "type": "transaction",
                                            "entry": entries})["content"],
                     headers=JSON_HEADERS | headers)

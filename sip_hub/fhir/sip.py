@@ -72,6 +72,7 @@ CONCEPTMAP_LIFE_AREA_TO_ICF: Final = f"{CANONICAL}/ConceptMap/sip-life-area-to-i
 # External code systems
 TYPE_OF_CAREPLAN: Final = "https://fhir.inera.se/CodeSystem/typeofcareplan-cs"
 ACT_CODE: Final = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+PROVENANCE_AGENT: Final = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 PARTICIPATION_TYPE: Final = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 CONSENT_SCOPE: Final = "http://terminology.hl7.org/CodeSystem/consentscope"
 LOINC: Final = "http://loinc.org"
