@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from .dates import parse_range
-from .search_params import RESOURCE_TYPES, SearchParam, params_for
+from .search_params import CANONICAL_TYPES, RESOURCE_TYPES, SearchParam, params_for
 
 
 @dataclass(slots=True)
@@ -145,6 +145,18 @@ def _tokens(value: Any) -> list[tuple[str | None, str]]:
     return []
 
 
+# A value the index keeps no other row for is still a value: a reference to another server,
+# to a contained resource or given by its display alone, a CodeableConcept given by its text
+# alone. Its row ("<param>:other", in the token table) is what ``:missing`` finds it by
+# (it counted as missing: FHIR's :missing=true is for an element with no value at all).
+OTHER = ":other"
+
+
+def other_param(name: str) -> str:
+    """The token-table parameter of ``name``'s values that have no row of their own."""
+    return name + OTHER
+
+
 # The index tables each parameter type writes to (a reference's identifier is a token).
 _TABLES_OF = {"token": ("token",), "uri": ("token",), "reference": ("reference", "token"),
               "date": ("date",), "string": ("string",)}
@@ -162,7 +174,9 @@ def index_kinds(resource_type: str) -> frozenset[str]:
 # 2: token systems cut to MAX_STRING like codes (PostgreSQL refused a longer one with a 5xx).
 # 3: strings longer than MAX_STRING: ``exact_key`` for :exact, windows for :contains.
 # 4: absolute references (another server's) are not local references (``split_reference``).
-EXTRACTION_VERSION = 4
+# 5: values with no row of their own have a "<param>:other" row (``OTHER``); a canonical
+#    resource's url row holds its version as its system (``url=<canonical>|<version>``).
+EXTRACTION_VERSION = 5
 
 
 @lru_cache(maxsize=1)
@@ -194,23 +208,16 @@ def _extract_param(param: SearchParam, resource: dict[str, Any], rows: IndexRows
     name = param.name
     for value in param.values(resource):
         if param.type == "token":
-            rows.token.extend((name, key(s), c[:MAX_STRING]) for s, c in _tokens(value))
+            tokens = _tokens(value)
+            rows.token.extend((name, key(s), c[:MAX_STRING]) for s, c in tokens)
+            if not tokens:
+                rows.token.append((other_param(name), None, ""))
         elif param.type == "uri":
             if isinstance(value, str):
-                rows.token.append((name, None, value[:MAX_STRING]))
+                rows.token.append((name, _uri_version(param, resource), value[:MAX_STRING]))
         elif param.type == "reference":
-            if not isinstance(value, dict):
-                continue
-            ref = value.get("reference")
-            target = split_reference(ref) if isinstance(ref, str) else None
-            if target and (not param.targets or target[0] in param.targets):
-                rows.reference.append((name, target[0], target[1]))
-            ident = value.get("identifier")
-            if isinstance(ident, dict) and isinstance(ident.get("value"), str):
-                system = ident.get("system")
-                rows.token.append((f"{name}:identifier",
-                                   key(system) if isinstance(system, str) else None,
-                                   ident["value"][:MAX_STRING]))
+            if isinstance(value, dict):
+                _extract_reference(param, value, rows)
         elif param.type == "date":
             rng = _date_range(value)
             if rng:
@@ -222,6 +229,49 @@ def _extract_param(param: SearchParam, resource: dict[str, Any], rows: IndexRows
                 if len(norm) > MAX_STRING:
                     rows.string.extend((f"{name}:contains", w, "")
                                        for w in contains_windows(norm))
+
+
+def _uri_version(param: SearchParam, resource: dict[str, Any]) -> str | None:
+    """The system kept with a uri row: for a canonical resource's ``url``, its ``version``
+    (FHIR's ``url=<canonical>|<version>`` finds the one of that version; the url alone, any),
+    else none."""
+    if param.name != "url" or param.resource not in CANONICAL_TYPES:
+        return None
+    version = resource.get("version")
+    return key(version) if isinstance(version, str) else None
+
+
+def _extract_reference(param: SearchParam, value: dict[str, Any], rows: IndexRows) -> None:
+    """A Reference's rows: its local target, its identifier; or, when it has neither (another
+    server's, a contained resource's, a display alone), the ``OTHER`` row that tells it has
+    a value, unless it names a type the parameter cannot refer to (``patient``'s Group)."""
+    name = param.name
+    ref = value.get("reference")
+    target = split_reference(ref) if isinstance(ref, str) else None
+    allowed = not param.targets or target is None or target[0] in param.targets
+    if target and allowed:
+        rows.reference.append((name, target[0], target[1]))
+    ident = value.get("identifier")
+    has_ident = isinstance(ident, dict) and isinstance(ident.get("value"), str)
+    if has_ident:
+        system = ident.get("system")
+        rows.token.append((f"{name}:identifier", key(system) if isinstance(system, str) else None,
+                           ident["value"][:MAX_STRING]))
+    if target is None and not has_ident and _may_refer(param, value, ref):
+        rows.token.append((other_param(name), None, ""))
+
+
+def _may_refer(param: SearchParam, value: dict[str, Any], ref: Any) -> bool:
+    """Whether a Reference the index has no target for is a value of ``param``: it holds a
+    reference or a display, and names no type (``type``, or an absolute URL's ``Type/id``)
+    outside the parameter's targets."""
+    if not isinstance(ref, str) and not isinstance(value.get("display"), str):
+        return False
+    named = value.get("type")
+    if not isinstance(named, str) and isinstance(ref, str) and "://" in ref:
+        tail = split_reference(ref.split("://", 1)[1].partition("/")[2])
+        named = tail[0] if tail else None
+    return not param.targets or not isinstance(named, str) or named in param.targets
 
 
 _OPEN_LOW, _OPEN_HIGH = -(2**62), 2**62

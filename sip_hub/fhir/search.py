@@ -9,9 +9,9 @@ from typing import Any, Literal
 from ..errors import BadRequest
 from ..identifiers import InvalidIdentifier, canonical_search_token
 from .dates import MAX_US, parse_range
-from .indexing import (exact_key, is_absolute, key as index_key, normalise_string,
-                       split_reference)
-from .search_params import RESOURCE_TYPES, SearchParam, params_for
+from .indexing import (MAX_STRING, exact_key, is_absolute, key as index_key,
+                       normalise_string, split_reference)
+from .search_params import CANONICAL_TYPES, RESOURCE_TYPES, SearchParam, params_for
 from .validation import CONTROL_CHARS
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
@@ -271,9 +271,23 @@ def _criterion(rtype: str, key: str, raw: str, base_url: str) -> Criterion:
             raise BadRequest(f"Search parameter '{key}' has a value with nothing to match "
                              f"once spaces, case and accents are set aside: {blank[0][:40]!r}",
                              expression=key)
+    elif param.type == "uri" and param.name == "url" and rtype in CANONICAL_TYPES:
+        values = [_canonical(v) for v in raws]
     else:
         values = [_unescape(v) for v in raws]
     return Criterion(name, param.type, param, modifier, values)
+
+
+def _canonical(raw: str) -> Value:
+    """A canonical resource's ``url`` value: ``<url>|<version>`` names one version (FHIR R4
+    search, "Searching by version": the index keeps the version beside the url, as a token's
+    system), ``<url>|`` one without a version; a url alone, any version. (It was searched
+    for as one url holding the bar, which no resource has.)"""
+    parts = _split_escaped(raw, "|")
+    if len(parts) == 1:
+        return _unescape(raw)
+    url, version = _unescape(parts[0]), _unescape(raw[len(parts[0]) + 1:])
+    return TokenValue(index_key(version), url[:MAX_STRING])
 
 
 class NotImplementedChain(BadRequest):

@@ -221,9 +221,12 @@ _r.add("RelatedPerson", "name", "string", "RelatedPerson.name", "name.text", "na
        "name.given")
 _r.add("RelatedPerson", "relationship", "token", "RelatedPerson.relationship", "relationship")
 
-for _conf in ("StructureDefinition", "CodeSystem", "ValueSet", "ConceptMap", "Questionnaire",
-              "OperationDefinition", "MessageDefinition"):
-    _r.add(_conf, "url", "uri", f"{_conf}.url", "url")
+# Canonical resources: their url and version identify them (``url=<canonical>|<version>``).
+CANONICAL_TYPES = ("StructureDefinition", "CodeSystem", "ValueSet", "ConceptMap",
+                   "Questionnaire", "OperationDefinition", "MessageDefinition")
+for _conf in CANONICAL_TYPES:
+    _r.add(_conf, "url", "uri", f"{_conf}.url", "url",
+           doc="The canonical URL; <url>|<version> finds the resource of that version")
     _r.add(_conf, "name", "string", f"{_conf}.name", "name")
     _r.add(_conf, "status", "token", f"{_conf}.status", "status")
     _r.add(_conf, "version", "token", f"{_conf}.version", "version")

@@ -16,6 +16,7 @@ from typing import Any, Callable, Literal
 from sqlalchemy import (BigInteger, ColumnElement, Connection, Integer, Select, String, and_,
                         bindparam, exists, false, func, not_, or_, select, true)
 
+from ..fhir.indexing import other_param
 from ..fhir.search import Criterion, DateValue, ReferenceValue, SearchQuery, TokenValue
 from ..fhir.search_params import params_for
 from .records import row_to_stored as _row
@@ -155,6 +156,27 @@ def _ids(table: Any, rtype: str, param: str, cond: ColumnElement[bool]) -> Selec
     return select(c.res_id).where(c.res_type == rtype, c.param == param, cond)
 
 
+def _in_tokens(rtype: str, *names: str) -> ColumnElement[bool]:
+    c = idx_token.c
+    return _R.res_id.in_(select(c.res_id).where(c.res_type == rtype, c.param.in_(names)))
+
+
+def _missing_cond(rtype: str, kind: str, name: str, missing: bool) -> ColumnElement[bool]:
+    """``:missing``: whether the resource has no value for the parameter. A token's or a
+    reference's value may have its row under another name in the token table: a reference
+    given by its identifier alone, or a value the index has no row of its own for
+    (``indexing.OTHER``: another server's reference, a display or a CodeableConcept's text
+    alone, which counted as missing)."""
+    if kind in ("token", "uri"):
+        present = _in_tokens(rtype, name, other_param(name))
+    elif kind == "reference":
+        present = or_(_R.res_id.in_(_ids(idx_reference, rtype, name, true())),
+                      _in_tokens(rtype, f"{name}:identifier", other_param(name)))
+    else:
+        present = _R.res_id.in_(_ids(_TABLES[kind], rtype, name, true()))
+    return not_(present) if missing else present
+
+
 def _criterion_cond(rtype: str, shape: Shape, key: str) -> ColumnElement[bool]:
     """A condition on ``resource.res_id`` for the resources of ``rtype`` matching a criterion
     of this shape."""
@@ -167,12 +189,7 @@ def _criterion_cond(rtype: str, shape: Shape, key: str) -> ColumnElement[bool]:
                      for j, v in enumerate(shape[3]) if v[0] == "date"])
     table = _TABLES[kind]
     if how == "missing":
-        present = _R.res_id.in_(_ids(table, rtype, name, true()))
-        if kind == "reference":
-            # A reference given by its identifier alone is a value too (its row is a token).
-            present = or_(present, _R.res_id.in_(_ids(idx_token, rtype, f"{name}:identifier",
-                                                      true())))
-        return not_(present) if shape[3] else present
+        return _missing_cond(rtype, kind, name, shape[3])
     if how == "chain":
         target_type, chain, seen = shape[3], shape[4], shape[5]
         if seen[0] == "none":

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, MetaData, select, text
 
 from conftest import pg_schema
+from indexrows import index_is_exact
 from sip_hub import cli
-from sip_hub.fhir.indexing import extract, fingerprint
+from sip_hub.fhir.indexing import fingerprint
 from sip_hub.store import Store, Tx
 from sip_hub.store.engine import make_engine
 from sip_hub.store.index_state import rebuild_if_changed
@@ -35,8 +35,6 @@ REVISIONS = [s.revision for s in reversed(list(
     ScriptDirectory(str(MIGRATIONS)).walk_revisions()))]
 HEAD = REVISIONS[-1]
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-KINDS = {"token": ("param", "system", "code"), "reference": ("param", "target_type", "target_id"),
-         "date": ("param", "low", "high"), "string": ("param", "value_norm", "value")}
 T0 = 1_760_000_000_000_000  # UTC microseconds
 
 
@@ -160,30 +158,6 @@ def _drift(engine: Engine) -> list[Any]:
         return compare_metadata(ctx, metadata)
 
 
-def _index_rows(engine: Engine, rtype: str, rid: str) -> dict[str, Counter]:
-    out = {}
-    with engine.connect() as conn:
-        for kind, columns in KINDS.items():
-            rows = conn.execute(text(
-                f"SELECT {', '.join(columns)} FROM idx_{kind} "
-                "WHERE res_type = :t AND res_id = :i"), {"t": rtype, "i": rid}).all()
-            out[kind] = Counter(tuple(r) for r in rows)
-    return out
-
-
-def _wanted(res: dict[str, Any] | None) -> dict[str, Counter]:
-    rows = extract(res) if res is not None else None
-    return {kind: Counter(getattr(rows, kind)) if rows else Counter() for kind in KINDS}
-
-
-def _index_is_exact(store: Store, keys: list[tuple[str, str]]) -> None:
-    for rtype, rid in keys:
-        with store.begin(write=False) as tx:
-            cur = tx.current(rtype, rid)
-            want = _wanted(cur.json() if cur is not None and not cur.deleted else None)
-        assert _index_rows(store.engine, rtype, rid) == want, (rtype, rid)
-
-
 # -- upgrades ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("start", REVISIONS[:-1])
@@ -208,7 +182,7 @@ def test_upgrading_from_every_revision_keeps_every_row_and_its_meaning(
         assert list(conn.execute(text("SELECT fingerprint FROM search_index_state"))
                     .scalars()) == [fingerprint()]
     store = Store(fresh)
-    _index_is_exact(store, list(HISTORY))
+    index_is_exact(store, list(HISTORY))
     with store.begin(write=False) as tx:
         p1 = tx.current("Patient", "p1")
         assert p1 is not None and p1.version_id == 2 and p1.json()["name"][0]["family"] == \
@@ -416,7 +390,7 @@ def test_the_rebuild_reaches_every_resource_past_a_batch_and_once(fresh: Engine)
     _stale(store)
     assert rebuild_if_changed(fresh) == 1205
     assert rebuild_if_changed(fresh) is None  # idempotent
-    _index_is_exact(store, keys[:3] + keys[999:1002] + keys[-3:])
+    index_is_exact(store, keys[:3] + keys[999:1002] + keys[-3:])
     with fresh.connect() as conn:
         per = conn.execute(text("SELECT res_id, COUNT(*) FROM idx_string WHERE param = 'family' "
                                 "GROUP BY res_id")).all()
@@ -441,9 +415,9 @@ def test_a_rebuild_that_fails_half_way_leaves_the_index_and_runs_again(
     with pytest.raises(KeyboardInterrupt):
         rebuild_if_changed(fresh)
     monkeypatch.setattr(Tx, "_write_index", real)
-    _index_is_exact(store, [("Patient", f"p{i}") for i in range(30)])  # as it was
+    index_is_exact(store, [("Patient", f"p{i}") for i in range(30)])  # as it was
     assert rebuild_if_changed(fresh) == 30
-    _index_is_exact(store, [("Patient", f"p{i}") for i in range(30)])
+    index_is_exact(store, [("Patient", f"p{i}") for i in range(30)])
 
 
 def test_a_write_while_the_index_is_rebuilt_leaves_it_exact(
@@ -491,7 +465,7 @@ def test_a_write_while_the_index_is_rebuilt_leaves_it_exact(
     rebuild.join(30)
     writer.join(30)
     assert errors == []
-    _index_is_exact(store, [("Patient", "p1")] + [("Patient", f"q{i}") for i in range(5)])
+    index_is_exact(store, [("Patient", "p1")] + [("Patient", f"q{i}") for i in range(5)])
     assert rebuild_if_changed(fresh) is None
 
 
@@ -508,4 +482,4 @@ def test_the_rebuild_waits_for_a_write_in_progress(fresh: Engine) -> None:
         time.sleep(0.5)
     t.join(30)
     assert done and done[0] is not None
-    _index_is_exact(store, [("Patient", "p1")])
+    index_is_exact(store, [("Patient", "p1")])
