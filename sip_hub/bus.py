@@ -28,13 +28,18 @@ Reliability
 ===========
 * Publishing waits for the broker's confirm on RabbitMQ (``confirm_publish``); the memory
   transport stores synchronously. Messages are persistent.
-* On RabbitMQ one message for several organisations' queues (``publish_many`` items with the
-  same body and message id) is published once: to the first queue's key, with the others in
-  the ``BCC`` header (RabbitMQ's sender-selected distribution; the broker removes the header
-  and puts a copy in each queue) and each queue's own headers in the table ``sip-to``,
-  keyed by queue name. A consumer takes its queue's entry as the message's headers, so what
-  it receives is what a publish per queue gave. A routed message went out as four publishes,
-  each a frame set for the client to build and the broker to parse and confirm.
+* Publishes are mandatory: one that no queue takes comes back (``basic.return``) and counts
+  as refused, like one the broker nacks (e.g. a queue with ``x-overflow: reject-publish``
+  that is full); ``publish_many`` tells which items were refused and why, and the relay
+  records each as a failed attempt of its delivery. The queue of a returned publish is
+  declared again before the next publish to it.
+* Each organisation's copy of a message is a publish of its own, confirmed, refused or
+  returned on its own. (Up to 2026-12-06 a message for several organisations was one
+  publish, the other queues in RabbitMQ's ``BCC`` header and each queue's headers in the
+  table ``sip-to``; but the broker returns a publish only when it reached no queue at all,
+  so the copy for a queue deleted meanwhile was lost without a word until the relay's
+  hourly republish. Consumers still take their queue's ``sip-to`` entry as the headers of
+  such a message published before.)
 * Consumers acknowledge explicitly: the handler returns ``Ack``, ``Requeue`` (put it back:
   the handler could not decide now, e.g. the database is down) or ``DeadLetter`` (to
   ``sip.dead`` with the reason, then acknowledged). An exception from the handler becomes
@@ -78,6 +83,8 @@ ATTEMPTS: Final = "sip-attempts"
 _TO: Final = "sip-to"
 _CONTENT_TYPE: Final = "application/fhir+json"
 MEMORY_DEAD_MAX: Final = 1000  # dead letters the memory transport keeps (see above)
+_NACKED: Final = ("a nack (a queue it was routed to refused it: full, with x-overflow "
+                   "reject-publish, or unavailable)")
 _PUBLISH_RETRY: Final = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5,
                          "interval_max": 1}
 
@@ -184,12 +191,12 @@ class _Confirms:
         self.channel = channel
         self.tag = 0
         self.outstanding: set[int] = set()
-        self.refused: set[int] = set()
+        self.refused: dict[int, str] = {}  # tag -> why the broker did not take it
         # Messages are published mandatory: one no queue took (its queue deleted, or the
         # exchange declared again without its binding) comes back (basic.return) before
         # its confirm, and counts as refused. What each outstanding tag was, to match them.
         self.sent: dict[int, tuple[str, str]] = {}
-        self.returned: set[int] = set()
+        self.returned: dict[int, str] = {}  # tag -> the broker's reply (NO_ROUTE)
         self.returned_keys: set[str] = set()  # routing keys no queue took (since the wait)
         channel.events["basic_ack"].add(self._ack)
         channel.events["basic_nack"].add(self._nack)
@@ -213,9 +220,9 @@ class _Confirms:
         return done
 
     def _ack(self, tag: int, multiple: bool) -> None:
-        done = self._settle(tag, multiple)
-        self.refused |= done & self.returned
-        self.returned -= done
+        for t in self._settle(tag, multiple):
+            if t in self.returned:
+                self.refused[t] = self.returned.pop(t)
 
     def _return(self, exc: Exception, exchange: str, key: str, message: Any) -> None:
         """A message no queue took: the first outstanding one of its id and key not yet
@@ -225,15 +232,18 @@ class _Confirms:
         tags = sorted(t for t in self.outstanding
                       if self.sent.get(t) == sent and t not in self.returned)
         if tags:
-            self.returned.add(tags[0])
+            self.returned[tags[0]] = (f"no queue took it (routing key {key}: its queue is "
+                                      f"gone or unbound; {exc})")
         self.returned_keys.add(key)
 
     def _nack(self, tag: int, multiple: bool) -> None:
-        self.refused |= self._settle(tag, multiple)
+        for t in self._settle(tag, multiple):
+            self.refused[t] = self.returned.pop(t, _NACKED)
 
-    def wait(self, drain: Callable[[float], object], timeout: float) -> set[int]:
+    def wait(self, drain: Callable[[float], object], timeout: float) -> dict[int, str]:
         """Until every message published is confirmed or refused; returns the refused ones'
-        tags (since the last wait). BusUnavailable after ``timeout`` seconds without."""
+        tags with why (since the last wait). BusUnavailable after ``timeout`` seconds
+        without."""
         deadline = time.monotonic() + timeout
         while self.outstanding:
             left = deadline - time.monotonic()
@@ -244,24 +254,15 @@ class _Confirms:
                 drain(left)
             except socket.timeout:
                 continue
-        refused, self.refused = self.refused, set()
+        refused, self.refused = self.refused, {}
         return refused
 
 
-def _fan_outs(items: Sequence[tuple[Queue, Envelope]]) -> list[list[int]]:
-    """The items' indexes, grouped into publishes: those with one body and message id to
-    distinct queues together, in the order of each group's first item."""
-    groups: list[list[int]] = []
-    open_: dict[tuple[str, bytes], tuple[list[int], set[str]]] = {}
-    for i, (queue, env) in enumerate(items):
-        key = (env.message_id, env.body)
-        found = open_.get(key)
-        if found is None or queue.name in found[1]:
-            found = open_[key] = ([], set())
-            groups.append(found[0])
-        found[0].append(i)
-        found[1].add(queue.name)
-    return groups
+def _confirmed(why: list[str | None], refusals: dict[int, str] | None) -> list[bool]:
+    """Per item, whether the broker took it; why it did not, into ``refusals``."""
+    if refusals is not None:
+        refusals.update((i, reason) for i, reason in enumerate(why) if reason is not None)
+    return [reason is None for reason in why]
 
 
 def _attempts(r: Received) -> int:
@@ -416,6 +417,17 @@ class Bus:
             if queue.routing_key in keys:
                 self._declared.discard(queue.name)
 
+    def _forget_consumed(self, keys: set[str]) -> None:
+        """Consume afresh when this bus consumes a queue a publish came back from (deleted).
+        RabbitMQ need not cancel the consumer of a quorum queue deleted and declared again
+        soon after: the consumer stays, attached to nothing, and a message to the new queue
+        stayed unacknowledged on the consuming channel, never handled (seen with the relay
+        retrying such a delivery 10 ms later). Between rounds only: a handler's publish goes
+        to an inbox queue, which this bus does not consume."""
+        if self._consumer is not None and any(
+                self.topology.org_key(org) in keys for org in self._consuming):
+            self._forget_consumer()
+
     def publish(self, org: str, env: Envelope) -> None:
         """Publish to the organisation's queue; returns once the broker has it."""
         self.declare(org)
@@ -423,34 +435,36 @@ class Bus:
             self._publish(env, self.topology.org_key(org))
 
     def publish_many(self, items: Sequence[tuple[str, Envelope]], *,
-                     confirm_timeout: float = 30.0) -> list[bool]:
+                     confirm_timeout: float = 30.0,
+                     refusals: dict[int, str] | None = None) -> list[bool]:
         """Publish each (organisation, envelope) in order, then wait for the broker's
         confirms of them all: one round trip for the batch instead of one per message (on
         RabbitMQ a confirm takes milliseconds, and a relay publishing one at a time waited
-        for each). Returns, per item, whether the broker confirmed it; one it refused
-        (a nack) is False. Raises BusUnavailable when the broker went away meanwhile: which
-        of the batch it took is then unknown, and publishing them again is safe (receivers
-        drop duplicates by MessageHeader.id). On RabbitMQ the items of one message to
-        several organisations are one publish (the module's doc): the broker confirms or
-        refuses them together."""
-        return self._publish_confirmed([(self.org_queue(org), env) for org, env in items],
-                                       confirm_timeout, fan_out=True)
+        for each). Returns, per item, whether the broker confirmed it; one it refused (a
+        nack, or returned: no queue took it) is False, and ``refusals`` (when given) gets
+        why, by the item's index. Raises BusUnavailable when the broker went away
+        meanwhile: which of the batch it took is then unknown, and publishing them again is
+        safe (receivers drop duplicates by MessageHeader.id)."""
+        why = self._publish_confirmed([(self.org_queue(org), env) for org, env in items],
+                                      confirm_timeout)
+        return _confirmed(why, refusals)
 
     def hand_over(self, items: Sequence[tuple[str, Envelope]], *,
-                  confirm_timeout: float = 30.0) -> list[bool]:
+                  confirm_timeout: float = 30.0,
+                  refusals: dict[int, str] | None = None) -> list[bool]:
         """Publish each (organisation, envelope) to the organisation's own inbox queue, which
-        its system consumes (RabbitMQ only), as ``publish_many`` does to the hub's queues."""
+        its system consumes (RabbitMQ only), as ``publish_many`` does to the hub's queues
+        (one publish per item)."""
         if self.is_memory:
             raise BusUnavailable("An organisation can take its messages from its queue only "
                                  "on RabbitMQ (SIP_HUB_BROKER_URL=amqp://...)")
-        return self._publish_confirmed([(self.inbox_queue(org), env) for org, env in items],
-                                       confirm_timeout)
+        why = self._publish_confirmed([(self.inbox_queue(org), env) for org, env in items],
+                                      confirm_timeout)
+        return _confirmed(why, refusals)
 
     def _publish_confirmed(self, items: Sequence[tuple[Queue, Envelope]],
-                           confirm_timeout: float, fan_out: bool = False) -> list[bool]:
-        """``fan_out``: the items of one message to several queues go as one publish
-        (RabbitMQ; the hub's own queues only: an organisation consuming its inbox would see
-        the others' headers)."""
+                           confirm_timeout: float) -> list[str | None]:
+        """Per item, None when the broker confirmed it, else why it did not take it."""
         if not items:
             return []
         for queue in {q.name: q for q, _ in items}.values():
@@ -461,23 +475,14 @@ class Bus:
                 for queue, env in items:
                     channel.basic_publish(_prepared(channel, env), exchange=self._exchange.name,
                                           routing_key=queue.routing_key)
-            return [True] * len(items)
+            return [None] * len(items)
         try:
             with self._guard("publish"):
                 if self._confirms is None:
                     self._confirms = _Confirms(self._conn.channel())
                 confirms = self._confirms
-                tags = [0] * len(items)
-                groups = _fan_outs(items) if fan_out else [[i] for i in range(len(items))]
-                for group in groups:
-                    queue, env = items[group[0]]
-                    if len(group) > 1:
-                        env = Envelope(env.body, env.message_id, {
-                            "BCC": [items[i][0].routing_key for i in group[1:]],
-                            _TO: {items[i][0].name: dict(items[i][1].headers) for i in group}})
-                    tag = confirms.publish(env, self._exchange.name, queue.routing_key)
-                    for i in group:
-                        tags[i] = tag
+                tags = [confirms.publish(env, self._exchange.name, queue.routing_key)
+                        for queue, env in items]
                 refused = confirms.wait(lambda t: self._conn.drain_events(timeout=t),
                                         confirm_timeout)
         except BaseException:  # which of the batch the broker took is unknown
@@ -486,8 +491,9 @@ class Bus:
             raise
         if confirms.returned_keys:
             self._forget_declared(confirms.returned_keys)
+            self._forget_consumed(confirms.returned_keys)
             confirms.returned_keys = set()
-        return [t not in refused for t in tags]
+        return [refused.get(t) for t in tags]
 
     def _drop_confirms(self) -> None:
         """Forget the confirming channel (its delivery tags no longer count); the next batch
@@ -630,7 +636,7 @@ class Bus:
         org, queue = self._org_of(message)
         headers = dict(message.headers or {}) if isinstance(message.headers, dict) else {}
         to = headers.pop(_TO, None)
-        if isinstance(to, dict):  # one message for several queues: this queue's headers
+        if isinstance(to, dict):  # one publish for several queues (before 2026-12-06): its own
             own = to.get(queue)
             if isinstance(own, dict):
                 headers.update(own)

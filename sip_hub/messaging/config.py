@@ -39,18 +39,6 @@ class MessagingSettings(BaseSettings):
     # The hub's own HSA-id, the sender of its responses; empty: responses name no sender
     # (their source names the hub).
     hub_hsa_id: str = ""
-
-    @field_validator("hub_hsa_id")
-    @classmethod
-    def _hub_hsa_id(cls, v: str) -> str:
-        """Normalised as every HSA-id the hub compares it with (messages' destinations,
-        senders): a lower-case one matched none of them."""
-        if not v:
-            return v
-        try:
-            return normalise_hsa_id(v)
-        except InvalidIdentifier as exc:
-            raise ValueError(f"not an HSA-id: {exc}") from None
     # Deliveries one relay round publishes, and one delivery batch takes (and prefetches).
     relay_batch: int = Field(default=100, ge=1, le=10_000)
     # Back-pressure: $process-message answers transient-error while this many deliveries or
@@ -69,6 +57,18 @@ class MessagingSettings(BaseSettings):
     # SIP_HUB_SIP_INACTIVE_DAYS: operations applied by message reconcile the deadline Tasks
     # with it, as the REST operations and the deadline scan do.
     sip_inactive_days: int = Field(default=90, ge=1)
+
+    @field_validator("hub_hsa_id")
+    @classmethod
+    def _hub_hsa_id(cls, v: str) -> str:
+        """Normalised as every HSA-id the hub compares it with (messages' destinations,
+        senders): a lower-case one matched none of them."""
+        if not v:
+            return v
+        try:
+            return normalise_hsa_id(v)
+        except InvalidIdentifier as exc:
+            raise ValueError(f"not an HSA-id: {exc}") from None
 
     @classmethod
     def for_hub(cls, settings: Settings, **overrides: object) -> "MessagingSettings":

@@ -51,9 +51,8 @@ from . import vocabulary as vocab
 from .config import MessagingSettings
 from .endpoints import DEFAULT_CONCURRENT, Endpoint, Endpoints
 from .http import HttpClient, HttpError, HttpRequest, HttpResponse, HttpTimeout
-from .outbox import (log_dead, no_endpoint_reason, record_dead, record_withdrawn,
-                     uncovered)
-from .relay import DELIVERY, EVENT
+from .outbox import log_dead, no_endpoint_reason, record_withdrawn, uncovered
+from .relay import DELIVERY, EVENT, record_failure
 
 _HOLD_US = 1_000_000  # a held-back delivery is looked at again after a second
 _RETRY_STATUS = frozenset({408, 425, 429})
@@ -255,16 +254,18 @@ class Deliverer:
         if self.bus is None:
             return [(i, d, Result("transient", "No message broker to hand the message over "
                                                "to its organisation's queue")) for i, d in queued]
+        why: dict[int, str] = {}
         try:
             confirmed = self.bus.hand_over([(d.dest_org, Envelope(
-                d.content, d.message_id, {EVENT: d.event})) for _, d in queued])
+                d.content, d.message_id, {EVENT: d.event})) for _, d in queued], refusals=why)
         except BusUnavailable as exc:
             return [(i, d, Result("transient", f"Could not hand the message over to the "
                                                f"queue of {d.dest_org}: {exc.diagnostics}"))
                     for i, d in queued]
         return [(i, d, Result("delivered") if ok else Result(
-            "transient", f"The broker refused the message for the queue of {d.dest_org}"))
-                for (i, d), ok in zip(queued, confirmed)]
+            "transient", f"The broker refused the message for the queue of {d.dest_org}: "
+                         f"{why.get(k, 'not confirmed')}"))
+                for k, ((i, d), ok) in enumerate(zip(queued, confirmed))]
 
     def _request(self, d: sql.Delivery, url: str, endpoint: Endpoint | None) -> HttpRequest:
         """The POST of ``d`` to ``url`` (its own, or that of ``endpoint``, its
@@ -289,15 +290,6 @@ class Deliverer:
         """Record an attempt that did not deliver (a retry later, or dead), unless another
         copy of the delivery settled it meanwhile (it is then neither counted nor
         dead-lettered twice). Deliveries are recorded by ``_write_outcomes``, a batch at once."""
-        attempts = d.attempts + 1
-        if result.kind == "fatal" or attempts >= self.config.max_attempts:
-            reason = result.detail if result.kind == "fatal" else (
-                f"Gave up after {attempts} attempts: {result.detail}")
-            return DeadLetter(reason, attempts) if record_dead(tx, [d], reason, now) \
-                else Ack()
-        delay = self.config.retry_delay(attempts)
-        if sql.set_state(tx, d.id, sql.PENDING, now, error=result.detail,
-                         attempts=attempts, next_attempt_at=now + int(delay * 1_000_000),
-                         only_from=sql.OPEN):
-            count_committed(tx, DELIVERIES.labels("retry"))
-        return Ack()
+        reason = record_failure(tx, d, result.detail, now, self.config,
+                                fatal=result.kind == "fatal")
+        return DeadLetter(reason, d.attempts + 1) if reason is not None else Ack()

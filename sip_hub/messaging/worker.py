@@ -110,7 +110,7 @@ class Worker:
             bus = self.messaging.bus()
             relay = Relay(self.store, bus, self.messaging.config.relay_batch,
                           self.messaging.config.republish_after_seconds,
-                          endpoints=self.messaging.endpoints)
+                          endpoints=self.messaging.endpoints, config=self.messaging.config)
             # The in-process bus starts empty with the process (not with a reconnect).
             if not bus.durable and not self._recovered:
                 relay.recover()

@@ -423,6 +423,24 @@ def reset_dead(tx: Tx, ids: Sequence[str] | None, now: int) -> list[str]:
     return sorted(reset, key=order.__getitem__)
 
 
+def requeue_copy(tx: Tx, delivery_id: str, published_at: int | None, now: int) -> bool:
+    """A published delivery back to pending with fresh attempts, due now: a copy of it failed
+    on the bus before anything was recorded, and a replay found that copy among the dead
+    letters. Only while the delivery is still as that copy's publish (``published_at``; None:
+    a copy that does not tell) left it: one published again since (another operator's replay
+    put it back and the relay published it; or the relay republished it) has a copy of its
+    own on the way, and putting it back published it twice. One guarded statement: of two
+    replays that find the copy, and the relay, one wins. False when it was not put back."""
+    q = update(outbox_delivery).where(_D.id == delivery_id, _still(_D.state, PUBLISHED))
+    if published_at is not None:
+        q = q.where(_D.published_at == published_at)
+    changed = tx.conn.execute(q.values(state=PENDING, attempts=0, next_attempt_at=now,
+                                       updated=now)).rowcount == 1
+    if changed:
+        wakeup.announce(tx)
+    return changed
+
+
 def counts(tx: Tx) -> dict[str, int]:
     """Deliveries per state (for metrics and operators)."""
     q = select(_D.state, func.count()).group_by(_D.state)
