@@ -15,12 +15,12 @@ Operations (``op``):
 
 Every request carries the bearer token of the config (``token``), as a real client's would.
 
-* ``create``  POST /fhir/CarePlan, an active SIP CarePlan of one of ``create_patients``
+* ``create``  POST /fhir/CarePlan, a complete draft SIP CarePlan of one of ``create_patients``
 * ``read``    GET /fhir/CarePlan/{id}, ids created by this process's create phases
 * ``search``  GET /fhir/CarePlan?patient=Patient/{id}, patients of the phase's ``patients``
 * ``update``  PUT /fhir/CarePlan/{id} with If-Match, each connection on its own created ids,
               starting from the hub's last answer: a progress note and one intervention's
-              status (what changes without the person's new approval)
+              status
 """
 
 from __future__ import annotations
@@ -234,8 +234,9 @@ class Client:
 
 
 def revised(current: bytes, version: int) -> dict[str, Any]:
-    """The day-to-day change to an established SIP that needs no new approval: the
-    coordinator records progress (a note, one intervention's status)."""
+    """A day-to-day change to a SIP plan (one that an established plan takes without the
+    person's new approval too): the coordinator records progress (a note, one
+    intervention's status)."""
     plan: dict[str, Any] = orjson.loads(current)
     plan["note"] = [{"time": "2026-12-01T10:00:00+01:00",
                      "text": f"Uppföljning {version}: insatserna pågår enligt plan."}]

@@ -1,11 +1,18 @@
 """Realistic SIP resources for the benchmark, built with the test suite's ``tests/sip_factory.py``.
 
-Every measurement patient gets what an established (``active``) SIP CarePlan needs to pass the
-hub's validation and access rules: the Patient (valid personnummer), the SIP Consent naming
-the three organisations, a SIP CareTeam and three SIP Goals (one of them a sub-goal).
+Every measurement patient gets what a complete SIP CarePlan needs to pass the hub's
+validation and access rules: the Patient (valid personnummer), the SIP Consent naming the
+three organisations, a SIP CareTeam and three SIP Goals (one of them a sub-goal).
 Organisations and practitioners are shared. The CarePlan has five interventions (insatser),
 about 3.5 kB of JSON: what a real SIP client sends. Every plan is written by the
 coordinating organisation (``COORDINATOR_HSA``, the social services), which is its author.
+
+The plan is a draft with all the content the law requires of an established one: a SIP plan
+is created as a draft and established by ``$transition`` with the person's approval (since
+2026-12-06 an organisation's client cannot create one as established on its own). The
+profile checks a complete draft as it checks an established plan (the established-only rules
+add issues only for content that is missing), so the create does the same work as the
+established plans of the runs before.
 """
 
 from __future__ import annotations
@@ -133,9 +140,10 @@ def transaction(resources: list[Json], base_url: str) -> Json:
 
 
 def careplan(pid: str) -> Json:
-    """An established (active) SIP CarePlan of Patient/``pid``, as a client POSTs it (no id)."""
-    plan: Json = f.sip_careplan(f"Patient/{pid}", careteam_ref=f"CareTeam/{pid}-sip",
-                                goal_refs=_goal_refs(pid), activities=_activities(pid))
+    """A complete draft SIP CarePlan of Patient/``pid``, as a client POSTs it (no id)."""
+    plan: Json = f.sip_careplan(f"Patient/{pid}", "draft",
+                                careteam_ref=f"CareTeam/{pid}-sip", goal_refs=_goal_refs(pid),
+                                activities=_activities(pid))
     plan.pop("id", None)
     return plan
 
