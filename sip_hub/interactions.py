@@ -265,7 +265,7 @@ def create(tx: Tx, ctx: Context, rtype: str, res: Any, *, if_none_exist: str | N
             return Result(200, found[0])
     prepared = prepare_in(tx, res, resolve, rtype, ctx.base_url)
     _guard_write(tx, ctx, rtype, None, prepared, "create")
-    process.check_new_plan(ctx, None, prepared)
+    process.check_new_plan(ctx, None, prepared, rid)
     stored = tx.create(prepared, rid, owner=ctx.access.org,
                        withheld=ctx.access.withholds(tx, rtype, prepared))
     _written(tx, ctx, "create", None, stored)
@@ -292,7 +292,7 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
     _guard_write(tx, ctx, rtype, current, prepared, "update")
     if process_rules:
         process.check_plain_update(tx, ctx, current.doc() if current else None, prepared)
-        process.check_new_plan(ctx, current.doc() if current else None, prepared)
+        process.check_new_plan(ctx, current.doc() if current else None, prepared, rid)
     version = expected_version(if_match, old, f"{rtype}/{rid}")
     try:
         # The rules decided on ``old``: the write replaces that version or none (a write

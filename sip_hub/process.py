@@ -443,11 +443,12 @@ def needs_approval(plan: Json) -> bool:
         phase == CLOSED and plan.get("status") == "completed")
 
 
-def check_new_plan(ctx: Context, old: Json | None, new: Json) -> None:
+def check_new_plan(ctx: Context, old: Json | None, new: Json, rid: str | None = None) -> None:
     """A plain write that makes an established SIP plan of something that was none (a create,
     a write over a deleted or a non-SIP CarePlan) carries the person's approval: outside a
     transaction it cannot, so it is refused; inside one, its Provenance is checked at the end
-    (``require_approvals``). Operators (unrestricted) repair data without it."""
+    (``require_approval``). Operators (unrestricted) repair data without it. ``rid``: the id
+    the write gives it (a POST's resource has none of its own, and the check names it)."""
     if ctx.access.unrestricted:
         return
     if new.get("resourceType") == "Provenance" and ctx.approvals is not None:
@@ -457,12 +458,21 @@ def check_new_plan(ctx: Context, old: Json | None, new: Json) -> None:
     if ctx.approvals is None:
         raise business_rule(f"A SIP plan written as established needs the person's "
                             f"approval. {_ESTABLISH}", "CarePlan.status")
-    ctx.approvals.plans.append(new)
+    ctx.approvals.plans.append({**new, "id": rid} if rid else new)
 
 
-def _approvals_of(provenances: list[Json], plan_id: str) -> list[Json]:
+def _targets(ref: Any, plan_id: str, version: int | None) -> bool:
+    """``ref`` names the plan, or the version of it the transaction writes: an approval of
+    another version (one deleted since, say) approved other content."""
+    if ref_target(ref) != ("CarePlan", plan_id):
+        return False
+    parts = ref["reference"].split("/_history/", 1)
+    return len(parts) == 1 or version is None or parts[1].strip("/") == str(version)
+
+
+def _approvals_of(provenances: list[Json], plan_id: str, version: int | None) -> list[Json]:
     return [p for p in provenances
-            if any(ref_target(t) == ("CarePlan", plan_id) for t in p.get("target") or [])]
+            if any(_targets(t, plan_id, version) for t in p.get("target") or [])]
 
 
 def _attesters(provenance: Json) -> list[Json]:
@@ -472,15 +482,30 @@ def _attesters(provenance: Json) -> list[Json]:
                     for c in (a.get("type") or {}).get("coding") or [] if isinstance(c, dict))]
 
 
+def _require_custodian_approval(tx: Tx, plan: Json, now: datetime) -> None:
+    """Under 18 a custodian approves too, also when none takes part in the CareTeam yet
+    (``check_approvers`` asks it of those who do): an imported plan had no invitation step
+    that would have brought one in."""
+    if not is_minor(tx, plan, now) or custodians(tx, plan):
+        return
+    raise business_rule("The individual is under 18: a custodian (vårdnadshavare) approves the "
+                        "plan too; add the custodian to the SIP CareTeam (a RelatedPerson with "
+                        "role 'custodian') and name them as attester", "CarePlan.careTeam")
+
+
 def require_approval(tx: Tx, provenances: list[Json], plan: Json, now: datetime) -> None:
     """A plan a transaction wrote as established has a Provenance in it that targets it,
     names the person (or a custodian, guardian or personal representative in its CareTeam;
-    under 18 a custodian too) as attester, and says when they approved, not later than now."""
-    found = _approvals_of(provenances, plan["id"])
+    under 18 a custodian too) as attester, and says when they approved, not later than now.
+    A Provenance of the plan without an attester (who wrote it, say) is no approval: it
+    neither gives one nor spoils the one beside it."""
+    cur = tx.current("CarePlan", plan["id"])
+    found = _approvals_of(provenances, plan["id"], cur.version_id if cur else None)
     if not found:
         raise business_rule(f"CarePlan/{plan['id']} is written as established without the "
                             f"person's approval. {_ESTABLISH}", "CarePlan.status")
-    for prov in found:
+    approvals = [p for p in found if _attesters(p)] or found
+    for prov in approvals:
         attesters = _attesters(prov)
         when = time_of(prov.get("occurredDateTime"))
         if not attesters or when is None:
@@ -490,6 +515,7 @@ def require_approval(tx: Tx, provenances: list[Json], plan: Json, now: datetime)
             raise business_rule(f"The approval of CarePlan/{plan['id']} cannot lie in the "
                                 "future (Provenance.occurredDateTime)", "CarePlan.status")
         check_approvers(tx, plan, attesters, now, "CarePlan.status")
+        _require_custodian_approval(tx, plan, now)
 
 
 # -- the hook on plain updates ---------------------------------------------------------------
