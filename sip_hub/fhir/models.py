@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import re
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+import orjson
 
 import fhir_core.types
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
@@ -288,6 +290,7 @@ def from_xml(data: bytes) -> dict[str, Any]:
             raise validation.too_deep(rtype) from None
         raise BadRequest(f"Cannot read FHIR XML: {exc}") from None
     _as_json_form(out, rtype)
+    _zip(root, out, _from_attributes)
     return out
 
 
@@ -299,9 +302,12 @@ def _check_xml_form(root: Any, rtype: str) -> None:
     (``<gender>male</gender>``), an element with neither a value nor children (ele-1; its
     value was lost), an element of another namespace read as FHIR's, a narrative div outside
     XHTML's (reported at an element it does not have)."""
+    _check_attributes(root, rtype)
+    _check_no_text(root, rtype)
     stack = [(root, rtype)]
     while stack:
         el, path = stack.pop()
+        _check_one_resource(el, path)
         for child in el:
             tag = child.tag
             if not isinstance(tag, str):
@@ -316,13 +322,65 @@ def _check_xml_form(root: Any, rtype: str) -> None:
             if not tag.startswith(_FHIR_NS):
                 raise BadRequest(f"<{local}> is not in the FHIR namespace "
                                  f"{_FHIR_NS[1:-1]}", expression=where)
-            if (child.text or "").strip() or any((c.tail or "").strip() for c in child):
-                raise BadRequest(f"<{local}> holds text; FHIR XML gives a value in its value "
-                                 "attribute", expression=where)
-            if local[:1].islower() and not child.attrib and len(child) == 0:
-                raise BadRequest(f"<{local}> has neither a value nor children (ele-1)",
-                                 expression=where)
+            _check_attributes(child, where)
+            _check_no_text(child, where)
+            if local[:1].islower() and not _content_attributes(child) and len(child) == 0:
+                raise BadRequest(f"<{local}> has neither a value nor children (ele-1; an id "
+                                 "alone is no content)", expression=where)
             stack.append((child, where))
+
+
+def _content_attributes(el: Any) -> set[str]:
+    """The attributes of ``el`` that give it content: all but its id. ``<given id="g"/>``
+    has none (ele-1: an id alone is not a value), and fhir_core, dropping it, left the id to
+    be put back beside no value, as ``_given`` of the wrong shape (a 422 naming an element
+    the client never sent)."""
+    return set(el.attrib) - {"id"}
+
+
+# The elements whose content is a resource in its type's element (xml.html, "Resources in
+# resources"): contained, Bundle.entry.resource, Bundle.entry.response.outcome,
+# Parameters.parameter.resource
+_RESOURCE_WRAPPERS = (".contained", ".entry.resource", ".response.outcome",
+                      ".parameter.resource", ".part.resource")
+
+
+def _check_no_text(el: Any, path: str) -> None:
+    """Refuse text beside elements (``<Patient>text<active .../></Patient>``): FHIR XML has
+    no mixed content, and fhir_core drops it, the resource root's included."""
+    if (el.text or "").strip() or any((c.tail or "").strip() for c in el):
+        local = el.tag.rsplit("}", 1)[-1] if isinstance(el.tag, str) else "?"
+        raise BadRequest(f"<{local}> holds text; FHIR XML gives a value in its value "
+                         "attribute", expression=path)
+
+
+def _check_one_resource(el: Any, path: str) -> None:
+    """Refuse a ``contained`` (or entry ``resource``) holding other than one resource element:
+    fhir_core reads the first and drops the rest without a word."""
+    local = path.rsplit(".", 1)[-1]
+    if not path.endswith(_RESOURCE_WRAPPERS) or el.tag != f"{_FHIR_NS}{local}":
+        return  # (a resource's own element has the path of the one wrapping it)
+    inner = [c for c in el if isinstance(c.tag, str)]
+    if len(inner) != 1 or not inner[0].tag.rsplit("}", 1)[-1][:1].isupper():
+        raise BadRequest(f"<{local}> must hold exactly one resource, in its type's element "
+                         f"(<{local}><Patient>...</Patient></{local}>)", expression=path)
+
+
+# FHIR's own attributes (xml.html: a primitive's value, an element's id, an extension's
+# url) and xsi:schemaLocation, which FHIR's own examples carry
+_ATTRIBUTES = frozenset({"value", "id", "url",
+                         "{http://www.w3.org/2001/XMLSchema-instance}schemaLocation"})
+
+
+def _check_attributes(el: Any, where: str) -> None:
+    """Refuse an attribute FHIR XML does not define (``<active value="true" foo="x"/>``):
+    fhir_core drops it without a word, and what the client sent would be lost."""
+    for name in el.attrib:
+        if name not in _ATTRIBUTES:
+            local = name.rsplit("}", 1)[-1]
+            raise BadRequest(f"<{el.tag.rsplit('}', 1)[-1]}> has an attribute '{local}' that "
+                             "FHIR XML does not define (only value, id and url)",
+                             expression=where)
 
 
 # orjson, which writes what the hub stores, writes integers in this range; JSON input holds
@@ -369,5 +427,119 @@ def to_xml(resource: dict[str, Any]) -> bytes:
     if b"&" in out and _ENTITY_REF.search(out):
         raise ValueError("A narrative of the resource declares its own entities; it cannot be "
                          "written as FHIR XML")
-    return out
+    root = xml.parse(out)
+    _zip(root, resource, _to_attributes)
+    return xml.tostring(root)
 
+
+
+# ---------------------------------------------------------------- fhir_core's XML, made exact
+# fhir_core reads and writes FHIR XML through its models, which rewrite values (a dateTime's
+# "Z" as "+00:00", ".120" as ".120000", a decimal 100 as "100.0", a 20-digit integer as a
+# float) and drop what the models do not hold in XML's form: an element's id, which XML gives
+# as an attribute (xml.html: `<name id="n1">`, `<birthDate id="b1" value=...>`, JSON's
+# `name.id` and `_birthDate.id`). The walk below pairs each XML element with its JSON value and
+# puts the exact value and id back, whichever way the conversion went.
+
+_Visit = Callable[[Any, dict[str, Any], str, "int | None", bool], None]
+
+
+def _zip(el: Any, node: dict[str, Any], visit: _Visit) -> None:
+    """Call ``visit(child, node, name, index, primitive)`` for each FHIR element below ``el``
+    with the JSON object ``node`` that holds it, walking into complex elements and the
+    resources a ``contained``/``resource``/``outcome`` element wraps."""
+    seen: dict[str, int] = {}
+    for child in el:
+        if not isinstance(child.tag, str) or not child.tag.startswith(_FHIR_NS):
+            continue  # (a narrative's div: XHTML, kept as it is)
+        name = child.tag[len(_FHIR_NS):]
+        i = seen[name] = seen.get(name, -1) + 1
+        value = node.get(name)
+        index = i if isinstance(value, list) or isinstance(node.get(f"_{name}"), list) else None
+        item = value[i] if isinstance(value, list) and i < len(value) else (
+            None if isinstance(value, list) else value)
+        primitive = not isinstance(item, dict)
+        visit(child, node, name, index, primitive)
+        if primitive:
+            continue
+        inner = [c for c in child if isinstance(c.tag, str)]
+        if len(inner) == 1 and inner[0].tag[len(_FHIR_NS):][:1].isupper() and "resourceType" \
+                in item:
+            _zip(inner[0], item, visit)  # (a resource in its type's element)
+        else:
+            _zip(child, item, visit)
+
+
+def _extra(node: dict[str, Any], name: str, index: int | None,
+           create: bool) -> dict[str, Any] | None:
+    """A primitive's JSON ``_name`` object (an item of the ``_name`` list when it repeats),
+    made (with null placeholders) when ``create``."""
+    key = f"_{name}"
+    if index is None:
+        if key not in node and create:
+            node[key] = {}
+        return node.get(key)
+    if key not in node:
+        if not create:
+            return None
+        node[key] = [None] * len(node.get(name) or ())
+    items = node[key]
+    while create and len(items) <= index:
+        items.append(None)
+    if index >= len(items):
+        return None
+    if items[index] is None and create:
+        items[index] = {}
+    return items[index]
+
+
+def _json_text(value: Any) -> str:
+    """A primitive's JSON value as the text of its XML value attribute."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def _to_attributes(el: Any, node: dict[str, Any], name: str, index: int | None,
+                   primitive: bool) -> None:
+    """Written XML: the JSON's own value text, and the element's id as its attribute."""
+    if not primitive:
+        item = node[name][index] if index is not None else node[name]
+        own_id = el.find(f"{_FHIR_NS}id")
+        if own_id is not None and "id" in item and not el.tag[len(_FHIR_NS):][:1].isupper():
+            el.remove(own_id)
+            el.set("id", item["id"])
+        return
+    values = node.get(name)
+    value = values[index] if isinstance(values, list) and index is not None and index < len(
+        values) else (None if isinstance(values, list) else values)
+    if value is not None and "value" in el.attrib:
+        el.set("value", _json_text(value))
+    extra = _extra(node, name, index, create=False)
+    if isinstance(extra, dict) and isinstance(extra.get("id"), str):
+        el.set("id", extra["id"])
+
+
+def _from_attributes(el: Any, node: dict[str, Any], name: str, index: int | None,
+                     primitive: bool) -> None:
+    """Read XML: the value attribute's own text for a string-valued primitive (a dateTime as
+    written), and an element's id attribute in the JSON form."""
+    own_id = el.get("id")
+    if not primitive:
+        if own_id is not None:
+            (node[name][index] if index is not None else node[name])["id"] = own_id
+        return
+    raw = el.get("value")
+    if raw is not None and name in node:
+        current = node[name][index] if index is not None else node[name]
+        if isinstance(current, str):
+            if index is not None:
+                node[name][index] = raw
+            else:
+                node[name] = raw
+    if own_id is not None:
+        extra = _extra(node, name, index, create=True)
+        assert extra is not None
+        extra["id"] = own_id

@@ -839,8 +839,19 @@ def _bundle_entry(node: Json, path: str, scope: _Scope, out: IssueCollector) -> 
 
 _QUANTITY: Final[tuple[Invariant, ...]] = (_qty_3,)
 
+
+def _txt_div_alone(node: Json, path: str, scope: _Scope, out: IssueCollector) -> None:
+    """Refuse a ``_div``: xhtml takes no extensions (xhtml.extension 0..0), and FHIR XML has
+    no place for an id of the div apart from the XHTML's own id attribute, so a ``_div``
+    stored from JSON was silently lost whenever the resource was read as XML."""
+    if "_div" in node:
+        out.add(f"{path}.div", "Narrative.div (xhtml) takes no id or extensions: JSON has no "
+                               "_div (FHIR XML has no place for one)", "structure")
+
+
 _INVARIANTS: Final[dict[str, tuple[Invariant, ...]]] = {
     # datatypes
+    "Narrative": (_txt_div_alone,),
     "Reference": (_ref_1,),
     "Period": (_per_1,),
     "Extension": (_ext_1,),

@@ -166,12 +166,25 @@ def _render(payload: dict[str, Any] | bytes, fmt: str, pretty: bool) -> bytes:
     return orjson.dumps(obj, option=opts)
 
 
+def _vary_accept(headers: dict[str, str] | None) -> dict[str, str]:
+    """``headers`` with Accept named in Vary: the same URL answers JSON or XML by Accept, and
+    without it a cache (a proxy's, a browser's) could answer one client's Accept with the form
+    another asked for (RFC 9110 12.5.5: an origin server SHOULD send Vary when it negotiates)."""
+    out = dict(headers or {})
+    key = next((k for k in out if k.lower() == "vary"), None)
+    if key is None:
+        out["Vary"] = "Accept"
+    elif "accept" not in (v.strip().lower() for v in out[key].split(",")) and out[key] != "*":
+        out[key] = f"{out[key]}, Accept"
+    return out
+
+
 def respond(request: Request, payload: dict[str, Any] | bytes | None, status: int = 200,
             headers: dict[str, str] | None = None, fmt: str | None = None) -> Response:
     fmt = fmt or response_format(request)
     pretty = request.query_params.get("_pretty") == "true"
     body = b"" if payload is None else _render(payload, fmt, pretty)
-    return Response(body, status_code=status, headers=headers,
+    return Response(body, status_code=status, headers=_vary_accept(headers),
                     media_type=f"{fmt}; charset=utf-8" if payload is not None else None)
 
 
