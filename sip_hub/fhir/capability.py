@@ -81,7 +81,7 @@ def _resource(rtype: str) -> dict[str, Any]:
         "readHistory": True,
         "updateCreate": writable,
         "conditionalCreate": writable,
-        "conditionalRead": "not-supported",
+        "conditionalRead": "full-support",
         "conditionalUpdate": writable,
         "conditionalDelete": "not-supported",
         "searchInclude": sorted(_INCLUDES.get(rtype, [])),

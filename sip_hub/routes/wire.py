@@ -10,7 +10,7 @@ import asyncio
 import contextvars
 import functools
 from collections.abc import Callable
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -211,6 +211,31 @@ def prefer_lenient(request: Request) -> bool:
     return "handling=lenient" in request.headers.get("prefer", "").replace(" ", "")
 
 
+def _not_modified(request: Request, tag: str, last_updated: int) -> bool:
+    """A conditional read (FHIR http.html, "conditional read"; RFC 9110 13.1.2, 13.1.3): the
+    client's copy is current when If-None-Match names this version's ETag (weakly compared,
+    or ``*``), or, without If-None-Match, when nothing changed since If-Modified-Since (an
+    HTTP date to the second; one that is not a date is ignored). A system polling a plan then
+    gets a 304 without the plan."""
+    if request.method not in ("GET", "HEAD"):
+        return False
+    none_match = request.headers.get("if-none-match")
+    if none_match is not None:
+        wanted = tag.removeprefix("W/")
+        return any(t.strip() == "*" or t.strip().removeprefix("W/") == wanted
+                   for t in none_match.split(","))
+    since = request.headers.get("if-modified-since")
+    if since is None:
+        return False
+    try:
+        when = parsedate_to_datetime(since)
+    except (TypeError, ValueError, IndexError):
+        return False
+    if when.tzinfo is None:
+        return False
+    return last_updated // 1_000_000 <= int(when.timestamp())
+
+
 def result_response(request: Request, ctx: Context, result: Result, *,
                     write: bool = False) -> Response:
     fmt = response_format(request)
@@ -219,6 +244,9 @@ def result_response(request: Request, ctx: Context, result: Result, *,
     if s is not None:
         headers["ETag"] = etag(s)
         headers["Last-Modified"] = format_datetime(from_us(s.last_updated), usegmt=True)
+        if not write and result.status == 200 and result.body is None and \
+                _not_modified(request, headers["ETag"], s.last_updated):
+            return respond(request, None, 304, headers, fmt)
         if write:
             headers["Location"] = location(ctx, s)
         else:
