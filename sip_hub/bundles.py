@@ -52,7 +52,11 @@ def _parse_url(url: str, ctx: ix.Context, where: str) -> tuple[str, str | None, 
                                                                 list[tuple[str, str]], bool]:
     if url.startswith(ctx.base_url + "/"):
         url = url[len(ctx.base_url) + 1:]
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed IPv6 bracket ("//[/Patient"): the client's URL, not ours
+        raise BadRequest(f"{where}.request.url is not a URL: '{url[:80]}'",
+                         expression=f"{where}.request.url") from None
     if parts.scheme or parts.netloc:
         raise BadRequest(f"{where}.request.url must be relative to this server: '{url}'")
     segs = [s for s in parts.path.split("/") if s]

@@ -173,7 +173,11 @@ class Endpoints:
             raise BadRequest("Your organisation takes its messages from its queue, where the "
                              "response goes: a response-url is for an organisation with a "
                              "message endpoint", expression="response-url")
-        if mine is None or _origin(mine.url or "") != _origin(url) or \
-                urlsplit(url).scheme not in ("http", "https"):
+        try:
+            theirs = _origin(url)
+        except ValueError:  # (urlsplit: an unclosed IPv6 bracket, "http://[")
+            theirs = None
+        if mine is None or theirs is None or _origin(mine.url or "") != theirs or \
+                theirs[0] not in ("http", "https"):
             raise BadRequest("response-url must be on your organisation's configured message "
                              "endpoint (same scheme, host and port)", expression="response-url")

@@ -116,7 +116,7 @@ def response_format(request: Request) -> str:
 
 async def read_body(request: Request, max_bytes: int) -> Any:
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"The body is larger than the limit of {max_bytes} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
