@@ -391,12 +391,18 @@ def check_person(tx: Tx, plan: Json, refs: list[Json], expression: str, what: st
 def check_approvers(tx: Tx, plan: Json, approvers: list[Json], now: datetime,
                     expression: str) -> None:
     """The person approves the plan (rule 3), or their representative; under 18 a custodian
-    approves too."""
+    approves too, so one must take part in the CareTeam (an imported plan, or a team that
+    lost its custodian after the invitations, has none to ask)."""
     check_person(tx, plan, approvers, expression, "approve this plan")
     if is_minor(tx, plan, now):
         guardians = set(custodians(tx, plan))
         given = {f"{t[0]}/{t[1]}" for r in approvers if (t := ref_target(r))}
-        if guardians and not given & guardians:
+        if not guardians:
+            raise business_rule("The individual is under 18: a custodian (vårdnadshavare) "
+                                "approves the plan too; add the custodian to the SIP CareTeam "
+                                "(a RelatedPerson with role 'custodian') and name them as "
+                                "approver", expression)
+        if not given & guardians:
             raise business_rule("The individual is under 18: a custodian (vårdnadshavare) "
                                 "approves the plan too", expression)
 
@@ -482,17 +488,6 @@ def _attesters(provenance: Json) -> list[Json]:
                     for c in (a.get("type") or {}).get("coding") or [] if isinstance(c, dict))]
 
 
-def _require_custodian_approval(tx: Tx, plan: Json, now: datetime) -> None:
-    """Under 18 a custodian approves too, also when none takes part in the CareTeam yet
-    (``check_approvers`` asks it of those who do): an imported plan had no invitation step
-    that would have brought one in."""
-    if not is_minor(tx, plan, now) or custodians(tx, plan):
-        return
-    raise business_rule("The individual is under 18: a custodian (vårdnadshavare) approves the "
-                        "plan too; add the custodian to the SIP CareTeam (a RelatedPerson with "
-                        "role 'custodian') and name them as attester", "CarePlan.careTeam")
-
-
 def require_approval(tx: Tx, provenances: list[Json], plan: Json, now: datetime) -> None:
     """A plan a transaction wrote as established has a Provenance in it that targets it,
     names the person (or a custodian, guardian or personal representative in its CareTeam;
@@ -515,7 +510,6 @@ def require_approval(tx: Tx, provenances: list[Json], plan: Json, now: datetime)
             raise business_rule(f"The approval of CarePlan/{plan['id']} cannot lie in the "
                                 "future (Provenance.occurredDateTime)", "CarePlan.status")
         check_approvers(tx, plan, attesters, now, "CarePlan.status")
-        _require_custodian_approval(tx, plan, now)
 
 
 # -- the hook on plain updates ---------------------------------------------------------------

@@ -786,6 +786,26 @@ def test_a_revision_is_proposed_then_approved_by_the_person(client, h):
     assert r.status_code == 409
 
 
+def test_a_minors_revision_needs_a_custodian_also_when_the_team_lost_theirs(client, h):
+    """Alva is 15: a custodian approves her plan's changes too. Her team lost its custodian
+    after the invitations: her approval alone does not do; the custodian is to be added
+    back (it was taken as enough while none took part)."""
+    established(client, h)
+    team = read(client, "CareTeam/alva-sip", h[SOC])
+    team["participant"] = [p for p in team["participant"]
+                           if p["member"]["reference"] != f.MOTHER]
+    r = client.put("/fhir/CareTeam/alva-sip", content=body(team)["content"],
+                   headers=JSON_HEADERS | h[SOC])
+    assert r.status_code == 200, r.text
+    proposal = one(ok(post(client, f"CarePlan/{PLAN}/$propose-revision", h[SOC],
+                           parameters(resource("revision", revised(client, h))))), "revision")
+    before = read(client, f"CarePlan/{PLAN}", h[SOC])
+    r = post(client, f"CarePlan/{PLAN}/$approve-revision", h[SOC], parameters(
+        ref("revision", f"CarePlan/{proposal['id']}"), *approval("Patient/alva")))
+    assert r.status_code == 409 and "add the custodian" in outcome_text(r)
+    assert read(client, f"CarePlan/{PLAN}", h[SOC]) == before
+
+
 def test_a_revision_of_an_older_version_is_refused(client, h):
     established(client, h)
     first = one(ok(post(client, f"CarePlan/{PLAN}/$propose-revision", h[SOC],
