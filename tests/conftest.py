@@ -154,6 +154,18 @@ def as_org(anonymous: TestClient, store: Store):
 
 
 @pytest.fixture
+def portal(as_org) -> dict[str, str]:
+    """The national portal (1177): reads the citizen view of approved plans."""
+    return as_org("SE2321000016-1177", scope="system/CarePlan.rs", role="portal")
+
+
+@pytest.fixture
+def soc(as_org) -> dict[str, str]:
+    """The demo SIP's coordinator, the social services (``sip_process.SOC``)."""
+    return as_org("SE2120000142-SOC1")
+
+
+@pytest.fixture
 def service(store: Store) -> FhirService:
     svc = FhirService(store)
     svc.seed_definitions()

@@ -17,11 +17,6 @@ URL = f"/fhir/CarePlan/$citizen-view?patient=http://electronichealth.se/identifi
 
 
 @pytest.fixture
-def portal(as_org):
-    return as_org(PORTAL, scope="system/CarePlan.rs", role="portal")
-
-
-@pytest.fixture
 def alva(client):
     entries = [{"resource": r, "request": {"method": "PUT",
                                            "url": f"{r['resourceType']}/{r['id']}"}}

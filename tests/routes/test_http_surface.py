@@ -17,7 +17,7 @@ from messaging.harness import (BUP, URL as PROCESS_MESSAGE, Hub, broker,  # noqa
                                current_plan, hub, status_change, world)
 from sip_hub.app import create_app
 from sip_hub.settings import Settings
-from test_citizen_view import PORTAL, URL as CITIZEN_VIEW, alva, portal  # noqa: F401
+from test_citizen_view import PORTAL, URL as CITIZEN_VIEW, alva  # noqa: F401
 
 # What a GET answers that does not describe its content.
 _PER_ANSWER = {"x-request-id", "date"}

@@ -13,9 +13,8 @@ import pytest
 import sip_factory as f
 from fhirhttp import JSON_HEADERS, body, outcome_text
 from sip_hub import identifiers
-from sip_process import SOC, read
+from sip_process import read
 
-PORTAL = "SE2321000016-1177"
 VIEW = f"/fhir/CarePlan/$citizen-view?patient={identifiers.PERSONNUMMER}|{f.DEMO_PNR}"
 
 
@@ -33,16 +32,6 @@ def _case(*, approval=None):
     without one)."""
     case = [r for r in f.demo_case() if r["resourceType"] != "Provenance"]
     return case + ([approval] if approval is not None else [])
-
-
-@pytest.fixture
-def soc(as_org):
-    return as_org(SOC)
-
-
-@pytest.fixture
-def portal(as_org):
-    return as_org(PORTAL, scope="system/CarePlan.rs", role="portal")
 
 
 def _shown(client, portal) -> int:

@@ -24,16 +24,6 @@ Json = dict[str, Any]
 broker, hub = harness.broker, harness.hub  # the messaging hub's fixtures
 
 
-@pytest.fixture
-def soc(as_org):
-    return as_org(SOC)
-
-
-@pytest.fixture
-def portal(as_org):
-    return as_org(PORTAL, scope="system/CarePlan.rs", role="portal")
-
-
 def _put(r: Json, url: str | None = None, **request: str) -> Json:
     return {"resource": copy.deepcopy(r),
             "request": {"method": "PUT", "url": url or f"{r['resourceType']}/{r['id']}",

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 import sip_factory as f
 from fhirhttp import body, outcome_text
 from sip_hub import clients
-from test_citizen_view import URL, alva, portal  # noqa: F401 (fixtures)
+from test_citizen_view import URL, alva  # noqa: F401 (fixtures)
 
 ORG = "SE2321000016-15CQ"
 FORM = {"content-type": "application/x-www-form-urlencoded"}

@@ -28,11 +28,6 @@ def ok(resp, status=200):
 
 
 @pytest.fixture
-def portal(as_org):
-    return as_org(PORTAL, scope="system/CarePlan.rs", role="portal")
-
-
-@pytest.fixture
 def h(client, as_org):
     """Every organisation's headers, Alva's draft SIP written by its coordinator (SOC)."""
     headers = {org: as_org(org) for org in (SOC, BUP, SCHOOL)}
