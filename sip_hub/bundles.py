@@ -19,6 +19,7 @@ import orjson
 
 from . import cpu, interactions as ix, logs, process as sp
 from .errors import BadRequest, InternalError, SipHubError
+from .fhir import exact
 from .fhir.dates import now_utc
 from .fhir.indexing import reference_holders
 from .fhir.outcome import from_error
@@ -242,7 +243,7 @@ def _resolve_conditional(tx: Tx, ctx: ix.Context, entries: list[_Entry],
     the transaction (412). They were stored as they came, outside every compartment."""
     for e in entries:
         if not isinstance(e.resource, dict) or isinstance(e.resource, Prepared) or \
-                not _HAS_CONDITIONAL_REF.search(orjson.dumps(e.resource)):
+                not _HAS_CONDITIONAL_REF.search(exact.dumps(e.resource)):
             continue
         try:
             for ref in (h["reference"] for h in reference_holders(e.resource)):
@@ -336,8 +337,17 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
             assigned[e.index] = rid
             if e.full_url:
                 mapping[e.full_url] = f"{e.rtype}/{rid}"
-        elif e.method == "PUT" and e.rid and e.full_url:
-            mapping[e.full_url] = f"{e.rtype}/{e.rid}"
+        elif e.method == "PUT":
+            rid = e.rid
+            if rid is None and e.has_query:
+                # A conditional update writes its resource under the id that names, or fails
+                # (a match of another id is refused): that is its id here. Without one, the
+                # match decides, when it is written.
+                rid = _body_id(e.resource)
+                if rid:
+                    assigned[e.index] = rid
+            if rid and e.full_url:
+                mapping[e.full_url] = f"{e.rtype}/{rid}"
     _resolve_conditional(tx, ctx, entries, mapping)
     pending: dict[tuple[str, str], dict[str, Any]] = {}
     for e in entries:
@@ -355,6 +365,11 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
     if placeholders:
         _placeholders_resolved([e for e in entries if e.index not in responses])
     resolve = tx_resolver(tx, pending)
+    approvals = ctx.approvals
+    assert approvals is not None
+    # The entry that wrote each plan ``approvals.plans`` holds (by position): its id can be
+    # one the entry does not name (a conditional update's, a POST's), so it is noted here.
+    writers: list[int] = []
     for e in sorted(entries, key=lambda x: (_ORDER[x.method], x.index)):
         if e.index in responses:
             continue
@@ -368,23 +383,26 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
         except SipHubError as err:
             raise _with_entry(err, e.index) from None
         responses[e.index] = _response_entry(ctx, result, prefer)
-    _approved(tx, ctx, entries, assigned)
+        writers += [e.index] * (len(approvals.plans) - len(writers))
+    _approved(tx, approvals, writers)
     return ix.bundle("transaction-response", [responses[e.index] for e in entries])
 
 
-def _approved(tx: Tx, ctx: ix.Context, entries: list[_Entry], assigned: dict[int, str]) -> None:
+def _body_id(resource: Any) -> str | None:
+    rid = resource.get("id") if isinstance(resource, dict) else None
+    return rid if isinstance(rid, str) and ID_RE.fullmatch(rid) else None
+
+
+def _approved(tx: Tx, approvals: sp.Approvals, writers: list[int]) -> None:
     """The plans the transaction wrote as established came with the person's approval, now
-    that all of its entries (the CareTeam the approvers are checked against) are written."""
-    approvals = ctx.approvals
-    if approvals is None or not approvals.plans:
-        return
-    index = {assigned.get(e.index, e.rid): e.index for e in entries if e.rtype == "CarePlan"}
+    that all of its entries (the CareTeam the approvers are checked against) are written;
+    ``writers``: the entry that wrote each, named in a refusal."""
     now = now_utc()
-    for plan in approvals.plans:
+    for plan, index in zip(approvals.plans, writers, strict=True):
         try:
             sp.require_approval(tx, approvals.provenances, plan, now)
         except SipHubError as err:
-            raise _with_entry(err, index.get(plan["id"], 0)) from None
+            raise _with_entry(err, index) from None
 
 
 def transaction(store: Store, ctx: ix.Context, bundle: dict[str, Any], prefer: str) -> dict:

@@ -9,12 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import orjson
-
 from . import identifiers
 from .errors import (BadRequest, Conflict, IssueCollector, MethodNotAllowed, NotFound,
                      SipHubError)
-from .fhir import models, profiles, validation
+from .fhir import exact, models, profiles, validation
 from .fhir.indexing import localise_references, reference_targets
 from .fhir.search import parse as parse_search
 from .fhir.search_params import READ_ONLY_TYPES, supported
@@ -133,7 +131,7 @@ class Prepared(dict):  # type: ignore[type-arg]
         self._original = original
 
     def original(self) -> Prevalidated:
-        return Prevalidated(orjson.loads(self._original))
+        return Prevalidated(exact.loads(self._original))
 
 
 def ahead_pays(store: Store) -> bool:
@@ -172,7 +170,7 @@ def prepare_ahead(store: Store, res: Any, expected_type: str, *, base: str = "",
     if not isinstance(checked, dict):
         return checked
     localise_references(checked, base)
-    original = orjson.dumps(checked)
+    original = exact.dumps(checked)
     basis: dict[tuple[str, str], Stored | None] = {}
     # No snapshot needed: the write transaction checks every resource of the basis again,
     # together, and takes the preparation only if all are as read.
@@ -191,7 +189,7 @@ def prepare_ahead(store: Store, res: Any, expected_type: str, *, base: str = "",
             return Prepared(prepare(checked, tx_resolver(tx, basis=basis),
                                     expected_type=expected_type), basis, original)
         except SipHubError:
-            return Prevalidated(orjson.loads(original))
+            return Prevalidated(exact.loads(original))
 
 
 def adopted(tx: Tx, res: Any, resolve: Resolve | None) -> Any:

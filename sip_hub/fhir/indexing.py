@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from . import exact
 from .dates import parse_range
 from .search_params import CANONICAL_TYPES, RESOURCE_TYPES, SearchParam, params_for
 
@@ -110,7 +111,7 @@ def localise_references(node: Any, base: str) -> None:
     prefix = base.rstrip("/") + "/"
     # Most resources name no absolute URL of this hub: one serialisation (a few us for a
     # SIP CarePlan) tells, where the walk below took ten times that.
-    if prefix == "/" or orjson.dumps(prefix).strip(b'"') not in orjson.dumps(node):
+    if prefix == "/" or orjson.dumps(prefix).strip(b'"') not in exact.dumps(node):
         return
     for holder in reference_holders(node):
         v = holder["reference"]

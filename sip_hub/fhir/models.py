@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from .. import xml
 from ..errors import BadRequest, Issue, Unprocessable
 from . import validation
+from .exact import Exact
 
 FHIR_VERSION = "4.0.1"
 
@@ -522,6 +523,42 @@ def _to_attributes(el: Any, node: dict[str, Any], name: str, index: int | None,
         el.set("id", extra["id"])
 
 
+# FHIR's lexical forms (datatypes.html#primitive): fhir_core reads an integer as Python's int()
+# does ("007", "+7", " 7", "7.0" are 7), and a decimal as a float (1.50 is 1.5).
+_DECIMAL_FORM = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+_INTEGER_FORM = re.compile(r"-?(0|[1-9][0-9]*)")
+
+
+def _xml_path(el: Any) -> str:
+    names = []
+    while el is not None:
+        tag = el.tag
+        if isinstance(tag, str):
+            names.append(tag.rsplit("}", 1)[-1])
+        el = el.getparent()
+    return ".".join(reversed(names))
+
+
+def _number_as_written(el: Any, raw: str, current: int | float) -> Any:
+    """The JSON value of a number's value attribute ``raw`` (read by fhir_core as
+    ``current``): ``current`` when JSON writes it as ``raw``, else the decimal as written
+    (``exact.Exact``); a 400 for a form FHIR does not give an integer or decimal. An int read
+    from a form with a fraction is an integer element's (fhir_core reads a decimal's as a
+    float), one read from a form with an exponent a decimal's (an integer's refuses it)."""
+    if not _DECIMAL_FORM.fullmatch(raw) or current.__class__ is int and "." in raw and (
+            "e" not in raw and "E" not in raw):
+        local = el.tag.rsplit("}", 1)[-1]
+        raise BadRequest(f"<{local} value=\"{raw[:40]}\"> is not a number as FHIR writes it "
+                         "(an integer is -?(0|[1-9][0-9]*): no leading zero, no '+', no "
+                         "fraction; a decimal adds an optional fraction and exponent)",
+                         expression=_xml_path(el))
+    if current.__class__ is int and _INTEGER_FORM.fullmatch(raw):
+        return current
+    if orjson.dumps(current) == raw.encode():
+        return current
+    return Exact(raw)
+
+
 def _from_attributes(el: Any, node: dict[str, Any], name: str, index: int | None,
                      primitive: bool) -> None:
     """Read XML: the value attribute's own text for a string-valued primitive (a dateTime as
@@ -539,6 +576,13 @@ def _from_attributes(el: Any, node: dict[str, Any], name: str, index: int | None
                 node[name][index] = raw
             else:
                 node[name] = raw
+        elif current.__class__ in (int, float):
+            number = _number_as_written(el, raw, current)
+            if number is not current:
+                if index is not None:
+                    node[name][index] = number
+                else:
+                    node[name] = number
     if own_id is not None:
         extra = _extra(node, name, index, create=True)
         assert extra is not None

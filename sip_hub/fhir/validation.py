@@ -49,6 +49,7 @@ from typing import Any, Final
 from .. import xml
 from ..errors import BadRequest, Issue, IssueCollector, Unprocessable
 from .dates import parse_zoned
+from .exact import Exact
 
 __all__ = ["Binding", "MAX_DEPTH", "TOO_DEEP", "check", "required_binding", "too_deep"]
 
@@ -80,6 +81,11 @@ def too_deep(*expression: str) -> Unprocessable:
 _JSON_TYPE: Final[dict[str, type]] = {
     "boolean": bool, "integer": int, "positiveInt": int, "unsignedInt": int, "decimal": float,
 }
+# A decimal as JSON input holds it: a whole number, or one with a fraction that a float keeps
+# or, when a float would change it (1.50), an ``Exact``.
+_DECIMALS: Final = (int, Exact)
+_NUMBERS: Final = (int, float, Exact)
+_FRACTIONAL: Final = (float, Exact)
 _JSON_NAME: Final[dict[type, str]] = {bool: "boolean", int: "integer", float: "number",
                                       str: "string"}
 
@@ -249,7 +255,7 @@ def _primitive(value: Any, kind: int, ftype: str, binding: Binding | None, path:
     # the string, so the JSON type itself is checked here.
     want = _JSON_TYPE.get(ftype, str)
     if value is not None and (type(value) is not want and not (
-            want is float and type(value) is int)):
+            want is float and type(value) in _DECIMALS)):
         out.add(path, f"{path} is a FHIR {ftype} and must be a JSON "
                       f"{_JSON_NAME[want]}, not {type(value).__name__} {str(value)[:40]!r}",
                 "structure")
@@ -518,7 +524,7 @@ def _reference_type(ref: Any, scope: _Scope) -> str | None:
 
 
 def _number(value: Any) -> float | None:
-    return float(value) if type(value) in (int, float) else None
+    return float(value) if type(value) in _NUMBERS else None
 
 
 # --- datatype invariants ---------------------------------------------------------------------
@@ -584,7 +590,7 @@ def _cnt_3(node: Json, path: str, scope: _Scope, out: IssueCollector) -> None:
     if ((_has(node, "value") and not _has(node, "code"))
             or ("system" in node and node["system"] != _UCUM)
             or ("code" in node and node["code"] != "1")
-            or type(value) is float and not value.is_integer()):
+            or type(value) in _FRACTIONAL and value != int(value)):
         out.add(path, 'cnt-3: There SHALL be a code with a value of "1" if there is a value. If '
                       "system is present, it SHALL be UCUM.  If present, the value SHALL be a "
                       "whole number.")

@@ -14,9 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from ..errors import BadRequest
+from ..fhir import exact
 from ..fhir.dates import now_utc, to_us
 from ..fhir.indexing import split_reference
 from ..ids import uuid7
@@ -164,7 +163,7 @@ def enqueue(tx: Tx, message_bundle: Json, destinations: Iterable[str], *,
     now = to_us(now_utc())
     sql.insert_message(tx, message_id=header["id"], event=header["eventCoding"]["code"],
                        kind=kind, patient_id=key.patient_id, careplan_id=key.careplan_id,
-                       content=orjson.dumps(message_bundle), now=now)
+                       content=exact.dumps(message_bundle), now=now)
     seqs = sql.next_seqs(tx, key.patient_id, key.careplan_id, dests)
     rows = [sql.delivery_row(id=uuid7(), message_id=header["id"], dest_org=org,
                              patient_id=key.patient_id, careplan_id=key.careplan_id,

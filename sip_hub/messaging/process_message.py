@@ -53,6 +53,7 @@ from ..audit import AuditLog
 from ..auth import Principal, parse_scopes
 from ..errors import (BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed,
                       SipHubError, TransientError)
+from ..fhir import exact
 from ..fhir.dates import now_utc, to_us
 from ..fhir.indexing import localise_references, reference_targets, split_reference
 from ..fhir.outcome import from_error, information
@@ -162,7 +163,7 @@ def process(store: Store, ctx: Context, body: Any, messaging: Messaging, *,
                 raise _Concurrent from None
 
         if asynchronous:
-            receipt(state=inbox.ACCEPTED, request=orjson.dumps(body), caller=_caller(ctx),
+            receipt(state=inbox.ACCEPTED, request=exact.dumps(body), caller=_caller(ctx),
                     response_url=response_url)
             return Reply(202, information(
                 f"Message {env.header_id} accepted; the response will be sent to "
@@ -175,7 +176,7 @@ def process(store: Store, ctx: Context, body: Any, messaging: Messaging, *,
         # Recorded with its response in one statement, once handled (where a concurrent copy
         # that committed first makes this one's work undone, see _Concurrent).
         receipt(state=inbox.DONE, response_code=handled.code,
-                response=orjson.dumps(handled.response))
+                response=exact.dumps(handled.response))
         MESSAGES_RECEIVED.labels(handled.code).inc()
         return Reply(200, handled.response)
 
@@ -470,7 +471,7 @@ def _prepare_ahead(store: Store, msg: parser.Message, base: str = "") -> _Ahead 
             res = bundles.rewrite_refs(e["resource"], {**_unchanged(msg, same),
                                                        e["fullUrl"]: f"{rtype}/{rid}"})
             localise_references(res, base)  # (as prepare would: the original holds it)
-            original = orjson.dumps(res)
+            original = exact.dumps(res)
             prepared = prepare(Prevalidated(res), tx_resolver(
                 tx, {(rtype, rid): {**res, "id": rid}}, basis=basis), expected_type=rtype)
             old = basis.get((rtype, rid))  # the version it replaces: its index rows here too
@@ -697,14 +698,14 @@ def process_accepted(store: Store, messaging: Messaging, *, audit: AuditLog | No
         row = rows[0]
         assert row.request is not None
         ctx = _context(row.caller, audit, messaging)
-        body = orjson.loads(row.request)
+        body = exact.loads(row.request)
         handled = _handle(tx, ctx, _parse(body, ctx.base_url), parser.envelope(body),
                           messaging, _header(body))
         MESSAGES_RECEIVED.labels(handled.code).inc()
         if handled.code == vocab.TRANSIENT_ERROR:
             return True
         inbox.complete(tx, row.sender_org, row.header_id, handled.code,
-                       orjson.dumps(handled.response))
+                       exact.dumps(handled.response))
         enqueue(tx, handled.response, [row.sender_org], kind=RESPONSE,
                 sip=handled.sip or SipKey("", ""), endpoint_url=row.response_url)
         return False

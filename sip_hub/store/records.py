@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
+from ..fhir import exact
 from ..fhir.dates import format_instant, from_us
 from ..fhir.indexing import IndexRows, extract
 from .schema import resource, resource_history
@@ -33,7 +32,7 @@ class Stored:
     def json(self) -> dict[str, Any]:
         """The content, parsed: a new dict of the caller's own, to change at will."""
         assert self.content is not None
-        return orjson.loads(self.content)
+        return exact.loads(self.content)
 
     def index_rows(self) -> IndexRows:
         """The search index's rows for this version (a tombstone has none), derived from its

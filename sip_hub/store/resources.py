@@ -14,13 +14,13 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-import orjson
 from sqlalchemy import (Connection, Engine, and_, bindparam, case, delete, event, exists,
                         func, insert, select, text, tuple_, update)
 from sqlalchemy.exc import OperationalError
 
 from ..ids import uuid7
 from ..errors import ConcurrentChange, Conflict, PreconditionFailed
+from ..fhir import exact
 from ..fhir.dates import format_instant, from_us, now_utc, to_us
 from ..fhir.indexing import extract, index_kinds
 from ..fhir.search import SearchQuery
@@ -417,7 +417,7 @@ class Tx:
         now = now or now_utc()
         ts = to_us(now)
         final = stamp_meta(res, rid, version, format_instant(now))
-        content = orjson.dumps(final)
+        content = exact.dumps(final)
         old = self._seen.get((rtype, rid)) if previous is not None else None
         if advanced:
             self._seen.pop((rtype, rid), None)
@@ -494,7 +494,7 @@ class Tx:
                 .where(_R.deleted.is_(False), key > tuple_(*after))
                 .order_by(_R.res_type, _R.res_id).limit(batch)).all()
             for rtype, rid, content in rows:
-                self._write_index(rtype, rid, orjson.loads(content))
+                self._write_index(rtype, rid, exact.loads(content))
             done += len(rows)
             if len(rows) < batch:
                 return done

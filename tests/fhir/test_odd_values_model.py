@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sip_hub.errors import BadRequest, IssueCollector
-from sip_hub.fhir import models, validation
+from sip_hub.fhir import exact, models, validation
 
 XHTML = 'xmlns="http://www.w3.org/1999/xhtml"'
 
@@ -49,9 +49,11 @@ def _goal_xml(value: str) -> bytes:
 
 @pytest.mark.parametrize("value", ["100000000000000000000", "1e20", "-1E20",
                                    "18446744073709551616"])
-def test_xml_gives_a_decimal_wider_than_64_bits_as_the_float_json_gives(value):
+def test_xml_gives_a_decimal_wider_than_64_bits_as_json_gives_it(value):
     got = models.from_xml(_goal_xml(value))["target"][0]["detailQuantity"]["value"]
-    assert type(got) is float and got == float(value)
+    assert exact.dumps(got) == value.encode()  # as written: FHIR keeps a decimal's precision
+    want = exact.loads(value.encode())
+    assert type(got) is type(want) and got == want
 
 
 def test_xml_keeps_a_decimal_within_64_bits_as_json_does():
