@@ -377,22 +377,33 @@ def _entry(ctx: Context, s: Stored, mode: str | None = None) -> dict[str, Any]:
 
 
 def _links(ctx: Context, path: str, items: list[tuple[str, str]], offset: int, count: int,
-           returned: int, total: int | None, *, paged: bool = True) -> list[dict[str, str]]:
+           returned: int, total: int | None, *, paged: bool = True,
+           query: fhir_search.SearchQuery | None = None) -> list[dict[str, str]]:
     """The Bundle's self link, and next and previous when ``paged`` (not a _summary=count,
-    whose answer is its total alone)."""
-    base_items = [(k, v) for k, v in items if k not in ("_offset", "_count")]
+    whose answer is its total alone). A search the store paged by position (``query.keyset``)
+    links its next page by a ``_cursor`` after the page's last match (stable while others
+    write); one paged by offset (history, the access log) by ``_offset``. A page reached by
+    a ``_cursor`` has no previous link."""
+    base_items = [(k, v) for k, v in items if k not in ("_offset", "_count", "_cursor")]
+    cursor = next((v for k, v in items if k == "_cursor"), None)
 
-    def url(off: int) -> str:
-        q = base_items + [("_count", str(count))] + ([("_offset", str(off))] if off else [])
+    def url(off: int, after: str | None = None) -> str:
+        q = base_items + [("_count", str(count))] + ([("_offset", str(off))] if off else []) \
+            + ([("_cursor", after)] if after else [])
         return f"{ctx.base_url}/{path}?{urlencode(q)}"
 
-    links = [{"relation": "self", "url": url(offset)}]
+    links = [{"relation": "self", "url": url(offset, cursor)}]
     if not paged:
         return links
-    more = (offset + returned < total) if total is not None else returned == count
-    if more and count:
-        links.append({"relation": "next", "url": url(offset + count)})
-    if offset > 0:
+    if query is not None and query.keyset:
+        if query.next_after is not None and count:
+            token = fhir_search.page_token(query.resource_type, base_items, query.next_after)
+            links.append({"relation": "next", "url": url(0, token)})
+    else:
+        more = (offset + returned < total) if total is not None else returned == count
+        if more and count:
+            links.append({"relation": "next", "url": url(offset + count)})
+    if offset > 0 and cursor is None:
         links.append({"relation": "previous", "url": url(max(0, offset - count))})
     return links
 
@@ -431,7 +442,7 @@ def search(tx: Tx, ctx: Context, rtype: str, items: list[tuple[str, str]]) -> Re
     used = [kv for kv in items if kv not in query.ignored_items] if query.ignored_items \
         else items  # (the self link tells the search that was done)
     links = _links(ctx, rtype, used, query.offset, query.count, len(matches), total,
-                   paged=not query.summary_count)
+                   paged=not query.summary_count, query=query)
     return Result(200, None, bundle("searchset", entries, total, links))
 
 

@@ -138,7 +138,10 @@ def capability_statement(base_url: str, software_date: str,
         "documentation": (
             "Searches are strict by default: an unknown parameter is a 400. Send "
             "'Prefer: handling=lenient' to have unknown parameters ignored and reported. "
-            "Paging with _count and _offset; _total (none, estimate, accurate); "
+            "Paging with _count: the next link continues after the page's last match "
+            "(_cursor, bound to its search), so a client paging while others write sees "
+            "every lasting match once; _offset is taken too; _total (none, estimate, "
+            "accurate); "
             "_summary=count and _summary=false only; no _elements (a 400; ignored under "
             "lenient handling). _sort on _id, _lastUpdated and date, string, token and uri "
             "parameters; modifiers :missing (every parameter), :not (token), :exact and "

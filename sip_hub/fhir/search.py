@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -15,8 +19,8 @@ from .search_params import CANONICAL_TYPES, RESOURCE_TYPES, SearchParam, params_
 from .validation import CONTROL_CHARS
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
-RESULT_PARAMS = frozenset({"_count", "_offset", "_sort", "_include", "_revinclude", "_total",
-                           "_summary", "_format", "_pretty", "_elements"})
+RESULT_PARAMS = frozenset({"_count", "_offset", "_cursor", "_sort", "_include", "_revinclude",
+                           "_total", "_summary", "_format", "_pretty", "_elements"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +86,13 @@ class SearchQuery:
     ignored: list[str] = field(default_factory=list)
     # The (key, value) pairs ignored (lenient): not part of the search the links tell.
     ignored_items: list[tuple[str, str]] = field(default_factory=list)
+    # ``_cursor``: the position in the order (``store.search.position``) a page continues
+    # after (keyset paging), instead of an offset.
+    after: tuple[Any, ...] | None = None
+    # Set by the store: whether it paged by position (else by offset, the access log), and
+    # the position of the page's last match when more follow (what the next link tells).
+    keyset: bool = False
+    next_after: tuple[Any, ...] | None = None
 
 
 def _split_escaped(value: str, sep: str) -> list[str]:
@@ -327,6 +338,8 @@ def _include(raw: str, key: str, *, rev: bool, rtype: str) -> Include:
 def parse(rtype: str, items: list[tuple[str, str]], *, default_count: int, max_count: int,
           base_url: str = "", lenient: bool = False) -> SearchQuery:
     q = SearchQuery(rtype, count=default_count)
+    cursor: str | None = None
+    offset_given = False
     for key, raw in items:
         base = key.split(":", 1)[0]
         if CONTROL_CHARS.search(key) or CONTROL_CHARS.search(raw):
@@ -338,6 +351,11 @@ def parse(rtype: str, items: list[tuple[str, str]], *, default_count: int, max_c
                 q.count = min(nonneg_int(raw, key), max_count)
             elif base == "_offset":
                 q.offset = nonneg_int(raw, key)
+                offset_given = True
+            elif base == "_cursor":
+                if cursor is not None:
+                    raise BadRequest("_cursor is given twice", expression=key)
+                cursor = raw
             elif base == "_sort":
                 q.sort = [(s.lstrip("-"), s.startswith("-")) for s in raw.split(",") if s]
                 if len(q.sort) > MAX_SORT_KEYS:
@@ -381,7 +399,100 @@ def parse(rtype: str, items: list[tuple[str, str]], *, default_count: int, max_c
             q.ignored.append(f"{key}: {exc.diagnostics}")
             q.ignored_items.append((key, raw))
     _check_value_counts(q.criteria)  # also when lenient: ignoring one would widen the result
+    if cursor is not None:
+        if offset_given:
+            raise BadRequest("_cursor and _offset cannot be combined: a page continues after "
+                             "a position or starts at an offset", expression="_cursor")
+        if rtype == "AuditEvent":
+            raise BadRequest("The access log (AuditEvent) is paged by _offset",
+                             expression="_cursor")
+        q.after = read_page_token(rtype, items, q.sort, cursor)
     return q
+
+
+# -- page tokens (``_cursor``) ------------------------------------------------------------------
+# A next link continues after the last match of its page: the token holds that match's place
+# in the order (its sort keys, lastUpdated and id) with a checksum that binds it to the
+# search it came from. It is not a secret and grants nothing: the search is run again with
+# the caller's own criteria and access conditions, and only the matches beyond the position
+# are answered. Every value is checked for the type its sort key has, so a token made up
+# by hand is a 400 (or a page of what the caller may see anyway), never a fault.
+_TOKEN_VERSION = 1
+_TOKEN_KEY = b"sip-hub page token v1"
+_NOT_BOUND = frozenset({"_cursor", "_offset", "_count", "_total", "_format", "_pretty"})
+_MAX_TOKEN = 16384
+_MAX_TOKEN_STRING = 1024
+_TOKEN_FORM = re.compile(r"[A-Za-z0-9_-]{1,16384}\.[A-Za-z0-9_-]{16}")
+
+
+def _token_mac(rtype: str, items: list[tuple[str, str]], payload: bytes) -> bytes:
+    bound = sorted((k, v) for k, v in items if k.split(":", 1)[0] not in _NOT_BOUND)
+    search = json.dumps([rtype, bound], ensure_ascii=True).encode()
+    return hmac.new(_TOKEN_KEY, search + b"\0" + payload, hashlib.blake2b).digest()[:12]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def page_token(rtype: str, items: list[tuple[str, str]], after: tuple[Any, ...]) -> str:
+    """The ``_cursor`` of the page after ``after``, in the search of ``items``."""
+    payload = json.dumps([_TOKEN_VERSION, *after], ensure_ascii=False,
+                         separators=(",", ":")).encode()
+    return f"{_b64(payload)}.{_b64(_token_mac(rtype, items, payload))}"
+
+
+def _sort_value_kinds(rtype: str, sort: list[tuple[str, bool]]) -> list[tuple[type, bool]]:
+    """(type, may be None) of each value of a position (``store.search.position``)."""
+    kinds = []
+    for name, _ in sort:
+        if name in ("_id", "_lastUpdated"):
+            kinds.append((str if name == "_id" else int, False))
+        else:
+            kinds.append((int if params_for(rtype)[name].type == "date" else str, True))
+    return kinds + [(int, False), (str, False)]
+
+
+def _fits(value: Any, kind: type, nullable: bool) -> bool:
+    if value is None:
+        return nullable
+    if kind is int:
+        return type(value) is int and -MAX_INT - 1 <= value <= MAX_INT
+    if not isinstance(value, str) or len(value) > _MAX_TOKEN_STRING or "\0" in value:
+        return False
+    try:
+        value.encode("utf-8")  # (a lone surrogate cannot be sent to the database)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def read_page_token(rtype: str, items: list[tuple[str, str]], sort: list[tuple[str, bool]],
+                    token: str) -> tuple[Any, ...]:
+    """The position a ``_cursor`` continues after; a 400 for anything but a token of a next
+    link of this very search (the same type, criteria and _sort)."""
+    bad = BadRequest("_cursor is not a page token of this search (take the next link of the "
+                     "search's last page as it is)", expression="_cursor")
+    if len(token) > _MAX_TOKEN or not _TOKEN_FORM.fullmatch(token):
+        raise bad
+    data, mac = token.split(".")
+    try:
+        payload = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+        given = base64.urlsafe_b64decode(mac + "=" * (-len(mac) % 4))
+    except ValueError:
+        raise bad from None
+    if not hmac.compare_digest(given, _token_mac(rtype, items, payload)):
+        raise bad
+    try:
+        values = json.loads(payload)
+    except (ValueError, RecursionError):
+        raise bad from None
+    kinds = _sort_value_kinds(rtype, sort)
+    if not isinstance(values, list) or len(values) != len(kinds) + 1 or \
+            values[0] != _TOKEN_VERSION or type(values[0]) is not int or \
+            not all(_fits(v, *k) for v, k in zip(values[1:], kinds)):
+        raise bad
+    return tuple(values[1:])
 
 
 # Values ORed in a search. Each is a condition the database parses and binds, and both have

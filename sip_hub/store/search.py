@@ -323,41 +323,111 @@ def _total(shape: Shape) -> Select[Any]:
     return select(func.count()).select_from(resource).where(*_conditions(shape))
 
 
-@lru_cache(maxsize=SHAPES_KEPT)
-def _page(shape: Shape, sort: tuple[tuple[str, bool], ...]) -> Select[Any]:
-    order = []
-    for name, desc in sort:
-        key = _sort_key(shape[0], name, desc)
-        # A resource without the value comes last either way, on SQLite as on PostgreSQL
-        # (whose NULLs came first descending, SQLite's first ascending).
-        order.append((key.desc() if desc else key.asc()).nulls_last())
+Sort = tuple[tuple[str, bool], ...]
+
+
+def _seek_keys(rtype: str, sort: Sort) -> list[tuple[ColumnElement[Any], bool, bool]]:
+    """The page order's keys, each (expression, descending, may be NULL): the ``_sort``
+    keys, then the tiebreakers that make the order total (lastUpdated, newest first, then
+    the id, unique within the type)."""
+    keys = [(_sort_key(rtype, name, desc), desc, name not in ("_id", "_lastUpdated"))
+            for name, desc in sort]
+    return keys + [(_R.last_updated, True, False), (_R.res_id, False, False)]
+
+
+def _ordered(shape: Shape, sort: Sort) -> Select[Any]:
+    """A page of the matches in the search's order, with the position of each row in it
+    (``seek_lu`` and ``sk<i>``: what a next page continues after, see ``position``)."""
+    keys = [_sort_key(shape[0], name, desc).label(f"sk{i}")
+            for i, (name, desc) in enumerate(sort)]
+    # A resource without the value comes last either way, on SQLite as on PostgreSQL
+    # (whose NULLs came first descending, SQLite's first ascending). Ordered by the
+    # selected column: its sub-select runs once per row.
+    order = [(key.desc() if desc else key.asc()).nulls_last()
+             for key, (_, desc) in zip(keys, sort)]
     # "+ 0" keeps the planner from walking the whole (res_type, last_updated) index in order
     # when the criteria match few rows (SQLite would otherwise scan every resource of the type).
     order += [(_R.last_updated + 0).desc(), _R.res_id]
     return (select(_H.res_type, _H.res_id, _H.version_id, _H.last_updated, _H.method,
-                   _H.content, _R.owner_org, _R.withheld)
+                   _H.content, _R.owner_org, _R.withheld, _R.last_updated.label("seek_lu"),
+                   *keys)
             .join_from(resource, resource_history, and_(
                 _H.res_type == _R.res_type, _H.res_id == _R.res_id,
                 _H.version_id == _R.version_id))
             .where(*_conditions(shape))
             .order_by(*order)
-            .limit(bindparam("page_limit", type_=Integer))
-            # 64-bit: an offset past 2**31 is a valid (empty) page, not an int4 overflow.
-            .offset(bindparam("page_offset", type_=BigInteger)))
+            .limit(bindparam("page_limit", type_=Integer)))
+
+
+@lru_cache(maxsize=SHAPES_KEPT)
+def _page(shape: Shape, sort: Sort) -> Select[Any]:
+    """A first page, or one at an ``_offset``."""
+    # 64-bit: an offset past 2**31 is a valid (empty) page, not an int4 overflow.
+    return _ordered(shape, sort).offset(bindparam("page_offset", type_=BigInteger))
+
+
+def _after(rtype: str, sort: Sort, nulls: tuple[bool, ...]) -> ColumnElement[bool]:
+    """The rows after a position in the order (keyset paging): ``seek_<i>`` holds the
+    position's value of the order's key i, ``nulls[i]`` whether it is NULL (the statement
+    differs). Row i of the OR: equal on every key before i, beyond on key i (NULLs last)."""
+    alternatives, equal = [], []
+    for i, ((expr, desc, nullable), null) in enumerate(zip(_seek_keys(rtype, sort), nulls)):
+        if null:  # nothing is beyond NULL on this key: only ties, ordered by the next keys
+            equal.append(expr.is_(None))
+            continue
+        value = bindparam(f"seek_{i}")
+        beyond = expr < value if desc else expr > value
+        alternatives.append(and_(*equal, or_(beyond, expr.is_(None)) if nullable else beyond))
+        equal.append(expr == value)
+    return or_(*alternatives)
+
+
+@lru_cache(maxsize=SHAPES_KEPT)
+def _seek(shape: Shape, sort: Sort, nulls: tuple[bool, ...]) -> Select[Any]:
+    """A page after a position (``SearchQuery.after``): the rows others write or delete
+    before that position meanwhile move no row after it into, or out of, the page."""
+    return _ordered(shape, sort).where(_after(shape[0], sort, nulls))
+
+
+def position(row: Any, sort: Sort) -> tuple[Any, ...]:
+    """A row's position in the order of ``_ordered``: its sort keys, lastUpdated and id."""
+    return (*(getattr(row, f"sk{i}") for i in range(len(sort))), row.seek_lu, row.res_id)
 
 
 def run(conn: Connection, query: SearchQuery,
         visibility: Visibility | None = None) -> tuple[list[Any], int | None]:
+    """The page of matches and Bundle.total (None when not asked for). Sets ``query.keyset``
+    and ``query.next_after``: the position a next page continues after (None: no more).
+    One row beyond the page is read to tell whether more follow."""
     shape, params = _shape(query, visibility)
     if query.summary_count or query.count == 0:
         total = conn.execute(_total(shape), params).scalar_one() if (
             query.total or query.summary_count) else None
         return [], total
-    params.update(page_limit=query.count, page_offset=query.offset)
-    rows = [_row(r, False) for r in conn.execute(_page(shape, tuple(query.sort)), params)]
-    return rows, (page_total(len(rows), query.count, query.offset,
-                             lambda: conn.execute(_total(shape), params).scalar_one())
-                  if query.total else None)
+    sort = tuple(query.sort)
+    params["page_limit"] = query.count + 1
+    if query.after is None:
+        params["page_offset"] = query.offset
+        statement = _page(shape, sort)
+    else:
+        nulls = tuple(v is None for v in query.after)
+        params.update({f"seek_{i}": v for i, v in enumerate(query.after) if v is not None})
+        statement = _seek(shape, sort, nulls)
+    found = conn.execute(statement, params).all()
+    page = found[:query.count]
+    query.keyset = True
+    query.next_after = position(page[-1], sort) if len(found) > query.count else None
+    rows = [_row(r, False) for r in page]
+    if not query.total:
+        return rows, None
+
+    def counted() -> int:
+        return conn.execute(_total(shape), params).scalar_one()
+    if query.after is not None:
+        # Where the page starts among the matches is not known: counted.
+        return rows, max(counted(), len(rows))
+    # (the row read beyond the page tells too: a page exactly full ends the matches without it)
+    return rows, page_total(len(found), query.count + 1, query.offset, counted)
 
 
 def page_total(found: int, count: int, offset: int, counted: Callable[[], int]) -> int:
