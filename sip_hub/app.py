@@ -105,18 +105,27 @@ _METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
 
 
 def _allowed(app: "HubApp", scope: Scope) -> str:
-    """A 405's ``Allow`` (RFC 9110 15.5.6): the methods some route takes on the path, HEAD
-    wherever GET (``HubApp`` answers HEAD as GET), less the one refused. Starlette's names
-    the first route of the path only, and a path's GET, PUT and DELETE are routes apart."""
-    if scope["path"].rstrip("/").endswith("/fhir/metadata"):
-        return "GET, HEAD"  # (the type routes, /fhir/{rtype}, would take it for a type)
-    routes = [r for r, _ in app.hot_routes] + list(app.router.routes)
-    methods: set[str] = set()
+    """A 405's ``Allow`` (RFC 9110 15.5.6): the methods the path's own routes take, HEAD
+    wherever GET (``HubApp`` answers HEAD as GET), less the one refused. A path's own routes
+    are those that match it with the fewest path parameters: /fhir/metadata is the
+    CapabilityStatement's, not a type that /fhir/{rtype} takes, and /fhir/$process-message
+    is the operation's. Starlette's names the first route of the path only, and a path's GET,
+    PUT and DELETE are routes apart. (The routers as ``create_app`` includes them: FastAPI's
+    wrapper of an included router does not say which of its routes matched.)"""
+    routes = [r for r, _ in app.hot_routes] + [
+        r for r in app.router.routes if hasattr(r, "path")] + [
+        r for router in ROUTERS for r in router.routes]
+    ranked: dict[str, int] = {}  # method: the fewest parameters of a route taking it
     for method in _METHODS:
         probe = {"type": "http", "path": scope["path"], "root_path": scope.get("root_path", ""),
                  "method": method, "headers": []}  # (matching may write to its scope)
-        if any(r.matches(probe)[0] is Match.FULL for r in routes):
-            methods.add(method)
+        for route in routes:
+            matched, child = route.matches(probe)
+            if matched is Match.FULL:
+                rank = len(child.get("path_params") or {})
+                ranked[method] = min(rank, ranked.get(method, rank))
+    fewest = min(ranked.values(), default=0)
+    methods = {m for m, rank in ranked.items() if rank == fewest}
     if "GET" in methods:
         methods.add("HEAD")
     methods.discard(scope["method"])

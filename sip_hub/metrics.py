@@ -11,11 +11,17 @@ are kept in files of one directory (prometheus_client's multiprocess mode, which
 ``shared_between_processes`` turns on for the processes ``sip-hub serve`` starts) and every
 scrape answers their sum, a dead worker's counts included (counters never go down). Each
 ``sip-hub worker`` serves its own on its own port: scrape each.
+
+With ``SIP_HUB_METRICS_TOKEN`` set, /metrics answers only a request that carries it as its
+bearer token (Prometheus: ``authorization: {credentials: ...}`` in the scrape config), others
+get a 401; unset, it answers anyone who reaches the port.
 """
 
 from __future__ import annotations
 
 import glob
+import hmac
+import json
 import os
 import shutil
 import tempfile
@@ -25,12 +31,14 @@ from contextlib import contextmanager
 from http.server import ThreadingHTTPServer
 from typing import Any, Protocol
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
                                generate_latest, multiprocess)
 from prometheus_client.exposition import MetricsHandler
 from prometheus_client.metrics_core import Metric
 from starlette.responses import Response
+
+from .errors import Unauthorized
 
 _SHARED = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -96,23 +104,37 @@ def observe_request(method: str, route: str, status: int, seconds: float) -> Non
     HTTP_SECONDS.labels(method, route).observe(seconds)
 
 
-def serve_metrics(port: int, host: str,
-                  healthy: Callable[[], bool] | None = None) -> Callable[[], None]:
+def serve_metrics(port: int, host: str, healthy: Callable[[], bool] | None = None, *,
+                  token: str | None = None) -> Callable[[], None]:
     """This process's metrics at http://host:port/metrics (a ``sip-hub worker``, which has no
     API), and with ``healthy`` its health at /healthz (200, or 503 when it says no: what a
     container's health check asks; the metrics server alone answers as long as the process
-    lives); returns what stops the server."""
+    lives); returns what stops the server. With ``token`` the metrics (not /healthz) answer
+    only a request that carries it as its bearer token, as the API's /metrics does."""
     metrics = MetricsHandler.factory(REGISTRY)
 
     class Handler(metrics):  # type: ignore[misc, valid-type]
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            if healthy is None or self.path.split("?")[0] != "/healthz":
-                return super().do_GET()
-            ok = healthy()
-            body = b'{"status":"ok"}' if ok else b'{"status":"unavailable"}'
-            self.send_response(200 if ok else 503)
-            self.send_header("Content-Type", "application/json")
+            if healthy is not None and self.path.split("?")[0] == "/healthz":
+                ok = healthy()
+                self._answer(200 if ok else 503, b'{"status":"ok"}' if ok
+                             else b'{"status":"unavailable"}', "application/json")
+                return None
+            authorization = self.headers.get("Authorization")
+            if not scraper_allowed(authorization, token):
+                challenge = _CHALLENGE + (', error="invalid_token"' if authorization else "")
+                self._answer(401, _REFUSED, "application/fhir+json; charset=utf-8",
+                             {"WWW-Authenticate": challenge})
+                return None
+            return super().do_GET()
+
+        def _answer(self, status: int, body: bytes, ctype: str,
+                    headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
 
@@ -167,8 +189,38 @@ def _size(path: str) -> int:
         return 0
 
 
+_CHALLENGE = 'Bearer realm="sip_hub metrics"'
+_REFUSED_TEXT = ("/metrics is served to the monitoring system only: send its token "
+                 "(SIP_HUB_METRICS_TOKEN) as 'Authorization: Bearer <token>'")
+# The worker's metrics server answers a refusal as the API does (OperationOutcome, 401).
+_REFUSED = json.dumps({"resourceType": "OperationOutcome", "issue": [
+    {"severity": "error", "code": "login", "diagnostics": _REFUSED_TEXT}]}).encode()
+
+
+def scraper_allowed(authorization: str | None, token: str | None) -> bool:
+    """Whether ``authorization`` (the request's header) carries ``token`` as its bearer token;
+    without a ``token`` anyone is. Compared in constant time: how long a refusal takes tells
+    nothing of how much of the token was right."""
+    if token is None:
+        return True
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode())
+
+
+def _require_scraper(request: Request) -> None:
+    secret = request.app.state.settings.metrics_token
+    authorization = request.headers.get("authorization")
+    if scraper_allowed(authorization,
+                       None if secret is None else secret.get_secret_value()):
+        return
+    challenge = _CHALLENGE + (', error="invalid_token"' if authorization else "")
+    raise Unauthorized(_REFUSED_TEXT, headers={"WWW-Authenticate": challenge})
+
+
 @metrics_router.get("/metrics")
-def metrics() -> Response:
+def metrics(request: Request) -> Response:
+    _require_scraper(request)
     registry = REGISTRY
     if os.environ.get(_SHARED):  # this process's and its siblings', summed
         registry = CollectorRegistry()

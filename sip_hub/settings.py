@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # this many minutes (0: never; never in the test environment).
     sip_inactive_days: int = Field(default=90, ge=1)
     sip_deadline_scan_minutes: int = Field(default=5, ge=0)
+    # The bearer token the Prometheus scraper sends (its scrape config's ``authorization``)
+    # for /metrics; any other caller gets a 401. Unset: /metrics answers anyone who reaches
+    # the API's port (set it wherever that is more than the monitoring network).
+    metrics_token: SecretStr | None = None
 
     # A URL the hub cannot use is refused at start with the setting's name, not met as a
     # traceback from SQLAlchemy or kombu, or as wrong links in every response.
@@ -101,6 +105,17 @@ class Settings(BaseSettings):
         if v and not _server_url(v, ("http", "https"), address_only=True):
             raise ValueError("must be the hub's absolute http(s) address, e.g. "
                              "https://sip.region.se")
+        return v
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value():
+            return None  # (SIP_HUB_METRICS_TOKEN= set empty: no token, as unset)
+        token = v.get_secret_value()
+        if len(token) < 16 or not all(33 <= ord(c) <= 126 for c in token):
+            raise ValueError("must be at least 16 printable ASCII characters without spaces "
+                             "(a bearer token, e.g. from `openssl rand -hex 32`)")
         return v
 
     @model_validator(mode="after")

@@ -291,8 +291,10 @@ def run_worker(settings: Settings) -> None:
     stop_metrics = None
     if messaging.config.metrics_port:
         # The dead-letter alert must see this process's counters: scrape every worker.
+        token = settings.metrics_token
         stop_metrics = serve_metrics(messaging.config.metrics_port, settings.host,
-                                     healthy=worker.healthy)
+                                     healthy=worker.healthy,
+                                     token=token.get_secret_value() if token else None)
     heap.settle()
     log.info("messaging worker started (broker %s)", settings.broker_url.split("@")[-1])
     try:

@@ -6,7 +6,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from .. import citizen
-from ..errors import BadRequest
+from ..errors import BadRequest, SipHubError
+from .pdf import render_citizen_pdf
 from .render import render_citizen_html
 from .wire import FHIR_TYPES, accepted, context, respond, single
 
@@ -17,23 +18,41 @@ PRIVATE = {"Cache-Control": "no-store", "Pragma": "no-cache", "Vary": "Accept"}
 
 
 # The parameters of the operation (OperationDefinition sip-citizen-view) and the format ones.
+PDF = "application/pdf"
 KNOWN = frozenset({"patient", "_format", "_pretty"})
 
 
-def _wants_html(accept: str) -> bool:
-    """Whether ``Accept`` prefers text/html: "application/json, text/html;q=0" asks for
-    anything but HTML, and a browser's "text/html,...,*/*;q=0.8" for HTML. At an equal q
-    HTML wins, as it always has. "text/*" names HTML too (a more specific range wins, RFC
-    9110 12.5.1); "*/*" alone asks for the FHIR default, JSON."""
+def _human_form(accept: str) -> str | None:
+    """The form for people that ``Accept`` prefers over the FHIR ones: "html", "pdf" or None
+    (a FHIR Bundle). "application/json, text/html;q=0" asks for anything but HTML, and a
+    browser's "text/html,...,*/*;q=0.8" for HTML; "application/pdf" for the PDF. At an equal
+    q the human form wins (HTML before PDF), as HTML always has. "text/*" names HTML too (a
+    more specific range wins, RFC 9110 12.5.1); "*/*" and "application/*" alone ask for the
+    FHIR default, JSON."""
     ranked = accepted(accept)
     exact = [q for media, q in ranked if media == "text/html"]
     html = max(exact or [q for media, q in ranked if media == "text/*"], default=0.0)
+    pdf = max((q for media, q in ranked if media == PDF), default=0.0)
     fhir = max((q for media, q in ranked if media in FHIR_TYPES), default=0.0)
-    return html > 0 and html >= fhir
+    if html > 0 and html >= max(pdf, fhir):
+        return "html"
+    if pdf > 0 and pdf >= fhir:
+        return "pdf"
+    return None
 
 
 @router.get("/CarePlan/$citizen-view")
 def citizen_view(request: Request) -> Response:
+    try:
+        return _citizen_view(request)
+    except SipHubError as err:
+        # Its refusals too: they name the person asked for (an invalid identifier) or who
+        # may not ask, and are negotiated by Accept (JSON or XML) as the answers are.
+        err.headers = {**PRIVATE, **err.headers}
+        raise
+
+
+def _citizen_view(request: Request) -> Response:
     ctx = context(request)
     unknown = sorted({k for k in request.query_params.keys() if k not in KNOWN})
     if unknown and not ctx.lenient:
@@ -48,8 +67,13 @@ def citizen_view(request: Request) -> Response:
         raise BadRequest("patient=<system>|<value> is required", expression="patient")
     with request.app.state.store.begin(write=False) as tx:
         out = citizen.view(tx, ctx, patient)
-    if _wants_html(request.headers.get("accept", "")) and \
-            request.query_params.get("_format") is None:
+    form = None if request.query_params.get("_format") is not None else _human_form(
+        request.headers.get("accept", ""))
+    if form == "html":
         return Response(render_citizen_html(out), media_type="text/html; charset=utf-8",
                         headers=PRIVATE)
+    if form == "pdf":
+        # (shown by the portal's viewer; its name if the person saves it)
+        return Response(render_citizen_pdf(out), media_type=PDF, headers={
+            **PRIVATE, "Content-Disposition": 'inline; filename="samordnad-plan.pdf"'})
     return respond(request, out, headers=PRIVATE)

@@ -83,10 +83,16 @@ def plan_view(plan: dict[str, Any], linked: dict[str, dict[str, Any]]) -> dict[s
     }
 
 
-def render_citizen_html(bundle: dict[str, Any]) -> bytes:
+def plan_views(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    """The citizen view Bundle's plans (its matches) as people read them, with what they
+    link among the Bundle's other entries (the HTML and the PDF say the same)."""
     entries = bundle.get("entry", [])
     linked = {f"{e['resource']['resourceType']}/{e['resource']['id']}": e["resource"]
               for e in entries}
-    plans = [plan_view(e["resource"], linked) for e in entries
-             if e["search"]["mode"] == "match"]
-    return _env().get_template("citizen_view.html").render(plans=plans).encode("utf-8")
+    return [plan_view(e["resource"], linked) for e in entries
+            if e["search"]["mode"] == "match"]
+
+
+def render_citizen_html(bundle: dict[str, Any]) -> bytes:
+    return _env().get_template("citizen_view.html").render(
+        plans=plan_views(bundle)).encode("utf-8")

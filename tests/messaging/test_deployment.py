@@ -55,6 +55,7 @@ Json = dict[str, Any]
 COVERED = (SOC, BUP, SCHOOL)
 INSATS = {SOC: f.SOCIAL_SERVICES, BUP: f.BUP, SCHOOL: f.SCHOOL}   # whose insats each writes
 MAX_ATTEMPTS = 5
+METRICS_TOKEN = "deployment-scraper-0123456789abcdef"
 
 
 def free_port() -> int:
@@ -162,6 +163,9 @@ class Deployment:
         proc.metrics_port = port
         wait_for(f"{proc.name} serving its metrics", lambda: self.scrape(proc) is not None,
                  60, self, every=0.2)
+        # Only to the scraper that has the deployment's metrics token (SIP_HUB_METRICS_TOKEN)
+        refused = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+        assert refused.status_code == 401 and b"sip_hub_" not in refused.content
         self.workers.append(proc)
         return proc
 
@@ -177,7 +181,8 @@ class Deployment:
         """The worker's dead-letter counter (None while it does not answer)."""
         assert proc.popen.poll() is None, f"{proc.name} exited" + self.tails()
         try:
-            page = httpx.get(f"http://127.0.0.1:{proc.metrics_port}/metrics", timeout=2).text
+            page = httpx.get(f"http://127.0.0.1:{proc.metrics_port}/metrics", timeout=2,
+                             headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
         except httpx.TransportError:
             return None
         return sum(s.value for fam in text_string_to_metric_families(page)
@@ -237,7 +242,7 @@ def deployment(tmp_path: Path, broker_url: str,
            "SIP_HUB_MESSAGE_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
            "SIP_HUB_MESSAGE_RETRY_BASE_SECONDS": "0.2", "SIP_HUB_MESSAGE_RETRY_MAX_SECONDS": "1",
            "SIP_HUB_MESSAGE_TIMEOUT_SECONDS": "5", "SIP_HUB_MESSAGE_POLL_SECONDS": "0.1",
-           "SIP_HUB_DB_POOL_SIZE": "4"}
+           "SIP_HUB_DB_POOL_SIZE": "4", "SIP_HUB_METRICS_TOKEN": METRICS_TOKEN}
     dep = Deployment(tmp_path, env, Store(engine), broker_url, topology, got)
     try:
         yield dep

@@ -1,0 +1,135 @@
+"""PDF rendering of the citizen's view (ReportLab: the only import of it).
+
+The national portal shows the person their plans as the HTML view does, or hands them a PDF
+to keep or print (docs/interface.md: ``application/pdf`` on Accept). The PDF says what the
+HTML says, from the same reading of the plans (``render.plan_views``): each plan on pages of
+its own, its goals, its insatser as a table, who is responsible, how the insatser are
+coordinated and when the plan is followed up. Its text is real text (selectable, read aloud
+by a screen reader, found by search) in DejaVu Sans, embedded as a subset, so every name a
+person in Sweden can have is printed: Swedish, the Sami languages' letters (Č, Đ, Ŋ, Š, Ŧ,
+Ž), Finnish, Meänkieli and other European names. The document's language is Swedish and its
+title is shown as the window's title.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from functools import lru_cache
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+from reportlab.lib import colors
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle
+from reportlab.lib.units import mm
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.platypus import (KeepTogether, ListFlowable, ListItem, PageBreak, Paragraph,
+                                SimpleDocTemplate, Table, TableStyle)
+
+from .render import plan_views
+
+_FONTS = Path(__file__).resolve().parent.parent / "fonts"
+REGULAR, BOLD = "DejaVuSans", "DejaVuSans-Bold"
+TITLE = "Samordnad individuell plan"
+NO_PLAN = "Det finns ingen godkänd samordnad individuell plan att visa."
+_PARTY_HEADINGS = ("Insats", "Ansvarig", "Huvudman")
+
+
+@lru_cache(maxsize=1)
+def _styles() -> dict[str, ParagraphStyle]:
+    """The fonts registered (once per process) and the document's paragraph styles."""
+    for name, file in ((REGULAR, "DejaVuSans.ttf"), (BOLD, "DejaVuSans-Bold.ttf")):
+        pdfmetrics.registerFont(TTFont(name, str(_FONTS / file)))
+    pdfmetrics.registerFontFamily(REGULAR, normal=REGULAR, bold=BOLD, italic=REGULAR,
+                                  boldItalic=BOLD)
+    body = ParagraphStyle("body", fontName=REGULAR, fontSize=10.5, leading=14,
+                          spaceAfter=4)
+    return {
+        "body": body,
+        "cell": ParagraphStyle("cell", parent=body, fontSize=9.5, leading=12, spaceAfter=0),
+        "head": ParagraphStyle("head", parent=body, fontName=BOLD, fontSize=9.5, leading=12,
+                               spaceAfter=0),
+        "h1": ParagraphStyle("h1", parent=body, fontName=BOLD, fontSize=17, leading=21,
+                             spaceAfter=8),
+        "h2": ParagraphStyle("h2", parent=body, fontName=BOLD, fontSize=12.5, leading=16,
+                             spaceBefore=10, spaceAfter=4),
+    }
+
+
+def _p(text: Any, style: ParagraphStyle) -> Paragraph:
+    """A paragraph of plain text (ReportLab reads its own markup in a paragraph's text: the
+    plan's text is escaped, its line breaks kept)."""
+    return Paragraph(escape(str(text or "")).replace("\n", "<br/>"), style)
+
+
+def _plan(plan: dict[str, Any], s: dict[str, ParagraphStyle]) -> list[Any]:
+    out: list[Any] = [_p(plan["title"], s["h1"])]
+    byline = f"Planen är skriven av {plan['author']}." if plan["author"] else ""
+    if plan["status"] == "completed":
+        byline = f"{byline} Planen är avslutad.".strip()
+    if byline:
+        out.append(_p(byline, s["body"]))
+    out += [_p("Dina behov i dag", s["h2"]), _p(plan["needs"], s["body"]),
+            _p("Mål", s["h2"])]
+    if plan["goals"]:
+        out.append(ListFlowable(
+            [ListItem(_p(g["text"] + (f" ({g['area']})" if g["area"] else ""), s["body"]),
+                      leftIndent=12) for g in plan["goals"]],
+            bulletType="bullet", bulletFontName=REGULAR, leftIndent=12, start="•"))
+    out.append(_p("Insatser", s["h2"]))
+    if plan["activities"]:
+        rows = [[_p(h, s["head"]) for h in _PARTY_HEADINGS]] + [
+            [_p(a["description"], s["cell"]), _p(a["who"], s["cell"]),
+             _p(a["party"], s["cell"])] for a in plan["activities"]]
+        table = Table(rows, colWidths=[88 * mm, 52 * mm, 30 * mm], repeatRows=1)
+        table.setStyle(TableStyle([
+            ("FONTNAME", (0, 0), (-1, -1), REGULAR), ("VALIGN", (0, 0), (-1, -1), "TOP"),
+            ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),
+            ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.grey),
+            ("TOPPADDING", (0, 0), (-1, -1), 3), ("BOTTOMPADDING", (0, 0), (-1, -1), 4),
+        ]))
+        out.append(table)
+    out.append(KeepTogether([
+        _p("Huvudansvar", s["h2"]),
+        _p(f"{plan['principal']} har det övergripande ansvaret för planen."
+           if plan["principal"] else "", s["body"])]))
+    out.append(KeepTogether([_p("Så samordnas insatserna", s["h2"]),
+                             _p(plan["coordination"], s["body"])]))
+    out.append(KeepTogether([
+        _p("Uppföljning", s["h2"]),
+        _p(f"Planen följs upp {plan['follow_up']}." if plan["follow_up"] else "",
+           s["body"])]))
+    return out
+
+
+def render_citizen_pdf(bundle: dict[str, Any], *, now: datetime | None = None) -> bytes:
+    """The citizen view Bundle as a PDF (A4): each plan from a new page, a page footer with
+    the page's number and when the document was made (UTC)."""
+    s = _styles()
+    made = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
+    story: list[Any] = []
+    for i, plan in enumerate(plan_views(bundle)):
+        if i:
+            story.append(PageBreak())
+        story += _plan(plan, s)
+    if not story:
+        story.append(_p(NO_PLAN, s["body"]))
+
+    def footer(canvas: Any, doc: Any) -> None:
+        canvas.saveState()
+        canvas.setFont(REGULAR, 8)
+        canvas.drawString(doc.leftMargin, 12 * mm, f"{TITLE}, utskriven {made}")
+        canvas.drawRightString(A4[0] - doc.rightMargin, 12 * mm, f"Sida {doc.page}")
+        canvas.restoreState()
+
+    out = BytesIO()
+    doc = SimpleDocTemplate(out, pagesize=A4, leftMargin=20 * mm, rightMargin=20 * mm,
+                            topMargin=20 * mm, bottomMargin=22 * mm, title=TITLE,
+                            subject="Din samordnade individuella plan (SIP)",
+                            author="sip_hub", creator="sip_hub", lang="sv-SE",
+                            displayDocTitle=True, initialFontName=REGULAR)
+    doc.build(story, onFirstPage=footer, onLaterPages=footer)
+    return out.getvalue()
