@@ -457,6 +457,10 @@ def _zip(el: Any, node: dict[str, Any], visit: _Visit) -> None:
         i = seen[name] = seen.get(name, -1) + 1
         value = node.get(name)
         index = i if isinstance(value, list) or isinstance(node.get(f"_{name}"), list) else None
+        if index is None and i:
+            # (fhir_core keeps the last of a repeated single element: the others were lost)
+            raise BadRequest(f"<{name}> is given more than once where FHIR R4 allows one",
+                             expression=_xml_path(child))
         item = value[i] if isinstance(value, list) and i < len(value) else (
             None if isinstance(value, list) else value)
         primitive = not isinstance(item, dict)
@@ -576,6 +580,10 @@ def _from_attributes(el: Any, node: dict[str, Any], name: str, index: int | None
                 node[name][index] = raw
             else:
                 node[name] = raw
+        elif current.__class__ is bool:
+            if raw not in ("true", "false"):  # (XML Schema's 1 and 0 are not FHIR's)
+                raise BadRequest(f"<{name} value=\"{raw[:40]}\"> is not a boolean as FHIR "
+                                 "writes it (true or false)", expression=_xml_path(el))
         elif current.__class__ in (int, float):
             number = _number_as_written(el, raw, current)
             if number is not current:

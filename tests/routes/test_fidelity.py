@@ -234,3 +234,41 @@ def test_a_json_number_with_a_leading_zero_or_plus_is_refused(client, value):
     _refused_400(client.post("/fhir/Patient", content=raw, headers=JSON_HEADERS),
                  "Malformed JSON")
     assert _count(client, "Patient") == before
+
+
+# -- what fhir_core read past in XML without a word ---------------------------------------------
+
+@pytest.mark.parametrize(("body", "element"), [
+    ('<gender value="male"/><gender value="female"/>', "gender"),     # the last one won
+    ('<birthDate value="2001-01-01"/><birthDate value="2001-01-02"/>', "birthDate"),
+    ('<name><family value="Ås"/><family value="Berg"/></name>', "family"),
+    ('<maritalStatus><text value="a"/></maritalStatus>'
+     '<maritalStatus><text value="b"/></maritalStatus>', "maritalStatus"),
+])
+def test_a_single_xml_element_given_twice_is_refused(client, body, element):
+    before = _count(client, "Patient")
+    r = client.post("/fhir/Patient", content=f"<Patient {NS}>{body}</Patient>",
+                    headers=XML_IN)
+    _refused_400(r, element)
+    assert "more than once" in outcome_text(r)
+    assert _count(client, "Patient") == before
+
+
+@pytest.mark.parametrize("value", ["1", "0", "TRUE", "True", " true"])
+def test_an_xml_boolean_in_another_form_is_refused(client, value):
+    before = _count(client, "Patient")
+    r = client.post("/fhir/Patient", content=f'<Patient {NS}><active value="{value}"/>'
+                    '</Patient>', headers=XML_IN)
+    assert r.status_code in (400, 422), r.text
+    assert "active" in outcome_text(r) or "boolean" in outcome_text(r)
+    assert _count(client, "Patient") == before
+
+
+def test_repeating_xml_elements_and_booleans_as_fhir_writes_them_are_accepted(client):
+    xml = (f'<Patient {NS}><active value="false"/><name><given value="Alva"/>'
+           '<given value="Maja"/><family value="Åberg"/></name><name><family value="B"/>'
+           '</name></Patient>')
+    r = client.post("/fhir/Patient", content=xml, headers=XML_IN)
+    assert r.status_code == 201, r.text
+    assert r.json()["active"] is False
+    assert [n.get("given") for n in r.json()["name"]] == [["Alva", "Maja"], None]
