@@ -26,8 +26,8 @@ from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
-from reportlab.platypus import (KeepTogether, ListFlowable, ListItem, PageBreak, Paragraph,
-                                SimpleDocTemplate, Table, TableStyle)
+from reportlab.platypus import (KeepTogether, PageBreak, Paragraph, SimpleDocTemplate, Table,
+                                TableStyle)
 
 from .render import plan_views
 
@@ -49,6 +49,8 @@ def _styles() -> dict[str, ParagraphStyle]:
                           spaceAfter=4)
     return {
         "body": body,
+        "bullet": ParagraphStyle("bullet", parent=body, leftIndent=14, bulletIndent=3,
+                                 bulletFontName=REGULAR),
         "cell": ParagraphStyle("cell", parent=body, fontSize=9.5, leading=12, spaceAfter=0),
         "head": ParagraphStyle("head", parent=body, fontName=BOLD, fontSize=9.5, leading=12,
                                spaceAfter=0),
@@ -74,17 +76,15 @@ def _plan(plan: dict[str, Any], s: dict[str, ParagraphStyle]) -> list[Any]:
         out.append(_p(byline, s["body"]))
     out += [_p("Dina behov i dag", s["h2"]), _p(plan["needs"], s["body"]),
             _p("Mål", s["h2"])]
-    if plan["goals"]:
-        out.append(ListFlowable(
-            [ListItem(_p(g["text"] + (f" ({g['area']})" if g["area"] else ""), s["body"]),
-                      leftIndent=12) for g in plan["goals"]],
-            bulletType="bullet", bulletFontName=REGULAR, leftIndent=12, start="•"))
+    # (a bulleted paragraph each, which splits over pages however long the goal is)
+    out += [Paragraph(escape(g["text"] + (f" ({g['area']})" if g["area"] else "")),
+                      s["bullet"], bulletText="•") for g in plan["goals"]]
     out.append(_p("Insatser", s["h2"]))
     if plan["activities"]:
         rows = [[_p(h, s["head"]) for h in _PARTY_HEADINGS]] + [
             [_p(a["description"], s["cell"]), _p(a["who"], s["cell"]),
              _p(a["party"], s["cell"])] for a in plan["activities"]]
-        table = Table(rows, colWidths=[88 * mm, 52 * mm, 30 * mm], repeatRows=1)
+        table = Table(rows, colWidths=[88 * mm, 52 * mm, 30 * mm], repeatRows=1, splitInRow=1)
         table.setStyle(TableStyle([
             ("FONTNAME", (0, 0), (-1, -1), REGULAR), ("VALIGN", (0, 0), (-1, -1), "TOP"),
             ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),

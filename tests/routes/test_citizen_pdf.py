@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 
 import pytest
 from pypdf import PdfReader
@@ -168,3 +169,26 @@ def test_an_organisation_gets_no_pdf_either(client, as_org, anonymous):
     assert not r.content.startswith(b"%PDF")
     anonymous.headers.pop("Authorization", None)
     assert anonymous.get(ALVA, headers=PDF).status_code == 401
+
+
+def test_text_longer_than_a_page_and_words_wider_than_a_column_still_print(client, portal):
+    """A table row or a goal taller than a page (a pasted journal text, a URL without a
+    space) splits over pages instead of failing the document."""
+    base = f.demo_activities()[0]
+    wide = copy.deepcopy(base)
+    wide["detail"]["description"] = "https://example.se/" + "x" * 3000
+    tall = copy.deepcopy(base)
+    tall["detail"]["description"] = "Stöd i vardagen. " * 900
+    case = _case(activities=[wide, tall], coordination="Samordning. " * 2000)
+    goal = next(r for r in case if r["resourceType"] == "Goal")
+    goal["description"]["text"] = "Mål" + "m" * 8000
+    write_case(client, {}, case)
+    pdf, text = _read(client.get(ALVA, headers=portal | PDF))
+    assert len(pdf.pages) > 5
+    # (the pages' footers come between the parts of what runs over a page)
+    text = re.sub(r"Samordnad individuell plan, utskriven \S+ \S+ UTC|Sida \d+", "", text)
+    flat = "".join(text.split())
+    assert "Mål" + "m" * 8000 in flat
+    # A row split over pages has its cells' parts page by page (and the table's head again)
+    assert flat.count("vardagen.") >= 900 and flat.count("x") >= 3000
+    assert "Samordning." * 2000 in flat
