@@ -52,8 +52,10 @@ _INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
 
 
 def _int(text: str) -> Any:
+    """A whole number: an int, or an ``Exact`` for one orjson would not write as written (wider
+    than 64 bits, or -0, which FHIR's integer and decimal forms allow and an int writes 0)."""
     value = int(text)
-    return value if _INT_MIN <= value <= _INT_MAX else Exact(text)
+    return value if _INT_MIN <= value <= _INT_MAX and text != "-0" else Exact(text)
 
 
 def _constant(text: str) -> Any:  # (orjson refused NaN and Infinity before)

@@ -556,8 +556,8 @@ def _number_as_written(el: Any, raw: str, current: int | float) -> Any:
                          "(an integer is -?(0|[1-9][0-9]*): no leading zero, no '+', no "
                          "fraction; a decimal adds an optional fraction and exponent)",
                          expression=_xml_path(el))
-    if current.__class__ is int and _INTEGER_FORM.fullmatch(raw):
-        return current
+    if current.__class__ is int and _INTEGER_FORM.fullmatch(raw) and raw != "-0":
+        return current  # (-0, which an int writes 0, is kept as written, as JSON's is)
     if orjson.dumps(current) == raw.encode():
         return current
     return Exact(raw)

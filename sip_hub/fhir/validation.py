@@ -255,7 +255,8 @@ def _primitive(value: Any, kind: int, ftype: str, binding: Binding | None, path:
     # the string, so the JSON type itself is checked here.
     want = _JSON_TYPE.get(ftype, str)
     if value is not None and (type(value) is not want and not (
-            want is float and type(value) in _DECIMALS)):
+            want is float and type(value) in _DECIMALS) and not (
+            want is int and type(value) is Exact and value.text == "-0")):
         out.add(path, f"{path} is a FHIR {ftype} and must be a JSON "
                       f"{_JSON_NAME[want]}, not {type(value).__name__} {str(value)[:40]!r}",
                 "structure")

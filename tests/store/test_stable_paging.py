@@ -72,6 +72,23 @@ def with_param(url: str, key: str, value: str | None) -> str:
     return f"{parts.path}?{urlencode(items)}"
 
 
+def paged_and_whole(client: Any, sort: str, count: int, total: int
+                    ) -> tuple[list[str], list[str]]:
+    """The ids of Patient?_sort=``sort`` page by page (``count`` a page, following next
+    links, each page telling ``total``) and in one page."""
+    sort_part = f"&_sort={sort}" if sort else ""
+    whole = ids(page(client, f"/fhir/Patient?_count=100{sort_part}"))
+    assert len(whole) == total
+    url: str | None = f"/fhir/Patient?_count={count}{sort_part}"
+    paged: list[str] = []
+    while url is not None:
+        b = page(client, url)
+        assert b["total"] == total
+        paged += ids(b)
+        url = link(b, "next")
+    return paged, whole
+
+
 def cursor_of(url: str) -> str:
     return dict(parse_qsl(urlsplit(url).query))["_cursor"]
 
@@ -128,16 +145,8 @@ def test_every_lasting_match_is_seen_once_while_others_write(client, sort):
 def test_pages_without_writes_are_the_whole_result_in_order(client, sort):
     for k in range(1, 12):
         put(client, patient(k))
-    sort_part = f"&_sort={sort}" if sort else ""
-    whole = ids(page(client, f"/fhir/Patient?_count=100{sort_part}"))
-    url: str | None = f"/fhir/Patient?_count=2{sort_part}"
-    paged: list[str] = []
-    while url is not None:
-        b = page(client, url)
-        assert b["total"] == 11
-        paged += ids(b)
-        url = link(b, "next")
-    assert paged == whole and len(whole) == 11
+    paged, whole = paged_and_whole(client, sort, 2, 11)
+    assert paged == whole
     # An exactly full last page has no next link (the hub reads one match ahead).
     b = page(client, "/fhir/Patient?_count=11")
     assert len(ids(b)) == 11 and link(b, "next") is None
@@ -240,16 +249,8 @@ def test_pages_split_ties_in_the_sort_keys(client, sort, count):
     assert r.status_code == 200, r.text
     for k in (1, 2, 3):
         put(client, patient(k, family="Ek"))
-    sort_part = f"&_sort={sort}" if sort else ""
-    whole = ids(page(client, f"/fhir/Patient?_count=100{sort_part}"))
-    url: str | None = f"/fhir/Patient?_count={count}{sort_part}"
-    paged: list[str] = []
-    while url is not None:
-        b = page(client, url)
-        assert b["total"] == 13
-        paged += ids(b)
-        url = link(b, "next")
-    assert paged == whole and len(whole) == 13
+    paged, whole = paged_and_whole(client, sort, count, 13)
+    assert paged == whole
 
 
 def test_a_first_page_is_one_statement_and_a_next_page_one_more_for_its_total(client, store):
