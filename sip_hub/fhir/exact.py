@@ -27,7 +27,11 @@ class Exact(Decimal):
     text: str
 
     def __new__(cls, text: str) -> Exact:
-        self = super().__new__(cls, text)
+        try:
+            self = super().__new__(cls, text)
+        except ArithmeticError:  # (decimal.InvalidOperation: an exponent past 10**18)
+            raise ValueError(f"the number {text[:40]} is out of range (its exponent is beyond "
+                             "what a decimal holds)") from None
         self.text = text
         return self
 

@@ -281,6 +281,10 @@ def from_xml(data: bytes) -> dict[str, Any]:
         first = exc.errors(include_url=False)[0]
         raise Unprocessable(f"{rtype} is not valid FHIR R4: {first['msg']}",
                             expression=_fhirpath(rtype, tuple(first["loc"]))) from None
+    except ArithmeticError:  # (decimal.InvalidOperation: fhir_core's Decimal() of a number
+        # whose exponent is past 10**18, 1e-9999999999999999999)
+        raise BadRequest("Cannot read FHIR XML: a number is out of range (its exponent is "
+                         "beyond what a decimal holds)") from None
     except KeyError as exc:  # fhir_core's lookup of a child element among its parent's
         raise BadRequest(f"Cannot read FHIR XML: <{exc.args[0]}> is not an element FHIR R4 "
                          "defines where it appears") from None
@@ -450,17 +454,15 @@ def _zip(el: Any, node: dict[str, Any], visit: _Visit) -> None:
     with the JSON object ``node`` that holds it, walking into complex elements and the
     resources a ``contained``/``resource``/``outcome`` element wraps."""
     seen: dict[str, int] = {}
-    for child in el:
-        if not isinstance(child.tag, str) or not child.tag.startswith(_FHIR_NS):
-            continue  # (a narrative's div: XHTML, kept as it is)
+    children = [c for c in el if isinstance(c.tag, str) and c.tag.startswith(_FHIR_NS)]
+    # (not a narrative's div: XHTML, kept as it is)
+    if len({c.tag for c in children}) != len(children):
+        _single_given_twice(children, node)  # (before the first is paired with the last's value)
+    for child in children:
         name = child.tag[len(_FHIR_NS):]
         i = seen[name] = seen.get(name, -1) + 1
         value = node.get(name)
         index = i if isinstance(value, list) or isinstance(node.get(f"_{name}"), list) else None
-        if index is None and i:
-            # (fhir_core keeps the last of a repeated single element: the others were lost)
-            raise BadRequest(f"<{name}> is given more than once where FHIR R4 allows one",
-                             expression=_xml_path(child))
         item = value[i] if isinstance(value, list) and i < len(value) else (
             None if isinstance(value, list) else value)
         primitive = not isinstance(item, dict)
@@ -473,6 +475,20 @@ def _zip(el: Any, node: dict[str, Any], visit: _Visit) -> None:
             _zip(inner[0], item, visit)  # (a resource in its type's element)
         else:
             _zip(child, item, visit)
+
+
+def _single_given_twice(children: list[Any], node: dict[str, Any]) -> None:
+    """Refuse an element FHIR R4 allows once given more than once among ``children``:
+    fhir_core keeps the last and the others were lost (and the first, paired with the last's
+    value, would be reported as what it is not)."""
+    seen: set[str] = set()
+    for child in children:
+        name = child.tag[len(_FHIR_NS):]
+        if name in seen and not isinstance(node.get(name), list) and not isinstance(
+                node.get(f"_{name}"), list):
+            raise BadRequest(f"<{name}> is given more than once where FHIR R4 allows one",
+                             expression=_xml_path(child))
+        seen.add(name)
 
 
 def _extra(node: dict[str, Any], name: str, index: int | None,

@@ -258,7 +258,7 @@ def _primitive(value: Any, kind: int, ftype: str, binding: Binding | None, path:
             want is float and type(value) in _DECIMALS) and not (
             want is int and type(value) is Exact and value.text == "-0")):
         out.add(path, f"{path} is a FHIR {ftype} and must be a JSON "
-                      f"{_JSON_NAME[want]}, not {type(value).__name__} {str(value)[:40]!r}",
+                      f"{_JSON_NAME[want]}, not {_json_kind(value)} {str(value)[:40]!r}",
                 "structure")
         return
     if type(value) is str:
@@ -282,6 +282,11 @@ def _primitive(value: Any, kind: int, ftype: str, binding: Binding | None, path:
             _narrative(value, path, out)
     elif value is None:
         out.add(path, _NULL, "structure")
+
+
+def _json_kind(value: Any) -> str:
+    """What JSON calls ``value``'s type (a decimal as written, ``Exact``, is a number)."""
+    return "number" if type(value) is Exact else type(value).__name__
 
 
 def _primitive_list(node: Json, name: str, values: list[Any], child: Child, path: str,
