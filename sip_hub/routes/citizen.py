@@ -28,7 +28,8 @@ def _human_form(accept: str) -> str | None:
     browser's "text/html,...,*/*;q=0.8" for HTML; "application/pdf" for the PDF. At an equal
     q the human form wins (HTML before PDF), as HTML always has. "text/*" names HTML too (a
     more specific range wins, RFC 9110 12.5.1); "*/*" and "application/*" alone ask for the
-    FHIR default, JSON."""
+    FHIR default, JSON, and so does "application/pdf;q=0.5, */*": the PDF is taken only where
+    it is preferred to JSON, whatever range names JSON."""
     ranked = accepted(accept)
     exact = [q for media, q in ranked if media == "text/html"]
     html = max(exact or [q for media, q in ranked if media == "text/*"], default=0.0)
@@ -36,7 +37,11 @@ def _human_form(accept: str) -> str | None:
     fhir = max((q for media, q in ranked if media in FHIR_TYPES), default=0.0)
     if html > 0 and html >= max(pdf, fhir):
         return "html"
-    if pdf > 0 and pdf >= fhir:
+    # JSON's own q: its type's if named, else the range's that names it (the most specific)
+    json = fhir if any(media in FHIR_TYPES for media, _ in ranked) else max(
+        [q for media, q in ranked if media == "application/*"]
+        or [q for media, q in ranked if media == "*/*"], default=0.0)
+    if pdf > 0 and pdf >= json:
         return "pdf"
     return None
 

@@ -13,6 +13,8 @@ title is shown as the window's title.
 
 from __future__ import annotations
 
+import re
+import threading
 from datetime import datetime, timezone
 from functools import lru_cache
 from io import BytesIO
@@ -25,7 +27,7 @@ from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfmetrics
-from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.pdfbase.ttfonts import SUBSETN, TTFont
 from reportlab.platypus import (KeepTogether, PageBreak, Paragraph, SimpleDocTemplate, Table,
                                 TableStyle)
 
@@ -36,13 +38,60 @@ REGULAR, BOLD = "DejaVuSans", "DejaVuSans-Bold"
 TITLE = "Samordnad individuell plan"
 NO_PLAN = "Det finns ingen godkänd samordnad individuell plan att visa."
 _PARTY_HEADINGS = ("Insats", "Ansvarig", "Huvudman")
+# What is printed for a character the font has no glyph for (a CJK name, most emoji): seen on
+# the page and in its text, where ReportLab's own would be an empty box read as U+0000.
+MISSING = "\ufffd"
+_REGISTERING = threading.Lock()
+
+
+def _to_unicode(cmap: str) -> str:
+    """A subset's ToUnicode CMap (ReportLab's) with a character beyond the BMP (an emoji
+    DejaVu has) as its UTF-16 pair: ReportLab writes its five hex digits, an odd-length
+    string that PDF readers reject (pypdf the whole map: none of the text reads back)."""
+    def pair(m: re.Match[str]) -> str:
+        utf16 = chr(int(m[2], 16)).encode("utf-16-be", "surrogatepass").hex().upper()
+        return f"{m[1]} <{utf16}>"
+    return re.sub(r"^(<[0-9A-F]{2}>) <([0-9A-F]{5,6})>$", pair, cmap, flags=re.M)
+
+
+class _Font(TTFont):
+    """DejaVu as ReportLab embeds it, its subsets' ToUnicode maps right for every character."""
+
+    def addObjects(self, doc: Any) -> None:  # noqa: N802 (ReportLab's name)
+        state = self.state.get(doc)
+        super().addObjects(doc)  # (which forgets the document's subsets)
+        for n, subset in enumerate(state.subsets if state is not None else []):
+            name = b"".join((SUBSETN(n), b"+", self.face.name,
+                             self.face.subfontNameX)).decode("pdfdoc")
+            stream = doc.idToObject.get("toUnicodeCMap:" + name)
+            if stream is not None and any(v > 0xFFFF for v in subset):
+                stream.content = _to_unicode(stream.content)
+
+
+@lru_cache(maxsize=2)
+def _glyphs(font: str) -> frozenset[int]:
+    return frozenset(pdfmetrics.getFont(font).face.charToGlyph)
+
+
+def _printable(text: str, font: str) -> str:
+    """``text`` with what ``font`` cannot print as MISSING (a no-break space is printed as a
+    space, as ReportLab does), line ends as LF."""
+    glyphs = _glyphs(font)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return "".join(c if ord(c) in glyphs or c in "\n\t\xa0" else MISSING for c in text)
 
 
 @lru_cache(maxsize=1)
 def _styles() -> dict[str, ParagraphStyle]:
     """The fonts registered (once per process) and the document's paragraph styles."""
+    with _REGISTERING:  # (two first requests at once would each register their own fonts)
+        return _make_styles()
+
+
+def _make_styles() -> dict[str, ParagraphStyle]:
     for name, file in ((REGULAR, "DejaVuSans.ttf"), (BOLD, "DejaVuSans-Bold.ttf")):
-        pdfmetrics.registerFont(TTFont(name, str(_FONTS / file)))
+        if name not in pdfmetrics.getRegisteredFontNames():
+            pdfmetrics.registerFont(_Font(name, str(_FONTS / file)))
     pdfmetrics.registerFontFamily(REGULAR, normal=REGULAR, bold=BOLD, italic=REGULAR,
                                   boldItalic=BOLD)
     body = ParagraphStyle("body", fontName=REGULAR, fontSize=10.5, leading=14,
@@ -63,8 +112,12 @@ def _styles() -> dict[str, ParagraphStyle]:
 
 def _p(text: Any, style: ParagraphStyle) -> Paragraph:
     """A paragraph of plain text (ReportLab reads its own markup in a paragraph's text: the
-    plan's text is escaped, its line breaks kept)."""
-    return Paragraph(escape(str(text or "")).replace("\n", "<br/>"), style)
+    plan's text is escaped, its line breaks kept, what the font lacks shown as MISSING)."""
+    return Paragraph(_markup(text, style), style)
+
+
+def _markup(text: Any, style: ParagraphStyle) -> str:
+    return escape(_printable(str(text or ""), style.fontName)).replace("\n", "<br/>")
 
 
 def _plan(plan: dict[str, Any], s: dict[str, ParagraphStyle]) -> list[Any]:
@@ -77,8 +130,9 @@ def _plan(plan: dict[str, Any], s: dict[str, ParagraphStyle]) -> list[Any]:
     out += [_p("Dina behov i dag", s["h2"]), _p(plan["needs"], s["body"]),
             _p("Mål", s["h2"])]
     # (a bulleted paragraph each, which splits over pages however long the goal is)
-    out += [Paragraph(escape(g["text"] + (f" ({g['area']})" if g["area"] else "")),
-                      s["bullet"], bulletText="•") for g in plan["goals"]]
+    out += [Paragraph(_markup(g["text"] + (f" ({g['area']})" if g["area"] else ""),
+                              s["bullet"]), s["bullet"], bulletText="•")
+            for g in plan["goals"]]
     out.append(_p("Insatser", s["h2"]))
     if plan["activities"]:
         rows = [[_p(h, s["head"]) for h in _PARTY_HEADINGS]] + [
@@ -129,7 +183,8 @@ def render_citizen_pdf(bundle: dict[str, Any], *, now: datetime | None = None) -
     doc = SimpleDocTemplate(out, pagesize=A4, leftMargin=20 * mm, rightMargin=20 * mm,
                             topMargin=20 * mm, bottomMargin=22 * mm, title=TITLE,
                             subject="Din samordnade individuella plan (SIP)",
-                            author="sip_hub", creator="sip_hub", lang="sv-SE",
+                            author="sip_hub", creator="sip_hub", producer="sip_hub",
+                            lang="sv-SE",
                             displayDocTitle=True, initialFontName=REGULAR)
     doc.build(story, onFirstPage=footer, onLaterPages=footer)
     return out.getvalue()
