@@ -384,8 +384,11 @@ def _links(ctx: Context, path: str, items: list[tuple[str, str]], offset: int, c
     links its next page by a ``_cursor`` after the page's last match (stable while others
     write); one paged by offset (history, the access log) by ``_offset``. A page reached by
     a ``_cursor`` has no previous link."""
-    base_items = [(k, v) for k, v in items if k not in ("_offset", "_count", "_cursor")]
-    cursor = next((v for k, v in items if k == "_cursor"), None)
+    # (by the name before a modifier, as the search reads them: a '_cursor:x' kept beside
+    # the new token made the next page's token one given twice, a 400)
+    paging = ("_offset", "_count", "_cursor")
+    base_items = [(k, v) for k, v in items if k.split(":", 1)[0] not in paging]
+    cursor = next((v for k, v in items if k.split(":", 1)[0] == "_cursor"), None)
 
     def url(off: int, after: str | None = None) -> str:
         q = base_items + [("_count", str(count))] + ([("_offset", str(off))] if off else []) \

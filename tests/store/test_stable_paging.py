@@ -293,3 +293,16 @@ def test_a_first_page_is_one_statement_and_a_next_page_one_more_for_its_total(cl
     assert run([("_sort", "_id"), ("_count", "5")])[:2] == (first + [
         "pg-0003", "pg-0004", "pg-0005"], 5) and len(statements) == 1
     assert run([("_sort", "_id"), ("_count", "4")])[1] == 5 and len(statements) == 2
+
+
+def test_a_sort_key_given_again_is_sorted_by_once(client):
+    """``_sort=family,-birthdate,-family`` orders as ``family,-birthdate`` (a repeat cannot
+    break a tie its first place left): the statement sorts by each key once."""
+    q = fhir_search.parse("Patient", [("_sort", "family,-birthdate,-family,_id,birthdate")],
+                          default_count=10, max_count=100)
+    assert q.sort == [("family", False), ("birthdate", True), ("_id", False)]
+    for k in range(1, 8):
+        put(client, patient(k, family="Ek" if k % 2 else "Al"))
+    once = ids(page(client, "/fhir/Patient?_sort=family,-birthdate&_count=100"))
+    paged, whole = paged_and_whole(client, "family,-birthdate,-family,birthdate", 2, 7)
+    assert paged == whole == once
