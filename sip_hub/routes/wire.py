@@ -114,7 +114,9 @@ def response_format(request: Request) -> str:
                         f"{JSON} and {XML}, FHIR R4 (fhirVersion=4.0)")
 
 
-async def read_body(request: Request, max_bytes: int) -> Any:
+async def read_raw(request: Request, max_bytes: int) -> bytes:
+    """The request's body, a 413 as soon as it is known to pass ``max_bytes`` (by its
+    Content-Length, else while it streams in)."""
     declared = request.headers.get("content-length")
     if declared and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"The body is larger than the limit of {max_bytes} bytes")
@@ -124,7 +126,11 @@ async def read_body(request: Request, max_bytes: int) -> Any:
         if size > max_bytes:
             raise PayloadTooLarge(f"The body is larger than the limit of {max_bytes} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_body(request: Request, max_bytes: int) -> Any:
+    raw = await read_raw(request, max_bytes)
     if not raw.strip():
         raise BadRequest("The request has no body")
     ctype = _media(request.headers.get("content-type", ""))
