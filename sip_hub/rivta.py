@@ -11,7 +11,12 @@ What the official schema refuses (a missing ``patientId``, a date that is no dat
 out of order) is a ``BadRequest`` here, a SOAP Fault at the edge; a request the schema
 accepts but this producer cannot answer (an identifier that is not a valid personnummer or
 samordningsnummer, another system addressed) is ``InvalidRequest``, an answer with
-``resultCode`` ERROR, as the contract's consumers expect.
+``resultCode`` ERROR, as the contract's consumers expect, and in the person's access log as
+every call is. What SOAP 1.1 itself refuses is its own Fault (``SoapFault``): a SOAP 1.2
+envelope VersionMismatch, a header entry marked mustUnderstand other than LogicalAddress
+MustUnderstand; a second Body or a Header after the Body is a Fault too, never half read.
+``careContactId`` filters as the contract says: a SIP belongs to no care contact, so a
+request naming any is answered with no plans.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ class Request:
     care_units: tuple[str, ...] = ()
     period: tuple[str, str] | None = None  # (start, end) as YYYYMMDD
     source_system: str | None = None
+    care_contacts: tuple[str, ...] = ()
 
 
 # -- the request ------------------------------------------------------------------------------
@@ -109,15 +115,59 @@ def _date(el: etree._Element, what: str) -> str:
     return value
 
 
+SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
+
+
+class SoapFault(BadRequest):
+    """A request SOAP 1.1 itself refuses, with the fault code it names (``VersionMismatch``,
+    ``MustUnderstand``): a soap:Client-like Fault, HTTP 400, as the hub's other faults."""
+
+    def __init__(self, faultcode: str, diagnostics: str) -> None:
+        super().__init__(diagnostics)
+        self.faultcode = faultcode
+
+
+def _envelope_parts(envelope: etree._Element, soap_ns: str
+                    ) -> tuple[etree._Element | None, etree._Element]:
+    """(Header, Body) of a SOAP 1.1 envelope: at most one Header, first; then one Body; then
+    only elements of other namespaces (SOAP 1.1 section 4)."""
+    if etree.QName(envelope).localname == "Envelope" and \
+            etree.QName(envelope).namespace == SOAP12:
+        raise SoapFault("VersionMismatch", f"A SOAP 1.2 Envelope; GetCarePlans 2.0 (RIVTABP21) "
+                        f"is SOAP 1.1 ({soap_ns})")
+    if etree.QName(envelope) != etree.QName(soap_ns, "Envelope"):
+        raise BadRequest(f"The body must be a SOAP 1.1 Envelope ({soap_ns})")
+    kids = _children(envelope)
+    names = [etree.QName(k).localname if etree.QName(k).namespace == soap_ns else None
+             for k in kids]
+    header = kids.pop(0) if names[:1] == ["Header"] else None
+    if header is not None:
+        names.pop(0)
+    if names[:1] != ["Body"] or any(n is not None for n in names[1:]) or \
+            any(etree.QName(k).namespace is None for k in kids[1:]):
+        raise BadRequest("The SOAP Envelope must hold an optional Header, then one Body (and "
+                         "after it only elements of other namespaces)")
+    return header, kids[0]
+
+
+def _check_must_understand(header: etree._Element, soap_ns: str) -> None:
+    """A header entry the caller says must be understood, other than LogicalAddress, is one
+    this producer does not understand: a MustUnderstand Fault, never silently ignored."""
+    for entry in _children(header):
+        flag = (entry.get(_q(soap_ns, "mustUnderstand")) or "").strip()
+        if flag == "1" and etree.QName(entry) != etree.QName(REGISTRY, "LogicalAddress"):
+            raise SoapFault("MustUnderstand", f"The header entry {etree.QName(entry).text[:120]}"
+                            " is marked mustUnderstand and is not understood here")
+        if flag not in ("", "0", "1"):
+            raise BadRequest("soap:mustUnderstand must be 0 or 1")
+
+
 def read_request(envelope: etree._Element, soap_ns: str) -> Request:
     """The GetCarePlans request in a SOAP 1.1 envelope (parsed by ``sip_hub.xml``), checked
     as the official schema checks it."""
-    if etree.QName(envelope) != etree.QName(soap_ns, "Envelope"):
-        raise BadRequest(f"The body must be a SOAP 1.1 Envelope ({soap_ns})")
-    header = envelope.find(_q(soap_ns, "Header"))
-    body = envelope.find(_q(soap_ns, "Body"))
-    if body is None:
-        raise BadRequest("The SOAP Envelope has no Body")
+    header, body = _envelope_parts(envelope, soap_ns)
+    if header is not None:
+        _check_must_understand(header, soap_ns)
     addresses = [] if header is None else header.findall(_q(REGISTRY, "LogicalAddress"))
     if len(addresses) != 1:
         raise BadRequest(f"The SOAP Header must carry one LogicalAddress ({REGISTRY}), the "
@@ -156,7 +206,9 @@ def read_request(envelope: etree._Element, soap_ns: str) -> Request:
                    care_units=tuple(_text(e, "careUnitHSAId")
                                     for e in seen.get("careUnitHSAId", [])),
                    period=period,
-                   source_system=_text(source[0], "sourceSystemHSAId") if source else None)
+                   source_system=_text(source[0], "sourceSystemHSAId") if source else None,
+                   care_contacts=tuple(_text(e, "careContactId")
+                                       for e in seen.get("careContactId", [])))
 
 
 def _hsa(value: str, what: str) -> str:
@@ -223,9 +275,10 @@ def _fhir_time(value: Any) -> str | None:
         return None
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        # (year 1 or 9999 in a far zone: outside what a datetime holds in Swedish time)
+        out = local_time(when if when.tzinfo else when.replace(tzinfo=LOCAL))
+    except (ValueError, OverflowError):
         return None
-    out = local_time(when if when.tzinfo else when.replace(tzinfo=LOCAL))
     return out if out[:2] in ("19", "20") else None  # (the contract's years)
 
 
@@ -287,6 +340,10 @@ def _plans(tx: Tx, plans: list[Stored], extra: list[Stored], patients: set[str]
 
 
 def _keep(plan: _Plan, req: Request) -> bool:
+    if req.care_contacts:
+        # A filter on care contacts (vårdkontakter): a SIP belongs to none, so none matches;
+        # never the filter ignored and every plan answered.
+        return False
     if req.care_units:
         wanted = {u.strip().upper() for u in req.care_units}
         if not wanted & {_hsa_id(plan.author), *plan.units}:
@@ -377,10 +434,11 @@ def error_response(err: InvalidRequest, log_id: str) -> etree._Element:
 
 
 def _query(req: Request) -> str:
-    return f"GetCarePlans?patientId={req.patient_type}|{req.patient_id}"
+    # (cut: an id of megabytes, which the answer refuses, is not kept in the log either)
+    return f"GetCarePlans?patientId={req.patient_type[:64]}|{req.patient_id[:64]}"
 
 
-def _refused(tx: Tx, ctx: Context, req: Request, err: Forbidden) -> None:
+def _refused(tx: Tx, ctx: Context, req: Request, err: Forbidden | InvalidRequest) -> None:
     """A refused call names the person: their access log shows who tried."""
     try:
         found = find_all(tx, "Patient", [("identifier", patient_token(req))])
@@ -400,12 +458,17 @@ def get_care_plans(tx: Tx, ctx: Context, req: Request, hub: str, log_id: str, re
     except Forbidden as err:
         _refused(tx, ctx, req, err)
         raise
-    source = source_system(req, hub)
-    token = patient_token(req)
     try:
-        plans, extra, patients = citizen.plans_for(tx, token)
-    except BadRequest as err:  # (checked above; kept as the contract's answer all the same)
-        raise InvalidRequest(err.diagnostics) from None
+        source = source_system(req, hub)
+        token = patient_token(req)
+        try:
+            plans, extra, patients = citizen.plans_for(tx, token)
+        except BadRequest as err:  # (checked above; the contract's answer all the same)
+            raise InvalidRequest(err.diagnostics) from None
+    except InvalidRequest as err:
+        # An ERROR answer is a call about the person too: their access log shows it.
+        _refused(tx, ctx, req, err)
+        raise
     kept = [p for p in _plans(tx, plans, extra, patients) if _keep(p, req)]
     out = response()
     too_large = []

@@ -4,7 +4,9 @@ portal (1177) and NPÖ: ``sip_hub.rivta`` answers, this module speaks SOAP.
 The caller authenticates as every API client does (a bearer token of the portal role, the
 citizen view's). What the contract cannot carry is a SOAP Fault with an HTTP status that
 still says what happened: ``soap:Client`` with 400 (not XML, a DOCTYPE, not the schema's
-request), 401 (no valid token), 403 (not the portal), 413, 415; ``soap:Server`` with 500.
+request), 401 (no valid token), 403 (not the portal), 413, 415; ``soap:VersionMismatch``
+(a SOAP 1.2 envelope) and ``soap:MustUnderstand`` (a header entry not understood) with 400;
+``soap:Server`` with 500.
 A schema-valid request this producer cannot answer is a 200 with ``resultCode`` ERROR.
 """
 
@@ -45,10 +47,12 @@ def _envelope(payload: etree._Element) -> bytes:
 
 
 def fault(err: SipHubError) -> Response:
-    """``err`` as a SOAP 1.1 Fault: soap:Client for what the caller can mend."""
+    """``err`` as a SOAP 1.1 Fault: soap:Client for what the caller can mend (or the code
+    SOAP itself names: VersionMismatch, MustUnderstand)."""
     client = err.status < 500
     body = etree.Element(etree.QName(SOAP, "Fault"), nsmap={"soap": SOAP})
-    etree.SubElement(body, "faultcode").text = "soap:Client" if client else "soap:Server"
+    code = getattr(err, "faultcode", None) or ("Client" if client else "Server")
+    etree.SubElement(body, "faultcode").text = f"soap:{code}"
     etree.SubElement(body, "faultstring").text = err.diagnostics
     headers = {**PRIVATE, **{k: v for k, v in err.headers.items()
                              if k.lower() == "www-authenticate"}}
@@ -56,8 +60,14 @@ def fault(err: SipHubError) -> Response:
 
 
 def _render(bundle: dict[str, Any]) -> list[tuple[str, bytes]]:
-    return [("text/html", render_citizen_html(bundle)),
-            ("application/pdf", render_citizen_pdf(bundle))]
+    """The plan as HTML, and as PDF unless its HTML is already over the contract's limit:
+    ReportLab's time grows with the square of a long text (40 s for a plan of 350 KB, past the
+    contract's 27 s, for a PDF too large to embed all the same), so such a plan is not set as
+    PDF at all; it is answered without content, and the result (INFO) says so."""
+    html = render_citizen_html(bundle)
+    if len(html) > rivta.MAX_EMBEDDED:
+        return [("text/html", html)]
+    return [("text/html", html), ("application/pdf", render_citizen_pdf(bundle))]
 
 
 def _answer(request: Request, ctx: Any, req: rivta.Request, log_id: str) -> etree._Element:
