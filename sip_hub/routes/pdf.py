@@ -110,31 +110,64 @@ def _make_styles() -> dict[str, ParagraphStyle]:
     }
 
 
-def _p(text: Any, style: ParagraphStyle) -> Paragraph:
-    """A paragraph of plain text (ReportLab reads its own markup in a paragraph's text: the
-    plan's text is escaped, its line breaks kept, what the font lacks shown as MISSING)."""
-    return Paragraph(_markup(text, style), style)
+# The most characters of one paragraph ReportLab lays out at once: it wraps what is left of a
+# paragraph again at each page it splits over (a text of 200,000 characters took seconds per
+# page), so a longer line is set as paragraphs of at most this many, cut at a space.
+_PIECE = 1500
 
 
-def _markup(text: Any, style: ParagraphStyle) -> str:
-    return escape(_printable(str(text or ""), style.fontName)).replace("\n", "<br/>")
+def _pieces(text: str) -> list[str]:
+    out = []
+    for line in text.split("\n"):
+        while len(line) > _PIECE:
+            cut = line.rfind(" ", _PIECE // 2, _PIECE) + 1 or _PIECE
+            out.append(line[:cut])
+            line = line[cut:]
+        out.append(line)
+    return out
+
+
+# The most text the insatser are set as a table with: ReportLab lays out again what is left of
+# a table (every cell) at each page it splits over, so a longer text is set as paragraphs.
+_TABLE_TEXT = 20_000
+
+
+@lru_cache(maxsize=16)
+def _tight(style: ParagraphStyle) -> ParagraphStyle:
+    """``style`` with no space after: the pieces of one paragraph but its last."""
+    return ParagraphStyle(f"{style.name}-tight", parent=style, spaceAfter=0)
+
+
+def _p(text: Any, style: ParagraphStyle, bullet: str | None = None) -> list[Paragraph]:
+    """Plain text as paragraphs (ReportLab reads its own markup in a paragraph's text: the
+    plan's text is escaped), a paragraph a line (or piece of a long one), what the font lacks
+    shown as MISSING; ``bullet`` before the first."""
+    pieces = _pieces(_printable(str(text or ""), style.fontName))
+    last = len(pieces) - 1
+    return [Paragraph(escape(piece) or ("\xa0" if last else ""),
+                      style if i == last else _tight(style),
+                      bulletText=bullet if i == 0 else None)
+            for i, piece in enumerate(pieces)]
 
 
 def _plan(plan: dict[str, Any], s: dict[str, ParagraphStyle]) -> list[Any]:
-    out: list[Any] = [_p(plan["title"], s["h1"])]
+    out: list[Any] = _p(plan["title"], s["h1"])
     byline = f"Planen är skriven av {plan['author']}." if plan["author"] else ""
     if plan["status"] == "completed":
         byline = f"{byline} Planen är avslutad.".strip()
     if byline:
-        out.append(_p(byline, s["body"]))
-    out += [_p("Dina behov i dag", s["h2"]), _p(plan["needs"], s["body"]),
-            _p("Mål", s["h2"])]
-    # (a bulleted paragraph each, which splits over pages however long the goal is)
-    out += [Paragraph(_markup(g["text"] + (f" ({g['area']})" if g["area"] else ""),
-                              s["bullet"]), s["bullet"], bulletText="•")
-            for g in plan["goals"]]
-    out.append(_p("Insatser", s["h2"]))
-    if plan["activities"]:
+        out += _p(byline, s["body"])
+    out += [*_p("Dina behov i dag", s["h2"]), *_p(plan["needs"], s["body"]),
+            *_p("Mål", s["h2"])]
+    for g in plan["goals"]:  # (bulleted paragraphs, which split over pages however long)
+        out += _p(g["text"] + (f" ({g['area']})" if g["area"] else ""), s["bullet"], "•")
+    out += _p("Insatser", s["h2"])
+    if sum(len(a["description"]) + len(a["who"]) for a in plan["activities"]) > _TABLE_TEXT:
+        for a in plan["activities"]:  # (as paragraphs: see _TABLE_TEXT)
+            out += _p(a["description"], s["bullet"], "•")
+            out += _p(f"Ansvarig: {a['who']}" + (f" ({a['party']})" if a["party"] else ""),
+                      s["bullet"])
+    elif plan["activities"]:
         rows = [[_p(h, s["head"]) for h in _PARTY_HEADINGS]] + [
             [_p(a["description"], s["cell"]), _p(a["who"], s["cell"]),
              _p(a["party"], s["cell"])] for a in plan["activities"]]
@@ -147,15 +180,15 @@ def _plan(plan: dict[str, Any], s: dict[str, ParagraphStyle]) -> list[Any]:
         ]))
         out.append(table)
     out.append(KeepTogether([
-        _p("Huvudansvar", s["h2"]),
-        _p(f"{plan['principal']} har det övergripande ansvaret för planen."
-           if plan["principal"] else "", s["body"])]))
-    out.append(KeepTogether([_p("Så samordnas insatserna", s["h2"]),
-                             _p(plan["coordination"], s["body"])]))
+        *_p("Huvudansvar", s["h2"]),
+        *_p(f"{plan['principal']} har det övergripande ansvaret för planen."
+            if plan["principal"] else "", s["body"])]))
+    out.append(KeepTogether([*_p("Så samordnas insatserna", s["h2"]),
+                             *_p(plan["coordination"], s["body"])]))
     out.append(KeepTogether([
-        _p("Uppföljning", s["h2"]),
-        _p(f"Planen följs upp {plan['follow_up']}." if plan["follow_up"] else "",
-           s["body"])]))
+        *_p("Uppföljning", s["h2"]),
+        *_p(f"Planen följs upp {plan['follow_up']}." if plan["follow_up"] else "",
+            s["body"])]))
     return out
 
 
@@ -170,7 +203,7 @@ def render_citizen_pdf(bundle: dict[str, Any], *, now: datetime | None = None) -
             story.append(PageBreak())
         story += _plan(plan, s)
     if not story:
-        story.append(_p(NO_PLAN, s["body"]))
+        story += _p(NO_PLAN, s["body"])
 
     def footer(canvas: Any, doc: Any) -> None:
         canvas.saveState()

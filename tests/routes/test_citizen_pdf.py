@@ -192,3 +192,25 @@ def test_text_longer_than_a_page_and_words_wider_than_a_column_still_print(clien
     # A row split over pages has its cells' parts page by page (and the table's head again)
     assert flat.count("vardagen.") >= 900 and flat.count("x") >= 3000
     assert "Samordning." * 2000 in flat
+
+
+def test_a_plan_of_hundreds_of_pages_prints_whole(client, portal):
+    """Insatser with more text than a table is set with (ReportLab lays a table out again at
+    each page it splits over) print as paragraphs, each with who is responsible; a line
+    of text longer than a paragraph is set with prints whole, cut only at its spaces."""
+    base = f.demo_activities()[0]
+    activities = []
+    for i in range(3):
+        a = copy.deepcopy(base)
+        a["detail"]["description"] = f"Insats {i}: " + "stöd i vardagen " * 1500
+        activities.append(a)
+    write_case(client, {}, _case(activities=activities,
+                                 coordination="Samordning varje vecka. " * 6000))
+    pdf, text = _read(client.get(ALVA, headers=portal | PDF))
+    assert len(pdf.pages) > 40
+    text = re.sub(r"Samordnad individuell plan, utskriven \S+ \S+ UTC|Sida \d+", "", text)
+    flat = " ".join(text.split())
+    assert flat.count("Samordning varje vecka.") == 6000
+    for i in range(3):
+        assert f"Insats {i}: " + "stöd i vardagen " * 1499 + "stöd i vardagen" in flat
+    assert flat.count("Ansvarig: ") == 3
