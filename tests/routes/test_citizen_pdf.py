@@ -37,6 +37,16 @@ def _case(*, status: str = "active", activities: list | None = None,
                                             if r["resourceType"] != "Provenance"]
 
 
+def activities(descriptions: list[str]) -> list[dict]:
+    """The demo plan's first insats once for each description."""
+    out = []
+    for text in descriptions:
+        a = copy.deepcopy(f.demo_activities()[0])
+        a["detail"]["description"] = text
+        out.append(a)
+    return out
+
+
 def _read(r) -> tuple[PdfReader, str]:
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/pdf", r.headers
@@ -88,13 +98,8 @@ def test_every_letter_of_a_persons_name_is_printed(client, portal):
 
 def test_a_long_plan_runs_over_pages_with_every_insats_and_the_table_head_again(
         client, portal):
-    base = f.demo_activities()[0]
-    activities = []
-    for i in range(60):
-        a = copy.deepcopy(base)
-        a["detail"]["description"] = f"Insats nummer {i:02d}: stöd i vardagen " + "och " * 12
-        activities.append(a)
-    write_case(client, {}, _case(activities=activities))
+    write_case(client, {}, _case(activities=activities(
+        [f"Insats nummer {i:02d}: stöd i vardagen " + "och " * 12 for i in range(60)])))
     pdf, text = _read(client.get(ALVA, headers=portal | PDF))
     assert len(pdf.pages) > 1
     flat = _flat(text)
@@ -174,12 +179,9 @@ def test_an_organisation_gets_no_pdf_either(client, as_org, anonymous):
 def test_text_longer_than_a_page_and_words_wider_than_a_column_still_print(client, portal):
     """A table row or a goal taller than a page (a pasted journal text, a URL without a
     space) splits over pages instead of failing the document."""
-    base = f.demo_activities()[0]
-    wide = copy.deepcopy(base)
-    wide["detail"]["description"] = "https://example.se/" + "x" * 3000
-    tall = copy.deepcopy(base)
-    tall["detail"]["description"] = "Stöd i vardagen. " * 900
-    case = _case(activities=[wide, tall], coordination="Samordning. " * 2000)
+    case = _case(activities=activities(["https://example.se/" + "x" * 3000,
+                                        "Stöd i vardagen. " * 900]),
+                 coordination="Samordning. " * 2000)
     goal = next(r for r in case if r["resourceType"] == "Goal")
     goal["description"]["text"] = "Mål" + "m" * 8000
     write_case(client, {}, case)
@@ -198,13 +200,9 @@ def test_a_plan_of_hundreds_of_pages_prints_whole(client, portal):
     """Insatser with more text than a table is set with (ReportLab lays a table out again at
     each page it splits over) print as paragraphs, each with who is responsible; a line
     of text longer than a paragraph is set with prints whole, cut only at its spaces."""
-    base = f.demo_activities()[0]
-    activities = []
-    for i in range(3):
-        a = copy.deepcopy(base)
-        a["detail"]["description"] = f"Insats {i}: " + "stöd i vardagen " * 1500
-        activities.append(a)
-    write_case(client, {}, _case(activities=activities,
+    write_case(client, {}, _case(activities=activities(
+                                     [f"Insats {i}: " + "stöd i vardagen " * 1500
+                                      for i in range(3)]),
                                  coordination="Samordning varje vecka. " * 6000))
     pdf, text = _read(client.get(ALVA, headers=portal | PDF))
     assert len(pdf.pages) > 40

@@ -19,24 +19,16 @@ from lxml import etree
 import sip_factory as f
 import sip_process
 from fhirhttp import body
-from test_getcareplans import (CORE, HUB, PNR_OID, PORTAL, REGISTRY, RESPONDER, SOAP, answer,
-                               core, fault, plans, post, request_xml, result, schemas)
+from test_getcareplans import (CORE, HUB, PNR_OID, PORTAL, REGISTRY, RESPONDER, SOAP,
+                               _hub_hsa_id, alva, answer, core, fault, plans, post,
+                               request_xml, result, schemas)
 
-__all__ = ["schemas"]  # (the module fixture, used here by name)
+# (the fixtures, used here by name; the hub's own HSA-id autouse as there)
+__all__ = ["schemas", "_hub_hsa_id", "alva"]
 SAM_OID = "1.2.752.129.2.1.3.3"
 SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 WHO = "carePlanHeader/accountableHealthcareProfessional/"
-
-
-@pytest.fixture(autouse=True)
-def _hub_hsa_id(monkeypatch):
-    monkeypatch.setenv("SIP_HUB_MESSAGE_HUB_HSA_ID", HUB)
-
-
-@pytest.fixture
-def alva(client):
-    sip_process.write_case(client, {}, f.demo_case())
 
 
 def person_case(pnr: str, pid: str, title: str) -> list:

@@ -5,7 +5,6 @@ refusals; /metrics' Authorization header in odd forms. The PDFs are read back wi
 
 from __future__ import annotations
 
-import copy
 import io
 import re
 import threading
@@ -22,6 +21,7 @@ from sip_hub import identifiers
 from sip_hub.routes.pdf import BOLD, REGULAR, _glyphs, _styles
 from sip_hub.settings import Settings
 from sip_process import write_case
+from test_citizen_pdf import activities
 
 VIEW = "/fhir/CarePlan/$citizen-view"
 ALVA = f"{VIEW}?patient={identifiers.PERSONNUMMER}|{f.DEMO_PNR}"
@@ -335,14 +335,9 @@ def test_refusals_on_a_pdf_accept_are_operation_outcomes_in_json(client, portal,
 def test_a_big_plan_stays_small_and_quick(client, portal):
     """300 insatser of 150 words and a 5000-word coordination: measured 91 pages, ~130 kB,
     ~0.6 s."""
-    base = f.demo_activities()[0]
-    activities = []
-    for i in range(300):
-        a = copy.deepcopy(base)
-        a["detail"]["description"] = f"Insats {i} " + "ord " * 150
-        activities.append(a)
     case = _case(coordination="Samordning " * 5000)
-    next(r for r in case if r["resourceType"] == "CarePlan")["activity"] = activities
+    next(r for r in case if r["resourceType"] == "CarePlan")["activity"] = activities(
+        [f"Insats {i} " + "ord " * 150 for i in range(300)])
     write_case(client, {}, case)
     t = time.perf_counter()
     r = client.get(ALVA, headers=portal | PDF)
