@@ -172,21 +172,23 @@ def shown(resource: dict[str, Any], patients: set[str]) -> dict[str, Any]:
     return out
 
 
-def _refused(tx: Tx, ctx: Context, patient_token: str, err: Forbidden) -> None:
-    """A refused call names the person: their access log shows who tried."""
+def refused(tx: Tx, ctx: Context, patient_token: str | None, err: SipHubError,
+            query: str) -> None:
+    """A refused call names the person (``patient_token``, None when it names none): their
+    access log shows who tried (also GetCarePlans', ``sip_hub.rivta``)."""
     try:
-        found = _patients(tx, patient_token)
+        found = _patients(tx, patient_token) if patient_token is not None else []
     except SipHubError:
         found = []
     ctx.record("search-type", found, outcome="4", rtype="CarePlan", detail=err.diagnostics,
-               query=f"$citizen-view?patient={patient_token}")
+               query=query)
 
 
 def view(tx: Tx, ctx: Context, patient_token: str) -> dict[str, Any]:
     try:
         check_caller(ctx)
     except Forbidden as err:
-        _refused(tx, ctx, patient_token, err)
+        refused(tx, ctx, patient_token, err, f"$citizen-view?patient={patient_token}")
         raise
     plans, extra, found = _view_of(tx, _patients(tx, patient_token))
     patients = {s.id for s in found}

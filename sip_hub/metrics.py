@@ -122,9 +122,8 @@ def serve_metrics(port: int, host: str, healthy: Callable[[], bool] | None = Non
                 return None
             authorization = self.headers.get("Authorization")
             if not scraper_allowed(authorization, token):
-                challenge = _CHALLENGE + (', error="invalid_token"' if authorization else "")
                 self._answer(401, _REFUSED, "application/fhir+json; charset=utf-8",
-                             {"WWW-Authenticate": challenge})
+                             {"WWW-Authenticate": _challenge(authorization)})
                 return None
             return super().do_GET()
 
@@ -197,6 +196,11 @@ _REFUSED = json.dumps({"resourceType": "OperationOutcome", "issue": [
     {"severity": "error", "code": "login", "diagnostics": _REFUSED_TEXT}]}).encode()
 
 
+def _challenge(authorization: str | None) -> str:
+    """A refusal's WWW-Authenticate (RFC 6750 3: invalid_token when a token was sent)."""
+    return _CHALLENGE + (', error="invalid_token"' if authorization else "")
+
+
 def scraper_allowed(authorization: str | None, token: str | None) -> bool:
     """Whether ``authorization`` (the request's header) carries ``token`` as its bearer token;
     without a ``token`` anyone is. Compared in constant time: how long a refusal takes tells
@@ -214,8 +218,7 @@ def _require_scraper(request: Request) -> None:
     if scraper_allowed(authorization,
                        None if secret is None else secret.get_secret_value()):
         return
-    challenge = _CHALLENGE + (', error="invalid_token"' if authorization else "")
-    raise Unauthorized(_REFUSED_TEXT, headers={"WWW-Authenticate": challenge})
+    raise Unauthorized(_REFUSED_TEXT, headers={"WWW-Authenticate": _challenge(authorization)})
 
 
 @metrics_router.get("/metrics")

@@ -33,9 +33,8 @@ from lxml import etree
 
 from . import citizen, identifiers
 from .errors import BadRequest, Forbidden, SipHubError
-from .fhir.indexing import split_reference
 from .interactions import Context
-from .service import find_all
+from .process import ref_target
 from .store import Stored, Tx
 
 RESPONDER = "urn:riv:clinicalprocess:logistics:logistics:GetCarePlansResponder:2"
@@ -291,8 +290,7 @@ def _hsa_id(org: dict[str, Any] | None) -> str | None:
 
 
 def _ref(ref: Any) -> str | None:
-    raw = ref.get("reference") if isinstance(ref, dict) else None
-    target = split_reference(raw) if isinstance(raw, str) else None
+    target = ref_target(ref)
     return f"{target[0]}/{target[1]}" if target else None
 
 
@@ -306,12 +304,15 @@ class _Plan:
     units: list[str]
 
 
-def _plans(tx: Tx, plans: list[Stored], extra: list[Stored], patients: set[str]
-           ) -> Iterator[_Plan]:
-    linked = {f"{s.type}/{s.id}": s.json() for s in extra}
+def _plans(tx: Tx, plans: list[tuple[Stored, dict[str, Any]]],
+           linked: dict[str, dict[str, Any]]) -> Iterator[_Plan]:
+    """Each plan (as the citizen may read it) with what its header and body name, looked up
+    among ``linked`` (what the citizen view includes, as shown) and the organisations they
+    name, read once for all plans."""
+    linked = dict(linked)
     wanted: list[str] = []
-    for s in plans:
-        for team in (linked.get(_ref(r) or "") for r in s.json().get("careTeam", [])):
+    for _, doc in plans:
+        for team in (linked.get(_ref(r) or "") for r in doc.get("careTeam", [])):
             for part in (team or {}).get("participant", []):
                 wanted.append(_ref(part.get("onBehalfOf")) or "")
             wanted += [_ref(r) or "" for r in (team or {}).get("managingOrganization", [])]
@@ -321,8 +322,7 @@ def _plans(tx: Tx, plans: list[Stored], extra: list[Stored], patients: set[str]
     keys = [("Organization", k.split("/", 1)[1]) for k in dict.fromkeys(wanted)
             if k.startswith("Organization/") and k not in linked]
     linked |= {f"{s.type}/{s.id}": s.json() for s in tx.current_many(keys)}
-    for s in plans:
-        doc = citizen.shown(s.json(), patients)
+    for s, doc in plans:
         author = linked.get(_ref(doc.get("author")) or "")
         parent = linked.get(_ref((author or {}).get("partOf")) or "")
         units: list[str] = []
@@ -365,11 +365,10 @@ def _el(parent: etree._Element, name: str, text: str | None = None, ns: str = CO
 Render = Callable[[dict[str, Any]], list[tuple[str, bytes]]]
 
 
-def _contents(plan: _Plan, extra: list[Stored], patients: set[str], render: Render
+def _contents(plan: _Plan, linked: dict[str, dict[str, Any]], render: Render
               ) -> list[tuple[str, bytes]]:
     bundle = {"entry": [{"resource": plan.doc, "search": {"mode": "match"}}] + [
-        {"resource": citizen.shown(s.json(), patients), "search": {"mode": "include"}}
-        for s in extra]}
+        {"resource": doc, "search": {"mode": "include"}} for doc in linked.values()]}
     return [(media, data) for media, data in render(bundle) if len(data) <= MAX_EMBEDDED]
 
 
@@ -439,13 +438,11 @@ def _query(req: Request) -> str:
 
 
 def _refused(tx: Tx, ctx: Context, req: Request, err: Forbidden | InvalidRequest) -> None:
-    """A refused call names the person: their access log shows who tried."""
     try:
-        found = find_all(tx, "Patient", [("identifier", patient_token(req))])
+        token = patient_token(req)
     except InvalidRequest:
-        found = []
-    ctx.record("search-type", found, outcome="4", rtype="CarePlan", detail=err.diagnostics,
-               query=_query(req))
+        token = None
+    citizen.refused(tx, ctx, token, err, _query(req))
 
 
 def get_care_plans(tx: Tx, ctx: Context, req: Request, hub: str, log_id: str, render: Render
@@ -469,11 +466,15 @@ def get_care_plans(tx: Tx, ctx: Context, req: Request, hub: str, log_id: str, re
         # An ERROR answer is a call about the person too: their access log shows it.
         _refused(tx, ctx, req, err)
         raise
-    kept = [p for p in _plans(tx, plans, extra, patients) if _keep(p, req)]
+    # Each version read once, as the citizen may read it (a plan's contained kartläggning
+    # left out), for every plan's header, body and rendering.
+    shown = [(s, citizen.shown(s.json(), patients)) for s in plans]
+    linked = {f"{s.type}/{s.id}": citizen.shown(s.json(), patients) for s in extra}
+    kept = [p for p in _plans(tx, shown, linked) if _keep(p, req)]
     out = response()
     too_large = []
     for plan in kept:
-        contents = _contents(plan, extra, patients, render)
+        contents = _contents(plan, linked, render)
         if not contents:
             too_large.append(plan.stored.id)
         _care_plan(out, plan, req, source, contents)
