@@ -36,7 +36,7 @@ from psycopg.errors import (DeadlockDetected, LockNotAvailable, QueryCanceled,
                             SerializationFailure)
 from psycopg.pq import Format
 from sqlalchemy import (Connection, Insert, String, Table, and_, any_, bindparam, event,
-                        insert, literal_column, or_)
+                        exists, insert, literal_column, or_)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -242,6 +242,17 @@ def constant(value: str | int) -> Any:
     if not value.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"{value!r} is not a constant of the code")
     return literal_column(f"'{value}'")
+
+
+def any_row(*where: Any) -> Any:
+    """``EXISTS (SELECT 1 FROM ... WHERE where)``. SQLAlchemy's ``exists()`` selects ``*``,
+    and SQLite's planner then costs a search by index as fetching each row it finds: with
+    statistics counting many rows per value of the index's leading column (a state most rows
+    share, as ANALYZE finds it at a start when every delivery is settled) it read the whole
+    table instead, for a value few rows hold (the relay's and the worker's checks of every
+    round: 16 ms at 90,000 deliveries kept, growing with the outbox and the inbox). With no
+    column of the table asked for, the index is the cheaper way on any statistics."""
+    return exists(literal_column("1")).where(*where)
 
 
 def any_of(n: int, **columns: Any) -> Any:

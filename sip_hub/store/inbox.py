@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
 
-from sqlalchemy import bindparam, delete, exists, null, or_, select, tuple_, update
+from sqlalchemy import bindparam, delete, null, or_, select, tuple_, update
 
 from ..errors import Conflict
 from . import wakeup
-from .driver import DriverStatement, constant
+from .driver import DriverStatement, any_row, constant
 from .resources import Tx
 from .schema import message_inbox
 
@@ -68,7 +68,7 @@ _COMPLETE = DriverStatement(update(message_inbox).where(
     _I.sender_org == bindparam("s"), _I.header_id == bindparam("h")).values(
     state=DONE, response_code=bindparam("code"), response=bindparam("response"),
     request=null(), caller=null()))
-ACCEPTED_WAITING = exists().where(_I.state == constant(ACCEPTED))
+ACCEPTED_WAITING = any_row(_I.state == constant(ACCEPTED))
 _ANY_ACCEPTED = DriverStatement(select(ACCEPTED_WAITING))
 
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from sqlalchemy import (Connection, Engine, and_, bindparam, case, delete, event, exists,
+from sqlalchemy import (Connection, Engine, and_, bindparam, case, delete, event,
                         func, insert, select, text, tuple_, update)
 from sqlalchemy.exc import OperationalError
 
@@ -29,8 +29,8 @@ from . import search as sql_search
 from .engine import make_engine
 from .filelock import AVAILABLE as FILE_LOCKS, WriterLock, try_lock
 from .group import GroupCommit
-from .driver import (CONCURRENT_ERRORS, DriverStatement, any_of, insert_into,
-                     lazy_commit as _lazy_commit, numbered, savepoint as _savepoint,
+from .driver import (CONCURRENT_ERRORS, DriverStatement, any_of, any_row,
+                     insert_into, lazy_commit as _lazy_commit, numbered, savepoint as _savepoint,
                      unavailable)
 from .records import (COLUMNS as _COLUMNS, CURRENT_COLUMNS, Stored, current_to_stored,
                       row_to_stored as _row)
@@ -522,7 +522,7 @@ class Tx:
             # Written by its end, and not replaced by its start.
             nxt = resource_history.alias("next_version")
             conds.append(_H.last_updated <= at[1])
-            conds.append(~exists().where(
+            conds.append(~any_row(
                 nxt.c.res_type == _H.res_type, nxt.c.res_id == _H.res_id,
                 nxt.c.version_id == _H.version_id + 1, nxt.c.last_updated <= at[0]))
         rows = [_row(r) for r in self.conn.execute(

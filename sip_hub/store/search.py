@@ -14,11 +14,12 @@ from functools import lru_cache
 from typing import Any, Callable, Literal
 
 from sqlalchemy import (BigInteger, ColumnElement, Connection, Integer, Select, String, and_,
-                        bindparam, exists, false, func, not_, or_, select, true)
+                        bindparam, false, func, not_, or_, select, true)
 
 from ..fhir.indexing import other_param
 from ..fhir.search import Criterion, DateValue, ReferenceValue, SearchQuery, TokenValue
 from ..fhir.search_params import params_for
+from .driver import any_row
 from .records import row_to_stored as _row
 from .schema import (access_grant, idx_date, idx_reference, idx_string, idx_token, resource,
                      resource_history)
@@ -271,9 +272,9 @@ def _visibility_shape(compartment: str | None) -> ColumnElement[bool]:
         return owned
     shared = _R.withheld.is_(False)
     if compartment == "_self":
-        return or_(owned, and_(shared, exists().where(g.patient_id == _R.res_id, live)))
+        return or_(owned, and_(shared, any_row(g.patient_id == _R.res_id, live)))
     c = idx_reference.c
-    granted = exists().where(
+    granted = any_row(
         c.res_type == _R.res_type, c.res_id == _R.res_id, c.param == compartment,
         c.target_type == "Patient", g.patient_id == c.target_id, live)
     return or_(owned, and_(shared, granted))
