@@ -118,3 +118,49 @@ def test_the_statements_kept_are_bounded(filled: Store) -> None:
         assert found(filled, "Patient", list(items)) == {"p-ann"}
     for cached in (sql_search._conditions, sql_search._total, sql_search._page):
         assert cached.cache_info().currsize <= sql_search.SHAPES_KEPT
+
+
+def _plan_of_page(store: Store, items: list[tuple[str, str]]) -> tuple[list[Any], list[str]]:
+    """How the database runs the statement of a search's first page: PostgreSQL's plan as
+    run (EXPLAIN ANALYZE, JSON), or SQLite's steps (id, parent, detail)."""
+    query = parse("Patient", items, default_count=50, max_count=100)
+    shape, params = sql_search._shape(query, None)
+    params.update(page_limit=query.count + 1, page_offset=0)
+    statement = sql_search._page(shape, tuple(query.sort)).params(params)
+    with store.engine.connect() as conn:
+        compiled = statement.compile(conn)
+        if conn.dialect.name == "postgresql":
+            plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + str(compiled),
+                                        compiled.params).scalar_one()
+            return plan, []
+        args = tuple(compiled.params[k] for k in compiled.positiontup or ())
+        steps = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled), args).all()
+        return [], [f"{r[0]} {r[1]} {r[3]}" for r in steps]
+
+
+def _history_rows_read(node: Json) -> float:
+    own = node.get("Actual Rows", 0) * node.get("Actual Loops", 1) \
+        if node.get("Relation Name") == "resource_history" else 0
+    return own + sum(_history_rows_read(child) for child in node.get("Plans", []))
+
+
+def test_a_page_reads_the_stored_versions_of_its_own_resources_only(store: Store) -> None:
+    """A search matching many resources orders their keys and reads the stored version of
+    the page's only: read before the order was decided, every match's content went through
+    the sort (a search matching 70,000 plans took 0.4 s a page on SQLite to keep ten)."""
+    with store.begin() as tx:
+        for k in range(300):
+            tx.create({**PATIENTS[k % 3], "id": f"p-{k}"}, f"p-{k}")
+    items = [("gender", "female"), ("_count", "5")]
+    with store.begin(write=False) as tx:
+        page, total = tx.search(parse("Patient", items, default_count=50, max_count=100))
+    assert len(page) == 5 and total == 200
+    plan, steps = _plan_of_page(store, items)
+    if plan:
+        assert _history_rows_read(plan[0]["Plan"]) <= 6, plan
+        return
+    # SQLite: the page is made (ordered and cut) first; the versions are read from it.
+    made = next(s for s in steps if "page" in s and ("MATERIALIZE" in s or "CO-ROUTINE" in s))
+    history = next(s for s in steps if "resource_history" in s)
+    assert history.split()[1] != made.split()[0], steps  # not a step inside the page's making
+    assert any(s.split(" ", 2)[2].startswith("SCAN page") for s in steps), steps
