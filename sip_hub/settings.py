@@ -110,13 +110,16 @@ class Settings(BaseSettings):
     @field_validator("metrics_token")
     @classmethod
     def _metrics_token(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is None or not v.get_secret_value():
+        # Without the whitespace around it: a token from a file keeps the file's last line
+        # break (a Kubernetes secret made --from-file, say), which Prometheus strips from its
+        # credentials_file; kept, no scrape would match and the hub would not start.
+        token = v.get_secret_value().strip() if v is not None else ""
+        if not token:
             return None  # (SIP_HUB_METRICS_TOKEN= set empty: no token, as unset)
-        token = v.get_secret_value()
         if len(token) < 16 or not all(33 <= ord(c) <= 126 for c in token):
             raise ValueError("must be at least 16 printable ASCII characters without spaces "
                              "(a bearer token, e.g. from `openssl rand -hex 32`)")
-        return v
+        return SecretStr(token)
 
     @model_validator(mode="after")
     def _fill_database_url(self) -> "Settings":

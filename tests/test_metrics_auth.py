@@ -97,9 +97,22 @@ def test_unset_the_metrics_stay_public(anonymous) -> None:
     assert r.status_code == 200 and "sip_hub_http_requests_total" in r.text
 
 
-def test_empty_is_unset(monkeypatch, tmp_path) -> None:
-    monkeypatch.setenv("SIP_HUB_METRICS_TOKEN", "")
+@pytest.mark.parametrize("value", ["", " ", "\n"])
+def test_empty_is_unset(monkeypatch, tmp_path, value) -> None:
+    monkeypatch.setenv("SIP_HUB_METRICS_TOKEN", value)
     assert Settings(data_dir=tmp_path).metrics_token is None
+
+
+def test_a_token_from_a_file_is_taken_without_its_line_break(monkeypatch, tmp_path,
+                                                            store) -> None:
+    """A token read from a file keeps the file's last line break (a Kubernetes secret made
+    from a file); Prometheus sends the token of its credentials file without it."""
+    monkeypatch.setenv("SIP_HUB_METRICS_TOKEN", f" {TOKEN}\r\n")
+    with _hub(store, tmp_path) as hub:
+        r = hub.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 200 and "sip_hub_http_requests_total" in r.text
+        _refused(hub.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}x"}),
+                 invalid_token=True)
 
 
 @pytest.mark.parametrize("token", ["short", "has a space in it 0123456789", "tökenåäö0123456789"])

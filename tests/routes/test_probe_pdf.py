@@ -387,9 +387,10 @@ def test_odd_authorization_headers_never_fail_the_scrape(guarded, authorization,
         assert TOKEN not in r.text
 
 
-@pytest.mark.parametrize("token", [f"{TOKEN}\n", f"{TOKEN}\r\n", f" {TOKEN}"])
-def test_a_token_with_whitespace_around_it_is_refused_at_start(monkeypatch, tmp_path, token):
-    from pydantic import ValidationError
+@pytest.mark.parametrize("token", [f"{TOKEN}\n", f"{TOKEN}\r\n", f" {TOKEN}", f"\t{TOKEN} "])
+def test_a_token_with_whitespace_around_it_is_taken_without_it(monkeypatch, tmp_path, token):
+    """As Prometheus takes its credentials_file (a secret file's last line break is not part
+    of the token); refused, the hub did not start."""
     monkeypatch.setenv("SIP_HUB_METRICS_TOKEN", token)
-    with pytest.raises(ValidationError, match="metrics_token"):
-        Settings(data_dir=tmp_path)
+    secret = Settings(data_dir=tmp_path).metrics_token
+    assert secret is not None and secret.get_secret_value() == TOKEN
