@@ -42,7 +42,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                        port=args.port or settings.port, log_level=settings.log_level,
                        log_config=logs.config(settings.log_level, settings.log_format),
                        access_log=settings.access_log, proxy_headers=True,
-                       server_header=False)
+                       server_header=False, http=serving.HttpProtocol)
 
 
 def _migrate(_args: argparse.Namespace, settings: Settings) -> int:
