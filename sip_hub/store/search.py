@@ -336,17 +336,22 @@ def _seek_keys(rtype: str, sort: Sort) -> list[tuple[ColumnElement[Any], bool, b
     return keys + [(_R.last_updated, True, False), (_R.res_id, False, False)]
 
 
+def _by_keys(keys: list[Any], sort: Sort) -> list[Any]:
+    """The ORDER BY terms of the ``_sort`` keys' columns. A resource without the value comes
+    last either way, on SQLite as on PostgreSQL (whose NULLs came first descending, SQLite's
+    first ascending)."""
+    return [(key.desc() if desc else key.asc()).nulls_last()
+            for key, (_, desc) in zip(keys, sort)]
+
+
 def _in_order(shape: Shape, sort: Sort, *beyond: ColumnElement[bool]) -> Select[Any]:
     """The matches' keys (and ``beyond``: those after a position) in the search's order, a
     page of them (``page_limit``), with the position of each row in it (``seek_lu`` and
     ``sk<i>``: what a next page continues after, see ``position``)."""
     keys = [_sort_key(shape[0], name, desc).label(f"sk{i}")
             for i, (name, desc) in enumerate(sort)]
-    # A resource without the value comes last either way, on SQLite as on PostgreSQL
-    # (whose NULLs came first descending, SQLite's first ascending). Ordered by the
-    # selected column: its sub-select runs once per row.
-    order = [(key.desc() if desc else key.asc()).nulls_last()
-             for key, (_, desc) in zip(keys, sort)]
+    # Ordered by the selected column: its sub-select runs once per row.
+    order = _by_keys(keys, sort)
     # "+ 0" keeps the planner from walking the whole (res_type, last_updated) index in order
     # when the criteria match few rows (SQLite would otherwise scan every resource of the type).
     order += [(_R.last_updated + 0).desc(), _R.res_id]
@@ -365,14 +370,12 @@ def _with_content(keys: Select[Any], sort: Sort) -> Select[Any]:
     page = keys.subquery("page")
     p = page.c
     sort_keys = [p[f"sk{i}"] for i in range(len(sort))]
-    order = [(key.desc() if desc else key.asc()).nulls_last()
-             for key, (_, desc) in zip(sort_keys, sort)]
     return (select(_H.res_type, _H.res_id, _H.version_id, _H.last_updated, _H.method,
                    _H.content, p.owner_org, p.withheld, p.seek_lu, *sort_keys)
             .join_from(page, resource_history, and_(
                 _H.res_type == p.res_type, _H.res_id == p.res_id,
                 _H.version_id == p.version_id))
-            .order_by(*order, p.seek_lu.desc(), p.res_id))
+            .order_by(*_by_keys(sort_keys, sort), p.seek_lu.desc(), p.res_id))
 
 
 @lru_cache(maxsize=SHAPES_KEPT)
