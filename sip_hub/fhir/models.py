@@ -177,6 +177,38 @@ if not AS_PUBLISHED:
         fhir_core.types.import_string)
 
 
+# ---------------------------------------------------------------- Extension's value[x]
+# FHIR gives every primitive an id and extensions of its own (``_valueString`` beside
+# ``valueString`` in JSON; the extensions inside ``<valueString>`` in XML), an extension's
+# value too: a translation of a string value (the translation extension), a data-absent
+# reason for a code. fhir.resources gives each primitive of every type a ``__ext`` field for
+# them, except the value[x] of Extension, so valid FHIR was refused ("Extra inputs are not
+# permitted") and XML lost them. The class the models look Extension up by (by its module's
+# attribute, when an extension is first validated) is fhir.resources' own with those fields.
+# Such a key also names the value's type: ``valueString`` with ``_valueCode`` is two values,
+# which value[x] does not allow (refused by ``validation``'s ext-1, beside the count it makes).
+
+def _extension_class() -> type[FHIRAbstractModel]:
+    from pydantic import Field, create_model
+    from fhir.resources.R4B import extension, fhirtypes
+
+    library = extension.Extension
+    fields: dict[str, Any] = {
+        f"{name}__ext": (fhirtypes.FHIRPrimitiveExtensionType | None,
+                         Field(None, alias=f"_{name}",
+                               title=f"Extension field for ``{name}``."))
+        for name, field in library.model_fields.items()
+        if name.startswith("value") and is_primitive_type(field)}
+    cls: type[FHIRAbstractModel] = create_model(  # type: ignore[call-overload]
+        "Extension", __base__=library, __module__=library.__module__, **fields)
+    extension.Extension = cls  # type: ignore[misc]
+    return cls
+
+
+if not AS_PUBLISHED:
+    _extension_class()
+
+
 from fhir.resources.R4B import get_fhir_model_class  # noqa: E402  (after the checks above)
 
 

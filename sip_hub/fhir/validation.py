@@ -563,9 +563,12 @@ def _per_1(node: Json, path: str, scope: _Scope, out: IssueCollector) -> None:
 
 
 def _ext_1(node: Json, path: str, scope: _Scope, out: IssueCollector) -> None:
-    has_value = any(k.startswith("value") or k.startswith("_value") for k in node)
-    if ("extension" in node) == has_value:
+    types = {k.lstrip("_") for k in node if k.startswith(("value", "_value"))}
+    if ("extension" in node) == bool(types):
         out.add(path, "ext-1: Must have either extensions or value[x], not both")
+    if len(types) > 1:  # (``valueString`` with ``_valueCode``: the model sees one of each)
+        out.add(path, "value[x] takes one type; this extension gives "
+                      + ", ".join(sorted(types)))
 
 
 def _cpt_2(node: Json, path: str, scope: _Scope, out: IssueCollector) -> None:

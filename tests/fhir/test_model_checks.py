@@ -187,9 +187,36 @@ def test_same_answer_as_fhir_core_for_every_variant(library: Any, name: str,
     assert both(library, resource) == (("ok", None), ("ok", None))
     named = list(variants(resource))
     answers = all_both(library, [variant for _, variant in named])
-    for (what, _), (fast, as_published) in zip(named, answers):
+    for (what, variant), (fast, as_published) in zip(named, answers):
+        if _only_an_extension_values_sibling(as_published):
+            # the one difference meant: the hub takes it, or refuses it for another reason
+            assert fast == ("ok", None) or not _only_an_extension_values_sibling(fast), what
+            assert fast == both(library, _without_extension_value_siblings(variant))[1], what
+            continue
         assert fast == as_published, f"{name}: {what}"
     assert sum(fast[0] != "ok" for fast, _ in answers)  # the variants do reach the checks
+
+
+def _only_an_extension_values_sibling(answer: Outcome) -> bool:
+    """fhir.resources as published refuses the id and extensions of an extension's primitive
+    value (``_valueDate`` beside ``valueDate``, valid FHIR) as an unknown key, the one
+    answer of the library that the hub changes (``models``, "Extension's value[x]")."""
+    kind, detail = answer
+    return kind == "Unprocessable" and all(
+        code == "structure" and text == "Extra inputs are not permitted"
+        and expression[0].rsplit(".", 1)[-1].startswith("_value")
+        and ".extension[" in expression[0] for code, text, expression in detail[1])
+
+
+def _without_extension_value_siblings(node: Any) -> Any:
+    """The resource with every ``_value...`` key of its extensions taken out (those of other
+    elements kept, as it has no other key of that form)."""
+    if isinstance(node, list):
+        return [_without_extension_value_siblings(v) for v in node]
+    if isinstance(node, dict):
+        return {k: _without_extension_value_siblings(v) for k, v in node.items()
+                if not (k.startswith("_value") and "url" in node)}
+    return node
 
 
 def test_each_rule_refuses_through_fhir_cores_own_message(library: Any) -> None:

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from lxml import etree
 
-from fhirhttp import JSON_HEADERS, create, outcome_text, patient
+from fhirhttp import JSON_HEADERS, body, create, outcome_text, patient
 from messaging import harness
 from messaging.harness import BUP, SCHOOL, SOC, current_plan
 
@@ -267,3 +267,79 @@ def test_repeating_xml_elements_and_booleans_as_fhir_writes_them_are_accepted(cl
     assert r.status_code == 201, r.text
     assert r.json()["active"] is False
     assert [n.get("given") for n in r.json()["name"]] == [["Alva", "Maja"], None]
+
+
+# -- an extension's value with an id and extensions of its own --------------------------------
+
+TRANSLATION = "http://hl7.org/fhir/StructureDefinition/translation"
+
+
+def _translated_org() -> dict[str, Any]:
+    """An Organization whose extension's string value carries its English translation (the
+    translation extension sits on the primitive value: ``_valueString``), and an id."""
+    return {"resourceType": "Organization", "name": "Socialtjänsten",
+            "extension": [{"url": "https://sip.example.se/fhir/StructureDefinition/unit-name",
+                           "valueString": "Barn och unga",
+                           "_valueString": {"id": "v1", "extension": [{
+                               "url": TRANSLATION, "extension": [
+                                   {"url": "lang", "valueCode": "en"},
+                                   {"url": "content", "valueString": "Children and youth"}]}]}}]}
+
+
+def _without_meta(res: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in res.items() if k not in ("id", "meta")}
+
+
+def test_an_extension_value_with_extensions_of_its_own_is_kept_in_json_and_xml(client):
+    sent = _translated_org()
+    made = create(client, sent)
+    assert _without_meta(made) == sent
+    url = f"/fhir/Organization/{made['id']}"
+    assert _without_meta(client.get(url, headers=JSON_HEADERS).json()) == sent
+
+    xml = client.get(url, headers=XML_OUT)
+    assert xml.status_code == 200, xml.text
+    value = etree.fromstring(xml.content).find(f"{F}extension/{F}valueString")
+    assert value.get("value") == "Barn och unga" and value.get("id") == "v1"
+    inner = value.find(f"{F}extension")
+    assert inner.get("url") == TRANSLATION
+    assert [e.find(f"{F}*").get("value") for e in inner] == ["en", "Children and youth"]
+
+    # what the hub wrote in XML is taken back as it was
+    r = client.put(url, content=xml.content, headers=XML_IN)
+    assert r.status_code == 200, r.text
+    assert r.json()["meta"]["versionId"] == "2"
+    assert _without_meta(r.json()) == sent
+
+    # as XML from the start
+    r = client.post("/fhir/Organization", content=xml.content.replace(
+        f"<id value=\"{made['id']}\"/>".encode(), b""), headers=XML_IN)
+    assert r.status_code == 201, r.text
+    assert _without_meta(r.json()) == sent
+
+
+@pytest.mark.parametrize("ext, where", [
+    ({"url": "http://e.se/x", "valueString": "a", "_valueCode": {"id": "c"}},
+     "valueCode, valueString"),
+    ({"url": "http://e.se/x", "_valueString": {"id": "s"}, "_valueCode": {"id": "c"}},
+     "valueCode, valueString"),
+    ({"url": "http://e.se/x", "valueString": "a", "_valueString": {"colour": "red"}},
+     "_valueString"),
+    ({"url": "http://e.se/x", "valueString": "a", "_valueString": ["a"]}, "_valueString"),
+])
+def test_an_extension_value_given_as_two_types_or_with_a_bad_sibling_is_refused(
+        client, ext, where):
+    before = _count(client, "Organization")
+    r = client.post("/fhir/Organization", **body({"resourceType": "Organization",
+                                                  "extension": [ext]}))
+    assert r.status_code == 422, r.text
+    text = outcome_text(r)
+    assert where in text and "Organization.extension[0]" in text, text
+    assert _count(client, "Organization") == before
+
+
+@pytest.mark.node
+def test_an_extension_value_with_extensions_of_its_own_validates_independently(
+        client, fhir_validator, tmp_path):
+    made = create(client, _translated_org())
+    fhir_validator.validate_resources(tmp_path, [made])
