@@ -25,6 +25,10 @@ Writes, under ``sip_hub/fhir/definitions/`` (or ``--out``):
   walks at runtime. BackboneElements are their own type keyed by their path
   (``CarePlan.activity``); ``contentReference`` elements point at their target's key; choice
   elements keep their ``[x]`` name with the list of allowed types.
+* ``summary-elements.json``: resource type -> its top-level elements marked ``isSummary``
+  (``summary``), those with a minimum cardinality above zero (``mandatory``) and those
+  marked ``isModifier`` (``modifier``), which ``sip_hub.fhir.subset`` keeps in the subsets
+  ``_summary`` and ``_elements`` ask for.
 
 This script is a build tool, not runtime code: the runtime reads only the two JSON files.
 """
@@ -219,7 +223,7 @@ def element_type(t: Json) -> str:
     return SYSTEM_TYPES.get(code, code)
 
 
-def build(folder: Path) -> tuple[Json, Json]:
+def build(folder: Path) -> tuple[Json, Json, Json]:
     structures: dict[str, Json] = {}
     value_sets: dict[str, Json] = {}
     code_systems: dict[str, Json] = {}
@@ -247,14 +251,21 @@ def build(folder: Path) -> tuple[Json, Json]:
 
     types: dict[str, dict[str, Any]] = {}
     resources: list[str] = []
+    summaries: dict[str, Json] = {}
     bindings: dict[str, Json] = {}
     skipped: dict[str, Json] = {}
     used_types: set[str] = set()
     for sd in base:
         tname = sd["type"]
+        elements = sd["snapshot"]["element"]
         if sd["kind"] == "resource":
             resources.append(tname)
-        elements = sd["snapshot"]["element"]
+            top = [e for e in elements if e["path"].count(".") == 1]
+            summaries[tname] = {
+                kind: [e["path"].split(".", 1)[1] for e in top if test(e)]
+                for kind, test in (("summary", lambda e: e.get("isSummary")),
+                                   ("mandatory", lambda e: int(e.get("min", 0)) > 0),
+                                   ("modifier", lambda e: e.get("isModifier")))}
         paths = {e["path"] for e in elements}
         for el in elements:
             path: str = el["path"]
@@ -297,7 +308,8 @@ def build(folder: Path) -> tuple[Json, Json]:
     bindings_doc = {**meta, "bindings": bindings, "skipped": skipped}
     types_doc = {**meta, "primitives": primitives, "resources": sorted(resources),
                  "types": {k: dict(sorted(v.items())) for k, v in sorted(types.items())}}
-    return bindings_doc, types_doc
+    summary_doc = {**meta, "resources": dict(sorted(summaries.items()))}
+    return bindings_doc, types_doc, summary_doc
 
 
 def dump(doc: Json, path: Path) -> None:
@@ -320,10 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).resolve().parent.parent / "sip_hub" / "fhir" / "definitions")
     args = parser.parse_args(argv)
-    bindings_doc, types_doc = build(args.definitions)
+    bindings_doc, types_doc, summary_doc = build(args.definitions)
     args.out.mkdir(parents=True, exist_ok=True)
     dump(bindings_doc, args.out / "required-bindings.json")
     dump(types_doc, args.out / "element-types.json")
+    dump(summary_doc, args.out / "summary-elements.json")
     print(f"{len(bindings_doc['bindings'])} required bindings, {len(bindings_doc['skipped'])} skipped, "
           f"{len(types_doc['types'])} types", file=sys.stderr)
     return 0

@@ -137,8 +137,9 @@ def _response_entry(ctx: ix.Context, result: ix.Result, prefer: str) -> dict[str
         resp["lastModified"] = s.last_updated_instant
         if result.status == 201:
             resp["location"] = ix.location(ctx, s)
-        if prefer != "minimal" and s.content is not None:
-            entry["resource"] = orjson.Fragment(s.content)
+        if prefer != "minimal" and s.content is not None:  # (a read's subset: its body)
+            entry["resource"] = result.body if result.body is not None else \
+                orjson.Fragment(s.content)
     elif result.body is not None:
         if result.body.get("resourceType") == "OperationOutcome":
             resp["outcome"] = result.body
@@ -153,8 +154,8 @@ def _run(tx: Tx, ctx: ix.Context, e: _Entry, resolve: Resolve | None = None) -> 
         if e.rid is None:
             return ix.search(tx, ctx, e.rtype, e.query)
         if e.vid:
-            return ix.vread(tx, ctx, e.rtype, e.rid, e.vid)
-        return ix.read(tx, ctx, e.rtype, e.rid)
+            return ix.vread(tx, ctx, e.rtype, e.rid, e.vid, e.query)
+        return ix.read(tx, ctx, e.rtype, e.rid, e.query)
     if e.method == "DELETE":
         if e.rid is None:
             raise BadRequest(f"Bundle.entry[{e.index}]: conditional delete is not supported")

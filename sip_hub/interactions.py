@@ -18,7 +18,7 @@ from . import access as acl, process
 from .access import Access
 from .audit import AuditLog, AuditRecord
 from .errors import BadRequest, Forbidden, Gone, NotFound, PreconditionFailed, SipHubError
-from .fhir import search as fhir_search
+from .fhir import exact, search as fhir_search, subset as fhir_subset
 from .fhir.dates import format_instant, now_utc
 from .fhir.outcome import information
 from .fhir.validation import check_id
@@ -216,10 +216,13 @@ def _written(tx: Tx, ctx: Context, interaction: str, old: Stored | None, new: St
 
 # -- instance and type interactions --------------------------------------------------------
 
-def read(tx: Tx, ctx: Context, rtype: str, rid: str) -> Result:
+def read(tx: Tx, ctx: Context, rtype: str, rid: str,
+         items: list[tuple[str, str]] | None = None) -> Result:
+    """``items``: the request's query parameters (``_summary``, ``_elements``)."""
     check_type(rtype)
     ctx.access.check(rtype, "r")
     check_id(rid)
+    subset = fhir_search.read_subset(rtype, items, lenient=ctx.lenient) if items else None
     cur = tx.current(rtype, rid)
     if cur is None:
         raise NotFound(f"{rtype}/{rid} is not known")
@@ -232,13 +235,21 @@ def read(tx: Tx, ctx: Context, rtype: str, rid: str) -> Result:
                    headers={"ETag": etag(cur)})
     _guard_read(tx, ctx, cur, "read")
     ctx.record("read", [cur])
-    return Result(200, cur)
+    return _subset_result(cur, subset)
 
 
-def vread(tx: Tx, ctx: Context, rtype: str, rid: str, vid: str) -> Result:
+def _subset_result(stored: Stored, subset: fhir_subset.Subset | None) -> Result:
+    if subset is None:
+        return Result(200, stored)
+    return Result(200, stored, fhir_subset.apply(stored.doc(), subset))
+
+
+def vread(tx: Tx, ctx: Context, rtype: str, rid: str, vid: str,
+          items: list[tuple[str, str]] | None = None) -> Result:
     check_type(rtype)
     ctx.access.check(rtype, "r")
     check_id(rid)
+    subset = fhir_search.read_subset(rtype, items, lenient=ctx.lenient) if items else None
     version = fhir_search.uint(vid)
     ver = tx.version(rtype, rid, version) if version is not None else None
     if ver is None:
@@ -249,7 +260,7 @@ def vread(tx: Tx, ctx: Context, rtype: str, rid: str, vid: str) -> Result:
     if ver.deleted:
         raise Gone(f"{rtype}/{rid} version {vid} is a deletion", headers={"ETag": etag(ver)})
     ctx.record("vread", [ver])
-    return Result(200, ver)
+    return _subset_result(ver, subset)
 
 
 def create(tx: Tx, ctx: Context, rtype: str, res: Any, *, if_none_exist: str | None = None,
@@ -367,10 +378,12 @@ def delete(tx: Tx, ctx: Context, rtype: str, rid: str, *,
 
 # -- search and history --------------------------------------------------------------------
 
-def _entry(ctx: Context, s: Stored, mode: str | None = None) -> dict[str, Any]:
+def _entry(ctx: Context, s: Stored, mode: str | None = None,
+           subset: fhir_subset.Subset | None = None) -> dict[str, Any]:
     e: dict[str, Any] = {"fullUrl": f"{ctx.base_url}/{s.type}/{s.id}"}
     if s.content is not None:
-        e["resource"] = orjson.Fragment(s.content)
+        e["resource"] = orjson.Fragment(s.content if subset is None else exact.dumps(
+            fhir_subset.apply(s.doc(), subset)))
     if mode:
         e["search"] = {"mode": mode}
     return e
@@ -436,8 +449,12 @@ def search(tx: Tx, ctx: Context, rtype: str, items: list[tuple[str, str]]) -> Re
     included: list[Stored] = []
     if query.includes or query.revincludes:
         included = tx.includes(query, matches, ctx.access.visibility)
-    entries = [_entry(ctx, s, "match") for s in matches]
-    entries += [_entry(ctx, s, "include") for s in included]
+    # _summary applies to every resource of the answer (each by its type's definition);
+    # _elements names elements of the searched type: its matches only
+    sub = query.subset
+    entries = [_entry(ctx, s, "match", sub) for s in matches]
+    entries += [_entry(ctx, s, "include", sub if sub and sub.summary else None)
+                for s in included]
     if query.ignored:
         oo = information("Ignored search parameters: " + "; ".join(query.ignored))
         entries.append({"resource": oo, "search": {"mode": "outcome"}})

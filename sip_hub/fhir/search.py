@@ -16,6 +16,7 @@ from .dates import MAX_US, parse_range
 from .indexing import (MAX_STRING, exact_key, is_absolute, key as index_key,
                        normalise_string, split_reference)
 from .search_params import CANONICAL_TYPES, RESOURCE_TYPES, SearchParam, params_for
+from .subset import SUMMARY_MODES, Subset, elements_param
 from .validation import CONTROL_CHARS
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
@@ -83,6 +84,8 @@ class SearchQuery:
     revincludes: list[Include] = field(default_factory=list)
     total: bool = True
     summary_count: bool = False
+    # ``_summary`` (true, text, data) or ``_elements``: what of each resource is returned
+    subset: Subset | None = None
     ignored: list[str] = field(default_factory=list)
     # The (key, value) pairs ignored (lenient): not part of the search the links tell.
     ignored_items: list[tuple[str, str]] = field(default_factory=list)
@@ -335,10 +338,56 @@ def _include(raw: str, key: str, *, rev: bool, rtype: str) -> Include:
     return Include(source, param, target)
 
 
+def summary_param(raw: str, key: str, before: str | None = None) -> str:
+    """A ``_summary`` value (a 400 for another, or for a second one that differs)."""
+    if raw not in (*SUMMARY_MODES, "count", "false"):
+        raise BadRequest(f"_summary must be one of {', '.join(SUMMARY_MODES)}, count or false",
+                         expression=key)
+    if before is not None and before != raw:
+        raise BadRequest(f"_summary is given twice ({before} and {raw})", expression=key)
+    return raw
+
+
+def subset_of(summary: str | None, elements: frozenset[str]) -> Subset | None:
+    """What of each resource the answer holds (None: all of it); ``_summary=count`` holds
+    none, whatever ``_elements`` asks for."""
+    if summary in SUMMARY_MODES:
+        if elements:
+            raise BadRequest(f"_summary={summary} and _elements cannot be combined: each says "
+                             "what of a resource to return", expression="_elements")
+        return Subset(summary=summary)
+    if elements and summary != "count":
+        return Subset(elements=elements)
+    return None
+
+
+def read_subset(rtype: str, items: list[tuple[str, str]], *, lenient: bool = False
+                ) -> Subset | None:
+    """What of the resource a read (or vread) returns, by its ``_summary`` and ``_elements``
+    (the read's other parameters are not looked at)."""
+    summary: str | None = None
+    elements: frozenset[str] = frozenset()
+    for key, raw in items:
+        if key == "_summary":
+            summary = summary_param(raw, key, summary)
+            if summary == "count":
+                raise BadRequest("_summary=count counts a search's matches; a read returns "
+                                 "its resource", expression=key)
+        elif key == "_elements":
+            try:
+                elements |= elements_param(rtype, raw, key)
+            except BadRequest:
+                if not lenient:  # (ignored, only more of the resource is returned)
+                    raise
+    return subset_of(summary, elements)
+
+
 def parse(rtype: str, items: list[tuple[str, str]], *, default_count: int, max_count: int,
           base_url: str = "", lenient: bool = False) -> SearchQuery:
     q = SearchQuery(rtype, count=default_count)
     cursor: str | None = None
+    summary: str | None = None
+    elements: frozenset[str] = frozenset()
     offset_given = False
     for key, raw in items:
         base = key.split(":", 1)[0]
@@ -385,15 +434,12 @@ def parse(rtype: str, items: list[tuple[str, str]], *, default_count: int, max_c
                     raise BadRequest("_total must be none, estimate or accurate", expression=key)
                 q.total = raw != "none"
             elif base == "_summary":
-                if raw == "count":
-                    q.summary_count = True
-                elif raw != "false":
-                    raise BadRequest("Only _summary=count and _summary=false are supported",
-                                     expression=key)
+                summary = summary_param(raw, key, summary)
+                q.summary_count = summary == "count"
             elif base in ("_format", "_pretty"):
                 continue
             elif base == "_elements":
-                raise BadRequest("_elements is not supported", expression=key)
+                elements |= elements_param(rtype, raw, key)
             else:
                 q.criteria.append(_criterion(rtype, key, raw, base_url))
         except BadRequest as exc:
@@ -405,6 +451,7 @@ def parse(rtype: str, items: list[tuple[str, str]], *, default_count: int, max_c
             q.ignored.append(f"{key}: {exc.diagnostics}")
             q.ignored_items.append((key, raw))
     _check_value_counts(q.criteria)  # also when lenient: ignoring one would widen the result
+    q.subset = subset_of(summary, elements)
     if cursor is not None:
         if offset_given:
             raise BadRequest("_cursor and _offset cannot be combined: a page continues after "

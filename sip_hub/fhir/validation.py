@@ -197,6 +197,11 @@ def _schema() -> _Schema:
     return _schema_cache[0]
 
 
+def element_names(rtype: str) -> frozenset[str]:
+    """The names of a type's own elements, as the definitions write them (``value[x]``)."""
+    return frozenset(_schema().raw.get(rtype, {}))
+
+
 def required_binding(path: str) -> Binding | None:
     """The required binding of an element definition path (``ContactPoint.system``), if any."""
     return _schema().bindings.get(path)

@@ -170,9 +170,17 @@ async def _point_read(request: Request, fn: Callable[[Tx, ix.Context], ix.Result
     return await in_thread(request, _read, request, fn)
 
 
+def _subset_params(request: Request) -> list[tuple[str, str]] | None:
+    """A read's ``_summary`` and ``_elements`` (None, at once, for a read without a query)."""
+    if not request.scope.get("query_string"):
+        return None
+    return [(k, v) for k, v in _params(request) if k in ("_summary", "_elements")]
+
+
 @router.get("/{rtype}/{rid}")
 async def read(request: Request, rtype: str, rid: str) -> Response:
-    return await _point_read(request, lambda tx, ctx: ix.read(tx, ctx, rtype, rid))
+    items = _subset_params(request)
+    return await _point_read(request, lambda tx, ctx: ix.read(tx, ctx, rtype, rid, items))
 
 
 @router.put("/{rtype}/{rid}")
@@ -198,7 +206,8 @@ def instance_history(request: Request, rtype: str, rid: str) -> Response:
 
 @router.get("/{rtype}/{rid}/_history/{vid}")
 async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
-    return await _point_read(request, lambda tx, ctx: ix.vread(tx, ctx, rtype, rid, vid))
+    items = _subset_params(request)
+    return await _point_read(request, lambda tx, ctx: ix.vread(tx, ctx, rtype, rid, vid, items))
 
 
 # -- the hot interactions, routed without FastAPI's per-request machinery ---------------------

@@ -242,8 +242,13 @@ def test_search_documentation_is_true(client):
     assert _ok_bundle(r)["entry"][-1]["search"]["mode"] == "outcome"
     _four_xx(client.get("/fhir/CarePlan?_include:iterate=CarePlan:goal"))
     _ok_bundle(client.get("/fhir/CarePlan?patient.identifier=x"))
-    _four_xx(client.get("/fhir/CarePlan?_elements=id"))
-    assert "no _elements" in doc
+    # _summary and _elements, as the documentation says, each subset tagged
+    assert "_elements" in doc and "SUBSETTED" in doc
+    for name in ("_summary=true", "_summary=text", "_summary=data", "_elements=id"):
+        bundle = _ok_bundle(client.get(f"/fhir/CarePlan?{name}"))
+        assert all(e["resource"]["meta"]["tag"][-1]["code"] == "SUBSETTED"
+                   for e in bundle.get("entry", [])), name
+    _four_xx(client.get("/fhir/CarePlan?_elements=nope"))
     for query in ("status:not=active", "identifier:missing=true", "_id=a,b&_sort=-_id",
                   "author:Organization=x", "patient:identifier=x|y", "_total=accurate"):
         _ok_bundle(client.get(f"/fhir/CarePlan?{query}"))
@@ -433,7 +438,7 @@ _BAD = [
     "/fhir/StructureDefinition?_revinclude=CarePlan:goal",
     "/fhir/StructureDefinition?_count=-1",
     "/fhir/StructureDefinition?_count=99999999999999999999999",
-    "/fhir/StructureDefinition?_summary=data",
+    "/fhir/StructureDefinition?_summary=bogus",
     "/fhir/StructureDefinition?_lastUpdated=notadate",
     "/fhir/StructureDefinition?_format=text/turtle",
     "/fhir/MessageDefinition?event=%00",

@@ -130,10 +130,10 @@ def test_a_fault_of_the_hub_in_one_batch_entry_is_that_entrys_500_alone(
 
     real_read = interactions.read
 
-    def read(tx, ctx, rtype, rid):
+    def read(tx, ctx, rtype, rid, *more):
         if rid == "buggy":
             raise RuntimeError("a bug")
-        return real_read(tx, ctx, rtype, rid)
+        return real_read(tx, ctx, rtype, rid, *more)
     monkeypatch.setattr(interactions, "read", read)
     bundle = tx(post(patient()), {"request": {"method": "GET", "url": "Patient/buggy"}},
                 post(patient("200001012384")), btype="batch")
