@@ -7,7 +7,7 @@ from typing import Any
 from .. import __version__
 from .models import FHIR_VERSION
 from .profiles import definitions
-from .search import MAX_PARAMETERS, MAX_VALUES, MAX_VALUES_PER_PARAMETER
+from .search import MAX_ITERATE, MAX_PARAMETERS, MAX_VALUES, MAX_VALUES_PER_PARAMETER
 from .search_params import READ_ONLY_TYPES, RESOURCE_TYPES, params_for
 from .sip import PROFILE_BY_TYPE
 
@@ -150,7 +150,9 @@ def capability_statement(base_url: str, software_date: str,
             "token and uri "
             "parameters; modifiers :missing (every parameter), :not (token), :exact and "
             ":contains (string), :identifier and a type (reference); one level of chaining "
-            "on reference parameters; _include and _revinclude without :iterate. AuditEvent "
+            "on reference parameters; _include and _revinclude, with :iterate (from what was "
+            f"included too, for at most {MAX_ITERATE} rounds after the first; not through the "
+            "access log). AuditEvent "
             "answers less: see its documentation. Limits (a 400 beyond): "
             f"{MAX_VALUES_PER_PARAMETER} comma-separated values in one parameter, "
             f"{MAX_VALUES} values and {MAX_PARAMETERS} parameters in one search. Swedish "

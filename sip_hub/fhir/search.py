@@ -20,6 +20,10 @@ from .subset import SUMMARY_MODES, Subset, elements_param
 from .validation import CONTROL_CHARS
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+AUDIT_EVENT = "AuditEvent"
+# Rounds of ``:iterate`` includes after the first: a SIP's references are a few steps deep
+# (CarePlan -> CareTeam -> its members -> their organisations -> the one above).
+MAX_ITERATE = 4
 RESULT_PARAMS = frozenset({"_count", "_offset", "_cursor", "_sort", "_include", "_revinclude",
                            "_total", "_summary", "_format", "_pretty", "_elements"})
 
@@ -71,6 +75,8 @@ class Include:
     source_type: str
     param: SearchParam
     target_type: str | None
+    # ``:iterate``: applied to what was included too, round after round (``MAX_ITERATE``)
+    iterate: bool = False
 
 
 @dataclass(slots=True)
@@ -316,7 +322,20 @@ def _add_once(includes: list[Include], inc: Include) -> None:
         includes.append(inc)
 
 
+def _iterates(key: str) -> bool:
+    """Whether an ``_include`` or ``_revinclude`` key asks for ``:iterate`` (``:recurse``,
+    its name before R4); another modifier is a 400."""
+    modifier = key.partition(":")[2]
+    if modifier in ("iterate", "recurse"):
+        return True
+    if modifier:
+        raise BadRequest(f"{key}: the modifier of {key.partition(':')[0]} can be :iterate "
+                         "only", expression=key)
+    return False
+
+
 def _include(raw: str, key: str, *, rev: bool, rtype: str) -> Include:
+    iterate = _iterates(key)
     parts = raw.split(":")
     if len(parts) not in (2, 3):
         raise BadRequest(f"{key} must be Type:parameter[:targetType], not '{raw}'",
@@ -331,8 +350,16 @@ def _include(raw: str, key: str, *, rev: bool, rtype: str) -> Include:
         # (a typo, or ':iterate' where the target type goes, included nothing silently)
         raise BadRequest(f"{key}: '{source}:{pname}' cannot refer to '{target}'",
                          expression=key)
+    if iterate:
+        # (what an iteration starts from is any type included; the access log is read from
+        # the events themselves, not from the index an iteration walks)
+        if AUDIT_EVENT in (source, target):
+            raise BadRequest(f"{key}: the access log (AuditEvent) is not included by "
+                             ":iterate", expression=key)
+        return Include(source, param, target, iterate=True)
     if not rev and source != rtype:
-        raise BadRequest(f"_include must start with the searched type {rtype}", expression=key)
+        raise BadRequest(f"_include must start with the searched type {rtype} (or be "
+                         "_include:iterate)", expression=key)
     if rev and param.targets and rtype not in param.targets:
         raise BadRequest(f"_revinclude '{raw}' cannot point at {rtype}", expression=key)
     return Include(source, param, target)
@@ -422,12 +449,8 @@ def parse(rtype: str, items: list[tuple[str, str]], *, default_count: int, max_c
                             p is None or p.type not in ("date", "string", "token", "uri")):
                         raise BadRequest(f"Cannot sort {rtype} by '{name}'", expression="_sort")
             elif base == "_include":
-                if key.endswith(":iterate") or key.endswith(":recurse"):
-                    raise BadRequest("_include:iterate is not supported", expression=key)
                 _add_once(q.includes, _include(raw, key, rev=False, rtype=rtype))
             elif base == "_revinclude":
-                if key.endswith(":iterate") or key.endswith(":recurse"):
-                    raise BadRequest("_revinclude:iterate is not supported", expression=key)
                 _add_once(q.revincludes, _include(raw, key, rev=True, rtype=rtype))
             elif base == "_total":
                 if raw not in ("none", "estimate", "accurate"):

@@ -23,7 +23,7 @@ from ..errors import ConcurrentChange, Conflict, PreconditionFailed
 from ..fhir import exact
 from ..fhir.dates import format_instant, from_us, now_utc, to_us
 from ..fhir.indexing import extract, index_kinds
-from ..fhir.search import SearchQuery
+from ..fhir.search import MAX_ITERATE, SearchQuery
 from . import audit as sql_audit
 from . import search as sql_search
 from .engine import make_engine
@@ -541,7 +541,11 @@ class Tx:
 
     def includes(self, query: SearchQuery, matches: list[Stored],
                  visibility: VisibilityFor | None = None) -> list[Stored]:
-        keys = sql_search.include_keys(self.conn, query, matches)
+        """What the query's ``_include`` and ``_revinclude`` add to ``matches``, each once,
+        among what ``visibility`` lets the caller see: the plain ones from the matches, the
+        ``:iterate`` ones from the matches and then from what each round added, for at most
+        ``MAX_ITERATE`` rounds more (a resource the caller may not see is not gone through)."""
+        keys = sql_search.include_keys(self.conn, query.includes, query.revincludes, matches)
         for inc in query.includes:
             if inc.source_type == AUDIT_TYPE:
                 keys += sql_audit.include_keys(inc.param.name, inc.target_type, matches)
@@ -550,7 +554,21 @@ class Tx:
                 keys += sql_audit.revinclude_keys(self.conn, inc.param.name,
                                                   query.resource_type, [m.id for m in matches])
         seen = {(m.type, m.id) for m in matches}
-        return self.current_many([k for k in keys if k not in seen], visibility)
+        fresh = [k for k in dict.fromkeys(keys) if k not in seen]
+        seen.update(fresh)
+        found = self.current_many(fresh, visibility)
+        includes = [i for i in query.includes if i.iterate]
+        revincludes = [i for i in query.revincludes if i.iterate]
+        added = found
+        for _ in range(MAX_ITERATE if includes or revincludes else 0):
+            keys = sql_search.include_keys(self.conn, includes, revincludes, added)
+            fresh = [k for k in keys if k not in seen]
+            if not fresh:
+                break
+            seen.update(fresh)
+            added = self.current_many(fresh, visibility)
+            found += added
+        return found
 
     # access grants -----------------------------------------------------------------------
     def lock_patient(self, patient_id: str) -> None:

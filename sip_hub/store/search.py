@@ -17,7 +17,8 @@ from sqlalchemy import (BigInteger, ColumnElement, Connection, Integer, Select, 
                         bindparam, false, func, not_, or_, select, true)
 
 from ..fhir.indexing import other_param
-from ..fhir.search import Criterion, DateValue, ReferenceValue, SearchQuery, TokenValue
+from ..fhir.search import (Criterion, DateValue, Include, ReferenceValue, SearchQuery,
+                           TokenValue)
 from ..fhir.search_params import params_for
 from .driver import any_row
 from .records import row_to_stored as _row
@@ -461,23 +462,34 @@ def page_total(found: int, count: int, offset: int, counted: Callable[[], int]) 
     return max(counted(), offset + found) if found else counted()
 
 
-def include_keys(conn: Connection, query: SearchQuery, matches: list[Any]) -> list[tuple[str, str]]:
-    if not matches:
+def include_keys(conn: Connection, includes: list[Include], revincludes: list[Include],
+                 found: list[Any]) -> list[tuple[str, str]]:
+    """The (type, id) of what ``includes`` reach from ``found`` (stored resources of any
+    types) and of what refers to them by ``revincludes``, in the index of references."""
+    if not found:
         return []
-    ids = [m.id for m in matches]
+    by_type: dict[str, list[str]] = {}
+    for s in found:
+        by_type.setdefault(s.type, []).append(s.id)
     c = idx_reference.c
     keys: list[tuple[str, str]] = []
-    for inc in query.includes:
+    for inc in includes:
+        ids = by_type.get(inc.source_type)
+        if not ids:
+            continue
         q = select(c.target_type, c.target_id).where(
             c.res_type == inc.source_type, c.param == inc.param.name, c.res_id.in_(ids))
         if inc.target_type:
             q = q.where(c.target_type == inc.target_type)
         keys += [(r.target_type, r.target_id) for r in conn.execute(q)]
-    for inc in query.revincludes:
-        q = select(c.res_type, c.res_id).where(
-            c.res_type == inc.source_type, c.param == inc.param.name,
-            c.target_type == query.resource_type, c.target_id.in_(ids))
-        keys += [(r.res_type, r.res_id) for r in conn.execute(q)]
+    for inc in revincludes:
+        for rtype, ids in by_type.items():
+            if inc.param.targets and rtype not in inc.param.targets:
+                continue
+            q = select(c.res_type, c.res_id).where(
+                c.res_type == inc.source_type, c.param == inc.param.name,
+                c.target_type == rtype, c.target_id.in_(ids))
+            keys += [(r.res_type, r.res_id) for r in conn.execute(q)]
     return list(dict.fromkeys(keys))
 
 

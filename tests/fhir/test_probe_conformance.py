@@ -240,7 +240,9 @@ def test_search_documentation_is_true(client):
     _four_xx(client.get("/fhir/CarePlan?bogus=1"))
     r = client.get("/fhir/CarePlan?bogus=1", headers={"Prefer": "handling=lenient"})
     assert _ok_bundle(r)["entry"][-1]["search"]["mode"] == "outcome"
-    _four_xx(client.get("/fhir/CarePlan?_include:iterate=CarePlan:goal"))
+    assert ":iterate" in doc
+    _ok_bundle(client.get("/fhir/CarePlan?_include:iterate=CarePlan:goal"))
+    _four_xx(client.get("/fhir/CarePlan?_include:often=CarePlan:goal"))
     _ok_bundle(client.get("/fhir/CarePlan?patient.identifier=x"))
     # _summary and _elements, as the documentation says, each subset tagged
     assert "_elements" in doc and "SUBSETTED" in doc

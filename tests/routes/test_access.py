@@ -81,6 +81,14 @@ def test_outsider_sees_nothing_through_any_path(client, world):
         assert b.get("total", 0) == 0 and "entry" not in b, url
     assert get(client, "/fhir/CarePlan/_history", h).status_code == 403
     assert get(client, "/fhir/_history", h).status_code == 403
+    # from the directory (shared), iterated includes reach nothing of the SIP
+    for url in ("/fhir/Practitioner?_revinclude:iterate=CareTeam:participant"
+                "&_include:iterate=CareTeam:patient&_include:iterate=CareTeam:participant"
+                "&_revinclude:iterate=CarePlan:care-team&_revinclude:iterate=Consent:patient",
+                "/fhir/Organization?_revinclude:iterate=CarePlan:performer"
+                "&_include:iterate=CarePlan:patient&_include:iterate=CarePlan:goal"):
+        b = get(client, url, h).json()
+        assert b["total"] > 0 and {e["search"]["mode"] for e in b["entry"]} == {"match"}, url
 
 
 def test_directory_resources_are_shared_with_every_organisation(client, world):
@@ -95,10 +103,12 @@ def test_include_never_reaches_beyond_what_is_covered(client, world, as_org):
     r = client.post("/fhir/CarePlan", content=body(own)["content"],
                     headers=JSON_HEADERS | world[OUTSIDER])
     assert r.status_code == 201
-    b = get(client, "/fhir/CarePlan?_include=CarePlan:care-team&_include=CarePlan:patient",
-            world[OUTSIDER]).json()
-    kinds = [e["resource"]["resourceType"] for e in b["entry"]]
-    assert kinds == ["CarePlan"] and b["total"] == 1
+    for url in ("/fhir/CarePlan?_include=CarePlan:care-team&_include=CarePlan:patient",
+                "/fhir/CarePlan?_include:iterate=CarePlan:care-team&_include=CarePlan:patient"
+                "&_include:iterate=CareTeam:participant&_revinclude:iterate=Goal:patient"):
+        b = get(client, url, world[OUTSIDER]).json()
+        kinds = [e["resource"]["resourceType"] for e in b["entry"]]
+        assert kinds == ["CarePlan"] and b["total"] == 1, url
 
 
 # -- consent changes take effect at once ---------------------------------------------------
