@@ -35,7 +35,7 @@ _REST = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "co
 _INTERACTION = "http://hl7.org/fhir/restful-interaction"
 _ACTION = {"read": "R", "vread": "R", "search-type": "E", "history-instance": "R",
            "history-type": "R", "history-system": "R", "create": "C", "update": "U",
-           "delete": "D"}
+           "patch": "U", "delete": "D"}
 _PURPOSE = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 # IHE Basic Audit Log Patterns: the transaction's X-Request-ID as an entity of the event.
 _REQUEST_ENTITY = {"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType",

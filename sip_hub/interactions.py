@@ -17,8 +17,9 @@ import orjson
 from . import access as acl, process
 from .access import Access
 from .audit import AuditLog, AuditRecord
-from .errors import BadRequest, Forbidden, Gone, NotFound, PreconditionFailed, SipHubError
-from .fhir import exact, search as fhir_search, subset as fhir_subset
+from .errors import (BadRequest, Forbidden, Gone, NotFound, PreconditionFailed, SipHubError,
+                     Unprocessable)
+from .fhir import exact, patch as json_patch, search as fhir_search, subset as fhir_subset
 from .fhir.dates import format_instant, now_utc
 from .fhir.outcome import information
 from .fhir.validation import check_id
@@ -321,6 +322,34 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
                       process_rules=process_rules, locked=True)
     _written(tx, ctx, "create" if created else "update", old, stored)
     return Result(201 if created else 200, stored)
+
+
+def patch(tx: Tx, ctx: Context, rtype: str, rid: str, ops: Any, *,
+          if_match: str | None = None) -> Result:
+    """FHIR's patch with a JSON Patch: applied to the current version, which is locked first
+    (no other write changes it between the patch and its write), then written as an update
+    of that version through every rule of one. The caller must be able to read the resource
+    (a ``test`` operation would tell what it holds)."""
+    check_type(rtype, write=True)
+    ctx.access.check(rtype, "u")
+    check_id(rid)
+    change = json_patch.parse(ops)
+    tx.lock_resource(rtype, rid)
+    cur = tx.current(rtype, rid)
+    if cur is None:
+        raise NotFound(f"{rtype}/{rid} is not known: a patch changes a resource that is")
+    if cur.deleted:
+        raise Gone(f"{rtype}/{rid} was deleted (version {cur.version_id})",
+                   headers={"ETag": etag(cur)})
+    _guard_read(tx, ctx, cur, "patch")
+    version = expected_version(if_match, cur, f"{rtype}/{rid}")
+    if version is not None and version != cur.version_id:
+        raise PreconditionFailed(f"{rtype}/{rid} is at version {cur.version_id}, not "
+                                 f"{version} (If-Match)")
+    patched = json_patch.apply(cur.doc(), change)
+    if not isinstance(patched, dict):
+        raise Unprocessable("The patch replaces the whole resource with something else")
+    return update(tx, ctx, rtype, rid, patched, if_match=etag(cur), locked=True)
 
 
 def conditional_update(tx: Tx, ctx: Context, rtype: str, criteria: str | list[tuple[str, str]],

@@ -40,3 +40,22 @@ def create(client: Any, resource: dict[str, Any]) -> dict[str, Any]:
     r = client.post(f"/fhir/{resource['resourceType']}", **body(resource))
     assert r.status_code == 201, r.text
     return r.json()
+
+
+def store_all(client: Any, resources: list[dict[str, Any]]) -> None:
+    """``resources`` written by id in one transaction (each referring only backwards)."""
+    entries = [{"resource": r, "request": {"method": "PUT",
+                                           "url": f"{r['resourceType']}/{r['id']}"}}
+               for r in resources]
+    r = client.post("/fhir", **body({"resourceType": "Bundle", "type": "transaction",
+                                     "entry": entries}))
+    assert r.status_code == 200, r.text
+
+
+def refused_400(client: Any, url: str, *needles: str) -> None:
+    """GET ``url`` is a 400 whose OperationOutcome says each of ``needles``."""
+    r = client.get(url, headers=JSON_HEADERS)
+    assert r.status_code == 400, r.text
+    text = outcome_text(r)
+    for needle in needles:
+        assert needle in text, text

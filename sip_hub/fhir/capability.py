@@ -6,12 +6,13 @@ from typing import Any
 
 from .. import __version__
 from .models import FHIR_VERSION
+from .patch import MEDIA_TYPE as PATCH_FORMAT
 from .profiles import definitions
 from .search import MAX_ITERATE, MAX_PARAMETERS, MAX_VALUES, MAX_VALUES_PER_PARAMETER
 from .search_params import READ_ONLY_TYPES, RESOURCE_TYPES, params_for
 from .sip import PROFILE_BY_TYPE
 
-_WRITE = ["create", "update", "delete"]
+_WRITE = ["create", "update", "patch", "delete"]
 _READ = ["read", "vread", "history-instance", "history-type", "search-type"]
 
 # The access log is kept by the hub in a table of its own (sip_hub/store/audit.py): no client
@@ -176,7 +177,7 @@ def capability_statement(base_url: str, software_date: str,
         "implementation": {"description": "sip_hub: SIP integration hub", "url": base_url},
         "fhirVersion": FHIR_VERSION,
         "format": ["application/fhir+json", "application/fhir+xml", "json", "xml"],
-        "patchFormat": [],
+        "patchFormat": [PATCH_FORMAT],
         "rest": [rest],
     }
     if messaging:

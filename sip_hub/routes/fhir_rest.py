@@ -19,7 +19,8 @@ from ..fhir.validation import check_id
 from ..messaging.capability import messaging_section
 from ..service import ahead_pays, basis_keys, check_type, prepare_ahead, prevalidate
 from ..store import Store, Tx
-from .wire import context, in_thread, prefer_return, read_body, respond, result_response
+from .wire import (context, in_thread, prefer_return, read_body, read_patch, respond,
+                   result_response)
 
 router = APIRouter(prefix="/fhir", tags=["FHIR"])
 _STARTED = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -188,6 +189,24 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
     if_match = request.headers.get("if-match")
     return await _write(request, rtype, "u", lambda tx, ctx, body: ix.update(
         tx, ctx, rtype, rid, body, if_match=if_match), ahead=True, replaces=rid)
+
+
+@router.patch("/{rtype}/{rid}")
+async def patch(request: Request, rtype: str, rid: str) -> Response:
+    """A JSON Patch (``application/json-patch+json``) of the current version, written as an
+    update (``interactions.patch``)."""
+    if rid[:1] in ("_", "$"):  # a keyword or an operation in an id's place: not this route's
+        raise MethodNotAllowed(f"PATCH is not allowed on {request.url.path}")
+    ctx = context(request)
+    check_type(rtype, write=True)
+    check_id(rid)
+    ctx.access.check(rtype, "u")  # refuse before any work is done on the body
+    ops = await read_patch(request, request.app.state.settings.max_body_bytes)
+    if_match = request.headers.get("if-match")
+    store = _store(request)
+    result = await in_thread(request, store.write, lambda tx: ix.patch(
+        tx, ctx, rtype, rid, ops, if_match=if_match))
+    return result_response(request, ctx, result, write=True)
 
 
 @router.delete("/{rtype}/{rid}")

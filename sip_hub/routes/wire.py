@@ -22,6 +22,7 @@ from ..access import Access
 from ..auth import bearer
 from ..errors import BadRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
 from ..fhir import exact, models, validation
+from ..fhir.patch import MEDIA_TYPE as PATCH
 from ..fhir.dates import from_us
 from ..fhir.outcome import information
 from ..interactions import Context, Result, etag, location
@@ -129,20 +130,38 @@ async def read_raw(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+async def read_patch(request: Request, max_bytes: int) -> Any:
+    """A PATCH's body: a JSON Patch document (its shape is checked by ``fhir.patch``)."""
+    ctype = _media(request.headers.get("content-type", ""))
+    if ctype != PATCH:
+        said = f"'{ctype}'" if ctype else "missing"
+        raise UnsupportedMediaType(
+            f"Content-Type is {said}: a patch is a JSON Patch, sent as {PATCH} (FHIRPath "
+            "Patch and XML Patch are not supported)")
+    raw = await read_raw(request, max_bytes)
+    if not raw.strip():
+        raise BadRequest("The request has no body")
+    return _json(raw)
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"Malformed JSON: {exc}") from None
+    try:  # (a decimal as written, exact.Exact; a key given twice refused)
+        return exact.as_written(raw, body, _check_depth(body))[0]
+    except ValueError as exc:  # (what orjson reads and Python's json does not)
+        raise BadRequest(f"Malformed JSON: {exc}") from None
+
+
 async def read_body(request: Request, max_bytes: int) -> Any:
     raw = await read_raw(request, max_bytes)
     if not raw.strip():
         raise BadRequest("The request has no body")
     ctype = _media(request.headers.get("content-type", ""))
     if ctype in _JSON_TYPES:
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"Malformed JSON: {exc}") from None
-        try:  # (a decimal as written, exact.Exact; a key given twice refused)
-            return exact.as_written(raw, body, _check_depth(body))[0]
-        except ValueError as exc:  # (what orjson reads and Python's json does not)
-            raise BadRequest(f"Malformed JSON: {exc}") from None
+        return _json(raw)
     if ctype in _XML_TYPES:
         return models.from_xml(raw)  # (which refuses what is nested too deep itself)
     if not ctype:

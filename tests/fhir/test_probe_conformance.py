@@ -155,9 +155,13 @@ def test_declared_flags_hold(client):
     assert {i["code"] for i in _rest(client)["interaction"]} == {
         "transaction", "batch", "history-system"}
     _ok_bundle(client.get("/fhir/_history?_count=1"))
-    assert _cs(client)["patchFormat"] == []
+    assert _cs(client)["patchFormat"] == ["application/json-patch+json"]
     _four_xx(client.patch("/fhir/Patient/probe-p", content=b"[]",
                           headers={"content-type": "application/json-patch+json"}))
+    r = client.patch("/fhir/Patient/probe-p",
+                     content=b'[{"op":"add","path":"/gender","value":"female"}]',
+                     headers={"content-type": "application/json-patch+json"})
+    assert r.status_code == 200 and r.json()["gender"] == "female", r.text
 
 
 # -- search parameters, includes and revincludes ----------------------------------------------

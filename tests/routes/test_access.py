@@ -342,3 +342,42 @@ def test_only_what_is_written_while_a_consent_is_in_force_is_withheld(client, wo
         "content"], headers=JSON_HEADERS | world[OUTSIDER])
     assert r.status_code == 200, r.text
     assert get(client, f"/fhir/Task/{during}", world[SOC]).status_code == 403
+
+
+# -- a patch is held to the rules of an update -------------------------------------------------
+
+PATCH_HEADERS = {"content-type": "application/json-patch+json"}
+
+
+def _patch(client, headers, ops, **extra):
+    return client.patch("/fhir/CarePlan/alva-sip", content=body(ops)["content"],
+                        headers=PATCH_HEADERS | headers | extra)
+
+
+def test_a_participant_patches_the_status_of_its_own_insats_only(client, world):
+    before = _plan(client, world[BUP])
+    r = _patch(client, world[BUP], [
+        {"op": "test", "path": "/activity/0/detail/status",
+         "value": before["activity"][0]["detail"]["status"]},
+        {"op": "replace", "path": "/activity/0/detail/status", "value": "in-progress"}],
+        **{"If-Match": f'W/"{before["meta"]["versionId"]}"'})
+    assert r.status_code == 200, r.text
+    after = _plan(client, world[BUP])
+    assert after["activity"][0]["detail"]["status"] == "in-progress"
+    assert after["activity"][1:] == before["activity"][1:]
+    for ops in ([{"op": "replace", "path": "/activity/1/detail/status", "value": "completed"}],
+                [{"op": "replace", "path": "/description", "value": "Ändrad av BUP"}],
+                [{"op": "remove", "path": "/activity/1"}]):
+        r = _patch(client, world[BUP], ops)
+        assert r.status_code == 403, (ops, r.text)
+    assert _plan(client, world[BUP]) == after
+
+
+def test_an_outsider_cannot_patch_nor_probe_with_a_test(client, world):
+    version = _plan(client, world[SOC])["meta"]["versionId"]
+    for value in ("active", "draft", "completed"):
+        r = _patch(client, world[OUTSIDER], [{"op": "test", "path": "/status",
+                                              "value": value}])
+        assert r.status_code == 403, r.text
+        assert "alva" not in outcome_text(r).lower()
+    assert _plan(client, world[SOC])["meta"]["versionId"] == version

@@ -20,7 +20,7 @@ import pytest
     ("PATCH", "/fhir/CarePlan/_history", "GET, HEAD"),
     ("PATCH", "/fhir/_history", "GET, HEAD"),
     # the generic routes where they are the path's own
-    ("PATCH", "/fhir/CarePlan/alva-sip", "DELETE, GET, HEAD, PUT"),
+    ("POST", "/fhir/CarePlan/alva-sip", "DELETE, GET, HEAD, PATCH, PUT"),
     ("PATCH", "/fhir/CarePlan", "GET, HEAD, POST, PUT"),
     ("PUT", "/fhir/CarePlan", "GET, HEAD, POST"),
     ("DELETE", "/healthz", "GET, HEAD"),

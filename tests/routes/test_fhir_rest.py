@@ -334,7 +334,7 @@ def test_unknown_id_is_404_and_bad_id_is_400(client):
 
 
 def test_method_not_allowed_is_405_operation_outcome(client):
-    r = client.patch("/fhir/Patient/1", content=b"[]")
+    r = client.post("/fhir/Patient/1", content=b"{}")
     assert r.status_code == 405
     assert r.json()["resourceType"] == "OperationOutcome"
 

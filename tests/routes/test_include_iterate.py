@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import sip_factory as f
-from fhirhttp import JSON_HEADERS, body, outcome_text
+from fhirhttp import JSON_HEADERS, body, refused_400, store_all
 from sip_hub.fhir.search import MAX_ITERATE
 
 Json = dict[str, Any]
@@ -19,12 +19,7 @@ Json = dict[str, Any]
 def alva(client: Any) -> dict[str, Json]:
     """The demo SIP stored; its resources by reference."""
     resources = f.demo_case()
-    entries = [{"resource": r, "request": {"method": "PUT",
-                                           "url": f"{r['resourceType']}/{r['id']}"}}
-               for r in resources]
-    r = client.post("/fhir", **body({"resourceType": "Bundle", "type": "transaction",
-                                     "entry": entries}))
-    assert r.status_code == 200, r.text
+    store_all(client, resources)
     return {f"{r['resourceType']}/{r['id']}": r for r in resources}
 
 
@@ -110,6 +105,4 @@ def test_iterate_goes_through_nothing_the_caller_may_not_see(client, alva, as_or
     ("CarePlan?_include=CareTeam:participant", "_include"),
 ])
 def test_an_iterate_that_cannot_be_done_is_a_400(client, alva, query, where):
-    r = client.get(f"/fhir/{query}", headers=JSON_HEADERS)
-    assert r.status_code == 400, r.text
-    assert where in outcome_text(r)
+    refused_400(client, f"/fhir/{query}", where)

@@ -9,7 +9,7 @@ import pytest
 from lxml import etree
 
 import sip_factory as f
-from fhirhttp import JSON_HEADERS, body, create, outcome_text
+from fhirhttp import JSON_HEADERS, body, create, refused_400, store_all
 
 Json = dict[str, Any]
 
@@ -30,12 +30,7 @@ CAREPLAN_MODIFIERS = {"implicitRules", "modifierExtension", "status", "intent"}
 @pytest.fixture
 def alva(client: Any) -> Json:
     """The demo SIP stored; its CarePlan as read back whole."""
-    entries = [{"resource": r, "request": {"method": "PUT",
-                                           "url": f"{r['resourceType']}/{r['id']}"}}
-               for r in f.demo_case()]
-    r = client.post("/fhir", **body({"resourceType": "Bundle", "type": "transaction",
-                                     "entry": entries}))
-    assert r.status_code == 200, r.text
+    store_all(client, f.demo_case())
     plan = client.get("/fhir/CarePlan/alva-sip", headers=JSON_HEADERS).json()
     # what the tests below tell apart is there to tell
     assert {"activity", "goal", "careTeam", "extension"} <= set(plan), sorted(plan)
@@ -207,9 +202,7 @@ def test_paging_keeps_the_subset(client, alva):
     ("CarePlan/alva-sip/_history/1?_summary=maybe", "_summary"),
 ])
 def test_a_subset_that_cannot_be_made_is_a_400(client, alva, query, where):
-    r = client.get(f"/fhir/{query}", headers=JSON_HEADERS)
-    assert r.status_code == 400, r.text
-    assert where in outcome_text(r)
+    refused_400(client, f"/fhir/{query}", where)
 
 
 def test_an_unknown_element_is_ignored_under_lenient_handling(client, alva):

@@ -1,0 +1,55 @@
+"""JSON Patch (RFC 6902), the form of FHIR's ``patch`` interaction the hub takes: the one door
+to the ``jsonpatch`` library.
+
+A patch document is checked for its shape before it is applied (a 400 names the fault); one
+that cannot be applied to the resource as it is (a path that is not there, a ``test`` that
+fails) is a 422 naming the operation. What a patch makes is then written as an update, through
+every rule a PUT goes through.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonpatch
+import jsonpointer
+
+from ..errors import BadRequest, Unprocessable
+
+MEDIA_TYPE = "application/json-patch+json"
+
+
+def parse(ops: Any) -> jsonpatch.JsonPatch:
+    """A JSON Patch document (a list of operations), or a 400 saying what is wrong with it."""
+    if not isinstance(ops, list) or not ops:
+        raise BadRequest("A JSON Patch is a JSON array of operations (RFC 6902), with at "
+                         "least one")
+    for i, op in enumerate(ops):
+        if not isinstance(op, dict) or not isinstance(op.get("op"), str) or \
+                not isinstance(op.get("path"), str):
+            raise BadRequest(f"Operation {i} of the patch needs \"op\" and \"path\", as "
+                             "strings", expression=f"[{i}]")
+        if op["path"] and not op["path"].startswith("/"):
+            raise BadRequest(f"Operation {i} of the patch: path '{op['path'][:80]}' is not a "
+                             "JSON Pointer (it starts with '/')", expression=f"[{i}].path")
+    try:
+        return jsonpatch.JsonPatch(ops)
+    except (jsonpatch.InvalidJsonPatch, jsonpointer.JsonPointerException) as exc:
+        raise BadRequest(f"The patch is not a valid JSON Patch: {exc}") from None
+
+
+def apply(doc: dict[str, Any], patch: jsonpatch.JsonPatch) -> Any:
+    """``doc`` (left as it is) with ``patch`` applied, or a 422 with the operation that could
+    not be."""
+    try:
+        return patch.apply(doc, in_place=False)
+    except jsonpatch.JsonPatchTestFailed as exc:
+        raise Unprocessable(f"The patch's test failed: {exc}") from None
+    except jsonpatch.InvalidJsonPatch as exc:  # (an operation's members, checked as it runs)
+        raise BadRequest(f"The patch is not a valid JSON Patch: {exc}") from None
+    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+        raise Unprocessable(f"The patch cannot be applied to the resource as it is: {exc}"
+                            ) from None
+    except (TypeError, ValueError, IndexError, KeyError) as exc:  # (an odd path into a value)
+        raise Unprocessable(f"The patch cannot be applied to the resource as it is: {exc}"
+                            ) from None

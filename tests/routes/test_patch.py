@@ -1,0 +1,145 @@
+"""FHIR's patch interaction with a JSON Patch (RFC 6902): applied to the current version and
+written as an update of it; a patch that is malformed, cannot be applied or makes an invalid
+resource is refused with an OperationOutcome and stores nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from fhirhttp import JSON_HEADERS, create, outcome_text
+
+PATCH = {"content-type": "application/json-patch+json", "accept": "application/fhir+json"}
+Json = dict[str, Any]
+
+
+def _org(client: Any) -> Json:
+    return create(client, {"resourceType": "Organization", "name": "Socialtjänsten",
+                           "active": True, "alias": ["Soc"]})
+
+
+def _patch(client: Any, url: str, ops: Any, **headers: str) -> Any:
+    raw = ops if isinstance(ops, bytes) else orjson.dumps(ops)
+    return client.patch(f"/fhir/{url}", content=raw, headers={**PATCH, **headers})
+
+
+def _versions(client: Any, url: str) -> int:
+    r = client.get(f"/fhir/{url}/_history", headers=JSON_HEADERS)
+    assert r.status_code == 200, r.text
+    return r.json()["total"]
+
+
+def test_a_patch_changes_the_current_version_into_a_new_one(client):
+    org = _org(client)
+    url = f"Organization/{org['id']}"
+    r = _patch(client, url, [{"op": "replace", "path": "/name", "value": "Omsorgen"},
+                             {"op": "add", "path": "/alias/-", "value": "Oms"},
+                             {"op": "remove", "path": "/active"}])
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["name"] == "Omsorgen" and got["alias"] == ["Soc", "Oms"] and "active" not in got
+    assert got["meta"]["versionId"] == "2" and r.headers["etag"] == 'W/"2"'
+    assert r.headers["location"].endswith(f"/{url}/_history/2")
+    assert client.get(f"/fhir/{url}", headers=JSON_HEADERS).json() == got
+    assert client.get(f"/fhir/{url}/_history/1", headers=JSON_HEADERS).json()["name"] == \
+        "Socialtjänsten"
+
+
+def test_if_match_guards_a_patch(client):
+    org = _org(client)
+    url = f"Organization/{org['id']}"
+    ops = [{"op": "replace", "path": "/name", "value": "Ny"}]
+    assert _patch(client, url, ops, **{"If-Match": 'W/"1"'}).status_code == 200
+    r = _patch(client, url, [{"op": "replace", "path": "/name", "value": "Äldre"}],
+               **{"If-Match": 'W/"1"'})
+    assert r.status_code == 412, r.text
+    assert client.get(f"/fhir/{url}", headers=JSON_HEADERS).json()["name"] == "Ny"
+    assert _versions(client, url) == 2
+
+
+@pytest.mark.parametrize("prefer, status_body", [
+    ("return=minimal", b""), ("return=OperationOutcome", b"OperationOutcome")])
+def test_a_patch_answers_as_prefer_asks(client, prefer, status_body):
+    org = _org(client)
+    r = _patch(client, f"Organization/{org['id']}",
+               [{"op": "replace", "path": "/name", "value": "X"}], Prefer=prefer)
+    assert r.status_code == 200, r.text
+    assert (status_body in r.content) if status_body else r.content == b""
+    assert r.headers["etag"] == 'W/"2"'
+
+
+def test_a_decimal_patched_in_is_kept_as_written(client):
+    patient = create(client, {"resourceType": "Patient", "name": [{"family": "Ek"}]})
+    goal = create(client, {"resourceType": "Goal", "lifecycleStatus": "active",
+                           "description": {"text": "Gå"},
+                           "subject": {"reference": f"Patient/{patient['id']}"}})
+    raw = (b'[{"op":"add","path":"/target","value":[{"measure":{"text":"m"},'
+           b'"detailQuantity":{"value":1.50}}]}]')
+    r = _patch(client, f"Goal/{goal['id']}", raw)
+    assert r.status_code == 200, r.text
+    assert b'"detailQuantity":{"value":1.50}' in r.content
+    assert b'"value":1.50' in client.get(f"/fhir/Goal/{goal['id']}", headers=JSON_HEADERS).content
+
+
+@pytest.mark.parametrize("ops, status, says", [
+    ({"op": "replace", "path": "/name", "value": "x"}, 400, "array"),
+    ([], 400, "array"),
+    ([{"op": "frobnicate", "path": "/name"}], 400, "frobnicate"),
+    ([{"op": "replace", "value": "x"}], 400, "path"),
+    ([{"op": "replace", "path": "name", "value": "x"}], 400, "JSON Pointer"),
+    ([{"op": "replace", "path": "/name"}], 400, "value"),
+    (b'[{"op":"replace","path":"/name","value":"a","value":"b"}]', 400, "twice"),
+    (b'[{"op":', 400, "Malformed JSON"),
+    ([{"op": "test", "path": "/name", "value": "Annan"}], 422, "test"),
+    ([{"op": "remove", "path": "/telecom"}], 422, "telecom"),
+    ([{"op": "add", "path": "/alias/7", "value": "x"}], 422, "cannot be applied"),
+    ([{"op": "replace", "path": "", "value": [1]}], 422, "whole resource"),
+    ([{"op": "replace", "path": "/active", "value": "kanske"}], 422, "Organization.active"),
+    ([{"op": "add", "path": "/bogus", "value": 1}], 422, "bogus"),
+    ([{"op": "replace", "path": "/resourceType", "value": "Patient"}], 400, "Patient"),
+    ([{"op": "replace", "path": "/id", "value": "annan"}], 400, "annan"),
+])
+def test_a_patch_that_cannot_be_made_is_refused_and_stores_nothing(client, ops, status, says):
+    org = _org(client)
+    url = f"Organization/{org['id']}"
+    r = _patch(client, url, ops)
+    assert r.status_code == status, r.text
+    assert says in outcome_text(r)
+    assert client.get(f"/fhir/{url}", headers=JSON_HEADERS).json() == org
+    assert _versions(client, url) == 1
+
+
+@pytest.mark.parametrize("ctype", ["application/fhir+json", "application/json",
+                                   "application/fhir+xml", ""])
+def test_a_patch_in_another_form_is_a_415(client, ctype):
+    org = _org(client)
+    r = client.patch(f"/fhir/Organization/{org['id']}",
+                     content=b'[{"op":"remove","path":"/alias"}]',
+                     headers={"content-type": ctype} if ctype else {})
+    assert r.status_code == 415, r.text
+    assert "application/json-patch+json" in outcome_text(r)
+
+
+def test_a_patch_of_what_is_not_there_or_was_deleted(client):
+    ops = [{"op": "remove", "path": "/alias"}]
+    r = _patch(client, "Organization/finns-inte", ops)
+    assert r.status_code == 404, r.text
+    org = _org(client)
+    assert client.delete(f"/fhir/Organization/{org['id']}").status_code == 200
+    r = _patch(client, f"Organization/{org['id']}", ops)
+    assert r.status_code == 410, r.text
+    assert _patch(client, "Organization", ops).status_code == 405
+    assert _patch(client, "Bogus/x", ops).status_code in (400, 404)
+
+
+def test_the_capability_statement_declares_json_patch(client):
+    cs = client.get("/fhir/metadata", headers=JSON_HEADERS).json()
+    assert cs["patchFormat"] == ["application/json-patch+json"]
+    org = next(r for r in cs["rest"][0]["resource"] if r["type"] == "Organization")
+    assert "patch" in {i["code"] for i in org["interaction"]}
+    audit = next(r for r in cs["rest"][0]["resource"] if r["type"] == "AuditEvent")
+    assert "patch" not in {i["code"] for i in audit["interaction"]}
+    assert client.patch("/fhir/AuditEvent/x", content=b'[{"op":"remove","path":"/a"}]',
+                        headers=PATCH).status_code in (403, 405)
