@@ -188,7 +188,7 @@ if not AS_PUBLISHED:
 # Such a key also names the value's type: ``valueString`` with ``_valueCode`` is two values,
 # which value[x] does not allow (refused by ``validation``'s ext-1, beside the count it makes).
 
-def _extension_class() -> type[FHIRAbstractModel]:
+def _extension_class() -> None:
     from pydantic import Field, create_model
     from fhir.resources.R4B import extension, fhirtypes
 
@@ -202,7 +202,6 @@ def _extension_class() -> type[FHIRAbstractModel]:
     cls: type[FHIRAbstractModel] = create_model(  # type: ignore[call-overload]
         "Extension", __base__=library, __module__=library.__module__, **fields)
     extension.Extension = cls  # type: ignore[misc]
-    return cls
 
 
 if not AS_PUBLISHED:

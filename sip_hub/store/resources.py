@@ -554,19 +554,21 @@ class Tx:
                 keys += sql_audit.revinclude_keys(self.conn, inc.param.name,
                                                   query.resource_type, [m.id for m in matches])
         seen = {(m.type, m.id) for m in matches}
-        fresh = [k for k in dict.fromkeys(keys) if k not in seen]
-        seen.update(fresh)
-        found = self.current_many(fresh, visibility)
+
+        def take(keys: list[tuple[str, str]]) -> list[Stored]:
+            """Those of ``keys`` not met before, as far as the caller may see them."""
+            fresh = [k for k in dict.fromkeys(keys) if k not in seen]
+            seen.update(fresh)
+            return self.current_many(fresh, visibility)
+
+        added = take(keys)
+        found = list(added)
         includes = [i for i in query.includes if i.iterate]
         revincludes = [i for i in query.revincludes if i.iterate]
-        added = found
         for _ in range(MAX_ITERATE if includes or revincludes else 0):
-            keys = sql_search.include_keys(self.conn, includes, revincludes, added)
-            fresh = [k for k in keys if k not in seen]
-            if not fresh:
+            if not added:
                 break
-            seen.update(fresh)
-            added = self.current_many(fresh, visibility)
+            added = take(sql_search.include_keys(self.conn, includes, revincludes, added))
             found += added
         return found
 
