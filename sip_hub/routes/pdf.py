@@ -42,6 +42,10 @@ _PARTY_HEADINGS = ("Insats", "Ansvarig", "Huvudman")
 # the page and in its text, where ReportLab's own would be an empty box read as U+0000.
 MISSING = "\ufffd"
 _REGISTERING = threading.Lock()
+# ReportLab reads a font file through one cursor of the face's (TTFontFile._pos), which making a
+# document's subsets moves: two documents saved at once read each other's glyphs (a KeyError or,
+# worse, a subset with the wrong glyphs). One document's fonts are embedded at a time.
+_EMBEDDING = threading.Lock()
 
 
 def _to_unicode(cmap: str) -> str:
@@ -55,11 +59,13 @@ def _to_unicode(cmap: str) -> str:
 
 
 class _Font(TTFont):
-    """DejaVu as ReportLab embeds it, its subsets' ToUnicode maps right for every character."""
+    """DejaVu as ReportLab embeds it: its subsets' ToUnicode maps right for every character,
+    and made for one document at a time (see _EMBEDDING)."""
 
     def addObjects(self, doc: Any) -> None:  # noqa: N802 (ReportLab's name)
         state = self.state.get(doc)
-        super().addObjects(doc)  # (which forgets the document's subsets)
+        with _EMBEDDING:
+            super().addObjects(doc)  # (which forgets the document's subsets)
         for n, subset in enumerate(state.subsets if state is not None else []):
             name = b"".join((SUBSETN(n), b"+", self.face.name,
                              self.face.subfontNameX)).decode("pdfdoc")

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import io
 import re
+import sys
 import threading
 import time
 import unicodedata
+from datetime import datetime, timezone
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,7 +20,7 @@ from pypdf import PdfReader
 
 import sip_factory as f
 from sip_hub import identifiers
-from sip_hub.routes.pdf import BOLD, REGULAR, _glyphs, _styles
+from sip_hub.routes.pdf import BOLD, REGULAR, _glyphs, _styles, render_citizen_pdf
 from sip_hub.settings import Settings
 from sip_process import write_case
 from test_citizen_pdf import activities
@@ -252,6 +254,62 @@ def test_sixteen_pdfs_at_once_each_valid_and_whole(client, portal):
             assert f"Samtidig plan {i} ÅÄÖ" in out
         texts.add(_bare(out))
     assert len(texts) <= 2  # (the same document, but for the minute in the footer)
+
+
+# Letters beyond ASCII (a PDF's first subset holds all of ASCII): each plan's own, below
+LETTERS = "ÅÄÖåäöČĐŊŠŦŽčđŋšŧžØøŁł" + "".join(map(chr, range(0x391, 0x3A2))) + \
+    "".join(map(chr, range(0x410, 0x450)))
+
+
+def _embedded(pdf: bytes) -> dict[str, bytes]:
+    """The font programs a PDF embeds, by their subset names."""
+    out = {}
+    for page in PdfReader(io.BytesIO(pdf), strict=True).pages:
+        for font in page["/Resources"]["/Font"].values():
+            font = font.get_object()
+            out[font["/BaseFont"]] = font["/FontDescriptor"]["/FontFile2"].get_data()
+    return out
+
+
+def test_pdfs_made_at_once_embed_the_same_glyphs_as_each_made_alone():
+    """Eight PDFs, each with letters of its own, made at once over and over with the
+    interpreter switching threads as often as it can: each embeds exactly the font subsets it
+    has when made alone, and says what its plan says (ReportLab reads a font file through one
+    shared cursor: two documents embedding at once read each other's glyphs)."""
+    made = datetime(2026, 12, 6, 12, tzinfo=timezone.utc)
+
+    def bundle(i: int) -> dict:
+        title = "".join(LETTERS[(i * 11 + k) % len(LETTERS)] for k in range(40))
+        plan = {"resourceType": "CarePlan", "id": f"p{i}", "status": "active",
+                "intent": "plan", "title": f"{title} plan {i}",
+                "subject": {"reference": "Patient/x"}}
+        return {"resourceType": "Bundle", "type": "searchset",
+                "entry": [{"resource": plan, "search": {"mode": "match"}}]}
+    bundles = [bundle(i) for i in range(8)]
+    alone = [_embedded(render_citizen_pdf(b, now=made)) for b in bundles]
+    assert len({tuple(sorted(fonts.values())) for fonts in alone}) == 8
+    results: list[list] = [[] for _ in bundles]
+
+    def make(i: int) -> None:
+        for _ in range(6):
+            results[i].append(render_citizen_pdf(bundles[i], now=made))
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=make, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        sys.setswitchinterval(switching)
+    for i, pdfs in enumerate(results):
+        assert len(pdfs) == 6  # (a thread that failed made fewer)
+        for pdf in pdfs:
+            assert _embedded(pdf) == alone[i]
+            text = "".join(p.extract_text() for p in PdfReader(io.BytesIO(pdf)).pages)
+            assert "".join(bundles[i]["entry"][0]["resource"]["title"].split()) in \
+                "".join(text.split())
 
 
 # -- Accept, HEAD, metadata, refusals ----------------------------------------------------------
