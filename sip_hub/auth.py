@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -154,6 +155,16 @@ def parse_scopes(text: str) -> tuple[Scope, ...]:
     return tuple(s for s in (Scope.parse(t) for t in text.split()) if s is not None)
 
 
+@dataclass(frozen=True, slots=True)
+class ConsoleSession:
+    """A signed-in operator of the web console: the admin client, the token its forms carry
+    back, and the session's id (to sign it out before it expires)."""
+
+    principal: Principal
+    csrf: str
+    jti: str
+
+
 # -- tokens ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -167,14 +178,47 @@ class TokenService:
 
     def issue(self, *, client_id: str, org: str, role: str, scope: str,
               personal_data: bool) -> dict[str, Any]:
-        now = int(time.time())
-        claims = {"iss": self.issuer, "sub": client_id, "aud": self.issuer, "iat": now,
-                  "nbf": now, "exp": now + self.lifetime, "jti": uuid.uuid4().hex,
-                  "org": org, "role": role, "scope": scope, "pd": personal_data}
-        token = jwt.encode(claims, self.keys.private[self.keys.signing_kid], algorithm=_ALG,
-                           headers={"kid": self.keys.signing_kid})
+        token = self._sign(self.issuer, self.lifetime, sub=client_id, org=org, role=role,
+                           scope=scope, pd=personal_data)
         return {"access_token": token, "token_type": "Bearer", "expires_in": self.lifetime,
                 "scope": scope}
+
+    def _sign(self, audience: str, lifetime: int, **claims: Any) -> str:
+        now = int(time.time())
+        claims |= {"iss": self.issuer, "aud": audience, "iat": now, "nbf": now,
+                   "exp": now + lifetime, "jti": uuid.uuid4().hex}
+        return jwt.encode(claims, self.keys.private[self.keys.signing_kid], algorithm=_ALG,
+                          headers={"kid": self.keys.signing_kid})
+
+    # -- the web console's sessions (``routes.admin``) --
+    # Signed as the tokens are, for another audience: a session is no API token, and an API
+    # token no session. ``csrf``: the token the console's forms carry back.
+
+    @property
+    def console_audience(self) -> str:
+        return f"{self.issuer}#console"
+
+    def issue_session(self, *, client_id: str, org: str, personal_data: bool,
+                      lifetime: int) -> str:
+        """A console session of an admin client, for ``lifetime`` seconds."""
+        return self._sign(self.console_audience, lifetime, sub=client_id, org=org,
+                          role="admin", pd=personal_data, csrf=secrets.token_urlsafe(24))
+
+    def verify_session(self, value: str) -> ConsoleSession:
+        """A console session of this hub's; Unauthorized when it is not one, has expired,
+        or its client has been disabled (whether it was signed out: the store knows)."""
+        claims = self._claims(value, self.console_audience,
+                              ["exp", "iat", "sub", "org", "csrf", "jti"])
+        sub, org, pd = claims["sub"], claims["org"], claims.get("pd")
+        csrf, jti = claims["csrf"], claims["jti"]
+        if claims.get("role") != "admin" or not (
+                isinstance(sub, str) and isinstance(org, str) and isinstance(pd, bool) and
+                isinstance(csrf, str) and csrf and isinstance(jti, str) and jti):
+            raise _invalid("The console session's claims are malformed")
+        if self.disabled is not None and self.disabled(sub):
+            raise _invalid("The session's client has been disabled")
+        return ConsoleSession(Principal(sub, org, "admin", (), pd, "", int(claims["exp"])),
+                              csrf, jti)
 
     def verify(self, token: str) -> Principal:
         principal = _verify_cached(self, token)
@@ -184,7 +228,8 @@ class TokenService:
             raise _invalid("The token's client has been disabled")
         return principal
 
-    def _verify(self, token: str) -> Principal:
+    def _claims(self, token: str, audience: str, require: list[str]) -> dict[str, Any]:
+        """The claims of a token signed by a key of this hub's, for ``audience``."""
         try:
             kid = jwt.get_unverified_header(token).get("kid")
             key = self.keys.private.get(kid) if isinstance(kid, str) else None
@@ -192,13 +237,15 @@ class TokenService:
                 raise Unauthorized("The token was not signed by a key of this hub",
                                    headers={"WWW-Authenticate": _BEARER_CHALLENGE +
                                             ', error="invalid_token"'})
-            claims = jwt.decode(token, key.public_key(), algorithms=[_ALG],
-                                audience=self.issuer, issuer=self.issuer,
-                                options={"require": ["exp", "iat", "sub", "org", "role"]})
+            return jwt.decode(token, key.public_key(), algorithms=[_ALG], audience=audience,
+                              issuer=self.issuer, options={"require": require})
         except jwt.ExpiredSignatureError:
             raise _invalid("The token has expired") from None
         except jwt.InvalidTokenError as exc:
             raise _invalid(f"The token is not valid: {_short(str(exc))}") from None
+
+    def _verify(self, token: str) -> Principal:
+        claims = self._claims(token, self.issuer, ["exp", "iat", "sub", "org", "role"])
         role = claims["role"]
         if not isinstance(role, str) or role not in ROLES:
             raise _invalid("The token has an unknown role")

@@ -71,6 +71,7 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.exceptions import OperationalError
 from kombu.message import Message
 from kombu.transport import memory
+from kombu.utils.url import maybe_sanitize_url
 
 from .errors import SipHubError, TransientError
 
@@ -763,3 +764,8 @@ class Bus:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def shown_url(url: str) -> str:
+    """A broker URL as it may be shown (the console): its password masked."""
+    return maybe_sanitize_url(url)

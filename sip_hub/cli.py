@@ -168,7 +168,7 @@ def parser() -> argparse.ArgumentParser:
     msgs = sub.add_parser("messages", help="operate on messages")
     msub = msgs.add_subparsers(dest="messages_command", required=True)
     rp = msub.add_parser("replay", help="send dead-lettered deliveries again")
-    rp.add_argument("ids", nargs="*", help="delivery ids (see /admin/messages)")
+    rp.add_argument("ids", nargs="*", help="delivery ids (see the console: /admin/messages)")
     rp.add_argument("--all", action="store_true", help="every dead-lettered delivery")
     rp.set_defaults(func=_replay, check=lambda args: _replay_usage(rp, args))
     m = sub.add_parser("migrate", help="bring the database schema to the newest version")

@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     # How long a process may go on accepting the tokens of a client disabled meanwhile
     # (`sip-hub client disable`): it reads the disabled clients at most this often.
     client_state_seconds: float = Field(default=5.0, gt=0, le=300)
+    # How long a web console session (/admin) lasts from signing in.
+    console_session_minutes: int = Field(default=30, ge=1, le=720)
     issuer: str = "sip_hub"
     # A SIP without any write for this many days is inactive (a deadline Task asks the
     # coordinator to follow it up or close it); deadlines are scanned in the API process every

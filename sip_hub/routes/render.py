@@ -8,14 +8,27 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ..fhir import profiles, sip
+from ..fhir.dates import from_us
 from ..fhir.indexing import split_reference
 
 
 @lru_cache(maxsize=1)
 def _env() -> Environment:
-    return Environment(loader=PackageLoader("sip_hub", "templates"),
-                       autoescape=select_autoescape(["html"]), trim_blocks=True,
-                       lstrip_blocks=True)
+    env = Environment(loader=PackageLoader("sip_hub", "templates"),
+                      autoescape=select_autoescape(["html"]), trim_blocks=True,
+                      lstrip_blocks=True)
+    env.filters["when"] = _when
+    return env
+
+
+def _when(us: int | None) -> str:
+    """A time the store keeps (UTC microseconds) as people read it, to the second."""
+    return "–" if us is None else from_us(us).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def render_page(name: str, **context: Any) -> str:
+    """A template of sip_hub/templates (the console's pages) with ``context``."""
+    return _env().get_template(name).render(**context)
 
 
 def _ext(holder: dict[str, Any], url: str) -> Any:

@@ -1,13 +1,14 @@
-"""API client records."""
+"""API client records, and the web console's sessions signed out."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from .resources import Store
-from .schema import api_client
+from .schema import api_client, console_session_ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +60,23 @@ def disabled_clients(store: Store) -> frozenset[str]:
         rows = tx.conn.execute(select(api_client.c.client_id).where(
             api_client.c.active.is_(False))).all()
     return frozenset(row.client_id for row in rows)
+
+
+# -- web console sessions (``routes.admin``) ---------------------------------------------------
+
+def end_session(store: Store, jti: str, expires: int, now: int) -> None:
+    """Sign a console session out before it expires (UTC seconds); forget those that have."""
+    t = console_session_ended
+    try:
+        with store.begin() as tx:
+            tx.conn.execute(delete(t).where(t.c.expires < now))
+            if tx.conn.execute(select(t.c.jti).where(t.c.jti == jti)).first() is None:
+                tx.conn.execute(insert(t).values(jti=jti, expires=expires))
+    except IntegrityError:
+        pass  # (signed out twice at once: the other recorded it)
+
+
+def session_ended(store: Store, jti: str) -> bool:
+    t = console_session_ended
+    with store.begin(write=False) as tx:
+        return tx.conn.execute(select(t.c.jti).where(t.c.jti == jti)).first() is not None

@@ -386,6 +386,34 @@ def find(tx: Tx, *, ids: Sequence[str] | None = None, states: Sequence[str] | No
     return _with_messages(tx, tx.conn.execute(q).all())
 
 
+def page(tx: Tx, state: str, org: str | None, after: tuple[int, str] | None, limit: int, *,
+         oldest_first: bool = False) -> list[Delivery]:
+    """Deliveries in ``state`` (to ``org``) by their last or next attempt, the latest first
+    (``oldest_first``: the earliest), after ``after`` (the previous page's last one's
+    next_attempt_at and id): the (state, next_attempt_at) index reads them in that order."""
+    q = select(*_OWN_COLUMNS).where(_D.state == state)
+    if org is not None:
+        q = q.where(_D.dest_org == org)
+    if after is not None:
+        at, last = after
+        beyond = (lambda c, v: c > v) if oldest_first else (lambda c, v: c < v)
+        q = q.where(or_(beyond(_D.next_attempt_at, at),
+                        and_(_D.next_attempt_at == at, beyond(_D.id, last))))
+    order = (_D.next_attempt_at, _D.id) if oldest_first else \
+        (_D.next_attempt_at.desc(), _D.id.desc())
+    return _with_messages(tx, tx.conn.execute(q.order_by(*order).limit(limit)).all())
+
+
+def counts_by_org(tx: Tx) -> dict[str, dict[str, int]]:
+    """Open and dead deliveries per organisation and state (what operators act on)."""
+    q = select(_D.dest_org, _D.state, func.count()).where(
+        _D.state.in_((PENDING, PUBLISHED, DEAD))).group_by(_D.dest_org, _D.state)
+    out: dict[str, dict[str, int]] = {}
+    for org, state, n in tx.conn.execute(q):
+        out.setdefault(org, {})[state] = int(n)
+    return out
+
+
 def open_orgs(tx: Tx) -> set[str]:
     """Organisations with deliveries on their way (whose bus queues must be consumed)."""
     q = select(_D.dest_org).where(_open(_D.state)).distinct()

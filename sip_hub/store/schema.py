@@ -107,6 +107,15 @@ api_client = Table(
     Column("personal_data", Boolean, nullable=False, server_default=false()),
 )
 
+# Web console sessions signed out before they expire (``routes.admin``): a session is a signed
+# cookie, good until it expires unless named here. Rows go once their session would have.
+console_session_ended = Table(
+    "console_session_ended", metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("expires", BigInteger, nullable=False),  # UTC seconds
+    Index(None, "expires"),
+)
+
 # -- messaging (sip_hub.messaging) -------------------------------------------------------------
 
 # Outgoing messages: the transactional outbox. A message is written in the transaction of the

@@ -30,7 +30,7 @@ from conftest import issue_token
 from fhirhttp import JSON_HEADERS, body
 from sip_hub.app import create_app
 from sip_hub.bus import Bus
-from sip_hub.messaging import builder
+from sip_hub.messaging import builder, outbox
 from sip_hub.messaging.config import MessagingSettings
 from sip_hub.messaging.delivery import Deliverer
 from sip_hub.messaging.http import HttpClient
@@ -202,6 +202,19 @@ class Hub:
         return self.client.put(f"/fhir/{resource['resourceType']}/{resource['id']}",
                                content=orjson.dumps(resource),
                                headers=JSON_HEADERS | self.headers[org])
+
+
+def responses_to(hub: Hub, org: str, n: int) -> None:
+    """``n`` messages to ``org``, one each of ``n`` SIPs, written to the outbox (responses:
+    no consent to check, as these patients have none)."""
+    with hub.store.begin() as tx:
+        for i in range(n):
+            note = builder.message("follow-up-scheduled", fhir_base="http://hub.test/fhir",
+                                   sender=SOC, destinations=[builder.Party(org, "x")],
+                                   focus=[f"CarePlan/plan-{i}", f"Patient/p{i}"],
+                                   resources=[])
+            outbox.enqueue(tx, note, [org], kind=outbox.RESPONSE,
+                           sip=outbox.SipKey(f"p{i}", f"plan-{i}"))
 
 
 def settled(hub: Hub) -> bool:

@@ -12,7 +12,7 @@ import pytest
 import sip_factory as f
 from harness import (BUP, SCHOOL, SOC, Hub, Receiver, broker, hub, receivers,  # noqa: F401
                      world)
-from harness import settled
+from harness import responses_to, settled
 from sip_hub.bus import ATTEMPTS, REASON, Bus, BusUnavailable
 from sip_hub.fhir.dates import now_utc, to_us
 from sip_hub.messaging import builder, outbox
@@ -365,18 +365,6 @@ def test_order_is_kept_per_sip_for_each_destination(world: Hub, receivers: Any) 
     assert school.header_ids == order   # the same messages, in the same order
 
 
-def _eight_sips_to(hub: Hub, org: str) -> None:
-    with hub.store.begin() as tx:
-        for i in range(8):
-            note = builder.message("follow-up-scheduled", fhir_base="http://hub.test/fhir",
-                                   sender=SOC, destinations=[builder.Party(org, "x")],
-                                   focus=[f"CarePlan/plan-{i}", f"Patient/p{i}"],
-                                   resources=[])
-            # Responses: no consent to check (these patients have none).
-            outbox.enqueue(tx, note, [org], kind=outbox.RESPONSE,
-                           sip=outbox.SipKey(f"p{i}", f"plan-{i}"))
-
-
 def _in_flight(meet: int) -> tuple[Callable[[Any], Any], list[int]]:
     """A receiver hook holding each request until ``meet`` are in flight together (a barrier:
     fewer at once time out and are answered 503); and the most that were."""
@@ -407,7 +395,7 @@ def test_one_organisations_sips_are_posted_side_by_side_four_at_most(
     bup = receivers()
     hub.configure({BUP: bup.url})
     bup.on_arrival, most = _in_flight(4)
-    _eight_sips_to(hub, BUP)
+    responses_to(hub, BUP, 8)
     hub.rounds(lambda: settled(hub))
     assert [(d.state, d.attempts) for d in hub.deliveries()] == [("delivered", 1)] * 8
     assert len(bup.received) == 8 and most[0] == 4
@@ -418,7 +406,7 @@ def test_an_endpoint_configured_for_one_request_at_a_time_gets_one_at_a_time(
     bup = receivers()
     hub.configure({BUP: bup.url}, entries={BUP: {"maxConcurrent": 1}})
     bup.on_arrival, most = _in_flight(1)
-    _eight_sips_to(hub, BUP)
+    responses_to(hub, BUP, 8)
     hub.rounds(lambda: settled(hub))
     assert [(d.state, d.attempts) for d in hub.deliveries()] == [("delivered", 1)] * 8
     assert len(bup.received) == 8 and most[0] == 1
