@@ -41,6 +41,9 @@ def parse_scopes(scope: str) -> list[str]:
     return scopes
 
 
+NAME_MAX, SCOPE_MAX = 255, 2000  # (the columns' lengths: PostgreSQL refuses longer)
+
+
 def create_client(store: Store, *, org: str, scope: str, name: str | None = None,
                   role: str = "organization", personal_data: bool = False) -> dict[str, Any]:
     try:
@@ -53,6 +56,10 @@ def create_client(store: Store, *, org: str, scope: str, name: str | None = None
     if personal_data and role != "admin":
         raise BadRequest("--personal-data is only for admin clients; organisation and portal "
                          "clients see personal data by the SIP rules")
+    if name is not None and (len(name) > NAME_MAX or not name.isprintable()):
+        raise BadRequest(f"--name must be at most {NAME_MAX} printable characters")
+    if len(" ".join(scopes)) > SCOPE_MAX:
+        raise BadRequest(f"The scopes must be at most {SCOPE_MAX} characters together")
     client_id = f"sip-{uuid.uuid4().hex[:20]}"
     secret = secrets.token_urlsafe(32)
     insert_client(store, ClientRecord(client_id, _hasher.hash(secret), hsa, " ".join(scopes),
@@ -82,7 +89,8 @@ def authenticate(store: Store, client_id: str, secret: str) -> ClientRecord | No
 def set_disabled(store: Store, client_id: str, disabled: bool) -> None:
     """Disable a client (its secret no longer gets a token, and the hub refuses the tokens it
     holds within ``ClientStates.max_age``), or enable it again."""
-    if not set_client_active(store, client_id, not disabled):
+    if not _CLIENT_ID.fullmatch(client_id) or not set_client_active(store, client_id,
+                                                                    not disabled):
         raise NotFound(f"No API client '{client_id}' (see: sip-hub client list)")
 
 

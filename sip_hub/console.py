@@ -151,7 +151,8 @@ def _cursor(before: str | None) -> tuple[int, str] | None:
     if not before:
         return None
     at, dot, delivery = before.partition(".")
-    if not (dot and at.isdigit() and len(at) <= 19 and 0 < len(delivery) <= 64):
+    if not (dot and at.isdecimal() and int(at) < 2**63 and 0 < len(delivery) <= 64 and
+            delivery.isprintable()):
         raise BadRequest("before is not a page of this list (follow the console's links)",
                          expression="before")
     return int(at), delivery

@@ -312,6 +312,10 @@ def test_deliveries_page_by_page_and_an_organisations_dead_sent_again_at_once(
     ("/admin/messages?state=lost", 400, "state must be one of"),
     ("/admin/messages?before=yesterday", 400, "before is not a page"),
     ("/admin/messages?before=1.", 400, "before is not a page"),
+    ("/admin/messages?before=99999999999999999999.x", 400, "before is not a page"),
+    ("/admin/messages?before=9999999999999999999.x", 400, "before is not a page"),
+    ("/admin/messages?before=1.%00", 400, "before is not a page"),
+    ("/admin/messages?org=%00", 400, "HSA-id"),
     ("/admin/messages?org=SE123", 400, "org must be an organisation&#39;s HSA-id"),
     ("/admin/messages/not%20an%20id", 400, "not a valid FHIR id"),
     ("/admin/messages/0c2f9a51-0000-4000-8000-000000000000", 404, "No delivery"),
@@ -356,8 +360,9 @@ def test_clients_are_registered_disabled_and_enabled_from_the_console(hub: Hub) 
     # Not the client one is signed in with
     r = hub.client.post(f"/admin/clients/{me['client_id']}/disable", data={"csrf": csrf})
     assert r.status_code == 400 and "signed in with this client" in r.text
-    r = hub.client.post("/admin/clients/sip-nobody/disable", data={"csrf": csrf})
-    assert r.status_code == 404
+    for nobody in ("sip-nobody", "sip%00x", "x" * 65, "%C3%A5"):
+        r = hub.client.post(f"/admin/clients/{nobody}/disable", data={"csrf": csrf})
+        assert r.status_code == 404, nobody
     r = hub.client.post(f"/admin/clients/{client_id}/delete", data={"csrf": csrf})
     assert r.status_code == 404
 
@@ -368,6 +373,7 @@ def test_clients_are_registered_disabled_and_enabled_from_the_console(hub: Hub) 
     ({"org": SOC, "scope": ""}, "At least one scope"),
     ({"org": SOC, "scope": "system/*.rs", "role": "root"}, "--role must be one of"),
     ({"org": SOC, "scope": "system/*.rs", "personal_data": "on"}, "only for admin clients"),
+    ({"org": SOC, "scope": " ".join(["system/CarePlan.rs"] * 120)}, "at most 2000"),
 ])
 def test_a_client_the_form_cannot_make_is_refused_with_the_form_kept(
         hub: Hub, fields: dict[str, str], says: str) -> None:
@@ -377,6 +383,16 @@ def test_a_client_the_form_cannot_make_is_refused_with_the_form_kept(
                                                 **fields})
     assert r.status_code == 400 and says in r.text
     assert 'value="Kvar i formuläret"' in r.text
+    assert len(clients.listing(hub.store)) == before
+
+
+@pytest.mark.parametrize("name", ["x" * 256, "NUL\x00i namnet", "rad\nbrytning"])
+def test_a_name_the_store_cannot_keep_is_refused(hub: Hub, name: str) -> None:
+    csrf = sign_in(hub)
+    before = len(clients.listing(hub.store))
+    r = hub.client.post("/admin/clients", data={"csrf": csrf, "org": SOC,
+                                                "scope": "system/*.rs", "name": name})
+    assert r.status_code == 400 and "at most 255 printable characters" in r.text
     assert len(clients.listing(hub.store)) == before
 
 
