@@ -19,7 +19,7 @@ import orjson
 
 from . import cpu, interactions as ix, logs, process as sp
 from .errors import BadRequest, InternalError, SipHubError
-from .fhir import exact
+from .fhir import exact, patch as json_patch
 from .fhir.dates import now_utc
 from .fhir.indexing import reference_holders
 from .fhir.outcome import from_error
@@ -30,7 +30,9 @@ from .store import Store, Tx
 from .ids import uuid7
 
 log = logging.getLogger("sip_hub.bundles")
-_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
+# FHIR's processing order of a transaction's entries (http.html#trules)
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3}
+_BY_ID = ("PUT", "PATCH", "DELETE")  # (the methods that write a resource named by its id)
 _STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
 
 
@@ -47,6 +49,7 @@ class _Entry:
     full_url: str | None
     if_none_exist: str | None
     if_match: str | None
+    patch: Any = None  # a PATCH's JSON Patch (its resource, a Binary, is not written)
 
 
 def _parse_url(url: str, ctx: ix.Context, where: str) -> tuple[str, str | None, str | None,
@@ -99,13 +102,22 @@ def _entries(bundle: dict[str, Any], ctx: ix.Context, first: int = 0,
             raise BadRequest(f"{where}.request.url: a {method} of one version "
                              f"('{req['url'][:80]}') is not supported; name the resource "
                              "without _history", expression=f"{where}.request.url")
-        resource = e.get("resource")
+        resource, ops = e.get("resource"), None
         if method in ("POST", "PUT") and not isinstance(resource, dict):
             raise BadRequest(f"{where}: {method} needs a resource", expression=where)
+        if method == "PATCH":
+            if rid is None:
+                raise BadRequest(f"{where}: conditional patch is not supported; name the "
+                                 "resource by its id", expression=f"{where}.request.url")
+            try:
+                resource, ops = None, json_patch.from_binary(resource)
+            except SipHubError as err:  # (named as the entry's resource, with its status)
+                raise type(err)(f"{where}: {err.diagnostics}",
+                                expression=f"{where}.resource") from None
         out.append(_Entry(i, method, rtype, rid, vid, query, has_query, resource,
                           _text(e, "fullUrl", where),
                           _text(req, "ifNoneExist", f"{where}.request"),
-                          _text(req, "ifMatch", f"{where}.request")))
+                          _text(req, "ifMatch", f"{where}.request"), ops))
     return out
 
 
@@ -160,6 +172,9 @@ def _run(tx: Tx, ctx: ix.Context, e: _Entry, resolve: Resolve | None = None) -> 
         if e.rid is None:
             raise BadRequest(f"Bundle.entry[{e.index}]: conditional delete is not supported")
         return ix.delete(tx, ctx, e.rtype, e.rid, if_match=e.if_match)
+    if e.method == "PATCH":
+        assert e.rid is not None  # (_entries refuses a conditional one)
+        return ix.patch(tx, ctx, e.rtype, e.rid, e.patch, if_match=e.if_match)
     if e.method == "POST":
         if e.rid is not None:
             raise BadRequest(f"Bundle.entry[{e.index}]: POST goes to the type, not an instance")
@@ -205,7 +220,7 @@ def _each_once(entries: list[_Entry], criteria: dict[int, str]) -> None:
     resources where the criteria said one, and every later conditional create a 412."""
     seen: dict[tuple[str, str], int] = {}
     for e in entries:
-        if e.method in ("PUT", "DELETE") and e.rid:
+        if e.method in _BY_ID and e.rid:
             first = seen.setdefault((e.rtype, e.rid), e.index)
             if first != e.index:
                 raise _with_entry(BadRequest(
@@ -267,12 +282,37 @@ def _resolve_conditional(tx: Tx, ctx: ix.Context, entries: list[_Entry],
             raise _with_entry(err, e.index) from None
 
 
+def _rewrite_patch(ops: Any, mapping: dict[str, str]) -> Any:
+    """A PATCH's operations with their references to the Bundle's entries rewritten: in a
+    value that holds references, and a value that is one (a path ending in /reference)."""
+    if not isinstance(ops, list):
+        return ops  # (refused by the patch's own checks)
+    return [{**op, "value": mapping.get(op["value"], op["value"])}
+            if isinstance(op, dict) and isinstance(op.get("path"), str) and
+            op["path"].endswith("/reference") and isinstance(op.get("value"), str)
+            else rewrite_refs(op, mapping) for op in ops]
+
+
+def _patch_refs(ops: Any) -> list[str]:
+    """The reference strings a PATCH's operations write (as _rewrite_patch finds them)."""
+    out: list[str] = []
+    for op in ops if isinstance(ops, list) else ():
+        value = op.get("value") if isinstance(op, dict) else None
+        if isinstance(value, str) and str(op.get("path", "")).endswith("/reference"):
+            out.append(value)
+        else:
+            out += [h["reference"] for h in reference_holders(value)]
+    return out
+
+
 def _placeholders_resolved(entries: list[_Entry]) -> None:
     """A ``urn:uuid:`` reference names an entry of the Bundle by its fullUrl; one left once
     every entry's is replaced names none (a typo, or a DELETE's), and was stored as it came."""
     for e in entries:
-        if isinstance(e.resource, dict):
-            for ref in (h["reference"] for h in reference_holders(e.resource)):
+        if isinstance(e.resource, dict) or e.patch is not None:
+            refs = [h["reference"] for h in reference_holders(e.resource)] \
+                if isinstance(e.resource, dict) else _patch_refs(e.patch)
+            for ref in refs:
                 if ref.startswith("urn:uuid:"):
                     raise _with_entry(BadRequest(
                         f"The reference '{ref[:80]}' names no resource the transaction "
@@ -285,7 +325,7 @@ def _lock_keys(entries: list[_Entry], criteria: dict[int, str]) -> list[str]:
     for e in entries:
         if not supported(e.rtype):
             continue
-        if e.method in ("PUT", "DELETE") and e.rid:
+        if e.method in _BY_ID and e.rid:
             if ID_RE.fullmatch(e.rid):
                 keys.append(f"write:{e.rtype}/{e.rid}")
         elif e.index in criteria:
@@ -363,6 +403,8 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
             rid = assigned.get(e.index, e.rid)
             if rid and e.index not in responses:
                 pending[(e.rtype, rid)] = {**e.resource, "id": rid}
+        elif e.patch is not None:
+            e.patch = _rewrite_patch(e.patch, mapping)
     if placeholders:
         _placeholders_resolved([e for e in entries if e.index not in responses])
     resolve = tx_resolver(tx, pending)

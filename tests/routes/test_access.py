@@ -7,6 +7,7 @@ history, search totals, _include/_revinclude, chained search and conditional cre
 
 from __future__ import annotations
 
+import base64
 import copy
 
 import pytest
@@ -381,3 +382,32 @@ def test_an_outsider_cannot_patch_nor_probe_with_a_test(client, world):
         assert r.status_code == 403, r.text
         assert "alva" not in outcome_text(r).lower()
     assert _plan(client, world[SOC])["meta"]["versionId"] == version
+
+
+def _patch_in(client, headers, kind, ops):
+    entry = {"resource": {"resourceType": "Binary", "contentType": PATCH_HEADERS["content-type"],
+                          "data": base64.b64encode(body(ops)["content"]).decode()},
+             "request": {"method": "PATCH", "url": "CarePlan/alva-sip"}}
+    return client.post("/fhir", content=body({"resourceType": "Bundle", "type": kind,
+                                              "entry": [entry]})["content"],
+                       headers=JSON_HEADERS | headers)
+
+
+@pytest.mark.parametrize("kind", ["transaction", "batch"])
+def test_a_patch_in_a_bundle_is_held_to_the_same_rules(client, world, kind):
+    version = _plan(client, world[SOC])["meta"]["versionId"]
+    r = _patch_in(client, world[OUTSIDER], kind, [{"op": "test", "path": "/status",
+                                                   "value": "active"}])
+    status = r.status_code if kind == "transaction" else \
+        int(r.json()["entry"][0]["response"]["status"])
+    assert status == 403, r.text
+    r = _patch_in(client, world[BUP], kind, [{"op": "replace", "path": "/description",
+                                              "value": "Ändrad av BUP"}])
+    status = r.status_code if kind == "transaction" else \
+        int(r.json()["entry"][0]["response"]["status"])
+    assert status == 403, r.text
+    assert _plan(client, world[SOC])["meta"]["versionId"] == version
+    r = _patch_in(client, world[BUP], kind, [
+        {"op": "replace", "path": "/activity/0/detail/status", "value": "in-progress"}])
+    assert r.status_code == 200, r.text
+    assert _plan(client, world[SOC])["activity"][0]["detail"]["status"] == "in-progress"

@@ -4,6 +4,7 @@ resource is refused with an OperationOutcome and stores nothing."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import orjson
@@ -143,3 +144,124 @@ def test_the_capability_statement_declares_json_patch(client):
     assert "patch" not in {i["code"] for i in audit["interaction"]}
     assert client.patch("/fhir/AuditEvent/x", content=b'[{"op":"remove","path":"/a"}]',
                         headers=PATCH).status_code in (403, 405)
+
+
+# -- PATCH in a Bundle: a Binary holding the JSON Patch ---------------------------------------
+
+def _binary(ops: Any, content_type: str = "application/json-patch+json") -> Json:
+    return {"resourceType": "Binary", "contentType": content_type,
+            "data": base64.b64encode(orjson.dumps(ops)).decode()}
+
+
+def _bundle(kind: str, *entries: Json) -> Json:
+    return {"resourceType": "Bundle", "type": kind, "entry": list(entries)}
+
+
+def _patch_entry(url: str, ops: Any, **request: str) -> Json:
+    return {"resource": _binary(ops), "request": {"method": "PATCH", "url": url, **request}}
+
+
+def _post(client: Any, bundle: Json) -> Any:
+    return client.post("/fhir", content=orjson.dumps(bundle), headers=JSON_HEADERS)
+
+
+def test_a_transaction_patches_by_id_with_its_other_entries(client):
+    org = _org(client)
+    url = f"Organization/{org['id']}"
+    r = _post(client, _bundle(
+        "transaction",
+        {"fullUrl": "urn:uuid:0b7a2f3e-0d59-4a57-9a4c-2b1bb8f6d001",
+         "resource": {"resourceType": "Organization", "name": "Huvudmannen"},
+         "request": {"method": "POST", "url": "Organization"}},
+        _patch_entry(url, [{"op": "replace", "path": "/name", "value": "Omsorgen"},
+                           {"op": "add", "path": "/partOf",
+                            "value": {"reference":
+                                      "urn:uuid:0b7a2f3e-0d59-4a57-9a4c-2b1bb8f6d001"}}],
+                     ifMatch='W/"1"')))
+    assert r.status_code == 200, r.text
+    created, patched = r.json()["entry"]
+    assert created["response"]["status"].startswith("201")
+    assert patched["response"]["status"].startswith("200")
+    assert patched["response"]["etag"] == 'W/"2"'
+    got = client.get(f"/fhir/{url}", headers=JSON_HEADERS).json()
+    parent = created["response"]["location"].split("/fhir/")[1].split("/_history")[0]
+    assert got["name"] == "Omsorgen" and got["partOf"] == {"reference": parent}
+    assert got["meta"]["versionId"] == "2" and got["alias"] == ["Soc"]
+
+
+def test_a_transaction_whose_patch_fails_stores_nothing(client):
+    org = _org(client)
+    url = f"Organization/{org['id']}"
+    before = client.get("/fhir/Organization", headers=JSON_HEADERS).json()["total"]
+    r = _post(client, _bundle(
+        "transaction",
+        {"resource": {"resourceType": "Organization", "name": "Ny"},
+         "request": {"method": "POST", "url": "Organization"}},
+        _patch_entry(url, [{"op": "test", "path": "/name", "value": "Något annat"},
+                           {"op": "replace", "path": "/name", "value": "Omsorgen"}])))
+    assert r.status_code == 422, r.text
+    assert "Bundle.entry[1]" in outcome_text(r) and "test failed" in outcome_text(r)
+    assert client.get("/fhir/Organization", headers=JSON_HEADERS).json()["total"] == before
+    assert _versions(client, url) == 1
+
+
+def test_a_batch_patches_each_entry_on_its_own(client):
+    org = _org(client)
+    url = f"Organization/{org['id']}"
+    r = _post(client, _bundle(
+        "batch",
+        _patch_entry(url, [{"op": "replace", "path": "/name", "value": "Omsorgen"}]),
+        _patch_entry(url, [{"op": "remove", "path": "/telecom"}]),
+        _patch_entry("Organization/finns-inte", [{"op": "remove", "path": "/name"}])))
+    assert r.status_code == 200, r.text
+    statuses = [e["response"]["status"] for e in r.json()["entry"]]
+    assert statuses[0].startswith("200") and statuses[1:] == ["422", "404"]
+    assert client.get(f"/fhir/{url}", headers=JSON_HEADERS).json()["name"] == "Omsorgen"
+
+
+@pytest.mark.parametrize(("entry", "status", "says"), [
+    ({"resource": {"resourceType": "Parameters", "parameter": [{"name": "operation"}]},
+      "request": {"method": "PATCH", "url": "Organization/x"}}, 400, "FHIRPath Patch"),
+    ({"request": {"method": "PATCH", "url": "Organization/x"}}, 400,
+     "Binary holding a JSON Patch"),
+    ({"resource": _binary([{"op": "remove", "path": "/name"}], "application/json"),
+      "request": {"method": "PATCH", "url": "Organization/x"}}, 400, "contentType must be"),
+    ({"resource": {"resourceType": "Binary", "contentType": "application/json-patch+json",
+                   "data": "inte base64!"},
+      "request": {"method": "PATCH", "url": "Organization/x"}}, 422, "Base64 decoding error"),
+    ({"resource": {"resourceType": "Binary", "contentType": "application/json-patch+json",
+                   "data": base64.b64encode(b"[{").decode()},
+      "request": {"method": "PATCH", "url": "Organization/x"}}, 400, "not base64 of a JSON"),
+    ({"resource": _binary({"op": "remove"}),
+      "request": {"method": "PATCH", "url": "Organization/x"}}, 400, "JSON array of operations"),
+    ({"resource": _binary([{"op": "remove", "path": "/name"}]),
+      "request": {"method": "PATCH", "url": "Organization?name=Soc"}}, 400, "conditional patch"),
+])
+def test_a_patch_entry_that_is_not_one_is_refused_naming_it(client, entry, status, says):
+    org = _org(client)
+    first = _patch_entry(f"Organization/{org['id']}",
+                         [{"op": "replace", "path": "/name", "value": "Omsorgen"}])
+    r = _post(client, _bundle("transaction", first, entry))
+    assert r.status_code == status, r.text
+    assert "Bundle.entry[1]" in outcome_text(r) and says in outcome_text(r)
+    assert _versions(client, f"Organization/{org['id']}") == 1
+
+
+def test_a_transaction_patches_and_puts_one_resource_once_only(client):
+    org = _org(client)
+    url = f"Organization/{org['id']}"
+    r = _post(client, _bundle(
+        "transaction",
+        {"resource": {**org, "name": "Satt"}, "request": {"method": "PUT", "url": url}},
+        _patch_entry(url, [{"op": "replace", "path": "/name", "value": "Lappad"}])))
+    assert r.status_code == 400 and "writes each resource once" in outcome_text(r)
+    assert _versions(client, url) == 1
+
+
+def test_a_patch_reference_to_no_entry_is_refused(client):
+    org = _org(client)
+    r = _post(client, _bundle("transaction", _patch_entry(
+        f"Organization/{org['id']}",
+        [{"op": "add", "path": "/partOf/reference",
+          "value": "urn:uuid:0b7a2f3e-0d59-4a57-9a4c-2b1bb8f6d0ff"}])))
+    assert r.status_code == 400 and "no such fullUrl" in outcome_text(r)
