@@ -22,7 +22,7 @@ from . import clients, identifiers
 from .audit import AuditRecord
 from .auth import Principal
 from .bus import shown_url
-from .errors import BadRequest
+from .errors import BadRequest, TransientError
 from .messaging.runtime import Messaging
 from .messaging.replay import replay_dead
 from .settings import Settings
@@ -52,7 +52,7 @@ def overview(store: Store, settings: Settings, messaging: Messaging) -> dict[str
     try:
         store.ping()
         database_ok = True
-    except Exception:  # (its reason goes to the log from /healthz; here: up or not)
+    except TransientError:  # (its reason is in the log from /healthz; here: up or not)
         database_ok = False
     counts: dict[str, int] = {}
     orgs: list[OrgRow] = []
