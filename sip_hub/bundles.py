@@ -282,26 +282,29 @@ def _resolve_conditional(tx: Tx, ctx: ix.Context, entries: list[_Entry],
             raise _with_entry(err, e.index) from None
 
 
+def _writes_reference(op: Any) -> bool:
+    """A PATCH operation whose value is a reference itself (its path ends in /reference)."""
+    return isinstance(op, dict) and isinstance(op.get("value"), str) and \
+        isinstance(op.get("path"), str) and op["path"].endswith("/reference")
+
+
 def _rewrite_patch(ops: Any, mapping: dict[str, str]) -> Any:
     """A PATCH's operations with their references to the Bundle's entries rewritten: in a
-    value that holds references, and a value that is one (a path ending in /reference)."""
+    value that holds references, and a value that is one."""
     if not isinstance(ops, list):
         return ops  # (refused by the patch's own checks)
-    return [{**op, "value": mapping.get(op["value"], op["value"])}
-            if isinstance(op, dict) and isinstance(op.get("path"), str) and
-            op["path"].endswith("/reference") and isinstance(op.get("value"), str)
+    return [{**op, "value": mapping.get(op["value"], op["value"])} if _writes_reference(op)
             else rewrite_refs(op, mapping) for op in ops]
 
 
 def _patch_refs(ops: Any) -> list[str]:
-    """The reference strings a PATCH's operations write (as _rewrite_patch finds them)."""
+    """The reference strings a PATCH's operations write (those _rewrite_patch rewrites)."""
     out: list[str] = []
     for op in ops if isinstance(ops, list) else ():
-        value = op.get("value") if isinstance(op, dict) else None
-        if isinstance(value, str) and str(op.get("path", "")).endswith("/reference"):
-            out.append(value)
-        else:
-            out += [h["reference"] for h in reference_holders(value)]
+        if _writes_reference(op):
+            out.append(op["value"])
+        elif isinstance(op, dict):
+            out += [h["reference"] for h in reference_holders(op.get("value"))]
     return out
 
 

@@ -178,20 +178,20 @@ def delivery(store: Store, delivery_id: str, principal: Principal
     return found, siblings
 
 
-def replay(store: Store, messaging: Messaging, principal: Principal,
-           ids: list[str] | None) -> list[str]:
-    """Dead deliveries (by id; None: every one) sent again, audited as the operator's."""
+def replay(store: Store, messaging: Messaging, principal: Principal, *,
+           ids: list[str] | None = None, org: str | None = None) -> list[str]:
+    """Dead deliveries sent again, audited as the operator's: those of ``ids``, or those to
+    ``org`` (up to REPLAY_AT_ONCE, the longest dead first), or every one."""
+    if org is not None:
+        with store.begin(write=False) as tx:
+            ids = [d.id for d in sql.page(tx, sql.DEAD, hsa_id(org), None, REPLAY_AT_ONCE,
+                                          oldest_first=True)]
+        if not ids:
+            return []
     with messaging.bus() as bus:
         done = replay_dead(store, bus, ids, principal=principal)
     log.info("console: %s replayed %d dead deliveries", principal.client_id, len(done))
     return done
-
-
-def dead_of(store: Store, org: str) -> list[str]:
-    """The ids of up to REPLAY_AT_ONCE dead deliveries to ``org``, the longest dead first."""
-    with store.begin(write=False) as tx:
-        found = sql.page(tx, sql.DEAD, hsa_id(org), None, REPLAY_AT_ONCE, oldest_first=True)
-    return [d.id for d in found]
 
 
 def client_rows(store: Store) -> list[ClientRecord]:

@@ -342,14 +342,18 @@ def patch(tx: Tx, ctx: Context, rtype: str, rid: str, ops: Any, *,
         raise Gone(f"{rtype}/{rid} was deleted (version {cur.version_id})",
                    headers={"ETag": etag(cur)})
     _guard_read(tx, ctx, cur, "patch")
-    version = expected_version(if_match, cur, f"{rtype}/{rid}")
-    if version is not None and version != cur.version_id:
-        raise PreconditionFailed(f"{rtype}/{rid} is at version {cur.version_id}, not "
-                                 f"{version} (If-Match)")
+    _held_to(expected_version(if_match, cur, f"{rtype}/{rid}"), cur)
     patched = json_patch.apply(cur.doc(), change)
     if not isinstance(patched, dict):
         raise Unprocessable("The patch replaces the whole resource with something else")
     return update(tx, ctx, rtype, rid, patched, if_match=etag(cur), locked=True)
+
+
+def _held_to(version: int | None, cur: Stored) -> None:
+    """A write of the locked version ``cur`` that If-Match asked to find at ``version``."""
+    if version is not None and version != cur.version_id:
+        raise PreconditionFailed(f"Version conflict: {cur.type}/{cur.id} is at version "
+                                 f"{cur.version_id}, If-Match asked for {version}")
 
 
 def conditional_update(tx: Tx, ctx: Context, rtype: str, criteria: str | list[tuple[str, str]],
@@ -392,9 +396,7 @@ def delete(tx: Tx, ctx: Context, rtype: str, rid: str, *,
     if not cur.deleted:
         _guard_write(tx, ctx, rtype, cur, None, "delete")
         process.check_plain_delete(ctx, cur.json())
-    if version is not None and version != cur.version_id:
-        raise PreconditionFailed(f"Version conflict: {rtype}/{rid} is at version "
-                                 f"{cur.version_id}, If-Match asked for {version}")
+    _held_to(version, cur)
     if cur.deleted:
         return Result(200, None, information(f"{rtype}/{rid} was already deleted"))
     done = tx.delete(rtype, rid)

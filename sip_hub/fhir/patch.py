@@ -15,10 +15,9 @@ from typing import Any
 
 import jsonpatch
 import jsonpointer
-import orjson
 
 from ..errors import BadRequest, Unprocessable
-from . import exact, validation
+from . import validation
 
 MEDIA_TYPE = "application/json-patch+json"
 
@@ -61,15 +60,15 @@ def from_binary(resource: Any) -> Any:
         raise BadRequest("A PATCH entry's Binary has the patch as its data (base64)",
                          expression="Binary.data")
     try:
-        ops = exact.loads(base64.b64decode(data, validate=True))
-    except (binascii.Error, ValueError) as exc:  # (orjson's error is a ValueError)
-        raise BadRequest(f"Binary.data is not base64 of a JSON document: {exc}",
-                         expression="Binary.data") from None
+        raw = base64.b64decode(data, validate=True)
+    except binascii.Error as exc:
+        raise BadRequest(f"Binary.data is not base64: {exc}", expression="Binary.data"
+                         ) from None
     try:
-        exact.dumps(ops)  # (nested deeper than the hub works on: refused as any body)
-    except orjson.JSONEncodeError:
-        raise validation.too_deep() from None
-    return ops
+        return validation.read_json(raw)  # (as a PATCH's body is read)
+    except BadRequest as exc:
+        raise BadRequest(f"Binary.data is not base64 of a JSON document: {exc.diagnostics}",
+                         expression="Binary.data") from None
 
 
 def apply(doc: dict[str, Any], patch: jsonpatch.JsonPatch) -> Any:

@@ -46,9 +46,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import orjson
+
 from .. import xml
 from ..errors import BadRequest, Issue, IssueCollector, Unprocessable
 from .dates import parse_zoned
+from . import exact
 from .exact import Exact
 
 __all__ = ["Binding", "MAX_DEPTH", "TOO_DEEP", "check", "required_binding", "too_deep"]
@@ -77,6 +80,27 @@ def too_deep(*expression: str) -> Unprocessable:
     """The refusal of a resource nested deeper than MAX_DEPTH, where the walk cannot be the
     one to find it (a parser or writer gave up before it)."""
     return Unprocessable(TOO_DEEP, issues=[Issue("structure", TOO_DEEP, expression)])
+
+
+def read_json(raw: bytes) -> Any:
+    """JSON as the hub reads what a client sends (a request's body, a Bundle's JSON Patch):
+    a 400 for what is not JSON or gives a key twice in one object, a decimal as written
+    (``exact.Exact``), too deep nesting refused. orjson reads 1024 levels but writes about
+    255, and everything read is written with orjson first or recurses as deep: writing it is
+    the cheap test of depth (3 microseconds for a CarePlan, a sixth of a walk over it in
+    Python), and what it writes tells whether a key was given twice."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"Malformed JSON: {exc}") from None
+    try:
+        written = exact.dumps(body)
+    except orjson.JSONEncodeError:  # (the JSON parser makes no other value orjson refuses)
+        raise too_deep() from None
+    try:
+        return exact.as_written(raw, body, written)[0]
+    except ValueError as exc:  # (what orjson reads and Python's json does not)
+        raise BadRequest(f"Malformed JSON: {exc}") from None
 
 _JSON_TYPE: Final[dict[str, type]] = {
     "boolean": bool, "integer": int, "positiveInt": int, "unsignedInt": int, "decimal": float,

@@ -27,8 +27,9 @@ from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from .. import clients, console
-from ..auth import ConsoleSession, Principal, TokenService
-from ..errors import BadRequest, NotFound, SipHubError, Unauthorized
+from ..auth import ConsoleSession, TokenService
+from ..errors import (BadRequest, Forbidden, NotFound, SipHubError, Unauthorized,
+                      UnsupportedMediaType)
 from ..fhir.validation import check_id
 from ..store.clients import end_session, session_ended
 from ..store.outbox import Delivery
@@ -143,40 +144,31 @@ def _secure(request: Request) -> bool:
         settings.public_base.startswith("https:")
 
 
-async def _form(request: Request) -> dict[str, str] | tuple[int, str]:
-    """The form's fields (each once), or the status and reason why there is none."""
+async def _form(request: Request) -> dict[str, str]:
+    """The form's fields (each once); a SipHubError saying why there is none."""
     if not _same_origin(request):
-        return 403, "The form was sent from another site"
+        raise Forbidden("The form was sent from another site")
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != _FORM:
-        return 415, f"The form must be sent as {_FORM}"
+        raise UnsupportedMediaType(f"The form must be sent as {_FORM}")
     try:
         form = await request.form()
     except HTTPException as exc:
-        return 400, f"The form cannot be read: {exc.detail}"
+        raise BadRequest(f"The form cannot be read: {exc.detail}") from None
     out: dict[str, str] = {}
     for key, value in form.multi_items():
         if key in out or not isinstance(value, str):
-            return 400, f"The form's field {key[:40]} is sent more than once or is not text"
+            raise BadRequest(f"The form's field {key[:40]} is sent more than once or is not "
+                             "text")
         out[key] = value
     return out
 
 
-class _Refused(Exception):
-    """A console request refused with its page (status and reason)."""
-
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(text)
-        self.status, self.text = status, text
-
-
 async def _signed_form(request: Request, session: ConsoleSession) -> dict[str, str]:
-    """A signed-in operator's form with the session's token; else _Refused saying why."""
+    """A signed-in operator's form with the session's token; a SipHubError saying why not."""
     form = await _form(request)
-    if isinstance(form, tuple):
-        raise _Refused(*form)
     if not hmac.compare_digest(form.get("csrf", "").encode(), session.csrf.encode()):
-        raise _Refused(403, "The form is not from this session's pages (reload the page and "
-                            "try again)")
+        raise Forbidden("The form is not from this session's pages (reload the page and try "
+                        "again)")
     return form
 
 
@@ -187,8 +179,8 @@ def _console(*, posted: bool) -> Callable[[Handler], Handler]:
     """A console page (``posted``: a form's target) for signed-in operators only: the
     handler gets the request, the session (and the form) and the path's parameters. Without
     a session a page goes to sign in first and a form is refused (401); a form without the
-    session's token, or from another site, is refused (403); a SipHubError or _Refused from
-    the handler is the page saying why."""
+    session's token, or from another site, is refused (403); a SipHubError from the handler
+    is the page saying why."""
     def wrap(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def run(request: Request, **params: Any) -> Response:
@@ -198,15 +190,13 @@ def _console(*, posted: bool) -> Callable[[Handler], Handler]:
                 if session is None:
                     if not posted:
                         return _to_sign_in(request)
-                    raise _Refused(401, "Your session has ended: sign in again.")
+                    raise Unauthorized("Your session has ended: sign in again.")
                 if posted:
                     return await handler(request, session, await _signed_form(request, session),
                                          **params)
                 return await handler(request, session, **params)
             except SipHubError as exc:
                 return _problem(request, session, exc.status, exc.diagnostics)
-            except _Refused as exc:
-                return _problem(request, session, exc.status, exc.text)
         # (FastAPI reads the path's parameters from the signature: not the session or form)
         sig = inspect.signature(handler)
         run.__signature__ = sig.replace(parameters=[  # type: ignore[attr-defined]
@@ -236,9 +226,10 @@ async def sign_in_page(request: Request) -> Response:
 
 @router.post("/admin/login")
 async def sign_in(request: Request) -> Response:
-    form = await _form(request)
-    if isinstance(form, tuple):
-        return _problem(request, None, *form)
+    try:
+        form = await _form(request)
+    except SipHubError as exc:
+        return _problem(request, None, exc.status, exc.diagnostics)
     target = _local(form.get("next"))
     client_id, secret = form.get("client_id", "").strip(), form.get("client_secret", "")
     if not client_id or not secret:
@@ -324,7 +315,9 @@ async def message(request: Request, session: ConsoleSession, delivery_id: str) -
 @_console(posted=True)
 async def replay_one(request: Request, session: ConsoleSession, form: dict[str, str],
                      delivery_id: str) -> Response:
-    done = await in_thread(request, _replay, request, session.principal, [delivery_id])
+    check_id(delivery_id, expression="delivery id")
+    done = await in_thread(request, console.replay, request.app.state.store,
+                           messaging(request), session.principal, ids=[delivery_id])
     return _see(f"/admin/messages/{delivery_id}?" + urlencode(_replayed(done)))
 
 
@@ -335,20 +328,10 @@ async def replay_many(request: Request, session: ConsoleSession, form: dict[str,
     """Every dead delivery sent again, or those to the form's ``org`` (up to
     console.REPLAY_AT_ONCE a click)."""
     org = form.get("org", "").strip()
-    store = request.app.state.store
-
-    def work() -> list[str]:
-        ids = console.dead_of(store, org) if org else None
-        return _replay(request, session.principal, ids) if ids is None or ids else []
-    done = await in_thread(request, work)
+    done = await in_thread(request, console.replay, request.app.state.store,
+                           messaging(request), session.principal, org=org or None)
     query = {"state": "dead", **({"org": org} if org else {}), **_replayed(done)}
     return _see("/admin/messages?" + urlencode(query))
-
-
-def _replay(request: Request, principal: Principal, ids: list[str] | None) -> list[str]:
-    for i in ids or ():
-        check_id(i, expression="delivery id")
-    return console.replay(request.app.state.store, messaging(request), principal, ids)
 
 
 def _replayed(done: list[str]) -> dict[str, Any]:
