@@ -29,7 +29,7 @@ import re
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Final
 
 from psycopg import RawCursor
 from psycopg.errors import (DeadlockDetected, LockNotAvailable, QueryCanceled,
@@ -56,16 +56,26 @@ CONCURRENT_ERRORS = (DeadlockDetected, SerializationFailure)
 TIMEOUT_ERRORS = (QueryCanceled, LockNotAvailable)
 
 
-def unavailable(exc: BaseException) -> TransientError:
+def unavailable(exc: BaseException, *, committing: bool = False) -> TransientError:
     """What a request is told of a database error that is not its fault: a 503 to retry,
-    naming no host, port, relation or tuple (the log has the error)."""
-    if isinstance(exc, TIMEOUT_ERRORS):
+    naming no host, port, relation or tuple (the log has the error). ``committing``: the
+    error came with the COMMIT, where a connection lost may have lost only the server's
+    answer: the change may have been applied, and the caller is not told it was not."""
+    if isinstance(exc, TIMEOUT_ERRORS):  # (the server cancelled it: nothing committed)
         return TransientError("The database did not finish within the statement timeout (the "
                               "data may be held by other requests); nothing was applied, and "
                               "the request may be retried")
-    log.warning("database unavailable: %s", exc)
+    log.warning("database unavailable%s: %s", " at COMMIT" if committing else "", exc)
+    if committing:
+        return TransientError(UNKNOWN_OUTCOME)
     return TransientError("Database unavailable; nothing was applied, and the request may be "
                           "retried")
+
+
+UNKNOWN_OUTCOME: Final = (
+    "Database unavailable while the change was being committed: whether it was applied is not "
+    "known. Read it back before sending it again (an update with If-Match, a conditional "
+    "create and a message sent again with the same ids are safe to repeat)")
 
 # The dialects' own INSERT constructs (with ON CONFLICT), for ``DriverStatement.on_conflict``.
 _DIALECT_INSERTS: dict[str, Callable[[Table], Any]] = {
@@ -466,7 +476,7 @@ def flush(conn: Connection, *, commit: bool = False) -> None:
     if commit and all(q[0] in (_BEGIN, _LAZY) for q in later):  # it ran nothing
         discard(conn)
         return
-    with _cursor(conn) as cur:
+    with _cursor(conn, committing=commit) as cur:
         _execute(conn, cur, b"COMMIT" if commit else None)
 
 
@@ -489,9 +499,10 @@ def listen(engine: Any) -> None:
 
 
 @contextmanager
-def _cursor(conn: Connection) -> Iterator[Any]:
+def _cursor(conn: Connection, *, committing: bool = False) -> Iterator[Any]:
     """The DB-API cursor of the caller's connection (so inside its transaction); on
-    PostgreSQL one that takes numbered placeholders (see ``_numbered``)."""
+    PostgreSQL one that takes numbered placeholders (see ``_numbered``). ``committing``: its
+    statements end with the COMMIT (see ``unavailable``)."""
     dbapi_conn = conn.connection.dbapi_connection
     if conn.dialect.name == "postgresql":
         cur = RawCursor(dbapi_conn)
@@ -510,7 +521,7 @@ def _cursor(conn: Connection) -> Iterator[Any]:
         if isinstance(exc, CONCURRENT_ERRORS):  # its details name PostgreSQL's internals
             raise ConcurrentChange() from exc
         if isinstance(exc, conn.dialect.loaded_dbapi.OperationalError):
-            raise unavailable(exc) from exc
+            raise unavailable(exc, committing=committing) from exc
         raise
     finally:
         cur.close()

@@ -676,7 +676,11 @@ class Store:
     @contextmanager
     def begin(self, *, write: bool = True, snapshot: bool = True) -> Iterator[Tx]:
         """A transaction. ``snapshot=False`` (reads only): its statements need not see one
-        snapshot of the database (a point read), so SQLite runs them without BEGIN/COMMIT."""
+        snapshot of the database (a point read), so SQLite runs them without BEGIN/COMMIT.
+        A database error is a 503 (``driver.unavailable``); one at the COMMIT of a write on
+        PostgreSQL says that whether it was applied is not known (the server's answer may be
+        all that was lost). SQLite's COMMIT, in this process, applies all or nothing."""
+        committing = False
         try:
             if not write and self._reads is not None:
                 with self._reads.connect() as conn:
@@ -692,13 +696,14 @@ class Store:
                 with self._writer(write), conn.begin():
                     tx = Tx(conn)
                     yield tx
+                    committing = write and conn.dialect.name != "sqlite"
             if tx.leaves_work:  # committed
                 self.work_committed.set()
             tx.committed()
         except OperationalError as exc:
             if isinstance(exc.orig, CONCURRENT_ERRORS):  # (a conflict; no internals shown)
                 raise ConcurrentChange() from exc
-            raise unavailable(exc.orig) from exc
+            raise unavailable(exc.orig, committing=committing) from exc
 
     def write(self, fn: Callable[[Tx], T]) -> T:
         """``fn`` in a write transaction, committed when this returns. On an SQLite file the

@@ -55,6 +55,7 @@ Json = dict[str, Any]
 COVERED = (SOC, BUP, SCHOOL)
 INSATS = {SOC: f.SOCIAL_SERVICES, BUP: f.BUP, SCHOOL: f.SCHOOL}   # whose insats each writes
 MAX_ATTEMPTS = 5
+HUB_CONNECTIONS = "sip_hub_deploy_"   # the processes' application_name, and the run's id
 METRICS_TOKEN = "deployment-scraper-0123456789abcdef"
 
 
@@ -189,6 +190,17 @@ class Deployment:
                    if fam.name == "sip_hub_message_dead_letters" for s in fam.samples
                    if s.name.endswith("_total"))
 
+    def cut_connections(self) -> int:
+        """Every database connection of the hub's processes ended by the server (what a
+        PostgreSQL restart or fail-over does to them); how many there were."""
+        with self.store.begin() as tx:
+            return int(tx.conn.execute(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = :name"), {"name": self.env_name()}).scalar_one())
+
+    def env_name(self) -> str:
+        return self.env["SIP_HUB_DATABASE_URL"].rsplit("application_name=", 1)[1]
+
     def deliveries(self) -> list[sql.Delivery]:
         with self.store.begin(write=False) as tx:
             return sql.find(tx, limit=100_000)
@@ -231,8 +243,11 @@ def deployment(tmp_path: Path, broker_url: str,
         {"organization": org, "url": r.url, **({"timeoutSeconds": 1.5} if org == SCHOOL else {})}
         for org, r in got.items()]}))
     topology = Topology(f"t{run}.sip_hub", f"t{run}.sip")
+    # The hub's processes name their connections (the test's own do not), so that a test
+    # can cut exactly theirs, as a PostgreSQL restart or fail-over would.
     env = {**os.environ,
-           "SIP_HUB_ENV": "test", "SIP_HUB_DATABASE_URL": db_url,
+           "SIP_HUB_ENV": "test",
+           "SIP_HUB_DATABASE_URL": f"{db_url}&application_name={HUB_CONNECTIONS}{run}",
            "SIP_HUB_BROKER_URL": broker_url, "SIP_HUB_AUTO_MIGRATE": "false",
            "SIP_HUB_JWT_KEYS": signing_keys(), "SIP_HUB_DATA_DIR": str(tmp_path / "var"),
            "SIP_HUB_MAPPINGS_DIR": str(ROOT / "mappings"), "SIP_HUB_BASE_URL": "http://hub.test",
@@ -314,23 +329,46 @@ class Traffic:
         assert r.status_code == 200, r.text
         self._told(SOC, "plan-established", "1")
 
-    def update(self, writer: str | None = None) -> str:
+    def update(self, writer: str | None = None, *, unavailable: list[int] | None = None
+               ) -> str:
         """An organisation moves its own insats between in progress and on hold (each is an
-        insats-status-changed to the others); returns the plan's new version."""
+        insats-status-changed to the others); returns the plan's new version. With
+        ``unavailable``, a request answered 503 (the database unavailable: nothing applied)
+        is sent again, as a client would, and counted there."""
         writer = writer or COVERED[self.writes % len(COVERED)]
         api = self._api()
-        r = api.get("/fhir/CarePlan/alva-sip", headers=self._headers(writer))
+        r = self._send(unavailable, lambda: api.get("/fhir/CarePlan/alva-sip",
+                                                     headers=self._headers(writer)))
         assert r.status_code == 200, r.text
         plan = r.json()
         (mine,) = [a["detail"] for a in plan["activity"]
                    if a["detail"]["performer"][0]["reference"] == INSATS[writer]]
         mine["status"] = "on-hold" if mine["status"] == "in-progress" else "in-progress"
-        r = api.put("/fhir/CarePlan/alva-sip", content=orjson.dumps(plan),
-                    headers=self._headers(writer) | {"If-Match": r.headers["etag"]})
+        etag = r.headers["etag"]
+        r = self._send(unavailable, lambda: api.put(
+            "/fhir/CarePlan/alva-sip", content=orjson.dumps(plan),
+            headers=self._headers(writer) | {"If-Match": etag}))
         assert r.status_code == 200, r.text
         version = str(r.json()["meta"]["versionId"])
         self._told(writer, "insats-status-changed", version)
         return version
+
+    @staticmethod
+    def _send(unavailable: list[int] | None, request: Callable[[], httpx.Response]
+              ) -> httpx.Response:
+        r = request()
+        if unavailable is None:
+            return r
+        for _ in range(50):
+            if r.status_code != 503:
+                break
+            outcome = r.json()
+            assert outcome["resourceType"] == "OperationOutcome", r.text
+            assert outcome["issue"][0]["code"] == "transient", r.text
+            unavailable.append(r.status_code)
+            time.sleep(0.1)
+            r = request()
+        return r
 
     def total(self) -> int:
         return sum(len(v) for v in self.expected.values())
@@ -530,3 +568,43 @@ def test_killed_worker_broker_restart_and_failing_destination_lose_and_double_no
             assert d.last_error.startswith(f"Gave up after {MAX_ATTEMPTS} attempts: ")
             assert "HTTP 500" in d.last_error or "No answer from" in d.last_error
     check_dead_letters(traffic, dead)
+
+
+def test_database_connections_cut_mid_traffic_lose_and_double_nothing(traffic: Traffic) -> None:
+    """Every connection the hub's processes hold is ended by PostgreSQL (as a restart or a
+    fail-over ends them) while a message is being delivered to BUP and the API processes are
+    idle: a request that meets a cut connection is answered 503 with a transient
+    OperationOutcome and applies nothing, a retry goes through, the workers carry on, and
+    afterwards every message has reached each covered organisation exactly once in effect, in
+    order, with nothing dead."""
+    dep = traffic.dep
+    bup = dep.receivers[BUP]
+    fault = Fault()
+    bup.fail_when = fault
+    for _ in range(4):
+        traffic.update()
+    wait_for("the first writes settled", settled(traffic), 60, dep)
+
+    fault.hold.clear()  # BUP's system takes its time with the next message
+    version = traffic.update(SOC)
+    wait_for("BUP holds the message", lambda: any(
+        message_key(m)[1] == version for m in bup.received), 20, dep)
+    cut = dep.cut_connections()
+    assert cut >= len(dep.apis) + len(dep.workers), cut  # (each process held one at least)
+    fault.hold.set()
+
+    unavailable: list[int] = []
+    for _ in range(6):
+        traffic.update(unavailable=unavailable)
+    assert unavailable, "no request met a cut connection"  # (the pools held the cut ones)
+    wait_for("every delivery settled", settled(traffic), 90, dep)
+    assert check_exactly_once(traffic) == []
+    assert len(dep.live_workers()) == 2, dep.tails()
+    check_dead_letters(traffic, [])
+
+    # Cut again with nothing under way: the next writes are told as before.
+    assert dep.cut_connections() >= 1
+    for _ in range(3):
+        traffic.update(unavailable=unavailable)
+    wait_for("the last writes settled", settled(traffic), 90, dep)
+    assert check_exactly_once(traffic) == []

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from sip_hub.errors import TransientError
 from sip_hub.store import Store
-from sip_hub.store.driver import DriverStatement, insert_into
+from sip_hub.store.driver import UNKNOWN_OUTCOME, DriverStatement, insert_into
 from sip_hub.store.engine import make_engine
 from sip_hub.store.schema import deadline_due
 
@@ -127,20 +127,58 @@ def test_a_create_with_its_audit_record_is_two_round_trips(store: Store) -> None
 @pytest.mark.postgres
 @pytest.mark.parametrize("store", ["postgres"], indirect=True)
 def test_a_connection_lost_before_the_queue_is_sent_is_a_retryable_error(store: Store) -> None:
-    """The queue goes with the COMMIT; the server gone by then is a 503 to the caller (as
-    for any statement), nothing is half-written, and the store serves on."""
-    with pytest.raises(TransientError, match="Database unavailable"):
+    """The queue goes with the COMMIT; the server gone by then is a 503 to the caller that
+    does not say nothing was applied (a connection lost at the COMMIT may have lost only the
+    server's answer), nothing is half-written, and the store serves on."""
+    with pytest.raises(TransientError) as caught:
         with store.begin() as tx:
             _INSERT.run(tx.conn, {"plan_id": "first", "due": 0})
             _INSERT.many_later(tx.conn, _rows("queued", 3))
-            pid = tx.conn.connection.dbapi_connection.info.backend_pid
-            with store.engine.connect() as other:
-                other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
-                other.commit()
+            _cut(store, tx)
+    assert str(caught.value) == UNKNOWN_OUTCOME
     assert _stored(store) == []
     with store.begin() as tx:
         _INSERT.run_later(tx.conn, {"plan_id": "after", "due": 1})
     assert _stored(store) == ["after"]
+
+
+def _cut(store: Store, tx: Any) -> None:
+    """The server ends the transaction's connection (as a restart or fail-over does)."""
+    pid = tx.conn.connection.dbapi_connection.info.backend_pid
+    with store.engine.connect() as other:
+        other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        other.commit()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_a_connection_lost_at_a_commit_with_nothing_queued_leaves_the_outcome_open(
+        store: Store) -> None:
+    """Every statement sent already, the COMMIT alone goes (psycopg's own): lost, the caller
+    is told the same as when a queue went with it."""
+    with pytest.raises(TransientError) as caught:
+        with store.begin() as tx:
+            _INSERT.run(tx.conn, {"plan_id": "sent", "due": 0})
+            _cut(store, tx)
+    assert str(caught.value) == UNKNOWN_OUTCOME
+    assert _stored(store) == []
+    with store.begin() as tx:
+        _INSERT.run(tx.conn, {"plan_id": "after", "due": 1})
+    assert _stored(store) == ["after"]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_a_connection_lost_before_the_commit_says_nothing_was_applied(store: Store) -> None:
+    """A statement of the transaction's own that fails on the lost connection: the
+    transaction never reached its COMMIT, and the caller may send the request again."""
+    with pytest.raises(TransientError, match="nothing was applied") as caught:
+        with store.begin() as tx:
+            _INSERT.run(tx.conn, {"plan_id": "first", "due": 0})
+            _cut(store, tx)
+            _INSERT.run(tx.conn, {"plan_id": "second", "due": 1})
+    assert str(caught.value) != UNKNOWN_OUTCOME
+    assert _stored(store) == []
 
 
 @pytest.mark.postgres
