@@ -74,6 +74,7 @@ class Worker:
         self._deliverer = Deliverer(store, messaging.endpoints, messaging.config, self._http)
         self._last_upkeep = 0.0
         self._statistics_at = 0.0
+        self._statistics: threading.Thread | None = None
         self._orgs: set[str] = set()
         self._orgs_read_at = float("-inf")
         self._recovered = False
@@ -144,9 +145,21 @@ class Worker:
         if time.monotonic() - self._last_upkeep > _UPKEEP_SECONDS:
             self.upkeep()
         if time.monotonic() - self._statistics_at > _STATISTICS_SECONDS:
-            statistics.refresh_grown(self.store)
-            self._statistics_at = time.monotonic()
+            self._refresh_statistics()
         return work
+
+    def _refresh_statistics(self) -> None:
+        """``statistics.refresh_grown`` in a thread of its own, one at a time: an ANALYZE of
+        a grown table takes a tenth of a second or more (the outbox's, under the messaging
+        benchmark), several tables' in a row more, and the deliveries this worker holds
+        waited for them (the latency's tail). On SQLite there is nothing to refresh."""
+        self._statistics_at = time.monotonic()
+        if self.store.embedded or (self._statistics is not None and
+                                   self._statistics.is_alive()):
+            return
+        self._statistics = threading.Thread(target=statistics.refresh_grown, args=(self.store,),
+                                            name="sip-hub-statistics", daemon=True)
+        self._statistics.start()
 
     def _open_orgs(self) -> set[str]:
         """Organisations with deliveries on their way, as the database says, read again every
@@ -268,6 +281,9 @@ class Worker:
         self.close()
 
     def close(self) -> None:
+        if self._statistics is not None:  # (bounded by the statement timeout; a daemon)
+            self._statistics.join(timeout=_STATISTICS_SECONDS)
+            self._statistics = None
         if self._listener is not None:
             self._listener.close()
             self._listener = None

@@ -400,3 +400,76 @@ def test_the_capability_statement_section_declares_the_reliable_cache(hub: Hub) 
           "messaging": [section]}
     from sip_hub.fhir import models
     models.validate(orjson.loads(orjson.dumps(cs)))
+
+
+@pytest.mark.postgres
+def test_the_planner_statistics_are_refreshed_beside_the_rounds_not_in_them(
+        tmp_path: Any) -> None:
+    """A table grown past its statistics is analyzed in a thread of the worker's own: a
+    round does not wait for the ANALYZE (here held back by a lock that only ANALYZE waits
+    for: the rounds' reads and writes go on), one refresh runs at a time, and the statistics
+    are taken once the lock is gone."""
+    from sqlalchemy import insert
+
+    from conftest import pg_schema
+    from sip_hub.messaging.config import MessagingSettings
+    from sip_hub.store import Store
+    from sip_hub.store.migrate import upgrade
+    from sip_hub.store.schema import message_inbox
+    from sip_hub.store.statistics import GROWN_ROWS
+
+    def analyzed(conn: Any) -> float:
+        return float(conn.exec_driver_sql("SELECT reltuples FROM pg_class "
+                                          "WHERE oid = 'message_inbox'::regclass").scalar_one())
+
+    with pg_schema() as engine:
+        upgrade(engine)
+        store = Store(engine)
+        with engine.connect() as conn:
+            conn.execute(insert(message_inbox), [cache_entry(k, BUP, 2 ** 62)
+                                                 for k in range(2 * GROWN_ROWS)])
+            conn.commit()
+            conn.exec_driver_sql("SELECT pg_stat_force_next_flush()")  # (sent when idle)
+            conn.commit()
+            assert analyzed(conn) < 2 * GROWN_ROWS
+            for _ in range(100):   # until the statistics collector counts the rows
+                counted = conn.exec_driver_sql(
+                    "SELECT n_mod_since_analyze FROM pg_stat_user_tables "
+                    "WHERE relid = 'message_inbox'::regclass").scalar_one()
+                conn.rollback()
+                if counted >= 2 * GROWN_ROWS:
+                    break
+                time.sleep(0.05)
+        config = MessagingSettings(base_url="http://hub.test", broker_url="memory://",
+                                   endpoints_file=tmp_path / "endpoints.json")
+        worker = Worker(store, Messaging.from_config(config))
+        holder = engine.connect()
+        try:
+            holder.exec_driver_sql("LOCK TABLE message_inbox IN SHARE UPDATE EXCLUSIVE MODE")
+            start = time.monotonic()
+            worker.run_once()
+            assert time.monotonic() - start < 5   # (an ANALYZE in the round waited 30 s)
+            refresh = worker._statistics
+            assert refresh is not None and refresh.is_alive()
+
+            def waiting_analyze() -> bool:
+                with engine.connect() as conn:
+                    return bool(conn.exec_driver_sql(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                        "'Lock' AND query LIKE 'ANALYZE%%'").scalar_one())
+            deadline = time.monotonic() + 20
+            while not waiting_analyze():
+                assert time.monotonic() < deadline, "no ANALYZE waits for the lock"
+                time.sleep(0.05)
+            worker._statistics_at = 0.0   # due again: the one still running goes on alone
+            worker.run_once()
+            assert worker._statistics is refresh
+            holder.rollback()             # the lock goes: the statistics are taken
+            refresh.join(timeout=20)
+            assert not refresh.is_alive()
+            with engine.connect() as conn:
+                assert analyzed(conn) == 2 * GROWN_ROWS
+        finally:
+            holder.rollback()
+            holder.close()
+            worker.close()
