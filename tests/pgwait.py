@@ -27,3 +27,20 @@ def wait_until_blocked(tx, n: int) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"{n} requests did not come to wait for the test's lock")
+
+
+def counted(conn, table: str, column: str, at_least: int) -> int:
+    """Until PostgreSQL's statistics count at least ``at_least`` in ``column`` of
+    pg_stat_user_tables for ``table`` (a backend reports what it did when it goes idle, so
+    ``conn``, the connection that did it, asks to report first); the count then (at most 5 s
+    later)."""
+    conn.exec_driver_sql("SELECT pg_stat_force_next_flush()")
+    conn.commit()
+    deadline = time.monotonic() + 5
+    while True:
+        n = int(conn.execute(text(f"SELECT {column} FROM pg_stat_user_tables WHERE relid = "
+                                  "CAST(:t AS regclass)"), {"t": table}).scalar_one())
+        conn.rollback()
+        if n >= at_least or time.monotonic() > deadline:
+            return n
+        time.sleep(0.05)

@@ -230,11 +230,11 @@ def test_tables_that_outgrow_their_statistics_are_analyzed_again():
     by the worker (beside its rounds), so that statements prepared while it was small are
     planned again; one that grew less, or whose rows only changed in place, is left to
     autovacuum."""
-    import time
 
     from sqlalchemy import insert
 
     from conftest import pg_schema
+    from pgwait import counted
     from sip_hub.store import Store
     from sip_hub.store.migrate import upgrade
     from sip_hub.store.schema import message_inbox
@@ -250,17 +250,7 @@ def test_tables_that_outgrow_their_statistics_are_analyzed_again():
         with engine.connect() as conn:
             conn.execute(insert(message_inbox), rows)
             conn.commit()
-            conn.exec_driver_sql("SELECT pg_stat_force_next_flush()")  # (reported when idle)
-            conn.commit()
-            inserted = int(rows[-1]["header_id"][2:]) + 1
-            for _ in range(100):
-                counted = conn.exec_driver_sql(
-                    "SELECT n_tup_ins FROM pg_stat_user_tables "
-                    "WHERE relid = 'message_inbox'::regclass").scalar_one()
-                conn.rollback()
-                if counted >= inserted:
-                    break
-                time.sleep(0.05)
+            counted(conn, "message_inbox", "n_tup_ins", int(rows[-1]["header_id"][2:]) + 1)
         return refresh_grown(Store(engine))
 
     with pg_schema() as engine:
@@ -268,9 +258,9 @@ def test_tables_that_outgrow_their_statistics_are_analyzed_again():
         assert refreshed(engine, cached(0, GROWN_ROWS - 1)) == []   # too few to matter
         assert refreshed(engine, cached(GROWN_ROWS - 1, 2 * GROWN_ROWS)) == ["message_inbox"]
         with engine.connect() as conn:
-            counted = conn.exec_driver_sql("SELECT reltuples FROM pg_class "
-                                           "WHERE oid = 'message_inbox'::regclass").scalar_one()
-        assert counted == 2 * GROWN_ROWS
+            estimate = conn.exec_driver_sql("SELECT reltuples FROM pg_class "
+                                            "WHERE oid = 'message_inbox'::regclass").scalar_one()
+        assert estimate == 2 * GROWN_ROWS
         # Half again is not double: autovacuum's business.
         assert refreshed(engine, cached(2 * GROWN_ROWS, 3 * GROWN_ROWS)) == []
         assert refreshed(engine, cached(3 * GROWN_ROWS, 5 * GROWN_ROWS)) == ["message_inbox"]
@@ -279,16 +269,7 @@ def test_tables_that_outgrow_their_statistics_are_analyzed_again():
             for _ in range(2):
                 conn.execute(text("UPDATE message_inbox SET expires = expires + 1"))
                 conn.commit()
-            conn.exec_driver_sql("SELECT pg_stat_force_next_flush()")
-            conn.commit()
-            for _ in range(100):
-                changed = conn.exec_driver_sql(
-                    "SELECT n_mod_since_analyze FROM pg_stat_user_tables "
-                    "WHERE relid = 'message_inbox'::regclass").scalar_one()
-                conn.rollback()
-                if changed >= 10 * GROWN_ROWS:
-                    break
-                time.sleep(0.05)
+            changed = counted(conn, "message_inbox", "n_mod_since_analyze", 10 * GROWN_ROWS)
         assert changed >= 10 * GROWN_ROWS   # (twice the rows the statistics counted)
         assert refresh_grown(Store(engine)) == []
 
