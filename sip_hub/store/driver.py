@@ -56,6 +56,12 @@ CONCURRENT_ERRORS = (DeadlockDetected, SerializationFailure)
 TIMEOUT_ERRORS = (QueryCanceled, LockNotAvailable)
 
 
+UNKNOWN_OUTCOME: Final = (
+    "Database unavailable while the change was being committed: whether it was applied is not "
+    "known. Read it back before sending it again (an update with If-Match, a conditional "
+    "create and a message sent again with the same ids are safe to repeat)")
+
+
 def unavailable(exc: BaseException, *, committing: bool = False) -> TransientError:
     """What a request is told of a database error that is not its fault: a 503 to retry,
     naming no host, port, relation or tuple (the log has the error). ``committing``: the
@@ -71,11 +77,6 @@ def unavailable(exc: BaseException, *, committing: bool = False) -> TransientErr
     return TransientError("Database unavailable; nothing was applied, and the request may be "
                           "retried")
 
-
-UNKNOWN_OUTCOME: Final = (
-    "Database unavailable while the change was being committed: whether it was applied is not "
-    "known. Read it back before sending it again (an update with If-Match, a conditional "
-    "create and a message sent again with the same ids are safe to repeat)")
 
 # The dialects' own INSERT constructs (with ON CONFLICT), for ``DriverStatement.on_conflict``.
 _DIALECT_INSERTS: dict[str, Callable[[Table], Any]] = {

@@ -680,7 +680,7 @@ class Store:
         A database error is a 503 (``driver.unavailable``); one at the COMMIT of a write on
         PostgreSQL says that whether it was applied is not known (the server's answer may be
         all that was lost). SQLite's COMMIT, in this process, applies all or nothing."""
-        committing = False
+        body_done = False
         try:
             if not write and self._reads is not None:
                 with self._reads.connect() as conn:
@@ -696,14 +696,15 @@ class Store:
                 with self._writer(write), conn.begin():
                     tx = Tx(conn)
                     yield tx
-                    committing = write and conn.dialect.name != "sqlite"
+                    body_done = True
             if tx.leaves_work:  # committed
                 self.work_committed.set()
             tx.committed()
         except OperationalError as exc:
             if isinstance(exc.orig, CONCURRENT_ERRORS):  # (a conflict; no internals shown)
                 raise ConcurrentChange() from exc
-            raise unavailable(exc.orig, committing=committing) from exc
+            raise unavailable(exc.orig, committing=body_done and write and not self.embedded
+                              ) from exc
 
     def write(self, fn: Callable[[Tx], T]) -> T:
         """``fn`` in a write transaction, committed when this returns. On an SQLite file the

@@ -128,6 +128,7 @@ class Deployment:
     broker_url: str
     topology: Topology
     receivers: dict[str, Receiver]
+    connections: str   # the application_name of the hub's processes' database connections
     apis: list[httpx.Client] = field(default_factory=list)
     workers: list[Proc] = field(default_factory=list)
     procs: list[Proc] = field(default_factory=list)
@@ -196,10 +197,7 @@ class Deployment:
         with self.store.begin() as tx:
             return int(tx.conn.execute(text(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = :name"), {"name": self.env_name()}).scalar_one())
-
-    def env_name(self) -> str:
-        return self.env["SIP_HUB_DATABASE_URL"].rsplit("application_name=", 1)[1]
+                "WHERE application_name = :name"), {"name": self.connections}).scalar_one())
 
     def deliveries(self) -> list[sql.Delivery]:
         with self.store.begin(write=False) as tx:
@@ -258,7 +256,8 @@ def deployment(tmp_path: Path, broker_url: str,
            "SIP_HUB_MESSAGE_RETRY_BASE_SECONDS": "0.2", "SIP_HUB_MESSAGE_RETRY_MAX_SECONDS": "1",
            "SIP_HUB_MESSAGE_TIMEOUT_SECONDS": "5", "SIP_HUB_MESSAGE_POLL_SECONDS": "0.1",
            "SIP_HUB_DB_POOL_SIZE": "4", "SIP_HUB_METRICS_TOKEN": METRICS_TOKEN}
-    dep = Deployment(tmp_path, env, Store(engine), broker_url, topology, got)
+    dep = Deployment(tmp_path, env, Store(engine), broker_url, topology, got,
+                     f"{HUB_CONNECTIONS}{run}")
     try:
         yield dep
     finally:

@@ -124,24 +124,6 @@ def test_a_create_with_its_audit_record_is_two_round_trips(store: Store) -> None
         assert tx.conn.execute(text("SELECT count(*) FROM audit_event")).scalar() == 1
 
 
-@pytest.mark.postgres
-@pytest.mark.parametrize("store", ["postgres"], indirect=True)
-def test_a_connection_lost_before_the_queue_is_sent_is_a_retryable_error(store: Store) -> None:
-    """The queue goes with the COMMIT; the server gone by then is a 503 to the caller that
-    does not say nothing was applied (a connection lost at the COMMIT may have lost only the
-    server's answer), nothing is half-written, and the store serves on."""
-    with pytest.raises(TransientError) as caught:
-        with store.begin() as tx:
-            _INSERT.run(tx.conn, {"plan_id": "first", "due": 0})
-            _INSERT.many_later(tx.conn, _rows("queued", 3))
-            _cut(store, tx)
-    assert str(caught.value) == UNKNOWN_OUTCOME
-    assert _stored(store) == []
-    with store.begin() as tx:
-        _INSERT.run_later(tx.conn, {"plan_id": "after", "due": 1})
-    assert _stored(store) == ["after"]
-
-
 def _cut(store: Store, tx: Any) -> None:
     """The server ends the transaction's connection (as a restart or fail-over does)."""
     pid = tx.conn.connection.dbapi_connection.info.backend_pid
@@ -152,18 +134,22 @@ def _cut(store: Store, tx: Any) -> None:
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("store", ["postgres"], indirect=True)
-def test_a_connection_lost_at_a_commit_with_nothing_queued_leaves_the_outcome_open(
-        store: Store) -> None:
-    """Every statement sent already, the COMMIT alone goes (psycopg's own): lost, the caller
-    is told the same as when a queue went with it."""
+@pytest.mark.parametrize("queued", [3, 0], ids=["queue-with-commit", "commit-alone"])
+def test_a_connection_lost_at_the_commit_is_a_retryable_error_of_unknown_outcome(
+        store: Store, queued: int) -> None:
+    """The COMMIT goes with the queue (``queued``), or alone (psycopg's own, every statement
+    sent already); the server gone by then is a 503 to the caller that does not say nothing
+    was applied (a connection lost at the COMMIT may have lost only the server's answer),
+    nothing is half-written, and the store serves on."""
     with pytest.raises(TransientError) as caught:
         with store.begin() as tx:
-            _INSERT.run(tx.conn, {"plan_id": "sent", "due": 0})
+            _INSERT.run(tx.conn, {"plan_id": "first", "due": 0})
+            _INSERT.many_later(tx.conn, _rows("queued", queued))
             _cut(store, tx)
     assert str(caught.value) == UNKNOWN_OUTCOME
     assert _stored(store) == []
     with store.begin() as tx:
-        _INSERT.run(tx.conn, {"plan_id": "after", "due": 1})
+        _INSERT.run_later(tx.conn, {"plan_id": "after", "due": 1})
     assert _stored(store) == ["after"]
 
 
