@@ -124,6 +124,36 @@ def test_a_create_with_its_audit_record_is_two_round_trips(store: Store) -> None
         assert tx.conn.execute(text("SELECT count(*) FROM audit_event")).scalar() == 1
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+@pytest.mark.parametrize("fault", ["refused by the server", "not sendable"])
+def test_a_queued_statement_that_fails_fails_its_transaction_alone(
+        store: Store, fault: str) -> None:
+    """The queue leaves in one write; a statement in its middle that the server refuses (a
+    key taken twice) or that cannot be written at all (a value with no PostgreSQL type):
+    the transaction fails with that error, nothing of it is stored, and the connection
+    serves on, its prepared statements too (the same statements again, past psycopg's five
+    runs before it prepares one)."""
+    bad = {"plan_id": "first", "due": 1} if fault == "refused by the server" else \
+        {"plan_id": "odd", "due": object()}
+    with pytest.raises(Exception) as caught:
+        with store.begin() as tx:
+            _INSERT.run_later(tx.conn, {"plan_id": "first", "due": 0})
+            _INSERT.many_later(tx.conn, _rows("queued", 3))
+            _INSERT.run_later(tx.conn, bad)
+            _INSERT.run_later(tx.conn, {"plan_id": "last", "due": 2})
+    assert not isinstance(caught.value, TransientError)
+    assert ("duplicate key" if fault == "refused by the server" else "cannot adapt") in \
+        str(caught.value)
+    assert _stored(store) == []
+    for k in range(8):
+        with store.begin() as tx:
+            _INSERT.run_later(tx.conn, {"plan_id": f"after{k}", "due": k})
+            _INSERT.many_later(tx.conn, _rows(f"more{k}-", 2))
+            assert _COUNT.first(tx.conn, {}) == (3 * (k + 1),)
+    assert len(_stored(store)) == 24
+
+
 def _cut(store: Store, tx: Any) -> None:
     """The server ends the transaction's connection (as a restart or fail-over does)."""
     pid = tx.conn.connection.dbapi_connection.info.backend_pid
