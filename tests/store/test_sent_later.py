@@ -15,7 +15,7 @@ from psycopg import pq
 from sqlalchemy import text
 
 from sip_hub.errors import TransientError
-from sip_hub.store import Store
+from sip_hub.store import Store, driver
 from sip_hub.store.driver import UNKNOWN_OUTCOME, DriverStatement, insert_into
 from sip_hub.store.engine import make_engine
 from sip_hub.store.schema import deadline_due
@@ -122,6 +122,30 @@ def test_a_create_with_its_audit_record_is_two_round_trips(store: Store) -> None
             "SELECT count(*) FROM idx_token WHERE res_type = 'Patient' AND res_id = 'p1'"))
         assert found.scalar() >= 1
         assert tx.conn.execute(text("SELECT count(*) FROM audit_event")).scalar() == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_a_round_trips_statements_are_handed_to_libpq_at_once(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """psycopg writes each command of a pipeline to the socket as its statement is executed;
+    the driver holds them back and hands them to libpq as one, which sends them in one write
+    (``driver._one_write``). That relies on how psycopg 3.3 sends them: should a version
+    send them otherwise, the statements still go, a write each, and this fails."""
+    handed: list[int] = []
+    real = driver._send
+
+    def counted(commands: list[Any]) -> None:
+        handed.append(len(commands))
+        real(commands)
+    monkeypatch.setattr(driver, "_send", counted)
+    with store.begin() as tx:
+        _INSERT.run_later(tx.conn, {"plan_id": "one", "due": 1})
+        _INSERT.many_later(tx.conn, _rows("many", 3))
+        _INSERT.run_later(tx.conn, {"plan_id": "two", "due": 2})
+    # the BEGIN, the three INSERTs and the COMMIT (a Parse too, where psycopg prepares one)
+    assert len(handed) == 1 and handed[0] >= 5
+    assert _stored(store) == ["many0", "many1", "many2", "one", "two"]
 
 
 @pytest.mark.postgres
