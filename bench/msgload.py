@@ -57,6 +57,9 @@ RESEND_SECONDS = 0.2         # after a transient-error (back-pressure), send the
 RESEND_MAX = 100
 
 
+SLOWEST = 12  # the slowest POSTs a phase reports, with when they were due
+
+
 @dataclass(slots=True)
 class Sent:
     """One message: when it was due, when its POST started and ended, what the hub said, and
@@ -223,11 +226,17 @@ class Client:
 
     # -- CPU ------------------------------------------------------------------------------------
     def cpu(self) -> Cpu:
+        """Every party's CPU so far, from one pass over /proc. Taken in a thread of its own
+        (``sampled``): in the event loop, its passes (one per party, under load tens of
+        milliseconds) held back the messages due at the window's start, which then went
+        late and together, the slowest POSTs of the open loops."""
+        stats = sysinfo.all_stats()
         return Cpu(time.monotonic(), time.process_time(),
-                   sum(sysinfo.tree_cpu_seconds(p) for p in self.hub_pids),
-                   sysinfo.tree_cpu_seconds(self.receiver_pid),
-                   sysinfo.named_cpu_ticks(self.db_comm) if self.db_comm else None,
-                   sysinfo.named_cpu_ticks(self.broker_comm) if self.broker_comm else None,
+                   sum(sysinfo.tree_cpu_seconds(p, stats) for p in self.hub_pids),
+                   sysinfo.tree_cpu_seconds(self.receiver_pid, stats),
+                   sysinfo.named_cpu_ticks(self.db_comm, stats) if self.db_comm else None,
+                   sysinfo.named_cpu_ticks(self.broker_comm, stats) if self.broker_comm
+                   else None,
                    sysinfo.machine_busy_seconds())
 
     # -- phases -----------------------------------------------------------------------------------
@@ -271,9 +280,9 @@ class Client:
 
         async def sampler() -> tuple[Cpu, Cpu]:
             await asyncio.sleep(max(0.0, window.start - time.monotonic()))
-            first = self.cpu()
+            first = await asyncio.to_thread(self.cpu)
             await asyncio.sleep(max(0.0, window.end - time.monotonic()))
-            return first, self.cpu()
+            return first, await asyncio.to_thread(self.cpu)
 
         sampled = asyncio.create_task(sampler())
         if phase["mode"] == "closed":
@@ -350,6 +359,14 @@ class Client:
             "e2e_max_ms": round(e2e[-1] / 1e6, 2) if e2e else None,
             "post_p50_ms": percentile(post, 0.50),
             "post_p99_ms": percentile(post, 0.99),
+            # The slowest POSTs, when each was due (seconds into the window), its POST's and
+            # its receipts' latency (ms): slow ones due together are a stall of the machine or
+            # of a process, slow ones spread out are queueing.
+            "window_start_unix": round(time.time() - (time.monotonic() - window.start), 3),
+            "post_slowest": [
+                [round(s.due - window.start, 3), round((s.answered - s.due) * 1000, 1),
+                 round((s.last - s.due) * 1000, 1) if s.receipts >= self.orgs else None]
+                for s in sorted(ok, key=lambda s: s.answered - s.due)[-SLOWEST:]],
             "errors": sum(window.errors.values()),
             "errors_by_kind": window.errors,
             "error_samples": window.error_samples,

@@ -31,7 +31,12 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
     return comm, int(fields[1]), int(fields[11]) + int(fields[12])
 
 
-def _all_stats() -> dict[int, tuple[str, int, int]]:
+Stats = dict[int, tuple[str, int, int]]  # pid -> (comm, ppid, cpu ticks)
+
+
+def all_stats() -> Stats:
+    """Every live process's (comm, ppid, cpu ticks): one pass over /proc, which the
+    functions below take instead of each making their own."""
     out = {}
     for entry in _PROC.iterdir():
         if entry.name.isdigit():
@@ -41,9 +46,10 @@ def _all_stats() -> dict[int, tuple[str, int, int]]:
     return out
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds used so far by ``root`` and all its live descendants."""
-    stats = _all_stats()
+def tree_cpu_seconds(root: int, stats: Stats | None = None) -> float:
+    """CPU seconds used so far by ``root`` and all its live descendants (in ``stats``, or
+    read now)."""
+    stats = all_stats() if stats is None else stats
     children: dict[int, list[int]] = {}
     for pid, (_comm, ppid, _ticks) in stats.items():
         children.setdefault(ppid, []).append(pid)
@@ -56,9 +62,11 @@ def tree_cpu_seconds(root: int) -> float:
     return total / _TICK
 
 
-def named_cpu_ticks(comm: str) -> dict[int, int]:
-    """CPU ticks used so far by each live process called ``comm`` (e.g. postgres), by pid."""
-    return {pid: t for pid, (c, _p, t) in _all_stats().items() if c == comm}
+def named_cpu_ticks(comm: str, stats: Stats | None = None) -> dict[int, int]:
+    """CPU ticks used so far by each live process called ``comm`` (e.g. postgres), by pid (in
+    ``stats``, or read now)."""
+    return {pid: t for pid, (c, _p, t) in (all_stats() if stats is None else stats).items()
+            if c == comm}
 
 
 def named_cpu_delta(before: dict[int, int], after: dict[int, int]) -> float:
