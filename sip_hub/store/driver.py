@@ -427,14 +427,14 @@ def _one_write(pipeline: Any, cur: Any, later: list[tuple[str | bytes, Any]]) ->
     """Put the statements into psycopg's pipeline as one command, which libpq writes into its
     buffer at once: they leave in one write to the socket (and the pipeline's sync after).
     psycopg sends each command of a pipeline in a write of its own, as the statement is
-    executed (a system call, a TCP segment and a wake-up of the server's process each: 14 of
-    the 21 writes of the store's part of a routed message). Its commands for each statement
-    (a Parse where it prepares one, the Bind and Execute, a DEALLOCATE of its cache) are made
-    as usual, and their results checked as its own, in order (its result queue has them);
-    only its sending of each at once is held back, by an attribute of this pipeline object
-    over its method (psycopg 3.3; should a version not call it, each goes at once again, as
-    before). Should one fail to be written, those before it still go, matching its result
-    queue."""
+    executed (a system call, a TCP segment and a wake-up of the server's process each: the
+    store benchmark's transaction wrote to its socket 21 times, now 10). Its commands for
+    each statement (a Parse where it prepares one, the Bind and Execute, a DEALLOCATE of its
+    cache) are made as usual, and their results checked as its own, in order (its result
+    queue has them); only its sending of each at once is held back, by an attribute of this
+    pipeline object over its method (psycopg 3.3; should a version not call it, each goes at
+    once again, as before, and tests/store/test_sent_later.py says so). Should one fail to be
+    written, those before it still go, matching its result queue."""
     commands = pipeline.command_queue
     first = len(commands)
     pipeline._communicate_gen = _nothing_now
