@@ -359,9 +359,10 @@ class Client:
             "e2e_max_ms": round(e2e[-1] / 1e6, 2) if e2e else None,
             "post_p50_ms": percentile(post, 0.50),
             "post_p99_ms": percentile(post, 0.99),
-            # The slowest POSTs, when each was due (seconds into the window), its POST's and
-            # its receipts' latency (ms): slow ones due together are a stall of the machine or
-            # of a process, slow ones spread out are queueing.
+            # When the window started (wall clock, to match with logs), and its slowest POSTs:
+            # when each was due (seconds into the window), its POST's and its receipts'
+            # latency (ms). Slow ones due together are a stall of the machine or of a process,
+            # slow ones spread out are queueing.
             "window_start_unix": round(time.time() - (time.monotonic() - window.start), 3),
             "post_slowest": [
                 [round(s.due - window.start, 3), round((s.answered - s.due) * 1000, 1),

@@ -243,9 +243,10 @@ def deployment(tmp_path: Path, broker_url: str,
     topology = Topology(f"t{run}.sip_hub", f"t{run}.sip")
     # The hub's processes name their connections (the test's own do not), so that a test
     # can cut exactly theirs, as a PostgreSQL restart or fail-over would.
+    connections = f"{HUB_CONNECTIONS}{run}"
     env = {**os.environ,
            "SIP_HUB_ENV": "test",
-           "SIP_HUB_DATABASE_URL": f"{db_url}&application_name={HUB_CONNECTIONS}{run}",
+           "SIP_HUB_DATABASE_URL": f"{db_url}&application_name={connections}",
            "SIP_HUB_BROKER_URL": broker_url, "SIP_HUB_AUTO_MIGRATE": "false",
            "SIP_HUB_JWT_KEYS": signing_keys(), "SIP_HUB_DATA_DIR": str(tmp_path / "var"),
            "SIP_HUB_MAPPINGS_DIR": str(ROOT / "mappings"), "SIP_HUB_BASE_URL": "http://hub.test",
@@ -256,8 +257,7 @@ def deployment(tmp_path: Path, broker_url: str,
            "SIP_HUB_MESSAGE_RETRY_BASE_SECONDS": "0.2", "SIP_HUB_MESSAGE_RETRY_MAX_SECONDS": "1",
            "SIP_HUB_MESSAGE_TIMEOUT_SECONDS": "5", "SIP_HUB_MESSAGE_POLL_SECONDS": "0.1",
            "SIP_HUB_DB_POOL_SIZE": "4", "SIP_HUB_METRICS_TOKEN": METRICS_TOKEN}
-    dep = Deployment(tmp_path, env, Store(engine), broker_url, topology, got,
-                     f"{HUB_CONNECTIONS}{run}")
+    dep = Deployment(tmp_path, env, Store(engine), broker_url, topology, got, connections)
     try:
         yield dep
     finally:
