@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from .checkpoint import BACKSTOP_PAGES
 
 
 CONNECT_TIMEOUT_SECONDS = 10
+SQLITE_BUSY_SECONDS = 30  # how long a connection waits for another's lock on the file
 
 
 def make_engine(url: str | URL, *, pool_size: int = 10, autocommit: bool = False) -> Engine:
@@ -26,7 +29,8 @@ def make_engine(url: str | URL, *, pool_size: int = 10, autocommit: bool = False
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:" and "uri" not in u.query:
             _sqlite_file(Path(u.database))
-        engine = create_engine(u, connect_args={"check_same_thread": False, "timeout": 30},
+        engine = create_engine(u, connect_args={"check_same_thread": False,
+                                             "timeout": SQLITE_BUSY_SECONDS},
                                hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         # Take the write lock at BEGIN so concurrent writers queue instead of failing on
@@ -92,9 +96,9 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 (DB-API connec
     # Let SQLAlchemy's "begin" event issue BEGIN itself.
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    _wal(cur)
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
     cur.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")  # see .checkpoint
     # Temporary files in memory, the statement journal among them: group commit runs each
     # write in a savepoint, for which SQLite keeps the original of every page it changes, and
@@ -102,3 +106,20 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 (DB-API connec
     # messaging API process's writes, by strace, all made holding the write lock).
     cur.execute("PRAGMA temp_store=MEMORY")
     cur.close()
+
+
+def _wal(cur: sqlite3.Cursor) -> None:
+    """The file in WAL mode (kept by the file: a no-op once it is). A connection switching a
+    new database while another one writes to it (in the rollback journal's mode still) gets
+    "database is locked" at once: SQLite skips the busy handler where waiting could deadlock.
+    Processes started together on an empty database (API processes, workers and ``migrate``)
+    failed so. Tried again within the busy timeout."""
+    deadline = time.monotonic() + SQLITE_BUSY_SECONDS
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
