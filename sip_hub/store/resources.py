@@ -26,6 +26,7 @@ from ..fhir.indexing import extract, index_kinds
 from ..fhir.search import MAX_ITERATE, SearchQuery
 from . import audit as sql_audit
 from . import search as sql_search
+from . import wakeup
 from .engine import make_engine
 from .filelock import AVAILABLE as FILE_LOCKS, WriterLock, try_lock
 from .group import GroupCommit
@@ -672,6 +673,7 @@ class Store:
         # Set when a transaction that leaves work for the messaging workers commits in this
         # process (and, for a worker listening on PostgreSQL, in any: see .wakeup).
         self.work_committed = threading.Event()
+        self._notifier = wakeup.notifier(engine)
 
     @contextmanager
     def begin(self, *, write: bool = True, snapshot: bool = True) -> Iterator[Tx]:
@@ -699,6 +701,8 @@ class Store:
                     body_done = True
             if tx.leaves_work:  # committed
                 self.work_committed.set()
+                if self._notifier is not None:
+                    self._notifier.poke()
             tx.committed()
         except OperationalError as exc:
             if isinstance(exc.orig, CONCURRENT_ERRORS):  # (a conflict; no internals shown)

@@ -7,9 +7,17 @@ that leaves work for a worker (deliveries in the outbox, an accepted async reque
 
 * in its own process, at once after its commit (``Wakeups``, which the store sets): the
   embedded default's workers run in the API processes;
-* to every process on the same PostgreSQL database, through ``NOTIFY``, which PostgreSQL
-  delivers when that transaction commits (and not at all when it rolls back). A worker's
-  ``Listener`` holds a connection of its own that ``LISTEN``s.
+* to every process on the same PostgreSQL database, through ``NOTIFY``: once the
+  transaction has committed (never when it rolls back), its process's ``Notifier`` sends one
+  on a connection of its own. A worker's ``Listener`` holds a connection of its own that
+  ``LISTEN``s.
+
+Why not ``NOTIFY`` in the transaction itself: PostgreSQL serialises the commits of every
+transaction that notifies on one lock of the database, held until its commit is on disk. Under
+the messaging benchmark's load (pg_stat_activity sampled every 20 ms) up to a dozen API and
+worker transactions at once waited there for each other's COMMIT, and a holder that lost its
+CPU held them all. The notifier's own transaction commits without waiting for the disk (a
+wake-up needs none), and the commits of a burst make one ``NOTIFY``.
 
 A wake-up is a hint, never the only way work is found: a worker still polls, so a lost
 notification (a listener reconnecting) costs latency, not a message. A spurious one (another
@@ -19,27 +27,112 @@ hub's schema in the same database, work another worker took first) costs one loo
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event
 
-from .driver import DriverStatement
-from .resources import Tx
+if TYPE_CHECKING:
+    from .resources import Tx
 
 log = logging.getLogger("sip_hub.store.wakeup")
 CHANNEL = "sip_hub_work"
-_NOTIFY = DriverStatement(text(f"NOTIFY {CHANNEL}"))
 _RECONNECT_SECONDS = 1.0
+_IDLE_SECONDS = 0.5  # how often an idle thread looks whether it is to stop
 
 
 def announce(tx: Tx) -> None:
-    """``tx`` leaves work for the workers: wake them when it commits (once per
-    transaction)."""
-    if tx.leaves_work:
-        return
+    """``tx`` leaves work for the workers: wake them once it commits (``Store.begin``)."""
     tx.leaves_work = True
-    if tx.conn.dialect.name == "postgresql":
-        _NOTIFY.run_later(tx.conn, {})
+
+
+def _url_of(engine: Engine) -> str:
+    """The engine's database as libpq takes it (its options and application_name kept)."""
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class Notifier:
+    """A thread that sends ``NOTIFY`` on a connection of its own each time ``poke`` was
+    called since its last one (pokes meanwhile make one). Started by the first poke in each
+    process (a forked API process starts its own) and again by one after ``close``. A poke
+    while it cannot reach the database is sent once it can again; a process that ends before
+    is covered by the workers' polls."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._lock = threading.Lock()
+        self._pid = 0  # the process its thread runs in (0: none)
+        self._thread: threading.Thread | None = None
+        self._want = threading.Event()
+        self._stop = threading.Event()
+
+    def poke(self) -> None:
+        if self._pid != os.getpid():
+            self._start()
+        self._want.set()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._want, self._stop = threading.Event(), threading.Event()
+            self._want.set()  # (a poke that took the event before it was replaced)
+            self._thread = threading.Thread(target=self._run, args=(self._want, self._stop),
+                                            name="sip-hub-notify", daemon=True)
+            self._pid = os.getpid()
+            self._thread.start()
+
+    def _run(self, want: threading.Event, stop: threading.Event) -> None:
+        import psycopg
+        while not stop.is_set():
+            try:
+                with psycopg.connect(self._url, autocommit=True, connect_timeout=10) as conn:
+                    # (its commit need not wait for the disk: a lost wake-up costs a poll)
+                    conn.execute("SET synchronous_commit = off")
+                    while not stop.is_set():
+                        if not want.wait(_IDLE_SECONDS) or stop.is_set():
+                            continue
+                        want.clear()
+                        try:
+                            conn.execute(f"NOTIFY {CHANNEL}")
+                        except BaseException:
+                            want.set()  # (sent once connected again)
+                            raise
+            except Exception as exc:  # (the thread lives on: without it the workers poll)
+                log.warning("waking the workers through PostgreSQL failed, they poll "
+                            "meanwhile: %s",
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                stop.wait(_RECONNECT_SECONDS)
+
+    def close(self) -> None:
+        """Its thread stopped (and its connection closed); a later poke starts another."""
+        with self._lock:
+            mine = self._pid == os.getpid()
+            thread, self._thread, self._pid = self._thread, None, 0
+            self._stop.set()
+            self._want.set()
+        if thread is not None and mine:
+            thread.join(timeout=5)
+
+
+_NOTIFIERS: weakref.WeakKeyDictionary[Engine, Notifier] = weakref.WeakKeyDictionary()
+_NOTIFIERS_LOCK = threading.Lock()
+
+
+def notifier(engine: Engine) -> Notifier | None:
+    """The engine's notifier (one however many stores use it); None but on PostgreSQL. It
+    stops when the engine is disposed or collected."""
+    if engine.dialect.name != "postgresql":
+        return None
+    with _NOTIFIERS_LOCK:
+        found = _NOTIFIERS.get(engine)
+        if found is None:
+            found = _NOTIFIERS[engine] = Notifier(_url_of(engine))
+            event.listen(engine, "engine_disposed", lambda _engine: found.close())
+            weakref.finalize(engine, found.close)
+    return found
 
 
 class Listener:
@@ -48,8 +141,7 @@ class Listener:
     other databases."""
 
     def __init__(self, engine: Engine, event: threading.Event) -> None:
-        self._url = engine.url.set(drivername="postgresql").render_as_string(
-            hide_password=False)
+        self._url = _url_of(engine)
         self._event = event
         self._stop = threading.Event()
         self.connected = threading.Event()
