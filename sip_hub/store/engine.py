@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
+import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -17,6 +20,8 @@ from .checkpoint import BACKSTOP_PAGES
 
 CONNECT_TIMEOUT_SECONDS = 10
 SQLITE_BUSY_SECONDS = 30  # how long a connection waits for another's lock on the file
+T = TypeVar("T")
+_COMPANIONS_LOCK = threading.Lock()
 
 
 def make_engine(url: str | URL, *, pool_size: int = 10, autocommit: bool = False) -> Engine:
@@ -62,6 +67,20 @@ def make_engine(url: str | URL, *, pool_size: int = 10, autocommit: bool = False
     if not autocommit:
         driver.listen(engine)
     return engine
+
+
+def companion(engine: Engine, made: weakref.WeakKeyDictionary[Engine, T],
+              make: Callable[[], T], close: Callable[[T], Any]) -> T:
+    """What goes with ``engine`` (a pool beside it, a thread with a connection of its own):
+    one per engine, however many stores use it, kept in ``made``; closed when the engine is
+    disposed (shutdown, or a child after a fork) and when it is collected."""
+    with _COMPANIONS_LOCK:
+        found = made.get(engine)
+        if found is None:
+            found = made[engine] = make()
+            event.listen(engine, "engine_disposed", lambda _engine: close(found))
+            weakref.finalize(engine, close, found)
+    return found
 
 
 def _sqlite_file(path: Path) -> None:
@@ -120,6 +139,6 @@ def _wal(cur: sqlite3.Cursor) -> None:
             cur.execute("PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
                 raise
             time.sleep(0.005)

@@ -27,7 +27,7 @@ from ..fhir.search import MAX_ITERATE, SearchQuery
 from . import audit as sql_audit
 from . import search as sql_search
 from . import wakeup
-from .engine import make_engine
+from .engine import companion, make_engine
 from .filelock import AVAILABLE as FILE_LOCKS, WriterLock, try_lock
 from .group import GroupCommit
 from .driver import (CONCURRENT_ERRORS, DriverStatement, any_of, any_row,
@@ -639,18 +639,12 @@ _READ_ENGINES: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictio
 
 def _read_engine(engine: Engine) -> Engine | None:
     """The autocommit pool beside a PostgreSQL engine (one per engine, however many stores
-    use it); None on SQLite."""
+    use it; its connections go with the engine's); None on SQLite."""
     if engine.dialect.name != "postgresql":
         return None
-    reads = _READ_ENGINES.get(engine)
-    if reads is None:
-        reads = _READ_ENGINES[engine] = make_engine(
-            engine.url, pool_size=engine.pool.size(), autocommit=True)  # type: ignore[attr-defined]
-        # Its connections go with the engine's: when it is disposed (shutdown, or a child
-        # after a fork), and when it is collected.
-        event.listen(engine, "engine_disposed", lambda _engine: reads.dispose())
-        weakref.finalize(engine, reads.dispose)
-    return reads
+    return companion(engine, _READ_ENGINES, lambda: make_engine(
+        engine.url, pool_size=engine.pool.size(), autocommit=True),  # type: ignore[attr-defined]
+        Engine.dispose)
 
 
 class Store:

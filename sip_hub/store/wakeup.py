@@ -30,9 +30,12 @@ import logging
 import os
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
+
+from .engine import companion
 
 if TYPE_CHECKING:
     from .resources import Tx
@@ -51,6 +54,24 @@ def announce(tx: Tx) -> None:
 def _url_of(engine: Engine) -> str:
     """The engine's database as libpq takes it (its options and application_name kept)."""
     return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _keep_connected(url: str, stop: threading.Event, serve: Callable[[Any], None],
+                    failed: str, lost: Callable[[], None] | None = None) -> None:
+    """``serve`` a connection of its own until ``stop``; a connection that fails (or cannot
+    be made) is logged with ``failed`` and made again a second later. (A thread's loop: the
+    thread lives on, and the workers poll meanwhile.)"""
+    import psycopg
+    while not stop.is_set():
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+                serve(conn)
+        except Exception as exc:
+            if lost is not None:
+                lost()
+            log.warning("%s: %s", failed,
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            stop.wait(_RECONNECT_SECONDS)
 
 
 class Notifier:
@@ -85,26 +106,21 @@ class Notifier:
             self._thread.start()
 
     def _run(self, want: threading.Event, stop: threading.Event) -> None:
-        import psycopg
-        while not stop.is_set():
-            try:
-                with psycopg.connect(self._url, autocommit=True, connect_timeout=10) as conn:
-                    # (its commit need not wait for the disk: a lost wake-up costs a poll)
-                    conn.execute("SET synchronous_commit = off")
-                    while not stop.is_set():
-                        if not want.wait(_IDLE_SECONDS) or stop.is_set():
-                            continue
-                        want.clear()
-                        try:
-                            conn.execute(f"NOTIFY {CHANNEL}")
-                        except BaseException:
-                            want.set()  # (sent once connected again)
-                            raise
-            except Exception as exc:  # (the thread lives on: without it the workers poll)
-                log.warning("waking the workers through PostgreSQL failed, they poll "
-                            "meanwhile: %s",
-                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-                stop.wait(_RECONNECT_SECONDS)
+        def serve(conn: Any) -> None:
+            # (its commit need not wait for the disk: a lost wake-up costs a poll)
+            conn.execute("SET synchronous_commit = off")
+            while not stop.is_set():
+                if not want.wait(_IDLE_SECONDS) or stop.is_set():
+                    continue
+                want.clear()
+                try:
+                    conn.execute(f"NOTIFY {CHANNEL}")
+                except BaseException:
+                    want.set()  # (sent once connected again)
+                    raise
+
+        _keep_connected(self._url, stop, serve,
+                        "waking the workers through PostgreSQL failed, they poll meanwhile")
 
     def close(self) -> None:
         """Its thread stopped (and its connection closed); a later poke starts another."""
@@ -118,7 +134,6 @@ class Notifier:
 
 
 _NOTIFIERS: weakref.WeakKeyDictionary[Engine, Notifier] = weakref.WeakKeyDictionary()
-_NOTIFIERS_LOCK = threading.Lock()
 
 
 def notifier(engine: Engine) -> Notifier | None:
@@ -126,13 +141,7 @@ def notifier(engine: Engine) -> Notifier | None:
     stops when the engine is disposed or collected."""
     if engine.dialect.name != "postgresql":
         return None
-    with _NOTIFIERS_LOCK:
-        found = _NOTIFIERS.get(engine)
-        if found is None:
-            found = _NOTIFIERS[engine] = Notifier(_url_of(engine))
-            event.listen(engine, "engine_disposed", lambda _engine: found.close())
-            weakref.finalize(engine, found.close)
-    return found
+    return companion(engine, _NOTIFIERS, lambda: Notifier(_url_of(engine)), Notifier.close)
 
 
 class Listener:
@@ -149,21 +158,17 @@ class Listener:
         self._thread.start()
 
     def _run(self) -> None:
-        import psycopg
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(self._url, autocommit=True, connect_timeout=10) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    self.connected.set()
+        def serve(conn: Any) -> None:
+            conn.execute(f"LISTEN {CHANNEL}")
+            self.connected.set()
+            self._event.set()
+            while not self._stop.is_set():
+                for _ in conn.notifies(timeout=_IDLE_SECONDS):
                     self._event.set()
-                    while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=0.5):
-                            self._event.set()
-            except Exception as exc:  # (the thread lives on: without it the workers poll)
-                self.connected.clear()
-                log.warning("listening for work on PostgreSQL failed, polling meanwhile: %s",
-                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-                self._stop.wait(_RECONNECT_SECONDS)
+
+        _keep_connected(self._url, self._stop, serve,
+                        "listening for work on PostgreSQL failed, polling meanwhile",
+                        lost=self.connected.clear)
         self.connected.clear()
 
     def close(self) -> None:
