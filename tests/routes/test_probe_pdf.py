@@ -20,6 +20,7 @@ from pypdf import PdfReader
 
 import sip_factory as f
 from sip_hub import identifiers
+from sip_hub.routes import pdf as pdf_module
 from sip_hub.routes.pdf import BOLD, REGULAR, _glyphs, _styles, render_citizen_pdf
 from sip_hub.settings import Settings
 from sip_process import write_case
@@ -341,7 +342,11 @@ def test_accept_edge_cases(client, portal, accept, ctype):
         assert r.json()["resourceType"] == "OperationOutcome"
 
 
-def test_head_answers_the_pdfs_headers_without_a_body(client, portal):
+def test_head_answers_the_pdfs_headers_without_a_body(client, portal, monkeypatch):
+    # One clock for both: the footer's minute would otherwise turn between them now and then
+    # (the PDF made a minute later is another document, its length may differ by a byte).
+    monkeypatch.setattr(pdf_module, "_clock", lambda: datetime(2026, 12, 7, 11, 59, 59,
+                                                               tzinfo=timezone.utc))
     write_case(client, {}, f.demo_case())
     get = client.get(ALVA, headers=portal | PDF)
     head = client.head(ALVA, headers=portal | PDF)
