@@ -18,6 +18,9 @@ shape (PostgreSQL in a fresh schema of the run, RabbitMQ with queues of the run'
    records when each message arrived and answers an ``ok`` acknowledgement.
 2. The hub as real processes: ``sip-hub serve --workers N`` (and ``sip-hub worker`` x M on
    PostgreSQL + RabbitMQ) on a free loopback port (``bench/run.py`` starts and stops them).
+   By default N = 2 and M = 1, the shape of ``docker-compose.yml`` on one machine of 2 cores:
+   a second worker there did no more messages a second and cost more CPU per message (its
+   rounds and delivery batches split what one worker does; bench/HISTORY.md, "twelfth").
 3. ``--sips`` SIPs set up over HTTP as their coordinator (the social services) would: an adult
    patient, the consent in force covering the coordinator and four organisations, goals, a
    draft plan; ``$transition`` to kartläggning, then ``$invite`` of the four, which makes the
@@ -699,8 +702,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="SIPs (default 100, --quick 40; at least --concurrency)")
     p.add_argument("--concurrency", type=int, default=32, help="closed-loop connections")
     p.add_argument("--workers", type=int, default=2, help="hub API processes")
-    p.add_argument("--msg-workers", type=int, default=2,
-                   help="`sip-hub worker` processes on RabbitMQ")
+    p.add_argument("--msg-workers", type=int, default=1,
+                   help="`sip-hub worker` processes on RabbitMQ (docker-compose.yml's one)")
     p.add_argument("--rate-fraction", type=float, default=0.5,
                    help="open-loop rate as a fraction of the closed loop's sustained rate")
     p.add_argument("--warmup", type=float, default=None, help="seconds per phase")
