@@ -20,12 +20,14 @@ CPU held them all. The notifier's own transaction commits without waiting for th
 wake-up needs none), and the commits of a burst make one ``NOTIFY``.
 
 A wake-up is a hint, never the only way work is found: a worker still polls, so a lost
-notification (a listener reconnecting) costs latency, not a message. A spurious one (another
-hub's schema in the same database, work another worker took first) costs one look.
+notification (a listener reconnecting) costs latency, not a message. A spurious one (work
+another worker took first) costs one look. The channel is the schema's (``channel``): hubs in
+other schemas of the same database neither wake these workers nor are woken by them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -49,6 +51,15 @@ _IDLE_SECONDS = 0.5  # how often an idle thread looks whether it is to stop
 def announce(tx: Tx) -> None:
     """``tx`` leaves work for the workers: wake them once it commits (``Store.begin``)."""
     tx.leaves_work = True
+
+
+def channel(conn: Any) -> str:
+    """The NOTIFY channel of the hub whose tables ``conn`` sees: one per schema (its name
+    hashed: a channel is an identifier of at most 63 bytes). A database-wide channel woke
+    every hub sharing the database for each other's work (and one test's listener for
+    another's leftover notifier)."""
+    schema = conn.execute("SELECT current_schema()").fetchone()[0] or ""
+    return f"{CHANNEL}_{hashlib.sha256(schema.encode()).hexdigest()[:16]}"
 
 
 def _url_of(engine: Engine) -> str:
@@ -109,12 +120,13 @@ class Notifier:
         def serve(conn: Any) -> None:
             # (its commit need not wait for the disk: a lost wake-up costs a poll)
             conn.execute("SET synchronous_commit = off")
+            notify = f"NOTIFY {channel(conn)}"
             while not stop.is_set():
                 if not want.wait(_IDLE_SECONDS) or stop.is_set():
                     continue
                 want.clear()
                 try:
-                    conn.execute(f"NOTIFY {CHANNEL}")
+                    conn.execute(notify)
                 except BaseException:
                     want.set()  # (sent once connected again)
                     raise
@@ -159,7 +171,7 @@ class Listener:
 
     def _run(self) -> None:
         def serve(conn: Any) -> None:
-            conn.execute(f"LISTEN {CHANNEL}")
+            conn.execute(f"LISTEN {channel(conn)}")
             self.connected.set()
             self._event.set()
             while not self._stop.is_set():

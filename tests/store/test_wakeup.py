@@ -15,6 +15,8 @@ from sqlalchemy import Engine, text
 from sip_hub.store import Store, wakeup
 from sip_hub.store.engine import make_engine
 
+from conftest import pg_schema
+
 
 def test_work_is_announced_on_commit_only(store: Store) -> None:
     woken = store.work_committed
@@ -98,13 +100,13 @@ def test_the_wakeup_is_sent_after_the_commit_not_by_the_transaction(pg_engine: E
     url = pg_engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     try:
         with psycopg.connect(url, autocommit=True) as listening:
-            listening.execute(f"LISTEN {wakeup.CHANNEL}")
+            listening.execute(f"LISTEN {wakeup.channel(listening)}")
             for _ in range(3):
                 with other.begin() as tx:
                     pid = tx.conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
                     wakeup.announce(tx)
                 heard = list(listening.notifies(timeout=5, stop_after=1))
-                assert len(heard) == 1 and heard[0].channel == wakeup.CHANNEL
+                assert len(heard) == 1 and heard[0].channel == wakeup.channel(listening)
                 assert heard[0].pid != pid  # (not sent in the transaction)
             other.engine.dispose()  # its notifier stopped; the engine used again starts one
             with other.begin() as tx:
@@ -162,3 +164,26 @@ def test_a_notifier_without_its_database_keeps_trying(pg_engine: Engine,
         notifier.close()
     assert time.monotonic() - started < 5  # it stops while it waits to try again
 
+
+
+@pytest.mark.postgres
+def test_a_hub_in_another_schema_is_not_woken(pg_engine: Engine) -> None:
+    """Hubs in two schemas of one database: each one's commits wake its own workers only."""
+    other = Store(make_engine(pg_engine.url))
+    heard, theirs = threading.Event(), threading.Event()
+    listener = wakeup.Listener(pg_engine, heard)
+    with pg_schema() as elsewhere:
+        stranger = wakeup.Listener(elsewhere, theirs)
+        try:
+            assert listener.connected.wait(10) and stranger.connected.wait(10)
+            assert heard.wait(5) and theirs.wait(5)  # (each woken once on connecting)
+            heard.clear()
+            theirs.clear()
+            with other.begin() as tx:
+                wakeup.announce(tx)
+            assert heard.wait(5)
+            assert not theirs.wait(0.5)
+        finally:
+            stranger.close()
+            listener.close()
+            other.engine.dispose()
