@@ -345,21 +345,43 @@ def _by_keys(keys: list[Any], sort: Sort) -> list[Any]:
             for key, (_, desc) in zip(keys, sort)]
 
 
-def _in_order(shape: Shape, sort: Sort, *beyond: ColumnElement[bool]) -> Select[Any]:
-    """The matches' keys (and ``beyond``: those after a position) in the search's order, a
-    page of them (``page_limit``), with the position of each row in it (``seek_lu`` and
-    ``sk<i>``: what a next page continues after, see ``position``)."""
+def _by_values(sort: Sort) -> bool:
+    """Whether the order has a key that is a search parameter's value (a sub-select of
+    its index rows), not a column of the resource's row (``_id``, ``_lastUpdated``)."""
+    return any(name not in ("_id", "_lastUpdated") for name, _ in sort)
+
+
+def _in_order(shape: Shape, sort: Sort, nulls: tuple[bool, ...] | None = None
+              ) -> Select[Any]:
+    """The matches' keys in the search's order (with ``nulls``: those after a position,
+    see ``_after``), a page of them (``page_limit``), with the position of each row in it
+    (``seek_lu`` and ``sk<i>``: what a next page continues after, see ``position``)."""
     keys = [_sort_key(shape[0], name, desc).label(f"sk{i}")
             for i, (name, desc) in enumerate(sort)]
-    # Ordered by the selected column: its sub-select runs once per row.
-    order = _by_keys(keys, sort)
-    # "+ 0" keeps the planner from walking the whole (res_type, last_updated) index in order
-    # when the criteria match few rows (SQLite would otherwise scan every resource of the type).
-    order += [(_R.last_updated + 0).desc(), _R.res_id]
-    return (select(_R.res_type, _R.res_id, _R.version_id, _R.owner_org, _R.withheld,
-                   _R.last_updated.label("seek_lu"), *keys)
-            .where(*_conditions(shape), *beyond)
-            .order_by(*order)
+    matched = select(_R.res_type, _R.res_id, _R.version_id, _R.owner_org, _R.withheld,
+                     _R.last_updated.label("seek_lu"), *keys).where(*_conditions(shape))
+    if not _by_values(sort):
+        # "+ 0" keeps the planner from walking the whole (res_type, last_updated) index in
+        # order when the criteria match few rows (SQLite would otherwise scan every resource
+        # of the type).
+        beyond = [] if nulls is None else [_after(_seek_keys(shape[0], sort), nulls)]
+        return (matched.where(*beyond)
+                .order_by(*_by_keys(keys, sort),
+                          (_R.last_updated + 0).desc(), _R.res_id)
+                .limit(bindparam("page_limit", type_=Integer)))
+    # Sorted by a parameter's value: the matches and their keys first, in a sub-select that
+    # the planner may not merge into the sorting one (its OFFSET), then the order and the
+    # page over its columns. Merged, SQLite 3.40 answered a page of a search whose criteria
+    # drive the lookup (an IN over index rows) and whose order has a correlated sub-select
+    # with the wrong rows: a page of 3 missed the match with the lowest key.
+    m = matched.offset(0).subquery("matched")
+    sort_keys = [m.c[f"sk{i}"] for i in range(len(sort))]
+    seek = [(k, desc, name not in ("_id", "_lastUpdated"))
+            for k, (name, desc) in zip(sort_keys, sort)]
+    beyond = [] if nulls is None else [
+        _after(seek + [(m.c.seek_lu, True, False), (m.c.res_id, False, False)], nulls)]
+    return (select(*m.c).where(*beyond)
+            .order_by(*_by_keys(sort_keys, sort), m.c.seek_lu.desc(), m.c.res_id)
             .limit(bindparam("page_limit", type_=Integer)))
 
 
@@ -387,12 +409,14 @@ def _page(shape: Shape, sort: Sort) -> Select[Any]:
         bindparam("page_offset", type_=BigInteger)), sort)
 
 
-def _after(rtype: str, sort: Sort, nulls: tuple[bool, ...]) -> ColumnElement[bool]:
-    """The rows after a position in the order (keyset paging): ``seek_<i>`` holds the
-    position's value of the order's key i, ``nulls[i]`` whether it is NULL (the statement
-    differs). Row i of the OR: equal on every key before i, beyond on key i (NULLs last)."""
+def _after(keys: list[tuple[ColumnElement[Any], bool, bool]], nulls: tuple[bool, ...]
+           ) -> ColumnElement[bool]:
+    """The rows after a position in the order (keyset paging) of ``keys`` (``_seek_keys``):
+    ``seek_<i>`` holds the position's value of key i, ``nulls[i]`` whether it is NULL (the
+    statement differs). Row i of the OR: equal on every key before i, beyond on key i (NULLs
+    last)."""
     alternatives, equal = [], []
-    for i, ((expr, desc, nullable), null) in enumerate(zip(_seek_keys(rtype, sort), nulls)):
+    for i, ((expr, desc, nullable), null) in enumerate(zip(keys, nulls)):
         if null:  # nothing is beyond NULL on this key: only ties, ordered by the next keys
             equal.append(expr.is_(None))
             continue
@@ -407,7 +431,7 @@ def _after(rtype: str, sort: Sort, nulls: tuple[bool, ...]) -> ColumnElement[boo
 def _seek(shape: Shape, sort: Sort, nulls: tuple[bool, ...]) -> Select[Any]:
     """A page after a position (``SearchQuery.after``): the rows others write or delete
     before that position meanwhile move no row after it into, or out of, the page."""
-    return _with_content(_in_order(shape, sort, _after(shape[0], sort, nulls)), sort)
+    return _with_content(_in_order(shape, sort, nulls), sort)
 
 
 def position(row: Any, sort: Sort) -> tuple[Any, ...]:
