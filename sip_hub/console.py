@@ -15,20 +15,21 @@ same functions: a replay is audited there, naming the operator's client.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from . import clients, identifiers
 from .audit import AuditRecord
-from .auth import Principal
+from .auth import ROLES, Principal, parse_scopes
 from .bus import shown_url
-from .errors import BadRequest, TransientError
+from .errors import BadRequest, Forbidden, TransientError
 from .messaging.runtime import Messaging
 from .messaging.replay import replay_dead
 from .settings import Settings
 from .store import Store
 from .store import outbox as sql
-from .store.clients import ClientRecord, list_clients
+from .store.clients import ClientRecord, get_client, list_clients
 
 log = logging.getLogger("sip_hub.console")
 
@@ -198,14 +199,54 @@ def client_rows(store: Store) -> list[ClientRecord]:
     return sorted(list_clients(store), key=lambda c: (not c.active, c.org_hsa_id, c.created))
 
 
+# (as clients.authenticate reads a client id: what a store can look up)
+_CLIENT_ID = re.compile(r"[!-~]{1,64}")
+
+
+def _granting(store: Store, principal: Principal) -> ClientRecord:
+    """The operator's own client as the store has it now (its role, scopes and personal-data
+    access: a console session carries none of its scopes)."""
+    rec = get_client(store, principal.client_id)
+    if rec is None or not rec.active or rec.role != "admin":
+        raise Forbidden("Your client is no longer an active admin client: sign in again")
+    return rec
+
+
+def _may_grant(operator: ClientRecord, role: str, scope: str, personal_data: bool) -> None:
+    """Forbidden unless a client of ``role``, ``scope`` and ``personal_data`` has no more than
+    the operator's own client: personal-data access only from an operator who has it, and so
+    organisation and portal clients (which read people's SIPs by the SIP rules) too; each
+    scope within one of the operator's. More than that is ``sip-hub client create``'s."""
+    cli = " (or register it with sip-hub client create)"
+    if personal_data and not operator.personal_data:
+        raise Forbidden("Your client has no personal-data access: it cannot give a client "
+                        "personal-data access" + cli)
+    if role in ("organization", "portal") and not operator.personal_data:
+        raise Forbidden(f"A client of role {role} reads people's SIP data; your client has no "
+                        "personal-data access, so it registers admin clients without it only"
+                        + cli)
+    own = parse_scopes(operator.scope)
+    wider = [f"system/{s.resource}.{''.join(p for p in 'cruds' if p in s.perms)}"
+             for s in parse_scopes(scope)
+             if not any(o.resource in ("*", s.resource) and s.perms <= o.perms for o in own)]
+    if wider:
+        raise Forbidden(f"The scopes {' '.join(wider)[:200]} are wider than your own client "
+                        f"scopes ({operator.scope[:200]})" + cli)
+
+
 def create_client(store: Store, principal: Principal, form: dict[str, str]
                   ) -> dict[str, Any]:
     """A new API client from the console's form (its secret shown once, as the command
-    line prints it); BadRequest with the reason when the form is not one."""
+    line prints it); BadRequest with the reason when the form is not one, Forbidden when it
+    would give the client more than the operator's own (``_may_grant``)."""
+    role, scope = form.get("role", "organization"), form.get("scope", "")
+    personal_data = form.get("personal_data") == "on"
+    operator = _granting(store, principal)
+    if role in ROLES:  # (another is the form's mistake: clients.create_client's)
+        _may_grant(operator, role, scope, personal_data)
     made = clients.create_client(
-        store, org=form.get("org", "").strip(), scope=form.get("scope", ""),
-        name=form.get("name", "").strip() or None, role=form.get("role", "organization"),
-        personal_data=form.get("personal_data") == "on")
+        store, org=form.get("org", "").strip(), scope=scope,
+        name=form.get("name", "").strip() or None, role=role, personal_data=personal_data)
     log.info("console: %s created API client %s of %s (role %s)", principal.client_id,
              made["client_id"], made["organization"], made["role"])
     return made
@@ -215,6 +256,13 @@ def set_disabled(store: Store, principal: Principal, client_id: str, disabled: b
     if disabled and client_id == principal.client_id:
         raise BadRequest("You are signed in with this client: disable it from another admin "
                          "client or with sip-hub client disable")
+    if not disabled:
+        # Enabling lets the client's secret in again: only for a client the operator could
+        # have registered (a disabled one of more access is the command line's to enable).
+        target = get_client(store, client_id) if _CLIENT_ID.fullmatch(client_id) else None
+        if target is not None:
+            _may_grant(_granting(store, principal), target.role, target.scope,
+                       target.personal_data)
     clients.set_disabled(store, client_id, disabled)
     log.info("console: %s %s API client %s", principal.client_id,
              "disabled" if disabled else "enabled", client_id)

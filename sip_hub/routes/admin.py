@@ -352,7 +352,8 @@ async def client_create(request: Request, session: ConsoleSession, form: dict[st
     store = request.app.state.store
     try:
         made = await in_thread(request, console.create_client, store, session.principal, form)
-    except BadRequest as exc:  # (the form again, as filled in, with the reason)
+    except (BadRequest, Forbidden) as exc:  # (the form again, as filled in, with the reason:
+        # 403 for a client of more access than the operator's own)
         rows = await in_thread(request, console.client_rows, store)
         return _page(request, "clients.html", session, exc.status, rows=rows, form=form,
                      made=None, error=exc.diagnostics)

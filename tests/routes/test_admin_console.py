@@ -331,7 +331,7 @@ def test_what_the_console_cannot_show_it_says_why(hub: Hub, url: str, status: in
 # -- clients ---------------------------------------------------------------------------------
 
 def test_clients_are_registered_disabled_and_enabled_from_the_console(hub: Hub) -> None:
-    me = admin(hub)
+    me = admin(hub, personal_data=True)  # (an organisation's client: test_console_grants)
     csrf = sign_in(hub, me)
     r = hub.client.post("/admin/clients", data={
         "csrf": csrf, "org": "se2120000142-soc1", "scope": "system/CarePlan.rs",
@@ -377,7 +377,7 @@ def test_clients_are_registered_disabled_and_enabled_from_the_console(hub: Hub) 
 ])
 def test_a_client_the_form_cannot_make_is_refused_with_the_form_kept(
         hub: Hub, fields: dict[str, str], says: str) -> None:
-    csrf = sign_in(hub)
+    csrf = sign_in(hub, personal_data=True)  # (who may make what: test_console_grants)
     before = len(clients.listing(hub.store))
     r = hub.client.post("/admin/clients", data={"csrf": csrf, "name": "Kvar i formuläret",
                                                 **fields})
@@ -388,7 +388,7 @@ def test_a_client_the_form_cannot_make_is_refused_with_the_form_kept(
 
 @pytest.mark.parametrize("name", ["x" * 256, "NUL\x00i namnet", "rad\nbrytning"])
 def test_a_name_the_store_cannot_keep_is_refused(hub: Hub, name: str) -> None:
-    csrf = sign_in(hub)
+    csrf = sign_in(hub, personal_data=True)
     before = len(clients.listing(hub.store))
     r = hub.client.post("/admin/clients", data={"csrf": csrf, "org": SOC,
                                                 "scope": "system/*.rs", "name": name})
