@@ -56,15 +56,78 @@ def _linked(linked: dict[str, dict[str, Any]], ref: Any) -> dict[str, Any] | Non
     return linked.get(f"{target[0]}/{target[1]}") if target else None
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def human_name(names: Any) -> str:
+    """A person's name as people read it, from a list of HumanName: the one in use (usual,
+    else official, else any but an old one), its text, else its given names and family
+    name; "" when there is none."""
+    if not isinstance(names, list):
+        return ""
+    usable = [n for n in names if isinstance(n, dict) and n.get("use") not in ("old", "anonymous")]
+    usable.sort(key=lambda n: {"usual": 0, "official": 1}.get(str(n.get("use")), 2))
+    for n in usable:
+        if _text(n.get("text")):
+            return _text(n["text"])
+        given = n.get("given") if isinstance(n.get("given"), list) else []
+        parts = [_text(g) for g in given] + [_text(n.get("family"))]
+        if any(parts):
+            return " ".join(p for p in parts if p)
+    return ""
+
+
+# How deep a PractitionerRole's or CareTeam's references are followed for a name.
+_DEPTH = 3
+
+
+def party_name(linked: dict[str, dict[str, Any]], ref: Any, depth: int = _DEPTH) -> str:
+    """Who a reference (an author, a performer) names, as people read it: an organisation's
+    (care team's, unit's, location's) name, a person's name (Practitioner, Patient,
+    RelatedPerson), a practitioner role as its practitioner and organisation; else the
+    reference's display, else the reference itself (never "#id": a contained resource's id
+    says nothing). Never raises on odd data: what cannot be read is left out."""
+    if not isinstance(ref, dict):
+        return ""
+    raw = _text(ref.get("reference"))
+    return _named(linked, ref, depth) or ("" if raw.startswith("#") else raw)
+
+
+def _named(linked: dict[str, dict[str, Any]], ref: Any, depth: int) -> str:
+    """The name of what ``ref`` points at, else its display ("" if neither)."""
+    if not isinstance(ref, dict):
+        return ""
+    target = _linked(linked, ref) if depth > 0 else None
+    found = _resource_name(linked, target, depth) if isinstance(target, dict) else ""
+    return found or _text(ref.get("display"))
+
+
+def _resource_name(linked: dict[str, dict[str, Any]], target: dict[str, Any], depth: int
+                   ) -> str:
+    rtype = target.get("resourceType")
+    name = target.get("name")
+    if isinstance(name, str):  # (Organization, CareTeam, Location, HealthcareService, ...)
+        return name.strip()
+    if isinstance(name, list):  # (HumanName: Practitioner, Patient, RelatedPerson)
+        return human_name(name)
+    if rtype == "PractitionerRole":
+        who = _named(linked, target.get("practitioner"), depth - 1)
+        org = _named(linked, target.get("organization"), depth - 1)
+        return ", ".join(dict.fromkeys(x for x in (who, org) if x))
+    return ""
+
+
 def plan_view(plan: dict[str, Any], linked: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The plan as the template reads it: plain values, names resolved."""
     linked = {**linked, **{f"#{c['id']}": c for c in plan.get("contained", [])
                            if isinstance(c, dict) and isinstance(c.get("id"), str)}}
     def name(ref: Any) -> str:
-        if not isinstance(ref, dict):
-            return ""
-        target = _linked(linked, ref)
-        return (target or {}).get("name") or ref.get("display") or ref.get("reference", "")
+        return party_name(linked, ref)
 
     life_areas = _life_areas()
     goals = []
@@ -79,7 +142,8 @@ def plan_view(plan: dict[str, Any], linked: dict[str, dict[str, Any]]) -> dict[s
     party = {"kommun": "Kommunen", "region": "Regionen", "other": "Annan aktör"}
     activities = [{
         "description": (a.get("detail") or {}).get("description", ""),
-        "who": ", ".join(name(p) for p in (a.get("detail") or {}).get("performer", [])),
+        "who": ", ".join(n for n in (name(p) for p in _list(
+            (a.get("detail") or {}).get("performer"))) if n),
         "party": party.get(_ext(a.get("detail") or {}, sip.EXT_RESPONSIBLE_PARTY) or "", ""),
         "status": (a.get("detail") or {}).get("status", ""),
     } for a in plan.get("activity", [])]
