@@ -5,7 +5,13 @@ For each bus message (one outbox delivery) the handler:
 1. skips it when the delivery is already settled (a duplicate publish), except a dead one
    the broker delivers again: its dead-letter copy may never have reached ``sip.dead`` (the
    broker went away between the outbox commit and that publish), so it is dead-lettered again;
-2. withdraws it when the person's consent no longer covers the organisation (rule 1);
+2. withdraws it when the person's consent no longer covers the organisation (rule 1). A
+   POST that starts later than the batch's check (a lane's POSTs go one after another) is
+   checked again as it starts (its grants read again, at most every ``RECHECK_AFTER``
+   seconds, see ``http.HttpClient.exchange``), so nothing leaves once the consent no longer
+   covers the organisation. A POST already on its way when the withdrawal commits is not
+   called back: acknowledged, it is recorded delivered (what was sent), although the
+   withdrawal had settled it as withdrawn;
 3. holds it back when an earlier delivery of its stream (patient, plan, organisation) is still
    on its way: order is kept per SIP for each destination. The relay already publishes only
    a stream's head, so this only happens after a replay;
@@ -24,6 +30,10 @@ For each bus message (one outbox delivery) the handler:
    or a response with transient-error         base * 2^(attempts-1) seconds (at most the
                                               maximum); dead letter after max_attempts
    no endpoint configured                     dead letter (replay once it is configured)
+   a URL that cannot be sent to (not an       dead letter with the reason, the batch's
+   absolute http(s) URL in printable ASCII,   other deliveries unaffected
+   see ``http.url_problem``) or a header
+   field that cannot be sent
    =========================================  =========================================
 
    (The relay settles deliveries to organisations without an endpoint in its claim already;
@@ -37,6 +47,7 @@ workers can consume any queue with any prefetch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +61,10 @@ from ..store import outbox as sql
 from . import vocabulary as vocab
 from .config import MessagingSettings
 from .endpoints import DEFAULT_CONCURRENT, Endpoint, Endpoints
-from .http import HttpClient, HttpError, HttpRequest, HttpResponse, HttpTimeout
-from .outbox import log_dead, no_endpoint_reason, record_withdrawn, uncovered
+from .http import (HttpClient, HttpError, HttpNotSent, HttpRefused, HttpRequest, HttpResponse,
+                   HttpTimeout)
+from .outbox import (NOTIFICATION, WITHDRAWN_REASON, log_dead, no_endpoint_reason,
+                     record_withdrawn, uncovered)
 from .relay import DELIVERY, EVENT, record_failure
 
 _HOLD_US = 1_000_000  # a held-back delivery is looked at again after a second
@@ -60,9 +73,15 @@ _RETRY_STATUS = frozenset({408, 425, 429})
 _Post = tuple[int, sql.Delivery, str, Endpoint | None]
 
 
+# The outbox's note on a delivery the consent's withdrawal had settled as withdrawn while it
+# was being POSTed, and that its organisation then acknowledged: it was sent.
+DELIVERED_DESPITE = ("Delivered: POSTed while the consent still covered this organisation and "
+                     "acknowledged after its withdrawal was recorded")
+
+
 @dataclass(frozen=True, slots=True)
 class Result:
-    kind: str  # delivered | transient | fatal
+    kind: str  # delivered | transient | fatal | withdrawn (not sent: checked again before)
     detail: str = ""
 
 
@@ -198,13 +217,29 @@ class Deliverer:
                           only_from=sql.OPEN)
             count_committed(tx, DELIVERIES.labels("held"))
             outcomes[i] = Ack()
-        delivered = [d.id for _, d, result in posted if result.kind == "delivered"]
+        delivered = [d for _, d, result in posted if result.kind == "delivered"]
         if delivered:  # the common outcome, for the whole batch at once
-            count_committed(tx, DELIVERIES.labels("delivered"),
-                            sql.mark_delivered(tx, delivered, now))
+            n = sql.mark_delivered(tx, [d.id for d in delivered], now)
+            if n < len(delivered):  # rare: settled meanwhile, see _delivered_anyway
+                n += self._delivered_anyway(tx, delivered, now)
+            count_committed(tx, DELIVERIES.labels("delivered"), n)
         for i, d, result in posted:
-            outcomes[i] = Ack() if result.kind == "delivered" else \
-                self._record(tx, d, result, now)
+            if result.kind == "withdrawn":
+                record_withdrawn(tx, d, now)
+                outcomes[i] = Ack()
+            else:
+                outcomes[i] = Ack() if result.kind == "delivered" else \
+                    self._record(tx, d, result, now)
+
+    @staticmethod
+    def _delivered_anyway(tx: Tx, delivered: list[sql.Delivery], now: int) -> int:
+        """The outbox tells what was sent: a delivery its organisation acknowledged is
+        recorded delivered also when the consent's withdrawal settled it as withdrawn while
+        it was on its way (the POST started while the consent still covered the organisation,
+        see ``_post_all``). Another state another copy of it recorded is left as it is."""
+        return sum(sql.set_state(tx, d.id, sql.DELIVERED, now, error=DELIVERED_DESPITE,
+                                 attempts=d.attempts + 1, only_from=(sql.WITHDRAWN,))
+                   for d in delivered)
 
     def _post_all(self, post: list[tuple[int, sql.Delivery]]
                   ) -> list[tuple[int, sql.Delivery, Result]]:
@@ -238,8 +273,23 @@ class Deliverer:
 
         done += self._hand_over(queued)
         todo = list(tasks.values())
+
+        def recheck(starting: Sequence[tuple[int, int]]) -> dict[tuple[int, int], HttpError]:
+            """Whether the consent still covers the organisations of the notifications a
+            lane is about to POST, some time after the batch's check (a lane's POSTs go one
+            after another): those it no longer covers are not sent (rule 1)."""
+            notes = {(lane, k): todo[lane][k][1] for lane, k in starting
+                     if todo[lane][k][1].kind == NOTIFICATION}
+            if not notes:
+                return {}
+            with self.store.begin(write=False) as tx:
+                gone = uncovered(tx, notes.values(), to_us(now_utc()))
+            return {key: HttpNotSent(WITHDRAWN_REASON) for key, d in notes.items()
+                    if d.id in gone}
+
         answers = self.http.exchange([[self._request(d, url, endpoint)
-                                       for _, d, url, endpoint in lane] for lane in todo])
+                                       for _, d, url, endpoint in lane] for lane in todo],
+                                     recheck=recheck)
         done += [(i, d, self._result(url, answer))
                  for lane, lane_answers in zip(todo, answers)
                  for (i, d, url, endpoint), answer in zip(lane, lane_answers)]
@@ -280,6 +330,10 @@ class Deliverer:
 
     @staticmethod
     def _result(url: str, answer: HttpResponse | HttpError) -> Result:
+        if isinstance(answer, HttpNotSent):  # the consent no longer covers it
+            return Result("withdrawn", str(answer))
+        if isinstance(answer, HttpRefused):  # its URL or headers: sending again cannot help
+            return Result("fatal", f"Not sent: {answer}")
         if isinstance(answer, HttpTimeout):  # "No answer from <url> within <timeout> s"
             return Result("transient", str(answer))
         if isinstance(answer, HttpError):

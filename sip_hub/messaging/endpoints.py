@@ -51,6 +51,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 
 from ..errors import BadRequest
 from ..identifiers import InvalidIdentifier, normalise_hsa_id
+from .http import url_problem
 
 
 DEFAULT_CONCURRENT = 4  # POSTs at once to one endpoint, unless its entry says otherwise
@@ -69,9 +70,11 @@ class _Entry(BaseModel):
     @field_validator("url")
     @classmethod
     def _http(cls, v: str | None) -> str | None:
-        parts = urlsplit(v or "")
-        if v is not None and (parts.scheme not in ("http", "https") or not parts.netloc):
-            raise ValueError("must be an absolute http(s) URL")
+        problem = url_problem(v) if v is not None else None
+        if problem is not None:  # (pydantic does not show the value: it may be long)
+            raise ValueError(f"must be an absolute http(s) URL in printable ASCII (a host "
+                             f"name in its IDNA form, anything else percent-encoded): "
+                             f"{v[:200]!r} is {problem}")
         return v
 
     @model_validator(mode="after")

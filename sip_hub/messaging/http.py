@@ -25,7 +25,7 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from urllib.parse import urlsplit
@@ -40,6 +40,9 @@ _NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
 _WAIT_SLICE = 1.0  # seconds: the longest wait for any socket before libcurl looks again
 _CA = ssl.get_default_verify_paths()
+# An exchange's recheck is not asked again within this many seconds of its last answer (or of
+# the exchange's start): a request starts at most this long after the caller's check held.
+RECHECK_AFTER = 0.02
 
 
 class HttpError(Exception):
@@ -48,6 +51,41 @@ class HttpError(Exception):
 
 class HttpTimeout(HttpError):
     """No answer within the timeout."""
+
+
+class HttpRefused(HttpError):
+    """The request was not sent, and sending it unchanged never will be: its URL or a header
+    field cannot be used (see ``url_problem``)."""
+
+
+class HttpNotSent(HttpError):
+    """The request was not sent: the caller's ``recheck`` stopped it before it started."""
+
+
+# The characters a URL the hub sends to may hold: printable ASCII (RFC 3986 has no others).
+_URL_TEXT = re.compile(r"[\x21-\x7e]+")
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an address the hub POSTs to; None when it can. It must be an
+    absolute http or https URL with a host (and, if any, a port of 1 to 65535), written in
+    printable ASCII only (no spaces or control characters), as RFC 3986 has it: a host name
+    with other letters in its IDNA form (``xn--...``), any other non-ASCII character
+    percent-encoded (its UTF-8 bytes: ``%C3%A4`` for ``ä``). The hub does not convert: what
+    it is given is what it sends to (libcurl cannot take other text)."""
+    if not _URL_TEXT.fullmatch(url):
+        return ("not in printable ASCII: spaces, control and non-ASCII characters are not "
+                "allowed (a host name in its IDNA form, xn--..., anything else percent-encoded)")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # an unclosed IPv6 bracket, a port that is no number ...
+        return "not a valid URL (its host or port)"
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return "not an http(s) URL (absolute, with a host)"
+    if port == 0:
+        return "not a valid URL (port 0)"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +97,10 @@ class HttpResponse:
     @property
     def text(self) -> str:
         return self.content.decode("utf-8", errors="replace")
+
+
+# ``exchange``'s recheck: the requests about to start, as (lane, index), to those not to send.
+Recheck = Callable[[Sequence[tuple[int, int]]], Mapping[tuple[int, int], HttpError]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,14 +147,19 @@ class _Thread:
         t.request, t.lane, t.index, t.too_long = request, lane, index, False
         t.body = BytesIO()
         h = t.handle
-        h.setopt(pycurl.URL, request.url)
-        h.setopt(pycurl.POSTFIELDS, request.content)
-        # "Expect:" off: libcurl would ask for 100-continue before a large body.
-        h.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in request.headers.items()]
-                 + ["Expect:"])
-        h.setopt(pycurl.TIMEOUT_MS, max(1, int(request.timeout * 1000)))
-        h.setopt(pycurl.WRITEFUNCTION, t.write)
-        self.multi.add_handle(h)
+        try:
+            h.setopt(pycurl.URL, request.url)
+            h.setopt(pycurl.POSTFIELDS, request.content)
+            # "Expect:" off: libcurl would ask for 100-continue before a large body.
+            h.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in request.headers.items()]
+                     + ["Expect:"])
+            h.setopt(pycurl.TIMEOUT_MS, max(1, int(request.timeout * 1000)))
+            h.setopt(pycurl.WRITEFUNCTION, t.write)
+            self.multi.add_handle(h)
+        except BaseException:  # not in the multi: the handle is free for the next request
+            t.request = None
+            self.free.append(t)
+            raise
         return t
 
     def give_back(self, t: _Transfer) -> None:
@@ -140,15 +187,15 @@ def _new_handle() -> pycurl.Curl:
     return h
 
 
-def _refused(request: HttpRequest) -> HttpError | None:
+def _refused(request: HttpRequest) -> HttpRefused | None:
     """Why the request is not sent, if it is not."""
-    parts = urlsplit(request.url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return HttpError(f"'{request.url}' is not an http(s) URL")
+    problem = url_problem(request.url)
+    if problem is not None:
+        return HttpRefused(f"{request.url[:300]!r} cannot be sent to: {problem}")
     for name, value in request.headers.items():
         if not _NAME.fullmatch(name) or _BAD_VALUE.search(value):
-            return HttpError(f"The header {name!r} is not a valid HTTP header field (a line "
-                             "break or a character a field name cannot have)")
+            return HttpRefused(f"The header {name!r} is not a valid HTTP header field (a line "
+                               "break or a character a field name cannot have)")
     return None
 
 
@@ -163,6 +210,8 @@ class HttpClient:
         self._lock = threading.Lock()
         # When a request last finished (monotonic): a lane of slow answers shows progress.
         self.progress_at = float("-inf")
+        # An exchange's ``recheck`` is asked at most this often (seconds).
+        self.recheck_after = RECHECK_AFTER
 
     def _mine(self) -> _Thread:
         state: _Thread | None = getattr(self._local, "state", None)
@@ -180,58 +229,90 @@ class HttpClient:
             raise result
         return result
 
-    def exchange(self, lanes: Sequence[Sequence[HttpRequest]]
-                 ) -> list[list[HttpResponse | HttpError]]:
+    def exchange(self, lanes: Sequence[Sequence[HttpRequest]], *,
+                 recheck: Recheck | None = None) -> list[list[HttpResponse | HttpError]]:
         """POST every lane's requests, a lane's one after another (the next once the
         previous is answered or has failed), the lanes side by side. Each request's answer,
-        or the error that stands for it (``HttpTimeout``, ``HttpError``), in the lanes'
-        order."""
+        or the error that stands for it (``HttpTimeout``, ``HttpError``; ``HttpRefused``
+        for a request that cannot be sent, which fails alone: the others go on), in the
+        lanes' order.
+
+        ``recheck``, when given, is asked about the requests a lane is about to start after
+        an earlier one of it finished (``(lane, index)`` pairs, all that start at one moment
+        at once), and answers those not to send with the error that stands for them
+        (``HttpNotSent``): what the caller checked before the exchange may no longer hold by
+        then. It is not asked when less than ``recheck_after`` seconds passed since it was
+        last asked (or since the exchange began)."""
         state = self._mine()
         results: list[list[HttpResponse | HttpError | None]] = [[None] * len(lane)
                                                                 for lane in lanes]
         running: dict[pycurl.Curl, _Transfer] = {}
+        checked = [time.monotonic()]
 
-        def start(lane: int, index: int) -> None:
-            while index < len(lanes[lane]):
-                request = lanes[lane][index]
-                refused = _refused(request)
-                if refused is None:
-                    t = state.take(request, lane, index)
-                    running[t.handle] = t
-                    return
-                results[lane][index] = refused
-                index += 1
+        def start(pending: list[tuple[int, int]], check: bool) -> None:
+            """Start each lane's request ``(lane, index)``, or the lane's next one that can
+            be sent."""
+            pending = [(lane, i) for lane, i in pending if i < len(lanes[lane])]
+            stopped: Mapping[tuple[int, int], HttpError] = {}
+            if check and pending and recheck is not None and \
+                    time.monotonic() - checked[0] >= self.recheck_after:
+                stopped = recheck(pending)
+                checked[0] = time.monotonic()
+            for lane, index in pending:
+                while index < len(lanes[lane]):
+                    request = lanes[lane][index]
+                    refused = stopped.get((lane, index)) or _refused(request)
+                    if refused is None:
+                        try:
+                            t = state.take(request, lane, index)
+                        except (pycurl.error, UnicodeError, TypeError, ValueError) as exc:
+                            refused = HttpRefused(f"libcurl cannot send to "
+                                                  f"{request.url[:300]!r}: {exc}")
+                        else:
+                            running[t.handle] = t
+                            break
+                    results[lane][index] = refused
+                    index += 1
 
-        def finish(handle: pycurl.Curl, result: HttpResponse | HttpError) -> None:
+        def finish(handle: pycurl.Curl, result: HttpResponse | HttpError) -> tuple[int, int]:
             t = running.pop(handle)
             self.progress_at = time.monotonic()
             results[t.lane][t.index] = result
             state.give_back(t)
-            start(t.lane, t.index + 1)  # the lane's next request
+            return t.lane, t.index + 1  # the lane's next request
 
-        for lane in range(len(lanes)):
-            start(lane, 0)
         try:
+            start([(lane, 0) for lane in range(len(lanes))], check=False)
             while running:
                 while state.multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
                     pass
                 finished = 0
+                following: list[tuple[int, int]] = []
                 while True:
                     left, ok, failed = state.multi.info_read()
                     for h in ok:
-                        t = running[h]
-                        finish(h, HttpResponse(t.request.url,  # type: ignore[union-attr]
-                                               h.getinfo(pycurl.RESPONSE_CODE),
-                                               t.body.getvalue()))
+                        t = running.get(h)
+                        if t is None:  # not this exchange's (never expected): let it go
+                            state.multi.remove_handle(h)
+                            continue
+                        following.append(finish(h, HttpResponse(
+                            t.request.url,  # type: ignore[union-attr]
+                            h.getinfo(pycurl.RESPONSE_CODE), t.body.getvalue())))
                     for h, errno, message in failed:
-                        t = running[h]
+                        t = running.get(h)
+                        if t is None:
+                            state.multi.remove_handle(h)
+                            continue
                         request: HttpRequest = t.request  # type: ignore[assignment]
-                        finish(h, HttpError(f"The answer from {request.url} is longer than "
-                                            f"{t.limit} bytes") if t.too_long else
-                               _error(request, errno, message))
+                        following.append(finish(
+                            h, HttpError(f"The answer from {request.url} is longer than "
+                                         f"{t.limit} bytes") if t.too_long else
+                            _error(request, errno, message)))
                     finished += len(ok) + len(failed)
                     if not left:
                         break
+                if following:  # the lanes' next requests, checked again together
+                    start(following, check=True)
                 if running and not finished:
                     # Nothing finished (so nothing new to start): wait for a socket, or
                     # for as long as libcurl asks (a timeout of its own), at most a slice.

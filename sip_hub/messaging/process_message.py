@@ -66,6 +66,7 @@ from ..store import inbox
 from ..store.schema import message_inbox
 from . import builder, operations, parser, vocabulary as vocab
 from .events import Fact, applying_message
+from .http import url_problem
 from .outbox import RESPONSE, SipKey, enqueue
 from .runtime import Messaging
 
@@ -207,11 +208,17 @@ _MAX_RESPONSE_URL: int = message_inbox.c.response_url.type.length  # type: ignor
 
 
 def _check_url_text(url: str) -> None:
-    """A response-url the inbox can keep and a request can be sent to: PostgreSQL refuses a
-    NUL and a longer text than its column (a 5xx), and no URL holds a control character."""
-    if len(url) > _MAX_RESPONSE_URL or any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
-        raise BadRequest(f"response-url must be a URL of at most {_MAX_RESPONSE_URL} "
-                         "characters, without spaces or control characters",
+    """A response-url the inbox can keep and a request can be sent to: an absolute http(s)
+    URL in printable ASCII (``http.url_problem``: a non-ASCII host in its IDNA form, other
+    non-ASCII characters percent-encoded; libcurl cannot take other text, and PostgreSQL
+    refuses a NUL), no longer than its column (else a 5xx)."""
+    problem = url_problem(url) if len(url) <= _MAX_RESPONSE_URL else \
+        f"longer than {_MAX_RESPONSE_URL} characters"
+    if problem is not None:
+        raise BadRequest(f"response-url must be an absolute http(s) URL of at most "
+                         f"{_MAX_RESPONSE_URL} characters, in printable ASCII (a host name in "
+                         "its IDNA form, xn--..., any other character that is not ASCII "
+                         f"percent-encoded as UTF-8); this one is {problem}",
                          expression="response-url")
 
 
