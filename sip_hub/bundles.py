@@ -162,6 +162,10 @@ def _response_entry(ctx: ix.Context, result: ix.Result, prefer: str) -> dict[str
 
 
 def _run(tx: Tx, ctx: ix.Context, e: _Entry, resolve: Resolve | None = None) -> ix.Result:
+    if e.rtype == "metadata":  # (the base's path, not a type: 'metadata is read with GET')
+        raise BadRequest(f"Bundle.entry[{e.index}]: the CapabilityStatement is read at "
+                         "[base]/metadata, not within a Bundle",
+                         expression=f"Bundle.entry[{e.index}].request.url")
     if e.method == "GET":
         if e.rid is None:
             return ix.search(tx, ctx, e.rtype, e.query)
@@ -388,6 +392,12 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
                 # (a match of another id is refused): that is its id here. Without one, the
                 # match decides, when it is written.
                 rid = _body_id(e.resource)
+                if rid is None and e.full_url and type(e.resource) in (dict, Prevalidated):
+                    # Other entries may refer to it by its fullUrl: its id is decided now, by
+                    # the match (its criteria are locked: what they match stays so until it
+                    # is written), or a new one for the resource it creates.
+                    rid = _conditional_id(tx, ctx, e)
+                    e.resource = type(e.resource)({**e.resource, "id": rid})
                 if rid:
                     assigned[e.index] = rid
             if rid and e.full_url:
@@ -432,6 +442,21 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
         writers += [e.index] * (len(approvals.plans) - len(writers))
     _approved(tx, approvals, writers)
     return ix.bundle("transaction-response", [responses[e.index] for e in entries])
+
+
+def _conditional_id(tx: Tx, ctx: ix.Context, e: _Entry) -> str:
+    """The id a conditional update without one in its body writes: its one match's, or a
+    new one (none matched); several are a 412, as when it is written."""
+    try:
+        check_type(e.rtype, write=True)
+        ctx.access.check(e.rtype, "u")
+        found = ix.match(tx, ctx, e.rtype, e.query)
+    except SipHubError as err:
+        raise _with_entry(err, e.index) from None
+    if len(found) > 1:
+        raise _with_entry(ix.PreconditionFailed(
+            f"Conditional update matched {len(found)} {e.rtype} resources"), e.index)
+    return found[0].id if found else uuid7()
 
 
 def _body_id(resource: Any) -> str | None:

@@ -49,14 +49,15 @@ class Context:
 
     def record(self, interaction: str, stored: list[Stored], *, tx: Tx | None = None,
                outcome: str = "0", query: str | None = None, detail: str | None = None,
-               rtype: str | None = None) -> None:
-        """Audit an access to personal data (only those: directory reads are not logged)."""
+               rtype: str | None = None, named: frozenset[str] = frozenset()) -> None:
+        """Audit an access to personal data (only those: directory reads are not logged).
+        ``named``: patients the request named besides those of ``stored``."""
         if self.audit is None:
             return
         personal = [s for s in stored if acl.is_personal(s.type)]
         if not personal and not (rtype and acl.is_personal(rtype)):
             return
-        patients: set[str] = set()
+        patients: set[str] = set(named)
         for s in personal:
             patients |= acl.patients_of(s.type, s.doc() if s.content else None, s.id)
         rec = AuditRecord(interaction, self.access.principal,
@@ -228,7 +229,10 @@ def read(tx: Tx, ctx: Context, rtype: str, rid: str,
     if cur is None:
         raise NotFound(f"{rtype}/{rid} is not known")
     if cur.deleted:
-        if not ctx.access.unrestricted and cur.owner != ctx.access.org:
+        # A deleted record of a person's is the business of its owner; a directory entry's
+        # (an Organization) of anyone who reads the directory, as it was before.
+        if acl.is_personal(rtype) and not ctx.access.unrestricted \
+                and cur.owner != ctx.access.org:
             err = Forbidden(acl.NOT_COVERED)
             ctx.refused("read", cur, rtype, err)
             raise err
@@ -332,6 +336,7 @@ def patch(tx: Tx, ctx: Context, rtype: str, rid: str, ops: Any, *,
     (a ``test`` operation would tell what it holds)."""
     check_type(rtype, write=True)
     ctx.access.check(rtype, "u")
+    ctx.access.check(rtype, "r")  # (a test operation tells what the resource holds)
     check_id(rid)
     change = json_patch.parse(ops)
     tx.lock_resource(rtype, rid)
@@ -342,6 +347,8 @@ def patch(tx: Tx, ctx: Context, rtype: str, rid: str, ops: Any, *,
         raise Gone(f"{rtype}/{rid} was deleted (version {cur.version_id})",
                    headers={"ETag": etag(cur)})
     _guard_read(tx, ctx, cur, "patch")
+    # Who may not write it learns nothing from the patch's tests either.
+    _guard_write(tx, ctx, rtype, cur, cur.doc(), "patch")
     _held_to(expected_version(if_match, cur, f"{rtype}/{rid}"), cur)
     patched = json_patch.apply(cur.doc(), change)
     if not isinstance(patched, dict):
@@ -468,6 +475,31 @@ def bundle(btype: str, entries: list[dict[str, Any]], total: int | None = None,
     return out
 
 
+# A person named by an identifier in a search of their records (by personnummer, as the
+# care systems look people up).
+_BY_IDENTIFIER = frozenset(f"{p}{t}.identifier" for p in ("patient", "subject")
+                           for t in ("", ":Patient"))
+_NAMED_MOST = 10  # identifiers looked up for the record (a search may list more)
+
+
+def _identified_patients(tx: Tx, ctx: Context, rtype: str,
+                         items: list[tuple[str, str]]) -> frozenset[str]:
+    """The patients a search names by identifier (``patient.identifier=``, a Patient search
+    by ``identifier``), for its audit record when it returns none of their records (a
+    count, or no match): the person sees that someone asked."""
+    values = [v for k, v in items
+              if k in _BY_IDENTIFIER or (rtype == "Patient" and k == "identifier")]
+    found: set[str] = set()
+    for v in ",".join(values).split(",")[:_NAMED_MOST] if values else ():
+        try:
+            query = fhir_search.parse("Patient", [("identifier", v)], default_count=2,
+                                      max_count=2, base_url=ctx.base_url)
+        except SipHubError:
+            continue  # (a value the search itself refused or ignored names no one)
+        found |= {s.id for s in tx.search(query, None)[0]}
+    return frozenset(found)
+
+
 def search(tx: Tx, ctx: Context, rtype: str, items: list[tuple[str, str]]) -> Result:
     check_type(rtype)
     ctx.access.check(rtype, "s")
@@ -489,12 +521,25 @@ def search(tx: Tx, ctx: Context, rtype: str, items: list[tuple[str, str]]) -> Re
     if query.ignored:
         oo = information("Ignored search parameters: " + "; ".join(query.ignored))
         entries.append({"resource": oo, "search": {"mode": "outcome"}})
-    ctx.record("search-type", matches + included, rtype=rtype, query=urlencode(items))
+    ctx.record("search-type", matches + included, rtype=rtype, query=urlencode(items),
+               named=_identified_patients(tx, ctx, rtype, items) if not matches
+               else frozenset())
     used = [kv for kv in items if kv not in query.ignored_items] if query.ignored_items \
         else items  # (the self link tells the search that was done)
     links = _links(ctx, rtype, used, query.offset, query.count, len(matches), total,
                    paged=not query.summary_count, query=query)
     return Result(200, None, bundle("searchset", entries, total, links))
+
+
+def _history_date(raw: str, name: str) -> fhir_search.DateValue:
+    """``_since`` (an instant) or ``_at`` (a date, the time it stands for): a point in time
+    with no comparison prefix (one was taken for a date and left out: ``_at=gt2026-01-01``
+    asked for what was current on that day)."""
+    value = fhir_search.date_value(raw, name)
+    if raw[:2] in fhir_search.PREFIXES and raw[:2] != "eq":
+        raise BadRequest(f"History parameter '{name}' takes a date or time without a "
+                         f"prefix ('{raw[:2]}' in '{raw[:40]}')", expression=name)
+    return value
 
 
 def history(tx: Tx, ctx: Context, items: list[tuple[str, str]], rtype: str | None = None,
@@ -520,9 +565,9 @@ def history(tx: Tx, ctx: Context, items: list[tuple[str, str]], rtype: str | Non
         elif k == "_offset":
             offset = fhir_search.nonneg_int(v, k)
         elif k == "_since":
-            since = fhir_search.date_value(v, k).low
+            since = _history_date(v, k).low
         elif k == "_at":
-            at_value = fhir_search.date_value(v, k)
+            at_value = _history_date(v, k)
             at = (at_value.low, at_value.high)
         elif k not in ("_format", "_pretty"):
             raise BadRequest(f"Unknown history parameter '{k}'", expression=k)

@@ -76,8 +76,10 @@ def apply(doc: dict[str, Any], patch: jsonpatch.JsonPatch) -> Any:
     not be."""
     try:
         return patch.apply(doc, in_place=False)
-    except jsonpatch.JsonPatchTestFailed as exc:
-        raise Unprocessable(f"The patch's test failed: {exc}") from None
+    except jsonpatch.JsonPatchTestFailed:
+        # Which test, not the values compared: those are the resource's (jsonpatch's
+        # message quotes them, and a caller learns what it holds only by reading it).
+        raise Unprocessable(f"The patch's test failed: {_failed_test(doc, patch)}") from None
     except jsonpatch.InvalidJsonPatch as exc:  # (an operation's members, checked as it runs)
         raise BadRequest(f"The patch is not a valid JSON Patch: {exc}") from None
     except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
@@ -86,3 +88,16 @@ def apply(doc: dict[str, Any], patch: jsonpatch.JsonPatch) -> Any:
     except (TypeError, ValueError, IndexError, KeyError) as exc:  # (an odd path into a value)
         raise Unprocessable(f"The patch cannot be applied to the resource as it is: {exc}"
                             ) from None
+
+
+def _failed_test(doc: dict[str, Any], patch: jsonpatch.JsonPatch) -> str:
+    """Which operation of ``patch`` is the test that fails on ``doc`` (the patch applied
+    one operation at a time)."""
+    current: Any = doc
+    for i, op in enumerate(patch.patch):
+        try:
+            current = jsonpatch.JsonPatch([op]).apply(current, in_place=False)
+        except jsonpatch.JsonPatchTestFailed:
+            return (f"operation {i} (test of '{str(op.get('path'))[:200]}') does not match "
+                    "the resource's value there")
+    return "a test does not match the resource's value"
