@@ -541,7 +541,11 @@ def _sip(tx: Tx, ctx: Context, msg: parser.Message, written: dict[int, Stored]) 
     if cur is None or cur.deleted:
         raise NotFound(f"The SIP the message concerns, {rtype}/{rid}, is not known here",
                        expression="Bundle.entry[0].resource.focus")
-    ctx.access.require_read(tx, cur)
+    try:
+        ctx.access.require_read(tx, cur)
+    except Forbidden as err:  # audited as a REST read's refusal is (outside the transaction)
+        ctx.refused(_AUDITED_AS, cur, rtype, err)
+        raise
     if rtype == "CarePlan":
         subject = split_reference((cur.doc().get("subject") or {}).get("reference", ""))
         of = subject[1] if subject and subject[0] == "Patient" else None
@@ -637,10 +641,39 @@ def _route(tx: Tx, ctx: Context, msg: parser.Message, written: dict[int, Stored]
     for f in msg.focus:
         stored = written.get(f.entry) if f.entry is not None else None
         focus.append(f"{stored.type}/{stored.id}" if stored else f"{f.type}/{f.id}")
-    return messaging.emitter.emit(
+    forwarded = messaging.emitter.emit(
         tx, msg.event, sender_org=msg.sender_org, patient_id=sip.patient_id,
         careplan_id=sip.careplan_id or None, focus=focus,
         resources=[s.doc() for s in written.values()], reason=msg.reason, base=ctx.base_url)
+    if forwarded is not None:
+        _audit_forward(tx, ctx, msg, written, sip, focus, forwarded)
+    return forwarded
+
+
+# How a message's access to personal data is audited: the $process-message operation (its
+# writes are audited as writes, by the pipeline they go through).
+_AUDITED_AS = "operation"
+
+
+def _audit_forward(tx: Tx, ctx: Context, msg: parser.Message, written: dict[int, Stored],
+                   sip: SipKey, focus: list[str], forwarded: str) -> None:
+    """Audit the message sent on, in its transaction: it carries the SIP's stored plan and
+    person (and what the message wrote) to the organisations the consent covers, a
+    disclosure of personal data also when the message writes nothing."""
+    carried: dict[tuple[str, str], Stored] = {(s.type, s.id): s for s in written.values()}
+    refs = focus + ([f"CarePlan/{sip.careplan_id}"] if sip.careplan_id else []) + [
+        f"Patient/{sip.patient_id}"]
+    for ref in refs:
+        target = split_reference(ref)
+        if target is None or target in carried:
+            continue
+        cur = tx.current(*target)
+        if cur is not None and not cur.deleted:
+            carried[target] = cur
+    ctx.record(_AUDITED_AS, list(carried.values()), tx=tx,
+               detail=f"$process-message {msg.event} {msg.header_id} from {msg.sender_org}: "
+                      f"sent on as message {forwarded} to the organisations the consent "
+                      "covers")
 
 
 def _response(ctx: Context, env: parser.Envelope, messaging: Messaging, code: str,
