@@ -8,6 +8,7 @@ organisations.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from . import identifiers
@@ -184,7 +185,20 @@ def refused(tx: Tx, ctx: Context, patient_token: str | None, err: SipHubError,
                query=query)
 
 
-def view(tx: Tx, ctx: Context, patient_token: str) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class View:
+    """What the citizen view read: the Bundle to answer with, and what it accessed (the
+    Patients looked up, the plans and what they link), audited by ``delivered`` once the
+    answer is made (or failed to be)."""
+
+    bundle: dict[str, Any]
+    accessed: list[Stored]
+    query: str
+
+
+def view(tx: Tx, ctx: Context, patient_token: str) -> View:
+    """The citizen's view; not yet audited as read: the caller answers with it (in the form
+    asked for), then calls ``delivered`` with how that went."""
     try:
         check_caller(ctx)
     except Forbidden as err:
@@ -200,6 +214,16 @@ def view(tx: Tx, ctx: Context, patient_token: str) -> dict[str, Any]:
                 for s in extra]
     # The Patient looked up is part of what was accessed: a call that finds no approved plan
     # is in the person's access log too (rule 10).
-    ctx.record("search-type", found + plans + extra, rtype="CarePlan",
-               query=f"$citizen-view?patient={patient_token}")
-    return bundle("searchset", entries, len(plans))
+    return View(bundle("searchset", entries, len(plans)), found + plans + extra,
+                f"$citizen-view?patient={patient_token}")
+
+
+def delivered(ctx: Context, seen: View, failure: str | None = None) -> None:
+    """Audit the view's access: a success when its answer was made, else (``failure``: why
+    not) a serious failure (outcome 8) naming what was read but never delivered, so that the
+    person's access log shows the attempt and that it did not reach the caller."""
+    if failure is None:
+        ctx.record("search-type", seen.accessed, rtype="CarePlan", query=seen.query)
+    else:
+        ctx.record("search-type", seen.accessed, outcome="8", rtype="CarePlan",
+                   query=seen.query, detail=f"Not delivered: {failure}"[:1000])

@@ -473,14 +473,19 @@ def get_care_plans(tx: Tx, ctx: Context, req: Request, hub: str, log_id: str, re
     kept = [p for p in _plans(tx, shown, linked) if _keep(p, req)]
     out = response()
     too_large = []
-    for plan in kept:
-        contents = _contents(plan, linked, render)
-        if not contents:
-            too_large.append(plan.stored.id)
-        _care_plan(out, plan, req, source, contents)
     found = tx.current_many([("Patient", pid) for pid in sorted(patients)])
-    ctx.record("search-type", found + [p.stored for p in kept] + extra, rtype="CarePlan",
-               query=_query(req))
+    accessed = found + [p.stored for p in kept] + extra
+    try:
+        for plan in kept:
+            contents = _contents(plan, linked, render)
+            if not contents:
+                too_large.append(plan.stored.id)
+            _care_plan(out, plan, req, source, contents)
+    except Exception as exc:  # (read, never delivered: audited as such, then a soap:Server)
+        ctx.record("search-type", accessed, outcome="8", rtype="CarePlan", query=_query(req),
+                   detail=f"Not delivered: the answer could not be made ({type(exc).__name__})")
+        raise
+    ctx.record("search-type", accessed, rtype="CarePlan", query=_query(req))
     if too_large:
         result(out, "INFO", log_id, f"The content of {', '.join(too_large)} is larger than "
                f"the contract's {MAX_EMBEDDED} bytes and is not embedded")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -9,7 +11,7 @@ from .. import citizen
 from ..errors import BadRequest, SipHubError
 from .pdf import render_citizen_pdf
 from .render import render_citizen_html
-from .wire import FHIR_TYPES, accepted, context, respond, single
+from .wire import FHIR_TYPES, accepted, context, respond, response_format, single
 
 router = APIRouter(prefix="/fhir", tags=["national portal"])
 # The person's own plans: no cache on the way (the portal's, a proxy's, a browser's) keeps
@@ -70,10 +72,26 @@ def _citizen_view(request: Request) -> Response:
     patient = single(request, "patient")  # (max 1 in the OperationDefinition)
     if not patient:
         raise BadRequest("patient=<system>|<value> is required", expression="patient")
-    with request.app.state.store.begin(write=False) as tx:
-        out = citizen.view(tx, ctx, patient)
+    # The form is settled before the person's data is read: a request that cannot be answered
+    # (406) reads nothing, and the access log never says it was delivered.
     form = None if request.query_params.get("_format") is not None else _human_form(
         request.headers.get("accept", ""))
+    fmt = response_format(request) if form is None else None
+    with request.app.state.store.begin(write=False) as tx:
+        seen = citizen.view(tx, ctx, patient)
+    try:
+        answer = _answer(request, seen.bundle, form, fmt)
+    except Exception as exc:  # (audited as not delivered, then the error's usual answer)
+        citizen.delivered(ctx, seen, failure=exc.diagnostics if isinstance(
+            exc, SipHubError) else f"the {form or fmt} answer could not be made "
+            f"({type(exc).__name__})")
+        raise
+    citizen.delivered(ctx, seen)
+    return answer
+
+
+def _answer(request: Request, out: dict[str, Any], form: str | None, fmt: str | None
+            ) -> Response:
     if form == "html":
         return Response(render_citizen_html(out), media_type="text/html; charset=utf-8",
                         headers=PRIVATE)
@@ -81,4 +99,4 @@ def _citizen_view(request: Request) -> Response:
         # (shown by the portal's viewer; its name if the person saves it)
         return Response(render_citizen_pdf(out), media_type=PDF, headers={
             **PRIVATE, "Content-Disposition": 'inline; filename="samordnad-plan.pdf"'})
-    return respond(request, out, headers=PRIVATE)
+    return respond(request, out, headers=PRIVATE, fmt=fmt)
