@@ -20,7 +20,8 @@ from lxml import etree
 from starlette.responses import Response
 
 from .. import rivta, xml
-from ..errors import BadRequest, InternalError, SipHubError, UnsupportedMediaType
+from ..errors import (BadRequest, InternalError, MethodNotAllowed, SipHubError,
+                      UnsupportedMediaType)
 from .pdf import render_citizen_pdf
 from .render import render_citizen_html
 from .wire import context, in_thread, read_raw
@@ -55,7 +56,7 @@ def fault(err: SipHubError) -> Response:
     etree.SubElement(body, "faultcode").text = f"soap:{code}"
     etree.SubElement(body, "faultstring").text = err.diagnostics
     headers = {**PRIVATE, **{k: v for k, v in err.headers.items()
-                             if k.lower() == "www-authenticate"}}
+                             if k.lower() in ("www-authenticate", "allow")}}
     return Response(_envelope(body), status_code=err.status, media_type=MEDIA, headers=headers)
 
 
@@ -102,3 +103,14 @@ async def get_care_plans(request: Request) -> Response:
         log.exception("GetCarePlans %s failed", log_id)
         return fault(InternalError(f"Internal error; logged with logId {log_id}"))
     return Response(_envelope(out), media_type=MEDIA, headers=PRIVATE)
+
+
+@router.api_route(PATH, methods=["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"],
+                  include_in_schema=False)
+def other_method(request: Request) -> Response:
+    """Another method than POST: the endpoint speaks SOAP, so a 405 SOAP 1.1 Fault (Client),
+    with ``Allow``, not the FHIR API's OperationOutcome."""
+    err = MethodNotAllowed(f"GetCarePlans is called with POST (a SOAP 1.1 envelope), not "
+                           f"{request.method}")
+    err.headers = {**err.headers, "Allow": "POST"}
+    return fault(err)
