@@ -301,7 +301,7 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
                          expression=f"{rtype}.id")
     res = adopted(tx, res, resolve)  # before the read of what it replaces, which it read
     old = tx.current(rtype, rid)
-    if old is None:
+    if old is None or old.deleted:  # (a create, also after a delete)
         ctx.access.check(rtype, "c")
     prepared = prepare_in(tx, res, resolve, rtype, ctx.base_url)
     current = old if old and not old.deleted else None

@@ -104,8 +104,13 @@ _ADVANCE = DriverStatement(
 _NEXT_VERSION = update(resource).where(
     _R.res_type == bindparam("t"), _R.res_id == bindparam("i")).values(
     version_id=_R.version_id + 1, deleted=False,
+    # A version after a tombstone is a new resource's: its writer's, as a create's (a
+    # deleted record re-created by another organisation stayed the first one's).
+    owner_org=case((_R.deleted.is_(True), bindparam("o")), else_=_R.owner_org),
+    withheld=case((_R.deleted.is_(True), bindparam("w")), else_=_R.withheld),
     last_updated=case((_R.last_updated >= bindparam("ts"), _R.last_updated + 1),
-                      else_=bindparam("ts"))).returning(_R.version_id, _R.last_updated)
+                      else_=bindparam("ts"))).returning(_R.version_id, _R.last_updated,
+                                                        _R.owner_org, _R.withheld)
 _BUMP = DriverStatement(_NEXT_VERSION)
 _BUMP_IF = DriverStatement(_NEXT_VERSION.where(_R.version_id == bindparam("m")))
 _INSERT_HISTORY = insert_into(resource_history, "res_type", "res_id", "version_id",
@@ -334,7 +339,7 @@ class Tx:
         it replaces."""
         rtype = res["resourceType"]
         now = now_utc()
-        params = {"t": rtype, "i": rid, "ts": to_us(now)}
+        params = {"t": rtype, "i": rid, "ts": to_us(now), "o": owner, "w": withheld}
         guard = if_match if if_match is not None else expect
         bumped = _BUMP.first(self.conn, params) if guard is None else \
             _BUMP_IF.first(self.conn, {**params, "m": guard})
@@ -342,8 +347,8 @@ class Tx:
             version = int(bumped[0])
             if int(bumped[1]) != params["ts"]:  # (after a version stamped later)
                 now = from_us(int(bumped[1]))
-            return self._write(res, rid, version, version - 1, method, owner, now=now,
-                               advanced=True), False
+            return self._write(res, rid, version, version - 1, method, bumped[2], now=now,
+                               advanced=True, withheld=bool(bumped[3])), False
         cur = self._current_version(rtype, rid)  # nothing advanced: absent, or not If-Match
         if cur is None and expect is None:
             if if_match is not None:
@@ -444,7 +449,8 @@ class Tx:
             if old is None or old.version_id != previous:
                 return Stored(rtype, rid, version, ts, False, content, method, owner, withheld,
                               final)
-            owner, withheld = old.owner, old.withheld
+            if not old.deleted:  # (after a tombstone: the writer's, as the row has it)
+                owner, withheld = old.owner, old.withheld
         # This transaction's current version now (what it notifies and audits reads it).
         stored = self._seen[(rtype, rid)] = Stored(rtype, rid, version, ts, False, content,
                                                    method, owner, withheld, final)

@@ -177,3 +177,39 @@ def test_a_count_of_a_persons_records_by_personnummer_is_in_their_access_log(
     assert r.json()["total"] >= 1 and not r.json().get("entry")
     after = [e for e in _events(client, "patient=alva") if _by(e, BUP)]
     assert len(after) == len(before) + 1
+
+
+def test_a_record_created_again_after_its_delete_is_its_new_writers(client, world):
+    pat = {"resourceType": "Patient", "id": "again", "name": [{"family": "Först"}]}
+    r = client.put("/fhir/Patient/again", content=orjson.dumps(pat),
+                   headers=JSON_HEADERS | world[SOC])
+    assert r.status_code == 201, r.text
+    assert client.delete("/fhir/Patient/again", headers=world[SOC]).status_code == 200
+    pat["name"] = [{"family": "Sedan"}]
+    r = client.put("/fhir/Patient/again", content=orjson.dumps(pat),
+                   headers=JSON_HEADERS | world[BUP])
+    assert r.status_code == 200 and r.json()["meta"]["versionId"] == "3", r.text
+    mine = client.get("/fhir/Patient/again", headers=JSON_HEADERS | world[BUP])
+    assert mine.status_code == 200 and mine.json()["name"][0]["family"] == "Sedan"
+    r = client.get("/fhir/Patient/again", headers=JSON_HEADERS | world[SOC])
+    assert r.status_code == 403, r.text
+    assert "Sedan" not in r.text
+    # Its next update is an update of BUP's record (the owner stays BUP).
+    pat["name"] = [{"family": "Sist"}]
+    r = client.put("/fhir/Patient/again", content=orjson.dumps(pat),
+                   headers=JSON_HEADERS | world[BUP])
+    assert r.status_code == 200, r.text
+    assert client.get("/fhir/Patient/again", headers=JSON_HEADERS | world[SOC]
+                      ).status_code == 403
+
+
+def test_a_create_after_a_delete_needs_the_create_scope(client, world, as_org):
+    pat = {"resourceType": "Patient", "id": "gone", "name": [{"family": "Borta"}]}
+    assert client.put("/fhir/Patient/gone", content=orjson.dumps(pat),
+                      headers=JSON_HEADERS | world[SOC]).status_code == 201
+    assert client.delete("/fhir/Patient/gone", headers=world[SOC]).status_code == 200
+    update_only = as_org(SOC, scope="system/Patient.ru")
+    r = client.put("/fhir/Patient/gone", content=orjson.dumps(pat),
+                   headers=JSON_HEADERS | update_only)
+    assert r.status_code == 403, r.text
+    assert client.get("/fhir/Patient/gone", headers=JSON_HEADERS).status_code == 410
