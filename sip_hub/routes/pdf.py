@@ -135,7 +135,17 @@ def _pieces(text: str) -> list[str]:
 
 # The most text the insatser are set as a table with: ReportLab lays out again what is left of
 # a table (every cell) at each page it splits over, so a longer text is set as paragraphs.
+# Counted in characters and in lines (each line of a cell is a paragraph of its own): 18 KB of
+# "x\n" made one cell of 9,000 paragraphs, which took 30 s to lay out (superlinear).
 _TABLE_TEXT = 20_000
+_TABLE_LINES = 300
+
+
+def _as_table(activities: list[dict[str, Any]]) -> bool:
+    """Whether the insatser are few and short enough to be set as a table."""
+    cells = [a[k] for a in activities for k in ("description", "who", "party")]
+    return sum(len(c) for c in cells) <= _TABLE_TEXT and \
+        sum(c.count("\n") + c.count("\r") + 1 for c in cells) <= _TABLE_LINES
 
 
 @lru_cache(maxsize=16)
@@ -168,7 +178,7 @@ def _plan(plan: dict[str, Any], s: dict[str, ParagraphStyle]) -> list[Any]:
     for g in plan["goals"]:  # (bulleted paragraphs, which split over pages however long)
         out += _p(g["text"] + (f" ({g['area']})" if g["area"] else ""), s["bullet"], "•")
     out += _p("Insatser", s["h2"])
-    if sum(len(a["description"]) + len(a["who"]) for a in plan["activities"]) > _TABLE_TEXT:
+    if not _as_table(plan["activities"]):
         for a in plan["activities"]:  # (as paragraphs: see _TABLE_TEXT)
             out += _p(a["description"], s["bullet"], "•")
             out += _p(f"Ansvarig: {a['who']}" + (f" ({a['party']})" if a["party"] else ""),

@@ -16,7 +16,11 @@ import sip_factory as f
 from sip_hub import identifiers
 from sip_hub.routes.render import party_name, plan_view
 from sip_process import write_case
-from test_getcareplans import CORE, _hub_hsa_id, call, plans, result, schemas  # noqa: F401
+import test_getcareplans
+from test_getcareplans import CORE, call, plans, result
+
+# (the official schemas, and the hub's HSA-id set before the app starts)
+schemas, _hub_hsa_id = test_getcareplans.schemas, test_getcareplans._hub_hsa_id
 
 VIEW = "/fhir/CarePlan/$citizen-view"
 ALVA = f"{VIEW}?patient={identifiers.PERSONNUMMER}|{f.DEMO_PNR}"
