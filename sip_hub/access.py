@@ -7,8 +7,9 @@ The rules (docs/domain.md rules 1, 3 and 8):
   grant for the patient. Grants are derived from the SIP resources on every write that can
   change them: an organisation reads when it takes part in the person's SIP (a participant of
   the SIP CareTeam, or the coordinating organisation: the author of the SIP CarePlan) AND the
-  person's active SIP Consent names it. Withdrawing or narrowing the consent recomputes the
-  grants in the same transaction, so access ends at once.
+  person's active SIP Consent names it, within that consent's period (one grant per period:
+  several consents cover in each of theirs, not between them). Withdrawing or narrowing the
+  consent recomputes the grants in the same transaction, so access ends at once.
 - One organisation coordinates a person's SIP. Once it is known, only it writes the plan, the
   consent, the care team, the goals and the kartläggning; a participating organisation may
   change only the status of its own insatser in the plan, and its own Tasks (its answers).
@@ -142,6 +143,20 @@ class Access:
                 not self.principal.may(rtype, "s"):
             return False
         return Visibility(self.org or "", self.now, COMPARTMENT[rtype])
+
+    def included(self, rtype: str) -> Visibility | None | Literal[False]:
+        """``visibility`` of a type the caller did not ask for by name: what a search adds
+        by ``_include`` and ``_revinclude`` (``:iterate`` too). Nothing of a type it could
+        neither read nor search (its scopes and role, as ``check``): included Organizations
+        reached a token with only ``system/CarePlan.rs``, which a read of one refuses."""
+        try:
+            self.check(rtype, "r")
+        except Forbidden:
+            try:
+                self.check(rtype, "s")
+            except Forbidden:
+                return False
+        return self.visibility(rtype)
 
     # -- instance-level decisions ----------------------------------------------------------
     def can_read(self, tx: Tx, stored: Stored, content: dict[str, Any] | None = None) -> bool:
@@ -277,6 +292,27 @@ def _period_bound(period: Any, which: str) -> int | None:
     return None
 
 
+# A covering period: (from, until) in UTC microseconds, as a grant holds them (``Grant``:
+# it reads while from <= now < until); None: open.
+Period = tuple[int | None, int | None]
+
+
+def merge_periods(periods: list[Period]) -> list[Period]:
+    """The instants ``periods`` cover, as disjoint periods in order: overlapping or adjacent
+    ones (one ends the microsecond before the other starts) as one; empty ones left out."""
+    out: list[Period] = []
+    for since, until in sorted(periods, key=lambda p: -2 ** 63 if p[0] is None else p[0]):
+        if since is not None and until is not None and until < since:
+            continue
+        if out and (out[-1][1] is None or since is None or since <= out[-1][1] + 1):
+            last_until = out[-1][1]
+            out[-1] = (out[-1][0], None if last_until is None or until is None
+                       else max(last_until, until))
+        else:
+            out.append((since, until))
+    return out
+
+
 def refresh_grants(tx: Tx, patient_id: str) -> bool:
     """Recompute who may see ``patient_id``'s SIP from the stored SIP resources; whether
     that changed."""
@@ -301,25 +337,28 @@ def refresh_grants(tx: Tx, patient_id: str) -> bool:
             for ref in (part.get("onBehalfOf"), part.get("member")):
                 if (h := org_hsa(tx, ref, memo)):
                     participants.add(h)
-    covered: dict[str, int | None] = {}
-    # A consent dated to start later covers only from its start (as the process counts it:
-    # ``process.active_consent``); with several, from the earliest.
-    since: dict[str, int | None] = {}
+    # Each consent covers the organisations it names for its own period (as
+    # ``process.active_consent`` counts a consent in force): several consents cover an
+    # organisation in each of their periods and not between them (one grant spanning the
+    # earliest start to the latest end let it read between an expired consent and one not
+    # yet started). One grant per covering period, overlapping or adjacent ones as one; a
+    # participant no consent covers keeps its role, reading nothing.
+    periods: dict[str, list[Period]] = {}
     for _, consent in consents:
         provision = consent.get("provision") or {}
         if provision.get("type", "permit") != "permit":
-            continue
-        until = _period_bound(provision.get("period"), "end")
-        start = _period_bound(provision.get("period"), "start")
+            continue  # (the SIP profile refuses any other; nested provisions too)
+        period = (_period_bound(provision.get("period"), "start"),
+                  _period_bound(provision.get("period"), "end"))
         for actor in provision.get("actor", []):
             if (h := org_hsa(tx, actor.get("reference"), memo)):
-                prev = covered.get(h, 0)
-                covered[h] = None if until is None or prev is None else max(until, prev or 0)
-                first = since.get(h, start)
-                since[h] = None if start is None or first is None else min(start, first)
-    grants = [Grant(org, "coordinator" if org in coordinators else "participant",
-                    org in covered, covered.get(org), since.get(org))
-              for org in sorted(participants)]
+                periods.setdefault(h, []).append(period)
+    grants = []
+    for org in sorted(participants):
+        role = "coordinator" if org in coordinators else "participant"
+        covering = merge_periods(periods.get(org, []))
+        grants += [Grant(org, role, True, until, since) for since, until in covering] or \
+            [Grant(org, role, False, None)]
     if set(grants) == set(tx.grants(patient_id)):
         return False
     tx.replace_grants(patient_id, grants)

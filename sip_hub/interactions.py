@@ -511,7 +511,7 @@ def search(tx: Tx, ctx: Context, rtype: str, items: list[tuple[str, str]]) -> Re
     matches, total = tx.search(query, vis or None) if vis is not False else ([], 0)
     included: list[Stored] = []
     if query.includes or query.revincludes:
-        included = tx.includes(query, matches, ctx.access.visibility)
+        included = tx.includes(query, matches, ctx.access.included)
     # _summary applies to every resource of the answer (each by its type's definition);
     # _elements names elements of the searched type: its matches only
     sub = query.subset

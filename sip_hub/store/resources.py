@@ -609,12 +609,19 @@ class Tx:
             _SERIALISE_ALL.run_later(self.conn, {"keys": keys})
 
     def replace_grants(self, patient_id: str, grants: list[Grant]) -> None:
+        """The patient's grants, all of them: an organisation may hold several (one per
+        period a consent covers it), numbered in order of their start."""
         self.conn.execute(_DELETE_GRANTS, {"p": patient_id})
         if grants:
-            self.conn.execute(_INSERT_GRANTS, [
-                {"patient_id": patient_id, "org_hsa_id": g.org, "role": g.role,
-                 "reads": g.reads, "valid_until": g.valid_until, "valid_from": g.valid_from}
-                for g in grants])
+            seq: Counter[str] = Counter()
+            rows = []
+            for g in sorted(grants, key=lambda g: (g.org, g.valid_from is not None,
+                                                   g.valid_from or 0)):
+                rows.append({"patient_id": patient_id, "org_hsa_id": g.org, "role": g.role,
+                             "reads": g.reads, "valid_until": g.valid_until,
+                             "valid_from": g.valid_from, "seq": seq[g.org]})
+                seq[g.org] += 1
+            self.conn.execute(_INSERT_GRANTS, rows)
         self._grants[patient_id] = list(grants)
 
     def load_grants(self, patient_ids: Iterable[str]) -> None:
@@ -631,9 +638,10 @@ class Tx:
         return list(self._grants[patient_id])
 
     def readable_patients(self, org: str, patient_ids: list[str], now: int) -> set[str]:
-        """The patients whose live grants let ``org`` read. From their grants as this
-        transaction knows them (``load_grants``: read once; a message's write checks access
-        more than once and routes by the same grants), not a statement per check."""
+        """The patients for whom one of ``org``'s grants is live at ``now`` (it may hold one
+        per period a consent covers it). From their grants as this transaction knows them
+        (``load_grants``: read once; a message's write checks access more than once and
+        routes by the same grants), not a statement per check."""
         self.load_grants(patient_ids)
         return {p for p in patient_ids
                 if any(g.org == org and g.reads_at(now) for g in self._grants[p])}

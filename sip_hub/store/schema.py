@@ -77,7 +77,9 @@ INDEX_TABLES = {"token": idx_token, "reference": idx_reference, "date": idx_date
 
 # Who may see a person's SIP data, derived from the SIP resources on every write that can
 # change it: the coordinating organisation, and the participating organisations the person's
-# active consent covers (until the consent's end, if it has one).
+# active consents cover, each in its period. One row per period an organisation is covered
+# (``seq`` 0, 1, ... in order; migration 0017: consents with periods apart cover it in each and
+# not between them), or one row reading nothing for a participant no consent covers.
 access_grant = Table(
     "access_grant", metadata,
     Column("patient_id", String(64), primary_key=True),
@@ -88,6 +90,8 @@ access_grant = Table(
     Column("valid_until", BigInteger, nullable=True),
     # A consent dated to start later covers only from then (added in 0013).
     Column("valid_from", BigInteger, nullable=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False, server_default=text("0")),
+    # The visibility condition's probe: an organisation's grants for one patient.
     Index(None, "org_hsa_id", "patient_id"),
 )
 

@@ -219,6 +219,10 @@ def _criterion_cond(rtype: str, shape: Shape, key: str) -> ColumnElement[bool]:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
+    """One organisation's role in a person's SIP and, when it reads, one period a consent
+    covers it: an organisation several consents cover at times apart holds one per period
+    (with the same role); one no consent covers holds one that reads nothing."""
+
     org: str
     role: str  # coordinator | participant
     reads: bool
@@ -250,10 +254,12 @@ VisibilityFor = Callable[[str], "Visibility | None | Literal[False]"]
 
 def visibility_cond(rtype: str, vis: Visibility) -> ColumnElement[bool]:
     """Owned, or in the compartment of a patient the organisation holds a live reading grant
-    for. Checked per candidate row (correlated EXISTS), so the cost follows the rows the
-    criteria match, not the number of patients the organisation can see. The organisation
-    and the time are bound parameters (``vis_org``, ``vis_now``: see ``visibility_params``),
-    so the condition is built once per type."""
+    for (one of its grants for the patient, one per period a consent covers it, is live).
+    Checked per candidate row (correlated EXISTS, probing the organisation's grants for the
+    patient by index), so the cost follows the rows the criteria match, not the number of
+    patients the organisation can see. The organisation and the time are bound parameters
+    (``vis_org``, ``vis_now``: see ``visibility_params``), so the condition is built once
+    per type."""
     return _visibility_shape(vis.compartment)
 
 
