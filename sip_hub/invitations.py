@@ -276,7 +276,7 @@ class _Invited:
     profession: Json | None
 
 
-def _invited_organisations(op: Operation, params: Params, consent: Json,
+def _invited_organisations(op: Operation, params: Params, consents: list[Json],
                            coordinator: str | None) -> list[_Invited]:
     out: list[_Invited] = []
     for part in params.parts("invitedOrganization"):
@@ -286,7 +286,7 @@ def _invited_organisations(op: Operation, params: Params, consent: Json,
                                                "coordinator; it is not invited")
         if any(hsa == o.hsa for o in out):
             raise part.invalid("organization", f"{name} is invited twice")
-        if not sp.consent_covers(op.tx, consent, hsa):
+        if not any(sp.consent_covers(op.tx, consent, hsa) for consent in consents):
             raise sp.business_rule(f"The person's consent does not cover {name} ({hsa}): an "
                                    "invitation shares personal data, so the consent must name "
                                    "the organisation first (rule 1)")
@@ -353,7 +353,7 @@ def invite(op: Operation, plan_id: str, body: Any, if_match: str | None) -> Json
     if phase not in INVITE_PHASES:
         raise sp.business_rule(f"Invitations go out in the phases kartlaggning, kallelse, mote "
                                f"and uppfoljning; this SIP is in '{phase}'")
-    consent = sp.require_consent(op.tx, plan, op.now, "Inviting to the SIP meeting")
+    sp.require_consent(op.tx, plan, op.now, "Inviting to the SIP meeting")
     sp.require_custodian_if_minor(op.tx, plan, op.now)
     found = sp.team_of(op.tx, plan)
     if found is None:
@@ -361,7 +361,10 @@ def invite(op: Operation, plan_id: str, body: Any, if_match: str | None) -> Json
                                "CarePlan.careTeam) before inviting", "CarePlan.careTeam")
     team_stored, team = found
     patient = sp.patient_ref(op.tx, plan)
-    orgs = _invited_organisations(op, params, consent, org_hsa(op.tx, plan.get("author")))
+    # Covered by any of the person's consents in force (each names the organisations it
+    # covers; the first alone refused one only the second names).
+    consents = list(sp.consents_in_force(op.tx, patient.split("/", 1)[1], op.now))
+    orgs = _invited_organisations(op, params, consents, org_hsa(op.tx, plan.get("author")))
     persons = _invited_persons(op, params, patient)
     if not orgs and not persons:
         raise BadRequest("$invite: invite at least one organisation or person",

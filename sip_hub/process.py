@@ -18,6 +18,7 @@ import copy
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from functools import cache
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -267,6 +268,12 @@ def local_date(when: datetime) -> date:
 
 def active_consent(tx: Tx, patient_id: str, now: datetime) -> Json | None:
     """The person's SIP consent in force at ``now`` (active, permitting, within its period)."""
+    return next(consents_in_force(tx, patient_id, now), None)
+
+
+def consents_in_force(tx: Tx, patient_id: str, now: datetime) -> Iterator[Json]:
+    """Each of the person's SIP consents in force at ``now`` (a person may have given more
+    than one: each covers the organisations it names)."""
     at = to_us(now)
     for s in search(tx, "Consent", [("patient", f"Patient/{patient_id}"), ("status", "active")]):
         consent = s.json()
@@ -283,8 +290,7 @@ def active_consent(tx: Tx, patient_id: str, now: datetime) -> Json | None:
                 continue
         except ValueError:
             continue
-        return consent
-    return None
+        yield consent
 
 
 def require_consent(tx: Tx, plan: Json, now: datetime, what: str) -> Json:

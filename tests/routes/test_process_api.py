@@ -278,6 +278,21 @@ def test_invited_organisations_must_be_covered_by_the_consent(client, h):
     assert read(client, f"CarePlan/{PLAN}", h[SOC])["meta"]["versionId"] == "2"  # unchanged
 
 
+def test_an_organisation_a_second_consent_covers_may_be_invited(client, h):
+    """A person may have given two consents in force at once, each naming its parties: an
+    invitation needs one that covers the organisation (the first alone refused the school,
+    which only the second names)."""
+    to_mapping(client, h)
+    set_consent(client, h, actor_refs=(f.SOCIAL_SERVICES, f.BUP, f.MOTHER))
+    second = {**f.sip_consent(start=day(-5), end=day(200),
+                              actor_refs=(f.SOCIAL_SERVICES, f.SCHOOL, f.MOTHER)),
+              "id": "alva-sip-samtycke-skolan"}
+    r = client.put("/fhir/Consent/alva-sip-samtycke-skolan", content=body(second)["content"],
+                   headers=JSON_HEADERS | h[SOC])
+    assert r.status_code == 201, r.text
+    ok(post(client, f"CarePlan/{PLAN}/$invite", h[SOC], invitation(f.BUP, f.SCHOOL)))
+
+
 def test_a_child_needs_a_custodian_before_invitations_go_out(client, as_org):
     h = {SOC: as_org(SOC)}
     write_case(client, h[SOC], alva_case(custodian=False))
