@@ -191,6 +191,13 @@ def _guard_read(tx: Tx, ctx: Context, stored: Stored, interaction: str) -> None:
         raise
 
 
+def _refused_on(ctx: Context, interaction: str, stored: Stored | None,
+               err: SipHubError) -> None:
+    """Audit a process rule's refusal of a write to ``stored``, which the hub read."""
+    if stored is not None:
+        ctx.record(interaction, [stored], outcome="4", detail=err.diagnostics)
+
+
 def _guard_write(tx: Tx, ctx: Context, rtype: str, old: Stored | None,
                  new: dict[str, Any] | None, interaction: str) -> None:
     try:
@@ -307,7 +314,11 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
     current = old if old and not old.deleted else None
     _guard_write(tx, ctx, rtype, current, prepared, "update")
     if process_rules:
-        process.check_plain_update(tx, ctx, current.doc() if current else None, prepared)
+        try:
+            process.check_plain_update(tx, ctx, current.doc() if current else None, prepared)
+        except SipHubError as err:  # refused on what it read: audited, outside the tx
+            _refused_on(ctx, "update", current, err)
+            raise
         process.check_new_plan(ctx, current.doc() if current else None, prepared, rid)
     version = expected_version(if_match, old, f"{rtype}/{rid}")
     try:
@@ -402,7 +413,11 @@ def delete(tx: Tx, ctx: Context, rtype: str, rid: str, *,
     version = expected_version(if_match, cur, f"{rtype}/{rid}")
     if not cur.deleted:
         _guard_write(tx, ctx, rtype, cur, None, "delete")
-        process.check_plain_delete(ctx, cur.json())
+        try:
+            process.check_plain_delete(ctx, cur.json(), tx)
+        except SipHubError as err:
+            _refused_on(ctx, "delete", cur, err)
+            raise
     _held_to(version, cur)
     if cur.deleted:
         return Result(200, None, information(f"{rtype}/{rid} was already deleted"))

@@ -54,7 +54,7 @@ from .access import org_hsa
 from .errors import BadRequest, Forbidden
 from .fhir import profiles, sip
 from .fhir.dates import format_instant, from_us
-from .operation import Operation, ref
+from .operation import Operation, audited, ref
 from .parameters import Param, Params
 from .store import Stored
 from .transitions import move, sip_plan
@@ -345,6 +345,7 @@ def _add_participants(op: Operation, appt: Json, orgs: list[_Invited],
     appt["status"] = meeting_status(appt)
 
 
+@audited("$invite")
 def invite(op: Operation, plan_id: str, body: Any, if_match: str | None) -> Json:
     params = parameters.read(body, "$invite", INVITE)
     stored, plan = sip_plan(op, plan_id, if_match)
@@ -443,6 +444,7 @@ def _invitation(op: Operation, plan: Stored, appt: Stored, org: _Invited, patien
 
 # -- $respond ----------------------------------------------------------------------------------
 
+@audited("$respond")
 def respond(op: Operation, task_id: str, body: Any, if_match: str | None) -> Json:
     params = parameters.read(body, "$respond", RESPOND)
     task_stored = op.current("Task", task_id, if_match)

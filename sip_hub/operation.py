@@ -9,20 +9,22 @@ for the caller, so the person's access log names who caused them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from . import interactions as ix
 from .audit import CLIENT_SYSTEM
-from .errors import Conflict, Forbidden, Gone, NotFound, PreconditionFailed
+from .errors import Conflict, Forbidden, Gone, NotFound, PreconditionFailed, SipHubError
 from .fhir import sip
 from .fhir.dates import format_instant
 from .identifiers import HSA_ID
 from .store import Stored, Tx
 
 Json = dict[str, Any]
+_Run = TypeVar("_Run", bound=Callable[..., Json])
 
 
 @dataclass(slots=True)
@@ -32,6 +34,10 @@ class Operation:
     now: datetime
     inactive_days: int = 90
     hub: ix.Context = field(init=False)
+    # What the operation read of the person's data on the caller's behalf (``current``), and
+    # whether a refusal of it is audited already: a refusal after the read is audited too.
+    read: list[Stored] = field(init=False, default_factory=list)
+    refusal_audited: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         # The hub's own context: unrestricted and unaudited (its writes are audited for ctx).
@@ -54,11 +60,24 @@ class Operation:
             self.ctx.access.require_read(self.tx, cur)
         except Forbidden as err:
             self.ctx.refused("read", cur, rtype, err)
+            self.refusal_audited = True
             raise
+        self.read.append(cur)
         if ix.expected_version(if_match, cur, f"{rtype}/{rid}") not in (None, cur.version_id):
             raise PreconditionFailed(f"Version conflict: {rtype}/{rid} is at version "
                                      f"{cur.version_id}, If-Match asked for {if_match}")
         return cur
+
+    def refused(self, what: str, err: SipHubError) -> None:
+        """Audit the operation's refusal (outcome 4; 8 for a failure of the hub's) once it has
+        read the person's data: the caller learnt something of it (a 409 tells the SIP's
+        phase). Recorded outside the operation's transaction, which is rolled back."""
+        if self.refusal_audited or not self.read:
+            return
+        self.refusal_audited = True
+        seen = list({(s.type, s.id): s for s in self.read}.values())
+        self.ctx.record("operation", seen, outcome="4" if err.status < 500 else "8",
+                        detail=f"{what}: {err.diagnostics}")
 
     def create(self, res: Json, *, as_hub: bool = False) -> Stored:
         ctx = self.hub if as_hub else self.ctx
@@ -127,6 +146,20 @@ class Operation:
             out["entity"] = [{"role": role, "what": {"reference": version_ref(s)}}
                              for role, s in entities]
         return out
+
+
+def audited(what: str) -> Callable[[_Run], _Run]:
+    """An operation ``fn(op, ...)`` whose refusals are audited (``Operation.refused``)."""
+    def wrap(fn: _Run) -> _Run:
+        @functools.wraps(fn)
+        def run(op: Operation, *args: Any, **kwargs: Any) -> Json:
+            try:
+                return fn(op, *args, **kwargs)
+            except SipHubError as err:
+                op.refused(what, err)
+                raise
+        return run  # type: ignore[return-value]
+    return wrap
 
 
 def _agent_type(code: str) -> Json:

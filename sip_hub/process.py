@@ -73,6 +73,7 @@ DEADLINE_TASKS: Final = (TASK_DOCUMENT, TASK_FOLLOW_UP, TASK_INACTIVE, TASK_UNAN
 OPEN_TASK: Final = frozenset({"requested", "received", "accepted", "ready", "in-progress",
                               "on-hold"})
 ADULT_AGE: Final = 18
+ZONE_US: Final = 14 * 3_600_000_000  # the widest UTC offset FHIR allows
 # Who may approve the plan for the person besides the person themselves (rule 3).
 REPRESENTATIVE_ROLES: Final = frozenset({"custodian", "guardian", "personal-representative"})
 _TASK_IDENTIFIER: Final = f"{sip.CANONICAL}/NamingSystem/sip-task"
@@ -293,6 +294,49 @@ def consents_in_force(tx: Tx, patient_id: str, now: datetime) -> Iterator[Json]:
         yield consent
 
 
+def _consent_begins(consent: Json) -> tuple[int, str] | None:
+    """(UTC microsecond, text) of the earliest the consent speaks for: when the person gave it
+    (dateTime) or the start of its provision.period, whichever is earlier (a consent recorded
+    after the fact may say it applied before); a date as early as any zone has it."""
+    start = ((consent.get("provision") or {}).get("period") or {}).get("start")
+    out = []
+    for text in (consent.get("dateTime"), start):
+        began = time_of(text)
+        if began is not None:
+            out.append((began - ZONE_US if "T" not in text else began, text))
+    return min(out) if out else None
+
+
+def require_approval_after_consent(tx: Tx, plan: Json, approved: str, expression: str,
+                                   what: str = "The approval") -> None:
+    """The person cannot have approved the plan before they consented to the SIP (rule 1:
+    no SIP work without consent): ``approved`` (a date or dateTime) is refused when it ends
+    before the earliest of the person's active, permitting SIP consents begins (its dateTime
+    or provision.period.start, the earlier). Consents whose period has ended count: the plan
+    may have been approved under a consent since replaced."""
+    found = patient_of(tx, plan)
+    if found is None:
+        return
+    begins = []
+    for s in search(tx, "Consent", [("patient", f"Patient/{found[0]}"), ("status", "active")]):
+        consent = s.json()
+        if profiles.applies(consent) != sip.PROFILE_CONSENT or \
+                (consent.get("provision") or {}).get("type", "permit") != "permit":
+            continue
+        began = _consent_begins(consent)
+        if began is not None:
+            begins.append(began)
+    try:
+        end = parse_range(approved)[1]
+    except ValueError:
+        return
+    if begins and end < min(begins)[0]:
+        raise business_rule(f"{what} ({approved}) lies before the person consented to the SIP "
+                            f"({min(begins)[1]}, the consent's dateTime or "
+                            "provision.period.start): a SIP plan is not approved before the "
+                            "consent to it", expression)
+
+
 def require_consent(tx: Tx, plan: Json, now: datetime, what: str) -> Json:
     patient = patient_ref(tx, plan).split("/", 1)[1]
     consent = active_consent(tx, patient, now)
@@ -377,13 +421,17 @@ def require_custodian_if_minor(tx: Tx, plan: Json, now: datetime) -> None:
                             "CareTeam (a RelatedPerson with role 'custodian')", "CarePlan.careTeam")
 
 
-def check_person(tx: Tx, plan: Json, refs: list[Json], expression: str, what: str) -> None:
+def check_person(tx: Tx, plan: Json, refs: list[Json], expression: str, what: str,
+                 now: datetime | None = None) -> None:
     """Each of ``refs`` is the individual, or a custodian, guardian or personal representative
-    who takes part in the SIP (CareTeam) on their behalf."""
+    who takes part in the SIP (CareTeam) on their behalf. With ``now``: a custodian
+    (vårdnadshavare) only while the individual is under 18; an adult has none (their guardian,
+    god man or förvaltare, or personal representative acts for them)."""
     patient = patient_ref(tx, plan)
     team = team_of(tx, plan)
-    representatives = members_with_roles(tx, team[1], patient.split("/", 1)[1],
-                                         REPRESENTATIVE_ROLES) if team else []
+    pid = patient.split("/", 1)[1]
+    representatives = members_with_roles(tx, team[1], pid, REPRESENTATIVE_ROLES) if team else []
+    others: list[str] | None = None
     for ref in refs:
         target = ref_target(ref)
         text = f"{target[0]}/{target[1]}" if target else None
@@ -392,6 +440,16 @@ def check_person(tx: Tx, plan: Json, refs: list[Json], expression: str, what: st
                                 f"individual ({patient}) does, or a custodian, guardian or "
                                 "personal representative who takes part in the SIP (CareTeam)",
                                 expression)
+        if text == patient or now is None or team is None:
+            continue
+        if others is None:
+            others = members_with_roles(tx, team[1], pid, REPRESENTATIVE_ROLES - {"custodian"})
+        if text not in others and not is_minor(tx, plan, now):
+            raise business_rule(f"{text} takes part in the SIP as custodian (vårdnadshavare) "
+                                f"and cannot {what}: the individual ({patient}) is an adult, "
+                                "and custodians act only for persons under 18. The individual "
+                                "does, or their guardian (god man, förvaltare, role 'guardian') "
+                                "or personal representative in the SIP CareTeam", expression)
 
 
 def check_approvers(tx: Tx, plan: Json, approvers: list[Json], now: datetime,
@@ -399,7 +457,7 @@ def check_approvers(tx: Tx, plan: Json, approvers: list[Json], now: datetime,
     """The person approves the plan (rule 3), or their representative; under 18 a custodian
     approves too, so one must take part in the CareTeam (an imported plan, or a team that
     lost its custodian after the invitations, has none to ask)."""
-    check_person(tx, plan, approvers, expression, "approve this plan")
+    check_person(tx, plan, approvers, expression, "approve this plan", now)
     if is_minor(tx, plan, now):
         guardians = set(custodians(tx, plan))
         given = {f"{t[0]}/{t[1]}" for r in approvers if (t := ref_target(r))}
@@ -515,6 +573,9 @@ def require_approval(tx: Tx, provenances: list[Json], plan: Json, now: datetime)
         if when > to_us(now):
             raise business_rule(f"The approval of CarePlan/{plan['id']} cannot lie in the "
                                 "future (Provenance.occurredDateTime)", "CarePlan.status")
+        require_approval_after_consent(tx, plan, prov["occurredDateTime"], "CarePlan.status",
+                                       f"The approval of CarePlan/{plan['id']} "
+                                       "(Provenance.occurredDateTime)")
         check_approvers(tx, plan, attesters, now, "CarePlan.status")
 
 
@@ -632,14 +693,34 @@ def _meeting_update(tx: Tx, old: Json, new: Json) -> None:
                                 "Appointment")
 
 
-def check_plain_delete(ctx: Context, old: Json) -> None:
-    """An established plan is the person's: it is closed with $transition, never deleted."""
+_LIVE_MEETING: Final = "proposed,pending,booked"
+
+
+def check_plain_delete(ctx: Context, old: Json, tx: Tx | None = None) -> None:
+    """An established plan is the person's: it is closed with $transition, never deleted.
+    Nor is a draft whose invitations went out: its open invitations and planned meetings
+    would stay open with the organisations for ever (none can answer them, no deadline
+    watches them); closing it with $transition cancels them and tells the organisations."""
     if ctx.access.unrestricted:
         return
-    if old.get("resourceType") == "CarePlan" and is_sip_plan(old) and \
-            phase_of(old) in FIXED_PHASES:
+    if old.get("resourceType") != "CarePlan" or not is_sip_plan(old):
+        return
+    if phase_of(old) in FIXED_PHASES:
         raise business_rule("An established SIP is ended with CarePlan/$transition "
                             "(to=avslutad, with the reason), not deleted")
+    if tx is None:
+        return
+    plan = f"CarePlan/{old.get('id')}"
+    invited = [f"Task/{s.id}" for s in search(tx, "Task", [("based-on", plan)])
+               if task_kind(t := s.json()) == TASK_INVITATION and t.get("status") in OPEN_TASK]
+    meetings = [f"Appointment/{s.id}" for s in search(
+        tx, "Appointment", [("supporting-info", plan), ("status", _LIVE_MEETING)])]
+    if invited or meetings:
+        raise business_rule(f"{plan} has invitations out ({', '.join(invited + meetings)}): a "
+                            "SIP whose invitations went out is ended with "
+                            "CarePlan/$transition (to=avslutad, with the reason), which "
+                            "cancels its meeting and invitations and tells the invited "
+                            "organisations, not deleted")
 
 
 def check_plain_update(tx: Tx, ctx: Context, old: Json | None, new: Json) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from . import deadlines, parameters, process as sp
 from .fhir import sip
 from .fhir.dates import parse_range
-from .operation import Operation, version_ref
+from .operation import Operation, audited, version_ref
 from .parameters import Param
 from .service import prepare, tx_resolver
 from .store import Stored
@@ -38,7 +38,8 @@ APPROVE = (Param("revision", ("valueReference",), required=True),
            Param("approvedAt", ("valueDateTime",), required=True),
            Param("reason", ("valueString",)))
 _DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
-_ZONE_US = 14 * 3_600_000_000  # the widest UTC offset FHIR allows
+_ZONE_US = sp.ZONE_US
+_ENTERED_US = 24 * 3_600_000_000  # a revision agreed at a meeting may be entered after it
 _KEPT_META = ("profile", "security", "tag")
 # What the established plan keeps whatever the revision says: what it is, not what it decides.
 _KEPT = ("identifier", "replaces")
@@ -76,6 +77,7 @@ def applied(plan: Json, proposal: Json) -> Json:
     return out
 
 
+@audited("$propose-revision")
 def propose(op: Operation, plan_id: str, body: Any, if_match: str | None) -> Json:
     params = parameters.read(body, "$propose-revision", PROPOSE)
     stored, plan = _established(op, plan_id, "$propose-revision", if_match)
@@ -104,6 +106,7 @@ def propose(op: Operation, plan_id: str, body: Any, if_match: str | None) -> Jso
     return parameters.out(parameters.resource("revision", written.json()))
 
 
+@audited("$approve-revision")
 def approve(op: Operation, plan_id: str, body: Any, if_match: str | None) -> Json:
     params = parameters.read(body, "$approve-revision", APPROVE)
     stored, plan = _established(op, plan_id, "$approve-revision", if_match)
@@ -135,6 +138,16 @@ def approve(op: Operation, plan_id: str, body: Any, if_match: str | None) -> Jso
     if began is not None and parse_range(approved[0])[1] < began - _ZONE_US:
         raise params.invalid("approvedAt", f"the approval lies before the plan was established "
                                            f"({start}, CarePlan.period.start)")
+    # Nor before the change was proposed: the proposal as it reads now (its current version),
+    # less a day for a change agreed at a meeting and entered in the hub afterwards.
+    slack = _ENTERED_US + (0 if "T" in approved[0] else _ZONE_US)
+    if parse_range(approved[0])[1] < proposal_stored.last_updated - slack:
+        raise sp.business_rule(
+            f"The approval ({approved[0]}) lies before the revision was proposed "
+            f"(CarePlan/{proposal_stored.id} as it reads now, "
+            f"{proposal_stored.last_updated_instant}; an approval is taken up to a day "
+            "before the proposal was entered): the person approves a proposed change",
+            params.where("approvedAt"))
     approvers = params.references("approvedBy")
     sp.check_approvers(op.tx, plan, approvers, op.now, params.where("approvedBy"))
 

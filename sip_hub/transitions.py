@@ -29,7 +29,7 @@ from typing import Any
 from . import deadlines, parameters, process as sp
 from .fhir import sip
 from .fhir.dates import parse_range, to_us
-from .operation import Operation
+from .operation import Operation, audited
 from .parameters import Param
 from .store import Stored
 
@@ -57,6 +57,7 @@ def sip_plan(op: Operation, plan_id: str, if_match: str | None = None
     return stored, plan
 
 
+@audited("$transition")
 def run(op: Operation, plan_id: str, body: Any, if_match: str | None) -> Json:
     params = parameters.read(body, "$transition", PARAMS)
     stored, plan = sip_plan(op, plan_id, if_match)
@@ -75,7 +76,7 @@ def run(op: Operation, plan_id: str, body: Any, if_match: str | None) -> Json:
     requested_by = params.reference("requestedBy")
     if requested_by is not None:
         sp.check_person(op.tx, plan, [requested_by], params.where("requestedBy"),
-                        "ask for this transition")
+                        "ask for this transition", op.now)
     if to == sp.CLOSED:
         params.require("reason")
     if to == sp.ESTABLISHED:
@@ -83,6 +84,7 @@ def run(op: Operation, plan_id: str, body: Any, if_match: str | None) -> Json:
         assert approved is not None
         if approved[1] > op.now:
             raise params.invalid("approvedAt", "the approval cannot lie in the future")
+        sp.require_approval_after_consent(op.tx, plan, approved[0], params.where("approvedAt"))
         sp.check_approvers(op.tx, plan, approvers, op.now, params.where("approvedBy"))
     else:
         params.forbid(("approvedBy", "approvedAt"), "is given only when the plan is established "
@@ -94,8 +96,8 @@ def run(op: Operation, plan_id: str, body: Any, if_match: str | None) -> Json:
     if to == sp.MEETING and not deadlines.meetings(op.tx, plan_id):
         raise sp.business_rule("There is no SIP meeting to hold: invite to it with "
                                f"CarePlan/{plan_id}/$invite first")
-    if to == sp.ESTABLISHED and frm == sp.FOLLOW_UP:
-        _require_next_follow_up(op, plan)
+    if to == sp.ESTABLISHED:
+        _require_next_follow_up(op, plan, first=frm != sp.FOLLOW_UP)
 
     written, prov, closed = move(op, stored, to, reason=reason,
                                  approved_at=approved[0] if approved else None,
@@ -135,10 +137,24 @@ def move(op: Operation, stored: Stored, to: str, *, reason: str | None = None,
     return written, prov, list(dict.fromkeys(closed))
 
 
-def _require_next_follow_up(op: Operation, plan: Json) -> None:
-    """Concluding a follow-up needs the next follow-up date, agreed in an approved revision."""
+def _require_next_follow_up(op: Operation, plan: Json, *, first: bool = False) -> None:
+    """The plan says when it is followed up (rule 4), and that is still to come: concluding a
+    follow-up needs the next date, agreed in an approved revision; a plan established the
+    first time (``first``) needs one not yet passed (a missing one the profile refuses, as the
+    rest of the required content)."""
     follow_up = next((e.get("valueDateTime") for e in plan.get("extension", [])
                       if e.get("url") == sip.EXT_FOLLOW_UP), None)
+    if first:
+        try:
+            passed = follow_up is not None and parse_range(follow_up)[1] <= to_us(op.now)
+        except (ValueError, TypeError):
+            passed = False
+        if passed:
+            raise sp.business_rule(
+                f"The plan's follow-up date ({follow_up}) has passed: a plan is established with "
+                "the date it will be followed up (a date to come); change it in the draft (PUT) "
+                "first", f"CarePlan.extension('{sip.EXT_FOLLOW_UP}')")
+        return
     try:
         ahead = follow_up is not None and parse_range(follow_up)[0] > to_us(op.now)
     except ValueError:
