@@ -168,6 +168,19 @@ def write_case(client: Any, headers: dict[str, str], resources: list[Json]) -> N
     assert r.status_code == 200, r.text
 
 
+def propose_revision(client: Any, headers: dict[str, str], plan_id: str,
+                     description: str = "Reviderad") -> tuple[Json, Json]:
+    """The plan as it is, and the proposal of a revision of it (its description changed)."""
+    plan = read(client, f"CarePlan/{plan_id}", headers)
+    revised = copy.deepcopy(plan)
+    revised.pop("meta")
+    revised["description"] = description
+    r = post(client, f"CarePlan/{plan_id}/$propose-revision", headers,
+             parameters(resource("revision", revised)))
+    assert r.status_code == 200, r.text
+    return plan, one(r.json(), "revision")
+
+
 def read(client: Any, path: str, headers: dict[str, str] | None = None) -> Json:
     r = client.get(f"/fhir/{path}", headers=headers or {})
     assert r.status_code == 200, r.text

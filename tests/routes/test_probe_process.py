@@ -4,7 +4,6 @@ operation a 5xx."""
 
 from __future__ import annotations
 
-import copy
 
 import orjson
 import pytest
@@ -12,7 +11,7 @@ import pytest
 import sip_factory as f
 from fhirhttp import JSON_HEADERS, outcome_text
 from sip_process import (BUP, SOC, approval, at, dt, invitation, one, parameters, parts, post,
-                         read, ref, resource, respond, string, transition, values)
+                         propose_revision, read, ref, respond, string, transition, values)
 from test_deadlines import h  # noqa: F401 (fixture: Alva's SIP in kartläggning)
 
 PLAN = "alva-sip"
@@ -98,14 +97,7 @@ def test_a_revision_approved_before_the_plan_was_established_is_a_400(client, h)
     assert transition(client, h[SOC], PLAN, "mote").status_code == 200
     r = transition(client, h[SOC], PLAN, "upprattad", *approval("Patient/alva", f.MOTHER))
     assert r.status_code == 200, r.text
-    plan = read(client, f"CarePlan/{PLAN}", h[SOC])
-    revised = copy.deepcopy(plan)
-    revised.pop("meta")
-    revised["description"] = "Reviderad"
-    r = post(client, f"CarePlan/{PLAN}/$propose-revision", h[SOC],
-             parameters(resource("revision", revised)))
-    assert r.status_code == 200, r.text
-    proposal = one(r.json(), "revision")
+    plan, proposal = propose_revision(client, h[SOC], PLAN)
     r = post(client, f"CarePlan/{PLAN}/$approve-revision", h[SOC], parameters(
         ref("revision", f"CarePlan/{proposal['id']}"),
         *approval("Patient/alva", f.MOTHER, when="1900-01-01T10:00:00+01:00")))

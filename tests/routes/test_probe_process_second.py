@@ -14,8 +14,8 @@ import sip_factory as f
 from fhirhttp import JSON_HEADERS, body, outcome_text
 from sip_hub.fhir import sip
 from sip_process import (BUP, SOC, TASK_SYSTEM, alva_case, approval, at, invitation, one,
-                         parameters, post, read, ref, resource, respond, string, tasks,
-                         transition, write_case)
+                         parameters, post, propose_revision, read, ref, respond, string,
+                         tasks, transition, write_case)
 import test_deadlines
 
 PLAN = "alva-sip"
@@ -90,14 +90,7 @@ def test_a_revision_approved_before_it_was_proposed_is_refused(client, h):
     r = transition(client, h[SOC], PLAN, "upprattad",
                    *approval("Patient/alva", f.MOTHER, when=at(days=-5)))
     assert r.status_code == 200, r.text
-    plan = read(client, f"CarePlan/{PLAN}")
-    revised = copy.deepcopy(plan)
-    revised.pop("meta")
-    revised["description"] = "Reviderad"
-    r = post(client, f"CarePlan/{PLAN}/$propose-revision", h[SOC],
-             parameters(resource("revision", revised)))
-    assert r.status_code == 200, r.text
-    proposal = one(r.json(), "revision")
+    plan, proposal = propose_revision(client, h[SOC], PLAN)
     # After the plan was established, days before the revision existed (a day's grace for
     # a revision agreed at a meeting and entered afterwards).
     r = post(client, f"CarePlan/{PLAN}/$approve-revision", h[SOC], parameters(

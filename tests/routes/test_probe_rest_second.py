@@ -17,6 +17,7 @@ import pytest
 
 import sip_factory as f
 from fhirhttp import JSON_HEADERS, outcome_text
+from sip_process import write_case
 
 SOC, BUP = "SE2120000142-SOC1", "SE2321000016-15CQ"
 PATCH = {"content-type": "application/json-patch+json", "accept": "application/fhir+json"}
@@ -26,13 +27,7 @@ PNR_SYSTEM = "http://electronichealth.se/identifier/personnummer"
 @pytest.fixture
 def world(client, as_org):
     h = {org: as_org(org) for org in (SOC, BUP)}
-    entries = [{"resource": r, "request": {"method": "PUT",
-                                           "url": f"{r['resourceType']}/{r['id']}"}}
-               for r in f.demo_case()]
-    r = client.post("/fhir", content=orjson.dumps({"resourceType": "Bundle",
-                                                   "type": "transaction", "entry": entries}),
-                    headers=JSON_HEADERS | h[SOC])
-    assert r.status_code == 200, r.text
+    write_case(client, h[SOC], f.demo_case())
     return h
 
 
