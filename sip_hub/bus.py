@@ -66,7 +66,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from amqp.exceptions import MessageNacked, NotFound
+from amqp.exceptions import AccessRefused, MessageNacked, NotAllowed, NotFound
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.exceptions import OperationalError
 from kombu.message import Message
@@ -74,6 +74,7 @@ from kombu.transport import memory
 from kombu.utils.url import maybe_sanitize_url
 
 from .errors import SipHubError, TransientError
+from .metrics import DEAD_LETTERS
 
 log = logging.getLogger("sip_hub.bus")
 
@@ -82,6 +83,14 @@ REASON: Final = "sip-reason"
 ATTEMPTS: Final = "sip-attempts"
 # One message for several queues (see "Reliability"): each queue's headers, by queue name.
 _TO: Final = "sip-to"
+# kombu undoes a ``compression`` header as it takes a message; one it cannot undo is
+# dead-lettered without it (see ``Bus._undecodable``).
+_COMPRESSION: Final = "compression"
+# The dead-letter metric's kind of messages on the hub's queues that are no delivery of its
+# outbox (another publisher's, or undecodable): counted and logged where they are
+# dead-lettered, from the start at 0 (see sip_hub.metrics).
+UNKNOWN: Final = "unknown"
+DEAD_LETTERS.labels(UNKNOWN)
 _CONTENT_TYPE: Final = "application/fhir+json"
 MEMORY_DEAD_MAX: Final = 1000  # dead letters the memory transport keeps (see above)
 _NACKED: Final = ("a nack (a queue it was routed to refused it: full, with x-overflow "
@@ -92,6 +101,15 @@ _PUBLISH_RETRY: Final = {"max_retries": 2, "interval_start": 0, "interval_step":
 
 class BusUnavailable(TransientError):
     """The broker cannot be reached or refused the operation; trying again may work."""
+
+
+class BusRefused(BusUnavailable):
+    """The broker refused the login or the virtual host (``SIP_HUB_BROKER_URL``'s user,
+    password or vhost): an operator's input. A worker goes on trying, as for a broker that
+    is down (it may be put right on the broker), with the reason on one line; a one-shot
+    command stops (exit 2)."""
+
+    retryable = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +376,9 @@ class Bus:
             raise
         except MessageNacked as exc:  # the broker refused a confirmed publish
             raise BusUnavailable(f"The broker did not accept the message ({what})") from exc
+        except (AccessRefused, NotAllowed) as exc:  # wrong user, password or vhost
+            raise BusRefused(f"Message broker refused the connection ({what}): "
+                             f"{getattr(exc, 'reply_text', '') or exc}") from exc
         except NotFound as exc:  # the exchange or a queue deleted meanwhile: declare again
             self._declared.clear()
             raise BusUnavailable(f"Message broker: {exc} ({what})") from exc
@@ -552,6 +573,7 @@ class Bus:
             if self._consumer is None:
                 self._consumer = Consumer(self._consumer_conn.default_channel, queues=queues,
                                           on_message=self._on_message,
+                                          on_decode_error=self._undecodable,
                                           prefetch_count=prefetch, auto_declare=False)
                 self._consumer.consume()
             else:
@@ -648,10 +670,43 @@ class Bus:
                         bool((message.delivery_info or {}).get("redelivered")))
 
     def _on_message(self, message: Message) -> None:
+        try:
+            received = self._received(message)
+        except Exception as exc:  # noqa: BLE001 (whatever another publisher put there)
+            self._undecodable(message, exc)
+            return
         self._handled += 1
-        self._pending.append((message, self._received(message)))
+        self._pending.append((message, received))
         if len(self._pending) >= self._batch:
             self._settle_pending()
+
+    def _undecodable(self, message: Message, exc: Exception) -> None:
+        """A message kombu or ``_received`` cannot decode (e.g. a ``compression`` header
+        whose body is not so compressed: kombu undoes it as it takes the message, before
+        ``_on_message``): dead-lettered as it came, with the reason, logged and counted; the
+        queue goes on. Before, the error escaped the drain, the message went back to the
+        queue and came again, for ever, and every message behind it waited."""
+        self._handled += 1
+        info = message.delivery_info or {}
+        props = message.properties or {}
+        headers = dict(message.headers) if isinstance(message.headers, dict) else {}
+        compression = headers.pop(_COMPRESSION, None)  # (the dead copy would not decode)
+        headers.pop(_TO, None)
+        body = message.body
+        if isinstance(body, str):
+            body = body.encode("utf-8", "surrogateescape")
+        org, _ = self._org_of(message)
+        received = Received(body if isinstance(body, bytes) else b"",
+                            str(props.get("message_id") or ""), headers, org,
+                            bool(info.get("redelivered")))
+        why = f"{type(exc).__name__}: {exc}"[:300]
+        if compression is not None:
+            why = f"compression {str(compression)[:100]!r}: {why}"
+        reason = f"Not an outbox delivery: the message cannot be decoded ({why})"
+        log.warning("message %s on the queue of %s dead-lettered: %s",
+                    received.message_id[:200], org, reason)
+        self._settle(message, received, DeadLetter(reason, _attempts(received)))
+        DEAD_LETTERS.labels(UNKNOWN).inc()
 
     def _settle_pending(self) -> None:
         """Handle the batch taken so far."""
@@ -662,17 +717,7 @@ class Bus:
         if not pending:
             return
         received = [r for _, r in pending]
-        assert self._handler is not None
-        try:
-            outcomes = self._handler(received)
-            assert len(outcomes) == len(received), "one outcome per message"
-        except SipHubError as err:
-            outcomes = [Requeue(self.requeue_delay) if err.retryable else DeadLetter(
-                err.diagnostics, _attempts(r)) for r in received]
-        except Exception as exc:  # a bug must not stop the consumer or lose the messages
-            log.exception("handler failed on messages %s", [r.message_id for r in received])
-            outcomes = [DeadLetter(f"{type(exc).__name__}: {exc}", _attempts(r))
-                        for r in received]
+        outcomes = self._outcomes(received)
         settle = list(zip(pending, outcomes))
         # Dead letters first: a broker lost meanwhile then fails on what matters most (the
         # message must reach the dead-letter queue), and every message left unacknowledged
@@ -684,6 +729,32 @@ class Bus:
                 time.sleep(outcome.delay)  # do not spin while the cause lasts (once a batch)
                 requeued = True
             self._settle(message, r, outcome)
+
+    def _outcomes(self, received: list[Received]) -> list[Outcome]:
+        """The handler's outcomes of the batch. When it fails on the batch for a reason it
+        does not say is retryable (a bug, or one message it chokes on), nothing tells which
+        message is at fault: each is then handled on its own, and only one that fails alone
+        is dead-lettered with the error (before, one malformed message dead-lettered the
+        genuine deliveries taken with it, under its reason)."""
+        assert self._handler is not None
+        try:
+            outcomes = self._handler(received)
+            assert len(outcomes) == len(received), "one outcome per message"
+            return outcomes
+        except SipHubError as err:
+            if err.retryable:
+                return [Requeue(self.requeue_delay) for _ in received]
+            failure: str = err.diagnostics
+            if len(received) == 1:
+                return [DeadLetter(failure, _attempts(received[0]))]
+        except Exception as exc:  # a bug must not stop the consumer or lose the messages
+            log.exception("handler failed on messages %s",
+                          [r.message_id[:200] for r in received])
+            failure = f"{type(exc).__name__}: {exc}"
+            if len(received) == 1:
+                return [DeadLetter(failure, _attempts(received[0]))]
+        # (a retryable failure of one of them requeues that one alone)
+        return [o for r in received for o in self._outcomes([r])]
 
     def _settle(self, message: Message, received: Received, outcome: Outcome) -> None:
         if isinstance(outcome, Requeue):
@@ -704,11 +775,15 @@ class Bus:
         taken: list[Received] = []
         kept: list[Message] = []
         with self._guard("read dead letters"):
-            bound = queue(self._conn.default_channel)
+            channel = self._conn.default_channel
             # Hold every message unacknowledged while scanning, so none is seen twice;
-            # then acknowledge the taken ones and give the others back.
+            # then acknowledge the taken ones and give the others back. (Not kombu's
+            # Queue.get: it raises on a message it cannot decode, which stayed in the queue
+            # and failed every replay after it.)
             for _ in range(limit):
-                message = bound.get(no_ack=False)
+                message = channel.basic_get(queue=queue.name, no_ack=False)
+                if message is not None:
+                    message = channel.message_to_python(message)
                 if message is None:
                     break
                 received = self._received(message)

@@ -14,6 +14,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ..identifiers import InvalidIdentifier, normalise_hsa_id
 from ..settings import Settings
 
+# The longest HTTP timeout of a delivery (SIP_HUB_MESSAGE_TIMEOUT_SECONDS, an endpoint's
+# timeoutSeconds): finite, and far below what libcurl takes (milliseconds in a C long).
+MAX_TIMEOUT_SECONDS = 3600
+
 
 class MessagingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SIP_HUB_MESSAGE_", extra="ignore")
@@ -27,7 +31,9 @@ class MessagingSettings(BaseSettings):
     max_attempts: int = Field(default=8, ge=1)
     retry_base_seconds: float = Field(default=10.0, gt=0)
     retry_max_seconds: float = Field(default=3600.0, gt=0)
-    timeout_seconds: float = Field(default=10.0, gt=0)
+    # (finite and at most an hour: an infinite or huge one passed every check and then
+    # failed every POST, libcurl's timeout being a C long of milliseconds)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=MAX_TIMEOUT_SECONDS)
     # A delivery published this long ago and still not settled is published again (the
     # broker lost it); receivers drop the duplicate by MessageHeader.id.
     republish_after_seconds: int = Field(default=3600, ge=10)

@@ -47,15 +47,17 @@ workers can consume any queue with any prefetch.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from ..bus import Ack, Bus, BusUnavailable, DeadLetter, Envelope, Outcome, Received
+from ..bus import (UNKNOWN, Ack, Bus, BusUnavailable, DeadLetter, Envelope, Outcome,
+                   Received)
 from ..fhir.dates import now_utc, to_us
-from ..metrics import DELIVERIES, count_committed
+from ..metrics import DEAD_LETTERS, DELIVERIES, count_committed
 from ..store import Store, Tx
 from ..store import outbox as sql
 from . import vocabulary as vocab
@@ -63,12 +65,16 @@ from .config import MessagingSettings
 from .endpoints import DEFAULT_CONCURRENT, Endpoint, Endpoints
 from .http import (HttpClient, HttpError, HttpNotSent, HttpRefused, HttpRequest, HttpResponse,
                    HttpTimeout)
-from .outbox import (NOTIFICATION, WITHDRAWN_REASON, log_dead, no_endpoint_reason,
-                     record_withdrawn, uncovered)
+from .outbox import (NOTIFICATION, WITHDRAWN_REASON, delivery_log, log_dead,
+                     no_endpoint_reason, record_withdrawn, uncovered)
 from .relay import DELIVERY, EVENT, record_failure
 
 _HOLD_US = 1_000_000  # a held-back delivery is looked at again after a second
 _RETRY_STATUS = frozenset({408, 425, 429})
+# What the outbox names its deliveries with (``ids.uuid7``; ``uuid.uuid4`` before): anything
+# else in a sip-delivery header is no delivery, and is not asked of the database (PostgreSQL
+# refused a NUL in it, and the whole batch failed with it).
+_DELIVERY_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # A POST to make: the delivery's index in its batch, the delivery, the URL, its endpoint.
 _Post = tuple[int, sql.Delivery, str, Endpoint | None]
 
@@ -127,6 +133,28 @@ def classify(resp: HttpResponse) -> Result:
     return Result("fatal", f"{where}: {_diagnostics(resp)}")
 
 
+def _delivery_id(value: object) -> bool:
+    return isinstance(value, str) and _DELIVERY_ID.fullmatch(value) is not None
+
+
+class _Stranger(DeadLetter):
+    """The outcome of a message on an organisation's queue that is no delivery of the outbox
+    (another publisher's): dead-lettered with the reason, not dropped; logged and counted
+    (the alert metric's kind ``unknown``) once the batch is handled."""
+
+
+def _stranger(m: Received, why: str) -> DeadLetter:
+    return _Stranger(f"Not an outbox delivery: {why}")
+
+
+def _tell_strangers(ms: list[Received], outcomes: list[Outcome]) -> None:
+    for m, outcome in zip(ms, outcomes):
+        if isinstance(outcome, _Stranger):
+            delivery_log.warning("message %s on the queue of %s dead-lettered: %s",
+                                 m.message_id[:200], m.org, outcome.reason)
+            DEAD_LETTERS.labels(UNKNOWN).inc()
+
+
 @dataclass(slots=True)
 class Deliverer:
     store: Store
@@ -154,12 +182,16 @@ class Deliverer:
         # The checks only read; the rare withdrawal or hold is written with the outcomes,
         # guarded by the state it read.
         with self.store.begin(write=False) as tx:
-            found = sql.get_many(tx, [i for m in ms
-                                      if isinstance(i := m.headers.get(DELIVERY), str)])
+            found = sql.get_many(tx, [i for m in ms if _delivery_id(i := m.headers.get(
+                DELIVERY))])
             for i, m in enumerate(ms):
                 delivery_id = m.headers.get(DELIVERY)
                 if not isinstance(delivery_id, str):
-                    outcomes[i] = DeadLetter("Not an outbox delivery: no sip-delivery header")
+                    outcomes[i] = _stranger(m, "no sip-delivery header")
+                    continue
+                if not _delivery_id(delivery_id):
+                    outcomes[i] = _stranger(m, f"sip-delivery {delivery_id[:200]!r} is not "
+                                               "a delivery id")
                     continue
                 d = found.get(delivery_id)
                 if d is not None and d.state in sql.OPEN and delivery_id in taken:
@@ -172,8 +204,7 @@ class Deliverer:
                     # (replay goes by the outbox).
                     outcomes[i] = DeadLetter(d.last_error or "dead", d.attempts)
                 elif d is None:  # a stranger on the queue: kept, with the reason, not dropped
-                    outcomes[i] = DeadLetter(f"Not an outbox delivery: no delivery "
-                                             f"{delivery_id[:200]} in the outbox")
+                    outcomes[i] = _stranger(m, f"no delivery {delivery_id} in the outbox")
                 elif d.state not in sql.OPEN:
                     DELIVERIES.labels("duplicate").inc()
                     outcomes[i] = Ack()
@@ -197,6 +228,7 @@ class Deliverer:
             if isinstance(dead := outcomes[i], DeadLetter):
                 log_dead(d, dead.reason)
         assert all(o is not None for o in outcomes), "every message has its outcome"
+        _tell_strangers(ms, outcomes)  # type: ignore[arg-type]
         return outcomes  # type: ignore[return-value]
 
     def _write_outcomes(self, tx: Tx, outcomes: list[Outcome | None],
@@ -258,7 +290,8 @@ class Deliverer:
             if url is None and endpoint is not None:  # it consumes its own queue
                 queued.append((i, d))
             elif url is None:  # nothing to send
-                done.append((i, d, Result("fatal", no_endpoint_reason(d.dest_org))))
+                done.append((i, d, Result("fatal", no_endpoint_reason(d.dest_org,
+                                                                  self.endpoints.source))))
             else:
                 lanes.setdefault((d.patient_id, d.careplan_id, d.dest_org), []).append(
                     (i, d, url, endpoint))

@@ -24,9 +24,10 @@ a consent withdrawn later cannot take it back (deliveries still waiting in the o
 withdrawn as for any organisation).
 
 ``organization`` is the HSA-id; ``url`` the organisation's FHIR ``$process-message``;
-``timeoutSeconds`` overrides ``SIP_HUB_MESSAGE_TIMEOUT_SECONDS``; ``maxConcurrent`` (1 to 32,
-default 4) is how many POSTs a delivery worker sends the endpoint at once (different SIPs'
-messages; one SIP's go one after another), 1 for a system that takes one request at a time;
+``timeoutSeconds`` overrides ``SIP_HUB_MESSAGE_TIMEOUT_SECONDS`` (both at most 3600);
+``maxConcurrent`` (1 to 32, default 4) is how many POSTs a delivery worker sends the endpoint
+at once (different SIPs' messages; one SIP's go one after another), 1 for a system that takes
+one request at a time;
 ``authorizationEnv`` names an environment variable holding the ``Authorization`` header value
 to send (secrets never sit in the file).
 
@@ -51,6 +52,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 
 from ..errors import BadRequest
 from ..identifiers import InvalidIdentifier, normalise_hsa_id
+from .config import MAX_TIMEOUT_SECONDS
 from .http import url_problem
 
 
@@ -63,7 +65,8 @@ class _Entry(BaseModel):
     organization: str
     url: str | None = None
     queue: bool = False
-    timeout_seconds: float | None = Field(default=None, gt=0, alias="timeoutSeconds")
+    timeout_seconds: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_SECONDS,
+                                          alias="timeoutSeconds")
     max_concurrent: int = Field(default=DEFAULT_CONCURRENT, ge=1, le=32, alias="maxConcurrent")
     authorization_env: str | None = Field(default=None, alias="authorizationEnv")
 
@@ -83,6 +86,17 @@ class _Entry(BaseModel):
             raise ValueError(f"organization {self.organization[:64]}: give either a url or "
                              '"queue": true (how it receives its messages)')
         return self
+
+
+def _problems(exc: ValidationError) -> str:
+    """A ValidationError on one line: where (``endpoints[0].url``) and what, each problem."""
+    def where(loc: tuple[object, ...]) -> str:
+        out = ""
+        for part in loc:
+            out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+        return out or "the file"
+
+    return "; ".join(f"{where(e['loc'])}: {e['msg']}" for e in exc.errors()).replace("\n", " ")
 
 
 class _File(BaseModel):
@@ -114,18 +128,22 @@ def _origin(url: str) -> tuple[str, str]:
 
 
 class Endpoints:
-    def __init__(self, by_org: Mapping[str, Endpoint] | None = None) -> None:
+    def __init__(self, by_org: Mapping[str, Endpoint] | None = None,
+                 source: Path | None = None) -> None:
         self._by_org = dict(by_org or {})
+        self.source = source  # the file they were read from (None: not from a file)
 
     @classmethod
     def load(cls, path: Path | None) -> "Endpoints":
         """The endpoints in ``path``; none when there is no such file."""
         if path is None or not path.is_file():
-            return cls()
+            return cls(source=path)
         try:
             data = _File.model_validate(orjson.loads(path.read_bytes()))
-        except (orjson.JSONDecodeError, ValidationError) as exc:
+        except orjson.JSONDecodeError as exc:
             raise ValueError(f"{path}: not a valid endpoints file: {exc}") from None
+        except ValidationError as exc:  # one line, without pydantic's dump of the input
+            raise ValueError(f"{path}: not a valid endpoints file: {_problems(exc)}") from None
         out: dict[str, Endpoint] = {}
         for e in data.endpoints:
             try:
@@ -144,7 +162,7 @@ class Endpoints:
                                  f"{e.authorization_env[:64]}, which is not set (or empty)")
             out[org] = Endpoint(org, e.url, e.timeout_seconds, e.authorization_env,
                                 e.max_concurrent)
-        return cls(out)
+        return cls(out, path)
 
     @property
     def orgs(self) -> frozenset[str]:

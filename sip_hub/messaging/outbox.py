@@ -30,8 +30,11 @@ WITHDRAWN_REASON = "The person's consent no longer covers this organisation"
 delivery_log = logging.getLogger("sip_hub.delivery")
 
 
-def no_endpoint_reason(org: str) -> str:
-    return f"No message endpoint is configured for {org} (mappings/endpoints.json)"
+def no_endpoint_reason(org: str, source: object = None) -> str:
+    """``source``: the endpoints file read (SIP_HUB_MESSAGE_ENDPOINTS_FILE, or the mappings
+    folder's endpoints.json), named as configured (always mappings/endpoints.json before)."""
+    where = f" ({source})" if source else ""
+    return f"No message endpoint is configured for {org}{where}"
 
 
 def log_dead(d: sql.Delivery, reason: str) -> None:
@@ -96,8 +99,8 @@ def record_dead(tx: Tx, deliveries: list[sql.Delivery], reason: str, now: int
     return dead
 
 
-def settle_unreachable(tx: Tx, deliveries: list[sql.Delivery], now: int
-                       ) -> list[tuple[sql.Delivery, str]]:
+def settle_unreachable(tx: Tx, deliveries: list[sql.Delivery], now: int,
+                       source: object = None) -> list[tuple[sql.Delivery, str]]:
     """Settle deliveries to organisations that have no endpoint where they are claimed, as
     the deliverer would once they came off the bus: a notification the consent no longer
     covers is withdrawn, the rest are dead with the reason (no attempt could reach an
@@ -112,7 +115,7 @@ def settle_unreachable(tx: Tx, deliveries: list[sql.Delivery], now: int
             by_org.setdefault(d.dest_org, []).append(d)
     dead: list[tuple[sql.Delivery, str]] = []
     for org, ds in by_org.items():  # a statement per organisation, not per delivery
-        reason = no_endpoint_reason(org)
+        reason = no_endpoint_reason(org, source)
         dead += [(d, reason) for d in record_dead(tx, ds, reason, now)]
     return dead
 

@@ -189,7 +189,7 @@ class Relay:
                        if d.endpoint_url is None and endpoints.get(d.dest_org) is None]
         if not unreachable:
             return due, []
-        dead = settle_unreachable(tx, unreachable, now)
+        dead = settle_unreachable(tx, unreachable, now, endpoints.source)
         settled = {d.id for d in unreachable}
         return [d for d in due if d.id not in settled], dead
 

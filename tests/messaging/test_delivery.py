@@ -198,7 +198,7 @@ def test_the_relay_settles_deliveries_to_an_organisation_without_an_endpoint(
     assert world.relay() == 2         # BUP's published, the school's settled
     d = state(world, SCHOOL)
     assert (d.state, d.attempts) == ("dead", 1)
-    assert d.last_error == outbox.no_endpoint_reason(SCHOOL)
+    assert d.last_error == outbox.no_endpoint_reason(SCHOOL, world.tmp / "endpoints.json")
     assert world.bus.queue_size(SCHOOL) == 0          # never on the bus to be delivered
     (copy,) = world.bus.take_dead()
     assert (copy.message_id, copy.headers[REASON], copy.headers[ATTEMPTS]) == (
