@@ -20,7 +20,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from .service import FhirService
     from .store import Store
     from .store.engine import make_engine
-    from .store.migrate import upgrade
+    from .store.migrate import require_current, upgrade
 
     # The worker processes read their settings from the environment: where the command line
     # says the hub listens is where the URLs it emits name (without SIP_HUB_BASE_URL).
@@ -34,6 +34,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         # Migrate once here, not in every worker process.
         upgrade(engine)
         os.environ["SIP_HUB_AUTO_MIGRATE"] = "false"
+    else:  # refused in one line (exit 2), as the other commands do, not a traceback
+        require_current(engine)
     # Publish the conformance resources once, before the workers race to do it.
     FhirService(Store(engine)).seed_definitions()
     engine.dispose()
