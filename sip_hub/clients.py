@@ -16,6 +16,7 @@ from . import identifiers
 from .auth import ROLES, Scope
 from .errors import BadRequest, NotFound
 from .fhir.dates import now_utc, to_us
+from .fhir.search_params import supported
 from .store import Store
 from .store.clients import (ClientRecord, disabled_clients, get_client, insert_client,
                             list_clients, set_client_active)
@@ -35,9 +36,13 @@ def parse_scopes(scope: str) -> list[str]:
     if not scopes:
         raise BadRequest("At least one scope is required")
     for s in scopes:
-        if Scope.parse(s) is None:
+        parsed = Scope.parse(s)
+        if parsed is None:
             raise BadRequest(f"'{s}' is not a SMART system scope (e.g. system/CarePlan.rs, "
                              f"system/*.cruds)")
+        if parsed.resource != "*" and not supported(parsed.resource):
+            raise BadRequest(f"'{s}' names {parsed.resource}, which this hub does not serve: "
+                             "a scope of a type it serves, or of all (system/*.rs)")
     return scopes
 
 

@@ -89,6 +89,9 @@ def test_disabling_an_unknown_client_fails(env, capsys, verb):
     (["--org", "not-an-hsa-id", "--scope", "system/CarePlan.rs"], "HSA-id"),
     (["--org", "SE2321000016-15CQ", "--scope", "patient/CarePlan.rs"], "SMART system scope"),
     (["--org", "SE2321000016-15CQ", "--scope", "system/CarePlan.xyz"], "SMART system scope"),
+    (["--org", "SE2321000016-15CQ", "--scope", "system/CarePlan.rs system/Foo.rs"],
+     "Foo, which this hub does not serve"),
+    (["--org", "SE2321000016-15CQ", "--scope", "system/Medication.rs"], "does not serve"),
 ])
 def test_client_create_refuses_bad_input(env, capsys, args, fragment):
     assert cli.main(["client", "create", *args]) == 2
