@@ -630,11 +630,16 @@ def _route(tx: Tx, ctx: Context, msg: parser.Message, written: dict[int, Stored]
         parties |= before[1]
     strangers = set(msg.destinations) - parties - {msg.sender_org, messaging.config.hub_hsa_id}
     if strangers:
-        raise Forbidden(f"{', '.join(sorted(strangers))} "
+        err = Forbidden(f"{', '.join(sorted(strangers))} "
                         f"{'takes' if len(strangers) == 1 else 'take'} no part in the SIP of "
                         f"Patient/{sip.patient_id} (neither its coordinator nor in its care "
                         "team): the message cannot be sent there (rule 1); nothing was stored",
                         expression="Bundle.entry[0].resource.destination")
+        # A disclosure refused: in the person's access log (outside the transaction).
+        person = tx.current("Patient", sip.patient_id)
+        ctx.refused(_AUDITED_AS, person if person and not person.deleted else None,
+                    "Patient", err)
+        raise err
     if not forward:
         return None
     focus = []

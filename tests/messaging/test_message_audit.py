@@ -88,3 +88,20 @@ def test_an_async_message_refused_later_is_audited_too(world: Hub) -> None:
         logs.REQUEST_ID.reset(token)
     (event,) = _of_request(world, "worker-round-1")
     assert event["outcome"] == "4" and _org(event) == OUTSIDER
+
+
+def test_a_message_to_an_organisation_outside_the_sip_is_audited_as_refused(
+        world: Hub) -> None:
+    """Its sender may see the SIP, but asked for it to be sent where the person's SIP has
+    no party: refused, and the refused disclosure is in the person's access log."""
+    msg = sip_message("insats-status-changed", SOC, focus=[PLAN], destinations=(OUTSIDER,))
+    r = world.client.post(URL, content=orjson.dumps(msg),
+                          headers={"content-type": "application/fhir+json",
+                                   "X-Request-ID": "msg-stranger-1"} | world.headers[SOC])
+    code, diagnostics = outcome_of(r)
+    assert code == "fatal-error" and "no part in the SIP" in diagnostics
+    (event,) = _of_request(world, "msg-stranger-1")
+    assert event["outcome"] == "4" and _org(event) == SOC
+    assert "Patient/alva" in {e["what"].get("reference") for e in event["entity"]}
+    assert any(e["id"] == event["id"] for e in _events(world, "patient=alva"))
+    assert world.deliveries(ids=[msg["entry"][0]["resource"]["id"]]) == []
