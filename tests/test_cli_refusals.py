@@ -19,7 +19,7 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
-from conftest import PG_URL, need_service
+from conftest import pg_schema
 from sip_hub import cli
 from sip_hub.store.engine import make_engine
 from sip_hub.store.migrate import _config, upgrade
@@ -49,18 +49,8 @@ def _serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A URL of an empty PostgreSQL schema of its own, dropped afterwards."""
-    need_service("PostgreSQL", PG_URL)
-    schema = f"p5c_{uuid.uuid4().hex[:10]}"
-    admin = make_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with pg_schema() as engine:
+        yield engine.url.render_as_string(hide_password=False)
 
 
 def _refused(done: subprocess.CompletedProcess[str], revision: str) -> None:

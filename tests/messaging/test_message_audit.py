@@ -29,6 +29,14 @@ def _of_request(hub: Hub, request_id: str) -> list[dict[str, Any]]:
     return _events(hub, f"entity:identifier={request_id}")
 
 
+def _send(hub: Hub, msg: dict[str, Any], sender: str, request_id: str) -> tuple[str, str]:
+    """POST ``msg`` as ``sender`` with ``request_id``: (response code, diagnostics)."""
+    r = hub.client.post(URL, content=orjson.dumps(msg),
+                        headers={"content-type": "application/fhir+json",
+                                 "X-Request-ID": request_id} | hub.headers[sender])
+    return outcome_of(r)
+
+
 def _org(event: dict[str, Any]) -> str | None:
     return next((a["who"]["identifier"]["value"] for a in event["agent"]
                  if a["who"].get("type") == "Organization"), None)
@@ -36,10 +44,7 @@ def _org(event: dict[str, Any]) -> str | None:
 
 def test_a_message_that_writes_nothing_but_is_sent_on_is_audited(world: Hub) -> None:
     msg = sip_message("insats-status-changed", SOC, focus=[PLAN], destinations=(SCHOOL,))
-    r = world.client.post(URL, content=orjson.dumps(msg),
-                          headers={"content-type": "application/fhir+json",
-                                   "X-Request-ID": "msg-forward-1"} | world.headers[SOC])
-    code, diagnostics = outcome_of(r)
+    code, diagnostics = _send(world, msg, SOC, "msg-forward-1")
     assert code == "ok" and "sent on as" in diagnostics
     (event,) = _of_request(world, "msg-forward-1")
     assert event["outcome"] == "0" and _org(event) == SOC
@@ -58,10 +63,7 @@ def test_a_message_about_a_sip_the_sender_may_not_see_is_audited_as_refused(
     assert r.status_code == 403
     (rest,) = _of_request(world, "rest-get-1")
     msg = sip_message("insats-status-changed", OUTSIDER, focus=[PLAN], destinations=(SOC,))
-    r = world.client.post(URL, content=orjson.dumps(msg),
-                          headers={"content-type": "application/fhir+json",
-                                   "X-Request-ID": "msg-refused-1"} | world.headers[OUTSIDER])
-    code, _ = outcome_of(r)
+    code, _ = _send(world, msg, OUTSIDER, "msg-refused-1")
     assert code == "fatal-error"
     (event,) = _of_request(world, "msg-refused-1")
     assert (event["outcome"], rest["outcome"]) == ("4", "4")
@@ -95,10 +97,7 @@ def test_a_message_to_an_organisation_outside_the_sip_is_audited_as_refused(
     """Its sender may see the SIP, but asked for it to be sent where the person's SIP has
     no party: refused, and the refused disclosure is in the person's access log."""
     msg = sip_message("insats-status-changed", SOC, focus=[PLAN], destinations=(OUTSIDER,))
-    r = world.client.post(URL, content=orjson.dumps(msg),
-                          headers={"content-type": "application/fhir+json",
-                                   "X-Request-ID": "msg-stranger-1"} | world.headers[SOC])
-    code, diagnostics = outcome_of(r)
+    code, diagnostics = _send(world, msg, SOC, "msg-stranger-1")
     assert code == "fatal-error" and "no part in the SIP" in diagnostics
     (event,) = _of_request(world, "msg-stranger-1")
     assert event["outcome"] == "4" and _org(event) == SOC
