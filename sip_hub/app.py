@@ -27,6 +27,7 @@ from .metrics import observe_request
 from .auth import TokenService, load_keys
 from .errors import BadRequest, InternalError, MethodNotAllowed, NotFound, SipHubError
 from .fhir.outcome import from_error
+from .fhir.search_params import READ_ONLY_TYPES
 from .routes import ROUTERS, fhir_rest, messaging as messaging_routes
 from .routes.wire import JSON, in_thread, respond
 from .service import FhirService
@@ -126,10 +127,20 @@ def _allowed(app: "HubApp", scope: Scope) -> str:
                 ranked[method] = min(rank, ranked.get(method, rank))
     fewest = min(ranked.values(), default=0)
     methods = {m for m, rank in ranked.items() if rank == fewest}
+    if _read_only(scope["path"]):  # (the hub's published definitions: read and searched)
+        methods &= {"GET"}
     if "GET" in methods:
         methods.add("HEAD")
     methods.discard(scope["method"])
     return ", ".join(sorted(methods))
+
+
+def _read_only(path: str) -> bool:
+    """Whether ``path`` is a read-only type's (``/fhir/StructureDefinition``) or one of its
+    instances': its routes take writes that ``service.check_type`` refuses for the type."""
+    parts = path.split("/")
+    return len(parts) in (3, 4) and parts[1] == "fhir" and parts[2] in READ_ONLY_TYPES \
+        and (len(parts) == 3 or not parts[3].startswith(("_", "$")))
 
 
 def _unexpected_response(request: Request) -> Response:

@@ -32,6 +32,7 @@ from .ids import uuid7
 log = logging.getLogger("sip_hub.bundles")
 # FHIR's processing order of a transaction's entries (http.html#trules)
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3}
+_WRITES = frozenset({"POST", "PUT", "PATCH"})
 _BY_ID = ("PUT", "PATCH", "DELETE")  # (the methods that write a resource named by its id)
 _STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
 
@@ -139,7 +140,26 @@ def rewrite_refs(node: Any, mapping: dict[str, str]) -> Any:
     return node
 
 
-def _response_entry(ctx: ix.Context, result: ix.Result, prefer: str) -> dict[str, Any]:
+def _distinct_full_urls(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``entries`` without a ``fullUrl`` that an earlier entry gives with the same version
+    (bdl-7: two entries answering with one version of a resource, e.g. two reads of it, made
+    a Bundle that validators refuse); the later entry keeps its response and resource."""
+    seen: set[tuple[str, str | None]] = set()
+    for entry in entries:
+        url = entry.get("fullUrl")
+        if url is None:
+            continue
+        key = (url, entry["response"].get("etag") if "resource" in entry else None)
+        if key in seen:
+            del entry["fullUrl"]
+        seen.add(key)
+    return entries
+
+
+def _response_entry(ctx: ix.Context, result: ix.Result, prefer: str,
+                    method: str = "GET") -> dict[str, Any]:
+    """An entry's answer; ``method``: its request's (a create's or update's names the
+    version it made or found, as the interaction's Location does outside a Bundle)."""
     resp: dict[str, Any] = {"status": _STATUS_TEXT.get(result.status, str(result.status))}
     entry: dict[str, Any] = {}
     s = result.stored
@@ -147,7 +167,7 @@ def _response_entry(ctx: ix.Context, result: ix.Result, prefer: str) -> dict[str
         entry["fullUrl"] = f"{ctx.base_url}/{s.type}/{s.id}"
         resp["etag"] = ix.etag(s)
         resp["lastModified"] = s.last_updated_instant
-        if result.status == 201:
+        if result.status == 201 or (result.status == 200 and method in _WRITES):
             resp["location"] = ix.location(ctx, s)
         if prefer != "minimal" and s.content is not None:  # (a read's subset: its body)
             entry["resource"] = result.body if result.body is not None else \
@@ -378,7 +398,7 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
                     if rid:
                         ctx.record("read", found)  # (as a conditional create outside one)
                         responses[e.index] = _response_entry(ctx, ix.Result(200, found[0]),
-                                                             prefer)
+                                                             prefer, e.method)
                 rid = rid or uuid7()
             except SipHubError as err:
                 raise _with_entry(err, e.index) from None
@@ -438,10 +458,11 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
                 result = _run(tx, ctx, e, None if isinstance(e.resource, Prepared) else resolve)
         except SipHubError as err:
             raise _with_entry(err, e.index) from None
-        responses[e.index] = _response_entry(ctx, result, prefer)
+        responses[e.index] = _response_entry(ctx, result, prefer, e.method)
         writers += [e.index] * (len(approvals.plans) - len(writers))
     _approved(tx, approvals, writers)
-    return ix.bundle("transaction-response", [responses[e.index] for e in entries])
+    return ix.bundle("transaction-response",
+                     _distinct_full_urls([responses[e.index] for e in entries]))
 
 
 def _conditional_id(tx: Tx, ctx: ix.Context, e: _Entry) -> str:
@@ -487,7 +508,7 @@ def batch(store: Store, ctx: ix.Context, bundle: dict[str, Any], prefer: str) ->
         try:
             entry = _entries({"entry": [e]}, ctx, first=i)[0]
             with store.begin(write=entry.method != "GET") as tx:
-                out.append(_response_entry(ctx, _run(tx, ctx, entry), prefer))
+                out.append(_response_entry(ctx, _run(tx, ctx, entry), prefer, entry.method))
         except SipHubError as err:
             out.append({"response": {"status": f"{err.status}", "outcome": from_error(err)}})
         except Exception:  # noqa: BLE001 (a fault of the hub's own, in this entry alone)
@@ -498,7 +519,7 @@ def batch(store: Store, ctx: ix.Context, bundle: dict[str, Any], prefer: str) ->
                 f"Bundle.entry[{i}]: internal error; this entry was not applied. It has been "
                 f"logged with request id {logs.REQUEST_ID.get()}.")
             out.append({"response": {"status": f"{err.status}", "outcome": from_error(err)}})
-    return ix.bundle("batch-response", out)
+    return ix.bundle("batch-response", _distinct_full_urls(out))
 
 
 def process(store: Store, ctx: ix.Context, body: Any, prefer: str) -> dict[str, Any]:

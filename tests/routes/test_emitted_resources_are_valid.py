@@ -25,6 +25,9 @@ def test_every_kind_of_response_validates_independently(client, fhir_validator, 
     keep(client.post("/fhir", **body({"resourceType": "Bundle", "type": "batch", "entry": [
         {"request": {"method": "GET", "url": "Patient/nobody"}},
         {"resource": patient(), "request": {"method": "POST", "url": "Patient"}}]})))
+    keep(client.post("/fhir", **body({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient/alva"}},       # one version twice:
+        {"request": {"method": "GET", "url": "Patient/alva"}}]})))   # (bdl-7)
     keep(client.get("/fhir/metadata"))
     keep(client.get("/fhir/CarePlan?patient=alva&_include=CarePlan:care-team"
                     "&_include=CarePlan:goal&_include=CarePlan:patient&_count=1"))
