@@ -17,8 +17,8 @@ import orjson
 from . import access as acl, process
 from .access import Access
 from .audit import AuditLog, AuditRecord
-from .errors import (BadRequest, Forbidden, Gone, NotFound, PreconditionFailed, SipHubError,
-                     Unprocessable)
+from .errors import (BadRequest, Conflict, Forbidden, Gone, NotFound, PreconditionFailed,
+                     SipHubError, Unprocessable)
 from .fhir import exact, patch as json_patch, search as fhir_search, subset as fhir_subset
 from .fhir.dates import format_instant, now_utc
 from .fhir.outcome import information
@@ -333,6 +333,14 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
         if locked:
             raise
         tx.lock_resource(rtype, rid)  # (PostgreSQL) decided again on the version now current
+        return update(tx, ctx, rtype, rid, res, if_match=if_match, resolve=resolve,
+                      process_rules=process_rules, locked=True)
+    except Conflict:
+        if locked or old is not None:
+            raise
+        # (PostgreSQL) another request created it meanwhile: decided again, as an update of
+        # what it created (all but one of eight PUTs of one new id answered a 409).
+        tx.lock_resource(rtype, rid)
         return update(tx, ctx, rtype, rid, res, if_match=if_match, resolve=resolve,
                       process_rules=process_rules, locked=True)
     _written(tx, ctx, "create" if created else "update", old, stored)

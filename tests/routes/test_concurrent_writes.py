@@ -173,3 +173,25 @@ def test_transaction_bundles_creating_the_same_resources_if_none_exist_in_opposi
     for p in pnrs:
         found = client.get(f"/fhir/Patient?{criteria(p)}").json()
         assert found["total"] == 1, found
+
+
+def test_puts_of_one_new_id_that_lose_the_race_to_its_create_update_it(client, store):
+    """PUTs creating a resource while another request creates it (not yet committed): each
+    is decided again once it commits, as an update of what it created (they answered 409
+    'created concurrently; retry'). One version each, none lost."""
+    first = patient()
+    first["id"] = "race-new"
+
+    def send(n: int):
+        return client.put("/fhir/Patient/race-new",
+                          **body({**first, "name": [{"family": f"Racer{n}"}]}))
+
+    with ThreadPoolExecutor(4) as pool:
+        with store.begin() as tx:
+            tx.create(first, "race-new")  # the request that comes first, not yet committed
+            answers = [pool.submit(send, n) for n in range(4)]
+            wait_until_blocked(tx, 4)
+        answers = [a.result(timeout=30) for a in answers]
+    assert [r.status_code for r in answers] == [200] * 4, [r.text for r in answers]
+    assert versions(client, "race-new") == ["POST"] + ["PUT"] * 4
+    assert sorted(r.json()["meta"]["versionId"] for r in answers) == ["2", "3", "4", "5"]
