@@ -396,7 +396,7 @@ def test_a_token_replayed_with_a_narrower_scope(client, as_org):
         put(client, patient(f"ps-{k}", "Scope"), mine)
     nxt = link(page(client, "/fhir/Patient?_sort=_id&_count=1"), "next")
     # A client whose scopes do not cover Patient: refused, token or not.
-    narrow = as_org("SE2321000016-PPB1", scope="system/Observation.rs")
+    narrow = as_org("SE2321000016-PPB1", scope="system/Goal.rs")
     r = get(client, nxt, narrow)
     assert r.status_code in (401, 403) and r.json()["resourceType"] == "OperationOutcome"
     other = as_org("SE2321000016-PPC1")
