@@ -23,7 +23,7 @@ from .fhir import exact, patch as json_patch, search as fhir_search, subset as f
 from .fhir.dates import format_instant, now_utc
 from .fhir.outcome import information
 from .fhir.validation import check_id
-from .service import Resolve, adopted, check_type, prepare_in
+from .service import Resolve, adopted, check_type, find, prepare_in
 from .store import Moved, Stored, Tx
 
 if TYPE_CHECKING:
@@ -69,7 +69,8 @@ class Context:
         else:
             self.audit.later(rec)
 
-    def refused(self, interaction: str, stored: Stored | None, rtype: str, err: Forbidden) -> None:
+    def refused(self, interaction: str, stored: Stored | None, rtype: str,
+                err: SipHubError) -> None:
         self.record(interaction, [stored] if stored else [], outcome="4", rtype=rtype,
                     detail=err.diagnostics)
 
@@ -191,13 +192,6 @@ def _guard_read(tx: Tx, ctx: Context, stored: Stored, interaction: str) -> None:
         raise
 
 
-def _refused_on(ctx: Context, interaction: str, stored: Stored | None,
-               err: SipHubError) -> None:
-    """Audit a process rule's refusal of a write to ``stored``, which the hub read."""
-    if stored is not None:
-        ctx.record(interaction, [stored], outcome="4", detail=err.diagnostics)
-
-
 def _guard_write(tx: Tx, ctx: Context, rtype: str, old: Stored | None,
                  new: dict[str, Any] | None, interaction: str) -> None:
     try:
@@ -317,7 +311,8 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
         try:
             process.check_plain_update(tx, ctx, current.doc() if current else None, prepared)
         except SipHubError as err:  # refused on what it read: audited, outside the tx
-            _refused_on(ctx, "update", current, err)
+            if current is not None:
+                ctx.refused("update", current, rtype, err)
             raise
         process.check_new_plan(ctx, current.doc() if current else None, prepared, rid)
     version = expected_version(if_match, old, f"{rtype}/{rid}")
@@ -329,17 +324,12 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
                                     expect=old.version_id if old else None,
                                     owner=ctx.access.org, withheld=current is None and
                                     ctx.access.withholds(tx, rtype, prepared))
-    except Moved:
-        if locked:
+    except (Moved, Conflict) as exc:
+        # (PostgreSQL) decided again on the version now current: another write replaced the
+        # one decided on (Moved), or another request created what this one would create
+        # (a Conflict of a create: all but one of eight PUTs of one new id answered a 409).
+        if locked or (not isinstance(exc, Moved) and old is not None):
             raise
-        tx.lock_resource(rtype, rid)  # (PostgreSQL) decided again on the version now current
-        return update(tx, ctx, rtype, rid, res, if_match=if_match, resolve=resolve,
-                      process_rules=process_rules, locked=True)
-    except Conflict:
-        if locked or old is not None:
-            raise
-        # (PostgreSQL) another request created it meanwhile: decided again, as an update of
-        # what it created (all but one of eight PUTs of one new id answered a 409).
         tx.lock_resource(rtype, rid)
         return update(tx, ctx, rtype, rid, res, if_match=if_match, resolve=resolve,
                       process_rules=process_rules, locked=True)
@@ -424,7 +414,7 @@ def delete(tx: Tx, ctx: Context, rtype: str, rid: str, *,
         try:
             process.check_plain_delete(ctx, cur.json(), tx)
         except SipHubError as err:
-            _refused_on(ctx, "delete", cur, err)
+            ctx.refused("delete", cur, rtype, err)
             raise
     _held_to(version, cur)
     if cur.deleted:
@@ -505,8 +495,7 @@ _BY_IDENTIFIER = frozenset(f"{p}{t}.identifier" for p in ("patient", "subject")
 _NAMED_MOST = 10  # identifiers looked up for the record (a search may list more)
 
 
-def _identified_patients(tx: Tx, ctx: Context, rtype: str,
-                         items: list[tuple[str, str]]) -> frozenset[str]:
+def _identified_patients(tx: Tx, rtype: str, items: list[tuple[str, str]]) -> frozenset[str]:
     """The patients a search names by identifier (``patient.identifier=``, a Patient search
     by ``identifier``), for its audit record when it returns none of their records (a
     count, or no match): the person sees that someone asked."""
@@ -515,11 +504,9 @@ def _identified_patients(tx: Tx, ctx: Context, rtype: str,
     found: set[str] = set()
     for v in ",".join(values).split(",")[:_NAMED_MOST] if values else ():
         try:
-            query = fhir_search.parse("Patient", [("identifier", v)], default_count=2,
-                                      max_count=2, base_url=ctx.base_url)
+            found |= {s.id for s in find(tx, "Patient", [("identifier", v)], limit=2)}
         except SipHubError:
             continue  # (a value the search itself refused or ignored names no one)
-        found |= {s.id for s in tx.search(query, None)[0]}
     return frozenset(found)
 
 
@@ -545,7 +532,7 @@ def search(tx: Tx, ctx: Context, rtype: str, items: list[tuple[str, str]]) -> Re
         oo = information("Ignored search parameters: " + "; ".join(query.ignored))
         entries.append({"resource": oo, "search": {"mode": "outcome"}})
     ctx.record("search-type", matches + included, rtype=rtype, query=urlencode(items),
-               named=_identified_patients(tx, ctx, rtype, items) if not matches
+               named=_identified_patients(tx, rtype, items) if not matches
                else frozenset())
     used = [kv for kv in items if kv not in query.ignored_items] if query.ignored_items \
         else items  # (the self link tells the search that was done)

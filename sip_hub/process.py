@@ -276,14 +276,8 @@ def consents_in_force(tx: Tx, patient_id: str, now: datetime) -> Iterator[Json]:
     """Each of the person's SIP consents in force at ``now`` (a person may have given more
     than one: each covers the organisations it names)."""
     at = to_us(now)
-    for s in search(tx, "Consent", [("patient", f"Patient/{patient_id}"), ("status", "active")]):
-        consent = s.json()
-        if profiles.applies(consent) != sip.PROFILE_CONSENT:
-            continue
-        provision = consent.get("provision") or {}
-        if provision.get("type", "permit") != "permit":
-            continue
-        period = provision.get("period") or {}
+    for consent in _sip_consents(tx, patient_id):
+        period = (consent.get("provision") or {}).get("period") or {}
         try:
             if period.get("start") and parse_range(period["start"])[0] > at:
                 continue
@@ -292,6 +286,15 @@ def consents_in_force(tx: Tx, patient_id: str, now: datetime) -> Iterator[Json]:
         except ValueError:
             continue
         yield consent
+
+
+def _sip_consents(tx: Tx, patient_id: str) -> Iterator[Json]:
+    """The person's active SIP consents that permit (whatever their period)."""
+    for s in search(tx, "Consent", [("patient", f"Patient/{patient_id}"), ("status", "active")]):
+        consent = s.json()
+        if profiles.applies(consent) == sip.PROFILE_CONSENT and \
+                (consent.get("provision") or {}).get("type", "permit") == "permit":
+            yield consent
 
 
 def _consent_begins(consent: Json) -> tuple[int, str] | None:
@@ -317,15 +320,8 @@ def require_approval_after_consent(tx: Tx, plan: Json, approved: str, expression
     found = patient_of(tx, plan)
     if found is None:
         return
-    begins = []
-    for s in search(tx, "Consent", [("patient", f"Patient/{found[0]}"), ("status", "active")]):
-        consent = s.json()
-        if profiles.applies(consent) != sip.PROFILE_CONSENT or \
-                (consent.get("provision") or {}).get("type", "permit") != "permit":
-            continue
-        began = _consent_begins(consent)
-        if began is not None:
-            begins.append(began)
+    begins = [b for consent in _sip_consents(tx, found[0])
+              if (b := _consent_begins(consent)) is not None]
     try:
         end = parse_range(approved)[1]
     except ValueError:

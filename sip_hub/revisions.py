@@ -38,7 +38,6 @@ APPROVE = (Param("revision", ("valueReference",), required=True),
            Param("approvedAt", ("valueDateTime",), required=True),
            Param("reason", ("valueString",)))
 _DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
-_ZONE_US = sp.ZONE_US
 _ENTERED_US = 24 * 3_600_000_000  # a revision agreed at a meeting may be entered after it
 _KEPT_META = ("profile", "security", "tag")
 # What the established plan keeps whatever the revision says: what it is, not what it decides.
@@ -135,12 +134,12 @@ def approve(op: Operation, plan_id: str, body: Any, if_match: str | None) -> Jso
     # (1900 was taken): its period.start, a date, as early as any zone has it (-14 hours).
     start = (plan.get("period") or {}).get("start")  # (a profiled plan: period an object)
     began = sp.time_of(start)
-    if began is not None and parse_range(approved[0])[1] < began - _ZONE_US:
+    if began is not None and parse_range(approved[0])[1] < began - sp.ZONE_US:
         raise params.invalid("approvedAt", f"the approval lies before the plan was established "
                                            f"({start}, CarePlan.period.start)")
     # Nor before the change was proposed: the proposal as it reads now (its current version),
     # less a day for a change agreed at a meeting and entered in the hub afterwards.
-    slack = _ENTERED_US + (0 if "T" in approved[0] else _ZONE_US)
+    slack = _ENTERED_US + (0 if "T" in approved[0] else sp.ZONE_US)
     if parse_range(approved[0])[1] < proposal_stored.last_updated - slack:
         raise sp.business_rule(
             f"The approval ({approved[0]}) lies before the revision was proposed "
