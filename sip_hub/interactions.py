@@ -333,6 +333,9 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
         tx.lock_resource(rtype, rid)
         return update(tx, ctx, rtype, rid, res, if_match=if_match, resolve=resolve,
                       process_rules=process_rules, locked=True)
+    # A version after a tombstone creates the resource again (FHIR: 201, as a create; its
+    # owner and the 'c' scope are a create's, above).
+    created = created or (old is not None and old.deleted)
     _written(tx, ctx, "create" if created else "update", old, stored)
     return Result(201 if created else 200, stored)
 

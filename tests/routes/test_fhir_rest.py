@@ -105,9 +105,9 @@ def test_delete_is_a_versioned_tombstone(client):
     assert hist["entry"][0]["request"]["method"] == "DELETE"
     assert "resource" not in hist["entry"][0]
     assert client.get("/fhir/Patient?identifier=191212121212").json()["total"] == 0
-    # Writing again resurrects it as a new version.
+    # Writing again creates it anew, as a new version: 201 as for a create (FHIR update).
     again = client.put(f"/fhir/Patient/{res['id']}", **body(res))
-    assert again.status_code == 200 and again.json()["meta"]["versionId"] == "3"
+    assert again.status_code == 201 and again.json()["meta"]["versionId"] == "3"
 
 
 def test_delete_unknown_is_404(client):

@@ -183,7 +183,8 @@ def test_a_record_created_again_after_its_delete_is_its_new_writers(client, worl
     pat["name"] = [{"family": "Sedan"}]
     r = client.put("/fhir/Patient/again", content=orjson.dumps(pat),
                    headers=JSON_HEADERS | world[BUP])
-    assert r.status_code == 200 and r.json()["meta"]["versionId"] == "3", r.text
+    assert r.status_code == 201 and r.json()["meta"]["versionId"] == "3", r.text
+    assert r.headers["Location"].endswith("/fhir/Patient/again/_history/3")
     mine = client.get("/fhir/Patient/again", headers=JSON_HEADERS | world[BUP])
     assert mine.status_code == 200 and mine.json()["name"][0]["family"] == "Sedan"
     r = client.get("/fhir/Patient/again", headers=JSON_HEADERS | world[SOC])
