@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from . import identifiers
 from .errors import BadRequest, Forbidden, SipHubError
@@ -214,8 +215,9 @@ def view(tx: Tx, ctx: Context, patient_token: str) -> View:
                 for s in extra]
     # The Patient looked up is part of what was accessed: a call that finds no approved plan
     # is in the person's access log too (rule 10).
-    return View(bundle("searchset", entries, len(plans)), found + plans + extra,
-                f"$citizen-view?patient={patient_token}")
+    self_url = f"{ctx.base_url}/CarePlan/$citizen-view?{urlencode({'patient': patient_token})}"
+    return View(bundle("searchset", entries, len(plans), [{"relation": "self", "url": self_url}]),
+                found + plans + extra, f"$citizen-view?patient={patient_token}")
 
 
 def delivered(ctx: Context, seen: View, failure: str | None = None) -> None:

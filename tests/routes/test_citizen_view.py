@@ -3,7 +3,7 @@ kartläggning."""
 
 from __future__ import annotations
 
-
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -37,6 +37,10 @@ def test_portal_sees_the_established_plan_with_goals_team_and_organisations(clie
     k = kinds(b)
     assert k.count("CarePlan") == 1 and "Goal" in k and "CareTeam" in k and "Organization" in k
     assert "QuestionnaireResponse" not in k
+    # A searchset names the search it answers (its self link: the person asked for).
+    link = {ln["relation"]: ln["url"] for ln in b["link"]}
+    assert parse_qs(urlsplit(link["self"]).query) == parse_qs(urlsplit(URL).query)
+    assert urlsplit(link["self"]).path == "/fhir/CarePlan/$citizen-view"
 
 
 def test_identifier_in_dash_form_is_accepted(client, alva, portal):
