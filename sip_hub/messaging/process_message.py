@@ -274,18 +274,23 @@ def _handle(tx: Tx, ctx: Context, parsed: parser.Message | SipHubError, env: par
                                     inactive_days=messaging.config.sip_inactive_days)
             if done is None:
                 with applying_message(msg.event, msg.reason) as untold:
-                    written = _apply(tx, ctx, msg, ahead)
+                    written, wrote = _apply(tx, ctx, msg, ahead)
                 _require_told(msg, untold, written)
             else:
-                written = done.written
+                written, wrote = done.written, True
             sip = _sip(tx, ctx, msg, written)
             _require_one_person(msg, written, sip)
             _require_phase(tx, msg, sip)
+            # A message whose resources all stand as it carries them changes nothing: it is
+            # not sent on (the receivers would act on a change that did not happen).
+            unchanged = not wrote and msg.response is None
             forwarded = _route(tx, ctx, msg, written, sip, messaging, before,
-                               forward=done is None)
+                               forward=done is None and not unchanged)
         note = f"Message {msg.header_id} ({msg.event}) processed" + (
             f" through {done.operation}; the participants are told by its notifications"
-            if done is not None else "") + (f"; sent on as {forwarded}" if forwarded else "")
+            if done is not None else "") + (f"; sent on as {forwarded}" if forwarded else "") + (
+            "; it changed nothing (its resources stand as it carries them), so it was not "
+            "sent on" if unchanged else "")
         return _Handled(vocab.OK, _response(ctx, env, messaging, vocab.OK, note, sip), sip)
     except SipHubError as err:
         code = vocab.TRANSIENT_ERROR if err.retryable else vocab.FATAL_ERROR
@@ -490,9 +495,11 @@ def _prepare_ahead(store: Store, msg: parser.Message, base: str = "") -> _Ahead 
                   _put_or_post(e, Prepared(prepared, {}, original), held))
 
 
-def _apply(tx: Tx, ctx: Context, msg: parser.Message, ahead: _Ahead | None) -> dict[int, Stored]:
-    """Write the message's resources as one transaction; the stored version of each entry.
-    Errors name the message's entries (``Bundle.entry[i + 1]`` for ``msg.entries[i]``)."""
+def _apply(tx: Tx, ctx: Context, msg: parser.Message,
+           ahead: _Ahead | None) -> tuple[dict[int, Stored], bool]:
+    """Write the message's resources as one transaction; the stored version of each entry,
+    and whether any was written (the others stand as the message carries them). Errors name
+    the message's entries (``Bundle.entry[i + 1]`` for ``msg.entries[i]``)."""
     if ahead is not None and tx.adopt(ahead.basis) and \
             all(ctx.access.can_read(tx, cur) for cur in ahead.same.values()):
         out, entries, todo = dict(ahead.same), [ahead.entry], [ahead.index]
@@ -500,7 +507,7 @@ def _apply(tx: Tx, ctx: Context, msg: parser.Message, ahead: _Ahead | None) -> d
     else:
         out, pairs = _sort(msg, tx.current, lambda cur: ctx.access.can_read(tx, cur))
         if not pairs:
-            return out
+            return out, False
         unchanged = _unchanged(msg, out)
         held = {i: _held(tx, e["resource"]) for i, e in pairs}
         # The parser validated the whole Bundle's structure, entries included; the rewrite
@@ -520,7 +527,7 @@ def _apply(tx: Tx, ctx: Context, msg: parser.Message, ahead: _Ahead | None) -> d
         stored = tx.current(*target) if target else None
         if stored is not None:
             out[i] = stored
-    return out
+    return out, True
 
 
 def _focus_id(msg: parser.Message, written: dict[int, Stored], rtype: str) -> str | None:

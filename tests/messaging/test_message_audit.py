@@ -1,6 +1,7 @@
 """``$process-message`` audits its access to personal data as the REST API does: a message
-that writes nothing but is sent on with the SIP's stored plan and person leaves an
-AuditEvent of that disclosure (it left none: only writes were audited), and a message
+sent on with the SIP's stored plan and person leaves an AuditEvent of that disclosure (a
+message that wrote nothing left none: only writes were audited; such a message is no
+longer sent on at all), and a message
 refused because its sender may not see the SIP leaves a refusal (outcome 4), as the same
 client's GET does (it left none)."""
 
@@ -12,7 +13,7 @@ import orjson
 
 from harness import (BUP, OUTSIDER, SCHOOL, SOC, URL, Hub, broker, hub, receivers,  # noqa: F401
                      world)
-from harness import outcome_of, sip_message
+from harness import current_plan, outcome_of, sip_message, status_change
 from sip_hub import logs
 
 PLAN = "CarePlan/alva-sip"
@@ -42,18 +43,36 @@ def _org(event: dict[str, Any]) -> str | None:
                  if a["who"].get("type") == "Organization"), None)
 
 
-def test_a_message_that_writes_nothing_but_is_sent_on_is_audited(world: Hub) -> None:
-    msg = sip_message("insats-status-changed", SOC, focus=[PLAN], destinations=(SCHOOL,))
-    code, diagnostics = _send(world, msg, SOC, "msg-forward-1")
+def test_a_message_sent_on_is_audited_as_the_disclosure_it_is(world: Hub) -> None:
+    msg = status_change(world, sender=BUP, destinations=(SOC, SCHOOL))
+    code, diagnostics = _send(world, msg, BUP, "msg-forward-1")
     assert code == "ok" and "sent on as" in diagnostics
-    (event,) = _of_request(world, "msg-forward-1")
-    assert event["outcome"] == "0" and _org(event) == SOC
-    assert event["subtype"][0]["code"] == "operation"
+    events = _of_request(world, "msg-forward-1")
+    (event,) = [e for e in events if e["subtype"][0]["code"] == "operation"]
+    assert event["outcome"] == "0" and _org(event) == BUP
     named = {e["what"].get("reference") for e in event["entity"]}
     assert {PLAN, "Patient/alva"} <= named
     assert "insats-status-changed" in event["outcomeDesc"]
     # The person's access log shows it.
     assert any(e["id"] == event["id"] for e in _events(world, "patient=alva"))
+
+
+def test_a_message_that_changes_nothing_is_not_sent_on(world: Hub) -> None:
+    """Its event did not happen (its resources stand as it carries them, or it carries
+    none): the receivers, who act on it, get nothing, and the plan is not disclosed."""
+    before = len(world.deliveries())
+    stored = current_plan(world)["activity"][0]["detail"]["status"]
+    for i, msg in enumerate([
+            sip_message("insats-status-changed", SOC, focus=[PLAN], destinations=(SCHOOL,)),
+            status_change(world, sender=BUP, status=stored)]):
+        sender = SOC if i == 0 else BUP
+        code, diagnostics = _send(world, msg, sender, f"msg-nothing-{i}")
+        assert code == "ok" and "changed nothing" in diagnostics, diagnostics
+        assert "sent on as" not in diagnostics
+        assert world.deliveries(ids=[msg["entry"][0]["resource"]["id"]]) == []
+        assert not [e for e in _of_request(world, f"msg-nothing-{i}")
+                    if e["subtype"][0]["code"] == "operation"]
+    assert len(world.deliveries()) == before
 
 
 def test_a_message_about_a_sip_the_sender_may_not_see_is_audited_as_refused(
