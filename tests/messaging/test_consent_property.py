@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import sip_factory as f
 from harness import (BUP, OUTSIDER, SCHOOL, SOC, URL, Hub, Receiver, broker, hub,  # noqa: F401
-                     receivers, status_change, world)
+                     current_plan, receivers, status_change, world)
 from sip_hub.messaging import vocabulary as vocab
 from sip_hub.store import outbox as sql
 from sip_process import day
@@ -106,13 +106,15 @@ class Model:
         self.created(SOC, vocab.CONSENT_CHANGED, expected=news)
 
     def status(self, sender: str, status: str) -> None:
+        before = current_plan(self.hub)["activity"][INSATS[sender]]["detail"]["status"]
         msg = status_change(self.hub, sender=sender, status=status, insats=INSATS[sender])
         r = self.hub.post(sender, URL, msg)
         assert r.status_code == 200, r.text
         code = r.json()["entry"][0]["resource"]["response"]["code"]
         allowed = sender in self.covered
         assert code == (vocab.OK if allowed else vocab.FATAL_ERROR), r.text
-        self.created(sender, vocab.INSATS_STATUS_CHANGED, expected=allowed)
+        # (a status as it stands already changes nothing: nothing is sent on)
+        self.created(sender, vocab.INSATS_STATUS_CHANGED, expected=allowed and before != status)
 
     def check_received(self) -> None:
         """What arrived since the last look was owed to its receiver at that moment."""
