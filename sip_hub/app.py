@@ -269,8 +269,11 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         checkpointer.stop()
         app.state.store.engine.dispose()
 
+    # No API browser (FastAPI's /docs, /redoc, /openapi.json): Swagger UI is a page on the
+    # console's origin running script from a CDN, which could read the console's pages and
+    # post its forms. The interface is described by the CapabilityStatement (/fhir/metadata).
     app = HubApp(title="sip_hub", version=__version__, lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None)
+                  docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.state.store = store
     app.state.tokens = TokenService(load_keys(settings), settings.issuer,

@@ -30,6 +30,9 @@ Role = Literal["organization", "portal", "admin"]
 ROLES: tuple[Role, ...] = ("organization", "portal", "admin")
 _ALG = "ES256"
 _BEARER_CHALLENGE = 'Bearer realm="sip_hub"'
+# The longest token verified: those the hub issues, with scopes of at most
+# ``clients.SCOPE_MAX`` characters, are under half of it.
+TOKEN_MAX = 8192
 
 
 class KeyConfigError(SipHubError):
@@ -221,6 +224,11 @@ class TokenService:
                               csrf, jti)
 
     def verify(self, token: str) -> Principal:
+        # (before the cache, which holds tokens by their text: one of any length is memory
+        # for the taking)
+        if len(token) > TOKEN_MAX:
+            raise _invalid(f"The token is longer than any this hub issues ({TOKEN_MAX} "
+                           "characters)")
         principal = _verify_cached(self, token)
         if principal.expires <= time.time():
             raise _invalid("The token has expired")

@@ -48,12 +48,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _migrate(_args: argparse.Namespace, settings: Settings) -> int:
-    from .store.engine import make_engine
+    from .store.engine import make_engine, shown_database_url
     from .store.migrate import upgrade
 
     engine = make_engine(settings.database_url)
     upgrade(engine)
-    print(f"database at head: {engine.url.render_as_string(hide_password=True)}")
+    print(f"database at head: {shown_database_url(engine.url)}")
     return 0
 
 

@@ -30,6 +30,7 @@ from .settings import Settings
 from .store import Store
 from .store import outbox as sql
 from .store.clients import ClientRecord, get_client, list_clients
+from .store.engine import shown_database_url
 
 log = logging.getLogger("sip_hub.console")
 
@@ -65,7 +66,7 @@ def overview(store: Store, settings: Settings, messaging: Messaging) -> dict[str
     records = list_clients(store) if database_ok else []
     return {
         "env": settings.env,
-        "database": store.engine.url.render_as_string(hide_password=True),
+        "database": shown_database_url(store.engine.url),
         "database_ok": database_ok,
         "bus": shown_url(messaging.config.broker_url),
         "counts": [(state, counts.get(state, 0)) for state in STATES],

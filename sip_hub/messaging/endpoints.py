@@ -53,7 +53,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 from ..errors import BadRequest
 from ..identifiers import InvalidIdentifier, normalise_hsa_id
 from .config import MAX_TIMEOUT_SECONDS
-from .http import url_problem
+from .http import shown_url, url_problem
 
 
 DEFAULT_CONCURRENT = 4  # POSTs at once to one endpoint, unless its entry says otherwise
@@ -77,7 +77,7 @@ class _Entry(BaseModel):
         if problem is not None:  # (pydantic does not show the value: it may be long)
             raise ValueError(f"must be an absolute http(s) URL in printable ASCII (a host "
                              f"name in its IDNA form, anything else percent-encoded): "
-                             f"{v[:200]!r} is {problem}")
+                             f"{shown_url(v)[:200]!r} is {problem}")
         return v
 
     @model_validator(mode="after")

@@ -72,7 +72,9 @@ def url_problem(url: str) -> str | None:
     printable ASCII only (no spaces or control characters), as RFC 3986 has it: a host name
     with other letters in its IDNA form (``xn--...``), any other non-ASCII character
     percent-encoded (its UTF-8 bytes: ``%C3%A4`` for ``ä``). The hub does not convert: what
-    it is given is what it sends to (libcurl cannot take other text)."""
+    it is given is what it sends to (libcurl cannot take other text). It holds no
+    credentials (``user:password@``): a URL is shown (the console, a delivery's error), an
+    Authorization variable's value never is."""
     if not _URL_TEXT.fullmatch(url):
         return ("not in printable ASCII: spaces, control and non-ASCII characters are not "
                 "allowed (a host name in its IDNA form, xn--..., anything else percent-encoded)")
@@ -85,7 +87,19 @@ def url_problem(url: str) -> str | None:
         return "not an http(s) URL (absolute, with a host)"
     if port == 0:
         return "not a valid URL (port 0)"
+    if "@" in parts.netloc:  # (shown on the console and in a delivery's error: never sent)
+        return ("a URL with credentials (user:password@) in it: an endpoint's go in the "
+                "variable its authorizationEnv names (the Authorization header)")
     return None
+
+
+# A URL's userinfo (RFC 3986 3.2.1: what comes before the last "@" of its authority).
+_USERINFO = re.compile(r"(?<=//)[^/?#]*@")
+
+
+def shown_url(url: str) -> str:
+    """``url`` as it may be shown (an error, a log line): credentials in it masked."""
+    return _USERINFO.sub("***@", url, count=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +205,7 @@ def _refused(request: HttpRequest) -> HttpRefused | None:
     """Why the request is not sent, if it is not."""
     problem = url_problem(request.url)
     if problem is not None:
-        return HttpRefused(f"{request.url[:300]!r} cannot be sent to: {problem}")
+        return HttpRefused(f"{shown_url(request.url)[:300]!r} cannot be sent to: {problem}")
     for name, value in request.headers.items():
         if not _NAME.fullmatch(name) or _BAD_VALUE.search(value):
             return HttpRefused(f"The header {name!r} is not a valid HTTP header field (a line "

@@ -23,7 +23,6 @@ from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit
 
 from fastapi import APIRouter, Request
-from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from .. import clients, console
@@ -33,6 +32,7 @@ from ..errors import (BadRequest, Forbidden, NotFound, SipHubError, Unauthorized
 from ..fhir.validation import check_id
 from ..store.clients import end_session, session_ended
 from ..store.outbox import Delivery
+from .forms import read_form
 from .messaging import messaging
 from .render import render_page
 from .wire import in_thread
@@ -150,15 +150,10 @@ async def _form(request: Request) -> dict[str, str]:
         raise Forbidden("The form was sent from another site")
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != _FORM:
         raise UnsupportedMediaType(f"The form must be sent as {_FORM}")
-    try:
-        form = await request.form()
-    except HTTPException as exc:
-        raise BadRequest(f"The form cannot be read: {exc.detail}") from None
     out: dict[str, str] = {}
-    for key, value in form.multi_items():
-        if key in out or not isinstance(value, str):
-            raise BadRequest(f"The form's field {key[:40]} is sent more than once or is not "
-                             "text")
+    for key, value in await read_form(request):  # (a 413 past the forms' bound)
+        if key in out:
+            raise BadRequest(f"The form's field {key[:40]} is sent more than once")
         out[key] = value
     return out
 

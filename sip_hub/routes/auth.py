@@ -5,14 +5,16 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections import Counter
 from urllib.parse import unquote_plus
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException
 
 from .. import clients
 from ..auth import Scope, TokenService, parse_scopes
+from ..errors import BadRequest, PayloadTooLarge
+from .forms import read_form
 from .wire import in_thread
 
 router = APIRouter(tags=["auth"])
@@ -67,14 +69,16 @@ async def token(request: Request) -> JSONResponse:
         return _oauth_error(400, "invalid_request",
                             "The token request must be application/x-www-form-urlencoded")
     try:
-        form = await request.form()
-    except HTTPException as exc:  # (a field beyond Starlette's 1 MiB): an OAuth2 error too
-        return _oauth_error(400, "invalid_request", f"The form cannot be read: {exc.detail}")
+        fields = await read_form(request)
+    except (BadRequest, PayloadTooLarge) as exc:  # an OAuth2 error too, with its status
+        return _oauth_error(exc.status, "invalid_request",
+                            f"The form cannot be read: {exc.diagnostics}")
     # RFC 6749 3.2: a parameter sent twice is invalid (which one would count is a guess).
-    repeated = sorted({k for k, _ in form.multi_items() if len(form.getlist(k)) > 1})
+    repeated = sorted(k for k, n in Counter(k for k, _ in fields).items() if n > 1)
     if repeated:
         return _oauth_error(400, "invalid_request",
                             f"Parameters may be sent once only: {', '.join(repeated)}")
+    form = dict(fields)
     grant = form.get("grant_type")
     if not isinstance(grant, str) or not grant:
         return _oauth_error(400, "invalid_request", "grant_type is required "
@@ -105,10 +109,18 @@ async def token(request: Request) -> JSONResponse:
     granted = parse_scopes(rec.scope)
     asked = form.get("scope")
     if isinstance(asked, str) and asked.strip():
-        wanted = [s for s in asked.split(" ") if s]
+        # (a scope asked for twice is granted once: the token's text is what the hub caches)
+        wanted = list(dict.fromkeys(s for s in asked.split(" ") if s))
         if not all(_SCOPE_TOKEN.fullmatch(s) for s in wanted):
             return _oauth_error(400, "invalid_scope", "scope must be SMART system scopes "
                                 "separated by spaces, e.g. system/CarePlan.rs")
+        if len(" ".join(wanted)) > clients.SCOPE_MAX:  # (no longer than a registered one)
+            return _oauth_error(400, "invalid_scope", f"The requested scopes must be at most "
+                                f"{clients.SCOPE_MAX} characters together")
+        try:  # (a type the hub does not serve grants nothing and hides a typo, as at create)
+            clients.parse_scopes(" ".join(wanted))
+        except BadRequest as exc:
+            return _oauth_error(400, "invalid_scope", exc.diagnostics)
         parsed = [Scope.parse(s) for s in wanted]
         if any(p is None or not _covered(p, granted) for p in parsed):
             return _oauth_error(400, "invalid_scope",

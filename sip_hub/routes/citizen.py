@@ -17,6 +17,14 @@ router = APIRouter(prefix="/fhir", tags=["national portal"])
 # The person's own plans: no cache on the way (the portal's, a proxy's, a browser's) keeps
 # them, and the form depends on Accept, so a cache must never answer one with the other.
 PRIVATE = {"Cache-Control": "no-store", "Pragma": "no-cache", "Vary": "Accept"}
+# The forms for people, shown by a browser: no script runs, even a plan text the escaping
+# missed; the page loads nothing (it has no style sheet, image or form) and no other site
+# frames it (the portal fetches it with its token: a browser's frame could not).
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+HTML_HEADERS = {**PRIVATE, **NOSNIFF,
+                "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'; "
+                                           "base-uri 'none'; form-action 'none'",
+                "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
 
 
 # The parameters of the operation (OperationDefinition sip-citizen-view) and the format ones.
@@ -94,9 +102,9 @@ def _answer(request: Request, out: dict[str, Any], form: str | None, fmt: str | 
             ) -> Response:
     if form == "html":
         return Response(render_citizen_html(out), media_type="text/html; charset=utf-8",
-                        headers=PRIVATE)
+                        headers=HTML_HEADERS)
     if form == "pdf":
         # (shown by the portal's viewer; its name if the person saves it)
         return Response(render_citizen_pdf(out), media_type=PDF, headers={
-            **PRIVATE, "Content-Disposition": 'inline; filename="samordnad-plan.pdf"'})
+            **PRIVATE, **NOSNIFF, "Content-Disposition": 'inline; filename="samordnad-plan.pdf"'})
     return respond(request, out, headers=PRIVATE, fmt=fmt)

@@ -69,6 +69,15 @@ def make_engine(url: str | URL, *, pool_size: int = 10, autocommit: bool = False
     return engine
 
 
+def shown_database_url(url: URL) -> str:
+    """A database URL as it may be shown (the console, ``sip-hub migrate``): its password
+    masked, in the userinfo and in the query too, where libpq takes one as well
+    (``?password=...``, ``sslpassword``; the client key's file with them)."""
+    hidden = {k: "***" for k in url.query if "pass" in k.lower() or k.lower() == "sslkey"}
+    shown = url.update_query_dict(hidden).render_as_string(hide_password=True)
+    return shown.replace("=%2A%2A%2A", "=***")  # (as the userinfo's, not percent-encoded)
+
+
 def companion(engine: Engine, made: weakref.WeakKeyDictionary[Engine, T],
               make: Callable[[], T], close: Callable[[T], Any]) -> T:
     """What goes with ``engine`` (a pool beside it, a thread with a connection of its own):
