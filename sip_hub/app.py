@@ -273,7 +273,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     # console's origin running script from a CDN, which could read the console's pages and
     # post its forms. The interface is described by the CapabilityStatement (/fhir/metadata).
     app = HubApp(title="sip_hub", version=__version__, lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_url=None)
+                  docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     app.state.settings = settings
     app.state.store = store
     app.state.tokens = TokenService(load_keys(settings), settings.issuer,

@@ -174,6 +174,18 @@ def test_without_a_base_url_the_hub_names_its_listen_address_not_the_host(store,
                 for link in page["link"]} == {"self": True, "next": True}
 
 
+@pytest.mark.parametrize("path", ["/fhir/metadata/", "/fhir/Patient/", "/auth/token/",
+                                  "/admin/", "/admin/clients/"])
+def test_a_trailing_slash_is_never_redirected_to_the_requests_host(client, path):
+    """No redirect built from the request's Host (Starlette's redirect_slashes answered a
+    307 to http://evil.example/..., which keeps a POST's method and body: a client's
+    credentials to /auth/token/ went on there): such a path is not the hub's."""
+    for method in ("GET", "POST"):
+        r = client.request(method, path, headers=EVIL, follow_redirects=False)
+        assert r.status_code in (404, 405), (method, r.status_code, r.headers)
+        assert "evil" not in str(r.headers) and "location" not in r.headers
+
+
 @pytest.mark.parametrize("host, base", [("0.0.0.0", "http://127.0.0.1:9000"),
                                         ("::", "http://[::1]:9000")])
 def test_a_wildcard_listen_address_is_named_by_loopback_with_a_warning(store, tmp_path, caplog,
