@@ -30,7 +30,10 @@ text says:
 * txt-1 is checked against the element and attribute names the official validator allows
   (the HTML 4.0 chapters the invariant names), txt-2 as non-whitespace text or an image; the
   div must also be well-formed XML, parsed by the hardened parser (no DTD, no entities), with
-  the XHTML namespace as its default, so that the hub can always serve it as FHIR XML.
+  the XHTML namespace as its default and nothing before or after it (no XML declaration), so
+  that the hub can always serve it as FHIR XML. A link's, image's or citation's URL may not
+  be a javascript:, vbscript: or data: one (an image's data:image/ source aside): the
+  narrative "SHALL NOT contain scripts", which the names alone do not ensure.
 
 Resources nest at most ``MAX_DEPTH`` elements deep (an extension inside an extension counts
 a level each): orjson, which writes every resource the hub stores, gives up at about 127, and
@@ -417,6 +420,18 @@ _TXT_ELEMENT_ATTRIBUTES: Final = frozenset(
     "area.coords area.href area.nohref area.alt blockquote.cite q.cite table.summary "
     "table.width table.border table.frame table.rules table.cellspacing table.cellpadding "
     "pre.space td.nowrap".split())
+# The attributes of txt-1's elements that hold a URL, which a browser follows or loads when the
+# narrative is shown (an image's source at once).
+_TXT_URL_ATTRIBUTES: Final = frozenset(
+    "a.href area.href img.src img.longdesc blockquote.cite q.cite".split())
+# A URL's scheme as a browser reads it: after leading spaces and controls, with tabs and
+# newlines anywhere dropped, in any case (" Java&#9;Script:" is "javascript:").
+_URL_SCHEME: Final = re.compile(r"[a-z][a-z0-9+.\-]*(?=:)")
+_URL_TRIMMED: Final = "".join(map(chr, range(0x21)))
+_URL_DROPPED: Final = str.maketrans("", "", "\t\n\r")
+# Schemes whose URL runs script, or a document of its own, when followed or loaded (FHIR R4
+# narrative.html: a narrative SHALL NOT contain scripts). An image from data: runs none.
+_SCRIPT_SCHEMES: Final = frozenset({"javascript", "vbscript", "data"})
 _TXT_1: Final = ("txt-1: The narrative SHALL contain only the basic html formatting elements and "
                  "attributes described in chapters 7-11 (except section 4 of chapter 9) and 15 "
                  "of the HTML 4.0 standard, <a> elements (either name or href), images and "
@@ -426,6 +441,14 @@ _TXT_1: Final = ("txt-1: The narrative SHALL contain only the basic html formatt
 def _narrative(div: str, path: str, out: IssueCollector) -> None:
     """txt-1 and txt-2 of a Narrative.div, which must also be an XHTML div the hub can write
     as FHIR XML (read by the hardened parser: no DTD, so no entities but XML's own)."""
+    bare = div.strip()
+    if bare.startswith(("<?", "<!")) or bare.endswith(("?>", "-->")):
+        # The parser drops them unseen, but the div is kept as sent: an XML declaration made
+        # every FHIR XML answer holding it fail (a str with an encoding declaration), and the
+        # div is an element of the resource, not a document of its own.
+        out.add(path, "The narrative must be the <div> element alone: no XML declaration, "
+                      "processing instruction, comment or DOCTYPE before or after it", "value")
+        return
     try:
         root = xml.parse(div)
     except BadRequest as exc:
@@ -450,8 +473,27 @@ def _narrative(div: str, path: str, out: IssueCollector) -> None:
                 out.add(path, f"{_TXT_1} (the attribute {_lxml_name(attribute)} of <{name}> is "
                               "not one)")
                 return
+            if f"{name}.{attribute}" in _TXT_URL_ATTRIBUTES:
+                scheme = _script_scheme(element.attrib[attribute], name, attribute)
+                if scheme:
+                    out.add(path, f"The {attribute} of <{name}> is a {scheme}: URL, which can run "
+                                  "script when the narrative is shown; a narrative SHALL NOT "
+                                  "contain scripts")
+                    return
     if not image and not "".join(root.itertext()).strip():
         out.add(path, "txt-2: The narrative SHALL have some non-whitespace content")
+
+
+def _script_scheme(url: str, element: str, attribute: str) -> str | None:
+    """The scheme of ``url`` when it is one that runs script (``_SCRIPT_SCHEMES``), read as a
+    browser reads it; None for any other URL, and for an image's data: source."""
+    url = url.strip(_URL_TRIMMED).translate(_URL_DROPPED).lower()
+    scheme = _URL_SCHEME.match(url)
+    if scheme is None or scheme.group() not in _SCRIPT_SCHEMES:
+        return None
+    if element == "img" and attribute == "src" and url.startswith("data:image/"):
+        return None
+    return scheme.group()
 
 
 def _lxml_name(tag: str) -> str:
