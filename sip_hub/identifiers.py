@@ -181,6 +181,21 @@ def person_id_system(value: str) -> str:
     return SAMORDNINGSNUMMER if int(value[6:8]) > 60 else PERSONNUMMER
 
 
+def separated_person_id(value: str) -> tuple[str, str] | None:
+    """(system, 12-digit form) of a valid personnummer or samordningsnummer written with its
+    separator (YYYYMMDD-NNNN, YYMMDD-NNNN or YYMMDD+NNNN); None for any other value. The
+    separator is what marks the value as one: bare digits may be any other identifier."""
+    s = value.strip()
+    if not ((len(s) == 13 and s[8] == "-") or (len(s) == 11 and s[6] in "-+")):
+        return None
+    for system in (PERSONNUMMER, SAMORDNINGSNUMMER):
+        try:
+            return canonical_identifier(system, s)
+        except InvalidIdentifier:
+            pass
+    return None
+
+
 def normalise_hsa_id(value: str) -> str:
     """An HSA-id in upper case: SE + organisationsnummer (10 or 12 digits) + '-' + suffix."""
     if not isinstance(value, str):

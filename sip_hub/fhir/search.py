@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import BadRequest
-from ..identifiers import InvalidIdentifier, canonical_search_token
+from ..identifiers import InvalidIdentifier, canonical_search_token, separated_person_id
 from .dates import MAX_US, parse_range
 from .indexing import (MAX_STRING, exact_key, is_absolute, key as index_key,
                        normalise_string, split_reference)
@@ -160,6 +160,19 @@ def _token(raw: str) -> TokenValue:
     return TokenValue(None, index_key(_unescape(raw)))
 
 
+def _tokens(raw: str) -> list[TokenValue]:
+    """What a token value is searched as: itself, and a personnummer or samordningsnummer
+    written with its separator but no system also as writes store it (the 12 digits, in its
+    system). '19121212-1212' finds the person written so, as it does with the system; bare
+    digits are left as they are (they may be another identifier's)."""
+    token = _token(raw)
+    if token.system is None and token.code is not None:
+        person = separated_person_id(_unescape(raw))
+        if person is not None:
+            return [token, TokenValue(index_key(person[0]), index_key(person[1]))]
+    return [token]
+
+
 # A time's fraction of a second (its digits): what its precision is.
 _FRACTION = re.compile(r"T[^.]*\.(\d+)")
 
@@ -268,7 +281,7 @@ def _criterion(rtype: str, key: str, raw: str, base_url: str) -> Criterion:
         raise BadRequest(f"Search parameter '{key}' has an empty value", expression=key)
     values: list[Value]
     if param.type == "token" or (param.type == "reference" and modifier == "identifier"):
-        tokens = [_token(v) for v in raws]
+        tokens = [t for v in raws for t in _tokens(v)]
         if any(t.system == "" and t.code is None for t in tokens):
             # ``|`` alone: no system and no code (it matched every code without a system)
             raise BadRequest(f"Search parameter '{key}': '|' alone names neither a system "
