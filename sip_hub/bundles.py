@@ -294,10 +294,11 @@ def _resolve_conditional(tx: Tx, ctx: ix.Context, entries: list[_Entry],
                 ctx.access.check(rtype, "s")
                 found = ix.match(tx, ctx, rtype, criteria)
                 if len(found) != 1:
-                    raise ix.PreconditionFailed(
+                    err = ix.PreconditionFailed(
                         f"The conditional reference '{ref[:80]}' matches "
                         f"{'no' if not found else 'more than one'} {rtype}: it must match "
                         "exactly one")
+                    raise ix.several(ctx, rtype, criteria, found, err) if found else err
                 # The caller learns which resource its criteria name (a personnummer's
                 # Patient): a search of personal data, in the person's access log.
                 ctx.record("search-type", found, rtype=rtype, query=criteria)
@@ -392,8 +393,9 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
                 if e.if_none_exist:
                     found = ix.match(tx, ctx, e.rtype, e.if_none_exist)
                     if len(found) > 1:
-                        raise ix.PreconditionFailed(
+                        err = ix.PreconditionFailed(
                             f"ifNoneExist matched {len(found)} {e.rtype} resources")
+                        raise ix.several(ctx, e.rtype, e.if_none_exist, found, err)
                     rid = found[0].id if found else None
                     if rid:
                         ctx.record("read", found)  # (as a conditional create outside one)
@@ -475,8 +477,8 @@ def _conditional_id(tx: Tx, ctx: ix.Context, e: _Entry) -> str:
     except SipHubError as err:
         raise _with_entry(err, e.index) from None
     if len(found) > 1:
-        raise _with_entry(ix.PreconditionFailed(
-            f"Conditional update matched {len(found)} {e.rtype} resources"), e.index)
+        raise _with_entry(ix.several(ctx, e.rtype, e.query, found, ix.PreconditionFailed(
+            f"Conditional update matched {len(found)} {e.rtype} resources")), e.index)
     return found[0].id if found else uuid7()
 
 

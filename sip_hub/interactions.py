@@ -70,9 +70,11 @@ class Context:
             self.audit.later(rec)
 
     def refused(self, interaction: str, stored: Stored | None, rtype: str,
-                err: SipHubError) -> None:
+                err: SipHubError, *, named: frozenset[str] = frozenset()) -> None:
+        """Audit a refusal (outside any transaction, which is rolled back). ``named``: the
+        patients it was about besides those of ``stored`` (a refused create's)."""
         self.record(interaction, [stored] if stored else [], outcome="4", rtype=rtype,
-                    detail=err.diagnostics)
+                    detail=err.diagnostics, named=named)
 
 
 @dataclass(slots=True)
@@ -172,7 +174,8 @@ def match_key(rtype: str, criteria: Criteria, base_url: str) -> str | None:
 
 
 def match(tx: Tx, ctx: Context, rtype: str, criteria: Criteria) -> list[Stored]:
-    """Up to two matches for a conditional interaction, among what the caller may see."""
+    """Up to two matches for a conditional interaction, among what the caller may see
+    (``several`` refuses more than one)."""
     query = _conditional_query(rtype, criteria, ctx.base_url)
     # Two conditional creates (or updates) with the same criteria at once would both find
     # nothing and both create: the second waits for the first and then finds its resource.
@@ -182,6 +185,32 @@ def match(tx: Tx, ctx: Context, rtype: str, criteria: Criteria) -> list[Stored]:
     if vis is False:
         return []
     return tx.search(query, vis)[0]
+
+
+def several(ctx: Context, rtype: str, criteria: Criteria, found: list[Stored],
+            err: PreconditionFailed) -> PreconditionFailed:
+    """``err``, the refusal of a conditional interaction whose criteria matched several
+    resources, audited as the search it was: it told the caller that the person has
+    several (as a count would, which is logged). Recorded outside the transaction, which is
+    rolled back."""
+    query = criteria if isinstance(criteria, str) else urlencode(criteria)
+    ctx.record("search-type", found, outcome="4", rtype=rtype, query=query,
+               detail=err.diagnostics)
+    return err
+
+
+def _guard_deleted(tx: Tx, ctx: Context, cur: Stored, interaction: str) -> None:
+    """A deleted record of a person's is the business of its owner (another learns neither
+    that it is deleted nor its version); a directory entry's (an Organization) of anyone
+    who reads the directory, as it was before. The refusal names the person of the version
+    deleted (the tombstone has no content), so that it is in their access log."""
+    if acl.is_personal(cur.type) and not ctx.access.unrestricted \
+            and cur.owner != ctx.access.org:
+        err = Forbidden(acl.NOT_COVERED)
+        last = tx.version(cur.type, cur.id, cur.version_id - 1)
+        ctx.refused(interaction, cur, cur.type, err, named=frozenset(acl.patients_of(
+            cur.type, last.doc() if last and last.content else None, cur.id)))
+        raise err
 
 
 def _guard_read(tx: Tx, ctx: Context, stored: Stored, interaction: str) -> None:
@@ -197,7 +226,9 @@ def _guard_write(tx: Tx, ctx: Context, rtype: str, old: Stored | None,
     try:
         ctx.access.require_write(tx, rtype, old, new)
     except Forbidden as err:
-        ctx.refused(interaction, old, rtype, err)
+        # A create has no ``old``: the refusal names the person the new resource is about.
+        ctx.refused(interaction, old, rtype, err,
+                    named=frozenset(acl.patients_of(rtype, new)) if new else frozenset())
         raise
 
 
@@ -230,13 +261,7 @@ def read(tx: Tx, ctx: Context, rtype: str, rid: str,
     if cur is None:
         raise NotFound(f"{rtype}/{rid} is not known")
     if cur.deleted:
-        # A deleted record of a person's is the business of its owner; a directory entry's
-        # (an Organization) of anyone who reads the directory, as it was before.
-        if acl.is_personal(rtype) and not ctx.access.unrestricted \
-                and cur.owner != ctx.access.org:
-            err = Forbidden(acl.NOT_COVERED)
-            ctx.refused("read", cur, rtype, err)
-            raise err
+        _guard_deleted(tx, ctx, cur, "read")
         raise Gone(f"{rtype}/{rid} was deleted (version {cur.version_id})",
                    headers={"ETag": etag(cur)})
     _guard_read(tx, ctx, cur, "read")
@@ -276,7 +301,8 @@ def create(tx: Tx, ctx: Context, rtype: str, res: Any, *, if_none_exist: str | N
     if if_none_exist:
         found = match(tx, ctx, rtype, if_none_exist)
         if len(found) > 1:
-            raise PreconditionFailed(f"If-None-Exist matched {len(found)} {rtype} resources")
+            raise several(ctx, rtype, if_none_exist, found, PreconditionFailed(
+                f"If-None-Exist matched {len(found)} {rtype} resources"))
         if found:
             ctx.record("read", found)
             return Result(200, found[0])
@@ -291,9 +317,10 @@ def create(tx: Tx, ctx: Context, rtype: str, res: Any, *, if_none_exist: str | N
 
 def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: str | None = None,
            resolve: Resolve | None = None, process_rules: bool = True,
-           locked: bool = False) -> Result:
+           locked: bool = False, interaction: str = "update") -> Result:
     """Update (or create with a client id). ``process_rules=False`` is for the SIP process
-    operations, which keep the process rules themselves (see ``process.check_plain_update``)."""
+    operations, which keep the process rules themselves (see ``process.check_plain_update``).
+    ``interaction``: what the access log calls it (a patch is written as an update)."""
     check_type(rtype, write=True)
     ctx.access.check(rtype, "u")
     check_id(rid)
@@ -306,13 +333,13 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
         ctx.access.check(rtype, "c")
     prepared = prepare_in(tx, res, resolve, rtype, ctx.base_url)
     current = old if old and not old.deleted else None
-    _guard_write(tx, ctx, rtype, current, prepared, "update")
+    _guard_write(tx, ctx, rtype, current, prepared, interaction)
     if process_rules:
         try:
             process.check_plain_update(tx, ctx, current.doc() if current else None, prepared)
         except SipHubError as err:  # refused on what it read: audited, outside the tx
             if current is not None:
-                ctx.refused("update", current, rtype, err)
+                ctx.refused(interaction, current, rtype, err)
             raise
         process.check_new_plan(ctx, current.doc() if current else None, prepared, rid)
     version = expected_version(if_match, old, f"{rtype}/{rid}")
@@ -332,11 +359,11 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
             raise
         tx.lock_resource(rtype, rid)
         return update(tx, ctx, rtype, rid, res, if_match=if_match, resolve=resolve,
-                      process_rules=process_rules, locked=True)
+                      process_rules=process_rules, locked=True, interaction=interaction)
     # A version after a tombstone creates the resource again (FHIR: 201, as a create; its
     # owner and the 'c' scope are a create's, above).
     created = created or (old is not None and old.deleted)
-    _written(tx, ctx, "create" if created else "update", old, stored)
+    _written(tx, ctx, "create" if created else interaction, old, stored)
     return Result(201 if created else 200, stored)
 
 
@@ -356,6 +383,7 @@ def patch(tx: Tx, ctx: Context, rtype: str, rid: str, ops: Any, *,
     if cur is None:
         raise NotFound(f"{rtype}/{rid} is not known: a patch changes a resource that is")
     if cur.deleted:
+        _guard_deleted(tx, ctx, cur, "patch")
         raise Gone(f"{rtype}/{rid} was deleted (version {cur.version_id})",
                    headers={"ETag": etag(cur)})
     _guard_read(tx, ctx, cur, "patch")
@@ -365,7 +393,8 @@ def patch(tx: Tx, ctx: Context, rtype: str, rid: str, ops: Any, *,
     patched = json_patch.apply(cur.doc(), change)
     if not isinstance(patched, dict):
         raise Unprocessable("The patch replaces the whole resource with something else")
-    return update(tx, ctx, rtype, rid, patched, if_match=etag(cur), locked=True)
+    return update(tx, ctx, rtype, rid, patched, if_match=etag(cur), locked=True,
+                  interaction="patch")
 
 
 def _held_to(version: int | None, cur: Stored) -> None:
@@ -382,7 +411,8 @@ def conditional_update(tx: Tx, ctx: Context, rtype: str, criteria: str | list[tu
     ctx.access.check(rtype, "u")
     found = match(tx, ctx, rtype, criteria)
     if len(found) > 1:
-        raise PreconditionFailed(f"Conditional update matched {len(found)} {rtype} resources")
+        raise several(ctx, rtype, criteria, found, PreconditionFailed(
+            f"Conditional update matched {len(found)} {rtype} resources"))
     body_id = res.get("id") if isinstance(res, dict) else None
     if found:
         if body_id and body_id != found[0].id:
@@ -411,9 +441,13 @@ def delete(tx: Tx, ctx: Context, rtype: str, rid: str, *,
     cur = tx.current(rtype, rid)
     if cur is None:
         raise NotFound(f"{rtype}/{rid} is not known")
+    # Access first: who may not change it learns neither its version nor that it is deleted.
+    if cur.deleted:
+        _guard_deleted(tx, ctx, cur, "delete")
+    else:
+        _guard_write(tx, ctx, rtype, cur, None, "delete")
     version = expected_version(if_match, cur, f"{rtype}/{rid}")
     if not cur.deleted:
-        _guard_write(tx, ctx, rtype, cur, None, "delete")
         try:
             process.check_plain_delete(ctx, cur.json(), tx)
         except SipHubError as err:

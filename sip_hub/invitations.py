@@ -410,7 +410,7 @@ def _join_team(op: Operation, stored: Stored, team: Json, orgs: list[_Invited]) 
                 {"role": [_role(sip.ROLE_ORGANISATION_REPRESENTATIVE)],
                  "member": copy.deepcopy(org.ref)})
             changed = True
-    return op.update(team) if changed else stored
+    return op.update(team) if changed else op.unchanged(stored)
 
 
 def _invitation(op: Operation, plan: Stored, appt: Stored, org: _Invited, patient: str,

@@ -68,6 +68,14 @@ class Operation:
                                      f"{cur.version_id}, If-Match asked for {if_match}")
         return cur
 
+    def unchanged(self, stored: Stored) -> Stored:
+        """``stored``, which the operation read and answers with as it is (it wrote no new
+        version, which would be audited): a read of the person's data, audited with the
+        operation's writes, and in its refusal's record should it be refused later."""
+        self.read.append(stored)
+        self.ctx.record("read", [stored], tx=self.tx)
+        return stored
+
     def refused(self, what: str, err: SipHubError) -> None:
         """Audit the operation's refusal (outcome 4; 8 for a failure of the hub's) once it has
         read the person's data: the caller learnt something of it (a 409 tells the SIP's

@@ -369,13 +369,21 @@ def _put_or_post(e: Json, res: Json, held: Stored | None = None) -> Json:
     return {"fullUrl": e["fullUrl"], "resource": res, "request": request}
 
 
-def _require_current(msg: parser.Message, held: dict[int, Stored | None]) -> None:
+def _require_current(tx: Tx, ctx: Context, msg: parser.Message,
+                     held: dict[int, Stored | None]) -> None:
     """A carried resource the hub holds, changed from a version (``meta.versionId``) that is
-    no longer its current one, would undo what changed since: refused, naming both."""
+    no longer its current one, would undo what changed since: refused, naming both. A sender
+    that may not read the resource is refused that (audited as ``_sip`` does): it learns
+    neither the version the hub holds nor that it is deleted."""
     for i, cur in held.items():
         version = _carried_version(msg.entries[i]["resource"])
         if cur is None or version is None or version == str(cur.version_id):
             continue
+        try:
+            ctx.access.require_read(tx, cur)
+        except Forbidden as err:
+            ctx.refused(_AUDITED_AS, cur, cur.type, err)
+            raise
         holds = f"version {cur.version_id}" + (" (deleted)" if cur.deleted else "")
         raise PreconditionFailed(
             f"Version conflict: the message carries {cur.type}/{cur.id} changed from version "
@@ -515,7 +523,7 @@ def _apply(tx: Tx, ctx: Context, msg: parser.Message,
         entries = [_put_or_post(e, Prevalidated(bundles.rewrite_refs(e["resource"], unchanged)),
                                 held[i]) for i, e in pairs]
         todo = [i for i, _ in pairs]
-    _require_current(msg, held)
+    _require_current(tx, ctx, msg, held)
     try:
         result = bundles.transaction_in(
             tx, ctx, {"resourceType": "Bundle", "type": "transaction", "entry": entries},
