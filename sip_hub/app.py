@@ -8,12 +8,13 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import Message, Receive, Scope, Send
@@ -151,6 +152,22 @@ def _unexpected_response(request: Request) -> Response:
         f"{logs.REQUEST_ID.get()}."))
 
 
+# A request whose client went away before its body was read is counted with this status
+# (nginx's "client closed request"; never sent: there is no one to send it to).
+CLIENT_GONE = 499
+_GONE_KEY = "sip_hub.client_gone"
+
+
+async def _client_gone(request: Request, exc: Exception) -> None:
+    """A request whose client disconnected mid-body (starlette's ``ClientDisconnect``): no
+    answer and no error. It reached the catch-all, which logged a traceback and counted a
+    500: every upload a client or load balancer abandoned paged the operators as a fault of
+    the hub's."""
+    log.debug("The client went away before its request was read: %s %s", request.method,
+              request.url.path)
+    request.scope[_GONE_KEY] = True
+
+
 class HubApp(FastAPI):
     """FastAPI, with the hot FHIR interactions (read, search, create, update of well-formed
     types and ids, and ``$process-message``) dispatched straight to their handlers. The
@@ -160,7 +177,8 @@ class HubApp(FastAPI):
     Every HTTP request gets its id (``logs.request_id``) here, before either path: its log
     lines carry it and its response answers it in ``X-Request-ID``. And it is counted and
     timed here, by method, route (its path template: ``/fhir/{rtype}/{rid}``; ``unmatched``
-    for paths no route takes) and status (``sip_hub.metrics``).
+    for paths no route takes) and status (``sip_hub.metrics``; ``CLIENT_GONE``, 499, for a
+    request whose client went away before it was read).
 
     HEAD is answered here, once for every route: as GET, the body left out (RFC 9110 9.3.2:
     the same status and headers, ETag and Content-Length included). So a HEAD of personal
@@ -168,6 +186,10 @@ class HubApp(FastAPI):
 
     hot_routes = tuple((r, inspect.iscoroutinefunction(r.endpoint))
                        for r in fhir_rest.fast_routes() + messaging_routes.fast_routes())
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_exception_handler(ClientDisconnect, _client_gone)  # (FastAPI's routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -195,6 +217,8 @@ class HubApp(FastAPI):
         try:
             await self._dispatch(scope, receive, send_tagged)
         finally:
+            if scope.get(_GONE_KEY):
+                status = CLIENT_GONE
             route = scope.get("route")
             observe_request(method, getattr(route, "path_format", "unmatched"),
                             status, time.perf_counter() - started)
@@ -212,6 +236,9 @@ class HubApp(FastAPI):
                         else await in_thread(request, route.endpoint, request)
                 except SipHubError as exc:
                     response = _error_response(request, exc)
+                except ClientDisconnect as exc:
+                    await _client_gone(request, exc)
+                    return
                 except Exception:  # noqa: BLE001 (answered as the app's handler does)
                     response = _unexpected_response(request)
                 await response(scope, receive, send)

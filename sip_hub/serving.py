@@ -28,15 +28,27 @@ import threading
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+import httptools
+import orjson
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from . import metrics
+from .errors import Issue
+from .fhir.outcome import outcome
 
 log = logging.getLogger("uvicorn.error")
 _GRACE_SECONDS = 30.0  # for a worker to finish its requests after SIGTERM
 _RESTART_PAUSE = 1.0   # between replacing workers that keep dying
+
+# A request head's bounds. httptools and uvicorn set none, and grow a target and a header
+# field by concatenation as they stream in: one client sending a 64 MiB field kept every
+# other client of its worker waiting 4 s (256 MiB: 70 s).
+MAX_TARGET = 65_535          # bytes of the request-target (httptools parses no longer one)
+MAX_HEAD = 64 * 1024         # bytes of the target and header fields together
+MAX_FIELDS = 100             # header fields
+HEAD_SECONDS = 10.0          # from a request's first byte to the end of its head
 
 
 def run(workers: int, **config: Any) -> int:
@@ -103,11 +115,182 @@ class _Coalescing:
         return getattr(self._transport, name)
 
 
+class _Refusal(Exception):
+    """A request the connection answers itself, with ``status``, and then closes."""
+
+    def __init__(self, status: int, code: str, text: str) -> None:
+        super().__init__(text)
+        self.status, self.code, self.text = status, code, text
+
+
+_MALFORMED = _Refusal(400, "structure", "The request is not well-formed HTTP/1.1")
+_CODINGS = frozenset({b"chunked", b"identity"})  # the transfer codings the hub undoes
+
+
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol (httptools) sending each response in one write."""
+    """uvicorn's HTTP/1.1 protocol (httptools) sending each response in one write, and
+    bounding what a client may make it hold before a request is read: a head's size, its
+    fields and its time (a connection idle from the start is closed after the keep-alive
+    timeout, as one idle after a response). A request the protocol refuses (those bounds,
+    malformed HTTP, a transfer coding the hub does not undo, HTTP/1.1 without one Host) is
+    answered with an OperationOutcome and the connection closed, after the answers of the
+    requests before it: uvicorn answered at once, and a pipelined write that was applied lost
+    its own answer (its client, reading the 400, would send it again)."""
+
+    # Per connection: a refusal waiting for the answers before it; per request head: the
+    # bytes of the chunks that held nothing but head (None: no head under way; -1: one began
+    # in the chunk being read), its fields and their bytes, its Host fields, its
+    # Transfer-Encoding values, and its timer.
+    _refusal: _Refusal | None = None
+    _head_bytes: int | None = None
+    _fields = 0
+    _field_bytes = 0
+    _hosts = 0
+    _codings: list[bytes] | None = None
+    _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(_Coalescing(transport, self.loop))
+        # (uvicorn arms it only after a response: a connection that never sent a request
+        # was held for ever.)
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._stop_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        # (The keep-alive timer stops when a request begins, not on any byte: stray line
+        # ends kept an idle connection open.)
+        if self._refusal is not None:  # nothing more is read on this connection
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError as exc:
+            refusal = exc.__context__
+            self._refuse(refusal if isinstance(refusal, _Refusal) else _MALFORMED)
+            return
+        counted = self._head_bytes
+        if counted is not None:  # a head is under way
+            if counted < 0:  # (it began in this chunk, after bytes that may not be its own)
+                self._head_bytes = 0
+                self._head_timer = self.loop.call_later(HEAD_SECONDS, self._head_timeout)
+            else:
+                self._head_bytes = counted = counted + len(data)
+                if counted > MAX_HEAD:
+                    self._refuse(_too_large())
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._unset_keepalive_if_required()
+        self._head_bytes = -1
+        self._fields = self._field_bytes = self._hosts = 0
+        self._codings = None
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > MAX_TARGET:
+            raise _Refusal(414, "too-long", f"The request-target is longer than {MAX_TARGET} "
+                           "bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        self._field_bytes += len(name) + len(value)
+        if self._fields > MAX_FIELDS or self._field_bytes + len(self.url) > MAX_HEAD:
+            raise _too_large()
+        name = name.lower()
+        if name == b"host":
+            self._hosts += 1
+        elif name == b"expect":
+            if value.lower() == b"100-continue":
+                self.expect_100_continue = True
+        elif name == b"transfer-encoding":
+            self._codings = (self._codings or []) + [value]
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._head_bytes = None
+        self._stop_head_timer()
+        version = self.parser.get_http_version()
+        # RFC 9112 3.2: a request names its host once; HTTP/1.1 must name it.
+        if self._hosts > 1 or (self._hosts == 0 and version == "1.1"):
+            raise _Refusal(400, "invalid", "An HTTP/1.1 request has exactly one Host header "
+                           "field")
+        if version == "1.0":  # (RFC 9110 10.1.1, 15.2: no 1xx to an HTTP/1.0 client)
+            self.expect_100_continue = False
+        if self._codings is not None:
+            codings = [c.strip().lower() for v in self._codings for c in v.split(b",")]
+            unknown = [c.decode("latin-1") for c in codings if c not in _CODINGS]
+            if unknown:  # (RFC 9112 6.1: the body cannot be read without undoing it)
+                raise _Refusal(501, "not-supported", f"Transfer-Encoding {', '.join(unknown)} "
+                               "is not supported: send the body chunked or with a "
+                               "Content-Length")
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._head_bytes is not None:  # the next head has its own timer, not keep-alive's
+            self._unset_keepalive_if_required()
+        if self._refusal is not None and not self.pipeline and not self.transport.is_closing():
+            self._answer_refusal()
+
+    def _refuse(self, refusal: _Refusal) -> None:
+        """Answers ``refusal`` now, or once the requests before it are answered."""
+        self._refusal = refusal
+        self._head_bytes = None
+        self._stop_head_timer()
+        self.flow.pause_reading()
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_complete:
+            # The refused bytes are this request's own body: it is refused whole. Queued, it
+            # never starts; running, it is the first unanswered and is answered now.
+            if self.pipeline and self.pipeline[0][0] is cycle:
+                self.pipeline.popleft()
+            else:
+                self._answer_refusal()
+                return
+        if not self.pipeline and (cycle is None or cycle.response_complete):
+            self._answer_refusal()
+
+    def _answer_refusal(self) -> None:
+        refusal = self._refusal
+        assert refusal is not None
+        self.logger.warning("Refused a request (%d): %s", refusal.status, refusal.text)
+        body = orjson.dumps(outcome([Issue(refusal.code, refusal.text)]))
+        head = [STATUS_LINE[refusal.status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"content-type: application/fhir+json; charset=utf-8\r\n"
+                    b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self._head_bytes is None or self.transport.is_closing():
+            return
+        if self.flow.read_paused:  # the hub is not reading (earlier requests run): not late
+            self._head_timer = self.loop.call_later(HEAD_SECONDS, self._head_timeout)
+            return
+        self._refuse(_Refusal(408, "timeout", f"The request head did not arrive within "
+                              f"{HEAD_SECONDS:.0f} s"))
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+
+def _too_large() -> _Refusal:
+    return _Refusal(431, "too-long", f"The request head is larger than {MAX_HEAD} bytes or "
+                    f"has more than {MAX_FIELDS} header fields")
 
 
 def _socket(host: str, port: int) -> socket.socket:

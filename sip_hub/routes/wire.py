@@ -37,6 +37,12 @@ _FORMAT_ALIASES = {"json": JSON, "xml": XML, **{t: JSON for t in _JSON_TYPES},
                    **{t: XML for t in _XML_TYPES}}
 
 
+# Accept headers sent by most clients, answered without parsing them.
+_COMMON_ACCEPT = {"": JSON, "*/*": JSON, JSON: JSON, "application/json": JSON, XML: XML}
+# How specifically a range names a form (a FHIR type: 3): text/* asks for JSON alone.
+_JSON_RANGES = {"*/*": 1, "application/*": 2, "text/*": 2}
+_XML_RANGES = {"*/*": 1, "application/*": 2}
+
 T = TypeVar("T")
 
 
@@ -101,23 +107,40 @@ def response_format(request: Request) -> str:
                                 "speak: it speaks FHIR R4 (4.0.1)")
         return chosen
     accept = request.headers.get("accept", "")
+    common = _COMMON_ACCEPT.get(accept)
+    if common is not None:
+        return common
     if not accept.strip():
         return JSON
-    ranked = [(-q, i, media) for i, (media, q) in enumerate(accepted(accept))]
-    for negq, _, media in sorted(ranked):
-        if negq == 0:
-            continue
-        if media in _JSON_TYPES or media in ("*/*", "application/*", "text/*"):
-            return JSON
-        if media in _XML_TYPES:
-            return XML
+    # RFC 9110 12.5.1: each form's q is that of the most specific range that names it (the
+    # highest of equally specific ones): a wildcard does not lift a type refused with q=0.
+    # The higher q > 0 is served; on a tie the one whose range comes first (JSON when one
+    # range names both).
+    best = {JSON: (0, 0.0, 0), XML: (0, 0.0, 0)}  # form: (specificity, q, -position)
+    for i, (media, q) in enumerate(accepted(accept)):
+        for fmt, specific in ((JSON, 3 if media in _JSON_TYPES else _JSON_RANGES.get(media)),
+                              (XML, 3 if media in _XML_TYPES else _XML_RANGES.get(media))):
+            if specific and (specific, q) > best[fmt][:2]:
+                best[fmt] = (specific, q, -i)
+    json_q, xml_q = best[JSON][1:], best[XML][1:]
+    if max(json_q[0], xml_q[0]) > 0:
+        return JSON if json_q >= xml_q else XML
     raise NotAcceptable(f"Cannot answer in any of '{accept}'; this server speaks "
                         f"{JSON} and {XML}, FHIR R4 (fhirVersion=4.0)")
 
 
 async def read_raw(request: Request, max_bytes: int) -> bytes:
     """The request's body, a 413 as soon as it is known to pass ``max_bytes`` (by its
-    Content-Length, else while it streams in)."""
+    Content-Length, else while it streams in). A body in a content coding (Content-Encoding:
+    gzip) is a 415 that says to send it uncoded (RFC 9110 12.5.3): the hub undoes none, and
+    read as it came a gzip body was a misleading 'Malformed JSON' and one labelled br was
+    stored as if plain."""
+    coding = request.headers.get("content-encoding")
+    if coding is not None and any(c.strip().lower() not in ("", "identity")
+                                  for c in coding.split(",")):
+        raise UnsupportedMediaType(f"Content-Encoding '{coding}' is not supported: send the "
+                                   "body without a content coding",
+                                   headers={"Accept-Encoding": "identity"})
     declared = request.headers.get("content-length")
     if declared and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"The body is larger than the limit of {max_bytes} bytes")
