@@ -107,6 +107,8 @@ def prepare(res: Any, resolve: Resolve, *, expected_type: str | None = None,
     validation.check(res, collector)
     if profiles.applies(res):
         profiles.check(res, collector, resolve)
+    elif profiles.links_checked(res):
+        profiles.check_links(res, collector, resolve)
     collector.raise_if_any(f"{rtype} failed validation")
     profiles.stamp(res)
     return res
@@ -146,8 +148,10 @@ def ahead_pays(store: Store) -> bool:
 def basis_keys(res: dict[str, Any], expected_type: str, replaces: str | None
                ) -> list[tuple[str, str]]:
     """What preparing ``res`` reads, to read in one statement (``Tx.load``): the references
-    a SIP resource's rules resolve, and the version an update replaces."""
-    keys = reference_targets(res) if profiles.applies(res) else []
+    a SIP resource's rules resolve (a meeting's or Task's too), and the version an update
+    replaces."""
+    keys = reference_targets(res) if profiles.applies(res) or profiles.links_checked(res) \
+        else []
     if replaces is not None:
         keys.append((expected_type, replaces))
     return keys

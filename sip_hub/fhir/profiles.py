@@ -786,6 +786,59 @@ def _check_goal(goal: Json, c: IssueCollector, resolve: Resolve) -> None:
             c.add(expr, f"{text} is a goal of another individual (den enskilde)")
 
 
+# --------------------------------------------------------------------------- meetings, Tasks
+
+# What a meeting or a Task names that is not its own but its person's: the SIP plan a meeting
+# belongs to, the plan a Task is based on and the meeting it is about. Their notifications
+# carry it to the organisations the person's consent covers (rule 1), so it must be that
+# person's; these are plain FHIR types, checked whether or not a SIP profile applies.
+_LINKS: dict[str, tuple[tuple[str, str], ...]] = {
+    "Appointment": (("supportingInformation", "CarePlan"),),
+    "Task": (("basedOn", "CarePlan"), ("focus", "Appointment")),
+}
+
+
+def links_checked(resource: Json) -> bool:
+    """Whether ``check_links`` has anything to check in ``resource``."""
+    return isinstance(resource, dict) and resource.get("resourceType") in _LINKS
+
+
+def _individuals(resource: Json) -> list[object]:
+    """The references to the individual a meeting (its Patient participants) or a Task
+    (``for``) is for."""
+    if resource.get("resourceType") == "Task":
+        return [resource["for"]] if isinstance(resource.get("for"), dict) else []
+    return [p["actor"] for p in _dicts(resource.get("participant")) if _is_person(p.get("actor"))]
+
+
+def _is_person(ref: object) -> bool:
+    key = _subject_key(ref)
+    return key is not None and (key[1] == "Patient" if key[0] == "reference"
+                                else key[1] in _PERSON_SYSTEMS)
+
+
+def check_links(resource: Json, c: IssueCollector, resolve: Resolve) -> None:
+    """A meeting or Task names the SIP plan, and a Task the meeting, of the individual it is
+    for: one of another individual's would be sent with its notifications to those the
+    first one's consent covers."""
+    rtype = str(resource.get("resourceType"))
+    individuals = _individuals(resource) if rtype in _LINKS else []
+    if not individuals:
+        return
+    for key, target in _LINKS[rtype]:
+        value = resource.get(key)
+        for i, ref in enumerate(value if isinstance(value, list) else [value]):
+            found = _resolve_literal(ref, target, resolve)
+            if found is None:
+                continue
+            text, stored = found
+            theirs = _individuals(stored) if target == "Appointment" else [stored.get("subject")]
+            if any(not _same_subject(a, b) for a in theirs for b in individuals):
+                what = "plan" if target == "CarePlan" else "meeting"
+                at = f"{rtype}.{key}" + (f"[{i}]" if isinstance(value, list) else "")
+                c.add(at, f"{text} is the {what} of another individual (den enskilde)")
+
+
 # --------------------------------------------------------------------------- kartläggning
 
 def _check_kartlaggning(qr: Json, c: IssueCollector, resolve: Resolve) -> None:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .. import process as sp
+from ..access import patients_of
 from ..fhir import profiles, sip
 from ..fhir.dates import parse_range
 from ..fhir.indexing import split_reference
@@ -278,6 +279,16 @@ def sip_plan_of(tx: Tx, patient_id: str) -> str | None:
     return None
 
 
+def _of_person(stored: Stored, patient_id: str) -> bool:
+    """Whether a stored resource may travel in a notification about ``patient_id``, which
+    goes to the organisations that person's consent covers (rule 1): it is in that person's
+    compartment and no one else's, and not withheld (kept for its writer, whom the consent
+    does not cover). What a write or a message names is not trusted to be: a meeting naming
+    another person's plan sent that plan to the first person's parties."""
+    return not stored.withheld and \
+        patients_of(stored.type, stored.doc(), stored.id) == {patient_id}
+
+
 @dataclass(frozen=True, slots=True)
 class Emitter:
     """Writes notifications to the outbox. ``fhir_base`` is the hub's public FHIR base (the
@@ -292,11 +303,15 @@ class Emitter:
              resources: Sequence[Json] = (), reason: str | None = None,
              base: str | None = None) -> str | None:
         """Tell the organisations the consent covers (except the sender, who knows) about
-        ``event``. ``focus`` names stored resources (``Type/id``), or resources in
-        ``resources``, which are carried as given. Returns the MessageHeader.id, or None when
-        there is no one to tell or the focus the event needs is missing. ``base``: the FHIR
-        base of the request that caused it (its fullUrls), else ``fhir_base``."""
+        ``event``. ``focus`` names stored resources (``Type/id``; carried only when they are
+        the person's, see ``_of_person``), or resources in ``resources``, which are carried
+        as given. Returns the MessageHeader.id, or None when there is no one to tell or the
+        focus the event needs is missing. ``base``: the FHIR base of the request that caused
+        it (its fullUrls), else ``fhir_base``."""
         plan = careplan_id if careplan_id is not None else sip_plan_of(tx, patient_id)
+        held = tx.current("CarePlan", plan) if plan else None
+        if held is not None and not held.deleted and not _of_person(held, patient_id):
+            plan = None  # (another person's plan is not this one's SIP: it is not carried)
         dests = [o for o in destinations_for(tx, patient_id, sender_org) if o != sender_org]
         if not dests:
             return None
@@ -314,7 +329,7 @@ class Emitter:
                 found.append(ref)
                 continue
             cur = tx.current(*target)
-            if cur is not None and not cur.deleted:
+            if cur is not None and not cur.deleted and _of_person(cur, patient_id):
                 found.append(ref)
                 out.append(cur)
         for rule in spec.focus:

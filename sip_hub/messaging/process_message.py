@@ -34,6 +34,10 @@ own entries (``Bundle.entry[n]``, the MessageHeader being entry 0).
 * Its destinations must take part in the SIP (as its coordinator or in its care team, before
   or after the message); it is sent on only to those the consent covers once it is applied,
   as every notification is.
+* Messages are sent by organisations' clients (not the portal's or an admin's), and only
+  about a SIP whose plan, and person when the message is sent on, the sender may read (its
+  scopes and the consent, as for a REST read). The stored resources its focus names go
+  with it: each must be one the sender may read, of that person alone.
 
 An event that is a SIP process operation (invitation, invitation-response, plan-established,
 follow-up-done, sip-closed, plan-revision-proposed, revision-approved) is applied through the
@@ -117,6 +121,12 @@ def _now() -> int:
 
 def _authenticate(ctx: Context, env: parser.Envelope) -> None:
     principal = ctx.access.principal
+    if principal is not None and principal.role != "organization":
+        # A message is sent on with the person's SIP: the national portal's client (citizen
+        # views only) and admin clients (the hub's operators) send none, whatever their
+        # HSA-id.
+        raise Forbidden(f"Messages are sent by organisations' clients; this client's role "
+                        f"is {principal.role}")
     if principal is not None and principal.org != env.sender_org:
         raise Forbidden(f"MessageHeader.sender is {env.sender_org}, but the caller is "
                         f"authenticated for {principal.org}; an organisation sends its own "
@@ -280,6 +290,8 @@ def _handle(tx: Tx, ctx: Context, parsed: parser.Message | SipHubError, env: par
                 written, wrote = done.written, True
             sip = _sip(tx, ctx, msg, written)
             _require_one_person(msg, written, sip)
+            if msg.response is None:
+                _require_focus_of_person(tx, ctx, msg, sip)
             _require_phase(tx, msg, sip)
             # A message whose resources all stand as it carries them changes nothing: it is
             # not sent on (the receivers would act on a change that did not happen).
@@ -556,11 +568,7 @@ def _sip(tx: Tx, ctx: Context, msg: parser.Message, written: dict[int, Stored]) 
     if cur is None or cur.deleted:
         raise NotFound(f"The SIP the message concerns, {rtype}/{rid}, is not known here",
                        expression="Bundle.entry[0].resource.focus")
-    try:
-        ctx.access.require_read(tx, cur)
-    except Forbidden as err:  # audited as a REST read's refusal is (outside the transaction)
-        ctx.refused(_AUDITED_AS, cur, rtype, err)
-        raise
+    _require_read(tx, ctx, cur)
     if rtype == "CarePlan":
         subject = split_reference((cur.doc().get("subject") or {}).get("reference", ""))
         of = subject[1] if subject and subject[0] == "Patient" else None
@@ -575,6 +583,38 @@ def _sip(tx: Tx, ctx: Context, msg: parser.Message, written: dict[int, Stored]) 
         raise NotFound(f"CarePlan/{rid} names no Patient",
                        expression="Bundle.entry[0].resource.focus")
     return SipKey(patient, plan or "")
+
+
+def _require_read(tx: Tx, ctx: Context, cur: Stored) -> None:
+    """The sender may read ``cur`` as a REST read of it may: its role and scopes
+    (``Access.check``), then the consent. A refusal is audited as that read's is (outside
+    the transaction)."""
+    try:
+        ctx.access.check(cur.type, "r")
+        ctx.access.require_read(tx, cur)
+    except Forbidden as err:
+        ctx.refused(_AUDITED_AS, cur, cur.type, err)
+        raise
+
+
+def _require_focus_of_person(tx: Tx, ctx: Context, msg: parser.Message, sip: SipKey) -> None:
+    """The stored resources a message names in its focus are sent on with it: each must be
+    one its sender may read and of the person whose SIP it concerns (rule 1), or the message
+    would pass on what the consent keeps from its sender, or another person's data to those
+    this person's consent covers. (Its own entries are checked as written.)"""
+    for i, f in enumerate(msg.focus):
+        cur = tx.current(f.type, f.id) if f.entry is None and f.id else None
+        if cur is None or cur.deleted:
+            continue
+        _require_read(tx, ctx, cur)
+        if patients_of(cur.type, cur.doc(), cur.id) != {sip.patient_id}:
+            err = Forbidden(
+                f"MessageHeader.focus names {cur.type}/{cur.id}, which is not of "
+                f"Patient/{sip.patient_id} alone: a message carries the data of the person "
+                "whose SIP it concerns only (rule 1); nothing was stored",
+                expression=f"Bundle.entry[0].resource.focus[{i}]")
+            ctx.refused(_AUDITED_AS, cur, cur.type, err)
+            raise err
 
 
 def _require_one_person(msg: parser.Message, written: dict[int, Stored], sip: SipKey) -> None:
@@ -657,6 +697,9 @@ def _route(tx: Tx, ctx: Context, msg: parser.Message, written: dict[int, Stored]
         raise err
     if not forward:
         return None
+    person = tx.current("Patient", sip.patient_id)
+    if person is not None and not person.deleted:
+        _require_read(tx, ctx, person)  # (sent on with the message)
     focus = []
     for f in msg.focus:
         stored = written.get(f.entry) if f.entry is not None else None
