@@ -19,7 +19,7 @@ The rules (docs/domain.md rules 1, 3 and 8):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from .auth import Principal
@@ -172,16 +172,34 @@ class Access:
         return bool(patients) and bool(tx.readable_patients(self.org or "", sorted(patients),
                                                             self.now))
 
-    def withholds(self, tx: Tx, rtype: str, new: dict[str, Any]) -> bool:
+    def can_read_version(self, tx: Tx, ver: Stored, cur: Stored, first: int) -> bool:
+        """Whether the caller may read ``ver``, a version of the resource now at ``cur``, as
+        it was: by the patients of its own content (a record corrected to another person kept
+        showing the first person's versions to the second's parties), and as its owner only
+        from ``first``, the first version of the resource's present life (after the last
+        deletion before it). The versions of an earlier life are another record's, whose
+        owner and withholding no version records: for unrestricted callers alone (an
+        outsider writing a goal of its own under a deleted goal's id read the person's goal).
+        A tombstone tells no patients: it is its owner's."""
+        if self.unrestricted or not is_personal(ver.type):
+            return True
+        if ver.version_id < first:
+            return False
+        return self.can_read(tx, replace(ver, owner=cur.owner, withheld=cur.withheld))
+
+    def withholds(self, tx: Tx, rtype: str, new: dict[str, Any],
+                  old: dict[str, Any] | None = None) -> bool:
         """Whether a resource this caller creates is kept from everyone but its writer: it is
         in the compartment of a person whose consent is in force, and that consent does not
         cover the writer. Rule 1: no information is exchanged between the SIP's parties
         without the person's consent, nor passed to them by one it does not name (an
         outsider's Task on the person's SIP plan reached every covered organisation). What
-        is written before any consent (anyone may suggest a SIP) is shared as it was."""
+        is written before any consent (anyone may suggest a SIP) is shared as it was. An
+        update (``old``: the version it replaces) is decided on the persons it moves the
+        resource to: moving a record into a person's compartment writes into it."""
         if self.unrestricted or not is_personal(rtype):
             return False
-        patients = sorted(patients_of(rtype, new))
+        patients = sorted(patients_of(rtype, new) - patients_of(rtype, old))
         if not patients:
             return False
         readable = tx.readable_patients(self.org or "", patients, self.now)
@@ -199,6 +217,11 @@ class Access:
         org = self.org
         old_json = old.doc() if old is not None and old.content is not None else None
         if old is not None and not self.can_read(tx, old, old_json):
+            raise Forbidden(NOT_COVERED)
+        if old is not None and new is not None and old.owner != org and \
+                self.withholds(tx, rtype, new, old_json):
+            # Withheld, another organisation's record would be kept for that organisation
+            # and from its writer, who moved it where the person's consent does not cover it.
             raise Forbidden(NOT_COVERED)
         if not is_personal(rtype):
             if old is not None and old.owner not in (None, org) and \

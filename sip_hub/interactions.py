@@ -282,16 +282,45 @@ def vread(tx: Tx, ctx: Context, rtype: str, rid: str, vid: str,
     check_id(rid)
     subset = fhir_search.read_subset(rtype, items, lenient=ctx.lenient) if items else None
     version = fhir_search.uint(vid)
-    ver = tx.version(rtype, rid, version) if version is not None else None
+    cur = tx.current(rtype, rid)
+    if cur is None:
+        raise NotFound(f"{rtype}/{rid} has no version '{vid[:40]}'")
+    if version == cur.version_id:  # (the common case: decided as its read is)
+        _guard_read(tx, ctx, cur, "vread")
+        ver: Stored | None = cur
+    else:
+        ver = tx.version(rtype, rid, version) if version is not None else None
+        # Decided before a version is found missing: a caller who may not read the record
+        # counted its versions by the 404s.
+        _guard_version(tx, ctx, cur, ver, "vread")
     if ver is None:
         raise NotFound(f"{rtype}/{rid} has no version '{vid[:40]}'")
-    # Access follows the resource as it is now: a withdrawn consent closes old versions too.
-    cur = tx.current(rtype, rid)
-    _guard_read(tx, ctx, cur if cur and not cur.deleted else ver, "vread")
     if ver.deleted:
         raise Gone(f"{rtype}/{rid} version {vid} is a deletion", headers={"ETag": etag(ver)})
     ctx.record("vread", [ver])
     return _subset_result(ver, subset)
+
+
+def _guard_version(tx: Tx, ctx: Context, cur: Stored, ver: Stored | None,
+                   interaction: str) -> int:
+    """Refuse a read of the version ``ver`` (None: one that does not exist, or the resource's
+    history) of the resource now at ``cur`` unless the caller may read the resource as it
+    is now (a deleted one as its deletion left it: a withdrawn consent closes old versions
+    too) and that version as it was (``Access.can_read_version``). Returns the first
+    version of the resource's present life, after its last deletion (1 for a caller who
+    reads every version: no statement)."""
+    if ctx.access.unrestricted or not acl.is_personal(cur.type):
+        return 1
+    first = tx.deleted_before(cur.type, cur.id, cur.version_id) + 1
+    now = cur
+    if cur.deleted:
+        now = tx.version(cur.type, cur.id, cur.version_id - 1) or cur
+    for judged in (now, ver):
+        if judged is not None and not ctx.access.can_read_version(tx, judged, cur, first):
+            err = Forbidden(acl.NOT_COVERED)
+            ctx.refused(interaction, judged if judged.content else now, cur.type, err)
+            raise err
+    return first
 
 
 def create(tx: Tx, ctx: Context, rtype: str, res: Any, *, if_none_exist: str | None = None,
@@ -349,8 +378,8 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
         # $transition, a withdrawal kept the grants of a re-grant).
         stored, created = tx.update(prepared, rid, if_match=version,
                                     expect=old.version_id if old else None,
-                                    owner=ctx.access.org, withheld=current is None and
-                                    ctx.access.withholds(tx, rtype, prepared))
+                                    owner=ctx.access.org, withheld=ctx.access.withholds(
+                                        tx, rtype, prepared, current.doc() if current else None))
     except (Moved, Conflict) as exc:
         # (PostgreSQL) decided again on the version now current: another write replaced the
         # one decided on (Moved), or another request created what this one would create
@@ -589,20 +618,39 @@ def _history_date(raw: str, name: str) -> fhir_search.DateValue:
     return value
 
 
+def _instance_history(tx: Tx, ctx: Context, cur: Stored, first: int, since: int | None,
+                      at: tuple[int, int] | None, count: int, offset: int
+                      ) -> tuple[list[Stored], int]:
+    """The versions of one resource (now at ``cur``) the caller may read, newest first, and
+    how many: those of its present life from ``first`` (``_guard_version``). Its owner's,
+    and an unrestricted caller's, are paged by the store; another reader's are decided one
+    by one on their content (``Access.can_read_version``) and paged here, as a total that
+    counted the versions it may not read would tell how many there are."""
+    access = ctx.access
+    if access.unrestricted or not acl.is_personal(cur.type) or \
+            (cur.owner is not None and cur.owner == access.org):
+        return tx.history(cur.type, cur.id, since=since, at=at, count=count, offset=offset,
+                          first=first)
+    rows, _ = tx.history(cur.type, cur.id, since=since, at=at, count=fhir_search.MAX_INT,
+                         first=first)
+    # (the current version passed the guard: a deletion as the version it deleted)
+    kept = [s for s in rows if s.version_id == cur.version_id
+            or access.can_read_version(tx, s, cur, first)]
+    return kept[offset:offset + count], len(kept)
+
+
 def history(tx: Tx, ctx: Context, items: list[tuple[str, str]], rtype: str | None = None,
             rid: str | None = None) -> Result:
     if rtype:
         check_type(rtype)
         ctx.access.check(rtype, "r")
+    cur, first = None, 1
     if rid:
         check_id(rid)
         cur = tx.current(rtype or "", rid)
         if cur is None:
             raise NotFound(f"{rtype}/{rid} is not known")
-        if cur.deleted:
-            last = tx.version(cur.type, rid, cur.version_id - 1)
-            cur = last or cur
-        _guard_read(tx, ctx, cur, "history-instance")
+        first = _guard_version(tx, ctx, cur, None, "history-instance")
     else:
         ctx.access.check_history(rtype)
     count, offset, since, at = ctx.default_count, 0, None, None
@@ -618,7 +666,10 @@ def history(tx: Tx, ctx: Context, items: list[tuple[str, str]], rtype: str | Non
             at = (at_value.low, at_value.high)
         elif k not in ("_format", "_pretty"):
             raise BadRequest(f"Unknown history parameter '{k}'", expression=k)
-    rows, total = tx.history(rtype, rid, since=since, at=at, count=count, offset=offset)
+    if cur is not None:
+        rows, total = _instance_history(tx, ctx, cur, first, since, at, count, offset)
+    else:
+        rows, total = tx.history(rtype, since=since, at=at, count=count, offset=offset)
     entries = []
     for s in rows:
         e = _entry(ctx, s)

@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from sqlalchemy import (Connection, Engine, and_, bindparam, case, delete, event,
-                        func, insert, select, text, tuple_, update)
+                        func, insert, or_, select, text, tuple_, update)
 from sqlalchemy.exc import OperationalError
 
 from ..ids import uuid7
@@ -107,7 +107,10 @@ _NEXT_VERSION = update(resource).where(
     # A version after a tombstone is a new resource's: its writer's, as a create's (a
     # deleted record re-created by another organisation stayed the first one's).
     owner_org=case((_R.deleted.is_(True), bindparam("o")), else_=_R.owner_org),
-    withheld=case((_R.deleted.is_(True), bindparam("w")), else_=_R.withheld),
+    # Withheld once, withheld: an update withholds (``w``) a record its writer moves into the
+    # compartment of a person whose consent does not cover it.
+    withheld=case((_R.deleted.is_(True), bindparam("w")),
+                  else_=or_(_R.withheld, bindparam("w"))),
     last_updated=case((_R.last_updated >= bindparam("ts"), _R.last_updated + 1),
                       else_=bindparam("ts"))).returning(_R.version_id, _R.last_updated,
                                                         _R.owner_org, _R.withheld)
@@ -292,6 +295,14 @@ class Tx:
         row = self.conn.execute(_VERSION, {"t": rtype, "i": rid, "v": version_id}).first()
         return _row(row) if row else None
 
+    def deleted_before(self, rtype: str, rid: str, version_id: int) -> int:
+        """The version of the resource's last deletion before ``version_id`` (0: none): its
+        versions after it are the resource's present life, written again after a delete."""
+        found = self.conn.execute(select(func.max(_H.version_id)).where(
+            _H.res_type == rtype, _H.res_id == rid, _H.version_id < version_id,
+            _H.method == "DELETE")).scalar()
+        return int(found or 0)
+
     def current_many(self, keys: list[tuple[str, str]],
                      visibility: VisibilityFor | None = None) -> list[Stored]:
         """The current versions of ``keys`` (skipping deleted ones and, with ``visibility``,
@@ -335,8 +346,8 @@ class Tx:
         """Write a new version; returns (stored, created). A stale ``if_match`` is a 412.
         ``expect``: the version the caller decided on, which this must replace (``Moved``
         when another write replaced it meanwhile). ``owner`` and ``withheld`` are the
-        resource's when this creates it (as ``create``); an update keeps those of the version
-        it replaces."""
+        resource's when this creates it (as ``create``); an update keeps the owner of the
+        version it replaces, and its withholding unless ``withheld`` (it is then withheld)."""
         rtype = res["resourceType"]
         now = now_utc()
         params = {"t": rtype, "i": rid, "ts": to_us(now), "o": owner, "w": withheld}
@@ -450,7 +461,7 @@ class Tx:
                 return Stored(rtype, rid, version, ts, False, content, method, owner, withheld,
                               final)
             if not old.deleted:  # (after a tombstone: the writer's, as the row has it)
-                owner, withheld = old.owner, old.withheld
+                owner = old.owner  # (withheld: the row's, which an update may have set)
         # This transaction's current version now (what it notifies and audits reads it).
         stored = self._seen[(rtype, rid)] = Stored(rtype, rid, version, ts, False, content,
                                                    method, owner, withheld, final)
@@ -510,10 +521,12 @@ class Tx:
     # history and search ------------------------------------------------------------------
     def history(self, rtype: str | None = None, rid: str | None = None, *,
                 since: int | None = None, at: tuple[int, int] | None = None,
-                count: int = 50, offset: int = 0) -> tuple[list[Stored], int]:
+                count: int = 50, offset: int = 0, first: int = 1
+                ) -> tuple[list[Stored], int]:
         """Versions newest first. The access log has its own (each event one version) and is
         not part of the system-wide history. ``at`` (low, high): the versions current at some
-        point of that time, FHIR's ``_at`` (not every version written before its end)."""
+        point of that time, FHIR's ``_at`` (not every version written before its end).
+        ``first``: no version before this one (a resource's present life)."""
         if rtype == AUDIT_TYPE:
             return sql_audit.history(self.conn, rid, since=since,
                                      at=at[1] if at is not None else None, count=count,
@@ -523,6 +536,8 @@ class Tx:
             conds.append(_H.res_type == rtype)
         if rid:
             conds.append(_H.res_id == rid)
+        if first > 1:
+            conds.append(_H.version_id >= first)
         if since is not None:
             conds.append(_H.last_updated >= since)
         if at is not None:
