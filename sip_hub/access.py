@@ -25,7 +25,7 @@ from typing import Any, Literal
 from .auth import Principal
 from .errors import Forbidden
 from .fhir import profiles, sip
-from .fhir.dates import now_utc, parse_range, to_us
+from .fhir.dates import now_utc, to_us
 from .fhir.indexing import split_reference
 from .service import find
 from .fhir.search_params import params_for
@@ -306,10 +306,12 @@ def _search(tx: Tx, rtype: str, items: list[tuple[str, str]], profile: str
 
 
 def _period_bound(period: Any, which: str) -> int | None:
-    """A Period's ``start`` (its earliest instant) or ``end`` (its latest); None: open."""
+    """A Period's ``start`` (its earliest instant) or ``end`` (its latest); None: open. A date
+    is a Swedish day (``sip.swedish_range``): a consent ending today covers nothing once today
+    is over in Sweden (not until UTC midnight, an hour or two later)."""
     if isinstance(period, dict) and isinstance(period.get(which), str):
         try:
-            return parse_range(period[which])[0 if which == "start" else 1]
+            return sip.swedish_range(period[which])[0 if which == "start" else 1]
         except ValueError:
             return None
     return None

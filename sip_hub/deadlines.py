@@ -214,16 +214,13 @@ def _end(value: Any) -> int | None:
 
 
 def _local_end(value: Any) -> int | None:
-    """``_end``, but a date without a time (a follow-up date "2027-04-05") ends when its last
-    day is over in Sweden, as the three days after a meeting do, not at UTC midnight."""
-    end = _end(value)
-    if end is None or "T" in value:
-        return end
+    """``_end``, but a date without a time (a follow-up date "2027-04-05", an answer deadline)
+    ends when its last day is over in Sweden, as the three days after a meeting do, not at UTC
+    midnight (``sip.swedish_range``, as the process's checks read it)."""
     try:
-        last_day = from_us(end).date()
-        return to_us(datetime.combine(last_day + timedelta(days=1), time(0), sp.LOCAL)) - 1
-    except OverflowError:  # (the calendar's last day)
-        return end
+        return sip.swedish_range(value)[1] if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def _wanted(op: Operation, plan: Stored, sip_of: _Sip) -> tuple[list[_Want], int | None]:
@@ -279,7 +276,7 @@ def _wanted(op: Operation, plan: Stored, sip_of: _Sip) -> tuple[list[_Want], int
     for inv in sip_of.tasks_of((sp.TASK_INVITATION,)):
         task = inv.doc()
         deadline = ((task.get("restriction") or {}).get("period") or {}).get("end")
-        end = _end(deadline)
+        end = _local_end(deadline)
         focus = sp.ref_target(task.get("focus"))
         if task.get("status") != "requested" or end is None or focus is None \
                 or focus[0] != "Appointment" or focus[1] not in answerable:

@@ -53,7 +53,7 @@ from . import deadlines, identifiers, parameters, process as sp
 from .access import org_hsa
 from .errors import BadRequest, Forbidden
 from .fhir import profiles, sip
-from .fhir.dates import format_instant, from_us
+from .fhir.dates import format_instant, from_us, to_us
 from .operation import Operation, audited, ref
 from .parameters import Param, Params
 from .store import Stored
@@ -307,7 +307,9 @@ def _invited_persons(op: Operation, params: Params, patient: str) -> list[Json]:
 
 def _answer_by(op: Operation, params: Params, appt: Json) -> str:
     """The answer deadline: as given (between now and the meeting), else two days before the
-    meeting but at least a day from now, and never after the meeting begins."""
+    meeting but at least a day from now, and never after the meeting begins. A date given is
+    a Swedish day, answered until it is over in Sweden (as the deadline scan reads it): today
+    may be given, the meeting's own day may not (it ends after the meeting begins)."""
     start = from_us(sp.time_of(appt.get("start")) or 0)  # (a new or checked meeting's)
     given = params.when("answerBy")
     if given is None:
@@ -315,7 +317,9 @@ def _answer_by(op: Operation, params: Params, appt: Json) -> str:
         # it was held).
         return format_instant(min(start, max(op.now + timedelta(days=1),
                                              start - timedelta(days=2))))
-    if given[1] <= op.now or given[1] > start:
+    low, high = sip.swedish_range(given[0])  # (a dateTime: params.when has read it)
+    due = low if "T" in given[0] else high + 1
+    if due <= to_us(op.now) or due > to_us(start):
         raise params.invalid("answerBy", "the answer deadline lies between now and the meeting")
     return given[0]
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from .errors import BadRequest, Issue, IssueCollector
-from .fhir import models, validation
+from .fhir import models, sip, validation
 from .fhir.dates import from_us, parse_range
 
 Json = dict[str, Any]
@@ -111,12 +111,14 @@ class Params:
         return text, from_us(parse_range(text)[0])
 
     def when(self, name: str) -> tuple[str, datetime] | None:
-        """A date or dateTime, as (text, the UTC start of what it names)."""
+        """A date or dateTime, as (text, the UTC start of what it names): a date is a Swedish
+        day (``sip.swedish_range``), begun at Swedish midnight, so that a date of today is
+        today from the first minute of the day in Sweden."""
         v = self.value(name)
         if v is None:
             return None
         try:
-            return v[1], from_us(parse_range(v[1])[0])
+            return v[1], from_us(sip.swedish_range(v[1])[0])
         except (ValueError, AttributeError):
             raise self.invalid(name, f"'{name}' is not a FHIR dateTime: '{v[1]}'") from None
 

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone, tzinfo
+from datetime import date, datetime
 from functools import cache
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .access import org_hsa, without_status
 from .errors import Conflict, Forbidden, Issue
 from .fhir import profiles, sip
-from .fhir.dates import parse_range, to_us
+from .fhir.dates import from_us, parse_range, to_us
 from .fhir.indexing import split_reference
 from .service import find as search  # the process modules read as the hub
 from .identifiers import PERSONNUMMER, SAMORDNINGSNUMMER
@@ -78,10 +77,7 @@ ZONE_US: Final = 14 * 3_600_000_000  # the widest UTC offset FHIR allows
 REPRESENTATIVE_ROLES: Final = frozenset({"custodian", "guardian", "personal-representative"})
 _TASK_IDENTIFIER: Final = f"{sip.CANONICAL}/NamingSystem/sip-task"
 
-try:
-    LOCAL: tzinfo = ZoneInfo("Europe/Stockholm")
-except ZoneInfoNotFoundError:  # a system without a time zone database: standard time
-    LOCAL = timezone(timedelta(hours=1))
+LOCAL: Final = sip.LOCAL
 
 
 def business_rule(text: str, expression: str | None = None) -> Conflict:
@@ -267,6 +263,16 @@ def local_date(when: datetime) -> date:
     return when.astimezone(LOCAL).date()
 
 
+def approval_time(value: Any) -> datetime | None:
+    """When an approval (a date or dateTime) was given, as the rules judge it: a dateTime's
+    instant, a date's Swedish midnight (the day began then for the person who approved); None
+    when it is not one."""
+    try:
+        return from_us(sip.swedish_range(value)[0]) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
 def active_consent(tx: Tx, patient_id: str, now: datetime) -> Json | None:
     """The person's SIP consent in force at ``now`` (active, permitting, within its period)."""
     return next(consents_in_force(tx, patient_id, now), None)
@@ -279,9 +285,9 @@ def consents_in_force(tx: Tx, patient_id: str, now: datetime) -> Iterator[Json]:
     for consent in _sip_consents(tx, patient_id):
         period = (consent.get("provision") or {}).get("period") or {}
         try:
-            if period.get("start") and parse_range(period["start"])[0] > at:
+            if period.get("start") and sip.swedish_range(period["start"])[0] > at:
                 continue
-            if period.get("end") and parse_range(period["end"])[1] < at:
+            if period.get("end") and sip.swedish_range(period["end"])[1] < at:
                 continue
         except ValueError:
             continue
@@ -391,6 +397,7 @@ def members_with_roles(tx: Tx, team: Json, patient_id: str, roles: frozenset[str
 
 
 def is_minor(tx: Tx, plan: Json, now: datetime) -> bool:
+    """Whether the individual is under 18 on the Swedish day of ``now``."""
     found = patient_of(tx, plan)
     born = birth_date(found[1]) if found else None
     if born is None:
@@ -418,11 +425,11 @@ def require_custodian_if_minor(tx: Tx, plan: Json, now: datetime) -> None:
 
 
 def check_person(tx: Tx, plan: Json, refs: list[Json], expression: str, what: str,
-                 now: datetime | None = None) -> None:
+                 at: datetime | None = None) -> None:
     """Each of ``refs`` is the individual, or a custodian, guardian or personal representative
-    who takes part in the SIP (CareTeam) on their behalf. With ``now``: a custodian
-    (vårdnadshavare) only while the individual is under 18; an adult has none (their guardian,
-    god man or förvaltare, or personal representative acts for them)."""
+    who takes part in the SIP (CareTeam) on their behalf. With ``at`` (when they act): a
+    custodian (vårdnadshavare) only while the individual is under 18; an adult has none
+    (their guardian, god man or förvaltare, or personal representative acts for them)."""
     patient = patient_ref(tx, plan)
     team = team_of(tx, plan)
     pid = patient.split("/", 1)[1]
@@ -436,11 +443,11 @@ def check_person(tx: Tx, plan: Json, refs: list[Json], expression: str, what: st
                                 f"individual ({patient}) does, or a custodian, guardian or "
                                 "personal representative who takes part in the SIP (CareTeam)",
                                 expression)
-        if text == patient or now is None or team is None:
+        if text == patient or at is None or team is None:
             continue
         if others is None:
             others = members_with_roles(tx, team[1], pid, REPRESENTATIVE_ROLES - {"custodian"})
-        if text not in others and not is_minor(tx, plan, now):
+        if text not in others and not is_minor(tx, plan, at):
             raise business_rule(f"{text} takes part in the SIP as custodian (vårdnadshavare) "
                                 f"and cannot {what}: the individual ({patient}) is an adult, "
                                 "and custodians act only for persons under 18. The individual "
@@ -448,13 +455,15 @@ def check_person(tx: Tx, plan: Json, refs: list[Json], expression: str, what: st
                                 "or personal representative in the SIP CareTeam", expression)
 
 
-def check_approvers(tx: Tx, plan: Json, approvers: list[Json], now: datetime,
+def check_approvers(tx: Tx, plan: Json, approvers: list[Json], approved: datetime,
                     expression: str) -> None:
     """The person approves the plan (rule 3), or their representative; under 18 a custodian
     approves too, so one must take part in the CareTeam (an imported plan, or a team that
-    lost its custodian after the invitations, has none to ask)."""
-    check_person(tx, plan, approvers, expression, "approve this plan", now)
-    if is_minor(tx, plan, now):
+    lost its custodian after the invitations, has none to ask). The age is the person's on
+    the day they approved (``approved``), not on the day the approval is entered: a child
+    who has come of age since approved with the custodian, as the rule asked then."""
+    check_person(tx, plan, approvers, expression, "approve this plan", approved)
+    if is_minor(tx, plan, approved):
         guardians = set(custodians(tx, plan))
         given = {f"{t[0]}/{t[1]}" for r in approvers if (t := ref_target(r))}
         if not guardians:
@@ -553,7 +562,8 @@ def require_approval(tx: Tx, provenances: list[Json], plan: Json, now: datetime)
     names the person (or a custodian, guardian or personal representative in its CareTeam;
     under 18 a custodian too) as attester, and says when they approved, not later than now.
     A Provenance of the plan without an attester (who wrote it, say) is no approval: it
-    neither gives one nor spoils the one beside it."""
+    neither gives one nor spoils the one beside it. A date (occurredDateTime without a time)
+    is the Swedish day, which has begun once it is that day in Sweden."""
     cur = tx.current("CarePlan", plan["id"])
     found = _approvals_of(provenances, plan["id"], cur.version_id if cur else None)
     if not found:
@@ -562,17 +572,17 @@ def require_approval(tx: Tx, provenances: list[Json], plan: Json, now: datetime)
     approvals = [p for p in found if _attesters(p)] or found
     for prov in approvals:
         attesters = _attesters(prov)
-        when = time_of(prov.get("occurredDateTime"))
+        when = approval_time(prov.get("occurredDateTime"))
         if not attesters or when is None:
             raise business_rule(f"The Provenance of CarePlan/{plan['id']} does not say who "
                                 f"approved the plan and when. {_ESTABLISH}", "CarePlan.status")
-        if when > to_us(now):
+        if when > now:
             raise business_rule(f"The approval of CarePlan/{plan['id']} cannot lie in the "
                                 "future (Provenance.occurredDateTime)", "CarePlan.status")
         require_approval_after_consent(tx, plan, prov["occurredDateTime"], "CarePlan.status",
                                        f"The approval of CarePlan/{plan['id']} "
                                        "(Provenance.occurredDateTime)")
-        check_approvers(tx, plan, attesters, now, "CarePlan.status")
+        check_approvers(tx, plan, attesters, when, "CarePlan.status")
 
 
 # -- the hook on plain updates ---------------------------------------------------------------

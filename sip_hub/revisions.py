@@ -148,7 +148,7 @@ def approve(op: Operation, plan_id: str, body: Any, if_match: str | None) -> Jso
             "before the proposal was entered): the person approves a proposed change",
             params.where("approvedAt"))
     approvers = params.references("approvedBy")
-    sp.check_approvers(op.tx, plan, approvers, op.now, params.where("approvedBy"))
+    sp.check_approvers(op.tx, plan, approvers, approved[1], params.where("approvedBy"))
 
     written = op.update(applied(plan, proposal))
     if op.ctx.messaging is not None:  # (a revision of the follow-up date alone, too)

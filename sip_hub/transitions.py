@@ -85,7 +85,7 @@ def run(op: Operation, plan_id: str, body: Any, if_match: str | None) -> Json:
         if approved[1] > op.now:
             raise params.invalid("approvedAt", "the approval cannot lie in the future")
         sp.require_approval_after_consent(op.tx, plan, approved[0], params.where("approvedAt"))
-        sp.check_approvers(op.tx, plan, approvers, op.now, params.where("approvedBy"))
+        sp.check_approvers(op.tx, plan, approvers, approved[1], params.where("approvedBy"))
     else:
         params.forbid(("approvedBy", "approvedAt"), "is given only when the plan is established "
                                                     "(to=upprattad)")
@@ -141,12 +141,14 @@ def _require_next_follow_up(op: Operation, plan: Json, *, first: bool = False) -
     """The plan says when it is followed up (rule 4), and that is still to come: concluding a
     follow-up needs the next date, agreed in an approved revision; a plan established the
     first time (``first``) needs one not yet passed (a missing one the profile refuses, as the
-    rest of the required content)."""
+    rest of the required content). A date is a Swedish day, as the deadline scan reads it:
+    passed once it is over in Sweden, to come until it begins there."""
     follow_up = next((e.get("valueDateTime") for e in plan.get("extension", [])
                       if e.get("url") == sip.EXT_FOLLOW_UP), None)
     if first:
         try:
-            passed = follow_up is not None and parse_range(follow_up)[1] <= to_us(op.now)
+            passed = follow_up is not None and \
+                sip.swedish_range(follow_up)[1] <= to_us(op.now)
         except (ValueError, TypeError):
             passed = False
         if passed:
@@ -156,7 +158,7 @@ def _require_next_follow_up(op: Operation, plan: Json, *, first: bool = False) -
                 "first", f"CarePlan.extension('{sip.EXT_FOLLOW_UP}')")
         return
     try:
-        ahead = follow_up is not None and parse_range(follow_up)[0] > to_us(op.now)
+        ahead = follow_up is not None and sip.swedish_range(follow_up)[0] > to_us(op.now)
     except ValueError:
         ahead = False
     if not ahead:

@@ -10,7 +10,11 @@ cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, time, timedelta, timezone, tzinfo
 from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .dates import MAX_US, MIN_US, from_us, parse_range, to_us
 
 CANONICAL: Final = "https://sip-hub.se/fhir"
 VERSION: Final = "0.1.0"
@@ -18,6 +22,13 @@ VERSION: Final = "0.1.0"
 _SD: Final = f"{CANONICAL}/StructureDefinition"
 _CS: Final = f"{CANONICAL}/CodeSystem"
 _VS: Final = f"{CANONICAL}/ValueSet"
+
+try:
+    LOCAL: tzinfo = ZoneInfo("Europe/Stockholm")
+except ZoneInfoNotFoundError:  # a system without a time zone database: standard time
+    LOCAL = timezone(timedelta(hours=1))
+"""The SIP's time zone: its dates (an approval, a follow-up, a consent's end) are Swedish
+days."""
 
 # Profiles
 PROFILE_CAREPLAN: Final = f"{_SD}/sip-careplan"
@@ -147,3 +158,24 @@ IRCP: Final = Code(PARTICIPATION_TYPE, "IRCP", "information recipient")
 # that R4 ships, so we do not claim a display text for it.
 NOPATIENT: Final = Code(ACT_CODE, "NOPATIENT")
 """``meta.security`` label: not to be shown to the citizen on 1177 (Inera's mapping)."""
+
+
+def swedish_range(value: str) -> tuple[int, int]:
+    """The [low, high] range in UTC microseconds a FHIR date or dateTime covers in the SIP:
+    a date without a time (a day, month or year) from Swedish midnight of its first day to
+    Swedish midnight after its last, as the people who wrote it mean it (a consent that ends
+    "today" ends when today is over in Sweden, not one or two hours later at UTC midnight); a
+    dateTime the instants it names (``parse_range``).
+
+    Raises ValueError for anything that is not one.
+    """
+    low, high = parse_range(value)
+    if "T" in value:
+        return low, high
+    low = max(MIN_US, to_us(datetime.combine(from_us(low).date(), time(0), LOCAL)))
+    try:
+        after = from_us(high).date() + timedelta(days=1)
+        high = min(MAX_US, to_us(datetime.combine(after, time(0), LOCAL)) - 1)
+    except OverflowError:  # (the calendar's last day: it ends with the calendar)
+        pass
+    return low, high

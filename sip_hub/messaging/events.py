@@ -43,7 +43,6 @@ import orjson
 from .. import process as sp
 from ..access import patients_of
 from ..fhir import profiles, sip
-from ..fhir.dates import parse_range
 from ..fhir.indexing import split_reference
 from ..metrics import MESSAGES_ENQUEUED, count_committed
 from ..store import Stored, Tx
@@ -179,9 +178,11 @@ def _actors(consent: Json) -> frozenset[bytes]:
 
 
 def _until(consent: Json) -> int:
+    """When the consent ends, as the grants and ``process.consents_in_force`` read it (a date
+    at Swedish midnight after it)."""
     end = ((consent.get("provision") or {}).get("period") or {}).get("end")
     try:
-        return parse_range(end)[1] if isinstance(end, str) else 2 ** 62
+        return sip.swedish_range(end)[1] if isinstance(end, str) else 2 ** 62
     except ValueError:
         return 2 ** 62
 

@@ -13,8 +13,9 @@ from fhirhttp import JSON_HEADERS, body
 import test_access
 from test_access import BUP, SCHOOL, SOC
 from sip_hub.access import merge_periods
-from sip_hub.fhir.dates import now_utc, parse_range, to_us
+from sip_hub.fhir.dates import now_utc, to_us
 from sip_hub.fhir.search import parse as parse_search
+from sip_hub.fhir.sip import swedish_range  # (a consent's dates are Swedish days)
 from sip_hub.messaging import outbox as routing
 from sip_hub.store.search import Visibility
 
@@ -70,13 +71,13 @@ def test_an_expired_and_a_future_consent_do_not_cover_today(client, world, store
                      key=lambda g: g.valid_from or 0)
     # One grant per period, each the consent's own; the role kept on every one.
     assert [(g.reads, g.role, g.valid_from, g.valid_until) for g in bup] == [
-        (True, "participant", parse_range(_day(-700))[0], parse_range(_day(-500))[1]),
-        (True, "participant", parse_range(_day(180))[0], parse_range(_day(360))[1])]
+        (True, "participant", swedish_range(_day(-700))[0], swedish_range(_day(-500))[1]),
+        (True, "participant", swedish_range(_day(180))[0], swedish_range(_day(360))[1])]
     # Within either period BUP reads; between them, and after the last, it does not.
-    assert _bup_reads(store, parse_range(_day(-600))[0])
+    assert _bup_reads(store, swedish_range(_day(-600))[0])
     assert not _bup_reads(store, to_us(_NOW))
-    assert _bup_reads(store, parse_range(_day(200))[0])
-    assert not _bup_reads(store, parse_range(_day(400))[0])
+    assert _bup_reads(store, swedish_range(_day(200))[0])
+    assert not _bup_reads(store, swedish_range(_day(400))[0])
 
 
 def test_a_consent_in_force_among_others_covers(client, world, store):
@@ -84,8 +85,8 @@ def test_a_consent_in_force_among_others_covers(client, world, store):
                  (_day(180), None))
     assert client.get("/fhir/CarePlan/alva-sip", headers=world[BUP]).status_code == 200
     assert _bup_reads(store, to_us(_NOW))
-    assert not _bup_reads(store, parse_range(_day(100))[0])
-    assert _bup_reads(store, parse_range(_day(5000))[0])  # the last has no end
+    assert not _bup_reads(store, swedish_range(_day(100))[0])
+    assert _bup_reads(store, swedish_range(_day(5000))[0])  # the last has no end
 
 
 @pytest.mark.parametrize("second", [
@@ -97,8 +98,8 @@ def test_overlapping_or_adjacent_consents_are_one_period(client, world, store, s
     with store.begin(write=False) as tx:
         bup = [g for g in tx.grants("alva") if g.org == BUP]
     assert [(g.valid_from, g.valid_until) for g in bup] == [
-        (parse_range(_day(-30))[0], parse_range(_day(30))[1])]
-    assert _bup_reads(store, parse_range(_day(11))[0])
+        (swedish_range(_day(-30))[0], swedish_range(_day(30))[1])]
+    assert _bup_reads(store, swedish_range(_day(11))[0])
 
 
 def test_withdrawing_the_consent_in_force_leaves_only_the_others(client, world, store):
@@ -111,7 +112,7 @@ def test_withdrawing_the_consent_in_force_leaves_only_the_others(client, world, 
     with store.begin(write=False) as tx:
         assert BUP not in routing.covered(tx, "alva")
         assert len([g for g in tx.grants("alva") if g.org == BUP]) == 1
-    assert _bup_reads(store, parse_range(_day(200))[0])
+    assert _bup_reads(store, swedish_range(_day(200))[0])
 
 
 def test_a_participant_no_consent_covers_keeps_its_role_reading_nothing(client, world, store):

@@ -92,7 +92,7 @@ def _downgrade(engine: Engine, to: str) -> None:
 def test_the_upgrade_splits_the_grants_spanning_consents_apart(fresh: Engine) -> None:
     upgrade(fresh, "0016")
     _seed(fresh)
-    upgrade(fresh)
+    upgrade(fresh, "0017")
     assert _grants(fresh) == sorted([
         ("alva", SOC, "coordinator", True, _lo("2025-01-01"), _hi("2025-06-30"), 0),
         ("alva", SOC, "coordinator", True, _lo("2026-11-10"), None, 1),
@@ -121,7 +121,7 @@ def test_a_downgrade_with_one_grant_per_organisation_keeps_them(fresh: Engine) -
     with fresh.begin() as conn:  # the consents of Alva's but one gone: nothing to split
         conn.execute(text("UPDATE resource SET deleted = true WHERE res_type = 'Consent' "
                           "AND res_id <> 'bo-sip'"))
-    upgrade(fresh)
+    upgrade(fresh, "0017")
     assert [g[:6] for g in _grants(fresh)] == sorted(BEFORE)
     _downgrade(fresh, "0016")
     with fresh.connect() as conn:
@@ -129,5 +129,5 @@ def test_a_downgrade_with_one_grant_per_organisation_keeps_them(fresh: Engine) -
             "SELECT patient_id, org_hsa_id, role, reads, valid_from, valid_until "
             "FROM access_grant")))
     assert rows == sorted(BEFORE)
-    upgrade(fresh)
+    upgrade(fresh, "0017")
     assert [g[:6] for g in _grants(fresh)] == sorted(BEFORE)
