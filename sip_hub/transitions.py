@@ -173,7 +173,9 @@ def _set_period(op: Operation, plan: Json, to: str, approved_at: str | None) -> 
     period = plan.get("period") if isinstance(plan.get("period"), dict) else {}
     today = sp.local_date(op.now).isoformat()
     if to == sp.ESTABLISHED and not period.get("start") and approved_at:
-        plan["period"] = {**period, "start": approved_at[:10]}
+        # (its Swedish day: one approved at 00:30 in Sweden, written in UTC, began the day
+        # before in UTC)
+        plan["period"] = {**period, "start": sip.swedish_day(approved_at)}
     elif to == sp.CLOSED and not period.get("end"):
         start = sp.time_of(period.get("start"))  # (a stored leap second was a 5xx)
         if start is None or start <= to_us(op.now):

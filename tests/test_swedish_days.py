@@ -199,6 +199,25 @@ def test_a_follow_up_day_over_in_sweden_is_refused_at_establishment(client, alva
     assert f"follow-up date ({yesterday}) has passed" in outcome_text(r)
 
 
+def test_a_plan_approved_just_after_swedish_midnight_applies_from_that_swedish_day(
+        client, alva_at_meeting, monkeypatch):
+    """Approved at 00:30 in Sweden and entered with the time in UTC (the day before there):
+    the plan applies from the Swedish day of the approval (CarePlan.period.start)."""
+    plan = read(client, f"CarePlan/{PLAN}")
+    plan.pop("period", None)  # (set by establishing it)
+    r = client.put(f"/fhir/CarePlan/{PLAN}", content=orjson.dumps(plan),
+                   headers=JSON_HEADERS | alva_at_meeting[SOC])
+    assert r.status_code == 200, r.text
+    now = after_swedish_midnight()
+    monkeypatch.setattr(CLOCK, lambda: now)
+    approved = (now - timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    r = transition(client, alva_at_meeting[SOC], PLAN, "upprattad",
+                   *approval("Patient/alva", f.MOTHER, when=approved))
+    assert r.status_code == 200, r.text
+    assert approved[:10] != swedish_today(now).isoformat()
+    assert read(client, f"CarePlan/{PLAN}")["period"]["start"] == swedish_today(now).isoformat()
+
+
 # -- a consent's dates are Swedish days -------------------------------------------------------
 
 def write_consent(client, as_org, start: date, end: date | None) -> None:

@@ -179,3 +179,17 @@ def swedish_range(value: str) -> tuple[int, int]:
     except OverflowError:  # (the calendar's last day: it ends with the calendar)
         pass
     return low, high
+
+
+def swedish_day(value: Any) -> str:
+    """The day a date or dateTime names for a reader in Sweden: a dateTime's Swedish date (a
+    follow-up at 00:30 in Sweden written in UTC is on the day before there), a date as
+    written; anything else as it stands rather than nothing."""
+    if not isinstance(value, str):
+        return ""
+    if "T" not in value:
+        return value
+    try:
+        return from_us(parse_range(value)[0]).astimezone(LOCAL).date().isoformat()
+    except (ValueError, OverflowError):
+        return value

@@ -8,7 +8,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ..fhir import profiles, sip
-from ..fhir.dates import from_us, parse_range
+from ..fhir.dates import from_us
 from ..fhir.indexing import split_reference
 
 
@@ -54,20 +54,6 @@ def _linked(linked: dict[str, dict[str, Any]], ref: Any) -> dict[str, Any] | Non
         return linked[raw]
     target = split_reference(raw) if isinstance(raw, str) else None
     return linked.get(f"{target[0]}/{target[1]}") if target else None
-
-
-def _swedish_day(value: Any) -> str:
-    """The day a date or dateTime names for a reader in Sweden: a dateTime's Swedish date (a
-    follow-up at 00:30 in Sweden written in UTC is on the day before there), a date as
-    written; anything else as it stands rather than nothing."""
-    if not isinstance(value, str):
-        return ""
-    if "T" not in value:
-        return value
-    try:
-        return from_us(parse_range(value)[0]).astimezone(sip.LOCAL).date().isoformat()
-    except (ValueError, OverflowError):
-        return value
 
 
 def _list(value: Any) -> list[Any]:
@@ -166,7 +152,7 @@ def plan_view(plan: dict[str, Any], linked: dict[str, dict[str, Any]]) -> dict[s
         "needs": _ext(plan, sip.EXT_NEEDS) or "",
         "principal": party.get(_ext(plan, sip.EXT_PRINCIPAL) or "", ""),
         "coordination": _ext(plan, sip.EXT_COORDINATION) or "",
-        "follow_up": _swedish_day(_ext(plan, sip.EXT_FOLLOW_UP)),
+        "follow_up": sip.swedish_day(_ext(plan, sip.EXT_FOLLOW_UP)),
         "author": name(plan.get("author")),
         "status": plan.get("status", ""),
         "goals": goals,
