@@ -27,12 +27,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from lxml import etree
 
 from . import citizen, identifiers
 from .errors import BadRequest, Forbidden, SipHubError
+from .fhir.sip import LOCAL
 from .interactions import Context
 from .process import ref_target
 from .store import Stored, Tx
@@ -45,7 +45,6 @@ HSA_OID = "1.2.752.129.2.1.4.1"
 # The contract's limit on content embedded in the answer: a form larger is left out, and the
 # result (INFO) says so.
 MAX_EMBEDDED = 100 * 1024
-LOCAL = ZoneInfo("Europe/Stockholm")
 PERSON_TYPES = {identifiers.RIV_PERSONNUMMER_OID: identifiers.PERSONNUMMER,
                 identifiers.RIV_SAMORDNINGSNUMMER_OID: identifiers.SAMORDNINGSNUMMER}
 _HSA_SYSTEMS = (identifiers.HSA_ID, identifiers.HSA_ID_ALT)
