@@ -25,21 +25,14 @@ from typing import Any, Literal
 from .auth import Principal
 from .errors import Forbidden
 from .fhir import profiles, sip
+from .fhir.compartment import COMPARTMENT, patients_of
 from .fhir.dates import now_utc, to_us
 from .fhir.indexing import split_reference
-from .service import find
-from .fhir.search_params import params_for
+from .service import find, tx_resolver
 from .identifiers import HSA_ID
 from .store import Stored, Tx
 from .store.search import Grant, Visibility
 
-# The search parameter that puts each personal-data type in a patient's compartment.
-COMPARTMENT: dict[str, str] = {
-    "Patient": "_self", "CarePlan": "patient", "CareTeam": "patient", "Consent": "patient",
-    "Goal": "patient", "Appointment": "patient", "Task": "patient",
-    "QuestionnaireResponse": "patient", "Provenance": "patient", "RelatedPerson": "patient",
-    "AuditEvent": "patient",
-}
 # Types whose writes can change who may see a person's data.
 GRANT_SOURCES = frozenset({"Consent", "CareTeam", "CarePlan"})
 # SIP resources only the coordinating organisation writes.
@@ -51,22 +44,6 @@ NOT_COVERED = "The person's consent does not cover your organisation for this re
 
 def is_personal(rtype: str) -> bool:
     return rtype in COMPARTMENT
-
-
-def patients_of(rtype: str, resource: dict[str, Any] | None, rid: str | None = None) -> set[str]:
-    """Ids of the patients whose compartment holds this resource."""
-    if rtype == "Patient":
-        return {rid or (resource or {}).get("id", "")} - {""}
-    param = COMPARTMENT.get(rtype)
-    if param is None or resource is None:
-        return set()
-    out = set()
-    for value in params_for(rtype)[param].values(resource):
-        ref = value.get("reference") if isinstance(value, dict) else None
-        target = split_reference(ref) if isinstance(ref, str) else None
-        if target and target[0] == "Patient":
-            out.add(target[1])
-    return out
 
 
 def org_hsa(tx: Tx, ref: Any, memo: dict[str, str | None] | None = None) -> str | None:
@@ -168,7 +145,7 @@ class Access:
             return False
         if content is None and stored.content is not None:
             content = stored.doc()
-        patients = patients_of(stored.type, content, stored.id)
+        patients = patients_of(stored.type, content, stored.id, tx_resolver(tx))
         return bool(patients) and bool(tx.readable_patients(self.org or "", sorted(patients),
                                                             self.now))
 
@@ -199,7 +176,9 @@ class Access:
         resource to: moving a record into a person's compartment writes into it."""
         if self.unrestricted or not is_personal(rtype):
             return False
-        patients = sorted(patients_of(rtype, new) - patients_of(rtype, old))
+        resolve = tx_resolver(tx)
+        patients = sorted(patients_of(rtype, new, resolve=resolve)
+                          - patients_of(rtype, old, resolve=resolve))
         if not patients:
             return False
         readable = tx.readable_patients(self.org or "", patients, self.now)

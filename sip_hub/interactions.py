@@ -22,8 +22,9 @@ from .errors import (BadRequest, Conflict, Forbidden, Gone, NotFound, Preconditi
 from .fhir import exact, patch as json_patch, search as fhir_search, subset as fhir_subset
 from .fhir.dates import format_instant, now_utc
 from .fhir.outcome import information
-from .fhir.validation import check_id
-from .service import Resolve, adopted, check_type, find, prepare_in
+from .fhir.search_params import params_for
+from .fhir.validation import ID_RE, check_id
+from .service import Resolve, adopted, check_type, prepare_in, tx_resolver
 from .store import Moved, Stored, Tx
 
 if TYPE_CHECKING:
@@ -49,17 +50,23 @@ class Context:
 
     def record(self, interaction: str, stored: list[Stored], *, tx: Tx | None = None,
                outcome: str = "0", query: str | None = None, detail: str | None = None,
-               rtype: str | None = None, named: frozenset[str] = frozenset()) -> None:
+               rtype: str | None = None, named: frozenset[str] = frozenset(),
+               reads: Tx | None = None) -> None:
         """Audit an access to personal data (only those: directory reads are not logged).
-        ``named``: patients the request named besides those of ``stored``."""
+        ``named``: patients the request named besides those of ``stored``. ``reads``: the
+        transaction the access read in (else ``tx``), which tells whose a Provenance is
+        (the person of the plan it targets)."""
         if self.audit is None:
             return
         personal = [s for s in stored if acl.is_personal(s.type)]
         if not personal and not (rtype and acl.is_personal(rtype)):
             return
         patients: set[str] = set(named)
+        via = reads or tx or self.within
+        resolve = tx_resolver(via) if via is not None else None
         for s in personal:
-            patients |= acl.patients_of(s.type, s.doc() if s.content else None, s.id)
+            patients |= acl.patients_of(s.type, s.doc() if s.content else None, s.id,
+                                        resolve)
         rec = AuditRecord(interaction, self.access.principal,
                           tuple((s.type, s.id) for s in personal), frozenset(patients),
                           outcome, query, detail)
@@ -70,11 +77,13 @@ class Context:
             self.audit.later(rec)
 
     def refused(self, interaction: str, stored: Stored | None, rtype: str,
-                err: SipHubError, *, named: frozenset[str] = frozenset()) -> None:
+                err: SipHubError, *, named: frozenset[str] = frozenset(),
+                reads: Tx | None = None) -> None:
         """Audit a refusal (outside any transaction, which is rolled back). ``named``: the
-        patients it was about besides those of ``stored`` (a refused create's)."""
+        patients it was about besides those of ``stored`` (a refused create's); ``reads``:
+        the transaction to resolve what they are about in (a Provenance's target)."""
         self.record(interaction, [stored] if stored else [], outcome="4", rtype=rtype,
-                    detail=err.diagnostics, named=named)
+                    detail=err.diagnostics, named=named, reads=reads)
 
 
 @dataclass(slots=True)
@@ -208,8 +217,8 @@ def _guard_deleted(tx: Tx, ctx: Context, cur: Stored, interaction: str) -> None:
             and cur.owner != ctx.access.org:
         err = Forbidden(acl.NOT_COVERED)
         last = tx.version(cur.type, cur.id, cur.version_id - 1)
-        ctx.refused(interaction, cur, cur.type, err, named=frozenset(acl.patients_of(
-            cur.type, last.doc() if last and last.content else None, cur.id)))
+        ctx.refused(interaction, last if last and last.content else cur, cur.type, err,
+                    reads=tx)
         raise err
 
 
@@ -217,7 +226,7 @@ def _guard_read(tx: Tx, ctx: Context, stored: Stored, interaction: str) -> None:
     try:
         ctx.access.require_read(tx, stored)
     except Forbidden as err:
-        ctx.refused(interaction, stored, stored.type, err)
+        ctx.refused(interaction, stored, stored.type, err, reads=tx)
         raise
 
 
@@ -265,7 +274,7 @@ def read(tx: Tx, ctx: Context, rtype: str, rid: str,
         raise Gone(f"{rtype}/{rid} was deleted (version {cur.version_id})",
                    headers={"ETag": etag(cur)})
     _guard_read(tx, ctx, cur, "read")
-    ctx.record("read", [cur])
+    ctx.record("read", [cur], reads=tx)
     return _subset_result(cur, subset)
 
 
@@ -297,7 +306,7 @@ def vread(tx: Tx, ctx: Context, rtype: str, rid: str, vid: str,
         raise NotFound(f"{rtype}/{rid} has no version '{vid[:40]}'")
     if ver.deleted:
         raise Gone(f"{rtype}/{rid} version {vid} is a deletion", headers={"ETag": etag(ver)})
-    ctx.record("vread", [ver])
+    ctx.record("vread", [ver], reads=tx)
     return _subset_result(ver, subset)
 
 
@@ -554,25 +563,49 @@ def bundle(btype: str, entries: list[dict[str, Any]], total: int | None = None,
     return out
 
 
-# A person named by an identifier in a search of their records (by personnummer, as the
-# care systems look people up).
-_BY_IDENTIFIER = frozenset(f"{p}{t}.identifier" for p in ("patient", "subject")
-                           for t in ("", ":Patient"))
 _NAMED_MOST = 10  # identifiers looked up for the record (a search may list more)
 
 
-def _identified_patients(tx: Tx, rtype: str, items: list[tuple[str, str]]) -> frozenset[str]:
-    """The patients a search names by identifier (``patient.identifier=``, a Patient search
-    by ``identifier``), for its audit record when it returns none of their records (a
-    count, or no match): the person sees that someone asked."""
-    values = [v for k, v in items
-              if k in _BY_IDENTIFIER or (rtype == "Patient" and k == "identifier")]
-    found: set[str] = set()
-    for v in ",".join(values).split(",")[:_NAMED_MOST] if values else ():
-        try:
-            found |= {s.id for s in find(tx, "Patient", [("identifier", v)], limit=2)}
-        except SipHubError:
-            continue  # (a value the search itself refused or ignored names no one)
+def _named_patients(tx: Tx, query: fhir_search.SearchQuery) -> frozenset[str]:
+    """The persons a search names, for its audit record whatever it returns (the consent
+    may filter their records out, a count returns none, another person's may match): each
+    sees in their log that someone asked. Named are a reference to a Patient in any
+    parameter (``actor=Patient/x``), a Patient's ``_id``, and a chain into the Patient
+    (``patient._id=``, ``patient.identifier=``); an identifier (by personnummer, as the care
+    systems look people up: ``patient:identifier=``, ``patient.identifier=``, a Patient
+    search by ``identifier``) names the Patients it finds, in one statement, and none is
+    made for a search that names no one by identifier."""
+    ids: set[str] = set()
+    tokens: list[fhir_search.TokenValue] = []
+    for cr in query.criteria:
+        on_patient = query.resource_type == "Patient"
+        if cr.chain is not None:
+            if cr.chain_type != "Patient":
+                continue
+            cr, on_patient = cr.chain, True
+        if cr.missing is not None:
+            continue
+        if on_patient and cr.kind == "id":
+            ids |= {v for v in cr.values if isinstance(v, str)}
+        elif on_patient and cr.name == "identifier" and cr.modifier is None:
+            tokens += [v for v in cr.values if isinstance(v, fhir_search.TokenValue)]
+        elif cr.kind == "reference" and cr.param is not None and cr.modifier is None:
+            ids |= {v.id for v in cr.values
+                    if isinstance(v, fhir_search.ReferenceValue) and v.type == "Patient"}
+        elif cr.kind == "reference" and cr.param is not None and \
+                cr.modifier == "identifier" and \
+                (not cr.param.targets or "Patient" in cr.param.targets):
+            tokens += [v for v in cr.values if isinstance(v, fhir_search.TokenValue)]
+    found = {i for i in ids if ID_RE.fullmatch(i)}
+    # (``system|`` alone names no one: it asks for every identifier of the system)
+    tokens = [t for t in tokens if t.code is not None]
+    if tokens:
+        by_identifier = fhir_search.Criterion(
+            "identifier", "token", params_for("Patient")["identifier"], None,
+            list(dict.fromkeys(tokens))[:_NAMED_MOST])
+        lookup = fhir_search.SearchQuery("Patient", [by_identifier], count=2 * _NAMED_MOST,
+                                         total=False)
+        found |= {s.id for s in tx.search(lookup)[0]}
     return frozenset(found)
 
 
@@ -598,8 +631,8 @@ def search(tx: Tx, ctx: Context, rtype: str, items: list[tuple[str, str]]) -> Re
         oo = information("Ignored search parameters: " + "; ".join(query.ignored))
         entries.append({"resource": oo, "search": {"mode": "outcome"}})
     ctx.record("search-type", matches + included, rtype=rtype, query=urlencode(items),
-               named=_identified_patients(tx, rtype, items) if not matches
-               else frozenset())
+               named=_named_patients(tx, query) if acl.is_personal(rtype) else frozenset(),
+               reads=tx)
     used = [kv for kv in items if kv not in query.ignored_items] if query.ignored_items \
         else items  # (the self link tells the search that was done)
     links = _links(ctx, rtype, used, query.offset, query.count, len(matches), total,
@@ -680,7 +713,8 @@ def history(tx: Tx, ctx: Context, items: list[tuple[str, str]], rtype: str | Non
                          "etag": etag(s), "lastModified": s.last_updated_instant}
         entries.append(e)
     interaction = "history-instance" if rid else ("history-type" if rtype else "history-system")
-    ctx.record(interaction, [s for s in rows if s.content is not None], rtype=rtype)
+    ctx.record(interaction, [s for s in rows if s.content is not None], rtype=rtype,
+               reads=tx)
     path = "/".join(p for p in (rtype, rid, "_history") if p)
     return Result(200, None, bundle("history", entries, total,
                                     _links(ctx, path, items, offset, count, len(rows), total)))

@@ -177,7 +177,9 @@ def index_kinds(resource_type: str) -> frozenset[str]:
 # 4: absolute references (another server's) are not local references (``split_reference``).
 # 5: values with no row of their own have a "<param>:other" row (``OTHER``); a canonical
 #    resource's url row holds its version as its system (``url=<canonical>|<version>``).
-EXTRACTION_VERSION = 5
+# 6: a Provenance's ``patient`` rows hold the patients of what it targets and its Patient
+#    agents, resolved when it is written (``compartment.index_rows``).
+EXTRACTION_VERSION = 6
 
 
 @lru_cache(maxsize=1)

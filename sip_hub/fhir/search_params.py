@@ -189,7 +189,9 @@ _r.add("Provenance", "target", "reference", "Provenance.target", "target",
        targets=("CarePlan", "Consent", "CareTeam", "Goal", "Appointment", "Task",
                 "QuestionnaireResponse", "Patient"))
 _r.add("Provenance", "patient", "reference", "Provenance.target.where(resolve() is Patient)",
-       "target", targets=_PATIENT)
+       "target", targets=_PATIENT,
+       doc="The patient it targets, the patient of a resource it targets (a SIP plan's "
+           "subject) and the patients among its agents (who approved the plan)")
 _r.add("Provenance", "agent", "reference", "Provenance.agent.who", "agent.who",
        targets=_ACTORS)
 _r.add("Provenance", "recorded", "date", "Provenance.recorded", "recorded")

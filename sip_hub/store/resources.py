@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 from ..ids import uuid7
 from ..errors import ConcurrentChange, Conflict, PreconditionFailed
-from ..fhir import exact
+from ..fhir import compartment, exact
 from ..fhir.dates import format_instant, from_us, now_utc, to_us
 from ..fhir.indexing import extract, index_kinds
 from ..fhir.search import MAX_ITERATE, SearchQuery
@@ -444,9 +444,12 @@ class Tx:
         _INSERT_HISTORY.run_later(self.conn, {
             "res_type": rtype, "res_id": rid, "version_id": version, "last_updated": ts,
             "method": method, "content": content})
-        if old is not None and old.version_id == previous:
+        if old is not None and old.version_id == previous and \
+                rtype not in compartment.RESOLVED:
             # The version replaced, as this transaction read it: its rows are what the index
-            # holds (a tombstone has none), so only the difference is written.
+            # holds (a tombstone has none), so only the difference is written. (A type whose
+            # rows are resolved through other resources holds rows its content does not
+            # tell: they are written anew.)
             self._replace_index(rtype, rid, old, final)
         elif previous is not None:
             self._clear_index(rtype, rid)
@@ -467,6 +470,11 @@ class Tx:
                                                    method, owner, withheld, final)
         return stored
 
+    def _content(self, rtype: str, rid: str) -> dict[str, Any] | None:
+        """A resource's current content as this transaction reads it (None: none)."""
+        cur = self.current(rtype, rid)
+        return cur.doc() if cur is not None and cur.content is not None else None
+
     def append_audit(self, events: list[sql_audit.Entry | dict[str, Any]]) -> list[Stored]:
         """Append AuditEvents to the access log (new server ids), in bulk."""
         return sql_audit.append(self.conn, [
@@ -479,6 +487,8 @@ class Tx:
 
     def _write_index(self, rtype: str, rid: str, res: dict[str, Any]) -> None:
         rows = extract(res)
+        if rtype in compartment.RESOLVED:
+            rows.reference += compartment.index_rows(rtype, res, self._content)
         for kind in _INDEX_COLUMNS:
             _INSERT_INDEX[kind].many_later(self.conn, _index_params(kind, rtype, rid,
                                                                     getattr(rows, kind)))
