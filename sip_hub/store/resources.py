@@ -523,6 +523,9 @@ class Tx:
                 .order_by(_R.res_type, _R.res_id).limit(batch)).all()
             for rtype, rid, content in rows:
                 self._write_index(rtype, rid, exact.loads(content))
+            # (what a Provenance's rows were resolved with: kept, it would hold every plan
+            # of the store by the end; this transaction writes nothing else)
+            self._seen.clear()
             done += len(rows)
             if len(rows) < batch:
                 return done
