@@ -114,18 +114,7 @@ def _allowed(app: "HubApp", scope: Scope) -> str:
     is the operation's. Starlette's names the first route of the path only, and a path's GET,
     PUT and DELETE are routes apart. (The routers as ``create_app`` includes them: FastAPI's
     wrapper of an included router does not say which of its routes matched.)"""
-    routes = [r for r, _ in app.hot_routes] + [
-        r for r in app.router.routes if hasattr(r, "path")] + [
-        r for router in ROUTERS for r in router.routes]
-    ranked: dict[str, int] = {}  # method: the fewest parameters of a route taking it
-    for method in _METHODS:
-        probe = {"type": "http", "path": scope["path"], "root_path": scope.get("root_path", ""),
-                 "method": method, "headers": []}  # (matching may write to its scope)
-        for route in routes:
-            matched, child = route.matches(probe)
-            if matched is Match.FULL:
-                rank = len(child.get("path_params") or {})
-                ranked[method] = min(rank, ranked.get(method, rank))
+    ranked = _ranked(app, scope)
     fewest = min(ranked.values(), default=0)
     methods = {m for m, rank in ranked.items() if rank == fewest}
     if _read_only(scope["path"]):  # (the hub's published definitions: read and searched)
@@ -134,6 +123,24 @@ def _allowed(app: "HubApp", scope: Scope) -> str:
         methods.add("HEAD")
     methods.discard(scope["method"])
     return ", ".join(sorted(methods))
+
+
+def _ranked(app: "HubApp", scope: Scope) -> dict[str, int]:
+    """The methods the routes of ``scope``'s path take, each with the fewest path parameters
+    of a route taking the path with it."""
+    routes = [r for r, _ in app.hot_routes] + [
+        r for r in app.router.routes if hasattr(r, "path")] + [
+        r for router in ROUTERS for r in router.routes]
+    ranked: dict[str, int] = {}
+    for method in _METHODS:
+        probe = {"type": "http", "path": scope["path"], "root_path": scope.get("root_path", ""),
+                 "method": method, "headers": []}  # (matching may write to its scope)
+        for route in routes:
+            matched, child = route.matches(probe)
+            if matched is Match.FULL:
+                rank = len(child.get("path_params") or {})
+                ranked[method] = min(rank, ranked.get(method, rank))
+    return ranked
 
 
 def _read_only(path: str) -> bool:
@@ -190,6 +197,12 @@ class HubApp(FastAPI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.add_exception_handler(ClientDisconnect, _client_gone)  # (FastAPI's routes)
+
+    def fewest_parameters(self, scope: Scope) -> int | None:
+        """The fewest path parameters of a route that takes ``scope``'s path, whatever its
+        method (None: no route takes it). The path is that route's: one with more
+        parameters takes it only for a type or an id (see ``_allowed``)."""
+        return min(_ranked(self, scope).values(), default=None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

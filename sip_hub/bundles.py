@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from itertools import count
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
 
@@ -26,7 +27,7 @@ from .fhir.outcome import from_error
 from .fhir.search_params import supported
 from .fhir.validation import CONDITIONAL_REF, ID_RE
 from .service import Prepared, Prevalidated, Resolve, check_type, prevalidate, tx_resolver
-from .store import Store, Tx
+from .store import Store, Stored, Tx
 from .ids import uuid7
 
 log = logging.getLogger("sip_hub.bundles")
@@ -258,6 +259,47 @@ def _each_once(entries: list[_Entry], criteria: dict[int, str]) -> None:
                     "criteria: a transaction writes each resource once"), e.index)
 
 
+def _resolved_once(tx: Tx, ctx: ix.Context, entries: list[_Entry]) -> None:
+    """``_each_once`` for what conditional updates write, once their criteria are locked
+    (what they match stays so until they are written): FHIR counts 'resolved identities
+    from conditional update' among those that may not overlap. A PUT by id and a conditional
+    update whose criteria matched its resource were both applied, the last one winning.
+    Only a type that several entries write is matched here: one alone overlaps nothing."""
+    writes = [e for e in entries
+              if e.method in _BY_ID and e.rid or e.method == "PUT" and e.has_query]
+    shared = {t for t, n in Counter(e.rtype for e in writes).items() if n > 1}
+    seen: dict[tuple[str, str], _Entry] = {}
+    matched: dict[int, Stored] = {}  # (what criteria matched: a refusal names it)
+    for e in writes:
+        if e.rtype not in shared:
+            continue
+        # A conditional update with an id in its body writes that id or fails.
+        rid = e.rid or _body_id(e.resource)
+        if rid is None:
+            found = _conditional_match(tx, ctx, e)
+            if found is None:
+                continue  # (it creates a resource of its own)
+            rid, matched[e.index] = found.id, found
+        first = seen.setdefault((e.rtype, rid), e)
+        if first is e:
+            continue
+        if e.index in matched:
+            said = f"its criteria match {e.rtype}/{rid}, which Bundle.entry[{first.index}] " \
+                "writes too"
+        else:
+            said = f"{e.rtype}/{rid} is written by Bundle.entry[{first.index}] too" + \
+                (", whose criteria match it" if first.index in matched else "")
+        err = _with_entry(BadRequest(f"{said}: a transaction writes each resource once"),
+                          e.index)
+        # The refusal tells which resource the criteria match (a personnummer's Patient):
+        # a search of personal data, in the person's access log (as ``ix.several``'s).
+        for w in (first, e):
+            if w.index in matched:
+                ctx.record("search-type", [matched[w.index]], outcome="4", rtype=w.rtype,
+                           query=urlencode(w.query), detail=err.diagnostics)
+        raise err
+
+
 def _full_urls_once(entries: list[_Entry]) -> None:
     """bdl-7: a fullUrl names one entry; a reference to one given twice meant either."""
     seen: dict[str, int] = {}
@@ -280,13 +322,11 @@ def _resolve_conditional(tx: Tx, ctx: ix.Context, entries: list[_Entry],
                          mapping: dict[str, str]) -> None:
     """FHIR's conditional references (``Patient?identifier=...``): each made a reference to
     the one resource its criteria match among what the caller may see; none or several fail
-    the transaction (412). They were stored as they came, outside every compartment."""
+    the transaction (412). They were stored as they came, outside every compartment. A
+    PATCH's are resolved too: its references are rewritten as a resource's are."""
     for e in entries:
-        if not isinstance(e.resource, dict) or isinstance(e.resource, Prepared) or \
-                not _HAS_CONDITIONAL_REF.search(exact.dumps(e.resource)):
-            continue
         try:
-            for ref in (h["reference"] for h in reference_holders(e.resource)):
+            for ref in _written_refs(e):
                 if ref in mapping or not CONDITIONAL_REF.match(ref):
                     continue
                 rtype, _, criteria = ref.partition("?")
@@ -305,6 +345,18 @@ def _resolve_conditional(tx: Tx, ctx: ix.Context, entries: list[_Entry],
                 mapping[ref] = f"{rtype}/{found[0].id}"
         except SipHubError as err:
             raise _with_entry(err, e.index) from None
+
+
+def _written_refs(e: _Entry) -> list[str]:
+    """The references that ``e`` writes and ``_resolve_conditional`` may have to resolve:
+    its resource's, unless it was resolved before the transaction (a Prepared one) or holds
+    no conditional reference, or its PATCH's."""
+    if e.patch is not None:
+        return _patch_refs(e.patch)
+    if not isinstance(e.resource, dict) or isinstance(e.resource, Prepared) or \
+            not _HAS_CONDITIONAL_REF.search(exact.dumps(e.resource)):
+        return []
+    return [h["reference"] for h in reference_holders(e.resource)]
 
 
 def _writes_reference(op: Any) -> bool:
@@ -380,6 +432,7 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
     # which PostgreSQL breaks by failing one of them). Only well-formed keys (PostgreSQL
     # refuses a NUL): a bad entry is refused where it is processed.
     tx.serialise_all(_lock_keys(entries, criteria))
+    _resolved_once(tx, ctx, entries)
     responses: dict[int, dict[str, Any]] = {}
     # Assign ids (or find the existing resource for a conditional create) before any
     # write, so every reference between entries can be rewritten first.
@@ -469,7 +522,14 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
 
 def _conditional_id(tx: Tx, ctx: ix.Context, e: _Entry) -> str:
     """The id a conditional update without one in its body writes: its one match's, or a
-    new one (none matched); several are a 412, as when it is written."""
+    new one (none matched)."""
+    found = _conditional_match(tx, ctx, e)
+    return found.id if found else uuid7()
+
+
+def _conditional_match(tx: Tx, ctx: ix.Context, e: _Entry) -> Stored | None:
+    """The one resource a conditional update's criteria match, if any; several are a 412,
+    as when it is written."""
     try:
         check_type(e.rtype, write=True)
         ctx.access.check(e.rtype, "u")
@@ -479,7 +539,7 @@ def _conditional_id(tx: Tx, ctx: ix.Context, e: _Entry) -> str:
     if len(found) > 1:
         raise _with_entry(ix.several(ctx, e.rtype, e.query, found, ix.PreconditionFailed(
             f"Conditional update matched {len(found)} {e.rtype} resources")), e.index)
-    return found[0].id if found else uuid7()
+    return found[0] if found else None
 
 
 def _body_id(resource: Any) -> str | None:

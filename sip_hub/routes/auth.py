@@ -85,8 +85,12 @@ async def token(request: Request) -> JSONResponse:
                             "(grant_type=client_credentials)")
     if grant != "client_credentials":
         return _oauth_error(400, "unsupported_grant_type", "Only client_credentials is supported")
+    authorization = request.headers.getlist("authorization")
+    if len(authorization) > 1:  # (as at /fhir: which one is meant would be a guess)
+        return _oauth_error(400, "invalid_request", "Send one Authorization header, not "
+                            "several")
     try:
-        creds = _basic(request.headers.get("authorization", ""))
+        creds = _basic(authorization[0] if authorization else "")
     except _Malformed:
         return _oauth_error(401, "invalid_client", "The Basic Authorization header is not "
                             "base64 of <client_id>:<client_secret> in UTF-8")

@@ -72,6 +72,19 @@ async def _write(request: Request, rtype: str, perm: str,
     return result_response(request, ctx, result, write=True)
 
 
+def _not_a_type_or_id(request: Request, name: str) -> None:
+    """A keyword or an operation where the generic routes take a type or an id
+    (/fhir/_history, /fhir/CarePlan/$citizen-view) names a path that routes of its own take
+    (with fewer parameters): a method they do not take is a 405, whose Allow names theirs,
+    not an unknown type or an invalid id. One that no such route takes is left to the type's
+    or the id's check: a 405 there would name methods that are refused as well."""
+    if name[:1] not in ("_", "$"):
+        return
+    fewest = request.app.fewest_parameters(request.scope)
+    if fewest is not None and fewest < len(request.path_params):
+        raise MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+
+
 def _params(request: Request) -> list[tuple[str, str]]:
     return list(request.query_params.multi_items())
 
@@ -125,6 +138,7 @@ def system_history(request: Request) -> Response:
 
 @router.get("/{rtype}")
 def search_type(request: Request, rtype: str) -> Response:
+    _not_a_type_or_id(request, rtype)
     return _search(request, rtype, _params(request))
 
 
@@ -141,6 +155,7 @@ async def search_post(request: Request, rtype: str) -> Response:
 
 @router.post("/{rtype}")
 async def create(request: Request, rtype: str) -> Response:
+    _not_a_type_or_id(request, rtype)
     if_none_exist = request.headers.get("if-none-exist")
     # A conditional create may answer with what exists, whatever the body: no rules first.
     return await _write(request, rtype, "c", lambda tx, ctx, body: ix.create(
@@ -149,6 +164,7 @@ async def create(request: Request, rtype: str) -> Response:
 
 @router.put("/{rtype}")
 async def conditional_update(request: Request, rtype: str) -> Response:
+    _not_a_type_or_id(request, rtype)
     items = [(k, v) for k, v in _params(request) if k != "_format"]
     if not items:
         raise MethodNotAllowed("PUT on a type needs search criteria (conditional update)")
@@ -180,12 +196,14 @@ def _subset_params(request: Request) -> list[tuple[str, str]] | None:
 
 @router.get("/{rtype}/{rid}")
 async def read(request: Request, rtype: str, rid: str) -> Response:
+    _not_a_type_or_id(request, rid)
     items = _subset_params(request)
     return await _point_read(request, lambda tx, ctx: ix.read(tx, ctx, rtype, rid, items))
 
 
 @router.put("/{rtype}/{rid}")
 async def update(request: Request, rtype: str, rid: str) -> Response:
+    _not_a_type_or_id(request, rid)
     if_match = request.headers.get("if-match")
     return await _write(request, rtype, "u", lambda tx, ctx, body: ix.update(
         tx, ctx, rtype, rid, body, if_match=if_match), ahead=True, replaces=rid)
@@ -195,8 +213,7 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
 async def patch(request: Request, rtype: str, rid: str) -> Response:
     """A JSON Patch (``application/json-patch+json``) of the current version, written as an
     update (``interactions.patch``)."""
-    if rid[:1] in ("_", "$"):  # a keyword or an operation in an id's place: not this route's
-        raise MethodNotAllowed(f"PATCH is not allowed on {request.url.path}")
+    _not_a_type_or_id(request, rid)
     ctx = context(request)
     check_type(rtype, write=True)
     check_id(rid)
@@ -211,6 +228,7 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
 
 @router.delete("/{rtype}/{rid}")
 def delete(request: Request, rtype: str, rid: str) -> Response:
+    _not_a_type_or_id(request, rid)
     ctx = context(request)
     if_match = request.headers.get("if-match")
     result = _store(request).write(lambda tx: ix.delete(tx, ctx, rtype, rid,
