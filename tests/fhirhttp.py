@@ -59,3 +59,22 @@ def refused_400(client: Any, url: str, *needles: str) -> None:
     text = outcome_text(r)
     for needle in needles:
         assert needle in text, text
+
+
+def request_events(client: Any, request_id: str) -> list[dict[str, Any]]:
+    """The AuditEvents of one request (its X-Request-ID), as an unrestricted admin reads
+    them (``client``'s own token), once the background writer has written them."""
+    client.app.state.audit.flush()
+    r = client.get(f"/fhir/AuditEvent?entity:identifier={request_id}&_count=100")
+    assert r.status_code == 200, r.text
+    return [e["resource"] for e in r.json().get("entry", [])]
+
+
+def entities(event: dict[str, Any]) -> set[str]:
+    """The references an AuditEvent's entities name (the resources and persons)."""
+    return {e["what"]["reference"] for e in event.get("entity", [])
+            if "reference" in e.get("what", {})}
+
+
+def with_request_id(headers: dict[str, str], request_id: str) -> dict[str, str]:
+    return headers | {"X-Request-ID": request_id}

@@ -17,9 +17,9 @@ import pytest
 
 import sip_factory as f
 import test_deadlines
-from fhirhttp import JSON_HEADERS, PNR
+from fhirhttp import JSON_HEADERS, PNR, entities, request_events, with_request_id
 from indexrows import index_is_exact
-from sip_process import invitation, post
+from sip_process import invitation, post, write_case
 
 SOC, BUP, OUTSIDER = "SE2120000142-SOC1", "SE2321000016-15CQ", "SE2321000016-OUT1"
 ALVA = "Patient/alva"
@@ -31,31 +31,8 @@ h = test_deadlines.h  # Alva's SIP in kartläggning (SOC, BUP and the school tak
 def world(client, as_org):
     """The demo SIP written by its coordinator; each organisation's headers."""
     h = {org: as_org(org) for org in (SOC, BUP, OUTSIDER)}
-    entries = [{"resource": r, "request": {"method": "PUT",
-                                           "url": f"{r['resourceType']}/{r['id']}"}}
-               for r in f.demo_case()]
-    r = client.post("/fhir", content=orjson.dumps({"resourceType": "Bundle",
-                                                   "type": "transaction", "entry": entries}),
-                    headers=JSON_HEADERS | h[SOC])
-    assert r.status_code == 200, r.text
+    write_case(client, h[SOC], f.demo_case())
     return h
-
-
-def _events(client, request_id: str) -> list[dict[str, Any]]:
-    """The AuditEvents of one request (its X-Request-ID), as the admin reads them."""
-    client.app.state.audit.flush()
-    r = client.get(f"/fhir/AuditEvent?entity:identifier={request_id}&_count=100")
-    assert r.status_code == 200, r.text
-    return [e["resource"] for e in r.json().get("entry", [])]
-
-
-def _named(event: dict[str, Any]) -> set[str]:
-    return {e["what"]["reference"] for e in event.get("entity", [])
-            if "reference" in e.get("what", {})}
-
-
-def _rid(headers: dict[str, str], rid: str) -> dict[str, str]:
-    return headers | {"X-Request-ID": rid}
 
 
 def _ids(bundle: dict[str, Any]) -> set[str]:
@@ -76,11 +53,11 @@ def _ids(bundle: dict[str, Any]) -> set[str]:
 def test_a_search_naming_the_person_is_in_their_log(client, world, query):
     """As ``patient=alva`` by the outsider is: the consent filters everything out, yet the
     person was asked about, and their access log shows who asked."""
-    r = client.get(f"/fhir/{query}", headers=_rid(world[OUTSIDER], "named"))
+    r = client.get(f"/fhir/{query}", headers=with_request_id(world[OUTSIDER], "named"))
     assert r.status_code == 200, r.text
     assert "entry" not in r.json()
-    [event] = _events(client, "named")
-    assert ALVA in _named(event), event
+    [event] = request_events(client, "named")
+    assert ALVA in entities(event), event
 
 
 @pytest.mark.parametrize("query", ["CarePlan?status=active&author:identifier=x|y",
@@ -89,10 +66,10 @@ def test_a_search_naming_no_person_names_none(client, world, query):
     """A search by something other than a person (an organisation's identifier, a plan's
     status), or by every identifier of a system (``system|``), names no one when nothing
     comes back: the persons it could find were not asked about."""
-    r = client.get(f"/fhir/{query}", headers=_rid(world[OUTSIDER], "none-named"))
+    r = client.get(f"/fhir/{query}", headers=with_request_id(world[OUTSIDER], "none-named"))
     assert r.status_code == 200, r.text
-    [event] = _events(client, "none-named")
-    assert not any(n.startswith("Patient/") for n in _named(event)), event
+    [event] = request_events(client, "none-named")
+    assert not any(n.startswith("Patient/") for n in entities(event)), event
 
 
 def test_every_person_named_by_identifier_is_in_the_event(client, world):
@@ -105,11 +82,11 @@ def test_every_person_named_by_identifier_is_in_the_event(client, world):
     assert client.put("/fhir/Goal/tolvan-goal", content=orjson.dumps(goal),
                       headers=JSON_HEADERS).status_code in (200, 201)
     r = client.get(f"/fhir/Goal?patient.identifier={PNR}|{f.DEMO_PNR},{PNR}|{f.TOLVAN_PNR}",
-                   headers=_rid(world[BUP], "two"))
+                   headers=with_request_id(world[BUP], "two"))
     assert r.status_code == 200 and r.json()["total"] >= 1, r.text
     assert "tolvan-goal" not in r.text
-    [event] = _events(client, "two")
-    assert {ALVA, "Patient/tolvan"} <= _named(event), event
+    [event] = request_events(client, "two")
+    assert {ALVA, "Patient/tolvan"} <= entities(event), event
 
 
 # -- the approval Provenance is the person's ---------------------------------------------------
@@ -119,11 +96,11 @@ def test_every_person_named_by_identifier_is_in_the_event(client, world):
 def test_reading_the_persons_approval_is_in_their_log(client, world, url):
     """The Provenance of Alva's approval of her plan targets the plan and names her and her
     mother as attesters: reading it is in her log."""
-    r = client.get(url, headers=_rid(world[SOC], "prov"))
+    r = client.get(url, headers=with_request_id(world[SOC], "prov"))
     assert r.status_code == 200 and "alva-sip-godkannande" in r.text, r.text
-    [event] = _events(client, "prov")
-    assert APPROVAL in _named(event)
-    assert ALVA in _named(event), event
+    [event] = request_events(client, "prov")
+    assert APPROVAL in entities(event)
+    assert ALVA in entities(event), event
 
 
 def test_a_participant_reads_the_approval_of_the_plan(client, world):
@@ -145,10 +122,10 @@ def test_an_outsiders_provenance_of_the_plan_is_its_own(client, world):
     her compartment are."""
     prov = f.approval_provenance(id="outsider-prov")
     r = client.put("/fhir/Provenance/outsider-prov", content=orjson.dumps(prov),
-                   headers=JSON_HEADERS | _rid(world[OUTSIDER], "outsider-prov"))
+                   headers=JSON_HEADERS | with_request_id(world[OUTSIDER], "outsider-prov"))
     assert r.status_code == 201, r.text
-    [event] = _events(client, "outsider-prov")
-    assert ALVA in _named(event), event
+    [event] = request_events(client, "outsider-prov")
+    assert ALVA in entities(event), event
     assert client.get("/fhir/Provenance/outsider-prov", headers=world[BUP]).status_code == 403
     assert client.get("/fhir/Provenance/outsider-prov",
                       headers=world[OUTSIDER]).status_code == 200
@@ -173,12 +150,12 @@ def test_the_approvals_person_stays_in_the_index(client, store, world):
 def test_a_transitions_provenance_is_audited_with_the_person(client, h):
     """$invite moves the SIP to kallelse and writes a Provenance of that (targeting the plan
     alone): its create event names the person, and her log finds it by patient."""
-    r = post(client, "CarePlan/alva-sip/$invite", _rid(h[SOC], "inv-prov"),
+    r = post(client, "CarePlan/alva-sip/$invite", with_request_id(h[SOC], "inv-prov"),
              invitation(f.BUP))
     assert r.status_code == 200, r.text
     prov = next(p["resource"]["id"] for p in r.json()["parameter"] if p["name"] == "provenance")
-    [event] = [e for e in _events(client, "inv-prov")
-               if f"Provenance/{prov}" in _named(e)]
-    assert ALVA in _named(event), event
+    [event] = [e for e in request_events(client, "inv-prov")
+               if f"Provenance/{prov}" in entities(e)]
+    assert ALVA in entities(event), event
     r = client.get("/fhir/Provenance?patient=alva", headers=h[BUP])
     assert r.status_code == 200 and prov in _ids(r.json()), r.text

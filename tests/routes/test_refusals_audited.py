@@ -20,7 +20,7 @@ import sip_factory as f
 import sip_process as sp
 import test_deadlines
 from conftest import issue_token
-from fhirhttp import JSON_HEADERS
+from fhirhttp import JSON_HEADERS, entities, request_events, with_request_id
 from messaging.harness import Hub, broker, hub, outcome_of, sip_message  # noqa: F401
 
 SOC, BUP = "SE2120000142-SOC1", "SE2321000016-15CQ"
@@ -38,23 +38,6 @@ def world(client, as_org):
     sp.write_case(client, headers[SOC], f.demo_case())
     sp.write_case(client, headers[VC], sp.gosta_case())
     return headers
-
-
-def _events(client, request_id: str) -> list[dict[str, Any]]:
-    """The AuditEvents of one request (its X-Request-ID), as the admin reads them."""
-    client.app.state.audit.flush()
-    r = client.get(f"/fhir/AuditEvent?entity:identifier={request_id}&_count=100")
-    assert r.status_code == 200, r.text
-    return [e["resource"] for e in r.json().get("entry", [])]
-
-
-def _named(event: dict[str, Any]) -> set[str]:
-    return {e["what"]["reference"] for e in event.get("entity", [])
-            if "reference" in e.get("what", {})}
-
-
-def _rid(headers: dict[str, str], rid: str) -> dict[str, str]:
-    return headers | {"X-Request-ID": rid}
 
 
 def _goal() -> dict[str, Any]:
@@ -78,11 +61,11 @@ def test_a_refused_create_names_the_person_it_was_about(client, world, method, u
     refused, and the attempt is in Alva's access log."""
     goal = _goal() | ({"id": "refused-new"} if method == "PUT" else {})
     r = client.request(method, url, content=orjson.dumps(goal),
-                       headers=JSON_HEADERS | _rid(world[OUTSIDER], "refused-create"))
+                       headers=JSON_HEADERS | with_request_id(world[OUTSIDER], "refused-create"))
     assert r.status_code == 403, r.text
-    [event] = _events(client, "refused-create")
+    [event] = request_events(client, "refused-create")
     assert event["outcome"] == "4"
-    assert ALVA in _named(event), event
+    assert ALVA in entities(event), event
 
 
 # -- DELETE and PATCH check access first -----------------------------------------------------
@@ -90,12 +73,12 @@ def test_a_refused_create_names_the_person_it_was_about(client, world, method, u
 def test_delete_of_a_persons_deleted_record_is_refused_and_logged(client, world):
     """As its read is: whether a record of a person's is deleted is its owner's business."""
     _delete_goal(client, world)
-    r = client.delete("/fhir/Goal/alva-mal-somn", headers=_rid(world[VC], "outsider-del"))
+    r = client.delete("/fhir/Goal/alva-mal-somn", headers=with_request_id(world[VC], "outsider-del"))
     assert r.status_code == 403, r.text
     assert "deleted" not in r.text
-    [event] = _events(client, "outsider-del")
-    assert event["outcome"] == "4" and "Goal/alva-mal-somn" in _named(event), event
-    assert ALVA in _named(event), event
+    [event] = request_events(client, "outsider-del")
+    assert event["outcome"] == "4" and "Goal/alva-mal-somn" in entities(event), event
+    assert ALVA in entities(event), event
 
 
 def test_delete_of_a_deleted_record_by_its_owner_still_succeeds(client, world):
@@ -108,11 +91,11 @@ def test_patch_of_a_persons_deleted_record_is_refused_and_logged(client, world):
     _delete_goal(client, world)
     ops = [{"op": "replace", "path": "/lifecycleStatus", "value": "cancelled"}]
     r = client.patch("/fhir/Goal/alva-mal-somn", content=orjson.dumps(ops),
-                     headers=PATCH_HEADERS | _rid(world[VC], "outsider-patch"))
+                     headers=PATCH_HEADERS | with_request_id(world[VC], "outsider-patch"))
     assert r.status_code == 403, r.text
     assert "deleted" not in r.text and "ETag" not in r.headers
-    [event] = _events(client, "outsider-patch")
-    assert event["outcome"] == "4" and "Goal/alva-mal-somn" in _named(event), event
+    [event] = request_events(client, "outsider-patch")
+    assert event["outcome"] == "4" and "Goal/alva-mal-somn" in entities(event), event
 
 
 @pytest.mark.parametrize("goal,if_match", [("alva-mal-skola", 'W/"7", W/"8"'),
@@ -124,11 +107,11 @@ def test_if_match_on_delete_tells_nothing_of_a_record_the_caller_may_not_read(
     (or that it has none, being deleted)."""
     _delete_goal(client, world)  # alva-mal-somn deleted, alva-mal-skola at version 1
     r = client.delete(f"/fhir/Goal/{goal}",
-                      headers=_rid(world[VC], "outsider-del-im") | {"If-Match": if_match})
+                      headers=with_request_id(world[VC], "outsider-del-im") | {"If-Match": if_match})
     assert r.status_code == 403, r.text
     assert "version" not in r.text
-    [event] = _events(client, "outsider-del-im")
-    assert event["outcome"] == "4" and f"Goal/{goal}" in _named(event), event
+    [event] = request_events(client, "outsider-del-im")
+    assert event["outcome"] == "4" and f"Goal/{goal}" in entities(event), event
 
 
 def test_if_match_on_delete_by_the_owner_is_still_answered(client, world):
@@ -165,11 +148,11 @@ def test_a_message_from_an_outsider_learns_no_version_of_the_plan(two_sips: Hub)
 def test_a_patch_is_audited_as_a_patch(client, world):
     ops = [{"op": "replace", "path": "/lifecycleStatus", "value": "active"}]
     r = client.patch("/fhir/Goal/alva-mal-skola", content=orjson.dumps(ops),
-                     headers=PATCH_HEADERS | _rid(world[SOC], "patched"))
+                     headers=PATCH_HEADERS | with_request_id(world[SOC], "patched"))
     assert r.status_code == 200, r.text
-    [event] = _events(client, "patched")
+    [event] = request_events(client, "patched")
     assert event["subtype"][0]["code"] == "patch" and event["action"] == "U", event
-    assert "Goal/alva-mal-skola" in _named(event) and ALVA in _named(event), event
+    assert "Goal/alva-mal-skola" in entities(event) and ALVA in entities(event), event
 
 
 # -- a conditional write that matched several ------------------------------------------------
@@ -196,14 +179,14 @@ def test_a_conditional_write_that_matched_several_is_audited(client, world, meth
     """Its search told BUP that Alva has several goals (412), as a count would, which is
     logged: the search is in her access log, with the goals it found."""
     r = client.request(method, url, content=content,
-                       headers=JSON_HEADERS | _rid(world[BUP], "cond-several") | extra)
+                       headers=JSON_HEADERS | with_request_id(world[BUP], "cond-several") | extra)
     assert r.status_code == 412, r.text
-    [event] = _events(client, "cond-several")
+    [event] = request_events(client, "cond-several")
     assert event["outcome"] == "4" and event["subtype"][0]["code"] == "search-type", event
     [search] = [e for e in event["entity"] if e.get("description") == "search"]
     assert base64.b64decode(search["query"]) == b"patient=alva", event
-    assert ALVA in _named(event), event
-    assert sum(ref.startswith("Goal/") for ref in _named(event)) >= 2, event
+    assert ALVA in entities(event), event
+    assert sum(ref.startswith("Goal/") for ref in entities(event)) >= 2, event
 
 
 # -- an operation's answer holds what it read ------------------------------------------------
@@ -213,11 +196,11 @@ def test_invite_answers_the_care_team_it_read_and_audits_it(client, h):
     is and answers it all the same: a read of the team, in the person's log."""
     assert sp.post(client, "CarePlan/alva-sip/$invite", h[SOC], sp.invitation(f.BUP)
                    ).status_code == 200
-    r = sp.post(client, "CarePlan/alva-sip/$invite", _rid(h[SOC], "invite-again"),
+    r = sp.post(client, "CarePlan/alva-sip/$invite", with_request_id(h[SOC], "invite-again"),
                 sp.invitation(f.BUP, start_days=12))
     assert r.status_code == 200, r.text
     assert any(p["name"] == "careTeam" for p in r.json()["parameter"])
-    events = _events(client, "invite-again")
-    [read] = [e for e in events if "CareTeam/alva-sip" in _named(e)]
+    events = request_events(client, "invite-again")
+    [read] = [e for e in events if "CareTeam/alva-sip" in entities(e)]
     assert read["subtype"][0]["code"] == "read" and read["outcome"] == "0", read
-    assert ALVA in _named(read), read
+    assert ALVA in entities(read), read
