@@ -20,7 +20,7 @@ import orjson
 
 from . import cpu, interactions as ix, logs, process as sp
 from .errors import BadRequest, InternalError, SipHubError
-from .fhir import exact, patch as json_patch
+from .fhir import exact, models, patch as json_patch
 from .fhir.dates import now_utc
 from .fhir.indexing import reference_holders
 from .fhir.outcome import from_error
@@ -593,9 +593,22 @@ def process(store: Store, ctx: ix.Context, body: Any, prefer: str) -> dict[str, 
                          expression="Bundle.type")
     if not isinstance(body.get("entry", []), list):
         raise BadRequest("Bundle.entry must be a list", expression="Bundle.entry")
+    _check_own_elements(body)
     if btype == "transaction":
         return transaction(store, ctx, prevalidate_entries(store, body), prefer)
     return batch(store, ctx, body, prefer)
+
+
+def _check_own_elements(bundle: dict[str, Any]) -> None:
+    """An element FHIR R4 does not define in the Bundle itself, an entry or its request is
+    refused, as in any other resource: only the entries' resources were checked, and JSON
+    took what XML refused. Other faults of an entry stay that entry's (see ``_entries``); the
+    resources are checked on their own."""
+    if "entry" in bundle:
+        bundle = {**bundle, "entry": [
+            {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
+            for e in bundle["entry"]]}
+    models.refuse_unknown_elements(bundle)
 
 
 def prevalidate_entries(store: Store, bundle: dict[str, Any]) -> dict[str, Any]:

@@ -842,5 +842,7 @@ class Bus:
 
 
 def shown_url(url: str) -> str:
-    """A broker URL as it may be shown (the console): its password masked."""
-    return maybe_sanitize_url(url)
+    """A broker URL as it may be shown (the console): its passwords masked. kombu's sanitizer
+    masks the first URL of a list to fail over to (``url1;url2``) and shows the others'
+    passwords, so each is masked on its own."""
+    return ";".join(maybe_sanitize_url(part) for part in url.split(";"))

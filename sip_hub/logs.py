@@ -66,6 +66,20 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class WithoutQueryFilter(logging.Filter):
+    """uvicorn's access lines (``'%s - "%s %s HTTP/%s" %d'``: client, method, target,
+    version, status) with the target's path alone: a query may name a person (a search by
+    ``identifier=...|<personnummer>``, ``$citizen-view?patient=...``), and the logs carry no
+    resource's content."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            # (uvicorn quotes the path: a "?" in it is the query's start)
+            record.args = (*args[:2], args[2].partition("?")[0], *args[3:])
+        return True
+
+
 class UtcFormatter(logging.Formatter):
     """Text lines with their time in UTC (ISO 8601), as JSON lines have it."""
     converter = time.gmtime
@@ -91,7 +105,8 @@ def config(level: LogLevel = "info", fmt: LogFormat = "text") -> dict[str, Any]:
         # Module loggers made at import (sip_hub.*, sqlalchemy, kombu) stay enabled.
         "disable_existing_loggers": False,
         "formatters": {"hub": {"()": formatter, "kind": fmt}},
-        "filters": {"request": {"()": RequestIdFilter}},
+        "filters": {"request": {"()": RequestIdFilter},
+                    "without_query": {"()": WithoutQueryFilter}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "hub",
                                 "filters": ["request"], "stream": "ext://sys.stderr"}},
         "root": {"level": "WARNING", "handlers": ["stderr"]},
@@ -99,7 +114,8 @@ def config(level: LogLevel = "info", fmt: LogFormat = "text") -> dict[str, Any]:
             "sip_hub": {"level": name},
             "uvicorn": {"level": name, "handlers": ["stderr"], "propagate": False},
             "uvicorn.error": {"level": name},
-            "uvicorn.access": {"level": name, "handlers": ["stderr"], "propagate": False},
+            "uvicorn.access": {"level": name, "handlers": ["stderr"], "propagate": False,
+                               "filters": ["without_query"]},
         },
     }
 

@@ -19,10 +19,15 @@ _LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 
 
 def _server_url(v: str, schemes: tuple[str, ...], *, address_only: bool = False) -> bool:
-    """``v`` names a host by one of ``schemes`` (and, ``address_only``, no query or fragment:
-    an address that paths are added to)."""
+    """``v`` names a host by one of ``schemes``, with no port or one from 1 to 65535 (any
+    other failed later: kombu's sanitizer and connection, every link the hub emits) and,
+    ``address_only``, no query or fragment: an address that paths are added to."""
     parts = urlsplit(v)
-    return parts.scheme in schemes and bool(parts.hostname) and not (
+    try:
+        port = parts.port
+    except ValueError:  # (not a number, or beyond 65535)
+        return False
+    return parts.scheme in schemes and bool(parts.hostname) and port != 0 and not (
         address_only and (parts.query or parts.fragment))
 
 
@@ -97,7 +102,9 @@ class Settings(BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _broker(cls, v: str) -> str:
-        if not v.startswith("memory://") and not _server_url(v, ("amqp", "amqps", "pyamqp")):
+        # (kombu takes brokers to fail over to as url1;url2: each must be usable)
+        if not v.startswith("memory://") and not all(
+                _server_url(url, ("amqp", "amqps", "pyamqp")) for url in v.split(";")):
             raise ValueError("must be memory:// or an amqp://user:password@host:port/vhost URL")
         return v
 
@@ -122,6 +129,13 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 16 printable ASCII characters without spaces "
                              "(a bearer token, e.g. from `openssl rand -hex 32`)")
         return SecretStr(token)
+
+    @model_validator(mode="after")
+    def _page_sizes(self) -> "Settings":
+        if self.default_page_size > self.max_page_size:
+            raise ValueError(f"SIP_HUB_DEFAULT_PAGE_SIZE ({self.default_page_size}) is more "
+                             f"than SIP_HUB_MAX_PAGE_SIZE ({self.max_page_size})")
+        return self
 
     @model_validator(mode="after")
     def _fill_database_url(self) -> "Settings":

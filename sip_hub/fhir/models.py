@@ -254,13 +254,8 @@ def validate(resource: dict[str, Any]) -> None:
     try:
         cls.model_validate(resource)
     except ValidationError as exc:
-        issues = [
-            Issue("structure" if e["type"] in ("extra_forbidden", "missing") else "value",
-                  f"{e['msg']}", (_fhirpath(rtype, tuple(e["loc"])),))
-            for e in exc.errors(include_url=False, include_context=False, include_input=False)
-        ]
-        raise Unprocessable(f"{rtype} is not valid FHIR R4: {issues[0].diagnostics} at "
-                            f"{issues[0].expression[0]}", issues=issues) from None
+        raise _invalid(rtype, exc.errors(include_url=False, include_context=False,
+                                         include_input=False)) from None
     except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
         # fhir_core's own root validators assume shapes that malformed input breaks (a
         # number where a primitive's extension object belongs raises AttributeError); a
@@ -272,6 +267,32 @@ def validate(resource: dict[str, Any]) -> None:
             raise Unprocessable(f"{rtype} is not valid FHIR R4: {issues[0].diagnostics} at "
                                 f"{issues[0].expression[0]}", issues=issues) from None
         raise Unprocessable(f"{rtype} is not valid FHIR R4: {exc}", expression=rtype) from None
+
+
+def _invalid(rtype: str, errors: list[Any]) -> Unprocessable:
+    issues = [Issue("structure" if e["type"] in ("extra_forbidden", "missing") else "value",
+                    f"{e['msg']}", (_fhirpath(rtype, tuple(e["loc"])),)) for e in errors]
+    return Unprocessable(f"{rtype} is not valid FHIR R4: {issues[0].diagnostics} at "
+                         f"{issues[0].expression[0]}", issues=issues)
+
+
+def refuse_unknown_elements(resource: dict[str, Any]) -> None:
+    """Raises as ``validate`` does for the elements of ``resource`` that FHIR R4 does not
+    define, and for nothing else: for a caller that checks the rest itself, part by part (a
+    batch Bundle's entries each answer for their own faults). A resource whose shape breaks
+    fhir_core's own validators is left to those checks."""
+    cls = model_class(resource.get("resourceType") or "")
+    if cls is None:
+        return
+    try:
+        cls.model_validate(resource)
+    except ValidationError as exc:
+        unknown = [e for e in exc.errors(include_url=False, include_context=False,
+                                         include_input=False) if e["type"] == "extra_forbidden"]
+        if unknown:
+            raise _invalid(resource["resourceType"], unknown) from None
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+        pass  # (see validate)
 
 
 _NOT_A_TYPE = "resourceType must be a string naming a resource type"

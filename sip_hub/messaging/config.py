@@ -17,6 +17,13 @@ from ..settings import Settings
 # The longest HTTP timeout of a delivery (SIP_HUB_MESSAGE_TIMEOUT_SECONDS, an endpoint's
 # timeoutSeconds): finite, and far below what libcurl takes (milliseconds in a C long).
 MAX_TIMEOUT_SECONDS = 3600
+# Bounds of the periods the hub turns into microseconds in a BIGINT (and compares instants
+# with): far beyond any use, and an error at start instead of in every worker round. A
+# retention meant as "for ever" (999999999 days) passed and then failed every upkeep.
+MAX_RETENTION_DAYS = 36_500  # a hundred years
+MAX_CACHE_MINUTES = 525_600  # a year (also keeps reliableCache an unsignedInt)
+MAX_REPUBLISH_SECONDS = 30 * 86_400
+MAX_RETRY_SECONDS = 86_400  # (finite: a delivery's next attempt is an instant)
 
 
 class MessagingSettings(BaseSettings):
@@ -25,20 +32,20 @@ class MessagingSettings(BaseSettings):
     # Reliable messaging: how long $process-message remembers Bundle.id and MessageHeader.id
     # with the response it gave. The spec asks for at least the senders' timeout plus a
     # minute; a day also covers a sender that retries after a night's outage.
-    cache_minutes: int = Field(default=24 * 60, ge=16)
+    cache_minutes: int = Field(default=24 * 60, ge=16, le=MAX_CACHE_MINUTES)
     # Delivery to an organisation: attempts before the dead-letter queue, exponential backoff
     # between them (base * 2^(attempt-1), at most retry_max_seconds), HTTP timeout.
     max_attempts: int = Field(default=8, ge=1)
-    retry_base_seconds: float = Field(default=10.0, gt=0)
-    retry_max_seconds: float = Field(default=3600.0, gt=0)
+    retry_base_seconds: float = Field(default=10.0, gt=0, le=MAX_RETRY_SECONDS)
+    retry_max_seconds: float = Field(default=3600.0, gt=0, le=MAX_RETRY_SECONDS)
     # (finite and at most an hour: an infinite or huge one passed every check and then
     # failed every POST, libcurl's timeout being a C long of milliseconds)
     timeout_seconds: float = Field(default=10.0, gt=0, le=MAX_TIMEOUT_SECONDS)
     # A delivery published this long ago and still not settled is published again (the
     # broker lost it); receivers drop the duplicate by MessageHeader.id.
-    republish_after_seconds: int = Field(default=3600, ge=10)
+    republish_after_seconds: int = Field(default=3600, ge=10, le=MAX_REPUBLISH_SECONDS)
     # Delivered and withdrawn deliveries are forgotten after this many days.
-    retention_days: int = Field(default=30, ge=1)
+    retention_days: int = Field(default=30, ge=1, le=MAX_RETENTION_DAYS)
     # The organisations' $process-message endpoints (see sip_hub.messaging.endpoints);
     # empty: <mappings_dir>/endpoints.json.
     endpoints_file: Path | None = None
@@ -93,5 +100,8 @@ class MessagingSettings(BaseSettings):
 
     def retry_delay(self, attempts: int) -> float:
         """Seconds to wait after the ``attempts``-th failed attempt."""
-        return float(min(self.retry_base_seconds * 2 ** max(attempts - 1, 0),
-                         self.retry_max_seconds))
+        try:
+            delay = self.retry_base_seconds * 2.0 ** max(attempts - 1, 0)
+        except OverflowError:  # (doubled past what a float holds: past the maximum anyway)
+            return float(self.retry_max_seconds)
+        return float(min(delay, self.retry_max_seconds))

@@ -143,7 +143,7 @@ class Worker:
                             batch=self.messaging.config.relay_batch)
         work += bus.drain(timeout=drain_seconds, gather=_GATHER)
         if time.monotonic() - self._last_upkeep > _UPKEEP_SECONDS:
-            self.upkeep()
+            self._upkeep_in_round()
         if time.monotonic() - self._statistics_at > _STATISTICS_SECONDS:
             self._refresh_statistics()
         return work
@@ -174,13 +174,23 @@ class Worker:
             self._orgs_read_at = now
         return self._orgs
 
+    def _upkeep_in_round(self) -> None:
+        """``upkeep`` as part of a round: one that fails is logged and tried again at the
+        next upkeep's time. Failing the round with it failed every round from then on (the
+        upkeep was due again at once), and with them the worker's health check."""
+        self._last_upkeep = time.monotonic()
+        try:
+            self.upkeep()
+        except Exception:  # noqa: BLE001 (the round's own work goes on)
+            log.exception("upkeep failed; tried again in %d s", _UPKEEP_SECONDS)
+
     def upkeep(self) -> None:
         """Forget expired cache entries and deliveries settled before the retention period,
         ``_FORGET_BATCH`` at a time, each batch a transaction of its own (on SQLite the
         API's writes take turns with them), at most ``_FORGET_BATCHES`` of each kind: with
         more left, the next round's upkeep goes on."""
         now = to_us(now_utc())
-        before = now - self.messaging.config.retention_days * _DAY_US
+        before = max(now - self.messaging.config.retention_days * _DAY_US, 0)
         more = False
         for forget, until in ((inbox.purge_expired, now), (sql.delete_finished, before)):
             for _ in range(_FORGET_BATCHES):

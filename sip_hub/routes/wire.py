@@ -295,13 +295,15 @@ def context(request: Request, *, public: bool = False) -> Context:
     state = request.app.state
     settings = state.settings
     base = settings.public_base + "/fhir"  # (never from the request's Host: see public_base)
+    # (start refuses a default above the maximum; Settings changed in code may still hold one)
+    page = min(settings.default_page_size, settings.max_page_size)
     if public:
-        return Context(base, settings.default_page_size, settings.max_page_size)
+        return Context(base, page, settings.max_page_size)
     authorization = request.headers.getlist("authorization")
     if len(authorization) > 1:  # (the first one alone counted: which one is meant is a guess)
         raise BadRequest("Send one Authorization header, not several")
     principal = state.tokens.verify(bearer(authorization[0] if authorization else None))
     messaging = getattr(state, "messaging", None)
-    return Context(base, settings.default_page_size, settings.max_page_size,
+    return Context(base, page, settings.max_page_size,
                    prefer_lenient(request), Access.for_principal(principal), state.audit,
                    messaging.emitter if messaging is not None else None)
