@@ -45,6 +45,7 @@ from ..access import patients_of
 from ..fhir import profiles, sip
 from ..fhir.indexing import split_reference
 from ..metrics import MESSAGES_ENQUEUED, count_committed
+from ..service import tx_resolver
 from ..store import Stored, Tx
 from . import builder, vocabulary as vocab
 from .endpoints import Endpoints
@@ -280,14 +281,14 @@ def sip_plan_of(tx: Tx, patient_id: str) -> str | None:
     return None
 
 
-def _of_person(stored: Stored, patient_id: str) -> bool:
+def _of_person(tx: Tx, stored: Stored, patient_id: str) -> bool:
     """Whether a stored resource may travel in a notification about ``patient_id``, which
     goes to the organisations that person's consent covers (rule 1): it is in that person's
     compartment and no one else's, and not withheld (kept for its writer, whom the consent
     does not cover). What a write or a message names is not trusted to be: a meeting naming
     another person's plan sent that plan to the first person's parties."""
     return not stored.withheld and \
-        patients_of(stored.type, stored.doc(), stored.id) == {patient_id}
+        patients_of(stored.type, stored.doc(), stored.id, tx_resolver(tx)) == {patient_id}
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +312,7 @@ class Emitter:
         it (its fullUrls), else ``fhir_base``."""
         plan = careplan_id if careplan_id is not None else sip_plan_of(tx, patient_id)
         held = tx.current("CarePlan", plan) if plan else None
-        if held is not None and not held.deleted and not _of_person(held, patient_id):
+        if held is not None and not held.deleted and not _of_person(tx, held, patient_id):
             plan = None  # (another person's plan is not this one's SIP: it is not carried)
         dests = [o for o in destinations_for(tx, patient_id, sender_org) if o != sender_org]
         if not dests:
@@ -330,7 +331,7 @@ class Emitter:
                 found.append(ref)
                 continue
             cur = tx.current(*target)
-            if cur is not None and not cur.deleted and _of_person(cur, patient_id):
+            if cur is not None and not cur.deleted and _of_person(tx, cur, patient_id):
                 found.append(ref)
                 out.append(cur)
         for rule in spec.focus:

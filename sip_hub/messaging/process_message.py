@@ -607,7 +607,7 @@ def _require_focus_of_person(tx: Tx, ctx: Context, msg: parser.Message, sip: Sip
         if cur is None or cur.deleted:
             continue
         _require_read(tx, ctx, cur)
-        if patients_of(cur.type, cur.doc(), cur.id) != {sip.patient_id}:
+        if patients_of(cur.type, cur.doc(), cur.id, tx_resolver(tx)) != {sip.patient_id}:
             err = Forbidden(
                 f"MessageHeader.focus names {cur.type}/{cur.id}, which is not of "
                 f"Patient/{sip.patient_id} alone: a message carries the data of the person "

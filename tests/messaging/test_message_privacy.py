@@ -131,6 +131,27 @@ def test_a_notification_carries_only_the_persons_own_stored_records(two_sips: Hu
     assert not any(b"m-outsider" in c for c in _sent(h))
 
 
+def test_a_notification_carries_the_persons_provenance_that_names_no_patient(
+        two_sips: Hub) -> None:
+    """A Provenance of the person's plan is the person's (of whom its target is), though it
+    names no Patient itself (an agent who is the person's custodian, as text)."""
+    h = two_sips
+    prov = {"resourceType": "Provenance", "id": "alva-note",
+            "target": [{"reference": PLAN}], "recorded": "2026-11-20T10:00:00+01:00",
+            "agent": [{"who": {"display": "Alvas mamma"}}]}
+    r = h.put(SOC, prov)
+    assert r.status_code == 201, r.text
+    with h.store.begin() as tx:
+        told = h.messaging.emitter.emit(
+            tx, "plan-established", sender_org=SOC, patient_id="alva", careplan_id="alva-sip",
+            focus=(PLAN, "Provenance/alva-note"))
+    assert told is not None
+    msg = next(m for m in map(orjson.loads, _sent(h))
+               if m["entry"][0]["resource"]["id"] == told)
+    carried = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in msg["entry"][1:]}
+    assert "Provenance/alva-note" in carried
+
+
 # -- 2. $process-message: a focus naming another person's stored record ----------------------
 
 def _audit_of(h: Hub, query: str) -> list[dict[str, Any]]:
