@@ -78,6 +78,22 @@ def _parse_url(url: str, ctx: ix.Context, where: str) -> tuple[str, str | None, 
     return rtype, rid, vid, parse_qsl(parts.query, keep_blank_values=True), bool(parts.query)
 
 
+# The elements FHIR R4 defines for a Bundle entry and its request (a primitive's extension
+# sibling too: ``_fullUrl``); any other is the entry's fault (a batch answers it alone).
+_ENTRY_ELEMENTS = frozenset({"id", "extension", "modifierExtension", "link", "fullUrl",
+                             "_fullUrl", "resource", "search", "request", "response"})
+_REQUEST_ELEMENTS = frozenset({"id", "extension", "modifierExtension"} | {
+    n for name in ("method", "url", "ifNoneMatch", "ifModifiedSince", "ifMatch", "ifNoneExist")
+    for n in (name, "_" + name)})
+
+
+def _known_elements(value: Any, known: frozenset[str], where: str) -> None:
+    if isinstance(value, dict) and not value.keys() <= known:
+        name = sorted(set(value) - known)[0]
+        raise BadRequest(f"{where}.{name[:40]} is not an element FHIR R4 defines there",
+                         expression=f"{where}.{name[:40]}")
+
+
 def _entries(bundle: dict[str, Any], ctx: ix.Context, first: int = 0,
              numbers: Sequence[int] | None = None) -> list[_Entry]:
     """The entries, numbered from ``first`` (a batch reads its entries one at a time), or
@@ -91,6 +107,8 @@ def _entries(bundle: dict[str, Any], ctx: ix.Context, first: int = 0,
     for i, e in zip(numbers if numbers is not None else count(first), listed):
         where = f"Bundle.entry[{i}]"
         req = e.get("request") if isinstance(e, dict) else None
+        _known_elements(e, _ENTRY_ELEMENTS, where)
+        _known_elements(req, _REQUEST_ELEMENTS, f"{where}.request")
         if not isinstance(req, dict) or not isinstance(req.get("url"), str):
             raise BadRequest(f"{where}.request with method and url is required",
                              expression=f"{where}.request")
@@ -600,15 +618,11 @@ def process(store: Store, ctx: ix.Context, body: Any, prefer: str) -> dict[str, 
 
 
 def _check_own_elements(bundle: dict[str, Any]) -> None:
-    """An element FHIR R4 does not define in the Bundle itself, an entry or its request is
-    refused, as in any other resource: only the entries' resources were checked, and JSON
-    took what XML refused. Other faults of an entry stay that entry's (see ``_entries``); the
+    """An element FHIR R4 does not define in the Bundle itself is refused, as in any other
+    resource: only the entries' resources were checked, and JSON took what XML refused. An
+    entry's own are that entry's fault (``_entries``: a batch answers it alone); the
     resources are checked on their own."""
-    if "entry" in bundle:
-        bundle = {**bundle, "entry": [
-            {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
-            for e in bundle["entry"]]}
-    models.refuse_unknown_elements(bundle)
+    models.refuse_unknown_elements({k: v for k, v in bundle.items() if k != "entry"})
 
 
 def prevalidate_entries(store: Store, bundle: dict[str, Any]) -> dict[str, Any]:

@@ -236,11 +236,20 @@ def test_a_json_bundle_with_an_unknown_element_is_refused(
 ])
 def test_a_json_bundle_entry_with_an_unknown_element_is_refused(
         client: TestClient, entry: dict[str, Any], where: str) -> None:
+    """A batch answers that entry alone (400); a transaction fails as a whole."""
     bundle = _bundle("batch", {})
     bundle["entry"][0].update(entry)
+    bundle["entry"].append({"resource": patient("200001012384", "Andersson", "Alva"),
+                            "request": {"method": "POST", "url": "Patient"}})
     r = client.post("/fhir", **body(bundle))
-    assert r.status_code == 422, r.text
-    assert where in outcome_text(r)
+    assert r.status_code == 200, r.text
+    first, second = (e["response"] for e in r.json()["entry"])
+    assert first["status"] == "400" and where in str(first["outcome"]), first
+    assert second["status"].startswith("201")
+    bundle["type"] = "transaction"
+    r = client.post("/fhir", **body(bundle))
+    assert r.status_code == 400 and where in outcome_text(r), r.text
+    assert client.get("/fhir/Patient").json()["total"] == 1  # the batch's second entry only
 
 
 @pytest.mark.parametrize("btype", ["batch", "transaction"])
