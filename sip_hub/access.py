@@ -165,7 +165,8 @@ class Access:
         return self.can_read(tx, replace(ver, owner=cur.owner, withheld=cur.withheld))
 
     def withholds(self, tx: Tx, rtype: str, new: dict[str, Any],
-                  old: dict[str, Any] | None = None) -> bool:
+                  old: dict[str, Any] | None = None, *,
+                  pending: dict[tuple[str, str], dict[str, Any]] | None = None) -> bool:
         """Whether a resource this caller creates is kept from everyone but its writer: it is
         in the compartment of a person whose consent is in force, and that consent does not
         cover the writer. Rule 1: no information is exchanged between the SIP's parties
@@ -173,10 +174,12 @@ class Access:
         outsider's Task on the person's SIP plan reached every covered organisation). What
         is written before any consent (anyone may suggest a SIP) is shared as it was. An
         update (``old``: the version it replaces) is decided on the persons it moves the
-        resource to: moving a record into a person's compartment writes into it."""
+        resource to: moving a record into a person's compartment writes into it. ``pending``:
+        the resources written with it (a transaction's), which a Provenance written before
+        the record it targets is about."""
         if self.unrestricted or not is_personal(rtype):
             return False
-        resolve = tx_resolver(tx)
+        resolve = tx_resolver(tx, pending)
         patients = sorted(patients_of(rtype, new, resolve=resolve)
                           - patients_of(rtype, old, resolve=resolve))
         if not patients:

@@ -514,6 +514,7 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
     if placeholders:
         _placeholders_resolved([e for e in entries if e.index not in responses])
     resolve = tx_resolver(tx, pending)
+    ctx = replace(ctx, pending=pending)  # (whose a Provenance of a later entry's record is)
     approvals = ctx.approvals
     assert approvals is not None
     # The entry that wrote each plan ``approvals.plans`` holds (by position): its id can be

@@ -47,6 +47,9 @@ class Context:
     # A transaction Bundle's plans written as established and the Provenances that approve
     # them (``process.check_new_plan``).
     approvals: process.Approvals | None = None
+    # A transaction Bundle's resources by (type, id), as its entries write them: whose a
+    # Provenance written before the record it targets is (``tx_resolver``).
+    pending: dict[tuple[str, str], dict[str, Any]] | None = None
 
     def record(self, interaction: str, stored: list[Stored], *, tx: Tx | None = None,
                outcome: str = "0", query: str | None = None, detail: str | None = None,
@@ -55,7 +58,7 @@ class Context:
         """Audit an access to personal data (only those: directory reads are not logged).
         ``named``: patients the request named besides those of ``stored``. ``reads``: the
         transaction the access read in (else ``tx``), which tells whose a Provenance is
-        (the person of the plan it targets)."""
+        (the person of the plan it targets, also one its transaction writes after it)."""
         if self.audit is None:
             return
         personal = [s for s in stored if acl.is_personal(s.type)]
@@ -63,7 +66,7 @@ class Context:
             return
         patients: set[str] = set(named)
         via = reads or tx or self.within
-        resolve = tx_resolver(via) if via is not None else None
+        resolve = tx_resolver(via, self.pending) if via is not None else None
         for s in personal:
             patients |= acl.patients_of(s.type, s.doc() if s.content else None, s.id,
                                         resolve)
@@ -197,14 +200,14 @@ def match(tx: Tx, ctx: Context, rtype: str, criteria: Criteria) -> list[Stored]:
 
 
 def several(ctx: Context, rtype: str, criteria: Criteria, found: list[Stored],
-            err: PreconditionFailed) -> PreconditionFailed:
+            err: PreconditionFailed, *, reads: Tx | None = None) -> PreconditionFailed:
     """``err``, the refusal of a conditional interaction whose criteria matched several
     resources, audited as the search it was: it told the caller that the person has
     several (as a count would, which is logged). Recorded outside the transaction, which is
-    rolled back."""
+    rolled back; ``reads``: the transaction it read in."""
     query = criteria if isinstance(criteria, str) else urlencode(criteria)
     ctx.record("search-type", found, outcome="4", rtype=rtype, query=query,
-               detail=err.diagnostics)
+               detail=err.diagnostics, reads=reads)
     return err
 
 
@@ -236,8 +239,9 @@ def _guard_write(tx: Tx, ctx: Context, rtype: str, old: Stored | None,
         ctx.access.require_write(tx, rtype, old, new)
     except Forbidden as err:
         # A create has no ``old``: the refusal names the person the new resource is about.
-        ctx.refused(interaction, old, rtype, err,
-                    named=frozenset(acl.patients_of(rtype, new)) if new else frozenset())
+        named = acl.patients_of(rtype, new, resolve=tx_resolver(tx, ctx.pending)) if new \
+            else set()
+        ctx.refused(interaction, old, rtype, err, named=frozenset(named), reads=tx)
         raise
 
 
@@ -327,7 +331,8 @@ def _guard_version(tx: Tx, ctx: Context, cur: Stored, ver: Stored | None,
     for judged in (now, ver):
         if judged is not None and not ctx.access.can_read_version(tx, judged, cur, first):
             err = Forbidden(acl.NOT_COVERED)
-            ctx.refused(interaction, judged if judged.content else now, cur.type, err)
+            ctx.refused(interaction, judged if judged.content else now, cur.type, err,
+                        reads=tx)
             raise err
     return first
 
@@ -340,15 +345,15 @@ def create(tx: Tx, ctx: Context, rtype: str, res: Any, *, if_none_exist: str | N
         found = match(tx, ctx, rtype, if_none_exist)
         if len(found) > 1:
             raise several(ctx, rtype, if_none_exist, found, PreconditionFailed(
-                f"If-None-Exist matched {len(found)} {rtype} resources"))
+                f"If-None-Exist matched {len(found)} {rtype} resources"), reads=tx)
         if found:
-            ctx.record("read", found)
+            ctx.record("read", found, reads=tx)
             return Result(200, found[0])
     prepared = prepare_in(tx, res, resolve, rtype, ctx.base_url)
     _guard_write(tx, ctx, rtype, None, prepared, "create")
     process.check_new_plan(ctx, None, prepared, rid)
     stored = tx.create(prepared, rid, owner=ctx.access.org,
-                       withheld=ctx.access.withholds(tx, rtype, prepared))
+                       withheld=ctx.access.withholds(tx, rtype, prepared, pending=ctx.pending))
     _written(tx, ctx, "create", None, stored)
     return Result(201, stored)
 
@@ -377,7 +382,7 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
             process.check_plain_update(tx, ctx, current.doc() if current else None, prepared)
         except SipHubError as err:  # refused on what it read: audited, outside the tx
             if current is not None:
-                ctx.refused(interaction, current, rtype, err)
+                ctx.refused(interaction, current, rtype, err, reads=tx)
             raise
         process.check_new_plan(ctx, current.doc() if current else None, prepared, rid)
     version = expected_version(if_match, old, f"{rtype}/{rid}")
@@ -388,7 +393,8 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
         stored, created = tx.update(prepared, rid, if_match=version,
                                     expect=old.version_id if old else None,
                                     owner=ctx.access.org, withheld=ctx.access.withholds(
-                                        tx, rtype, prepared, current.doc() if current else None))
+                                        tx, rtype, prepared, current.doc() if current else None,
+                                        pending=ctx.pending))
     except (Moved, Conflict) as exc:
         # (PostgreSQL) decided again on the version now current: another write replaced the
         # one decided on (Moved), or another request created what this one would create
@@ -450,7 +456,7 @@ def conditional_update(tx: Tx, ctx: Context, rtype: str, criteria: str | list[tu
     found = match(tx, ctx, rtype, criteria)
     if len(found) > 1:
         raise several(ctx, rtype, criteria, found, PreconditionFailed(
-            f"Conditional update matched {len(found)} {rtype} resources"))
+            f"Conditional update matched {len(found)} {rtype} resources"), reads=tx)
     body_id = res.get("id") if isinstance(res, dict) else None
     if found:
         if body_id and body_id != found[0].id:
@@ -489,7 +495,7 @@ def delete(tx: Tx, ctx: Context, rtype: str, rid: str, *,
         try:
             process.check_plain_delete(ctx, cur.json(), tx)
         except SipHubError as err:
-            ctx.refused("delete", cur, rtype, err)
+            ctx.refused("delete", cur, rtype, err, reads=tx)
             raise
     _held_to(version, cur)
     if cur.deleted:

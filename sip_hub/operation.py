@@ -59,7 +59,7 @@ class Operation:
         try:
             self.ctx.access.require_read(self.tx, cur)
         except Forbidden as err:
-            self.ctx.refused("read", cur, rtype, err)
+            self.ctx.refused("read", cur, rtype, err, reads=self.tx)
             self.refusal_audited = True
             raise
         self.read.append(cur)
@@ -84,8 +84,11 @@ class Operation:
             return
         self.refusal_audited = True
         seen = list({(s.type, s.id): s for s in self.read}.values())
+        # (whose a Provenance read is, resolved in the transaction unless the hub failed:
+        # the database may be what failed)
         self.ctx.record("operation", seen, outcome="4" if err.status < 500 else "8",
-                        detail=f"{what}: {err.diagnostics}")
+                        detail=f"{what}: {err.diagnostics}",
+                        reads=self.tx if err.status < 500 else None)
 
     def create(self, res: Json, *, as_hub: bool = False) -> Stored:
         ctx = self.hub if as_hub else self.ctx

@@ -4,12 +4,15 @@ Most resources name their person themselves (a plan its subject, a consent its p
 Provenance of a SIP targets the person's plan, not the person: it is in the compartments of
 what it targets (the plan's subject) and of the persons among its agents (the person who
 approved the plan), which only the stored targets tell. The store resolves them when the
-Provenance is written and keeps them as its ``patient`` index rows, so that search by patient,
-the compartment's access rules and the access log agree on whose it is.
+Provenance is written, and again when what it targets changes person or is deleted (a record
+corrected to another person takes its Provenances with it), and keeps them as its ``patient``
+index rows, so that search by patient, the compartment's access rules and the access log
+agree on whose it is.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from .indexing import split_reference
@@ -23,8 +26,10 @@ COMPARTMENT: dict[str, str] = {
     "QuestionnaireResponse": "patient", "Provenance": "patient", "RelatedPerson": "patient",
     "AuditEvent": "patient",
 }
-# Types whose compartment is resolved through what their references point at.
+# Types whose compartment is resolved through what their references point at, and the
+# reference search parameter that names those.
 RESOLVED = frozenset({"Provenance"})
+RESOLVED_THROUGH = {"Provenance": "target"}
 
 
 def _patient_ids(values: list[Any]) -> set[str]:
@@ -58,8 +63,7 @@ def patients_of(rtype: str, resource: dict[str, Any] | None, rid: str | None = N
 
 
 def _targets_patients(values: list[Any], types: tuple[str, ...], resolve: Resolve) -> set[str]:
-    """The patients of the stored resources a Provenance targets (a version of them: the
-    resource as it is now, whose person a new version does not change)."""
+    """The patients of the stored resources a Provenance targets, as they are now."""
     out: set[str] = set()
     for value in values:
         ref = value.get("reference") if isinstance(value, dict) else None
@@ -70,6 +74,18 @@ def _targets_patients(values: list[Any], types: tuple[str, ...], resolve: Resolv
         if doc is not None:
             out |= patients_of(target[0], doc, target[1])
     return out
+
+
+@lru_cache(maxsize=1)
+def _resolved_targets() -> frozenset[str]:
+    return frozenset(t for rtype, param in RESOLVED_THROUGH.items()
+                     for t in params_for(rtype)[param].targets) - RESOLVED - {"Patient"}
+
+
+def resolved_through(rtype: str) -> bool:
+    """Whether a resource of ``rtype`` can give another its patients (a Provenance of it):
+    when its own patients change, so do that one's."""
+    return rtype in _resolved_targets()
 
 
 def index_rows(rtype: str, resource: dict[str, Any], resolve: Resolve

@@ -394,7 +394,7 @@ def _require_current(tx: Tx, ctx: Context, msg: parser.Message,
         try:
             ctx.access.require_read(tx, cur)
         except Forbidden as err:
-            ctx.refused(_AUDITED_AS, cur, cur.type, err)
+            ctx.refused(_AUDITED_AS, cur, cur.type, err, reads=tx)
             raise
         holds = f"version {cur.version_id}" + (" (deleted)" if cur.deleted else "")
         raise PreconditionFailed(
@@ -593,7 +593,7 @@ def _require_read(tx: Tx, ctx: Context, cur: Stored) -> None:
         ctx.access.check(cur.type, "r")
         ctx.access.require_read(tx, cur)
     except Forbidden as err:
-        ctx.refused(_AUDITED_AS, cur, cur.type, err)
+        ctx.refused(_AUDITED_AS, cur, cur.type, err, reads=tx)
         raise
 
 
@@ -613,7 +613,7 @@ def _require_focus_of_person(tx: Tx, ctx: Context, msg: parser.Message, sip: Sip
                 f"Patient/{sip.patient_id} alone: a message carries the data of the person "
                 "whose SIP it concerns only (rule 1); nothing was stored",
                 expression=f"Bundle.entry[0].resource.focus[{i}]")
-            ctx.refused(_AUDITED_AS, cur, cur.type, err)
+            ctx.refused(_AUDITED_AS, cur, cur.type, err, reads=tx)
             raise err
 
 

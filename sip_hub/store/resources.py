@@ -135,6 +135,12 @@ _DELETE_INDEX_ROW = {kind: DriverStatement(delete(table).where(
       else table.c[c] == bindparam(c) for c in _INDEX_COLUMNS[kind])))
     for kind, table in INDEX_TABLES.items()}
 _G = access_grant.c
+# The resources of a ``compartment.RESOLVED`` type whose reference parameter ``p`` names a
+# resource (the Provenances of a record): the index's own lookup by value.
+_I = INDEX_TABLES["reference"].c
+_RESOLVING = DriverStatement(select(_I.res_id).distinct().where(
+    _I.res_type == bindparam("r"), _I.param == bindparam("p"), _I.target_id == bindparam("i"),
+    _I.target_type == bindparam("t")))
 
 
 # Read by every write's access rules (one patient, or a delivery batch's): on the driver's
@@ -402,6 +408,8 @@ class Tx:
             "res_type": rtype, "res_id": rid, "version_id": version, "last_updated": ts,
             "method": "DELETE", "content": None})
         self._clear_index(rtype, rid)
+        if compartment.resolved_through(rtype):
+            self._resolve_again(rtype, rid)
         return Stored(rtype, rid, version, ts, True, None, "DELETE")
 
     def _current_version(self, rtype: str, rid: str) -> tuple[int, bool] | None:
@@ -436,6 +444,7 @@ class Tx:
         final = stamp_meta(res, rid, version, format_instant(now))
         content = exact.dumps(final)
         old = self._seen.get((rtype, rid)) if previous is not None else None
+        moved = compartment.resolved_through(rtype) and self._moves(rtype, old, previous, final)
         if advanced:
             self._seen.pop((rtype, rid), None)
         else:
@@ -459,16 +468,46 @@ class Tx:
         # Its parsed content is what was just serialised (its notifications and audit record
         # read it in the write transaction; parsing the bytes back cost a 3.5 kB plan ~20 us
         # of the write lock).
-        if previous is not None:  # an update keeps the resource's owner (its creator)
-            if old is None or old.version_id != previous:
-                return Stored(rtype, rid, version, ts, False, content, method, owner, withheld,
-                              final)
-            if not old.deleted:  # (after a tombstone: the writer's, as the row has it)
-                owner = old.owner  # (withheld: the row's, which an update may have set)
-        # This transaction's current version now (what it notifies and audits reads it).
-        stored = self._seen[(rtype, rid)] = Stored(rtype, rid, version, ts, False, content,
-                                                   method, owner, withheld, final)
+        if previous is not None and (old is None or old.version_id != previous):
+            stored = Stored(rtype, rid, version, ts, False, content, method, owner, withheld,
+                            final)
+        else:
+            if old is not None and not old.deleted:
+                # An update keeps the resource's owner, its creator (after a tombstone: the
+                # writer's, as the row has it; withheld: the row's, which an update may set).
+                owner = old.owner
+            # This transaction's current version now (what it notifies and audits reads it).
+            stored = self._seen[(rtype, rid)] = Stored(rtype, rid, version, ts, False,
+                                                       content, method, owner, withheld, final)
+        if moved:  # (resolved against the version just written)
+            self._resolve_again(rtype, rid)
         return stored
+
+    @staticmethod
+    def _moves(rtype: str, old: Stored | None, previous: int | None,
+               new: dict[str, Any]) -> bool:
+        """Whether a write may change whose compartment the resource is in (``old``: the
+        version this transaction read, which it replaces if its version is ``previous``)."""
+        if previous is not None and (old is None or old.version_id != previous):
+            return True  # (unknown: the lookup decides)
+        was = old.doc() if old is not None and old.content is not None else None
+        return compartment.patients_of(rtype, was) != compartment.patients_of(rtype, new)
+
+    def _resolve_again(self, rtype: str, rid: str) -> None:
+        """The index rows of the resources whose compartment this one's gives (the
+        Provenances of a record that changed person or was deleted) resolved anew, as they
+        were written and as a rebuild writes them: else a search by the first person kept
+        finding what its parties may no longer read, and the second's found nothing."""
+        for resolved, param in compartment.RESOLVED_THROUGH.items():
+            for (pid,) in _RESOLVING.all(self.conn, {"r": resolved, "p": param, "t": rtype,
+                                                     "i": rid}):
+                # (locked first: a concurrent update of it, which resolved this record as it
+                # was, is committed before its rows are written anew, not after)
+                self.lock_resource(resolved, pid)
+                cur = self.current(resolved, pid)
+                if cur is not None and not cur.deleted and cur.content is not None:
+                    self._clear_index(resolved, pid)
+                    self._write_index(resolved, pid, cur.doc())
 
     def _content(self, rtype: str, rid: str) -> dict[str, Any] | None:
         """A resource's current content as this transaction reads it (None: none)."""
