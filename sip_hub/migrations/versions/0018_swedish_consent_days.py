@@ -19,7 +19,7 @@ nothing the consents do not).
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta, timezone, tzinfo
-from typing import Any
+from typing import Any, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
@@ -93,20 +93,29 @@ def _merge(periods: list[Period]) -> list[Period]:
     return out
 
 
-def _current(bind: sa.Connection, rtype: str) -> list[tuple[str, dict[str, Any]]]:
-    rows = bind.execute(sa.text(
-        "SELECT r.res_id, h.content FROM resource r JOIN resource_history h "
-        "ON h.res_type = r.res_type AND h.res_id = r.res_id AND h.version_id = r.version_id "
-        "WHERE r.res_type = :t AND r.deleted = false"), {"t": rtype}).all()
-    out = []
-    for rid, content in rows:
-        try:
-            doc = orjson.loads(bytes(content))
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(doc, dict):
-            out.append((rid, doc))
-    return out
+def _current(bind: sa.Connection, rtype: str, batch: int = 500
+             ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The current resources of a type, read in keyset batches (a region's store holds many:
+    their contents at once would be its whole size); those that cannot be decoded passed
+    over."""
+    after = ""
+    while True:
+        rows = bind.execute(sa.text(
+            "SELECT r.res_id, h.content FROM resource r JOIN resource_history h "
+            "ON h.res_type = r.res_type AND h.res_id = r.res_id "
+            "AND h.version_id = r.version_id "
+            "WHERE r.res_type = :t AND r.res_id > :after AND r.deleted = false "
+            "ORDER BY r.res_id LIMIT :n"), {"t": rtype, "after": after, "n": batch}).all()
+        for rid, content in rows:
+            try:
+                doc = orjson.loads(bytes(content))
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(doc, dict):
+                yield rid, doc
+        if len(rows) < batch:
+            return
+        after = rows[-1][0]
 
 
 def _has_date(consent: dict[str, Any]) -> bool:
