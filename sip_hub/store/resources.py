@@ -206,6 +206,9 @@ class Tx:
         self._seen: dict[tuple[str, str], Stored | None] = {}
         self._grants: dict[str, list[Grant]] = {}
         self._locked_patients: set[str] = set()
+        # Whether this transaction wrote a resource of a ``compartment.RESOLVED`` type (a
+        # Provenance): a record it creates after one may be what that one targets.
+        self._wrote_resolved = False
         # It leaves work for the messaging workers, who are woken when it commits (.wakeup).
         self.leaves_work = False
         self._committed: list[Callable[[], None]] = []
@@ -444,6 +447,8 @@ class Tx:
         final = stamp_meta(res, rid, version, format_instant(now))
         content = exact.dumps(final)
         old = self._seen.get((rtype, rid)) if previous is not None else None
+        if rtype in compartment.RESOLVED:
+            self._wrote_resolved = True
         moved = compartment.resolved_through(rtype) and self._moves(rtype, old, previous, final)
         if advanced:
             self._seen.pop((rtype, rid), None)
@@ -483,12 +488,17 @@ class Tx:
             self._resolve_again(rtype, rid)
         return stored
 
-    @staticmethod
-    def _moves(rtype: str, old: Stored | None, previous: int | None,
+    def _moves(self, rtype: str, old: Stored | None, previous: int | None,
                new: dict[str, Any]) -> bool:
         """Whether a write may change whose compartment the resource is in (``old``: the
-        version this transaction read, which it replaces if its version is ``previous``)."""
-        if previous is not None and (old is None or old.version_id != previous):
+        version this transaction read, which it replaces if its version is ``previous``). A
+        create is looked up only after this transaction wrote a Provenance (one written before
+        its target in a Bundle): no statement for the creates of every other write (a
+        Provenance stored earlier naming a record not yet written gets its person at the
+        record's next change, or a rebuild)."""
+        if previous is None:
+            return self._wrote_resolved
+        if old is None or old.version_id != previous:
             return True  # (unknown: the lookup decides)
         was = old.doc() if old is not None and old.content is not None else None
         return compartment.patients_of(rtype, was) != compartment.patients_of(rtype, new)
