@@ -30,8 +30,14 @@ def rebuild_if_changed(engine: Engine) -> int | None:
     with engine.connect() as conn, conn.execution_options(sip_write=True).begin():
         pg = conn.dialect.name == "postgresql"
         if pg:
+            # As for a migration (``migrate.upgrade``): the rebuild deletes and writes again
+            # every index row, which on a large store takes longer than the statement
+            # timeout the hub gives requests, and failing it failed every start after it.
+            # Its waits for locks stay bounded.
+            conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
             conn.execute(select(func.pg_advisory_xact_lock(
                 func.hashtextextended("job:search-index-rebuild", 0))))
+            conn.exec_driver_sql("SET LOCAL lock_timeout = '30s'")
         have = conn.execute(select(table.c.fingerprint).where(table.c.id == _ROW)).scalar()
         if have == want:
             return None

@@ -534,10 +534,12 @@ class Tx:
         for kind in index_kinds(rtype):  # the tables its type writes to: no other has its rows
             _CLEAR_INDEX[kind].run_later(self.conn, {"t": rtype, "i": rid})
 
-    def _write_index(self, rtype: str, rid: str, res: dict[str, Any]) -> None:
+    def _write_index(self, rtype: str, rid: str, res: dict[str, Any],
+                     resolve: Callable[[str, str], dict[str, Any] | None] | None = None
+                     ) -> None:
         rows = extract(res)
         if rtype in compartment.RESOLVED:
-            rows.reference += compartment.index_rows(rtype, res, self._content)
+            rows.reference += compartment.index_rows(rtype, res, resolve or self._content)
         for kind in _INDEX_COLUMNS:
             _INSERT_INDEX[kind].many_later(self.conn, _index_params(kind, rtype, rid,
                                                                     getattr(rows, kind)))
@@ -558,12 +560,32 @@ class Tx:
             _INSERT_INDEX[kind].many_later(self.conn, _index_params(
                 kind, rtype, rid, [row for row in changed for _ in range(now[row])]))
 
+    @staticmethod
+    def _readable(rtype: str, content: bytes | None) -> dict[str, Any] | None:
+        """A stored version's content if it is a resource of ``rtype`` (None: a tombstone,
+        or not JSON, or not such an object)."""
+        try:
+            res = exact.loads(content) if content is not None else None
+        except ValueError:  # (orjson.JSONDecodeError is one)
+            return None
+        return res if isinstance(res, dict) and res.get("resourceType") == rtype else None
+
     def rebuild_index(self, batch: int = 1000) -> int:
         """Every current resource's index rows derived again from its content (after the
-        search parameters changed); how many resources. Run alone, in one transaction."""
+        search parameters changed); how many resources. Run alone, in one transaction.
+
+        A stored version that is not the resource of its row (not JSON, or not an object of
+        its type: damaged outside the hub) is passed over, named in the log: stopping here
+        stopped every upgrade, and so every start, over one row, where the rest of the store
+        can be searched (the migrations pass over such rows too)."""
+        def resolve(rtype: str, rid: str) -> dict[str, Any] | None:
+            # (what a Provenance targets: such a version as none, its person unknown)
+            cur = self.current(rtype, rid)
+            return self._readable(rtype, cur.content) if cur is not None else None
+
         for kind in _INDEX_COLUMNS:
             self.conn.execute(delete(INDEX_TABLES[kind]))
-        done, after = 0, ("", "")
+        done, skipped, after = 0, 0, ("", "")
         key = tuple_(_R.res_type, _R.res_id)
         while True:
             rows = self.conn.execute(
@@ -571,13 +593,19 @@ class Tx:
                 .where(_R.deleted.is_(False), key > tuple_(*after))
                 .order_by(_R.res_type, _R.res_id).limit(batch)).all()
             for rtype, rid, content in rows:
-                self._write_index(rtype, rid, exact.loads(content))
+                res = self._readable(rtype, content)
+                if res is None:
+                    log.error("The stored content of %s/%s is not a %s resource: it is not "
+                              "indexed (it cannot be searched)", rtype, rid, rtype)
+                    skipped += 1
+                    continue
+                self._write_index(rtype, rid, res, resolve)
             # (what a Provenance's rows were resolved with: kept, it would hold every plan
             # of the store by the end; this transaction writes nothing else)
             self._seen.clear()
             done += len(rows)
             if len(rows) < batch:
-                return done
+                return done - skipped
             after = (rows[-1][0], rows[-1][1])
 
     # history and search ------------------------------------------------------------------
