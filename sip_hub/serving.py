@@ -49,10 +49,13 @@ MAX_TARGET = 65_535          # bytes of the request-target (httptools parses no 
 MAX_HEAD = 64 * 1024         # bytes of the target and header fields together
 MAX_FIELDS = 100             # header fields
 HEAD_SECONDS = 10.0          # from a request's first byte to the end of its head
+BODY_SECONDS = 10.0          # a request body may make no progress for (a 408 after)
 
 
 def run(workers: int, **config: Any) -> int:
     """Serve ``uvicorn.Config(**config)`` with ``workers`` processes; the exit status."""
+    # (uvicorn waits for every connection to close on SIGTERM, without one for ever.)
+    config.setdefault("timeout_graceful_shutdown", int(_GRACE_SECONDS))
     if workers <= 1:
         uvicorn.run(**config)
         return 0
@@ -129,25 +132,34 @@ _CODINGS = frozenset({b"chunked", b"identity"})  # the transfer codings the hub 
 
 class HttpProtocol(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol (httptools) sending each response in one write, and
-    bounding what a client may make it hold before a request is read: a head's size, its
-    fields and its time (a connection idle from the start is closed after the keep-alive
-    timeout, as one idle after a response). A request the protocol refuses (those bounds,
-    malformed HTTP, a transfer coding the hub does not undo, HTTP/1.1 without one Host) is
-    answered with an OperationOutcome and the connection closed, after the answers of the
-    requests before it: uvicorn answered at once, and a pipelined write that was applied lost
-    its own answer (its client, reading the 400, would send it again)."""
+    bounding what a client may make it hold: a head's size, its fields and its time (a
+    connection idle from the start is closed after the keep-alive timeout, as one idle after
+    a response), and the pauses of a body (a 408 once one makes no progress for
+    ``BODY_SECONDS``). A request the protocol refuses (those bounds, malformed HTTP, a
+    transfer coding the hub does not undo, HTTP/1.1 without one Host) is answered with an
+    OperationOutcome and the connection closed, after the answers of the requests before it:
+    uvicorn answered at once, and a pipelined write that was applied lost its own answer (its
+    client, reading the 400, would send it again). An offer to upgrade the connection (h2c)
+    is ignored, as RFC 9110 7.8 allows, and the request read as if it had none: httptools
+    skips the body of such a request, which ran with none."""
 
     # Per connection: a refusal waiting for the answers before it; per request head: the
     # bytes of the chunks that held nothing but head (None: no head under way; -1: one began
     # in the chunk being read), its fields and their bytes, its Host fields, its
-    # Transfer-Encoding values, and its timer.
+    # Transfer-Encoding values and Content-Length, its timer, and the head to read again
+    # without its upgrade offer; per request body: its timer (None: no body under way) and
+    # when it last made progress.
     _refusal: _Refusal | None = None
     _head_bytes: int | None = None
     _fields = 0
     _field_bytes = 0
     _hosts = 0
     _codings: list[bytes] | None = None
+    _length: bytes | None = None
     _head_timer: asyncio.TimerHandle | None = None
+    _reread: bytes | None = None
+    _body_timer: asyncio.TimerHandle | None = None
+    _body_at = 0.0
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(_Coalescing(transport, self.loop))
@@ -159,24 +171,17 @@ class HttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._stop_head_timer()
+        self._stop_body_timer()
 
     def data_received(self, data: bytes) -> None:
         # (The keep-alive timer stops when a request begins, not on any byte: stray line
         # ends kept an idle connection open.)
         if self._refusal is not None:  # nothing more is read on this connection
             return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+        if not self._feed(data):
             return
-        except httptools.HttpParserError as exc:
-            refusal = exc.__context__
-            self._refuse(refusal if isinstance(refusal, _Refusal) else _MALFORMED)
-            return
+        if self._body_timer is not None:  # (what arrives while a body is under way is body)
+            self._body_at = self.loop.time()
         counted = self._head_bytes
         if counted is not None:  # a head is under way
             if counted < 0:  # (it began in this chunk, after bytes that may not be its own)
@@ -187,12 +192,34 @@ class HttpProtocol(HttpToolsProtocol):
                 if counted > MAX_HEAD:
                     self._refuse(_too_large())
 
+    def _feed(self, data: bytes) -> bool:
+        """Parses ``data``; False when the connection reads no more of it."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            head = self._reread
+            if head is not None:  # an offer the hub ignores: the request is read again
+                self._reread = None
+                self.parser = httptools.HttpRequestParser(self)
+                self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+                return self._feed(head + data[exc.args[0]:])
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return False
+        except httptools.HttpParserError as exc:
+            refusal = exc.__context__
+            self._refuse(refusal if isinstance(refusal, _Refusal) else _MALFORMED)
+            return False
+        return True
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._unset_keepalive_if_required()
         self._head_bytes = -1
         self._fields = self._field_bytes = self._hosts = 0
-        self._codings = None
+        self._codings = self._length = None
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -213,6 +240,8 @@ class HttpProtocol(HttpToolsProtocol):
                 self.expect_100_continue = True
         elif name == b"transfer-encoding":
             self._codings = (self._codings or []) + [value]
+        elif name == b"content-length":
+            self._length = value
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -232,20 +261,59 @@ class HttpProtocol(HttpToolsProtocol):
                 raise _Refusal(501, "not-supported", f"Transfer-Encoding {', '.join(unknown)} "
                                "is not supported: send the body chunked or with a "
                                "Content-Length")
+        if self.parser.should_upgrade():
+            if self._should_upgrade() or self.parser.get_method() == b"CONNECT":
+                super().on_headers_complete()  # (a websocket handshake, or CONNECT: uvicorn's)
+                return
+            # httptools reads no body after this head, and stops at its end: the head is
+            # parsed again without the offer, by a parser of its own (see _feed).
+            self._reread = self._head_without_upgrade(version)
+            return
         super().on_headers_complete()
+        if self._codings is not None or self._length not in (None, b"0"):  # a body follows
+            self._body_at = self.loop.time()
+            self._body_timer = self.loop.call_later(BODY_SECONDS, self._body_timeout)
+
+    def on_message_complete(self) -> None:
+        if self._reread is not None:  # (the request is read again: see on_headers_complete)
+            return
+        super().on_message_complete()
+        if self._body_timer is not None:
+            self._stop_body_timer()
+            # Answered before its body was read (a 401 from the head, a 413 from its
+            # Content-Length): the connection is idle from now, not from that answer.
+            if self.cycle.response_complete and not self.transport.is_closing():
+                self._unset_keepalive_if_required()
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     def on_response_complete(self) -> None:
+        # (Whether a request was waiting, before uvicorn takes the next one off the queue and
+        # starts it: a refusal is answered once every request before it is.)
+        queued = bool(self.pipeline)
         super().on_response_complete()
-        if self._head_bytes is not None:  # the next head has its own timer, not keep-alive's
+        # The next head has its own timer, not keep-alive's; and a body still arriving is
+        # read to its end (and discarded) first: cut off, its client would get a reset
+        # rather than this answer.
+        if self._head_bytes is not None or self._body_timer is not None:
             self._unset_keepalive_if_required()
-        if self._refusal is not None and not self.pipeline and not self.transport.is_closing():
+        if self._refusal is not None and not queued and not self.transport.is_closing():
             self._answer_refusal()
+
+    def _head_without_upgrade(self, version: str) -> bytes:
+        head = [self.parser.get_method(), b" ", self.url, b" HTTP/", version.encode(), b"\r\n"]
+        for name, value in self.headers:
+            if name != b"upgrade":  # (without it, Connection: upgrade asks for nothing)
+                head += [name, b": ", value, b"\r\n"]
+        head.append(b"\r\n")
+        return b"".join(head)
 
     def _refuse(self, refusal: _Refusal) -> None:
         """Answers ``refusal`` now, or once the requests before it are answered."""
         self._refusal = refusal
         self._head_bytes = None
         self._stop_head_timer()
+        self._stop_body_timer()
         self.flow.pause_reading()
         cycle = self.cycle
         if cycle is not None and cycle.more_body and not cycle.response_complete:
@@ -286,6 +354,34 @@ class HttpProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _body_timeout(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        now, cycle = self.loop.time(), self.cycle
+        # Not late while the hub is not reading (earlier requests run, or the app has yet to
+        # take what was read), nor while the client waits for its 100 Continue.
+        if self.flow.read_paused or cycle.waiting_for_100_continue:
+            self._body_at = now
+        idle = now - self._body_at
+        if idle < BODY_SECONDS:  # (progress since the timer was armed: it is armed again)
+            self._body_timer = self.loop.call_later(BODY_SECONDS - idle, self._body_timeout)
+            return
+        if not cycle.response_complete:  # (the app's receive ends: no more body comes)
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if cycle.response_started:
+            self.transport.close()
+        else:
+            self._refusal = _Refusal(408, "timeout", "The request body made no progress for "
+                                     f"{BODY_SECONDS:.0f} s")
+            self._answer_refusal()
+
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
 
 
 def _too_large() -> _Refusal:

@@ -19,11 +19,13 @@ from ..fhir.validation import check_id
 from ..messaging.capability import messaging_section
 from ..service import ahead_pays, basis_keys, check_type, prepare_ahead, prevalidate
 from ..store import Store, Tx
+from .forms import read_form
 from .wire import (context, in_thread, prefer_return, read_body, read_patch, respond,
                    result_response)
 
 router = APIRouter(prefix="/fhir", tags=["FHIR"])
 _STARTED = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+_SEARCH_FORM_FIELDS = 1000  # (starlette's bound; a search combines 50 parameters at most)
 
 
 def _store(request: Request) -> Store:
@@ -148,8 +150,11 @@ async def search_post(request: Request, rtype: str) -> Response:
     if ctype != "application/x-www-form-urlencoded":  # (media types are case-insensitive)
         raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded "
                                    "parameters")
-    form = await request.form()
-    items = _params(request) + [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+    # (Within the hub's body limit, as every body: starlette's request.form() bounds only
+    # each field; and as many fields as it allowed.)
+    form = await read_form(request, request.app.state.settings.max_body_bytes,
+                           _SEARCH_FORM_FIELDS)
+    items = _params(request) + form
     return await in_thread(request, _search, request, rtype, items)
 
 
