@@ -10,97 +10,14 @@ is not served through a wildcard."""
 
 from __future__ import annotations
 
-import base64
 import gzip
-import json
-import os
-import re
 import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-import hubprocess
-
-ORG = "SE2321000016-15CQ"
-PATIENT = b'{"resourceType":"Patient","name":[{"family":"%s"}]}'
-
-
-@dataclass(frozen=True)
-class Hub:
-    port: int
-    log: Path
-    token: str
-
-    @property
-    def auth(self) -> bytes:
-        return f"Authorization: Bearer {self.token}\r\n".encode()
-
-
-def _env(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIP_HUB_")}
-    env.update(SIP_HUB_DATA_DIR=str(data_dir), SIP_HUB_MAPPINGS_DIR=str(hubprocess.MAPPINGS))
-    return env
-
-
-def _exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
-    """Sends ``data`` on a new connection and reads until the hub closes it."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
-        try:
-            conn.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        out = b""
-        try:
-            while chunk := conn.recv(65536):
-                out += chunk
-        except ConnectionResetError:
-            pass
-        return out
-
-
-def _statuses(answer: bytes) -> list[int]:
-    return [int(s) for s in re.findall(rb"HTTP/1\.[01] (\d{3})", answer)]
-
-
-def _token(port: int, creds: dict[str, str]) -> str:
-    basic = base64.b64encode(f"{creds['client_id']}:{creds['client_secret']}".encode())
-    form = b"grant_type=client_credentials"
-    answer = _exchange(port, b"POST /auth/token HTTP/1.1\r\nHost: hub\r\nAuthorization: Basic "
-                       + basic + b"\r\nContent-Type: application/x-www-form-urlencoded\r\n"
-                       b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(form) + form)
-    assert _statuses(answer)[:1] == [200], answer[:500]
-    return json.loads(answer.split(b"\r\n\r\n", 1)[1])["access_token"]
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    """``sip-hub serve`` on the embedded default, with an organisation client."""
-    data = tmp_path_factory.mktemp("hub")
-    made = subprocess.run([sys.executable, "-m", "sip_hub.cli", "client", "create", "--org", ORG,
-                           "--scope", "system/*.cruds"], env=_env(data), capture_output=True,
-                          check=True)
-    creds = json.loads(made.stdout)
-    port = hubprocess.free_port()
-    proc, log = hubprocess.start(data, ["serve", "--port", str(port)])
-    try:
-        hubprocess.wait(lambda: hubprocess.healthy(port), "the hub did not start", proc, log)
-        yield Hub(port, log, _token(port, creds))
-    finally:
-        hubprocess.stop(proc)
-
-
-def _count(hub: Hub, family: str) -> int:
-    answer = _exchange(hub.port, b"GET /fhir/Patient?family=%s&_summary=count HTTP/1.1\r\n"
-                       b"Host: hub\r\n" % family.encode() + hub.auth
-                       + b"Connection: close\r\n\r\n")
-    return json.loads(answer.split(b"\r\n\r\n", 1)[1])["total"]
+from rawhttp import PATIENT, Hub, count, exchange, hub, statuses  # noqa: F401 (hub: the fixture)
 
 
 # -- 1. a request head's size ---------------------------------------------------------------------
@@ -112,9 +29,9 @@ def _count(hub: Hub, family: str) -> int:
 def test_an_oversized_request_head_is_a_431(hub, head):
     """RFC 6585 5: a server refuses header fields too large with 431. The hub takes any size:
     httptools has no limit and uvicorn sets none, so the head is buffered whole."""
-    answer = _exchange(hub.port, b"GET /healthz HTTP/1.1\r\nHost: hub\r\n" + head
+    answer = exchange(hub.port, b"GET /healthz HTTP/1.1\r\nHost: hub\r\n" + head
                        + b"Connection: close\r\n\r\n")
-    assert _statuses(answer)[:1] == [431], answer[:200]
+    assert statuses(answer)[:1] == [431], answer[:200]
 
 
 def test_a_head_within_the_limits_is_served_though_it_arrives_in_pieces(hub):
@@ -130,16 +47,16 @@ def test_a_head_within_the_limits_is_served_though_it_arrives_in_pieces(hub):
         answer = b""
         while chunk := conn.recv(65536):
             answer += chunk
-    assert _statuses(answer) == [200], answer[:200]
+    assert statuses(answer) == [200], answer[:200]
 
 
 def test_a_request_target_too_long_is_a_414(hub):
     """RFC 9112 3: a server that receives a request-target longer than it wishes to parse
     MUST answer 414. A target over 64 KiB is a text/plain 400 'Invalid HTTP request'
     (httptools.parse_url fails), after the whole target was buffered."""
-    answer = _exchange(hub.port, b"GET /fhir/Patient?name=" + b"a" * (1 << 20)
+    answer = exchange(hub.port, b"GET /fhir/Patient?name=" + b"a" * (1 << 20)
                        + b" HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
-    assert _statuses(answer)[:1] == [414], answer[:200]
+    assert statuses(answer)[:1] == [414], answer[:200]
 
 
 def test_one_client_streaming_a_huge_header_does_not_stall_the_others(hub):
@@ -167,9 +84,9 @@ def test_one_client_streaming_a_huge_header_does_not_stall_the_others(hub):
     try:
         while not done.is_set():
             started = time.monotonic()
-            answer = _exchange(hub.port, b"GET /healthz HTTP/1.1\r\nHost: hub\r\n"
+            answer = exchange(hub.port, b"GET /healthz HTTP/1.1\r\nHost: hub\r\n"
                                b"Connection: close\r\n\r\n", timeout=60)
-            assert _statuses(answer) == [200]
+            assert statuses(answer) == [200]
             worst = max(worst, time.monotonic() - started)
             time.sleep(0.1)
     finally:
@@ -198,7 +115,7 @@ def test_a_connection_that_sends_no_complete_request_is_closed(hub):
                 return
             except ConnectionResetError:
                 pass
-            results[name] = f"closed after {_statuses(answer)}"
+            results[name] = f"closed after {statuses(answer)}"
     threads = [threading.Thread(target=hold, args=args) for args in [
         ("nothing sent", b""), ("half a head", b"GET /healthz HTTP/1.1\r\nHost: hub\r\n")]]
     for t in threads:
@@ -223,18 +140,18 @@ def test_a_pipelined_write_gets_its_own_answer_before_a_malformed_request_is_ref
     sends it again: a duplicate. RFC 9112 9.3.2: responses in the order of the requests."""
     family = f"Pipelined{bad[:3].decode()}{time.monotonic_ns()}"
     body = PATIENT % family.encode()
-    answer = _exchange(hub.port, b"POST /fhir/Patient HTTP/1.1\r\nHost: hub\r\n" + hub.auth
+    answer = exchange(hub.port, b"POST /fhir/Patient HTTP/1.1\r\nHost: hub\r\n" + hub.auth
                        + b"Content-Type: application/fhir+json\r\nContent-Length: %d\r\n\r\n"
                        % len(body) + body + bad)
     time.sleep(0.5)  # (the write runs on although the connection is closed)
-    assert _count(hub, family) == 1
-    assert _statuses(answer) == [201, 400], answer[:300]
+    assert count(hub, family) == 1
+    assert statuses(answer) == [201, 400], answer[:300]
 
 
 # -- 4. a client that goes away mid-body ----------------------------------------------------------
 
 def _requests(hub: Hub, route: str, status: int) -> float:
-    page = _exchange(hub.port, b"GET /metrics HTTP/1.1\r\nHost: hub\r\n"
+    page = exchange(hub.port, b"GET /metrics HTTP/1.1\r\nHost: hub\r\n"
                      b"Connection: close\r\n\r\n").decode()
     total = 0.0
     for line in page.splitlines():
@@ -292,11 +209,11 @@ def test_a_transfer_coding_the_hub_does_not_undo_is_a_501(hub):
     family = f"Tcoded{time.monotonic_ns()}"
     body = PATIENT % family.encode()  # (sent plain, as a client that lies about it)
     chunked = b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
-    answer = _exchange(hub.port, b"POST /fhir/Patient HTTP/1.1\r\nHost: hub\r\n" + hub.auth
+    answer = exchange(hub.port, b"POST /fhir/Patient HTTP/1.1\r\nHost: hub\r\n" + hub.auth
                        + b"Content-Type: application/fhir+json\r\n"
                        b"Transfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n" + chunked)
-    assert _statuses(answer)[:1] == [501], answer[:300]
-    assert _count(hub, family) == 0
+    assert statuses(answer)[:1] == [501], answer[:300]
+    assert count(hub, family) == 0
 
 
 # -- 6. HTTP/1.0 and Host -------------------------------------------------------------------------
@@ -307,10 +224,10 @@ def test_an_http_1_0_request_expecting_100_continue_gets_no_interim_response(hub
     '100 Continue' as the final answer)."""
     family = f"OneZero{time.monotonic_ns()}"
     body = PATIENT % family.encode()
-    answer = _exchange(hub.port, b"POST /fhir/Patient HTTP/1.0\r\nHost: hub\r\n" + hub.auth
+    answer = exchange(hub.port, b"POST /fhir/Patient HTTP/1.0\r\nHost: hub\r\n" + hub.auth
                        + b"Content-Type: application/fhir+json\r\nExpect: 100-continue\r\n"
                        b"Content-Length: %d\r\n\r\n" % len(body) + body)
-    assert _statuses(answer) == [201], answer[:200]
+    assert statuses(answer) == [201], answer[:200]
 
 
 @pytest.mark.parametrize("host", [b"", b"Host: hub\r\nHost: other\r\n"],
@@ -318,15 +235,15 @@ def test_an_http_1_0_request_expecting_100_continue_gets_no_interim_response(hub
 def test_an_http_1_1_request_without_one_host_is_a_400(hub, host):
     """RFC 9112 3.2: a server MUST respond with 400 to an HTTP/1.1 request that lacks a Host
     header field or has more than one."""
-    answer = _exchange(hub.port, b"GET /healthz HTTP/1.1\r\n" + host
+    answer = exchange(hub.port, b"GET /healthz HTTP/1.1\r\n" + host
                        + b"Connection: close\r\n\r\n")
-    assert _statuses(answer)[:1] == [400], answer[:200]
+    assert statuses(answer)[:1] == [400], answer[:200]
 
 
 def test_an_http_1_0_request_without_host_is_served(hub):
     """Host is required of HTTP/1.1 requests only."""
-    answer = _exchange(hub.port, b"GET /healthz HTTP/1.0\r\n\r\n")
-    assert _statuses(answer) == [200], answer[:200]
+    answer = exchange(hub.port, b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert statuses(answer) == [200], answer[:200]
 
 
 # -- 7. content negotiation -----------------------------------------------------------------------

@@ -10,111 +10,23 @@ content coding, as every other body."""
 
 from __future__ import annotations
 
-import base64
 import gzip
-import json
-import os
-import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-import hubprocess
+from rawhttp import (PATIENT, Hub, count, exchange, hub,  # noqa: F401 (hub: the fixture)
+                     read_all, start, statuses)
 
-ORG = "SE2321000016-15CQ"
-PATIENT = b'{"resourceType":"Patient","name":[{"family":"%s"}]}'
+
 # What Java's HttpClient and Ktor add to an ordinary request on http:// (RFC 7540 3.2): an
 # offer the server may ignore (RFC 9110 7.8).
 H2C = (b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
        b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n")
-
-
-@dataclass(frozen=True)
-class Hub:
-    port: int
-    log: Path
-    token: str
-
-    @property
-    def auth(self) -> bytes:
-        return f"Authorization: Bearer {self.token}\r\n".encode()
-
-
-def _env(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIP_HUB_")}
-    env.update(SIP_HUB_DATA_DIR=str(data_dir), SIP_HUB_MAPPINGS_DIR=str(hubprocess.MAPPINGS))
-    return env
-
-
-def _read_all(conn: socket.socket) -> bytes:
-    out = b""
-    try:
-        while chunk := conn.recv(65536):
-            out += chunk
-    except ConnectionResetError:
-        pass
-    return out
-
-
-def _exchange(port: int, *pieces: bytes, pause: float = 0.0, timeout: float = 10.0) -> bytes:
-    """Sends ``pieces`` on a new connection (``pause`` between them: separate segments) and
-    reads until the hub closes it; ``b"<still open>"`` if ``timeout`` passes without a
-    byte."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
-        try:
-            for i, piece in enumerate(pieces):
-                if i and pause:
-                    time.sleep(pause)
-                conn.sendall(piece)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        try:
-            return _read_all(conn)
-        except socket.timeout:
-            return b"<still open>"
-
-
-def _statuses(answer: bytes) -> list[int]:
-    return [int(s) for s in re.findall(rb"HTTP/1\.[01] (\d{3})", answer)]
-
-
-def _token(port: int, creds: dict[str, str]) -> str:
-    basic = base64.b64encode(f"{creds['client_id']}:{creds['client_secret']}".encode())
-    form = b"grant_type=client_credentials"
-    answer = _exchange(port, b"POST /auth/token HTTP/1.1\r\nHost: hub\r\nAuthorization: Basic "
-                       + basic + b"\r\nContent-Type: application/x-www-form-urlencoded\r\n"
-                       b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(form) + form)
-    assert _statuses(answer)[:1] == [200], answer[:500]
-    return json.loads(answer.split(b"\r\n\r\n", 1)[1])["access_token"]
-
-
-def _start(data: Path) -> tuple[subprocess.Popen, Hub]:
-    """``sip-hub serve`` on the embedded default, with an organisation client."""
-    made = subprocess.run([sys.executable, "-m", "sip_hub.cli", "client", "create", "--org", ORG,
-                           "--scope", "system/*.cruds"], env=_env(data), capture_output=True,
-                          check=True)
-    creds = json.loads(made.stdout)
-    port = hubprocess.free_port()
-    proc, log = hubprocess.start(data, ["serve", "--port", str(port)])
-    hubprocess.wait(lambda: hubprocess.healthy(port), "the hub did not start", proc, log)
-    return proc, Hub(port, log, _token(port, creds))
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    proc, running = _start(tmp_path_factory.mktemp("hub"))
-    try:
-        yield running
-    finally:
-        hubprocess.stop(proc)
 
 
 def _create(hub: Hub, family: str, extra: bytes = b"") -> bytes:
@@ -122,13 +34,6 @@ def _create(hub: Hub, family: str, extra: bytes = b"") -> bytes:
     return (b"POST /fhir/Patient HTTP/1.1\r\nHost: hub\r\n" + hub.auth + extra
             + b"Content-Type: application/fhir+json\r\nContent-Length: %d\r\n\r\n" % len(body)
             + body)
-
-
-def _count(hub: Hub, family: str) -> int:
-    answer = _exchange(hub.port, b"GET /fhir/Patient?family=%s&_summary=count HTTP/1.1\r\n"
-                       b"Host: hub\r\n" % family.encode() + hub.auth
-                       + b"Connection: close\r\n\r\n")
-    return json.loads(answer.split(b"\r\n\r\n", 1)[1])["total"]
 
 
 # -- 1. a refusal behind several pipelined requests -----------------------------------------------
@@ -144,9 +49,9 @@ def test_every_pipelined_write_before_a_refused_request_gets_its_own_answer(hub,
     second create and sends it again: a duplicate (RFC 9112 9.3.2: a response for each
     request, in order)."""
     family = f"PipeTwo{time.monotonic_ns()}"
-    answer = _exchange(hub.port, _create(hub, family) + _create(hub, family) + bad)
+    answer = exchange(hub.port, _create(hub, family) + _create(hub, family) + bad)
     time.sleep(0.5)  # (a write may run on after the connection closed)
-    assert (_statuses(answer), _count(hub, family)) == ([201, 201, 400], 2), answer[-600:]
+    assert (statuses(answer), count(hub, family)) == ([201, 201, 400], 2), answer[-600:]
 
 
 # -- 2. a body sent with an upgrade offer ---------------------------------------------------------
@@ -162,10 +67,10 @@ def test_a_write_offering_an_h2c_upgrade_is_read_with_its_body(hub, segments):
     request = _create(hub, family, H2C)
     head, body = request.split(b"\r\n\r\n", 1)
     pieces = [request] if segments == 1 else [head + b"\r\n\r\n", body]
-    answer = _exchange(hub.port, *pieces,
+    answer = exchange(hub.port, *pieces,
                        b"GET /healthz HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n",
                        pause=0.2)
-    assert (_statuses(answer), _count(hub, family)) == ([201, 200], 1), answer[:800]
+    assert (statuses(answer), count(hub, family)) == ([201, 200], 1), answer[:800]
     assert b"upgrade: h2c" not in answer.lower()  # (no 101: the hub speaks HTTP/1.1 only)
 
 
@@ -189,9 +94,9 @@ def test_a_request_body_that_stops_arriving_does_not_hold_its_connection_for_eve
     results: dict[str, str] = {}
 
     def hold(name: str, first: bytes) -> None:
-        answer = _exchange(hub.port, first, timeout=25)
+        answer = exchange(hub.port, first, timeout=25)
         results[name] = ("open after 25 s" if answer == b"<still open>"
-                         else f"closed after {_statuses(answer)}")
+                         else f"closed after {statuses(answer)}")
     threads = [threading.Thread(target=hold, args=item) for item in heads.items()]
     for t in threads:
         t.start()
@@ -208,15 +113,15 @@ def test_a_request_body_that_arrives_slowly_but_steadily_is_read(hub):
     head, body = request.split(b"\r\n\r\n", 1)
     step = len(body) // 12 + 1
     pieces = [body[at:at + step] for at in range(0, len(body), step)]
-    answer = _exchange(hub.port, head + b"\r\n\r\n", *pieces, pause=1.0, timeout=20)
-    assert _statuses(answer) == [201], answer[:300]
+    answer = exchange(hub.port, head + b"\r\n\r\n", *pieces, pause=1.0, timeout=20)
+    assert statuses(answer) == [201], answer[:300]
 
 
 def test_sigterm_stops_the_hub_though_a_client_holds_a_request_body_back(tmp_path):
     """SIGTERM is a graceful stop, bounded in time: a client that sent a head and part of a
     body, and then nothing, kept a single-worker hub 'Waiting for connections to close' for
     as long as it kept the connection open, and a deploy or restart hung on it."""
-    proc, running = _start(tmp_path)
+    proc, running = start(tmp_path)
     try:
         with socket.create_connection(("127.0.0.1", running.port), timeout=60) as conn:
             conn.sendall(b"POST /auth/token HTTP/1.1\r\nHost: hub\r\nContent-Type: "
@@ -261,10 +166,10 @@ def test_an_answer_before_the_body_is_read_does_not_cut_off_the_body_still_arriv
         except OSError as exc:
             error = exc
         try:
-            answer = _read_all(conn)
+            answer = read_all(conn)
         except OSError:
             answer = b""
-    assert (error, _statuses(answer)) == (None, [401, 200]), f"sent {sent} of {total} bytes"
+    assert (error, statuses(answer)) == (None, [401, 200]), f"sent {sent} of {total} bytes"
 
 
 # -- 5. the body of POST _search ------------------------------------------------------------------
