@@ -44,3 +44,29 @@ def counted(conn, table: str, column: str, at_least: int) -> int:
         if n >= at_least or time.monotonic() > deadline:
             return n
         time.sleep(0.05)
+
+
+def upgrade_while_locked(engine, lock: str, revision: str = "head") -> None:
+    """``migrate.upgrade`` to ``revision`` on an engine whose sessions cut statements after
+    300 ms, as the hub's requests do theirs (after 30 s), while another session holds ``lock``
+    (a ``LOCK TABLE`` statement) for 1.5 s: a statement of the upgrade that waits for it, as
+    one on a large store takes long, completes only if the upgrade lifts that timeout."""
+    import threading
+
+    from sip_hub.store.engine import make_engine
+    from sip_hub.store.migrate import upgrade
+
+    options = engine.url.query["options"]
+    short = make_engine(engine.url.update_query_dict(
+        {"options": f"{options} -c statement_timeout=300"}))
+    other = engine.connect()
+    other.begin()
+    other.execute(text(lock))
+    timer = threading.Timer(1.5, other.rollback)
+    timer.start()
+    try:
+        upgrade(short, revision)
+    finally:
+        timer.join()
+        other.close()
+        short.dispose()

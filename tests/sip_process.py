@@ -168,6 +168,15 @@ def write_case(client: Any, headers: dict[str, str], resources: list[Json]) -> N
     assert r.status_code == 200, r.text
 
 
+def two_sips(client: Any, as_org: Any) -> dict[str, dict[str, str]]:
+    """Alva's established SIP (SOC coordinates; BUP and the school take part) and Gösta's
+    (the vårdcentral coordinates); the headers of each of them and of an outsider."""
+    h = {o: as_org(o) for o in (SOC, BUP, SCHOOL, f.VARDCENTRAL_HSA, OUTSIDER)}
+    write_case(client, h[SOC], f.demo_case())
+    write_case(client, h[f.VARDCENTRAL_HSA], gosta_case())
+    return h
+
+
 def propose_revision(client: Any, headers: dict[str, str], plan_id: str,
                      description: str = "Reviderad") -> tuple[Json, Json]:
     """The plan as it is, and the proposal of a revision of it (its description changed)."""

@@ -38,10 +38,7 @@ ALVA = "Patient/alva"
 @pytest.fixture
 def world(client, as_org):
     """Alva's established SIP (SOC) and Gösta's (VC); headers per organisation."""
-    h = {o: as_org(o) for o in (SOC, BUP, SCHOOL, VC, OUTSIDER)}
-    sp.write_case(client, h[SOC], f.demo_case())
-    sp.write_case(client, h[VC], sp.gosta_case())
-    return h
+    return sp.two_sips(client, as_org)
 
 
 def _ids(bundle: dict[str, Any]) -> set[str]:

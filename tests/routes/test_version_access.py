@@ -31,10 +31,7 @@ HSA = "urn:oid:1.2.752.29.4.19"
 @pytest.fixture
 def world(client, as_org):
     """Alva's established SIP (SOC) and Gösta's (VC); headers per organisation."""
-    h = {o: as_org(o) for o in (SOC, BUP, SCHOOL, VC, OUTSIDER)}
-    sp.write_case(client, h[SOC], f.demo_case())
-    sp.write_case(client, h[VC], sp.gosta_case())
-    return h
+    return sp.two_sips(client, as_org)
 
 
 def _put(client, headers, res, status=(200, 201)):

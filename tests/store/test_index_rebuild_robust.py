@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import orjson
@@ -112,7 +111,7 @@ def test_the_index_rebuild_is_not_cut_by_the_hubs_statement_timeout() -> None:
     store. Here a statement that takes longer than requests may: the rebuild's DELETE
     waiting for an index table another session holds."""
     from conftest import pg_schema
-    from sip_hub.store.engine import make_engine
+    from pgwait import upgrade_while_locked
     with pg_schema() as engine:
         upgrade(engine)
         store = Store(engine)
@@ -121,20 +120,7 @@ def test_the_index_rebuild_is_not_cut_by_the_hubs_statement_timeout() -> None:
                       owner=SOC)
         with engine.begin() as conn:
             conn.execute(text("DELETE FROM search_index_state"))
-        options = engine.url.query["options"]
-        short = make_engine(engine.url.update_query_dict(
-            {"options": f"{options} -c statement_timeout=300"}))
-        other = engine.connect()
-        other.begin()
-        other.execute(text("LOCK TABLE idx_token IN SHARE MODE"))
-        timer = threading.Timer(1.5, other.rollback)
-        timer.start()
-        try:
-            upgrade(short)
-        finally:
-            timer.join()
-            other.close()
-            short.dispose()
+        upgrade_while_locked(engine, "LOCK TABLE idx_token IN SHARE MODE")
         with engine.connect() as conn:
             assert conn.execute(text("SELECT fingerprint FROM search_index_state")).scalar() \
                 == fingerprint()

@@ -23,6 +23,7 @@ from sqlalchemy import Engine, MetaData, select, text
 
 from conftest import pg_schema
 from indexrows import index_is_exact
+from pgwait import upgrade_while_locked
 from sip_hub import cli
 from sip_hub.fhir.indexing import fingerprint
 from sip_hub.store import Store, Tx
@@ -357,20 +358,7 @@ def test_a_migration_is_not_cut_by_the_hubs_statement_timeout() -> None:
     again, here one waiting for a table another session holds) completes."""
     with pg_schema() as engine:
         upgrade(engine, "0012")
-        options = engine.url.query["options"]
-        short = make_engine(engine.url.update_query_dict(
-            {"options": f"{options} -c statement_timeout=300"}))
-        other = engine.connect()
-        other.begin()
-        other.execute(text("LOCK TABLE access_grant IN ACCESS SHARE MODE"))
-        timer = threading.Timer(1.5, other.rollback)
-        timer.start()
-        try:
-            upgrade(short)
-        finally:
-            timer.join()
-            other.close()
-            short.dispose()
+        upgrade_while_locked(engine, "LOCK TABLE access_grant IN ACCESS SHARE MODE")
         assert _drift(engine) == []
 
 
