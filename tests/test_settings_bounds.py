@@ -8,7 +8,6 @@ refused as the same Bundle in XML is, and as any other resource is."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -29,18 +28,9 @@ from sip_hub.messaging.runtime import Messaging
 from sip_hub.messaging.worker import Worker
 from sip_hub.settings import Settings
 from sip_hub.store import Store
+from test_probe_ops import env  # noqa: F401 (the fixture: the command line's settings)
 
 broker, hub, world = harness.broker, harness.hub, harness.world
-
-
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The command line's environment with none of the caller's settings but a data dir."""
-    monkeypatch.setenv("SIP_HUB_DATA_DIR", str(tmp_path))
-    for name in [n for n in os.environ if n.startswith("SIP_HUB_")
-                 and not n.startswith("SIP_HUB_TEST_") and n != "SIP_HUB_DATA_DIR"]:
-        monkeypatch.delenv(name)
-    return tmp_path
 
 
 def refused_at_start(capsys: pytest.CaptureFixture[str], name: str) -> None:
