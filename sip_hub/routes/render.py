@@ -10,6 +10,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from ..fhir import profiles, sip
 from ..fhir.dates import from_us
 from ..fhir.indexing import split_reference
+from ..messaging.http import shown_url
 
 
 @lru_cache(maxsize=1)
@@ -18,6 +19,7 @@ def _env() -> Environment:
                       autoescape=select_autoescape(["html"]), trim_blocks=True,
                       lstrip_blocks=True)
     env.filters["when"] = _when
+    env.filters["shown_url"] = shown_url  # (credentials stored before they were refused)
     return env
 
 

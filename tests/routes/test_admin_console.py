@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from sqlalchemy import text as sql
 
 import sip_factory as f
 from messaging import harness
@@ -239,6 +240,15 @@ def test_a_dead_delivery_is_shown_with_its_reason_and_sent_again(world: Hub,
     detail = world.client.get(f"/admin/messages/{d.id}")
     assert detail.status_code == 200 and d.message_id in detail.text
     assert d.last_error in page_text(detail)
+    # A URL with credentials, stored before such URLs were refused, is shown without them.
+    with world.store.begin() as tx:
+        tx.conn.execute(sql("UPDATE outbox_delivery SET endpoint_url = :u WHERE id = :i"),
+                        {"u": "https://sip:hemligt@skolan.example/pm", "i": d.id})
+    shown = page_text(world.client.get(f"/admin/messages/{d.id}"))
+    assert "hemligt" not in shown and "https://***@skolan.example/pm" in shown
+    with world.store.begin() as tx:
+        tx.conn.execute(sql("UPDATE outbox_delivery SET endpoint_url = :u WHERE id = :i"),
+                        {"u": school.url, "i": d.id})
     r = world.client.post(f"/admin/messages/{d.id}/replay", data={"csrf": csrf})
     assert r.status_code == 303
     assert r.headers["location"] == f"/admin/messages/{d.id}?notice=replayed&n=1"
