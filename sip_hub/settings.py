@@ -76,8 +76,9 @@ class Settings(BaseSettings):
     # A SIP without any write for this many days is inactive (a deadline Task asks the
     # coordinator to follow it up or close it); deadlines are scanned in the API process every
     # this many minutes (0: never; never in the test environment).
-    sip_inactive_days: int = Field(default=90, ge=1)
-    sip_deadline_scan_minutes: int = Field(default=5, ge=0)
+    # (bounded: a period of days beyond datetime's range failed every deadline round)
+    sip_inactive_days: int = Field(default=90, ge=1, le=36_500)
+    sip_deadline_scan_minutes: int = Field(default=5, ge=0, le=10_080)
     # The bearer token the Prometheus scraper sends (its scrape config's ``authorization``)
     # for /metrics; any other caller gets a 401. Unset: /metrics answers anyone who reaches
     # the API's port (set it wherever that is more than the monitoring network).

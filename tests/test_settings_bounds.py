@@ -141,6 +141,9 @@ def test_a_shown_failover_url_names_each_broker_without_its_password() -> None:
     ("SIP_HUB_MESSAGE_REPUBLISH_AFTER_SECONDS", "99999999999999"),
     ("SIP_HUB_MESSAGE_RETRY_MAX_SECONDS", "inf"),
     ("SIP_HUB_MESSAGE_RETRY_BASE_SECONDS", "1e300"),
+    ("SIP_HUB_MESSAGE_POLL_SECONDS", "1e12"),
+    ("SIP_HUB_SIP_INACTIVE_DAYS", "1000000000000"),
+    ("SIP_HUB_SIP_DEADLINE_SCAN_MINUTES", "99999999999999"),
 ])
 def test_a_messaging_period_beyond_its_bound_is_refused_at_start(
         env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,

@@ -24,6 +24,8 @@ MAX_RETENTION_DAYS = 36_500  # a hundred years
 MAX_CACHE_MINUTES = 525_600  # a year (also keeps reliableCache an unsignedInt)
 MAX_REPUBLISH_SECONDS = 30 * 86_400
 MAX_RETRY_SECONDS = 86_400  # (finite: a delivery's next attempt is an instant)
+MAX_POLL_SECONDS = 3_600  # (a wait longer than the platform's time_t failed every round)
+MAX_INACTIVE_DAYS = 36_500
 
 
 class MessagingSettings(BaseSettings):
@@ -57,7 +59,7 @@ class MessagingSettings(BaseSettings):
     # Back-pressure: $process-message answers transient-error while this many deliveries or
     # more are due and undelivered (see sip_hub.messaging.backlog); 0: no bound.
     backlog_limit: int = Field(default=2_000, ge=0)
-    poll_seconds: float = Field(default=1.0, gt=0)
+    poll_seconds: float = Field(default=1.0, gt=0, le=MAX_POLL_SECONDS)
     # `sip-hub worker` serves its metrics (/metrics) on this port of SIP_HUB_HOST; 0: not at
     # all. Deliveries and dead letters are counted in the worker, not in the API process.
     metrics_port: int = Field(default=0, ge=0, le=65535)
@@ -69,7 +71,7 @@ class MessagingSettings(BaseSettings):
     base_url: str = ""
     # SIP_HUB_SIP_INACTIVE_DAYS: operations applied by message reconcile the deadline Tasks
     # with it, as the REST operations and the deadline scan do.
-    sip_inactive_days: int = Field(default=90, ge=1)
+    sip_inactive_days: int = Field(default=90, ge=1, le=MAX_INACTIVE_DAYS)
 
     @field_validator("hub_hsa_id")
     @classmethod
