@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 import conftest
 from fhirhttp import JSON_HEADERS, body, outcome_text, patient
-from hubprocess import free_port, get, start, stop, wait
+from hubprocess import free_port, get, healthy, start, stop, wait
 from messaging import harness
 from messaging.harness import ADMIN, BUP, URL, Hub
 from sip_hub import cli, clients
@@ -291,8 +291,8 @@ def test_the_access_log_carries_no_query(tmp_path: Path) -> None:
     port = free_port()
     proc, log = start(tmp_path, ["serve", "--port", str(port)], SIP_HUB_ACCESS_LOG="true")
     try:
-        wait(lambda: b"Application startup complete" in log.read_bytes(),
-             "the API did not start", proc, log)
+        # one worker binds its socket after "Application startup complete": wait for answers
+        wait(lambda: healthy(port), "the API did not start", proc, log)
         target = "/fhir/Patient?identifier=http://electronichealth.se/identifier/" \
                  "personnummer|191212121212"
         assert get(port, target, JSON_HEADERS).status == 401
