@@ -193,15 +193,16 @@ class Access:
             raise Forbidden(NOT_COVERED)
 
     def require_write(self, tx: Tx, rtype: str, old: Stored | None,
-                      new: dict[str, Any] | None) -> None:
+                      new: dict[str, Any] | None, *, withheld: bool = False) -> None:
+        """``withheld``: whether the write would withhold ``new`` (``withholds``, decided once
+        by the caller with the resources written with it, and stored as decided)."""
         if self.unrestricted:
             return
         org = self.org
         old_json = old.doc() if old is not None and old.content is not None else None
         if old is not None and not self.can_read(tx, old, old_json):
             raise Forbidden(NOT_COVERED)
-        if old is not None and new is not None and old.owner != org and \
-                self.withholds(tx, rtype, new, old_json):
+        if old is not None and new is not None and old.owner != org and withheld:
             # Withheld, another organisation's record would be kept for that organisation
             # and from its writer, who moved it where the person's consent does not cover it.
             raise Forbidden(NOT_COVERED)

@@ -234,9 +234,10 @@ def _guard_read(tx: Tx, ctx: Context, stored: Stored, interaction: str) -> None:
 
 
 def _guard_write(tx: Tx, ctx: Context, rtype: str, old: Stored | None,
-                 new: dict[str, Any] | None, interaction: str) -> None:
+                 new: dict[str, Any] | None, interaction: str, *,
+                 withheld: bool = False) -> None:
     try:
-        ctx.access.require_write(tx, rtype, old, new)
+        ctx.access.require_write(tx, rtype, old, new, withheld=withheld)
     except Forbidden as err:
         # A create has no ``old``: the refusal names the person the new resource is about.
         named = acl.patients_of(rtype, new, resolve=tx_resolver(tx, ctx.pending)) if new \
@@ -376,7 +377,11 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
         ctx.access.check(rtype, "c")
     prepared = prepare_in(tx, res, resolve, rtype, ctx.base_url)
     current = old if old and not old.deleted else None
-    _guard_write(tx, ctx, rtype, current, prepared, interaction)
+    # Decided once, with the resources written with it: refused for another organisation's
+    # record (``require_write``), stored as decided for the caller's own.
+    withheld = ctx.access.withholds(tx, rtype, prepared, current.doc() if current else None,
+                                    pending=ctx.pending)
+    _guard_write(tx, ctx, rtype, current, prepared, interaction, withheld=withheld)
     if process_rules:
         try:
             process.check_plain_update(tx, ctx, current.doc() if current else None, prepared)
@@ -392,9 +397,7 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
         # $transition, a withdrawal kept the grants of a re-grant).
         stored, created = tx.update(prepared, rid, if_match=version,
                                     expect=old.version_id if old else None,
-                                    owner=ctx.access.org, withheld=ctx.access.withholds(
-                                        tx, rtype, prepared, current.doc() if current else None,
-                                        pending=ctx.pending))
+                                    owner=ctx.access.org, withheld=withheld)
     except (Moved, Conflict) as exc:
         # (PostgreSQL) decided again on the version now current: another write replaced the
         # one decided on (Moved), or another request created what this one would create

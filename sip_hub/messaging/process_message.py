@@ -385,17 +385,13 @@ def _require_current(tx: Tx, ctx: Context, msg: parser.Message,
                      held: dict[int, Stored | None]) -> None:
     """A carried resource the hub holds, changed from a version (``meta.versionId``) that is
     no longer its current one, would undo what changed since: refused, naming both. A sender
-    that may not read the resource is refused that (audited as ``_sip`` does): it learns
+    that may not read the resource is refused that (``_require_read``, audited): it learns
     neither the version the hub holds nor that it is deleted."""
     for i, cur in held.items():
         version = _carried_version(msg.entries[i]["resource"])
         if cur is None or version is None or version == str(cur.version_id):
             continue
-        try:
-            ctx.access.require_read(tx, cur)
-        except Forbidden as err:
-            ctx.refused(_AUDITED_AS, cur, cur.type, err, reads=tx)
-            raise
+        _require_read(tx, ctx, cur)
         holds = f"version {cur.version_id}" + (" (deleted)" if cur.deleted else "")
         raise PreconditionFailed(
             f"Version conflict: the message carries {cur.type}/{cur.id} changed from version "

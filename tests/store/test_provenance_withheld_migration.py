@@ -11,6 +11,9 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, MetaData, text
 
+from sip_hub.access import Access
+from sip_hub.auth import Principal, parse_scopes
+from sip_hub.store import Store
 from sip_hub.store.migrate import upgrade
 
 SOC, BUP, OUTSIDER = "SE2120000142-SOC1", "SE2321000016-15CQ", "SE2321000016-9XYZ"
@@ -69,10 +72,21 @@ def test_the_upgrade_withholds_an_uncovered_organisations_provenances(fresh: Eng
             "SELECT res_id, withheld FROM resource WHERE res_type = 'Provenance'"))}
     assert flags == {"by-outsider": True, "of-the-patient": True, "by-coordinator": False,
                      "no-consent": False, "of-nothing-known": False}
-    # And the hub, at head (its index rebuilt), holds them so.
+    # And the hub, at head (its index rebuilt), holds them so: BUP, whom Alva's consent
+    # covers, reads her coordinator's Provenance and not the outsider's; the outsider still
+    # reads its own.
     upgrade(fresh)
-    from sip_hub.store import Store
     store = Store(fresh)
     with store.begin(write=False) as tx:
         stored = {rid: tx.current("Provenance", rid) for rid in flags}
-        assert stored["by-outsider"].withheld and not stored["by-coordinator"].withheld
+        readable = {org: {rid for rid, cur in stored.items()
+                          if Access(_principal(org), T0 + 10**9).can_read(tx, cur)}
+                    for org in (BUP, OUTSIDER)}
+    assert {"by-coordinator"} <= readable[BUP]
+    assert not {"by-outsider", "of-the-patient"} & readable[BUP]
+    assert {"by-outsider", "of-the-patient"} <= readable[OUTSIDER]
+
+
+def _principal(org: str) -> Principal:
+    scopes = "system/*.cruds"
+    return Principal(f"client-{org}", org, "organization", parse_scopes(scopes), False, scopes)
