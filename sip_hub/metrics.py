@@ -104,6 +104,17 @@ def observe_request(method: str, route: str, status: int, seconds: float) -> Non
     HTTP_SECONDS.labels(method, route).observe(seconds)
 
 
+# The route of a request the HTTP layer answers itself (``serving.HttpProtocol``: a head too
+# large or too slow, malformed HTTP, a transfer coding it does not undo): it reaches no route.
+REFUSED_ROUTE = "(refused)"
+
+
+def observe_refusal(status: int) -> None:
+    """A request refused before it reached the application, counted with the rest (a client
+    or proxy sending oversized heads shows as a rise of 431s), method unknown ("other")."""
+    HTTP_REQUESTS.labels("other", REFUSED_ROUTE, str(status)).inc()
+
+
 def serve_metrics(port: int, host: str, healthy: Callable[[], bool] | None = None, *,
                   token: str | None = None) -> Callable[[], None]:
     """This process's metrics at http://host:port/metrics (a ``sip-hub worker``, which has no

@@ -331,6 +331,7 @@ class HttpProtocol(HttpToolsProtocol):
         refusal = self._refusal
         assert refusal is not None
         self.logger.warning("Refused a request (%d): %s", refusal.status, refusal.text)
+        metrics.observe_refusal(refusal.status)
         body = orjson.dumps(outcome([Issue(refusal.code, refusal.text)]))
         head = [STATUS_LINE[refusal.status]]
         for name, value in self.server_state.default_headers:

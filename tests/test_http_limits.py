@@ -34,6 +34,18 @@ def test_an_oversized_request_head_is_a_431(hub, head):
     assert statuses(answer)[:1] == [431], answer[:200]
 
 
+def test_a_refusal_of_the_http_layer_is_counted_in_the_metrics(hub):
+    """IT staff watch ``sip_hub_http_requests_total`` by status: a client or proxy sending
+    oversized heads or malformed HTTP is answered by the HTTP layer itself (431, 400), which
+    no route sees, and was counted nowhere. Now under the route ``(refused)``."""
+    before = {s: _requests(hub, "(refused)", s) for s in (431, 400)}
+    exchange(hub.port, b"GET /healthz HTTP/1.1\r\nHost: hub\r\nX-Padding: "
+             + b"a" * (1 << 20) + b"\r\nConnection: close\r\n\r\n")
+    exchange(hub.port, b"GET /healthz HTTP/1.1\r\nHost: hub\r\nBad Header\r\n\r\n")
+    assert _requests(hub, "(refused)", 431) == before[431] + 1
+    assert _requests(hub, "(refused)", 400) == before[400] + 1
+
+
 def test_a_head_within_the_limits_is_served_though_it_arrives_in_pieces(hub):
     """The bounds refuse no ordinary request: a long search target, 90 fields and a 30 KiB
     field, sent in pieces with pauses between them (counted as they arrive), are served."""
