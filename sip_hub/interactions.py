@@ -303,7 +303,10 @@ def vread(tx: Tx, ctx: Context, rtype: str, rid: str, vid: str,
         _guard_read(tx, ctx, cur, "vread")
         ver: Stored | None = cur
     else:
-        ver = tx.version(rtype, rid, version) if version is not None else None
+        # (none after ``cur``, on which access is decided: one written since is the next
+        # request's, perhaps after a consent was withdrawn or in the resource's next life)
+        ver = tx.version(rtype, rid, version) \
+            if version is not None and version < cur.version_id else None
         # Decided before a version is found missing: a caller who may not read the record
         # counted its versions by the 404s.
         _guard_version(tx, ctx, cur, ver, "vread")
@@ -664,17 +667,19 @@ def _instance_history(tx: Tx, ctx: Context, cur: Stored, first: int, since: int 
                       at: tuple[int, int] | None, count: int, offset: int
                       ) -> tuple[list[Stored], int]:
     """The versions of one resource (now at ``cur``) the caller may read, newest first, and
-    how many: those of its present life from ``first`` (``_guard_version``). Its owner's,
-    and an unrestricted caller's, are paged by the store; another reader's are decided one
-    by one on their content (``Access.can_read_version``) and paged here, as a total that
+    how many: those of its present life from ``first`` up to ``cur`` (``_guard_version``
+    decided on these; a version written since, after a consent was withdrawn or by the next
+    life's owner, is the next request's). Its owner's, and an unrestricted caller's, are
+    paged by the store; another reader's are decided one by one on their content
+    (``Access.can_read_version``, on grants read after it) and paged here, as a total that
     counted the versions it may not read would tell how many there are."""
     access = ctx.access
     if access.unrestricted or not acl.is_personal(cur.type) or \
             (cur.owner is not None and cur.owner == access.org):
         return tx.history(cur.type, cur.id, since=since, at=at, count=count, offset=offset,
-                          first=first)
+                          first=first, last=cur.version_id)
     rows, _ = tx.history(cur.type, cur.id, since=since, at=at, count=fhir_search.MAX_INT,
-                         first=first)
+                         first=first, last=cur.version_id)
     # (the current version passed the guard: a deletion as the version it deleted)
     kept = [s for s in rows if s.version_id == cur.version_id
             or access.can_read_version(tx, s, cur, first)]

@@ -43,6 +43,7 @@ _H = resource_history.c
 _R = resource.c
 AUDIT_TYPE = sql_audit.AUDIT_TYPE
 _UNSEEN = object()
+_SETTLED = float("inf")  # (Tx._grants_read: no later read of resources makes them stale)
 
 def current_select(*columns: Any) -> Any:
     """``columns`` of every resource's current version (its row joined to that version's)."""
@@ -199,12 +200,26 @@ class Tx:
 
     It remembers the current versions and grants it has read: one write's rules look up the
     same Patient, CareTeam and grants several times, and within the transaction only its own
-    writes (which forget what they change) can change them."""
+    writes (which forget what they change) can change them.
 
-    def __init__(self, conn: Connection) -> None:
+    ``per_statement``: its statements do not share one snapshot of the database (PostgreSQL's
+    READ COMMITTED, reads in autocommit among them; SQLite without BEGIN). Whether a caller
+    may read what it read is then decided on grants read no earlier than that (see
+    ``readable_patients``): judged by grants read before it, a version written after a
+    consent was withdrawn was shown to an organisation the withdrawal had shut out. (SQLite
+    within BEGIN needs none of this: its read transaction sees one snapshot of the WAL file
+    from its first read to its end, and a write's holds the one write lock.)"""
+
+    def __init__(self, conn: Connection, *, per_statement: bool = False) -> None:
         self.conn = conn
         self._seen: dict[tuple[str, str], Stored | None] = {}
         self._grants: dict[str, list[Grant]] = {}
+        # (per_statement) The statements that read resources so far, and how many had run
+        # when each patient's grants were read (_SETTLED: no other transaction changes them
+        # before this one ends: it wrote them, or holds their lock).
+        self._per_statement = per_statement
+        self._read_statements = 0
+        self._grants_read: dict[str, float] = {}
         self._locked_patients: set[str] = set()
         # Whether this transaction wrote a resource of a ``compartment.RESOLVED`` type (a
         # Provenance): a record it creates after one may be what that one targets.
@@ -241,6 +256,7 @@ class Tx:
         """Undo what the block writes when it raises, in the database and in what this
         transaction remembers having read and waits to do after its commit."""
         seen, grants, work = dict(self._seen), dict(self._grants), self.leaves_work
+        grants_read = dict(self._grants_read)
         locked = set(self._locked_patients)  # (a lock taken in it goes with it)
         pending = len(self._committed)
         try:
@@ -249,7 +265,7 @@ class Tx:
         except BaseException:
             # (A NOTIFY in the savepoint went with it: the next announcement sends another.)
             self._seen, self._grants, self.leaves_work = seen, grants, work
-            self._locked_patients = locked
+            self._grants_read, self._locked_patients = grants_read, locked
             del self._committed[pending:]
             raise
 
@@ -260,6 +276,7 @@ class Tx:
             return self._seen[key]
         if rtype == AUDIT_TYPE:
             return sql_audit.get(self.conn, rid)
+        self._read_statements += 1
         row = _CURRENT.first(self.conn, {"t": rtype, "i": rid})
         found = None if row is None else current_to_stored(row)
         self._seen[key] = found
@@ -269,6 +286,7 @@ class Tx:
         """Read the current versions of ``keys`` at once (what is absent as absent), for
         ``current`` to find: one statement instead of one per key."""
         todo = [k for k in dict.fromkeys(keys) if k not in self._seen and k[0] != AUDIT_TYPE]
+        self._read_statements += bool(todo)
         for n, params in numbered(_key_rows(todo), _KEYS_MAX, pad=True):
             for row in _current_of(n).all(self.conn, params):
                 self._seen[(row[0], row[1])] = current_to_stored(row)
@@ -286,6 +304,7 @@ class Tx:
         if all(self._seen.get(key, _UNSEEN) is then for key, then in seen.items()):
             return True
         now: dict[tuple[str, str], tuple[int, bool]] = {}
+        self._read_statements += 1
         for n, params in numbered(_key_rows(keys), _KEYS_MAX, pad=True):
             for rtype, rid, version, deleted in _versions_of(n).all(self.conn, params):
                 now[(rtype, rid)] = (version, bool(deleted))
@@ -301,6 +320,7 @@ class Tx:
     def version(self, rtype: str, rid: str, version_id: int) -> Stored | None:
         if rtype == AUDIT_TYPE:
             return sql_audit.get(self.conn, rid) if version_id == 1 else None
+        self._read_statements += 1
         row = self.conn.execute(_VERSION, {"t": rtype, "i": rid, "v": version_id}).first()
         return _row(row) if row else None
 
@@ -318,6 +338,7 @@ class Tx:
         those the caller may not see)."""
         if not keys:
             return []
+        self._read_statements += 1
         by_type: dict[str, list[str]] = {}
         for t, i in keys:
             by_type.setdefault(t, []).append(i)
@@ -611,12 +632,13 @@ class Tx:
     # history and search ------------------------------------------------------------------
     def history(self, rtype: str | None = None, rid: str | None = None, *,
                 since: int | None = None, at: tuple[int, int] | None = None,
-                count: int = 50, offset: int = 0, first: int = 1
+                count: int = 50, offset: int = 0, first: int = 1, last: int | None = None
                 ) -> tuple[list[Stored], int]:
         """Versions newest first. The access log has its own (each event one version) and is
         not part of the system-wide history. ``at`` (low, high): the versions current at some
         point of that time, FHIR's ``_at`` (not every version written before its end).
-        ``first``: no version before this one (a resource's present life)."""
+        ``first``: no version before this one (a resource's present life); ``last``: none
+        after this one (the version the caller's access was checked on)."""
         if rtype == AUDIT_TYPE:
             return sql_audit.history(self.conn, rid, since=since,
                                      at=at[1] if at is not None else None, count=count,
@@ -628,6 +650,8 @@ class Tx:
             conds.append(_H.res_id == rid)
         if first > 1:
             conds.append(_H.version_id >= first)
+        if last is not None:
+            conds.append(_H.version_id <= last)
         if since is not None:
             conds.append(_H.last_updated >= since)
         if at is not None:
@@ -637,6 +661,7 @@ class Tx:
             conds.append(~any_row(
                 nxt.c.res_type == _H.res_type, nxt.c.res_id == _H.res_id,
                 nxt.c.version_id == _H.version_id + 1, nxt.c.last_updated <= at[0]))
+        self._read_statements += 1
         rows = [_row(r) for r in self.conn.execute(
             select(*_COLUMNS).where(*conds)
             .order_by(_H.last_updated.desc(), _H.version_id.desc(), _H.res_id)
@@ -649,6 +674,7 @@ class Tx:
         if query.resource_type == AUDIT_TYPE:
             # Only callers who see everything read the access log (sip_hub.access).
             return sql_audit.search(self.conn, query) if visibility is None else ([], 0)
+        self._read_statements += 1
         return sql_search.run(self.conn, query, visibility)
 
     def includes(self, query: SearchQuery, matches: list[Stored],
@@ -728,12 +754,15 @@ class Tx:
                 seq[g.org] += 1
             self.conn.execute(_INSERT_GRANTS, rows)
         self._grants[patient_id] = list(grants)
+        self._grants_read[patient_id] = _SETTLED  # (under its lock: see refresh_grants)
 
     def load_grants(self, patient_ids: Iterable[str]) -> None:
         """Read the grants of several patients at once, for ``grants`` to find."""
         todo = [p for p in dict.fromkeys(patient_ids) if p not in self._grants]
         for p in todo:
             self._grants[p] = []
+            self._grants_read[p] = _SETTLED if p in self._locked_patients \
+                else self._read_statements
         for n, params in numbered([{"p": p} for p in todo], _KEYS_MAX, pad=True):
             for p, org, role, reads, until, since in _grants_of(n).all(self.conn, params):
                 self._grants[p].append(Grant(org, role, bool(reads), until, since))
@@ -746,7 +775,14 @@ class Tx:
         """The patients for whom one of ``org``'s grants is live at ``now`` (it may hold one
         per period a consent covers it). From their grants as this transaction knows them
         (``load_grants``: read once; a message's write checks access more than once and
-        routes by the same grants), not a statement per check."""
+        routes by the same grants), not a statement per check; read again when resources
+        were read since (``per_statement``): what the caller reads is decided on grants
+        read no earlier than it (a consent withdrawn meanwhile then counts), as a point read
+        is, which reads the resource first and then its grants."""
+        if self._per_statement:
+            for p in patient_ids:
+                if self._grants_read.get(p, _SETTLED) < self._read_statements:
+                    self._grants.pop(p, None)
         self.load_grants(patient_ids)
         return {p for p in patient_ids
                 if any(g.org == org and g.reads_at(now) for g in self._grants[p])}
@@ -771,7 +807,8 @@ class Store:
         self.engine = engine
         self._lock_base = lock_file_base(engine)
         # PostgreSQL reads run without BEGIN and COMMIT: two round trips fewer, and the same
-        # consistency (READ COMMITTED takes a snapshot per statement anyway). Their own pool
+        # consistency (READ COMMITTED takes a snapshot per statement anyway: see Tx's
+        # ``per_statement`` for what access decisions then read again). Their own pool
         # of connections in autocommit for good: switching a connection of the write pool to
         # autocommit and back at every read cost a sixth of a point read's time.
         self._reads = _read_engine(engine)
@@ -799,7 +836,7 @@ class Store:
         try:
             if not write and self._reads is not None:
                 with self._reads.connect() as conn:
-                    tx = Tx(conn)
+                    tx = Tx(conn, per_statement=True)
                     yield tx
                 tx.committed()
                 return
@@ -809,7 +846,8 @@ class Store:
                 conn = conn.execution_options(
                     sip_write=write, **({} if write or snapshot else {"sip_no_begin": True}))
                 with self._writer(write), conn.begin():
-                    tx = Tx(conn)
+                    # (READ COMMITTED on PostgreSQL: a snapshot per statement, writes too)
+                    tx = Tx(conn, per_statement=not self.embedded or not (write or snapshot))
                     yield tx
                     body_done = True
             if tx.leaves_work:  # committed
