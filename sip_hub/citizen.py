@@ -1,9 +1,11 @@
 """The citizen's view of their SIP, for the national portal (1177).
 
-Only plans that reached the established phase (approved with the person) are shown; a plan
-labelled NOPATIENT never is; the kartläggning never is (domain rules 8 and 9). The view carries
-the plan with what a reader needs to understand it: goals, the care team and the responsible
-organisations.
+Only plans that reached the established phase (approved with the person) are shown, also while
+paused (on-hold) or closed; a plan labelled NOPATIENT never is; the kartläggning never is
+(domain rules 8 and 9). The view carries the plan with what a reader needs to understand it:
+goals, the care team and the responsible organisations. A goal, care team or insats marked
+entered-in-error is left out: by FHIR's definition it should never have existed, and shown it
+would be read as part of the person's plan.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from .process import ref_target
 from .service import find_all
 from .store import Stored, Tx
 
-SHOWN_STATUSES = frozenset({"active", "completed"})
+# The statuses of an established plan, paused (on-hold) too: the person approved each (the
+# import demands their approval for every one). Only active and completed were shown, and an
+# approved plan on hold disappeared from 1177.
+SHOWN_STATUSES = sip.ESTABLISHED_STATUSES
+ENTERED_IN_ERROR = "entered-in-error"
 # The identities a citizen has (OperationDefinition sip-citizen-view): another system's value
 # passed through unchecked into the identifier search, where a comma in it ("x,<system>|<pnr>")
 # made one call a search for several persons.
@@ -49,6 +55,19 @@ def _not_for_patient(resource: dict[str, Any]) -> bool:
     return any(sip.NOPATIENT.matches(label) for label in labels)
 
 
+def _in_error(resource: dict[str, Any]) -> bool:
+    """A goal (Goal.lifecycleStatus) or a care team (CareTeam.status) entered in error: it
+    should never have existed, so the citizen never sees it. (A goal cancelled, rejected or
+    completed was part of the plan the person approved: it is shown, with its status.)"""
+    key = "lifecycleStatus" if resource.get("resourceType") == "Goal" else "status"
+    return resource.get(key) == ENTERED_IN_ERROR
+
+
+def _insats_in_error(activity: Any) -> bool:
+    """An insats (CarePlan.activity) whose detail.status is entered-in-error: a participant
+    may mark its own so without a revision, and the citizen must not read it as planned."""
+    detail = activity.get("detail") if isinstance(activity, dict) else None
+    return isinstance(detail, dict) and detail.get("status") == ENTERED_IN_ERROR
 
 
 def _patients(tx: Tx, patient_token: str) -> list[Stored]:
@@ -98,6 +117,8 @@ def _view_of(tx: Tx, found: list[Stored]) -> tuple[list[Stored], list[Stored], l
                 if target and target[0] == rtype:
                     linked.append(target)
         for act in plan.get("activity", []):
+            if _insats_in_error(act):
+                continue
             for perf in (act.get("detail") or {}).get("performer", []):
                 target = split_reference(perf.get("reference", "")) if isinstance(
                     perf.get("reference"), str) else None
@@ -105,7 +126,7 @@ def _view_of(tx: Tx, found: list[Stored]) -> tuple[list[Stored], list[Stored], l
                     linked.append(target)
     extra = [s for s in tx.current_many(list(dict.fromkeys(linked)))
              if s.type != "QuestionnaireResponse" and not _not_for_patient(s.json())
-             and _of_the_person(s, patients)]
+             and not _in_error(s.json()) and _of_the_person(s, patients)]
     return plans, extra, found
 
 
@@ -151,17 +172,31 @@ def _drop_refs(node: Any, gone: set[str]) -> Any:
     return node
 
 
+def _without_insatser_in_error(resource: dict[str, Any]) -> dict[str, Any]:
+    acts = resource.get("activity")
+    if not isinstance(acts, list) or not any(_insats_in_error(a) for a in acts):
+        return resource
+    out = {k: v for k, v in resource.items() if k != "activity"}
+    kept = [a for a in acts if not _insats_in_error(a)]
+    if kept:  # (FHIR has no empty arrays)
+        out["activity"] = kept
+    return out
+
+
 def shown(resource: dict[str, Any], patients: set[str]) -> dict[str, Any]:
-    """The resource as the citizen may read it: of its contained resources only the kinds in
-    ``_CONTAINED_SHOWN`` that are about the person and not labelled NOPATIENT (the
-    kartläggning contained in a plan is still the kartläggning: rule 8)."""
+    """The resource as the citizen may read it: without the insatser entered in error, and of
+    its contained resources only the kinds in ``_CONTAINED_SHOWN`` that are about the person,
+    not labelled NOPATIENT and not entered in error (the kartläggning contained in a plan is
+    still the kartläggning: rule 8)."""
+    resource = _without_insatser_in_error(resource)
     contained = resource.get("contained")
     if not isinstance(contained, list):
         return resource
     kept, gone = [], set()
     for c in contained:
         ok = isinstance(c, dict) and c.get("resourceType") in _CONTAINED_SHOWN and \
-            not _not_for_patient(c) and _about_the_person(c["resourceType"], c, patients)
+            not _not_for_patient(c) and not _in_error(c) and \
+            _about_the_person(c["resourceType"], c, patients)
         if ok:
             kept.append(c)
         elif isinstance(c, dict) and isinstance(c.get("id"), str):

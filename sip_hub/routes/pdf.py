@@ -31,7 +31,8 @@ from reportlab.pdfbase.ttfonts import SUBSETN, TTFont
 from reportlab.platypus import (KeepTogether, PageBreak, Paragraph, SimpleDocTemplate, Table,
                                 TableStyle)
 
-from .render import plan_views
+from ..fhir import sip
+from .render import goal_line, plan_views
 
 _FONTS = Path(__file__).resolve().parent.parent / "fonts"
 REGULAR, BOLD = "DejaVuSans", "DejaVuSans-Bold"
@@ -169,25 +170,30 @@ def _p(text: Any, style: ParagraphStyle, bullet: str | None = None) -> list[Para
 def _plan(plan: dict[str, Any], s: dict[str, ParagraphStyle]) -> list[Any]:
     out: list[Any] = _p(plan["title"], s["h1"])
     byline = f"Planen är skriven av {plan['author']}." if plan["author"] else ""
-    if plan["status"] == "completed":
-        byline = f"{byline} Planen är avslutad.".strip()
+    if plan["state"]:
+        byline = f"{byline} {plan['state']}".strip()
     if byline:
         out += _p(byline, s["body"])
     out += [*_p("Dina behov i dag", s["h2"]), *_p(plan["needs"], s["body"]),
             *_p("Mål", s["h2"])]
     for g in plan["goals"]:  # (bulleted paragraphs, which split over pages however long)
-        out += _p(g["text"] + (f" ({g['area']})" if g["area"] else ""), s["bullet"], "•")
+        out += _p(goal_line(g), s["bullet"], "•")
     out += _p("Insatser", s["h2"])
     if not _as_table(plan["activities"]):
         for a in plan["activities"]:  # (as paragraphs: see _TABLE_TEXT)
             out += _p(a["description"], s["bullet"], "•")
             out += _p(f"Ansvarig: {a['who']}" + (f" ({a['party']})" if a["party"] else ""),
                       s["bullet"])
+            if a["state"]:
+                out += _p(f"Status: {a['state']}", s["bullet"])
     elif plan["activities"]:
-        rows = [[_p(h, s["head"]) for h in _PARTY_HEADINGS]] + [
-            [_p(a["description"], s["cell"]), _p(a["who"], s["cell"]),
-             _p(a["party"], s["cell"])] for a in plan["activities"]]
-        table = Table(rows, colWidths=[88 * mm, 52 * mm, 30 * mm], repeatRows=1, splitInRow=1)
+        states = plan["insats_states"]  # (a column of its own only when some insats has one)
+        heads = _PARTY_HEADINGS + (("Status",) if states else ())
+        keys = ("description", "who", "party") + (("state",) if states else ())
+        rows = [[_p(h, s["head"]) for h in heads]] + [
+            [_p(a[k], s["cell"]) for k in keys] for a in plan["activities"]]
+        widths = [70 * mm, 48 * mm, 28 * mm, 24 * mm] if states else [88 * mm, 52 * mm, 30 * mm]
+        table = Table(rows, colWidths=widths, repeatRows=1, splitInRow=1)
         table.setStyle(TableStyle([
             ("FONTNAME", (0, 0), (-1, -1), REGULAR), ("VALIGN", (0, 0), (-1, -1), "TOP"),
             ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),
@@ -216,9 +222,10 @@ def _clock() -> datetime:
 
 def render_citizen_pdf(bundle: dict[str, Any], *, now: datetime | None = None) -> bytes:
     """The citizen view Bundle as a PDF (A4): each plan from a new page, a page footer with
-    the page's number and when the document was made (UTC)."""
+    the page's number and when the document was made, in Swedish local time as every time
+    the citizen is given (in UTC it was the day before around midnight)."""
     s = _styles()
-    made = (now or _clock()).strftime("%Y-%m-%d %H:%M UTC")
+    made = (now or _clock()).astimezone(sip.LOCAL).strftime("%Y-%m-%d %H:%M")
     story: list[Any] = []
     for i, plan in enumerate(plan_views(bundle)):
         if i:

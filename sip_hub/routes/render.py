@@ -20,6 +20,7 @@ def _env() -> Environment:
                       lstrip_blocks=True)
     env.filters["when"] = _when
     env.filters["shown_url"] = shown_url  # (credentials stored before they were refused)
+    env.filters["goal_line"] = goal_line  # (the HTML and the PDF say a goal alike)
     return env
 
 
@@ -124,8 +125,24 @@ def _resource_name(linked: dict[str, dict[str, Any]], target: dict[str, Any], de
     return ""
 
 
+# What the citizen reads of a status, in Swedish. An established plan (sip.ESTABLISHED_STATUSES)
+# that is active, a goal or an insats under way, says nothing of it; what is paused or over
+# says so, lest the person take it for what is being done. (What was entered in error never
+# reaches the view: ``citizen.shown``.)
+PLAN_STATES = {"on-hold": "Planen är pausad.", "completed": "Planen är avslutad."}
+GOAL_STATES = {"on-hold": "målet är pausat", "completed": "målet är avslutat",
+               "cancelled": "målet är avbrutet", "rejected": "målet är avvisat"}
+INSATS_STATES = {"on-hold": "Pausad", "completed": "Avslutad", "cancelled": "Inställd",
+                 "stopped": "Avbruten"}
+
+
+def _state(states: dict[str, str], status: Any) -> str:
+    return states.get(status, "") if isinstance(status, str) else ""
+
+
 def plan_view(plan: dict[str, Any], linked: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The plan as the template reads it: plain values, names resolved."""
+    """The plan as the template reads it: plain values, names resolved, statuses as the
+    citizen reads them (``"state"``: "" when there is nothing to say)."""
     linked = {**linked, **{f"#{c['id']}": c for c in plan.get("contained", [])
                            if isinstance(c, dict) and isinstance(c.get("id"), str)}}
     def name(ref: Any) -> str:
@@ -140,14 +157,15 @@ def plan_view(plan: dict[str, Any], linked: dict[str, dict[str, Any]]) -> dict[s
                          for c in cc.get("coding", []) if c.get("system") == sip.CS_LIFE_AREA),
                         None)
             goals.append({"text": (goal.get("description") or {}).get("text", ""),
-                          "area": life_areas.get(area or "", area or "")})
+                          "area": life_areas.get(area or "", area or ""),
+                          "state": _state(GOAL_STATES, goal.get("lifecycleStatus"))})
     party = {"kommun": "Kommunen", "region": "Regionen", "other": "Annan aktör"}
     activities = [{
         "description": (a.get("detail") or {}).get("description", ""),
         "who": ", ".join(n for n in (name(p) for p in _list(
             (a.get("detail") or {}).get("performer"))) if n),
         "party": party.get(_ext(a.get("detail") or {}, sip.EXT_RESPONSIBLE_PARTY) or "", ""),
-        "status": (a.get("detail") or {}).get("status", ""),
+        "state": _state(INSATS_STATES, (a.get("detail") or {}).get("status")),
     } for a in plan.get("activity", [])]
     return {
         "title": plan.get("title") or "Samordnad individuell plan",
@@ -156,10 +174,18 @@ def plan_view(plan: dict[str, Any], linked: dict[str, dict[str, Any]]) -> dict[s
         "coordination": _ext(plan, sip.EXT_COORDINATION) or "",
         "follow_up": sip.swedish_day(_ext(plan, sip.EXT_FOLLOW_UP)),
         "author": name(plan.get("author")),
-        "status": plan.get("status", ""),
+        "state": _state(PLAN_STATES, plan.get("status")),
         "goals": goals,
         "activities": activities,
+        # (a column of its own in the insatser's table only when some insats has one)
+        "insats_states": any(a["state"] for a in activities),
     }
+
+
+def goal_line(goal: dict[str, Any]) -> str:
+    """A goal of ``plan_view`` as one line: its text, life area and what its status says."""
+    return goal["text"] + (f" ({goal['area']})" if goal["area"] else "") + \
+        (f" – {goal['state']}" if goal["state"] else "")
 
 
 def plan_views(bundle: dict[str, Any]) -> list[dict[str, Any]]:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import copy
 import io
 import re
+from datetime import datetime, timezone
 
 import pytest
 from pypdf import PdfReader
 
 import sip_factory as f
 from sip_hub import identifiers
+from sip_hub.routes import pdf as pdf_module
 from sip_process import write_case
 
 VIEW = "/fhir/CarePlan/$citizen-view"
@@ -126,6 +128,22 @@ def test_with_no_approved_plan_the_pdf_says_so(client, portal):
     assert "SIP för Alva" not in text
 
 
+@pytest.mark.parametrize(("utc", "swedish"), [
+    (datetime(2026, 12, 31, 23, 30, tzinfo=timezone.utc), "2027-01-01 00:30"),  # UTC+1
+    (datetime(2027, 6, 30, 22, 30, tzinfo=timezone.utc), "2027-07-01 00:30"),  # UTC+2
+])
+def test_the_pdf_says_when_it_was_printed_in_swedish_time(client, portal, monkeypatch, utc,
+                                                          swedish):
+    """The footer says when the document was made as a reader in Sweden counts it (every
+    time the citizen is given is Swedish local time): in UTC it was the day before around
+    midnight."""
+    write_case(client, {}, f.demo_case())
+    monkeypatch.setattr(pdf_module, "_clock", lambda: utc)
+    _, text = _read(client.get(ALVA, headers=portal | PDF))
+    assert f"Samordnad individuell plan, utskriven {swedish}" in _flat(text)
+    assert "UTC" not in text
+
+
 @pytest.mark.parametrize(("accept", "ctype"), [
     ("application/pdf", "application/pdf"),
     ("application/pdf, application/fhir+json", "application/pdf"),
@@ -188,7 +206,7 @@ def test_text_longer_than_a_page_and_words_wider_than_a_column_still_print(clien
     pdf, text = _read(client.get(ALVA, headers=portal | PDF))
     assert len(pdf.pages) > 5
     # (the pages' footers come between the parts of what runs over a page)
-    text = re.sub(r"Samordnad individuell plan, utskriven \S+ \S+ UTC|Sida \d+", "", text)
+    text = re.sub(r"Samordnad individuell plan, utskriven \S+ \S+|Sida \d+", "", text)
     flat = "".join(text.split())
     assert "Mål" + "m" * 8000 in flat
     # A row split over pages has its cells' parts page by page (and the table's head again)
@@ -206,7 +224,7 @@ def test_a_plan_of_hundreds_of_pages_prints_whole(client, portal):
                                  coordination="Samordning varje vecka. " * 6000))
     pdf, text = _read(client.get(ALVA, headers=portal | PDF))
     assert len(pdf.pages) > 40
-    text = re.sub(r"Samordnad individuell plan, utskriven \S+ \S+ UTC|Sida \d+", "", text)
+    text = re.sub(r"Samordnad individuell plan, utskriven \S+ \S+|Sida \d+", "", text)
     flat = " ".join(text.split())
     assert flat.count("Samordning varje vecka.") == 6000
     for i in range(3):

@@ -29,7 +29,7 @@ from test_citizen_pdf import activities
 VIEW = "/fhir/CarePlan/$citizen-view"
 ALVA = f"{VIEW}?patient={identifiers.PERSONNUMMER}|{f.DEMO_PNR}"
 PDF = {"Accept": "application/pdf"}
-FOOTER = re.compile(r"Samordnad individuell plan, utskriven \S+ \S+ UTC|Sida \d+")
+FOOTER = re.compile(r"Samordnad individuell plan, utskriven \S+ \S+|Sida \d+")
 END = "SLUTMARKÖR"
 
 
