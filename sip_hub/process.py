@@ -375,12 +375,23 @@ def role_of(participant: Json) -> str | None:
     return None
 
 
+def organisation_of(participant: Json) -> Any:
+    """The Reference to the organisation a care team participant takes part for: its
+    onBehalfOf, or its member where that is the Organization itself (an invited organisation
+    that has not named its representative: the profile's sip-ct-4, as ``invitations``
+    writes it); None for a person taking part on no organisation's behalf."""
+    if participant.get("onBehalfOf"):
+        return participant["onBehalfOf"]
+    member = participant.get("member")
+    return member if profiles.is_organization(member) else None
+
+
 def represents(tx: Tx, participant: Json) -> str | None:
     """The HSA-id of the organisation an organisation-representative participant stands for:
     its onBehalfOf, or its member while the organisation has not named its representative."""
     if role_of(participant) != sip.ROLE_ORGANISATION_REPRESENTATIVE:
         return None
-    return org_hsa(tx, participant.get("onBehalfOf") or participant.get("member"))
+    return org_hsa(tx, organisation_of(participant))
 
 
 def members_with_roles(tx: Tx, team: Json, patient_id: str, roles: frozenset[str]

@@ -34,7 +34,7 @@ from . import citizen, identifiers
 from .errors import BadRequest, Forbidden, SipHubError
 from .fhir.sip import LOCAL
 from .interactions import Context
-from .process import ref_target
+from .process import organisation_of, ref_target
 from .store import Stored, Tx
 
 RESPONDER = "urn:riv:clinicalprocess:logistics:logistics:GetCarePlansResponder:2"
@@ -293,6 +293,19 @@ def _ref(ref: Any) -> str | None:
     return f"{target[0]}/{target[1]}" if target else None
 
 
+def _unit_refs(plan: dict[str, Any], linked: dict[str, dict[str, Any]]) -> list[Any]:
+    """The References to the organisations taking part in the plan's care teams (as
+    ``linked`` holds them): each participant's organisation (``process.organisation_of``:
+    its onBehalfOf, or the Organization itself while it has not named its representative),
+    and the teams' managing organisations."""
+    refs: list[Any] = []
+    for team in (linked.get(_ref(r) or "") for r in plan.get("careTeam", [])):
+        refs += [organisation_of(p) for p in (team or {}).get("participant", [])
+                 if isinstance(p, dict)]
+        refs += (team or {}).get("managingOrganization", [])
+    return refs
+
+
 @dataclass
 class _Plan:
     stored: Stored
@@ -311,10 +324,7 @@ def _plans(tx: Tx, plans: list[tuple[Stored, dict[str, Any]]],
     linked = dict(linked)
     wanted: list[str] = []
     for _, doc in plans:
-        for team in (linked.get(_ref(r) or "") for r in doc.get("careTeam", [])):
-            for part in (team or {}).get("participant", []):
-                wanted.append(_ref(part.get("onBehalfOf")) or "")
-            wanted += [_ref(r) or "" for r in (team or {}).get("managingOrganization", [])]
+        wanted += [_ref(r) or "" for r in _unit_refs(doc, linked)]
     for org in list(linked.values()):
         if org.get("resourceType") == "Organization":
             wanted.append(_ref(org.get("partOf")) or "")
@@ -325,13 +335,10 @@ def _plans(tx: Tx, plans: list[tuple[Stored, dict[str, Any]]],
         author = linked.get(_ref(doc.get("author")) or "")
         parent = linked.get(_ref((author or {}).get("partOf")) or "")
         units: list[str] = []
-        for team in (linked.get(_ref(r) or "") for r in doc.get("careTeam", [])):
-            refs = [p.get("onBehalfOf") for p in (team or {}).get("participant", [])]
-            refs += (team or {}).get("managingOrganization", [])
-            for ref in refs:
-                hsa = _hsa_id(linked.get(_ref(ref) or ""))
-                if hsa and hsa not in units:
-                    units.append(hsa)
+        for ref in _unit_refs(doc, linked):
+            hsa = _hsa_id(linked.get(_ref(ref) or ""))
+            if hsa and hsa not in units:
+                units.append(hsa)
         # The care giver (vårdgivare) is the organisation the coordinating unit is part of,
         # where the hub knows it; else the unit itself, the most the hub can say.
         yield _Plan(s, doc, _us_time(s.last_updated), author,

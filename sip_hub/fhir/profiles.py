@@ -647,7 +647,8 @@ def _org_key(ref: object) -> tuple[str, str] | None:
     return None
 
 
-def _is_organization(ref: object) -> bool:
+def is_organization(ref: object) -> bool:
+    """Whether a Reference names an Organization (its literal reference, else its type)."""
     if not isinstance(ref, dict):
         return False
     literal = ref.get("reference")
@@ -691,7 +692,7 @@ def _check_careteam(team: Json, c: IssueCollector, resolve: Resolve) -> None:
         elif role == sip.ROLE_ORGANISATION_REPRESENTATIVE:
             # Until an invited organisation names its representative, the participant is the
             # organisation itself (ctm-1 allows onBehalfOf only beside a Practitioner).
-            key = _org_key(member if on_behalf is None and _is_organization(member)
+            key = _org_key(member if on_behalf is None and is_organization(member)
                            else on_behalf)
             if key is None:
                 c.add(f"{path}.onBehalfOf", "An organisation representative (verksamhetens "

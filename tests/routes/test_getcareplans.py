@@ -194,6 +194,34 @@ def test_filters_by_care_unit(client, alva, portal, schemas):
     assert plans(out) == [] and result(out)[0] == "OK"
 
 
+def _case_with_an_invited_unit() -> list[dict]:
+    """The demo SIP with habilitation taking part as the organisation itself: invited, its
+    representative not yet named (member the Organization, no onBehalfOf), as the profile's
+    sip-ct-4 allows and ``invitations`` writes."""
+    case = []
+    for r in copy.deepcopy(f.demo_case()):
+        if r["resourceType"] == "CareTeam":
+            r["participant"].append(f.participant(f.HABILITATION,
+                                                  "organisation-representative"))
+        case.append(r)
+        if r["resourceType"] == "Organization" and r["id"] == "skolan":
+            case.append(f.habilitation())
+    return case
+
+
+def test_a_unit_taking_part_as_itself_participates_and_filters(client, portal, schemas):
+    """An invited unit that has not yet named its representative takes part in the SIP:
+    the portal sees it among participatingCareUnitHSAId and finds the plan by it as
+    careUnitHSAId (only onBehalfOf was followed: the unit was missing and found nothing)."""
+    sip_process.write_case(client, {}, _case_with_an_invited_unit())
+    [cp] = plans(call(client, portal, schemas))
+    units = [ii.findtext(f"{{{CORE}}}extension") for ii in
+             cp.iter(f"{{{CORE}}}participatingCareUnitHSAId")]
+    assert sorted(units) == sorted([sip_process.SOC, sip_process.BUP, sip_process.SCHOOL,
+                                    f.HABILITATION_HSA])
+    assert len(plans(call(client, portal, schemas, units=(f.HABILITATION_HSA,)))) == 1
+
+
 def test_filters_by_date_period_on_document_time(client, alva, portal, schemas):
     [cp] = plans(call(client, portal, schemas))
     day = core(cp, "carePlanHeader/documentTime")[:8]
