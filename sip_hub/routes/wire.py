@@ -134,7 +134,14 @@ async def read_raw(request: Request, max_bytes: int) -> bytes:
     Content-Length, else while it streams in). A body in a content coding (Content-Encoding:
     gzip) is a 415 that says to send it uncoded (RFC 9110 12.5.3): the hub undoes none, and
     read as it came a gzip body was a misleading 'Malformed JSON' and one labelled br was
-    stored as if plain."""
+    stored as if plain. A body whose Content-Type declares another FHIR version
+    (``fhirVersion=3.0``, STU3; ``5.0``, R5) is a 415 too (FHIR http.html#version-parameter):
+    read as R4 it was stored misread, the versions' elements meaning different things."""
+    ctype = request.headers.get("content-type", "")
+    if _other_fhir_version(ctype.split(";")[1:]):
+        raise UnsupportedMediaType(f"Content-Type '{ctype[:100]}' declares a FHIR version this "
+                                   "server does not speak: it speaks FHIR R4; send the body "
+                                   "as R4, with fhirVersion=4.0 or none")
     coding = request.headers.get("content-encoding")
     if coding is not None and any(c.strip().lower() not in ("", "identity")
                                   for c in coding.split(",")):

@@ -352,6 +352,69 @@ def test_unacceptable_accept_is_406(client):
     assert r.json()["resourceType"] == "OperationOutcome"
 
 
+def _history_total(client) -> int:
+    return client.get("/fhir/_history", params={"_count": "1"}).json()["total"]
+
+
+@pytest.mark.parametrize("version", ["3.0", "5.0", "3.0.2"])
+def test_a_body_declared_another_fhir_version_is_415_and_not_stored(client, version):
+    """A body whose Content-Type declares another FHIR version (STU3, R5) is refused, as an
+    Accept asking for one is (406): read as R4 it was stored misread (FHIR
+    http.html#version-parameter)."""
+    r = client.post("/fhir/Patient", content=orjson.dumps(patient()), headers=JSON_HEADERS | {
+        "content-type": f"application/fhir+json; fhirVersion={version}"})
+    assert r.status_code == 415, r.text
+    assert "FHIR R4" in outcome_text(r)
+    assert client.get("/fhir/Patient?identifier=191212121212").json()["total"] == 0
+
+
+@pytest.mark.parametrize("how", ["update", "transaction", "patch", "search", "xml",
+                                 "process-message", "transition"])
+def test_every_body_reader_refuses_another_fhir_version(client, how):
+    """Every request body the hub reads (a resource in JSON or XML, a transaction Bundle, a
+    JSON Patch, the parameters of POST _search, a message, an operation's Parameters) is
+    refused with a 415 when its Content-Type declares another FHIR version; nothing is
+    written."""
+    pat = create(client, patient())
+    before = _history_total(client)
+    data, ctype, method, url = orjson.dumps(pat), JSON_HEADERS["content-type"], "PUT", \
+        f"/fhir/Patient/{pat['id']}"
+    if how == "transaction":
+        method, url = "POST", "/fhir"
+        data = orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": patient(pnr="201001012386"),
+             "request": {"method": "POST", "url": "Patient"}}]})
+    elif how == "patch":
+        method, ctype = "PATCH", "application/json-patch+json"
+        data = b'[{"op": "replace", "path": "/name/0/family", "value": "Ny"}]'
+    elif how == "search":
+        method, url, ctype = "POST", "/fhir/Patient/_search", "application/x-www-form-urlencoded"
+        data = b"family=Tolvansson"
+    elif how == "xml":
+        ctype = "application/fhir+xml"
+        data = client.get(f"/fhir/Patient/{pat['id']}?_format=xml").content
+    elif how == "process-message":
+        method, url = "POST", "/fhir/$process-message"
+        data = b'{"resourceType": "Bundle", "type": "message"}'
+    elif how == "transition":
+        method, url = "POST", "/fhir/CarePlan/x/$transition"
+        data = b'{"resourceType": "Parameters"}'
+    r = client.request(method, url, content=data, headers={
+        "accept": "application/fhir+json", "content-type": f"{ctype}; fhirVersion=3.0"})
+    assert r.status_code == 415, r.text
+    assert "FHIR R4" in outcome_text(r)
+    assert _history_total(client) == before
+
+
+@pytest.mark.parametrize("version", ["4.0", "4.0.1", '"4.0"'])
+def test_a_body_declared_fhir_r4_is_taken(client, version):
+    """R4's own fhirVersion (4.0, or the full 4.0.1) on a body's Content-Type is the version
+    the hub speaks: taken as without it."""
+    r = client.post("/fhir/Patient", content=orjson.dumps(patient()), headers=JSON_HEADERS | {
+        "content-type": f"application/fhir+json;fhirVersion={version}"})
+    assert r.status_code == 201, r.text
+
+
 def test_accept_quality_picks_xml(client):
     r = client.get("/fhir/metadata",
                    headers={"accept": "application/fhir+json;q=0.5, application/fhir+xml"})
