@@ -5,9 +5,10 @@ Two levels, because they are answered differently by ``$process-message``:
 * ``envelope``: what identifies a message and its sender (Bundle.id, the MessageHeader and its
   id, the sender's HSA-id). Without these there is no message to answer: BadRequest (400).
 * ``parse``: everything else (FHIR R4 structure, bindings and invariants; a known event with
-  its sub-code; source, destinations with endpoint and HSA-id; the focus the event's
-  MessageDefinition asks for; the SIP the message concerns). Every problem is reported at
-  once, by FHIRPath, in one Unprocessable; the sender gets it in a ``fatal-error`` response.
+  its sub-code, and its own MessageDefinition if one is named; source, destinations with
+  endpoint and HSA-id; the focus the event's MessageDefinition asks for; the SIP the message
+  concerns). Every problem is reported at once, by FHIRPath, in one Unprocessable; the
+  sender gets it in a ``fatal-error`` response.
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ def parse(body: Any, base: str = "") -> Message:
     header: Json = body["entry"][0]["resource"]
     entries: list[Json] = body["entry"][1:]
     spec = _event(header, env, issues)
+    _definition(header, spec, issues)
     reason = _reason(header, spec, issues)
     if not _dict(header.get("source")).get("name"):
         issues.add(f"{_H}.source.name", "MessageHeader.source.name must name the sending "
@@ -163,6 +165,20 @@ def _event(header: Json, env: Envelope, issues: IssueCollector) -> vocab.EventSp
         issues.add(f"{_H}.eventCoding.code", f"Unknown SIP event '{env.event}'; the events "
                                              f"are: {known}", "code-invalid")
         return None
+
+
+def _definition(header: Json, spec: vocab.EventSpec | None, issues: IssueCollector) -> None:
+    """MessageHeader.definition, where the sender gives it, is the event's own
+    MessageDefinition (a ``|version`` after it aside): one naming another event's says the
+    message is something else than its eventCoding does, and which of them the sender meant
+    is a guess."""
+    given = header.get("definition")
+    if spec is None or not isinstance(given, str) or \
+            given.split("|", 1)[0] == spec.definition_url:
+        return
+    issues.add(f"{_H}.definition", f"MessageHeader.definition '{given[:200]}' is not the "
+               f"MessageDefinition of the event '{spec.code}': send {spec.definition_url}, or "
+               "no definition", "invalid")
 
 
 def _reason(header: Json, spec: vocab.EventSpec | None, issues: IssueCollector) -> str | None:

@@ -145,6 +145,35 @@ def test_an_unknown_event_is_a_fatal_error_and_its_resources_are_not_applied(unc
     assert current_plan(unchanged)["activity"][0]["detail"]["status"] == "in-progress"
 
 
+def test_a_definition_of_another_event_is_a_fatal_error_naming_it(unchanged: Hub) -> None:
+    """A MessageHeader.definition naming another event's MessageDefinition (sip-closed's on
+    an insats-status-changed) says the message is something else than its event: which one
+    the sender meant is a guess, so it is refused, nothing applied or sent on."""
+    msg = status_change(unchanged)   # carries a real change to BUP's insats
+    closed = vocab.spec(vocab.SIP_CLOSED).definition_url
+    msg["entry"][0]["resource"]["definition"] = closed
+    r = unchanged.post(BUP, URL, msg)
+    text = refused(r)
+    assert closed in text
+    oo = next(e["resource"] for e in r.json()["entry"]
+              if e["resource"]["resourceType"] == "OperationOutcome")
+    assert ["Bundle.entry[0].resource.definition"] in [i.get("expression") for i in oo["issue"]]
+    assert vocab.spec(vocab.INSATS_STATUS_CHANGED).definition_url in text
+    assert current_plan(unchanged)["activity"][0]["detail"]["status"] == "in-progress"
+
+
+@pytest.mark.parametrize("suffix", ["", "|0.1.0"])
+def test_the_events_own_definition_is_taken(world: Hub, suffix: str) -> None:
+    """The event's own MessageDefinition (with or without its version) is what a message
+    may name: taken, the message applied."""
+    msg = status_change(world)
+    own = vocab.spec(vocab.INSATS_STATUS_CHANGED).definition_url
+    msg["entry"][0]["resource"]["definition"] = own + suffix
+    r = world.post(BUP, URL, msg)
+    assert r.status_code == 200, r.text
+    assert r.json()["entry"][0]["resource"]["response"]["code"] == vocab.OK, r.text
+
+
 def test_an_entry_of_no_known_resource_type_is_a_fatal_error_naming_it(unchanged: Hub
                                                                         ) -> None:
     msg = status_change(unchanged)

@@ -101,6 +101,7 @@ def test_unknown_event_and_unknown_focus_are_named() -> None:
 def test_a_message_names_the_sip_it_concerns() -> None:
     m = message(focus=[{"reference": "CarePlan/alva-sip"}])
     m["entry"][0]["resource"]["eventCoding"]["code"] = "acknowledgement"
+    m["entry"][0]["resource"].pop("definition")  # (the event's it was, refused beside another)
     m["entry"][0]["resource"]["response"] = {"identifier": "req-1", "code": "ok"}
     m["entry"][0]["resource"]["focus"] = []
     m["entry"][0]["resource"].pop("focus")
