@@ -12,6 +12,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from itertools import count
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -23,7 +24,7 @@ from .errors import BadRequest, InternalError, SipHubError
 from .fhir import exact, models, patch as json_patch
 from .fhir.dates import now_utc
 from .fhir.indexing import reference_holders
-from .fhir.outcome import from_error
+from .fhir.outcome import from_error, information
 from .fhir.search_params import supported
 from .fhir.validation import CONDITIONAL_REF, ID_RE
 from .service import Prepared, Prevalidated, Resolve, check_type, prevalidate, tx_resolver
@@ -52,6 +53,9 @@ class _Entry:
     if_none_exist: str | None
     if_match: str | None
     patch: Any = None  # a PATCH's JSON Patch (its resource, a Binary, is not written)
+    # A GET's conditional read (``request.ifNoneMatch``, ``request.ifModifiedSince``).
+    if_none_match: str | None = None
+    if_modified_since: str | None = None
 
 
 def _parse_url(url: str, ctx: ix.Context, where: str) -> tuple[str, str | None, str | None,
@@ -69,10 +73,17 @@ def _parse_url(url: str, ctx: ix.Context, where: str) -> tuple[str, str | None, 
     if not segs:
         raise BadRequest(f"{where}.request.url '{url}' names no resource type")
     rtype, rid, vid = segs[0], None, None
-    if len(segs) >= 2:
+    # A history: the system's (``_history``), a type's, a resource's (``vid`` ``""``).
+    if segs == ["_history"]:
+        rtype, vid = "", ""
+    elif len(segs) == 2 and segs[1] == "_history":
+        vid = ""
+    elif len(segs) >= 2:
         rid = segs[1]
     if len(segs) == 4 and segs[2] == "_history":
         vid = segs[3]
+    elif len(segs) == 3 and segs[2] == "_history":
+        vid = ""
     elif len(segs) > 2:
         raise BadRequest(f"{where}.request.url '{url}' is not supported in a Bundle")
     return rtype, rid, vid, parse_qsl(parts.query, keep_blank_values=True), bool(parts.query)
@@ -117,6 +128,9 @@ def _entries(bundle: dict[str, Any], ctx: ix.Context, first: int = 0,
             raise BadRequest(f"{where}.request.method '{req.get('method')}' is not supported",
                              expression=f"{where}.request.method")
         rtype, rid, vid, query, has_query = _parse_url(req["url"], ctx, where)
+        if vid == "" and method != "GET":
+            raise BadRequest(f"{where}.request.url: a history ('{req['url'][:80]}') is read "
+                             f"with GET, not {method}", expression=f"{where}.request.url")
         if vid is not None and method != "GET":
             # (It was applied to the resource as a whole: a DELETE of one version deleted all.)
             raise BadRequest(f"{where}.request.url: a {method} of one version "
@@ -137,7 +151,9 @@ def _entries(bundle: dict[str, Any], ctx: ix.Context, first: int = 0,
         out.append(_Entry(i, method, rtype, rid, vid, query, has_query, resource,
                           _text(e, "fullUrl", where),
                           _text(req, "ifNoneExist", f"{where}.request"),
-                          _text(req, "ifMatch", f"{where}.request"), ops))
+                          _text(req, "ifMatch", f"{where}.request"), ops,
+                          _text(req, "ifNoneMatch", f"{where}.request"),
+                          _instant(req, "ifModifiedSince", f"{where}.request")))
     return out
 
 
@@ -150,13 +166,54 @@ def _text(node: dict[str, Any], key: str, where: str) -> str | None:
     raise BadRequest(f"{where}.{key} must be a string", expression=f"{where}.{key}")
 
 
+def _instant(node: dict[str, Any], key: str, where: str) -> str | None:
+    """An optional instant of an entry's request (``ifModifiedSince``), with its zone."""
+    value = _text(node, key, where)
+    if value is not None:
+        try:
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None:
+            raise BadRequest(f"{where}.{key} must be an instant with its time zone, like "
+                             f"2026-01-31T12:00:00Z, not '{value[:40]}'",
+                             expression=f"{where}.{key}")
+    return value
+
+
 def rewrite_refs(node: Any, mapping: dict[str, str]) -> Any:
+    """``node`` with the links ``mapping`` names (an entry's fullUrl: the resource it became)
+    replaced wherever FHIR's transaction rules ask (http.html#trules): a reference, any
+    other element whose value is one (the uri, url, oid and uuid types: a string that is a
+    fullUrl is one of those) and the narrative's ``<a href>`` and ``<img src>``. A valueUri
+    or a link kept the ``urn:uuid:``, which names nothing once stored."""
     if isinstance(node, dict):
-        return {k: (mapping.get(v, v) if k == "reference" and isinstance(v, str)
-                    else rewrite_refs(v, mapping)) for k, v in node.items()}
+        return {k: (_rewrite_div(v, mapping) if k == "div" else mapping.get(v, v))
+                if isinstance(v, str) else rewrite_refs(v, mapping) for k, v in node.items()}
     if isinstance(node, list):
-        return [rewrite_refs(v, mapping) for v in node]
+        return [mapping.get(v, v) if isinstance(v, str) else rewrite_refs(v, mapping)
+                for v in node]
     return node
+
+
+_LINK_ATTR = re.compile(r"""\b(href|src)=(["'])(.*?)\2""", re.S)
+
+
+def _rewrite_div(div: str, mapping: dict[str, str]) -> str:
+    """A narrative's links to the entries (``href``, ``src``) made links to what they
+    became."""
+    if not mapping or ("href=" not in div and "src=" not in div):
+        return div
+    return _LINK_ATTR.sub(lambda m: f"{m[1]}={m[2]}{mapping.get(m[3], m[3])}{m[2]}", div)
+
+
+def _maps(mapping: dict[str, str], ctx: ix.Context, full_url: str, target: str) -> None:
+    """Map an entry's ``full_url`` to ``target``; a RESTful one on the hub's base
+    (``[base]/Patient/temp1``) also as the relative reference that names it there
+    (``Patient/temp1``: bundle.html#references resolves it against that base)."""
+    mapping[full_url] = target
+    if full_url.startswith(ctx.base_url + "/"):
+        mapping.setdefault(full_url[len(ctx.base_url) + 1:], target)
 
 
 def _distinct_full_urls(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -176,9 +233,14 @@ def _distinct_full_urls(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _response_entry(ctx: ix.Context, result: ix.Result, prefer: str,
-                    method: str = "GET") -> dict[str, Any]:
-    """An entry's answer; ``method``: its request's (a create's or update's names the
-    version it made or found, as the interaction's Location does outside a Bundle)."""
+                    e: _Entry | None = None) -> dict[str, Any]:
+    """An entry's answer to its request ``e`` (None: a GET without conditions): a create's
+    or update's names the version it made or found, as the interaction's Location does
+    outside a Bundle, and answers as ``prefer`` asks (``Prefer: return``, which FHIR applies
+    to each write entry: minimal, no resource; OperationOutcome, one in its outcome); a
+    read's carries its resource, or is a 304 when the entry's conditions find the client's
+    copy current (as a conditional read outside a Bundle)."""
+    method = e.method if e is not None else "GET"
     resp: dict[str, Any] = {"status": _STATUS_TEXT.get(result.status, str(result.status))}
     entry: dict[str, Any] = {}
     s = result.stored
@@ -186,9 +248,18 @@ def _response_entry(ctx: ix.Context, result: ix.Result, prefer: str,
         entry["fullUrl"] = f"{ctx.base_url}/{s.type}/{s.id}"
         resp["etag"] = ix.etag(s)
         resp["lastModified"] = s.last_updated_instant
-        if result.status == 201 or (result.status == 200 and method in _WRITES):
+        write = method in _WRITES
+        if result.status == 201 or (result.status == 200 and write):
             resp["location"] = ix.location(ctx, s)
-        if prefer != "minimal" and s.content is not None:  # (a read's subset: its body)
+        if write and prefer == "OperationOutcome":
+            verb = "Created" if result.status == 201 else "Updated"
+            resp["outcome"] = information(f"{verb} {s.type}/{s.id} version {s.version_id}")
+        elif write and prefer == "minimal" or s.content is None:
+            pass
+        elif method == "GET" and e is not None and result.status == 200 and \
+                result.body is None and _not_modified(e, s):
+            resp["status"] = "304 Not Modified"
+        else:  # (a read's subset: its body)
             entry["resource"] = result.body if result.body is not None else \
                 orjson.Fragment(s.content)
     elif result.body is not None:
@@ -200,12 +271,22 @@ def _response_entry(ctx: ix.Context, result: ix.Result, prefer: str,
     return entry
 
 
+def _not_modified(e: _Entry, s: Stored) -> bool:
+    """A GET entry's conditional read (``ix.not_modified``) of ``s``."""
+    since = e.if_modified_since
+    return ix.not_modified(e.if_none_match, datetime.fromisoformat(
+        since.replace("Z", "+00:00")) if since is not None else None, ix.etag(s),
+        s.last_updated)
+
+
 def _run(tx: Tx, ctx: ix.Context, e: _Entry, resolve: Resolve | None = None) -> ix.Result:
     if e.rtype == "metadata":  # (the base's path, not a type: 'metadata is read with GET')
         raise BadRequest(f"Bundle.entry[{e.index}]: the CapabilityStatement is read at "
                          "[base]/metadata, not within a Bundle",
                          expression=f"Bundle.entry[{e.index}].request.url")
     if e.method == "GET":
+        if e.vid == "":  # (a history, answered and audited as outside a Bundle)
+            return ix.history(tx, ctx, e.query, e.rtype or None, e.rid)
         if e.rid is None:
             return ix.search(tx, ctx, e.rtype, e.query)
         if e.vid:
@@ -233,13 +314,33 @@ def _run(tx: Tx, ctx: ix.Context, e: _Entry, resolve: Resolve | None = None) -> 
 
 
 def _with_entry(err: SipHubError, index: int) -> SipHubError:
-    """Name the failing entry in the error so the client knows which one to fix."""
+    """Name the failing entry in the error so the client knows which one to fix: in the
+    diagnostics, and in each expression, a FHIRPath into the Bundle sent (``Patient.gender``
+    was as true of any other Patient entry)."""
     prefix = f"Bundle.entry[{index}]"
     err.diagnostics = f"{prefix}: {err.diagnostics}"
     for i, issue in enumerate(err.issues):
         err.issues[i] = type(issue)(issue.code, f"{prefix}: {issue.diagnostics}",
-                                    issue.expression, issue.severity)
+                                    tuple(_in_entry(x, prefix) for x in issue.expression),
+                                    issue.severity)
     return err
+
+
+# An expression into a resource (``Patient.gender``), as the write pipeline names them.
+_RESOURCE_PATH = re.compile(r"[A-Z][A-Za-z]*(?=[.\[]|$)")
+
+
+def _in_entry(expression: str, prefix: str) -> str:
+    """``expression`` as a FHIRPath into the Bundle: one into the entry's resource under
+    its ``resource``; one into the Bundle already (``Bundle.entry[n].request.url``) as it
+    is; anything else (a search parameter of the entry's URL or criteria) under its
+    ``request``."""
+    if expression.startswith("Bundle.entry["):
+        return expression
+    m = _RESOURCE_PATH.match(expression)
+    if m is not None:
+        return f"{prefix}.resource{expression[m.end():]}"
+    return f"{prefix}.request"
 
 
 def _criteria_keys(ctx: ix.Context, entries: list[_Entry]) -> dict[int, str]:
@@ -403,18 +504,26 @@ def _patch_refs(ops: Any) -> list[str]:
     return out
 
 
-def _placeholders_resolved(entries: list[_Entry]) -> None:
+def _placeholders_resolved(entries: list[_Entry], why: str = "names no resource the "
+                           "transaction creates or updates (no such fullUrl)") -> None:
     """A ``urn:uuid:`` reference names an entry of the Bundle by its fullUrl; one left once
-    every entry's is replaced names none (a typo, or a DELETE's), and was stored as it came."""
+    every entry's is replaced names none (a typo, or a DELETE's), and was stored as it came.
+    ``why``: what the refusal tells the client."""
     for e in entries:
         if isinstance(e.resource, dict) or e.patch is not None:
             refs = [h["reference"] for h in reference_holders(e.resource)] \
                 if isinstance(e.resource, dict) else _patch_refs(e.patch)
             for ref in refs:
-                if ref.startswith("urn:uuid:"):
-                    raise _with_entry(BadRequest(
-                        f"The reference '{ref[:80]}' names no resource the transaction "
-                        "creates or updates (no such fullUrl)"), e.index)
+                if isinstance(ref, str) and ref.startswith("urn:uuid:"):
+                    raise _with_entry(BadRequest(f"The reference '{ref[:80]}' {why}"),
+                                      e.index)
+
+
+# In a batch a placeholder names nothing: each entry stands alone (FHIR: no dependencies
+# between a batch's entries). Stored as it came, it made a plan about no one, outside every
+# patient compartment.
+_IN_A_BATCH = ("names another entry by its fullUrl, which a batch does not resolve: its "
+               "entries stand alone. Send a transaction, or name the resource Type/id")
 
 
 def _lock_keys(entries: list[_Entry], criteria: dict[int, str]) -> list[str]:
@@ -439,7 +548,9 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
     entries, which hold references of their own). ``numbers``: the index each entry is
     named by in errors (``Bundle.entry[n]``), one per entry, increasing; by default its
     place in ``bundle`` (a message names the entries of the message it was built from)."""
-    ctx = replace(ctx, within=tx, approvals=sp.Approvals())
+    # Notifications are emitted once every entry is written (``_notify``).
+    ctx = replace(ctx, within=tx, approvals=sp.Approvals(),
+                  changes=[] if ctx.messaging is not None else None)
     entries = _entries(bundle, ctx, numbers=numbers)
     criteria = _criteria_keys(ctx, entries)
     _each_once(entries, criteria)
@@ -450,8 +561,17 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
     # which PostgreSQL breaks by failing one of them). Only well-formed keys (PostgreSQL
     # refuses a NUL): a bad entry is refused where it is processed.
     tx.serialise_all(_lock_keys(entries, criteria))
-    _resolved_once(tx, ctx, entries)
     responses: dict[int, dict[str, Any]] = {}
+    # FHIR processes the DELETEs first: what the other entries' criteria (conditional
+    # creates, updates and references) match is what is left after them. Matched before,
+    # a conditional create found, and a plan referred to, a Patient the transaction deleted.
+    for e in entries:
+        if e.method == "DELETE":
+            try:
+                responses[e.index] = _response_entry(ctx, _run(tx, ctx, e), prefer, e)
+            except SipHubError as err:
+                raise _with_entry(err, e.index) from None
+    _resolved_once(tx, ctx, entries)
     # Assign ids (or find the existing resource for a conditional create) before any
     # write, so every reference between entries can be rewritten first.
     mapping: dict[str, str] = {}
@@ -471,13 +591,13 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
                     if rid:
                         ctx.record("read", found)  # (as a conditional create outside one)
                         responses[e.index] = _response_entry(ctx, ix.Result(200, found[0]),
-                                                             prefer, e.method)
+                                                             prefer, e)
                 rid = rid or uuid7()
             except SipHubError as err:
                 raise _with_entry(err, e.index) from None
             assigned[e.index] = rid
             if e.full_url:
-                mapping[e.full_url] = f"{e.rtype}/{rid}"
+                _maps(mapping, ctx, e.full_url, f"{e.rtype}/{rid}")
         elif e.method == "PUT":
             rid = e.rid
             if rid is None and e.has_query:
@@ -494,7 +614,7 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
                 if rid:
                     assigned[e.index] = rid
             if rid and e.full_url:
-                mapping[e.full_url] = f"{e.rtype}/{rid}"
+                _maps(mapping, ctx, e.full_url, f"{e.rtype}/{rid}")
     _resolve_conditional(tx, ctx, entries, mapping)
     pending: dict[tuple[str, str], dict[str, Any]] = {}
     for e in entries:
@@ -532,9 +652,10 @@ def transaction_in(tx: Tx, ctx: ix.Context, bundle: dict[str, Any], prefer: str,
                 result = _run(tx, ctx, e, None if isinstance(e.resource, Prepared) else resolve)
         except SipHubError as err:
             raise _with_entry(err, e.index) from None
-        responses[e.index] = _response_entry(ctx, result, prefer, e.method)
+        responses[e.index] = _response_entry(ctx, result, prefer, e)
         writers += [e.index] * (len(approvals.plans) - len(writers))
     _approved(tx, approvals, writers)
+    _notify(tx, ctx)
     return ix.bundle("transaction-response",
                      _distinct_full_urls([responses[e.index] for e in entries]))
 
@@ -578,6 +699,14 @@ def _approved(tx: Tx, approvals: sp.Approvals, writers: list[int]) -> None:
             raise _with_entry(err, index) from None
 
 
+def _notify(tx: Tx, ctx: ix.Context) -> None:
+    """The notifications of the transaction's writes, from its final state
+    (``Emitter.after_transaction``): FHIR gives its entries no order but their methods'."""
+    if ctx.messaging is None or ctx.changes is None:
+        return
+    ctx.messaging.after_transaction(tx, ctx, ctx.changes)
+
+
 def transaction(store: Store, ctx: ix.Context, bundle: dict[str, Any], prefer: str) -> dict:
     with store.begin() as tx:
         return transaction_in(tx, ctx, bundle, prefer, placeholders=True)
@@ -588,8 +717,9 @@ def batch(store: Store, ctx: ix.Context, bundle: dict[str, Any], prefer: str) ->
     for i, e in enumerate(bundle.get("entry") or []):
         try:
             entry = _entries({"entry": [e]}, ctx, first=i)[0]
+            _placeholders_resolved([entry], _IN_A_BATCH)
             with store.begin(write=entry.method != "GET") as tx:
-                out.append(_response_entry(ctx, _run(tx, ctx, entry), prefer, entry.method))
+                out.append(_response_entry(ctx, _run(tx, ctx, entry), prefer, entry))
         except SipHubError as err:
             out.append({"response": {"status": f"{err.status}", "outcome": from_error(err)}})
         except Exception:  # noqa: BLE001 (a fault of the hub's own, in this entry alone)

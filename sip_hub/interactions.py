@@ -9,6 +9,7 @@ record of the access.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -50,6 +51,10 @@ class Context:
     # A transaction Bundle's resources by (type, id), as its entries write them: whose a
     # Provenance written before the record it targets is (``tx_resolver``).
     pending: dict[tuple[str, str], dict[str, Any]] | None = None
+    # A transaction Bundle's writes (type, old, new, patients regranted), whose
+    # notifications it emits once all its entries are written (``bundles.transaction_in``).
+    changes: list[tuple[str, dict[str, Any] | None, dict[str, Any] | None,
+                        frozenset[str]]] | None = None
 
     def record(self, interaction: str, stored: list[Stored], *, tx: Tx | None = None,
                outcome: str = "0", query: str | None = None, detail: str | None = None,
@@ -100,6 +105,23 @@ class Result:
 
 def etag(stored: Stored) -> str:
     return f'W/"{stored.version_id}"'
+
+
+def not_modified(if_none_match: str | None, since: datetime | None, tag: str,
+                 last_updated: int) -> bool:
+    """A conditional read (FHIR http.html, "conditional read"; RFC 9110 13.1.2, 13.1.3): the
+    client's copy is current when If-None-Match names this version's ETag ``tag`` (weakly
+    compared, or ``*``), or, without If-None-Match, when nothing changed since ``since``
+    (If-Modified-Since, to the second; None: none, or not a date with its zone). A system
+    polling a plan then gets a 304 without the plan. From the headers of a GET, or a
+    Bundle entry's ``request.ifNoneMatch`` and ``ifModifiedSince``."""
+    if if_none_match is not None:
+        wanted = tag.removeprefix("W/")
+        return any(t.strip() == "*" or t.strip().removeprefix("W/") == wanted
+                   for t in if_none_match.split(","))
+    if since is None or since.tzinfo is None:
+        return False
+    return last_updated // 1_000_000 <= int(since.timestamp())
 
 
 def parse_etag(value: str) -> int:
@@ -249,10 +271,14 @@ def _guard_write(tx: Tx, ctx: Context, rtype: str, old: Stored | None,
 def _changed(tx: Tx, ctx: Context, rtype: str, old: dict[str, Any] | None,
              new: dict[str, Any] | None, *, withheld: bool = False) -> None:
     """What every change sets off, in its own transaction: grants, then notifications (none
-    for a withheld resource: no one else is told of it)."""
+    for a withheld resource: no one else is told of it). A transaction Bundle's are noted
+    for it to emit at its end (``Context.changes``)."""
     regranted = acl.after_write(tx, rtype, old, new)
     if ctx.messaging is not None and not withheld:
-        ctx.messaging.after_write(tx, ctx, rtype, old, new, regranted)
+        if ctx.changes is not None:
+            ctx.changes.append((rtype, old, new, frozenset(regranted)))
+        else:
+            ctx.messaging.after_write(tx, ctx, rtype, old, new, regranted)
 
 
 def _written(tx: Tx, ctx: Context, interaction: str, old: Stored | None, new: Stored) -> None:

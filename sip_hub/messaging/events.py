@@ -366,15 +366,36 @@ class Emitter:
         """The write path's hook: call after ``access.after_write``, in the same transaction,
         for every create, update and delete; ``regranted`` are the patients whose grants that
         changed (only their undelivered notifications can have lost their coverage)."""
-        for patient in sorted(regranted):
+        self.after_transaction(tx, ctx, [(rtype, old, new, frozenset(regranted))])
+
+    def after_transaction(self, tx: Tx, ctx: "Context", changes: Sequence[
+            tuple[str, Json | None, Json | None, AbstractSet[str]]]) -> None:
+        """``after_write`` for each of ``changes`` (type, old, new, patients regranted), the
+        writes of a transaction Bundle once all are written: its notifications come from its
+        final state (plans and grants as it leaves them), whatever its entries' order. A
+        consent given with the SIP plan it covers (created by the same transaction) is told
+        by the plan's message, as when the Consent is written first (then no plan is there
+        to carry): emitted as each was written, a plan listed before it was told to no one
+        (no grant yet) and the parties heard only of the consent."""
+        for patient in sorted(set().union(*(c[3] for c in changes))):
             withdraw_uncovered(tx, patient)
+        facts = [(rtype, old, new, fact) for rtype, old, new, _ in changes
+                 for fact in classify(rtype, old, new)]
+        planned = {fact.patient_id for rtype, old, _, fact in facts
+                   if rtype == "CarePlan" and old is None and fact.event in _NEW_SIP}
         applying = _APPLYING.get()
-        for fact in classify(rtype, old, new):
+        for rtype, old, new, fact in facts:
             if applying is not None:  # (the message itself is forwarded)
                 if not tells(fact, applying.event, applying.reason):
                     rid = (new or old or {}).get("id")
                     applying.untold.append((rtype, rid if isinstance(rid, str) else "", fact))
                 continue
+            if fact.event == vocab.CONSENT_CHANGED and fact.patient_id in planned:
+                continue
             self.emit(tx, fact.event, sender_org=ctx.access.org, patient_id=fact.patient_id,
                       careplan_id=fact.careplan_id, focus=fact.focus, reason=fact.reason,
                       base=ctx.base_url)
+
+
+# What a SIP plan created is told as (``_plan``).
+_NEW_SIP = frozenset({vocab.SIP_INITIATED, vocab.PLAN_ESTABLISHED, vocab.SIP_CLOSED})

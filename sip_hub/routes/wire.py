@@ -25,7 +25,7 @@ from ..fhir import exact, models, validation
 from ..fhir.patch import MEDIA_TYPE as PATCH
 from ..fhir.dates import from_us
 from ..fhir.outcome import information
-from ..interactions import Context, Result, etag, location
+from ..interactions import Context, Result, etag, location, not_modified
 
 JSON = "application/fhir+json"
 XML = "application/fhir+xml"
@@ -245,28 +245,15 @@ def prefer_lenient(request: Request) -> bool:
 
 
 def _not_modified(request: Request, tag: str, last_updated: int) -> bool:
-    """A conditional read (FHIR http.html, "conditional read"; RFC 9110 13.1.2, 13.1.3): the
-    client's copy is current when If-None-Match names this version's ETag (weakly compared,
-    or ``*``), or, without If-None-Match, when nothing changed since If-Modified-Since (an
-    HTTP date to the second; one that is not a date is ignored). A system polling a plan then
-    gets a 304 without the plan."""
+    """A conditional read (``interactions.not_modified``) of a GET or HEAD."""
     if request.method not in ("GET", "HEAD"):
         return False
-    none_match = request.headers.get("if-none-match")
-    if none_match is not None:
-        wanted = tag.removeprefix("W/")
-        return any(t.strip() == "*" or t.strip().removeprefix("W/") == wanted
-                   for t in none_match.split(","))
     since = request.headers.get("if-modified-since")
-    if since is None:
-        return False
     try:
-        when = parsedate_to_datetime(since)
+        when = parsedate_to_datetime(since) if since is not None else None
     except (TypeError, ValueError, IndexError):
-        return False
-    if when.tzinfo is None:
-        return False
-    return last_updated // 1_000_000 <= int(when.timestamp())
+        when = None  # (one that is not a date is ignored)
+    return not_modified(request.headers.get("if-none-match"), when, tag, last_updated)
 
 
 def result_response(request: Request, ctx: Context, result: Result, *,
