@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import orjson
 
 from . import cpu, interactions as ix, logs, process as sp
-from .errors import BadRequest, InternalError, SipHubError
+from .errors import BadRequest, InternalError, PayloadTooLarge, SipHubError
 from .fhir import exact, models, patch as json_patch
 from .fhir.dates import now_utc
 from .fhir.indexing import reference_holders
@@ -733,7 +733,10 @@ def batch(store: Store, ctx: ix.Context, bundle: dict[str, Any], prefer: str) ->
     return ix.bundle("batch-response", _distinct_full_urls(out))
 
 
-def process(store: Store, ctx: ix.Context, body: Any, prefer: str) -> dict[str, Any]:
+def process(store: Store, ctx: ix.Context, body: Any, prefer: str, *,
+            max_entries: int | None = None) -> dict[str, Any]:
+    """A transaction or batch Bundle posted to the base; ``max_entries``: how many entries
+    it may have (``SIP_HUB_MAX_BUNDLE_ENTRIES``), more are a 413 before any is processed."""
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         raise BadRequest("POST to the base takes a Bundle of type transaction or batch")
     btype = body.get("type")
@@ -742,6 +745,10 @@ def process(store: Store, ctx: ix.Context, body: Any, prefer: str) -> dict[str, 
                          expression="Bundle.type")
     if not isinstance(body.get("entry", []), list):
         raise BadRequest("Bundle.entry must be a list", expression="Bundle.entry")
+    if max_entries is not None and len(body.get("entry", [])) > max_entries:
+        raise PayloadTooLarge(f"The Bundle has {len(body['entry'])} entries; this hub takes "
+                              f"at most {max_entries} in one (SIP_HUB_MAX_BUNDLE_ENTRIES): "
+                              "send them in several Bundles", expression="Bundle.entry")
     _check_own_elements(body)
     if btype == "transaction":
         return transaction(store, ctx, prevalidate_entries(store, body), prefer)

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     base_url: str = ""
     auto_migrate: bool = True
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    # Entries of a transaction or batch Bundle at most: within the body's bound, 60,000
+    # small searches took a worker a minute (a demo SIP is a dozen, a set-up Bundle fifty).
+    max_bundle_entries: int = Field(default=1000, ge=1)
     default_page_size: int = Field(default=50, ge=1, le=1000)
     max_page_size: int = Field(default=1000, ge=1)
     db_pool_size: int = Field(default=10, ge=1)

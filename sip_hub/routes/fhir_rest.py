@@ -129,7 +129,8 @@ async def system_bundle(request: Request) -> Response:
     ctx = context(request)
     body = await read_body(request, request.app.state.settings.max_body_bytes)
     out = await in_thread(request, bundles.process, _store(request), ctx, body,
-                                  prefer_return(request))
+                          prefer_return(request),
+                          max_entries=request.app.state.settings.max_bundle_entries)
     return respond(request, out)
 
 

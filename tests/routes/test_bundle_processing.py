@@ -216,3 +216,18 @@ def test_a_transactions_notifications_do_not_depend_on_its_entry_order(hub):
     assert r.status_code == 200, r.text
     told = {(d.event, d.dest_org) for d in hub.deliveries()}
     assert {("plan-established", BUP), ("plan-established", SCHOOL)} <= told, sorted(told)
+
+
+# -- size ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("btype", ["batch", "transaction"])
+def test_a_bundle_of_more_entries_than_the_hub_takes_is_refused_413(client, btype):
+    """SIP_HUB_MAX_BUNDLE_ENTRIES (1,000): a Bundle of more entries is a 413 with an
+    OperationOutcome naming the bound, before any entry is processed (within the body's
+    bound, 60,000 small searches held a worker a minute); nothing is written."""
+    entries = [get("Patient?_count=0")] * 1000 + [post(patient())]
+    r = send(client, bundle(*entries, btype=btype))
+    assert r.status_code == 413, r.text
+    assert r.json()["resourceType"] == "OperationOutcome"
+    assert "SIP_HUB_MAX_BUNDLE_ENTRIES" in r.text
+    assert client.get("/fhir/Patient").json()["total"] == 0
