@@ -272,9 +272,11 @@ def _writes_logged(client) -> list[Json]:
 def test_a_refused_import_stores_and_logs_no_write(client, soc, portal):
     entries = [_put(x) for x in _context()] + [_put(f.sip_careplan())]
     r = _send(client, soc, entries)
-    # The entry is named; the expression is within its resource (as for every entry's error)
+    # The entry is named; the expression is a FHIRPath into the Bundle, within its resource
+    # (as for every entry's error)
     _refused(r, f"Bundle.entry[{len(entries) - 1}]")
-    assert r.json()["issue"][0]["expression"] == ["CarePlan.status"]
+    assert r.json()["issue"][0]["expression"] == \
+        [f"Bundle.entry[{len(entries) - 1}].resource.status"]
     assert client.get("/fhir/Patient/alva").status_code == 404
     assert _writes_logged(client) == []
     assert _shown(client, portal) == 0
