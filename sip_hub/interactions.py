@@ -268,6 +268,16 @@ def _guard_write(tx: Tx, ctx: Context, rtype: str, old: Stored | None,
         raise
 
 
+def _process_refused(tx: Tx, ctx: Context, interaction: str, old: Stored | None, rtype: str,
+                     new: dict[str, Any], err: SipHubError) -> None:
+    """Audit a write the SIP process rules refused: it was decided on the SIP's state, which
+    the refusal tells. A create has no ``old``: the record names the person the new resource
+    is about (the plan it would join, say)."""
+    named = acl.patients_of(rtype, new, resolve=tx_resolver(tx, ctx.pending)) \
+        if old is None else set()
+    ctx.refused(interaction, old, rtype, err, named=frozenset(named), reads=tx)
+
+
 def _changed(tx: Tx, ctx: Context, rtype: str, old: dict[str, Any] | None,
              new: dict[str, Any] | None, *, withheld: bool = False) -> None:
     """What every change sets off, in its own transaction: grants, then notifications (none
@@ -368,7 +378,10 @@ def _guard_version(tx: Tx, ctx: Context, cur: Stored, ver: Stored | None,
 
 
 def create(tx: Tx, ctx: Context, rtype: str, res: Any, *, if_none_exist: str | None = None,
-           rid: str | None = None, resolve: Resolve | None = None) -> Result:
+           rid: str | None = None, resolve: Resolve | None = None,
+           process_rules: bool = True) -> Result:
+    """Create (the store assigns the id, or a transaction's ``rid``). ``process_rules=False``
+    is for the SIP process operations, as for ``update``."""
     check_type(rtype, write=True)
     ctx.access.check(rtype, "c")
     if if_none_exist:
@@ -381,6 +394,12 @@ def create(tx: Tx, ctx: Context, rtype: str, res: Any, *, if_none_exist: str | N
             return Result(200, found[0])
     prepared = prepare_in(tx, res, resolve, rtype, ctx.base_url)
     _guard_write(tx, ctx, rtype, None, prepared, "create")
+    if process_rules:
+        try:
+            process.check_plain_create(tx, ctx, prepared, rid)
+        except SipHubError as err:
+            _process_refused(tx, ctx, "create", None, rtype, prepared, err)
+            raise
     process.check_new_plan(ctx, None, prepared, rid)
     stored = tx.create(prepared, rid, owner=ctx.access.org,
                        withheld=ctx.access.withholds(tx, rtype, prepared, pending=ctx.pending))
@@ -415,8 +434,7 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
         try:
             process.check_plain_update(tx, ctx, current.doc() if current else None, prepared)
         except SipHubError as err:  # refused on what it read: audited, outside the tx
-            if current is not None:
-                ctx.refused(interaction, current, rtype, err, reads=tx)
+            _process_refused(tx, ctx, interaction, current, rtype, prepared, err)
             raise
         process.check_new_plan(ctx, current.doc() if current else None, prepared, rid)
     version = expected_version(if_match, old, f"{rtype}/{rid}")

@@ -91,8 +91,10 @@ class Operation:
                         reads=self.tx if err.status < 500 else None)
 
     def create(self, res: Json, *, as_hub: bool = False) -> Stored:
+        """Create ``res``; the process operations keep the process rules themselves (an
+        invitation Task is $invite's to create), so the plain-create hook is not run."""
         ctx = self.hub if as_hub else self.ctx
-        stored = ix.create(self.tx, ctx, res["resourceType"], res).stored
+        stored = ix.create(self.tx, ctx, res["resourceType"], res, process_rules=False).stored
         assert stored is not None
         if as_hub:
             self.ctx.record("create", [stored], tx=self.tx)

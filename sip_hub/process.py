@@ -5,9 +5,11 @@ The phase is the ``sip-phase`` extension on the SIP CarePlan; the plan's status 
 (``sip.PHASE_STATUSES``, enforced by the profile on every write). A plan without the extension
 (written before the process existed, or imported already established) is in the phase its
 status implies. Only the operations (``transitions``, ``invitations``, ``revisions``) change a
-phase; ``check_plain_update`` is the hook in ``interactions.update`` that refuses a plain update
-doing their work: changing the phase or status, changing an established plan's content without
-the person's approval, or answering an invitation without ``$respond``.
+phase; ``check_plain_update``, ``check_plain_create`` and ``check_plain_delete`` are the hooks in
+``interactions`` (so in REST, Bundle entries and messages alike) that refuse a plain write doing
+their work or going around them: changing the phase or status, changing what an established
+plan decides (also through its goals) without the person's approval, answering an invitation
+without ``$respond`` or sending one without ``$invite``, or changing a closed SIP.
 
 This module holds rules only; it writes nothing, so ``interactions`` can import it.
 """
@@ -517,6 +519,9 @@ class Approvals:
     entries are written, as the approvers are checked against its CareTeam)."""
     provenances: list[Json] = field(default_factory=list)
     plans: list[Json] = field(default_factory=list)
+    # The ids of the SIP plans it writes that were none before (an import): what they
+    # reference is the transaction's own content, not that of a SIP it changes.
+    new_plans: set[str] = field(default_factory=set)
 
 
 def needs_approval(plan: Json) -> bool:
@@ -539,7 +544,12 @@ def check_new_plan(ctx: Context, old: Json | None, new: Json, rid: str | None = 
         return
     if new.get("resourceType") == "Provenance" and ctx.approvals is not None:
         ctx.approvals.provenances.append(new)
-    if not needs_approval(new) or (old is not None and is_sip_plan(old)):
+    if old is not None and is_sip_plan(old):
+        return
+    if ctx.approvals is not None and rid and new.get("resourceType") == "CarePlan" and \
+            is_sip_plan(new):
+        ctx.approvals.new_plans.add(rid)
+    if not needs_approval(new):
         return
     if ctx.approvals is None:
         raise business_rule(f"A SIP plan written as established needs the person's "
@@ -652,10 +662,19 @@ def _proposal_update(old: Json, new: Json) -> None:
                             "CarePlan.status")
 
 
-def _goal_update(tx: Tx, old: Json, new: Json) -> None:
+def _referencing_plans(tx: Tx, ctx: Context, param: str, ref: str,
+                       phases: frozenset[str]) -> list[Stored]:
+    """The SIP plans in one of ``phases`` that reference ``ref`` (by the CarePlan search
+    parameter ``param``), but for those the transaction writes as new (an import: their
+    content, and the approval checked at its end, are the transaction's own)."""
+    mine = ctx.approvals.new_plans if ctx.approvals is not None else set()
+    return [s for s in search(tx, "CarePlan", [(param, ref)])
+            if s.id not in mine and is_sip_plan(p := s.json()) and phase_of(p) in phases]
+
+
+def _goal_update(tx: Tx, ctx: Context, old: Json, new: Json) -> None:
     gid = old.get("id")
-    fixed = [s for s in search(tx, "CarePlan", [("goal", f"Goal/{gid}")])
-             if is_sip_plan(p := s.json()) and phase_of(p) in FIXED_PHASES]
+    fixed = _referencing_plans(tx, ctx, "goal", f"Goal/{gid}", FIXED_PHASES)
     if not fixed:
         return
     a, b = ({k: v for k, v in g.items() if k not in _GOAL_STATUS_KEYS | {"meta", "text"}}
@@ -666,9 +685,22 @@ def _goal_update(tx: Tx, old: Json, new: Json) -> None:
                             f"{_REVISE}, referencing a new Goal")
 
 
+def _goal_written_anew(tx: Tx, ctx: Context, gid: str) -> None:
+    """A goal an established plan names is not written anew under its id once it is gone (an
+    operator deleted it): the plan, the participants and 1177 would show the new content as
+    a goal the person approved."""
+    fixed = _referencing_plans(tx, ctx, "goal", f"Goal/{gid}", FIXED_PHASES)
+    if fixed:
+        raise business_rule(f"Goal/{gid} is named by the established plan "
+                            f"CarePlan/{fixed[0].id}: a goal of it is written only with the "
+                            f"person's approval. {_REVISE}, referencing a new Goal")
+
+
 def _task_update(tx: Tx, ctx: Context, old: Json, new: Json) -> None:
     kind = task_kind(old)
     if kind is None:
+        if task_kind(new) is not None:
+            _hub_task(new)  # (another Task made one of the hub's)
         return
     a, b = ({k: v for k, v in t.items() if k not in ("meta", "text", "note", "lastModified")}
             for t in (old, new))
@@ -692,22 +724,72 @@ def _task_update(tx: Tx, ctx: Context, old: Json, new: Json) -> None:
                         "resolved; add a note if needed", "Task.status")
 
 
-def _meeting_update(tx: Tx, old: Json, new: Json) -> None:
+def _hub_task(new: Json) -> None:
+    """The SIP Tasks (codes of sip-task) are the hub's: an invitation is sent by $invite,
+    which checks the SIP's phase, the consent and the meeting (and refuses a closed SIP); the
+    deadline Tasks are opened by the deadline scan while their obligation holds. Written as
+    plain resources they would oblige an organisation to answer (rule 6) what no rule
+    checked, also for a SIP the person has ended (rule 2)."""
+    if task_kind(new) == TASK_INVITATION:
+        raise business_rule("An invitation (kallelse) is sent with CarePlan/$invite, which "
+                            "creates the meeting and one invitation Task per organisation",
+                            "Task.code")
+    raise business_rule(f"The hub opens the SIP Tasks ({sip.CS_TASK}) itself when what they "
+                        "watch is due; write the Task with a code of your own",
+                        "Task.code")
+
+
+def _closed_plan(tx: Tx, ctx: Context, refs: Any) -> str | None:
+    """The id of a closed SIP plan among ``refs`` (but one the transaction writes as new)."""
+    mine = ctx.approvals.new_plans if ctx.approvals is not None else set()
+    for ref in refs if isinstance(refs, list) else []:
+        target = ref_target(ref)
+        if target is None or target[0] != "CarePlan" or target[1] in mine:
+            continue
+        plan = current_json(tx, *target)
+        if plan is not None and is_sip_plan(plan) and phase_of(plan) == CLOSED:
+            return target[1]
+    return None
+
+
+def _meeting_update(tx: Tx, ctx: Context, old: Json, new: Json) -> None:
     """A closed SIP's meetings stay as the SIP left them: not moved, booked or cancelled again
-    (which would also tell the participants of a meeting in a SIP that has ended)."""
+    (which would also tell the participants of a meeting in a SIP that has ended), nor is
+    another meeting made one of it."""
     a, b = ({k: v for k, v in m.items() if k not in ("meta", "text", "comment")}
             for m in (old, new))
     if a == b:
         return
-    for ref in old.get("supportingInformation", []):
-        target = ref_target(ref)
-        if target is None or target[0] != "CarePlan":
-            continue
-        plan = current_json(tx, *target)
-        if plan is not None and is_sip_plan(plan) and phase_of(plan) == CLOSED:
-            raise business_rule(f"The meeting belongs to CarePlan/{target[1]}, a SIP that is "
-                                "closed (avslutad): its meetings are no longer changed",
-                                "Appointment")
+    closed = _closed_plan(tx, ctx, old.get("supportingInformation")) or \
+        _closed_plan(tx, ctx, new.get("supportingInformation"))
+    if closed:
+        raise business_rule(f"The meeting belongs to CarePlan/{closed}, a SIP that is "
+                            "closed (avslutad): its meetings are no longer changed",
+                            "Appointment")
+
+
+def _new_meeting(tx: Tx, ctx: Context, new: Json) -> None:
+    """No meeting is booked for a SIP the person has ended (rule 2): $invite refuses a
+    closed plan, and a plain create would call the organisations to it all the same."""
+    closed = _closed_plan(tx, ctx, new.get("supportingInformation"))
+    if closed:
+        raise business_rule(f"CarePlan/{closed} is a SIP that is closed (avslutad): no "
+                            "meeting is booked for it. A new SIP is started with a new plan",
+                            "Appointment.supportingInformation")
+
+
+def _team_update(tx: Tx, ctx: Context, old: Json, new: Json) -> None:
+    """A closed SIP's care team stays as the SIP left it: it says who took part, and who
+    may read the SIP's record."""
+    a, b = ({k: v for k, v in t.items() if k not in ("meta", "text", "note")}
+            for t in (old, new))
+    if a == b:
+        return
+    closed = _referencing_plans(tx, ctx, "care-team", f"CareTeam/{old.get('id')}",
+                                frozenset({CLOSED}))
+    if closed:
+        raise business_rule(f"The care team belongs to CarePlan/{closed[0].id}, a SIP that "
+                            "is closed (avslutad): its care team is no longer changed")
 
 
 _LIVE_MEETING: Final = "proposed,pending,booked"
@@ -717,11 +799,45 @@ def check_plain_delete(ctx: Context, old: Json, tx: Tx | None = None) -> None:
     """An established plan is the person's: it is closed with $transition, never deleted.
     Nor is a draft whose invitations went out: its open invitations and planned meetings
     would stay open with the organisations for ever (none can answer them, no deadline
-    watches them); closing it with $transition cancels them and tells the organisations."""
+    watches them); closing it with $transition cancels them and tells the organisations.
+    What an established or closed plan references is not deleted under it either: its goals
+    (what it decides, rule 3), its care team (who takes part and reads it, rule 5), and a
+    closed SIP's meetings."""
     if ctx.access.unrestricted:
         return
-    if old.get("resourceType") != "CarePlan" or not is_sip_plan(old):
+    rtype = old.get("resourceType")
+    if rtype == "CarePlan" and is_sip_plan(old):
+        _plan_delete(old, tx)
+    elif tx is None:
         return
+    elif rtype == "Goal":
+        fixed = _referencing_plans(tx, ctx, "goal", f"Goal/{old.get('id')}", FIXED_PHASES)
+        if fixed:
+            raise business_rule(f"Goal/{old.get('id')} belongs to the established plan "
+                                f"CarePlan/{fixed[0].id}: what the plan decides changes only "
+                                f"with the person's approval. {_REVISE}, leaving the goal "
+                                "out; the goal itself may be marked cancelled or completed "
+                                "(lifecycleStatus)")
+    elif rtype == "CareTeam":
+        fixed = _referencing_plans(tx, ctx, "care-team", f"CareTeam/{old.get('id')}",
+                                   FIXED_PHASES)
+        if fixed:
+            plan = f"CarePlan/{fixed[0].id}"
+            raise business_rule(
+                f"The care team belongs to {plan}, a SIP that is closed (avslutad): it is "
+                "kept as the SIP left it" if phase_of(fixed[0].json()) == CLOSED else
+                f"The care team belongs to the established plan {plan}: the participants "
+                "read the SIP and are told of it by it. Change who takes part by updating "
+                "the care team; the SIP is ended with CarePlan/$transition (to=avslutad, "
+                "with the reason), not by deleting its care team")
+    elif rtype == "Appointment":
+        closed = _closed_plan(tx, ctx, old.get("supportingInformation"))
+        if closed:
+            raise business_rule(f"The meeting belongs to CarePlan/{closed}, a SIP that is "
+                                "closed (avslutad): its meetings are no longer changed")
+
+
+def _plan_delete(old: Json, tx: Tx | None) -> None:
     if phase_of(old) in FIXED_PHASES:
         raise business_rule("An established SIP is ended with CarePlan/$transition "
                             "(to=avslutad, with the reason), not deleted")
@@ -740,14 +856,35 @@ def check_plain_delete(ctx: Context, old: Json, tx: Tx | None = None) -> None:
                             "organisations, not deleted")
 
 
+def check_plain_create(tx: Tx, ctx: Context, new: Json, rid: str | None) -> None:
+    """Refuse a plain create (POST, a PUT of a new id or of a deleted one, a Bundle entry)
+    that would do an operation's work or go around the SIP's state: one of the hub's SIP
+    Tasks (an invitation is $invite's), a meeting of a closed SIP, a goal an established plan
+    names written anew. ``rid``: the id it is written under (None: the store assigns one,
+    which nothing names yet)."""
+    if ctx.access.unrestricted:
+        return
+    rtype = new.get("resourceType")
+    if rtype == "Task" and task_kind(new) is not None:
+        _hub_task(new)
+    elif rtype == "Appointment":
+        _new_meeting(tx, ctx, new)
+    elif rtype == "Goal" and rid is not None:
+        _goal_written_anew(tx, ctx, rid)
+
+
 def check_plain_update(tx: Tx, ctx: Context, old: Json | None, new: Json) -> None:
     """Refuse a plain update (PUT, a Bundle entry) that would do an operation's work. ``old``
-    is the stored version as the transaction read it (``Stored.doc``, shared): only read.
+    is the stored version as the transaction read it (``Stored.doc``, shared): only read;
+    None: the write creates the resource (``check_plain_create``).
 
     Applies to organisations' clients; the hub's operators (admin clients with personal-data
     access) may repair data, and their writes are audited like any other.
     """
-    if old is None or ctx.access.unrestricted:
+    if ctx.access.unrestricted:
+        return
+    if old is None:
+        check_plain_create(tx, ctx, new, new.get("id"))
         return
     rtype = new.get("resourceType")
     if rtype == "CarePlan":
@@ -756,8 +893,10 @@ def check_plain_update(tx: Tx, ctx: Context, old: Json | None, new: Json) -> Non
         elif is_proposal(old):
             _proposal_update(old, new)
     elif rtype == "Goal" and profiles.applies(old) == sip.PROFILE_GOAL:
-        _goal_update(tx, old, new)
+        _goal_update(tx, ctx, old, new)
     elif rtype == "Task":
         _task_update(tx, ctx, old, new)
     elif rtype == "Appointment":
-        _meeting_update(tx, old, new)
+        _meeting_update(tx, ctx, old, new)
+    elif rtype == "CareTeam":
+        _team_update(tx, ctx, old, new)

@@ -44,7 +44,20 @@ def _goal() -> dict[str, Any]:
     return {k: v for k, v in f.sip_goal().items() if k != "id"}
 
 
-def _delete_goal(client, world, goal: str = "alva-mal-somn") -> None:
+# A goal of Alva's that her established plan does not name (the plan's own goals are not
+# deleted: they change only with her approval).
+EXTRA = "alva-mal-fritid"
+
+
+def _extra_goal(client, world) -> None:
+    goal = f.sip_goal(id=EXTRA, life_area="fritid", text="Alva provar en fritidsaktivitet.")
+    r = client.put(f"/fhir/Goal/{EXTRA}", content=orjson.dumps(goal),
+                   headers=JSON_HEADERS | world[SOC])
+    assert r.status_code == 201, r.text
+
+
+def _delete_goal(client, world, goal: str = EXTRA) -> None:
+    _extra_goal(client, world)
     r = client.delete(f"/fhir/Goal/{goal}", headers=world[SOC])
     assert r.status_code == 200, r.text
     # A read by an organisation the consent does not cover hides the deletion (403, not 410).
@@ -73,39 +86,39 @@ def test_a_refused_create_names_the_person_it_was_about(client, world, method, u
 def test_delete_of_a_persons_deleted_record_is_refused_and_logged(client, world):
     """As its read is: whether a record of a person's is deleted is its owner's business."""
     _delete_goal(client, world)
-    r = client.delete("/fhir/Goal/alva-mal-somn", headers=with_request_id(world[VC], "outsider-del"))
+    r = client.delete(f"/fhir/Goal/{EXTRA}", headers=with_request_id(world[VC], "outsider-del"))
     assert r.status_code == 403, r.text
     assert "deleted" not in r.text
     [event] = request_events(client, "outsider-del")
-    assert event["outcome"] == "4" and "Goal/alva-mal-somn" in entities(event), event
+    assert event["outcome"] == "4" and f"Goal/{EXTRA}" in entities(event), event
     assert ALVA in entities(event), event
 
 
 def test_delete_of_a_deleted_record_by_its_owner_still_succeeds(client, world):
     _delete_goal(client, world)
-    r = client.delete("/fhir/Goal/alva-mal-somn", headers=world[SOC])
+    r = client.delete(f"/fhir/Goal/{EXTRA}", headers=world[SOC])
     assert r.status_code == 200 and "already deleted" in r.text, r.text
 
 
 def test_patch_of_a_persons_deleted_record_is_refused_and_logged(client, world):
     _delete_goal(client, world)
     ops = [{"op": "replace", "path": "/lifecycleStatus", "value": "cancelled"}]
-    r = client.patch("/fhir/Goal/alva-mal-somn", content=orjson.dumps(ops),
+    r = client.patch(f"/fhir/Goal/{EXTRA}", content=orjson.dumps(ops),
                      headers=PATCH_HEADERS | with_request_id(world[VC], "outsider-patch"))
     assert r.status_code == 403, r.text
     assert "deleted" not in r.text and "ETag" not in r.headers
     [event] = request_events(client, "outsider-patch")
-    assert event["outcome"] == "4" and "Goal/alva-mal-somn" in entities(event), event
+    assert event["outcome"] == "4" and f"Goal/{EXTRA}" in entities(event), event
 
 
 @pytest.mark.parametrize("goal,if_match", [("alva-mal-skola", 'W/"7", W/"8"'),
-                                           ("alva-mal-somn", 'W/"7", W/"8"'),
-                                           ("alva-mal-somn", "*")])
+                                           (EXTRA, 'W/"7", W/"8"'),
+                                           (EXTRA, "*")])
 def test_if_match_on_delete_tells_nothing_of_a_record_the_caller_may_not_read(
         client, world, goal, if_match):
     """If-Match is answered after the access check: a 412 would tell the record's version
     (or that it has none, being deleted)."""
-    _delete_goal(client, world)  # alva-mal-somn deleted, alva-mal-skola at version 1
+    _delete_goal(client, world)  # alva-mal-fritid deleted, alva-mal-skola at version 1
     r = client.delete(f"/fhir/Goal/{goal}",
                       headers=with_request_id(world[VC], "outsider-del-im") | {"If-Match": if_match})
     assert r.status_code == 403, r.text
@@ -115,7 +128,8 @@ def test_if_match_on_delete_tells_nothing_of_a_record_the_caller_may_not_read(
 
 
 def test_if_match_on_delete_by_the_owner_is_still_answered(client, world):
-    r = client.delete("/fhir/Goal/alva-mal-skola", headers=world[SOC] | {"If-Match": 'W/"7"'})
+    _extra_goal(client, world)
+    r = client.delete(f"/fhir/Goal/{EXTRA}", headers=world[SOC] | {"If-Match": 'W/"7"'})
     assert r.status_code == 412 and "is at version 1" in r.text, r.text
 
 
