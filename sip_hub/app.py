@@ -60,6 +60,7 @@ def check_settings(settings: Settings) -> None:
                                  "is not a file")
     try:
         Messaging.for_hub(settings)
+        demo.read(settings)
     except ValueError as exc:
         raise ConfigurationError(f"Refusing to start: {exc}") from None
 

@@ -15,8 +15,9 @@ if TYPE_CHECKING:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from . import logs, serving
-    from .app import check_settings
+    from . import demo, logs, serving
+    from .app import ConfigurationError, check_settings
+    from .auth import load_keys
     from .service import FhirService
     from .store import Store
     from .store.engine import make_engine
@@ -29,6 +30,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.port:
         os.environ["SIP_HUB_PORT"] = str(args.port)
     check_settings(settings)
+    load_keys(settings)  # (each worker reads them: one they cannot use is refused here first)
     engine = make_engine(settings.database_url)
     if settings.auto_migrate:
         # Migrate once here, not in every worker process.
@@ -36,8 +38,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         os.environ["SIP_HUB_AUTO_MIGRATE"] = "false"
     else:  # refused in one line (exit 2), as the other commands do, not a traceback
         require_current(engine)
-    # Publish the conformance resources once, before the workers race to do it.
-    FhirService(Store(engine)).seed_definitions()
+    # Publish the conformance resources (and in dev the demo configuration) once, before the
+    # workers race to do it; a demo Bundle the hub refuses is named here, in one line, not in
+    # a traceback from a worker's start-up.
+    store = Store(engine)
+    FhirService(store).seed_definitions()
+    try:
+        demo.load(store, settings)
+    except ValueError as exc:
+        raise ConfigurationError(f"Refusing to start: {exc}") from None
     engine.dispose()
     return serving.run(args.workers or settings.workers, app="sip_hub.app:create_app",
                        factory=True, host=args.host or settings.host,
@@ -48,9 +57,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _migrate(_args: argparse.Namespace, settings: Settings) -> int:
+    from .app import ConfigurationError
     from .store.engine import make_engine, shown_database_url
     from .store.migrate import upgrade
 
+    # In production, the database the API would refuse (a demo password, SQLite) is refused
+    # here too; the rest of the API's checks (keys, broker) are not this command's concern.
+    problems = settings.production_database_problems() if settings.env == "production" else []
+    if problems:
+        raise ConfigurationError("Refusing to migrate in production: " + "; ".join(problems))
     engine = make_engine(settings.database_url)
     upgrade(engine)
     print(f"database at head: {shown_database_url(engine.url)}")

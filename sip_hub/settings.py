@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -173,18 +173,43 @@ class Settings(BaseSettings):
     def production_problems(self) -> list[str]:
         """What makes these settings unfit for production (demo secrets, embedded stores)."""
         problems = []
-        demo_words = ("change-me", "guest:guest", "demo", "secret@", "password@")
         if not (self.jwt_keys or self.jwt_keys_file):
             problems.append("SIP_HUB_JWT_KEYS or SIP_HUB_JWT_KEYS_FILE must hold the token "
                             "signing keys")
         if "demo" in self.jwt_keys.lower():
             problems.append("SIP_HUB_JWT_KEYS holds a demo key")
-        for name, url in (("SIP_HUB_DATABASE_URL", self.database_url),
-                          ("SIP_HUB_BROKER_URL", self.broker_url)):
-            if any(w in url.lower() for w in demo_words):
-                problems.append(f"{name} uses a demo password")
-        if self.is_sqlite:
-            problems.append("SIP_HUB_DATABASE_URL must point at PostgreSQL, not SQLite")
+        problems += self.production_database_problems()
         if self.broker_url.startswith("memory://"):
             problems.append("SIP_HUB_BROKER_URL must point at RabbitMQ, not the in-process bus")
+        elif _demo_password(self.broker_url):
+            problems.append("SIP_HUB_BROKER_URL uses a demo password")
+        elif any(_default_broker_login(url) for url in self.broker_url.split(";")):
+            problems.append("SIP_HUB_BROKER_URL logs in with RabbitMQ's default password guest "
+                            "(a URL without a password is given it): name the hub's broker "
+                            "user and its password, amqp://user:password@host/vhost")
         return problems
+
+    def production_database_problems(self) -> list[str]:
+        """What makes the database setting unfit for production: all that ``sip-hub migrate``
+        uses, which refuses it as the API does (it created the schema in a database the API
+        then refused to start on)."""
+        problems = []
+        if _demo_password(self.database_url):
+            problems.append("SIP_HUB_DATABASE_URL uses a demo password")
+        if self.is_sqlite:
+            problems.append("SIP_HUB_DATABASE_URL must point at PostgreSQL, not SQLite")
+        return problems
+
+
+def _demo_password(url: str) -> bool:
+    """Whether ``url`` holds a password of the demos and examples."""
+    return any(w in url.lower() for w in ("change-me", "guest:guest", "demo", "secret@",
+                                          "password@"))
+
+
+def _default_broker_login(url: str) -> bool:
+    """Whether kombu logs in to the broker ``url`` with RabbitMQ's default password: py-amqp
+    fills in ``guest`` for a user or password the URL leaves out, so ``amqp://mq//`` and
+    ``amqp://hub@mq//`` log in as the demo ``guest``/``guest`` (or try ``guest`` as the hub
+    user's password), which the text check for ``guest:guest`` let through."""
+    return unquote(urlsplit(url).password or "") in ("", "guest")

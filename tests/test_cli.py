@@ -76,6 +76,25 @@ def test_client_disable_enable_and_list(env, capsys):
     assert not clients.ClientStates(store).disabled(creds["client_id"])
 
 
+@pytest.mark.parametrize("database, says", [
+    (None, "SIP_HUB_DATABASE_URL must point at PostgreSQL, not SQLite"),
+    ("postgresql://sip_hub:change-me@127.0.0.1:9/sip_hub",
+     "SIP_HUB_DATABASE_URL uses a demo password"),
+])
+def test_migrate_in_production_refuses_the_database_the_api_would(
+        env, capsys, monkeypatch, database, says):
+    """``sip-hub migrate`` in production (the compose file's one-shot service) refuses, in one
+    line, the database the API refuses to start on, before touching it: it created the schema
+    on SQLite or behind a demo password all the same."""
+    monkeypatch.setenv("SIP_HUB_ENV", "production")
+    if database:
+        monkeypatch.setenv("SIP_HUB_DATABASE_URL", database)
+    assert cli.main(["migrate"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"sip-hub: Refusing to migrate in production: {says}\n"
+    assert not (env / "sip_hub.sqlite3").exists()
+
+
 @pytest.mark.parametrize("verb", ["disable", "enable"])
 def test_disabling_an_unknown_client_fails(env, capsys, verb):
     assert cli.main(["migrate"]) == 0

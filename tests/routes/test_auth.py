@@ -193,6 +193,24 @@ def test_production_accepts_real_settings():
     assert good.production_problems() == []
 
 
+@pytest.mark.parametrize("broker", [
+    "amqp://mq.region.se:5672//", "amqp://guest@mq.region.se//", "amqps://mq.region.se/sip",
+    "amqp://hub@mq//", "amqp://hub:guest@mq//", "amqp://hub:Pq81x@mq1//;amqp://mq2//"])
+def test_production_refuses_a_broker_url_that_logs_in_with_rabbitmqs_default_guest(
+        broker: str) -> None:
+    """A broker URL without a password makes kombu (py-amqp) log in with RabbitMQ's default
+    ``guest`` as the password (and user, if none is named): the demo login, which the check
+    for the text ``guest:guest`` let start in production. Each URL of a failover list is
+    checked; the refusal names the setting, never the URL."""
+    settings = Settings(env="production", database_url="postgresql://hub:Xk29dq@db/sip",
+                        broker_url=broker, jwt_keys='[{"kid": "k", "pem": "x"}]')
+    (problem,) = settings.production_problems()
+    assert problem.startswith("SIP_HUB_BROKER_URL logs in with RabbitMQ's default password")
+    assert "Pq81x" not in problem
+    failover = "amqp://hub:Pq81x@mq1//;amqps://hub:Pq81x@mq2/sip"
+    assert settings.model_copy(update={"broker_url": failover}).production_problems() == []
+
+
 def test_production_needs_the_hubs_hsa_id_and_organisation_endpoints(tmp_path, monkeypatch):
     good = Settings(env="production", database_url="postgresql://hub:Xk29dq@db/sip",
                     broker_url="amqp://hub:Pq81x@mq//", jwt_keys='[{"kid": "k", "pem": "x"}]',
