@@ -196,6 +196,38 @@ def separated_person_id(value: str) -> tuple[str, str] | None:
     return None
 
 
+PERSON_ID_MASK = "[personnummer]"
+
+
+def mask_person_ids(text: str) -> str:
+    """``text`` with every number written as a personnummer or samordningsnummer (the forms
+    of ``_PERSON_FORMS``, a number of its own: no letter or digit next to it) replaced by
+    ``PERSON_ID_MASK``. For text the hub does not control and passes on to people and logs
+    that may not see personal data: a receiving system's refusal ("Okänd patient
+    201103142384") became a delivery's last error, in the console and the log. By shape,
+    not by validity: a mistyped number names the person as well. An HSA-id's digits
+    (SE2120001637-SOC1) are no number of their own and stay."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        j = i
+        while j < n and _is_digits(text[j]):
+            j += 1
+        if j == i:
+            out.append(text[i])
+            i += 1
+            continue
+        end = j if j - i in (10, 12) else None
+        if j - i in (6, 8) and text[j:j + 1] in ("-", "+") and _is_digits(text[j + 1:j + 5]) \
+                and len(text[j + 1:j + 5]) == 4:
+            end = j + 5
+        alone = (i == 0 or not text[i - 1].isalnum()) and (
+            end is not None and (end == n or not text[end].isalnum()))
+        out.append(PERSON_ID_MASK if alone else text[i:j])
+        i = end if alone and end is not None else j
+    return "".join(out)
+
+
 def normalise_hsa_id(value: str) -> str:
     """An HSA-id in upper case: SE + organisationsnummer (10 or 12 digits) + '-' + suffix."""
     if not isinstance(value, str):

@@ -23,6 +23,7 @@ from sip_hub.identifiers import (
     InvalidIdentifier,
     canonical_identifier,
     luhn_check_digit,
+    mask_person_ids,
     normalise_hsa_id,
     normalise_in_resource,
     normalise_organisationsnummer,
@@ -427,3 +428,28 @@ def test_any_other_check_digit_is_refused(birth: date, serial: int, wrong: int) 
     bad = twelve[:-1] + str((int(twelve[-1]) + wrong) % 10)
     assert reason(normalise_personnummer, bad, today=TODAY) == (
         f"check digit is {bad[-1]}, expected {twelve[-1]}")
+
+
+# -- personal identity numbers in text the hub passes on ------------------------------------
+
+@pytest.mark.parametrize("text, masked", [
+    ("Okänd patient 201103142384: ingen elev", "Okänd patient [personnummer]: ingen elev"),
+    ("pnr 20110314-2384.", "pnr [personnummer]."),
+    ("110314-2384, 110314+2384 och 1103142384",
+     "[personnummer], [personnummer] och [personnummer]"),
+    ("Patient/201103142384|x", "Patient/[personnummer]|x"),
+    ("samordningsnummer 19701063-2391", "samordningsnummer [personnummer]"),
+])
+def test_person_ids_in_text_are_masked_in_every_written_form(text: str, masked: str) -> None:
+    """A receiving system's error text naming a person (a personnummer or samordningsnummer,
+    in any form it is written in, valid or mistyped) shows no more than that it named one."""
+    assert mask_person_ids(text) == masked
+
+
+@pytest.mark.parametrize("text", [
+    "SE2120001637-SOC1", "HTTP 422 from http://127.0.0.1:43707/fhir/$process-message",
+    "20261104123000", "id a201103142384", "201103142384b", "20110314-23845", "²²²²²²²²²²",
+    "OID 1.2.752.129.2.1.3.1", ""])
+def test_other_numbers_in_text_are_left_as_they_are(text: str) -> None:
+    """HSA-ids, URLs, timestamps and numbers within words are no person's number."""
+    assert mask_person_ids(text) == text

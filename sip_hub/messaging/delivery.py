@@ -57,6 +57,7 @@ import orjson
 from ..bus import (UNKNOWN, Ack, Bus, BusUnavailable, DeadLetter, Envelope, Outcome,
                    Received)
 from ..fhir.dates import now_utc, to_us
+from ..identifiers import mask_person_ids
 from ..metrics import DEAD_LETTERS, DELIVERIES, count_committed
 from ..store import Store, Tx
 from ..store import outbox as sql
@@ -92,7 +93,14 @@ class Result:
 
 
 def _diagnostics(resp: HttpResponse) -> str:
-    """The first diagnostics of an OperationOutcome (or of a response message's one)."""
+    """The first diagnostics of an OperationOutcome (or of a response message's one), with
+    the personal identity numbers in it masked: it becomes the delivery's last error, shown
+    in the console to every admin and logged with a dead delivery, and a receiving system
+    commonly names whom it refuses ("Okänd patient 201103142384")."""
+    return mask_person_ids(_first_diagnostics(resp))
+
+
+def _first_diagnostics(resp: HttpResponse) -> str:
     try:
         body: Any = orjson.loads(resp.content)
     except orjson.JSONDecodeError:

@@ -10,6 +10,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from ..fhir import profiles, sip
 from ..fhir.dates import from_us
 from ..fhir.indexing import split_reference
+from ..identifiers import mask_person_ids
 from ..messaging.http import shown_url
 
 
@@ -21,6 +22,8 @@ def _env() -> Environment:
     env.filters["when"] = _when
     env.filters["shown_url"] = shown_url  # (credentials stored before they were refused)
     env.filters["goal_line"] = goal_line  # (the HTML and the PDF say a goal alike)
+    # (receivers' errors stored before the personal identity numbers in them were masked)
+    env.filters["masked"] = mask_person_ids
     return env
 
 

@@ -117,6 +117,29 @@ def test_a_4xx_is_dead_at_once_with_the_receivers_reason(world: Hub, receivers: 
     assert "HTTP 422" in d.last_error and "said 422" in d.last_error
 
 
+def test_a_receivers_error_naming_the_person_is_stored_and_logged_masked(
+        world: Hub, receivers: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A receiving system's refusal commonly names whom it is about ("Okänd patient
+    201103142384"). The hub logs ids, organisations, states and reasons, never personal data
+    (README, Operations), and shows the last error to every admin client: the personal
+    identity numbers in the receiver's text are masked before it is stored or logged."""
+    _, school = endpoints(world, receivers)
+    refusal = orjson.dumps({"resourceType": "OperationOutcome", "issue": [{
+        "severity": "error", "code": "not-found",
+        "diagnostics": f"Okänd patient {f.DEMO_PNR}: ingen elev med detta personnummer"}]})
+    school.answer = lambda message: (422, refusal, 0.0)  # type: ignore[method-assign]
+    with caplog.at_level("INFO"):
+        world.rounds(lambda: settled(world))
+    d = state(world, SCHOOL)
+    assert d.state == "dead" and d.last_error == (
+        f"HTTP 422 from {school.url}: Okänd patient [personnummer]: ingen elev med detta "
+        "personnummer")
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line for line in lines if d.id in line and "is dead" in line] == [
+        f"delivery {d.id} of message {d.message_id} to {SCHOOL} is dead: {d.last_error}"]
+    assert not [line for line in lines if f.DEMO_PNR in line]
+
+
 def test_a_fatal_error_response_is_dead_and_a_transient_one_is_retried(
         world: Hub, receivers: Any) -> None:
     bup, school = endpoints(world, receivers)

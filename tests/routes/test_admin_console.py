@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import orjson
 import pytest
 from sqlalchemy import text as sql
 
@@ -295,6 +296,45 @@ def test_the_content_is_for_personal_data_access_and_its_reading_is_audited(
     assert "SE2321000016-ADM2" in [a["who"].get("identifier", {}).get("value")
                                    for a in event["agent"]]
     assert {"reference": "CarePlan/alva-sip"} in [e.get("what") for e in event["entity"]]
+
+
+def _refused_naming_the_person(world: Hub, receivers: Any) -> Any:
+    """The school's system refuses the plan's message with a 422 whose diagnostics name Alva
+    by her personnummer: the delivery is dead."""
+    school = receivers()
+    world.configure({SCHOOL: school.url})
+    refusal = orjson.dumps({"resourceType": "OperationOutcome", "issue": [{
+        "severity": "error", "code": "not-found",
+        "diagnostics": f"Okänd patient {f.DEMO_PNR}: ingen elev med detta personnummer"}]})
+    school.answer = lambda message: (422, refusal, 0.0)  # type: ignore[method-assign]
+    world.rounds(lambda: settled(world))
+    (d,) = [d for d in world.deliveries() if d.dest_org == SCHOOL]
+    assert d.state == "dead"
+    return d
+
+
+def test_a_receivers_error_naming_the_person_is_not_shown_to_an_admin_without_personal_data(
+        world: Hub, receivers: Any) -> None:
+    """A care system refusing a message commonly says whom it is about ("Okänd patient
+    201103142384"). Its diagnostics become the delivery's last error, which the console shows
+    every admin client, unaudited: the personal identity numbers in it are masked, as the
+    console gives personal data to admin clients with personal-data access only."""
+    d = _refused_naming_the_person(world, receivers)
+    assert "Okänd patient [personnummer]: ingen elev" in d.last_error
+    assert f.DEMO_PNR not in d.last_error
+    sign_in(world)
+    listing = world.client.get(f"/admin/messages?state=dead&org={SCHOOL}")
+    page = world.client.get(f"/admin/messages/{d.id}")
+    assert listing.status_code == 200 and page.status_code == 200
+    assert d.id in listing.text and "HTTP 422" in page.text and "Okänd patient" in page.text
+    assert f.DEMO_PNR not in listing.text and f.DEMO_PNR not in page.text
+    # An error stored before they were masked is shown masked all the same.
+    with world.store.begin() as tx:
+        tx.conn.execute(sql("UPDATE outbox_delivery SET last_error = :e WHERE id = :i"),
+                        {"e": f"HTTP 422: Okänd patient {f.DEMO_PNR}", "i": d.id})
+    for shown in (world.client.get(f"/admin/messages?state=dead&org={SCHOOL}"),
+                  world.client.get(f"/admin/messages/{d.id}")):
+        assert "Okänd patient [personnummer]" in shown.text and f.DEMO_PNR not in shown.text
 
 
 def test_deliveries_page_by_page_and_an_organisations_dead_sent_again_at_once(
