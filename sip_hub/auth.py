@@ -166,6 +166,7 @@ class ConsoleSession:
     principal: Principal
     csrf: str
     jti: str
+    issued: int = 0  # when it was signed in (UTC seconds)
 
 
 # -- tokens ------------------------------------------------------------------------------------
@@ -221,7 +222,7 @@ class TokenService:
         if self.disabled is not None and self.disabled(sub):
             raise _invalid("The session's client has been disabled")
         return ConsoleSession(Principal(sub, org, "admin", (), pd, "", int(claims["exp"])),
-                              csrf, jti)
+                              csrf, jti, int(claims["iat"]))
 
     def verify(self, token: str) -> Principal:
         # (before the cache, which holds tokens by their text: one of any length is memory

@@ -93,16 +93,19 @@ def authenticate(store: Store, client_id: str, secret: str) -> ClientRecord | No
 
 def set_disabled(store: Store, client_id: str, disabled: bool) -> None:
     """Disable a client (its secret no longer gets a token, and the hub refuses the tokens it
-    holds within ``ClientStates.max_age``), or enable it again."""
-    if not _CLIENT_ID.fullmatch(client_id) or not set_client_active(store, client_id,
-                                                                    not disabled):
+    holds within ``ClientStates.max_age``; its console sessions end for good), or enable it
+    again."""
+    if not _CLIENT_ID.fullmatch(client_id) or not set_client_active(
+            store, client_id, not disabled, int(time.time())):
         raise NotFound(f"No API client '{client_id}' (see: sip-hub client list)")
 
 
 def listing(store: Store) -> list[dict[str, Any]]:
-    """Every client, as ``sip-hub client list`` prints it (never its secret's hash)."""
-    return [{"client_id": c.client_id, "org": c.org_hsa_id, "scope": c.scope, "name": c.name,
-             "disabled": not c.active} for c in list_clients(store)]
+    """Every client, as ``sip-hub client list`` prints it (never its secret's hash): with its
+    role and personal-data access, what an auditor asks (who may read people's data)."""
+    return [{"client_id": c.client_id, "org": c.org_hsa_id, "role": c.role, "scope": c.scope,
+             "personal_data": c.personal_data, "name": c.name, "disabled": not c.active}
+            for c in list_clients(store)]
 
 
 # How stale a process's view of the disabled clients may be: a token of a client disabled

@@ -61,7 +61,8 @@ def test_client_disable_enable_and_list(env, capsys):
         return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
     entry = {"client_id": creds["client_id"], "org": "SE2321000016-15CQ",
-             "scope": "system/CarePlan.rs", "name": "COSMIC", "disabled": False}
+             "role": "organization", "scope": "system/CarePlan.rs", "personal_data": False,
+             "name": "COSMIC", "disabled": False}
     assert listed() == [entry]
     assert cli.main(["client", "disable", creds["client_id"]]) == 0
     assert json.loads(capsys.readouterr().out) == {"client_id": creds["client_id"],
@@ -74,6 +75,21 @@ def test_client_disable_enable_and_list(env, capsys):
     assert listed() == [entry]
     assert clients.authenticate(store, creds["client_id"], creds["client_secret"]) is not None
     assert not clients.ClientStates(store).disabled(creds["client_id"])
+
+
+def test_client_list_says_who_has_personal_data_access(env, capsys):
+    """An auditor asking which clients may read people's data gets it from ``sip-hub client
+    list``: each client's role and personal-data access (it printed neither, so an admin
+    client with personal-data access looked like any other)."""
+    assert cli.main(["client", "create", "--org", "SE2321000016-IT01", "--scope",
+                     "system/*.rs", "--role", "admin", "--personal-data"]) == 0
+    assert cli.main(["client", "create", "--org", "SE2321000016-IT01", "--scope",
+                     "system/*.rs", "--role", "admin"]) == 0
+    capsys.readouterr()
+    assert cli.main(["client", "list"]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted((c["role"], c["personal_data"]) for c in listed) == [
+        ("admin", False), ("admin", True)]
 
 
 @pytest.mark.parametrize("database, says", [

@@ -95,7 +95,8 @@ async def _session(request: Request) -> ConsoleSession | None:
 
     def check() -> ConsoleSession | None:
         session = tokens.verify_session(value)
-        return None if session_ended(store, session.jti) else session
+        ended = session_ended(store, session.jti, session.principal.client_id, session.issued)
+        return None if ended else session
     try:
         return await in_thread(request, check)
     except Unauthorized:

@@ -22,6 +22,7 @@ class ClientRecord:
     active: bool
     role: str = "organization"
     personal_data: bool = False
+    disabled_at: int | None = None  # UTC seconds, the last time it was disabled
 
 
 def insert_client(store: Store, rec: ClientRecord) -> None:
@@ -39,11 +40,15 @@ def get_client(store: Store, client_id: str) -> ClientRecord | None:
     return ClientRecord(**row._mapping) if row else None
 
 
-def set_client_active(store: Store, client_id: str, active: bool) -> bool:
-    """Enable or disable a client; False when there is no such client."""
+def set_client_active(store: Store, client_id: str, active: bool, now: int) -> bool:
+    """Enable or disable a client (noting when, ``now`` in UTC seconds); False when there is
+    no such client."""
+    values: dict[str, object] = {"active": active}
+    if not active:
+        values["disabled_at"] = now
     with store.begin() as tx:
         done = tx.conn.execute(update(api_client).where(api_client.c.client_id == client_id)
-                               .values(active=active))
+                               .values(**values))
     return done.rowcount == 1
 
 
@@ -76,7 +81,15 @@ def end_session(store: Store, jti: str, expires: int, now: int) -> None:
         pass  # (signed out twice at once: the other recorded it)
 
 
-def session_ended(store: Store, jti: str) -> bool:
+def session_ended(store: Store, jti: str, client_id: str, issued: int) -> bool:
+    """Whether the console session ``jti`` of ``client_id``, signed in at ``issued`` (UTC
+    seconds), has been signed out, or its client disabled since (enabled again or not: a
+    session cut off by disabling its client came back to life when the client was enabled
+    again, one stolen with it included)."""
     t = console_session_ended
     with store.begin(write=False) as tx:
-        return tx.conn.execute(select(t.c.jti).where(t.c.jti == jti)).first() is not None
+        if tx.conn.execute(select(t.c.jti).where(t.c.jti == jti)).first() is not None:
+            return True
+        return tx.conn.execute(select(api_client.c.client_id).where(
+            api_client.c.client_id == client_id,
+            api_client.c.disabled_at >= issued)).first() is not None

@@ -109,6 +109,9 @@ api_client = Table(
     Column("role", String(16), nullable=False, server_default="organization"),
     # Admin clients see no personal data unless this is granted explicitly.
     Column("personal_data", Boolean, nullable=False, server_default=false()),
+    # When the client was last disabled (UTC seconds), kept when it is enabled again: the web
+    # console sessions signed in before then stay ended (``store.clients.session_ended``).
+    Column("disabled_at", BigInteger, nullable=True),
 )
 
 # Web console sessions signed out before they expire (``routes.admin``): a session is a signed
