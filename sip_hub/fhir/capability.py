@@ -137,8 +137,11 @@ def capability_statement(base_url: str, software_date: str,
     rest: dict[str, Any] = {
         "mode": "server",
         "documentation": (
-            "Searches are strict by default: an unknown parameter is a 400. Send "
-            "'Prefer: handling=lenient' to have unknown parameters ignored and reported. "
+            "Searches are strict by default: an unknown parameter, or a modifier or chain "
+            "not supported, is a 400. Send 'Prefer: handling=lenient' to have them ignored "
+            "and reported; a known parameter with an invalid value, a modifier on a result "
+            "parameter (_sort:desc; a descending key is _sort=-date) and _sort given twice "
+            "are a 400 also then. "
             "Paging with _count: the next link continues after the page's last match "
             "(_cursor, bound to its search), so a client paging while others write sees "
             "every lasting match once; _offset is taken too; _total (none, estimate, "

@@ -28,6 +28,14 @@ RESULT_PARAMS = frozenset({"_count", "_offset", "_cursor", "_sort", "_include", 
                            "_total", "_summary", "_format", "_pretty", "_elements"})
 
 
+class UnsupportedParameter(BadRequest):
+    """A search parameter the hub does not know, or a modifier or chain it does not support on
+    one it knows: what ``Prefer: handling=lenient`` has ignored ("unknown or unsupported
+    parameters", R4 search.html#errors). Any other fault of a parameter is in its value and
+    stays a 400 when lenient: the search without the parameter would be a wider one than the
+    client asked for (``CarePlan?patient=<another server's URL>`` answered every plan)."""
+
+
 @dataclass(frozen=True, slots=True)
 class TokenValue:
     system: str | None  # None: any system; "": explicitly no system
@@ -233,8 +241,8 @@ def _criterion(rtype: str, key: str, raw: str, base_url: str) -> Criterion:
     if name in ("_id", "_lastUpdated") and (modifier or chain_rest is not None):
         # They are columns, searched by value only: a modifier dropped turned ``_id:not=X``
         # into ``_id=X``.
-        raise BadRequest(f"'{key}': no modifier or chain is supported on '{name}'",
-                         expression=key)
+        raise UnsupportedParameter(f"'{key}': no modifier or chain is supported on '{name}'",
+                                   expression=key)
     if name == "_id":
         return Criterion(name, "id", None, modifier, _split_commas(raw))
     if name == "_lastUpdated":
@@ -242,7 +250,8 @@ def _criterion(rtype: str, key: str, raw: str, base_url: str) -> Criterion:
                          [date_value(v, name) for v in _split_commas(raw)])
     param = params_for(rtype).get(name)
     if param is None:
-        raise BadRequest(f"Unknown search parameter '{name}' for {rtype}", expression=name)
+        raise UnsupportedParameter(f"Unknown search parameter '{name}' for {rtype}",
+                                   expression=name)
     if modifier == "missing" and chain_rest is None:
         if raw not in ("true", "false"):
             raise BadRequest(f"':missing' takes true or false, not '{raw}'", expression=key)
@@ -275,8 +284,8 @@ def _criterion(rtype: str, key: str, raw: str, base_url: str) -> Criterion:
                              expression=key)
         type_modifier, modifier = modifier, None
     if modifier not in allowed[param.type]:
-        raise BadRequest(f"Modifier ':{modifier}' is not supported on {param.type} parameter "
-                         f"'{name}'", expression=key)
+        raise UnsupportedParameter(f"Modifier ':{modifier}' is not supported on {param.type} "
+                                   f"parameter '{name}'", expression=key)
     if any(v == "" for v in raws):
         raise BadRequest(f"Search parameter '{key}' has an empty value", expression=key)
     values: list[Value]
@@ -323,7 +332,7 @@ def _canonical(raw: str) -> Value:
     return TokenValue(index_key(version), url[:MAX_STRING])
 
 
-class NotImplementedChain(BadRequest):
+class NotImplementedChain(UnsupportedParameter):
     def __init__(self, key: str) -> None:
         super().__init__(f"Only one level of chaining is supported ('{key}')", expression=key)
 
@@ -428,7 +437,7 @@ def parse(rtype: str, items: list[tuple[str, str]], *, default_count: int, max_c
     cursor: str | None = None
     summary: str | None = None
     elements: frozenset[str] = frozenset()
-    offset_given = False
+    offset_given = sort_given = False
     for key, raw in items:
         base = key.split(":", 1)[0]
         if CONTROL_CHARS.search(key) or CONTROL_CHARS.search(raw):
@@ -436,6 +445,14 @@ def parse(rtype: str, items: list[tuple[str, str]], *, default_count: int, max_c
                              "(below U+0020), which no stored value can match",
                              expression=key[:40])
         try:
+            if base in RESULT_PARAMS and base != key and base not in ("_include", "_revinclude"):
+                # (``_sort:desc=birthdate``, DSTU2's descending sort, was answered ascending:
+                # the modifier dropped. Refused when lenient too: a result parameter
+                # ignored changes the answer, not only which matches it holds.)
+                hint = " (a key sorted descending is written with a '-': _sort=-date)" \
+                    if base == "_sort" else ""
+                raise BadRequest(f"'{key[:40]}': {base} takes no modifier{hint}",
+                                 expression=key[:40])
             if base == "_count":
                 q.count = min(nonneg_int(raw, key), max_count)
             elif base == "_offset":
@@ -446,6 +463,12 @@ def parse(rtype: str, items: list[tuple[str, str]], *, default_count: int, max_c
                     raise BadRequest("_cursor is given twice", expression=key)
                 cursor = raw
             elif base == "_sort":
+                if sort_given:
+                    # (the second replaced the first: a half-ignored order)
+                    raise BadRequest("_sort is given twice: give several keys in one, "
+                                     "separated by commas (_sort=family,given)",
+                                     expression=key)
+                sort_given = True
                 q.sort = [(s.lstrip("-"), s.startswith("-")) for s in raw.split(",") if s]
                 if len(q.sort) > MAX_SORT_KEYS:
                     raise BadRequest(f"_sort has {len(q.sort)} keys; at most {MAX_SORT_KEYS} "
@@ -479,10 +502,14 @@ def parse(rtype: str, items: list[tuple[str, str]], *, default_count: int, max_c
             else:
                 q.criteria.append(_criterion(rtype, key, raw, base_url))
         except BadRequest as exc:
-            # A result parameter ignored would change the answer; _elements ignored only
-            # keeps more of each resource, which FHIR allows a server ("not obliged to return
-            # just the requested elements").
-            if not lenient or base in RESULT_PARAMS and base != "_elements":
+            # Lenient handling ignores a parameter the hub does not know or support
+            # (``UnsupportedParameter``), not one whose value is invalid. A result parameter
+            # ignored would change the answer; _elements ignored only keeps more of each
+            # resource, which FHIR allows a server ("not obliged to return just the
+            # requested elements").
+            ignorable = base == "_elements" or (
+                isinstance(exc, UnsupportedParameter) and base not in RESULT_PARAMS)
+            if not lenient or not ignorable:
                 raise
             q.ignored.append(f"{key}: {exc.diagnostics}")
             q.ignored_items.append((key, raw))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import re
 from collections.abc import Callable
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any, TypeVar
@@ -230,18 +231,52 @@ def single(request: Request, name: str) -> str | None:
     return values[0] if values else None
 
 
+def _split_unquoted(text: str, sep: str) -> list[str]:
+    """``text`` split on ``sep`` where it is not within a quoted string (RFC 9110 5.6.4)."""
+    parts, start, quoted, i = [], 0, False, 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and quoted:
+            i += 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c == sep and not quoted:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
+def preferences(request: Request) -> dict[str, str]:
+    """The client's preferences (RFC 7240: ``Prefer`` headers, each a comma-separated list of
+    ``name[=value]``, parameters after ``;``), by name in lower case, each value unquoted
+    (``handling="lenient"`` was taken for strict: the header was searched for a literal
+    ``handling=lenient``, which also found it as another preference's parameter). Of a
+    preference given twice the first counts (RFC 7240 section 2)."""
+    out: dict[str, str] = {}
+    for header in request.headers.getlist("prefer"):
+        for item in _split_unquoted(header, ","):
+            name, _, value = _split_unquoted(item, ";")[0].partition("=")
+            name, value = name.strip().lower(), value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            if name:
+                out.setdefault(name, value)
+    return out
+
+
 def prefer_return(request: Request) -> str:
-    for part in request.headers.get("prefer", "").split(","):
-        k, _, v = part.strip().partition("=")
-        if k.strip() == "return":
-            v = v.strip().strip('"')
-            if v in ("minimal", "representation", "OperationOutcome"):
-                return v
-    return "representation"
+    value = preferences(request).get("return")
+    return value if value in ("minimal", "representation", "OperationOutcome") \
+        else "representation"
 
 
 def prefer_lenient(request: Request) -> bool:
-    return "handling=lenient" in request.headers.get("prefer", "").replace(" ", "")
+    """``Prefer: handling=lenient`` (FHIR search: ignore unknown or unsupported parameters);
+    ``strict``, the default, otherwise."""
+    return preferences(request).get("handling") == "lenient"
 
 
 def _not_modified(request: Request, tag: str, last_updated: int) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import pytest
 
 from fhirhttp import HSA, body, create, outcome_text, patient, plain_careplan
@@ -314,3 +316,134 @@ def test_sort_on_several_values_takes_the_lowest_up_and_the_highest_down(client)
     down = ids(search(client, "CarePlan?_sort=-category"))
     assert up == [wide, middle, none]
     assert down == [wide, middle, none]
+
+
+# -- lenient handling: unknown or unsupported parameters only ----------------------------------
+
+LENIENT = {"prefer": "handling=lenient"}
+
+
+def matches(resp) -> list[str]:
+    assert resp.status_code == 200, resp.text
+    b = resp.json()
+    assert b["resourceType"] == "Bundle" and b["type"] == "searchset"
+    return sorted(e["resource"]["id"] for e in b.get("entry", [])
+                  if e["search"]["mode"] == "match")
+
+
+def ignored(resp) -> str:
+    """What the Bundle's outcome entry reports as ignored ('' when nothing)."""
+    return " ".join(i["diagnostics"] for e in resp.json().get("entry", [])
+                    if e["search"]["mode"] == "outcome" for i in e["resource"]["issue"])
+
+
+@pytest.fixture
+def two_people(client):
+    p1 = create(client, patient())["id"]
+    p2 = create(client, patient("200001012384", "Andersson", "Alva"))["id"]
+    a = create(client, plain_careplan(p1))["id"]
+    b = create(client, plain_careplan(p2))["id"]
+    return {"p1": p1, "p2": p2, "a": a, "b": b}
+
+
+@pytest.mark.parametrize("query,name", [
+    # the patient's URL on the client's own server (a reference to another server)
+    ("CarePlan?patient=" + quote("http://other.example/fhir/Patient/1", safe=""), "patient"),
+    ("CarePlan?patient=Patient/", "patient"),
+    ("CarePlan?patient=Organization/x", "patient"),
+    ("Patient?birthdate=1912-13-01", "birthdate"),
+    ("Patient?name=%20%20", "name"),
+    ("Patient?identifier=|", "identifier"),
+    ("CarePlan?care-team:missing=maybe", "care-team"),
+])
+def test_lenient_handling_refuses_a_known_parameter_whose_value_is_invalid(
+        client, two_people, query, name):
+    """``Prefer: handling=lenient`` ignores unknown or unsupported parameters (R4
+    search.html#errors); a known parameter with an invalid value is a 400 naming it, as
+    without the header. Dropping it answered a wider search than the one asked:
+    ``CarePlan?patient=<the patient's URL on the client's own server>`` gave every plan the
+    caller may see, of every person."""
+    r = client.get(f"/fhir/{query}", headers=LENIENT)
+    assert r.status_code == 400, r.text
+    assert name in outcome_text(r)
+
+
+@pytest.mark.parametrize("key", ["colour", "status:text", "_id:not", "patient.organization.name",
+                                 "patient.colour"])
+def test_lenient_handling_ignores_and_reports_an_unknown_or_unsupported_parameter(
+        client, two_people, key):
+    """What lenient handling is for: a parameter the hub does not know, or a modifier or
+    chain it does not support, is ignored and reported in the Bundle (strict: a 400)."""
+    query = f"CarePlan?{key}=x&patient={two_people['p1']}"
+    assert client.get(f"/fhir/{query}").status_code == 400
+    r = client.get(f"/fhir/{query}", headers=LENIENT)
+    assert matches(r) == [two_people["a"]]
+    assert key.split(":")[0].split(".")[0] in ignored(r)
+
+
+@pytest.mark.parametrize("prefer", ['handling="lenient"', "handling = lenient",
+                                    "return=minimal, handling=lenient",
+                                    "respond-async, handling=lenient; x=1"])
+def test_lenient_handling_is_taken_however_rfc_7240_spells_it(client, two_people, prefer):
+    """``Prefer`` is an RFC 7240 header: a value may be quoted, spaced, listed after other
+    preferences and carry parameters. ``handling="lenient"`` was taken for strict (a 400),
+    as the header was searched for the literal text ``handling=lenient``."""
+    r = client.get(f"/fhir/CarePlan?colour=blue&patient={two_people['p1']}",
+                   headers={"prefer": prefer})
+    assert matches(r) == [two_people["a"]]
+    assert "colour" in ignored(r)
+
+
+@pytest.mark.parametrize("prefer", ["handling=strict, handling=lenient",
+                                    "return=minimal; handling=lenient", "handling=lenientx"])
+def test_strict_handling_stays_unless_lenient_is_the_preference(client, two_people, prefer):
+    """Of a preference given twice the first counts (RFC 7240 section 2); ``handling=lenient``
+    as a parameter of another preference, or a longer word, is not the preference."""
+    r = client.get("/fhir/CarePlan?colour=blue", headers={"prefer": prefer})
+    assert r.status_code == 400 and "colour" in outcome_text(r)
+
+
+# -- result parameters ---------------------------------------------------------------------------
+
+@pytest.fixture
+def born(client):
+    older = create(client, {"resourceType": "Patient", "birthDate": "1990-01-01",
+                            "name": [{"family": "Alm", "given": ["Zelda"]}]})["id"]
+    younger = create(client, {"resourceType": "Patient", "birthDate": "2000-01-01",
+                              "name": [{"family": "Berg", "given": ["Yngve"]}]})["id"]
+    return older, younger
+
+
+@pytest.mark.parametrize("query,name", [
+    ("_sort:desc=birthdate", "_sort"), ("_summary:x=count", "_summary"),
+    ("_total:x=none", "_total"), ("_count:x=1", "_count"), ("_offset:x=1", "_offset"),
+    ("_format:x=xml", "_format"),
+])
+@pytest.mark.parametrize("headers", [{}, LENIENT])
+def test_a_modifier_on_a_result_parameter_is_refused(client, born, query, name, headers):
+    """``_sort:desc=birthdate`` (DSTU2's descending sort, still sent by older clients) was
+    answered sorted ascending, the modifier dropped; ``_summary:x``, ``_total:x``, ``_count:x``
+    were taken as if unmodified. A 400 naming the parameter, also when lenient: a result
+    parameter ignored changes the answer (the opposite order), not only what it holds."""
+    r = client.get(f"/fhir/Patient?{query}", headers=headers)
+    assert r.status_code == 400, r.text
+    assert name in outcome_text(r) and "modifier" in outcome_text(r)
+
+
+def test_an_include_keeps_its_iterate_modifier(client, two_people):
+    """(``:iterate`` is the one modifier a result parameter takes)"""
+    r = client.get("/fhir/CarePlan?_include:iterate=CarePlan:subject"
+                   f"&_id={two_people['a']}")
+    assert matches(r) == [two_people["a"]]
+
+
+def test_sort_given_twice_is_refused(client, born):
+    """``_sort=family&_sort=given``: the second replaced the first (the answer sorted by given
+    name alone while the self link showed both). A 400 saying so, as for ``_summary`` and
+    ``_cursor``; several keys are given in one ``_sort``, separated by commas."""
+    r = client.get("/fhir/Patient?_sort=family&_sort=given")
+    assert r.status_code == 400 and "given twice" in outcome_text(r)
+    older, younger = born
+    r = client.get("/fhir/Patient?_sort=family,given")
+    assert [e["resource"]["id"] for e in r.json()["entry"]] == [older, younger]
+
