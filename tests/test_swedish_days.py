@@ -6,7 +6,8 @@ midnight; an approval dated today is taken from the first minute of the day; a f
 already over in Sweden does not establish a plan; the citizen reads the follow-up on its
 Swedish day whatever zone the system that wrote it uses; an answer deadline is answered
 until its Swedish day is over; and whether a child's custodian must approve is judged on the
-day the child approved, not on the day the coordinator enters it. The tests set the hub's
+day the child approved, not on the day the coordinator enters it. A search finds a meeting
+held on a Swedish day by that date, whatever zone its time was written in. The tests set the hub's
 clock (``now_utc`` where the operations and the access checks read it) just after Swedish
 midnight, when the Swedish and the UTC day differ.
 """
@@ -22,9 +23,9 @@ import pytest
 from sqlalchemy import Engine, MetaData, text
 
 import sip_factory as f
-from fhirhttp import JSON_HEADERS, outcome_text
+from fhirhttp import JSON_HEADERS, create, outcome_text, plain_careplan
 from sip_hub import deadlines
-from sip_hub.fhir import sip
+from sip_hub.fhir import search as fhir_search, sip
 from sip_hub.fhir.dates import from_us, parse_range, to_us
 from sip_hub.identifiers import luhn_check_digit
 from sip_hub.messaging import events, vocabulary as vocab
@@ -74,6 +75,69 @@ def test_a_time_keeps_its_instant_and_the_calendar_its_ends():
     assert sip.swedish_range("0001-01-01")[0] == parse_range("0001-01-01")[0]
     with pytest.raises(ValueError):
         sip.swedish_range("2026-13-01")
+
+
+def test_a_time_without_a_zone_is_swedish_time():
+    """(a search value may name a time without a zone; R4: "the server's local time zone")"""
+    assert sip.swedish_range("2026-12-08T00:30") == parse_range("2026-12-08T00:30+01:00")
+    assert sip.swedish_range("2026-07-01T00:30:15") == parse_range("2026-07-01T00:30:15+02:00")
+
+
+# -- search: a date is a Swedish day ------------------------------------------------------------
+
+def _found(client, query: str) -> list[str]:
+    r = client.get(f"/fhir/{query}")
+    assert r.status_code == 200, r.text
+    return [e["resource"]["id"] for e in r.json().get("entry", [])
+            if e["search"]["mode"] == "match"]
+
+
+def test_a_swedish_date_finds_a_meeting_held_on_that_swedish_day(client):
+    """A SIP meeting at 01:30 Swedish time on 10 May 2024, written as an instant in UTC
+    (``2024-05-09T23:30:00Z``), was found by ``Appointment?date=2024-05-09`` and not by
+    ``date=2024-05-10``: a search date was read as a UTC day. A coordinator listing the
+    meetings of 10 May missed it."""
+    p = create(client, {"resourceType": "Patient"})["id"]
+    meeting = create(client, {
+        "resourceType": "Appointment", "status": "booked",
+        "start": "2024-05-09T23:30:00Z", "end": "2024-05-09T23:59:00Z",
+        "participant": [{"actor": {"reference": f"Patient/{p}"}, "status": "accepted"}]})["id"]
+    assert _found(client, "Appointment?date=2024-05-10") == [meeting]
+    assert _found(client, "Appointment?date=2024-05-09") == []
+    assert _found(client, "Appointment?date=2024-05-10T01:30") == [meeting]  # Swedish time
+
+
+def test_a_plan_starting_on_a_date_is_in_force_from_swedish_midnight(client):
+    """A stored date is a Swedish day too: a plan whose period starts 10 May is in force at
+    01:00 Swedish time that day (it was kept as starting at UTC midnight, 02:00 in Sweden)."""
+    p = create(client, {"resourceType": "Patient"})["id"]
+    plan = create(client, plain_careplan(p, period={"start": "2024-05-10"}))["id"]
+    assert _found(client, "CarePlan?date=lt2024-05-10T01:00") == [plan]
+    assert _found(client, "CarePlan?date=lt2024-05-09T23:00:00Z") == [plan]
+    assert _found(client, "CarePlan?date=lt2024-05-09T21:00:00Z") == []
+
+
+def test_last_updated_and_history_dates_are_swedish_days():
+    """``_lastUpdated=2024-05-10`` and history's ``_since``/``_at`` with a date take it as
+    the Swedish day, as the other search dates."""
+    for name in ("_lastUpdated", "_since", "_at"):
+        value = fhir_search.date_value("2024-05-10", name)
+        assert (value.low, value.high) == sip.swedish_range("2024-05-10")
+        assert from_us(value.low) == swedish_midnight(date(2024, 5, 10))
+
+
+def test_the_upgrade_rebuilds_dates_indexed_as_utc_days(client, store: Store):
+    """A store indexed by a release that kept dates as UTC days is searched by Swedish days
+    once migrated (the index is rebuilt: ``EXTRACTION_VERSION``)."""
+    p = create(client, {"resourceType": "Patient"})["id"]
+    plan = create(client, plain_careplan(p, period={"start": "2024-05-10"}))["id"]
+    with store.engine.begin() as conn:  # (what the earlier release left)
+        conn.execute(text("UPDATE idx_date SET low = :low WHERE res_id = :id"),
+                     {"low": parse_range("2024-05-10")[0], "id": plan})
+        conn.execute(text("UPDATE search_index_state SET fingerprint = 'an older release'"))
+    assert _found(client, "CarePlan?date=lt2024-05-09T23:00:00Z") == []
+    upgrade(store.engine)
+    assert _found(client, "CarePlan?date=lt2024-05-09T23:00:00Z") == [plan]
 
 
 # -- the age that decides who approves is the person's age when they approved ----------------

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 
 from . import exact
-from .dates import parse_range
 from .search_params import CANONICAL_TYPES, RESOURCE_TYPES, SearchParam, params_for
+from .sip import swedish_range
 
 
 @dataclass(slots=True)
@@ -42,9 +42,12 @@ _EXACT_HEAD = MAX_STRING - 1 - 64
 
 
 def exact_key(value: str) -> str:
-    """A string as the index keeps it for :exact: itself when it fits the column, else its
-    head and the SHA-256 of the whole, so that only the whole value finds it (a search value
-    is turned the same way)."""
+    """A string as the index keeps it for :exact: in Unicode's composed form (NFC: "Ö" as one
+    character or as "O" and a combining diaeresis are the same text, which browsers and macOS
+    input or a PDF give differently; :exact tells case and accents apart, not encodings),
+    itself when it fits the column, else its head and the SHA-256 of the whole, so that only
+    the whole value finds it (a search value is turned the same way)."""
+    value = unicodedata.normalize("NFC", value)
     if len(value) <= MAX_STRING:
         return value
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
@@ -179,7 +182,9 @@ def index_kinds(resource_type: str) -> frozenset[str]:
 #    resource's url row holds its version as its system (``url=<canonical>|<version>``).
 # 6: a Provenance's ``patient`` rows hold the patients of what it targets and its Patient
 #    agents, resolved when it is written (``compartment.index_rows``).
-EXTRACTION_VERSION = 6
+# 7: a date without a time is a Swedish day (``sip.swedish_range``), as search values are;
+#    ``exact_key`` is of the NFC form.
+EXTRACTION_VERSION = 7
 
 
 @lru_cache(maxsize=1)
@@ -281,15 +286,18 @@ _OPEN_LOW, _OPEN_HIGH = -(2**62), 2**62
 
 
 def _date_range(value: Any) -> tuple[int, int] | None:
+    """The range a stored date, dateTime or Period covers: a date without a time is a Swedish
+    day (``sip.swedish_range``), as the people who wrote it mean it and as a search value is
+    read (a birth date, a plan's period, a consent's end)."""
     try:
         if isinstance(value, str):
-            return parse_range(value)
+            return swedish_range(value)
         if isinstance(value, dict):  # Period
             start, end = value.get("start"), value.get("end")
             if start is None and end is None:
                 return None
-            low = parse_range(start)[0] if start else _OPEN_LOW
-            high = parse_range(end)[1] if end else _OPEN_HIGH
+            low = swedish_range(start)[0] if start else _OPEN_LOW
+            high = swedish_range(end)[1] if end else _OPEN_HIGH
             return low, high
     except ValueError:
         return None

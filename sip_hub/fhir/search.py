@@ -12,10 +12,11 @@ from typing import Any, Literal
 
 from ..errors import BadRequest
 from ..identifiers import InvalidIdentifier, canonical_search_token, separated_person_id
-from .dates import MAX_US, parse_range
+from .dates import MAX_US
 from .indexing import (MAX_STRING, exact_key, is_absolute, key as index_key,
                        normalise_string, split_reference)
 from .search_params import CANONICAL_TYPES, RESOURCE_TYPES, SearchParam, params_for
+from .sip import swedish_range
 from .subset import SUMMARY_MODES, Subset, elements_param
 from .validation import CONTROL_CHARS
 
@@ -186,11 +187,16 @@ _FRACTION = re.compile(r"T[^.]*\.(\d+)")
 
 
 def date_value(raw: str, name: str) -> DateValue:
+    """A date search value (also ``_lastUpdated``, and history's ``_since`` and ``_at``): a
+    date without a time is a Swedish day (month, year), a time without a zone Swedish time
+    (``sip.swedish_range``), as R4 search.html asks ("the server's local time zone") and as
+    the index keeps stored dates: ``date=2024-05-10`` finds a meeting at 01:30 that day in
+    Sweden, written ``2024-05-09T23:30:00Z``."""
     prefix = "eq"
     if raw[:2] in PREFIXES:
         prefix, raw = raw[:2], raw[2:]
     try:
-        low, high = parse_range(raw)
+        low, high = swedish_range(raw)
     except ValueError:
         raise BadRequest(f"Search parameter '{name}': '{raw}' is not a valid date",
                          expression=name) from None

@@ -14,7 +14,7 @@ from datetime import datetime, time, timedelta, timezone, tzinfo
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .dates import MAX_US, MIN_US, from_us, parse_range, to_us
+from .dates import MAX_US, MIN_US, from_us, parse_range, parse_zoned, to_us
 
 CANONICAL: Final = "https://sip-hub.se/fhir"
 VERSION: Final = "0.1.0"
@@ -165,13 +165,18 @@ def swedish_range(value: str) -> tuple[int, int]:
     a date without a time (a day, month or year) from Swedish midnight of its first day to
     Swedish midnight after its last, as the people who wrote it mean it (a consent that ends
     "today" ends when today is over in Sweden, not one or two hours later at UTC midnight); a
-    dateTime the instants it names (``parse_range``).
+    dateTime the instants it names (``parse_range``), a time without a zone (which a search
+    value may be, a stored one may not) read as Swedish time.
 
     Raises ValueError for anything that is not one.
     """
-    low, high = parse_range(value)
-    if "T" in value:
+    low, high, zoned = parse_zoned(value)
+    if zoned:
         return low, high
+    if "T" in value:
+        wall = from_us(low).replace(tzinfo=None)  # (read as UTC: the time as written)
+        shift = to_us(wall.replace(tzinfo=LOCAL)) - low
+        return max(MIN_US, min(MAX_US, low + shift)), max(MIN_US, min(MAX_US, high + shift))
     low = max(MIN_US, to_us(datetime.combine(from_us(low).date(), time(0), LOCAL)))
     try:
         after = from_us(high).date() + timedelta(days=1)

@@ -17,6 +17,7 @@ import pytest
 
 import sip_factory as f
 from fhirhttp import JSON_HEADERS, outcome_text
+from sip_hub.fhir import sip
 from sip_process import write_case
 
 SOC, BUP = "SE2120000142-SOC1", "SE2321000016-15CQ"
@@ -115,7 +116,7 @@ def test_history_at_with_a_prefix_is_refused_not_read_as_a_date(client):
     r = client.post("/fhir/Organization", content=orjson.dumps(_org("h1", "Ett")),
                     headers=JSON_HEADERS)
     rid = r.json()["id"]
-    day = r.json()["meta"]["lastUpdated"][:10]
+    day = sip.swedish_day(r.json()["meta"]["lastUpdated"])  # (a date is a Swedish day)
     ok = client.get(f"/fhir/Organization/{rid}/_history?_at={day}", headers=JSON_HEADERS)
     assert ok.status_code == 200 and ok.json()["total"] == 1
     assert client.get(f"/fhir/Organization/{rid}/_history?_at=eq{day}",

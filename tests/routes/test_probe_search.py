@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 import pytest
 
 from fhirhttp import PNR, create, outcome_text, patient, plain_careplan
+from sip_hub.fhir import sip
 
 LENIENT = {"prefer": "handling=lenient"}
 
@@ -155,7 +156,9 @@ def births(client):
     ("ap2011-05-03", ["2011", "2011-05", "2011-05-03"]),
     ("2011-05-03T12:00:00Z", []),
     ("ge2011-12-31T23:00:00-02:00", ["2012-01-01"]),
-    ("lt2011-01-01T01:00+01:00", ["2010-12-31"]),
+    # (Swedish midnight, where the Swedish year 2011 begins: a date is a Swedish day)
+    ("lt2011-01-01T00:00+01:00", ["2010-12-31"]),
+    ("lt2011-01-01T00:00Z", ["2010-12-31", "2011"]),
 ])
 def test_birthdate_prefixes_against_every_precision(client, births, value, want):
     got = ids(client, f"Patient?birthdate={quote(value)}")
@@ -328,7 +331,7 @@ def test_last_updated_with_every_prefix_at_the_instant_of_a_write(client):
     for prefix, want in (("", me), ("eq", me), ("ge", me), ("le", me), ("ap", me),
                          ("gt", []), ("lt", []), ("sa", []), ("eb", []), ("ne", [])):
         assert ids(client, f"Patient?_lastUpdated={prefix}{quote(at)}") == want, prefix
-    day = at[:10]
+    day = sip.swedish_day(at)  # (a date is a Swedish day, not the UTC one)
     assert ids(client, f"Patient?_lastUpdated={day}") == me
     assert ids(client, f"Patient?_lastUpdated=sa{day}") == []
 

@@ -447,3 +447,21 @@ def test_sort_given_twice_is_refused(client, born):
     r = client.get("/fhir/Patient?_sort=family,given")
     assert [e["resource"]["id"] for e in r.json()["entry"]] == [older, younger]
 
+
+# -- :exact and Unicode --------------------------------------------------------------------------
+
+def test_exact_matches_a_name_however_its_accented_letters_are_encoded(client):
+    """``family:exact=Öberg`` (Ö as one character, NFC, as browsers and most systems send it)
+    did not find a Patient whose family name was written with ``O`` and a combining
+    diaeresis (NFD, as macOS input and text copied from PDFs give it), nor the other way
+    round: the two are the same text. ``:exact`` tells case and accents apart, not the
+    encoding of a letter."""
+    composed = create(client, {"resourceType": "Patient", "name": [{"family": "\u00d6berg"}]})
+    decomposed = create(client, {"resourceType": "Patient",
+                                 "name": [{"family": "O\u0308berg"}]})
+    both = sorted([composed["id"], decomposed["id"]])
+    assert matches(client.get("/fhir/Patient?family=" + quote("\u00d6berg"))) == both
+    for spelling in ("\u00d6berg", "O\u0308berg"):
+        got = matches(client.get("/fhir/Patient?family:exact=" + quote(spelling)))
+        assert got == both, spelling.encode("unicode_escape")
+    assert matches(client.get("/fhir/Patient?family:exact=Oberg")) == []
