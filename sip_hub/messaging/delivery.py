@@ -23,12 +23,17 @@ For each bus message (one outbox delivery) the handler:
    =========================================  =========================================
    answer                                     outcome
    =========================================  =========================================
-   2xx (a response message: not fatal-error)  delivered
+   2xx with the response message to this one  delivered
+   (``response.identifier`` its MessageHeader
+   .id, code ok); 202 (accepted, to answer
+   later by message) or 204
    4xx, or a response with fatal-error        dead letter with the reason (resending
                                               unchanged cannot help)
    5xx, 408, 425, 429, timeout, no connection retry: back to the outbox, next attempt after
-   or a response with transient-error         base * 2^(attempts-1) seconds (at most the
-                                              maximum); dead letter after max_attempts
+   or a response with transient-error; any    base * 2^(attempts-1) seconds, or later if
+   other 2xx (an HTML page of a proxy, a bare the answer's Retry-After asks (at most the
+   OperationOutcome, a response to another    maximum); dead letter after max_attempts
+   message: nothing says it was received)
    no endpoint configured                     dead letter (replay once it is configured)
    a URL that cannot be sent to (not an       dead letter with the reason, the batch's
    absolute http(s) URL in printable ASCII,   other deliveries unaffected
@@ -90,6 +95,8 @@ DELIVERED_DESPITE = ("Delivered: POSTed while the consent still covered this org
 class Result:
     kind: str  # delivered | transient | fatal | withdrawn (not sent: checked again before)
     detail: str = ""
+    # Seconds the receiver asked the next attempt to wait at least (its Retry-After; 0: none).
+    wait: float = 0.0
 
 
 def _diagnostics(resp: HttpResponse) -> str:
@@ -114,30 +121,66 @@ def _first_diagnostics(resp: HttpResponse) -> str:
     return ""
 
 
-def _response_code(resp: HttpResponse) -> str | None:
-    """``response.code`` when the body is a FHIR response message."""
+def _response_of(resp: HttpResponse) -> dict[str, Any] | None:
+    """``MessageHeader.response`` when the body is a FHIR response message (a Bundle of type
+    message whose first entry is a MessageHeader with a response), else None."""
     try:
         body: Any = orjson.loads(resp.content)
-        header = body["entry"][0]["resource"]
-        if header.get("resourceType") == "MessageHeader":
-            return header.get("response", {}).get("code")
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+    except orjson.JSONDecodeError:
         return None
-    return None
+    if not isinstance(body, dict) or body.get("resourceType") != "Bundle" \
+            or body.get("type") != "message":
+        return None
+    entries = body.get("entry")
+    first = entries[0] if isinstance(entries, list) and entries else None
+    header = first.get("resource") if isinstance(first, dict) else None
+    if not isinstance(header, dict) or header.get("resourceType") != "MessageHeader":
+        return None
+    response = header.get("response")
+    return response if isinstance(response, dict) else None
 
 
-def classify(resp: HttpResponse) -> Result:
+# 2xx answers that acknowledge a message without a response message: 202, $process-message's
+# asynchronous acceptance (the response comes later as a message of its own; the hub's own
+# answers it with an informational OperationOutcome), and 204, no content by definition.
+_ACCEPTED = frozenset({202, 204})
+
+
+def classify(resp: HttpResponse, message_id: str) -> Result:
+    """The outcome of the answer to the POST of the message ``message_id`` (its
+    MessageHeader.id), as the module's table says.
+
+    A 2xx is taken as received only when it says so: the response message that answers this
+    message (FHIR: ``response.identifier`` is the MessageHeader.id answered), or a 202 or
+    204. Any other 2xx (a reverse proxy's sign-in or maintenance page, a bare
+    OperationOutcome, a response to another message) says nothing of this one: taken as
+    delivered, the message was lost without a dead letter or a metric telling anyone."""
     status = resp.status_code
     where = f"HTTP {status} from {resp.url}"
     if 200 <= status < 300:
-        code = _response_code(resp)
+        if status in _ACCEPTED:
+            return Result("delivered")
+        response = _response_of(resp)
+        if response is None:
+            said = _diagnostics(resp)
+            return Result("transient", f"{where}: not a FHIR response message"
+                                       + (f": {said}" if said else ""))
+        answered = response.get("identifier")
+        if answered != message_id:
+            return Result("transient", f"{where}: a response message to message "
+                                       f"{str(answered)[:100]!r}, not to this one")
+        code = response.get("code")
+        if code == vocab.OK:
+            return Result("delivered")
         if code == vocab.FATAL_ERROR:
             return Result("fatal", f"{where}: fatal-error: {_diagnostics(resp)}")
         if code == vocab.TRANSIENT_ERROR:
-            return Result("transient", f"{where}: transient-error: {_diagnostics(resp)}")
-        return Result("delivered")
+            return Result("transient", f"{where}: transient-error: {_diagnostics(resp)}",
+                          resp.retry_after)
+        return Result("transient", f"{where}: response code {str(code)[:100]!r} is none of "
+                                   "ok, transient-error, fatal-error")
     if status >= 500 or status in _RETRY_STATUS:
-        return Result("transient", f"{where}: {_diagnostics(resp)}")
+        return Result("transient", f"{where}: {_diagnostics(resp)}", resp.retry_after)
     return Result("fatal", f"{where}: {_diagnostics(resp)}")
 
 
@@ -331,7 +374,7 @@ class Deliverer:
         answers = self.http.exchange([[self._request(d, url, endpoint)
                                        for _, d, url, endpoint in lane] for lane in todo],
                                      recheck=recheck)
-        done += [(i, d, self._result(url, answer))
+        done += [(i, d, self._result(d, url, answer))
                  for lane, lane_answers in zip(todo, answers)
                  for (i, d, url, endpoint), answer in zip(lane, lane_answers)]
         return sorted(done, key=lambda r: r[0])
@@ -370,7 +413,7 @@ class Deliverer:
         return HttpRequest(url, d.content, headers, timeout)
 
     @staticmethod
-    def _result(url: str, answer: HttpResponse | HttpError) -> Result:
+    def _result(d: sql.Delivery, url: str, answer: HttpResponse | HttpError) -> Result:
         if isinstance(answer, HttpNotSent):  # the consent no longer covers it
             return Result("withdrawn", str(answer))
         if isinstance(answer, HttpRefused):  # its URL or headers: sending again cannot help
@@ -379,12 +422,12 @@ class Deliverer:
             return Result("transient", str(answer))
         if isinstance(answer, HttpError):
             return Result("transient", f"Could not reach {url}: {answer}")
-        return classify(answer)
+        return classify(answer, d.message_id)
 
     def _record(self, tx: Tx, d: sql.Delivery, result: Result, now: int) -> Outcome:
         """Record an attempt that did not deliver (a retry later, or dead), unless another
         copy of the delivery settled it meanwhile (it is then neither counted nor
         dead-lettered twice). Deliveries are recorded by ``_write_outcomes``, a batch at once."""
         reason = record_failure(tx, d, result.detail, now, self.config,
-                                fatal=result.kind == "fatal")
+                                fatal=result.kind == "fatal", wait=result.wait)
         return DeadLetter(reason, d.attempts + 1) if reason is not None else Ack()

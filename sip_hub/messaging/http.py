@@ -107,6 +107,9 @@ class HttpResponse:
     url: str
     status_code: int
     content: bytes
+    # Seconds its Retry-After asks to wait (given in seconds or as an HTTP-date, as libcurl
+    # reads it); 0: none, or one libcurl could not read.
+    retry_after: float = 0.0
 
     @property
     def text(self) -> str:
@@ -311,7 +314,8 @@ class HttpClient:
                             continue
                         following.append(finish(h, HttpResponse(
                             t.request.url,  # type: ignore[union-attr]
-                            h.getinfo(pycurl.RESPONSE_CODE), t.body.getvalue())))
+                            h.getinfo(pycurl.RESPONSE_CODE), t.body.getvalue(),
+                            h.getinfo(pycurl.RETRY_AFTER))))
                     for h, errno, message in failed:
                         t = running.get(h)
                         if t is None:

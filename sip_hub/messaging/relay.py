@@ -69,18 +69,21 @@ def _items(due: list[sql.Delivery], now: int) -> list[tuple[str, Envelope]]:
 
 
 def record_failure(tx: Tx, d: sql.Delivery, detail: str, now: int, config: MessagingSettings,
-                   *, fatal: bool = False, only_from: Sequence[str] = sql.OPEN) -> str | None:
+                   *, fatal: bool = False, only_from: Sequence[str] = sql.OPEN,
+                   wait: float = 0.0) -> str | None:
     """Record an attempt of ``d`` that did not deliver: back to pending after its backoff
-    (base * 2^(attempts-1)), or dead when ``fatal`` or out of attempts. Returns the dead
-    reason once recorded dead (None: to be retried; or another copy settled it meanwhile,
-    and it is neither counted nor dead-lettered twice). One count of attempts and one
+    (base * 2^(attempts-1)), or after ``wait`` seconds when the receiver asked for longer
+    (its Retry-After: an organisation that says when it is back is not asked before; at most
+    ``retry_max_seconds``, as the backoff), or dead when ``fatal`` or out of attempts.
+    Returns the dead reason once recorded dead (None: to be retried; or another copy settled
+    it meanwhile, and it is neither counted nor dead-lettered twice). One count of attempts and one
     backoff, whether the POST failed (the deliverer) or the broker refused the publish (the
     relay): a refusal left uncounted was retried every round and never dead-lettered."""
     attempts = d.attempts + 1
     if fatal or attempts >= config.max_attempts:
         reason = detail if fatal else f"Gave up after {attempts} attempts: {detail}"
         return reason if record_dead(tx, [d], reason, now) else None
-    delay = config.retry_delay(attempts)
+    delay = max(config.retry_delay(attempts), min(wait, config.retry_max_seconds))
     if sql.set_state(tx, d.id, sql.PENDING, now, error=detail, attempts=attempts,
                      next_attempt_at=now + int(delay * 1_000_000), only_from=only_from):
         count_committed(tx, DELIVERIES.labels("retry"))
