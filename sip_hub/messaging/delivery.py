@@ -12,9 +12,10 @@ For each bus message (one outbox delivery) the handler:
    covers the organisation. A POST already on its way when the withdrawal commits is not
    called back: acknowledged, it is recorded delivered (what was sent), although the
    withdrawal had settled it as withdrawn;
-3. holds it back when an earlier delivery of its stream (patient, plan, organisation) is still
-   on its way: order is kept per SIP for each destination. The relay already publishes only
-   a stream's head, so this only happens after a replay;
+3. holds it back when an earlier delivery of its stream (patient, organisation) is still on
+   its way: order is kept per SIP (the person's messages, also those told before its plan
+   existed) for each destination. The relay already publishes only a stream's head, so this
+   only happens after a replay;
 4. POSTs the Bundle (outside any database transaction), or hands it over to the
    organisation's own queue when it takes its messages from the broker (``"queue": true``
    in the endpoints file: delivered once the broker confirms it; refused or unreachable, a
@@ -326,13 +327,13 @@ class Deliverer:
 
     def _post_all(self, post: list[tuple[int, sql.Delivery]]
                   ) -> list[tuple[int, sql.Delivery, Result]]:
-        """POST the batch: each stream's deliveries (one SIP to one organisation) one after
-        another in the batch's order, the streams side by side, at most the organisation's
+        """POST the batch: each stream's deliveries (one person to one organisation) one
+        after another in the batch's order, the streams side by side, at most the organisation's
         endpoint's ``max_concurrent`` of them at once to it. Most of a POST is waiting for
         the answer: one after another, a batch of a hundred took as long as its slowest
         organisation's share of round trips, and the next deliveries of every stream waited
         for the batch."""
-        lanes: dict[tuple[str, str, str], list[_Post]] = {}
+        lanes: dict[tuple[str, str], list[_Post]] = {}
         done: list[tuple[int, sql.Delivery, Result]] = []
         queued: list[tuple[int, sql.Delivery]] = []
         for i, d in post:
@@ -344,12 +345,12 @@ class Deliverer:
                 done.append((i, d, Result("fatal", no_endpoint_reason(d.dest_org,
                                                                   self.endpoints.source))))
             else:
-                lanes.setdefault((d.patient_id, d.careplan_id, d.dest_org), []).append(
+                lanes.setdefault((d.patient_id, d.dest_org), []).append(
                     (i, d, url, endpoint))
         # Each organisation's streams dealt over at most its endpoint's max_concurrent tasks.
         tasks: dict[tuple[str, int], list[_Post]] = {}
         per_org: dict[str, int] = {}
-        for (_, _, org), lane in lanes.items():
+        for (_, org), lane in lanes.items():
             n = per_org[org] = per_org.get(org, -1) + 1
             endpoint = lane[0][3]
             width = endpoint.max_concurrent if endpoint else DEFAULT_CONCURRENT

@@ -51,7 +51,10 @@ __all__ = ["NOTIFICATION", "RESPONSE", "SipKey", "covered", "destinations_for", 
 
 @dataclass(frozen=True, slots=True)
 class SipKey:
-    """The SIP a message concerns; with the destination, the stream whose order is kept."""
+    """The SIP a message concerns. Its person and the destination are the stream whose order
+    is kept: the plan is '' for what is told before the plan exists (the consent the SIP
+    starts under) and after it is closed, and those messages keep their place among the
+    plan's."""
 
     patient_id: str
     careplan_id: str = ""  # '' until the SIP has a plan
@@ -167,7 +170,7 @@ def enqueue(tx: Tx, message_bundle: Json, destinations: Iterable[str], *,
     sql.insert_message(tx, message_id=header["id"], event=header["eventCoding"]["code"],
                        kind=kind, patient_id=key.patient_id, careplan_id=key.careplan_id,
                        content=exact.dumps(message_bundle), now=now)
-    seqs = sql.next_seqs(tx, key.patient_id, key.careplan_id, dests)
+    seqs = sql.next_seqs(tx, key.patient_id, dests)
     rows = [sql.delivery_row(id=uuid7(), message_id=header["id"], dest_org=org,
                              patient_id=key.patient_id, careplan_id=key.careplan_id,
                              seq=seqs[org], now=now, endpoint_url=endpoint_url)

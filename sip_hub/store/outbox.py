@@ -6,8 +6,10 @@ A delivery is one message to one organisation. Its states::
        ^                            |  \\--fatal or out of attempts--> dead --replay--> pending
        \\----- transient failure ----/   \\--consent no longer covers it--> withdrawn
 
-Deliveries of one stream (patient, plan, destination) are published one at a time, in ``seq``
-order: only the stream's head (no earlier pending or published delivery) is due.
+Deliveries of one stream (patient, destination) are published one at a time, in ``seq``
+order: only the stream's head (no earlier pending or published delivery) is due. The stream
+is the person's, not the plan's: a SIP's messages written before its plan existed (its
+consent), or after its plan was closed, are ordered with the plan's (migration 0022).
 """
 
 from __future__ import annotations
@@ -134,25 +136,24 @@ def insert_message(tx: Tx, *, message_id: str, event: str, kind: str, patient_id
 
 @lru_cache(maxsize=16)
 def _next_seqs(n: int) -> DriverStatement:
-    """The next sequence numbers of ``n`` streams of one SIP (destinations d0 .. dn-1): each
-    stream's row claimed or advanced (per dialect: ON CONFLICT). The upsert locks the rows
-    until commit, so a second writer to a stream waits and numbers after the first."""
+    """The next sequence numbers of ``n`` streams of one person (destinations d0 .. dn-1):
+    each stream's row claimed or advanced (per dialect: ON CONFLICT). The upsert locks the
+    rows until commit, so a second writer to a stream waits and numbers after the first."""
     return DriverStatement.on_conflict(lambda ins: ins(outbox_stream).values([
-        {"patient_id": bindparam("p"), "careplan_id": bindparam("c"),
-         "dest_org": bindparam(f"d{k}"), "last_seq": 1} for k in range(n)])
-        .on_conflict_do_update(index_elements=[_S.patient_id, _S.careplan_id, _S.dest_org],
+        {"patient_id": bindparam("p"), "dest_org": bindparam(f"d{k}"), "last_seq": 1}
+        for k in range(n)])
+        .on_conflict_do_update(index_elements=[_S.patient_id, _S.dest_org],
                                set_={"last_seq": outbox_stream.c.last_seq + 1})
         .returning(_S.dest_org, _S.last_seq))
 
 
-def next_seqs(tx: Tx, patient_id: str, careplan_id: str, dest_orgs: Sequence[str]
-              ) -> dict[str, int]:
+def next_seqs(tx: Tx, patient_id: str, dest_orgs: Sequence[str]) -> dict[str, int]:
     """The next sequence number of each destination's stream, in one statement (per 16).
     Give the destinations in a stable order (sorted): the upsert locks the rows in that
     order, and writers that lock in one order never deadlock."""
     out: dict[str, int] = {}
     for n, params in numbered([{"d": org} for org in dest_orgs], 16):
-        rows = _next_seqs(n).all(tx.conn, {"p": patient_id, "c": careplan_id, **params})
+        rows = _next_seqs(n).all(tx.conn, {"p": patient_id, **params})
         out.update({org: int(seq) for org, seq in rows})
     return out
 
@@ -222,8 +223,8 @@ def _heads() -> Any:
     earlier = aliased(outbox_delivery)
     e = earlier.c
     first_open = (select(e.seq)
-                  .where(e.patient_id == _D.patient_id, e.careplan_id == _D.careplan_id,
-                         e.dest_org == _D.dest_org, _open(e.state))
+                  .where(e.patient_id == _D.patient_id, e.dest_org == _D.dest_org,
+                         _open(e.state))
                   .order_by(e.seq).limit(1).scalar_subquery())
     return (select(*_OWN_COLUMNS).where(_in(_D.state, PENDING),
                                 _D.next_attempt_at <= bindparam("now"), _D.seq == first_open)
@@ -352,23 +353,23 @@ def _earlier_open_of(n: int) -> DriverStatement:
     # One SELECT per stream, each as the partial index of open stream deliveries serves it
     # (an OR of the streams led SQLite to the index of all pending deliveries instead).
     return DriverStatement(union_all(*(
-        select(_D.patient_id, _D.careplan_id, _D.dest_org, _D.seq).where(
-            _D.patient_id == bindparam(f"p{k}"), _D.careplan_id == bindparam(f"c{k}"),
-            _D.dest_org == bindparam(f"d{k}"), _D.seq < bindparam(f"s{k}"), _open(_D.state))
+        select(_D.patient_id, _D.dest_org, _D.seq).where(
+            _D.patient_id == bindparam(f"p{k}"), _D.dest_org == bindparam(f"d{k}"),
+            _D.seq < bindparam(f"s{k}"), _open(_D.state))
         for k in range(n))))
 
 
 def held_back(tx: Tx, ds: Sequence[Delivery]) -> set[str]:
     """The ids of ``ds`` that an earlier delivery of their stream, still pending or
     published, holds back (in a statement per 32 deliveries)."""
-    earliest: dict[tuple[str, str, str], int] = {}
-    rows = [{"p": d.patient_id, "c": d.careplan_id, "d": d.dest_org, "s": d.seq} for d in ds]
+    earliest: dict[tuple[str, str], int] = {}
+    rows = [{"p": d.patient_id, "d": d.dest_org, "s": d.seq} for d in ds]
     for n, params in numbered(rows, _STREAMS_MAX, pad=True):
-        for p, c, dest, seq in _earlier_open_of(n).all(tx.conn, params):
-            key = (p, c, dest)
+        for p, dest, seq in _earlier_open_of(n).all(tx.conn, params):
+            key = (p, dest)
             earliest[key] = min(seq, earliest.get(key, seq))
     return {d.id for d in ds
-            if (first := earliest.get((d.patient_id, d.careplan_id, d.dest_org))) is not None
+            if (first := earliest.get((d.patient_id, d.dest_org))) is not None
             and first < d.seq}
 
 
@@ -382,7 +383,7 @@ def find(tx: Tx, *, ids: Sequence[str] | None = None, states: Sequence[str] | No
         q = q.where(_D.state.in_(states))
     if patient_id is not None:
         q = q.where(_D.patient_id == patient_id)
-    q = q.order_by(_D.patient_id, _D.careplan_id, _D.dest_org, _D.seq).limit(limit)
+    q = q.order_by(_D.patient_id, _D.dest_org, _D.seq).limit(limit)
     return _with_messages(tx, tx.conn.execute(q).all())
 
 

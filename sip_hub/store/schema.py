@@ -139,8 +139,10 @@ outbox_message = Table(
 )
 
 # One delivery per (message, destination organisation): the unit that is published, retried,
-# dead-lettered, withdrawn and replayed. (patient_id, careplan_id, dest_org) is the stream
-# whose order is kept; seq numbers it.
+# dead-lettered, withdrawn and replayed. (patient_id, dest_org) is the stream whose order is
+# kept, seq numbers it: the person's, so that what was told before the SIP's plan existed (its
+# consent) or after it was closed keeps its place among the plan's messages (migration 0022;
+# careplan_id only says which plan a message is about).
 outbox_delivery = Table(
     "outbox_delivery", metadata,
     Column("id", String(36), primary_key=True),
@@ -162,14 +164,15 @@ outbox_delivery = Table(
     Index(None, "state", "next_attempt_at"),
     # Each stream's numbers unique. Led by seq, so that it serves no lookup of a stream: led by
     # the stream, PostgreSQL's planner took it for them in place of the index below, reading
-    # through the stream's settled history (migration 0012).
+    # through the stream's settled history (migration 0012). (With careplan_id: settled
+    # deliveries numbered when a stream was a plan's share numbers with another plan's.)
     Index(None, "seq", "patient_id", "careplan_id", "dest_org", unique=True),
     Index(None, "message_id"),
-    # The open deliveries of each stream (SIP x destination), to find its head. Through the
+    # The open deliveries of each stream (person x destination), to find its head. Through the
     # whole stream's index, whether an earlier delivery is still open meant reading back
     # through the stream's settled history, for each waiting delivery: with a backlog, a relay
     # round that found nothing to publish took 90 ms in SQLite's write lock.
-    Index("ix_outbox_delivery_open_stream", "patient_id", "careplan_id", "dest_org", "seq",
+    Index("ix_outbox_delivery_open_stream", "patient_id", "dest_org", "seq",
           postgresql_where=text(OPEN_STATE_SQL), sqlite_where=text(OPEN_STATE_SQL)),
 )
 
@@ -178,7 +181,6 @@ outbox_delivery = Table(
 outbox_stream = Table(
     "outbox_stream", metadata,
     Column("patient_id", String(64), primary_key=True),
-    Column("careplan_id", String(64), primary_key=True),
     Column("dest_org", String(64), primary_key=True),
     Column("last_seq", BigInteger, nullable=False),
 )

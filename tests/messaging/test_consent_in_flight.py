@@ -34,18 +34,21 @@ def test_nothing_is_posted_once_the_consent_is_withdrawn_and_the_outbox_tells_wh
         world: Hub, receivers: Any) -> None:  # noqa: F811
     bup = receivers()
     world.configure({BUP: bup.url}, entries={BUP: {"maxConcurrent": 1}})
-    # A second notification to BUP about Alva in a stream of its own (another plan), so that
-    # it waits in BUP's one lane behind the plan-established of the same batch.
+    # A second notification to BUP, about another person covered as Alva is (a stream of its
+    # own), so that it waits in BUP's one lane behind the plan-established of the same batch.
     with world.store.begin() as tx:
+        tx.replace_grants("tolvan", tx.grants("alva"))
         note = builder.message("follow-up-scheduled", fhir_base="http://hub.test/fhir",
                                sender=SOC, destinations=[builder.Party(BUP, "x")],
                                focus=["CarePlan/alva-sip", "Patient/alva"], resources=[])
-        (later,) = outbox.enqueue(tx, note, [BUP], sip=outbox.SipKey("alva", "another-plan"))
+        (later,) = outbox.enqueue(tx, note, [BUP], sip=outbox.SipKey("tolvan", "tolvan-sip"))
     withdrawals: list[int] = []
 
     def withdraw_while_the_first_is_on_its_way(m: dict[str, Any]) -> None:
-        if _event(m) == "plan-established" and not withdrawals:  # BUP left out of the consent
+        if _event(m) == "plan-established" and not withdrawals:  # BUP left out of both
             r = world.put(SOC, f.sip_consent(actor_refs=[f.SOCIAL_SERVICES, f.SCHOOL]))
+            with world.store.begin() as tx:
+                tx.replace_grants("tolvan", tx.grants("alva"))
             withdrawals.append(r.status_code)
     bup.on_arrival = withdraw_while_the_first_is_on_its_way
     world.relay()
@@ -67,12 +70,13 @@ def test_a_lane_checks_again_at_most_every_recheck_after_seconds(
     (a batch of fast answers reads the grants a few times, not once per POST)."""
     bup = receivers()
     world.configure({BUP: bup.url}, entries={BUP: {"maxConcurrent": 1}})
-    with world.store.begin() as tx:
+    with world.store.begin() as tx:  # three more people's streams, on BUP's one lane
         for k in range(3):
+            tx.replace_grants(f"person-{k}", tx.grants("alva"))
             note = builder.message("follow-up-scheduled", fhir_base="http://hub.test/fhir",
                                    sender=SOC, destinations=[builder.Party(BUP, "x")],
                                    focus=["CarePlan/alva-sip", "Patient/alva"], resources=[])
-            outbox.enqueue(tx, note, [BUP], sip=outbox.SipKey("alva", f"plan-{k}"))
+            outbox.enqueue(tx, note, [BUP], sip=outbox.SipKey(f"person-{k}", f"plan-{k}"))
     reads: list[int] = []
     original = world.store.begin
 

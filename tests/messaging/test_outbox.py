@@ -299,8 +299,8 @@ def test_a_delivery_is_held_back_exactly_while_an_earlier_one_of_its_stream_is_o
         sql.mark_delivered(tx, [first_bup.id], 1)
         every = sql.find(tx, limit=10_000)
 
-    def stream(d: sql.Delivery) -> tuple[str, str, str]:
-        return d.patient_id, d.careplan_id, d.dest_org
+    def stream(d: sql.Delivery) -> tuple[str, str]:
+        return d.patient_id, d.dest_org
     # What it must say: any earlier delivery of the stream still pending or published.
     expected = {d.id for d in every if any(
         stream(e) == stream(d) and e.seq < d.seq and e.state in sql.OPEN for e in every)}
@@ -308,7 +308,7 @@ def test_a_delivery_is_held_back_exactly_while_an_earlier_one_of_its_stream_is_o
         held = sql.held_back(tx, every)
     assert held == expected
     seqs = {(stream(d), d.seq): d.id for d in every}
-    p1_bup, p1_school = ("p1", "plan1", BUP), ("p1", "plan1", SCHOOL)
+    p1_bup, p1_school = ("p1", BUP), ("p1", SCHOOL)
     assert seqs[(p1_bup, 2)] not in held and seqs[(p1_bup, 3)] in held  # 1 is delivered
     assert seqs[(p1_school, 1)] not in held and {seqs[(p1_school, 2)], seqs[(p1_school, 3)]} <= held
     assert len([d for d in every if d.patient_id.startswith("q") and d.id in held]) == 40
@@ -501,7 +501,7 @@ def test_a_streams_settled_history_is_not_read_whatever_the_statistics(store: St
                               f"WHERE seq <= {settled}"))
         with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("VACUUM ANALYZE outbox_delivery"))
-    head = {"p": "p0", "c": "c0", "d": BUP, "s": settled + 2}
+    head = {"p": "p0", "d": BUP, "s": settled + 2}
     # (statement, its parameters, rows its plan may handle: about what it looks for)
     probes = [(sql._HEADS, {"now": 10**9, "limit": 100}, 40 * 4),
               (sql._earlier_open_of(1), {f"{k}0": v for k, v in head.items()}, 4)]

@@ -90,7 +90,7 @@ def _rows() -> dict[str, list[dict[str, Any]]]:
         "api_client": [{"client_id": "cosmic", "secret_hash": "$argon2id$x", "org_hsa_id":
                         "SE2321000016-15CQ", "scope": "system/*.rs", "name": "COSMIC",
                         "created": T0, "active": True, "role": "organization",
-                        "personal_data": False}],
+                        "personal_data": False, "disabled_at": None}],
         "access_grant": [{"patient_id": "p1", "org_hsa_id": "SE2321000016-15CQ",
                           "role": "coordinator", "reads": True, "valid_until": None,
                           "valid_from": None, "seq": 0},
@@ -162,6 +162,13 @@ def _drift(engine: Engine) -> list[Any]:
 # The last deadline round, forgotten by 0020 (the next round is a full one, which records
 # every plan's next deadline again by the Swedish days): a watermark, not data.
 FORGOTTEN = "deadline_scan"
+# Columns dropped since: an outbox stream is a person's to a destination (0022), its counter
+# the highest of the plans' (one plan per person and destination here: the same numbers).
+DROPPED = {"outbox_stream": {"careplan_id"}}
+
+
+def _kept(name: str, columns: set[str]) -> set[str]:
+    return columns - DROPPED.get(name, set())
 
 
 # -- upgrades ------------------------------------------------------------------------------
@@ -176,6 +183,7 @@ def test_upgrading_from_every_revision_keeps_every_row_and_its_meaning(
     for name, columns in written.items():
         if name.startswith("idx_") or name == FORGOTTEN:
             continue  # derived (rebuilt below), or forgotten
+        columns = _kept(name, columns)
         assert _table_rows(fresh, name, columns) == _expected(name, columns), name
     # (forgotten by 0020: kept when the database was there already)
     assert _table_rows(fresh, FORGOTTEN, {"id"}) == (
@@ -206,10 +214,10 @@ def test_a_client_disabled_at_the_upgrade_keeps_its_console_sessions_ended(
     """0021 notes when a client was disabled, so that its console sessions stay ended once it
     is enabled again: a client disabled at the upgrade counts as disabled then."""
     upgrade(fresh, "0020")
-    rows = _rows()["api_client"]
+    row = {k: v for k, v in _rows()["api_client"][0].items() if k != "disabled_at"}
     with fresh.begin() as conn:
         conn.execute(metadata.tables["api_client"].insert(), [
-            rows[0], {**rows[0], "client_id": "gone", "active": False}])
+            row, {**row, "client_id": "gone", "active": False}])
     before = int(time.time())
     upgrade(fresh)
     with fresh.connect() as conn:
@@ -238,6 +246,7 @@ def test_the_latest_migrations_go_down_and_up_again_with_the_data(fresh: Engine)
     assert _drift(fresh) == []
     for name, columns in written.items():
         if not name.startswith("idx_") and name != FORGOTTEN:
+            columns = _kept(name, columns)
             assert _table_rows(fresh, name, columns) == _expected(name, columns), name
     assert _table_rows(fresh, FORGOTTEN, {"id"}) == set()
 
