@@ -33,6 +33,12 @@ _BEARER_CHALLENGE = 'Bearer realm="sip_hub"'
 # The longest token verified: those the hub issues, with scopes of at most
 # ``clients.SCOPE_MAX`` characters, are under half of it.
 TOKEN_MAX = 8192
+# How far another API process's clock may be ahead of this one's (RFC 7519 4.1.4/4.1.5): a
+# token it issued is stamped iat = nbf = its clock, truncated to the second, and without a
+# margin is "not yet valid" here for as long as the clocks differ (even a few hundred
+# milliseconds refuse a fresh token now and then). Only iat and nbf get it: exp is kept to
+# the second on this machine's clock, so a token's lifetime and a revocation stay as stated.
+CLOCK_SKEW = 60
 
 
 class KeyConfigError(SipHubError):
@@ -246,12 +252,17 @@ class TokenService:
                 raise Unauthorized("The token was not signed by a key of this hub",
                                    headers={"WWW-Authenticate": _BEARER_CHALLENGE +
                                             ', error="invalid_token"'})
-            return jwt.decode(token, key.public_key(), algorithms=[_ALG], audience=audience,
-                              issuer=self.issuer, options={"require": require})
+            claims = jwt.decode(token, key.public_key(), algorithms=[_ALG],
+                                audience=audience, issuer=self.issuer, leeway=CLOCK_SKEW,
+                                options={"require": require})
         except jwt.ExpiredSignatureError:
             raise _invalid("The token has expired") from None
         except jwt.InvalidTokenError as exc:
             raise _invalid(f"The token is not valid: {_short(str(exc))}") from None
+        # (PyJWT's leeway is one margin for all three; exp is held to this clock: above)
+        if int(claims["exp"]) <= time.time():
+            raise _invalid("The token has expired")
+        return claims
 
     def _verify(self, token: str) -> Principal:
         claims = self._claims(token, self.issuer, ["exp", "iat", "sub", "org", "role"])

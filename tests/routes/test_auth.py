@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from conftest import issue_token
 from fhirhttp import body, outcome_text, patient
-from sip_hub import clients
+from sip_hub import auth, clients
 from sip_hub.app import ConfigurationError, check_settings, create_app
 from sip_hub.settings import Settings
 
@@ -245,3 +245,73 @@ def test_portal_client_cannot_use_the_generic_api(anonymous, store):
 def test_audit_events_cannot_be_written_through_the_api(client):
     r = client.post("/fhir/AuditEvent", **body({"resourceType": "AuditEvent"}))
     assert r.status_code == 403
+
+
+# -- clock skew between the API processes -------------------------------------------------------
+
+def _clock(monkeypatch, offset: float) -> None:
+    """The token issuer's clock (``sip_hub.auth.time``) ``offset`` seconds off this one's:
+    another machine's (``monkeypatch.undo`` sets it back)."""
+
+    class Clock:
+        @staticmethod
+        def time() -> float:
+            return time.time() + offset
+
+    monkeypatch.setattr("sip_hub.auth.time", Clock)
+
+
+def _issued_with_clock(monkeypatch, anonymous, store, offset: float) -> str:
+    """A token issued by a process whose clock is ``offset`` seconds off this one's."""
+    _clock(monkeypatch, offset)
+    token = issue_token(anonymous, store, ORG)
+    monkeypatch.undo()
+    return token
+
+
+def test_a_token_from_a_process_whose_clock_is_a_second_or_two_ahead_is_accepted(
+        anonymous, store, monkeypatch):
+    """Any number of API processes on any machines share the keys: a token one issues the
+    others accept, also when its clock is a little ahead (its iat and nbf, to the second,
+    lie in this machine's future: RFC 7519 leeway), not 401 depending on which process the
+    load balancer picked."""
+    token = _issued_with_clock(monkeypatch, anonymous, store, 2)
+    r = anonymous.get("/fhir/Organization", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+
+
+def test_a_token_issued_minutes_ahead_is_not_yet_valid(anonymous, store, monkeypatch):
+    """The leeway is for clock skew (a minute), not for tokens dated later."""
+    token = _issued_with_clock(monkeypatch, anonymous, store, 120)
+    r = anonymous.get("/fhir/Organization", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 401 and "not yet valid" in outcome_text(r)
+
+
+def test_a_token_is_refused_once_it_has_expired_by_this_clock(anonymous, store, monkeypatch,
+                                                              settings):
+    """The leeway is not added to the token's lifetime: a token that expired a second ago
+    by this process's clock is refused (the lifetime is as stated)."""
+    token = _issued_with_clock(monkeypatch, anonymous, store,
+                               -settings.token_lifetime_seconds - 1)
+    r = anonymous.get("/fhir/Organization", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 401 and "expired" in outcome_text(r)
+
+
+def test_a_console_session_from_a_process_whose_clock_is_ahead_is_accepted(settings,
+                                                                           monkeypatch):
+    """A console session is signed as the tokens are, and any API process serves the
+    console: one signed by a process a second or two ahead is taken too; one expired by
+    this clock is not."""
+    tokens = auth.TokenService(auth.load_keys(settings), "http://hub.test", 300)
+
+    def session(offset: float, lifetime: int = 600) -> str:
+        _clock(monkeypatch, offset)
+        try:
+            return tokens.issue_session(client_id="ops", org=ORG, personal_data=False,
+                                        lifetime=lifetime)
+        finally:
+            monkeypatch.undo()
+
+    assert tokens.verify_session(session(2)).principal.client_id == "ops"
+    with pytest.raises(auth.Unauthorized, match="expired"):
+        tokens.verify_session(session(-2, lifetime=1))
