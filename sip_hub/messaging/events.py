@@ -178,14 +178,24 @@ def _actors(consent: Json) -> frozenset[bytes]:
                      if isinstance(a, dict))
 
 
-def _until(consent: Json) -> int:
-    """When the consent ends, as the grants and ``process.consents_in_force`` read it (a date
-    at Swedish midnight after it)."""
-    end = ((consent.get("provision") or {}).get("period") or {}).get("end")
+def _bound(consent: Json, which: str, open_: int) -> int:
+    """When the consent starts (``which`` "start") or ends ("end"), as the grants and
+    ``process.consents_in_force`` read it (a date from Swedish midnight of it, or until
+    Swedish midnight after it); ``open_`` when the period is open on that side."""
+    value = ((consent.get("provision") or {}).get("period") or {}).get(which)
     try:
-        return sip.swedish_range(end)[1] if isinstance(end, str) else 2 ** 62
+        return sip.swedish_range(value)[0 if which == "start" else 1] \
+            if isinstance(value, str) else open_
     except ValueError:
-        return 2 ** 62
+        return open_
+
+
+def _from(consent: Json) -> int:
+    return _bound(consent, "start", -2 ** 62)
+
+
+def _until(consent: Json) -> int:
+    return _bound(consent, "end", 2 ** 62)
 
 
 def _consent(old: Json | None, new: Json) -> list[Fact]:
@@ -202,9 +212,11 @@ def _consent(old: Json | None, new: Json) -> list[Fact]:
     else:
         assert old is not None
         before, after = _actors(old), _actors(new)
-        if not before <= after or _until(new) < _until(old):
+        # (a period moved is a consent changed: a later start or an earlier end covers less,
+        # an earlier start or a later end more; the grants follow it at once)
+        if not before <= after or _until(new) < _until(old) or _from(new) > _from(old):
             reason = vocab.NARROWED
-        elif after != before or _until(new) > _until(old):
+        elif after != before or _until(new) > _until(old) or _from(new) < _from(old):
             reason = vocab.GRANTED
         else:
             return []

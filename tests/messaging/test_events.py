@@ -8,12 +8,17 @@ import orjson
 import pytest
 
 import sip_factory as f
+from fhirhttp import JSON_HEADERS
 from harness import BUP, SCHOOL, SOC, Hub, broker, hub, world  # noqa: F401
 from sip_hub.fhir import sip
-from sip_hub.messaging import parser
+from sip_hub.messaging import parser, vocabulary as vocab
 from sip_hub.messaging.events import Fact, classify
+from sip_hub.store import outbox as sql
+from sip_process import day, read, write_case
 
 PLAN = f.sip_careplan()
+PLAN_ID = "alva-sip"
+CONSENT = "Consent/alva-sip-samtycke"
 
 
 def with_phase(plan: dict, phase: str, status: str) -> dict:
@@ -81,6 +86,54 @@ def test_consent_changes_say_how_they_changed() -> None:
         ("consent-changed", "withdrawn")]
     assert events("Consent", full, copy.deepcopy(full)) == []
     assert events("Consent", None, f.sip_consent(status="inactive")) == []
+
+
+def test_a_consent_whose_start_moved_is_granted_or_narrowed() -> None:
+    """A start moved earlier covers more (granted), one moved later less (narrowed): the
+    grants follow the period at once, so the organisations are told. The start is read as
+    the grants read it, a date from Swedish midnight: the same instant written as a
+    dateTime is no change."""
+    start = f.sip_consent(start="2026-11-10")
+    earlier = f.sip_consent(start="2026-11-01")
+    assert events("Consent", start, earlier) == [("consent-changed", "granted")]
+    assert events("Consent", earlier, start) == [("consent-changed", "narrowed")]
+    same = f.sip_consent(start="2026-11-10T00:00:00+01:00")
+    assert events("Consent", start, same) == []
+    opened = f.sip_consent()
+    del opened["provision"]["period"]["start"]
+    assert events("Consent", start, opened) == [("consent-changed", "granted")]
+    # (the end moved later and the start later too: it covers less, for a while)
+    moved = f.sip_consent(start="2026-12-01", end="2027-12-01")
+    assert events("Consent", start, moved) == [("consent-changed", "narrowed")]
+
+
+def test_a_consent_moved_to_start_now_is_told_to_the_organisations_it_now_covers(
+        client, as_org, store) -> None:
+    """Alva's consent is corrected to start next month (BUP may read her SIP no more), then
+    back to yesterday: from that write BUP and the school read her SIP again, and are told
+    (consent changed, granted), as when a consent is re-activated or lengthened."""
+    h = {org: as_org(org) for org in (SOC, BUP, SCHOOL)}
+    write_case(client, h[SOC], f.demo_case())  # (established; BUP and the school take part)
+    assert client.get(f"/fhir/CarePlan/{PLAN_ID}", headers=h[BUP]).status_code == 200
+
+    def moved(days: int) -> list[tuple[str, str]]:
+        consent = read(client, CONSENT)
+        consent.pop("meta")
+        consent["provision"]["period"]["start"] = day(days)
+        with store.begin(write=False) as tx:
+            before = {d.id for d in sql.find(tx)}
+        r = client.put(f"/fhir/{CONSENT}", content=orjson.dumps(consent),
+                       headers=JSON_HEADERS | h[SOC])
+        assert r.status_code == 200, r.text
+        with store.begin(write=False) as tx:
+            return sorted((d.event, d.dest_org) for d in sql.find(tx)
+                          if d.id not in before and d.kind == sql.NOTIFICATION)
+
+    moved(30)
+    assert client.get(f"/fhir/CarePlan/{PLAN_ID}", headers=h[BUP]).status_code == 403
+    told = moved(-1)
+    assert client.get(f"/fhir/CarePlan/{PLAN_ID}", headers=h[BUP]).status_code == 200
+    assert {(vocab.CONSENT_CHANGED, BUP), (vocab.CONSENT_CHANGED, SCHOOL)} <= set(told), told
 
 
 def invitation(status: str = "requested") -> dict:
