@@ -116,13 +116,15 @@ def _deadlines(args: argparse.Namespace, settings: Settings) -> int:
     from . import deadlines
     from .app import build_store
     from .audit import AuditLog
-    from .fhir.dates import from_us, parse_range
+    from .fhir import sip
+    from .fhir.dates import from_us
 
     store = build_store(settings)
     try:
-        at = from_us(parse_range(args.at)[0]) if args.at is not None else None
+        # (a date is a Swedish day, as every date of the SIP: from Swedish midnight, not UTC's)
+        at = from_us(sip.swedish_range(args.at)[0]) if args.at is not None else None
     except ValueError:
-        sys.stderr.write(f"sip-hub: --at '{args.at}' is not a FHIR dateTime\n")
+        sys.stderr.write(f"sip-hub: --at '{args.at}' is not a FHIR dateTime or date\n")
         return 2
     report = deadlines.Scheduler(store, settings, AuditLog(store)).run_once(at)
     if report.skipped:
@@ -211,8 +213,9 @@ def parser() -> argparse.ArgumentParser:
     cl.set_defaults(func=_client_list)
     d = sub.add_parser("deadlines", help="open and close the SIP deadline Tasks now "
                                          "(the API process also does this every few minutes)")
-    d.add_argument("--at", help="scan every open SIP as of this dateTime (without it: the SIPs "
-                                "changed since the last scan or with a deadline come)")
+    d.add_argument("--at", help="scan every open SIP as of this dateTime, or the start of this "
+                                "date in Sweden (without it: the SIPs changed since the last "
+                                "scan or with a deadline come)")
     d.set_defaults(func=_deadlines)
     return p
 

@@ -14,7 +14,8 @@ kind                        open while                                          
                             ``sip_inactive_days``
 ``invitation-unanswered``   an invitation is still unanswered after its answer   the invited
                             deadline (and its meeting neither held nor           organisation
-                            cancelled: it can still be answered)
+                            cancelled, and the consent covers the organisation:
+                            it can still be answered)
 ``invitation-declined``     an invited organisation declined (opened by          coordinator
                             ``$respond``) and has not been invited again or
                             accepted since
@@ -33,11 +34,13 @@ round as of another time, ``--at``) is opened again. What is overdue for an orga
 A round (``run``: ``Scheduler`` and ``sip-hub deadlines``) looks only at the plans whose Tasks
 can have changed since the last completed round, in short transactions of ``BATCH`` plans:
 
-- plans written since, or whose SIP was (care team, goals, meetings, invitations, revisions:
-  what ``_wanted`` reads), found through the ``last_updated`` and reference indexes;
+- plans written since, or whose SIP was (care team, goals, meetings, invitations, revisions,
+  the person's consents: what ``_wanted`` reads), found through the ``last_updated`` and
+  reference indexes;
 - plans whose next deadline has come: each reconcile records in ``deadline_due`` the first
   instant at which one of the plan's deadlines not yet passed will have (meeting + three days,
-  follow-up date, inactivity horizon, invitation answer deadline).
+  follow-up date, inactivity horizon, invitation answer deadline, the consent's period
+  beginning or ending for an invited organisation).
 
 The watermark (when the last completed round started) is stored, and advances only when every
 batch is done: after a failure the next round looks at the same writes again (reconciling is
@@ -57,6 +60,7 @@ from datetime import datetime, time, timedelta
 from typing import Any
 
 from . import process as sp
+from .access import org_hsa
 from .audit import AuditLog
 from .fhir import sip
 from .fhir.dates import MAX_US, format_instant, from_us, now_utc, parse_range, to_us
@@ -67,6 +71,7 @@ from .operation import Operation, ref
 from .settings import Settings
 from .store import Store, Stored, Tx
 from .store import deadlines as store_scan
+from .store.search import Grant
 
 log = logging.getLogger("sip_hub.deadlines")
 Json = dict[str, Any]
@@ -223,6 +228,21 @@ def _local_end(value: Any) -> int | None:
         return None
 
 
+def _grants(tx: Tx, plan: Json) -> list[Grant]:
+    """The grants of the plan's person: who the consent covers, and when."""
+    found = sp.patient_of(tx, plan)
+    return tx.grants(found[0]) if found is not None else []
+
+
+def _coverage(grants: list[Grant], org: str | None, now: int) -> tuple[bool, int | None]:
+    """Whether ``org`` holds a live reading grant at ``now`` (as ``outbox.covered`` and
+    access read it), and the next instant at which that changes (None: not by time)."""
+    mine = [g for g in grants if g.org == org and g.reads]
+    changes = [t for g in mine for t in (g.valid_from, g.valid_until)
+               if t is not None and t > now]
+    return any(g.reads_at(now) for g in mine), min(changes, default=None)
+
+
 def _wanted(op: Operation, plan: Stored, sip_of: _Sip) -> tuple[list[_Want], int | None]:
     """The obligations overdue as of ``op.now``, and the first instant after it at which
     another will be (None: none will by time alone)."""
@@ -273,6 +293,7 @@ def _wanted(op: Operation, plan: Stored, sip_of: _Sip) -> tuple[list[_Want], int
     # An invitation to a meeting held, cancelled or gone can no longer be answered ($respond
     # refuses it): no Task may ask the organisation to.
     answerable = {m.id for m in sip_of.appointments if m.doc().get("status") not in _MEETING_GONE}
+    grants = _grants(op.tx, content)
     for inv in sip_of.tasks_of((sp.TASK_INVITATION,)):
         task = inv.doc()
         deadline = ((task.get("restriction") or {}).get("period") or {}).get("end")
@@ -280,6 +301,14 @@ def _wanted(op: Operation, plan: Stored, sip_of: _Sip) -> tuple[list[_Want], int
         focus = sp.ref_target(task.get("focus"))
         if task.get("status") != "requested" or end is None or focus is None \
                 or focus[0] != "Appointment" or focus[1] not in answerable:
+            continue
+        # Nor one the consent no longer covers (narrowed, ended, not begun): it can neither
+        # read nor answer the invitation (rule 1), and its Task, open already, is completed.
+        # When the consent's period begins or ends for it is a time to look again.
+        covered, changes = _coverage(grants, org_hsa(op.tx, task.get("owner")), now)
+        if changes is not None:
+            coming.append(changes)
+        if not covered:
             continue
         if end < now:
             out.append(_Want(sp.TASK_UNANSWERED, f"{inv.id}/{deadline}", task.get("owner", {}),
@@ -436,8 +465,12 @@ def _everything(tx: Tx) -> tuple[list[str], list[str]]:
 def _changed(tx: Tx, since: int) -> set[str]:
     """The plans whose deadlines a write at or after ``since`` may have changed: a write of the
     plan, or of what ``_wanted`` reads of its SIP, as it refers to the plan now and as it
-    referred to it before (a deleted or changed resource's index rows are gone)."""
+    referred to it before (a deleted or changed resource's index rows are gone); and the plans
+    of the persons whose consent was written (whom it covers: who is asked to answer)."""
     plans = set(store_scan.written_since(tx, "CarePlan", since))
+    plans |= store_scan.plans_of_patients(tx, "Consent", since, {
+        i for old in store_scan.earlier(tx, "Consent", since)
+        for p, t, i in extract(old.json()).reference if p == "patient" and t == "Patient"})
     for rtype, param in _REFERRED:
         plans |= store_scan.plans_referring(tx, param, rtype, since)
     after = ("_lastUpdated", f"ge{format_instant(from_us(since))}")

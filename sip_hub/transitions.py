@@ -142,26 +142,21 @@ def _require_next_follow_up(op: Operation, plan: Json, *, first: bool = False) -
     follow-up needs the next date, agreed in an approved revision; a plan established the
     first time (``first``) needs one not yet passed (a missing one the profile refuses, as the
     rest of the required content). A date is a Swedish day, as the deadline scan reads it:
-    passed once it is over in Sweden, to come until it begins there."""
+    passed once it is over in Sweden, so a date of today is still to come, the first time and
+    after a follow-up alike (``follow-up-overdue`` opens at Swedish midnight after it)."""
     follow_up = next((e.get("valueDateTime") for e in plan.get("extension", [])
                       if e.get("url") == sip.EXT_FOLLOW_UP), None)
-    if first:
-        try:
-            passed = follow_up is not None and \
-                sip.swedish_range(follow_up)[1] <= to_us(op.now)
-        except (ValueError, TypeError):
-            passed = False
-        if passed:
-            raise sp.business_rule(
-                f"The plan's follow-up date ({follow_up}) has passed: a plan is established with "
-                "the date it will be followed up (a date to come); change it in the draft (PUT) "
-                "first", f"CarePlan.extension('{sip.EXT_FOLLOW_UP}')")
-        return
     try:
-        ahead = follow_up is not None and sip.swedish_range(follow_up)[0] > to_us(op.now)
+        passed = sip.swedish_range(follow_up)[1] <= to_us(op.now) \
+            if isinstance(follow_up, str) else not first
     except ValueError:
-        ahead = False
-    if not ahead:
+        passed = not first
+    if passed and first:
+        raise sp.business_rule(
+            f"The plan's follow-up date ({follow_up}) has passed: a plan is established with "
+            "the date it will be followed up (a date to come); change it in the draft (PUT) "
+            "first", f"CarePlan.extension('{sip.EXT_FOLLOW_UP}')")
+    if passed:
         raise sp.business_rule(
             f"The plan's follow-up date ({follow_up}) has passed: agree the next one with the "
             "person in a revision ($propose-revision, $approve-revision) before the plan is "
@@ -177,7 +172,14 @@ def _set_period(op: Operation, plan: Json, to: str, approved_at: str | None) -> 
         # before in UTC)
         plan["period"] = {**period, "start": sip.swedish_day(approved_at)}
     elif to == sp.CLOSED and not period.get("end"):
-        start = sp.time_of(period.get("start"))  # (a stored leap second was a 5xx)
+        # Begun when its start (a Swedish day, as set above) has begun in Sweden: one closed at
+        # 00:35 on the day it was established began 35 minutes ago, not at UTC midnight an
+        # hour or two from now. (A stored start that is no date, a leap second, was a 5xx.)
+        try:
+            start = sip.swedish_range(period["start"])[0] \
+                if isinstance(period.get("start"), str) else None
+        except ValueError:
+            start = None
         if start is None or start <= to_us(op.now):
             plan["period"] = {**period, "end": today}
 

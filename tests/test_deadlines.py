@@ -21,9 +21,9 @@ from sip_hub.process import LOCAL
 from sip_hub.settings import Settings
 from sip_hub.store import Store
 from sip_hub.store.engine import make_engine
-from sip_process import (BUP, SCHOOL, SOC, TASK_SYSTEM, alva_case, approval, at, invitation,
-                         one, post, read, ref, respond, string, tasks, transition, values,
-                         write_case)
+from sip_process import (BUP, SCHOOL, SOC, TASK_SYSTEM, alva_case, approval, at, day,
+                         invitation, one, post, read, ref, respond, string, tasks, transition,
+                         values, write_case)
 
 PLAN = "alva-sip"
 
@@ -251,6 +251,22 @@ def test_cli_scans_the_deadlines(cli_env, capsys):
     assert "not a FHIR dateTime" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("at_value, swedish", [
+    ("2027-01-15", "2027-01-15T00:00:00+01:00"),  # (winter: UTC+1)
+    ("2027-04-05", "2027-04-05T00:00:00+02:00"),  # (summer: UTC+2)
+    ("2027-04-05T12:00:00Z", "2027-04-05T14:00:00+02:00")])
+def test_cli_scans_as_of_the_start_of_a_swedish_day(cli_env, capsys, monkeypatch, at_value,
+                                                    swedish):
+    """``sip-hub deadlines --at 2027-04-05`` looks ahead as of the start of that day in
+    Sweden, as every date of the SIP is read (not at UTC midnight, two hours later); a
+    dateTime is its instant."""
+    seen = []
+    monkeypatch.setattr(deadlines.Scheduler, "run_once",
+                        lambda self, at=None: seen.append(at) or deadlines.Report())
+    assert cli.main(["deadlines", "--at", at_value]) == 0
+    assert seen == [datetime.fromisoformat(swedish)]
+
+
 @pytest.mark.parametrize(("env", "minutes", "enabled"), [
     ("dev", 5, True), ("production", 1, True), ("dev", 0, False), ("test", 5, False)])
 def test_the_periodic_scan_is_configurable_and_off_in_tests(store, env, minutes, enabled):
@@ -311,3 +327,76 @@ def test_a_meeting_on_the_calendars_last_day_is_invited_to_without_a_deadline_af
     assert scan(store, now_utc()).created == []
     later = kinds(scan(store, now_utc() + timedelta(days=400)), store)
     assert "document-plan" not in later and later  # (the SIP's inactivity is due by then)
+
+
+# -- only an organisation the consent covers is asked to answer ---------------------------------
+
+def put(client, headers, res: dict):
+    r = client.put(f"/fhir/{res['resourceType']}/{res['id']}", content=json.dumps(res),
+                   headers=JSON_HEADERS | headers)
+    assert r.status_code in (200, 201), r.text
+
+
+def consent(client) -> dict:
+    out = read(client, "Consent/alva-sip-samtycke")
+    out.pop("meta")
+    return out
+
+
+def uncover_school(client, h, how: str, *, end_days: int = 1) -> None:
+    """Alva's consent no longer covers the school: narrowed (the school taken out) or ended
+    (the consent naming it ends in ``end_days`` days; a second one keeps BUP and SOC)."""
+    c = consent(client)
+    if how == "narrowed":
+        c["provision"]["actor"] = [a for a in c["provision"]["actor"]
+                                   if a["reference"]["reference"] != f.SCHOOL]
+        put(client, h[SOC], c)
+        return
+    c["provision"]["period"]["end"] = day(end_days)
+    put(client, h[SOC], c)
+    put(client, h[SOC], f.sip_consent(id="alva-sip-samtycke-2", start=day(-1), end=day(365),
+                                       actor_refs=(f.SOCIAL_SERVICES, f.BUP, f.MOTHER)))
+
+
+def owners(client, report: deadlines.Report) -> list[str]:
+    return sorted(read(client, f"Task/{t}")["owner"]["reference"] for t in report.created)
+
+
+@pytest.mark.parametrize("how", ["narrowed", "ended"])
+def test_no_unanswered_invitation_task_for_an_organisation_the_consent_no_longer_covers(
+        client, store, h, how):
+    """The school, invited, is no longer covered by Alva's consent when the answer deadline
+    passes (she took it out, or the consent naming it ended): it can neither read nor answer
+    the invitation ($respond answers 403), so no Task tells it (and the coordinator) that it
+    fails to; BUP, still covered, gets its Task."""
+    out = invite(client, h, f.BUP, f.SCHOOL, answer_by=at(days=2))
+    school = next(t for t in values(out, "task") if t["owner"]["reference"] == f.SCHOOL)
+    uncover_school(client, h, how)
+    report = scan(store, now_utc() + timedelta(days=3))
+    assert owners(client, report) == [f.BUP]
+    if how == "narrowed":
+        r = respond(client, h[SCHOOL], school["id"], "decline", string("reason", "Sent"))
+        assert r.status_code == 403, r.text
+    assert overdue(client, "invitation-unanswered", f.SCHOOL, {}) == []
+
+
+@pytest.mark.parametrize("how", ["narrowed", "ended"])
+def test_the_unanswered_task_of_an_organisation_no_longer_covered_is_completed(
+        client, store, h, how, monkeypatch):
+    """The school's invitation-unanswered Task is open when the consent stops covering it:
+    the next round completes it, without anything else written in the SIP (the consent
+    written: the round looks at the person's SIP; the consent's end: due by time)."""
+    monkeypatch.setattr(deadlines, "IN_FLIGHT", timedelta(0))  # (no write is in flight)
+    invite(client, h, f.BUP, f.SCHOOL, answer_by=at(days=2))
+    later = now_utc() + timedelta(days=3)
+    assert owners(client, deadlines.run(store, later)) == [f.BUP, f.SCHOOL]
+    [task] = overdue(client, "invitation-unanswered", f.SCHOOL, {})
+    uncover_school(client, h, how, end_days=5)
+    if how == "ended":  # (still covered: nothing changes before the consent's end)
+        assert deadlines.run(store, later).closed == []
+        later += timedelta(days=4)
+    report = deadlines.run(store, later)
+    assert not report.full and report.closed == [task["id"]]
+    assert read(client, f"Task/{task['id']}")["status"] == "completed"
+    assert [t["owner"]["reference"] for t in tasks(
+        client, f"code={TASK_SYSTEM}|invitation-unanswered&status=requested", {})] == [f.BUP]

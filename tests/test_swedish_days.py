@@ -32,7 +32,7 @@ from sip_hub.messaging import events, vocabulary as vocab
 from sip_hub.store import Store
 from sip_hub.store.migrate import upgrade
 from sip_process import (BUP, SOC, alva_case, approval, at, invitation, one, post, read, ref,
-                         respond, transition, write_case)
+                         respond, string, transition, write_case)
 
 Json = dict[str, Any]
 PLAN = "alva-sip"
@@ -280,6 +280,61 @@ def test_a_plan_approved_just_after_swedish_midnight_applies_from_that_swedish_d
     assert r.status_code == 200, r.text
     assert approved[:10] != swedish_today(now).isoformat()
     assert read(client, f"CarePlan/{PLAN}")["period"]["start"] == swedish_today(now).isoformat()
+
+
+def test_a_plan_established_and_closed_just_after_swedish_midnight_gets_its_end_date(
+        client, alva_at_meeting, monkeypatch):
+    """Established at 00:30 in Sweden (it applies from that Swedish day) and ended five
+    minutes later at Alva's wish: the plan has begun, so the completed plan ends that day
+    (CarePlan.period.end, which 1177 and GetCarePlans show), not left without an end as if
+    it still applied because the start read as UTC midnight lay an hour or two ahead."""
+    plan = read(client, f"CarePlan/{PLAN}")
+    plan.pop("period", None)  # (set by establishing it)
+    r = client.put(f"/fhir/CarePlan/{PLAN}", content=orjson.dumps(plan),
+                   headers=JSON_HEADERS | alva_at_meeting[SOC])
+    assert r.status_code == 200, r.text
+    now = after_swedish_midnight()
+    the_day = swedish_today(now).isoformat()
+    monkeypatch.setattr(CLOCK, lambda: now)
+    r = transition(client, alva_at_meeting[SOC], PLAN, "upprattad",
+                   *approval("Patient/alva", f.MOTHER, when=the_day))
+    assert r.status_code == 200, r.text
+    assert read(client, f"CarePlan/{PLAN}")["period"] == {"start": the_day}
+    monkeypatch.setattr(CLOCK, lambda: now + timedelta(minutes=5))
+    r = transition(client, alva_at_meeting[SOC], PLAN, "avslutad",
+                   string("reason", "Alva vill avsluta"))
+    assert r.status_code == 200, r.text
+    closed = read(client, f"CarePlan/{PLAN}")
+    assert closed["status"] == "completed"
+    assert closed["period"] == {"start": the_day, "end": the_day}
+
+
+@pytest.mark.parametrize("days, status", [(0, 200), (-1, 409)])
+def test_after_a_follow_up_a_next_follow_up_date_of_today_is_still_to_come(
+        client, alva_at_meeting, monkeypatch, days, status):
+    """Concluding a follow-up needs a next follow-up date not yet passed, read as the first
+    establishment and the deadline scan read it: at 00:30 in Sweden today's date is still to
+    come (follow-up-overdue opens only when it is over), yesterday's has passed."""
+    h = alva_at_meeting
+    assert transition(client, h[SOC], PLAN, "upprattad",
+                      *approval("Patient/alva", f.MOTHER)).status_code == 200
+    assert transition(client, h[SOC], PLAN, "uppfoljning").status_code == 200
+    now = after_swedish_midnight()
+    follow_up = (swedish_today(now) + timedelta(days=days)).isoformat()
+    plan = read(client, f"CarePlan/{PLAN}")
+    plan.pop("meta")
+    for ext in plan["extension"]:
+        if ext["url"] == sip.EXT_FOLLOW_UP:
+            ext["valueDateTime"] = follow_up
+    # (an operator's repair: the date a revision would agree)
+    r = client.put(f"/fhir/CarePlan/{PLAN}", content=orjson.dumps(plan), headers=JSON_HEADERS)
+    assert r.status_code == 200, r.text
+    monkeypatch.setattr(CLOCK, lambda: now)
+    r = transition(client, h[SOC], PLAN, "upprattad",
+                   *approval("Patient/alva", f.MOTHER, when=swedish_today(now).isoformat()))
+    assert r.status_code == status, r.text
+    if status == 409:
+        assert f"follow-up date ({follow_up}) has passed" in outcome_text(r)
 
 
 # -- a consent's dates are Swedish days -------------------------------------------------------

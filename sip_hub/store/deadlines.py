@@ -54,6 +54,23 @@ def plans_referring(tx: Tx, param: str, rtype: str, since: int) -> set[str]:
         _X.target_id.in_(_written(rtype, since)))).scalars())
 
 
+def plans_of_patients(tx: Tx, rtype: str, since: int, earlier_ids: set[str]) -> set[str]:
+    """The CarePlans whose subject is a Patient a resource of ``rtype`` written at or after
+    ``since`` refers to by ``patient`` (a Consent: who the SIP is shared with), or one of
+    ``earlier_ids`` (those its earlier versions referred to: a deleted one has no index rows)."""
+    patients = select(_X.target_id).where(
+        _X.res_type == rtype, _X.param == "patient", _X.target_type == "Patient",
+        _X.res_id.in_(_written(rtype, since)))
+    plans = select(_X.res_id).where(_X.res_type == "CarePlan", _X.param == "patient",
+                                    _X.target_type == "Patient")
+    found = set(tx.conn.execute(plans.where(_X.target_id.in_(patients))).scalars())
+    ids = sorted(earlier_ids)
+    for i in range(0, len(ids), _CHUNK):
+        found |= set(tx.conn.execute(plans.where(_X.target_id.in_(ids[i:i + _CHUNK])))
+                     .scalars())
+    return found
+
+
 def plans_referred(tx: Tx, query: SearchQuery, param: str) -> set[str]:
     """The CarePlans the resources matching ``query`` refer to by ``param``."""
     return set(tx.conn.execute(select(_X.target_id).where(
