@@ -13,10 +13,11 @@ description           string                                   0..1
 answerBy              dateTime                                 0..1   default: two days
                                                                       before the start
 meetingWishes         parts: place, timeOfDay, disturbances,   0..1   the person's wishes
-                      environment (string), maxDuration
-                      (Duration), support (parts: type code
-                      interpreter|picture-support|other,
-                      language code, description string) 0..*
+                      environment (string), maxDuration               (a Coding: of the code
+                      (Duration, UCUM s|min|h), support               system the code is
+                      (parts: type code interpreter|                  bound to)
+                      picture-support|other, language code
+                      (BCP-47), description string) 0..*
 invitedOrganization   parts: organization Reference            0..*   each gets a Task
                       (Organization) 1..1, profession
                       (CodeableConcept, Coding or string) 0..1
@@ -45,6 +46,7 @@ or declined; the meeting is booked once every invited organisation and person ha
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -92,9 +94,16 @@ _GONE_MEETING = frozenset({"cancelled", "fulfilled", "noshow", "entered-in-error
 _BCP47 = "urn:ietf:bcp:47"
 _LOCATION_ID = "plats"
 MIN_MEETING, MAX_MEETING = timedelta(minutes=1), timedelta(hours=24)
-# The units (UCUM) a wished maximum length of the meeting may be given in.
+# The units (UCUM) a wished maximum length of the meeting may be given in (a meeting lasts at
+# most 24 hours: a length in days or more is no wish it can follow).
 _TIME_UNITS = frozenset({"s", "min", "h"})
 _UCUM = "http://unitsofmeasure.org"
+# The shape of a BCP-47 language tag (RFC 5646 langtag, or private use): language (with
+# extlangs), script, region, variants, extensions, private use.
+_LANGUAGE_TAG = re.compile(
+    r"(?:[a-z]{2,3}(?:-[a-z]{3}){0,3}|[a-z]{4,8})(?:-[a-z]{4})?(?:-(?:[a-z]{2}|\d{3}))?"
+    r"(?:-(?:[a-z\d]{5,8}|\d[a-z\d]{3}))*(?:-[a-wyz\d](?:-[a-z\d]{2,8})+)*"
+    r"(?:-x(?:-[a-z\d]{1,8})+)?|x(?:-[a-z\d]{1,8})+", re.IGNORECASE)
 
 
 def _role(code: str) -> Json:
@@ -142,13 +151,17 @@ def _organisation(op: Operation, params: Params, name: str) -> tuple[Json, str, 
 
 
 def _support(part: Params) -> Json:
-    kind = part.code("type")
+    kind = part.code("type", sip.CS_MEETING_SUPPORT)
     if (sip.CS_MEETING_SUPPORT, kind) not in profiles.valueset_codes(sip.VS_MEETING_SUPPORT):
         raise part.invalid("type", f"'{kind}' is not a kind of support: interpreter | "
                                    "picture-support | other")
     assert kind is not None
     out = [{"url": "type", "valueCoding": sp.coding(sip.CS_MEETING_SUPPORT, kind)}]
-    language = part.code("language")
+    language = part.code("language", _BCP47)
+    if language is not None and not _LANGUAGE_TAG.fullmatch(language):
+        raise part.invalid("language", f"'{language}' is not a language tag (BCP-47), e.g. ar, "
+                                       "sv, so or prs-AF: the invited book the interpreter "
+                                       "from it")
     if language:
         out.append({"url": "language", "valueCoding": {"system": _BCP47, "code": language}})
     elif kind == "interpreter":
@@ -161,17 +174,19 @@ def _support(part: Params) -> Json:
 
 
 def _max_duration(w: Params, duration: Any) -> Json:
-    """A wished maximum length: a positive length of time (a negative one, one without a
-    value or one in kilograms was kept and shown to every participant as the person's
-    wish)."""
+    """A wished maximum length: a positive length of time, its unit a UCUM code (a Duration
+    has a code when it has a value, and it is a time, drt-1; a code has its system, qty-3).
+    A negative one, one without a value, one in kilograms, or a bare 60 or "2 kg" as text
+    only was kept and shown to every participant as the person's wish."""
     value = duration.get("value") if isinstance(duration, dict) else None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise w.invalid("maxDuration", "the longest the meeting may last is a positive value, "
                                        "e.g. 60 min")
     unit = duration.get("code")
-    if duration.get("system", _UCUM) != _UCUM or (unit is not None and unit not in _TIME_UNITS):
-        raise w.invalid("maxDuration", f"'{unit}' is not a unit of time: "
-                                       f"{' | '.join(sorted(_TIME_UNITS))} (UCUM)")
+    if duration.get("system") != _UCUM or unit not in _TIME_UNITS:
+        given = f"'{unit}' is not" if unit is not None else "it needs"
+        raise w.invalid("maxDuration", f"{given} a unit of time as a UCUM code (code, system "
+                                       f"{_UCUM}): {' | '.join(sorted(_TIME_UNITS))}")
     return duration
 
 
@@ -295,13 +310,20 @@ def _invited_organisations(op: Operation, params: Params, consents: list[Json],
 
 
 def _invited_persons(op: Operation, params: Params, patient: str) -> list[Json]:
+    """The invited persons, each once, as the organisations: one named twice is a client's
+    mistake (a list built twice), not to be taken silently."""
     persons = params.references("invitedPerson")
+    seen: set[tuple[str, str] | None] = set()
     for i, person in enumerate(persons):
         target = sp.ref_target(person)
         rp = sp.current_json(op.tx, *target) if target and target[0] == "RelatedPerson" else None
         if rp is None or sp.ref_target(rp.get("patient")) != tuple(patient.split("/", 1)):
             raise BadRequest(f"$invite: invitedPerson {i + 1} must be a RelatedPerson of "
                              f"{patient}", expression=params.where("invitedPerson"))
+        if target in seen:
+            raise BadRequest(f"$invite: invitedPerson {i + 1} ({person['reference']}) is "
+                             "invited twice", expression=params.where("invitedPerson"))
+        seen.add(target)
     return persons
 
 
@@ -561,7 +583,8 @@ def _name_representative(op: Operation, plan: Stored, org_ref: Json, member: Jso
     found = sp.team_of(op.tx, plan.json())
     if found is None:
         raise sp.business_rule("The SIP has no CareTeam to join")
-    _stored, team = found
+    stored, team = found
+    before = copy.deepcopy(team)
     hsa = org_hsa(op.tx, org_ref)
     parts = team.setdefault("participant", [])
     mine = next((p for p in parts if sp.represents(op.tx, p) == hsa), None)
@@ -569,5 +592,7 @@ def _name_representative(op: Operation, plan: Stored, org_ref: Json, member: Jso
         mine = {"role": [_role(sip.ROLE_ORGANISATION_REPRESENTATIVE)]}
         parts.append(mine)
     mine.update(member=copy.deepcopy(member), onBehalfOf=copy.deepcopy(org_ref))
-    return op.update(team, as_hub=True)
+    # The same representative again (a retried answer) changes no one's part: no new version
+    # of the team, nor an update in the person's access log.
+    return op.update(team, as_hub=True) if team != before else op.unchanged(stored)
 

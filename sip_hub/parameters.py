@@ -60,12 +60,21 @@ class Params:
         key = next(k for k in p if k.startswith("value") or k == "resource")
         return key, p[key]
 
-    def code(self, name: str) -> str | None:
+    def code(self, name: str, system: str | None = None) -> str | None:
+        """A code, from valueCode or from a valueCoding of ``system``, the code system the
+        parameter is bound to: a Coding of another system (or none) is another code, though
+        it spells the same ('interpreter' of http://example.org/support was taken as the
+        hub's own)."""
         v = self.value(name)
         if v is None:
             return None
         key, value = v
         if key == "valueCoding":
+            if system is None or value.get("system") != system:
+                raise self.invalid(name, f"'{name}' is a code of {system}, not of "
+                                         f"{value.get('system') or 'no code system'}: give "
+                                         "it as a valueCode or a valueCoding of that system"
+                                   if system else f"'{name}' takes a valueCode")
             return value.get("code")
         return value if isinstance(value, str) else None
 

@@ -123,9 +123,9 @@ def move(op: Operation, stored: Stored, to: str, *, reason: str | None = None,
     new["status"] = sp.status_for(to, frm)
     _set_period(op, new, to, approved_at)
     written = op.update(new)
-    if to == sp.MEETING:
-        _hold_meeting(op, stored.id)
-    closed = _close_work(op, stored.id, reason or "") if to == sp.CLOSED else []
+    closed = _hold_meeting(op, stored.id) if to == sp.MEETING else []
+    if to == sp.CLOSED:
+        closed += _close_work(op, stored.id, reason or "")
     activity = {"coding": [sp.coding(sip.CS_PHASE, to)],
                 "text": f"{sp.coding(sip.CS_PHASE, frm)['display']} → "
                         f"{sp.coding(sip.CS_PHASE, to)['display']}"}
@@ -191,8 +191,11 @@ def _start(appt: Json) -> int:
         return 2**62  # an appointment without a time is not the one being held
 
 
-def _hold_meeting(op: Operation, plan_id: str) -> None:
-    """The meeting is held (genomföra): the first one still planned took place."""
+def _hold_meeting(op: Operation, plan_id: str) -> list[str]:
+    """The meeting is held (genomföra): the first one still planned took place. Returns the
+    invitations it closed (the answer's ``closedTask``: the coordinator learns which
+    organisations never answered)."""
+    closed: list[str] = []
     live = [m for m in deadlines.meetings(op.tx, plan_id)
             if m.json().get("status") in _LIVE_MEETING]
     if live:
@@ -209,6 +212,8 @@ def _hold_meeting(op: Operation, plan_id: str) -> None:
                 task.update(status="cancelled", lastModified=op.instant, statusReason={
                     "text": "Mötet har hållits utan svar på kallelsen"})
                 op.update(task, as_hub=True)
+                closed.append(inv.id)
+    return closed
 
 
 def _close_work(op: Operation, plan_id: str, reason: str) -> list[str]:

@@ -23,7 +23,8 @@ revision proposal created   plan-revision-proposed
 SIP Consent changed         consent-changed: granted | narrowed | withdrawn
 invitation Task             invitation (created or asked again); invitation-response:
                             accept | new-time-proposed | decline (status accepted,
-                            in-progress, rejected)
+                            in-progress, rejected; also a new representative, proposed
+                            time or reason); invitation-cancelled (status cancelled)
 SIP meeting Appointment     meeting-cancelled (status cancelled); meeting-rescheduled
                             (start, end or place changed)
 ==========================  ==============================================================
@@ -243,9 +244,19 @@ def _task(old: Json | None, new: Json) -> list[Fact]:
     status, before = new.get("status"), (old or {}).get("status")
     if status == "requested" and before != "requested":
         return [Fact(vocab.INVITATION, patient, plan, tuple(refs))]
-    if old is not None and status != before and status in _ANSWER:
+    if old is not None and status in _ANSWER and _answer(old) != _answer(new):
         return [Fact(vocab.INVITATION_RESPONSE, patient, plan, tuple(refs), _ANSWER[status])]
+    if old is not None and status == "cancelled" and before != "cancelled":
+        return [Fact(vocab.INVITATION_CANCELLED, patient, plan, tuple(refs))]
     return []
+
+
+def _answer(task: Json) -> tuple[Any, ...]:
+    """What an invitation's answer tells: the answer (status), the representative or the time
+    proposed (output) and why it declines (statusReason). A new representative or a second
+    time proposed is an answer of its own (the coordinator plans the meeting on it), though
+    the status stays; the same answer written again (a retry, a comment) is not."""
+    return task.get("status"), task.get("output"), task.get("statusReason")
 
 
 def _meeting_place(appt: Json) -> Any:

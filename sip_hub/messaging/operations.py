@@ -49,8 +49,9 @@ The text of notes the hub's Task does not have yet becomes the ``comment``. What
 a fatal-error naming the element by FHIRPath; the operation's own errors, too, name the element
 of the message a value came from (``Bundle.entry[n].resource...``).
 
-Every other event (sip-initiated, meeting-rescheduled, meeting-cancelled, insats-status-changed,
-consent-changed, follow-up-scheduled) is applied as plain writes of its resources. The phases
+Every other event (sip-initiated, invitation-cancelled, meeting-rescheduled, meeting-cancelled,
+insats-status-changed, consent-changed, follow-up-scheduled) is applied as plain writes of its
+resources. The phases
 kartlaggning, mote and uppfoljning have no event of their own: they are entered with the REST
 ``$transition``.
 """

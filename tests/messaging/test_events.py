@@ -153,6 +153,16 @@ def test_invitations_and_their_answers() -> None:
         assert events("Task", invitation(), invitation(status)) == [
             ("invitation-response", reason)]
     assert events("Task", invitation("rejected"), invitation()) == [("invitation", None)]
+    # A new answer of the same kind (another representative, a second time proposed) is told;
+    # the same answer again (a retry, a comment) is not.
+    named = invitation("accepted") | {"output": [{"valueReference": {"reference": "P/a"}}]}
+    renamed = named | {"output": [{"valueReference": {"reference": "P/b"}}]}
+    assert events("Task", named, renamed) == [("invitation-response", "accept")]
+    assert events("Task", named, named | {"note": [{"text": "x"}]}) == []
+    # Withdrawn by the inviter, or closed by the hub: the invited need not answer.
+    assert events("Task", invitation(), invitation("cancelled")) == [
+        ("invitation-cancelled", None)]
+    assert events("Task", invitation("cancelled"), invitation("cancelled")) == []
     other = invitation() | {"code": {"text": "something else"}}
     assert events("Task", None, other) == []
 

@@ -191,9 +191,11 @@ def test_closing_by_message_needs_only_the_reason(hub: Hub, via: str) -> None:
     assert task["status"] == "cancelled" and because in task["statusReason"]["text"]
     meeting = read(hub.client, task["focus"]["reference"], hub.headers[SOC])
     assert meeting["status"] == "cancelled"
-    # BUP takes part and is told; the school (in the consent, not invited) and the outsider
-    # are not. The hub cancels the meeting itself, so the coordinator hears of that too.
-    assert told == sorted([("meeting-cancelled", BUP), ("meeting-cancelled", SOC),
+    # BUP takes part and is told, also that its invitation need not be answered; the school
+    # (in the consent, not invited) and the outsider are not. The hub cancels the meeting and
+    # the invitation itself, so the coordinator hears of that too.
+    assert told == sorted([("invitation-cancelled", BUP), ("invitation-cancelled", SOC),
+                           ("meeting-cancelled", BUP), ("meeting-cancelled", SOC),
                            ("sip-closed", BUP)])
     # Audited for the coordinator, also what the hub changed on its behalf.
     audits = read(hub.client, "AuditEvent?patient=Patient/alva&action=U&_count=500",

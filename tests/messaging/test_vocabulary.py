@@ -12,8 +12,8 @@ from sip_hub.fhir import models, profiles, sip, validation
 from sip_hub.messaging import builder, parser, vocabulary as vocab
 
 PROCESS_MESSAGE = profiles.DEFINITIONS_DIR / "OperationDefinition-sip-process-message.json"
-EVENTS = ["sip-initiated", "invitation", "invitation-response", "meeting-rescheduled",
-          "meeting-cancelled", "plan-established", "plan-revision-proposed",
+EVENTS = ["sip-initiated", "invitation", "invitation-response", "invitation-cancelled",
+          "meeting-rescheduled", "meeting-cancelled", "plan-established", "plan-revision-proposed",
           "revision-approved", "insats-status-changed", "consent-changed",
           "follow-up-scheduled", "follow-up-done", "sip-closed", "acknowledgement"]
 
