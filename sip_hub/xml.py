@@ -1,7 +1,9 @@
 """The one place that parses XML: a hardened lxml parser.
 
-No DTDs, no entity resolution, no network, no XInclude, libxml2's default depth and size limits (no huge_tree); any DOCTYPE is refused outright so
-that entity-expansion tricks never reach the tree builder.
+No DTDs, no entity resolution, no network, no XInclude, libxml2's default depth and size
+limits (no huge_tree); any DOCTYPE is refused outright, found by reading the prolog as the
+parser does before the document is parsed, so that entity-expansion tricks never reach the
+tree builder.
 """
 
 from __future__ import annotations
@@ -19,10 +21,44 @@ def hardened_parser() -> etree.XMLParser:
                            remove_pis=True)
 
 
+class _Doctype(Exception):
+    pass
+
+
+class _Root(Exception):
+    pass
+
+
+class _Prolog:
+    """A parser target that reads up to the root element and stops there: at a DOCTYPE
+    (``_Doctype``) or at the root (``_Root``). libxml2 calls ``doctype`` as the declaration
+    starts, before its internal subset declares any entity and so before any is expanded;
+    whatever comes before it (a comment of any length, another encoding) is read as the
+    parser reads it, where a scan of the first bytes for the text missed a DOCTYPE after a
+    long comment, and libxml2 expanded its entities until its own limit."""
+
+    def doctype(self, *_: object) -> None:
+        raise _Doctype
+
+    def start(self, *_: object) -> None:
+        raise _Root
+
+    def close(self) -> None:
+        return None
+
+
 def _has_doctype(data: bytes) -> bool:
-    # A DOCTYPE must come before the root element; scanning the prolog is enough.
-    head = data[:4096]
-    return b"<!DOCTYPE" in head.upper() or b"<!ENTITY" in head.upper()
+    """Whether the document's prolog has a DOCTYPE (what is malformed is ``parse``'s to
+    say, and says: it is parsed again)."""
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
+                             dtd_validation=False, huge_tree=False, target=_Prolog())
+    try:
+        etree.fromstring(data, parser=parser)
+    except _Doctype:
+        return True
+    except (_Root, etree.LxmlError):
+        pass
+    return False
 
 
 def parse(data: bytes | str) -> etree._Element:

@@ -242,6 +242,24 @@ def test_billion_laughs_is_refused(client):
     assert r.status_code == 400
 
 
+@pytest.mark.parametrize("before", [b"<!--" + b"x" * 5000 + b"-->", b" " * 5000])
+def test_a_doctype_after_a_long_prolog_is_refused_as_any(client, before):
+    """A DOCTYPE was looked for in the first 4,096 bytes only: one after a longer comment
+    reached libxml2, which expanded its entities up to its own limit and answered with its
+    internals. Wherever it is in the prolog, the hub refuses it before any is expanded."""
+    lol = b'<!DOCTYPE lolz [<!ENTITY lol "lol">' + b"".join(
+        b'<!ENTITY lol%d "%s">' % (i, b"&lol%d;" % (i - 1) * 10 if i > 1 else b"&lol;" * 10)
+        for i in range(1, 10)) + b"]>"
+    bomb = (b'<?xml version="1.0"?>' + before + lol +
+            b'<Patient xmlns="http://hl7.org/fhir"><name><family value="&lol9;"/></name>'
+            b"</Patient>")
+    r = client.post("/fhir/Patient", content=bomb,
+                    headers={"content-type": "application/fhir+xml"})
+    assert r.status_code == 400
+    assert outcome_text(r).startswith("XML with a DOCTYPE is not accepted"), outcome_text(r)
+    assert client.get("/fhir/Patient").json()["total"] == 0
+
+
 @pytest.mark.parametrize("method, path", [
     ("PUT", "CarePlan/{}"), ("POST", "CarePlan/{}/$transition"), ("POST", "CarePlan/{}/$invite"),
     ("POST", "Task/{}/$respond"), ("POST", "CarePlan/{}/$propose-revision"),
