@@ -22,7 +22,7 @@ from .errors import (BadRequest, Conflict, Forbidden, Gone, NotFound, Preconditi
                      SipHubError, Unprocessable)
 from .fhir import exact, patch as json_patch, search as fhir_search, subset as fhir_subset
 from .fhir.dates import format_instant, now_utc
-from .fhir.outcome import information
+from .fhir.outcome import information, warning
 from .fhir.search_params import params_for
 from .fhir.validation import ID_RE, check_id
 from .service import Resolve, adopted, check_type, prepare_in, tx_resolver
@@ -55,6 +55,8 @@ class Context:
     # notifications it emits once all its entries are written (``bundles.transaction_in``).
     changes: list[tuple[str, dict[str, Any] | None, dict[str, Any] | None,
                         frozenset[str]]] | None = None
+    # The bound of a body (SIP_HUB_MAX_BODY_BYTES), which also bounds what a patch makes.
+    max_bytes: int = 5 * 1024 * 1024
 
     def record(self, interaction: str, stored: list[Stored], *, tx: Tx | None = None,
                outcome: str = "0", query: str | None = None, detail: str | None = None,
@@ -484,7 +486,7 @@ def patch(tx: Tx, ctx: Context, rtype: str, rid: str, ops: Any, *,
     # Who may not write it learns nothing from the patch's tests either.
     _guard_write(tx, ctx, rtype, cur, cur.doc(), "patch")
     _held_to(expected_version(if_match, cur, f"{rtype}/{rid}"), cur)
-    patched = json_patch.apply(cur.doc(), change)
+    patched = json_patch.apply(cur.doc(), change, ctx.max_bytes)
     if not isinstance(patched, dict):
         raise Unprocessable("The patch replaces the whole resource with something else")
     return update(tx, ctx, rtype, rid, patched, if_match=etag(cur), locked=True,
@@ -675,8 +677,10 @@ def search(tx: Tx, ctx: Context, rtype: str, items: list[tuple[str, str]]) -> Re
     vis = ctx.access.visibility(rtype)
     matches, total = tx.search(query, vis or None) if vis is not False else ([], 0)
     included: list[Stored] = []
+    left_out = False
     if query.includes or query.revincludes:
-        included = tx.includes(query, matches, ctx.access.included)
+        # (at most as many as a page may have matches: the rest is left out, and said so)
+        included, left_out = tx.includes(query, matches, ctx.access.included, ctx.max_count)
     # _summary applies to every resource of the answer (each by its type's definition);
     # _elements names elements of the searched type: its matches only
     sub = query.subset
@@ -685,6 +689,12 @@ def search(tx: Tx, ctx: Context, rtype: str, items: list[tuple[str, str]]) -> Re
                 for s in included]
     if query.ignored:
         oo = information("Ignored search parameters: " + "; ".join(query.ignored))
+        entries.append({"resource": oo, "search": {"mode": "outcome"}})
+    if left_out:
+        oo = warning(f"This page includes {len(included)} resources by _include/_revinclude, "
+                     "the most a page does (SIP_HUB_MAX_PAGE_SIZE); more may be left out: ask "
+                     "for fewer matches a page (_count), or search the included type itself",
+                     "too-costly")
         entries.append({"resource": oo, "search": {"mode": "outcome"}})
     ctx.record("search-type", matches + included, rtype=rtype, query=urlencode(items),
                named=_named_patients(tx, query) if acl.is_personal(rtype) else frozenset(),

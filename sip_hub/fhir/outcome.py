@@ -33,3 +33,7 @@ def from_error(err: SipHubError) -> dict[str, Any]:
 
 def information(text: str, code: str = "informational") -> dict[str, Any]:
     return outcome([Issue(code, text, severity="information")])
+
+
+def warning(text: str, code: str = "informational") -> dict[str, Any]:
+    return outcome([Issue(code, text, severity="warning")])

@@ -3,7 +3,9 @@ to the ``jsonpatch`` library.
 
 A patch document is checked for its shape before it is applied (a 400 names the fault); one
 that cannot be applied to the resource as it is (a path that is not there, a ``test`` that
-fails) is a 422 naming the operation. What a patch makes is then written as an update, through
+fails) is a 422 naming the operation. What a patch costs is bounded as a body's is: at most
+``MAX_OPERATIONS`` operations, and what it makes (with what its copies copy, as they run) no
+larger than a body may be, else a 413. What a patch makes is then written as an update, through
 every rule a PUT goes through.
 """
 
@@ -11,15 +13,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 from typing import Any
 
 import jsonpatch
 import jsonpointer
 
-from ..errors import BadRequest, Unprocessable
-from . import validation
+from ..errors import BadRequest, PayloadTooLarge, Unprocessable
+from . import exact, validation
 
 MEDIA_TYPE = "application/json-patch+json"
+# Operations a patch may have: each is applied in the write transaction, with the resource
+# locked (on SQLite, the hub's one write lock held); a change larger than this is a PUT.
+MAX_OPERATIONS = 1000
 
 
 def parse(ops: Any) -> jsonpatch.JsonPatch:
@@ -27,6 +33,9 @@ def parse(ops: Any) -> jsonpatch.JsonPatch:
     if not isinstance(ops, list) or not ops:
         raise BadRequest("A JSON Patch is a JSON array of operations (RFC 6902), with at "
                          "least one")
+    if len(ops) > MAX_OPERATIONS:
+        raise PayloadTooLarge(f"A patch has at most {MAX_OPERATIONS} operations, not "
+                              f"{len(ops)}; send the resource with PUT instead")
     for i, op in enumerate(ops):
         if not isinstance(op, dict) or not isinstance(op.get("op"), str) or \
                 not isinstance(op.get("path"), str):
@@ -71,15 +80,45 @@ def from_binary(resource: Any) -> Any:
                          expression="Binary.data") from None
 
 
-def apply(doc: dict[str, Any], patch: jsonpatch.JsonPatch) -> Any:
+def apply(doc: dict[str, Any], patch: jsonpatch.JsonPatch, max_bytes: int) -> Any:
     """``doc`` (left as it is) with ``patch`` applied, or a 422 with the operation that could
-    not be."""
+    not be; a 413 when what it makes would be larger than ``max_bytes``, the bound of a body
+    (a PUT of it would be a 413).
+
+    Applied one operation at a time to one copy of ``doc``, so that the operation that fails
+    is known as it fails (the patch is not replayed to find it: that copied the resource once
+    an operation, in the write transaction). A ``copy`` stores what it copies without it being
+    sent (copying an element into itself doubles the resource): what the copies copy counts
+    against ``max_bytes`` as they run, before the result is measured whole."""
+    current: Any = copy.deepcopy(doc)
+    copied = 0
+    for i, op in enumerate(patch.patch):
+        if op.get("op") == "copy":
+            copied += _size(current, op.get("from"))
+            if copied > max_bytes:
+                raise PayloadTooLarge(
+                    f"Operation {i} of the patch: its copy operations copy more than the "
+                    f"{max_bytes} bytes a resource may have (SIP_HUB_MAX_BODY_BYTES, as a "
+                    "body); send the resource with PUT instead", expression=f"[{i}]")
+        current = _apply_one(current, op, i)
+    size = len(exact.dumps(current))
+    if size > max_bytes:
+        raise PayloadTooLarge(f"The patch makes a resource of {size} bytes, larger than the "
+                              f"{max_bytes} bytes one may have (SIP_HUB_MAX_BODY_BYTES, as a "
+                              "body); nothing was stored")
+    return current
+
+
+def _apply_one(current: Any, op: dict[str, Any], i: int) -> Any:
+    """``current`` (changed in place) with the operation ``op``, the patch's ``i``th."""
     try:
-        return patch.apply(doc, in_place=False)
+        return jsonpatch.JsonPatch([op]).apply(current, in_place=True)
     except jsonpatch.JsonPatchTestFailed:
         # Which test, not the values compared: those are the resource's (jsonpatch's
         # message quotes them, and a caller learns what it holds only by reading it).
-        raise Unprocessable(f"The patch's test failed: {_failed_test(doc, patch)}") from None
+        raise Unprocessable(f"The patch's test failed: operation {i} (test of "
+                            f"'{str(op.get('path'))[:200]}') does not match the resource's "
+                            "value there", expression=f"[{i}]") from None
     except jsonpatch.InvalidJsonPatch as exc:  # (an operation's members, checked as it runs)
         raise BadRequest(f"The patch is not a valid JSON Patch: {exc}") from None
     except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
@@ -90,14 +129,12 @@ def apply(doc: dict[str, Any], patch: jsonpatch.JsonPatch) -> Any:
                             ) from None
 
 
-def _failed_test(doc: dict[str, Any], patch: jsonpatch.JsonPatch) -> str:
-    """Which operation of ``patch`` is the test that fails on ``doc`` (the patch applied
-    one operation at a time)."""
-    current: Any = doc
-    for i, op in enumerate(patch.patch):
-        try:
-            current = jsonpatch.JsonPatch([op]).apply(current, in_place=False)
-        except jsonpatch.JsonPatchTestFailed:
-            return (f"operation {i} (test of '{str(op.get('path'))[:200]}') does not match "
-                    "the resource's value there")
-    return "a test does not match the resource's value"
+def _size(current: Any, pointer: Any) -> int:
+    """The size in bytes of the value at ``pointer`` in ``current`` (what a ``copy`` from
+    there adds), or 0 where there is none: the operation itself then fails, saying why."""
+    if not isinstance(pointer, str):
+        return 0
+    try:
+        return len(exact.dumps(jsonpointer.resolve_pointer(current, pointer)))
+    except (jsonpointer.JsonPointerException, TypeError, ValueError, IndexError, KeyError):
+        return 0

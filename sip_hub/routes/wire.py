@@ -327,7 +327,7 @@ def context(request: Request, *, public: bool = False) -> Context:
     # (start refuses a default above the maximum; Settings changed in code may still hold one)
     page = min(settings.default_page_size, settings.max_page_size)
     if public:
-        return Context(base, page, settings.max_page_size)
+        return Context(base, page, settings.max_page_size, max_bytes=settings.max_body_bytes)
     authorization = request.headers.getlist("authorization")
     if len(authorization) > 1:  # (the first one alone counted: which one is meant is a guess)
         raise BadRequest("Send one Authorization header, not several")
@@ -335,4 +335,5 @@ def context(request: Request, *, public: bool = False) -> Context:
     messaging = getattr(state, "messaging", None)
     return Context(base, page, settings.max_page_size,
                    prefer_lenient(request), Access.for_principal(principal), state.audit,
-                   messaging.emitter if messaging is not None else None)
+                   messaging.emitter if messaging is not None else None,
+                   max_bytes=settings.max_body_bytes)

@@ -252,9 +252,10 @@ def include_keys(param: str, target_type: str | None, matches: Iterable[Stored]
     return keys
 
 
-def revinclude_keys(conn: Connection, param: str, target_type: str, ids: list[str]
-                    ) -> list[tuple[str, str]]:
-    """``_revinclude=AuditEvent:<param>``: the events that refer to the matches."""
+def revinclude_keys(conn: Connection, param: str, target_type: str, ids: list[str],
+                    limit: int | None = None) -> list[tuple[str, str]]:
+    """``_revinclude=AuditEvent:<param>``: the events that refer to the matches (at most
+    ``limit``)."""
     if param not in _REF_PARAMS:
         raise BadRequest(f"_revinclude=AuditEvent:{param}: the access log is found through "
                          f"{' and '.join(sorted(_REF_PARAMS))} only", expression="_revinclude")
@@ -262,5 +263,5 @@ def revinclude_keys(conn: Connection, param: str, target_type: str, ids: list[st
     if implied is not None and target_type != implied:
         return []
     rows = conn.execute(select(_F.audit_id).where(
-        _F.param == stored, _F.system == target_type, _F.value.in_(ids)))
+        _F.param == stored, _F.system == target_type, _F.value.in_(ids)).limit(limit))
     return [(AUDIT_TYPE, r.audit_id) for r in rows]

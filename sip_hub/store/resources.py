@@ -64,6 +64,10 @@ _CURRENT_VERSION_LOCKED = DriverStatement(_VERSION_OF.with_for_update())
 # a write resolve about half a dozen references, a statement each (a round trip each on
 # PostgreSQL, and on SQLite each statement gives up the interpreter lock).
 _KEYS_MAX = 32
+# ``Resources.includes``: its statements find at most this many times what is left of its
+# limit (room for what the caller may not see or has met already), and it reads them this
+# many more than is left at a time.
+_INCLUDE_SLACK, _INCLUDE_PART = 4, 100
 
 
 @lru_cache(maxsize=_KEYS_MAX)
@@ -678,37 +682,60 @@ class Tx:
         return sql_search.run(self.conn, query, visibility)
 
     def includes(self, query: SearchQuery, matches: list[Stored],
-                 visibility: VisibilityFor | None = None) -> list[Stored]:
+                 visibility: VisibilityFor | None = None, limit: int = 1000
+                 ) -> tuple[list[Stored], bool]:
         """What the query's ``_include`` and ``_revinclude`` add to ``matches``, each once,
         among what ``visibility`` lets the caller see: the plain ones from the matches, the
         ``:iterate`` ones from the matches and then from what each round added, for at most
-        ``MAX_ITERATE`` rounds more (a resource the caller may not see is not gone through)."""
-        keys = sql_search.include_keys(self.conn, query.includes, query.revincludes, matches)
+        ``MAX_ITERATE`` rounds more (a resource the caller may not see is not gone through).
+        At most ``limit`` of them, and whether more were left out: a page of one match may
+        otherwise bring thousands (every Goal of a patient), and each round of ``:iterate``
+        more from those, all read, held and answered at once. The statements that find them
+        stop a few times past what is left of ``limit`` (what the caller may not see, or
+        has met already, is dropped after them), and they are read a part at a time."""
+        left = limit
+        more = False
+        keys = sql_search.include_keys(self.conn, query.includes, query.revincludes, matches,
+                                       _INCLUDE_SLACK * left + 1)
         for inc in query.includes:
             if inc.source_type == AUDIT_TYPE:
                 keys += sql_audit.include_keys(inc.param.name, inc.target_type, matches)
         for inc in query.revincludes:
             if inc.source_type == AUDIT_TYPE:
                 keys += sql_audit.revinclude_keys(self.conn, inc.param.name,
-                                                  query.resource_type, [m.id for m in matches])
+                                                  query.resource_type, [m.id for m in matches],
+                                                  _INCLUDE_SLACK * left + 1)
         seen = {(m.type, m.id) for m in matches}
 
         def take(keys: list[tuple[str, str]]) -> list[Stored]:
-            """Those of ``keys`` not met before, as far as the caller may see them."""
+            """Those of ``keys`` not met before, as far as the caller may see them, until
+            ``limit`` is reached (``more`` when one more is there, or may be: the statements
+            stopped short of all there are)."""
+            nonlocal left, more
+            cut = len(keys) > _INCLUDE_SLACK * left
             fresh = [k for k in dict.fromkeys(keys) if k not in seen]
-            seen.update(fresh)
-            return self.current_many(fresh, visibility)
+            out: list[Stored] = []
+            while fresh and not more:
+                part, fresh = fresh[:left + _INCLUDE_PART], fresh[left + _INCLUDE_PART:]
+                seen.update(part)
+                got = self.current_many(part, visibility)
+                more = len(got) > left
+                out += got[:left]
+                left -= len(got[:left])
+            more = more or cut
+            return out
 
         added = take(keys)
         found = list(added)
         includes = [i for i in query.includes if i.iterate]
         revincludes = [i for i in query.revincludes if i.iterate]
         for _ in range(MAX_ITERATE if includes or revincludes else 0):
-            if not added:
+            if not added or more:
                 break
-            added = take(sql_search.include_keys(self.conn, includes, revincludes, added))
+            added = take(sql_search.include_keys(self.conn, includes, revincludes, added,
+                                                 _INCLUDE_SLACK * left + 1))
             found += added
-        return found
+        return found, more
 
     # access grants -----------------------------------------------------------------------
     def lock_patient(self, patient_id: str) -> None:

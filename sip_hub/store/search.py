@@ -493,9 +493,10 @@ def page_total(found: int, count: int, offset: int, counted: Callable[[], int]) 
 
 
 def include_keys(conn: Connection, includes: list[Include], revincludes: list[Include],
-                 found: list[Any]) -> list[tuple[str, str]]:
+                 found: list[Any], limit: int | None = None) -> list[tuple[str, str]]:
     """The (type, id) of what ``includes`` reach from ``found`` (stored resources of any
-    types) and of what refers to them by ``revincludes``, in the index of references."""
+    types) and of what refers to them by ``revincludes``, in the index of references; at
+    most ``limit`` by each include (what one page may hold is bounded: ``Resources.includes``)."""
     if not found:
         return []
     by_type: dict[str, list[str]] = {}
@@ -511,7 +512,7 @@ def include_keys(conn: Connection, includes: list[Include], revincludes: list[In
             c.res_type == inc.source_type, c.param == inc.param.name, c.res_id.in_(ids))
         if inc.target_type:
             q = q.where(c.target_type == inc.target_type)
-        keys += [(r.target_type, r.target_id) for r in conn.execute(q)]
+        keys += [(r.target_type, r.target_id) for r in conn.execute(q.limit(limit))]
     for inc in revincludes:
         for rtype, ids in by_type.items():
             if inc.param.targets and rtype not in inc.param.targets:
@@ -519,7 +520,7 @@ def include_keys(conn: Connection, includes: list[Include], revincludes: list[In
             q = select(c.res_type, c.res_id).where(
                 c.res_type == inc.source_type, c.param == inc.param.name,
                 c.target_type == rtype, c.target_id.in_(ids))
-            keys += [(r.res_type, r.res_id) for r in conn.execute(q)]
+            keys += [(r.res_type, r.res_id) for r in conn.execute(q.limit(limit))]
     return list(dict.fromkeys(keys))
 
 
