@@ -119,24 +119,36 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class Servers(list):
+    """Local HTTP endpoints a test starts (each on a free port, in a thread of its own), shut
+    down after it."""
+
+    def start(self, handler: type[BaseHTTPRequestHandler]) -> str:
+        """Serve ``handler``; the URL of its ``$process-message``."""
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        self.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/fhir/$process-message"
+
+    def close(self) -> None:
+        for server in self:
+            server.shutdown()
+            server.server_close()
+
+
 @pytest.fixture
 def receivers() -> Iterator[Callable[[], Receiver]]:
-    servers: list[ThreadingHTTPServer] = []
+    servers = Servers()
 
     def start() -> Receiver:
         r = Receiver()
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(r))
-        server.daemon_threads = True
-        r.url = f"http://127.0.0.1:{server.server_address[1]}/fhir/$process-message"
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-        servers.append(server)
+        r.url = servers.start(_handler(r))
         return r
 
     yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    servers.close()
 
 
 # -- the hub ----------------------------------------------------------------------------------

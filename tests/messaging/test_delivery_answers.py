@@ -5,16 +5,15 @@ Retry-After is waited for."""
 
 from __future__ import annotations
 
-import threading
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from time import time
 from typing import Any, Callable, Iterator
 
 import orjson
 import pytest
 
-from harness import BUP, SCHOOL, SOC, Hub, broker, hub, world  # noqa: F401
+from harness import BUP, SCHOOL, SOC, Hub, Servers, broker, hub, world  # noqa: F401
 from sip_hub.messaging import builder
 from sip_hub.store import outbox as sql
 
@@ -30,7 +29,7 @@ class Endpoint(list):
 @pytest.fixture
 def endpoint() -> Iterator[Callable[[Callable[[dict], Answer]], Endpoint]]:
     """An endpoint answering each POST with ``answer(message)``."""
-    servers: list[ThreadingHTTPServer] = []
+    servers = Servers()
 
     def start(answer: Callable[[dict], Answer]) -> Endpoint:
         got = Endpoint()
@@ -51,18 +50,11 @@ def endpoint() -> Iterator[Callable[[Callable[[dict], Answer]], Endpoint]]:
 
             def log_message(self, *args: Any) -> None:
                 pass
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        got.url = f"http://127.0.0.1:{server.server_address[1]}/fhir/$process-message"
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-        servers.append(server)
+        got.url = servers.start(Handler)
         return got
 
     yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    servers.close()
 
 
 def _to_bup(hub: Hub, endpoint: Any, answer: Callable[[dict], Answer], **overrides: Any

@@ -12,22 +12,11 @@ import sip_factory as f
 from fhirhttp import JSON_HEADERS, PNR, create, patient, plain_careplan
 from messaging import harness
 from messaging.harness import BUP, SCHOOL, SOC
+from test_bundles import post, tx as bundle
 
 broker, hub = harness.broker, harness.hub
 
 PLACEHOLDER = "urn:uuid:0b3b7b0e-2f4b-4a8e-9c4f-1e1b1a1d1c10"
-
-
-def bundle(*entries, btype="transaction"):
-    return {"resourceType": "Bundle", "type": btype, "entry": list(entries)}
-
-
-def post(resource, full_url=None, **req):
-    e = {"resource": resource, "request": {"method": "POST", "url": resource["resourceType"],
-                                           **req}}
-    if full_url:
-        e["fullUrl"] = full_url
-    return e
 
 
 def get(url, **req):

@@ -22,23 +22,14 @@ import pytest
 import sip_factory as f
 from fhirhttp import JSON_HEADERS
 from sip_hub.store.resources import Tx
-from sip_process import BUP, SOC, day, read, write_case
+from sip_process import BUP, SOC, day, read
+from test_probe_concurrency import world  # noqa: F401 (the fixture: the demo SIP)
 
 postgres_only = pytest.mark.parametrize(
     "store", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 
 SECRET_ADDRESS = [{"use": "home", "line": ["Hemliga gatan 1"], "postalCode": "11111",
                    "city": "Skyddad", "country": "SE"}]
-
-
-@pytest.fixture
-def world(client, as_org):
-    """The demo SIP (consent active, BUP and the school in the care team) written by SOC."""
-    headers = {org: as_org(org) for org in (SOC, BUP)}
-    case = [f.sip_consent(start=day(-10), end=day(365)) if r["resourceType"] == "Consent"
-            else r for r in f.demo_case()]
-    write_case(client, headers[SOC], case)
-    return headers
 
 
 def put(client, headers: dict, res: dict):
