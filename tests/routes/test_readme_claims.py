@@ -47,7 +47,7 @@ def _without_id(p: dict[str, Any]) -> dict[str, Any]:
 
 # -- a transaction writes each resource once, conditional updates' resources too ----------------
 
-@pytest.mark.parametrize("by_id", ["PUT", "DELETE", "PATCH"])
+@pytest.mark.parametrize("by_id", ["PUT", "PATCH"])
 @pytest.mark.parametrize("conditional_url", [TOLVAN, "Patient?_id=tolvan"])
 def test_a_conditional_update_of_a_resource_another_entry_writes_fails_the_transaction(
         client, by_id, conditional_url):
@@ -68,6 +68,21 @@ def test_a_conditional_update_of_a_resource_another_entry_writes_fails_the_trans
     assert "Bundle.entry[1]: its criteria match Patient/tolvan, which Bundle.entry[0] " \
         "writes too" in r.text, r.text
     assert client.get("/fhir/Patient/tolvan").json()["meta"]["versionId"] == "1"
+
+
+@pytest.mark.parametrize("conditional_url", [TOLVAN, "Patient?_id=tolvan"])
+def test_a_conditional_update_matches_what_the_transactions_deletes_leave(client,
+                                                                         conditional_url):
+    """FHIR (3.1.0.11.2) processes a transaction's DELETEs first: a conditional update whose
+    criteria matched only the resource another entry deletes matches nothing and creates."""
+    p = _tolvan(client)
+    r = _transaction(client, [
+        {"request": {"method": "DELETE", "url": "Patient/tolvan"}},
+        {"resource": _without_id(p) | {"gender": "female"},
+         "request": {"method": "PUT", "url": conditional_url}}])
+    assert r.status_code == 200, r.text
+    assert [e["response"]["status"] for e in r.json()["entry"]] == ["200 OK", "201 Created"]
+    assert client.get("/fhir/Patient/tolvan").status_code == 410
 
 
 def test_two_conditional_updates_matching_one_resource_fail_the_transaction(client):
