@@ -12,7 +12,7 @@ from typing import Any, Callable
 from . import identifiers
 from .errors import (BadRequest, Conflict, IssueCollector, MethodNotAllowed, NotFound,
                      SipHubError)
-from .fhir import exact, models, profiles, validation
+from .fhir import exact, models, profiles, subset, validation
 from .fhir.indexing import localise_references, reference_targets
 from .fhir.search import parse as parse_search
 from .fhir.search_params import READ_ONLY_TYPES, supported
@@ -103,6 +103,9 @@ def prepare(res: Any, resolve: Resolve, *, expected_type: str | None = None,
     check_type(res["resourceType"], write=True)
     localise_references(res, base)
     collector = IssueCollector()
+    meta = res.get("meta")
+    if meta and "tag" in meta:  # (a look at the tags only when there are any)
+        subset.refuse_subsetted(res, meta["tag"], collector)
     identifiers.normalise_in_resource(res, collector)
     validation.check(res, collector)
     if profiles.applies(res):

@@ -12,8 +12,9 @@ made by ``scripts/gen_required_bindings.py`` from the official 4.0.1 package):
   without ``[x]``), with ``id``, ``meta``, the mandatory elements and the modifiers.
 
 A primitive's extension sibling (``_birthDate``) goes with its element. Every subset is
-tagged ``SUBSETTED`` (``meta.tag``), so that it is not taken for the whole resource (written
-back as an update, it would drop what was left out). The rest of a resource is as stored:
+tagged ``SUBSETTED`` (``meta.tag``), so that it is not taken for the whole resource: written
+back as an update, it would drop what was left out, so a write of a resource so tagged is
+refused (``refuse_subsetted``, in the one write pipeline). The rest of a resource is as stored:
 decimals as written, elements in their order.
 """
 
@@ -25,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final
 
-from ..errors import BadRequest
+from ..errors import BadRequest, IssueCollector
 from .validation import element_names
 
 Json = dict[str, Any]
@@ -114,6 +115,30 @@ def elements_param(rtype: str, raw: str, key: str = "_elements") -> frozenset[st
     return frozenset(names)
 
 
+def is_subsetted(tag: Any) -> bool:
+    """Whether the Coding ``tag`` is ``SUBSETTED``."""
+    return isinstance(tag, dict) and tag.get("code") == SUBSETTED["code"] \
+        and tag.get("system") == SUBSETTED["system"]
+
+
+def refuse_subsetted(res: Json, tags: list[Any], collector: IssueCollector) -> None:
+    """A written resource whose ``meta.tag`` (``tags``) holds ``SUBSETTED`` is part of one
+    (search.html#summary: the tag is there "to ensure that the incomplete resource is not
+    accidentally used to overwrite a complete resource"): stored, it would replace the whole
+    with the part and keep the tag for ever. A client that read with _summary or _elements
+    and writes back what it got (as client libraries save what they read) is told to read
+    the whole resource instead."""
+    rtype = res.get("resourceType")
+    for i, tag in enumerate(tags):
+        if is_subsetted(tag):
+            collector.add(f"{rtype}.meta.tag[{i}]",
+                          f"The {rtype} is tagged SUBSETTED: it is the part of a resource that "
+                          "a read with _summary or _elements returns, and written it would "
+                          "replace the whole resource with that part. Read the whole resource "
+                          "(without _summary and _elements), change that and write it",
+                          "business-rule")
+
+
 def apply(doc: Json, subset: Subset) -> Json:
     """The part of ``doc`` (a resource, left as it is) that ``subset`` keeps, tagged."""
     rtype = doc.get("resourceType")
@@ -126,8 +151,7 @@ def apply(doc: Json, subset: Subset) -> Json:
         out = {k: v for k, v in doc.items() if _element_of(rtype, k) in kept}
     meta = dict(out.get("meta") or {})
     tags = list(meta.get("tag") or [])
-    if not any(isinstance(t, dict) and t.get("system") == SUBSETTED["system"]
-               and t.get("code") == SUBSETTED["code"] for t in tags):
+    if not any(is_subsetted(t) for t in tags):
         tags.append(dict(SUBSETTED))
     meta["tag"] = tags
     out["meta"] = meta

@@ -174,6 +174,19 @@ def test_the_events_own_definition_is_taken(world: Hub, suffix: str) -> None:
     assert r.json()["entry"][0]["resource"]["response"]["code"] == vocab.OK, r.text
 
 
+def test_a_subsetted_entry_is_a_fatal_error_and_nothing_is_applied(unchanged: Hub) -> None:
+    """A message carrying a resource tagged SUBSETTED (the part a read with _summary or
+    _elements returns) would replace the whole with that part: refused as a REST write of
+    it is, naming the tag, the plan as it was and nothing sent on."""
+    msg = status_change(unchanged)   # carries a real change to BUP's insats
+    msg["entry"][1]["resource"]["meta"] = {"tag": [{
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+        "code": "SUBSETTED"}]}
+    text = refused(unchanged.post(BUP, URL, msg))
+    assert "SUBSETTED" in text and "Read the whole resource" in text
+    assert current_plan(unchanged)["activity"][0]["detail"]["status"] == "in-progress"
+
+
 def test_an_entry_of_no_known_resource_type_is_a_fatal_error_naming_it(unchanged: Hub
                                                                         ) -> None:
     msg = status_change(unchanged)

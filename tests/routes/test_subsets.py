@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from lxml import etree
 
@@ -232,3 +233,106 @@ def test_subsets_validate_independently(client, alva, fhir_validator, tmp_path):
     emitted.append(client.get("/fhir/CarePlan?_include=CarePlan:goal&_summary=true",
                               headers=JSON_HEADERS).json())
     fhir_validator.validate_resources(tmp_path, emitted)
+
+
+
+# -- a subset written back ---------------------------------------------------------------------
+
+TAG = {"system": SUBSETTED[0], "code": SUBSETTED[1], "display": "subsetted"}
+PATCH = {"content-type": "application/json-patch+json", "accept": "application/fhir+json"}
+
+
+def _says_subsetted(issue: Json, where: str) -> None:
+    """The issue of a refused SUBSETTED resource: at its tag, telling what to do instead."""
+    assert issue["expression"] == [where], issue
+    assert issue["code"] == "business-rule", issue
+    assert "SUBSETTED" in issue["diagnostics"], issue
+    assert "Read the whole resource" in issue["diagnostics"], issue
+
+
+def _refused(r: Any, where: str = "Patient.meta.tag[0]") -> None:
+    assert r.status_code == 422, r.text
+    _says_subsetted(r.json()["issue"][0], where)
+
+
+@pytest.fixture
+def whole(client: Any) -> Json:
+    """A Patient with more than a name, as stored."""
+    return create(client, {"resourceType": "Patient", "name": [{"family": "Subset"}],
+                           "gender": "female", "birthDate": "1990-01-01",
+                           "identifier": [{"system": "urn:test", "value": "subset-1"}]})
+
+
+def _unchanged(client: Any, whole: Json) -> None:
+    r = client.get(f"/fhir/Patient/{whole['id']}", headers=JSON_HEADERS)
+    assert r.status_code == 200 and r.json() == whole, r.text
+
+
+def _no_patient(client: Any, family: str) -> None:
+    r = client.get(f"/fhir/Patient?family={family}", headers=JSON_HEADERS)
+    assert r.status_code == 200 and r.json()["total"] == 0, r.text
+
+
+@pytest.mark.parametrize("query", ["Patient/{id}?_elements=name",
+                                   "Patient?_id={id}&_elements=name",
+                                   "Patient/{id}?_summary=text"])
+def test_a_subset_written_back_is_refused_and_the_resource_is_unchanged(client, whole, query):
+    """An integrator reads a part (``_elements``, ``_summary``), corrects the name and saves
+    what it got, as client libraries do (fhirpy's ``save()`` PUTs it back). The SUBSETTED tag
+    is there so the part is never taken for the whole (search.html#summary): the update is a
+    422 naming the tag, and the stored Patient keeps its gender, birth date and identifier
+    (and no SUBSETTED tag of its own)."""
+    r = client.get("/fhir/" + query.format(id=whole["id"]), headers=JSON_HEADERS)
+    got = r.json()
+    part = got["entry"][0]["resource"] if got["resourceType"] == "Bundle" else got
+    assert part["meta"]["tag"] == [TAG] and "gender" not in part
+    part["name"] = [{"family": "Subsetsson"}]
+    _refused(client.put(f"/fhir/Patient/{whole['id']}", **body(part)))
+    _unchanged(client, whole)
+
+
+def test_a_subsetted_resource_is_created_by_no_write(client, whole):
+    """Whatever carries SUBSETTED among its tags is refused by every write that would store
+    it, by the tag's place: a create, an update of a new id, a conditional update."""
+    new = {"resourceType": "Patient", "name": [{"family": "Ny"}],
+           "meta": {"tag": [{"system": "urn:test", "code": "x"}, TAG]}}
+    where = "Patient.meta.tag[1]"
+    _refused(client.post("/fhir/Patient", **body(new)), where)
+    _refused(client.put("/fhir/Patient/ny-1", **body({**new, "id": "ny-1"})), where)
+    _refused(client.put("/fhir/Patient?identifier=urn:test|ny", **body(new)), where)
+    _refused(client.put(f"/fhir/Patient?_id={whole['id']}", **body(
+        {**new, "id": whole["id"]})), where)
+    _no_patient(client, "Ny")
+    assert client.get("/fhir/Patient/ny-1").status_code == 404
+    _unchanged(client, whole)
+
+
+def test_a_patch_that_tags_the_resource_subsetted_is_refused(client, whole):
+    """A patch's result is written as an update: one that adds the tag is refused too."""
+    ops = [{"op": "add", "path": "/meta/tag", "value": [TAG]}]
+    r = client.patch(f"/fhir/Patient/{whole['id']}", content=orjson.dumps(ops), headers=PATCH)
+    _refused(r)
+    _unchanged(client, whole)
+
+
+def test_a_subset_in_a_transaction_fails_it_and_in_a_batch_its_entry(client, whole):
+    """A transaction carrying a subset is refused whole (nothing of it stored); a batch
+    answers that entry 422 and writes the others."""
+    part = client.get(f"/fhir/Patient/{whole['id']}?_elements=name", headers=JSON_HEADERS).json()
+    entries = [{"resource": {"resourceType": "Patient", "name": [{"family": "Annan"}]},
+                "request": {"method": "POST", "url": "Patient"}},
+               {"resource": part, "request": {"method": "PUT", "url": f"Patient/{whole['id']}"}}]
+    r = client.post("/fhir", **body({"resourceType": "Bundle", "type": "transaction",
+                                     "entry": entries}))
+    assert r.status_code == 422, r.text
+    _says_subsetted(r.json()["issue"][0], "Bundle.entry[1].resource.meta.tag[0]")
+    _no_patient(client, "Annan")
+    _unchanged(client, whole)
+    r = client.post("/fhir", **body({"resourceType": "Bundle", "type": "batch",
+                                     "entry": entries}))
+    assert r.status_code == 200, r.text
+    first, second = r.json()["entry"]
+    assert first["response"]["status"].startswith("201"), first
+    assert second["response"]["status"].startswith("422"), second
+    _says_subsetted(second["response"]["outcome"]["issue"][0], "Patient.meta.tag[0]")
+    _unchanged(client, whole)
