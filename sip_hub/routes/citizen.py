@@ -1,4 +1,7 @@
-"""``GET /fhir/CarePlan/$citizen-view``: the citizen's approved plans for the national portal."""
+"""``/fhir/CarePlan/$citizen-view``: the citizen's approved plans for the national portal, by
+GET (``?patient=``) or by POST with a Parameters resource (FHIR operations.html: a server
+SHALL take POST for every operation, and client libraries invoke operations so by default).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from .. import citizen
+from .. import citizen, parameters
 from ..errors import BadRequest, SipHubError
+from ..interactions import Context
 from .pdf import render_citizen_pdf
 from .render import render_citizen_html
-from .wire import FHIR_TYPES, accepted, context, respond, response_format, single
+from .wire import (FHIR_TYPES, accepted, context, in_thread, read_body, respond, response_format,
+                   single)
 
 router = APIRouter(prefix="/fhir", tags=["national portal"])
 # The person's own plans: no cache on the way (the portal's, a proxy's, a browser's) keeps
@@ -30,6 +35,10 @@ HTML_HEADERS = {**PRIVATE, **NOSNIFF,
 # The parameters of the operation (OperationDefinition sip-citizen-view) and the format ones.
 PDF = "application/pdf"
 KNOWN = frozenset({"patient", "_format", "_pretty"})
+FORMAT = frozenset({"_format", "_pretty"})
+# The Parameters of a POST: patient as a string, the token <system>|<value> (type string,
+# searchType token, in the OperationDefinition).
+PARAMS = (parameters.Param("patient", ("valueString",), required=True),)
 
 
 def _human_form(accept: str) -> str | None:
@@ -59,27 +68,56 @@ def _human_form(accept: str) -> str | None:
 @router.get("/CarePlan/$citizen-view")
 def citizen_view(request: Request) -> Response:
     try:
-        return _citizen_view(request)
+        ctx = context(request)
+        _known_only(request, ctx, KNOWN, "$citizen-view takes patient (and _format, _pretty) "
+                                         "only")
+        patient = single(request, "patient")  # (max 1 in the OperationDefinition)
+        if not patient:
+            raise BadRequest("patient=<system>|<value> is required", expression="patient")
+        return _citizen_view(request, ctx, patient)
     except SipHubError as err:
-        # Its refusals too: they name the person asked for (an invalid identifier) or who
-        # may not ask, and are negotiated by Accept (JSON or XML) as the answers are.
-        err.headers = {**PRIVATE, **err.headers}
+        _private(err)
         raise
 
 
-def _citizen_view(request: Request) -> Response:
-    ctx = context(request)
-    unknown = sorted({k for k in request.query_params.keys() if k not in KNOWN})
+@router.post("/CarePlan/$citizen-view")
+async def citizen_view_by_post(request: Request) -> Response:
+    """The same view, its patient in a Parameters resource (JSON or XML): the checks, the
+    audit and the forms by Accept (Bundle, HTML, PDF) are the GET's. The URL takes _format
+    and _pretty only: a patient there and another in the body would leave which is meant a
+    guess."""
+    try:
+        ctx = context(request)
+        _known_only(request, ctx, FORMAT, "$citizen-view by POST takes _format and _pretty "
+                                          "in the URL only; patient goes in the Parameters "
+                                          "resource")
+        body = await read_body(request, request.app.state.settings.max_body_bytes)
+        patient = parameters.read(body, "$citizen-view", PARAMS).string("patient")
+        assert patient is not None  # (required)
+        return await in_thread(request, _citizen_view, request, ctx, patient)
+    except SipHubError as err:
+        _private(err)
+        raise
+
+
+def _private(err: SipHubError) -> None:
+    """A refusal of the view, not to be kept by a cache either: it names the person asked for
+    (an invalid identifier) or who may not ask; it is negotiated by Accept (JSON or XML) as
+    the answers are."""
+    err.headers = {**PRIVATE, **err.headers}
+
+
+def _known_only(request: Request, ctx: Context, known: frozenset[str], says: str) -> None:
+    unknown = sorted({k for k in request.query_params.keys() if k not in known})
     if unknown and not ctx.lenient:
         # Strict, as the hub's searches are: "_summary=count" or "patient:exact" silently
         # ignored would answer a question the caller did not ask.
-        raise BadRequest(f"$citizen-view takes patient (and _format, _pretty) only, not "
-                         f"{', '.join(k[:40] for k in unknown[:5])}; with Prefer: "
+        raise BadRequest(f"{says}, not {', '.join(k[:40] for k in unknown[:5])}; with Prefer: "
                          "handling=lenient unknown parameters are ignored",
                          expression=unknown[0][:40])
-    patient = single(request, "patient")  # (max 1 in the OperationDefinition)
-    if not patient:
-        raise BadRequest("patient=<system>|<value> is required", expression="patient")
+
+
+def _citizen_view(request: Request, ctx: Context, patient: str) -> Response:
     # The form is settled before the person's data is read: a request that cannot be answered
     # (406) reads nothing, and the access log never says it was delivered.
     form = None if request.query_params.get("_format") is not None else _human_form(

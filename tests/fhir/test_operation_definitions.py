@@ -100,6 +100,9 @@ def test_every_operation_route_has_exactly_one_definition(route: Route) -> None:
         assert d["affectsState"] is False, route.path
     if d["affectsState"]:
         assert route.methods == {"POST"}, route.path
+    # Every operation is invoked with POST (operations.html: "Servers SHALL support POST
+    # method for all operations"); GET is the extra form of one without effects.
+    assert "POST" in route.methods, route.path
 
 
 @pytest.mark.parametrize("definition", DEFINITIONS, ids=[d["id"] for d in DEFINITIONS])

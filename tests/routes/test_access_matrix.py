@@ -48,6 +48,9 @@ ENDPOINTS = [
      {"participant": DENY, "outsider": DENY, "withdrawn": DENY, "portal": DENY, "admin": DENY}),
     ("citizen view", "GET", f"/fhir/CarePlan/$citizen-view?patient={PNR}", None,
      {"participant": DENY, "outsider": DENY, "withdrawn": DENY, "portal": OK, "admin": DENY}),
+    ("citizen view by POST", "POST", "/fhir/CarePlan/$citizen-view", lambda: {
+        "resourceType": "Parameters", "parameter": [{"name": "patient", "valueString": PNR}]},
+     {"participant": DENY, "outsider": DENY, "withdrawn": DENY, "portal": OK, "admin": DENY}),
     ("transaction read", "POST", "/fhir", lambda: {
         "resourceType": "Bundle", "type": "transaction",
         "entry": [{"request": {"method": "GET", "url": "CarePlan/alva-sip"}}]},

@@ -15,7 +15,7 @@ import pytest
     ("PATCH", "/fhir/metadata", "GET, HEAD"),
     # operations and keywords in a type's or an instance's place
     ("PATCH", "/fhir/$process-message", "POST"),
-    ("PATCH", "/fhir/CarePlan/$citizen-view", "GET, HEAD"),
+    ("PATCH", "/fhir/CarePlan/$citizen-view", "GET, HEAD, POST"),
     ("PATCH", "/fhir/CarePlan/_search", "POST"),
     ("PATCH", "/fhir/CarePlan/_history", "GET, HEAD"),
     ("PATCH", "/fhir/_history", "GET, HEAD"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, urlsplit
 
+import orjson
 import pytest
 
 import sip_factory as f
@@ -96,3 +97,88 @@ def test_citizen_view_is_audited(client, alva, portal, anonymous):
     log = client.get("/fhir/AuditEvent?patient=alva&subtype=search-type").json()
     assert any(any(a["who"].get("identifier", {}).get("value") == PORTAL for a in e["resource"]["agent"])
                for e in log.get("entry", []))
+
+
+# -- invoked by POST with a Parameters resource ------------------------------------------------
+
+VIEW = "/fhir/CarePlan/$citizen-view"
+ALVA_PNR = f"http://electronichealth.se/identifier/personnummer|{f.DEMO_PNR}"
+
+
+def _asked(*parameter: dict) -> dict:
+    return {"resourceType": "Parameters", **({"parameter": list(parameter)} if parameter else {})}
+
+
+def _post(client, headers, parameters, url=VIEW, **more):
+    return client.post(url, content=orjson.dumps(parameters),
+                       headers=headers | {"content-type": "application/fhir+json"} | more)
+
+
+def test_the_view_by_post_with_parameters_answers_as_by_get(client, alva, portal):
+    """The portal's integrator invokes the operation as client libraries do by default
+    (fhir-kit-client's ``operation()``): POST with a Parameters resource, patient as
+    valueString. FHIR (operations.html): servers SHALL support POST for all operations. The
+    answer is the GET's: the same searchset, in each form Accept asks for, never cached."""
+    by_get = client.get(URL, headers=portal)
+    r = _post(client, portal, _asked({"name": "patient", "valueString": ALVA_PNR}))
+    assert r.status_code == 200, r.text
+    assert r.json()["type"] == "searchset" and r.json()["total"] == 1
+    assert r.json()["entry"] == by_get.json()["entry"]
+    assert r.json()["link"] == by_get.json()["link"]
+    assert r.headers["cache-control"] == "no-store"
+    html = _post(client, portal, _asked({"name": "patient", "valueString": ALVA_PNR}),
+                 accept="text/html")
+    assert html.headers["content-type"].startswith("text/html") and "Huvudansvar" in html.text
+    pdf = _post(client, portal, _asked({"name": "patient", "valueString": ALVA_PNR}),
+                accept="application/pdf")
+    assert pdf.headers["content-type"] == "application/pdf" and pdf.content[:5] == b"%PDF-"
+    xml = _post(client, portal, _asked({"name": "patient", "valueString": ALVA_PNR}),
+                url=f"{VIEW}?_format=xml")
+    assert xml.headers["content-type"].startswith("application/fhir+xml"), xml.text
+    # and its Parameters in XML
+    r = client.post(VIEW, headers=portal | {"content-type": "application/fhir+xml"}, content=(
+        '<Parameters xmlns="http://hl7.org/fhir"><parameter><name value="patient"/>'
+        f'<valueString value="{ALVA_PNR}"/></parameter></Parameters>').encode())
+    assert r.status_code == 200 and r.json()["entry"] == by_get.json()["entry"], r.text
+
+
+@pytest.mark.parametrize("parameters, url, says", [
+    (_asked(), VIEW, "needs 'patient'"),
+    (_asked({"name": "patient", "valueIdentifier": {"value": f.DEMO_PNR}}), VIEW,
+     "'patient' takes valueString"),
+    (_asked({"name": "patient", "valueString": ALVA_PNR},
+            {"name": "patient", "valueString": ALVA_PNR}), VIEW,
+     "'patient' may be given once"),
+    (_asked({"name": "patient", "valueString": ALVA_PNR},
+            {"name": "_count", "valueString": "1"}), VIEW, "no parameter '_count'"),
+    (_asked({"name": "patient", "valueString": ALVA_PNR}), f"{VIEW}?patient={ALVA_PNR}",
+     "patient goes in the Parameters resource"),
+    (_asked({"name": "patient", "valueString": "191212121212"}), VIEW, "personnummer"),
+    ({"resourceType": "Patient"}, VIEW, "takes a Parameters resource"),
+])
+def test_the_view_by_post_refuses_what_it_cannot_answer(client, alva, portal, parameters, url,
+                                                         says):
+    """A POST that does not ask one question the way the OperationDefinition declares it is
+    a 400 that says what to send instead, never cached, as the GET's refusals are."""
+    r = _post(client, portal, parameters, url=url)
+    assert r.status_code == 400, r.text
+    assert says in outcome_text(r)
+    assert r.headers["cache-control"] == "no-store"
+
+
+def test_the_view_by_post_is_the_portals_only_and_audited(client, alva, portal, as_org,
+                                                          anonymous):
+    """Who may not read the view by GET may not by POST (403, 401), and a reading by POST is
+    in the person's access log as one by GET is."""
+    asked = _asked({"name": "patient", "valueString": ALVA_PNR})
+    assert _post(client, portal, asked).status_code == 200
+    anonymous.app.state.audit.flush()
+    log = client.get("/fhir/AuditEvent?patient=alva&subtype=search-type").json()
+    portal_reads = [e for e in log.get("entry", [])
+                    if any(a["who"].get("identifier", {}).get("value") == PORTAL
+                           for a in e["resource"]["agent"])]
+    assert len(portal_reads) == 1, log
+    r = _post(client, as_org("SE2321000016-15CQ"), asked)
+    assert r.status_code == 403 and "national portal" in outcome_text(r)
+    anonymous.headers.pop("Authorization", None)
+    assert _post(anonymous, {}, asked).status_code == 401

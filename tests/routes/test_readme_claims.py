@@ -140,9 +140,9 @@ def test_a_conditional_update_of_another_resource_is_written(client):
     ("DELETE", "/fhir/Patient/_search", "POST"),
     ("PUT", "/fhir/Patient/_history", "GET, HEAD"),
     ("DELETE", "/fhir/Patient/_history", "GET, HEAD"),
-    ("PUT", "/fhir/CarePlan/$citizen-view", "GET, HEAD"),
-    ("DELETE", "/fhir/CarePlan/$citizen-view", "GET, HEAD"),
-    ("PATCH", "/fhir/CarePlan/$citizen-view", "GET, HEAD"),
+    ("PUT", "/fhir/CarePlan/$citizen-view", "GET, HEAD, POST"),
+    ("DELETE", "/fhir/CarePlan/$citizen-view", "GET, HEAD, POST"),
+    ("PATCH", "/fhir/CarePlan/$citizen-view", "GET, HEAD, POST"),
 ])
 def test_a_method_the_path_does_not_take_is_a_405_naming_those_it_does(client, method, path,
                                                                           allow):
