@@ -419,6 +419,11 @@ def update(tx: Tx, ctx: Context, rtype: str, rid: str, res: Any, *, if_match: st
     ctx.access.check(rtype, "u")
     check_id(rid)
     if isinstance(res, dict) and res.get("id") != rid:
+        # (FHIR http.html#update: the body SHALL have the URL's id; one without any was told
+        # its id 'None' did not match)
+        if res.get("id") is None:
+            raise BadRequest(f"The resource has no id: an update's body carries the id of the "
+                             f"URL, '{rid}'", expression=f"{rtype}.id")
         raise BadRequest(f"The resource id '{res.get('id')}' does not match the URL id '{rid}'",
                          expression=f"{rtype}.id")
     res = adopted(tx, res, resolve)  # before the read of what it replaces, which it read

@@ -85,6 +85,20 @@ def test_update_with_mismatched_id_is_400(client):
     assert r.status_code == 400
 
 
+def test_update_whose_body_has_no_id_is_a_400_that_says_so(client):
+    """FHIR http.html#update: the body SHALL carry the URL's id. A client that left it out
+    (a resource built anew and PUT to its URL) is told that, not that its id 'None' does not
+    match; nothing is written."""
+    res = create(client, patient())
+    r = client.put(f"/fhir/Patient/{res['id']}", **body(
+        {k: v for k, v in res.items() if k not in ("id", "meta")} | {"gender": "male"}))
+    assert r.status_code == 400, r.text
+    text = outcome_text(r)
+    assert "The resource has no id" in text and f"'{res['id']}'" in text, text
+    assert "None" not in text and "@ Patient.id" in text, text
+    assert client.get(f"/fhir/Patient/{res['id']}").json() == res
+
+
 def test_update_as_create_with_client_id(client):
     p = patient() | {"id": "tolvan"}
     r = client.put("/fhir/Patient/tolvan", **body(p))
