@@ -162,8 +162,9 @@ _r.add("Task", "status", "token", "Task.status", "status")
 _r.add("Task", "code", "token", "Task.code", "code")
 _r.add("Task", "owner", "reference", "Task.owner", "owner", targets=_ACTORS)
 _r.add("Task", "requester", "reference", "Task.requester", "requester", targets=_ACTORS)
-_r.add("Task", "focus", "reference", "Task.focus", "focus",
-       targets=("CarePlan", "Appointment", "Consent", "CareTeam", "QuestionnaireResponse"))
+# (R4: Task.focus is a Reference(Any), and its parameter targets any type: a Task on a Patient
+# or an Organization was stored unindexed and its search a 400 "cannot refer to Patient")
+_r.add("Task", "focus", "reference", "Task.focus", "focus")
 _r.add("Task", "based-on", "reference", "Task.basedOn", "basedOn", targets=("CarePlan",))
 _r.add("Task", "identifier", "token", "Task.identifier", "identifier")
 _r.add("Task", "authored-on", "date", "Task.authoredOn", "authoredOn")

@@ -465,3 +465,24 @@ def test_exact_matches_a_name_however_its_accented_letters_are_encoded(client):
         got = matches(client.get("/fhir/Patient?family:exact=" + quote(spelling)))
         assert got == both, spelling.encode("unicode_escape")
     assert matches(client.get("/fhir/Patient?family:exact=Oberg")) == []
+
+
+def test_a_task_focus_of_any_type_is_found(client):
+    """R4's Task ``focus`` parameter targets any type (Task.focus is a Reference(Any)): a
+    Task about a Patient or an Organization is found by its focus, with or without a type
+    modifier, and ``_include=Task:focus`` brings it. It was a 400 "cannot refer to Patient"
+    (and such a focus was not even indexed)."""
+    who = create(client, patient())
+    org = create(client, {"resourceType": "Organization", "name": "Skolan"})
+    on_patient = create(client, {"resourceType": "Task", "status": "requested", "intent": "order",
+                                 "focus": {"reference": f"Patient/{who['id']}"}})
+    on_org = create(client, {"resourceType": "Task", "status": "requested", "intent": "order",
+                             "focus": {"reference": f"Organization/{org['id']}"}})
+    for query, want in ((f"focus=Patient/{who['id']}", on_patient),
+                        (f"focus:Patient={who['id']}", on_patient),
+                        (f"focus=Organization/{org['id']}", on_org)):
+        r = client.get(f"/fhir/Task?{query}")
+        assert r.status_code == 200, r.text
+        assert [e["resource"]["id"] for e in r.json().get("entry", [])] == [want["id"]], query
+    r = client.get(f"/fhir/Task?_id={on_patient['id']}&_include=Task:focus")
+    assert {e["resource"]["id"] for e in r.json()["entry"]} == {on_patient["id"], who["id"]}
