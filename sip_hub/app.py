@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -282,8 +283,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         # Tokens of a client disabled since they were issued are refused from then on.
         states = clients.ClientStates(app.state.store, settings.client_state_seconds)
         app.state.tokens = dataclasses.replace(app.state.tokens, disabled=states.disabled)
-        FhirService(app.state.store).seed_definitions()
-        demo.load(app.state.store, settings)
+        if not os.environ.get(demo.PRELOADED):  # (``sip-hub serve`` did it, once)
+            FhirService(app.state.store).seed_definitions()
+            demo.load(app.state.store, settings)
         app.state.audit = AuditLog(app.state.store)
         app.state.audit.start()
         checkpointer = Checkpointer(app.state.store.engine)

@@ -47,6 +47,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         demo.load(store, settings)
     except ValueError as exc:
         raise ConfigurationError(f"Refusing to start: {exc}") from None
+    os.environ[demo.PRELOADED] = "1"
     engine.dispose()
     return serving.run(args.workers or settings.workers, app="sip_hub.app:create_app",
                        factory=True, host=args.host or settings.host,

@@ -20,6 +20,11 @@ from .store import Store
 
 log = logging.getLogger("sip_hub.demo")
 
+# Set by ``sip-hub serve`` for its worker processes once it has published the conformance
+# resources and loaded the demo itself: the workers do not do it again, each (one start's
+# work done three times, and logged so).
+PRELOADED = "_SIP_HUB_PRELOADED"
+
 
 def read(settings: Settings) -> list[tuple[Path, dict[str, Any]]]:
     """The demo Bundles to load (none outside ``dev``), each with its file. A file the hub
