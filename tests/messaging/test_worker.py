@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -394,7 +395,14 @@ def test_the_capability_statement_section_declares_the_reliable_cache(hub: Hub) 
     (section,) = messaging_section(hub.messaging, "http://hub.test/fhir")
     assert section["reliableCache"] == 24 * 60
     assert section["endpoint"][0]["address"] == "http://hub.test/fhir/$process-message"
-    assert len(section["supportedMessage"]) == 28
+    # Every MessageDefinition the hub publishes, sent and received (15 events since
+    # invitation-cancelled).
+    shipped = {orjson.loads(path.read_bytes())["url"] for path in
+               (Path(__file__).parents[2] / "sip_hub" / "fhir" / "definitions").glob(
+                   "MessageDefinition-*.json")}
+    assert len(shipped) == 15
+    assert sorted((m["definition"], m["mode"]) for m in section["supportedMessage"]) == \
+        sorted((url, mode) for url in shipped for mode in ("receiver", "sender"))
     cs = {"resourceType": "CapabilityStatement", "status": "active", "date": "2026-11-22",
           "kind": "instance", "fhirVersion": "4.0.1", "format": ["json"],
           "messaging": [section]}
