@@ -263,15 +263,20 @@ def test_a_follow_up_day_over_in_sweden_is_refused_at_establishment(client, alva
     assert f"follow-up date ({yesterday}) has passed" in outcome_text(r)
 
 
+def _without_period(client, headers) -> None:
+    """Alva's plan at its meeting, its period (set when a plan is established) taken away."""
+    plan = read(client, f"CarePlan/{PLAN}")
+    plan.pop("period", None)
+    r = client.put(f"/fhir/CarePlan/{PLAN}", content=orjson.dumps(plan),
+                   headers=JSON_HEADERS | headers)
+    assert r.status_code == 200, r.text
+
+
 def test_a_plan_approved_just_after_swedish_midnight_applies_from_that_swedish_day(
         client, alva_at_meeting, monkeypatch):
     """Approved at 00:30 in Sweden and entered with the time in UTC (the day before there):
     the plan applies from the Swedish day of the approval (CarePlan.period.start)."""
-    plan = read(client, f"CarePlan/{PLAN}")
-    plan.pop("period", None)  # (set by establishing it)
-    r = client.put(f"/fhir/CarePlan/{PLAN}", content=orjson.dumps(plan),
-                   headers=JSON_HEADERS | alva_at_meeting[SOC])
-    assert r.status_code == 200, r.text
+    _without_period(client, alva_at_meeting[SOC])
     now = after_swedish_midnight()
     monkeypatch.setattr(CLOCK, lambda: now)
     approved = (now - timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -288,11 +293,7 @@ def test_a_plan_established_and_closed_just_after_swedish_midnight_gets_its_end_
     minutes later at Alva's wish: the plan has begun, so the completed plan ends that day
     (CarePlan.period.end, which 1177 and GetCarePlans show), not left without an end as if
     it still applied because the start read as UTC midnight lay an hour or two ahead."""
-    plan = read(client, f"CarePlan/{PLAN}")
-    plan.pop("period", None)  # (set by establishing it)
-    r = client.put(f"/fhir/CarePlan/{PLAN}", content=orjson.dumps(plan),
-                   headers=JSON_HEADERS | alva_at_meeting[SOC])
-    assert r.status_code == 200, r.text
+    _without_period(client, alva_at_meeting[SOC])
     now = after_swedish_midnight()
     the_day = swedish_today(now).isoformat()
     monkeypatch.setattr(CLOCK, lambda: now)
